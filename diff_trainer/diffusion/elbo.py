@@ -1,0 +1,46 @@
+"""Monte-Carlo ELBO of a masked diffusion LM: a bound on −log p(x_maskable | rest) per row.
+
+With L maskable tokens, l ~ U{1..L} of them masked uniformly at random (LLaDA eq. 14, get_log_likelihood.py):
+
+    −log p(x) ≤ E_l E_mask [ (L / l) · Σ_masked CE(logits, x0) ]
+
+This equals the expected NLL of the model decoded autoregressively in a uniformly random token order.
+"""
+
+import torch
+
+from .forward import mask_exact_count, stratified_mask_counts
+from .losses import masked_token_losses
+
+
+def elbo_terms(logits_fn, input_ids, maskable, noisy_ids, masked, counts, shift: bool = False) -> torch.Tensor:
+    """One ELBO sample per row as a log-likelihood lower bound (higher is better): −(L_i / l_i) · Σ_masked CE.
+
+    The masks are given, so policy and reference models can be scored on identical masks (VRPO). `counts` holds
+    l_i, the number of masked tokens of each row; rows with l_i = 0 score 0. Tensor[B] in nats.
+    """
+    logits = logits_fn(noisy_ids)
+    masked_ce = masked_token_losses(logits, input_ids, masked, shift=shift).sum(dim=1)
+    lengths = maskable.sum(dim=1).float()
+    return -(lengths / counts.clamp(min=1).float()) * masked_ce  # LLaDA eq. 14, one Monte-Carlo term
+
+
+@torch.no_grad()
+def elbo_nll(logits_fn, input_ids, maskable, mask_token_id: int, num_samples: int, *, shift: bool = False,
+             generator=None, batch_samples=None) -> torch.Tensor:
+    """Upper bound on −log p(x_maskable | rest) per row (sum over its tokens, in nats), from `num_samples` masks.
+
+    Mask counts are stratified across samples; the num_samples·B noisy rows are fed to `logits_fn(noisy_ids)`
+    in chunks of `batch_samples` rows (all at once if None). Rows without maskable tokens give 0.
+    """
+    batch_size = input_ids.shape[0]
+    counts = stratified_mask_counts(maskable.sum(dim=1), num_samples, generator=generator).reshape(-1)
+    all_ids = input_ids.repeat(num_samples, 1)  # row j·B + i is sample j of row i
+    all_maskable = maskable.repeat(num_samples, 1)
+    chunk = batch_samples or all_ids.shape[0]
+    terms = []
+    for start in range(0, all_ids.shape[0], chunk):
+        part = slice(start, start + chunk)
+        noisy_ids, masked = mask_exact_count(all_ids[part], all_maskable[part], counts[part], mask_token_id, generator)
+        terms.append(elbo_terms(logits_fn, all_ids[part], all_maskable[part], noisy_ids, masked, counts[part], shift))
+    return -torch.cat(terms).reshape(num_samples, batch_size).mean(dim=0)
