@@ -15,8 +15,8 @@ class NoiseSchedule:
     name = ""
 
     def __init__(self, eps: float = 1e-3):
-        if not 0.0 <= eps < 1.0:
-            raise ValueError(f"eps must be in [0, 1), got {eps}")
+        if not 0.0 <= eps <= 1.0:
+            raise ValueError(f"eps must be in [0, 1], got {eps}")
         self.eps = eps
 
     def alpha(self, t: torch.Tensor) -> torch.Tensor:
