@@ -1,0 +1,225 @@
+"""`diff-generate`: sample completions from a checkpoint directory.
+
+A diffusion checkpoint (its config holds `diffusion_config`) is sampled with `diff_trainer.sampling.generate`,
+using the saved mask token id and shift flag. A plain causal checkpoint is sampled with `model.generate`, so
+baselines use the same command; the diffusion-only flags are refused for it.
+
+    diff-generate --model out/checkpoint-1000 --prompt "12+7=<DFF>" --gen_length 8 --steps 8
+    diff-generate --model out --prompt_file prompts.jsonl --samples 4 --temperature 0.8 --output samples.jsonl
+
+Prompts are tokenised like the training data: no special tokens, BOS prepended when the tokenizer has one
+distinct from EOS. A completion ends at its first EOS. `--output` ending in .jsonl writes one record per
+completion with the settings and the NFE count; any other name writes plain text, one completion per line
+(newlines inside a completion written as \\n).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from diff_trainer.render import TokenPieces, render_text
+from diff_trainer.sampling import CONFIDENCE_STRATEGIES, EOS_HANDLING, SamplerConfig, context_length, generate
+
+DEFAULT_DFF_TOKEN = "<DFF>"
+# Flags that only mean something for a diffusion checkpoint (their defaults are None so use can be detected).
+DIFFUSION_ONLY_FLAGS = ("steps", "block_length", "remasking", "guidance_scale", "threshold", "eos_handling")
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by diff-generate and diff-view."""
+    parser.add_argument("--model", required=True, help="checkpoint directory (model, config and tokenizer)")
+    parser.add_argument("--gen_length", type=int, default=64, help="number of tokens to generate")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps in total (default: gen_length)")
+    parser.add_argument("--block_length", type=int, default=None,
+                        help="semi-autoregressive block size (default: gen_length)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--remasking", choices=sorted(CONFIDENCE_STRATEGIES), default=None,
+                        help="which predictions are committed first (default: low_confidence)")
+    parser.add_argument("--guidance_scale", type=float, default=None, help="classifier-free guidance w (default 0)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="Fast-dLLM: commit every prediction at least this confident (ignores --steps)")
+    parser.add_argument("--eos_handling", choices=EOS_HANDLING, default=None,
+                        help="stop after a block with EOS (default), forbid EOS, rank it last, or none")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--append_dff", action="store_true",
+                        help="append the checkpoint's <DFF> token to each prompt (SFT / diff models)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diff-generate", description=__doc__.split("\n\n")[0])
+    add_sampling_arguments(parser)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", action="append", help="a prompt (repeat the flag for several)")
+    source.add_argument("--prompt_file", help="prompts, one per line, or .jsonl with a 'prompt' field")
+    parser.add_argument("--samples", type=int, default=1, help="completions per prompt")
+    parser.add_argument("--batch_size", type=int, default=8, help="sequences sampled together")
+    parser.add_argument("--output", help="write completions to this .jsonl or .txt file")
+    parser.add_argument("--verbose", action="store_true", help="print every intermediate state")
+    return parser
+
+
+def load_checkpoint(path: str):
+    """(model in eval mode, tokenizer, diffusion_config dict or None) from a checkpoint directory."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from diff_trainer.modeling import read_diffusion_config
+
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    return model, tokenizer, read_diffusion_config(model.config)
+
+
+def read_prompts(path: str) -> list[str]:
+    """Prompts from a text file (one per line, blank lines skipped) or a .jsonl file with a 'prompt' field."""
+    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if path.endswith(".jsonl"):
+        return [json.loads(line)["prompt"] for line in lines]
+    return lines
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Token ids as in training: no special tokens, BOS first when it is distinct from EOS."""
+    bos = tokenizer.bos_token_id if tokenizer.bos_token_id not in (None, tokenizer.eos_token_id) else None
+    ids = [tokenizer.encode(prompt, add_special_tokens=False) for prompt in prompts]
+    return [[bos] + row for row in ids] if bos is not None else ids
+
+
+def sampler_config(args, diffusion_config: dict, tokenizer) -> SamplerConfig:
+    """The SamplerConfig of the command-line flags, with the checkpoint's mask id and shift flag."""
+    return SamplerConfig(
+        mask_token_id=diffusion_config["mask_token_id"],
+        shift=bool(diffusion_config.get("shift_logits", False)),
+        gen_length=args.gen_length,
+        steps=args.steps if args.steps is not None else args.gen_length,
+        block_length=args.block_length,
+        temperature=args.temperature,
+        remasking=args.remasking or "low_confidence",
+        guidance_scale=args.guidance_scale or 0.0,
+        threshold=args.threshold,
+        eos_token_id=tokenizer.eos_token_id,
+        eos_handling=args.eos_handling or ("stop" if tokenizer.eos_token_id is not None else "none"),
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def prepare_prompts(args, tokenizer, diffusion_config, prompts: list[str]) -> list[list[int]]:
+    """Prompt ids (with <DFF> appended when asked)."""
+    if args.append_dff:
+        dff = (diffusion_config or {}).get("dff_token") or DEFAULT_DFF_TOKEN
+        prompts = [prompt if prompt.endswith(dff) else prompt + dff for prompt in prompts]
+    return encode_prompts(tokenizer, prompts)
+
+
+def completion_text(tokenizer, ids: list[int]) -> str:
+    """Decode generated ids up to the first EOS."""
+    if tokenizer.eos_token_id in ids:
+        ids = ids[:ids.index(tokenizer.eos_token_id)]
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def generate_causal(model, tokenizer, prompt_ids: list[list[int]], args) -> tuple[list[list[int]], int]:
+    """Baseline: left-padded `model.generate`; returns the new ids per row and the number of forward passes."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(len(p) for p in prompt_ids)
+    input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=model.device)
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=model.device)
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
+    sampling = {"do_sample": True, "temperature": args.temperature, "top_k": 0, "top_p": 1.0} \
+        if args.temperature > 0 else {"do_sample": False}
+    with torch.no_grad():
+        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=args.gen_length,
+                                pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, **sampling)
+    new_ids = output[:, width:]
+    return new_ids.tolist(), new_ids.shape[1]
+
+
+def check_arguments(parser, args, diffusion_config, prompt_ids, model) -> None:
+    """Refuse flags that do not fit the checkpoint and prompts that do not fit the model."""
+    if diffusion_config is None:
+        given = [f"--{name}" for name in DIFFUSION_ONLY_FLAGS if getattr(args, name) is not None]
+        if given:
+            parser.error(f"{args.model} is a causal checkpoint (no diffusion_config); "
+                         f"{', '.join(given)} only apply to diffusion checkpoints.")
+    if args.samples < 1 or args.batch_size < 1:
+        parser.error("--samples and --batch_size must be at least 1.")
+    limit = context_length(model)
+    longest = max(len(p) for p in prompt_ids)
+    if limit is not None and longest + args.gen_length > limit:
+        parser.error(f"the longest prompt ({longest} tokens) + --gen_length ({args.gen_length}) exceeds the "
+                     f"model's context of {limit} positions.")
+
+
+def _print_step(tokenizer, mask_token_id: int, offset: int):
+    """An on_step hook printing every row of every intermediate state (rows numbered from `offset`)."""
+    pieces = TokenPieces(tokenizer)
+    color = sys.stdout.isatty()
+
+    def hook(frame):
+        for row in range(frame.sequences.shape[0]):
+            text = render_text(frame, row, pieces, mask_token_id, color=color)
+            print(f"[sequence {offset + row}] {text}", flush=True)
+
+    return hook
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    model, tokenizer, diffusion_config = load_checkpoint(args.model)
+    prompts = args.prompt if args.prompt is not None else read_prompts(args.prompt_file)
+    if not prompts:
+        parser.error("no prompts given.")
+    prompt_ids = prepare_prompts(args, tokenizer, diffusion_config, prompts)
+    check_arguments(parser, args, diffusion_config, prompt_ids, model)
+    config = None
+    if diffusion_config is not None:
+        try:
+            config = sampler_config(args, diffusion_config, tokenizer)
+        except ValueError as error:
+            parser.error(str(error))
+
+    jobs = [(p, s) for p in range(len(prompts)) for s in range(args.samples)]
+    generator = torch.Generator(device=model.device).manual_seed(args.seed) if args.seed is not None else None
+    records = []
+    for first in range(0, len(jobs), args.batch_size):
+        batch = jobs[first:first + args.batch_size]
+        batch_ids = [prompt_ids[p] for p, _ in batch]
+        if config is None:
+            new_ids, nfe = generate_causal(model, tokenizer, batch_ids, args)
+        else:
+            hook = _print_step(tokenizer, config.mask_token_id, first) if args.verbose else None
+            result = generate(model, batch_ids, config, generator=generator, on_step=hook)
+            new_ids, nfe = result.generated.tolist(), result.nfe
+        for (p, s), ids in zip(batch, new_ids):
+            records.append({"prompt": prompts[p], "sample": s, "completion": completion_text(tokenizer, ids),
+                            "nfe": nfe})
+
+    settings = {"model": args.model, "seed": args.seed, "append_dff": args.append_dff,
+                "sampler": "causal" if config is None else "diffusion"}
+    settings.update(dataclasses.asdict(config) if config is not None
+                    else {"gen_length": args.gen_length, "temperature": args.temperature})
+    for record in records:
+        print(record["completion"])
+    if args.output:
+        write_records(args.output, records, settings)
+
+
+def write_records(path: str, records: list[dict], settings: dict) -> None:
+    """.jsonl: one record per completion with the settings; otherwise one completion per line."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for record in records:
+            if path.endswith(".jsonl"):
+                handle.write(json.dumps({**record, "settings": settings}, ensure_ascii=False) + "\n")
+            else:
+                handle.write(record["completion"].replace("\n", "\\n") + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""diff-generate on tiny saved checkpoints: outputs, settings from the checkpoint, causal baselines, bad input."""
+
+import json
+
+import pytest
+from conftest import make_byte_tokenizer, make_tiny_llama
+
+from diff_trainer.cli import generate as cli
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_byte_tokenizer()
+
+
+def diffusion_config(tokenizer, shift=False):
+    return {"objective": "masked_diffusion", "mask_token_id": tokenizer.mask_token_id, "shift_logits": shift,
+            "noise_schedule": "linear", "time_eps": 1e-3, "dff_token": "<DFF>"}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, tokenizer):
+    """Diffusion, shift-diffusion and causal checkpoints saved with the byte tokenizer."""
+    root = tmp_path_factory.mktemp("checkpoints")
+    models = {"diffusion": make_tiny_llama(len(tokenizer)), "shift": make_tiny_llama(len(tokenizer), seed=1),
+              "causal": make_tiny_llama(len(tokenizer), bidirectional=False)}
+    models["diffusion"].config.diffusion_config = diffusion_config(tokenizer)
+    models["shift"].config.diffusion_config = diffusion_config(tokenizer, shift=True)
+    for name, model in models.items():
+        model.save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+    return root
+
+
+def run(checkpoints, name, *flags):
+    cli.main(["--model", str(checkpoints / name), *flags])
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_jsonl_output_has_every_sample_the_settings_and_nfe(checkpoints, tokenizer, tmp_path):
+    output = tmp_path / "out.jsonl"
+    run(checkpoints, "diffusion", "--prompt", "12+7=", "--prompt", "3*4=", "--samples", "2", "--gen_length", "8",
+        "--steps", "4", "--block_length", "4", "--temperature", "1", "--seed", "0", "--batch_size", "3",
+        "--output", str(output))
+    records = read_jsonl(output)
+    assert [(r["prompt"], r["sample"]) for r in records] == [("12+7=", 0), ("12+7=", 1), ("3*4=", 0), ("3*4=", 1)]
+    settings = records[0]["settings"]
+    assert settings["mask_token_id"] == tokenizer.mask_token_id and settings["shift"] is False
+    assert (settings["sampler"], settings["steps"], settings["block_length"]) == ("diffusion", 4, 4)
+    assert settings["eos_handling"] == "stop" and settings["eos_token_id"] == tokenizer.eos_token_id
+    assert all(r["nfe"] <= 4 and isinstance(r["completion"], str) for r in records)
+    assert all(len(tokenizer.encode(r["completion"], add_special_tokens=False)) <= 8 for r in records)
+
+
+def test_a_seed_repeats_the_output_and_txt_has_one_line_per_completion(checkpoints, tmp_path):
+    paths = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    for path in paths:
+        run(checkpoints, "diffusion", "--prompt", "ab", "--samples", "3", "--gen_length", "8", "--temperature", "1",
+            "--remasking", "random", "--seed", "5", "--output", str(path))
+    first, second = (path.read_text() for path in paths)
+    assert first == second
+    assert len(first.splitlines()) == 3
+
+
+def test_prompt_files_as_lines_or_jsonl(checkpoints, tmp_path):
+    lines = tmp_path / "prompts.txt"
+    lines.write_text("first\n\nsecond\n")
+    records = tmp_path / "prompts.jsonl"
+    records.write_text(json.dumps({"prompt": "first", "answer": "x"}) + "\n" + json.dumps({"prompt": "second"}) + "\n")
+    assert cli.read_prompts(str(lines)) == cli.read_prompts(str(records)) == ["first", "second"]
+    output = tmp_path / "out.jsonl"
+    run(checkpoints, "diffusion", "--prompt_file", str(records), "--gen_length", "4", "--output", str(output))
+    assert [r["prompt"] for r in read_jsonl(output)] == ["first", "second"]
+
+
+def test_verbose_prints_every_intermediate_state(checkpoints, capsys):
+    run(checkpoints, "diffusion", "--prompt", "ab", "--prompt", "c", "--gen_length", "8", "--steps", "4",
+        "--eos_handling", "none", "--verbose", "--append_dff")
+    out = capsys.readouterr().out
+    states = [line for line in out.splitlines() if line.startswith("[sequence ")]
+    assert len(states) == 8  # 4 steps x 2 sequences
+    assert states[0].startswith("[sequence 0] step 1  block 1  +2 tokens")
+    assert "ab<DFF>" in out and "c<DFF>" in out
+
+
+def test_append_dff_adds_the_checkpoint_marker_once(tokenizer):
+    args = cli.build_parser().parse_args(["--model", "m", "--prompt", "x", "--append_dff"])
+    ids = cli.prepare_prompts(args, tokenizer, {"dff_token": "<DFF>"}, ["ab", "ab<DFF>"])
+    dff = tokenizer.convert_tokens_to_ids("<DFF>")
+    assert ids[0] == ids[1] == tokenizer.encode("ab", add_special_tokens=False) + [dff]
+
+
+def test_a_shift_checkpoint_samples(checkpoints, tmp_path):
+    output = tmp_path / "shift.jsonl"
+    run(checkpoints, "shift", "--prompt", "ab", "--gen_length", "8", "--steps", "8", "--output", str(output))
+    record = read_jsonl(output)[0]
+    assert record["settings"]["shift"] is True and record["nfe"] <= 8
+
+
+def test_a_causal_checkpoint_generates_with_model_generate(checkpoints, tmp_path):
+    output = tmp_path / "causal.jsonl"
+    run(checkpoints, "causal", "--prompt", "ab", "--prompt", "longer prompt", "--gen_length", "6",
+        "--output", str(output))
+    records = read_jsonl(output)
+    assert len(records) == 2 and records[0]["settings"]["sampler"] == "causal"
+    assert all(1 <= r["nfe"] <= 6 for r in records)
+
+
+@pytest.mark.parametrize("name,flags,message", [
+    ("causal", ["--steps", "4"], "--steps only apply to diffusion checkpoints"),
+    ("causal", ["--threshold", "0.9", "--remasking", "margin"], "--remasking, --threshold only apply"),
+    ("diffusion", ["--gen_length", "10", "--block_length", "4"], "multiple of block_length"),
+    ("diffusion", ["--gen_length", "8", "--steps", "3", "--block_length", "4"], "multiple of the number of blocks"),
+    ("diffusion", ["--prompt", "x" * 500, "--gen_length", "64"], "exceeds the model's context of 512"),
+])
+def test_bad_input_gets_a_clear_error(checkpoints, capsys, name, flags, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run(checkpoints, name, "--prompt", "ab", *flags)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,349 @@
+"""Samplers: schedules, strategies, guidance, threshold decoding, EOS handling, padding, shift and traces."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import make_tiny_llama
+
+from diff_trainer.sampling import (
+    SamplerConfig,
+    chosen_probability,
+    generate,
+    guided_logits,
+    negative_entropy,
+    num_transfer_tokens,
+    random_confidence,
+    sample_tokens,
+    select_most_confident,
+    top2_margin,
+)
+
+VOCAB = 40
+MASK = 39
+EOS = 1
+
+
+@pytest.fixture(scope="module")
+def model():
+    # A larger init spreads the logits, so near-ties (and float noise flipping them) are unlikely.
+    return make_tiny_llama(VOCAB, initializer_range=0.5, seed=1)
+
+
+class StubModel(torch.nn.Module):
+    """A 'model' whose logits are `logits_fn(input_ids)`; it records every input it is called with."""
+
+    def __init__(self, logits_fn, context=512):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+        self.config = SimpleNamespace(max_position_embeddings=context)
+        self.logits_fn = logits_fn
+        self.calls = []
+
+    def forward(self, input_ids, attention_mask=None, position_ids=None):
+        self.calls.append(SimpleNamespace(input_ids=input_ids.clone(), attention_mask=attention_mask,
+                                          position_ids=position_ids))
+        return SimpleNamespace(logits=self.logits_fn(input_ids))
+
+
+def sample(model, prompts, gen_length=12, **settings):
+    """generate() with the mask id of these tests; one step per token and a single block unless told."""
+    settings.setdefault("steps", gen_length)
+    return generate(model, prompts, mask_token_id=MASK, gen_length=gen_length, **settings)
+
+
+# --- schedule and pieces ------------------------------------------------------------------------------------
+
+
+def test_num_transfer_tokens_spreads_the_remainder_over_the_first_steps():
+    counts = num_transfer_tokens(torch.tensor([10, 7, 0, 4]), steps=4)
+    assert counts.tolist() == [[3, 3, 2, 2], [2, 2, 2, 1], [0, 0, 0, 0], [1, 1, 1, 1]]
+
+
+@pytest.mark.parametrize("gen_length,block_length,steps,expected", [
+    (10, 10, 4, [3, 3, 2, 2]),
+    (12, 6, 4, [3, 3, 3, 3]),
+    (12, 4, 6, [2, 2, 2, 2, 2, 2]),
+    (9, 3, 6, [2, 1, 2, 1, 2, 1]),
+])
+def test_committed_tokens_per_step_follow_the_schedule(model, gen_length, block_length, steps, expected):
+    result = sample(model, [[5, 6, 7], [8]], gen_length=gen_length, block_length=block_length, steps=steps,
+                    trace=True)
+    for frame in result.trace:
+        assert frame.committed.sum(-1).tolist() == [expected[frame.step]] * 2
+        # every commit lies inside the current block
+        start = result.generation_start + frame.block * block_length
+        assert not frame.committed[:, :start].any() and not frame.committed[:, start + block_length:].any()
+    steps_per_block = steps // (gen_length // block_length)
+    assert [f.block for f in result.trace] == [step // steps_per_block for step in range(steps)]
+
+
+def test_gumbel_max_draws_follow_softmax_at_the_temperature():
+    logits = torch.tensor([1.0, 0.0, -1.0, 2.0])
+    for temperature in (0.5, 2.0):
+        draws = sample_tokens(logits.expand(40000, 4), temperature, torch.Generator().manual_seed(0))
+        frequencies = torch.bincount(draws, minlength=4).double() / draws.numel()
+        expected = torch.softmax(logits.double() / temperature, -1)
+        assert torch.allclose(frequencies, expected, atol=0.01)  # std of a frequency is at most 0.0025
+
+
+def test_temperature_zero_is_argmax():
+    logits = torch.tensor([[0.1, 3.0, -2.0], [5.0, 4.0, 0.0]])
+    assert sample_tokens(logits, 0.0).tolist() == [1, 0]
+
+
+def test_confidence_strategies_by_hand():
+    probs = torch.tensor([[[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]]], dtype=torch.float64)
+    chosen = torch.tensor([[1, 2]])
+    assert torch.allclose(chosen_probability(probs, chosen, None), torch.tensor([[0.3, 0.8]], dtype=torch.float64))
+    assert torch.allclose(top2_margin(probs, chosen, None), torch.tensor([[0.2, 0.7]], dtype=torch.float64))
+    entropy = -(probs * probs.log()).sum(-1)
+    assert torch.allclose(negative_entropy(probs, chosen, None), -entropy)
+    one_hot = torch.tensor([[[0.0, 1.0, 0.0]]], dtype=torch.float64)
+    assert negative_entropy(one_hot, chosen[:, :1], None).item() == 0.0
+    first = random_confidence(probs, chosen, torch.Generator().manual_seed(3))
+    assert torch.equal(first, random_confidence(probs, chosen, torch.Generator().manual_seed(3)))
+
+
+def test_select_most_confident_takes_the_top_candidates_leftmost_on_ties():
+    confidence = torch.tensor([[0.9, 0.5, 0.5, 0.99, 0.1], [0.2, 0.3, 0.3, 0.3, 0.0]])
+    candidates = torch.tensor([[True, True, True, False, True], [True, True, True, True, True]])
+    chosen = select_most_confident(confidence, candidates, torch.tensor([2, 2]))
+    assert chosen.tolist() == [[True, True, False, False, False], [False, True, True, False, False]]
+    # never more than there are candidates
+    none = select_most_confident(confidence, torch.zeros_like(candidates), torch.tensor([3, 3]))
+    assert not none.any()
+
+
+def test_guided_logits_formula():
+    cond, un = torch.tensor([1.0, 2.0]), torch.tensor([0.0, 1.0])
+    assert guided_logits(cond, un, 2.0).tolist() == [3.0, 4.0]  # un + 3 (cond - un)
+    assert torch.equal(guided_logits(cond, un, 0.0), cond)
+
+
+# --- the loop on a tiny random model ------------------------------------------------------------------------
+
+
+def test_prompts_are_kept_and_every_mask_is_filled_exactly_once(model):
+    prompts = [[5, MASK, 7], [8, 9, 10, 11, 12], [13]]
+    result = sample(model, prompts, gen_length=8, block_length=4, steps=4, trace=True)
+    start = result.generation_start
+    for row, prompt in enumerate(prompts):
+        assert result.sequences[row, start - len(prompt):start].tolist() == prompt  # even its mask token
+        assert result.attention_mask[row, :start].sum() == len(prompt)
+    assert not (result.generated == MASK).any()
+    commits = torch.stack([f.committed for f in result.trace]).sum(0)
+    assert commits[:, :start].sum() == 0 and (commits[:, start:] == 1).all()
+    # a committed token never changes afterwards
+    for before, after in zip(result.trace, result.trace[1:]):
+        kept = before.sequences != MASK
+        assert torch.equal(before.sequences[kept], after.sequences[kept])
+
+
+@pytest.mark.parametrize("remasking", ["low_confidence", "random", "margin", "entropy"])
+def test_every_strategy_fills_all_masks_on_schedule(model, remasking):
+    result = sample(model, [[5, 6]], gen_length=8, steps=4, block_length=8, remasking=remasking, seed=0, trace=True)
+    assert [int(f.committed.sum()) for f in result.trace] == [2, 2, 2, 2]
+    assert not (result.generated == MASK).any()
+    assert result.nfe == 4
+
+
+def test_seed_makes_sampling_repeatable(model):
+    greedy = [sample(model, [[5, 6, 7]], temperature=0.0).sequences for _ in range(2)]
+    assert torch.equal(*greedy)
+    settings = dict(temperature=1.0, remasking="random")
+    first, second = (sample(model, [[5, 6, 7]], seed=3, **settings).sequences for _ in range(2))
+    other = sample(model, [[5, 6, 7]], seed=4, **settings).sequences
+    assert torch.equal(first, second)
+    assert not torch.equal(first, other)
+
+
+def test_guidance_scale_zero_equals_no_guidance(model):
+    plain = sample(model, [[5, 6, 7], [8]], gen_length=8, steps=4)
+    unguided = sample(model, [[5, 6, 7], [8]], gen_length=8, steps=4, guidance_scale=0.0)
+    guided = sample(model, [[5, 6, 7], [8]], gen_length=8, steps=4, guidance_scale=2.0)
+    assert torch.equal(plain.sequences, unguided.sequences) and plain.nfe == unguided.nfe == 4
+    assert guided.nfe == 8  # a conditional and an unconditional evaluation per step
+    assert not (guided.generated == MASK).any()
+
+
+def test_guidance_masks_the_prompt_in_the_unconditional_pass():
+    # The first prompt token is a mask only in the unconditional pass; w=1 gives un + 2(cond − un).
+    def logits_fn(ids):
+        logits = torch.zeros(*ids.shape, VOCAB)
+        conditional = (ids[:, :1] != MASK)  # the first prompt token is masked only in the unconditional pass
+        logits[..., 3] = torch.where(conditional, 2.0, 0.0)
+        logits[..., 4] = torch.where(conditional, 1.5, 1.0)
+        return logits
+
+    stub = StubModel(logits_fn)
+    result = sample(stub, [[5, 6], [7, 8]], gen_length=4, steps=2, guidance_scale=1.0)
+    call = stub.calls[0]
+    assert call.input_ids.shape[0] == 4
+    assert torch.equal(call.input_ids[:2, :2], torch.tensor([[5, 6], [7, 8]]))
+    assert (call.input_ids[2:, :2] == MASK).all()
+    assert (result.generated == 3).all()  # guided: token 3 -> 0 + 2·2 = 4, token 4 -> 1 + 2·0.5 = 2
+
+
+def test_guidance_can_change_the_choice():
+    # cond prefers 4 slightly (1.1 vs 1.0); un prefers 4 strongly, so guidance pushes towards 3.
+    def logits_fn(ids):
+        logits = torch.zeros(*ids.shape, VOCAB)
+        conditional = (ids[:, :1] != MASK)
+        logits[..., 3] = 1.0
+        logits[..., 4] = torch.where(conditional, 1.1, 3.0)
+        return logits
+
+    assert (sample(StubModel(logits_fn), [[5]], gen_length=2, steps=1).generated == 4).all()
+    assert (sample(StubModel(logits_fn), [[5]], gen_length=2, steps=1, guidance_scale=1.0).generated == 3).all()
+
+
+def test_threshold_one_commits_one_per_step_and_zero_a_block_per_step(model):
+    strict = sample(model, [[5, 6]], gen_length=8, block_length=4, threshold=1.0, trace=True)
+    assert strict.nfe == 8 and [int(f.committed.sum()) for f in strict.trace] == [1] * 8
+    loose = sample(model, [[5, 6]], gen_length=8, block_length=4, threshold=0.0, trace=True)
+    assert loose.nfe == 2 and [int(f.committed.sum()) for f in loose.trace] == [4, 4]
+    assert not (strict.generated == MASK).any() and not (loose.generated == MASK).any()
+    # steps are not used with a threshold, even a number that would not fit the blocks
+    assert sample(model, [[5, 6]], gen_length=8, block_length=1, steps=3, threshold=0.5).nfe == 8
+
+
+def test_threshold_commits_every_confident_position():
+    # Positions 0 and 2 of the generation are near-certain, the others are not.
+    def logits_fn(ids):
+        logits = torch.zeros(*ids.shape, VOCAB)
+        logits[:, 1, 7] = 20.0
+        logits[:, 3, 8] = 20.0
+        logits[:, 2:, 9] = 1.0
+        return logits
+
+    result = sample(StubModel(logits_fn), [[5]], gen_length=4, threshold=0.9, trace=True)
+    assert result.trace[0].committed[0].tolist() == [False, True, False, True, False]
+    assert [int(f.committed.sum()) for f in result.trace] == [2, 1, 1]
+
+
+def test_batched_generation_equals_one_by_one(model):
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15]]
+    settings = dict(gen_length=8, block_length=4, steps=4)
+    batched = sample(model, prompts, **settings)
+    for row, prompt in enumerate(prompts):
+        alone = sample(model, [prompt], **settings)
+        assert torch.equal(batched.generated[row], alone.generated[0])
+
+
+def test_tensor_prompts_with_attention_mask_equal_lists(model):
+    ids = torch.tensor([[0, 0, 5, 6], [7, 8, 9, 10]])
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    from_tensor = sample(model, ids, attention_mask=mask, gen_length=4, steps=4)
+    from_lists = sample(model, [[5, 6], [7, 8, 9, 10]], gen_length=4, steps=4)
+    assert torch.equal(from_tensor.generated, from_lists.generated)
+
+
+def test_padded_rows_see_positions_from_zero():
+    stub = StubModel(lambda ids: torch.zeros(*ids.shape, VOCAB))
+    sample(stub, [[5], [6, 7, 8]], gen_length=2, steps=1)
+    call = stub.calls[0]
+    assert call.attention_mask.tolist() == [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
+    assert call.position_ids.tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
+
+
+def test_shift_reads_the_logits_of_the_previous_position():
+    # The logits at position i favour token 10 + i.
+    def logits_fn(ids):
+        favourite = 10 + torch.arange(ids.shape[1])
+        return torch.nn.functional.one_hot(favourite, VOCAB).float().expand(ids.shape[0], -1, -1) * 5
+
+    plain = sample(StubModel(logits_fn), [[5, 6]], gen_length=4, steps=2)
+    shifted = sample(StubModel(logits_fn), [[5, 6]], gen_length=4, steps=2, shift=True)
+    assert plain.generated.tolist() == [[12, 13, 14, 15]]
+    assert shifted.generated.tolist() == [[11, 12, 13, 14]]
+
+
+def test_a_shift_model_samples(model):
+    result = sample(model, [[5, 6], [7]], gen_length=8, steps=4, block_length=4, shift=True, seed=0,
+                    temperature=1.0, trace=True)
+    assert not (result.generated == MASK).any() and len(result.trace) == 4
+    with pytest.raises(ValueError, match="every prompt needs a token"):
+        sample(model, [[5], []], shift=True)
+
+
+def test_trace_has_one_frame_per_step_and_the_hook_sees_them(model):
+    seen = []
+    result = sample(model, [[5, 6]], gen_length=8, steps=4, block_length=4, trace=True, on_step=seen.append)
+    assert len(result.trace) == 4 == result.nfe
+    assert [f.step for f in seen] == [0, 1, 2, 3]
+    assert torch.equal(seen[-1].sequences, result.sequences)
+    frame = result.trace[0]
+    assert torch.isnan(frame.confidence[~frame.committed]).all()
+    assert ((frame.confidence[frame.committed] > 0) & (frame.confidence[frame.committed] <= 1)).all()
+    assert sample(model, [[5, 6]], gen_length=8, steps=4).trace is None
+
+
+# --- EOS handling ---------------------------------------------------------------------------------------------
+
+
+def eos_for_prompt_seven(ids):
+    """Rows whose first token is 7 predict EOS everywhere; other rows predict token 20."""
+    logits = torch.zeros(*ids.shape, VOCAB)
+    wants_eos = ids[:, :1] == 7
+    logits[..., EOS] = torch.where(wants_eos, 5.0, 0.0)
+    logits[..., 20] = torch.where(wants_eos, 0.0, 5.0)
+    return logits
+
+
+def test_stop_fills_the_rest_with_eos_after_a_block_with_eos():
+    alone = sample(StubModel(eos_for_prompt_seven), [[7, 8]], gen_length=8, block_length=4, steps=4,
+                   eos_token_id=EOS, eos_handling="stop")
+    assert alone.generated.tolist() == [[EOS] * 8]
+    assert alone.nfe == 2  # the second block is never sampled
+    both = sample(StubModel(eos_for_prompt_seven), [[7, 8], [9, 8]], gen_length=8, block_length=4, steps=4,
+                  eos_token_id=EOS, eos_handling="stop")
+    assert both.generated.tolist() == [[EOS] * 8, [20] * 8]
+    assert both.nfe == 4
+
+
+def test_forbid_never_predicts_eos():
+    result = sample(StubModel(eos_for_prompt_seven), [[7, 8]], gen_length=4, steps=4,
+                    eos_token_id=EOS, eos_handling="forbid")
+    assert not (result.generated == EOS).any()
+    assert not (result.generated == MASK).any()
+
+
+def test_rank_last_commits_eos_predictions_after_the_others():
+    # EOS is very likely at generation positions 0 and 1, token 20 is less likely at positions 2 and 3.
+    def logits_fn(ids):
+        logits = torch.zeros(*ids.shape, VOCAB)
+        logits[:, 1:3, EOS] = 9.0
+        logits[:, 3:, 20] = 3.0
+        return logits
+
+    settings = dict(gen_length=4, steps=4, eos_token_id=EOS, trace=True)
+    first_position = lambda result: [int(f.committed[0].nonzero()[0]) for f in result.trace]  # noqa: E731
+    assert first_position(sample(StubModel(logits_fn), [[5]], **settings))[:2] == [1, 2]
+    ranked = sample(StubModel(logits_fn), [[5]], eos_handling="rank_last", **settings)
+    assert first_position(ranked) == [3, 4, 1, 2]
+    assert ranked.generated.tolist() == [[EOS, EOS, 20, 20]]
+
+
+# --- bad input ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("settings,message", [
+    (dict(gen_length=10, block_length=4), "multiple of block_length"),
+    (dict(gen_length=12, block_length=4, steps=8), "multiple of the number of blocks"),
+    (dict(gen_length=8, block_length=4, steps=3), "multiple of the number of blocks"),
+    (dict(gen_length=4, steps=8), "exceed block_length"),
+    (dict(remasking="random", threshold=0.9), "cannot be combined"),
+    (dict(remasking="best"), "remasking must be one of"),
+    (dict(eos_handling="stop"), "needs eos_token_id"),
+    (dict(temperature=-1.0), "temperature"),
+])
+def test_bad_settings_are_refused(settings, message):
+    with pytest.raises(ValueError, match=message):
+        SamplerConfig(**{"mask_token_id": MASK, "gen_length": 8, "steps": 8, **settings})
+
+
+def test_a_prompt_longer_than_the_context_is_refused():
+    stub = StubModel(lambda ids: torch.zeros(*ids.shape, VOCAB), context=16)
+    with pytest.raises(ValueError, match="exceeds the model's context of 16"):
+        sample(stub, [[5] * 10], gen_length=8, steps=8)
