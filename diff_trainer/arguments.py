@@ -152,7 +152,10 @@ def parse_arguments(dataclass_types, argv: Optional[list[str]] = None):
             raise FileNotFoundError(f"Config file {argv[0]} does not exist.")
         argv = config_to_argv(argv[0]) + argv[1:]
     parser = HfArgumentParser(dataclass_types)
-    return parser.parse_args_into_dataclasses(args=argv)
+    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # usage message and exit status 2
+    return tuple(parsed)
 
 
 @dataclass

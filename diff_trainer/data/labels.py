@@ -51,4 +51,5 @@ def dff_labels(sequences, marker_ids: list[int]) -> tuple[list[np.ndarray], np.n
     position_in_flat = np.arange(len(flat))
     owner = np.repeat(np.arange(len(sequences)), lengths)
     labels = np.where(position_in_flat >= trained_from[owner], flat, IGNORE_INDEX)
-    return np.split(labels, offsets[1:-1]), found
+    rows = np.split(labels, offsets[1:-1]) if len(sequences) else []  # np.split of nothing gives one empty row
+    return rows, found

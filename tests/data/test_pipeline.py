@@ -1,0 +1,187 @@
+"""The Preprocessor end to end on in-memory data: tokenise -> <DFF> labels -> filter -> pack/pad -> check."""
+
+import logging
+
+import pytest
+from datasets import Dataset, DatasetDict
+
+from conftest import make_byte_tokenizer
+from diff_trainer.arguments import DataArguments
+from diff_trainer.data.labels import IGNORE_INDEX as I
+from diff_trainer.data.loading import DataError
+from diff_trainer.data.pipeline import Preprocessor
+
+EOS = 1
+DFF = 384  # id of <DFF> in make_byte_tokenizer()
+
+
+def byte_ids(text):
+    """ByT5 ids of plain ASCII text: byte value + 3."""
+    return [b + 3 for b in text.encode()]
+
+
+def dataset(columns, validation=None):
+    splits = {"train": Dataset.from_dict(columns)}
+    if validation is not None:
+        splits["validation"] = Dataset.from_dict(validation)
+    return DatasetDict(splits)
+
+
+def preprocess(raw, tokenizer=None, dff_mode="auto", **data_kwargs):
+    data_kwargs.setdefault("block_size", 8)
+    preprocessor = Preprocessor(tokenizer or make_byte_tokenizer(), DataArguments(**data_kwargs),
+                                dff_token="<DFF>", dff_mode=dff_mode)
+    return preprocessor.run(raw), preprocessor
+
+
+def test_left_padded_row_shape():
+    final, _ = preprocess(dataset({"text": ["ab<DFF>cd"]}))
+    row = final["train"][0]
+    assert final["train"].column_names == ["input_ids", "labels", "attention_mask"]
+    assert row["input_ids"] == [EOS, EOS] + byte_ids("ab") + [DFF] + byte_ids("cd") + [EOS]
+    assert row["labels"] == [I, I, I, I, DFF] + byte_ids("cd") + [EOS]
+    assert row["attention_mask"] == [0, 0, 1, 1, 1, 1, 1, 1]
+
+
+def test_right_padded_row_trains_and_attends_eos():
+    final, _ = preprocess(dataset({"text": ["a<DFF>b"]}), padding_side="right")
+    row = final["train"][0]
+    assert row["input_ids"] == byte_ids("a") + [DFF] + byte_ids("b") + [EOS] * 5
+    assert row["labels"] == [I, DFF] + byte_ids("b") + [EOS] * 5
+    assert row["attention_mask"] == [1] * 8
+
+
+def test_validation_split_gets_the_same_treatment():
+    final, _ = preprocess(dataset({"text": ["a<DFF>b"]}, validation={"text": ["c<DFF>d"]}))
+    assert final["validation"][0]["labels"] == [I] * 4 + [I, DFF] + byte_ids("d") + [EOS]
+
+
+def test_sample_of_block_size_minus_one_fits_with_its_eos():
+    text = "abcd<DFF>ef"  # 7 tokens, block_size 8
+    final, preprocessor = preprocess(dataset({"text": [text]}))
+    assert final["train"][0]["attention_mask"] == [1] * 8
+    assert final["train"][0]["input_ids"][-1] == EOS
+    assert not preprocessor.concatenate
+
+
+def test_sample_of_block_size_is_dropped_with_ignore_long_samples(caplog):
+    long, short = "abcde<DFF>ef", "a<DFF>b"  # 8 tokens (too long for block 8) and 3 tokens
+    with caplog.at_level(logging.WARNING):
+        final, preprocessor = preprocess(dataset({"text": [long, short]}), ignore_long_samples=True)
+    assert len(final["train"]) == 1
+    assert final["train"][0]["input_ids"][-4:] == byte_ids("a") + [DFF] + byte_ids("b") + [EOS]
+    assert not preprocessor.concatenate
+    assert "dropped 1 samples with length >= block_size 8" in caplog.text
+
+
+def test_sample_of_block_size_forces_packing_with_a_warning(caplog):
+    long, short = "abcde<DFF>ef", "a<DFF>b"
+    with caplog.at_level(logging.WARNING):
+        final, preprocessor = preprocess(dataset({"text": [long, short]}))
+    assert preprocessor.concatenate
+    assert "--concatenate_texts" in caplog.text and "--ignore_long_samples" in caplog.text
+    # 8 + 1 + 3 + 1 = 13 tokens -> one full row, the remainder of 5 is dropped
+    assert final["train"]["input_ids"] == [byte_ids("abcde") + [DFF] + byte_ids("ef")]
+    assert final["train"]["attention_mask"] == [[1] * 8]
+
+
+def test_concatenation_drops_remainder_and_rows_without_trained_tokens(caplog):
+    # a long context fills the first row entirely: that row has no trained label and is dropped
+    texts = ["abcdefghij<DFF>k", "l<DFF>m"]
+    with caplog.at_level(logging.WARNING):
+        final, _ = preprocess(dataset({"text": texts}), concatenate_texts=True, block_size=5)
+    # stream: a..j DFF k EOS l DFF m EOS (16 tokens) -> rows [a-e] [f-j] [DFF k EOS l DFF]; remainder "m EOS" dropped
+    assert final["train"]["input_ids"] == [[DFF] + byte_ids("k") + [EOS] + byte_ids("l") + [DFF]]
+    assert final["train"]["labels"] == [[DFF] + byte_ids("k") + [EOS, I, DFF]]
+    assert "dropped 2 packed rows with no trained token" in caplog.text
+
+
+def test_dff_auto_without_marker_trains_every_token():
+    final, preprocessor = preprocess(dataset({"text": ["abc"]}))
+    assert preprocessor.use_dff is False
+    assert final["train"][0]["labels"] == [I] * 4 + byte_ids("abc") + [EOS]
+
+
+def test_dff_auto_with_a_marker_drops_samples_without_it(caplog):
+    with caplog.at_level(logging.WARNING):
+        final, preprocessor = preprocess(dataset({"text": ["abc", "a<DFF>b"]}))
+    assert preprocessor.use_dff is True
+    assert len(final["train"]) == 1
+    assert final["train"][0]["labels"][-3:] == [DFF] + byte_ids("b") + [EOS]
+    assert "dropped 1 of 2 samples without <DFF>" in caplog.text and "'abc'" in caplog.text
+
+
+def test_dff_off_trains_the_context_too():
+    final, preprocessor = preprocess(dataset({"text": ["a<DFF>b"]}), dff_mode="off")
+    assert preprocessor.use_dff is False
+    assert final["train"][0]["labels"] == [I] * 4 + byte_ids("a") + [DFF] + byte_ids("b") + [EOS]
+
+
+def test_dff_on_without_any_marker_is_an_empty_dataset_error():
+    with pytest.raises(DataError, match="train split is empty after filtering"):
+        preprocess(dataset({"text": ["abc", "def"]}), dff_mode="on")
+
+
+def test_every_sample_too_long_is_an_empty_dataset_error():
+    with pytest.raises(DataError, match="empty after filtering"):
+        preprocess(dataset({"text": ["abcdefgh<DFF>i"]}), ignore_long_samples=True)
+
+
+def test_multi_token_marker_without_dff_special_token():
+    tokenizer = make_byte_tokenizer(dff=False)
+    final, preprocessor = preprocess(dataset({"text": ["ab<DFF>c"]}), tokenizer=tokenizer, block_size=12)
+    assert preprocessor.use_dff is True
+    marker = byte_ids("<DFF>")
+    assert final["train"][0]["labels"] == [I] * 5 + marker + byte_ids("c") + [EOS]
+
+
+def test_existing_labels_are_kept_unless_forced():
+    ids = byte_ids("a") + [DFF] + byte_ids("b")
+    columns = {"input_ids": [ids], "labels": [[I, I, 5]]}
+    kept, _ = preprocess(dataset(columns))
+    assert kept["train"][0]["labels"] == [I] * 4 + [I, I, 5, EOS]
+    forced, _ = preprocess(dataset(columns), force_label=True)
+    assert forced["train"][0]["labels"] == [I] * 4 + [I, DFF] + byte_ids("b") + [EOS]
+
+
+def test_input_ids_column_skips_tokenisation():
+    # no text column at all: the ids are used as they are
+    final, _ = preprocess(dataset({"input_ids": [[40, DFF, 41]], "source": ["x"]}))
+    assert final["train"][0]["input_ids"] == [EOS] * 4 + [40, DFF, 41, EOS]
+    assert final["train"][0]["labels"] == [I] * 5 + [DFF, 41, EOS]
+
+
+def test_prompt_and_response_columns_are_joined_with_dff():
+    raw = dataset({"question": ["ab"], "answer": ["c"]})
+    final, _ = preprocess(raw, prompt_column="question", response_column="answer")
+    assert final["train"][0]["input_ids"][-5:] == byte_ids("ab") + [DFF] + byte_ids("c") + [EOS]
+    assert final["train"][0]["labels"][-3:] == [DFF] + byte_ids("c") + [EOS]
+
+
+def test_unknown_text_column_lists_the_available_columns():
+    with pytest.raises(DataError, match=r"'body' not in the data; available columns: \['content', 'id'\]"):
+        preprocess(dataset({"content": ["a<DFF>b"], "id": [1]}), text_column="body")
+
+
+def test_unknown_prompt_column_is_named():
+    with pytest.raises(DataError, match=r"\['prompt'\] not in the data"):
+        preprocess(dataset({"question": ["a"], "answer": ["b"]}), prompt_column="prompt", response_column="answer")
+
+
+def test_skip_concat_rejects_rows_of_the_wrong_length():
+    rows = dataset({"input_ids": [[5, 6, 7]], "labels": [[5, 6, 7]], "attention_mask": [[1, 1, 1]]})
+    with pytest.raises(DataError, match="expected block_size 8"):
+        preprocess(rows, skip_concat=True)
+
+
+def test_skip_concat_rejects_rows_without_trained_labels():
+    rows = dataset({"input_ids": [[5] * 8], "labels": [[I] * 8], "attention_mask": [[1] * 8]})
+    with pytest.raises(DataError, match="no trained label"):
+        preprocess(rows, skip_concat=True)
+
+
+def test_tokenizer_without_eos_is_refused():
+    tokenizer = make_byte_tokenizer()
+    tokenizer.eos_token = None
+    with pytest.raises(DataError, match="no EOS token"):
+        preprocess(dataset({"text": ["a<DFF>b"]}), tokenizer=tokenizer)

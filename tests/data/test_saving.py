@@ -1,0 +1,70 @@
+"""save_final_dataset: atomic save, and a save -> load_from_disk --skip_concat round trip gives the same rows."""
+
+import os
+
+import pytest
+from datasets import Dataset, DatasetDict
+
+from conftest import make_byte_tokenizer
+from diff_trainer.arguments import DataArguments
+from diff_trainer.data.loading import DataError, load_raw_datasets
+from diff_trainer.data.pipeline import Preprocessor
+from diff_trainer.data.saving import save_final_dataset
+
+BLOCK = 16
+
+
+def final_rows(tokenizer, raw, **data_kwargs):
+    args = DataArguments(block_size=BLOCK, **data_kwargs)
+    return Preprocessor(tokenizer, args, dff_token="<DFF>").run(raw)
+
+
+@pytest.fixture
+def final():
+    texts = [f"old {i}<DFF>new {i * 7}" for i in range(12)]
+    raw = DatasetDict({"train": Dataset.from_dict({"text": texts[:9]}),
+                       "validation": Dataset.from_dict({"text": texts[9:]})})
+    return final_rows(make_byte_tokenizer(), raw)
+
+
+def test_save_then_reload_with_skip_concat_gives_identical_rows(tmp_path, final):
+    target = tmp_path / "final"
+    assert save_final_dataset(final, str(target)) == str(target)
+    args = DataArguments(dataset_name=str(target), load_from_disk=True, skip_concat=True, block_size=BLOCK)
+    raw = load_raw_datasets(args, cache_dir=str(tmp_path / "cache"))
+    reloaded = Preprocessor(make_byte_tokenizer(), args, dff_token="<DFF>").run(raw)
+    assert list(reloaded) == ["train", "validation"]
+    for name in final:
+        assert reloaded[name].to_list() == final[name].to_list()
+    # only the final directory is left next to it: no staging directory
+    assert [name for name in os.listdir(tmp_path) if name.startswith(".final")] == []
+
+
+def test_existing_directory_is_refused_without_overwrite(tmp_path, final):
+    target = tmp_path / "final"
+    target.mkdir()
+    (target / "keep.txt").write_text("mine")
+    with pytest.raises(DataError, match="already exists; pass --overwrite_final_dataset"):
+        save_final_dataset(final, str(target))
+    assert (target / "keep.txt").read_text() == "mine"
+
+
+def test_overwrite_replaces_the_directory(tmp_path, final):
+    target = tmp_path / "final"
+    target.mkdir()
+    (target / "stale.txt").write_text("old")
+    save_final_dataset(final, str(target), overwrite=True)
+    assert not (target / "stale.txt").exists()
+    assert (target / "dataset_dict.json").exists()
+
+
+def test_failure_mid_save_leaves_no_directory(tmp_path, final, monkeypatch):
+    def half_save(self, path, **kwargs):
+        with open(os.path.join(path, "partial.arrow"), "w") as handle:
+            handle.write("half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(DatasetDict, "save_to_disk", half_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_final_dataset(final, str(tmp_path / "final"))
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,93 @@
+"""End to end: run_clm_diff.main trains a tiny causal Llama on <DFF> data, evaluates, resumes, reuses saved rows."""
+
+import importlib.util
+import json
+import logging
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from diff_trainer.data.pipeline import Preprocessor
+
+SCRIPT = Path(__file__).resolve().parents[1] / "run_clm_diff.py"
+_spec = importlib.util.spec_from_file_location("run_clm_diff", SCRIPT)
+run_clm_diff = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(run_clm_diff)
+
+TINY_LLAMA = ("hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4,"
+              "num_key_value_heads=4,max_position_embeddings=64")
+
+
+@pytest.fixture
+def train_file(tmp_path):
+    rng = random.Random(0)
+    path = tmp_path / "train.jsonl"
+    with open(path, "w") as handle:
+        for _ in range(40):
+            a, b = rng.randint(0, 99), rng.randint(0, 99)
+            handle.write(json.dumps({"text": f"{a}+{b}=<DFF>{a + b}"}) + "\n")
+    return str(path)
+
+
+def common_flags(output_dir):
+    return ["--model_type", "llama", "--config_overrides", TINY_LLAMA, "--tokenizer_name", "byte",
+            "--block_size", "16", "--output_dir", str(output_dir), "--per_device_train_batch_size", "4",
+            "--per_device_eval_batch_size", "8", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true"]
+
+
+@pytest.fixture
+def captured_rows(monkeypatch):
+    """Every DatasetDict that Preprocessor.run hands to the trainer, in call order."""
+    outputs = []
+    original = Preprocessor.run
+
+    def spy(self, raw):
+        final = original(self, raw)
+        outputs.append(final)
+        return final
+
+    monkeypatch.setattr(Preprocessor, "run", spy)
+    return outputs
+
+
+def test_train_evaluate_and_resume(tmp_path, train_file, caplog):
+    out = tmp_path / "out"
+    flags = common_flags(out) + ["--train_file", train_file, "--validation_split_percentage", "20",
+                                 "--save_steps", "3", "--do_train", "--do_eval"]
+    run_clm_diff.main(flags + ["--max_steps", "3"])
+
+    assert (out / "checkpoint-3" / "model.safetensors").exists()
+    assert (out / "model.safetensors").exists()
+    config = json.loads((out / "config.json").read_text())
+    assert config["model_type"] == "llama" and config["hidden_size"] == 32
+    assert "diffusion_config" not in config
+    metrics = json.loads((out / "eval_results.json").read_text())
+    assert math.isfinite(metrics["eval_loss"])
+    assert metrics["perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]))
+    assert 0 <= metrics["eval_accuracy"] <= 1
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
+
+    with caplog.at_level(logging.INFO, logger="diff_trainer"):
+        run_clm_diff.main(flags + ["--max_steps", "4", "--resume", "--log_level", "info"])
+    assert f"Resuming from {out / 'checkpoint-3'}" in caplog.text
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 4
+
+
+def test_saved_final_dataset_is_trained_on_again(tmp_path, train_file, captured_rows):
+    saved = tmp_path / "final"
+    run_clm_diff.main(common_flags(tmp_path / "prepare") + ["--train_file", train_file,
+                                                            "--validation_split_percentage", "20",
+                                                            "--save_final_dataset", str(saved)])
+    assert (saved / "dataset_dict.json").exists()
+
+    out = tmp_path / "reuse"
+    run_clm_diff.main(common_flags(out) + ["--dataset_name", str(saved), "--load_from_disk", "--skip_concat",
+                                           "--do_train", "--max_steps", "1"])
+    prepared, reused = captured_rows
+    assert list(reused) == ["train", "validation"]
+    for name in prepared:
+        assert reused[name].to_list() == prepared[name].to_list()
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 1
+    assert (out / "model.safetensors").exists()
