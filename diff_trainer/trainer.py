@@ -83,22 +83,22 @@ class DiffusionTrainer(Trainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
-        """Loss and masked-token accuracy on seeded masks, then the ELBO bound on NLL per token."""
+        """Loss and masked-token accuracy on seeded masks, plus the ELBO bound (see `evaluation_loop`)."""
         train_collator = self.data_collator
         try:
             if self.eval_collator is not None:
                 self.eval_collator.reseed()
                 self.data_collator = self.eval_collator
-            metrics = super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-            if self.eval_mc_samples > 0:
-                self.data_collator = default_data_collator
-                elbo = self.elbo_metrics(eval_dataset if eval_dataset is not None else self.eval_dataset,
-                                         metric_key_prefix)
-                self.log(elbo)
-                metrics.update(elbo)
+            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
         finally:
             self.data_collator = train_collator
-        return metrics
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self.eval_mc_samples > 0:
+            output.metrics.update(self.elbo_metrics(dataloader.dataset, metric_key_prefix))
+        return output
 
     @torch.no_grad()
     def elbo_metrics(self, dataset: Dataset, prefix: str) -> dict:
@@ -108,7 +108,12 @@ class DiffusionTrainer(Trainer):
         mask_token_id = self.model.config.diffusion_config["mask_token_id"]
         generator = torch.Generator().manual_seed(self.eval_mask_seed)
         total_nll, total_tokens = 0.0, 0
-        for batch in self.get_eval_dataloader(dataset):
+        masked_collator, self.data_collator = self.data_collator, default_data_collator
+        try:
+            dataloader = self.get_eval_dataloader(dataset)  # the loader keeps the clean collator
+        finally:
+            self.data_collator = masked_collator
+        for batch in dataloader:
             ids, attention = batch["input_ids"], batch["attention_mask"]
             maskable = batch["labels"] != IGNORE_INDEX
             nll = elbo_nll(lambda noisy: model(input_ids=noisy.to(ids.device), attention_mask=attention.repeat(

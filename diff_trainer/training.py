@@ -11,11 +11,13 @@ from transformers.trainer_utils import get_last_checkpoint
 
 
 def setup_logging(training_args) -> None:
-    """Log to stderr at the Trainer's level for this process (main process: info, others: warning)."""
+    """Log to stderr: our own messages at info on the main process (warning elsewhere), libraries at --log_level."""
     level = training_args.get_process_log_level()
+    own_level = min(level, logging.INFO) if training_args.should_log else level
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        handlers=[logging.StreamHandler(sys.stderr)], level=level)
-    logging.getLogger("diff_trainer").setLevel(level)
+                        handlers=[logging.StreamHandler(sys.stderr)], level=own_level)
+    for name in ("diff_trainer", "run_clm_diff", "run_diffusion_dpo"):
+        logging.getLogger(name).setLevel(own_level)
     datasets.utils.logging.set_verbosity(level)
     transformers.utils.logging.set_verbosity(level)
     transformers.utils.logging.enable_explicit_format()
