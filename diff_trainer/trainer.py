@@ -143,6 +143,9 @@ def build_diffusion_trainer(model, tokenizer, diff_args, model_args, training_ar
     """Make the model a self-describing diffusion model and wire trainer, collators and metrics."""
     if diff_args.shift_logits and is_encoder_model(model):
         raise ValueError("--shift_logits adapts a causal LM; an encoder (masked LM) predicts its own position.")
+    if training_args.dataloader_persistent_workers and diff_args.eval_mc_samples > 0:
+        raise ValueError("--dataloader_persistent_workers caches one eval loader, but the ELBO pass needs clean "
+                         "batches besides the masked ones: drop the flag or set --eval_mc_samples 0.")
     mask_token_id = tokenizer.mask_token_id
     make_bidirectional(model)
     write_diffusion_config(model.config, mask_token_id=mask_token_id, shift_logits=diff_args.shift_logits,
