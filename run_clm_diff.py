@@ -9,7 +9,6 @@ Flags: `python run_clm_diff.py --help`. A yaml/json config file may come first; 
 import logging
 import sys
 
-import transformers
 from transformers import Trainer, TrainingArguments, set_seed
 
 from diff_trainer.arguments import DataArguments, DiffusionArguments, ModelArguments, parse_arguments

@@ -8,7 +8,7 @@ import os
 from typing import Optional
 
 import datasets
-from datasets import Dataset, DatasetDict
+from datasets import DatasetDict
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,6 @@
 import math
 import os
 
-import numpy as np
 
 from ..data.labels import IGNORE_INDEX
 
