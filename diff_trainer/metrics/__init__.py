@@ -3,7 +3,6 @@
 import math
 import os
 
-
 from ..data.labels import IGNORE_INDEX
 
 TOKEN_ACCURACY_MODULE = os.path.join(os.path.dirname(__file__), "token_accuracy")
