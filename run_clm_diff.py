@@ -41,6 +41,9 @@ def main(argv=None):
     if data_args.save_final_dataset and training_args.process_index == 0:
         save_final_dataset(final, data_args.save_final_dataset, overwrite=data_args.overwrite_final_dataset,
                            num_proc=data_args.preprocessing_num_workers)
+    if not (training_args.do_train or training_args.do_eval):
+        logger.info("Neither --do_train nor --do_eval: preprocessing only, done.")
+        return
     train_dataset, eval_dataset = final["train"], final.get("validation")
 
     model = load_model(model_args, tokenizer, masked_lm=diff_args.masked_lm)

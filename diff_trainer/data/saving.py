@@ -21,7 +21,7 @@ def save_final_dataset(final: DatasetDict, path: str, *, overwrite: bool = False
     os.makedirs(parent, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{os.path.basename(path)}.partial-", dir=parent)
     try:
-        final.save_to_disk(staging, num_proc=num_proc)
+        final.save_to_disk(staging, num_proc=num_proc if num_proc and num_proc > 1 else None)
         if os.path.exists(path):
             shutil.rmtree(path)
         os.rename(staging, path)
