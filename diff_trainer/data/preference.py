@@ -1,0 +1,423 @@
+"""Preference pairs for DPO: load {"prompt", "chosen", "rejected"} records, check them, tokenise, collate.
+
+Checking. A record is bad when a key is missing (or not a string), when chosen or rejected is empty (or only
+whitespace), or when chosen == rejected. Bad records are reported with their place (`file, line N` for local
+JSON-lines files, `record N` for a JSON document, `split row N` for hub or saved data) and, with
+--invalid_pairs skip (the default), dropped with a count; with --invalid_pairs error, the first ones are listed
+in a DataError. A column missing from the whole data is always an error.
+
+Tokenising. Each side is `prompt + response + EOS` (the prompt gets --prompt_suffix appended, and BOS in front when
+the tokenizer has a distinct one); chosen and rejected share the prompt ids. Truncation rule: a prompt longer than
+--max_prompt_length keeps its last tokens (BOS stays); responses are never cut, so a pair whose prompt plus longer
+response plus EOS exceeds --max_length is counted and skipped. With --response_padding eos (LLaDA SFT) each
+response is filled with EOS up to max_length − prompt length, and those EOS are part of the scored response; with
+`ignore` rows are padded per batch with unattended, unscored padding.
+
+Masks. Every pair gets a `mask_seed` column (from the run seed, the split and the row). `PreferenceCollator`
+draws the pair's Monte-Carlo masks from a generator seeded with (mask_seed, epoch, stream), so the masks of a
+pair do not depend on its batch, its process or gradient accumulation, change from epoch to epoch, and can be
+reproduced exactly (precomputed reference scores).
+"""
+
+import contextlib
+import json
+import logging
+import os
+import zlib
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+from datasets import Dataset, DatasetDict
+
+from ..diffusion.forward import mask_exact_count, stratified_mask_counts
+from .loading import DataError, builder_for, load_files, load_saved, open_text
+
+logger = logging.getLogger(__name__)
+
+TOKEN_COLUMNS = ("prompt_ids", "chosen_ids", "rejected_ids", "mask_seed")
+REFERENCE_COLUMNS = ("ref_chosen_score", "ref_rejected_score")
+INVALID_PAIR_MODES = ("skip", "error")
+RESPONSE_PADDINGS = ("eos", "ignore")
+REPORTED_LOCATIONS = 5
+
+
+@dataclass
+class PreferenceDataArguments:
+    """Where the preference pairs come from and how they become token rows."""
+
+    dataset_name: Optional[str] = field(
+        default=None,
+        metadata={"help": "Hub dataset name, or with --load_from_disk a directory written by save_to_disk."},
+    )
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    train_file: Optional[str] = field(
+        default=None, metadata={"help": "Training pairs: .jsonl, .jsonl.zst, .jsonl.gz or .json (a list of records)."}
+    )
+    validation_file: Optional[str] = field(default=None, metadata={"help": "Validation pairs (same formats)."})
+    load_from_disk: bool = field(
+        default=False,
+        metadata={"help": "Treat --dataset_name as a save_to_disk directory: raw pairs, or tokenised pairs saved "
+                          "with --save_final_dataset (then tokenising is skipped)."},
+    )
+    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompt."})
+    chosen_column: str = field(default="chosen", metadata={"help": "Column holding the preferred response."})
+    rejected_column: str = field(default="rejected", metadata={"help": "Column holding the dispreferred response."})
+    prompt_suffix: str = field(
+        default="",
+        metadata={"help": "Text appended to every prompt, e.g. '<DFF>' for a checkpoint trained on prompt<DFF>answer."},
+    )
+    validation_split_percentage: float = field(
+        default=0, metadata={"help": "Percent of the train pairs held out for validation when there is no validation "
+                                     "split (0 = none)."}
+    )
+    max_train_samples: Optional[int] = field(
+        default=None, metadata={"help": "Keep only the first N valid train pairs."}
+    )
+    max_eval_samples: Optional[int] = field(
+        default=None, metadata={"help": "Keep only the first N valid eval pairs."}
+    )
+    max_length: int = field(default=512, metadata={"help": "Longest prompt + response + EOS, in tokens."})
+    max_prompt_length: Optional[int] = field(
+        default=None, metadata={"help": "Longer prompts keep their last max_prompt_length tokens (None: no limit)."}
+    )
+    response_padding: str = field(
+        default="eos",
+        metadata={"help": "eos: fill responses with trained EOS up to max_length (LLaDA SFT, the model learns to stop; "
+                          "the EOS are scored); ignore: pad per batch with unattended, unscored padding."},
+    )
+    invalid_pairs: str = field(
+        default="skip",
+        metadata={"help": "Records with a missing key, an empty response or chosen == rejected: skip (counted and "
+                          "logged with file and line) or error."},
+    )
+    preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "Processes for tokenising."})
+    save_final_dataset: Optional[str] = field(
+        default=None,
+        metadata={"help": "Save the tokenised pairs (with reference scores when precomputed) to this directory for "
+                          "reuse with --load_from_disk.", "nargs": "?", "const": "final_dataset"},
+    )
+    overwrite_final_dataset: bool = field(
+        default=False, metadata={"help": "Allow --save_final_dataset to replace an existing directory."}
+    )
+
+    def __post_init__(self):
+        if self.invalid_pairs not in INVALID_PAIR_MODES:
+            raise ValueError(f"--invalid_pairs must be one of {INVALID_PAIR_MODES}, got {self.invalid_pairs!r}")
+        if self.response_padding not in RESPONSE_PADDINGS:
+            raise ValueError(f"--response_padding must be one of {RESPONSE_PADDINGS}, got {self.response_padding!r}")
+        if self.max_length < 2:
+            raise ValueError(f"--max_length must be at least 2 (a response token and EOS), got {self.max_length}")
+        if self.max_prompt_length is not None and not 0 < self.max_prompt_length < self.max_length:
+            raise ValueError(f"--max_prompt_length must be in [1, max_length), got {self.max_prompt_length}")
+        if self.load_from_disk and not self.dataset_name:
+            raise ValueError("--load_from_disk needs --dataset_name pointing at a save_to_disk directory.")
+
+    @property
+    def columns(self) -> tuple[str, str, str]:
+        return self.prompt_column, self.chosen_column, self.rejected_column
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading and checking
+
+
+def load_preference_splits(data_args) -> tuple[DatasetDict, dict[str, Optional[str]]]:
+    """Raw train (and validation) splits in source order, and each split's source file (None: not a file)."""
+    if data_args.load_from_disk:
+        raw = load_saved(data_args.dataset_name)
+        sources = dict.fromkeys(raw)
+    elif data_args.dataset_name:
+        import datasets
+
+        raw = datasets.load_dataset(data_args.dataset_name, data_args.dataset_config_name)
+        sources = dict.fromkeys(raw)
+    elif data_args.train_file:
+        sources = {"train": data_args.train_file}
+        if data_args.validation_file:
+            sources["validation"] = data_args.validation_file
+        raw = load_files(sources)
+    else:
+        raise DataError("No pairs given: pass --train_file, or --dataset_name (with --load_from_disk for a saved dir).")
+    if "train" not in raw:
+        raise DataError(f"The data has no 'train' split (found: {', '.join(raw) or 'none'}).")
+    kept = {name: raw[name] for name in ("train", "validation") if name in raw}
+    return DatasetDict(kept), {name: sources.get(name) for name in kept}
+
+
+def pair_problem(prompt, chosen, rejected, names: tuple[str, str, str]) -> Optional[str]:
+    """Why a record cannot be a preference pair (None when it can)."""
+    for name, value in zip(names, (prompt, chosen, rejected)):
+        if value is None:
+            return f"missing key {name!r}"
+        if not isinstance(value, str):
+            return f"{name!r} is a {type(value).__name__}, not a string"
+    if not chosen.strip() or not rejected.strip():
+        return "empty response"
+    if chosen == rejected:
+        return "chosen == rejected"
+    return None
+
+
+def find_bad_pairs(split: Dataset, names: tuple[str, str, str]) -> dict[int, str]:
+    """Row index -> problem for every bad record of `split` (DataError if a whole column is missing)."""
+    missing = [name for name in names if name not in split.column_names]
+    if missing:
+        raise DataError(f"Column(s) {missing} not in the data; available columns: {split.column_names}. "
+                        "Pass --prompt_column/--chosen_column/--rejected_column.")
+    columns = [split[name] for name in names]
+    problems = {}
+    for row, values in enumerate(zip(*columns)):
+        problem = pair_problem(*values, names)
+        if problem:
+            problems[row] = problem
+    return problems
+
+
+def _is_json_lines(path: str) -> bool:
+    if builder_for(path) != "json":
+        return False
+    if path.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst")):
+        return True
+    with open_text(path) as handle:
+        try:
+            json.load(handle)
+            return False
+        except json.JSONDecodeError:
+            return True
+
+
+def record_locations(rows: list[int], source: Optional[str], split_name: str) -> dict[int, str]:
+    """Human-readable places of dataset rows: `file, line N` for JSON-lines files (blank lines are skipped by
+    the loader, so row i is the (i+1)-th non-blank line), `file, record N` otherwise."""
+    if source is None:
+        return {row: f"{split_name} row {row}" for row in rows}
+    if not _is_json_lines(source):
+        return {row: f"{source}, record {row + 1}" for row in rows}
+    wanted, found, row = set(rows), {}, -1
+    with open_text(source) as handle:
+        for number, line in enumerate(handle, start=1):
+            if line.strip():
+                row += 1
+                if row in wanted:
+                    found[row] = f"{source}, line {number}"
+                    if len(found) == len(wanted):
+                        break
+    return found
+
+
+def drop_bad_pairs(split: Dataset, names, source: Optional[str], split_name: str, mode: str) -> Dataset:
+    """Report bad records (place and problem); skip them with a count, or raise DataError (mode 'error')."""
+    problems = find_bad_pairs(split, names)
+    if not problems:
+        return split
+    shown = sorted(problems)[:REPORTED_LOCATIONS if mode == "skip" else 2 * REPORTED_LOCATIONS]
+    places = record_locations(shown, source, split_name)
+    listing = "; ".join(f"{places.get(row, f'{split_name} row {row}')}: {problems[row]}" for row in shown)
+    counts = {}
+    for problem in problems.values():
+        counts[problem] = counts.get(problem, 0) + 1
+    summary = ", ".join(f"{count} {problem}" for problem, count in sorted(counts.items()))
+    if mode == "error":
+        raise DataError(f"{split_name}: {len(problems)} of {len(split)} records are not valid preference pairs "
+                        f"({summary}). First: {listing}. Fix them or pass --invalid_pairs skip.")
+    logger.warning("%s: skipped %d of %d records that are not valid preference pairs (%s). First: %s",
+                   split_name, len(problems), len(split), summary, listing)
+    keep = np.setdiff1d(np.arange(len(split)), np.fromiter(problems, dtype=np.int64))
+    if len(keep) == 0:
+        raise DataError(f"{split_name}: no valid preference pair left.")
+    return split.select(keep)
+
+
+def is_tokenised(split: Dataset) -> bool:
+    """True for pairs already tokenised by this module (e.g. saved with --save_final_dataset)."""
+    return set(TOKEN_COLUMNS) <= set(split.column_names)
+
+
+def load_preference_data(data_args, seed: int = 42) -> tuple[DatasetDict, dict[str, Optional[str]]]:
+    """Valid raw pairs: bad records reported and skipped (or an error), validation held out, limits applied.
+
+    Returns the splits and each split's source file. Tokenised data (from --save_final_dataset) passes unchecked.
+    """
+    raw, sources = load_preference_splits(data_args)
+    for name in list(raw):
+        if not is_tokenised(raw[name]):
+            raw[name] = drop_bad_pairs(raw[name], data_args.columns, sources[name], name, data_args.invalid_pairs)
+    if "validation" not in raw and data_args.validation_split_percentage > 0:
+        held_out = raw["train"].train_test_split(test_size=data_args.validation_split_percentage / 100, seed=seed)
+        raw = DatasetDict({"train": held_out["train"], "validation": held_out["test"]})
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
+    for name, limit in limits.items():
+        if name in raw and limit is not None:
+            raw[name] = raw[name].select(range(min(limit, len(raw[name]))))
+    return raw, sources
+
+
+# ----------------------------------------------------------------------------------------------------
+# Tokenising
+
+
+def pair_mask_seed(seed: int, split: str, row: int) -> int:
+    """A well-mixed 63-bit seed for the masks of one pair, from the run seed, the split name and the row."""
+    state = np.random.SeedSequence([seed, zlib.crc32(split.encode()), row]).generate_state(2, np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+def noise_seed(mask_seed: int, epoch: int, stream: int) -> int:
+    """The generator seed of a pair's masks in one epoch; stream 1 gives the reference independent masks."""
+    state = np.random.SeedSequence([mask_seed >> 32, mask_seed & 0xFFFFFFFF, epoch, stream]).generate_state(
+        2, np.uint32)
+    return int(state[0]) << 31 | int(state[1]) >> 1
+
+
+def tokenize_pairs_function(tokenizer, data_args):
+    """Batched map: prompt/chosen/rejected text -> `prompt_ids`, `chosen_ids`, `rejected_ids` and a `fits` flag."""
+    prompt_column, chosen_column, rejected_column = data_args.columns
+    eos = tokenizer.eos_token_id
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id not in (None, eos) else []
+    max_length, max_prompt = data_args.max_length, data_args.max_prompt_length
+    pad_with_eos = data_args.response_padding == "eos"
+
+    def encode(texts):
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    def tokenize(batch):
+        prompts = encode([text + data_args.prompt_suffix for text in batch[prompt_column]])
+        chosen, rejected = encode(batch[chosen_column]), encode(batch[rejected_column])
+        out = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "fits": []}
+        for prompt, good, bad in zip(prompts, chosen, rejected):
+            if max_prompt is not None and len(bos) + len(prompt) > max_prompt:
+                prompt = prompt[len(prompt) - (max_prompt - len(bos)):]  # keep the end of the prompt
+            prompt = bos + prompt
+            good, bad = good + [eos], bad + [eos]
+            room = max_length - len(prompt)
+            out["fits"].append(max(len(good), len(bad)) <= room)
+            if pad_with_eos:
+                good, bad = good + [eos] * (room - len(good)), bad + [eos] * (room - len(bad))
+            out["prompt_ids"].append(prompt)
+            out["chosen_ids"].append(good)
+            out["rejected_ids"].append(bad)
+        return out
+
+    return tokenize
+
+
+def tokenize_pairs(raw: DatasetDict, tokenizer, data_args, seed: int = 42, main_process_first=None) -> DatasetDict:
+    """Token rows of every split: the TOKEN_COLUMNS (+ reference scores if saved); pairs too long are skipped.
+
+    Splits that are already tokenised are kept as they are.
+    """
+    if tokenizer.eos_token_id is None:
+        raise DataError("The tokenizer has no EOS token; responses end with EOS.")
+    result = {}
+    for name, split in raw.items():
+        if is_tokenised(split):
+            result[name] = split
+            continue
+        context = main_process_first or (lambda desc: contextlib.nullcontext())
+        with context(desc=f"tokenising {name} pairs"):
+            tokenised = split.map(tokenize_pairs_function(tokenizer, data_args), batched=True,
+                                  num_proc=data_args.preprocessing_num_workers, remove_columns=split.column_names,
+                                  desc=f"Tokenising {name} pairs")
+        fits = np.asarray(tokenised["fits"], dtype=bool)
+        if not fits.all():
+            logger.warning("%s: skipped %d of %d pairs longer than max_length %d (prompt%s + response + EOS).", name,
+                           int((~fits).sum()), len(fits), data_args.max_length,
+                           f" cut to {data_args.max_prompt_length}" if data_args.max_prompt_length else "")
+            tokenised = tokenised.select(np.flatnonzero(fits))
+        if len(tokenised) == 0:
+            raise DataError(f"{name}: no pair fits max_length {data_args.max_length}. Raise --max_length or set "
+                            "--max_prompt_length.")
+        tokenised = tokenised.remove_columns("fits")
+        result[name] = tokenised.add_column("mask_seed", [pair_mask_seed(seed, name, row)
+                                                          for row in range(len(tokenised))])
+    return DatasetDict(result)
+
+
+def save_pairs(pairs: DatasetDict, path: str, overwrite: bool = False) -> None:
+    """save_to_disk the tokenised pairs (reload with --load_from_disk --dataset_name path)."""
+    if os.path.exists(path) and not overwrite:
+        raise DataError(f"{path} exists; pass --overwrite_final_dataset to replace it.")
+    pairs.save_to_disk(path)
+    logger.info("Saved %s pairs to %s.", ", ".join(f"{len(s)} {n}" for n, s in pairs.items()), path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Collating: the Monte-Carlo noisy copies of every pair
+
+
+def noise_response(response: torch.Tensor, num_samples: int, mask_token_id: int, generator):
+    """`num_samples` noisy copies of one response: counts l_j ~ U{1..L} stratified over the samples, then exactly
+    l_j positions masked (LLaDA eq. 14). Returns (noisy [n, L], masked [n, L], counts [n])."""
+    length = response.shape[0]
+    counts = stratified_mask_counts(length, num_samples, generator=generator).reshape(-1)
+    copies = response.unsqueeze(0).expand(num_samples, length)
+    noisy, masked = mask_exact_count(copies, torch.ones_like(copies, dtype=torch.bool), counts, mask_token_id,
+                                     generator)
+    return noisy, masked, counts
+
+
+def pad_right(rows: list, width: int, value: int) -> torch.Tensor:
+    """Stack 1D tensors into [len(rows), width], filling the right with `value`."""
+    out = torch.full((len(rows), width), value, dtype=torch.long)
+    for index, row in enumerate(rows):
+        out[index, : len(row)] = row
+    return out
+
+
+@dataclass
+class PreferenceCollator:
+    """Batches of pairs for `DiffusionDPOTrainer`, with each pair's `num_samples` noisy copies drawn from its seed.
+
+    Rows are the B chosen sequences then the B rejected ones (`prompt + response`, right-padded with `pad_token_id`
+    and attention 0). Keys: `input_ids`, `attention_mask`, `maskable` [2B, T] (clean rows; maskable = response);
+    `noisy_ids`, `masked` [2B·n, T] and `mask_counts` [2B·n] (row k·n + j is sample j of sequence k); `mask_seed` [B];
+    `ref_scores` [2B] when the pairs carry precomputed reference scores. With `antithetic=False` the reference
+    gets its own masks (`ref_noisy_ids`, `ref_masked`, `ref_mask_counts`, stream 1). `epoch` picks the masks of an
+    epoch; `fixed_epoch` (precomputed reference scores, evaluation) overrides it.
+    """
+
+    mask_token_id: int
+    pad_token_id: int
+    num_samples: int = 8
+    antithetic: bool = True
+    epoch: int = 0
+    fixed_epoch: Optional[int] = None
+
+    def noisy_copies(self, pairs, mask_seeds, stream: int):
+        """Per sequence (chosen ones, then rejected ones) its n noisy responses, masks and counts."""
+        epoch = self.epoch if self.fixed_epoch is None else self.fixed_epoch
+        generators = [torch.Generator().manual_seed(noise_seed(seed, epoch, stream)) for seed in mask_seeds]
+        # each pair's generator serves its chosen response, then its rejected one: masks never depend on the batch
+        return [noise_response(pair[side], self.num_samples, self.mask_token_id, generator)
+                for side in (1, 2) for generator, pair in zip(generators, pairs)]
+
+    def __call__(self, features) -> dict:
+        mask_seeds = [int(feature["mask_seed"]) for feature in features]
+        pairs = [tuple(torch.as_tensor(f[name], dtype=torch.long) for name in ("prompt_ids", "chosen_ids",
+                                                                               "rejected_ids")) for f in features]
+        prompts = [pair[0] for pair in pairs] * 2
+        responses = [pair[1] for pair in pairs] + [pair[2] for pair in pairs]
+        width = max(len(p) + len(r) for p, r in zip(prompts, responses))
+        no_prompt = [torch.zeros(len(p), dtype=torch.long) for p in prompts]
+        batch = {
+            "input_ids": pad_right([torch.cat(parts) for parts in zip(prompts, responses)], width, self.pad_token_id),
+            "attention_mask": pad_right([torch.ones(len(p) + len(r), dtype=torch.long)
+                                         for p, r in zip(prompts, responses)], width, 0),
+            "maskable": pad_right([torch.cat([z, torch.ones_like(r)]) for z, r in zip(no_prompt, responses)],
+                                  width, 0).bool(),
+        }
+        streams = [("", 0)] if self.antithetic else [("", 0), ("ref_", 1)]
+        for prefix, stream in streams:
+            copies = self.noisy_copies(pairs, mask_seeds, stream)
+            batch[f"{prefix}noisy_ids"] = pad_right([torch.cat([p, row]) for p, (noisy, _, _) in zip(prompts, copies)
+                                                     for row in noisy], width, self.pad_token_id)
+            batch[f"{prefix}masked"] = pad_right([torch.cat([z, row.long()]) for z, (_, masked, _) in
+                                                  zip(no_prompt, copies) for row in masked], width, 0).bool()
+            batch[f"{prefix}mask_counts"] = torch.cat([counts for _, _, counts in copies])
+        batch["mask_seed"] = torch.tensor(mask_seeds, dtype=torch.long)
+        if all(name in features[0] for name in REFERENCE_COLUMNS):
+            batch["ref_scores"] = torch.tensor([f[REFERENCE_COLUMNS[0]] for f in features]
+                                               + [f[REFERENCE_COLUMNS[1]] for f in features], dtype=torch.float32)
+        return batch
