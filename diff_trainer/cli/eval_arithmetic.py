@@ -30,12 +30,11 @@ from diff_trainer import metrics
 from diff_trainer.cli.generate import (
     DEFAULT_DFF_TOKEN,
     add_sampling_arguments,
-    check_arguments,
+    checked_sampler_config,
     completion_text,
     generate_causal,
     load_checkpoint,
     prepare_prompts,
-    sampler_config,
     write_records,
 )
 from diff_trainer.sampling import SamplerConfig, generate
@@ -177,13 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     except (OSError, ValueError) as error:
         parser.error(str(error))
     prompt_ids = prepare_prompts(args, tokenizer, diffusion_config, [problem.prompt for problem in problems])
-    check_arguments(parser, args, diffusion_config, prompt_ids, model)
-    config = None
-    if diffusion_config is not None:
-        try:
-            config = sampler_config(args, diffusion_config, tokenizer)
-        except ValueError as error:
-            parser.error(str(error))
+    config = checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, tokenizer)
 
     evaluation = evaluate_problems(model, tokenizer, problems, prompt_ids, args, config)
     print(evaluation.summary())

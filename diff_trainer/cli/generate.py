@@ -169,6 +169,17 @@ def _print_step(tokenizer, mask_token_id: int, offset: int):
     return hook
 
 
+def checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, tokenizer):
+    """Check the flags and prompts against the checkpoint; the SamplerConfig (None for a causal checkpoint)."""
+    check_arguments(parser, args, diffusion_config, prompt_ids, model)
+    if diffusion_config is None:
+        return None
+    try:
+        return sampler_config(args, diffusion_config, tokenizer)
+    except ValueError as error:
+        parser.error(str(error))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -177,13 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     if not prompts:
         parser.error("no prompts given.")
     prompt_ids = prepare_prompts(args, tokenizer, diffusion_config, prompts)
-    check_arguments(parser, args, diffusion_config, prompt_ids, model)
-    config = None
-    if diffusion_config is not None:
-        try:
-            config = sampler_config(args, diffusion_config, tokenizer)
-        except ValueError as error:
-            parser.error(str(error))
+    config = checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, tokenizer)
 
     jobs = [(p, s) for p in range(len(prompts)) for s in range(args.samples)]
     generator = torch.Generator(device=model.device).manual_seed(args.seed) if args.seed is not None else None
