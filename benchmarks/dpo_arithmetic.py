@@ -195,7 +195,9 @@ def main(argv=None):
     data_dir = prepare_data()
     sft_model = args.sft_model
     if sft_model is None:
-        sft_model, seconds["SFT training"] = prepare_sft(data_dir, args.sft_steps, args.threads)
+        sft_model, sft_seconds = prepare_sft(data_dir, args.sft_steps, args.threads)
+        seconds["SFT training" if sft_seconds else "SFT training (reused the model in outputs/bench_dpo/sft)"] = \
+            sft_seconds
     runs = {}
     for kind in args.pairs:
         output, flags, seconds[f"DPO on {kind} pairs (with its evaluations)"] = train_dpo(

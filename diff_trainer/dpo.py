@@ -203,6 +203,7 @@ class DiffusionDPOTrainer(Trainer):
         columns = getattr(dataset, "column_names", None) or []
         if not set(REFERENCE_COLUMNS) <= set(columns):
             return False
+        # stored scores are reused when their budget matches; the reference and --antithetic_sampling are not checked
         stored = set(dataset.unique(REF_MC_SAMPLES_COLUMN)) if REF_MC_SAMPLES_COLUMN in columns else set()
         if stored != {self.dpo_args.mc_samples}:
             logger.warning("Stored reference scores used mc_samples %s, not %d: recomputing them.",
@@ -218,7 +219,7 @@ class DiffusionDPOTrainer(Trainer):
     @torch.no_grad()
     def reference_scores(self, model, inputs) -> torch.Tensor:
         """The reference's scores B̂ref [2B]: precomputed, from the frozen copy, or from the adapter-free policy."""
-        if "ref_scores" in inputs:
+        if self.dpo_args.precompute_ref_scores and "ref_scores" in inputs:  # stored scores only count when asked for
             return inputs["ref_scores"]
         n = self.dpo_args.mc_samples
         prefix = "" if self.dpo_args.antithetic_sampling else "ref_"

@@ -153,6 +153,16 @@ def test_precomputed_reference_scores_equal_scores_on_the_fly(tmp_path, tokenize
         live.compute_loss(live.model, batch).item(), abs=1e-6)
 
 
+def test_stored_scores_are_ignored_unless_precomputing_is_asked_for(tmp_path, tokenizer, pairs):
+    stale = pairs.add_column("ref_chosen_score", [123.0] * len(pairs)).add_column(
+        "ref_rejected_score", [456.0] * len(pairs))
+    trainer = make_trainer(tmp_path, tokenizer, stale)
+    batch = collate(trainer, stale, range(4))
+    assert "ref_scores" in batch
+    assert torch.equal(trainer.reference_scores(trainer.model, batch),
+                       trainer.reference_scores(trainer.model, {k: v for k, v in batch.items() if k != "ref_scores"}))
+
+
 def test_lora_reference_is_the_base_model(tmp_path, tokenizer, pairs):
     base = diffusion_llama(tokenizer)
     untouched = copy.deepcopy(base)
