@@ -17,7 +17,7 @@ from diff_trainer.data.pipeline import Preprocessor
 from diff_trainer.data.saving import save_final_dataset
 from diff_trainer.metrics import add_perplexity, argmax_logits, token_accuracy_metrics
 from diff_trainer.modeling import add_special_tokens, apply_lora, load_model, load_tokenizer
-from diff_trainer.training import last_checkpoint, setup_logging
+from diff_trainer.training import setup_logging, train_and_evaluate
 
 logger = logging.getLogger("run_clm_diff")
 
@@ -66,20 +66,8 @@ def main(argv=None):
             preprocess_logits_for_metrics=argmax_logits,
         )
 
-    if training_args.do_train:
-        resume = last_checkpoint(training_args.output_dir) if model_args.resume else None
-        resume = resume or training_args.resume_from_checkpoint
-        result = trainer.train(resume_from_checkpoint=resume)
-        trainer.save_model()
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_metrics("train", result.metrics)
-        trainer.save_state()
-    if training_args.do_eval and eval_dataset is not None:
-        metrics = trainer.evaluate()
-        if not diff_args.train_diff_model:
-            add_perplexity(metrics)
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
+    train_and_evaluate(trainer, training_args, resume=model_args.resume, evaluate=eval_dataset is not None,
+                       add_eval_metrics=None if diff_args.train_diff_model else add_perplexity)
 
 
 if __name__ == "__main__":

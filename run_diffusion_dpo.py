@@ -25,7 +25,7 @@ from diff_trainer.modeling import (
     make_bidirectional,
     read_diffusion_config,
 )
-from diff_trainer.training import last_checkpoint, setup_logging
+from diff_trainer.training import setup_logging, train_and_evaluate
 
 logger = logging.getLogger("run_diffusion_dpo")
 
@@ -72,18 +72,7 @@ def main(argv=None):
             final["validation"] = trainer.eval_dataset
         save_pairs(type(pairs)(final), data_args.save_final_dataset, overwrite=data_args.overwrite_final_dataset)
 
-    if training_args.do_train:
-        resume = last_checkpoint(training_args.output_dir) if model_args.resume else None
-        resume = resume or training_args.resume_from_checkpoint
-        result = trainer.train(resume_from_checkpoint=resume)
-        trainer.save_model()
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_metrics("train", result.metrics)
-        trainer.save_state()
-    if training_args.do_eval and eval_dataset is not None:
-        metrics = trainer.evaluate()
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
+    train_and_evaluate(trainer, training_args, resume=model_args.resume, evaluate=eval_dataset is not None)
 
 
 if __name__ == "__main__":

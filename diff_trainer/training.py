@@ -1,9 +1,9 @@
-"""Run plumbing shared by the entry scripts: logging set-up and checkpoint discovery."""
+"""Run plumbing shared by the entry scripts: logging set-up, checkpoint discovery, the train/eval tail."""
 
 import logging
 import os
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 import datasets
 import transformers
@@ -31,3 +31,22 @@ def last_checkpoint(output_dir: str) -> Optional[str]:
     logging.getLogger(__name__).info("Resuming from %s" if found else "No checkpoint in %s: starting fresh.",
                                      found or output_dir)
     return found
+
+
+def train_and_evaluate(trainer, training_args, *, resume: bool, evaluate: bool,
+                       add_eval_metrics: Optional[Callable[[dict], dict]] = None) -> None:
+    """--do_train (resuming from output_dir's last checkpoint with --resume), save; then --do_eval, log, save."""
+    if training_args.do_train:
+        checkpoint = (last_checkpoint(training_args.output_dir) if resume else None) or \
+            training_args.resume_from_checkpoint
+        result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model()
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+        trainer.save_state()
+    if training_args.do_eval and evaluate:
+        metrics = trainer.evaluate()
+        if add_eval_metrics is not None:
+            add_eval_metrics(metrics)
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
