@@ -81,7 +81,7 @@ def load_files(data_files: dict[str, str], cache_dir: Optional[str] = None) -> D
     except Exception as error:
         if builder == "json":
             for path in data_files.values():
-                if path.endswith((".json", ".json.gz", ".json.zst")) and _is_json_document(path):
+                if path.endswith((".json", ".json.gz", ".json.zst")) and is_json_document(path):
                     continue
                 bad = find_bad_json_line(path)
                 if bad:
@@ -91,7 +91,14 @@ def load_files(data_files: dict[str, str], cache_dir: Optional[str] = None) -> D
         raise DataError(f"Could not read {', '.join(data_files.values())}: {error}") from error
 
 
-def _is_json_document(path: str) -> bool:
+def is_json_lines(path: str) -> bool:
+    """True for a JSON-lines file (by suffix, or a .json file that is not one JSON document)."""
+    if builder_for(path) != "json":
+        return False
+    return path.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst")) or not is_json_document(path)
+
+
+def is_json_document(path: str) -> bool:
     """True when the file is one JSON document (a list or an object), not JSON lines."""
     with open_text(path) as handle:
         try:

@@ -20,7 +20,6 @@ reproduced exactly (precomputed reference scores).
 """
 
 import contextlib
-import json
 import logging
 import os
 import zlib
@@ -32,7 +31,7 @@ import torch
 from datasets import Dataset, DatasetDict
 
 from ..diffusion.forward import mask_exact_count, stratified_mask_counts
-from .loading import DataError, builder_for, load_files, load_saved, open_text
+from .loading import DataError, is_json_lines, load_files, load_saved, open_text
 
 logger = logging.getLogger(__name__)
 
@@ -175,25 +174,12 @@ def find_bad_pairs(split: Dataset, names: tuple[str, str, str]) -> dict[int, str
     return problems
 
 
-def _is_json_lines(path: str) -> bool:
-    if builder_for(path) != "json":
-        return False
-    if path.endswith((".jsonl", ".jsonl.gz", ".jsonl.zst")):
-        return True
-    with open_text(path) as handle:
-        try:
-            json.load(handle)
-            return False
-        except json.JSONDecodeError:
-            return True
-
-
 def record_locations(rows: list[int], source: Optional[str], split_name: str) -> dict[int, str]:
     """Human-readable places of dataset rows: `file, line N` for JSON-lines files (blank lines are skipped by
     the loader, so row i is the (i+1)-th non-blank line), `file, record N` otherwise."""
     if source is None:
         return {row: f"{split_name} row {row}" for row in rows}
-    if not _is_json_lines(source):
+    if not is_json_lines(source):
         return {row: f"{source}, record {row + 1}" for row in rows}
     wanted, found, row = set(rows), {}, -1
     with open_text(source) as handle:
