@@ -101,3 +101,19 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_losses_step_for_step(t
     assert sorted(resumed) == list(range(1, 9))
     assert [resumed[step] for step in range(5, 9)] == [whole[step] for step in range(5, 9)]
     assert len(set(whole.values())) == 8  # the losses do change from step to step
+
+
+def test_reused_right_padded_rows_keep_sft_normalisation_and_their_block_size(tmp_path, caplog):
+    with open(tmp_path / "train.jsonl", "w") as handle:
+        handle.writelines(json.dumps({"text": f"{i}+1=<DFF>{i + 1}"}) + "\n" for i in range(12))
+    model = ["--model_type", "llama", "--config_overrides", "hidden_size=32,intermediate_size=64,num_hidden_layers=1,"
+             "num_attention_heads=4,num_key_value_heads=4,max_position_embeddings=64", "--tokenizer_name", "byte",
+             "--output_dir", str(tmp_path / "out"), "--report_to", "none", "--use_cpu", "--disable_tqdm", "true"]
+    run_clm_diff.main(model + ["--train_file", str(tmp_path / "train.jsonl"), "--block_size", "24",
+                               "--padding_side", "right", "--validation_split_percentage", "0",
+                               "--save_final_dataset", str(tmp_path / "rows")])
+    with caplog.at_level("INFO", logger="diff_trainer"):
+        run_clm_diff.main(model + ["--dataset_name", str(tmp_path / "rows"), "--load_from_disk", "--skip_concat",
+                                   "--train_diff_model", "--do_train", "--max_steps", "1"])
+    assert "Rows: right, block size 24" in caplog.text
+    assert "loss normalisation llada_sft" in caplog.text
