@@ -119,3 +119,14 @@ def test_two_process_ddp_matches_one_process(workspace):
     for name in ("loss", "grad_norm", *METRIC_NAMES):
         assert ddp[name] == pytest.approx(single[name], rel=1e-4, abs=1e-6), name
     assert single["rewards/margins"] != 0.0  # the reference differs from the policy, so the step is informative
+
+
+def test_without_do_train_or_do_eval_it_says_what_was_done(workspace, monkeypatch, caplog):
+    monkeypatch.chdir(ROOT)
+    output = workspace["root"] / "nothing"
+    with caplog.at_level("INFO", logger="diff_trainer"):
+        run_diffusion_dpo.main(flags(workspace, "nothing", "--do_train", "false", "--do_eval", "false",
+                                     "--eval_strategy", "no"))
+    assert ("Neither --do_train nor --do_eval: tokenised 6 train, 6 validation pairs; nothing trained or evaluated"
+            in caplog.text)
+    assert not (output / "trainer_state.json").exists()
