@@ -410,3 +410,12 @@ def test_missing_checkpoint_and_foreign_layouts(tmp_path, tokenizer, monkeypatch
         CheckpointLoader(lambda path: os.path.exists(os.path.join(path, "weights.npz")), lambda path, **_: built)])
     model, _ = load_checkpoint(str(foreign))
     assert model is built
+
+
+def test_training_can_start_from_an_adapter_only_checkpoint(tmp_path, tokenizer):
+    """DPO or further training from a LoRA run: load_model goes through the checkpoint loader, adapters merged."""
+    trained, path = lora_checkpoint(tmp_path, tokenizer)
+    args = model_args(model_name_or_path=path, model_type=None, config_overrides=None)
+    model = prepare_model(args, tokenizer, "diffusion")
+    assert not is_peft_model(model) and read_diffusion_config(model.config)["mask_token_id"] == 385
+    same_logits(model.eval(), trained, torch.tensor([[72, 384, 385, 33]]), atol=1e-5)
