@@ -23,6 +23,13 @@ from pathlib import Path
 
 import torch
 
+from diff_trainer.devices import (
+    DEVICE_CHOICES_HELP,
+    DTYPE_CHOICES,
+    checkpoint_dtype,
+    resolve_device,
+    resolve_dtype,
+)
 from diff_trainer.render import TokenPieces, render_text
 from diff_trainer.sampling import CONFIDENCE_STRATEGIES, EOS_HANDLING, SamplerConfig, context_length, generate
 
@@ -46,7 +53,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Fast-dLLM: commit every prediction at least this confident (ignores --steps)")
     parser.add_argument("--eos_handling", choices=EOS_HANDLING, default=None,
                         help="stop after a block with EOS (default), forbid EOS, rank it last, or none")
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="repeat the same output (for the same device, dtype and batch size)")
+    parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                        help="weights and activations; auto: the checkpoint's dtype on a GPU, float32 on the CPU")
     parser.add_argument("--append_dff", action="store_true",
                         help="append the checkpoint's <DFF> token to each prompt (SFT / diff models)")
 
@@ -64,15 +75,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_checkpoint(path: str):
-    """(model in eval mode, tokenizer, diffusion_config dict or None) from a checkpoint directory."""
+def load_checkpoint(path: str, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    """(model in eval mode on `device` in `dtype`, tokenizer, diffusion_config dict or None) from a checkpoint."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from diff_trainer.modeling import read_diffusion_config
 
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     tokenizer = AutoTokenizer.from_pretrained(path)
     return model, tokenizer, read_diffusion_config(model.config)
+
+
+def load_from_arguments(parser: argparse.ArgumentParser, args):
+    """The checkpoint of --model on --device in --dtype; a wrong device or dtype ends with a usage error."""
+    try:
+        device = resolve_device(args.device)
+        dtype = resolve_dtype(args.dtype, device, checkpoint_dtype(args.model))
+    except ValueError as error:
+        parser.error(str(error))
+    return load_checkpoint(args.model, device=device, dtype=dtype)
 
 
 def read_prompts(path: str) -> list[str]:
@@ -183,7 +204,7 @@ def checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, to
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    model, tokenizer, diffusion_config = load_checkpoint(args.model)
+    model, tokenizer, diffusion_config = load_from_arguments(parser, args)
     prompts = args.prompt if args.prompt is not None else read_prompts(args.prompt_file)
     if not prompts:
         parser.error("no prompts given.")
