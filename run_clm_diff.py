@@ -9,7 +9,7 @@ Flags: `python run_clm_diff.py --help`. A yaml/json config file may come first; 
 import logging
 import sys
 
-from transformers import Trainer, TrainingArguments, set_seed
+from transformers import TrainingArguments, set_seed
 
 from diff_trainer.arguments import DataArguments, DiffusionArguments, ModelArguments, parse_arguments
 from diff_trainer.data.loading import load_raw_datasets
@@ -17,6 +17,7 @@ from diff_trainer.data.pipeline import Preprocessor
 from diff_trainer.data.saving import save_final_dataset
 from diff_trainer.metrics import add_perplexity, argmax_logits, token_accuracy_metrics
 from diff_trainer.modeling import add_special_tokens, apply_lora, load_model, load_tokenizer
+from diff_trainer.sharding import ShardedSaveTrainer
 from diff_trainer.training import setup_logging, train_and_evaluate
 
 logger = logging.getLogger("run_clm_diff")
@@ -56,7 +57,7 @@ def main(argv=None):
     else:
         if model_args.use_lora:
             model = apply_lora(model, model_args, new_token_ids)
-        trainer = Trainer(
+        trainer = ShardedSaveTrainer(
             model=model,
             args=training_args,
             train_dataset=train_dataset if training_args.do_train else None,

@@ -28,6 +28,7 @@ from transformers import Trainer, TrainerCallback
 from .data.preference import REFERENCE_COLUMNS, TOKEN_COLUMNS, PreferenceCollator
 from .diffusion.elbo import elbo_terms
 from .modeling import read_diffusion_config
+from .sharding import ShardedSaveMixin, prepare_frozen_model
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class MaskEpochCallback(TrainerCallback):
         self.collator.epoch = math.floor(state.epoch or 0)  # state.epoch is e + fraction done, e after epoch e-1
 
 
-class DiffusionDPOTrainer(Trainer):
+class DiffusionDPOTrainer(ShardedSaveMixin, Trainer):
     """Trainer with the VRPO loss on `PreferenceCollator` batches (see the module docstring).
 
     Reference: `ref_model` (frozen); else for a peft `model` the model with adapters disabled; else a copy of `model`
@@ -183,7 +184,7 @@ class DiffusionDPOTrainer(Trainer):
         self.ref_model = None
         if ref_model is not None:
             ref_model.requires_grad_(False)
-            self.ref_model = self.accelerator.prepare_model(ref_model.eval(), evaluation_mode=True)
+            self.ref_model = prepare_frozen_model(self.accelerator, ref_model.eval())
         self._metric_sums = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._metric_counts = {"train": 0, "eval": 0}
         self._eval_prefix = "eval"

@@ -17,11 +17,12 @@ from .diffusion.losses import denominator, diffusion_loss_sum, masked_token_loss
 from .diffusion.schedules import get_schedule
 from .metrics import argmax_logits, token_accuracy_metrics
 from .modeling import apply_lora, is_encoder_model, make_bidirectional, write_diffusion_config
+from .sharding import ShardedSaveMixin
 
 logger = logging.getLogger(__name__)
 
 
-class DiffusionTrainer(Trainer):
+class DiffusionTrainer(ShardedSaveMixin, Trainer):
     """Trainer whose loss is the masked-diffusion loss of the batch made by `DiffusionCollator`.
 
     The loss is Σ numerators / Σ denominators over the whole optimizer step (all gradient-accumulation micro-batches
