@@ -39,9 +39,13 @@ def fsdp_launch(*script_and_flags: str) -> None:
          "tests/fsdp_on_cpu.py", *script_and_flags])
 
 
+def read_json(path):
+    with open(path) as handle:
+        return json.load(handle)
+
+
 def log_history(output_dir) -> list[dict]:
-    with open(os.path.join(output_dir, "trainer_state.json")) as handle:
-        return json.load(handle)["log_history"]
+    return read_json(os.path.join(output_dir, "trainer_state.json"))["log_history"]
 
 
 def step_logs(output_dir, *keys) -> list[tuple]:
@@ -71,7 +75,8 @@ def diffusion_runs(tmp_path_factory):
             handle.write(json.dumps({"text": f"q{i}<DFF>" + "ab" * length}) + "\n")
     run([sys.executable, *diffusion_flags(data, root / "one", 4, "--save_strategy", "no")])
     fsdp_launch(*diffusion_flags(data, root / "sharded", 2, "--save_strategy", "steps", "--save_steps", "1"))
-    fsdp_launch(*diffusion_flags(data, root / "resumed", 2, "--save_strategy", "no",
+    # another seed: a run that restarted instead of resuming would start from other weights
+    fsdp_launch(*diffusion_flags(data, root / "resumed", 2, "--save_strategy", "no", "--seed", "8",
                                  "--resume_from_checkpoint", str(root / "sharded" / "checkpoint-1")))
     return root
 
@@ -108,10 +113,10 @@ def test_consolidated_weights_equal_the_one_process_model(diffusion_runs, tmp_pa
 
 
 def test_sharded_checkpoint_resumes_to_the_same_step_and_weights(diffusion_runs, tmp_path):
-    uninterrupted = dict(step_logs(diffusion_runs / "sharded", "step", "loss"))
-    resumed = step_logs(diffusion_runs / "resumed", "step", "loss")
-    assert [step for step, _ in resumed] == [2]
-    assert resumed[0][1] == pytest.approx(uninterrupted[2], rel=1e-6)
+    uninterrupted = step_logs(diffusion_runs / "sharded", "step", "loss")
+    resumed = step_logs(diffusion_runs / "resumed", "step", "loss")  # step 1 comes from the checkpoint's state
+    assert [step for step, _ in resumed] == [1, 2]
+    assert resumed[1][1] == pytest.approx(uninterrupted[1][1], rel=1e-6)
     cli.main([str(diffusion_runs / "resumed"), str(tmp_path / "resumed")])
     cli.main([str(diffusion_runs / "sharded"), str(tmp_path / "sharded")])
     resumed_weights, sharded_weights = (load_file(tmp_path / name / "model.safetensors")
@@ -158,7 +163,7 @@ def dpo_runs(tmp_path_factory):
                 "--output_dir", str(root / output), "--max_steps", "2", "--eval_strategy", "no",
                 "--per_device_train_batch_size", str(per_device_batch), "--per_device_eval_batch_size", "3",
                 "--logging_steps", "1", "--save_strategy", "no", "--mc_samples", "2", "--max_length", "16",
-                "--max_prompt_length", "8", "--learning_rate", "0.01", "--disable_tqdm", "true",
+                "--max_prompt_length", "8", "--learning_rate", "0.01", "--warmup_steps", "0", "--disable_tqdm", "true",
                 "--report_to", "none", "--use_cpu", "--seed", "3"]
 
     run([sys.executable, *flags("one", 6)])
@@ -176,9 +181,12 @@ def test_fsdp2_dpo_losses_and_gathered_metrics_equal_one_process(dpo_runs):
         assert sharded_step == pytest.approx(single_step, rel=1e-5, abs=1e-6)
     assert one[1][1] != 0  # at step 2 the policy has moved away from the reference
     assert (dpo_runs / "sharded" / SHARDED_WEIGHTS_DIR).is_dir()  # the run really was sharded
-    final = {key: value for key, value in log_history(dpo_runs / "sharded")[-1].items() if key.startswith("eval_")}
-    single = {key: value for key, value in log_history(dpo_runs / "one")[-1].items() if key.startswith("eval_")}
-    assert final.keys() == single.keys() and final["eval_loss"] == pytest.approx(single["eval_loss"], rel=1e-5)
+    sharded_eval, single_eval = ({key: value for key, value in read_json(dpo_runs / name / "all_results.json").items()
+                                  if key.startswith("eval_") and "runtime" not in key and "per_second" not in key}
+                                 for name in ("sharded", "one"))
+    assert "eval_rewards/accuracies" in single_eval and sharded_eval.keys() == single_eval.keys()
+    for key, value in single_eval.items():
+        assert sharded_eval[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
 
 # ------------------------------------------------------------------------------------------------
