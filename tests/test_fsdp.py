@@ -7,6 +7,7 @@ DeepSpeed needs CUDA: its configs are validated by loading them, and runs are sk
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -249,3 +250,18 @@ def test_deepspeed_zero3_diffusion_training_runs_where_deepspeed_can():
          "--block_size", "32", "--validation_split_percentage", "0", "--train_diff_model", "--output_dir",
          os.path.join(ROOT, "outputs", "test_zero3"), "--do_train", "--max_steps", "2", "--bf16", "true",
          "--per_device_train_batch_size", "4", "--report_to", "none", "--save_strategy", "no"])
+
+
+@pytest.mark.skipif(not shutil.which("scontrol"), reason="launch.sh's DRY_RUN needs scontrol for the host list")
+def test_sbatch_launch_takes_the_sharding_config_from_accelerate_config():
+    from test_sbatch import dry_run, split_launch
+
+    per_node = dry_run(["sbatch/launch.sh", "run_diffusion_dpo.py", "configs/dpo.yaml", "--use_lora", "true"],
+                       ACCELERATE_CONFIG="configs/accelerate/zero3.yaml", SLURM_NNODES="2",
+                       SLURM_JOB_NODELIST="gpu-[01-02]", SLURM_GPUS_ON_NODE="8")
+    for node_id, argv in per_node.items():
+        flags, script_args = split_launch(argv, "run_diffusion_dpo.py")
+        assert flags["--config_file"] == "configs/accelerate/zero3.yaml"
+        assert flags["--num_processes"] == "16" and flags["--machine_rank"] == str(node_id)
+        assert "--multi_gpu" not in flags  # the config's distributed type decides
+        assert script_args == ["configs/dpo.yaml", "--use_lora", "true"]
