@@ -24,16 +24,18 @@ import time
 
 import torch
 from common import markdown_table, median, quiet
-from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
+from transformers import Trainer, default_data_collator, set_seed
 
-from diff_trainer.arguments import DiffusionArguments, ModelArguments
-from diff_trainer.dpo import DiffusionDPOTrainer, DPOArguments
-from diff_trainer.modeling import add_special_tokens, load_model, load_tokenizer
+from diff_trainer.arguments import DiffusionTrainingArguments, DPOTrainingArguments, ModelArguments
+from diff_trainer.dpo import DiffusionDPOTrainer
+from diff_trainer.modeling import add_special_tokens, load_model, load_tokenizer, prepare_model
+from diff_trainer.noising import seeded_generator
 from diff_trainer.sampling import generate
-from diff_trainer.trainer import build_diffusion_trainer
+from diff_trainer.trainer import DiffusionTrainer
 
 GIB = 1024 ** 3
 DEVICE = "cuda"
+DFF = "<DFF>"
 
 
 def parse_args():
@@ -61,9 +63,21 @@ def llama_arguments(args) -> ModelArguments:
                           attn_implementation="sdpa", lora_r=16, lora_alpha=32, lora_dropout=0.0)
 
 
-def training_arguments(output_dir: str, batch_size: int) -> TrainingArguments:
-    return TrainingArguments(output_dir=output_dir, per_device_train_batch_size=batch_size, bf16=True,
-                             learning_rate=1e-4, report_to="none", seed=0, do_train=True)
+def training_arguments(output_dir: str, batch_size: int, kind=DiffusionTrainingArguments, **settings):
+    """bf16 autocast (as --bf16 true), AdamW at 1e-4; `settings` are the diffusion or DPO flags."""
+    return kind(output_dir=output_dir, per_device_train_batch_size=batch_size, bf16=True, learning_rate=1e-4,
+                report_to="none", seed=0, do_train=True, **settings)
+
+
+def diffusion_model(model_args, tokenizer, new_token_ids, args: DiffusionTrainingArguments):
+    """A fresh model made bidirectional with its diffusion_config (and LoRA when model_args.use_lora)."""
+    return prepare_model(model_args, tokenizer, "diffusion", new_token_ids=new_token_ids,
+                         diffusion_settings={**args.diffusion_settings(), "dff_token": DFF})
+
+
+def noised_batch(trainer: DiffusionTrainer, rows: list[dict]) -> dict:
+    """The clean batch of `rows` through the trainer's forward process, as its get_batch_samples does."""
+    return trainer.train_noiser(default_data_collator(rows), seeded_generator(0, 0, 0, 0))
 
 
 def random_rows(count: int, length: int, low: int, high: int, labelled_from: int = 0) -> list[dict]:
@@ -116,20 +130,20 @@ def training_step_time(args, output_dir: str) -> None:
     """(a) causal vs diffusion training step."""
     model_args = llama_arguments(args)
     tokenizer = load_tokenizer(model_args)
-    new_token_ids = add_special_tokens(tokenizer, model_args.dff_token, model_args.mask_token)
+    new_token_ids = add_special_tokens(tokenizer, DFF, model_args.mask_token)
     rows = random_rows(args.batch_size, args.block_size, 0, 256)
     set_seed(0)
     clm_model = load_model(model_args, tokenizer)
     set_seed(0)
-    diffusion_model = load_model(model_args, tokenizer)
+    diffusion_args = training_arguments(output_dir, args.batch_size, train_diff_model=True,
+                                        loss_normalization="llada_pretrain")
+    diffusion_net = diffusion_model(model_args, tokenizer, new_token_ids, diffusion_args)
     parameters = sum(p.numel() for p in clm_model.parameters())
     clm = Trainer(model=clm_model, args=training_arguments(output_dir, args.batch_size),
                   data_collator=default_data_collator, processing_class=tokenizer)
-    diffusion = build_diffusion_trainer(diffusion_model, tokenizer, DiffusionArguments(train_diff_model=True),
-                                        model_args, training_arguments(output_dir, args.batch_size), None, None,
-                                        new_token_ids, packed=True)
+    diffusion = DiffusionTrainer(diffusion_net, diffusion_args, processing_class=tokenizer)
     steps = {"causal LM (Trainer)": Step(clm, default_data_collator(rows)),
-             "masked diffusion (DiffusionTrainer)": Step(diffusion, diffusion.data_collator(rows))}
+             "masked diffusion (DiffusionTrainer)": Step(diffusion, noised_batch(diffusion, rows))}
     clm_step, diffusion_step = steps.values()
     for _ in range(3):
         clm_step()
@@ -157,18 +171,17 @@ def dpo_memory(args, output_dir: str) -> None:
     model_args = llama_arguments(args)
     model_args.use_lora = True
     tokenizer = load_tokenizer(model_args)
-    new_token_ids = add_special_tokens(tokenizer, model_args.dff_token, model_args.mask_token)
+    new_token_ids = add_special_tokens(tokenizer, DFF, model_args.mask_token)
     n, pairs, width = args.mc_samples, args.pairs, args.prompt_length + args.response_length
     peaks = {}
 
     baseline = free_memory()
     set_seed(0)
     sft_rows = random_rows(2 * pairs * n, width, 0, 256, labelled_from=args.prompt_length)
-    sft = build_diffusion_trainer(load_model(model_args, tokenizer), tokenizer,
-                                  DiffusionArguments(train_diff_model=True), model_args,
-                                  training_arguments(output_dir, len(sft_rows)), None, None, new_token_ids,
-                                  packed=False)
-    sft_step = Step(sft, sft.data_collator(sft_rows))
+    sft_args = training_arguments(output_dir, len(sft_rows), train_diff_model=True, loss_normalization="llada_sft")
+    sft = DiffusionTrainer(diffusion_model(model_args, tokenizer, new_token_ids, sft_args), sft_args,
+                           processing_class=tokenizer)
+    sft_step = Step(sft, noised_batch(sft, sft_rows))
     for _ in range(3):
         sft_step()
     peaks["LoRA SFT step (DiffusionTrainer)"] = sft_step.peak_bytes - baseline
@@ -176,16 +189,13 @@ def dpo_memory(args, output_dir: str) -> None:
 
     baseline = free_memory()
     set_seed(0)
-    policy = build_diffusion_trainer(load_model(model_args, tokenizer), tokenizer,
-                                     DiffusionArguments(train_diff_model=True), model_args,
-                                     training_arguments(output_dir, pairs), None, None, new_token_ids,
-                                     packed=False).model  # bidirectional, diffusion_config written, LoRA applied
+    policy = diffusion_model(model_args, tokenizer, new_token_ids, sft_args)  # LoRA: the reference is adapters off
     features = [{"prompt_ids": torch.randint(0, 256, (args.prompt_length,)).tolist(),
                  "chosen_ids": torch.randint(0, 256, (args.response_length,)).tolist(),
                  "rejected_ids": torch.randint(0, 256, (args.response_length,)).tolist(), "mask_seed": i}
                 for i in range(pairs)]
-    dpo = DiffusionDPOTrainer(policy, None, args=training_arguments(output_dir, pairs),
-                              dpo_args=DPOArguments(mc_samples=n), processing_class=tokenizer)
+    dpo = DiffusionDPOTrainer(policy, args=training_arguments(output_dir, pairs, DPOTrainingArguments, mc_samples=n),
+                              processing_class=tokenizer)
     dpo_step = Step(dpo, dpo.data_collator(features))
     for _ in range(3):
         dpo_step()
@@ -215,7 +225,7 @@ def sampling_speed(args) -> None:
     """(c) diffusion sampler vs KV-cache generate on the same weights."""
     model_args = llama_arguments(args)
     tokenizer = load_tokenizer(model_args)
-    add_special_tokens(tokenizer, model_args.dff_token, model_args.mask_token)
+    add_special_tokens(tokenizer, DFF, model_args.mask_token)
     set_seed(0)
     model = load_model(model_args, tokenizer).to(DEVICE, torch.bfloat16).eval()
     causal = copy.deepcopy(model)

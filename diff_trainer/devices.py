@@ -63,12 +63,22 @@ def resolve_dtype(name: str, device: torch.device, checkpoint_dtype=None) -> tor
     return stored
 
 
-def checkpoint_dtype(path: str) -> torch.dtype | None:
-    """The dtype a checkpoint directory records in its config.json (`dtype`, or v4's `torch_dtype`), or None."""
-    config_file = os.path.join(path, "config.json")
-    if not os.path.isfile(config_file):
+def _read_json(path: str) -> dict | None:
+    if not os.path.isfile(path):
         return None
-    with open(config_file, encoding="utf-8") as handle:
-        config = json.load(handle)
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def checkpoint_dtype(path: str) -> torch.dtype | None:
+    """The dtype a checkpoint directory records in its config.json (`dtype`, or v4's `torch_dtype`), or None.
+
+    An adapter-only LoRA directory without config.json answers with its base model's dtype.
+    """
+    config = _read_json(os.path.join(path, "config.json"))
+    if config is None:
+        adapter = _read_json(os.path.join(path, "adapter_config.json")) or {}
+        base = adapter.get("base_model_name_or_path")
+        return checkpoint_dtype(base) if base and os.path.isdir(base) else None
     return _as_dtype(config.get("dtype") or config.get("torch_dtype"))
 

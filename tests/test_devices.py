@@ -93,6 +93,10 @@ def test_checkpoint_dtype_reads_config_json(bf16_checkpoint, tmp_path):
     (tmp_path / "config.json").write_text('{"torch_dtype": "float16"}')
     assert devices.checkpoint_dtype(str(tmp_path)) == torch.float16
     assert devices.checkpoint_dtype(str(tmp_path / "missing")) is None
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(f'{{"base_model_name_or_path": "{bf16_checkpoint}"}}')
+    assert devices.checkpoint_dtype(str(adapter)) == torch.bfloat16  # the base model's dtype
 
 
 def load(path, *flags):

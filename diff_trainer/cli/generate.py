@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from diff_trainer.data.pipeline import bos_prefix
 from diff_trainer.devices import (
     DEVICE_CHOICES_HELP,
     DTYPE_CHOICES,
@@ -60,6 +61,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weights and activations; auto: the checkpoint's dtype on a GPU, float32 on the CPU")
     parser.add_argument("--append_dff", action="store_true",
                         help="append the checkpoint's <DFF> token to each prompt (SFT / diff models)")
+    parser.add_argument("--merge_lora", action="store_true",
+                        help="for an adapter-only LoRA checkpoint: merge the adapters into the base weights")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,14 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_checkpoint(path: str, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
-    """(model in eval mode on `device` in `dtype`, tokenizer, diffusion_config dict or None) from a checkpoint."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def open_checkpoint(path: str, *, device: str = "cpu", dtype: str = "auto", merge_lora: bool = False):
+    """(model in eval mode, tokenizer, diffusion_config dict or None) of a checkpoint (modeling.load_checkpoint)."""
+    from diff_trainer.modeling import load_checkpoint, read_diffusion_config
 
-    from diff_trainer.modeling import read_diffusion_config
-
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        model, tokenizer = load_checkpoint(path, device=device, dtype=dtype, merge_lora=merge_lora)
+    except FileNotFoundError as error:
+        raise SystemExit(f"error: {error}") from None
     return model, tokenizer, read_diffusion_config(model.config)
 
 
@@ -93,7 +96,8 @@ def load_from_arguments(parser: argparse.ArgumentParser, args):
         dtype = resolve_dtype(args.dtype, device, checkpoint_dtype(args.model))
     except ValueError as error:
         parser.error(str(error))
-    return load_checkpoint(args.model, device=device, dtype=dtype)
+    return open_checkpoint(args.model, device=str(device), dtype=str(dtype).removeprefix("torch."),
+                           merge_lora=args.merge_lora)
 
 
 def read_prompts(path: str) -> list[str]:
@@ -105,10 +109,9 @@ def read_prompts(path: str) -> list[str]:
 
 
 def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
-    """Token ids as in training: no special tokens, BOS first when it is distinct from EOS."""
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id not in (None, tokenizer.eos_token_id) else None
-    ids = [tokenizer.encode(prompt, add_special_tokens=False) for prompt in prompts]
-    return [[bos] + row for row in ids] if bos is not None else ids
+    """Token ids as in training: no special tokens, `bos_prefix` first."""
+    bos = bos_prefix(tokenizer)
+    return [bos + tokenizer.encode(prompt, add_special_tokens=False) for prompt in prompts]
 
 
 def sampler_config(args, diffusion_config: dict, tokenizer) -> SamplerConfig:
