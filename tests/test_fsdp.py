@@ -158,17 +158,19 @@ def dpo_runs(tmp_path_factory):
     model.save_pretrained(root / "policy")
     tokenizer.save_pretrained(root / "policy")
 
-    def flags(output, per_device_batch):
+    def flags(output, per_device_batch, *extra):
         return ["run_diffusion_dpo.py", "configs/dpo.yaml", "--model_name_or_path", str(root / "policy"),
                 "--train_file", str(root / "pairs.jsonl"), "--validation_file", str(root / "pairs.jsonl"),
                 "--output_dir", str(root / output), "--max_steps", "2", "--eval_strategy", "no",
                 "--per_device_train_batch_size", str(per_device_batch), "--per_device_eval_batch_size", "3",
                 "--logging_steps", "1", "--save_strategy", "no", "--mc_samples", "2", "--max_length", "16",
                 "--max_prompt_length", "8", "--learning_rate", "0.01", "--warmup_steps", "0", "--disable_tqdm", "true",
-                "--report_to", "none", "--use_cpu", "--seed", "3"]
+                "--report_to", "none", "--use_cpu", "--seed", "3", *extra]
 
     run([sys.executable, *flags("one", 6)])
     fsdp_launch(*flags("sharded", 3))
+    run([sys.executable, *flags("one_lora", 6, "--use_lora", "true")])
+    fsdp_launch(*flags("sharded_lora", 3, "--use_lora", "true"))
     return root
 
 
@@ -188,6 +190,23 @@ def test_fsdp2_dpo_losses_and_gathered_metrics_equal_one_process(dpo_runs):
     assert "eval_rewards/accuracies" in single_eval and sharded_eval.keys() == single_eval.keys()
     for key, value in single_eval.items():
         assert sharded_eval[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_fsdp2_dpo_with_the_lora_reference_equals_one_process_and_consolidates_merged(dpo_runs, tmp_path):
+    one, sharded = (step_logs(dpo_runs / name, *DPO_METRICS) for name in ("one_lora", "sharded_lora"))
+    assert len(one) == len(sharded) == 2 and one[1][1] != 0
+    for single_step, sharded_step in zip(one, sharded):
+        assert sharded_step == pytest.approx(single_step, rel=1e-4, abs=1e-6)
+    assert (dpo_runs / "sharded_lora" / "adapter_config.json").is_file()
+    cli.main([str(dpo_runs / "sharded_lora"), str(tmp_path / "merged")])
+    from diff_trainer.modeling import load_checkpoint
+
+    single, _ = load_checkpoint(str(dpo_runs / "one_lora"), merge_lora=True)  # the adapter merged by peft
+    merged, _ = load_checkpoint(str(tmp_path / "merged"))
+    assert not (tmp_path / "merged" / "adapter_config.json").exists()
+    assert merged.config.diffusion_config == single.config.diffusion_config
+    for name, weight in single.state_dict().items():
+        torch.testing.assert_close(merged.state_dict()[name], weight, rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------
