@@ -9,7 +9,7 @@ Flags: `python run_clm_diff.py --help`. A yaml/json config file may come first; 
 import logging
 import sys
 
-from transformers import Trainer, set_seed
+from transformers import set_seed
 
 from diff_trainer.arguments import DataArguments, DiffusionTrainingArguments, ModelArguments, parse_arguments
 from diff_trainer.data.loading import load_raw_datasets
@@ -17,6 +17,7 @@ from diff_trainer.data.pipeline import LAYOUT_FILE, Preprocessor
 from diff_trainer.data.saving import save_final_dataset
 from diff_trainer.metrics import add_perplexity, argmax_logits, token_accuracy_metrics
 from diff_trainer.modeling import add_special_tokens, load_tokenizer, prepare_model
+from diff_trainer.sharding import ShardedSaveTrainer
 from diff_trainer.runner import nothing_to_run, setup_logging, train_and_evaluate
 
 logger = logging.getLogger("run_clm_diff")
@@ -52,8 +53,8 @@ def main(argv=None):
 
         trainer = DiffusionTrainer(model, training_args, row_layout=layout, **datasets)
     else:
-        trainer = Trainer(model=model, args=training_args, compute_metrics=token_accuracy_metrics(shift=True),
-                          preprocess_logits_for_metrics=argmax_logits, **datasets)
+        trainer = ShardedSaveTrainer(model=model, args=training_args, compute_metrics=token_accuracy_metrics(shift=True),
+                                     preprocess_logits_for_metrics=argmax_logits, **datasets)
 
     train_and_evaluate(trainer, training_args, evaluate=eval_dataset is not None,
                        add_eval_metrics=None if diffusion else add_perplexity)

@@ -31,6 +31,7 @@ from transformers import Trainer, TrainerCallback
 from .data.preference import REFERENCE_COLUMNS, TOKEN_COLUMNS, PreferenceCollator
 from .diffusion.elbo import elbo_terms, monte_carlo_copies
 from .modeling import is_peft_model, read_diffusion_config
+from .sharding import ShardedSaveMixin, prepare_frozen_model
 from .trainer import StepNormalizedLoss
 
 logger = logging.getLogger(__name__)
@@ -181,7 +182,7 @@ class MaskEpochCallback(TrainerCallback):
         self.collator.epoch = math.floor(state.epoch or 0)  # state.epoch is e + fraction done, e after epoch e-1
 
 
-class DiffusionDPOTrainer(StepNormalizedLoss, Trainer):
+class DiffusionDPOTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
     """Trainer with the VRPO loss on `PreferenceCollator` batches (see the module docstring); `args` is a
     `DPOTrainingArguments`.
 
@@ -222,7 +223,7 @@ class DiffusionDPOTrainer(StepNormalizedLoss, Trainer):
         self.ref_model = None
         if ref_model is not None:
             ref_model.requires_grad_(False)
-            self.ref_model = self.accelerator.prepare_model(ref_model.eval(), evaluation_mode=True)
+            self.ref_model = prepare_frozen_model(self.accelerator, ref_model.eval())
         self._metric_sums = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._metric_counts = {"train": 0, "eval": 0}
         self._eval_prefix = "eval"

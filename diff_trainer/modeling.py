@@ -23,6 +23,8 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+from .devices import resolve_device
+
 BYTE_TOKENIZER = "byte"
 FALLBACK_EOS_TOKEN = "<|endoftext|>"
 DIFFUSION_OBJECTIVE = "masked_diffusion"
@@ -218,13 +220,6 @@ class CheckpointLoader:
 
     matches: Callable[[str], bool]
     load: Callable[..., Any]
-
-
-def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else as given."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _load_plain(path: str, *, dtype="auto", trust_remote_code=False, **_):

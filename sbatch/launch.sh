@@ -5,7 +5,8 @@
 #   bash sbatch/launch.sh SCRIPT [CONFIG.yaml] [--flag value ...]
 #
 # One process per GPU; on nodes without GPUs, CPU_PROCESSES_PER_NODE processes (default 1) and `--use_cpu true`.
-# Variables (all optional): VENV, GPUS_PER_NODE, CPU_PROCESSES_PER_NODE, MAIN_PROCESS_PORT, ACCELERATE_ARGS,
+# Variables (all optional): VENV, ACCELERATE_CONFIG (e.g. configs/accelerate/fsdp2.yaml), GPUS_PER_NODE,
+# CPU_PROCESSES_PER_NODE, MAIN_PROCESS_PORT, ACCELERATE_ARGS,
 # DRY_RUN=1 (print the srun command and what each node would run, run nothing). See sbatch/README.md.
 set -euo pipefail
 
@@ -55,7 +56,10 @@ launch_args=(
     --num_processes "$num_processes"
     --num_cpu_threads_per_process "$threads_per_process"
 )
-if ((num_processes > 1)); then
+if [[ -n ${ACCELERATE_CONFIG:-} ]]; then
+    # a sharding config (configs/accelerate/*.yaml) sets the distributed type; the job sets the process counts
+    launch_args=(--config_file "$ACCELERATE_CONFIG" "${launch_args[@]}")
+elif ((num_processes > 1)); then
     launch_args+=(--multi_gpu)
 fi
 read -r -a extra_launch_args <<<"${ACCELERATE_ARGS:-}"
