@@ -122,8 +122,10 @@ class PreferenceDataArguments:
 # Loading and checking
 
 
-def load_preference_splits(data_args) -> tuple[DatasetDict, dict[str, Optional[str]]]:
-    """Raw train (and validation) splits in source order, and each split's source file (None: not a file)."""
+def load_preference_splits(data_args) -> tuple[DatasetDict, dict[str, Optional[str]], dict[str, dict]]:
+    """Raw train (and validation) splits in source order, each split's source file (None: not a file), and per
+    file-sourced split the records whose text the file holds as a non-string (row -> (place, problem))."""
+    scanned = {}
     if data_args.load_from_disk:
         raw = load_saved(data_args.dataset_name)
         sources = dict.fromkeys(raw)
@@ -136,13 +138,13 @@ def load_preference_splits(data_args) -> tuple[DatasetDict, dict[str, Optional[s
         sources = {"train": data_args.train_file}
         if data_args.validation_file:
             sources["validation"] = data_args.validation_file
-        raw = load_files(sources)
+        raw, scanned = load_files(sources, text_columns=data_args.columns)
     else:
         raise DataError("No pairs given: pass --train_file, or --dataset_name (with --load_from_disk for a saved dir).")
     if "train" not in raw:
         raise DataError(f"The data has no 'train' split (found: {', '.join(raw) or 'none'}).")
     kept = {name: raw[name] for name in ("train", "validation") if name in raw}
-    return DatasetDict(kept), {name: sources.get(name) for name in kept}
+    return DatasetDict(kept), {name: sources.get(name) for name in kept}, scanned
 
 
 def pair_problem(prompt, chosen, rejected, names: tuple[str, str, str]) -> Optional[str]:
@@ -193,13 +195,20 @@ def record_locations(rows: list[int], source: Optional[str], split_name: str) ->
     return found
 
 
-def drop_bad_pairs(split: Dataset, names, source: Optional[str], split_name: str, mode: str) -> Dataset:
-    """Report bad records (place and problem); skip them with a count, or raise DataError (mode 'error')."""
-    problems = find_bad_pairs(split, names)
+def drop_bad_pairs(split: Dataset, names, source: Optional[str], split_name: str, mode: str,
+                   scanned: Optional[dict[int, tuple[str, str]]] = None) -> Dataset:
+    """Report bad records (place and problem); skip them with a count, or raise DataError (mode 'error').
+
+    `scanned` (from reading the file, row -> (place, problem)) wins over what the loaded values show: a number in
+    a text column is loaded as text, so only the scan knows it was not a string.
+    """
+    scanned = scanned or {}
+    problems = {**find_bad_pairs(split, names), **{row: problem for row, (_, problem) in scanned.items()}}
     if not problems:
         return split
     shown = sorted(problems)[:REPORTED_LOCATIONS if mode == "skip" else 2 * REPORTED_LOCATIONS]
-    places = record_locations(shown, source, split_name)
+    places = {**record_locations([row for row in shown if row not in scanned], source, split_name),
+              **{row: scanned[row][0] for row in shown if row in scanned}}
     listing = "; ".join(f"{places.get(row, f'{split_name} row {row}')}: {problems[row]}" for row in shown)
     counts = {}
     for problem in problems.values():
@@ -226,10 +235,11 @@ def load_preference_data(data_args, seed: int = 42) -> tuple[DatasetDict, dict[s
 
     Returns the splits and each split's source file. Tokenised data (from --save_final_dataset) passes unchecked.
     """
-    raw, sources = load_preference_splits(data_args)
+    raw, sources, scanned = load_preference_splits(data_args)
     for name in list(raw):
         if not is_tokenised(raw[name]):
-            raw[name] = drop_bad_pairs(raw[name], data_args.columns, sources[name], name, data_args.invalid_pairs)
+            raw[name] = drop_bad_pairs(raw[name], data_args.columns, sources[name], name, data_args.invalid_pairs,
+                                       scanned.get(name))
     if "validation" not in raw and data_args.validation_split_percentage > 0:
         held_out = raw["train"].train_test_split(test_size=data_args.validation_split_percentage / 100, seed=seed)
         raw = DatasetDict({"train": held_out["train"], "validation": held_out["test"]})
