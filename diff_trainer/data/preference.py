@@ -21,7 +21,6 @@ reproduced exactly (precomputed reference scores).
 
 import contextlib
 import logging
-import os
 import zlib
 from dataclasses import dataclass, field
 from typing import Optional
@@ -32,6 +31,7 @@ from datasets import Dataset, DatasetDict
 
 from ..diffusion.forward import mask_exact_count, stratified_mask_counts
 from .loading import DataError, is_json_lines, load_files, load_saved, open_text
+from .saving import save_final_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -332,11 +332,8 @@ def tokenize_pairs(raw: DatasetDict, tokenizer, data_args, seed: int = 42, main_
 
 
 def save_pairs(pairs: DatasetDict, path: str, overwrite: bool = False) -> None:
-    """save_to_disk the tokenised pairs (reload with --load_from_disk --dataset_name path)."""
-    if os.path.exists(path) and not overwrite:
-        raise DataError(f"{path} exists; pass --overwrite_final_dataset to replace it.")
-    pairs.save_to_disk(path)
-    logger.info("Saved %s pairs to %s.", ", ".join(f"{len(s)} {n}" for n, s in pairs.items()), path)
+    """Save the tokenised pairs atomically (reload with --load_from_disk --dataset_name path)."""
+    save_final_dataset(pairs, path, overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------------------------------
