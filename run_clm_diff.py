@@ -12,7 +12,7 @@ import sys
 from transformers import Trainer, TrainingArguments, set_seed
 
 from diff_trainer.arguments import DataArguments, DiffusionArguments, ModelArguments, parse_arguments
-from diff_trainer.data.loading import load_raw_datasets
+from diff_trainer.data.loading import check_block_size, load_raw_datasets, require_validation_data, run_entry_point
 from diff_trainer.data.pipeline import Preprocessor
 from diff_trainer.data.saving import save_final_dataset
 from diff_trainer.metrics import add_perplexity, argmax_logits, token_accuracy_metrics
@@ -35,6 +35,7 @@ def main(argv=None):
     )
 
     raw = load_raw_datasets(data_args, seed=training_args.seed)
+    require_validation_data(raw, training_args.do_eval)
     preprocessor = Preprocessor(tokenizer, data_args, dff_token=model_args.dff_token, dff_mode=diff_args.dff_labels,
                                 main_process_first=training_args.main_process_first)
     final = preprocessor.run(raw)
@@ -47,12 +48,15 @@ def main(argv=None):
     train_dataset, eval_dataset = final["train"], final.get("validation")
 
     model = load_model(model_args, tokenizer, masked_lm=diff_args.masked_lm)
+    check_block_size(data_args.block_size, model.config)
     if diff_args.train_diff_model:
         from diff_trainer.trainer import build_diffusion_trainer
 
         packed = preprocessor.concatenate if not data_args.skip_concat else None
+        row_packing = None if packed is None else "packed" if packed else data_args.padding_side
         trainer = build_diffusion_trainer(model, tokenizer, diff_args, model_args, training_args,
-                                          train_dataset, eval_dataset, new_token_ids, packed=packed)
+                                          train_dataset, eval_dataset, new_token_ids, packed=packed,
+                                          row_packing=row_packing)
     else:
         if model_args.use_lora:
             model = apply_lora(model, model_args, new_token_ids)
@@ -71,4 +75,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry_point(main))

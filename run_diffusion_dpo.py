@@ -15,7 +15,14 @@ from dataclasses import replace
 from transformers import AutoConfig, TrainingArguments, set_seed
 
 from diff_trainer.arguments import ModelArguments, parse_arguments
-from diff_trainer.data.preference import PreferenceDataArguments, load_preference_data, save_pairs, tokenize_pairs
+from diff_trainer.data.loading import require_validation_data, run_entry_point
+from diff_trainer.data.preference import (
+    PreferenceDataArguments,
+    load_preference_data,
+    save_pairs,
+    tokenize_pairs,
+    with_response_padding,
+)
 from diff_trainer.dpo import DiffusionDPOTrainer, DPOArguments
 from diff_trainer.modeling import (
     add_special_tokens,
@@ -52,11 +59,15 @@ def main(argv=None):
 
     tokenizer = load_tokenizer(model_args)
     new_token_ids = add_special_tokens(tokenizer, model_args.dff_token, model_args.mask_token)
+    starting_config = AutoConfig.from_pretrained(model_args.model_name_or_path,
+                                                 trust_remote_code=model_args.trust_remote_code)
+    data_args = with_response_padding(data_args, read_diffusion_config(starting_config))
     raw, _ = load_preference_data(data_args, seed=training_args.seed)
     pairs = tokenize_pairs(raw, tokenizer, data_args, seed=training_args.seed,
                            main_process_first=training_args.main_process_first)
     train_dataset = pairs["train"] if training_args.do_train else None
     eval_dataset = pairs.get("validation")
+    require_validation_data(pairs, training_args.do_eval)
 
     model = load_diffusion_model(model_args, tokenizer, model_args.model_name_or_path)
     ref_model = None
@@ -76,4 +87,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry_point(main))

@@ -114,6 +114,9 @@ class DataArguments:
     )
 
     def __post_init__(self):
+        from .data.saving import optional_directory
+
+        self.save_final_dataset = optional_directory(self.save_final_dataset, "final_dataset")  # yaml `true`
         if self.padding_side not in ("left", "right"):
             raise ValueError(f"--padding_side must be 'left' or 'right', got {self.padding_side!r}")
         if (self.prompt_column is None) != (self.response_column is None):
@@ -152,7 +155,10 @@ def parse_arguments(dataclass_types, argv: Optional[list[str]] = None):
             raise FileNotFoundError(f"Config file {argv[0]} does not exist.")
         argv = config_to_argv(argv[0]) + argv[1:]
     parser = HfArgumentParser(dataclass_types)
-    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    try:
+        *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except ValueError as error:  # a flag check in a __post_init__: a usage error (exit status 2), not a traceback
+        parser.error(str(error))
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # usage message and exit status 2
     return tuple(parsed)

@@ -16,6 +16,8 @@ from typing import Optional
 import torch.distributed as dist
 from transformers import TrainerCallback
 
+from .data.loading import DataError
+
 logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "COMPLETE"
@@ -88,13 +90,28 @@ def newest_complete_checkpoint(output_dir: str) -> Optional[str]:
 
 
 def check_resumable(path: str) -> str:
-    """`path` when it is a complete checkpoint; a ValueError saying why not (for --resume_from_checkpoint PATH)."""
+    """`path` when it is a complete checkpoint; a DataError saying why not (for --resume_from_checkpoint PATH)."""
     if not os.path.isdir(path):
-        raise ValueError(f"--resume_from_checkpoint {path}: no such directory.")
+        raise DataError(f"--resume_from_checkpoint {path}: no such directory.")
     if not CHECKPOINT_NAME.match(os.path.basename(os.path.normpath(path))):
         return path  # not one of ours: let the Trainer judge it
     reason = incomplete_reason(os.path.normpath(path))
     if reason:
-        raise ValueError(f"--resume_from_checkpoint {path} is incomplete: {reason}. Pick an older checkpoint, or use "
+        raise DataError(f"--resume_from_checkpoint {path} is incomplete: {reason}. Pick an older checkpoint, or use "
                          "--resume to take the newest complete one.")
     return path
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
+
+
+def sampling_checkpoint_problem(path: str) -> Optional[str]:
+    """Why the directory `path` cannot be loaded for sampling (None when it has a config and tokenizer files)."""
+    if not os.path.isdir(path):
+        return f"no checkpoint at {path}: no such directory. Pass a run's --output_dir or one of its checkpoint-N."
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        return f"no checkpoint at {path}: it has no config.json. Pass a run's --output_dir or one of its checkpoint-N."
+    if not any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES):
+        return (f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}): copy them from the run's "
+                "--output_dir, or save the tokenizer there with tokenizer.save_pretrained.")
+    return None

@@ -14,6 +14,7 @@ The reference is a frozen copy, the policy with its LoRA adapters disabled, or s
 
 import contextlib
 import copy
+import json
 import logging
 import math
 from collections import defaultdict
@@ -25,13 +26,19 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 
-from .data.preference import REFERENCE_COLUMNS, TOKEN_COLUMNS, PreferenceCollator
+from .data.preference import (
+    REFERENCE_COLUMNS,
+    TOKEN_COLUMNS,
+    PreferenceCollator,
+    fingerprint_mismatch,
+    reference_fingerprint,
+)
 from .diffusion.elbo import elbo_terms
 from .modeling import read_diffusion_config
 
 logger = logging.getLogger(__name__)
 
-REF_MC_SAMPLES_COLUMN = "ref_mc_samples"
+REF_FINGERPRINT_COLUMN = "ref_fingerprint"
 METRIC_NAMES = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
                 "logps/rejected")
 
@@ -154,6 +161,9 @@ class DiffusionDPOTrainer(Trainer):
             raise ValueError("The policy is not a masked-diffusion checkpoint (its config has no diffusion_config). "
                              "Train one with run_clm_diff.py --train_diff_model first.")
         self.shift_logits = bool(diffusion_config.get("shift_logits", False))
+        reference = ref_model if ref_model is not None else base  # the policy's starting point
+        self.ref_fingerprint = reference_fingerprint(reference.name_or_path, self.dpo_args.mc_samples,
+                                                     self.dpo_args.antithetic_sampling, args.seed if args else 42)
         if args is not None:
             args.remove_unused_columns = False  # the collator needs prompt/response ids and mask seeds
         datasets = [train_dataset, *(eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset])]
@@ -203,13 +213,11 @@ class DiffusionDPOTrainer(Trainer):
         columns = getattr(dataset, "column_names", None) or []
         if not set(REFERENCE_COLUMNS) <= set(columns):
             return False
-        # stored scores are reused when their budget matches; the reference and --antithetic_sampling are not checked
-        stored = set(dataset.unique(REF_MC_SAMPLES_COLUMN)) if REF_MC_SAMPLES_COLUMN in columns else set()
-        if stored != {self.dpo_args.mc_samples}:
-            logger.warning("Stored reference scores used mc_samples %s, not %d: recomputing them.",
-                           sorted(stored) or "unknown", self.dpo_args.mc_samples)
-            return False
-        return True
+        stored = json.loads(dataset[0][REF_FINGERPRINT_COLUMN]) if REF_FINGERPRINT_COLUMN in columns else None
+        mismatch = fingerprint_mismatch(stored, self.ref_fingerprint)
+        if mismatch:
+            logger.warning("Not using the stored reference scores: %s. Recomputing them.", mismatch)
+        return mismatch is None
 
     def policy_terms(self, model, inputs) -> torch.Tensor:
         """The policy's ELBO terms [2B, n] on the batch's masks (with gradient)."""
@@ -240,7 +248,7 @@ class DiffusionDPOTrainer(Trainer):
         """`dataset` plus the reference's scores of every pair on its epoch-0 masks (computed here once)."""
         if self._has_reference_scores(dataset):
             return dataset
-        dataset = dataset.remove_columns([c for c in (*REFERENCE_COLUMNS, REF_MC_SAMPLES_COLUMN)
+        dataset = dataset.remove_columns([c for c in (*REFERENCE_COLUMNS, REF_FINGERPRINT_COLUMN)
                                           if c in dataset.column_names])
         loader = self.accelerator.prepare(DataLoader(dataset, batch_size=self.args.per_device_eval_batch_size,
                                                      collate_fn=self.eval_collator, shuffle=False))
@@ -259,7 +267,7 @@ class DiffusionDPOTrainer(Trainer):
                     self.dpo_args.mc_samples)
         dataset = dataset.add_column(REFERENCE_COLUMNS[0], torch.cat(chosen).tolist())
         dataset = dataset.add_column(REFERENCE_COLUMNS[1], torch.cat(rejected).tolist())
-        return dataset.add_column(REF_MC_SAMPLES_COLUMN, [self.dpo_args.mc_samples] * len(dataset))
+        return dataset.add_column(REF_FINGERPRINT_COLUMN, [json.dumps(self.ref_fingerprint)] * len(dataset))
 
     # ------------------------------------------------------------------------------------------------
     # Loss

@@ -179,7 +179,8 @@ def make_bidirectional(model):
     return model
 
 
-def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedule, time_eps, dff_token):
+def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedule, time_eps, dff_token,
+                           row_packing=None):
     """Record in `config` (hence in config.json) that the checkpoint is a masked-diffusion LM."""
     vocab_size = config.get_text_config().vocab_size
     if not 0 <= mask_token_id < vocab_size:
@@ -194,6 +195,7 @@ def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedul
         "noise_schedule": noise_schedule,
         "time_eps": float(time_eps),
         "dff_token": dff_token,
+        "row_packing": row_packing,  # packed, left or right (trained EOS padding: DPO's default follows it)
     }
     config.is_causal = False
     return config

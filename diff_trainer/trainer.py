@@ -139,7 +139,8 @@ def default_normalization(train_dataset, packed: Optional[bool]) -> str:
 
 
 def build_diffusion_trainer(model, tokenizer, diff_args, model_args, training_args, train_dataset, eval_dataset,
-                            new_token_ids, *, packed: Optional[bool]) -> DiffusionTrainer:
+                            new_token_ids, *, packed: Optional[bool], row_packing: Optional[str] = None
+                            ) -> DiffusionTrainer:
     """Make the model a self-describing diffusion model and wire trainer, collators and metrics."""
     if diff_args.shift_logits and is_encoder_model(model):
         raise ValueError("--shift_logits adapts a causal LM; an encoder (masked LM) predicts its own position.")
@@ -150,7 +151,7 @@ def build_diffusion_trainer(model, tokenizer, diff_args, model_args, training_ar
     make_bidirectional(model)
     write_diffusion_config(model.config, mask_token_id=mask_token_id, shift_logits=diff_args.shift_logits,
                            noise_schedule=diff_args.noise_schedule, time_eps=diff_args.time_eps,
-                           dff_token=model_args.dff_token)
+                           dff_token=model_args.dff_token, row_packing=row_packing)
     if model_args.use_lora:
         model = apply_lora(model, model_args, new_token_ids)
     normalization = diff_args.loss_normalization or default_normalization(train_dataset, packed)

@@ -259,3 +259,28 @@ def test_argument_checks():
         DPOArguments(mc_samples=0)
     with pytest.raises(ValueError, match="--beta"):
         DPOArguments(beta=0)
+
+
+def test_stored_scores_of_another_reference_or_seed_are_recomputed(tmp_path, tokenizer, pairs, caplog):
+    from transformers import AutoModelForCausalLM
+
+    directories = {}
+    for seed in (1, 2):
+        directories[seed] = tmp_path / f"reference-{seed}"
+        diffusion_llama(tokenizer, seed=seed).save_pretrained(directories[seed])
+    load = lambda seed: AutoModelForCausalLM.from_pretrained(directories[seed])  # noqa: E731
+    first = make_trainer(tmp_path, tokenizer, pairs, model=load(1), ref_model=load(1), precompute_ref_scores=True)
+    stored = first.train_dataset
+    same = make_trainer(tmp_path, tokenizer, stored, model=load(1), ref_model=load(1), precompute_ref_scores=True)
+    assert same.train_dataset is stored  # same reference, budget and seed: reused as they are
+    with caplog.at_level("WARNING", logger="diff_trainer.dpo"):
+        other = make_trainer(tmp_path, tokenizer, stored, model=load(1), ref_model=load(2), precompute_ref_scores=True)
+    assert "Not using the stored reference scores: they were computed with model" in caplog.text
+    assert "weights_sha256" in caplog.text and "seed" not in caplog.text.split("computed with", 1)[1]
+    fresh = make_trainer(tmp_path, tokenizer, pairs, model=load(1), ref_model=load(2), precompute_ref_scores=True)
+    assert other.train_dataset["ref_chosen_score"] == fresh.train_dataset["ref_chosen_score"]
+    assert other.train_dataset["ref_chosen_score"] != stored["ref_chosen_score"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="diff_trainer.dpo"):
+        make_trainer(tmp_path, tokenizer, stored, model=load(1), ref_model=load(1), precompute_ref_scores=True, seed=7)
+    assert "they were computed with seed 42 (now 7)" in caplog.text

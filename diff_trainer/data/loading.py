@@ -5,7 +5,8 @@ import io
 import json
 import logging
 import os
-from typing import Iterator, Optional, Sequence
+import sys
+from typing import Callable, Iterator, Optional, Sequence
 
 import datasets
 import numpy as np
@@ -32,6 +33,28 @@ BUILDERS = {
 
 class DataError(ValueError):
     """Input data that cannot be used, with a message saying where and what to do."""
+
+
+def run_entry_point(main: Callable[[Optional[list[str]]], object], argv: Optional[list[str]] = None) -> int:
+    """Run an entry script's `main`: a DataError ends it with `error: message` on stderr and exit status 1 instead
+    of a traceback (the message already names the file, record or flag)."""
+    try:
+        main(argv)
+    except DataError as error:
+        print(f"{os.path.basename(sys.argv[0]) or 'diff-trainer'}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def check_block_size(block_size: int, config) -> None:
+    """--block_size must fit the model's positions (an index error at step 1 otherwise)."""
+    limit = next((getattr(config, name) for name in POSITION_LIMITS if getattr(config, name, None)), None)
+    if limit is not None and block_size > limit:
+        raise DataError(f"--block_size {block_size} is larger than the model's {limit} positions; pass --block_size "
+                        f"{limit} or less (or raise max_position_embeddings in --config_overrides for a new model).")
+
+
+POSITION_LIMITS = ("max_position_embeddings", "n_positions")
 
 
 def builder_for(path: str) -> str:
@@ -260,6 +283,8 @@ def load_raw_datasets(data_args, cache_dir: Optional[str] = None, seed: int = 42
 
     Text is read as written; a record whose text is missing, null or not a string is a DataError naming it.
     """
+    if data_args.block_size <= 0:
+        raise DataError(f"--block_size must be a positive number of tokens, got {data_args.block_size}.")
     if not 0 <= data_args.validation_split_percentage < 100:
         raise DataError(f"--validation_split_percentage must be in [0, 100) (0: no held-out split), got "
                         f"{data_args.validation_split_percentage}.")

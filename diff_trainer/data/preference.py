@@ -11,7 +11,10 @@ the tokenizer has a distinct one); chosen and rejected share the prompt ids. Tru
 --max_prompt_length keeps its last tokens (BOS stays); responses are never cut, so a pair whose prompt plus longer
 response plus EOS exceeds --max_length is counted and skipped. With --response_padding eos (LLaDA SFT) each
 response is filled with EOS up to max_length − prompt length, and those EOS are part of the scored response; with
-`ignore` rows are padded per batch with unattended, unscored padding.
+`ignore` rows are padded per batch with unattended, unscored padding (scored: response + one EOS). The default
+follows the checkpoint: `eos` only for a model trained on right EOS-padded rows (`row_packing: right` in its
+diffusion_config), since EOS padding drowns short answers for any other; a warning says when padding is more than
+half of the scored tokens.
 
 Masks. Every pair gets a `mask_seed` column (from the run seed, the split and the row). `PreferenceCollator`
 draws the pair's Monte-Carlo masks from a generator seeded with (mask_seed, epoch, stream), so the masks of a
@@ -20,9 +23,11 @@ reproduced exactly (precomputed reference scores).
 """
 
 import contextlib
+import hashlib
 import logging
+import os
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
@@ -31,7 +36,8 @@ from datasets import Dataset, DatasetDict
 
 from ..diffusion.forward import mask_exact_count, stratified_mask_counts
 from .loading import DataError, is_json_lines, load_files, load_saved, open_text
-from .saving import save_final_dataset
+from .pipeline import sequence_lengths
+from .saving import optional_directory, save_final_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +87,11 @@ class PreferenceDataArguments:
     max_prompt_length: Optional[int] = field(
         default=None, metadata={"help": "Longer prompts keep their last max_prompt_length tokens (None: no limit)."}
     )
-    response_padding: str = field(
-        default="eos",
+    response_padding: Optional[str] = field(
+        default=None,
         metadata={"help": "eos: fill responses with trained EOS up to max_length (LLaDA SFT, the model learns to stop; "
-                          "the EOS are scored); ignore: pad per batch with unattended, unscored padding."},
+                          "the EOS are scored); ignore: pad per batch with unattended, unscored padding. Default: eos "
+                          "for a checkpoint trained on right EOS-padded rows, ignore otherwise."},
     )
     invalid_pairs: str = field(
         default="skip",
@@ -102,9 +109,10 @@ class PreferenceDataArguments:
     )
 
     def __post_init__(self):
+        self.save_final_dataset = optional_directory(self.save_final_dataset, "final_dataset")  # yaml `true`
         if self.invalid_pairs not in INVALID_PAIR_MODES:
             raise ValueError(f"--invalid_pairs must be one of {INVALID_PAIR_MODES}, got {self.invalid_pairs!r}")
-        if self.response_padding not in RESPONSE_PADDINGS:
+        if self.response_padding is not None and self.response_padding not in RESPONSE_PADDINGS:
             raise ValueError(f"--response_padding must be one of {RESPONSE_PADDINGS}, got {self.response_padding!r}")
         if self.max_length < 2:
             raise ValueError(f"--max_length must be at least 2 (a response token and EOS), got {self.max_length}")
@@ -281,7 +289,7 @@ def tokenize_pairs_function(tokenizer, data_args):
     def tokenize(batch):
         prompts = encode([text + data_args.prompt_suffix for text in batch[prompt_column]])
         chosen, rejected = encode(batch[chosen_column]), encode(batch[rejected_column])
-        out = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "fits": []}
+        out = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "fits": [], "eos_padding": []}
         for prompt, good, bad in zip(prompts, chosen, rejected):
             if max_prompt is not None and len(bos) + len(prompt) > max_prompt:
                 prompt = prompt[len(prompt) - (max_prompt - len(bos)):]  # keep the end of the prompt
@@ -289,6 +297,7 @@ def tokenize_pairs_function(tokenizer, data_args):
             good, bad = good + [eos], bad + [eos]
             room = max_length - len(prompt)
             out["fits"].append(max(len(good), len(bad)) <= room)
+            out["eos_padding"].append(max(room - len(good), 0) + max(room - len(bad), 0) if pad_with_eos else 0)
             if pad_with_eos:
                 good, bad = good + [eos] * (room - len(good)), bad + [eos] * (room - len(bad))
             out["prompt_ids"].append(prompt)
@@ -325,10 +334,75 @@ def tokenize_pairs(raw: DatasetDict, tokenizer, data_args, seed: int = 42, main_
         if len(tokenised) == 0:
             raise DataError(f"{name}: no pair fits max_length {data_args.max_length}. Raise --max_length or set "
                             "--max_prompt_length.")
-        tokenised = tokenised.remove_columns("fits")
+        warn_about_padding(name, np.asarray(tokenised["eos_padding"]), tokenised, data_args.max_length)
+        tokenised = tokenised.remove_columns(["fits", "eos_padding"])
         result[name] = tokenised.add_column("mask_seed", [pair_mask_seed(seed, name, row)
                                                           for row in range(len(tokenised))])
     return DatasetDict(result)
+
+
+def warn_about_padding(split_name: str, padding: np.ndarray, tokenised: Dataset, max_length: int) -> None:
+    """Warn when EOS padding is more than half of the scored response tokens (it drowns the preference signal)."""
+    scored = int(sequence_lengths(tokenised, "chosen_ids").sum() + sequence_lengths(tokenised, "rejected_ids").sum())
+    if scored and padding.sum() > scored / 2:
+        logger.warning("%s: %.0f%% of the scored response tokens are EOS padding (--response_padding eos up to "
+                       "--max_length %d), which drowns the preference signal of short answers. Lower --max_length, "
+                       "or pass --response_padding ignore unless the model was trained with right EOS padding.",
+                       split_name, 100 * padding.sum() / scored, max_length)
+
+
+def default_response_padding(diffusion_config: Optional[dict]) -> str:
+    """eos for a checkpoint trained on right EOS-padded rows (LLaDA SFT), otherwise ignore (response + one EOS)."""
+    return "eos" if (diffusion_config or {}).get("row_packing") == "right" else "ignore"
+
+
+def with_response_padding(data_args, diffusion_config: Optional[dict]):
+    """`data_args` with --response_padding set: as given, or the checkpoint's default (logged)."""
+    if data_args.response_padding is not None:
+        return data_args
+    padding = default_response_padding(diffusion_config)
+    logger.info("--response_padding %s: the checkpoint was %s.", padding,
+                "trained on right EOS-padded rows" if padding == "eos" else "not trained on right EOS-padded rows")
+    return replace(data_args, response_padding=padding)
+
+
+def reference_fingerprint(model_path: str, mc_samples: int, antithetic: bool, seed: int) -> dict:
+    """What precomputed reference scores depend on: the reference checkpoint (path, SHA-256 of its config.json and of
+    its weight files), the Monte-Carlo budget, antithetic sampling and the run seed (the pairs' mask seeds).
+
+    A hub id that is not a local directory is identified by its name only (hashes None)."""
+    local = os.path.isdir(model_path)
+    weights = sorted(name for name in os.listdir(model_path) if name.endswith(WEIGHT_SUFFIXES)) if local else []
+    return {
+        "model": os.path.abspath(model_path) if local else model_path,
+        "config_sha256": files_sha256(model_path, ["config.json"]) if local else None,
+        "weights_sha256": files_sha256(model_path, weights) if weights else None,
+        "mc_samples": int(mc_samples),
+        "antithetic": bool(antithetic),
+        "seed": int(seed),
+    }
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def files_sha256(directory: str, names: list[str]) -> str:
+    """One SHA-256 over the named files of `directory` (name and content of each, in the given order)."""
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(name.encode() + b"\0")
+        with open(os.path.join(directory, name), "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint_mismatch(stored: Optional[dict], current: dict) -> Optional[str]:
+    """Why stored reference scores do not belong to the `current` reference (None when they do)."""
+    if stored is None:
+        return "they carry no reference fingerprint (saved by an older version)"
+    changed = [f"{key} {stored.get(key)!r} (now {value!r})" for key, value in current.items() if stored.get(key) != value]
+    return "they were computed with " + ", ".join(changed) if changed else None
 
 
 def save_pairs(pairs: DatasetDict, path: str, overwrite: bool = False) -> None:

@@ -51,6 +51,13 @@ def save_final_dataset(final: DatasetDict, path: str, *, overwrite: bool = False
     return path
 
 
+def optional_directory(value, bare_flag: str):
+    """--save_final_dataset from a config file: `true` means the bare flag (directory `bare_flag`), `false` none."""
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+        return bare_flag if value.lower() == "true" else None
+    return value
+
+
 def staging_prefix(name: str) -> str:
     return f".{name}.partial-"
 

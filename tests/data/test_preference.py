@@ -1,5 +1,6 @@
 """Preference pairs: bad-record reports with file and line, tokenising and truncation, seeded collation."""
 
+import hashlib
 import json
 import logging
 
@@ -247,3 +248,24 @@ def test_tokenised_pairs_round_trip_through_save_and_load(tmp_path, tokenizer):
     assert is_tokenised(loaded["train"])
     again = tokenize_pairs(loaded, tokenizer, PreferenceDataArguments(train_file="unused", max_length=12))
     assert again["train"].to_list() == pairs["train"].to_list()
+
+
+def test_reference_fingerprint_hashes_config_and_weights_and_names_what_changed(tmp_path):
+    from diff_trainer.data.preference import fingerprint_mismatch, reference_fingerprint
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"hidden_size": 32}')
+    (model / "model.safetensors").write_bytes(b"weights")
+    before = reference_fingerprint(str(model), 8, True, 42)
+    assert before == {"model": str(model), "config_sha256": hashlib.sha256(b"config.json\0" + b'{"hidden_size": 32}')
+                      .hexdigest(), "weights_sha256": hashlib.sha256(b"model.safetensors\0weights").hexdigest(),
+                      "mc_samples": 8, "antithetic": True, "seed": 42}
+    assert fingerprint_mismatch(before, reference_fingerprint(str(model), 8, True, 42)) is None
+    (model / "model.safetensors").write_bytes(b"trained")
+    after = reference_fingerprint(str(model), 4, True, 42)
+    assert fingerprint_mismatch(before, after) == (
+        f"they were computed with weights_sha256 {before['weights_sha256']!r} (now {after['weights_sha256']!r}), "
+        "mc_samples 8 (now 4)")
+    assert "older version" in fingerprint_mismatch(None, after)
+    assert reference_fingerprint("org/hub-model", 8, False, 1)["weights_sha256"] is None
