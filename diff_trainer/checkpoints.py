@@ -101,17 +101,3 @@ def check_resumable(path: str) -> str:
                          "--resume to take the newest complete one.")
     return path
 
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "spiece.model")
-
-
-def sampling_checkpoint_problem(path: str) -> Optional[str]:
-    """Why the directory `path` cannot be loaded for sampling (None when it has a config and tokenizer files)."""
-    if not os.path.isdir(path):
-        return f"no checkpoint at {path}: no such directory. Pass a run's --output_dir or one of its checkpoint-N."
-    if not os.path.isfile(os.path.join(path, "config.json")):
-        return f"no checkpoint at {path}: it has no config.json. Pass a run's --output_dir or one of its checkpoint-N."
-    if not any(os.path.isfile(os.path.join(path, name)) for name in TOKENIZER_FILES):
-        return (f"{path} has no tokenizer files ({', '.join(TOKENIZER_FILES[:2])}): copy them from the run's "
-                "--output_dir, or save the tokenizer there with tokenizer.save_pretrained.")
-    return None

@@ -283,7 +283,7 @@ def load_raw_datasets(data_args, cache_dir: Optional[str] = None, seed: int = 42
 
     Text is read as written; a record whose text is missing, null or not a string is a DataError naming it.
     """
-    if data_args.block_size <= 0:
+    if data_args.block_size is not None and data_args.block_size <= 0:
         raise DataError(f"--block_size must be a positive number of tokens, got {data_args.block_size}.")
     if not 0 <= data_args.validation_split_percentage < 100:
         raise DataError(f"--validation_split_percentage must be in [0, 100) (0: no held-out split), got "

@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import tempfile
+from typing import Optional
 
 from datasets import DatasetDict
 
@@ -24,8 +25,12 @@ _RENAME_EXCHANGE = 2  # renameat2 flag: swap two paths atomically
 _AT_FDCWD = -100
 
 
-def save_final_dataset(final: DatasetDict, path: str, *, overwrite: bool = False, num_proc=None) -> str:
-    """Save into a staging sibling directory, then move it to `path` in one rename (or one swap with the old one)."""
+def save_final_dataset(final: DatasetDict, path: str, *, overwrite: bool = False, num_proc=None,
+                       extra_files: Optional[dict[str, str]] = None) -> str:
+    """Save into a staging sibling directory, then move it to `path` in one rename (or one swap with the old one).
+
+    `extra_files` (file name -> text) are written into the directory with the data, e.g. the rows' layout.
+    """
     path = os.path.abspath(path)
     if os.path.exists(path) and not overwrite:
         raise DataError(f"{path} already exists; pass --overwrite_final_dataset or choose another directory.")
@@ -36,6 +41,9 @@ def save_final_dataset(final: DatasetDict, path: str, *, overwrite: bool = False
     os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it 0700; the saved data should read like any dir
     try:
         final.save_to_disk(staging, num_proc=num_proc if num_proc and num_proc > 1 else None)
+        for file_name, text in (extra_files or {}).items():
+            with open(os.path.join(staging, file_name), "w", encoding="utf-8") as handle:
+                handle.write(text)
         if not os.path.exists(path):
             os.rename(staging, path)
         elif exchange(staging, path):
