@@ -288,7 +288,8 @@ def test_text_columns_are_read_as_written(tmp_path, suffix):
 def test_one_number_among_strings_keeps_every_other_string_exact(tmp_path):
     """datasets turns a column with one JSON number into numbers; the loader reads it back as text and names the
     record, so DPO skips exactly that record."""
-    from diff_trainer.data.preference import PreferenceDataArguments, load_preference_data
+    from diff_trainer.arguments import PreferenceDataArguments
+    from diff_trainer.data.preference import load_preference_data
 
     records = [{"prompt": "a", "chosen": text, "rejected": "x"} for text in ("007", "1.50", "1e3")]
     records.insert(1, {"prompt": "b", "chosen": 7, "rejected": "y"})
