@@ -345,8 +345,9 @@ def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedul
         "time_eps": float(time_eps),
         "dff_token": dff_token,
         "auto_class": auto_class or auto_class_name(config),
-        "row_packing": row_packing,  # packed, left or right (trained EOS padding: DPO's default follows it)
     }
+    if row_packing is not None:  # packed, left or right (trained EOS padding): DPO's default padding follows it
+        config.diffusion_config["row_packing"] = row_packing
     config.is_causal = False
     return config
 

@@ -1,18 +1,14 @@
 """Resuming only from complete checkpoints: the marker, the fallback checks, and a resume past a broken checkpoint."""
 
-import importlib.util
 import json
 import logging
 from pathlib import Path
 
 import pytest
+import run_clm_diff  # the repository root is on pytest's pythonpath (setup.cfg)
 
 from diff_trainer.checkpoints import COMPLETE_MARKER, check_resumable, incomplete_reason, newest_complete_checkpoint
-
-SCRIPT = Path(__file__).resolve().parents[1] / "run_clm_diff.py"
-_spec = importlib.util.spec_from_file_location("run_clm_diff", SCRIPT)
-run_clm_diff = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(run_clm_diff)
+from diff_trainer.data.loading import DataError
 
 TINY_LLAMA = ("hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4,"
               "num_key_value_heads=4,max_position_embeddings=64")
@@ -24,7 +20,8 @@ def make_checkpoint(output_dir: Path, step: int, *, marker=False, state_step=Non
     if weights:
         (path / "model.safetensors").write_bytes(b"weights")
     if state:
-        (path / "trainer_state.json").write_text(json.dumps({"global_step": step if state_step is None else state_step}))
+        saved_step = step if state_step is None else state_step
+        (path / "trainer_state.json").write_text(json.dumps({"global_step": saved_step}))
     if marker:
         (path / COMPLETE_MARKER).write_text("{}")
     return path
@@ -58,9 +55,9 @@ def test_the_marker_wins_and_a_truncated_state_file_is_incomplete(tmp_path):
 
 def test_an_explicit_incomplete_checkpoint_is_refused(tmp_path):
     broken = make_checkpoint(tmp_path, 7, state=False)
-    with pytest.raises(ValueError, match=r"checkpoint-7 is incomplete: no COMPLETE marker .* --resume"):
+    with pytest.raises(DataError, match=r"checkpoint-7 is incomplete: no COMPLETE marker .* --resume"):
         check_resumable(str(broken))
-    with pytest.raises(ValueError, match="no such directory"):
+    with pytest.raises(DataError, match="no such directory"):
         check_resumable(str(tmp_path / "checkpoint-8"))
     assert check_resumable(str(make_checkpoint(tmp_path, 9, marker=True))) == str(tmp_path / "checkpoint-9")
 
@@ -85,3 +82,5 @@ def test_training_marks_checkpoints_and_resume_passes_over_a_half_written_one(tm
     assert f"Resuming from {out / 'checkpoint-4'}" in caplog.text
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 6
     assert (out / "checkpoint-6" / COMPLETE_MARKER).is_file()
+    # the rows' layout travels with the checkpoint (DPO's default --response_padding reads it)
+    assert json.loads((out / "config.json").read_text())["diffusion_config"]["row_packing"] == "left"

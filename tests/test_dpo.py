@@ -283,7 +283,8 @@ def test_stored_scores_of_another_reference_or_seed_are_scored_again(tmp_path, t
         diffusion_llama(tokenizer, seed=seed).save_pretrained(directories[seed])
 
     def scored(data, reference_seed, **settings):
-        args = DPOTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", mc_samples=2,
+        settings = {"mc_samples": 2, **settings}
+        args = DPOTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none",
                                     per_device_eval_batch_size=8, precompute_ref_scores=True, **settings)
         reference = AutoModelForCausalLM.from_pretrained(directories[reference_seed])
         return precompute_reference_scores(DatasetDict({"train": data}), reference, tokenizer, args)["train"]

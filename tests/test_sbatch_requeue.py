@@ -54,7 +54,8 @@ def training_processes(output_dir: Path) -> list[int]:
 def test_a_requeued_train_job_resumes_from_the_newest_complete_checkpoint(slurm_cluster, tmp_path):  # noqa: F811
     output_dir = tmp_path / "run"
     command = ["sbatch", "--cpus-per-task=2", f"--chdir={REPO}", f"--output={tmp_path}/%x-%j.out",
-               str(REPO / "sbatch" / "train.sbatch"), "configs/demo.yaml", "--config_overrides", TINY_MODEL, "--max_steps", str(MAX_STEPS),
+               str(REPO / "sbatch" / "train.sbatch"), "configs/demo.yaml", "--config_overrides", TINY_MODEL,
+               "--max_steps", str(MAX_STEPS),
                "--output_dir", str(output_dir), *TINY_RUN, "--per_device_train_batch_size", "4", "--do_eval", "false",
                "--eval_strategy", "no", "--save_steps", str(SAVE_STEPS), "--save_total_limit", "3",
                "--logging_steps", "10", "--log_level", "info", "--disable_tqdm", "true"]

@@ -46,15 +46,15 @@ def run_entry_point(main: Callable[[Optional[list[str]]], object], argv: Optiona
     return 0
 
 
+POSITION_LIMITS = ("max_position_embeddings", "n_positions")
+
+
 def check_block_size(block_size: int, config) -> None:
     """--block_size must fit the model's positions (an index error at step 1 otherwise)."""
     limit = next((getattr(config, name) for name in POSITION_LIMITS if getattr(config, name, None)), None)
     if limit is not None and block_size > limit:
         raise DataError(f"--block_size {block_size} is larger than the model's {limit} positions; pass --block_size "
                         f"{limit} or less (or raise max_position_embeddings in --config_overrides for a new model).")
-
-
-POSITION_LIMITS = ("max_position_embeddings", "n_positions")
 
 
 def builder_for(path: str) -> str:
@@ -124,10 +124,12 @@ def numbered_lines(path: str) -> Iterator[tuple[int, str]]:
 
 
 def decode_line(path: str, number: int, line: bytes) -> str:
+    """One line as text; a DataError naming the file, line and byte when it is not UTF-8."""
     try:
         return line.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise DataError(f"{path}, line {number}: not valid UTF-8 (byte {error.start}: {line[error.start:error.start + 4]!r}). "
+        bad = line[error.start:error.start + 4]
+        raise DataError(f"{path}, line {number}: not valid UTF-8 (byte {error.start}: {bad!r}). "
                         "Re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
 
 

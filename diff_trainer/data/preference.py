@@ -327,7 +327,8 @@ def fingerprint_mismatch(stored: Optional[dict], current: dict) -> Optional[str]
     `current` are compared."""
     if stored is None:
         return "they carry no reference fingerprint (saved by an older version)"
-    changed = [f"{key} {stored.get(key)!r} (now {value!r})" for key, value in current.items() if stored.get(key) != value]
+    changed = [f"{key} {stored.get(key)!r} (now {value!r})" for key, value in current.items()
+               if stored.get(key) != value]
     return "they were computed with " + ", ".join(changed) if changed else None
 
 
