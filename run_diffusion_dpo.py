@@ -8,7 +8,6 @@ Flags: `python run_diffusion_dpo.py --help`. A yaml/json config file may come fi
 --model_name_or_path must be a masked-diffusion checkpoint (e.g. from run_clm_diff.py --train_diff_model).
 """
 
-import logging
 import sys
 from dataclasses import replace
 
@@ -20,8 +19,6 @@ from diff_trainer.data.preference import load_preference_data, save_pairs, token
 from diff_trainer.dpo import DiffusionDPOTrainer, checked_diffusion_config, precompute_reference_scores
 from diff_trainer.modeling import add_special_tokens, load_tokenizer, prepare_model
 from diff_trainer.runner import nothing_to_run, setup_logging, train_and_evaluate
-
-logger = logging.getLogger("run_diffusion_dpo")
 
 
 def main(argv=None):
