@@ -29,6 +29,7 @@ BUILDERS = {
     ".csv": "csv",
     ".parquet": "parquet",
 }
+STRING = datasets.Value("string")  # the feature type of every text column
 
 
 class DataError(ValueError):
@@ -227,9 +228,6 @@ def load_files(data_files: dict[str, str], cache_dir: Optional[str] = None,
         for row, problem in null_text_rows(raw[split], text_columns).items():
             problems[split].setdefault(row, (f"{path}, record {row + 1}", problem))
     return raw, problems
-
-
-STRING = datasets.Value("string")
 
 
 def csv_string_features(path: str) -> datasets.Features:
