@@ -340,7 +340,7 @@ def make_bidirectional(model):
 
 
 def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedule, time_eps, dff_token,
-                           auto_class=None):
+                           auto_class=None, row_packing=None):
     """Record in `config` (hence in config.json) that the checkpoint is a masked-diffusion LM, and how to load it."""
     vocab_size = config.get_text_config().vocab_size
     if not 0 <= mask_token_id < vocab_size:
@@ -357,6 +357,8 @@ def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedul
         "dff_token": dff_token,
         "auto_class": auto_class or auto_class_name(config),
     }
+    if row_packing is not None:  # packed, left or right (trained EOS padding): DPO's default padding follows it
+        config.diffusion_config["row_packing"] = row_packing
     config.is_causal = False
     return config
 
