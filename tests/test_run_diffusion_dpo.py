@@ -7,7 +7,7 @@ import sys
 
 import pytest
 import run_diffusion_dpo  # the repository root is on pytest's pythonpath (setup.cfg)
-from conftest import make_byte_tokenizer, make_tiny_llama
+from conftest import accelerate_launch, make_byte_tokenizer, make_tiny_llama
 from safetensors.torch import load_file
 
 from diff_trainer.data.loading import DataError
@@ -113,9 +113,7 @@ def test_two_process_ddp_matches_one_process(workspace):
         return read_json(workspace["root"] / output / "trainer_state.json")["log_history"][0]
 
     single = run([sys.executable], "one", 4)
-    ddp = run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"],
-              "two", 2)
+    ddp = run(accelerate_launch(workspace["root"]), "two", 2)
     for name in ("loss", "grad_norm", *METRIC_NAMES):
         assert ddp[name] == pytest.approx(single[name], rel=1e-4, abs=1e-6), name
     assert single["rewards/margins"] != 0.0  # the reference differs from the policy, so the step is informative
