@@ -1,0 +1,100 @@
+"""DiffusionCollator, as the trainer builds it from the flags: 1/t weights, prompt dropout, random lengths."""
+
+import math
+
+import pytest
+import torch
+from conftest import make_byte_tokenizer, make_tiny_llama
+from transformers import TrainingArguments
+
+from diff_trainer.arguments import DiffusionArguments, ModelArguments
+from diff_trainer.collator import DiffusionCollator
+from diff_trainer.data.labels import IGNORE_INDEX
+from diff_trainer.diffusion.schedules import get_schedule
+from diff_trainer.trainer import build_diffusion_trainer
+
+MASK = 7
+EPS = 1e-3
+
+
+def rows(count, prompt=3, response=5, pad=2, seed=0):
+    """Left-padded rows: `pad` ignored pads (attention 0), a prompt (label -100) and a trained response."""
+    generator = torch.Generator().manual_seed(seed)
+    features = []
+    for _ in range(count):
+        ids = torch.randint(10, 200, (pad + prompt + response,), generator=generator)
+        ids[:pad] = 1
+        labels = ids.clone()
+        labels[:pad + prompt] = IGNORE_INDEX
+        features.append({"input_ids": ids.tolist(), "labels": labels.tolist(),
+                         "attention_mask": [0] * pad + [1] * (prompt + response)})
+    return features
+
+
+def collator_from_flags(tmp_path, **flags):
+    """The training collator that build_diffusion_trainer wires from DiffusionArguments."""
+    tokenizer = make_byte_tokenizer()
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", do_train=True)
+    diff_args = DiffusionArguments(train_diff_model=True, eval_mc_samples=0, **flags)
+    trainer = build_diffusion_trainer(make_tiny_llama(len(tokenizer)), tokenizer, diff_args, ModelArguments(), args,
+                                      None, None, [], packed=False)
+    return trainer.data_collator, tokenizer.mask_token_id
+
+
+def test_linear_weight_is_the_inverse_of_the_masking_rate():
+    # 4096 trainable tokens per row: the masked share estimates p_mask to ±0.008 (one std)
+    collator = DiffusionCollator(MASK, get_schedule("linear", EPS), antithetic_time=True, seed=0)
+    batch = collator(rows(8, prompt=0, response=4096, pad=0))
+    masked_share = (batch["labels"] != IGNORE_INDEX).float().mean(dim=1)
+    assert torch.allclose(1.0 / batch["loss_weight"], masked_share, atol=0.035)
+    # antithetic times: t_i = (u + i/B) mod 1, recovered from w_i = 1 / ((1-ε) t_i + ε)
+    times = (1.0 / batch["loss_weight"].double() - EPS) / (1 - EPS)
+    offsets = ((times - times[0]) % 1.0) * 8
+    assert torch.allclose(offsets, torch.arange(8, dtype=torch.float64), atol=1e-4)
+
+
+def test_masks_touch_only_trainable_tokens_and_labels_hold_the_clean_ids():
+    features = rows(64)
+    batch = DiffusionCollator(MASK, get_schedule("linear", EPS), seed=1)(features)
+    clean = torch.tensor([f["input_ids"] for f in features])
+    trainable = torch.tensor([f["labels"] for f in features]) != IGNORE_INDEX
+    masked = batch["input_ids"] == MASK
+    assert torch.equal(batch["maskable"], trainable)
+    assert not (masked & ~trainable).any() and masked.any()
+    assert torch.equal(batch["labels"], torch.where(masked, clean, IGNORE_INDEX))
+    assert torch.equal(batch["input_ids"][~masked], clean[~masked])
+
+
+def test_prompt_dropout_masks_whole_prompts_and_never_the_padding(tmp_path):
+    collator, mask = collator_from_flags(tmp_path, prompt_dropout=0.25)
+    features = rows(2000, seed=2)
+    batch = collator(features)
+    clean = torch.tensor([f["input_ids"] for f in features])
+    prompt = batch["input_ids"][:, 2:5]
+    dropped = (prompt == mask).all(dim=1)
+    assert torch.equal(dropped, (prompt == mask).any(dim=1))  # a prompt is masked whole or not at all
+    assert torch.equal(prompt[~dropped], clean[~dropped, 2:5])
+    assert dropped.float().mean().item() == pytest.approx(0.25, abs=0.04)  # 4.6 std
+    assert torch.equal(batch["input_ids"][:, :2], clean[:, :2])  # padding untouched
+    # the response is noised as without dropout: masks only where labels hold the clean id
+    response_masked = batch["input_ids"][:, 5:] == mask
+    assert torch.equal(response_masked, batch["labels"][:, 5:] != IGNORE_INDEX)
+    assert (batch["labels"][:, :5] == IGNORE_INDEX).all()  # prompts are never targets
+
+
+def test_random_length_truncates_the_chosen_share_to_a_uniform_prefix(tmp_path):
+    collator, mask = collator_from_flags(tmp_path, random_length_prob=0.3)
+    features = rows(3000, prompt=0, response=10, pad=0, seed=3)
+    batch = collator(features)
+    kept = batch["attention_mask"].sum(dim=1)
+    truncated = kept < 10
+    # P(truncated) = 0.3 · P(kept < L) = 0.3 · 9/10
+    assert truncated.float().mean().item() == pytest.approx(0.27, abs=0.035)
+    for row in range(3000):
+        length = int(kept[row])
+        assert batch["attention_mask"][row, :length].all() and not batch["attention_mask"][row, length:].any()
+        assert not batch["maskable"][row, length:].any() and batch["maskable"][row, :length].all()
+    assert not (batch["input_ids"][kept[:, None] <= torch.arange(10)] == mask).any()  # the tail is never masked
+    # kept length of a truncated row is U{1..10}, so among the shortened ones U{1..9}: mean 5
+    assert kept[truncated].float().mean().item() == pytest.approx(5.0, abs=0.3)
+    assert math.isclose(batch["maskable"].sum().item(), kept.sum().item())
