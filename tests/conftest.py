@@ -57,6 +57,20 @@ def accelerate_launch(directory, num_processes: int = 2) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--main_process_port", "0"]
 
 
+def count_forward_passes(monkeypatch, cli_module) -> list:
+    """Make `cli_module.open_checkpoint` hook the model it loads; the returned list grows by one per forward pass."""
+    calls = []
+    open_checkpoint = cli_module.open_checkpoint
+
+    def counting_open(path, **kwargs):
+        model, tokenizer, settings = open_checkpoint(path, **kwargs)
+        model.register_forward_hook(lambda *_: calls.append(1))
+        return model, tokenizer, settings
+
+    monkeypatch.setattr(cli_module, "open_checkpoint", counting_open)
+    return calls
+
+
 @pytest.fixture(scope="session", autouse=True)
 def isolated_hf_home(tmp_path_factory):
     """Caches and accelerate's default config live under pytest's tmp dir, not the user's ~/.cache/huggingface.

@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import make_byte_tokenizer, make_tiny_llama
+from conftest import count_forward_passes, make_byte_tokenizer, make_tiny_llama
 from transformers import AutoModelForCausalLM
 
 from diff_trainer.cli import generate as cli
@@ -117,15 +117,7 @@ def greedy_by_hand(model, tokenizer, prompt: str, length: int) -> list[int]:
 
 
 def test_a_causal_checkpoint_generates_with_model_generate(checkpoints, tokenizer, tmp_path, monkeypatch):
-    forward_calls = []
-    load = cli.load_checkpoint
-
-    def counting_load(path):
-        model, loaded_tokenizer, settings = load(path)
-        model.register_forward_hook(lambda *_: forward_calls.append(1))
-        return model, loaded_tokenizer, settings
-
-    monkeypatch.setattr(cli, "load_checkpoint", counting_load)
+    forward_calls = count_forward_passes(monkeypatch, cli)
     output = tmp_path / "causal.jsonl"
     prompts = ["ab", "longer prompt"]
     run(checkpoints, "causal", "--prompt", prompts[0], "--prompt", prompts[1], "--gen_length", "6",

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_byte_tokenizer, make_tiny_llama
+from conftest import count_forward_passes, make_byte_tokenizer, make_tiny_llama
 
 from data_scripts.make_arithmetic import make_arithmetic, problem_record
 from diff_trainer.cli import eval_arithmetic as cli
@@ -188,15 +188,7 @@ def parse_summary(out: str) -> dict:
 ])
 def test_a_random_checkpoint_runs_end_to_end(checkpoints, test_file, capsys, tmp_path, monkeypatch, name, flags,
                                              max_nfe):
-    forward_calls = []
-    load = cli.load_checkpoint
-
-    def counting_load(path):
-        model, tokenizer, settings = load(path)
-        model.register_forward_hook(lambda *_: forward_calls.append(1))
-        return model, tokenizer, settings
-
-    monkeypatch.setattr(cli, "load_checkpoint", counting_load)
+    forward_calls = count_forward_passes(monkeypatch, cli)
     output = tmp_path / "out.jsonl"
     cli.main(["--model", str(checkpoints / name), "--test_file", str(test_file), "--max_samples", "6",
               "--batch_size", "4", "--seed", "0", "--output", str(output), *flags])

@@ -1,17 +1,18 @@
-"""DiffusionCollator, as the trainer builds it from the flags: 1/t weights, prompt dropout, random lengths."""
+"""BatchNoiser, as DiffusionTrainer builds it from the flags: 1/t weights, prompt dropout, random lengths."""
 
 import math
 
 import pytest
 import torch
 from conftest import make_byte_tokenizer, make_tiny_llama
-from transformers import TrainingArguments
+from transformers import default_data_collator
 
-from diff_trainer.arguments import DiffusionArguments, ModelArguments
-from diff_trainer.collator import DiffusionCollator
+from diff_trainer.arguments import DiffusionTrainingArguments
 from diff_trainer.data.labels import IGNORE_INDEX
 from diff_trainer.diffusion.schedules import get_schedule
-from diff_trainer.trainer import build_diffusion_trainer
+from diff_trainer.modeling import write_diffusion_config
+from diff_trainer.noising import BatchNoiser, seeded_generator
+from diff_trainer.trainer import DiffusionTrainer
 
 MASK = 7
 EPS = 1e-3
@@ -31,21 +32,26 @@ def rows(count, prompt=3, response=5, pad=2, seed=0):
     return features
 
 
-def collator_from_flags(tmp_path, **flags):
-    """The training collator that build_diffusion_trainer wires from DiffusionArguments."""
+def noiser_from_flags(tmp_path, **flags):
+    """The training noiser that DiffusionTrainer builds from DiffusionTrainingArguments, and the mask id."""
     tokenizer = make_byte_tokenizer()
-    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", do_train=True)
-    diff_args = DiffusionArguments(train_diff_model=True, eval_mc_samples=0, **flags)
-    trainer = build_diffusion_trainer(make_tiny_llama(len(tokenizer)), tokenizer, diff_args, ModelArguments(), args,
-                                      None, None, [], packed=False)
-    return trainer.data_collator, tokenizer.mask_token_id
+    model = make_tiny_llama(len(tokenizer))
+    write_diffusion_config(model.config, mask_token_id=tokenizer.mask_token_id, shift_logits=False,
+                           noise_schedule="linear", time_eps=EPS, dff_token="<DFF>")
+    args = DiffusionTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", do_train=True,
+                                      train_diff_model=True, loss_normalization="token", eval_mc_samples=0, **flags)
+    return DiffusionTrainer(model, args).train_noiser, tokenizer.mask_token_id
+
+
+def noise(noiser, features, seed):
+    return noiser(default_data_collator(features), seeded_generator(seed))
 
 
 def test_linear_weight_is_the_inverse_of_the_masking_rate():
     # 4096 trainable tokens per row: the masked share estimates p_mask to ±0.008 (one std)
-    collator = DiffusionCollator(MASK, get_schedule("linear", EPS), antithetic_time=True, seed=0)
-    batch = collator(rows(8, prompt=0, response=4096, pad=0))
-    masked_share = (batch["labels"] != IGNORE_INDEX).float().mean(dim=1)
+    noiser = BatchNoiser(MASK, get_schedule("linear", EPS), antithetic_time=True)
+    batch = noise(noiser, rows(8, prompt=0, response=4096, pad=0), seed=0)
+    masked_share = batch["masked"].float().mean(dim=1)
     assert torch.allclose(1.0 / batch["loss_weight"], masked_share, atol=0.035)
     # antithetic times: t_i = (u + i/B) mod 1, recovered from w_i = 1 / ((1-ε) t_i + ε)
     times = (1.0 / batch["loss_weight"].double() - EPS) / (1 - EPS)
@@ -53,22 +59,22 @@ def test_linear_weight_is_the_inverse_of_the_masking_rate():
     assert torch.allclose(offsets, torch.arange(8, dtype=torch.float64), atol=1e-4)
 
 
-def test_masks_touch_only_trainable_tokens_and_labels_hold_the_clean_ids():
+def test_masks_touch_only_trainable_tokens_and_the_clean_ids_are_kept():
     features = rows(64)
-    batch = DiffusionCollator(MASK, get_schedule("linear", EPS), seed=1)(features)
+    batch = noise(BatchNoiser(MASK, get_schedule("linear", EPS)), features, seed=1)
     clean = torch.tensor([f["input_ids"] for f in features])
     trainable = torch.tensor([f["labels"] for f in features]) != IGNORE_INDEX
     masked = batch["input_ids"] == MASK
     assert torch.equal(batch["maskable"], trainable)
     assert not (masked & ~trainable).any() and masked.any()
-    assert torch.equal(batch["labels"], torch.where(masked, clean, IGNORE_INDEX))
+    assert torch.equal(batch["masked"], masked) and torch.equal(batch["clean_ids"], clean)
     assert torch.equal(batch["input_ids"][~masked], clean[~masked])
 
 
 def test_prompt_dropout_masks_whole_prompts_and_never_the_padding(tmp_path):
-    collator, mask = collator_from_flags(tmp_path, prompt_dropout=0.25)
+    noiser, mask = noiser_from_flags(tmp_path, prompt_dropout=0.25)
     features = rows(2000, seed=2)
-    batch = collator(features)
+    batch = noise(noiser, features, seed=2)
     clean = torch.tensor([f["input_ids"] for f in features])
     prompt = batch["input_ids"][:, 2:5]
     dropped = (prompt == mask).all(dim=1)
@@ -76,16 +82,15 @@ def test_prompt_dropout_masks_whole_prompts_and_never_the_padding(tmp_path):
     assert torch.equal(prompt[~dropped], clean[~dropped, 2:5])
     assert dropped.float().mean().item() == pytest.approx(0.25, abs=0.04)  # 4.6 std
     assert torch.equal(batch["input_ids"][:, :2], clean[:, :2])  # padding untouched
-    # the response is noised as without dropout: masks only where labels hold the clean id
-    response_masked = batch["input_ids"][:, 5:] == mask
-    assert torch.equal(response_masked, batch["labels"][:, 5:] != IGNORE_INDEX)
-    assert (batch["labels"][:, :5] == IGNORE_INDEX).all()  # prompts are never targets
+    # the response is noised as without dropout, and prompts are never prediction targets
+    assert torch.equal(batch["input_ids"][:, 5:] == mask, batch["masked"][:, 5:])
+    assert not batch["masked"][:, :5].any() and not batch["maskable"][:, :5].any()
 
 
 def test_random_length_truncates_the_chosen_share_to_a_uniform_prefix(tmp_path):
-    collator, mask = collator_from_flags(tmp_path, random_length_prob=0.3)
+    noiser, mask = noiser_from_flags(tmp_path, random_length_prob=0.3)
     features = rows(3000, prompt=0, response=10, pad=0, seed=3)
-    batch = collator(features)
+    batch = noise(noiser, features, seed=3)
     kept = batch["attention_mask"].sum(dim=1)
     truncated = kept < 10
     # P(truncated) = 0.3 · P(kept < L) = 0.3 · 9/10
