@@ -108,6 +108,21 @@ def test_loss_of_one_batch_matches_hand_normalisation(tmp_path, normalization):
     assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+def test_shift_logits_scores_each_masked_token_with_the_previous_position(tmp_path):
+    trainer = make_trainer(tmp_path, "token", shift_logits=True)
+    batch = noised_batch(trainer, range(4))
+    with torch.no_grad():
+        logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = trainer.compute_loss(trainer.model, batch)
+    log_probs = torch.log_softmax(logits.double(), dim=-1)
+    ce = torch.zeros(batch["masked"].shape, dtype=torch.float64)
+    for row, position in batch["masked"].nonzero().tolist():
+        if position > 0:  # logits at i-1 predict token i; position 0 has no predictor
+            ce[row, position] = -log_probs[row, position - 1, batch["clean_ids"][row, position]]
+    expected = hand_loss("token", ce, batch["loss_weight"].double(), batch["masked"], batch["maskable"])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
 def test_batch_without_maskable_token_is_skipped_and_counted(tmp_path, caplog):
     trainer = make_trainer(tmp_path)
     batch = noised_batch(trainer, range(4))

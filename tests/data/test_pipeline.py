@@ -1,5 +1,6 @@
 """The Preprocessor end to end on in-memory data: tokenise -> <DFF> labels -> filter -> pack/pad -> check."""
 
+import json
 import logging
 
 import pytest
@@ -189,3 +190,20 @@ def test_tokenizer_without_eos_is_refused():
     tokenizer.eos_token = None
     with pytest.raises(DataError, match="no EOS token"):
         preprocess(dataset({"text": ["a<DFF>b"]}), tokenizer=tokenizer)
+
+
+def test_worker_processes_give_the_same_rows_and_a_rerun_reads_the_cache(tmp_path):
+    from diff_trainer.data.loading import load_files
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"text": f"{i}+{i}=<DFF>{2 * i}"}) + "\n" for i in range(60)))
+    cache = tmp_path / "cache"
+    single, _ = preprocess(load_files({"train": str(path)}, str(cache)), block_size=16)
+    parallel, _ = preprocess(load_files({"train": str(path)}, str(cache)), block_size=16,
+                             preprocessing_num_workers=2)
+    assert parallel["train"].to_list() == single["train"].to_list() and len(single["train"]) == 60
+    written = sorted(cache.rglob("cache-*.arrow"))
+    again, _ = preprocess(load_files({"train": str(path)}, str(cache)), block_size=16, preprocessing_num_workers=2)
+    assert again["train"].to_list() == parallel["train"].to_list()
+    assert sorted(cache.rglob("cache-*.arrow")) == written  # every map step was read back from the cache
+    assert again["train"].cache_files[0]["filename"] in map(str, written)
