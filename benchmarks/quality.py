@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Learning check (not a test): causal LM vs. masked diffusion trained for the same minutes on the bundled corpus.
 
-    python benchmarks/quality.py [--minutes 3] [--evals 8] [--plot benchmarks/quality.png]
+    python benchmarks/quality.py [--minutes 3] [--evals 8] [--plot benchmarks/results/quality.png]
     python benchmarks/quality.py --quick     # 0.5 minutes each, 2 evaluations; plot benchmarks/results/quality_quick.png
 
 Both run `run_clm_diff.py` with configs/demo_clm.yaml and configs/demo.yaml (same Llama, data, batch, learning
@@ -115,7 +115,7 @@ def parse_args():
     parser.add_argument("--eval_mc_samples", type=int, default=8, help="Monte-Carlo masks of the ELBO bound.")
     parser.add_argument("--calibration_steps", type=int, default=12, help="Timed steps per objective.")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--plot", default="benchmarks/quality.png", help="PNG path (relative to the repository).")
+    parser.add_argument("--plot", default="benchmarks/results/quality.png", help="PNG path (relative to the repository).")
     parser.add_argument("--quick", action="store_true",
                         help="--minutes 0.5 --evals 2 --calibration_steps 4 --plot benchmarks/results/quality_quick.png")
     args = parser.parse_args()
