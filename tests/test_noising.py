@@ -47,9 +47,9 @@ def noise(noiser, features, seed):
     return noiser(default_data_collator(features), seeded_generator(seed))
 
 
-def test_linear_weight_is_the_inverse_of_the_masking_rate():
+def test_linear_weight_is_the_inverse_of_the_masking_rate(tmp_path):
     # 4096 trainable tokens per row: the masked share estimates p_mask to ±0.008 (one std)
-    noiser = BatchNoiser(MASK, get_schedule("linear", EPS), antithetic_time=True)
+    noiser, _ = noiser_from_flags(tmp_path, noise_schedule="linear", time_eps=EPS, antithetic_time=True)
     batch = noise(noiser, rows(8, prompt=0, response=4096, pad=0), seed=0)
     masked_share = batch["masked"].float().mean(dim=1)
     assert torch.allclose(1.0 / batch["loss_weight"], masked_share, atol=0.035)
