@@ -2,7 +2,7 @@
 """Measurement (not a test): variance of VRPO's preference score, and where a DPO step's time goes.
 
     python benchmarks/dpo_variance.py [--sft_model DIR] [--dpo_model DIR] [--pairs 64] [--draws 32] [--threads 1]
-    python benchmarks/dpo_variance.py --quick     # dpo_arithmetic.py --quick's models, 16 pairs x 8 draws, 3 steps
+    python benchmarks/dpo_variance.py --quick     # dpo_arithmetic.py --quick's models, 8 pairs x 4 draws, 2 steps
 
 Models: the arithmetic SFT checkpoint of benchmarks/dpo_arithmetic.py is the reference; the policy is the same
 model (policy = reference, as at the start of DPO) or the DPO checkpoint that script trained ("after training").
@@ -164,10 +164,10 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=10, help="timed steps (medians)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true",
-                        help="--pairs 16 --draws 8 --steps 3 with benchmarks/dpo_arithmetic.py --quick's models")
+                        help="--pairs 8 --draws 4 --steps 2 with benchmarks/dpo_arithmetic.py --quick's models")
     args = parser.parse_args(argv)
     if args.quick:
-        args.pairs, args.draws, args.steps = 16, 8, 3
+        args.pairs, args.draws, args.steps = 8, 4, 2
 
     import torch
 

@@ -2,7 +2,7 @@
 """Generation cost and quality of the samplers on a small arithmetic model: NFE, tokens/s, exact match.
 
     python benchmarks/generate.py [--max_samples 1000] [--batch_size 1] [--threads 1]
-    python benchmarks/generate.py --quick      # models trained 300 steps, 100 test problems
+    python benchmarks/generate.py --quick      # models trained 100 steps, 50 test problems
     python benchmarks/generate.py --model DIFFUSION_DIR --causal_model CAUSAL_DIR --test_file test.jsonl
 
 Without --model the script makes 2-digit + and - problems (data_scripts/make_arithmetic.py) and trains a diffusion
@@ -31,7 +31,7 @@ from common import REPO_ROOT, cached_build, machine_summary, markdown_table, res
 BENCH_DIR = os.path.join("outputs", "bench_arith")
 CONFIG = os.path.join("benchmarks", "arithmetic.yaml")
 CAUSAL_FLAGS = ["--train_diff_model", "false", "--padding_side", "left"]
-QUICK = {"max_steps": 300, "max_samples": 100}
+QUICK = {"max_steps": 100, "max_samples": 50}
 CHUNK = 25  # problems per interleaving round
 DATA = {"num_train": 10000, "num_test": 1000, "max_operand": 99, "operators": "+-", "seed": 0}
 GEN_LENGTH = 8  # the longest prompt (7 bytes, "99-99=<DFF>") + 8 fits the 16-byte training rows
