@@ -1,5 +1,6 @@
 """The Preprocessor end to end on in-memory data: tokenise -> <DFF> labels -> filter -> pack/pad -> check."""
 
+import json
 import logging
 
 import pytest
@@ -241,3 +242,18 @@ def test_rows_saved_without_a_layout_are_read_off_the_rows(tmp_path, caplog):
         _, layout = reload(path, validation_split_percentage=0)
     assert (layout.packing, layout.block_size) == ("left", 8)
     assert "no row_layout.json" in caplog.text
+def test_worker_processes_give_the_same_rows_and_a_rerun_reads_the_cache(tmp_path):
+    from diff_trainer.data.loading import load_files
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"text": f"{i}+{i}=<DFF>{2 * i}"}) + "\n" for i in range(60)))
+    cache = tmp_path / "cache"
+    single, _ = preprocess(load_files({"train": str(path)}, str(cache)), block_size=16)
+    parallel, _ = preprocess(load_files({"train": str(path)}, str(cache)), block_size=16,
+                             preprocessing_num_workers=2)
+    assert parallel["train"].to_list() == single["train"].to_list() and len(single["train"]) == 60
+    written = sorted(cache.rglob("cache-*.arrow"))
+    again, _ = preprocess(load_files({"train": str(path)}, str(cache)), block_size=16, preprocessing_num_workers=2)
+    assert again["train"].to_list() == parallel["train"].to_list()
+    assert sorted(cache.rglob("cache-*.arrow")) == written  # every map step was read back from the cache
+    assert again["train"].cache_files[0]["filename"] in map(str, written)
