@@ -248,12 +248,12 @@ def test_worker_processes_give_the_same_rows_and_a_rerun_reads_the_cache(tmp_pat
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps({"text": f"{i}+{i}=<DFF>{2 * i}"}) + "\n" for i in range(60)))
     cache = tmp_path / "cache"
-    single, _ = preprocess(load_files({"train": str(path)}, str(cache)), block_size=16)
-    parallel, _ = preprocess(load_files({"train": str(path)}, str(cache)), block_size=16,
+    single, _ = preprocess(load_files({"train": str(path)}, str(cache))[0], block_size=16)
+    parallel, _ = preprocess(load_files({"train": str(path)}, str(cache))[0], block_size=16,
                              preprocessing_num_workers=2)
     assert parallel["train"].to_list() == single["train"].to_list() and len(single["train"]) == 60
     written = sorted(cache.rglob("cache-*.arrow"))
-    again, _ = preprocess(load_files({"train": str(path)}, str(cache)), block_size=16, preprocessing_num_workers=2)
+    again, _ = preprocess(load_files({"train": str(path)}, str(cache))[0], block_size=16, preprocessing_num_workers=2)
     assert again["train"].to_list() == parallel["train"].to_list()
     assert sorted(cache.rglob("cache-*.arrow")) == written  # every map step was read back from the cache
     assert again["train"].cache_files[0]["filename"] in map(str, written)
