@@ -140,3 +140,27 @@ def test_cli_rejects_bad_flags(corpus, tmp_path, capsys, flags, message):
         cascade.main(["--input", str(corpus), "--output_dir", str(tmp_path / "out"), *flags])
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def run_array_task(corpus, output_dir, task_id, task_min=0, task_max=1, task_count=2):
+    """sbatch/cascade_preprocess.sbatch as Slurm runs one array task (the script reads only these variables)."""
+    env = {name: value for name, value in os.environ.items() if not name.startswith("SLURM_")}
+    env.update(PYTHONPATH=str(SCRIPT.parents[1]), REPO_DIR=str(SCRIPT.parents[1]), VENV=sys.prefix,
+               SLURM_ARRAY_TASK_ID=str(task_id), SLURM_ARRAY_TASK_MIN=str(task_min),
+               SLURM_ARRAY_TASK_MAX=str(task_max), SLURM_ARRAY_TASK_COUNT=str(task_count))
+    return subprocess.run(["bash", str(SCRIPT.parents[1] / "sbatch" / "cascade_preprocess.sbatch"),
+                           "--input", str(corpus), "--output_dir", str(output_dir), "--num_keywords", "3", "6"],
+                          capture_output=True, text=True, env=env)
+
+
+def test_array_job_script_builds_one_shard_per_task(corpus, tmp_path):
+    for task_id in (1, 2):  # an array numbered from 1: shard = task id - min
+        assert run_array_task(corpus, tmp_path / "out", task_id, 1, 2).returncode == 0
+    cascade.build_shard(str(corpus), tmp_path / "whole", num_keywords=[3, 6])
+    cascade.merge_shards(tmp_path / "out")
+    assert list(read_jsonl(tmp_path / "out" / "stage2.jsonl.zst")) == list(
+        read_jsonl(tmp_path / "whole" / "stage2" / "shard-00000-of-00001.jsonl.zst"))
+    rerun = run_array_task(corpus, tmp_path / "out", 1, 1, 2)
+    assert "shard-00000-of-00002 already finished, nothing done" in rerun.stdout
+    gapped = run_array_task(corpus, tmp_path / "gap", 0, 0, 4, 3)
+    assert gapped.returncode == 2 and "contiguous range" in gapped.stderr
