@@ -24,6 +24,7 @@ The same repository, range and flags always give byte-identical files, whatever 
 """
 
 import argparse
+import contextlib
 import json
 import multiprocessing
 import subprocess
@@ -49,8 +50,9 @@ SUBMODULE_MODE, SYMLINK_MODE = "160000", "120000"
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"  # git's hash of the empty tree: the parent of a root commit
 # git's output must not depend on the user's configuration
 GIT = ("git", "--literal-pathspecs", "-c", "core.quotepath=false", "-c", "diff.noprefix=false",
-       "-c", "diff.mnemonicPrefix=false", "-c", "diff.relative=false")
-DIFF_OPTIONS = ("--no-color", "--no-ext-diff", "--no-textconv", "--unified=3", "--diff-algorithm=myers",
+       "-c", "diff.mnemonicPrefix=false", "-c", "diff.relative=false", "-c", "diff.suppressBlankEmpty=false")
+DIFF_OPTIONS = ("--no-color", "--no-ext-diff", "--no-textconv", "--unified=3", "--inter-hunk-context=0",
+                "--diff-algorithm=myers",
                 "--indent-heuristic", "--find-renames=50%", "--src-prefix=a/", "--dst-prefix=b/")
 SKIP_REASONS = ("binary", "vendored_or_generated", "too_large", "not_utf8", "submodule_or_symlink",
                 "no_text_change", "marker_in_context")
@@ -185,8 +187,9 @@ def make_diff_dataset(repo: str, output: str | Path, rev_range: str = "HEAD", ma
     work = partial(commit_records, repo=repo, max_file_bytes=max_file_bytes)
 
     def records():
-        with multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else _SerialPool() as pool:
-            for commit_output, commit_skipped in pool.imap(work, mine, chunksize=4):
+        with contextlib.ExitStack() as stack:
+            pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(workers)) if workers > 1 else None
+            for commit_output, commit_skipped in pool.imap(work, mine, chunksize=4) if pool else map(work, mine):
                 skipped.update(commit_skipped)
                 yield from commit_output
 
@@ -194,24 +197,11 @@ def make_diff_dataset(repo: str, output: str | Path, rev_range: str = "HEAD", ma
     summary = {"repo_head": git(repo, "rev-parse", "HEAD").strip(), "rev_range": rev_range,
                "range_tip": git(repo, "rev-list", "-n", "1", rev_range, "--").strip(),
                "max_file_bytes": max_file_bytes, "shard_idx": shard_idx, "num_shards": num_shards,
+               # merge commits are counted once, by shard 0, so that the shards' counts add up
                "commits": len(mine), "merge_commits_skipped": merges if shard_idx == 0 else 0,
                "records": count, "skipped": dict(sorted(skipped.items()))}
     write_summary(summary, output)
     return summary
-
-
-class _SerialPool:
-    """The part of multiprocessing.Pool used above, in this process (for --workers 1)."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc_info):
-        return False
-
-    @staticmethod
-    def imap(function, items, chunksize=1):
-        return map(function, items)
 
 
 def merge_shards(shard_files: list[str | Path], output: str | Path) -> dict:
@@ -242,8 +232,20 @@ def merge_shards(shard_files: list[str | Path], output: str | Path) -> dict:
     if missing:
         raise ValueError(f"missing shards {missing} of {num_shards}: build them with --shard_idx and pass all files")
     ordered = [by_index[index] for index in range(num_shards)]
-    count = write_jsonl((record for name in ordered for record in read_jsonl(name)), output,
-                        description=f"merging {num_shards} shards")
+    expected = sum(summary["records"] for summary in summaries.values())
+
+    def checked_records():
+        """The shards' records; raising before the end keeps the atomic writer from publishing the file."""
+        count = 0
+        for name in ordered:
+            for record in read_jsonl(name):
+                count += 1
+                yield record
+        if count != expected:
+            raise ValueError(f"the shard files hold {count} records but their summaries say {expected}; "
+                             f"re-run the shards")
+
+    count = write_jsonl(checked_records(), output, description=f"merging {num_shards} shards")
     first = summaries[ordered[0]]
     skipped = Counter()
     for summary in summaries.values():
@@ -253,9 +255,6 @@ def merge_shards(shard_files: list[str | Path], output: str | Path) -> dict:
               "commits": sum(summary["commits"] for summary in summaries.values()),
               "merge_commits_skipped": sum(summary["merge_commits_skipped"] for summary in summaries.values()),
               "records": count, "skipped": {reason: skipped[reason] for reason in sorted(skipped)}}
-    if count != sum(summary["records"] for summary in summaries.values()):
-        raise ValueError(f"the shard files hold {count} records but their summaries say "
-                         f"{sum(summary['records'] for summary in summaries.values())}; re-run the shards")
     write_summary(merged, output)
     return merged
 

@@ -1,6 +1,7 @@
 """data_scripts/make_diff_dataset.py on a real git repository built here: exact records, skips, shards, merge."""
 
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -142,7 +143,12 @@ def test_merge_refuses_overlapping_missing_and_mixed_shards(repo, tmp_path):
         diffs.merge_shards(paths[:1], tmp_path / "m.jsonl.zst")
     with pytest.raises(ValueError, match="different runs"):
         diffs.merge_shards([paths[1], tmp_path / "three.jsonl.zst"], tmp_path / "m.jsonl.zst")
-    diffs.summary_path(paths[1]).unlink()
+    summary_file = diffs.summary_path(paths[1])
+    summary = json.loads(summary_file.read_text())
+    summary_file.write_text(json.dumps({**summary, "records": summary["records"] + 1}))
+    with pytest.raises(ValueError, match=r"hold \d+ records but their summaries say"):
+        diffs.merge_shards(paths, tmp_path / "m.jsonl.zst")
+    summary_file.unlink()
     with pytest.raises(ValueError, match="s1.jsonl.zst: shard file or its summary"):
         diffs.merge_shards(paths, tmp_path / "m.jsonl.zst")
     assert not (tmp_path / "m.jsonl.zst").exists()
