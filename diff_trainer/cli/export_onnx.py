@@ -97,7 +97,7 @@ def export_graph(model, path: Path, opset: int, max_length: int) -> None:
     example = (torch.full((2, length), 3, dtype=torch.long), torch.ones(2, length, dtype=torch.long))
     torch.onnx.export(
         LogitsOnly(model).eval(), example, str(path), input_names=["input_ids", "attention_mask"],
-        output_names=["logits"], opset_version=opset, dynamo=True, external_data=False,
+        output_names=["logits"], opset_version=opset, dynamo=True, external_data=False, verbose=False,
         dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
     )
 
