@@ -160,6 +160,7 @@ def bpe_checkpoint(path, tokenizer_vocab=300):
 @pytest.mark.parametrize("name,flags,message", [
     ("causal", [], "is not a diffusion model (its config.json has no diffusion_config)"),
     ("llama", ["--opset", "13"], "--opset 13: the exporter writes opsets 18 to"),
+    ("llama", ["--dtype", "bfloat16"], "the export is made and checked in float32 on the CPU"),
     ("llama", ["--max_length", "65"], "--max_length 65: give a length from 2 to the model's context (64)"),
     ("llama", ["--gen_length", "10", "--block_length", "4"], "multiple of block_length"),
     ("bpe", [], "encodes byte-level vocabularies only (ByT5Tokenizer, a few hundred ids); this checkpoint has a "

@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from diff_trainer.cli.generate import add_sampling_arguments, load_checkpoint, sampler_config
+from diff_trainer.cli.generate import add_sampling_arguments, open_checkpoint, sampler_config
+from diff_trainer.data.pipeline import bos_prefix
 from diff_trainer.modeling import DIFFUSION_OBJECTIVE
 from diff_trainer.render import TokenPieces
 from diff_trainer.sampling import context_length, padded_position_ids
@@ -54,7 +55,7 @@ class LogitsOnly(torch.nn.Module):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diff-export-onnx", description=__doc__.split("\n\n")[0])
-    add_sampling_arguments(parser)  # --model, and the page's default sampler settings
+    add_sampling_arguments(parser)  # --model, --merge_lora, and the page's default sampler settings
     parser.add_argument("--output", required=True, help="directory to write model.onnx and model.json into")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (at least {MIN_OPSET})")
     parser.add_argument("--quantize", choices=["none", "int8"], default="none",
@@ -155,7 +156,7 @@ def page_config(args, model, tokenizer, diffusion_config: dict, settings, max_le
             "mask": int(diffusion_config["mask_token_id"]),
             "eos": tokenizer.eos_token_id,
             "pad": tokenizer.pad_token_id,
-            "bos": tokenizer.bos_token_id if tokenizer.bos_token_id != tokenizer.eos_token_id else None,
+            "bos": (bos_prefix(tokenizer) or [None])[0],
             "dff": tokenizer.convert_tokens_to_ids(dff) if dff in tokenizer.get_vocab() else None,
             "forbidden_ids": forbidden_token_ids(tokenizer),
             "shift": bool(diffusion_config.get("shift_logits", False)),
@@ -174,7 +175,11 @@ def checked_inputs(parser, args):
     if not MIN_OPSET <= args.opset <= newest_opset:
         parser.error(f"--opset {args.opset}: the exporter writes opsets {MIN_OPSET} to {newest_opset} "
                      f"(installed onnx {onnx.__version__}).")
-    model, tokenizer, diffusion_config = load_checkpoint(args.model)
+    if args.device not in ("auto", "cpu") or args.dtype not in ("auto", "float32"):
+        parser.error(f"--device {args.device} --dtype {args.dtype}: the export is made and checked in float32 on "
+                     "the CPU (use --quantize int8 for a smaller file).")
+    model, tokenizer, diffusion_config = open_checkpoint(args.model, device="cpu", dtype="float32",
+                                                         merge_lora=args.merge_lora)
     if diffusion_config is None:
         parser.error(f"{args.model} is not a diffusion model (its config.json has no diffusion_config): the page "
                      "samples masked-diffusion checkpoints, trained with run_clm_diff.py --train_diff_model.")
