@@ -145,8 +145,19 @@ def auto_class_name(config, masked_lm: bool = False) -> str:
 def load_model(model_args, tokenizer):
     """A model from `model_name_or_path`, or a fresh one from `model_type`/`config_name`, with its auto class.
 
-    Embeddings grow to fit `tokenizer`, and the config's pad/eos ids are the tokenizer's.
+    Embeddings grow to fit `tokenizer`, and the config's pad/eos ids are the tokenizer's. A directory that
+    `save_pretrained` alone cannot read (adapter-only LoRA, a layout of CHECKPOINT_LOADERS) is loaded by
+    `load_checkpoint_model`, adapters merged, so training can start from it.
     """
+    path = model_args.model_name_or_path
+    if path is not None and os.path.isdir(path) and needs_checkpoint_loader(path):
+        if model_args.config_name or model_args.dropout is not None or model_args.masked_lm:
+            raise ValueError(f"{path} is loaded as a trained checkpoint (adapter-only or a registered layout): "
+                             "--config_name, --dropout and --masked_lm do not apply to it.")
+        model = load_checkpoint_model(path, dtype=model_args.dtype, merge_lora=True,
+                                      trust_remote_code=model_args.trust_remote_code)
+        fit_to_tokenizer(model, tokenizer)
+        return model
     config = _build_config(model_args, tokenizer)
     auto_class = AUTO_CLASSES[auto_class_name(config, model_args.masked_lm)]
     options = {"trust_remote_code": model_args.trust_remote_code, "dtype": _torch_dtype(model_args.dtype)}
@@ -248,6 +259,11 @@ DEFAULT_LOADERS = (CheckpointLoader(_is_adapter, _load_adapter),
 CHECKPOINT_LOADERS: list[CheckpointLoader] = []
 
 
+def needs_checkpoint_loader(path: str) -> bool:
+    """Whether `path` needs a loader other than from_pretrained (adapter-only, or a registered foreign layout)."""
+    return _is_adapter(path) or any(loader.matches(path) for loader in CHECKPOINT_LOADERS)
+
+
 def load_checkpoint_model(path: str, **options):
     """The model of a checkpoint directory, from the first loader whose `matches(path)` is true."""
     if not os.path.isdir(path):
@@ -324,7 +340,7 @@ def make_bidirectional(model):
 
 
 def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedule, time_eps, dff_token,
-                           auto_class=None):
+                           auto_class=None, row_packing=None):
     """Record in `config` (hence in config.json) that the checkpoint is a masked-diffusion LM, and how to load it."""
     vocab_size = config.get_text_config().vocab_size
     if not 0 <= mask_token_id < vocab_size:
@@ -341,6 +357,8 @@ def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedul
         "dff_token": dff_token,
         "auto_class": auto_class or auto_class_name(config),
     }
+    if row_packing is not None:  # packed, left or right (trained EOS padding): DPO's default padding follows it
+        config.diffusion_config["row_packing"] = row_packing
     config.is_causal = False
     return config
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -171,8 +172,10 @@ def check_arguments(parser, args, diffusion_config, prompt_ids, model) -> None:
         if given:
             parser.error(f"{args.model} is a causal checkpoint (no diffusion_config); "
                          f"{', '.join(given)} only apply to diffusion checkpoints.")
-    if args.samples < 1 or args.batch_size < 1:
-        parser.error("--samples and --batch_size must be at least 1.")
+    if args.samples < 1 or args.batch_size < 1 or args.gen_length < 1:
+        parser.error("--samples, --batch_size and --gen_length must be at least 1.")
+    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        parser.error(f"--output {args.output}: its directory does not exist; create it first.")
     limit = context_length(model)
     longest = max(len(p) for p in prompt_ids)
     if limit is not None and longest + args.gen_length > limit:
