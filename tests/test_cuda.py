@@ -100,7 +100,7 @@ def test_greedy_generation_on_gpu_equals_the_cpu(checkpoints, tmp_path, name, sa
 def test_checkpoint_loads_on_the_gpu_in_its_dtype(checkpoints, tmp_path):
     parser = cli.build_parser()
     args = parser.parse_args(["--model", str(checkpoints / "diffusion"), "--prompt", "x", "--dtype", "bfloat16"])
-    model, _, _ = cli.open_checkpoint(args.model, **cli.checkpoint_options(parser, args))
+    model, _, _ = cli.load_from_arguments(parser, args)
     assert model.device.type == "cuda" and model.dtype == torch.bfloat16  # --device auto picks the GPU
     path = tmp_path / "bf16.jsonl"
     cli.main(["--model", str(checkpoints / "diffusion"), "--prompt", "12+7=", "--gen_length", "8", "--dtype",

@@ -102,7 +102,7 @@ def test_checkpoint_dtype_reads_config_json(bf16_checkpoint, tmp_path):
 def load(path, *flags):
     parser = cli.build_parser()
     args = parser.parse_args(["--model", str(path), "--prompt", "x", *flags])
-    model, _, _ = cli.open_checkpoint(args.model, **cli.checkpoint_options(parser, args))
+    model, _, _ = cli.load_from_arguments(parser, args)
     return model
 
 

@@ -90,14 +90,15 @@ def open_checkpoint(path: str, *, device: str = "cpu", dtype: str = "auto", merg
     return model, tokenizer, read_diffusion_config(model.config)
 
 
-def checkpoint_options(parser: argparse.ArgumentParser, args) -> dict:
-    """open_checkpoint's keywords from --device, --dtype and --merge_lora; a wrong device or dtype is a usage error."""
+def load_from_arguments(parser: argparse.ArgumentParser, args):
+    """The checkpoint of --model on --device in --dtype; a wrong device or dtype ends with a usage error."""
     try:
         device = resolve_device(args.device)
         dtype = resolve_dtype(args.dtype, device, checkpoint_dtype(args.model))
     except ValueError as error:
         parser.error(str(error))
-    return {"device": str(device), "dtype": str(dtype).removeprefix("torch."), "merge_lora": args.merge_lora}
+    return open_checkpoint(args.model, device=str(device), dtype=str(dtype).removeprefix("torch."),
+                           merge_lora=args.merge_lora)
 
 
 def read_prompts(path: str) -> list[str]:
@@ -209,7 +210,7 @@ def checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, to
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    model, tokenizer, diffusion_config = open_checkpoint(args.model, **checkpoint_options(parser, args))
+    model, tokenizer, diffusion_config = load_from_arguments(parser, args)
     prompts = args.prompt if args.prompt is not None else read_prompts(args.prompt_file)
     if not prompts:
         parser.error("no prompts given.")
