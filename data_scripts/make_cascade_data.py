@@ -14,7 +14,9 @@ again with the same flags does nothing. --merge interleaves the shards back into
 order, after checking every shard is there exactly once and all were built with the same flags.
 
     python data_scripts/make_cascade_data.py --input data/stdlib_docstrings/train.jsonl.zst --output_dir outputs/cascade
-    for i in 0 1 2 3; do python data_scripts/make_cascade_data.py --input F --output_dir D --shard_idx $i --num_shards 4; done
+    for i in 0 1 2 3; do
+        python data_scripts/make_cascade_data.py --input F --output_dir D --shard_idx $i --num_shards 4
+    done
     python data_scripts/make_cascade_data.py --output_dir D --merge
 """
 
