@@ -13,7 +13,7 @@ atomically, and last D/shards/shard-IIIII-of-NNNNN.summary.json: a shard with a 
 again with the same flags does nothing. --merge interleaves the shards back into D/stage{s}.jsonl.zst in document
 order, after checking every shard is there exactly once and all were built with the same flags.
 
-    python data_scripts/make_cascade_data.py --input data/stdlib_docstrings/train.jsonl.zst --output_dir outputs/cascade
+    python data_scripts/make_cascade_data.py --input outputs/docstrings.jsonl.zst --output_dir outputs/cascade
     for i in 0 1 2 3; do
         python data_scripts/make_cascade_data.py --input F --output_dir D --shard_idx $i --num_shards 4
     done
