@@ -1,4 +1,4 @@
-"""SEDD's DDiT denoiser (Lou, Meng & Ermon 2024) as a transformers model: `AutoModel.from_pretrained` loads it.
+"""SEDD's DDiT denoiser (Lou, Meng & Ermon 2024) as a transformers model that `AutoModel.from_pretrained` loads.
 
 A bidirectional transformer whose every block is modulated by the noise level σ̄ (adaLN: shift, scale and gate,
 zero-initialised, after DiT), with rotary attention. It returns SEDD log-scores [B, L, vocab_size] in `.logits`.
@@ -10,7 +10,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import MaskedLMOutput
 
@@ -221,3 +221,5 @@ class DDiTModel(DDiTPreTrainedModel):
 
 AutoConfig.register(DDiTConfig.model_type, DDiTConfig, exist_ok=True)
 AutoModel.register(DDiTConfig, DDiTModel, exist_ok=True)
+# Also under AutoModelForCausalLM, the class every diffusion checkpoint here is loaded with (it is not causal).
+AutoModelForCausalLM.register(DDiTConfig, DDiTModel, exist_ok=True)
