@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, Pretrained
 from transformers import initialization as init
 from transformers.modeling_outputs import MaskedLMOutput
 
+from ..data.char_tokenizer import register_char_tokenizer
 from ..diffusion.sedd import scale_log_score_by_sigma, zero_input_entry
 
 FREQUENCY_EMBEDDING_SIZE = 256
@@ -223,3 +224,5 @@ AutoConfig.register(DDiTConfig.model_type, DDiTConfig, exist_ok=True)
 AutoModel.register(DDiTConfig, DDiTModel, exist_ok=True)
 # Also under AutoModelForCausalLM, the class every diffusion checkpoint here is loaded with (it is not causal).
 AutoModelForCausalLM.register(DDiTConfig, DDiTModel, exist_ok=True)
+# A saved character tokenizer names its class in tokenizer_config.json; registering it lets AutoTokenizer rebuild it.
+register_char_tokenizer(DDiTConfig)
