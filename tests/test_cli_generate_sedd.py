@@ -95,11 +95,16 @@ def test_layout_without_tokenizer_is_refused(checkpoints):
         cli.main(["--model", str(checkpoints / "layout"), "--samples", "1", "--gen_length", "4"])
 
 
-def test_same_draws_as_library(checkpoints):
+def test_same_draws_as_library(checkpoints, tmp_path):
     """The command samples exactly what sedd_generate gives for the same seed."""
     from diff_trainer.sedd_sampling import SeddSamplerConfig, sedd_generate
 
-    model, tokenizer, config = cli.load_checkpoint(str(checkpoints / "uniform"))
-    sampler = SeddSamplerConfig.from_diffusion_config(config, len(tokenizer), gen_length=5, steps=3)
-    result = sedd_generate(model, [[]], sampler, generator=torch.Generator().manual_seed(4))
-    assert result.generated.shape == (1, 5)
+    out = tmp_path / "cli.jsonl"
+    cli.main(["--model", str(checkpoints / "uniform"), "--samples", "2", "--gen_length", "5", "--steps", "3",
+              "--seed", "4", "--output", str(out)])
+    model, tokenizer, config = cli.open_checkpoint(str(checkpoints / "uniform"))
+    sampler = SeddSamplerConfig.from_diffusion_config(config, len(tokenizer), gen_length=5, steps=3,
+                                                      pad_token_id=tokenizer.pad_token_id)
+    result = sedd_generate(model, [[], []], sampler, generator=torch.Generator().manual_seed(4))
+    expected = [cli.completion_text(tokenizer, row) for row in result.generated.tolist()]
+    assert [json.loads(line)["completion"] for line in out.read_text().splitlines()] == expected

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from diff_trainer.data.pipeline import bos_prefix
 from diff_trainer.render import TokenPieces, render_text
 from diff_trainer.sampling import CONFIDENCE_STRATEGIES, EOS_HANDLING, SamplerConfig, context_length, generate
 from diff_trainer.sedd_sampling import SEDD_PREDICTORS, SeddSamplerConfig, sedd_generate
@@ -61,6 +62,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--append_dff", action="store_true",
                         help="append the checkpoint's <DFF> token to each prompt (SFT / diff models)")
+    parser.add_argument("--merge_lora", action="store_true",
+                        help="for an adapter-only LoRA checkpoint: merge the adapters into the base weights")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,21 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_checkpoint(path: str, tokenizer_name: str | None = None):
-    """(model in eval mode, tokenizer, diffusion_config dict or None) from a checkpoint directory.
+def open_checkpoint(path: str, *, merge_lora: bool = False, tokenizer_name: str | None = None):
+    """(model in eval mode, tokenizer, diffusion_config dict or None) of a checkpoint (modeling.load_checkpoint).
 
-    `tokenizer_name` is only used for a SEDD-layout directory without a tokenizer of its own.
+    `tokenizer_name` serves a SEDD-layout directory, which ships no tokenizer of its own.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from diff_trainer.modeling import load_checkpoint, load_checkpoint_model, read_diffusion_config
+    from diff_trainer.models.sedd_checkpoint import is_sedd_checkpoint, load_sedd_tokenizer
 
-    from diff_trainer.modeling import read_diffusion_config
-    from diff_trainer.models.sedd_checkpoint import SEDD_LOADER, load_sedd_tokenizer
-
-    if SEDD_LOADER.matches(path):
-        model = SEDD_LOADER.load(path)
-        return model, load_sedd_tokenizer(path, tokenizer_name), read_diffusion_config(model.config)
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        if is_sedd_checkpoint(path):
+            model, tokenizer = load_checkpoint_model(path).eval(), load_sedd_tokenizer(path, tokenizer_name)
+        else:
+            model, tokenizer = load_checkpoint(path, merge_lora=merge_lora)
+    except FileNotFoundError as error:
+        raise SystemExit(f"error: {error}") from None
     return model, tokenizer, read_diffusion_config(model.config)
 
 
@@ -104,10 +107,9 @@ def read_prompts(path: str) -> list[str]:
 
 
 def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
-    """Token ids as in training: no special tokens, BOS first when it is distinct from EOS."""
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id not in (None, tokenizer.eos_token_id) else None
-    ids = [tokenizer.encode(prompt, add_special_tokens=False) for prompt in prompts]
-    return [[bos] + row for row in ids] if bos is not None else ids
+    """Token ids as in training: no special tokens, `bos_prefix` first."""
+    bos = bos_prefix(tokenizer)
+    return [bos + tokenizer.encode(prompt, add_special_tokens=False) for prompt in prompts]
 
 
 def sampler_config(args, diffusion_config: dict, tokenizer) -> SamplerConfig:
@@ -236,7 +238,8 @@ def checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, to
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    model, tokenizer, diffusion_config = load_checkpoint(args.model, args.tokenizer_name)
+    model, tokenizer, diffusion_config = open_checkpoint(args.model, merge_lora=args.merge_lora,
+                                                       tokenizer_name=args.tokenizer_name)
     if args.prompt is None and args.prompt_file is None:
         if not uses_sedd_sampler(args, diffusion_config):
             parser.error("give --prompt or --prompt_file (unconditional --samples needs a SEDD sampler).")

@@ -1,3 +1,3 @@
 """Model classes; importing a module registers its classes with the transformers Auto* factories."""
 
-from . import ddit, time_conditioning  # noqa: F401
+from . import ddit, sedd_checkpoint, time_conditioning  # noqa: F401

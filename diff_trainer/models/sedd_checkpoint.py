@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from ..modeling import CHECKPOINT_LOADERS, CheckpointLoader
 from .ddit import DDiTConfig, DDiTModel
 
 HYDRA_GROUPS = ("tokens", "graph", "noise", "model")
@@ -82,8 +83,11 @@ def _state_dict(path: Path) -> dict:
     raise FileNotFoundError(f"{path}: no weights found; a SEDD checkpoint holds one of {', '.join(WEIGHT_FILES)}.")
 
 
-def load_sedd_checkpoint(path, dtype=None) -> DDiTModel:
-    """A DDiTModel in eval mode with its `diffusion_config` (graph, noise, mask id) from a SEDD-layout directory."""
+def load_sedd_checkpoint(path, dtype=None, **_) -> DDiTModel:
+    """A DDiTModel in eval mode with its `diffusion_config` (graph, noise, mask id) from a SEDD-layout directory.
+
+    `dtype` is a torch dtype or its name ("auto" and None keep float32); other loader options are ignored.
+    """
     path = Path(path)
     hydra = _hydra_config(path)
     config = ddit_config(hydra, str(path / "config.json"))
@@ -97,8 +101,8 @@ def load_sedd_checkpoint(path, dtype=None) -> DDiTModel:
     if missing or unexpected:
         raise ValueError(f"{path}: the weights do not match the DDiT layout of config.json "
                          f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]}).")
-    if dtype is not None:
-        model = model.to(dtype)
+    if dtype not in (None, "auto"):
+        model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     return model.eval()
 
 
@@ -130,18 +134,5 @@ def load_sedd_tokenizer(path, tokenizer_name=None):
     return tokenizer
 
 
-class SeddLoader:
-    """Entry for the checkpoint loaders: `matches(path)` and `load(path, **options)` for SEDD-layout directories."""
-
-    name = "sedd"
-
-    @staticmethod
-    def matches(path) -> bool:
-        return is_sedd_checkpoint(path)
-
-    @staticmethod
-    def load(path, dtype=None, **options) -> DDiTModel:
-        return load_sedd_checkpoint(path, dtype=dtype)
-
-
-SEDD_LOADER = SeddLoader()
+SEDD_LOADER = CheckpointLoader(is_sedd_checkpoint, load_sedd_checkpoint)
+CHECKPOINT_LOADERS.append(SEDD_LOADER)
