@@ -181,7 +181,18 @@ def prepare_model(model_args, tokenizer, mode: str, *, new_token_ids=(), diffusi
     if mode == "causal" and model_args.masked_lm:
         raise ValueError("--masked_lm loads an encoder as the denoiser: it only applies with --train_diff_model.")
     model = load_model(model_args, tokenizer)
-    if mode == "diffusion":
+    objective = (diffusion_settings or {}).get("objective", "masked")
+    if mode == "diffusion" and objective != "masked":  # score entropy (SEDD)
+        from .sedd_objective import prepare_sedd_model
+
+        model = prepare_sedd_model(model, tokenizer, **diffusion_settings, masked_lm=model_args.masked_lm,
+                                   auto_class=auto_class_name(model.config, model_args.masked_lm),
+                                   make_bidirectional=make_bidirectional)
+    elif mode == "diffusion":
+        if diffusion_settings is None and (read_diffusion_config(model.config) or {}).get("objective", "") \
+                .startswith("sedd_"):
+            raise ValueError(f"{model_args.model_name_or_path} is a SEDD (score-entropy) checkpoint; VRPO / DPO "
+                             "is defined here for masked-diffusion ELBOs only.")
         make_bidirectional(model)
         if diffusion_settings is not None:
             if diffusion_settings.get("shift_logits") and is_encoder_model(model):

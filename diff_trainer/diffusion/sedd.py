@@ -18,6 +18,7 @@ from .forward import _uniform, mask_tokens, sample_times
 
 SEDD_NOISES = ("loglinear", "geometric")
 SEDD_GRAPHS = ("absorb", "uniform")
+SEDD_OBJECTIVES = ("sedd_absorb", "sedd_uniform")  # --diffusion_objective values, one per graph
 TIME_EPS = 1e-3  # training times t = (1 − ε)u + ε
 SAMPLING_EPS = 1e-5  # the sampler's last time
 
@@ -269,18 +270,17 @@ def dwdse_terms(score_fn, graph, noise, x0, maskable, times, generator=None) -> 
 
 
 @torch.no_grad()
-def dwdse_nll(score_fn, graph, noise, x0, maskable, num_samples: int, *, generator=None,
-              batch_samples=None) -> torch.Tensor:
+def dwdse_nll(score_fn, graph, noise, x0, maskable, num_samples: int, *, eps: float = TIME_EPS,
+              generator=None) -> torch.Tensor:
     """Upper bound on −log p(x_trainable | rest) per row (nats), averaged over `num_samples` Monte-Carlo times.
 
-    Times are stratified over the samples of each row; rows of samples go to `score_fn` in chunks of
-    `batch_samples` rows (all at once if None).
+    The times of the samples are stratified (shared by all rows); `score_fn(x_t, sigma)` gets the B·num_samples
+    rows with the copies of a row together (row k·n + j is sample j of row k; split the batch to save memory).
     """
     batch_size = x0.shape[0]
     offsets = sample_times(num_samples, antithetic=True, generator=generator, device=x0.device)
-    times = ((1 - TIME_EPS) * offsets + TIME_EPS).repeat_interleave(batch_size)  # sample j covers rows j·B..j·B+B-1
-    all_ids, all_maskable = x0.repeat(num_samples, 1), maskable.repeat(num_samples, 1)
-    chunk = batch_samples or all_ids.shape[0]
-    terms = [dwdse_terms(score_fn, graph, noise, all_ids[part], all_maskable[part], times[part], generator)
-             for part in (slice(start, start + chunk) for start in range(0, all_ids.shape[0], chunk))]
-    return torch.cat(terms).reshape(num_samples, batch_size).mean(dim=0)
+    times = ((1 - eps) * offsets + eps).repeat(batch_size)  # t = (1 − ε)u + ε
+    copies = x0.repeat_interleave(num_samples, dim=0)
+    terms = dwdse_terms(score_fn, graph, noise, copies, maskable.repeat_interleave(num_samples, dim=0), times,
+                        generator)
+    return terms.reshape(batch_size, num_samples).mean(dim=1)

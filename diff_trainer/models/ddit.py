@@ -81,6 +81,11 @@ class TokenEmbedding(nn.Module):
         super().__init__()
         self.embedding = nn.Parameter(torch.empty(num_states, dim))
 
+    @property
+    def weight(self) -> nn.Parameter:
+        """The table under the name other code expects of an input embedding."""
+        return self.embedding
+
     def forward(self, ids):
         return self.embedding[ids]
 
