@@ -31,7 +31,8 @@ class ModelArguments:
     config_name: Optional[str] = field(default=None, metadata={"help": "Config hub id or directory, if not the model's."})
     tokenizer_name: Optional[str] = field(
         default=None,
-        metadata={"help": "Tokenizer hub id or directory; 'byte' is a byte-level tokenizer that needs no files."},
+        metadata={"help": "Tokenizer hub id or directory; 'byte' is a byte-level tokenizer that needs no files; "
+                          "'char' builds a character vocabulary from the training split (run_clm_diff.py)."},
     )
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16, float16 or auto."})
     dropout: Optional[float] = field(

@@ -23,6 +23,8 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+from .data.char_tokenizer import CHAR_TOKENIZER, build_char_tokenizer
+
 BYTE_TOKENIZER = "byte"
 FALLBACK_EOS_TOKEN = "<|endoftext|>"
 DIFFUSION_OBJECTIVE = "masked_diffusion"
@@ -38,8 +40,9 @@ MODES = ("causal", "diffusion")
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-def load_tokenizer(model_args):
-    """The tokenizer of `tokenizer_name` (or the model's), or a file-free byte tokenizer for "byte".
+def load_tokenizer(model_args, train_texts=None):
+    """The tokenizer of `tokenizer_name` (or the model's), a file-free byte tokenizer for "byte", or for "char" a
+    character tokenizer built from `train_texts` (the training split).
 
     The result always has an EOS token, and uses EOS for padding when it has no pad token.
     """
@@ -50,6 +53,11 @@ def load_tokenizer(model_args):
         )
     if name == BYTE_TOKENIZER:
         tokenizer = ByT5Tokenizer()
+    elif name == CHAR_TOKENIZER:
+        if train_texts is None:
+            raise ValueError("--tokenizer_name char builds its vocabulary from the training split, which this "
+                             "command does not read: pass the checkpoint's own tokenizer directory instead.")
+        tokenizer = build_char_tokenizer(train_texts, mask_token=model_args.mask_token)
     else:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model_args.trust_remote_code)
     if tokenizer.eos_token is None:

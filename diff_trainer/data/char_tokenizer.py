@@ -54,6 +54,18 @@ def build_char_tokenizer(texts: Iterable[str], *, dff_token: str | None = "<DFF>
                          mask_token=mask_token, **extra)
 
 
+def training_texts(train_split, data_args) -> Iterable[str]:
+    """The texts of the training split the vocabulary is built from: the text column, or prompt and response."""
+    columns = [data_args.text_column] if data_args.prompt_column is None else \
+        [data_args.prompt_column, data_args.response_column]
+    missing = [name for name in columns if name not in train_split.column_names]
+    if missing:
+        raise ValueError(f"--tokenizer_name char reads the training column(s) {', '.join(missing)}, which the data "
+                         f"lacks (it has {', '.join(train_split.column_names)}).")
+    for name in columns:
+        yield from (text for text in train_split[name] if text is not None)
+
+
 def register_char_tokenizer(config_class) -> None:
     """Let `AutoTokenizer.from_pretrained` rebuild a saved CharTokenizer (its tokenizer_config names the class)."""
     AutoTokenizer.register(config_class, tokenizer_class=CharTokenizer, exist_ok=True)

@@ -44,3 +44,31 @@ def test_unknown_characters_counted_and_warned_once(caplog):
     assert first[2:] == [tokenizer.unk_token_id] * 2
     assert tokenizer.unknown_characters == 4  # Z ! Z k
     assert sum("never saw in training" in r.message for r in caplog.records) == 1
+
+
+def test_run_clm_diff_char_level_checkpoint(tmp_path):
+    """--tokenizer_name char: the vocabulary comes from the training split and is saved with the checkpoint."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location("run_clm_diff", root / "run_clm_diff.py")
+    run_clm_diff = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_clm_diff)
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["abcab cab", "bca abc", "cc ab"] * 4))
+    valid = tmp_path / "validation.jsonl"
+    valid.write_text(json.dumps({"text": "abz ab cab abc bca abc cab ab"}) + "\n")
+    out = tmp_path / "out"
+    run_clm_diff.main(["--train_file", str(train), "--validation_file", str(valid), "--tokenizer_name", "char",
+                       "--model_type", "llama", "--config_overrides", "hidden_size=16,intermediate_size=32,"
+                       "num_hidden_layers=1,num_attention_heads=2,num_key_value_heads=2,max_position_embeddings=32",
+                       "--train_diff_model", "--block_size", "16", "--concatenate_texts", "--output_dir", str(out),
+                       "--do_train", "--max_steps", "1", "--per_device_train_batch_size", "2", "--use_cpu",
+                       "--report_to", "none", "--disable_tqdm", "true", "--eval_mc_samples", "0"])
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert isinstance(tokenizer, CharTokenizer)
+    specials = {"<unk>", "<pad>", "<|endoftext|>", "<|mdm_mask|>", "<DFF>"}
+    assert set(tokenizer.get_vocab()) == specials | set("abc ")
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == len(tokenizer) == 9
