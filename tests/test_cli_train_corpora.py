@@ -15,7 +15,7 @@ TINY = {
                         "max_position_embeddings=64",
     "diffusion_objective": "sedd_uniform", "sedd_noise": "geometric", "dff_labels": "off", "block_size": 32,
     "concatenate_texts": True, "max_steps": 2, "per_device_train_batch_size": 4, "eval_mc_samples": 1,
-    "eval_strategy": "no", "save_strategy": "no", "do_train": True, "do_eval": True, "use_cpu": True,
+    "eval_strategy": "no", "save_strategy": "no", "use_cpu": True,
     "report_to": "none", "disable_tqdm": True,
 }
 

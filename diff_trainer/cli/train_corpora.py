@@ -66,11 +66,13 @@ def data_files(corpus_path: Path, name: str, source: str) -> dict:
 
 
 def run_config(config: dict, name: str, source: str) -> dict:
-    """The run_clm_diff flags of one corpus: shared `train` flags, its data files and output dir, its overrides."""
+    """The run_clm_diff flags of one corpus: train and evaluate, the shared `train` flags, its data files and output
+    dir, its overrides."""
     corpus = config["datasets"][name]
     output_dir = Path(config.get("output_root", "outputs")) / name
-    return {**(config.get("train") or {}), **data_files(Path(corpus["path"]), name, source),
-            "output_dir": str(output_dir), **(corpus.get("overrides") or {})}
+    return {"do_train": True, "do_eval": True, **(config.get("train") or {}),
+            **data_files(Path(corpus["path"]), name, source), "output_dir": str(output_dir),
+            **(corpus.get("overrides") or {})}
 
 
 def status(output_dir: Path) -> str:
@@ -90,6 +92,8 @@ def train(flags: dict, script: str, resume: bool) -> None:
     config_file.write_text(yaml.safe_dump(flags, sort_keys=False), encoding="utf-8")
     command = [sys.executable, script, str(config_file)] + (["--resume", "true"] if resume else [])
     subprocess.run(command, check=True)
+    if status(output_dir) != "finished":
+        raise CorporaError(f"run_clm_diff.py {config_file} ended without {FINISHED_FILE} in {output_dir}.")
 
 
 def write_samples(output_dir: Path, samples_file: Path, settings: dict) -> list[str]:
@@ -162,7 +166,10 @@ def main(argv: list[str] | None = None) -> None:
         state = status(output_dir)
         print(f"== {name}: {config['datasets'][name].get('description', '')} [{state}]", flush=True)
         if state != "finished":
-            train(flags, args.script, resume=state == "interrupted")
+            try:
+                train(flags, args.script, resume=state == "interrupted")
+            except (CorporaError, subprocess.CalledProcessError) as error:
+                parser.error(f"corpus {name}: {error}")
         samples_file = output_dir.parent / f"{name}_samples.txt"
         samples = write_samples(output_dir, samples_file, config.get("samples") or {})
         rows.append(summary_row(name, flags, output_dir, samples))
