@@ -194,8 +194,7 @@ def prepare_model(model_args, tokenizer, mode: str, *, new_token_ids=(), diffusi
         from .sedd_objective import prepare_sedd_model
 
         model = prepare_sedd_model(model, tokenizer, **diffusion_settings, masked_lm=model_args.masked_lm,
-                                   auto_class=auto_class_name(model.config, model_args.masked_lm),
-                                   make_bidirectional=make_bidirectional)
+                                   auto_class=auto_class_name(model.config, model_args.masked_lm))
     elif mode == "diffusion":
         if diffusion_settings is None and (read_diffusion_config(model.config) or {}).get("objective", "") \
                 .startswith("sedd_"):

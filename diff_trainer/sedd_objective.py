@@ -19,6 +19,7 @@ from .diffusion.sedd import (
     sample_sedd_times,
     score_entropy_terms,
 )
+from .modeling import make_bidirectional
 from .models.ddit import DDiTModel
 from .models.sedd_checkpoint import sedd_diffusion_config
 from .models.time_conditioning import TimeConditionedLM
@@ -30,13 +31,11 @@ def takes_noise_level(model) -> bool:
 
 
 def prepare_sedd_model(model, tokenizer, *, objective: str, sedd_noise: str, sigma_min: float, sigma_max: float,
-                       sedd_scale_by_sigma: bool, time_eps: float, dff_token, auto_class: str, masked_lm: bool,
-                       make_bidirectional):
+                       sedd_scale_by_sigma: bool, time_eps: float, dff_token, auto_class: str, masked_lm: bool):
     """The model to train with score entropy, with its `diffusion_config` written.
 
     The uniform graph (and `scale_by_sigma`) need the noise level: an ordinary LM is then wrapped in
-    TimeConditionedLM. A time-blind LM learns the absorbing graph through RADD. `make_bidirectional` is
-    modeling's check that full attention took effect (run on the LM before it is wrapped).
+    TimeConditionedLM (made bidirectional first). A time-blind LM learns the absorbing graph through RADD.
     """
     graph = "absorb" if objective == "sedd_absorb" else "uniform"
     if sedd_scale_by_sigma and graph != "absorb":

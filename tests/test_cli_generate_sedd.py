@@ -1,4 +1,5 @@
-"""diff-generate / diff-view with SEDD samplers: a sedd-small-layout directory, a saved DDiT, RADD on masked diffusion."""
+"""diff-generate / diff-view with SEDD samplers: a sedd-small-layout directory, a saved DDiT, RADD on masked
+diffusion."""
 
 import json
 

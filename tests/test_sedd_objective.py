@@ -14,7 +14,7 @@ from diff_trainer.arguments import DiffusionTrainingArguments
 from diff_trainer.diffusion.losses import masked_diffusion_loss
 from diff_trainer.models.ddit import DDiTModel
 from diff_trainer.models.time_conditioning import TimeConditionedLM
-from diff_trainer.modeling import make_bidirectional, read_diffusion_config
+from diff_trainer.modeling import read_diffusion_config
 from diff_trainer.sedd_objective import SeddObjective, prepare_sedd_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,8 +23,7 @@ run_clm_diff = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(run_clm_diff)
 
 SETTINGS = dict(sedd_noise="loglinear", sigma_min=1e-4, sigma_max=20.0, sedd_scale_by_sigma=False, time_eps=1e-3,
-                dff_token="<DFF>", auto_class="AutoModelForCausalLM", masked_lm=False,
-                make_bidirectional=make_bidirectional)
+                dff_token="<DFF>", auto_class="AutoModelForCausalLM", masked_lm=False)
 
 
 def clean_batch(vocab: int):

@@ -139,8 +139,9 @@ def uses_sedd_sampler(args, diffusion_config) -> bool:
 def sedd_sampler_config(args, diffusion_config: dict, tokenizer, model) -> SeddSamplerConfig:
     """The SeddSamplerConfig of the command-line flags and the checkpoint's graph and noise."""
     return SeddSamplerConfig.from_diffusion_config(
-        diffusion_config, model.config.get_text_config().vocab_size, gen_length=args.gen_length, steps=args.steps if args.steps is not None else args.gen_length,
-        predictor=args.sedd_sampler or "euler", pad_token_id=tokenizer.pad_token_id)
+        diffusion_config, model.config.get_text_config().vocab_size, gen_length=args.gen_length,
+        steps=args.steps if args.steps is not None else args.gen_length, predictor=args.sedd_sampler or "euler",
+        pad_token_id=tokenizer.pad_token_id)
 
 
 def run_sampler(model, prompt_ids, config, **options):

@@ -109,7 +109,8 @@ def write_samples(output_dir: Path, samples_file: Path, settings: dict) -> list[
 
 def summary_row(name: str, flags: dict, output_dir: Path, samples: list[str]) -> dict:
     """corpus, training-file size, steps, ELBO-perplexity bound, and the start of the first sample."""
-    state = json.loads((output_dir / "trainer_state.json").read_text()) if (output_dir / "trainer_state.json").is_file() else {}
+    state_file = output_dir / "trainer_state.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
     results = output_dir / "eval_results.json"
     perplexity = json.loads(results.read_text()).get("eval_elbo_perplexity") if results.is_file() else None
     size = Path(flags["train_file"]).stat().st_size

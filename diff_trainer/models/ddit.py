@@ -29,7 +29,8 @@ class DDiTConfig(PretrainedConfig):
     def __init__(self, vocab_size=50258, hidden_size=768, cond_dim=128, num_hidden_layers=12, num_attention_heads=12,
                  max_position_embeddings=1024, dropout=0.1, scale_by_sigma=False, **kwargs):
         if hidden_size % num_attention_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}.")
+            raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_attention_heads "
+                             f"{num_attention_heads}.")
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.cond_dim = cond_dim
@@ -45,7 +46,8 @@ class DDiTConfig(PretrainedConfig):
 def sinusoidal_embedding(values: torch.Tensor, dim: int = FREQUENCY_EMBEDDING_SIZE) -> torch.Tensor:
     """[cos(v·f_k), sin(v·f_k)] with f_k = 10000^(−k/(dim/2)) (the DiT / SEDD timestep embedding)."""
     half = dim // 2
-    frequencies = torch.exp(-math.log(MAX_PERIOD) * torch.arange(half, dtype=torch.float32, device=values.device) / half)
+    steps = torch.arange(half, dtype=torch.float32, device=values.device)
+    frequencies = torch.exp(-math.log(MAX_PERIOD) * steps / half)
     angles = values.float()[:, None] * frequencies[None]
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 

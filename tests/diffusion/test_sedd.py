@@ -12,7 +12,6 @@ from diff_trainer.diffusion.sedd import (
     LogLinearNoise,
     UniformGraph,
     dwdse_nll,
-    dwdse_terms,
     get_graph,
     get_sedd_noise,
     radd_log_score,

@@ -65,7 +65,8 @@ def reference_forward(state: dict, ids, sigma, heads: int, scale_by_sigma: bool,
         h = gelu_tanh(h @ p("mlp.0.weight").T + p("mlp.0.bias")) @ p("mlp.2.weight").T + p("mlp.2.bias")
         x = x + g2 * h
         block += 1
-    shift, scale = (c @ w["output_layer.adaLN_modulation.weight"].T + w["output_layer.adaLN_modulation.bias"]).split(dim, 1)
+    final = c @ w["output_layer.adaLN_modulation.weight"].T + w["output_layer.adaLN_modulation.bias"]
+    shift, scale = final.split(dim, 1)
     x = norm(x, w["output_layer.norm_final.weight"]) * (1 + scale[:, None]) + shift[:, None]
     out = x @ w["output_layer.linear.weight"].T + w["output_layer.linear.bias"]
     if scale_by_sigma:

@@ -31,7 +31,8 @@ def sedd_small_layout(tokens: int, graph: str, seed: int = 0) -> tuple[dict, dic
             f"blocks.{i}.attn_qkv.weight": [3 * HIDDEN, HIDDEN], f"blocks.{i}.attn_out.weight": [HIDDEN, HIDDEN],
             f"blocks.{i}.mlp.0.weight": [4 * HIDDEN, HIDDEN], f"blocks.{i}.mlp.0.bias": [4 * HIDDEN],
             f"blocks.{i}.mlp.2.weight": [HIDDEN, 4 * HIDDEN], f"blocks.{i}.mlp.2.bias": [HIDDEN],
-            f"blocks.{i}.adaLN_modulation.weight": [6 * HIDDEN, COND], f"blocks.{i}.adaLN_modulation.bias": [6 * HIDDEN],
+            f"blocks.{i}.adaLN_modulation.weight": [6 * HIDDEN, COND],
+            f"blocks.{i}.adaLN_modulation.bias": [6 * HIDDEN],
         })
     generator = torch.Generator().manual_seed(seed)
     state = {name: torch.randn(shape, generator=generator) * 0.3 + (1.0 if "norm" in name else 0.0)
