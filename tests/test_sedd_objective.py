@@ -151,3 +151,36 @@ def test_llama_sedd_absorb_scale_by_sigma_is_wrapped(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out)
     assert isinstance(model, TimeConditionedLM) and model.config.scale_by_sigma
     assert read_diffusion_config(model.config)["objective"] == "sedd_absorb"
+
+
+@pytest.mark.parametrize("objective", ["sedd_absorb", "sedd_uniform"])
+def test_a_few_steps_lower_the_dwdse_bound(objective):
+    """The loss trains: 40 Adam steps on one short corpus lower the held-out DWDSE bound of a tiny DDiT."""
+    from diff_trainer.models.ddit import DDiTConfig
+
+    torch.manual_seed(0)
+    tokenizer = make_byte_tokenizer()
+    model = DDiTModel(DDiTConfig(vocab_size=len(tokenizer), hidden_size=32, cond_dim=16, num_hidden_layers=1,
+                                 num_attention_heads=4, max_position_embeddings=32, dropout=0.0))
+    model = prepare_sedd_model(model, tokenizer, objective=objective, **SETTINGS)
+    objective_ = SeddObjective.from_diffusion_config(read_diffusion_config(model.config), len(tokenizer))
+    ids = torch.tensor([tokenizer.encode("abababababababab", add_special_tokens=False)] * 8)
+    batch = {"input_ids": ids, "labels": ids.clone(), "attention_mask": torch.ones_like(ids)}
+
+    def bound():
+        with torch.no_grad():
+            return float(objective_.elbo_nll(model.eval(), ids[:2], batch["attention_mask"][:2],
+                                             torch.ones_like(ids[:2], dtype=torch.bool), 16,
+                                             torch.Generator().manual_seed(0)).mean()) / ids.shape[1]
+
+    before = bound()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    generator = torch.Generator().manual_seed(1)
+    model.train()
+    for _ in range(40):
+        loss, _ = objective_.loss(model, objective_(batch, generator), "token")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = bound()
+    assert after < 0.5 * before, (before, after)
