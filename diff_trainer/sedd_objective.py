@@ -31,7 +31,8 @@ def takes_noise_level(model) -> bool:
 
 
 def prepare_sedd_model(model, tokenizer, *, objective: str, sedd_noise: str, sigma_min: float, sigma_max: float,
-                       sedd_scale_by_sigma: bool, time_eps: float, dff_token, auto_class: str, masked_lm: bool):
+                       sedd_scale_by_sigma: bool, time_eps: float, dff_token, auto_class: str, masked_lm: bool,
+                       row_packing=None):
     """The model to train with score entropy, with its `diffusion_config` written.
 
     The uniform graph (and `scale_by_sigma`) need the noise level: an ordinary LM is then wrapped in
@@ -62,6 +63,8 @@ def prepare_sedd_model(model, tokenizer, *, objective: str, sedd_noise: str, sig
                                    mask_token_id=mask_token_id, time_eps=time_eps, dff_token=dff_token)
     model.config.diffusion_config = {**config, "time_conditioned": takes_noise_level(model),
                                      "auto_class": auto_class}
+    if row_packing is not None:  # as for masked diffusion: how the training rows were laid out
+        model.config.diffusion_config["row_packing"] = row_packing
     model.config.is_causal = False
     return model
 

@@ -23,6 +23,7 @@ from .modeling import is_encoder_model, is_peft_model, read_diffusion_config
 from .noising import BatchNoiser, seeded_generator
 from .diffusion.sedd import SEDD_OBJECTIVES
 from .sedd_objective import SeddObjective
+from .sharding import ShardedSaveMixin
 
 logger = logging.getLogger(__name__)
 
@@ -68,11 +69,11 @@ def default_normalization(layout: RowLayout) -> str:
     return "llada_pretrain" if layout.packed else "llada_sft"
 
 
-class DiffusionTrainer(StepNormalizedLoss, Trainer):
+class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
     """Trainer whose loss is the masked-diffusion loss (see the module docstring).
 
-    `row_layout` (from `Preprocessor.run`) picks the default --loss_normalization (needed when it is not given). Data collator: the default one
-    (clean rows); the model must carry a `diffusion_config` (see modeling.prepare_model).
+    `row_layout` (from `Preprocessor.run`) picks the default --loss_normalization (needed when it is not given).
+    Data collator: the default one (clean rows); the model must carry a `diffusion_config` (modeling.prepare_model).
     """
 
     def __init__(self, model, args, *, row_layout: Optional[RowLayout] = None, **kwargs):

@@ -21,12 +21,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 
 from diff_trainer.data.pipeline import bos_prefix
+from diff_trainer.devices import (
+    DEVICE_CHOICES_HELP,
+    DTYPE_CHOICES,
+    checkpoint_dtype,
+    resolve_device,
+    resolve_dtype,
+)
 from diff_trainer.render import TokenPieces, render_text
 from diff_trainer.sampling import CONFIDENCE_STRATEGIES, EOS_HANDLING, SamplerConfig, context_length, generate
 from diff_trainer.sedd_sampling import SEDD_PREDICTORS, SeddSamplerConfig, sedd_generate
@@ -59,7 +67,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                         "checkpoint it samples the model as an absorbing SEDD model (RADD)")
     parser.add_argument("--tokenizer_name", default=None,
                         help="tokenizer for a SEDD-layout checkpoint that ships none (louaaron/sedd-small: gpt2)")
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="repeat the same output (for the same device, dtype and batch size)")
+    parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                        help="weights and activations; auto: the checkpoint's dtype on a GPU, float32 on the CPU")
     parser.add_argument("--append_dff", action="store_true",
                         help="append the checkpoint's <DFF> token to each prompt (SFT / diff models)")
     parser.add_argument("--merge_lora", action="store_true",
@@ -80,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def open_checkpoint(path: str, *, merge_lora: bool = False, tokenizer_name: str | None = None):
+def open_checkpoint(path: str, *, device: str = "cpu", dtype: str = "auto", merge_lora: bool = False,
+                    tokenizer_name: str | None = None):
     """(model in eval mode, tokenizer, diffusion_config dict or None) of a checkpoint (modeling.load_checkpoint).
 
     `tokenizer_name` serves a SEDD-layout directory, which ships no tokenizer of its own.
@@ -90,12 +103,24 @@ def open_checkpoint(path: str, *, merge_lora: bool = False, tokenizer_name: str 
 
     try:
         if is_sedd_checkpoint(path):
-            model, tokenizer = load_checkpoint_model(path).eval(), load_sedd_tokenizer(path, tokenizer_name)
+            model = load_checkpoint_model(path, dtype=dtype).to(resolve_device(device)).eval()
+            tokenizer = load_sedd_tokenizer(path, tokenizer_name)
         else:
-            model, tokenizer = load_checkpoint(path, merge_lora=merge_lora)
+            model, tokenizer = load_checkpoint(path, device=device, dtype=dtype, merge_lora=merge_lora)
     except FileNotFoundError as error:
         raise SystemExit(f"error: {error}") from None
     return model, tokenizer, read_diffusion_config(model.config)
+
+
+def load_from_arguments(parser: argparse.ArgumentParser, args):
+    """The checkpoint of --model on --device in --dtype; a wrong device or dtype ends with a usage error."""
+    try:
+        device = resolve_device(args.device)
+        dtype = resolve_dtype(args.dtype, device, checkpoint_dtype(args.model))
+    except ValueError as error:
+        parser.error(str(error))
+    return open_checkpoint(args.model, device=str(device), dtype=str(dtype).removeprefix("torch."),
+                           merge_lora=args.merge_lora, tokenizer_name=getattr(args, "tokenizer_name", None))
 
 
 def read_prompts(path: str) -> list[str]:
@@ -203,6 +228,10 @@ def check_arguments(parser, args, diffusion_config, prompt_ids, model) -> None:
                          "--steps and --sedd_sampler.")
     if args.samples < 1 or args.batch_size < 1:
         parser.error("--samples and --batch_size must be at least 1.")
+    if args.samples < 1 or args.batch_size < 1 or args.gen_length < 1:
+        parser.error("--samples, --batch_size and --gen_length must be at least 1.")
+    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        parser.error(f"--output {args.output}: its directory does not exist; create it first.")
     limit = context_length(model)
     longest = max(len(p) for p in prompt_ids)
     if limit is not None and longest + args.gen_length > limit:
@@ -239,8 +268,7 @@ def checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, to
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    model, tokenizer, diffusion_config = open_checkpoint(args.model, merge_lora=args.merge_lora,
-                                                       tokenizer_name=args.tokenizer_name)
+    model, tokenizer, diffusion_config = load_from_arguments(parser, args)
     if args.prompt is None and args.prompt_file is None:
         if not uses_sedd_sampler(args, diffusion_config):
             parser.error("give --prompt or --prompt_file (unconditional --samples needs a SEDD sampler).")

@@ -15,7 +15,7 @@ import time
 
 from diff_trainer.cli.generate import (
     add_sampling_arguments,
-    open_checkpoint,
+    load_from_arguments,
     prepare_prompts,
     run_sampler,
     sampler_config,
@@ -54,8 +54,7 @@ def replay(frames, tokenizer, mask_token_id: int, delay: float, color: bool, out
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    model, tokenizer, diffusion_config = open_checkpoint(args.model, merge_lora=args.merge_lora,
-                                                           tokenizer_name=args.tokenizer_name)
+    model, tokenizer, diffusion_config = load_from_arguments(parser, args)
     if diffusion_config is None:
         parser.error(f"{args.model} is a causal checkpoint (no diffusion_config): it has no denoising steps to show.")
     try:
