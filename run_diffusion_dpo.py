@@ -17,6 +17,7 @@ from transformers import AutoConfig, TrainingArguments, set_seed
 from diff_trainer.arguments import ModelArguments, parse_arguments
 from diff_trainer.data.preference import PreferenceDataArguments, load_preference_data, save_pairs, tokenize_pairs
 from diff_trainer.dpo import DiffusionDPOTrainer, DPOArguments
+from diff_trainer.models.conversion import find_loader
 from diff_trainer.modeling import (
     add_special_tokens,
     apply_lora,
@@ -32,7 +33,9 @@ logger = logging.getLogger("run_diffusion_dpo")
 
 def load_diffusion_model(model_args, tokenizer, name_or_path: str):
     """A masked-diffusion checkpoint (causal LM made bidirectional, or a masked-LM encoder)."""
-    config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=model_args.trust_remote_code)
+    published = find_loader(name_or_path)  # LLaDA / Dream in their released layout
+    config = published.config(name_or_path) if published else \
+        AutoConfig.from_pretrained(name_or_path, trust_remote_code=model_args.trust_remote_code)
     if read_diffusion_config(config) is None:
         raise ValueError(f"{name_or_path} is not a masked-diffusion checkpoint (no diffusion_config in its config); "
                          "train one with run_clm_diff.py --train_diff_model first.")

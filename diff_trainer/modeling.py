@@ -35,6 +35,8 @@ def load_tokenizer(model_args):
         )
     if name == BYTE_TOKENIZER:
         tokenizer = ByT5Tokenizer()
+    elif (published := _published_loader(name)) is not None:
+        tokenizer = published.load_tokenizer(name)
     else:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model_args.trust_remote_code)
     if tokenizer.eos_token is None:
@@ -115,11 +117,17 @@ def load_model(model_args, tokenizer, *, masked_lm: bool = False):
     Embeddings grow to fit `tokenizer`, and the config's pad/eos ids are the tokenizer's.
     """
     auto_class = AutoModelForMaskedLM if masked_lm else AutoModelForCausalLM
-    config = _build_config(model_args, tokenizer)
+    published = None if masked_lm else _published_loader(model_args.model_name_or_path)
+    config = _build_config(model_args, tokenizer) if published is None else None
     options = {"trust_remote_code": model_args.trust_remote_code, "dtype": _torch_dtype(model_args.dtype)}
     if model_args.attn_implementation:
         options["attn_implementation"] = model_args.attn_implementation
-    if model_args.model_name_or_path is None:
+    if published is not None:
+        if model_args.config_name or model_args.dropout is not None:
+            raise ValueError(f"{model_args.model_name_or_path} is a {published.name} checkpoint in its released "
+                             "layout: --config_name and --dropout need its converted form (diff-convert CKPT OUT).")
+        model = published.load(model_args.model_name_or_path, **options)
+    elif model_args.model_name_or_path is None:
         if options["dtype"] == "auto":  # a fresh model has no stored dtype to follow: keep float32
             del options["dtype"]
         model = auto_class.from_config(config, **options)
@@ -130,6 +138,13 @@ def load_model(model_args, tokenizer, *, masked_lm: bool = False):
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
     return model
+
+
+def _published_loader(name_or_path):
+    """The loader of a LLaDA / Dream checkpoint in its released layout (mapped to Llama / Qwen2), else None."""
+    from .models.conversion import find_loader
+
+    return find_loader(name_or_path)
 
 
 def _unwrap(model):
@@ -179,8 +194,15 @@ def make_bidirectional(model):
     return model
 
 
-def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedule, time_eps, dff_token):
-    """Record in `config` (hence in config.json) that the checkpoint is a masked-diffusion LM."""
+def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedule, time_eps, dff_token,
+                           eos_token_ids=None):
+    """Record in `config` (hence in config.json) that the checkpoint is a masked-diffusion LM.
+
+    `eos_token_ids`: every id that ends a generation (LLaDA: EOS and EOT); None keeps the ones already recorded.
+    """
+    previous = read_diffusion_config(config) or {}
+    if eos_token_ids is None:
+        eos_token_ids = previous.get("eos_token_ids")
     vocab_size = config.get_text_config().vocab_size
     if not 0 <= mask_token_id < vocab_size:
         raise ValueError(
@@ -195,6 +217,8 @@ def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedul
         "time_eps": float(time_eps),
         "dff_token": dff_token,
     }
+    if eos_token_ids is not None:
+        config.diffusion_config["eos_token_ids"] = [int(i) for i in eos_token_ids]
     config.is_causal = False
     return config
 

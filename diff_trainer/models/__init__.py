@@ -1,0 +1,1 @@
+"""Released diffusion LMs (LLaDA, Dream) mapped onto native transformers models: see `conversion`."""
