@@ -1,0 +1,46 @@
+"""Dream's released layout as a native Qwen2: config, shift flag, and logits against a forward written from the
+architecture description (Qwen2 block with biased q/k/v, full attention), in float32 to 1e-5."""
+
+import pytest
+import torch
+from models.published_layouts import dream_config
+from models.reference import dream_forward
+
+from diff_trainer.models import dream
+from diff_trainer.models.conversion import DREAM_LOADER
+
+
+def test_dream_7b_config_becomes_the_qwen2_config_of_the_same_network():
+    published = dream_config(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                             num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=131072)
+    config = dream.native_config(published)
+    assert (config.hidden_size, config.intermediate_size, config.num_hidden_layers) == (3584, 18944, 28)
+    assert (config.num_attention_heads, config.num_key_value_heads) == (28, 4)
+    assert (config.vocab_size, config.rope_parameters["rope_theta"], config.rms_norm_eps) == (152064, 1e6, 1e-6)
+    assert config.use_sliding_window is False and not config.tie_word_embeddings and config.is_causal is False
+    assert dream.mask_token_id(published) == 151666
+
+
+def test_names_are_qwen2_names_and_anything_else_is_refused():
+    assert dream.native_weight_name("model.layers.3.self_attn.q_proj.bias") == "model.layers.3.self_attn.q_proj.bias"
+    with pytest.raises(ValueError, match="Qwen2"):
+        dream.native_weight_name("transformer.h.0.attn.weight")
+
+
+@pytest.mark.parametrize("setting", [{"use_sliding_window": True}, {"rope_scaling": {"type": "yarn", "factor": 4}}])
+def test_settings_the_released_models_do_not_use_are_refused(setting):
+    with pytest.raises(ValueError):
+        dream.native_config(dream_config(**setting))
+
+
+def test_converted_logits_equal_the_independent_dream_forward(dream_checkpoint):
+    directory, weights = dream_checkpoint
+    model = DREAM_LOADER.load(directory)
+    assert type(model).__name__ == "Qwen2ForCausalLM" and model.dtype == torch.float32
+    settings = model.config.diffusion_config
+    assert (settings["mask_token_id"], settings["shift_logits"], settings["eos_token_ids"]) == (151666, True,
+                                                                                              [151643, 151645])
+    ids = torch.tensor([[151665, 10, 151666, 151666, 200, 151643], [7, 151644, 8, 151666, 151645, 3]])
+    with torch.no_grad():
+        ours = model(input_ids=ids).logits
+    torch.testing.assert_close(ours, dream_forward(weights, dream_config(), ids), atol=1e-5, rtol=1e-5)
