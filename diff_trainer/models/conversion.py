@@ -94,6 +94,7 @@ class CheckpointLoader:
 
         directory = local_directory(path)
         tokenizer = getattr(transformers, self.tokenizer_class).from_pretrained(directory)
+        tokenizer.init_kwargs.pop("auto_map", None)  # saved copies must not point at the remote tokenizer code
         mask_id = self.family.mask_token_id(_read_json(directory / CONFIG_FILE))
         if tokenizer.mask_token is None:
             tokenizer.mask_token = tokenizer.convert_ids_to_tokens(mask_id)
