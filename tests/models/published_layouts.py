@@ -6,7 +6,7 @@ import json
 import torch
 from safetensors.torch import save_file
 
-LLADA_VOCAB = 126464
+LLADA_VOCAB = 126464  # embedding rows; the tokenizer has 126349 ids (0 ... <|eot_id|>), the rest is padding
 LLADA_SPECIAL = {"<|startoftext|>": 126080, "<|endoftext|>": 126081, "<|mdm_mask|>": 126336,
                  "<|start_header_id|>": 126346, "<|end_header_id|>": 126347, "<|eot_id|>": 126348}
 DREAM_VOCAB = 152064
@@ -132,7 +132,7 @@ def write_llada_tokenizer(directory) -> None:
     vocab = {c: i for i, c in enumerate(characters)}
     vocab["<unk>"] = len(vocab)
     special_ids = set(LLADA_SPECIAL.values())
-    for token_id in range(len(vocab), LLADA_VOCAB):
+    for token_id in range(len(vocab), max(special_ids) + 1):
         if token_id not in special_ids:
             vocab[f"<|reserved_{token_id}|>"] = token_id
     vocab.update(LLADA_SPECIAL)
