@@ -72,6 +72,7 @@ def test_vrpo_on_the_released_layout_with_lora(workspace, monkeypatch):
     monkeypatch.chdir(ROOT)
     output = workspace["root"] / "dpo"
     run_diffusion_dpo.main(["configs/dpo.yaml", "--model_name_or_path", workspace["released"], "--train_file",
+                            str(workspace["root"] / "pairs.jsonl"), "--validation_file",
                             str(workspace["root"] / "pairs.jsonl"), "--output_dir", str(output), "--max_steps", "1",
                             "--per_device_train_batch_size", "4", "--do_eval", "false", "--eval_strategy", "no",
                             "--logging_steps", "1", "--save_strategy", "no", "--mc_samples", "2", "--max_length",
