@@ -201,6 +201,9 @@ def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedul
     `eos_token_ids`: every id that ends a generation (LLaDA: EOS and EOT); None keeps the ones already recorded.
     """
     previous = read_diffusion_config(config) or {}
+    if previous.get("shift_logits") and not shift_logits:
+        raise ValueError("This checkpoint is a diffusion model with shifted logits (logits at i predict token i+1, "
+                         "e.g. Dream): train it with --shift_logits.")
     if eos_token_ids is None:
         eos_token_ids = previous.get("eos_token_ids")
     vocab_size = config.get_text_config().vocab_size

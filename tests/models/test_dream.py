@@ -1,6 +1,8 @@
 """Dream's released layout as a native Qwen2: config, shift flag, and logits against a forward written from the
 architecture description (Qwen2 block with biased q/k/v, full attention), in float32 to 1e-5."""
 
+import json
+
 import pytest
 import torch
 from models.published_layouts import dream_config
@@ -44,3 +46,25 @@ def test_converted_logits_equal_the_independent_dream_forward(dream_checkpoint):
     with torch.no_grad():
         ours = model(input_ids=ids).logits
     torch.testing.assert_close(ours, dream_forward(weights, dream_config(), ids), atol=1e-5, rtol=1e-5)
+
+
+def test_retraining_without_shift_logits_is_refused(dream_checkpoint):
+    from diff_trainer.modeling import write_diffusion_config
+
+    config = DREAM_LOADER.config(dream_checkpoint[0])
+    with pytest.raises(ValueError, match="--shift_logits"):
+        write_diffusion_config(config, mask_token_id=151666, shift_logits=False, noise_schedule="linear",
+                               time_eps=1e-3, dff_token="<DFF>")
+    write_diffusion_config(config, mask_token_id=151666, shift_logits=True, noise_schedule="linear", time_eps=1e-3,
+                           dff_token="<DFF>")
+    assert config.diffusion_config["eos_token_ids"] == [151643, 151645]  # kept when not given again
+
+
+def test_diff_generate_samples_the_released_dream_with_shifted_logits(dream_checkpoint, tmp_path):
+    from diff_trainer.cli import generate
+
+    output = tmp_path / "out.jsonl"
+    generate.main(["--model", str(dream_checkpoint[0]), "--prompt", "hello", "--gen_length", "4", "--steps", "4",
+                   "--output", str(output)])
+    settings = json.loads(output.read_text().splitlines()[0])["settings"]
+    assert (settings["shift"], settings["mask_token_id"], settings["eos_token_id"]) == (True, 151666, [151643, 151645])

@@ -37,18 +37,26 @@ def training_flags(output, *extra):
             "--disable_tqdm", "true", "--seed", "0", *extra]
 
 
-def test_sft_with_lora_targets_by_name_and_gradient_checkpointing(workspace, monkeypatch):
+# The 8B configs on the tiny model: CPU, float32, no evaluation, a few short rows.
+ON_CPU = ["--dtype", "float32", "--bf16", "false", "--use_cpu", "true", "--do_eval", "false", "--eval_strategy", "no",
+          "--save_strategy", "no", "--max_steps", "2", "--per_device_train_batch_size", "4",
+          "--gradient_accumulation_steps", "1", "--disable_tqdm", "true"]
+
+
+def test_llada_8b_sft_config_trains_lora_by_target_name_with_checkpointing(workspace, monkeypatch):
     monkeypatch.chdir(ROOT)
     output = workspace["root"] / "sft"
-    run_clm_diff.main(training_flags(
-        output, "--model_name_or_path", workspace["converted"], "--train_file", str(workspace["root"] / "sft.jsonl"),
-        "--train_diff_model", "--block_size", "16", "--padding_side", "right", "--use_lora",
-        "--lora_target_modules", *LORA_TARGETS, "--gradient_checkpointing", "--validation_split_percentage", "0"))
+    data = str(workspace["root"] / "sft.jsonl")
+    run_clm_diff.main(["configs/llada_8b_sft.yaml", *ON_CPU, "--model_name_or_path", workspace["converted"],
+                       "--train_file", data, "--validation_file", data, "--block_size", "16",
+                       "--output_dir", str(output)])
     adapter = json.loads((output / "adapter_config.json").read_text())
     assert sorted(adapter["target_modules"]) == sorted(LORA_TARGETS)
     weights = load_file(str(output / "adapter_model.safetensors"))
     lora_b = [tensor for name, tensor in weights.items() if "lora_B" in name]
     assert len(lora_b) == 2 * len(LORA_TARGETS) and all(tensor.abs().sum() > 0 for tensor in lora_b)  # trained
+    state = json.loads((output / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
     tokenizer = AutoTokenizer.from_pretrained(output)
     assert tokenizer.mask_token_id == 126336
     assert tokenizer.convert_tokens_to_ids("<DFF>") == 126349  # next free id, inside the 126464 rows: no resize
@@ -68,16 +76,14 @@ def test_sft_from_the_released_layout_keeps_mask_and_stop_ids(workspace, monkeyp
     assert config["diffusion_config"]["dff_token"] == "<DFF>"
 
 
-def test_vrpo_on_the_released_layout_with_lora(workspace, monkeypatch):
+def test_llada_8b_dpo_config_runs_vrpo_on_the_released_layout(workspace, monkeypatch):
     monkeypatch.chdir(ROOT)
     output = workspace["root"] / "dpo"
-    run_diffusion_dpo.main(["configs/dpo.yaml", "--model_name_or_path", workspace["released"], "--train_file",
-                            str(workspace["root"] / "pairs.jsonl"), "--validation_file",
-                            str(workspace["root"] / "pairs.jsonl"), "--output_dir", str(output), "--max_steps", "1",
-                            "--per_device_train_batch_size", "4", "--do_eval", "false", "--eval_strategy", "no",
-                            "--logging_steps", "1", "--save_strategy", "no", "--mc_samples", "2", "--max_length",
-                            "12", "--max_prompt_length", "6", "--use_lora", "--lora_target_modules", *LORA_TARGETS,
-                            "--disable_tqdm", "true"])
+    pairs = str(workspace["root"] / "pairs.jsonl")
+    run_diffusion_dpo.main(["configs/llada_8b_dpo.yaml", *ON_CPU, "--model_name_or_path", workspace["released"],
+                            "--train_file", pairs, "--validation_file", pairs, "--max_steps", "1",
+                            "--logging_steps", "1", "--mc_samples", "2", "--max_length", "12",
+                            "--max_prompt_length", "6", "--output_dir", str(output)])
     history = json.loads((output / "trainer_state.json").read_text())["log_history"]
     first = next(log for log in history if "loss" in log)
     # at the start the policy is the reference: rewards are 0 and the loss is log 2 + sft_weight (0.05) x SFT loss
