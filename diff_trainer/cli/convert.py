@@ -31,11 +31,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        output = convert_checkpoint(args.checkpoint, args.output_dir, dtype=args.dtype, overwrite=args.overwrite,
-                                    max_shard_size=args.max_shard_size)
+        conversion = convert_checkpoint(args.checkpoint, args.output_dir, dtype=args.dtype,
+                                        overwrite=args.overwrite, max_shard_size=args.max_shard_size)
     except (ValueError, FileNotFoundError, FileExistsError) as error:
         parser.error(str(error))
-    print(output)
+    print(conversion.summary())
 
 
 if __name__ == "__main__":

@@ -116,8 +116,24 @@ def find_loader(path) -> CheckpointLoader | None:
     return next((loader for loader in LOADERS if loader.matches(path)), None)
 
 
+@dataclass(frozen=True)
+class Conversion:
+    """What `convert_checkpoint` wrote."""
+
+    output_dir: Path
+    source_layout: str  # "LLaDA" or "Dream"
+    architecture: str  # the native class, e.g. "LlamaForCausalLM"
+    parameters: int
+    dtype: torch.dtype
+
+    def summary(self) -> str:
+        size = self.parameters * torch.finfo(self.dtype).bits // 8
+        return (f"{self.output_dir}: {self.source_layout} as {self.architecture}, {self.parameters / 1e9:.2f}B "
+                f"parameters, {size / 1e9:.1f} GB in {str(self.dtype).removeprefix('torch.')}")
+
+
 def convert_checkpoint(source, output_dir, *, dtype="auto", overwrite: bool = False,
-                       max_shard_size: str = "5GB") -> Path:
+                       max_shard_size: str = "5GB") -> Conversion:
     """Write `source` (LLaDA / Dream, directory or hub name) as a native checkpoint with its tokenizer.
 
     The files are written to a temporary directory next to `output_dir` and moved into place at the end, so an
@@ -144,8 +160,7 @@ def convert_checkpoint(source, output_dir, *, dtype="auto", overwrite: bool = Fa
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    logger.info("Converted %s checkpoint %s -> %s", loader.name, source, output_dir)
-    return output_dir
+    return Conversion(output_dir, loader.name, type(model).__name__, model.num_parameters(), model.dtype)
 
 
 def stop_token_ids(raw: dict, directory: Path, extra_tokens) -> list[int]:

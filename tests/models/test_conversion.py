@@ -71,7 +71,7 @@ def test_single_file_sharded_and_pytorch_bin_give_the_same_model(llada_checkpoin
 def test_convert_save_reload_round_trip(llada_checkpoint, tmp_path):
     source = llada_checkpoint[0]
     loaded = LLADA_LOADER.load(source)
-    output = convert_checkpoint(source, tmp_path / "converted", dtype="float32")
+    output = convert_checkpoint(source, tmp_path / "converted", dtype="float32").output_dir
     assert not list(output.glob("*.py"))  # no remote code travels with it
     config = json.loads((output / "config.json").read_text())
     assert config["model_type"] == "llama" and config["is_causal"] is False and "auto_map" not in config
@@ -90,7 +90,7 @@ def test_convert_save_reload_round_trip(llada_checkpoint, tmp_path):
 
 
 def test_dream_conversion_keeps_bfloat16_and_the_qwen2_tokenizer(dream_checkpoint, tmp_path):
-    output = convert_checkpoint(dream_checkpoint[0], tmp_path / "dream", max_shard_size="10MB")
+    output = convert_checkpoint(dream_checkpoint[0], tmp_path / "dream", max_shard_size="10MB").output_dir
     assert len(list(output.glob("model-*.safetensors"))) > 1 and (output / "model.safetensors.index.json").exists()
     reloaded = AutoModelForCausalLM.from_pretrained(output, dtype="auto")
     assert type(reloaded).__name__ == "Qwen2ForCausalLM" and reloaded.dtype == torch.bfloat16

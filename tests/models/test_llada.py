@@ -75,3 +75,20 @@ def test_bfloat16_load_keeps_the_network(llada_checkpoint):
         logits = model(input_ids=ids).logits.float()
     reference = llada_forward(weights, llada_config(), ids)
     assert (logits - reference).abs().max() < 0.1 * reference.abs().max()
+
+
+def test_llada_8b_has_the_parameter_count_the_readme_quotes():
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    from diff_trainer.models.conversion import Conversion
+
+    config = llada.native_config(llada_config(d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32,
+                                              mlp_hidden_size=12288, max_sequence_length=4096))
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config)
+    # per layer 4 x 4096^2 (attention) + 3 x 4096 x 12288 (SwiGLU) + 2 x 4096 (norms); wte and ff_out 126464 x 4096
+    by_hand = 32 * (4 * 4096**2 + 3 * 4096 * 12288 + 2 * 4096) + 2 * 126464 * 4096 + 4096
+    assert model.num_parameters() == by_hand == 8_015_581_184
+    summary = Conversion("out", "LLaDA", "LlamaForCausalLM", by_hand, torch.bfloat16).summary()
+    assert summary == "out: LLaDA as LlamaForCausalLM, 8.02B parameters, 16.0 GB in bfloat16"

@@ -27,7 +27,7 @@ def workspace(tmp_path_factory, llada_checkpoint):
     root = tmp_path_factory.mktemp("llada_runs")
     for name, rows in (("sft.jsonl", RECORDS), ("pairs.jsonl", PAIRS)):
         (root / name).write_text("".join(json.dumps(row) + "\n" for row in rows))
-    converted = convert_checkpoint(llada_checkpoint[0], root / "converted", dtype="float32")
+    converted = convert_checkpoint(llada_checkpoint[0], root / "converted", dtype="float32").output_dir
     return {"root": root, "released": str(llada_checkpoint[0]), "converted": str(converted)}
 
 
