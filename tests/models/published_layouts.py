@@ -13,6 +13,10 @@ DREAM_VOCAB = 152064
 DREAM_TOKENIZER_SIZE = 151667  # Qwen2's 151643 BPE entries + <|endoftext|> ... <|mask|>
 DREAM_SPECIAL = {"<|endoftext|>": 151643, "<|im_start|>": 151644, "<|im_end|>": 151645,
                  "<|beginoftext|>": 151665, "<|mask|>": 151666}
+# Flags that run the 8B configs (configs/llada_8b_*.yaml) on these tiny checkpoints: CPU, float32, no evaluation.
+ON_CPU = ["--dtype", "float32", "--bf16", "false", "--use_cpu", "true", "--do_eval", "false", "--eval_strategy", "no",
+          "--save_strategy", "no", "--max_steps", "2", "--per_device_train_batch_size", "4",
+          "--gradient_accumulation_steps", "1", "--disable_tqdm", "true"]
 REMOTE_CODE = "raise RuntimeError('remote code of the published checkpoint must not run')\n"
 
 

@@ -2,10 +2,11 @@
 architecture description (Qwen2 block with biased q/k/v, full attention), in float32 to 1e-5."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
-from models.published_layouts import dream_config
+from models.published_layouts import ON_CPU, dream_config
 from models.reference import dream_forward
 
 from diff_trainer.models import dream
@@ -68,3 +69,21 @@ def test_diff_generate_samples_the_released_dream_with_shifted_logits(dream_chec
                    "--output", str(output)])
     settings = json.loads(output.read_text().splitlines()[0])["settings"]
     assert (settings["shift"], settings["mask_token_id"], settings["eos_token_id"]) == (True, 151666, [151643, 151645])
+
+
+def test_the_readme_dream_command_fine_tunes_with_shifted_logits(dream_checkpoint, tmp_path, monkeypatch):
+    import run_clm_diff
+    from transformers import AutoTokenizer
+
+    from diff_trainer.models.conversion import convert_checkpoint
+
+    converted = convert_checkpoint(dream_checkpoint[0], tmp_path / "dream").output_dir
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"text": f"{a}*{b}=<DFF>{a * b}"}) + "\n" for a in range(4) for b in range(3)))
+    monkeypatch.chdir(Path(__file__).parents[2])
+    run_clm_diff.main(["configs/llada_8b_sft.yaml", *ON_CPU, "--model_name_or_path", str(converted), "--shift_logits",
+                       "--train_file", str(data), "--validation_file", str(data), "--block_size", "16",
+                       "--output_dir", str(tmp_path / "out")])
+    assert json.loads((tmp_path / "out" / "trainer_state.json").read_text())["global_step"] == 2
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert tokenizer.convert_tokens_to_ids("<DFF>") == 151667 and tokenizer.mask_token_id == 151666

@@ -9,6 +9,7 @@ import pytest
 import run_clm_diff  # the repository root is on pytest's pythonpath (setup.cfg)
 import run_diffusion_dpo
 import torch
+from models.published_layouts import ON_CPU
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
@@ -35,12 +36,6 @@ def training_flags(output, *extra):
     return ["--output_dir", str(output), "--do_train", "--max_steps", "2", "--per_device_train_batch_size", "4",
             "--learning_rate", "0.01", "--save_strategy", "no", "--report_to", "none", "--use_cpu",
             "--disable_tqdm", "true", "--seed", "0", *extra]
-
-
-# The 8B configs on the tiny model: CPU, float32, no evaluation, a few short rows.
-ON_CPU = ["--dtype", "float32", "--bf16", "false", "--use_cpu", "true", "--do_eval", "false", "--eval_strategy", "no",
-          "--save_strategy", "no", "--max_steps", "2", "--per_device_train_batch_size", "4",
-          "--gradient_accumulation_steps", "1", "--disable_tqdm", "true"]
 
 
 def test_llada_8b_sft_config_trains_lora_by_target_name_with_checkpointing(workspace, monkeypatch):
