@@ -89,7 +89,7 @@ def on_policy_pairs(sft_model: str, data_dir: str, samples: int, seed: int = 0) 
     the rejected one. Prompts the model never gets wrong keep make_arithmetic.py's plausible slip.
     """
     from diff_trainer.cli import eval_arithmetic as evaluation
-    from diff_trainer.cli.generate import load_checkpoint
+    from diff_trainer.cli.generate import open_checkpoint
     from diff_trainer.data.io import read_jsonl, write_jsonl
 
     tag = hashlib.sha1(os.path.abspath(sft_model).encode()).hexdigest()[:8]  # one file per SFT model
@@ -97,7 +97,7 @@ def on_policy_pairs(sft_model: str, data_dir: str, samples: int, seed: int = 0) 
     if os.path.exists(path):
         return path
     train_file = os.path.join(data_dir, "train.jsonl")
-    model, tokenizer, diffusion_config = load_checkpoint(sft_model)
+    model, tokenizer, diffusion_config = open_checkpoint(sft_model)
     problems = evaluation.read_problems(train_file, diffusion_config["dff_token"])
     candidates = [[] for _ in problems]
     for draw in range(samples + 1):
@@ -147,9 +147,9 @@ def train_dpo(sft_model: str, data_dir: str, kind: str, steps: int, eval_every: 
 def exact_match(model_dir: str, test_file: str, max_samples: int):
     """Greedy one-token-per-step diffusion sampling of the test answers, scored by diff-eval-arithmetic."""
     from diff_trainer.cli import eval_arithmetic as evaluation
-    from diff_trainer.cli.generate import load_checkpoint
+    from diff_trainer.cli.generate import open_checkpoint
 
-    model, tokenizer, diffusion_config = load_checkpoint(model_dir)
+    model, tokenizer, diffusion_config = open_checkpoint(model_dir)
     args = evaluation.build_parser().parse_args(["--model", model_dir, "--test_file", test_file, "--gen_length",
                                                  str(GEN_LENGTH), "--batch_size", "50"])
     problems = evaluation.read_problems(test_file, diffusion_config["dff_token"])[:max_samples]

@@ -43,7 +43,8 @@ def held_out_pairs(model_dir: str, data_dir: str, count: int):
     from dpo_arithmetic import BLOCK
     from transformers import AutoTokenizer
 
-    from diff_trainer.data.preference import PreferenceDataArguments, load_preference_data, tokenize_pairs
+    from diff_trainer.arguments import PreferenceDataArguments
+    from diff_trainer.data.preference import load_preference_data, tokenize_pairs
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     args = PreferenceDataArguments(train_file=os.path.join(data_dir, "test_pairs.jsonl"), max_length=BLOCK,
@@ -104,19 +105,21 @@ def variance_table(results: dict) -> str:
 
 def step_times(policy_dir: str, tokenizer, features, batch_size: int, steps: int) -> list[list]:
     """Median seconds of a full DPO step vs. its parts, with a frozen reference and with precomputed scores."""
-    from datasets import Dataset
-    from transformers import TrainingArguments
-
-    from diff_trainer.dpo import DiffusionDPOTrainer, DPOArguments
+    from datasets import Dataset, DatasetDict
+    from diff_trainer.arguments import DPOTrainingArguments
+    from diff_trainer.dpo import DiffusionDPOTrainer, precompute_reference_scores
 
     data = Dataset.from_list(features[:batch_size])
     rows = []
     for name, precompute in (("frozen reference copy", False), ("precomputed reference scores", True)):
-        args = TrainingArguments(output_dir=os.path.join("/tmp", "dpo_step_times"), use_cpu=True, report_to="none",
-                                 per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
-                                 learning_rate=1e-4, save_strategy="no")
-        trainer = DiffusionDPOTrainer(load(policy_dir), args=args, processing_class=tokenizer, train_dataset=data,
-                                      dpo_args=DPOArguments(mc_samples=8, precompute_ref_scores=precompute))
+        args = DPOTrainingArguments(output_dir=os.path.join("/tmp", "dpo_step_times"), use_cpu=True,
+                                    report_to="none", per_device_train_batch_size=batch_size,
+                                    per_device_eval_batch_size=batch_size, learning_rate=1e-4, save_strategy="no",
+                                    mc_samples=8, precompute_ref_scores=precompute)
+        policy = load(policy_dir)
+        if precompute:
+            data = precompute_reference_scores(DatasetDict({"train": data}), policy, tokenizer, args)["train"]
+        trainer = DiffusionDPOTrainer(policy, args=args, processing_class=tokenizer, train_dataset=data)
         model = trainer.model.train()
         optimizer = trainer.create_optimizer()
         trainer.current_gradient_accumulation_steps = 1

@@ -66,9 +66,9 @@ def prepare_models(threads: int | None) -> dict[str, float]:
 def run_rows(models: dict[str, str], test_file: str, max_samples: int | None, batch_size: int) -> list[dict]:
     """Evaluate every row of ROWS; the first batch of each row is run once before timing (warm-up)."""
     from diff_trainer.cli import eval_arithmetic as evaluation
-    from diff_trainer.cli.generate import load_checkpoint
+    from diff_trainer.cli.generate import open_checkpoint
 
-    loaded = {name: load_checkpoint(path) for name, path in models.items()}
+    loaded = {name: open_checkpoint(path) for name, path in models.items()}
     results = []
     for name, which, flags in ROWS:
         model, tokenizer, diffusion_config = loaded[which]

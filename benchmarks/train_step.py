@@ -23,13 +23,14 @@ import time
 import torch
 from common import (DEMO_DIFFUSION_CONFIG, REPO_ROOT, load_average, machine_summary, markdown_table, median, quiet,
                     read_config)
-from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
+from transformers import Trainer, default_data_collator, set_seed
 
-from diff_trainer.arguments import DataArguments, DiffusionArguments, ModelArguments
+from diff_trainer.arguments import DataArguments, DiffusionTrainingArguments, ModelArguments
 from diff_trainer.data.loading import load_raw_datasets
 from diff_trainer.data.pipeline import Preprocessor
-from diff_trainer.modeling import add_special_tokens, load_model, load_tokenizer
-from diff_trainer.trainer import build_diffusion_trainer
+from diff_trainer.modeling import add_special_tokens, load_model, load_tokenizer, prepare_model
+from diff_trainer.noising import seeded_generator
+from diff_trainer.trainer import DiffusionTrainer
 
 PHASES = ("collate", "transformer body", "LM head + loss", "backward", "optimizer")
 
@@ -91,7 +92,7 @@ def training_rows(tokenizer, batch_size: int, block_size: int, train_file: str):
     data_args = DataArguments(train_file=train_file, block_size=block_size, concatenate_texts=True,
                               validation_split_percentage=0)
     raw = load_raw_datasets(data_args)
-    rows = Preprocessor(tokenizer, data_args, dff_token="<DFF>").run(raw)["train"]
+    rows = Preprocessor(tokenizer, data_args).run(raw)[0]["train"]
     return [rows[i] for i in range(batch_size)]
 
 
@@ -100,25 +101,30 @@ def build_steps(args, output_dir: str) -> tuple[TimedStep, TimedStep]:
     model_args = ModelArguments(tokenizer_name="byte", model_type="llama", config_overrides=config["config_overrides"])
     tokenizer = load_tokenizer(model_args)
     # the mask token is added for both, so the two models have the same vocabulary and size
-    new_token_ids = add_special_tokens(tokenizer, model_args.dff_token, model_args.mask_token)
+    new_token_ids = add_special_tokens(tokenizer, "<DFF>", model_args.mask_token)
     features = training_rows(tokenizer, args.batch_size, args.block_size,
                              os.path.join(REPO_ROOT, config["train_file"]))
 
-    def training_arguments():
-        return TrainingArguments(output_dir=output_dir, per_device_train_batch_size=args.batch_size,
-                                 learning_rate=config["learning_rate"], weight_decay=config["weight_decay"],
-                                 use_cpu=True, report_to="none", seed=0, do_train=True)
+    def training_arguments(**diffusion):
+        return DiffusionTrainingArguments(output_dir=output_dir, per_device_train_batch_size=args.batch_size,
+                                          learning_rate=config["learning_rate"], weight_decay=config["weight_decay"],
+                                          use_cpu=True, report_to="none", seed=0, do_train=True, **diffusion)
 
     set_seed(0)
     clm_model = load_model(model_args, tokenizer)
     set_seed(0)
-    diffusion_model = load_model(model_args, tokenizer)
+    diffusion_args = training_arguments(train_diff_model=True, loss_normalization="llada_pretrain")
+    diffusion_model = prepare_model(model_args, tokenizer, "diffusion", new_token_ids=new_token_ids,
+                                    diffusion_settings={**diffusion_args.diffusion_settings(), "dff_token": "<DFF>"})
     clm = Trainer(model=clm_model, args=training_arguments(), data_collator=default_data_collator,
                   processing_class=tokenizer)
-    diffusion = build_diffusion_trainer(diffusion_model, tokenizer, DiffusionArguments(train_diff_model=True),
-                                        model_args, training_arguments(), None, None, new_token_ids, packed=True)
+    diffusion = DiffusionTrainer(diffusion_model, diffusion_args, processing_class=tokenizer)
+
+    def noised(rows):  # the clean batch and the forward process, as DiffusionTrainer.get_batch_samples does
+        return diffusion.train_noiser(default_data_collator(rows), seeded_generator(0, 0, 0, 0))
+
     return (TimedStep("causal LM (Trainer)", clm, default_data_collator, features),
-            TimedStep("masked diffusion (DiffusionTrainer)", diffusion, diffusion.data_collator, features))
+            TimedStep("masked diffusion (DiffusionTrainer)", diffusion, noised, features))
 
 
 def parse_args():

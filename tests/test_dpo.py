@@ -8,18 +8,19 @@ import pytest
 import torch
 from conftest import make_byte_tokenizer, make_tiny_llama
 from datasets import Dataset, DatasetDict
-from transformers import TrainerControl, TrainerState, TrainingArguments
+from transformers import TrainerControl, TrainerState
 
-from diff_trainer.arguments import ModelArguments
-from diff_trainer.data.preference import PreferenceCollator, PreferenceDataArguments, tokenize_pairs
+from diff_trainer.arguments import DPOTrainingArguments, ModelArguments
+from diff_trainer.arguments import PreferenceDataArguments
+from diff_trainer.data.preference import PreferenceCollator, tokenize_pairs
 from diff_trainer.diffusion.losses import diffusion_loss_sum, masked_token_losses, row_scales
 from diff_trainer.dpo import (
     METRIC_NAMES,
     DiffusionDPOTrainer,
-    DPOArguments,
     MaskEpochCallback,
     elbo_samples,
     model_logits,
+    precompute_reference_scores,
     preference_losses,
     sft_losses,
 )
@@ -47,15 +48,19 @@ def pairs(tokenizer):
     return tokenize_pairs(DatasetDict({"train": Dataset.from_list(RECORDS)}), tokenizer, args, seed=5)["train"]
 
 
-def make_trainer(tmp_path, tokenizer, pairs, model=None, ref_model=None, eval_dataset=None, **dpo):
-    dpo.setdefault("mc_samples", 4)
-    dpo.setdefault("sft_weight", 0.0)
-    training = {key: dpo.pop(key) for key in list(dpo) if key not in DPOArguments.__dataclass_fields__}
-    args = TrainingArguments(**{"output_dir": str(tmp_path), "use_cpu": True, "report_to": "none",
-                                "per_device_train_batch_size": 4, "per_device_eval_batch_size": 8,
-                                "max_steps": 1, "save_strategy": "no", "learning_rate": 1e-3, **training})
-    return DiffusionDPOTrainer(model if model is not None else diffusion_llama(tokenizer), ref_model, args=args,
-                               dpo_args=DPOArguments(**dpo), train_dataset=pairs, eval_dataset=eval_dataset,
+def make_trainer(tmp_path, tokenizer, pairs, model=None, ref_model=None, eval_dataset=None, **settings):
+    """A trainer on `pairs`; with precompute_ref_scores the pairs are scored first, by ref_model or the policy."""
+    settings = {"mc_samples": 4, "sft_weight": 0.0, "output_dir": str(tmp_path), "use_cpu": True, "report_to": "none",
+                "per_device_train_batch_size": 4, "per_device_eval_batch_size": 8, "max_steps": 1,
+                "save_strategy": "no", "learning_rate": 1e-3, **settings}
+    args = DPOTrainingArguments(**settings)
+    model = model if model is not None else diffusion_llama(tokenizer)
+    if args.precompute_ref_scores:
+        splits = {"train": pairs, **({"validation": eval_dataset} if eval_dataset is not None else {})}
+        scored = precompute_reference_scores(DatasetDict(splits), ref_model if ref_model is not None else model,
+                                             tokenizer, args)
+        pairs, eval_dataset = scored["train"], scored.get("validation")
+    return DiffusionDPOTrainer(model, ref_model, args=args, train_dataset=pairs, eval_dataset=eval_dataset,
                                processing_class=tokenizer)
 
 
@@ -254,8 +259,15 @@ def test_untokenised_pairs_are_refused(tmp_path, tokenizer):
         make_trainer(tmp_path, tokenizer, Dataset.from_list(RECORDS))
 
 
-def test_argument_checks():
+def test_argument_checks(tmp_path):
     with pytest.raises(ValueError, match="--mc_samples"):
-        DPOArguments(mc_samples=0)
+        DPOTrainingArguments(output_dir=str(tmp_path), mc_samples=0)
     with pytest.raises(ValueError, match="--beta"):
-        DPOArguments(beta=0)
+        DPOTrainingArguments(output_dir=str(tmp_path), beta=0)
+
+
+def test_precomputing_is_asked_for_explicitly(tmp_path, tokenizer, pairs):
+    args = DPOTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", mc_samples=2,
+                                precompute_ref_scores=True)
+    with pytest.raises(ValueError, match="precompute_reference_scores"):
+        DiffusionDPOTrainer(diffusion_llama(tokenizer), args=args, train_dataset=pairs, processing_class=tokenizer)

@@ -44,7 +44,7 @@ def model_args(**overrides):
     settings = dict(
         model_name_or_path=None, model_type="llama", config_overrides=OVERRIDES["llama"], config_name=None,
         tokenizer_name="byte", dtype="float32", dropout=None, attn_implementation="sdpa", trust_remote_code=False,
-        dff_token=DFF, mask_token=MASK, use_lora=False, lora_r=4, lora_alpha=8, lora_dropout=0.0,
+        masked_lm=False, mask_token=MASK, use_lora=False, lora_r=4, lora_alpha=8, lora_dropout=0.0,
         lora_target_modules=["all-linear"],
     )
     settings.update(overrides)
@@ -53,8 +53,8 @@ def model_args(**overrides):
 
 def tiny_model(tokenizer, family, seed=0, **overrides):
     torch.manual_seed(seed)
-    args = model_args(model_type=family, config_overrides=OVERRIDES[family], **overrides)
-    return load_model(args, tokenizer, masked_lm=family in ENCODERS).eval()
+    args = model_args(model_type=family, config_overrides=OVERRIDES[family], masked_lm=family in ENCODERS, **overrides)
+    return load_model(args, tokenizer).eval()
 
 
 @pytest.fixture
@@ -296,7 +296,7 @@ def test_diffusion_config_survives_save_and_reload(tmp_path, tokenizer):
     assert reloaded.config.is_causal is False and attends_to_future(reloaded)
     assert read_diffusion_config(reloaded.config) == {
         "objective": "masked_diffusion", "mask_token_id": 385, "shift_logits": True,
-        "noise_schedule": "cosine", "time_eps": 1e-3, "dff_token": DFF,
+        "noise_schedule": "cosine", "time_eps": 1e-3, "dff_token": DFF, "auto_class": "AutoModelForCausalLM",
     }
     ids = torch.tensor([[72, 384, 385, 385]])
     with torch.no_grad():

@@ -44,9 +44,9 @@ def captured_rows(monkeypatch):
     original = Preprocessor.run
 
     def spy(self, raw):
-        final = original(self, raw)
+        final, layout = original(self, raw)
         outputs.append(final)
-        return final
+        return final, layout
 
     monkeypatch.setattr(Preprocessor, "run", spy)
     return outputs

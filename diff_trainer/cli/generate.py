@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from diff_trainer.data.pipeline import bos_prefix
 from diff_trainer.render import TokenPieces, render_text
 from diff_trainer.sampling import CONFIDENCE_STRATEGIES, EOS_HANDLING, SamplerConfig, context_length, generate
 
@@ -49,6 +50,8 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--append_dff", action="store_true",
                         help="append the checkpoint's <DFF> token to each prompt (SFT / diff models)")
+    parser.add_argument("--merge_lora", action="store_true",
+                        help="for an adapter-only LoRA checkpoint: merge the adapters into the base weights")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -64,18 +67,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_checkpoint(path: str):
-    """(model in eval mode, tokenizer, diffusion_config dict or None) from a checkpoint directory."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def open_checkpoint(path: str, *, merge_lora: bool = False):
+    """(model in eval mode, tokenizer, diffusion_config dict or None) of a checkpoint (modeling.load_checkpoint)."""
+    from diff_trainer.modeling import load_checkpoint, read_diffusion_config
 
-    from diff_trainer.modeling import read_diffusion_config
-    from diff_trainer.models.conversion import find_loader
-
-    published = find_loader(path)  # LLaDA / Dream in their released layout
-    if published is not None:
-        model, tokenizer = published.load(path), published.load_tokenizer(path)
-    else:
-        model, tokenizer = AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
+    try:
+        model, tokenizer = load_checkpoint(path, merge_lora=merge_lora)
+    except FileNotFoundError as error:
+        raise SystemExit(f"error: {error}") from None
     return model, tokenizer, read_diffusion_config(model.config)
 
 
@@ -88,10 +87,9 @@ def read_prompts(path: str) -> list[str]:
 
 
 def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
-    """Token ids as in training: no special tokens, BOS first when it is distinct from EOS."""
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id not in (None, tokenizer.eos_token_id) else None
-    ids = [tokenizer.encode(prompt, add_special_tokens=False) for prompt in prompts]
-    return [[bos] + row for row in ids] if bos is not None else ids
+    """Token ids as in training: no special tokens, `bos_prefix` first."""
+    bos = bos_prefix(tokenizer)
+    return [bos + tokenizer.encode(prompt, add_special_tokens=False) for prompt in prompts]
 
 
 def sampler_config(args, diffusion_config: dict, tokenizer) -> SamplerConfig:
@@ -194,7 +192,7 @@ def checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, to
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    model, tokenizer, diffusion_config = load_checkpoint(args.model)
+    model, tokenizer, diffusion_config = open_checkpoint(args.model, merge_lora=args.merge_lora)
     prompts = args.prompt if args.prompt is not None else read_prompts(args.prompt_file)
     if not prompts:
         parser.error("no prompts given.")

@@ -23,7 +23,7 @@ import contextlib
 import logging
 import os
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
@@ -32,6 +32,7 @@ from datasets import Dataset, DatasetDict
 
 from ..diffusion.forward import mask_exact_count, stratified_mask_counts
 from .loading import DataError, is_json_lines, load_files, load_saved, open_text
+from .pipeline import bos_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -40,82 +41,6 @@ REFERENCE_COLUMNS = ("ref_chosen_score", "ref_rejected_score")
 INVALID_PAIR_MODES = ("skip", "error")
 RESPONSE_PADDINGS = ("eos", "ignore")
 REPORTED_LOCATIONS = 5
-
-
-@dataclass
-class PreferenceDataArguments:
-    """Where the preference pairs come from and how they become token rows."""
-
-    dataset_name: Optional[str] = field(
-        default=None,
-        metadata={"help": "Hub dataset name, or with --load_from_disk a directory written by save_to_disk."},
-    )
-    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    train_file: Optional[str] = field(
-        default=None, metadata={"help": "Training pairs: .jsonl, .jsonl.zst, .jsonl.gz or .json (a list of records)."}
-    )
-    validation_file: Optional[str] = field(default=None, metadata={"help": "Validation pairs (same formats)."})
-    load_from_disk: bool = field(
-        default=False,
-        metadata={"help": "Treat --dataset_name as a save_to_disk directory: raw pairs, or tokenised pairs saved "
-                          "with --save_final_dataset (then tokenising is skipped)."},
-    )
-    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompt."})
-    chosen_column: str = field(default="chosen", metadata={"help": "Column holding the preferred response."})
-    rejected_column: str = field(default="rejected", metadata={"help": "Column holding the dispreferred response."})
-    prompt_suffix: str = field(
-        default="",
-        metadata={"help": "Text appended to every prompt, e.g. '<DFF>' for a checkpoint trained on prompt<DFF>answer."},
-    )
-    validation_split_percentage: float = field(
-        default=0, metadata={"help": "Percent of the train pairs held out for validation when there is no validation "
-                                     "split (0 = none)."}
-    )
-    max_train_samples: Optional[int] = field(
-        default=None, metadata={"help": "Keep only the first N valid train pairs."}
-    )
-    max_eval_samples: Optional[int] = field(
-        default=None, metadata={"help": "Keep only the first N valid eval pairs."}
-    )
-    max_length: int = field(default=512, metadata={"help": "Longest prompt + response + EOS, in tokens."})
-    max_prompt_length: Optional[int] = field(
-        default=None, metadata={"help": "Longer prompts keep their last max_prompt_length tokens (None: no limit)."}
-    )
-    response_padding: str = field(
-        default="eos",
-        metadata={"help": "eos: fill responses with trained EOS up to max_length (LLaDA SFT, the model learns to stop; "
-                          "the EOS are scored); ignore: pad per batch with unattended, unscored padding."},
-    )
-    invalid_pairs: str = field(
-        default="skip",
-        metadata={"help": "Records with a missing key, an empty response or chosen == rejected: skip (counted and "
-                          "logged with file and line) or error."},
-    )
-    preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "Processes for tokenising."})
-    save_final_dataset: Optional[str] = field(
-        default=None,
-        metadata={"help": "Save the tokenised pairs (with reference scores when precomputed) to this directory for "
-                          "reuse with --load_from_disk.", "nargs": "?", "const": "final_dataset"},
-    )
-    overwrite_final_dataset: bool = field(
-        default=False, metadata={"help": "Allow --save_final_dataset to replace an existing directory."}
-    )
-
-    def __post_init__(self):
-        if self.invalid_pairs not in INVALID_PAIR_MODES:
-            raise ValueError(f"--invalid_pairs must be one of {INVALID_PAIR_MODES}, got {self.invalid_pairs!r}")
-        if self.response_padding not in RESPONSE_PADDINGS:
-            raise ValueError(f"--response_padding must be one of {RESPONSE_PADDINGS}, got {self.response_padding!r}")
-        if self.max_length < 2:
-            raise ValueError(f"--max_length must be at least 2 (a response token and EOS), got {self.max_length}")
-        if self.max_prompt_length is not None and not 0 < self.max_prompt_length < self.max_length:
-            raise ValueError(f"--max_prompt_length must be in [1, max_length), got {self.max_prompt_length}")
-        if self.load_from_disk and not self.dataset_name:
-            raise ValueError("--load_from_disk needs --dataset_name pointing at a save_to_disk directory.")
-
-    @property
-    def columns(self) -> tuple[str, str, str]:
-        return self.prompt_column, self.chosen_column, self.rejected_column
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -261,7 +186,7 @@ def tokenize_pairs_function(tokenizer, data_args):
     """Batched map: prompt/chosen/rejected text -> `prompt_ids`, `chosen_ids`, `rejected_ids` and a `fits` flag."""
     prompt_column, chosen_column, rejected_column = data_args.columns
     eos = tokenizer.eos_token_id
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id not in (None, eos) else []
+    bos = bos_prefix(tokenizer)
     max_length, max_prompt = data_args.max_length, data_args.max_prompt_length
     pad_with_eos = data_args.response_padding == "eos"
 

@@ -20,7 +20,6 @@ from types import ModuleType
 
 import torch
 
-from ..modeling import write_diffusion_config
 from . import dream, llada
 
 logger = logging.getLogger(__name__)
@@ -54,11 +53,12 @@ class CheckpointLoader:
         return raw is not None and raw.get("model_type") in self.family.MODEL_TYPES
 
     def load(self, path, *, dtype=torch.float32, device=None, attn_implementation=None,
-             trust_remote_code: bool = False):
+             trust_remote_code: bool = False, merge_lora: bool = False):
         """The checkpoint as a native bidirectional model in eval mode.
 
-        `dtype`: a torch dtype, a name ("bfloat16"), or "auto"/None for the stored one. `trust_remote_code` is
-        accepted for the common loader signature and not needed: no code from the checkpoint is run.
+        `dtype`: a torch dtype, a name ("bfloat16"), or "auto"/None for the stored one. `trust_remote_code` and
+        `merge_lora` belong to the common loader signature (modeling.CHECKPOINT_LOADERS) and change nothing here:
+        no code from the checkpoint is run, and a released checkpoint has no adapter to merge.
         """
         from accelerate import init_empty_weights
         from transformers import AutoModelForCausalLM
@@ -79,6 +79,8 @@ class CheckpointLoader:
 
     def config(self, path):
         """The native config (Llama / Qwen2) with full attention and the `diffusion_config` of this layout."""
+        from ..modeling import write_diffusion_config  # modeling registers these loaders: import it late
+
         directory = local_directory(path)
         raw = _read_json(directory / CONFIG_FILE)
         config = self.family.native_config(raw)

@@ -28,10 +28,10 @@ def dataset(columns, validation=None):
 
 
 def preprocess(raw, tokenizer=None, dff_mode="auto", **data_kwargs):
+    """The final rows and the layout the preprocessor reports for them."""
     data_kwargs.setdefault("block_size", 8)
-    preprocessor = Preprocessor(tokenizer or make_byte_tokenizer(), DataArguments(**data_kwargs),
-                                dff_token="<DFF>", dff_mode=dff_mode)
-    return preprocessor.run(raw), preprocessor
+    preprocessor = Preprocessor(tokenizer or make_byte_tokenizer(), DataArguments(dff_labels=dff_mode, **data_kwargs))
+    return preprocessor.run(raw)
 
 
 def test_left_padded_row_shape():
@@ -58,27 +58,27 @@ def test_validation_split_gets_the_same_treatment():
 
 def test_sample_of_block_size_minus_one_fits_with_its_eos():
     text = "abcd<DFF>ef"  # 7 tokens, block_size 8
-    final, preprocessor = preprocess(dataset({"text": [text]}))
+    final, layout = preprocess(dataset({"text": [text]}))
     assert final["train"][0]["attention_mask"] == [1] * 8
     assert final["train"][0]["input_ids"][-1] == EOS
-    assert not preprocessor.concatenate
+    assert layout.packing == "left"
 
 
 def test_sample_of_block_size_is_dropped_with_ignore_long_samples(caplog):
     long, short = "abcde<DFF>ef", "a<DFF>b"  # 8 tokens (too long for block 8) and 3 tokens
     with caplog.at_level(logging.WARNING):
-        final, preprocessor = preprocess(dataset({"text": [long, short]}), ignore_long_samples=True)
+        final, layout = preprocess(dataset({"text": [long, short]}), ignore_long_samples=True)
     assert len(final["train"]) == 1
     assert final["train"][0]["input_ids"][-4:] == byte_ids("a") + [DFF] + byte_ids("b") + [EOS]
-    assert not preprocessor.concatenate
+    assert layout.packing == "left"
     assert "dropped 1 samples with length >= block_size 8" in caplog.text
 
 
 def test_sample_of_block_size_forces_packing_with_a_warning(caplog):
     long, short = "abcde<DFF>ef", "a<DFF>b"
     with caplog.at_level(logging.WARNING):
-        final, preprocessor = preprocess(dataset({"text": [long, short]}))
-    assert preprocessor.concatenate
+        final, layout = preprocess(dataset({"text": [long, short]}))
+    assert layout.packing == "packed"
     assert "--concatenate_texts" in caplog.text and "--ignore_long_samples" in caplog.text
     # 8 + 1 + 3 + 1 = 13 tokens -> one full row, the remainder of 5 is dropped
     assert final["train"]["input_ids"] == [byte_ids("abcde") + [DFF] + byte_ids("ef")]
@@ -97,23 +97,23 @@ def test_concatenation_drops_remainder_and_rows_without_trained_tokens(caplog):
 
 
 def test_dff_auto_without_marker_trains_every_token():
-    final, preprocessor = preprocess(dataset({"text": ["abc"]}))
-    assert preprocessor.use_dff is False
+    final, layout = preprocess(dataset({"text": ["abc"]}))
+    assert layout.marker is None
     assert final["train"][0]["labels"] == [I] * 4 + byte_ids("abc") + [EOS]
 
 
 def test_dff_auto_with_a_marker_drops_samples_without_it(caplog):
     with caplog.at_level(logging.WARNING):
-        final, preprocessor = preprocess(dataset({"text": ["abc", "a<DFF>b"]}))
-    assert preprocessor.use_dff is True
+        final, layout = preprocess(dataset({"text": ["abc", "a<DFF>b"]}))
+    assert layout.marker == "<DFF>"
     assert len(final["train"]) == 1
     assert final["train"][0]["labels"][-3:] == [DFF] + byte_ids("b") + [EOS]
     assert "dropped 1 of 2 samples without <DFF>" in caplog.text and "'abc'" in caplog.text
 
 
 def test_dff_off_trains_the_context_too():
-    final, preprocessor = preprocess(dataset({"text": ["a<DFF>b"]}), dff_mode="off")
-    assert preprocessor.use_dff is False
+    final, layout = preprocess(dataset({"text": ["a<DFF>b"]}), dff_mode="off")
+    assert layout.marker is None
     assert final["train"][0]["labels"] == [I] * 4 + byte_ids("a") + [DFF] + byte_ids("b") + [EOS]
 
 
@@ -129,8 +129,8 @@ def test_every_sample_too_long_is_an_empty_dataset_error():
 
 def test_multi_token_marker_without_dff_special_token():
     tokenizer = make_byte_tokenizer(dff=False)
-    final, preprocessor = preprocess(dataset({"text": ["ab<DFF>c"]}), tokenizer=tokenizer, block_size=12)
-    assert preprocessor.use_dff is True
+    final, layout = preprocess(dataset({"text": ["ab<DFF>c"]}), tokenizer=tokenizer, block_size=12)
+    assert layout.marker == "<DFF>"
     marker = byte_ids("<DFF>")
     assert final["train"][0]["labels"] == [I] * 5 + marker + byte_ids("c") + [EOS]
 
@@ -170,8 +170,12 @@ def test_unknown_prompt_column_is_named():
 
 def test_skip_concat_rejects_rows_of_the_wrong_length():
     rows = dataset({"input_ids": [[5, 6, 7]], "labels": [[5, 6, 7]], "attention_mask": [[1, 1, 1]]})
-    with pytest.raises(DataError, match="expected block_size 8"):
+    with pytest.raises(DataError, match="saved rows have block_size 3, not --block_size 8"):
         preprocess(rows, skip_concat=True)
+    uneven = dataset({"input_ids": [[5, 6, 7], [5, 6]], "labels": [[5, 6, 7], [5, 6]],
+                      "attention_mask": [[1, 1, 1], [1, 1]]})
+    with pytest.raises(DataError, match="row 1 has 2 input_ids, expected block_size 3"):
+        preprocess(uneven, skip_concat=True, block_size=None)
 
 
 def test_skip_concat_rejects_rows_without_trained_labels():

@@ -9,10 +9,10 @@ from conftest import make_byte_tokenizer
 from datasets import Dataset, DatasetDict
 
 from diff_trainer.data.io import write_jsonl
+from diff_trainer.arguments import PreferenceDataArguments
 from diff_trainer.data.loading import DataError
 from diff_trainer.data.preference import (
     PreferenceCollator,
-    PreferenceDataArguments,
     is_tokenised,
     load_preference_data,
     noise_seed,

@@ -16,7 +16,7 @@ BLOCK = 16
 
 def final_rows(tokenizer, raw, **data_kwargs):
     args = DataArguments(block_size=BLOCK, **data_kwargs)
-    return Preprocessor(tokenizer, args, dff_token="<DFF>").run(raw)
+    return Preprocessor(tokenizer, args).run(raw)[0]
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def test_save_then_reload_with_skip_concat_gives_identical_rows(tmp_path, final)
     assert save_final_dataset(final, str(target)) == str(target)
     args = DataArguments(dataset_name=str(target), load_from_disk=True, skip_concat=True, block_size=BLOCK)
     raw = load_raw_datasets(args, cache_dir=str(tmp_path / "cache"))
-    reloaded = Preprocessor(make_byte_tokenizer(), args, dff_token="<DFF>").run(raw)
+    reloaded, _ = Preprocessor(make_byte_tokenizer(), args).run(raw)
     assert list(reloaded) == ["train", "validation"]
     for name in final:
         assert reloaded[name].to_list() == final[name].to_list()

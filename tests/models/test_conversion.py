@@ -77,7 +77,8 @@ def test_convert_save_reload_round_trip(llada_checkpoint, tmp_path):
     assert config["model_type"] == "llama" and config["is_causal"] is False and "auto_map" not in config
     assert config["diffusion_config"] == {"objective": "masked_diffusion", "mask_token_id": 126336,
                                           "shift_logits": False, "noise_schedule": "linear", "time_eps": 0.001,
-                                          "dff_token": None, "eos_token_ids": [126081, 126348]}
+                                          "dff_token": None, "auto_class": "AutoModelForCausalLM",
+                                          "eos_token_ids": [126081, 126348]}
     reloaded = AutoModelForCausalLM.from_pretrained(output)
     assert type(reloaded).__name__ == "LlamaForCausalLM"
     torch.testing.assert_close(logits(reloaded), logits(loaded), atol=0, rtol=0)

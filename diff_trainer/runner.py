@@ -33,11 +33,19 @@ def last_checkpoint(output_dir: str) -> Optional[str]:
     return found
 
 
-def train_and_evaluate(trainer, training_args, *, resume: bool, evaluate: bool,
+def nothing_to_run(training_args, done: str) -> bool:
+    """True (and says so, naming what was done) when neither --do_train nor --do_eval is given."""
+    if training_args.do_train or training_args.do_eval:
+        return False
+    logging.getLogger(__name__).info("Neither --do_train nor --do_eval: %s, done.", done)
+    return True
+
+
+def train_and_evaluate(trainer, training_args, *, evaluate: bool,
                        add_eval_metrics: Optional[Callable[[dict], dict]] = None) -> None:
     """--do_train (resuming from output_dir's last checkpoint with --resume), save; then --do_eval, log, save."""
     if training_args.do_train:
-        checkpoint = (last_checkpoint(training_args.output_dir) if resume else None) or \
+        checkpoint = (last_checkpoint(training_args.output_dir) if training_args.resume else None) or \
             training_args.resume_from_checkpoint
         result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()
