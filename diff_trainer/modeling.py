@@ -150,7 +150,10 @@ def load_model(model_args, tokenizer):
     Embeddings grow to fit `tokenizer`, and the config's pad/eos ids are the tokenizer's.
     """
     published = released_layout_loader(model_args.model_name_or_path)
-    config = _build_config(model_args, tokenizer) if published is None else published.config(model_args.model_name_or_path)
+    if published is None:
+        config = _build_config(model_args, tokenizer)
+    else:
+        config = published.config(model_args.model_name_or_path)
     auto_class = AUTO_CLASSES[auto_class_name(config, model_args.masked_lm)]
     options = {"trust_remote_code": model_args.trust_remote_code, "dtype": _torch_dtype(model_args.dtype)}
     if model_args.attn_implementation:

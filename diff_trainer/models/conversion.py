@@ -10,7 +10,6 @@ No code from the checkpoint is run. `convert_checkpoint` writes the converted mo
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -21,8 +20,6 @@ from types import ModuleType
 import torch
 
 from . import dream, llada
-
-logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 # Weight files in the order they are looked for; an index names the shards.

@@ -74,7 +74,8 @@ def llada_weights(config: dict, seed: int = 0) -> dict:
     for layer in range(config["n_layers"]):
         prefix = f"model.transformer.blocks.{layer}."
         weights.update({
-            prefix + "attn_norm.weight": 1 + 0.2 * rand(d, scale=1.0), prefix + "ff_norm.weight": 1 + 0.2 * rand(d, scale=1.0),
+            prefix + "attn_norm.weight": 1 + 0.2 * rand(d, scale=1.0),
+            prefix + "ff_norm.weight": 1 + 0.2 * rand(d, scale=1.0),
             prefix + "q_proj.weight": rand(d, d), prefix + "k_proj.weight": rand(kv, d),
             prefix + "v_proj.weight": rand(kv, d), prefix + "attn_out.weight": rand(d, d),
             prefix + "ff_proj.weight": rand(hidden, d), prefix + "up_proj.weight": rand(hidden, d),

@@ -18,7 +18,8 @@ def test_every_released_name_maps_to_its_llama_parameter():
              "v_proj": "self_attn.v_proj", "attn_out": "self_attn.o_proj", "ff_norm": "post_attention_layernorm",
              "ff_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj", "ff_out": "mlp.down_proj"}
     for ours, theirs in block.items():
-        assert llada.native_weight_name(f"model.transformer.blocks.17.{ours}.weight") == f"model.layers.17.{theirs}.weight"
+        expected = f"model.layers.17.{theirs}.weight"
+        assert llada.native_weight_name(f"model.transformer.blocks.17.{ours}.weight") == expected
     for unknown in ("model.transformer.blocks.0.att_proj.weight", "model.transformer.wpe.weight", "lm_head.weight"):
         with pytest.raises(ValueError, match="llama block"):
             llada.native_weight_name(unknown)
