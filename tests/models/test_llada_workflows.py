@@ -57,14 +57,17 @@ def test_llada_8b_sft_config_trains_lora_by_target_name_with_checkpointing(works
     assert tokenizer.convert_tokens_to_ids("<DFF>") == 126349  # next free id, inside the 126464 rows: no resize
 
 
-def test_sft_from_the_released_layout_keeps_mask_and_stop_ids(workspace, monkeypatch):
+def test_bf16_sft_from_the_released_layout_keeps_mask_and_stop_ids(workspace, monkeypatch):
     monkeypatch.chdir(ROOT)
     output = workspace["root"] / "sft_full"
     run_clm_diff.main(training_flags(
         output, "--model_name_or_path", workspace["released"], "--train_file", str(workspace["root"] / "sft.jsonl"),
-        "--train_diff_model", "--block_size", "16", "--padding_side", "right", "--validation_split_percentage", "0"))
+        "--train_diff_model", "--block_size", "16", "--padding_side", "right", "--validation_split_percentage", "0",
+        "--dtype", "bfloat16", "--bf16", "true"))
+    state = json.loads((output / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and math.isfinite(state["log_history"][-1]["train_loss"])
     config = json.loads((output / "config.json").read_text())
-    assert config["model_type"] == "llama" and config["vocab_size"] == 126464
+    assert config["model_type"] == "llama" and config["vocab_size"] == 126464 and config["dtype"] == "bfloat16"
     assert config["diffusion_config"] | {"dff_token": None} == {
         "objective": "masked_diffusion", "mask_token_id": 126336, "shift_logits": False, "noise_schedule": "linear",
         "time_eps": 0.001, "dff_token": None, "auto_class": "AutoModelForCausalLM", "eos_token_ids": [126081, 126348]}
