@@ -2,6 +2,9 @@
 """Training-step speed: causal LM vs. masked diffusion with the same model, batch, optimizer and threads.
 
     python benchmarks/train_step.py [--steps 40] [--warmup 5] [--threads 2] [--batch_size 8] [--block_size 256]
+    python benchmarks/train_step.py --quick      # 10 measured steps after 2 warm-up steps
+
+The tables also go to benchmarks/results/train_step[_quick].md.
 
 Both objectives start from identical weights of the demo configs' Llama (fp32) and train on the same packed rows of
 the bundled corpus, each step collating them afresh. The causal LM runs `Trainer.training_step` (HF's shifted loss
@@ -22,7 +25,7 @@ import time
 
 import torch
 from common import (DEMO_DIFFUSION_CONFIG, REPO_ROOT, load_average, machine_summary, markdown_table, median, quiet,
-                    read_config)
+                    read_config, results_file)
 from transformers import Trainer, default_data_collator, set_seed
 
 from diff_trainer.arguments import DataArguments, DiffusionTrainingArguments, ModelArguments
@@ -134,13 +137,22 @@ def parse_args():
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (both objectives).")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--block_size", type=int, default=256)
-    return parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="--steps 10 --warmup 2 (a few minutes on a busy CPU)")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.warmup = 10, 2
+    return args
 
 
 def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
     quiet()
+    with results_file("train_step", args.quick):
+        measure(args)
+
+
+def measure(args):
     with tempfile.TemporaryDirectory(prefix="bench_train_step_") as output_dir:
         clm, diffusion = build_steps(args, output_dir)
         parameters = sum(p.numel() for p in clm.model.parameters())

@@ -95,6 +95,9 @@ class DataSourceArguments:
     )
 
     def __post_init__(self):
+        from .data.saving import optional_directory
+
+        self.save_final_dataset = optional_directory(self.save_final_dataset, "final_dataset")  # yaml `true`
         if self.load_from_disk and not self.dataset_name:
             raise ValueError("--load_from_disk needs --dataset_name pointing at a save_to_disk directory.")
 
@@ -169,10 +172,11 @@ class PreferenceDataArguments(DataSourceArguments):
     max_prompt_length: Optional[int] = field(
         default=None, metadata={"help": "Longer prompts keep their last max_prompt_length tokens (None: no limit)."}
     )
-    response_padding: str = field(
-        default="eos",
+    response_padding: Optional[str] = field(
+        default=None,
         metadata={"help": "eos: fill responses with trained EOS up to max_length (LLaDA SFT, the model learns to stop; "
-                          "the EOS are scored); ignore: pad per batch with unattended, unscored padding."},
+                          "the EOS are scored); ignore: pad per batch with unattended, unscored padding. Default: eos "
+                          "for a checkpoint trained on right EOS-padded rows, ignore otherwise."},
     )
     invalid_pairs: str = field(
         default="skip",
@@ -184,7 +188,7 @@ class PreferenceDataArguments(DataSourceArguments):
         super().__post_init__()
         if self.invalid_pairs not in INVALID_PAIR_MODES:
             raise ValueError(f"--invalid_pairs must be one of {INVALID_PAIR_MODES}, got {self.invalid_pairs!r}")
-        if self.response_padding not in RESPONSE_PADDINGS:
+        if self.response_padding is not None and self.response_padding not in RESPONSE_PADDINGS:
             raise ValueError(f"--response_padding must be one of {RESPONSE_PADDINGS}, got {self.response_padding!r}")
         if self.max_length < 2:
             raise ValueError(f"--max_length must be at least 2 (a response token and EOS), got {self.max_length}")
@@ -334,7 +338,10 @@ def parse_arguments(dataclass_types, argv: Optional[list[str]] = None):
             raise FileNotFoundError(f"Config file {argv[0]} does not exist.")
         argv = config_to_argv(argv[0]) + argv[1:]
     parser = HfArgumentParser(dataclass_types)
-    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    try:
+        *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except ValueError as error:  # a flag check in a __post_init__: a usage error (exit status 2), not a traceback
+        parser.error(str(error))
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # usage message and exit status 2
     return tuple(parsed)

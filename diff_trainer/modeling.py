@@ -23,6 +23,7 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+from .devices import resolve_device
 from .models.conversion import LOADERS as RELEASED_LAYOUT_LOADERS
 
 BYTE_TOKENIZER = "byte"
@@ -52,8 +53,8 @@ def load_tokenizer(model_args):
         )
     if name == BYTE_TOKENIZER:
         tokenizer = ByT5Tokenizer()
-    elif (published := released_layout_loader(name)) is not None:
-        tokenizer = published.load_tokenizer(name)
+    elif (layout_tokenizer := _layout_tokenizer_loader(name)) is not None:
+        tokenizer = layout_tokenizer(name)
     else:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model_args.trust_remote_code)
     if tokenizer.eos_token is None:
@@ -147,24 +148,25 @@ def auto_class_name(config, masked_lm: bool = False) -> str:
 def load_model(model_args, tokenizer):
     """A model from `model_name_or_path`, or a fresh one from `model_type`/`config_name`, with its auto class.
 
-    Embeddings grow to fit `tokenizer`, and the config's pad/eos ids are the tokenizer's.
+    Embeddings grow to fit `tokenizer`, and the config's pad/eos ids are the tokenizer's. A directory that
+    `save_pretrained` alone cannot read (adapter-only LoRA, a layout of CHECKPOINT_LOADERS) is loaded by
+    `load_checkpoint_model`, adapters merged, so training can start from it.
     """
-    published = released_layout_loader(model_args.model_name_or_path)
-    if published is None:
-        config = _build_config(model_args, tokenizer)
-    else:
-        config = published.config(model_args.model_name_or_path)
+    path = model_args.model_name_or_path
+    if path is not None and os.path.isdir(path) and needs_checkpoint_loader(path):
+        if model_args.config_name or model_args.dropout is not None or model_args.masked_lm:
+            raise ValueError(f"{path} is loaded as a trained checkpoint (adapter-only or a registered layout): "
+                             "--config_name, --dropout and --masked_lm do not apply to it.")
+        model = load_checkpoint_model(path, dtype=model_args.dtype, merge_lora=True,
+                                      trust_remote_code=model_args.trust_remote_code)
+        fit_to_tokenizer(model, tokenizer)
+        return model
+    config = _build_config(model_args, tokenizer)
     auto_class = AUTO_CLASSES[auto_class_name(config, model_args.masked_lm)]
     options = {"trust_remote_code": model_args.trust_remote_code, "dtype": _torch_dtype(model_args.dtype)}
     if model_args.attn_implementation:
         options["attn_implementation"] = model_args.attn_implementation
-    if published is not None:
-        if model_args.config_name or model_args.dropout is not None or model_args.masked_lm:
-            raise ValueError(f"{model_args.model_name_or_path} is a {published.name} checkpoint in its released "
-                             "layout: --config_name, --dropout and --masked_lm do not apply to it as it is (convert "
-                             "it with diff-convert CKPT OUT to use --config_name or --dropout).")
-        model = published.load(model_args.model_name_or_path, **options)
-    elif model_args.model_name_or_path is None:
+    if model_args.model_name_or_path is None:
         if options["dtype"] == "auto":  # a fresh model has no stored dtype to follow: keep float32
             del options["dtype"]
         model = auto_class.from_config(config, **options)
@@ -223,13 +225,6 @@ class CheckpointLoader:
     load: Callable[..., Any]
 
 
-def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else as given."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 def _load_plain(path: str, *, dtype="auto", trust_remote_code=False, **_):
     """A `save_pretrained` directory, with the auto class its config calls for."""
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -264,17 +259,14 @@ def _load_adapter(path: str, *, merge_lora=False, **options):
 DEFAULT_LOADERS = (CheckpointLoader(_is_adapter, _load_adapter),
                    CheckpointLoader(lambda path: os.path.isfile(os.path.join(path, "config.json")), _load_plain))
 # foreign layouts (LLaDA, SEDD, ...): append a CheckpointLoader; these are consulted before DEFAULT_LOADERS.
-# A loader may also have `load_tokenizer(path)` (its tokenizer class) and `config(path)` (the native config, so
-# that training can start from that layout): the released LLaDA and Dream layouts have both.
+# A loader may also have `load_tokenizer(path)`, for tokenizer files AutoTokenizer cannot read without remote code
+# (the released LLaDA and Dream layouts, mapped onto Llama / Qwen2 by diff_trainer.models, have one).
 CHECKPOINT_LOADERS: list[CheckpointLoader] = [*RELEASED_LAYOUT_LOADERS]
 
 
-def released_layout_loader(name_or_path):
-    """The loader of a checkpoint in a released layout that training can start from (LLaDA, Dream), else None."""
-    if name_or_path is None:
-        return None
-    return next((loader for loader in CHECKPOINT_LOADERS
-                 if hasattr(loader, "config") and loader.matches(name_or_path)), None)
+def needs_checkpoint_loader(path: str) -> bool:
+    """Whether `path` needs a loader other than from_pretrained (adapter-only, or a registered foreign layout)."""
+    return _is_adapter(path) or any(loader.matches(path) for loader in CHECKPOINT_LOADERS)
 
 
 def _checkpoint_loader(path: str):
@@ -286,6 +278,14 @@ def _checkpoint_loader(path: str):
         if loader.matches(path):
             return loader
     raise FileNotFoundError(f"no checkpoint at {path}: the directory has neither config.json nor {ADAPTER_CONFIG}.")
+
+
+def _layout_tokenizer_loader(path: str):
+    """`load_tokenizer` of the registered layout at directory `path` when it has one, else None."""
+    if not os.path.isdir(path):
+        return None
+    return getattr(next((loader for loader in CHECKPOINT_LOADERS if loader.matches(path)), None),
+                   "load_tokenizer", None)
 
 
 def load_checkpoint_model(path: str, **options):
@@ -362,7 +362,7 @@ def make_bidirectional(model):
 
 
 def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedule, time_eps, dff_token,
-                           auto_class=None, eos_token_ids=None):
+                           auto_class=None, row_packing=None, eos_token_ids=None):
     """Record in `config` (hence in config.json) that the checkpoint is a masked-diffusion LM, and how to load it.
 
     `eos_token_ids`: every id that ends a generation (LLaDA: EOS and EOT); None keeps the ones already recorded.
@@ -388,6 +388,8 @@ def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedul
         "dff_token": dff_token,
         "auto_class": auto_class or auto_class_name(config),
     }
+    if row_packing is not None:  # packed, left or right (trained EOS padding): DPO's default padding follows it
+        config.diffusion_config["row_packing"] = row_packing
     if eos_token_ids is not None:
         config.diffusion_config["eos_token_ids"] = [int(i) for i in eos_token_ids]
     config.is_causal = False

@@ -21,6 +21,7 @@ from .diffusion.schedules import get_schedule
 from .metrics import argmax_logits, token_accuracy_metrics
 from .modeling import is_encoder_model, is_peft_model, read_diffusion_config
 from .noising import BatchNoiser, seeded_generator
+from .sharding import ShardedSaveMixin
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ def default_normalization(layout: RowLayout) -> str:
     return "llada_pretrain" if layout.packed else "llada_sft"
 
 
-class DiffusionTrainer(StepNormalizedLoss, Trainer):
+class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
     """Trainer whose loss is the masked-diffusion loss (see the module docstring).
 
     `row_layout` (from `Preprocessor.run`) picks the default --loss_normalization (needed when it is not given). Data collator: the default one

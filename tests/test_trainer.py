@@ -1,6 +1,7 @@
 """DiffusionTrainer: loss normalisation over accumulation, empty batches, seeded evaluation, ELBO, wiring errors."""
 
 import logging
+import math
 
 import pytest
 import torch
@@ -83,17 +84,43 @@ def test_accumulating_two_halves_gives_the_gradient_of_the_whole_batch(tmp_path,
     assert torch.allclose(gradients(model), one_batch, atol=1e-6)
 
 
-def test_loss_of_one_batch_matches_hand_normalisation(tmp_path):
-    trainer = make_trainer(tmp_path, "token")
+def hand_loss(kind, ce, weight, masked, maskable):
+    """The DESIGN.md normalisations written out row by row: ce [B, L] is 0 off the masked positions."""
+    per_row = weight * ce.sum(dim=1)
+    if kind == "llada_pretrain":
+        return per_row.sum() / maskable.numel()
+    if kind == "llada_sft":
+        return (per_row / maskable.sum(dim=1)).mean()
+    return per_row.sum() / (masked.sum() if kind == "masked" else maskable.sum())
+
+
+@pytest.mark.parametrize("normalization", LOSS_NORMALIZATIONS)
+def test_loss_of_one_batch_matches_hand_normalisation(tmp_path, normalization):
+    trainer = make_trainer(tmp_path, normalization)
     batch = noised_batch(trainer, range(4))
     with torch.no_grad():
         logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss = trainer.compute_loss(trainer.model, batch)
     masked = batch["masked"]
-    ce = torch.nn.functional.cross_entropy(logits[masked], batch["clean_ids"][masked], reduction="none")
-    rows = masked.nonzero()[:, 0]
-    expected = (ce * batch["loss_weight"][rows]).sum() / batch["maskable"].sum()
-    assert torch.allclose(loss, expected, atol=1e-5)
+    log_probs = torch.log_softmax(logits.double(), dim=-1)
+    ce = -log_probs.gather(-1, batch["clean_ids"].unsqueeze(-1)).squeeze(-1) * masked
+    expected = hand_loss(normalization, ce, batch["loss_weight"].double(), masked, batch["maskable"])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_shift_logits_scores_each_masked_token_with_the_previous_position(tmp_path):
+    trainer = make_trainer(tmp_path, "token", shift_logits=True)
+    batch = noised_batch(trainer, range(4))
+    with torch.no_grad():
+        logits = trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        loss = trainer.compute_loss(trainer.model, batch)
+    log_probs = torch.log_softmax(logits.double(), dim=-1)
+    ce = torch.zeros(batch["masked"].shape, dtype=torch.float64)
+    for row, position in batch["masked"].nonzero().tolist():
+        if position > 0:  # logits at i-1 predict token i; position 0 has no predictor
+            ce[row, position] = -log_probs[row, position - 1, batch["clean_ids"][row, position]]
+    expected = hand_loss("token", ce, batch["loss_weight"].double(), batch["masked"], batch["maskable"])
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
 
 
 def test_batch_without_maskable_token_is_skipped_and_counted(tmp_path, caplog):
@@ -120,6 +147,17 @@ def test_evaluation_is_reproducible_and_reports_the_elbo_bound(tmp_path):
     assert 0 <= first["eval_accuracy"] <= 1
 
 
+def test_eval_elbo_of_a_uniform_model_is_log_vocabulary_size(tmp_path):
+    # Zero output weights give uniform logits: every masked token costs log V, so the bound (L/l)·l·log V per row is
+    # exactly log V per trained token whatever the masks.
+    trainer = make_trainer(tmp_path)
+    trainer.model.lm_head.weight.data.zero_()
+    metrics = trainer.evaluate()
+    vocabulary = trainer.model.config.vocab_size
+    assert metrics["eval_elbo_nll"] == pytest.approx(math.log(vocabulary), rel=1e-5)
+    assert metrics["eval_elbo_perplexity"] == pytest.approx(vocabulary, rel=1e-4)
+
+
 def test_training_lowers_the_eval_elbo(tmp_path):
     trainer = make_trainer(tmp_path)
     trainer.args.max_steps = 40
@@ -129,17 +167,36 @@ def test_training_lowers_the_eval_elbo(tmp_path):
     assert trainer.evaluate(trainer.train_dataset)["eval_elbo_nll"] < before - 0.5
 
 
-def test_annealing_trains_with_a_partly_causal_mask(tmp_path):
-    trainer = make_trainer(tmp_path, attention_annealing_steps=10)
-    batch = noised_batch(trainer, range(4))
-    trainer.model.train()
-    mask = trainer.attention_mask_for(batch["attention_mask"], torch.float32)
-    assert mask.shape == (4, 1, BLOCK, BLOCK)
-    trainer.state.global_step = 10
-    assert mask is not trainer.attention_mask_for(batch["attention_mask"], torch.float32)
-    assert trainer.attention_mask_for(batch["attention_mask"], torch.float32).dim() == 2
-    trainer.state.global_step = 0
+def test_annealing_masks_used_in_training_open_future_keys_at_rate_step_over_n(tmp_path):
+    trainer = make_trainer(tmp_path, attention_annealing_steps=8)
+    trainer.args.max_steps = 10
+    seen = []
+
+    def record(module, args, kwargs):
+        seen.append((trainer.state.global_step, kwargs["attention_mask"].clone(), kwargs["input_ids"].clone()))
+
+    trainer.model.register_forward_pre_hook(record, with_kwargs=True)
     trainer.train()
+    assert [step for step, _, _ in seen] == list(range(10))
+    minimum = torch.finfo(torch.float32).min
+    causal = torch.ones(BLOCK, BLOCK, dtype=torch.bool).tril()
+    for step, mask, ids in seen:
+        if step >= 8:  # r = min(1, step/N) = 1: the plain 2D padding mask, full attention
+            assert mask.shape == (4, BLOCK)
+            continue
+        assert mask.shape == (4, 1, BLOCK, BLOCK) and mask.dtype == torch.float32
+        assert ((mask == 0) | (mask == minimum)).all()
+        allowed = mask[:, 0] == 0
+        padding = (ids == trainer.processing_class.eos_token_id)[:, None, :].expand_as(allowed)  # make_rows pads
+        assert not allowed[padding].any()  # padding is never attended
+        past = causal.expand_as(allowed) & ~padding
+        assert allowed[past].all()  # j <= i always allowed
+        future = ~causal.expand_as(allowed) & ~padding
+        share = allowed[future].float().mean().item()
+        if step == 0:
+            assert share == 0.0
+        else:
+            assert share == pytest.approx(step / 8, abs=0.12), step  # Bernoulli(step/N), ~400 future edges
 
 
 def test_default_normalisation_follows_the_row_layout():
@@ -162,3 +219,22 @@ def test_a_model_without_diffusion_config_or_a_layout_is_refused(tmp_path):
         DiffusionTrainer(make_tiny_llama(len(tokenizer)), args, row_layout=layout("left"))
     with pytest.raises(ValueError, match="layout"):
         DiffusionTrainer(diffusion_llama(tokenizer), args)
+
+
+def test_elbo_pass_runs_on_the_models_device_under_the_trainers_autocast(tmp_path, monkeypatch):
+    """bf16 mixed precision: every ELBO forward runs under autocast with its inputs on the model's device."""
+    trainer = make_trainer(tmp_path, bf16=True)
+    loader = trainer.get_eval_dataloader()
+    seen = []
+    forward = trainer.model.forward
+
+    def spy(*args, **kwargs):
+        device = next(trainer.model.parameters()).device
+        seen.append((torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type),
+                     kwargs["input_ids"].device == device == kwargs["attention_mask"].device))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.model, "forward", spy)
+    metrics = trainer.elbo_metrics(loader, "eval")
+    assert seen and all(entry == (True, torch.bfloat16, True) for entry in seen)
+    assert metrics["eval_elbo_nll"] > 0
