@@ -70,7 +70,8 @@ def test_bf16_sft_from_the_released_layout_keeps_mask_and_stop_ids(workspace, mo
     assert config["model_type"] == "llama" and config["vocab_size"] == 126464 and config["dtype"] == "bfloat16"
     assert config["diffusion_config"] | {"dff_token": None} == {
         "objective": "masked_diffusion", "mask_token_id": 126336, "shift_logits": False, "noise_schedule": "linear",
-        "time_eps": 0.001, "dff_token": None, "auto_class": "AutoModelForCausalLM", "eos_token_ids": [126081, 126348]}
+        "time_eps": 0.001, "dff_token": None, "auto_class": "AutoModelForCausalLM", "row_packing": "right",
+        "eos_token_ids": [126081, 126348]}
     assert config["diffusion_config"]["dff_token"] == "<DFF>"
 
 
