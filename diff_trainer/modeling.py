@@ -25,6 +25,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 
 from .data.char_tokenizer import CHAR_TOKENIZER, build_char_tokenizer
 from .devices import resolve_device
+from .models.conversion import LOADERS as RELEASED_LAYOUT_LOADERS
 
 BYTE_TOKENIZER = "byte"
 FALLBACK_EOS_TOKEN = "<|endoftext|>"
@@ -59,6 +60,8 @@ def load_tokenizer(model_args, train_texts=None):
             raise ValueError("--tokenizer_name char builds its vocabulary from the training split, which this "
                              "command does not read: pass the checkpoint's own tokenizer directory instead.")
         tokenizer = build_char_tokenizer(train_texts, mask_token=model_args.mask_token)
+    elif (layout_tokenizer := _layout_tokenizer_loader(name)) is not None:
+        tokenizer = layout_tokenizer(name)
     else:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model_args.trust_remote_code)
     if tokenizer.eos_token is None:
@@ -272,8 +275,10 @@ def _load_adapter(path: str, *, merge_lora=False, **options):
 
 DEFAULT_LOADERS = (CheckpointLoader(_is_adapter, _load_adapter),
                    CheckpointLoader(lambda path: os.path.isfile(os.path.join(path, "config.json")), _load_plain))
-# foreign layouts (LLaDA, SEDD, ...): append a CheckpointLoader; these are consulted before DEFAULT_LOADERS
-CHECKPOINT_LOADERS: list[CheckpointLoader] = []
+# foreign layouts (LLaDA, SEDD, ...): append a CheckpointLoader; these are consulted before DEFAULT_LOADERS.
+# A loader may also have `load_tokenizer(path)`, for tokenizer files AutoTokenizer cannot read without remote code
+# (the released LLaDA and Dream layouts, mapped onto Llama / Qwen2 by diff_trainer.models, have one).
+CHECKPOINT_LOADERS: list[CheckpointLoader] = [*RELEASED_LAYOUT_LOADERS]
 
 
 def needs_checkpoint_loader(path: str) -> bool:
@@ -281,23 +286,40 @@ def needs_checkpoint_loader(path: str) -> bool:
     return _is_adapter(path) or any(loader.matches(path) for loader in CHECKPOINT_LOADERS)
 
 
-def load_checkpoint_model(path: str, **options):
-    """The model of a checkpoint directory, from the first loader whose `matches(path)` is true."""
+def _checkpoint_loader(path: str):
+    """The first loader whose `matches(path)` is true."""
     if not os.path.isdir(path):
         raise FileNotFoundError(f"no checkpoint at {path}: expected a directory written by save_pretrained "
                                 "(run_clm_diff.py / run_diffusion_dpo.py --output_dir, or a checkpoint-N in it).")
     for loader in (*CHECKPOINT_LOADERS, *DEFAULT_LOADERS):
         if loader.matches(path):
-            return loader.load(path, **options)
+            return loader
     raise FileNotFoundError(f"no checkpoint at {path}: the directory has neither config.json nor {ADAPTER_CONFIG}.")
+
+
+def _layout_tokenizer_loader(path: str):
+    """`load_tokenizer` of the registered layout at directory `path` when it has one, else None."""
+    if not os.path.isdir(path):
+        return None
+    return getattr(next((loader for loader in CHECKPOINT_LOADERS if loader.matches(path)), None),
+                   "load_tokenizer", None)
+
+
+def load_checkpoint_model(path: str, **options):
+    """The model of a checkpoint directory, from the first loader whose `matches(path)` is true."""
+    return _checkpoint_loader(path).load(path, **options)
 
 
 def load_checkpoint(path: str, *, device: str = "cpu", dtype: str = "auto", merge_lora: bool = False,
                     trust_remote_code: bool = False):
     """(model in eval mode on `device`, tokenizer) of a trained checkpoint directory (see CHECKPOINT_LOADERS)."""
-    model = load_checkpoint_model(path, dtype=dtype, merge_lora=merge_lora, trust_remote_code=trust_remote_code)
+    loader = _checkpoint_loader(path)
+    model = loader.load(path, dtype=dtype, merge_lora=merge_lora, trust_remote_code=trust_remote_code)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        if hasattr(loader, "load_tokenizer"):
+            tokenizer = loader.load_tokenizer(path)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         raise FileNotFoundError(f"{path}: no tokenizer files next to the model ({error}). Save the tokenizer "
                                 "into the checkpoint (the training scripts do).") from error
@@ -357,8 +379,17 @@ def make_bidirectional(model):
 
 
 def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedule, time_eps, dff_token,
-                           auto_class=None, row_packing=None):
-    """Record in `config` (hence in config.json) that the checkpoint is a masked-diffusion LM, and how to load it."""
+                           auto_class=None, row_packing=None, eos_token_ids=None):
+    """Record in `config` (hence in config.json) that the checkpoint is a masked-diffusion LM, and how to load it.
+
+    `eos_token_ids`: every id that ends a generation (LLaDA: EOS and EOT); None keeps the ones already recorded.
+    """
+    previous = read_diffusion_config(config) or {}
+    if previous.get("shift_logits") and not shift_logits:
+        raise ValueError("This checkpoint is a diffusion model with shifted logits (logits at i predict token i+1, "
+                         "e.g. Dream): train it with --shift_logits.")
+    if eos_token_ids is None:
+        eos_token_ids = previous.get("eos_token_ids")
     vocab_size = config.get_text_config().vocab_size
     if not 0 <= mask_token_id < vocab_size:
         raise ValueError(
@@ -376,6 +407,8 @@ def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedul
     }
     if row_packing is not None:  # packed, left or right (trained EOS padding): DPO's default padding follows it
         config.diffusion_config["row_packing"] = row_packing
+    if eos_token_ids is not None:
+        config.diffusion_config["eos_token_ids"] = [int(i) for i in eos_token_ids]
     config.is_causal = False
     return config
 

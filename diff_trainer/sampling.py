@@ -72,9 +72,10 @@ class SamplerConfig:
     block takes as many steps as it needs, at most `block_length`. The threshold is compared with the
     confidence of the chosen `remasking` strategy (a probability for `low_confidence`, a probability gap
     for `margin`, minus the entropy for `entropy`).
-    `guidance_scale` w > 0 turns on classifier-free guidance. `eos_handling`: "none"; "stop" (once a
-    finished block holds an EOS, fill the rest of that row with EOS and stop sampling it); "forbid" (EOS is
-    never predicted); "rank_last" (positions predicted as EOS are committed after all others).
+    `guidance_scale` w > 0 turns on classifier-free guidance. `eos_token_id` is one id or several (LLaDA stops
+    at EOS and at EOT); the first fills finished rows. `eos_handling`: "none"; "stop" (once a finished block
+    holds any of them, fill the rest of that row with EOS and stop sampling it); "forbid" (they are never
+    predicted); "rank_last" (positions predicted as one of them are committed after all others).
     """
 
     mask_token_id: int
@@ -86,7 +87,7 @@ class SamplerConfig:
     guidance_scale: float = 0.0
     threshold: float | None = None
     shift: bool = False
-    eos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
     eos_handling: str = "none"
     pad_token_id: int | None = None
 
@@ -120,8 +121,17 @@ class SamplerConfig:
             raise ValueError(f"guidance_scale must be >= 0, not {self.guidance_scale}.")
         if self.eos_handling not in EOS_HANDLING:
             raise ValueError(f"eos_handling must be one of {EOS_HANDLING}, not {self.eos_handling!r}.")
+        if isinstance(self.eos_token_id, (list, tuple, set)):
+            self.eos_token_id = tuple(int(i) for i in self.eos_token_id) or None
         if self.eos_handling != "none" and self.eos_token_id is None:
             raise ValueError(f"eos_handling={self.eos_handling!r} needs eos_token_id.")
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """Every id that ends a generation (empty without an EOS)."""
+        if self.eos_token_id is None:
+            return ()
+        return self.eos_token_id if isinstance(self.eos_token_id, tuple) else (self.eos_token_id,)
 
     @property
     def num_blocks(self) -> int:
@@ -276,13 +286,14 @@ def _predict(logits: torch.Tensor, config: SamplerConfig, generator) -> tuple[to
     logits = logits.to(torch.float32, copy=True)  # half-precision confidences would tie
     logits[..., config.mask_token_id] = float("-inf")  # committing a mask would leave the position masked
     if config.eos_handling == "forbid":
-        logits[..., config.eos_token_id] = float("-inf")
+        logits[..., list(config.eos_ids)] = float("-inf")
     tokens = sample_tokens(logits, config.temperature, generator)
     probs = torch.softmax(logits, dim=-1)
     confidence = CONFIDENCE_STRATEGIES[config.remasking](probs, tokens, generator)
     if config.eos_handling == "rank_last":
         # Finite, so an EOS prediction is still committed once nothing else is left.
-        confidence = confidence.masked_fill(tokens == config.eos_token_id, torch.finfo(confidence.dtype).min)
+        is_eos = torch.isin(tokens, torch.tensor(config.eos_ids, device=tokens.device))
+        confidence = confidence.masked_fill(is_eos, torch.finfo(confidence.dtype).min)
     return tokens, confidence
 
 
@@ -309,7 +320,7 @@ def generate(
     """
     config = replace(config, **settings) if config is not None else SamplerConfig(**settings)
     device = next(model.parameters()).device
-    pad_token_id = next(i for i in (config.pad_token_id, config.eos_token_id, 0) if i is not None)
+    pad_token_id = next(i for i in (config.pad_token_id, *config.eos_ids, 0) if i is not None)
     prompts, prompt_attention = left_pad(prompt_ids, attention_mask, pad_token_id, device)
     batch_size, start_of_generation = prompts.shape
     limit = context_length(model)
@@ -357,8 +368,8 @@ def generate(
             step += 1
             block_step += 1
         if config.eos_handling == "stop":
-            finished = (x[:, start:end] == config.eos_token_id).any(-1)
-            x[finished, end:] = config.eos_token_id
+            finished = torch.isin(x[:, start:end], torch.tensor(config.eos_ids, device=x.device)).any(-1)
+            x[finished, end:] = config.eos_ids[0]
             if not (x[:, end:] == config.mask_token_id).any():
                 break
 

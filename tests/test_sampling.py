@@ -338,6 +338,41 @@ def test_rank_last_commits_eos_predictions_after_the_others():
     assert ranked.generated.tolist() == [[EOS, EOS, 20, 20]]
 
 
+EOT = 2  # a second stop id, as LLaDA's <|eot_id|> beside its <|endoftext|>
+
+
+def eot_for_prompt_seven(ids):
+    """Rows whose first token is 7 predict EOT (not EOS) everywhere; other rows predict token 20."""
+    return eos_for_prompt_seven(ids)[..., [0, EOT, EOS, *range(3, VOCAB)]]
+
+
+def test_any_of_several_stop_ids_ends_a_row_which_is_then_filled_with_the_first():
+    result = sample(StubModel(eot_for_prompt_seven), [[7, 8], [9, 8]], gen_length=8, block_length=4, steps=4,
+                    eos_token_id=[EOS, EOT], eos_handling="stop")
+    assert result.generated.tolist() == [[EOT] * 4 + [EOS] * 4, [20] * 8]
+    assert result.nfe == 4
+    only_eos = sample(StubModel(eot_for_prompt_seven), [[7, 8]], gen_length=8, block_length=4, steps=4,
+                      eos_token_id=EOS, eos_handling="stop")
+    assert only_eos.generated.tolist() == [[EOT] * 8] and only_eos.nfe == 4  # EOT alone does not stop
+
+
+def test_forbid_and_rank_last_cover_every_stop_id():
+    forbidden = sample(StubModel(eot_for_prompt_seven), [[7, 8]], gen_length=4, steps=4,
+                       eos_token_id=(EOS, EOT), eos_handling="forbid")
+    assert not torch.isin(forbidden.generated, torch.tensor([EOS, EOT, MASK])).any()
+
+    def logits_fn(ids):
+        logits = torch.zeros(*ids.shape, VOCAB)
+        logits[:, 1, EOS] = 9.0
+        logits[:, 2, EOT] = 9.0
+        logits[:, 3:, 20] = 3.0
+        return logits
+
+    ranked = sample(StubModel(logits_fn), [[5]], gen_length=4, steps=4, eos_token_id=[EOS, EOT],
+                    eos_handling="rank_last", trace=True)
+    assert [int(f.committed[0].nonzero()[0]) for f in ranked.trace] == [3, 4, 1, 2]
+
+
 # --- bad input ------------------------------------------------------------------------------------------------
 
 

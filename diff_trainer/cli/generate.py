@@ -149,7 +149,7 @@ def sampler_config(args, diffusion_config: dict, tokenizer) -> SamplerConfig:
         remasking=args.remasking or "low_confidence",
         guidance_scale=args.guidance_scale or 0.0,
         threshold=args.threshold,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=stop_ids(diffusion_config, tokenizer),
         eos_handling=args.eos_handling or ("stop" if tokenizer.eos_token_id is not None else "none"),
         pad_token_id=tokenizer.pad_token_id,
     )
@@ -188,11 +188,18 @@ def prepare_prompts(args, tokenizer, diffusion_config, prompts: list[str]) -> li
     return encode_prompts(tokenizer, prompts)
 
 
-def completion_text(tokenizer, ids: list[int]) -> str:
-    """Decode generated ids up to the first EOS."""
-    if tokenizer.eos_token_id in ids:
-        ids = ids[:ids.index(tokenizer.eos_token_id)]
-    return tokenizer.decode(ids, skip_special_tokens=True)
+def stop_ids(diffusion_config: dict | None, tokenizer) -> tuple[int, ...] | int | None:
+    """The ids that end a completion: the checkpoint's `eos_token_ids` (LLaDA: EOS and EOT), else the EOS."""
+    recorded = (diffusion_config or {}).get("eos_token_ids")
+    return tuple(recorded) if recorded else tokenizer.eos_token_id
+
+
+def completion_text(tokenizer, ids: list[int], stop=None) -> str:
+    """Decode generated ids up to the first stop id (`stop`: one id or several; default the EOS)."""
+    stop = tokenizer.eos_token_id if stop is None else stop
+    stop = {stop} if isinstance(stop, int) else set(stop)
+    end = next((i for i, token in enumerate(ids) if token in stop), len(ids))
+    return tokenizer.decode(ids[:end], skip_special_tokens=True)
 
 
 def generate_causal(model, tokenizer, prompt_ids: list[list[int]], args) -> tuple[list[list[int]], int]:
@@ -280,6 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     prompt_ids = prepare_prompts(args, tokenizer, diffusion_config, prompts)
     config = checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, tokenizer)
 
+    stop = stop_ids(diffusion_config, tokenizer)
     jobs = [(p, s) for p in range(len(prompts)) for s in range(args.samples)]
     generator = torch.Generator(device=model.device).manual_seed(args.seed) if args.seed is not None else None
     records = []
@@ -293,7 +301,7 @@ def main(argv: list[str] | None = None) -> None:
             result = run_sampler(model, batch_ids, config, generator=generator, on_step=hook)
             new_ids, nfe = result.generated.tolist(), result.nfe
         for (p, s), ids in zip(batch, new_ids):
-            records.append({"prompt": prompts[p], "sample": s, "completion": completion_text(tokenizer, ids),
+            records.append({"prompt": prompts[p], "sample": s, "completion": completion_text(tokenizer, ids, stop),
                             "nfe": nfe})
 
     settings = {"model": args.model, "seed": args.seed, "append_dff": args.append_dff,
