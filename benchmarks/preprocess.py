@@ -118,11 +118,12 @@ def raw_tokenisation(raw, tokenizer, workers: int, block_size: int):
 def ours(raw, tokenizer, workers: int, block_size: int, concatenate: bool = True, preprocessor_hook=None):
     """(b) diff-trainer's Preprocessor: tokenise, <DFF> labels, filter, pack (or pad) and sanity check."""
     args = DataArguments(block_size=block_size, preprocessing_num_workers=workers, concatenate_texts=concatenate,
-                         ignore_long_samples=not concatenate)
-    preprocessor = Preprocessor(tokenizer, args, dff_token=DFF, dff_mode="auto")
+                         ignore_long_samples=not concatenate, dff_token=DFF, dff_labels="auto")
+    preprocessor = Preprocessor(tokenizer, args)
     if preprocessor_hook:
         preprocessor_hook(preprocessor)
-    return preprocessor.run(DatasetDict({"train": raw}))["train"]
+    rows, _layout = preprocessor.run(DatasetDict({"train": raw}))
+    return rows["train"]
 
 
 def ours_padded(raw, tokenizer, workers: int, block_size: int):
