@@ -8,19 +8,17 @@ Flags: `python run_diffusion_dpo.py --help`. A yaml/json config file may come fi
 --model_name_or_path must be a masked-diffusion checkpoint (e.g. from run_clm_diff.py --train_diff_model).
 """
 
-import logging
 import sys
 from dataclasses import replace
 
 from transformers import set_seed
 
 from diff_trainer.arguments import DPOTrainingArguments, ModelArguments, PreferenceDataArguments, parse_arguments
-from diff_trainer.data.preference import load_preference_data, save_pairs, tokenize_pairs
-from diff_trainer.dpo import DiffusionDPOTrainer, precompute_reference_scores
+from diff_trainer.data.loading import require_validation_data, run_entry_point
+from diff_trainer.data.preference import load_preference_data, save_pairs, tokenize_pairs, with_response_padding
+from diff_trainer.dpo import DiffusionDPOTrainer, checked_diffusion_config, precompute_reference_scores
 from diff_trainer.modeling import add_special_tokens, load_tokenizer, prepare_model
 from diff_trainer.runner import nothing_to_run, setup_logging, train_and_evaluate
-
-logger = logging.getLogger("run_diffusion_dpo")
 
 
 def main(argv=None):
@@ -34,11 +32,13 @@ def main(argv=None):
 
     tokenizer = load_tokenizer(model_args)
     new_token_ids = add_special_tokens(tokenizer, data_args.dff_token, model_args.mask_token)
+    model = prepare_model(model_args, tokenizer, "diffusion", new_token_ids=new_token_ids)
+    data_args = with_response_padding(data_args, checked_diffusion_config(model))
     raw, _ = load_preference_data(data_args, seed=training_args.seed)
     pairs = tokenize_pairs(raw, tokenizer, data_args, seed=training_args.seed,
                            main_process_first=training_args.main_process_first)
+    require_validation_data(pairs, training_args.do_eval)
 
-    model = prepare_model(model_args, tokenizer, "diffusion", new_token_ids=new_token_ids)
     ref_model = None
     if training_args.ref_model_name_or_path:
         ref_args = replace(model_args, model_name_or_path=training_args.ref_model_name_or_path, use_lora=False)
@@ -55,9 +55,6 @@ def main(argv=None):
                                      "nothing trained or evaluated"):
         return
     eval_dataset = pairs.get("validation")
-    if training_args.do_eval and eval_dataset is None:
-        logger.warning("--do_eval: there are no validation pairs (--validation_file or "
-                       "--validation_split_percentage), so nothing is evaluated.")
     trainer = DiffusionDPOTrainer(model, ref_model, args=training_args,
                                   train_dataset=pairs["train"] if training_args.do_train else None,
                                   eval_dataset=eval_dataset, processing_class=tokenizer)
@@ -65,4 +62,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_entry_point(main))

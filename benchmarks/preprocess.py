@@ -169,10 +169,10 @@ def timed_steps(raw, tokenizer, workers: int, block_size: int) -> dict:
     wall, cpu = {}, {}
 
     def timed(name, function):
-        def call(*args):
+        def call(*args, **kwargs):
             wall[name], cpu[name] = [], []
             with stopwatch(wall[name], cpu[name]):
-                return function(*args)
+                return function(*args, **kwargs)
         return call
 
     def hook(preprocessor):

@@ -16,6 +16,7 @@ read as `self.args.beta`.
 
 import contextlib
 import copy
+import json
 import logging
 import math
 from collections import defaultdict
@@ -28,14 +29,22 @@ from datasets import DatasetDict
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 
-from .data.preference import REFERENCE_COLUMNS, TOKEN_COLUMNS, PreferenceCollator
+from .data.preference import (
+    REFERENCE_COLUMNS,
+    TOKEN_COLUMNS,
+    PreferenceCollator,
+    fingerprint_mismatch,
+    reference_fingerprint,
+    run_fingerprint,
+)
 from .diffusion.elbo import elbo_terms, monte_carlo_copies
 from .modeling import is_peft_model, read_diffusion_config
+from .sharding import ShardedSaveMixin, prepare_frozen_model
 from .trainer import StepNormalizedLoss
 
 logger = logging.getLogger(__name__)
 
-REF_MC_SAMPLES_COLUMN = "ref_mc_samples"
+REF_FINGERPRINT_COLUMN = "ref_fingerprint"
 METRIC_NAMES = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
                 "logps/rejected")
 
@@ -117,35 +126,36 @@ def preference_collator(model, tokenizer, args, fixed_epoch=None) -> PreferenceC
                               fixed_epoch=fixed_epoch)
 
 
-def has_reference_scores(dataset, mc_samples: int) -> bool:
-    """Whether `dataset` carries reference scores computed with `mc_samples` samples."""
+def has_reference_scores(dataset, fingerprint: dict) -> bool:
+    """Whether `dataset` carries reference scores whose stored fingerprint agrees with every entry of `fingerprint`
+    (a mismatch is logged, naming what changed)."""
     columns = getattr(dataset, "column_names", None) or []
     if not set(REFERENCE_COLUMNS) <= set(columns):
         return False
-    # stored scores are reused when their budget matches; the reference and --antithetic_sampling are not checked
-    stored = set(dataset.unique(REF_MC_SAMPLES_COLUMN)) if REF_MC_SAMPLES_COLUMN in columns else set()
-    if stored != {mc_samples}:
-        logger.warning("Stored reference scores used mc_samples %s, not %d: recomputing them.",
-                       sorted(stored) or "unknown", mc_samples)
-        return False
-    return True
+    stored = json.loads(dataset[0][REF_FINGERPRINT_COLUMN]) if REF_FINGERPRINT_COLUMN in columns else None
+    mismatch = fingerprint_mismatch(stored, fingerprint)
+    if mismatch:
+        logger.warning("Not using the stored reference scores: %s.", mismatch)
+    return mismatch is None
 
 
 @torch.no_grad()
 def precompute_reference_scores(pairs: DatasetDict, reference, tokenizer, args) -> DatasetDict:
-    """Every split of `pairs` with the reference's scores of each pair on its epoch-0 masks (splits whose stored
-    scores match --mc_samples are kept). `reference`: the reference model, or the peft policy (adapters disabled).
-    Processes score their share of the pairs; every process gets all scores."""
+    """Every split of `pairs` with the reference's scores of each pair on its epoch-0 masks and their fingerprint
+    (splits whose stored scores have the same fingerprint are kept, others are scored again). `reference`: the
+    reference model, or the peft policy (adapters disabled). Processes score their share; every process gets all."""
+    fingerprint = reference_fingerprint(getattr(reference, "name_or_path", ""), args.mc_samples,
+                                        args.antithetic_sampling, args.seed)
     accelerator = Accelerator()
     collator = preference_collator(reference, tokenizer, args, fixed_epoch=0)
     shift = bool(checked_diffusion_config(reference).get("shift_logits", False))
     model = accelerator.prepare_model(reference.eval(), evaluation_mode=True)
     scored = {}
     for name, dataset in pairs.items():
-        if has_reference_scores(dataset, args.mc_samples):
+        if has_reference_scores(dataset, fingerprint):
             scored[name] = dataset
             continue
-        dataset = dataset.remove_columns([c for c in (*REFERENCE_COLUMNS, REF_MC_SAMPLES_COLUMN)
+        dataset = dataset.remove_columns([c for c in (*REFERENCE_COLUMNS, REF_FINGERPRINT_COLUMN)
                                           if c in dataset.column_names])
         loader = accelerator.prepare(DataLoader(dataset, batch_size=args.per_device_eval_batch_size,
                                                 collate_fn=collator, shuffle=False))
@@ -163,7 +173,7 @@ def precompute_reference_scores(pairs: DatasetDict, reference, tokenizer, args) 
                     args.mc_samples)
         dataset = dataset.add_column(REFERENCE_COLUMNS[0], torch.cat(chosen).tolist())
         dataset = dataset.add_column(REFERENCE_COLUMNS[1], torch.cat(rejected).tolist())
-        scored[name] = dataset.add_column(REF_MC_SAMPLES_COLUMN, [args.mc_samples] * len(dataset))
+        scored[name] = dataset.add_column(REF_FINGERPRINT_COLUMN, [json.dumps(fingerprint)] * len(dataset))
     return DatasetDict(scored)
 
 
@@ -181,7 +191,7 @@ class MaskEpochCallback(TrainerCallback):
         self.collator.epoch = math.floor(state.epoch or 0)  # state.epoch is e + fraction done, e after epoch e-1
 
 
-class DiffusionDPOTrainer(StepNormalizedLoss, Trainer):
+class DiffusionDPOTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
     """Trainer with the VRPO loss on `PreferenceCollator` batches (see the module docstring); `args` is a
     `DPOTrainingArguments`.
 
@@ -199,8 +209,8 @@ class DiffusionDPOTrainer(StepNormalizedLoss, Trainer):
             if dataset is not None and not set(TOKEN_COLUMNS) <= set(getattr(dataset, "column_names", None) or []):
                 raise ValueError(f"Datasets need the columns {TOKEN_COLUMNS}: tokenise the pairs with "
                                  "diff_trainer.data.preference.tokenize_pairs.")
-            if args.precompute_ref_scores and dataset is not None and not has_reference_scores(dataset,
-                                                                                               args.mc_samples):
+            if args.precompute_ref_scores and dataset is not None and not has_reference_scores(
+                    dataset, run_fingerprint(args.mc_samples, args.antithetic_sampling, args.seed)):
                 raise ValueError("--precompute_ref_scores: score the pairs first with "
                                  "diff_trainer.dpo.precompute_reference_scores.")
         if args.precompute_ref_scores:
@@ -222,7 +232,7 @@ class DiffusionDPOTrainer(StepNormalizedLoss, Trainer):
         self.ref_model = None
         if ref_model is not None:
             ref_model.requires_grad_(False)
-            self.ref_model = self.accelerator.prepare_model(ref_model.eval(), evaluation_mode=True)
+            self.ref_model = prepare_frozen_model(self.accelerator, ref_model.eval())
         self._metric_sums = {"train": defaultdict(float), "eval": defaultdict(float)}
         self._metric_counts = {"train": 0, "eval": 0}
         self._eval_prefix = "eval"

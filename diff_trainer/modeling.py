@@ -23,6 +23,9 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+from .data.char_tokenizer import CHAR_TOKENIZER, build_char_tokenizer
+from .devices import resolve_device
+
 BYTE_TOKENIZER = "byte"
 FALLBACK_EOS_TOKEN = "<|endoftext|>"
 DIFFUSION_OBJECTIVE = "masked_diffusion"
@@ -38,8 +41,9 @@ MODES = ("causal", "diffusion")
 ADAPTER_CONFIG = "adapter_config.json"
 
 
-def load_tokenizer(model_args):
-    """The tokenizer of `tokenizer_name` (or the model's), or a file-free byte tokenizer for "byte".
+def load_tokenizer(model_args, train_texts=None):
+    """The tokenizer of `tokenizer_name` (or the model's), a file-free byte tokenizer for "byte", or for "char" a
+    character tokenizer built from `train_texts` (the training split).
 
     The result always has an EOS token, and uses EOS for padding when it has no pad token.
     """
@@ -50,6 +54,11 @@ def load_tokenizer(model_args):
         )
     if name == BYTE_TOKENIZER:
         tokenizer = ByT5Tokenizer()
+    elif name == CHAR_TOKENIZER:
+        if train_texts is None:
+            raise ValueError("--tokenizer_name char builds its vocabulary from the training split, which this "
+                             "command does not read: pass the checkpoint's own tokenizer directory instead.")
+        tokenizer = build_char_tokenizer(train_texts, mask_token=model_args.mask_token)
     else:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model_args.trust_remote_code)
     if tokenizer.eos_token is None:
@@ -143,8 +152,19 @@ def auto_class_name(config, masked_lm: bool = False) -> str:
 def load_model(model_args, tokenizer):
     """A model from `model_name_or_path`, or a fresh one from `model_type`/`config_name`, with its auto class.
 
-    Embeddings grow to fit `tokenizer`, and the config's pad/eos ids are the tokenizer's.
+    Embeddings grow to fit `tokenizer`, and the config's pad/eos ids are the tokenizer's. A directory that
+    `save_pretrained` alone cannot read (adapter-only LoRA, a layout of CHECKPOINT_LOADERS) is loaded by
+    `load_checkpoint_model`, adapters merged, so training can start from it.
     """
+    path = model_args.model_name_or_path
+    if path is not None and os.path.isdir(path) and needs_checkpoint_loader(path):
+        if model_args.config_name or model_args.dropout is not None or model_args.masked_lm:
+            raise ValueError(f"{path} is loaded as a trained checkpoint (adapter-only or a registered layout): "
+                             "--config_name, --dropout and --masked_lm do not apply to it.")
+        model = load_checkpoint_model(path, dtype=model_args.dtype, merge_lora=True,
+                                      trust_remote_code=model_args.trust_remote_code)
+        fit_to_tokenizer(model, tokenizer)
+        return model
     config = _build_config(model_args, tokenizer)
     auto_class = AUTO_CLASSES[auto_class_name(config, model_args.masked_lm)]
     options = {"trust_remote_code": model_args.trust_remote_code, "dtype": _torch_dtype(model_args.dtype)}
@@ -181,7 +201,17 @@ def prepare_model(model_args, tokenizer, mode: str, *, new_token_ids=(), diffusi
     if mode == "causal" and model_args.masked_lm:
         raise ValueError("--masked_lm loads an encoder as the denoiser: it only applies with --train_diff_model.")
     model = load_model(model_args, tokenizer)
-    if mode == "diffusion":
+    objective = (diffusion_settings or {}).get("objective", "masked")
+    if mode == "diffusion" and objective != "masked":  # score entropy (SEDD)
+        from .sedd_objective import prepare_sedd_model
+
+        model = prepare_sedd_model(model, tokenizer, **diffusion_settings, masked_lm=model_args.masked_lm,
+                                   auto_class=auto_class_name(model.config, model_args.masked_lm))
+    elif mode == "diffusion":
+        if diffusion_settings is None and (read_diffusion_config(model.config) or {}).get("objective", "") \
+                .startswith("sedd_"):
+            raise ValueError(f"{model_args.model_name_or_path} is a SEDD (score-entropy) checkpoint; VRPO / DPO "
+                             "is defined here for masked-diffusion ELBOs only.")
         make_bidirectional(model)
         if diffusion_settings is not None:
             if diffusion_settings.get("shift_logits") and is_encoder_model(model):
@@ -207,13 +237,6 @@ class CheckpointLoader:
 
     matches: Callable[[str], bool]
     load: Callable[..., Any]
-
-
-def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when a GPU is visible, else "cpu"; anything else as given."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 def _load_plain(path: str, *, dtype="auto", trust_remote_code=False, **_):
@@ -251,6 +274,11 @@ DEFAULT_LOADERS = (CheckpointLoader(_is_adapter, _load_adapter),
                    CheckpointLoader(lambda path: os.path.isfile(os.path.join(path, "config.json")), _load_plain))
 # foreign layouts (LLaDA, SEDD, ...): append a CheckpointLoader; these are consulted before DEFAULT_LOADERS
 CHECKPOINT_LOADERS: list[CheckpointLoader] = []
+
+
+def needs_checkpoint_loader(path: str) -> bool:
+    """Whether `path` needs a loader other than from_pretrained (adapter-only, or a registered foreign layout)."""
+    return _is_adapter(path) or any(loader.matches(path) for loader in CHECKPOINT_LOADERS)
 
 
 def load_checkpoint_model(path: str, **options):
@@ -329,7 +357,7 @@ def make_bidirectional(model):
 
 
 def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedule, time_eps, dff_token,
-                           auto_class=None):
+                           auto_class=None, row_packing=None):
     """Record in `config` (hence in config.json) that the checkpoint is a masked-diffusion LM, and how to load it."""
     vocab_size = config.get_text_config().vocab_size
     if not 0 <= mask_token_id < vocab_size:
@@ -346,6 +374,8 @@ def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedul
         "dff_token": dff_token,
         "auto_class": auto_class or auto_class_name(config),
     }
+    if row_packing is not None:  # packed, left or right (trained EOS padding): DPO's default padding follows it
+        config.diffusion_config["row_packing"] = row_packing
     config.is_causal = False
     return config
 

@@ -1,13 +1,13 @@
 """Run plumbing shared by the entry scripts: logging set-up, checkpoint discovery, the train/eval tail."""
 
 import logging
-import os
 import sys
 from typing import Callable, Optional
 
 import datasets
 import transformers
-from transformers.trainer_utils import get_last_checkpoint
+
+from .checkpoints import CheckpointCompletionCallback, check_resumable, newest_complete_checkpoint
 
 
 def setup_logging(training_args) -> None:
@@ -24,10 +24,8 @@ def setup_logging(training_args) -> None:
 
 
 def last_checkpoint(output_dir: str) -> Optional[str]:
-    """The newest `checkpoint-N` directory in output_dir, or None (then training starts fresh)."""
-    if not os.path.isdir(output_dir):
-        return None
-    found = get_last_checkpoint(output_dir)
+    """The newest complete `checkpoint-N` directory in output_dir, or None (then training starts fresh)."""
+    found = newest_complete_checkpoint(output_dir)
     logging.getLogger(__name__).info("Resuming from %s" if found else "No checkpoint in %s: starting fresh.",
                                      found or output_dir)
     return found
@@ -45,8 +43,9 @@ def train_and_evaluate(trainer, training_args, *, evaluate: bool,
                        add_eval_metrics: Optional[Callable[[dict], dict]] = None) -> None:
     """--do_train (resuming from output_dir's last checkpoint with --resume), save; then --do_eval, log, save."""
     if training_args.do_train:
+        trainer.add_callback(CheckpointCompletionCallback())
         checkpoint = (last_checkpoint(training_args.output_dir) if training_args.resume else None) or \
-            training_args.resume_from_checkpoint
+            (training_args.resume_from_checkpoint and check_resumable(training_args.resume_from_checkpoint))
         result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()
         trainer.log_metrics("train", result.metrics)

@@ -2,6 +2,7 @@
 
 import copy
 import itertools
+import json
 import math
 
 import pytest
@@ -271,3 +272,36 @@ def test_precomputing_is_asked_for_explicitly(tmp_path, tokenizer, pairs):
                                 precompute_ref_scores=True)
     with pytest.raises(ValueError, match="precompute_reference_scores"):
         DiffusionDPOTrainer(diffusion_llama(tokenizer), args=args, train_dataset=pairs, processing_class=tokenizer)
+
+
+def test_stored_scores_of_another_reference_or_seed_are_scored_again(tmp_path, tokenizer, pairs, caplog):
+    from transformers import AutoModelForCausalLM
+
+    directories = {}
+    for seed in (1, 2):
+        directories[seed] = tmp_path / f"reference-{seed}"
+        diffusion_llama(tokenizer, seed=seed).save_pretrained(directories[seed])
+
+    def scored(data, reference_seed, **settings):
+        settings = {"mc_samples": 2, **settings}
+        args = DPOTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none",
+                                    per_device_eval_batch_size=8, precompute_ref_scores=True, **settings)
+        reference = AutoModelForCausalLM.from_pretrained(directories[reference_seed])
+        return precompute_reference_scores(DatasetDict({"train": data}), reference, tokenizer, args)["train"]
+
+    stored = scored(pairs, 1)
+    assert json.loads(stored[0]["ref_fingerprint"])["model"] == str(directories[1])
+    assert scored(stored, 1) is stored  # same reference, budget and seed: kept as they are
+    with caplog.at_level("WARNING", logger="diff_trainer.dpo"):
+        other = scored(stored, 2)
+    assert "Not using the stored reference scores: they were computed with model" in caplog.text
+    assert "weights_sha256" in caplog.text and " seed " not in caplog.text
+    assert other["ref_chosen_score"] == scored(pairs, 2)["ref_chosen_score"] != stored["ref_chosen_score"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="diff_trainer.dpo"):
+        scored(stored, 1, seed=7, mc_samples=4)
+    assert "they were computed with mc_samples 2 (now 4), seed 42 (now 7)" in caplog.text
+    args = DPOTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", mc_samples=2, seed=7,
+                                precompute_ref_scores=True)
+    with pytest.raises(ValueError, match="precompute_reference_scores"):  # the trainer checks the run settings too
+        DiffusionDPOTrainer(diffusion_llama(tokenizer), args=args, train_dataset=stored, processing_class=tokenizer)

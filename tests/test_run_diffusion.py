@@ -1,8 +1,12 @@
-"""End to end: run_clm_diff.main --train_diff_model on the bundled corpus trains, lowers the ELBO, resumes."""
+"""End to end: run_clm_diff.main --train_diff_model on the bundled corpus trains, lowers the ELBO, resumes exactly."""
 
 import importlib.util
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -50,6 +54,75 @@ def test_demo_config_trains_a_diffusion_model_and_resumes(tmp_path):
     assert [e["step"] for e in history if "eval_elbo_nll" in e][:2] == [0, 30]  # history continued, not restarted
 
 
+KILL_AFTER_CHECKPOINT = """
+import os, signal, sys
+from transformers import Trainer
+
+save_checkpoint = Trainer._save_checkpoint
+
+
+def save_then_die(self, model, trial):
+    save_checkpoint(self, model, trial)
+    if self.state.global_step == {step}:
+        os.kill(os.getpid(), signal.SIGKILL)  # as a preempted job: no clean-up, no final save
+
+
+Trainer._save_checkpoint = save_then_die
+sys.path.insert(0, {root!r})
+import run_clm_diff
+
+run_clm_diff.main(sys.argv[1:])
+"""
+
+
+def step_losses(output_dir):
+    return {entry["step"]: entry["loss"] for entry in log_history(output_dir) if "loss" in entry}
+
+
+def test_sigkill_then_resume_reproduces_the_uninterrupted_losses_step_for_step(tmp_path):
+    """Masks, times, random lengths and prompt dropout come from (seed, step, micro-batch, process): exact resume."""
+    with open(tmp_path / "train.jsonl", "w") as handle:
+        for i in range(48):
+            handle.write(json.dumps({"text": f"q{i % 7}+{i}=<DFF>" + "ab" * (1 + i % 9)}) + "\n")
+    flags = ["--train_file", str(tmp_path / "train.jsonl"), "--model_type", "llama", "--config_overrides",
+             "hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4,num_key_value_heads=4,"
+             "max_position_embeddings=64", "--tokenizer_name", "byte", "--block_size", "32",
+             "--validation_split_percentage", "0", "--train_diff_model", "--random_length_prob", "0.3",
+             "--prompt_dropout", "0.3", "--do_train", "--max_steps", "8", "--per_device_train_batch_size", "4",
+             "--gradient_accumulation_steps", "2", "--learning_rate", "3e-3", "--logging_steps", "1",
+             "--save_steps", "4", "--report_to", "none", "--use_cpu", "--seed", "7", "--disable_tqdm", "true"]
+    run_clm_diff.main(flags + ["--output_dir", str(tmp_path / "whole")])
+
+    interrupted = tmp_path / "interrupted"
+    script = tmp_path / "killed_run.py"
+    script.write_text(KILL_AFTER_CHECKPOINT.format(step=4, root=str(ROOT)))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    killed = subprocess.run([sys.executable, str(script), *flags, "--output_dir", str(interrupted)], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (interrupted / "checkpoint-4").is_dir() and not (interrupted / "trainer_state.json").exists()
+
+    run_clm_diff.main(flags + ["--output_dir", str(interrupted), "--resume"])
+    whole, resumed = step_losses(tmp_path / "whole"), step_losses(interrupted)
+    assert sorted(resumed) == list(range(1, 9))
+    assert [resumed[step] for step in range(5, 9)] == [whole[step] for step in range(5, 9)]
+    assert len(set(whole.values())) == 8  # the losses do change from step to step
+
+
+def test_reused_right_padded_rows_keep_sft_normalisation_and_their_block_size(tmp_path, caplog):
+    with open(tmp_path / "train.jsonl", "w") as handle:
+        handle.writelines(json.dumps({"text": f"{i}+1=<DFF>{i + 1}"}) + "\n" for i in range(12))
+    model = ["--model_type", "llama", "--config_overrides", "hidden_size=32,intermediate_size=64,num_hidden_layers=1,"
+             "num_attention_heads=4,num_key_value_heads=4,max_position_embeddings=64", "--tokenizer_name", "byte",
+             "--output_dir", str(tmp_path / "out"), "--report_to", "none", "--use_cpu", "--disable_tqdm", "true"]
+    run_clm_diff.main(model + ["--train_file", str(tmp_path / "train.jsonl"), "--block_size", "24",
+                               "--padding_side", "right", "--validation_split_percentage", "0",
+                               "--save_final_dataset", str(tmp_path / "rows")])
+    with caplog.at_level("INFO", logger="diff_trainer"):
+        run_clm_diff.main(model + ["--dataset_name", str(tmp_path / "rows"), "--load_from_disk", "--skip_concat",
+                                   "--train_diff_model", "--do_train", "--max_steps", "1"])
+    assert "Rows: right, block size 24" in caplog.text
+    assert "loss normalisation llada_sft" in caplog.text
 # ----------------------------------------------------------------------------------------------------
 # README promises, each run end to end on tiny arithmetic records
 

@@ -120,6 +120,15 @@ def test_two_process_ddp_matches_one_process(workspace):
     assert single["rewards/margins"] != 0.0  # the reference differs from the policy, so the step is informative
 
 
+def test_without_do_train_or_do_eval_it_says_what_was_done(workspace, monkeypatch, caplog):
+    monkeypatch.chdir(ROOT)
+    output = workspace["root"] / "nothing"
+    with caplog.at_level("INFO", logger="diff_trainer"):
+        run_diffusion_dpo.main(flags(workspace, "nothing", "--do_train", "false", "--do_eval", "false",
+                                     "--eval_strategy", "no"))
+    assert ("Neither --do_train nor --do_eval: tokenised 6 train, 6 validation pairs; nothing trained or evaluated"
+            in caplog.text)
+    assert not (output / "trainer_state.json").exists()
 @pytest.mark.parametrize("disable", [True, False])
 def test_disable_dropout_and_custom_column_names(workspace, monkeypatch, tmp_path, disable):
     # policy = reference and shared masks: without dropout the first step's scores agree exactly, so the margin is 0

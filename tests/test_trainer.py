@@ -219,3 +219,22 @@ def test_a_model_without_diffusion_config_or_a_layout_is_refused(tmp_path):
         DiffusionTrainer(make_tiny_llama(len(tokenizer)), args, row_layout=layout("left"))
     with pytest.raises(ValueError, match="layout"):
         DiffusionTrainer(diffusion_llama(tokenizer), args)
+
+
+def test_elbo_pass_runs_on_the_models_device_under_the_trainers_autocast(tmp_path, monkeypatch):
+    """bf16 mixed precision: every ELBO forward runs under autocast with its inputs on the model's device."""
+    trainer = make_trainer(tmp_path, bf16=True)
+    loader = trainer.get_eval_dataloader()
+    seen = []
+    forward = trainer.model.forward
+
+    def spy(*args, **kwargs):
+        device = next(trainer.model.parameters()).device
+        seen.append((torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type),
+                     kwargs["input_ids"].device == device == kwargs["attention_mask"].device))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(trainer.model, "forward", spy)
+    metrics = trainer.elbo_metrics(loader, "eval")
+    assert seen and all(entry == (True, torch.bfloat16, True) for entry in seen)
+    assert metrics["eval_elbo_nll"] > 0

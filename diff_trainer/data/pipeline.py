@@ -34,9 +34,10 @@ def bos_prefix(tokenizer) -> list[int]:
     return [bos] if bos is not None and bos != tokenizer.eos_token_id else []
 
 
-def vocabulary_hash(tokenizer) -> str:
-    """A short fingerprint of the token -> id mapping (equal hashes: the same ids for the same text)."""
-    items = sorted(tokenizer.get_vocab().items())
+def vocabulary_hash(tokenizer, size: Optional[int] = None) -> str:
+    """A short fingerprint of the token -> id mapping of the ids below `size` (default: all of them)."""
+    size = len(tokenizer) if size is None else size
+    items = sorted((token, index) for token, index in tokenizer.get_vocab().items() if index < size)
     return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
@@ -177,7 +178,8 @@ class Preprocessor:
             logger.warning("%s: no %s, so rows of %d tokens are taken as %s (saved by an older version; save them "
                            "again with --save_final_dataset to record their layout).", source,
                            LAYOUT_FILE, layout.block_size, packing)
-        if layout.vocab_hash != current["vocab_hash"]:
+        # tokens added after the rows were made (e.g. the mask token) leave their ids valid
+        if vocabulary_hash(self.tokenizer, layout.vocab_size) != layout.vocab_hash:
             raise DataError(f"{source}: the rows were tokenised with {layout.tokenizer_name} ({layout.vocab_size} "
                             f"tokens), not with the tokenizer of this run, {current['tokenizer_name']} "
                             f"({current['vocab_size']} tokens). Use that tokenizer (--tokenizer_name) or preprocess "

@@ -9,8 +9,9 @@ from datasets import Dataset, DatasetDict
 from conftest import make_byte_tokenizer
 from diff_trainer.arguments import DataArguments
 from diff_trainer.data.labels import IGNORE_INDEX as I
-from diff_trainer.data.loading import DataError
-from diff_trainer.data.pipeline import Preprocessor
+from diff_trainer.data.loading import DataError, load_raw_datasets
+from diff_trainer.data.pipeline import LAYOUT_FILE, Preprocessor, RowLayout
+from diff_trainer.data.saving import save_final_dataset
 
 EOS = 1
 DFF = 384  # id of <DFF> in make_byte_tokenizer()
@@ -192,18 +193,67 @@ def test_tokenizer_without_eos_is_refused():
         preprocess(dataset({"text": ["a<DFF>b"]}), tokenizer=tokenizer)
 
 
+def saved_rows(tmp_path, **data_kwargs):
+    """Rows preprocessed with the byte tokenizer and saved with their layout, as --save_final_dataset does."""
+    final, layout = preprocess(dataset({"text": ["a<DFF>b", "cd<DFF>e"]}), **data_kwargs)
+    path = str(tmp_path / "rows")
+    save_final_dataset(final, path, extra_files={LAYOUT_FILE: layout.to_json()})
+    return path, layout
+
+
+def reload(path, tokenizer=None, **data_kwargs):
+    args = DataArguments(dataset_name=path, load_from_disk=True, skip_concat=True, **data_kwargs)
+    return Preprocessor(tokenizer or make_byte_tokenizer(), args).run(load_raw_datasets(args))
+
+
+def test_saved_rows_keep_their_layout_and_block_size(tmp_path):
+    path, layout = saved_rows(tmp_path, padding_side="right", validation_split_percentage=0)
+    assert (layout.packing, layout.block_size, layout.marker, layout.vocab_size) == ("right", 8, "<DFF>", 386)
+    rows, reloaded = reload(path, validation_split_percentage=0)  # no --block_size: taken from the rows
+    assert reloaded == layout
+    assert rows["train"][0]["attention_mask"] == [1] * 8  # right padding is attended, yet not packed
+    assert RowLayout.read(path) == layout
+
+
+def test_saved_rows_refuse_another_block_size_or_tokenizer(tmp_path):
+    path, _ = saved_rows(tmp_path, validation_split_percentage=0)
+    with pytest.raises(DataError, match="saved rows have block_size 8, not --block_size 16"):
+        reload(path, block_size=16, validation_split_percentage=0)
+    with pytest.raises(DataError, match=r"tokenised with ByT5Tokenizer \(386 tokens\).*\(385 tokens\)"):
+        reload(path, tokenizer=make_byte_tokenizer(mask=False), validation_split_percentage=0)
+    other_marker = make_byte_tokenizer(dff=False)
+    other_marker.add_special_tokens({"additional_special_tokens": ["<SEP>", "<DFF>"]})  # <DFF> gets another id
+    with pytest.raises(DataError, match="not with the tokenizer of this run"):
+        reload(path, tokenizer=other_marker, validation_split_percentage=0)
+
+
+def test_tokens_added_after_saving_keep_the_rows_valid(tmp_path):
+    path, layout = saved_rows(tmp_path, validation_split_percentage=0)
+    grown = make_byte_tokenizer()
+    grown.add_special_tokens({"additional_special_tokens": ["<extra>"]})
+    assert reload(path, tokenizer=grown, validation_split_percentage=0)[1].vocab_size == layout.vocab_size
+
+
+def test_rows_saved_without_a_layout_are_read_off_the_rows(tmp_path, caplog):
+    final, _ = preprocess(dataset({"text": ["a<DFF>b"]}), validation_split_percentage=0)
+    path = str(tmp_path / "old")
+    final.save_to_disk(path)
+    with caplog.at_level(logging.WARNING):
+        _, layout = reload(path, validation_split_percentage=0)
+    assert (layout.packing, layout.block_size) == ("left", 8)
+    assert "no row_layout.json" in caplog.text
 def test_worker_processes_give_the_same_rows_and_a_rerun_reads_the_cache(tmp_path):
     from diff_trainer.data.loading import load_files
 
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps({"text": f"{i}+{i}=<DFF>{2 * i}"}) + "\n" for i in range(60)))
     cache = tmp_path / "cache"
-    single, _ = preprocess(load_files({"train": str(path)}, str(cache)), block_size=16)
-    parallel, _ = preprocess(load_files({"train": str(path)}, str(cache)), block_size=16,
+    single, _ = preprocess(load_files({"train": str(path)}, str(cache))[0], block_size=16)
+    parallel, _ = preprocess(load_files({"train": str(path)}, str(cache))[0], block_size=16,
                              preprocessing_num_workers=2)
     assert parallel["train"].to_list() == single["train"].to_list() and len(single["train"]) == 60
     written = sorted(cache.rglob("cache-*.arrow"))
-    again, _ = preprocess(load_files({"train": str(path)}, str(cache)), block_size=16, preprocessing_num_workers=2)
+    again, _ = preprocess(load_files({"train": str(path)}, str(cache))[0], block_size=16, preprocessing_num_workers=2)
     assert again["train"].to_list() == parallel["train"].to_list()
     assert sorted(cache.rglob("cache-*.arrow")) == written  # every map step was read back from the cache
     assert again["train"].cache_files[0]["filename"] in map(str, written)
