@@ -102,7 +102,7 @@ def on_policy_pairs(sft_model: str, data_dir: str, samples: int, seed: int = 0) 
 
 def write_on_policy_pairs(sft_model: str, data_dir: str, samples: int, seed: int, directory: str) -> None:
     from diff_trainer.cli import eval_arithmetic as evaluation
-    from diff_trainer.cli.generate import open_checkpoint
+    from diff_trainer.cli.generate import open_checkpoint, sampler_config
     from diff_trainer.data.io import read_jsonl, write_jsonl
 
     path = os.path.join(directory, "train_pairs.jsonl")
@@ -115,7 +115,7 @@ def write_on_policy_pairs(sft_model: str, data_dir: str, samples: int, seed: int
         args = evaluation.build_parser().parse_args(["--model", sft_model, "--test_file", train_file, "--gen_length",
                                                      str(GEN_LENGTH), "--batch_size", "100", *flags])
         prompt_ids = evaluation.prepare_prompts(args, tokenizer, diffusion_config, [p.prompt for p in problems])
-        config = evaluation.sampler_config(args, diffusion_config, tokenizer)
+        config = sampler_config(args, diffusion_config, tokenizer)
         result = evaluation.evaluate_problems(model, tokenizer, problems, prompt_ids, args, config)
         for options, record in zip(candidates, result.records):
             options.append(record["completion"].strip())
@@ -165,14 +165,14 @@ def train_dpo(sft_model: str, data_dir: str, kind: str, steps: int, eval_every: 
 def exact_match(model_dir: str, test_file: str, max_samples: int):
     """Greedy one-token-per-step diffusion sampling of the test answers, scored by diff-eval-arithmetic."""
     from diff_trainer.cli import eval_arithmetic as evaluation
-    from diff_trainer.cli.generate import open_checkpoint
+    from diff_trainer.cli.generate import open_checkpoint, sampler_config
 
     model, tokenizer, diffusion_config = open_checkpoint(model_dir)
     args = evaluation.build_parser().parse_args(["--model", model_dir, "--test_file", test_file, "--gen_length",
                                                  str(GEN_LENGTH), "--batch_size", "50"])
     problems = evaluation.read_problems(test_file, diffusion_config["dff_token"])[:max_samples]
     prompt_ids = evaluation.prepare_prompts(args, tokenizer, diffusion_config, [p.prompt for p in problems])
-    config = evaluation.sampler_config(args, diffusion_config, tokenizer)
+    config = sampler_config(args, diffusion_config, tokenizer)
     return evaluation.evaluate_problems(model, tokenizer, problems, prompt_ids, args, config)
 
 

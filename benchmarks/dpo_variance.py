@@ -164,10 +164,12 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=10, help="timed steps (medians)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true",
-                        help="--pairs 8 --draws 4 --steps 2 with benchmarks/dpo_arithmetic.py --quick's models")
+                        help="--pairs 8 --draws 4 --steps 2 --batch_size 8 with dpo_arithmetic.py --quick's models")
     args = parser.parse_args(argv)
     if args.quick:
-        args.pairs, args.draws, args.steps = 8, 4, 2
+        args.pairs, args.draws, args.steps, args.batch_size = 8, 4, 2, 8
+    if args.batch_size > args.pairs:
+        parser.error(f"--batch_size {args.batch_size} needs at least as many --pairs (got {args.pairs}).")
 
     import torch
 

@@ -80,7 +80,7 @@ def prepare_models(threads: int | None, max_steps: int | None) -> tuple[dict[str
 def run_rows(models: dict[str, str], test_file: str, max_samples: int | None, batch_size: int) -> list[dict]:
     """Evaluate every row of ROWS; the first batch of each row is run once before timing (warm-up)."""
     from diff_trainer.cli import eval_arithmetic as evaluation
-    from diff_trainer.cli.generate import open_checkpoint
+    from diff_trainer.cli.generate import open_checkpoint, sampler_config
 
     loaded = {name: open_checkpoint(path) for name, path in models.items()}
     prepared = []
@@ -92,7 +92,7 @@ def run_rows(models: dict[str, str], test_file: str, max_samples: int | None, ba
         dff_token = (diffusion_config or {}).get("dff_token") or evaluation.DEFAULT_DFF_TOKEN
         problems = evaluation.read_problems(test_file, dff_token)[:max_samples]
         prompt_ids = evaluation.prepare_prompts(args, tokenizer, diffusion_config, [p.prompt for p in problems])
-        config = evaluation.sampler_config(args, diffusion_config, tokenizer) if diffusion_config else None
+        config = sampler_config(args, diffusion_config, tokenizer) if diffusion_config else None
         evaluation.evaluate_problems(model, tokenizer, problems[:batch_size], prompt_ids[:batch_size], args, config)
         prepared.append((model, tokenizer, problems, prompt_ids, args, config))
     parts = [[] for _ in ROWS]

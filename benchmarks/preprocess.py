@@ -122,7 +122,8 @@ def ours(raw, tokenizer, workers: int, block_size: int, concatenate: bool = True
     preprocessor = Preprocessor(tokenizer, args)
     if preprocessor_hook:
         preprocessor_hook(preprocessor)
-    return preprocessor.run(DatasetDict({"train": raw}))[0]["train"]
+    rows, _layout = preprocessor.run(DatasetDict({"train": raw}))
+    return rows["train"]
 
 
 def ours_padded(raw, tokenizer, workers: int, block_size: int):
