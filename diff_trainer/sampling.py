@@ -75,6 +75,8 @@ class SamplerConfig:
     `guidance_scale` w > 0 turns on classifier-free guidance. `eos_handling`: "none"; "stop" (once a
     finished block holds an EOS, fill the rest of that row with EOS and stop sampling it); "forbid" (EOS is
     never predicted); "rank_last" (positions predicted as EOS are committed after all others).
+    `forbidden_token_ids` are never predicted (like the mask token): give the tokenizer's special tokens other
+    than EOS (`special_token_ids_to_forbid`), so that no `<DFF>`, padding or BOS is ever committed.
     """
 
     mask_token_id: int
@@ -89,6 +91,7 @@ class SamplerConfig:
     eos_token_id: int | None = None
     eos_handling: str = "none"
     pad_token_id: int | None = None
+    forbidden_token_ids: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.block_length is None:
@@ -122,6 +125,9 @@ class SamplerConfig:
             raise ValueError(f"eos_handling must be one of {EOS_HANDLING}, not {self.eos_handling!r}.")
         if self.eos_handling != "none" and self.eos_token_id is None:
             raise ValueError(f"eos_handling={self.eos_handling!r} needs eos_token_id.")
+        self.forbidden_token_ids = tuple(sorted(set(self.forbidden_token_ids)))
+        if self.eos_token_id is not None and self.eos_token_id in self.forbidden_token_ids:
+            raise ValueError("forbidden_token_ids must not hold the EOS id: use eos_handling='forbid' to forbid EOS.")
 
     @property
     def num_blocks(self) -> int:
@@ -162,6 +168,11 @@ class GenerationResult:
     def generated(self) -> torch.Tensor:
         """The generated part of every row, [B, gen_length]."""
         return self.sequences[:, self.generation_start:]
+
+
+def special_token_ids_to_forbid(tokenizer) -> tuple[int, ...]:
+    """The tokenizer's special ids that a sampler must never commit: all of them except EOS (which ends an answer)."""
+    return tuple(sorted(set(tokenizer.all_special_ids) - {tokenizer.eos_token_id}))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -270,6 +281,8 @@ def _predict(logits: torch.Tensor, config: SamplerConfig, generator) -> tuple[to
     """Predicted ids and their confidence for every position of a block."""
     logits = logits.clone()
     logits[..., config.mask_token_id] = float("-inf")  # committing a mask would leave the position masked
+    if config.forbidden_token_ids:
+        logits[..., list(config.forbidden_token_ids)] = float("-inf")
     if config.eos_handling == "forbid":
         logits[..., config.eos_token_id] = float("-inf")
     tokens = sample_tokens(logits, config.temperature, generator)

@@ -24,7 +24,14 @@ from pathlib import Path
 import torch
 
 from diff_trainer.render import TokenPieces, render_text
-from diff_trainer.sampling import CONFIDENCE_STRATEGIES, EOS_HANDLING, SamplerConfig, context_length, generate
+from diff_trainer.sampling import (
+    CONFIDENCE_STRATEGIES,
+    EOS_HANDLING,
+    SamplerConfig,
+    context_length,
+    generate,
+    special_token_ids_to_forbid,
+)
 
 DEFAULT_DFF_TOKEN = "<DFF>"
 # Flags that only mean something for a diffusion checkpoint (their defaults are None so use can be detected).
@@ -105,6 +112,7 @@ def sampler_config(args, diffusion_config: dict, tokenizer) -> SamplerConfig:
         eos_token_id=tokenizer.eos_token_id,
         eos_handling=args.eos_handling or ("stop" if tokenizer.eos_token_id is not None else "none"),
         pad_token_id=tokenizer.pad_token_id,
+        forbidden_token_ids=special_token_ids_to_forbid(tokenizer),
     )
 
 
@@ -135,7 +143,8 @@ def generate_causal(model, tokenizer, prompt_ids: list[list[int]], args) -> tupl
         if args.temperature > 0 else {"do_sample": False}
     with torch.no_grad():
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=args.gen_length,
-                                pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, **sampling)
+                                pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+                                suppress_tokens=list(special_token_ids_to_forbid(tokenizer)), **sampling)
     new_ids = output[:, width:]
     return new_ids.tolist(), new_ids.shape[1]
 
