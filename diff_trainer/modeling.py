@@ -1,5 +1,7 @@
 """Tokenizer and model preparation: special tokens, loading, bidirectional attention, diffusion config, LoRA."""
 
+import logging
+
 import torch
 from transformers import (
     CONFIG_MAPPING,
@@ -21,6 +23,8 @@ SPECIAL_TOKEN_ID_NAMES = (
     "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "cls_token_id", "mask_token_id",
 )
 MASKED_LM_CLASS_NAMES = frozenset(MODEL_FOR_MASKED_LM_MAPPING_NAMES.values())
+
+logger = logging.getLogger(__name__)
 
 
 def load_tokenizer(model_args):
@@ -98,7 +102,10 @@ def _build_config(model_args, tokenizer):
     else:
         raise ValueError("Nothing to build a model from: pass --model_name_or_path, --config_name or --model_type.")
     if model_args.config_overrides:
+        head_dim_was_derived = _head_dim_is_derived(config)
         config.update_from_string(model_args.config_overrides)
+        overridden = {item.split("=", 1)[0].strip() for item in model_args.config_overrides.split(",")}
+        _follow_overridden_sizes(config, overridden, head_dim_was_derived)
     if from_scratch:
         config.vocab_size = len(tokenizer)
         for name in SPECIAL_TOKEN_ID_NAMES:
@@ -107,6 +114,45 @@ def _build_config(model_args, tokenizer):
     if model_args.dropout is not None:
         set_dropout(config, model_args.dropout)
     return config
+
+
+def _head_dim_is_derived(config) -> bool:
+    """Whether the config's head_dim is hidden_size / num_attention_heads (Llama, Qwen2, ... compute it that way)."""
+    head_dim = getattr(config, "head_dim", None)
+    heads = getattr(config, "num_attention_heads", None)
+    return head_dim is not None and bool(heads) and head_dim * heads == getattr(config, "hidden_size", None)
+
+
+def _follow_overridden_sizes(config, overridden: set[str], head_dim_was_derived: bool) -> None:
+    """Recompute head_dim after --config_overrides changed hidden_size or num_attention_heads but not head_dim.
+
+    A config computes head_dim once, when it is built; without this, `hidden_size=128,num_attention_heads=4` on a
+    Llama config keeps the default head_dim of 128 and attention 4x wider than asked. A head_dim that the config
+    does not derive (Gemma's) is kept, and the log says so.
+    """
+    if "head_dim" in overridden or not overridden & {"hidden_size", "num_attention_heads"}:
+        return
+    if getattr(config, "head_dim", None) is None:
+        return
+    if not head_dim_was_derived:
+        logger.warning("Kept %s's own head_dim %d (not hidden_size / num_attention_heads); set head_dim in "
+                       "--config_overrides to change it.", config.model_type, config.head_dim)
+        return
+    if config.hidden_size % config.num_attention_heads:
+        raise ValueError(f"--config_overrides: hidden_size {config.hidden_size} is not a multiple of "
+                         f"num_attention_heads {config.num_attention_heads}; change one or set head_dim.")
+    config.head_dim = config.hidden_size // config.num_attention_heads
+    logger.info("head_dim = hidden_size / num_attention_heads = %d.", config.head_dim)
+
+
+def describe_model(model) -> str:
+    """One line for the log: class, parameter count and the sizes that decide it."""
+    config = model.config
+    sizes = ", ".join(f"{name} {getattr(config, name)}" for name in (
+        "hidden_size", "num_hidden_layers", "num_attention_heads", "head_dim", "intermediate_size", "vocab_size")
+        if getattr(config, name, None) is not None)
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+    return f"{type(model).__name__}: {parameters:,} parameters ({sizes})"
 
 
 def load_model(model_args, tokenizer, *, masked_lm: bool = False):
@@ -129,6 +175,7 @@ def load_model(model_args, tokenizer, *, masked_lm: bool = False):
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
+    logger.info("Model %s", describe_model(model))
     return model
 
 
