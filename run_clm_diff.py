@@ -17,7 +17,7 @@ from diff_trainer.data.pipeline import Preprocessor
 from diff_trainer.data.saving import save_final_dataset
 from diff_trainer.metrics import add_perplexity, argmax_logits, token_accuracy_metrics
 from diff_trainer.modeling import add_special_tokens, apply_lora, load_model, load_tokenizer
-from diff_trainer.training import setup_logging, train_and_evaluate
+from diff_trainer.training import check_output_dir, setup_logging, train_and_evaluate
 
 logger = logging.getLogger("run_clm_diff")
 
@@ -28,6 +28,8 @@ def main(argv=None):
     )
     setup_logging(training_args)
     set_seed(training_args.seed)
+    if not data_args.preprocess_only:
+        check_output_dir(training_args, resume=model_args.resume, overwrite=model_args.overwrite_output_dir)
 
     tokenizer = load_tokenizer(model_args)
     new_token_ids = add_special_tokens(
@@ -41,8 +43,8 @@ def main(argv=None):
     if data_args.save_final_dataset and training_args.process_index == 0:
         save_final_dataset(final, data_args.save_final_dataset, overwrite=data_args.overwrite_final_dataset,
                            num_proc=data_args.preprocessing_num_workers)
-    if not (training_args.do_train or training_args.do_eval):
-        logger.info("Neither --do_train nor --do_eval: preprocessing only, done.")
+    if data_args.preprocess_only or not (training_args.do_train or training_args.do_eval):
+        logger.info("Preprocessing only: done.")
         return
     train_dataset, eval_dataset = final["train"], final.get("validation")
 

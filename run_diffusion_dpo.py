@@ -25,7 +25,7 @@ from diff_trainer.modeling import (
     make_bidirectional,
     read_diffusion_config,
 )
-from diff_trainer.training import setup_logging, train_and_evaluate
+from diff_trainer.training import check_output_dir, setup_logging, train_and_evaluate
 
 logger = logging.getLogger("run_diffusion_dpo")
 
@@ -47,6 +47,7 @@ def main(argv=None):
     )
     setup_logging(training_args)
     set_seed(training_args.seed)
+    check_output_dir(training_args, resume=model_args.resume, overwrite=model_args.overwrite_output_dir)
     if model_args.model_name_or_path is None:
         raise ValueError("DPO starts from a trained diffusion model: pass --model_name_or_path.")
 

@@ -52,6 +52,11 @@ class ModelArguments:
     resume: bool = field(
         default=False, metadata={"help": "Resume from the last checkpoint in --output_dir (start fresh if there is none)."}
     )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train into an --output_dir that already holds a model or checkpoints, deleting its "
+                  "checkpoint-N directories (without it such a run is refused)."},
+    )
 
 
 @dataclass
@@ -112,6 +117,10 @@ class DataArguments:
     overwrite_final_dataset: bool = field(
         default=False, metadata={"help": "Allow --save_final_dataset to replace an existing directory."}
     )
+    preprocess_only: bool = field(
+        default=False,
+        metadata={"help": "Only preprocess and write --save_final_dataset; no model is built, trained or evaluated."},
+    )
 
     def __post_init__(self):
         if self.padding_side not in ("left", "right"):
@@ -120,6 +129,8 @@ class DataArguments:
             raise ValueError("--prompt_column and --response_column must be given together.")
         if self.load_from_disk and not self.dataset_name:
             raise ValueError("--load_from_disk needs --dataset_name pointing at a save_to_disk directory.")
+        if self.preprocess_only and not self.save_final_dataset:
+            raise ValueError("--preprocess_only writes the final rows: give --save_final_dataset DIR.")
 
 
 def config_to_argv(path: str) -> list[str]:

@@ -2,12 +2,13 @@
 
 import logging
 import os
+import shutil
 import sys
 from typing import Callable, Optional
 
 import datasets
 import transformers
-from transformers.trainer_utils import get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
 
 def setup_logging(training_args) -> None:
@@ -31,6 +32,30 @@ def last_checkpoint(output_dir: str) -> Optional[str]:
     logging.getLogger(__name__).info("Resuming from %s" if found else "No checkpoint in %s: starting fresh.",
                                      found or output_dir)
     return found
+
+
+def check_output_dir(training_args, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to train into an output_dir holding a model or checkpoints, unless resuming or told to overwrite.
+
+    With `overwrite`, the old checkpoint-N directories are deleted (by the main process) so that a later --resume
+    cannot pick up a checkpoint of the replaced run.
+    """
+    output_dir = training_args.output_dir
+    if not training_args.do_train or resume or training_args.resume_from_checkpoint or not os.path.isdir(output_dir):
+        return
+    found = sorted(name for name in os.listdir(output_dir)
+                   if name in ("config.json", "adapter_config.json") or name.startswith(f"{PREFIX_CHECKPOINT_DIR}-"))
+    if not found:
+        return
+    if not overwrite:
+        raise ValueError(f"--output_dir {output_dir} already holds a trained model ({', '.join(found[:3])}): pass "
+                         "--resume to continue its training, --overwrite_output_dir to replace it, or choose "
+                         "another --output_dir.")
+    if training_args.process_index == 0:
+        for name in found:
+            if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-"):
+                shutil.rmtree(os.path.join(output_dir, name))
+    logging.getLogger(__name__).warning("--overwrite_output_dir: replacing the model in %s.", output_dir)
 
 
 def train_and_evaluate(trainer, training_args, *, resume: bool, evaluate: bool,
