@@ -10,6 +10,26 @@ import datasets
 import transformers
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+logger = logging.getLogger(__name__)
+
+
+# The evaluation metric to read first, per kind of run, and what it means (the first one present is logged).
+HEADLINE_METRICS = (
+    ("eval_elbo_perplexity", "ELBO perplexity bound per trained token: an upper bound on the diffusion model's "
+     "perplexity, comparable with a causal model's perplexity on the same data (eval_loss is the loss on randomly "
+     "masked tokens, a different quantity: do not compare it with a causal eval_loss)"),
+    ("perplexity", "perplexity per trained token (exp of eval_loss)"),
+    ("eval_rewards/accuracies", "share of validation pairs whose chosen answer gets the higher reward"),
+)
+
+
+def headline(metrics: dict) -> Optional[str]:
+    """A sentence naming the run's comparable evaluation metric and its value, or None when there is none."""
+    for name, meaning in HEADLINE_METRICS:
+        if name in metrics:
+            return f"{name} = {metrics[name]:.4g}: {meaning}."
+    return None
+
 
 def setup_logging(training_args) -> None:
     """Log to stderr: our own messages at info on the main process (warning elsewhere), libraries at --log_level."""
@@ -55,7 +75,7 @@ def check_output_dir(training_args, *, resume: bool, overwrite: bool) -> None:
         for name in found:
             if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-"):
                 shutil.rmtree(os.path.join(output_dir, name))
-    logging.getLogger(__name__).warning("--overwrite_output_dir: replacing the model in %s.", output_dir)
+    logger.warning("--overwrite_output_dir: replacing the model in %s.", output_dir)
 
 
 def train_and_evaluate(trainer, training_args, *, resume: bool, evaluate: bool,
@@ -75,3 +95,7 @@ def train_and_evaluate(trainer, training_args, *, resume: bool, evaluate: bool,
             add_eval_metrics(metrics)
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+        if headline(metrics):
+            logger.info("Evaluation: %s", headline(metrics))
+    if training_args.do_train:
+        logger.info("Model saved to %s", training_args.output_dir)
