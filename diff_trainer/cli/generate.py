@@ -219,10 +219,13 @@ def main(argv: list[str] | None = None) -> None:
                 "sampler": "causal" if config is None else "diffusion"}
     settings.update(dataclasses.asdict(config) if config is not None
                     else {"gen_length": args.gen_length, "temperature": args.temperature})
-    for record in records:
+    for (p, s), record in zip(jobs, records):
+        sample = f", sample {s + 1}/{args.samples}" if args.samples > 1 else ""
+        print(f"--- prompt {p + 1}/{len(prompts)}{sample}: {tokenizer.decode(prompt_ids[p])}")
         print(record["completion"])
     if args.output:
         write_records(args.output, records, settings)
+        print(f"Wrote {len(records)} completions to {args.output}")
 
 
 def write_records(path: str, records: list[dict], settings: dict) -> None:
