@@ -20,6 +20,7 @@ from diff_trainer.dpo import DiffusionDPOTrainer, DPOArguments
 from diff_trainer.modeling import (
     add_special_tokens,
     apply_lora,
+    check_model_source,
     load_model,
     load_tokenizer,
     make_bidirectional,
@@ -32,6 +33,8 @@ logger = logging.getLogger("run_diffusion_dpo")
 
 def load_diffusion_model(model_args, tokenizer, name_or_path: str):
     """A masked-diffusion checkpoint (causal LM made bidirectional, or a masked-LM encoder)."""
+    check_model_source(name_or_path, "--model_name_or_path" if name_or_path == model_args.model_name_or_path
+                       else "--ref_model_name_or_path")
     config = AutoConfig.from_pretrained(name_or_path, trust_remote_code=model_args.trust_remote_code)
     if read_diffusion_config(config) is None:
         raise ValueError(f"{name_or_path} is not a masked-diffusion checkpoint (no diffusion_config in its config); "

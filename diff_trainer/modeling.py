@@ -1,6 +1,7 @@
 """Tokenizer and model preparation: special tokens, loading, bidirectional attention, diffusion config, LoRA."""
 
 import logging
+import os
 
 import torch
 from transformers import (
@@ -27,6 +28,22 @@ MASKED_LM_CLASS_NAMES = frozenset(MODEL_FOR_MASKED_LM_MAPPING_NAMES.values())
 logger = logging.getLogger(__name__)
 
 
+def check_model_source(name_or_path: str, flag: str) -> None:
+    """Fail with one plain sentence when `name_or_path` is meant as a local checkpoint directory that is not there.
+
+    A name is taken as local when it exists, starts with '.', '/' or '~', has more than one '/', or its parent
+    directory exists; otherwise it may be a hub id ('gpt2', 'org/model') and is left to from_pretrained.
+    """
+    if os.path.isdir(name_or_path):
+        return
+    if os.path.exists(name_or_path):
+        raise FileNotFoundError(f"{flag} {name_or_path} is a file; give the checkpoint's directory.")
+    parent = os.path.dirname(name_or_path.rstrip("/"))
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or (parent and os.path.isdir(parent)):
+        raise FileNotFoundError(f"{flag}: no checkpoint at {name_or_path} (no such directory). Train or download it "
+                                "first, or correct the path.")
+
+
 def load_tokenizer(model_args):
     """The tokenizer of `tokenizer_name` (or the model's), or a file-free byte tokenizer for "byte".
 
@@ -40,6 +57,7 @@ def load_tokenizer(model_args):
     if name == BYTE_TOKENIZER:
         tokenizer = ByT5Tokenizer()
     else:
+        check_model_source(name, "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path")
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model_args.trust_remote_code)
     if tokenizer.eos_token is None:
         tokenizer.add_special_tokens({"eos_token": tokenizer.sep_token or FALLBACK_EOS_TOKEN})
@@ -87,6 +105,8 @@ def _build_config(model_args, tokenizer):
     """The model config: the pretrained one, or a from-scratch one sized for `tokenizer` (run_clm's rules)."""
     remote = model_args.trust_remote_code
     from_scratch = model_args.model_name_or_path is None
+    if not from_scratch:
+        check_model_source(model_args.model_name_or_path, "--model_name_or_path")
     if model_args.config_overrides and not from_scratch:
         raise ValueError(
             "--config_overrides builds a config from scratch; it cannot be used with --model_name_or_path."

@@ -133,3 +133,12 @@ def test_each_prompt_is_printed_with_its_completion_and_the_output_file_confirme
                "--- prompt 2/2, sample 1/2: c<DFF>", "--- prompt 2/2, sample 2/2: c<DFF>"]
     expected = [line for header, record in zip(headers, records) for line in (header, record["completion"])]
     assert out == "\n".join(expected + [f"Wrote 4 completions to {output}"]) + "\n"
+
+
+@pytest.mark.parametrize("path", ["outputs_missing/arithmetic_sft/", "./nowhere", "{tmp}/not_trained_yet"])
+def test_a_missing_local_checkpoint_is_named_plainly(tmp_path, path):
+    path = path.format(tmp=tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--model", path, "--prompt", "1+1="])
+    assert str(exit_info.value) == f"error: --model: no checkpoint at {path} (no such directory). " \
+                                   "Train or download it first, or correct the path."

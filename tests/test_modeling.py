@@ -342,3 +342,14 @@ def test_mask_token_outside_the_vocabulary_is_refused(byte_tokenizer):
         write_diffusion_config(model.config, mask_token_id=byte_tokenizer.mask_token_id, shift_logits=False,
                                noise_schedule="linear", time_eps=1e-3, dff_token=DFF)
     assert read_diffusion_config(model.config) is None
+
+
+def test_a_missing_local_model_directory_is_named_plainly(tmp_path, tokenizer):
+    missing = str(tmp_path / "outputs" / "never_trained")
+    with pytest.raises(FileNotFoundError, match=f"--model_name_or_path: no checkpoint at {missing} "):
+        load_model(model_args(model_name_or_path=missing, model_type=None, config_overrides=None), tokenizer)
+    with pytest.raises(FileNotFoundError, match="--tokenizer_name: no checkpoint at ./no_tokenizer "):
+        load_tokenizer(model_args(tokenizer_name="./no_tokenizer"))
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    with pytest.raises(FileNotFoundError, match="is a file; give the checkpoint's directory"):
+        load_tokenizer(model_args(tokenizer_name=str(tmp_path / "model.safetensors")))

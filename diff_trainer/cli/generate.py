@@ -75,10 +75,17 @@ def load_checkpoint(path: str):
     """(model in eval mode, tokenizer, diffusion_config dict or None) from a checkpoint directory."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from diff_trainer.modeling import read_diffusion_config
+    from diff_trainer.modeling import check_model_source, read_diffusion_config
 
-    model = AutoModelForCausalLM.from_pretrained(path).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        check_model_source(path, "--model")
+        model = AutoModelForCausalLM.from_pretrained(path).eval()
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except FileNotFoundError as error:
+        sys.exit(f"error: {error}")
+    except OSError as error:  # a hub id that does not exist or cannot be reached
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        sys.exit(f"error: --model {path} is not a local directory, and loading it from the hub failed: {reason}")
     return model, tokenizer, read_diffusion_config(model.config)
 
 
