@@ -44,7 +44,8 @@ def main(argv=None):
         save_final_dataset(final, data_args.save_final_dataset, overwrite=data_args.overwrite_final_dataset,
                            num_proc=data_args.preprocessing_num_workers)
     if data_args.preprocess_only or not (training_args.do_train or training_args.do_eval):
-        logger.info("Preprocessing only: done.")
+        logger.info("Preprocessing only: done%s.", f"; the final rows are in {data_args.save_final_dataset}"
+                    if data_args.save_final_dataset else "")
         return
     train_dataset, eval_dataset = final["train"], final.get("validation")
 
