@@ -1,7 +1,13 @@
-"""Helpers shared by the benchmark scripts: repository paths, the demo configs, machine facts, markdown tables."""
+"""Helpers shared by the benchmark scripts: repository paths, the demo configs, machine facts, markdown tables,
+result files and hash-keyed caches of built artefacts."""
 
+import datetime
+import hashlib
+import json
 import os
 import platform
+import shlex
+import shutil
 import statistics
 import sys
 import time
@@ -10,6 +16,8 @@ from contextlib import contextmanager
 import yaml
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
+CACHE_KEY_FILE = "benchmark_cache_key.json"
 DEMO_DIFFUSION_CONFIG = os.path.join(REPO_ROOT, "configs", "demo.yaml")
 DEMO_CLM_CONFIG = os.path.join(REPO_ROOT, "configs", "demo_clm.yaml")
 
@@ -24,16 +32,17 @@ def read_config(path: str) -> dict:
 
 
 def machine_summary(threads: int = None) -> str:
-    """One line naming the CPU count, torch threads and library versions the numbers were measured with."""
+    """One line naming the machine (CPU cores, GPU, load average), torch threads and library versions."""
     import datasets
     import tokenizers
     import torch
     import transformers
 
     threads = threads if threads is not None else torch.get_num_threads()
-    return (f"{os.cpu_count()} CPUs, torch {torch.__version__} ({threads} threads), transformers "
-            f"{transformers.__version__}, datasets {datasets.__version__}, tokenizers {tokenizers.__version__}, "
-            f"Python {platform.python_version()}; load average {load_average()}")
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{os.cpu_count()} CPU cores, {gpu}, load average {load_average()}; torch {torch.__version__} "
+            f"({threads} threads), transformers {transformers.__version__}, datasets {datasets.__version__}, "
+            f"tokenizers {tokenizers.__version__}, Python {platform.python_version()}")
 
 
 def load_average() -> str:
@@ -83,3 +92,92 @@ def stopwatch(wall: list, cpu: list = None):
 
 def median(values) -> float:
     return statistics.median(values)
+
+
+class _Tee:
+    """A text stream writing to several streams."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text):
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self):
+        for stream in self.streams:
+            stream.flush()
+
+
+@contextmanager
+def results_file(name: str, quick: bool = False):
+    """Everything the block prints also goes to benchmarks/results/<name>[_quick].md, under a header naming the
+    command, the date and the machine: the README's figures link there, so each can be traced to a run.
+
+    The file is written next to it and renamed at the end, so an interrupted run leaves the previous one in place.
+    """
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, f"{name}{'_quick' if quick else ''}.md")
+    partial = path + ".partial"
+    command = "python " + shlex.join([os.path.relpath(sys.argv[0], REPO_ROOT), *sys.argv[1:]])
+    with open(partial, "w", encoding="utf-8") as handle:
+        handle.write(f"# {name}\n\nCommand: `{command}`  \nStarted: "
+                     f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  \n"
+                     f"Machine: {machine_summary()}\n\n```\n")
+        original = sys.stdout
+        sys.stdout = _Tee(original, handle)
+        try:
+            yield path
+        finally:
+            sys.stdout = original
+        handle.write(f"```\n\nFinished: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
+                     f"load average {load_average()}.\n")
+    os.replace(partial, path)
+    print(f"Results written to {os.path.relpath(path, REPO_ROOT)}")
+
+
+def content_hash(*paths: str) -> str:
+    """SHA-256 over the files under `paths` (names relative to each path, and bytes), cache key files excluded."""
+    digest = hashlib.sha256()
+    for root in paths:
+        files = [root] if os.path.isfile(root) else sorted(
+            os.path.join(folder, name) for folder, _, names in os.walk(root) for name in names if name != CACHE_KEY_FILE)
+        for path in files:
+            digest.update(os.path.relpath(path, root).encode() + b"\0")
+            with open(path, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cached_build(directory: str, settings: dict, inputs: list[str], build, label: str) -> str:
+    """Reuse `directory` only if it was built with exactly these `settings` from inputs with these contents.
+
+    The key (settings + SHA-256 of every input file or directory) is stored in the directory with the hash of what
+    was built; a changed setting, a changed input (e.g. a retrained model) or a modified artefact means a rebuild:
+    `build(directory)` runs on an empty directory. Prints what was reused or rebuilt, and why.
+    """
+    key = {"settings": settings, "inputs": {os.path.relpath(path, REPO_ROOT): content_hash(path) for path in inputs}}
+    key_path = os.path.join(directory, CACHE_KEY_FILE)
+    reason = "nothing cached"
+    if os.path.exists(key_path):
+        with open(key_path, encoding="utf-8") as handle:
+            stored = json.load(handle)
+        if stored.get("key") != key:
+            reason = "settings or inputs changed"
+        elif stored.get("output_hash") != content_hash(directory):
+            reason = "the cached files were modified"
+        else:
+            print(f"Reused {label}: {os.path.relpath(directory, REPO_ROOT)} (same settings, inputs and files; "
+                  f"hash {stored['output_hash'][:12]}).", flush=True)
+            return directory
+    elif os.path.exists(directory):
+        reason = "no cache key (made by hand or by an older script)"
+    print(f"Building {label} into {os.path.relpath(directory, REPO_ROOT)} ({reason}) ...", flush=True)
+    shutil.rmtree(directory, ignore_errors=True)
+    os.makedirs(directory)
+    build(directory)
+    with open(key_path, "w", encoding="utf-8") as handle:
+        json.dump({"key": key, "output_hash": content_hash(directory)}, handle, indent=1)
+    return directory

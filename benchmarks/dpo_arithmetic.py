@@ -2,8 +2,10 @@
 """Demo (not a test): VRPO on small arithmetic. Exact match before/after DPO, and the reward-accuracy curve.
 
     python benchmarks/dpo_arithmetic.py [--sft_model DIR] [--pairs on_policy synthetic] [--dpo_steps 200]
+    python benchmarks/dpo_arithmetic.py --quick    # SFT 300 steps, DPO 20 steps, 50 problems; outputs/bench_dpo_quick/
 
-Steps, in outputs/bench_dpo/ (a re-run reuses the data, the SFT model and the on-policy pairs that are there):
+Steps, in outputs/bench_dpo/ (a re-run reuses the data, SFT model, on-policy pairs and DPO policies only when they
+were made with the same settings from inputs with the same contents, see common.cached_build, and says so):
 1. data: make_arithmetic.py problems `a+b=` / `a-b=` with 0 <= a, b <= 19 (train 600 / test 200) and a pair per
    train problem (chosen: the answer; rejected: a plausible slip: off by one or ten, digits swapped, ...);
 2. SFT: without --sft_model, a 4-layer Llama (hidden 128) is trained as a masked-diffusion model with
@@ -16,20 +18,21 @@ Steps, in outputs/bench_dpo/ (a re-run reuses the data, the SFT model and the on
 5. exact match of greedy one-token-per-step sampling (the diffusion sampler, scored as diff-eval-arithmetic does)
    on the held-out test problems and on the train problems, for the SFT model and each DPO model.
 Training runs are subprocesses (logs in the output directory); torch uses --threads threads.
-DPO uses configs/dpo.yaml with DPO_SETTINGS below on top (printed with the results).
+DPO uses configs/dpo.yaml with DPO_SETTINGS below on top (printed with the results). The tables also go to
+benchmarks/results/dpo_arithmetic[_quick].md.
 """
 
 import argparse
-import hashlib
 import json
 import os
 import subprocess
 import sys
 import time
 
-from common import REPO_ROOT, machine_summary, markdown_table  # also puts the repository on sys.path
+from common import REPO_ROOT, cached_build, machine_summary, markdown_table, results_file  # puts the repo on sys.path
 
 BENCH_DIR = os.path.join(REPO_ROOT, "outputs", "bench_dpo")
+QUICK = {"bench_dir": BENCH_DIR + "_quick", "sft_steps": 300, "dpo_steps": 20, "eval_every": 10, "max_samples": 50}
 DATA = {"num_train": 600, "num_test": 200, "max_operand": 19, "operators": "+-", "seed": 0}
 BLOCK = 16  # the longest prompt "19-19=<DFF>" (7 bytes) + up to 3 answer bytes + EOS, EOS-filled to 16
 GEN_LENGTH = BLOCK - 7
@@ -55,31 +58,33 @@ def run_script(argv: list[str], log_path: str, threads: int) -> float:
 
 
 def prepare_data(bench_dir: str = BENCH_DIR) -> str:
-    """The arithmetic files with preference pairs (made once)."""
+    """The arithmetic files with preference pairs."""
     from data_scripts.make_arithmetic import make_arithmetic
 
-    data_dir = os.path.join(bench_dir, "data")
-    if not os.path.exists(os.path.join(data_dir, "test_pairs.jsonl")):
-        make_arithmetic(data_dir, preferences=True, **DATA)
-    return data_dir
+    return cached_build(os.path.join(bench_dir, "data"), {**DATA, "preferences": True}, [],
+                        lambda out: make_arithmetic(out, preferences=True, **DATA), "arithmetic problems and pairs")
+
+
+def sft_flags(data_dir: str, steps: int) -> list[str]:
+    return ["--train_file", os.path.join(data_dir, "train.jsonl"), "--train_diff_model", "--tokenizer_name", "byte",
+            "--model_type", "llama", "--config_overrides", MODEL, "--block_size", str(BLOCK), "--padding_side",
+            "right", "--validation_split_percentage", "0", "--do_train", "--max_steps", str(steps),
+            "--per_device_train_batch_size", "32", "--learning_rate", "0.001", "--weight_decay", "0.01",
+            "--lr_scheduler_type", "cosine", "--warmup_steps", "0.05", "--logging_steps", "100", "--save_strategy",
+            "no", "--eval_mc_samples", "0", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true"]
 
 
 def prepare_sft(data_dir: str, steps: int, threads: int, bench_dir: str = BENCH_DIR) -> tuple[str, float]:
-    """A masked-diffusion SFT checkpoint trained on the arithmetic problems (reused when present)."""
-    output = os.path.join(bench_dir, "sft")
-    if os.path.exists(os.path.join(output, "model.safetensors")):
-        return output, 0.0
-    os.makedirs(bench_dir, exist_ok=True)
-    seconds = run_script(
-        ["run_clm_diff.py", "--train_file", os.path.join(data_dir, "train.jsonl"), "--train_diff_model",
-         "--tokenizer_name", "byte", "--model_type", "llama", "--config_overrides", MODEL, "--block_size", str(BLOCK),
-         "--padding_side", "right", "--validation_split_percentage", "0", "--output_dir", output, "--do_train",
-         "--max_steps", str(steps), "--per_device_train_batch_size", "32", "--learning_rate", "0.001",
-         "--weight_decay", "0.01",
-         "--lr_scheduler_type", "cosine", "--warmup_steps", "0.05", "--logging_steps", "100", "--save_strategy", "no",
-         "--eval_mc_samples", "0", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true"],
-        os.path.join(bench_dir, "sft.log"), threads)
-    return output, seconds
+    """A masked-diffusion SFT checkpoint trained on the arithmetic problems; (directory, training seconds or 0)."""
+    seconds = [0.0]
+
+    def train(output):
+        seconds[0] = run_script(["run_clm_diff.py", *sft_flags(data_dir, steps), "--output_dir", output],
+                                os.path.join(bench_dir, "sft.log"), threads)
+
+    flags = sft_flags("DATA", steps)  # the data enter the key by content, not by path
+    output = cached_build(os.path.join(bench_dir, "sft"), {"flags": flags}, [data_dir], train, "the SFT model")
+    return output, seconds[0]
 
 
 def on_policy_pairs(sft_model: str, data_dir: str, samples: int, seed: int = 0) -> str:
@@ -88,16 +93,21 @@ def on_policy_pairs(sft_model: str, data_dir: str, samples: int, seed: int = 0) 
     Every train prompt is answered greedily and `samples` times at temperature 1; the first wrong answer becomes
     the rejected one. Prompts the model never gets wrong keep make_arithmetic.py's plausible slip.
     """
+    directory = cached_build(os.path.join(os.path.dirname(data_dir), "on_policy_pairs"),
+                             {"samples": samples, "seed": seed, "gen_length": GEN_LENGTH}, [sft_model, data_dir],
+                             lambda out: write_on_policy_pairs(sft_model, data_dir, samples, seed, out),
+                             "the on-policy pairs")
+    return os.path.join(directory, "train_pairs.jsonl")
+
+
+def write_on_policy_pairs(sft_model: str, data_dir: str, samples: int, seed: int, directory: str) -> None:
     from diff_trainer.cli import eval_arithmetic as evaluation
-    from diff_trainer.cli.generate import load_checkpoint
+    from diff_trainer.cli.generate import open_checkpoint
     from diff_trainer.data.io import read_jsonl, write_jsonl
 
-    tag = hashlib.sha1(os.path.abspath(sft_model).encode()).hexdigest()[:8]  # one file per SFT model
-    path = os.path.join(data_dir, f"train_pairs_on_policy_{tag}.jsonl")
-    if os.path.exists(path):
-        return path
+    path = os.path.join(directory, "train_pairs.jsonl")
     train_file = os.path.join(data_dir, "train.jsonl")
-    model, tokenizer, diffusion_config = load_checkpoint(sft_model)
+    model, tokenizer, diffusion_config = open_checkpoint(sft_model)
     problems = evaluation.read_problems(train_file, diffusion_config["dff_token"])
     candidates = [[] for _ in problems]
     for draw in range(samples + 1):
@@ -116,7 +126,6 @@ def on_policy_pairs(sft_model: str, data_dir: str, samples: int, seed: int = 0) 
         pairs.append({"prompt": problem.prompt, "chosen": problem.answer,
                       "rejected": wrong[0] if wrong else fallback["rejected"]})
     write_jsonl(pairs, path)
-    return path
 
 
 PAIR_KINDS = ("on_policy", "synthetic")
@@ -136,20 +145,29 @@ def dpo_flags(model: str, train_pairs: str, data_dir: str, output: str, steps: i
 
 def train_dpo(sft_model: str, data_dir: str, kind: str, steps: int, eval_every: int, threads: int,
               extra=(), bench_dir: str = BENCH_DIR) -> tuple[str, list[str], float]:
-    """Run run_diffusion_dpo.py on one kind of train pairs; return (output dir, its flags, wall seconds)."""
+    """Run run_diffusion_dpo.py on one kind of train pairs; return (output dir, its flags, wall seconds or 0)."""
     train_pairs = (on_policy_pairs(sft_model, data_dir, samples=4) if kind == "on_policy"
                    else os.path.join(data_dir, "train_pairs.jsonl"))
     output = os.path.join(bench_dir, f"dpo_{kind}")
     flags = dpo_flags(sft_model, train_pairs, data_dir, output, steps, eval_every, *extra)
-    return output, flags, run_script(flags, os.path.join(bench_dir, f"dpo_{kind}.log"), threads)
+    seconds = [0.0]
+
+    def train(_):
+        seconds[0] = run_script(flags, os.path.join(bench_dir, f"dpo_{kind}.log"), threads)
+
+    settings = {"kind": kind, "steps": steps, "eval_every": eval_every, "extra": list(extra),
+                "settings": list(DPO_SETTINGS)}
+    cached_build(output, settings, [sft_model, train_pairs, data_dir, os.path.join(REPO_ROOT, "configs", "dpo.yaml")],
+                 train, f"the DPO policy on {kind} pairs")
+    return output, flags, seconds[0]
 
 
 def exact_match(model_dir: str, test_file: str, max_samples: int):
     """Greedy one-token-per-step diffusion sampling of the test answers, scored by diff-eval-arithmetic."""
     from diff_trainer.cli import eval_arithmetic as evaluation
-    from diff_trainer.cli.generate import load_checkpoint
+    from diff_trainer.cli.generate import open_checkpoint
 
-    model, tokenizer, diffusion_config = load_checkpoint(model_dir)
+    model, tokenizer, diffusion_config = open_checkpoint(model_dir)
     args = evaluation.build_parser().parse_args(["--model", model_dir, "--test_file", test_file, "--gen_length",
                                                  str(GEN_LENGTH), "--batch_size", "50"])
     problems = evaluation.read_problems(test_file, diffusion_config["dff_token"])[:max_samples]
@@ -184,24 +202,36 @@ def main(argv=None):
     parser.add_argument("--eval_every", type=int, default=50, help="steps between reward evaluations")
     parser.add_argument("--max_samples", type=int, default=200, help="problems for exact match (test and train)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a busy machine)")
+    parser.add_argument("--quick", action="store_true",
+                        help="SFT 300 steps, DPO 20 steps with evaluations every 10, 50 problems, in "
+                             "outputs/bench_dpo_quick/")
     parser.add_argument("--dpo_flags", nargs=argparse.REMAINDER, default=[],
                         help="extra run_diffusion_dpo.py flags, e.g. --dpo_flags --learning_rate 1e-4")
     args = parser.parse_args(argv)
+    args.bench_dir = BENCH_DIR
+    if args.quick:
+        for name, value in QUICK.items():
+            setattr(args, name, value)
 
     import torch
 
     torch.set_num_threads(args.threads)
+    with results_file("dpo_arithmetic", args.quick):
+        measure(args)
+
+
+def measure(args):
     seconds = {}
-    data_dir = prepare_data()
+    data_dir = prepare_data(args.bench_dir)
     sft_model = args.sft_model
     if sft_model is None:
-        sft_model, sft_seconds = prepare_sft(data_dir, args.sft_steps, args.threads)
-        seconds["SFT training" if sft_seconds else "SFT training (reused the model in outputs/bench_dpo/sft)"] = \
-            sft_seconds
+        sft_model, sft_seconds = prepare_sft(data_dir, args.sft_steps, args.threads, args.bench_dir)
+        seconds["SFT training" if sft_seconds else "SFT training (reused)"] = sft_seconds
     runs = {}
     for kind in args.pairs:
-        output, flags, seconds[f"DPO on {kind} pairs (with its evaluations)"] = train_dpo(
-            sft_model, data_dir, kind, args.dpo_steps, args.eval_every, args.threads, args.dpo_flags)
+        output, flags, dpo_seconds = train_dpo(sft_model, data_dir, kind, args.dpo_steps, args.eval_every,
+                                               args.threads, args.dpo_flags, args.bench_dir)
+        seconds[f"DPO on {kind} pairs (with its evaluations){'' if dpo_seconds else ' (reused)'}"] = dpo_seconds
         runs[kind] = (output, flags)
 
     start = time.perf_counter()

@@ -2,6 +2,7 @@
 """Measurement (not a test): variance of VRPO's preference score, and where a DPO step's time goes.
 
     python benchmarks/dpo_variance.py [--sft_model DIR] [--dpo_model DIR] [--pairs 64] [--draws 32] [--threads 1]
+    python benchmarks/dpo_variance.py --quick     # dpo_arithmetic.py --quick's models, 8 pairs x 4 draws, 2 steps
 
 Models: the arithmetic SFT checkpoint of benchmarks/dpo_arithmetic.py is the reference; the policy is the same
 model (policy = reference, as at the start of DPO) or the DPO checkpoint that script trained ("after training").
@@ -17,6 +18,7 @@ Step time. One optimizer step of DiffusionDPOTrainer (batch --batch_size pairs, 
 parts timed separately on the same batch: policy forward + ELBO, reference forward (no grad), backward, optimizer
 step; and the same step with precomputed reference scores (no reference forward). Medians over --steps steps.
 The batch is collated once; collating (drawing every pair's masks) is timed apart, as the data loader does it.
+The tables also go to benchmarks/results/dpo_variance[_quick].md.
 """
 
 import argparse
@@ -26,7 +28,7 @@ import os
 import statistics
 import time
 
-from common import machine_summary, markdown_table, quiet  # also puts the repository on sys.path
+from common import machine_summary, markdown_table, quiet, results_file  # also puts the repository on sys.path
 
 BUDGETS = (1, 2, 4, 8)
 BETA = 0.2
@@ -43,7 +45,8 @@ def held_out_pairs(model_dir: str, data_dir: str, count: int):
     from dpo_arithmetic import BLOCK
     from transformers import AutoTokenizer
 
-    from diff_trainer.data.preference import PreferenceDataArguments, load_preference_data, tokenize_pairs
+    from diff_trainer.arguments import PreferenceDataArguments
+    from diff_trainer.data.preference import load_preference_data, tokenize_pairs
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     args = PreferenceDataArguments(train_file=os.path.join(data_dir, "test_pairs.jsonl"), max_length=BLOCK,
@@ -104,19 +107,21 @@ def variance_table(results: dict) -> str:
 
 def step_times(policy_dir: str, tokenizer, features, batch_size: int, steps: int) -> list[list]:
     """Median seconds of a full DPO step vs. its parts, with a frozen reference and with precomputed scores."""
-    from datasets import Dataset
-    from transformers import TrainingArguments
-
-    from diff_trainer.dpo import DiffusionDPOTrainer, DPOArguments
+    from datasets import Dataset, DatasetDict
+    from diff_trainer.arguments import DPOTrainingArguments
+    from diff_trainer.dpo import DiffusionDPOTrainer, precompute_reference_scores
 
     data = Dataset.from_list(features[:batch_size])
     rows = []
     for name, precompute in (("frozen reference copy", False), ("precomputed reference scores", True)):
-        args = TrainingArguments(output_dir=os.path.join("/tmp", "dpo_step_times"), use_cpu=True, report_to="none",
-                                 per_device_train_batch_size=batch_size, per_device_eval_batch_size=batch_size,
-                                 learning_rate=1e-4, save_strategy="no")
-        trainer = DiffusionDPOTrainer(load(policy_dir), args=args, processing_class=tokenizer, train_dataset=data,
-                                      dpo_args=DPOArguments(mc_samples=8, precompute_ref_scores=precompute))
+        args = DPOTrainingArguments(output_dir=os.path.join("/tmp", "dpo_step_times"), use_cpu=True,
+                                    report_to="none", per_device_train_batch_size=batch_size,
+                                    per_device_eval_batch_size=batch_size, learning_rate=1e-4, save_strategy="no",
+                                    mc_samples=8, precompute_ref_scores=precompute)
+        policy = load(policy_dir)
+        if precompute:
+            data = precompute_reference_scores(DatasetDict({"train": data}), policy, tokenizer, args)["train"]
+        trainer = DiffusionDPOTrainer(policy, args=args, processing_class=tokenizer, train_dataset=data)
         model = trainer.model.train()
         optimizer = trainer.create_optimizer()
         trainer.current_gradient_accumulation_steps = 1
@@ -158,22 +163,32 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=16, help="pairs per step in the timing table")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (medians)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--quick", action="store_true",
+                        help="--pairs 8 --draws 4 --steps 2 with benchmarks/dpo_arithmetic.py --quick's models")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.pairs, args.draws, args.steps = 8, 4, 2
 
     import torch
 
-    import dpo_arithmetic
-
     torch.set_num_threads(args.threads)
     quiet()
-    data_dir = dpo_arithmetic.prepare_data()
+    with results_file("dpo_variance", args.quick):
+        measure(args)
+
+
+def measure(args):
+    import dpo_arithmetic
+
+    settings = dpo_arithmetic.QUICK if args.quick else {"bench_dir": dpo_arithmetic.BENCH_DIR, "sft_steps": 3000,
+                                                         "dpo_steps": 200, "eval_every": 50}
+    data_dir = dpo_arithmetic.prepare_data(settings["bench_dir"])
     sft_model, dpo_model = args.sft_model, args.dpo_model
-    if sft_model is None:
-        sft_model, _ = dpo_arithmetic.prepare_sft(data_dir, 3000, args.threads)
+    if sft_model is None:  # reused when dpo_arithmetic.py made it with the same settings
+        sft_model, _ = dpo_arithmetic.prepare_sft(data_dir, settings["sft_steps"], args.threads, settings["bench_dir"])
     if dpo_model is None:
-        dpo_model = os.path.join(dpo_arithmetic.BENCH_DIR, "dpo_on_policy")
-        if not os.path.exists(os.path.join(dpo_model, "model.safetensors")):
-            dpo_model, _, _ = dpo_arithmetic.train_dpo(sft_model, data_dir, "on_policy", 200, 50, args.threads)
+        dpo_model, _, _ = dpo_arithmetic.train_dpo(sft_model, data_dir, "on_policy", settings["dpo_steps"],
+                                                   settings["eval_every"], args.threads, (), settings["bench_dir"])
     tokenizer, features = held_out_pairs(sft_model, data_dir, args.pairs)
     reference = load(sft_model)
 

@@ -2,17 +2,22 @@
 """Generation cost and quality of the samplers on a small arithmetic model: NFE, tokens/s, exact match.
 
     python benchmarks/generate.py [--max_samples 1000] [--batch_size 1] [--threads 1]
+    python benchmarks/generate.py --quick      # models trained 100 steps, 50 test problems
     python benchmarks/generate.py --model DIFFUSION_DIR --causal_model CAUSAL_DIR --test_file test.jsonl
 
 Without --model the script makes 2-digit + and - problems (data_scripts/make_arithmetic.py) and trains a diffusion
 model and a causal model of the same size with run_clm_diff.py and benchmarks/arithmetic.yaml (the causal one with
-`--train_diff_model false --padding_side left`), in outputs/bench_arith/; a re-run reuses what is there.
+`--train_diff_model false --padding_side left`), in outputs/bench_arith/. A re-run reuses data and models only when
+they were made with the same settings from inputs with the same contents (common.cached_build), and says so.
 
 Every row is a diff-eval-arithmetic run (its flags are in the table) on the same test prompts, greedy: one token per
 step, Fast-dLLM threshold decoding, semi-autoregressive blocks, and the causal model's `model.generate` with its KV
-cache. NFE is the number of forward passes per sample (exact per sample at --batch_size 1, otherwise those of its
-batch); tokens/s counts completion tokens up to and including the first EOS per second of generation. The issue's
-target: threshold decoding needs >= 4x fewer NFE than one token per step at <= 1 point of accuracy lost.
+cache. The rows are interleaved: the problems are cut into chunks and every row runs on each chunk in turn (the order
+rotating), so changing machine load hits all rows alike. NFE is the number of forward passes per sample (exact per
+sample at --batch_size 1, otherwise those of its batch); tokens/s counts completion tokens up to and including the
+first EOS per second of generation. NFE ratios compare samplers of the same diffusion model; the causal model is a
+different model, so it gets no ratio. The issue's target: threshold decoding needs >= 4x fewer NFE than one token
+per step at <= 1 point of accuracy lost. The tables also go to benchmarks/results/generate[_quick].md.
 """
 
 import argparse
@@ -21,14 +26,13 @@ import subprocess
 import sys
 import time
 
-from common import REPO_ROOT, machine_summary, markdown_table  # also puts the repository on sys.path
+from common import REPO_ROOT, cached_build, machine_summary, markdown_table, results_file  # puts the repo on sys.path
 
 BENCH_DIR = os.path.join("outputs", "bench_arith")
-DATA_DIR = os.path.join(BENCH_DIR, "data")
 CONFIG = os.path.join("benchmarks", "arithmetic.yaml")
-DIFFUSION_DIR = os.path.join(BENCH_DIR, "diffusion")
-CAUSAL_DIR = os.path.join(BENCH_DIR, "causal")
-CAUSAL_FLAGS = ["--train_diff_model", "false", "--padding_side", "left", "--output_dir", CAUSAL_DIR]
+CAUSAL_FLAGS = ["--train_diff_model", "false", "--padding_side", "left"]
+QUICK = {"max_steps": 100, "max_samples": 50}
+CHUNK = 25  # problems per interleaving round
 DATA = {"num_train": 10000, "num_test": 1000, "max_operand": 99, "operators": "+-", "seed": 0}
 GEN_LENGTH = 8  # the longest prompt (7 bytes, "99-99=<DFF>") + 8 fits the 16-byte training rows
 
@@ -44,32 +48,42 @@ ROWS = [  # (name, which model, diff-eval-arithmetic flags)
 ]
 
 
-def prepare_models(threads: int | None) -> dict[str, float]:
-    """Make the data and train both models unless they exist; return the seconds each step took."""
+ROWS_MODEL = {name: which for name, which, _ in ROWS}
+
+
+def prepare_models(threads: int | None, max_steps: int | None) -> tuple[dict[str, str], str, dict[str, float]]:
+    """The data and both models (reused when their settings and inputs match); returns (models, test file, seconds)."""
     from data_scripts.make_arithmetic import make_arithmetic
 
     seconds = {}
-    if not os.path.isfile(os.path.join(REPO_ROOT, DATA_DIR, "test.jsonl")):
-        make_arithmetic(os.path.join(REPO_ROOT, DATA_DIR), **DATA)
-    for name, directory, flags in (("diffusion", DIFFUSION_DIR, []), ("causal", CAUSAL_DIR, CAUSAL_FLAGS)):
-        if os.path.isfile(os.path.join(REPO_ROOT, directory, "model.safetensors")):
-            continue
-        print(f"training the {name} model into {directory} ...", flush=True)
-        environment = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "run_clm_diff.py", CONFIG, *flags], cwd=REPO_ROOT, env=environment,
-                       check=True)
-        seconds[f"training the {name} model"] = time.perf_counter() - start
-    return seconds
+    bench_dir = os.path.join(REPO_ROOT, BENCH_DIR + ("_quick" if max_steps else ""))
+    data_dir = cached_build(os.path.join(bench_dir, "data"), DATA, [], lambda out: make_arithmetic(out, **DATA),
+                            "arithmetic problems")
+    models = {}
+    for name, flags in (("diffusion", []), ("causal", CAUSAL_FLAGS)):
+        extra = [*flags, "--train_file", os.path.join(data_dir, "train.jsonl")]
+        if max_steps:
+            extra += ["--max_steps", str(max_steps)]
+
+        def train(out, extra=extra, name=name):
+            environment = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "run_clm_diff.py", CONFIG, *extra, "--output_dir", out], cwd=REPO_ROOT,
+                           env=environment, check=True)
+            seconds[f"training the {name} model"] = time.perf_counter() - start
+
+        models[name] = cached_build(os.path.join(bench_dir, name), {"flags": flags, "max_steps": max_steps},
+                                    [os.path.join(REPO_ROOT, CONFIG), data_dir], train, f"the {name} model")
+    return models, os.path.join(data_dir, "test.jsonl"), seconds
 
 
 def run_rows(models: dict[str, str], test_file: str, max_samples: int | None, batch_size: int) -> list[dict]:
     """Evaluate every row of ROWS; the first batch of each row is run once before timing (warm-up)."""
     from diff_trainer.cli import eval_arithmetic as evaluation
-    from diff_trainer.cli.generate import load_checkpoint
+    from diff_trainer.cli.generate import open_checkpoint
 
-    loaded = {name: load_checkpoint(path) for name, path in models.items()}
-    results = []
+    loaded = {name: open_checkpoint(path) for name, path in models.items()}
+    prepared = []
     for name, which, flags in ROWS:
         model, tokenizer, diffusion_config = loaded[which]
         argv = ["--model", models[which], "--test_file", test_file, "--gen_length", str(GEN_LENGTH),
@@ -80,9 +94,27 @@ def run_rows(models: dict[str, str], test_file: str, max_samples: int | None, ba
         prompt_ids = evaluation.prepare_prompts(args, tokenizer, diffusion_config, [p.prompt for p in problems])
         config = evaluation.sampler_config(args, diffusion_config, tokenizer) if diffusion_config else None
         evaluation.evaluate_problems(model, tokenizer, problems[:batch_size], prompt_ids[:batch_size], args, config)
-        result = evaluation.evaluate_problems(model, tokenizer, problems, prompt_ids, args, config)
+        prepared.append((model, tokenizer, problems, prompt_ids, args, config))
+    parts = [[] for _ in ROWS]
+    chunk = max(CHUNK, batch_size)
+    for round_index, start in enumerate(range(0, len(prepared[0][2]), chunk)):
+        order = list(range(len(ROWS)))
+        order = order[round_index % len(order):] + order[:round_index % len(order)]
+        for index in order:
+            model, tokenizer, problems, prompt_ids, args, config = prepared[index]
+            part = slice(start, start + chunk)
+            parts[index].append(evaluation.evaluate_problems(model, tokenizer, problems[part], prompt_ids[part],
+                                                             args, config))
+    results = []
+    for (name, _, flags), pieces in zip(ROWS, parts):
+        records = [record for piece in pieces for record in piece.records]
+        result = evaluation.Evaluation(
+            records=records, accuracy=sum(r["correct"] for r in records) / len(records),
+            nfe_per_sample=sum(r["nfe"] for r in records) / len(records),
+            completion_tokens=sum(piece.completion_tokens for piece in pieces),
+            seconds=sum(piece.seconds for piece in pieces))
         print(f"{name}: {result.summary()}".replace("\n", "; "), flush=True)
-        results.append({"name": name, "flags": " ".join(flags) or "(none)", "result": result})
+        results.append({"name": name, "flags": " ".join(flags) or "(none)", "result": result, "model": ROWS_MODEL[name]})
     return results
 
 
@@ -92,8 +124,10 @@ def report(results: list[dict]) -> str:
     rows = []
     for row in results:
         result = row["result"]
-        rows.append([row["name"], f"`{row['flags']}`", f"{result.nfe_per_sample:.2f}",
-                     f"{baseline.nfe_per_sample / result.nfe_per_sample:.1f}x", f"{result.tokens_per_second:.0f}",
+        ratio = (f"{baseline.nfe_per_sample / result.nfe_per_sample:.1f}x" if row["model"] == "diffusion"
+                 else "n/a (other model)")
+        rows.append([row["name"], f"`{row['flags']}`", f"{result.nfe_per_sample:.2f}", ratio,
+                     f"{result.tokens_per_second:.0f}",
                      f"{100 * result.accuracy:.1f}", f"{100 * (result.accuracy - baseline.accuracy):+.1f}"])
     headers = ["sampler", "flags", "NFE / sample", "fewer NFE than one per step", "tokens/s", "exact match %",
                "vs one per step (points)"]
@@ -117,7 +151,12 @@ def main(argv=None):
     parser.add_argument("--max_samples", type=int, default=None, help="evaluate the first N test problems")
     parser.add_argument("--batch_size", type=int, default=1, help="prompts generated together (1: exact NFE)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for training and generation")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"train {QUICK['max_steps']} steps (into outputs/bench_arith_quick/), "
+                             f"--max_samples {QUICK['max_samples']}")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.max_samples = args.max_samples or QUICK["max_samples"]
     if (args.model is None) != (args.causal_model is None):
         parser.error("--model and --causal_model go together (or leave both out to train them).")
     if args.model is not None and args.test_file is None:
@@ -127,12 +166,17 @@ def main(argv=None):
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    with results_file("generate", args.quick):
+        measure(args)
+
+
+def measure(args):
     start = time.perf_counter()
     seconds = {}
     if args.model is None:
-        seconds.update(prepare_models(args.threads))
-        models = {"diffusion": os.path.join(REPO_ROOT, DIFFUSION_DIR), "causal": os.path.join(REPO_ROOT, CAUSAL_DIR)}
-        test_file = args.test_file or os.path.join(REPO_ROOT, DATA_DIR, "test.jsonl")
+        models, default_test, trained = prepare_models(args.threads, QUICK["max_steps"] if args.quick else None)
+        seconds.update(trained)
+        test_file = args.test_file or default_test
     else:
         models, test_file = {"diffusion": args.model, "causal": args.causal_model}, args.test_file
     evaluation_start = time.perf_counter()

@@ -2,6 +2,9 @@
 """Preprocessing throughput: raw tokenisation vs. diff-trainer's Preprocessor vs. run_clm's recipe.
 
     python benchmarks/preprocess.py [--num_workers 2] [--block_size 1024] [--repeats 5]
+    python benchmarks/preprocess.py --quick      # 4 MB of text, 3 rounds
+
+The tables also go to benchmarks/results/preprocess[_quick].md.
 
 The text is this interpreter's own standard library (.py sources, site-packages excluded), cut into records of
 about --record_chars characters at top-level `def`/`class` lines, with `<DFF>` inserted before each record's first
@@ -25,7 +28,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the workers are the 
 
 import datasets  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
-from common import load_average, machine_summary, markdown_table, median, stopwatch  # noqa: E402
+from common import load_average, machine_summary, markdown_table, median, results_file, stopwatch  # noqa: E402
 from datasets import DatasetDict  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
@@ -115,11 +118,11 @@ def raw_tokenisation(raw, tokenizer, workers: int, block_size: int):
 def ours(raw, tokenizer, workers: int, block_size: int, concatenate: bool = True, preprocessor_hook=None):
     """(b) diff-trainer's Preprocessor: tokenise, <DFF> labels, filter, pack (or pad) and sanity check."""
     args = DataArguments(block_size=block_size, preprocessing_num_workers=workers, concatenate_texts=concatenate,
-                         ignore_long_samples=not concatenate)
-    preprocessor = Preprocessor(tokenizer, args, dff_token=DFF, dff_mode="auto")
+                         ignore_long_samples=not concatenate, dff_token=DFF, dff_labels="auto")
+    preprocessor = Preprocessor(tokenizer, args)
     if preprocessor_hook:
         preprocessor_hook(preprocessor)
-    return preprocessor.run(DatasetDict({"train": raw}))["train"]
+    return preprocessor.run(DatasetDict({"train": raw}))[0]["train"]
 
 
 def ours_padded(raw, tokenizer, workers: int, block_size: int):
@@ -165,10 +168,10 @@ def timed_steps(raw, tokenizer, workers: int, block_size: int) -> dict:
     wall, cpu = {}, {}
 
     def timed(name, function):
-        def call(*args):
+        def call(*args, **kwargs):
             wall[name], cpu[name] = [], []
             with stopwatch(wall[name], cpu[name]):
-                return function(*args)
+                return function(*args, **kwargs)
         return call
 
     def hook(preprocessor):
@@ -199,7 +202,11 @@ def parse_args():
     parser.add_argument("--max_mb", type=float, default=0, help="Stop adding stdlib files past this size (0: all).")
     parser.add_argument("--vocab_size", type=int, default=8192)
     parser.add_argument("--tokenizer_train_mb", type=float, default=2.0, help="Text the BPE is trained on.")
-    return parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="--max_mb 4 --repeats 3 (minutes on a busy CPU)")
+    args = parser.parse_args()
+    if args.quick:
+        args.max_mb, args.repeats = 4.0, 3
+    return args
 
 
 def main():
@@ -207,6 +214,11 @@ def main():
     logging.basicConfig(level=logging.ERROR)
     datasets.disable_caching()
     datasets.disable_progress_bars()
+    with results_file("preprocess", args.quick):
+        measure(args)
+
+
+def measure(args):
     with tempfile.TemporaryDirectory(prefix="bench_preprocess_") as workdir:
         corpus = os.path.join(workdir, "stdlib.jsonl")
         records, size = write_corpus(corpus, args.record_chars, args.max_mb)
@@ -215,7 +227,8 @@ def main():
         print(f"Corpus: {records} records, {megabytes:.1f} MB of stdlib source with {DFF} markers "
               f"({sysconfig.get_paths()['stdlib']}).")
         if megabytes < 20:
-            print("Warning: less than the 20 MB the benchmark is meant for.")
+            print("Warning: less than the 20 MB the benchmark is meant for; fixed costs (worker pools, ~0.2 s per "
+                  "map) weigh more.")
 
         start = time.perf_counter()
         slice_texts, taken = [], 0

@@ -2,6 +2,9 @@
 """Training-step speed: causal LM vs. masked diffusion with the same model, batch, optimizer and threads.
 
     python benchmarks/train_step.py [--steps 40] [--warmup 5] [--threads 2] [--batch_size 8] [--block_size 256]
+    python benchmarks/train_step.py --quick      # 10 measured steps after 2 warm-up steps
+
+The tables also go to benchmarks/results/train_step[_quick].md.
 
 Both objectives start from identical weights of the demo configs' Llama (fp32) and train on the same packed rows of
 the bundled corpus, each step collating them afresh. The causal LM runs `Trainer.training_step` (HF's shifted loss
@@ -22,14 +25,15 @@ import time
 
 import torch
 from common import (DEMO_DIFFUSION_CONFIG, REPO_ROOT, load_average, machine_summary, markdown_table, median, quiet,
-                    read_config)
-from transformers import Trainer, TrainingArguments, default_data_collator, set_seed
+                    read_config, results_file)
+from transformers import Trainer, default_data_collator, set_seed
 
-from diff_trainer.arguments import DataArguments, DiffusionArguments, ModelArguments
+from diff_trainer.arguments import DataArguments, DiffusionTrainingArguments, ModelArguments
 from diff_trainer.data.loading import load_raw_datasets
 from diff_trainer.data.pipeline import Preprocessor
-from diff_trainer.modeling import add_special_tokens, load_model, load_tokenizer
-from diff_trainer.trainer import build_diffusion_trainer
+from diff_trainer.modeling import add_special_tokens, load_model, load_tokenizer, prepare_model
+from diff_trainer.noising import seeded_generator
+from diff_trainer.trainer import DiffusionTrainer
 
 PHASES = ("collate", "transformer body", "LM head + loss", "backward", "optimizer")
 
@@ -91,7 +95,7 @@ def training_rows(tokenizer, batch_size: int, block_size: int, train_file: str):
     data_args = DataArguments(train_file=train_file, block_size=block_size, concatenate_texts=True,
                               validation_split_percentage=0)
     raw = load_raw_datasets(data_args)
-    rows = Preprocessor(tokenizer, data_args, dff_token="<DFF>").run(raw)["train"]
+    rows = Preprocessor(tokenizer, data_args).run(raw)[0]["train"]
     return [rows[i] for i in range(batch_size)]
 
 
@@ -100,25 +104,30 @@ def build_steps(args, output_dir: str) -> tuple[TimedStep, TimedStep]:
     model_args = ModelArguments(tokenizer_name="byte", model_type="llama", config_overrides=config["config_overrides"])
     tokenizer = load_tokenizer(model_args)
     # the mask token is added for both, so the two models have the same vocabulary and size
-    new_token_ids = add_special_tokens(tokenizer, model_args.dff_token, model_args.mask_token)
+    new_token_ids = add_special_tokens(tokenizer, "<DFF>", model_args.mask_token)
     features = training_rows(tokenizer, args.batch_size, args.block_size,
                              os.path.join(REPO_ROOT, config["train_file"]))
 
-    def training_arguments():
-        return TrainingArguments(output_dir=output_dir, per_device_train_batch_size=args.batch_size,
-                                 learning_rate=config["learning_rate"], weight_decay=config["weight_decay"],
-                                 use_cpu=True, report_to="none", seed=0, do_train=True)
+    def training_arguments(**diffusion):
+        return DiffusionTrainingArguments(output_dir=output_dir, per_device_train_batch_size=args.batch_size,
+                                          learning_rate=config["learning_rate"], weight_decay=config["weight_decay"],
+                                          use_cpu=True, report_to="none", seed=0, do_train=True, **diffusion)
 
     set_seed(0)
     clm_model = load_model(model_args, tokenizer)
     set_seed(0)
-    diffusion_model = load_model(model_args, tokenizer)
+    diffusion_args = training_arguments(train_diff_model=True, loss_normalization="llada_pretrain")
+    diffusion_model = prepare_model(model_args, tokenizer, "diffusion", new_token_ids=new_token_ids,
+                                    diffusion_settings={**diffusion_args.diffusion_settings(), "dff_token": "<DFF>"})
     clm = Trainer(model=clm_model, args=training_arguments(), data_collator=default_data_collator,
                   processing_class=tokenizer)
-    diffusion = build_diffusion_trainer(diffusion_model, tokenizer, DiffusionArguments(train_diff_model=True),
-                                        model_args, training_arguments(), None, None, new_token_ids, packed=True)
+    diffusion = DiffusionTrainer(diffusion_model, diffusion_args, processing_class=tokenizer)
+
+    def noised(rows):  # the clean batch and the forward process, as DiffusionTrainer.get_batch_samples does
+        return diffusion.train_noiser(default_data_collator(rows), seeded_generator(0, 0, 0, 0))
+
     return (TimedStep("causal LM (Trainer)", clm, default_data_collator, features),
-            TimedStep("masked diffusion (DiffusionTrainer)", diffusion, diffusion.data_collator, features))
+            TimedStep("masked diffusion (DiffusionTrainer)", diffusion, noised, features))
 
 
 def parse_args():
@@ -128,13 +137,22 @@ def parse_args():
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (both objectives).")
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--block_size", type=int, default=256)
-    return parser.parse_args()
+    parser.add_argument("--quick", action="store_true", help="--steps 10 --warmup 2 (a few minutes on a busy CPU)")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.warmup = 10, 2
+    return args
 
 
 def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
     quiet()
+    with results_file("train_step", args.quick):
+        measure(args)
+
+
+def measure(args):
     with tempfile.TemporaryDirectory(prefix="bench_train_step_") as output_dir:
         clm, diffusion = build_steps(args, output_dir)
         parameters = sum(p.numel() for p in clm.model.parameters())

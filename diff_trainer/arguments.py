@@ -7,12 +7,15 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 import yaml
-from transformers import HfArgumentParser
+from transformers import HfArgumentParser, TrainingArguments
+
+from .data.preference import INVALID_PAIR_MODES, RESPONSE_PADDINGS
+from .diffusion.losses import LOSS_NORMALIZATIONS
 
 
 @dataclass
 class ModelArguments:
-    """Which model and tokenizer to train, and how to build them."""
+    """Which model and tokenizer to build or load, and how (auto class, dtype, LoRA)."""
 
     model_name_or_path: Optional[str] = field(
         default=None, metadata={"help": "Hub id or local directory of a pretrained model. Leave unset to train from scratch."}
@@ -35,8 +38,10 @@ class ModelArguments:
     )
     attn_implementation: Optional[str] = field(default="sdpa", metadata={"help": "sdpa or eager."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
-    dff_token: str = field(
-        default="<DFF>", metadata={"help": "Marker separating context (not trained) from target (trained)."}
+    masked_lm: bool = field(
+        default=False,
+        metadata={"help": "Load an encoder with AutoModelForMaskedLM (BERT, ModernBERT) as the denoiser "
+                          "(with --train_diff_model)."},
     )
     mask_token: str = field(
         default="<|mdm_mask|>",
@@ -49,19 +54,11 @@ class ModelArguments:
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["all-linear"], metadata={"help": "Modules that get adapters ('all-linear' = every linear)."}
     )
-    resume: bool = field(
-        default=False, metadata={"help": "Resume from the last checkpoint in --output_dir (start fresh if there is none)."}
-    )
-    overwrite_output_dir: bool = field(
-        default=False,
-        metadata={"help": "Train into an --output_dir that already holds a model or checkpoints, deleting its "
-                  "checkpoint-N directories (without it such a run is refused)."},
-    )
 
 
 @dataclass
-class DataArguments:
-    """Where the text comes from and how it becomes fixed-length training rows."""
+class DataSourceArguments:
+    """Where records come from (hub, files, a saved directory), which of them are used, where results are saved."""
 
     dataset_name: Optional[str] = field(
         default=None,
@@ -75,23 +72,60 @@ class DataArguments:
     load_from_disk: bool = field(
         default=False, metadata={"help": "Treat --dataset_name as a save_to_disk directory (Dataset or DatasetDict)."}
     )
-    text_column: str = field(default="text", metadata={"help": "Column holding the text."})
-    prompt_column: Optional[str] = field(
-        default=None, metadata={"help": "With --response_column: build text as prompt + <DFF> + response."}
-    )
-    response_column: Optional[str] = field(default=None, metadata={"help": "Response column (see --prompt_column)."})
     validation_split_percentage: float = field(
         default=5, metadata={"help": "Percent of train held out for validation when the data has no validation split."}
     )
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Keep only the first N training records."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Keep only the first N validation records."})
-    block_size: int = field(default=512, metadata={"help": "Length of every training row in tokens."})
     preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "Processes for tokenising/packing."})
+    dff_token: str = field(
+        default="<DFF>", metadata={"help": "Marker separating context (not trained) from target (trained)."}
+    )
+    save_final_dataset: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Save the final rows to this directory (bare flag: 'final_dataset') for reuse with "
+            "--dataset_name DIR --load_from_disk.",
+            "nargs": "?",
+            "const": "final_dataset",
+        },
+    )
+    overwrite_final_dataset: bool = field(
+        default=False, metadata={"help": "Allow --save_final_dataset to replace an existing directory."}
+    )
+
+    def __post_init__(self):
+        from .data.saving import optional_directory
+
+        self.save_final_dataset = optional_directory(self.save_final_dataset, "final_dataset")  # yaml `true`
+        if self.load_from_disk and not self.dataset_name:
+            raise ValueError("--load_from_disk needs --dataset_name pointing at a save_to_disk directory.")
+
+
+@dataclass
+class DataArguments(DataSourceArguments):
+    """How text becomes fixed-length training rows (tokenise, <DFF> labels, pack or pad)."""
+
+    text_column: str = field(default="text", metadata={"help": "Column holding the text."})
+    prompt_column: Optional[str] = field(
+        default=None, metadata={"help": "With --response_column: build text as prompt + <DFF> + response."}
+    )
+    response_column: Optional[str] = field(default=None, metadata={"help": "Response column (see --prompt_column)."})
+    dff_labels: str = field(
+        default="auto",
+        metadata={"help": "Train only after the first <DFF>: on, off, or auto (on when the data contains <DFF>)."},
+    )
+    block_size: Optional[int] = field(
+        default=None,
+        metadata={"help": "Length of every training row in tokens (default 512; with --skip_concat: the saved rows')."},
+    )
     concatenate_texts: bool = field(
         default=False, metadata={"help": "Pack: join samples (each followed by EOS) and cut into block_size rows."}
     )
     skip_concat: bool = field(
-        default=False, metadata={"help": "Skip tokenising/labelling/packing: the data already holds final rows."}
+        default=False,
+        metadata={"help": "The data already holds final rows (--save_final_dataset): skip tokenising, labelling and "
+                          "packing, only check them; their saved layout sets block size and loss normalisation."},
     )
     ignore_long_samples: bool = field(
         default=False,
@@ -105,83 +139,96 @@ class DataArguments:
             "EOS on the right (LLaDA SFT)."
         },
     )
-    save_final_dataset: Optional[str] = field(
-        default=None,
-        metadata={
-            "help": "Save the final rows to this directory (bare flag: 'final_dataset') for reuse with "
-            "--load_from_disk --skip_concat.",
-            "nargs": "?",
-            "const": "final_dataset",
-        },
-    )
-    overwrite_final_dataset: bool = field(
-        default=False, metadata={"help": "Allow --save_final_dataset to replace an existing directory."}
-    )
     preprocess_only: bool = field(
         default=False,
         metadata={"help": "Only preprocess and write --save_final_dataset; no model is built, trained or evaluated."},
     )
 
     def __post_init__(self):
+        super().__post_init__()
+        if self.preprocess_only and not self.save_final_dataset:
+            raise ValueError("--preprocess_only writes the final rows: give --save_final_dataset DIR.")
         if self.padding_side not in ("left", "right"):
             raise ValueError(f"--padding_side must be 'left' or 'right', got {self.padding_side!r}")
         if (self.prompt_column is None) != (self.response_column is None):
             raise ValueError("--prompt_column and --response_column must be given together.")
-        if self.load_from_disk and not self.dataset_name:
-            raise ValueError("--load_from_disk needs --dataset_name pointing at a save_to_disk directory.")
-        if self.preprocess_only and not self.save_final_dataset:
-            raise ValueError("--preprocess_only writes the final rows: give --save_final_dataset DIR.")
-
-
-def config_to_argv(path: str) -> list[str]:
-    """Turn a yaml/json config file into CLI-style arguments (so that later CLI flags override them)."""
-    with open(path, encoding="utf-8") as handle:
-        values = json.load(handle) if path.endswith(".json") else yaml.safe_load(handle)
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: a config file must hold a mapping of flag names to values.")
-    argv = []
-    for key, value in values.items():
-        if value is None:
-            continue
-        argv.append(f"--{key}")
-        if isinstance(value, (list, tuple)):
-            argv.extend(str(v) for v in value)
-        elif isinstance(value, bool):
-            argv.append(str(value).lower())
-        elif isinstance(value, dict):
-            argv.append(json.dumps(value))
-        else:
-            argv.append(str(value))
-    return argv
-
-
-def parse_arguments(dataclass_types, argv: Optional[list[str]] = None):
-    """Parse `[config.yaml|config.json] [--flag value ...]`; flags on the command line win over the file."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml", ".json")):
-        if not os.path.isfile(argv[0]):
-            raise FileNotFoundError(f"Config file {argv[0]} does not exist.")
-        argv = config_to_argv(argv[0]) + argv[1:]
-    parser = HfArgumentParser(dataclass_types)
-    *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # usage message and exit status 2
-    return tuple(parsed)
+        if self.dff_labels not in ("auto", "on", "off"):
+            raise ValueError(f"--dff_labels must be auto, on or off, got {self.dff_labels!r}")
 
 
 @dataclass
-class DiffusionArguments:
-    """Masked-diffusion training (LLaDA / MDLM) and AR->diffusion adaptation (DiffuLLaMA)."""
+class PreferenceDataArguments(DataSourceArguments):
+    """How {"prompt", "chosen", "rejected"} records become token rows for DPO."""
+
+    train_file: Optional[str] = field(
+        default=None, metadata={"help": "Training pairs: .jsonl, .jsonl.zst, .jsonl.gz or .json (a list of records)."}
+    )
+    validation_split_percentage: float = field(
+        default=0, metadata={"help": "Percent of the train pairs held out for validation when there is no validation "
+                                     "split (0 = none)."}
+    )
+    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompt."})
+    chosen_column: str = field(default="chosen", metadata={"help": "Column holding the preferred response."})
+    rejected_column: str = field(default="rejected", metadata={"help": "Column holding the dispreferred response."})
+    prompt_suffix: str = field(
+        default="",
+        metadata={"help": "Text appended to every prompt, e.g. '<DFF>' for a checkpoint trained on prompt<DFF>answer."},
+    )
+    max_length: int = field(default=512, metadata={"help": "Longest prompt + response + EOS, in tokens."})
+    max_prompt_length: Optional[int] = field(
+        default=None, metadata={"help": "Longer prompts keep their last max_prompt_length tokens (None: no limit)."}
+    )
+    response_padding: Optional[str] = field(
+        default=None,
+        metadata={"help": "eos: fill responses with trained EOS up to max_length (LLaDA SFT, the model learns to stop; "
+                          "the EOS are scored); ignore: pad per batch with unattended, unscored padding. Default: eos "
+                          "for a checkpoint trained on right EOS-padded rows, ignore otherwise."},
+    )
+    invalid_pairs: str = field(
+        default="skip",
+        metadata={"help": "Records with a missing key, an empty response or chosen == rejected: skip (counted and "
+                          "logged with file and line) or error."},
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.invalid_pairs not in INVALID_PAIR_MODES:
+            raise ValueError(f"--invalid_pairs must be one of {INVALID_PAIR_MODES}, got {self.invalid_pairs!r}")
+        if self.response_padding is not None and self.response_padding not in RESPONSE_PADDINGS:
+            raise ValueError(f"--response_padding must be one of {RESPONSE_PADDINGS}, got {self.response_padding!r}")
+        if self.max_length < 2:
+            raise ValueError(f"--max_length must be at least 2 (a response token and EOS), got {self.max_length}")
+        if self.max_prompt_length is not None and not 0 < self.max_prompt_length < self.max_length:
+            raise ValueError(f"--max_prompt_length must be in [1, max_length), got {self.max_prompt_length}")
+
+    @property
+    def columns(self) -> tuple[str, str, str]:
+        return self.prompt_column, self.chosen_column, self.rejected_column
+
+
+@dataclass
+class RunArguments(TrainingArguments):
+    """transformers' TrainingArguments plus how this project's runs continue."""
+
+    resume: bool = field(
+        default=False, metadata={"help": "Resume from the last checkpoint in --output_dir (start fresh if there is none)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train into an --output_dir that already holds a model or checkpoints, deleting its "
+                  "checkpoint-N directories (without it such a run is refused)."},
+    )
+
+
+@dataclass
+class DiffusionTrainingArguments(RunArguments):
+    """Training settings of run_clm_diff.py: masked diffusion (LLaDA / MDLM), AR->diffusion adaptation (DiffuLLaMA).
+
+    `DiffusionTrainer` reads them as `self.args.<name>`; without --train_diff_model a causal LM is trained.
+    """
 
     train_diff_model: bool = field(
         default=False, metadata={"help": "Train a masked-diffusion LM (bidirectional); without it, a causal LM."}
-    )
-    dff_labels: str = field(
-        default="auto",
-        metadata={"help": "Train only after the first <DFF>: on, off, or auto (on when the data contains <DFF>)."},
-    )
-    masked_lm: bool = field(
-        default=False, metadata={"help": "Load an encoder with AutoModelForMaskedLM (BERT, ModernBERT) instead."}
     )
     noise_schedule: str = field(default="linear", metadata={"help": "Masking schedule: linear or cosine."})
     time_eps: float = field(default=1e-3, metadata={"help": "Minimum mask probability: p_mask = (1-eps) t + eps."})
@@ -216,10 +263,6 @@ class DiffusionArguments:
     )
 
     def __post_init__(self):
-        from .diffusion.losses import LOSS_NORMALIZATIONS
-
-        if self.dff_labels not in ("auto", "on", "off"):
-            raise ValueError(f"--dff_labels must be auto, on or off, got {self.dff_labels!r}")
         if self.loss_normalization is not None and self.loss_normalization not in LOSS_NORMALIZATIONS:
             raise ValueError(f"--loss_normalization must be one of {LOSS_NORMALIZATIONS}, got {self.loss_normalization!r}")
         if not 0 <= self.random_length_prob <= 1 or not 0 <= self.prompt_dropout <= 1:
@@ -227,10 +270,89 @@ class DiffusionArguments:
         diffusion_only = {
             "shift_logits": self.shift_logits, "attention_annealing_steps": self.attention_annealing_steps > 0,
             "prompt_dropout": self.prompt_dropout > 0, "random_length_prob": self.random_length_prob > 0,
-            "masked_lm": self.masked_lm, "loss_normalization": self.loss_normalization is not None,
+            "loss_normalization": self.loss_normalization is not None,
         }
         used = [name for name, on in diffusion_only.items() if on]
         if used and not self.train_diff_model:
             raise ValueError(f"--{' --'.join(used)} only apply with --train_diff_model.")
-        if self.attention_annealing_steps > 0 and self.masked_lm:
-            raise ValueError("--attention_annealing_steps anneals a causal model; an encoder is already bidirectional.")
+        super().__post_init__()
+
+    def diffusion_settings(self) -> dict:
+        """The settings a checkpoint records in its `diffusion_config` (see modeling.write_diffusion_config)."""
+        return {"shift_logits": self.shift_logits, "noise_schedule": self.noise_schedule, "time_eps": self.time_eps}
+
+
+@dataclass
+class DPOTrainingArguments(RunArguments):
+    """VRPO / diffusion DPO settings (LLaDA 1.5 used beta 0.2, sft_weight 0.05, mc_samples 8), read as self.args.beta."""
+
+    beta: float = field(default=0.2, metadata={"help": "Inverse temperature of the DPO loss."})
+    sft_weight: float = field(
+        default=0.05, metadata={"help": "Weight of the masked-diffusion (SFT) loss on the chosen response; 0 = off."}
+    )
+    mc_samples: int = field(
+        default=8, metadata={"help": "Monte-Carlo budget n per response: n stratified mask counts, one mask each."}
+    )
+    antithetic_sampling: bool = field(
+        default=True,
+        metadata={"help": "Policy and reference see the same masks (VRPO). false: independent masks (ablation)."},
+    )
+    ref_model_name_or_path: Optional[str] = field(
+        default=None, metadata={"help": "Frozen reference checkpoint; default: the policy's starting point."}
+    )
+    precompute_ref_scores: bool = field(
+        default=False,
+        metadata={"help": "Score the pairs with the reference once before training, store the scores with the "
+                          "dataset and keep no reference model. Masks are then the same in every epoch."},
+    )
+    disable_dropout: bool = field(
+        default=True, metadata={"help": "Turn dropout off in policy and reference (as TRL), so rewards start at 0."}
+    )
+
+    def __post_init__(self):
+        if self.mc_samples < 1:
+            raise ValueError(f"--mc_samples must be >= 1, got {self.mc_samples}")
+        if self.beta <= 0:
+            raise ValueError(f"--beta must be positive, got {self.beta}")
+        if self.sft_weight < 0:
+            raise ValueError(f"--sft_weight must be >= 0, got {self.sft_weight}")
+        super().__post_init__()
+
+
+def config_to_argv(path: str) -> list[str]:
+    """Turn a yaml/json config file into CLI-style arguments (so that later CLI flags override them)."""
+    with open(path, encoding="utf-8") as handle:
+        values = json.load(handle) if path.endswith(".json") else yaml.safe_load(handle)
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a config file must hold a mapping of flag names to values.")
+    argv = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        argv.append(f"--{key}")
+        if isinstance(value, (list, tuple)):
+            argv.extend(str(v) for v in value)
+        elif isinstance(value, bool):
+            argv.append(str(value).lower())
+        elif isinstance(value, dict):
+            argv.append(json.dumps(value))
+        else:
+            argv.append(str(value))
+    return argv
+
+
+def parse_arguments(dataclass_types, argv: Optional[list[str]] = None):
+    """Parse `[config.yaml|config.json] [--flag value ...]`; flags on the command line win over the file."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml", ".json")):
+        if not os.path.isfile(argv[0]):
+            raise FileNotFoundError(f"Config file {argv[0]} does not exist.")
+        argv = config_to_argv(argv[0]) + argv[1:]
+    parser = HfArgumentParser(dataclass_types)
+    try:
+        *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
+    except ValueError as error:  # a flag check in a __post_init__: a usage error (exit status 2), not a traceback
+        parser.error(str(error))
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")  # usage message and exit status 2
+    return tuple(parsed)

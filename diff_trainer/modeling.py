@@ -1,7 +1,16 @@
-"""Tokenizer and model preparation: special tokens, loading, bidirectional attention, diffusion config, LoRA."""
+"""Models in one place: tokenizer, `prepare_model` for training, `load_checkpoint` for every reader of checkpoints.
 
+`prepare_model(model_args, tokenizer, mode)` builds or loads the model with the right auto class, fits it to the
+tokenizer, makes it bidirectional and self-describing (`diffusion_config`) for diffusion, and adds LoRA.
+`load_checkpoint(path)` loads a trained checkpoint (plain directory or adapter-only PEFT directory, causal LM or
+encoder) for the CLIs and the DPO reference; `CHECKPOINT_LOADERS` lets other layouts plug in first.
+"""
+
+import json
 import logging
 import os
+from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 from transformers import (
@@ -15,6 +24,8 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+from .devices import resolve_device
+
 BYTE_TOKENIZER = "byte"
 FALLBACK_EOS_TOKEN = "<|endoftext|>"
 DIFFUSION_OBJECTIVE = "masked_diffusion"
@@ -24,6 +35,10 @@ SPECIAL_TOKEN_ID_NAMES = (
     "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "cls_token_id", "mask_token_id",
 )
 MASKED_LM_CLASS_NAMES = frozenset(MODEL_FOR_MASKED_LM_MAPPING_NAMES.values())
+# auto classes a checkpoint's diffusion_config may name in "auto_class" (others can be registered here)
+AUTO_CLASSES = {"AutoModelForCausalLM": AutoModelForCausalLM, "AutoModelForMaskedLM": AutoModelForMaskedLM}
+MODES = ("causal", "diffusion")
+ADAPTER_CONFIG = "adapter_config.json"
 
 logger = logging.getLogger(__name__)
 
@@ -175,13 +190,40 @@ def describe_model(model) -> str:
     return f"{type(model).__name__}: {parameters:,} parameters ({sizes})"
 
 
-def load_model(model_args, tokenizer, *, masked_lm: bool = False):
-    """A causal LM (or masked LM) from `model_name_or_path`, or a fresh one from `model_type`/`config_name`.
+def auto_class_name(config, masked_lm: bool = False) -> str:
+    """The auto class of a model: --masked_lm, else the one its diffusion_config records, else a masked LM for
+    encoder architectures (BERT, ModernBERT, ...), else a causal LM."""
+    if masked_lm:
+        return "AutoModelForMaskedLM"
+    recorded = (read_diffusion_config(config) or {}).get("auto_class")
+    if recorded is not None:
+        if recorded not in AUTO_CLASSES:
+            raise ValueError(f"The checkpoint's diffusion_config names auto class {recorded!r}, which is not "
+                             f"registered in diff_trainer.modeling.AUTO_CLASSES ({', '.join(AUTO_CLASSES)}).")
+        return recorded
+    if any(name in MASKED_LM_CLASS_NAMES for name in getattr(config, "architectures", None) or []):
+        return "AutoModelForMaskedLM"
+    return "AutoModelForCausalLM"
 
-    Embeddings grow to fit `tokenizer`, and the config's pad/eos ids are the tokenizer's.
+
+def load_model(model_args, tokenizer):
+    """A model from `model_name_or_path`, or a fresh one from `model_type`/`config_name`, with its auto class.
+
+    Embeddings grow to fit `tokenizer`, and the config's pad/eos ids are the tokenizer's. A directory that
+    `save_pretrained` alone cannot read (adapter-only LoRA, a layout of CHECKPOINT_LOADERS) is loaded by
+    `load_checkpoint_model`, adapters merged, so training can start from it.
     """
-    auto_class = AutoModelForMaskedLM if masked_lm else AutoModelForCausalLM
+    path = model_args.model_name_or_path
+    if path is not None and os.path.isdir(path) and needs_checkpoint_loader(path):
+        if model_args.config_name or model_args.dropout is not None or model_args.masked_lm:
+            raise ValueError(f"{path} is loaded as a trained checkpoint (adapter-only or a registered layout): "
+                             "--config_name, --dropout and --masked_lm do not apply to it.")
+        model = load_checkpoint_model(path, dtype=model_args.dtype, merge_lora=True,
+                                      trust_remote_code=model_args.trust_remote_code)
+        fit_to_tokenizer(model, tokenizer)
+        return model
     config = _build_config(model_args, tokenizer)
+    auto_class = AUTO_CLASSES[auto_class_name(config, model_args.masked_lm)]
     options = {"trust_remote_code": model_args.trust_remote_code, "dtype": _torch_dtype(model_args.dtype)}
     if model_args.attn_implementation:
         options["attn_implementation"] = model_args.attn_implementation
@@ -191,17 +233,133 @@ def load_model(model_args, tokenizer, *, masked_lm: bool = False):
         model = auto_class.from_config(config, **options)
     else:
         model = auto_class.from_pretrained(model_args.model_name_or_path, config=config, **options)
-    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
-    model.config.pad_token_id = tokenizer.pad_token_id
-    model.config.eos_token_id = tokenizer.eos_token_id
+    fit_to_tokenizer(model, tokenizer)
     logger.info("Model %s", describe_model(model))
     return model
 
 
+def fit_to_tokenizer(model, tokenizer) -> None:
+    """Grow the embeddings to the tokenizer's size; the config's pad/eos ids become the tokenizer's."""
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+
+
+def prepare_model(model_args, tokenizer, mode: str, *, new_token_ids=(), diffusion_settings=None):
+    """The model to train: loaded or built with its auto class and fitted to `tokenizer`; for mode "diffusion"
+    made bidirectional and self-describing; wrapped with LoRA under --use_lora.
+
+    diffusion_settings (shift_logits, noise_schedule, time_eps, dff_token, ...) are written into the config's
+    `diffusion_config`; without them the checkpoint must already be a diffusion model (e.g. for DPO).
+    `new_token_ids` are the tokens added in this run, trained (and saved) with the adapter under LoRA.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if mode == "causal" and model_args.masked_lm:
+        raise ValueError("--masked_lm loads an encoder as the denoiser: it only applies with --train_diff_model.")
+    model = load_model(model_args, tokenizer)
+    if mode == "diffusion":
+        make_bidirectional(model)
+        if diffusion_settings is not None:
+            if diffusion_settings.get("shift_logits") and is_encoder_model(model):
+                raise ValueError("--shift_logits adapts a causal LM; an encoder (masked LM) predicts its own position.")
+            write_diffusion_config(model.config, mask_token_id=tokenizer.mask_token_id,
+                                   auto_class=auto_class_name(model.config, model_args.masked_lm),
+                                   **diffusion_settings)
+        elif read_diffusion_config(model.config) is None:
+            raise ValueError(f"{model_args.model_name_or_path} is not a masked-diffusion checkpoint (no "
+                             "diffusion_config in its config); train one with run_clm_diff.py --train_diff_model.")
+    if model_args.use_lora:
+        model = apply_lora(model, model_args, new_token_ids)
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading trained checkpoints
+
+
+@dataclass(frozen=True)
+class CheckpointLoader:
+    """One checkpoint layout: `matches(path)` says whether `load(path, **options)` can load the directory."""
+
+    matches: Callable[[str], bool]
+    load: Callable[..., Any]
+
+
+def _load_plain(path: str, *, dtype="auto", trust_remote_code=False, **_):
+    """A `save_pretrained` directory, with the auto class its config calls for."""
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    auto_class = AUTO_CLASSES[auto_class_name(config)]
+    return auto_class.from_pretrained(path, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code)
+
+
+def _is_adapter(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, ADAPTER_CONFIG))
+
+
+def _load_adapter(path: str, *, merge_lora=False, **options):
+    """An adapter-only PEFT directory: its base model (from adapter_config.json), grown to the directory's
+    tokenizer, with the adapter (and the trained rows of added tokens) on top; merged with `merge_lora`."""
+    from peft import PeftModel
+
+    with open(os.path.join(path, ADAPTER_CONFIG), encoding="utf-8") as handle:
+        base_path = json.load(handle).get("base_model_name_or_path")
+    if not base_path:
+        raise ValueError(f"{path}/{ADAPTER_CONFIG} names no base_model_name_or_path: cannot load the adapter.")
+    base = load_checkpoint_model(base_path, **options)
+    fit_to_tokenizer(base, AutoTokenizer.from_pretrained(path, trust_remote_code=options.get("trust_remote_code")))
+    if os.path.isfile(os.path.join(path, "config.json")):  # the trained model's settings (diffusion_config)
+        trained = AutoConfig.from_pretrained(path, trust_remote_code=options.get("trust_remote_code"))
+        for name in ("diffusion_config", "is_causal"):
+            if hasattr(trained, name):
+                setattr(base.config, name, getattr(trained, name))
+    model = PeftModel.from_pretrained(base, path)
+    return model.merge_and_unload() if merge_lora else model
+
+
+DEFAULT_LOADERS = (CheckpointLoader(_is_adapter, _load_adapter),
+                   CheckpointLoader(lambda path: os.path.isfile(os.path.join(path, "config.json")), _load_plain))
+# foreign layouts (LLaDA, SEDD, ...): append a CheckpointLoader; these are consulted before DEFAULT_LOADERS
+CHECKPOINT_LOADERS: list[CheckpointLoader] = []
+
+
+def needs_checkpoint_loader(path: str) -> bool:
+    """Whether `path` needs a loader other than from_pretrained (adapter-only, or a registered foreign layout)."""
+    return _is_adapter(path) or any(loader.matches(path) for loader in CHECKPOINT_LOADERS)
+
+
+def load_checkpoint_model(path: str, **options):
+    """The model of a checkpoint directory, from the first loader whose `matches(path)` is true."""
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"no checkpoint at {path}: expected a directory written by save_pretrained "
+                                "(run_clm_diff.py / run_diffusion_dpo.py --output_dir, or a checkpoint-N in it).")
+    for loader in (*CHECKPOINT_LOADERS, *DEFAULT_LOADERS):
+        if loader.matches(path):
+            return loader.load(path, **options)
+    raise FileNotFoundError(f"no checkpoint at {path}: the directory has neither config.json nor {ADAPTER_CONFIG}.")
+
+
+def load_checkpoint(path: str, *, device: str = "cpu", dtype: str = "auto", merge_lora: bool = False,
+                    trust_remote_code: bool = False):
+    """(model in eval mode on `device`, tokenizer) of a trained checkpoint directory (see CHECKPOINT_LOADERS)."""
+    model = load_checkpoint_model(path, dtype=dtype, merge_lora=merge_lora, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(f"{path}: no tokenizer files next to the model ({error}). Save the tokenizer "
+                                "into the checkpoint (the training scripts do).") from error
+    return model.to(resolve_device(device)).eval(), tokenizer
+
+
+def is_peft_model(model) -> bool:
+    """True for a peft wrapper (LoRA adapters that can be disabled)."""
+    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
+
+
 def _unwrap(model):
     """The transformers model under a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    return model.get_base_model() if is_peft_model(model) else model
 
 
 def is_encoder_model(model) -> bool:
@@ -246,8 +404,9 @@ def make_bidirectional(model):
     return model
 
 
-def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedule, time_eps, dff_token):
-    """Record in `config` (hence in config.json) that the checkpoint is a masked-diffusion LM."""
+def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedule, time_eps, dff_token,
+                           auto_class=None, row_packing=None):
+    """Record in `config` (hence in config.json) that the checkpoint is a masked-diffusion LM, and how to load it."""
     vocab_size = config.get_text_config().vocab_size
     if not 0 <= mask_token_id < vocab_size:
         raise ValueError(
@@ -261,7 +420,10 @@ def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedul
         "noise_schedule": noise_schedule,
         "time_eps": float(time_eps),
         "dff_token": dff_token,
+        "auto_class": auto_class or auto_class_name(config),
     }
+    if row_packing is not None:  # packed, left or right (trained EOS padding): DPO's default padding follows it
+        config.diffusion_config["row_packing"] = row_packing
     config.is_causal = False
     return config
 

@@ -279,7 +279,7 @@ class _Denoiser:
 
 def _predict(logits: torch.Tensor, config: SamplerConfig, generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted ids and their confidence for every position of a block."""
-    logits = logits.clone()
+    logits = logits.to(torch.float32, copy=True)  # half-precision confidences would tie
     logits[..., config.mask_token_id] = float("-inf")  # committing a mask would leave the position masked
     if config.forbidden_token_ids:
         logits[..., list(config.forbidden_token_ids)] = float("-inf")

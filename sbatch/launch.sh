@@ -5,8 +5,10 @@
 #   bash sbatch/launch.sh SCRIPT [CONFIG.yaml] [--flag value ...]
 #
 # One process per GPU; on nodes without GPUs, CPU_PROCESSES_PER_NODE processes (default 1) and `--use_cpu true`.
-# Variables (all optional): VENV, GPUS_PER_NODE, CPU_PROCESSES_PER_NODE, MAIN_PROCESS_PORT, ACCELERATE_ARGS,
+# Variables (all optional): VENV, ACCELERATE_CONFIG (e.g. configs/accelerate/fsdp2.yaml), GPUS_PER_NODE,
+# CPU_PROCESSES_PER_NODE, MAIN_PROCESS_PORT, ACCELERATE_ARGS,
 # DRY_RUN=1 (print the srun command and what each node would run, run nothing). See sbatch/README.md.
+# A requeued job ($SLURM_RESTART_COUNT > 0) gets `--resume true`; USR1 to the batch shell requeues the job.
 set -euo pipefail
 
 if (($# < 1)); then
@@ -37,6 +39,10 @@ gpus_per_node=${GPUS_PER_NODE:-$(count_gpus)}
 main_process_ip=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 main_process_port=${MAIN_PROCESS_PORT:-$((20000 + ${SLURM_JOB_ID:-0} % 20000))}
 script_args=("$@")
+if ((${SLURM_RESTART_COUNT:-0} > 0)); then
+    # a requeued job (preempted, or requeued on USR1 below): continue from the newest complete checkpoint
+    script_args+=(--resume true)
+fi
 if ((gpus_per_node > 0)); then
     processes_per_node=$gpus_per_node
 else
@@ -55,7 +61,10 @@ launch_args=(
     --num_processes "$num_processes"
     --num_cpu_threads_per_process "$threads_per_process"
 )
-if ((num_processes > 1)); then
+if [[ -n ${ACCELERATE_CONFIG:-} ]]; then
+    # a sharding config (configs/accelerate/*.yaml) sets the distributed type; the job sets the process counts
+    launch_args=(--config_file "$ACCELERATE_CONFIG" "${launch_args[@]}")
+elif ((num_processes > 1)); then
     launch_args+=(--multi_gpu)
 fi
 read -r -a extra_launch_args <<<"${ACCELERATE_ARGS:-}"
@@ -86,4 +95,18 @@ if [[ ${DRY_RUN:-0} == 1 ]]; then
     done
     exit 0
 fi
-exec srun "${srun_args[@]}" bash -c "$per_node_command" accelerate-launch "${launch_args[@]}" "$script" "${script_args[@]}"
+# USR1 (sbatch --signal=B:USR1@SECONDS, sent before the time limit) requeues the job; the requeued run resumes.
+requeue() {
+    echo "launch.sh: USR1 received: requeueing job $SLURM_JOB_ID (restart $((${SLURM_RESTART_COUNT:-0} + 1)))"
+    scontrol requeue "$SLURM_JOB_ID"
+}
+trap requeue USR1
+srun "${srun_args[@]}" bash -c "$per_node_command" accelerate-launch "${launch_args[@]}" "$script" "${script_args[@]}" &
+srun_pid=$!
+status=0
+wait "$srun_pid" || status=$?
+while kill -0 "$srun_pid" 2>/dev/null; do # `wait` returned for the trap: keep waiting for srun
+    status=0
+    wait "$srun_pid" || status=$?
+done
+exit "$status"

@@ -1,6 +1,7 @@
 """Shared fixtures: a byte-level tokenizer and tiny randomly initialised models (no downloads)."""
 
 import os
+import sys
 
 import pytest
 import torch
@@ -40,6 +41,58 @@ def make_tiny_llama(vocab_size: int, bidirectional: bool = True, seed: int = 0, 
     config = LlamaConfig(**settings)
     config.is_causal = not bidirectional
     return AutoModelForCausalLM.from_config(config).eval()
+
+
+def accelerate_launch(directory, num_processes: int = 2) -> list[str]:
+    """`accelerate launch` of CPU processes with an explicit config file written to `directory`.
+
+    The config names every setting, so a user's ~/.cache/huggingface/accelerate/default_config.yaml cannot change
+    the run; start the command with CUDA_VISIBLE_DEVICES= in its environment.
+    """
+    config = os.path.join(str(directory), "accelerate_cpu.yaml")
+    with open(config, "w") as handle:
+        handle.write(f"compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_processes: {num_processes}\n"
+                     "num_machines: 1\nmachine_rank: 0\nmixed_precision: 'no'\ndynamo_config: {}\nuse_cpu: false\n"
+                     "gpu_ids: all\nrdzv_backend: static\nsame_network: true\nmain_training_function: main\n")
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--main_process_port", "0"]
+
+
+def count_forward_passes(monkeypatch, cli_module) -> list:
+    """Make `cli_module.open_checkpoint` hook the model it loads; the returned list grows by one per forward pass."""
+    calls = []
+    open_checkpoint = cli_module.open_checkpoint
+
+    def counting_open(path, **kwargs):
+        model, tokenizer, settings = open_checkpoint(path, **kwargs)
+        model.register_forward_hook(lambda *_: calls.append(1))
+        return model, tokenizer, settings
+
+    monkeypatch.setattr(cli_module, "open_checkpoint", counting_open)
+    return calls
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_hf_home(tmp_path_factory):
+    """Caches and accelerate's default config live under pytest's tmp dir, not the user's ~/.cache/huggingface.
+
+    The environment reaches subprocesses (accelerate launch, sbatch jobs); the libraries already imported here read
+    their patched config attributes.
+    """
+    import datasets.config
+    import evaluate.config
+
+    home = tmp_path_factory.mktemp("hf_home")
+    patch = pytest.MonkeyPatch()
+    paths = {"HF_HOME": home, "HF_DATASETS_CACHE": home / "datasets", "HF_MODULES_CACHE": home / "modules",
+             "HF_EVALUATE_CACHE": home / "evaluate", "HF_METRICS_CACHE": home / "metrics"}
+    for name, path in paths.items():
+        patch.setenv(name, str(path))
+    for module in (datasets.config, evaluate.config):
+        for name, path in paths.items():
+            if hasattr(module, name):
+                patch.setattr(module, name, path)
+    yield home
+    patch.undo()
 
 
 @pytest.fixture

@@ -4,17 +4,17 @@ import json
 
 import pytest
 import yaml
-from transformers import TrainingArguments
-
 from diff_trainer.arguments import (
     DataArguments,
-    DiffusionArguments,
+    DiffusionTrainingArguments,
+    DPOTrainingArguments,
     ModelArguments,
+    PreferenceDataArguments,
     config_to_argv,
     parse_arguments,
 )
 
-TYPES = (ModelArguments, DataArguments, DiffusionArguments, TrainingArguments)
+TYPES = (ModelArguments, DataArguments, DiffusionTrainingArguments)
 
 CONFIG = {
     "model_type": "llama",
@@ -46,12 +46,12 @@ def parse(argv):
 
 @pytest.mark.parametrize("suffix", [".yaml", ".yml", ".json"])
 def test_config_file_values_are_applied(tmp_path, suffix):
-    model, data, diffusion, training = parse([write_config(tmp_path, suffix)])
+    model, data, training = parse([write_config(tmp_path, suffix)])
     assert (model.model_type, model.tokenizer_name) == ("llama", "byte")
     assert data.block_size == 128 and data.train_file == "data/train.jsonl"
     assert model.use_lora is True
     assert model.lora_target_modules == ["q_proj", "v_proj"]
-    assert diffusion.train_diff_model is True and diffusion.noise_schedule == "cosine"
+    assert training.train_diff_model is True and training.noise_schedule == "cosine"
     assert training.learning_rate == pytest.approx(3e-4)
     assert training.lr_scheduler_kwargs == {"min_lr": 1e-5}
     assert training.output_dir == str(tmp_path / "out")
@@ -63,20 +63,20 @@ def test_config_file_values_are_applied(tmp_path, suffix):
 def test_command_line_after_the_file_wins(tmp_path, suffix):
     argv = [write_config(tmp_path, suffix), "--block_size", "64", "--use_lora", "false",
             "--lora_target_modules", "o_proj", "--noise_schedule", "linear", "--learning_rate", "1e-3"]
-    model, data, diffusion, training = parse(argv)
+    model, data, training = parse(argv)
     assert data.block_size == 64
     assert model.use_lora is False
     assert model.lora_target_modules == ["o_proj"]
-    assert diffusion.noise_schedule == "linear"
+    assert training.noise_schedule == "linear"
     assert training.learning_rate == pytest.approx(1e-3)
     # untouched values still come from the file
-    assert model.model_type == "llama" and diffusion.train_diff_model is True
+    assert model.model_type == "llama" and training.train_diff_model is True
 
 
 def test_bare_bool_flag_sets_true_and_false_values_are_written_out(tmp_path):
     config = write_config(tmp_path, ".yaml", {"train_file": "x.jsonl", "concatenate_texts": False})
     assert "false" in config_to_argv(config)
-    _, data, _, _ = parse([config, "--concatenate_texts"])
+    _, data, _ = parse([config, "--concatenate_texts"])
     assert data.concatenate_texts is True
 
 
@@ -88,7 +88,7 @@ def test_save_final_dataset_bare_flag_and_value(tmp_path):
 
 
 def test_without_config_file_flags_alone(tmp_path):
-    model, data, _, _ = parse(["--output_dir", str(tmp_path), "--tokenizer_name", "byte", "--block_size", "32"])
+    model, data, _ = parse(["--output_dir", str(tmp_path), "--tokenizer_name", "byte", "--block_size", "32"])
     assert model.tokenizer_name == "byte" and data.block_size == 32
 
 
@@ -130,6 +130,7 @@ def test_config_file_must_be_a_mapping(tmp_path):
     ({"padding_side": "middle"}, "--padding_side must be"),
     ({"prompt_column": "prompt"}, "must be given together"),
     ({"load_from_disk": True}, "--load_from_disk needs --dataset_name"),
+    ({"dff_labels": "maybe"}, "--dff_labels must be auto, on or off"),
 ])
 def test_data_argument_checks(kwargs, message):
     with pytest.raises(ValueError, match=message):
@@ -137,17 +138,41 @@ def test_data_argument_checks(kwargs, message):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"dff_labels": "maybe"}, "--dff_labels must be auto, on or off"),
     ({"train_diff_model": True, "loss_normalization": "mean"}, "--loss_normalization must be one of"),
     ({"train_diff_model": True, "prompt_dropout": 1.5}, r"probabilities in \[0, 1\]"),
     ({"shift_logits": True, "prompt_dropout": 0.1}, "--shift_logits --prompt_dropout only apply with --train_diff_model"),
-    ({"train_diff_model": True, "masked_lm": True, "attention_annealing_steps": 10}, "anneals a causal model"),
 ])
-def test_diffusion_argument_checks(kwargs, message):
+def test_diffusion_argument_checks(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
-        DiffusionArguments(**kwargs)
+        DiffusionTrainingArguments(output_dir=str(tmp_path), **kwargs)
 
 
-def test_diffusion_flags_accepted_with_train_diff_model():
-    args = DiffusionArguments(train_diff_model=True, shift_logits=True, loss_normalization="masked")
+def test_diffusion_flags_accepted_with_train_diff_model(tmp_path):
+    args = DiffusionTrainingArguments(output_dir=str(tmp_path), train_diff_model=True, shift_logits=True,
+                                      loss_normalization="masked", time_eps=0.01)
     assert args.shift_logits and args.loss_normalization == "masked"
+    assert args.diffusion_settings() == {"shift_logits": True, "noise_schedule": "linear", "time_eps": 0.01}
+
+
+def test_each_group_holds_its_own_flags(tmp_path):
+    """The flags that moved keep their names: --dff_token and --dff_labels are data, --masked_lm model, --resume run."""
+    model, data, training = parse(["--output_dir", str(tmp_path), "--dff_token", "<SEP>", "--dff_labels", "off",
+                                   "--masked_lm", "--resume", "--train_diff_model"])
+    assert (data.dff_token, data.dff_labels, model.masked_lm, training.resume) == ("<SEP>", "off", True, True)
+
+
+def test_data_source_fields_are_shared_with_their_own_defaults():
+    shared = ("dataset_name", "train_file", "load_from_disk", "max_train_samples", "save_final_dataset", "dff_token")
+    assert all(name in DataArguments.__dataclass_fields__ and name in PreferenceDataArguments.__dataclass_fields__
+               for name in shared)
+    assert DataArguments().validation_split_percentage == 5
+    assert PreferenceDataArguments().validation_split_percentage == 0
+    with pytest.raises(ValueError, match="--load_from_disk needs --dataset_name"):
+        PreferenceDataArguments(load_from_disk=True)
+
+
+def test_dpo_settings_are_training_arguments(tmp_path):
+    args = DPOTrainingArguments(output_dir=str(tmp_path), beta=0.5, mc_samples=2, learning_rate=1e-4)
+    assert (args.beta, args.mc_samples, args.learning_rate) == (0.5, 2, 1e-4)
+    with pytest.raises(ValueError, match="--mc_samples must be >= 1"):
+        DPOTrainingArguments(output_dir=str(tmp_path), mc_samples=0)

@@ -2,24 +2,26 @@
 
 import copy
 import itertools
+import json
 import math
 
 import pytest
 import torch
 from conftest import make_byte_tokenizer, make_tiny_llama
 from datasets import Dataset, DatasetDict
-from transformers import TrainerControl, TrainerState, TrainingArguments
+from transformers import TrainerControl, TrainerState
 
-from diff_trainer.arguments import ModelArguments
-from diff_trainer.data.preference import PreferenceCollator, PreferenceDataArguments, tokenize_pairs
+from diff_trainer.arguments import DPOTrainingArguments, ModelArguments
+from diff_trainer.arguments import PreferenceDataArguments
+from diff_trainer.data.preference import PreferenceCollator, tokenize_pairs
 from diff_trainer.diffusion.losses import diffusion_loss_sum, masked_token_losses, row_scales
 from diff_trainer.dpo import (
     METRIC_NAMES,
     DiffusionDPOTrainer,
-    DPOArguments,
     MaskEpochCallback,
     elbo_samples,
     model_logits,
+    precompute_reference_scores,
     preference_losses,
     sft_losses,
 )
@@ -47,15 +49,19 @@ def pairs(tokenizer):
     return tokenize_pairs(DatasetDict({"train": Dataset.from_list(RECORDS)}), tokenizer, args, seed=5)["train"]
 
 
-def make_trainer(tmp_path, tokenizer, pairs, model=None, ref_model=None, eval_dataset=None, **dpo):
-    dpo.setdefault("mc_samples", 4)
-    dpo.setdefault("sft_weight", 0.0)
-    training = {key: dpo.pop(key) for key in list(dpo) if key not in DPOArguments.__dataclass_fields__}
-    args = TrainingArguments(**{"output_dir": str(tmp_path), "use_cpu": True, "report_to": "none",
-                                "per_device_train_batch_size": 4, "per_device_eval_batch_size": 8,
-                                "max_steps": 1, "save_strategy": "no", "learning_rate": 1e-3, **training})
-    return DiffusionDPOTrainer(model if model is not None else diffusion_llama(tokenizer), ref_model, args=args,
-                               dpo_args=DPOArguments(**dpo), train_dataset=pairs, eval_dataset=eval_dataset,
+def make_trainer(tmp_path, tokenizer, pairs, model=None, ref_model=None, eval_dataset=None, **settings):
+    """A trainer on `pairs`; with precompute_ref_scores the pairs are scored first, by ref_model or the policy."""
+    settings = {"mc_samples": 4, "sft_weight": 0.0, "output_dir": str(tmp_path), "use_cpu": True, "report_to": "none",
+                "per_device_train_batch_size": 4, "per_device_eval_batch_size": 8, "max_steps": 1,
+                "save_strategy": "no", "learning_rate": 1e-3, **settings}
+    args = DPOTrainingArguments(**settings)
+    model = model if model is not None else diffusion_llama(tokenizer)
+    if args.precompute_ref_scores:
+        splits = {"train": pairs, **({"validation": eval_dataset} if eval_dataset is not None else {})}
+        scored = precompute_reference_scores(DatasetDict(splits), ref_model if ref_model is not None else model,
+                                             tokenizer, args)
+        pairs, eval_dataset = scored["train"], scored.get("validation")
+    return DiffusionDPOTrainer(model, ref_model, args=args, train_dataset=pairs, eval_dataset=eval_dataset,
                                processing_class=tokenizer)
 
 
@@ -254,8 +260,48 @@ def test_untokenised_pairs_are_refused(tmp_path, tokenizer):
         make_trainer(tmp_path, tokenizer, Dataset.from_list(RECORDS))
 
 
-def test_argument_checks():
+def test_argument_checks(tmp_path):
     with pytest.raises(ValueError, match="--mc_samples"):
-        DPOArguments(mc_samples=0)
+        DPOTrainingArguments(output_dir=str(tmp_path), mc_samples=0)
     with pytest.raises(ValueError, match="--beta"):
-        DPOArguments(beta=0)
+        DPOTrainingArguments(output_dir=str(tmp_path), beta=0)
+
+
+def test_precomputing_is_asked_for_explicitly(tmp_path, tokenizer, pairs):
+    args = DPOTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", mc_samples=2,
+                                precompute_ref_scores=True)
+    with pytest.raises(ValueError, match="precompute_reference_scores"):
+        DiffusionDPOTrainer(diffusion_llama(tokenizer), args=args, train_dataset=pairs, processing_class=tokenizer)
+
+
+def test_stored_scores_of_another_reference_or_seed_are_scored_again(tmp_path, tokenizer, pairs, caplog):
+    from transformers import AutoModelForCausalLM
+
+    directories = {}
+    for seed in (1, 2):
+        directories[seed] = tmp_path / f"reference-{seed}"
+        diffusion_llama(tokenizer, seed=seed).save_pretrained(directories[seed])
+
+    def scored(data, reference_seed, **settings):
+        settings = {"mc_samples": 2, **settings}
+        args = DPOTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none",
+                                    per_device_eval_batch_size=8, precompute_ref_scores=True, **settings)
+        reference = AutoModelForCausalLM.from_pretrained(directories[reference_seed])
+        return precompute_reference_scores(DatasetDict({"train": data}), reference, tokenizer, args)["train"]
+
+    stored = scored(pairs, 1)
+    assert json.loads(stored[0]["ref_fingerprint"])["model"] == str(directories[1])
+    assert scored(stored, 1) is stored  # same reference, budget and seed: kept as they are
+    with caplog.at_level("WARNING", logger="diff_trainer.dpo"):
+        other = scored(stored, 2)
+    assert "Not using the stored reference scores: they were computed with model" in caplog.text
+    assert "weights_sha256" in caplog.text and " seed " not in caplog.text
+    assert other["ref_chosen_score"] == scored(pairs, 2)["ref_chosen_score"] != stored["ref_chosen_score"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="diff_trainer.dpo"):
+        scored(stored, 1, seed=7, mc_samples=4)
+    assert "they were computed with mc_samples 2 (now 4), seed 42 (now 7)" in caplog.text
+    args = DPOTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", mc_samples=2, seed=7,
+                                precompute_ref_scores=True)
+    with pytest.raises(ValueError, match="precompute_reference_scores"):  # the trainer checks the run settings too
+        DiffusionDPOTrainer(diffusion_llama(tokenizer), args=args, train_dataset=stored, processing_class=tokenizer)

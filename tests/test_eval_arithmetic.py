@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_byte_tokenizer, make_tiny_llama
+from conftest import count_forward_passes, make_byte_tokenizer, make_tiny_llama
 
 from data_scripts.make_arithmetic import make_arithmetic, problem_record
 from diff_trainer.cli import eval_arithmetic as cli
@@ -186,15 +186,22 @@ def parse_summary(out: str) -> dict:
     ("diffusion", ["--gen_length", "8", "--steps", "4"], 4),
     ("causal", ["--gen_length", "6"], 6),
 ])
-def test_a_random_checkpoint_runs_end_to_end(checkpoints, test_file, capsys, tmp_path, name, flags, max_nfe):
+def test_a_random_checkpoint_runs_end_to_end(checkpoints, test_file, capsys, tmp_path, monkeypatch, name, flags,
+                                             max_nfe):
+    forward_calls = count_forward_passes(monkeypatch, cli)
     output = tmp_path / "out.jsonl"
     cli.main(["--model", str(checkpoints / name), "--test_file", str(test_file), "--max_samples", "6",
               "--batch_size", "4", "--seed", "0", "--output", str(output), *flags])
     summary = parse_summary(capsys.readouterr().out)
-    assert 0.0 <= summary["accuracy"] <= 1.0 and 1 <= summary["nfe"] <= max_nfe
     assert summary["tokens_per_second"] > 0
     records = read_jsonl(output)
     assert len(records) == 6 and all(1 <= r["nfe"] <= max_nfe for r in records)
+    # batches of 4 and 2 rows; each row records its batch's forward passes
+    assert len({r["nfe"] for r in records[:4]}) == 1 and len({r["nfe"] for r in records[4:]}) == 1
+    assert records[0]["nfe"] + records[4]["nfe"] == len(forward_calls)
+    assert summary["nfe"] == pytest.approx(sum(r["nfe"] for r in records) / 6, abs=0.005)
+    if "--steps" in flags:  # one block without a threshold: exactly one pass per step
+        assert all(r["nfe"] == 4 for r in records)
     assert summary["accuracy"] == pytest.approx(sum(r["correct"] for r in records) / 6)
     assert records[0]["settings"]["sampler"] == ("causal" if name == "causal" else "diffusion")
 

@@ -1,5 +1,6 @@
 """Tokenizer/model loading, dropout, bidirectional attention and the diffusion config (tiny models, no downloads)."""
 
+import os
 from types import SimpleNamespace
 
 import pytest
@@ -8,17 +9,25 @@ from conftest import DFF, MASK, make_tiny_llama
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoModelForCausalLM, ByT5Tokenizer, LlamaConfig, LlavaConfig, PreTrainedTokenizerFast
 
+from diff_trainer import modeling
+from diff_trainer.arguments import DiffusionTrainingArguments
+from diff_trainer.cli import generate as generate_cli
 from diff_trainer.modeling import (
+    CheckpointLoader,
     add_special_tokens,
     attends_to_future,
     is_encoder_model,
+    is_peft_model,
+    load_checkpoint,
     load_model,
     load_tokenizer,
     make_bidirectional,
+    prepare_model,
     read_diffusion_config,
     set_dropout,
     write_diffusion_config,
 )
+from diff_trainer.trainer import DiffusionTrainer
 
 TINY = "hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4"
 OVERRIDES = {
@@ -44,7 +53,7 @@ def model_args(**overrides):
     settings = dict(
         model_name_or_path=None, model_type="llama", config_overrides=OVERRIDES["llama"], config_name=None,
         tokenizer_name="byte", dtype="float32", dropout=None, attn_implementation="sdpa", trust_remote_code=False,
-        dff_token=DFF, mask_token=MASK, use_lora=False, lora_r=4, lora_alpha=8, lora_dropout=0.0,
+        masked_lm=False, mask_token=MASK, use_lora=False, lora_r=4, lora_alpha=8, lora_dropout=0.0,
         lora_target_modules=["all-linear"],
     )
     settings.update(overrides)
@@ -53,8 +62,8 @@ def model_args(**overrides):
 
 def tiny_model(tokenizer, family, seed=0, **overrides):
     torch.manual_seed(seed)
-    args = model_args(model_type=family, config_overrides=OVERRIDES[family], **overrides)
-    return load_model(args, tokenizer, masked_lm=family in ENCODERS).eval()
+    args = model_args(model_type=family, config_overrides=OVERRIDES[family], masked_lm=family in ENCODERS, **overrides)
+    return load_model(args, tokenizer).eval()
 
 
 @pytest.fixture
@@ -322,7 +331,7 @@ def test_diffusion_config_survives_save_and_reload(tmp_path, tokenizer):
     assert reloaded.config.is_causal is False and attends_to_future(reloaded)
     assert read_diffusion_config(reloaded.config) == {
         "objective": "masked_diffusion", "mask_token_id": 385, "shift_logits": True,
-        "noise_schedule": "cosine", "time_eps": 1e-3, "dff_token": DFF,
+        "noise_schedule": "cosine", "time_eps": 1e-3, "dff_token": DFF, "auto_class": "AutoModelForCausalLM",
     }
     ids = torch.tensor([[72, 384, 385, 385]])
     with torch.no_grad():
@@ -342,6 +351,100 @@ def test_mask_token_outside_the_vocabulary_is_refused(byte_tokenizer):
         write_diffusion_config(model.config, mask_token_id=byte_tokenizer.mask_token_id, shift_logits=False,
                                noise_schedule="linear", time_eps=1e-3, dff_token=DFF)
     assert read_diffusion_config(model.config) is None
+
+
+# --- prepare_model and load_checkpoint ------------------------------------------------------------------------------
+
+SETTINGS = {"shift_logits": False, "noise_schedule": "linear", "time_eps": 1e-3, "dff_token": DFF}
+
+
+def same_logits(first, second, ids, atol=0.0):
+    with torch.no_grad():
+        torch.testing.assert_close(first(input_ids=ids).logits, second(input_ids=ids).logits, rtol=0, atol=atol)
+
+
+def test_encoder_checkpoint_records_and_reloads_its_auto_class(tmp_path, tokenizer):
+    torch.manual_seed(0)
+    args = model_args(model_type="bert", config_overrides=OVERRIDES["bert"], masked_lm=True)
+    model = prepare_model(args, tokenizer, "diffusion", diffusion_settings=SETTINGS).eval()
+    assert read_diffusion_config(model.config)["auto_class"] == "AutoModelForMaskedLM"
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    loaded, loaded_tokenizer = load_checkpoint(str(tmp_path))
+    assert type(loaded).__name__ == "BertForMaskedLM" and len(loaded_tokenizer) == len(tokenizer)
+    same_logits(loaded, model, torch.tensor([[72, 384, 385, 33]]))
+
+
+def test_prepare_model_refuses_flags_that_do_not_fit(tokenizer):
+    with pytest.raises(ValueError, match="--masked_lm .* only applies with --train_diff_model"):
+        prepare_model(model_args(masked_lm=True), tokenizer, "causal")
+    bert = model_args(model_type="bert", config_overrides=OVERRIDES["bert"], masked_lm=True)
+    with pytest.raises(ValueError, match="--shift_logits adapts a causal LM"):
+        prepare_model(bert, tokenizer, "diffusion", diffusion_settings={**SETTINGS, "shift_logits": True})
+    with pytest.raises(ValueError, match="not a masked-diffusion checkpoint"):
+        prepare_model(model_args(), tokenizer, "diffusion")
+
+
+def lora_checkpoint(tmp_path, tokenizer):
+    """A causal base checkpoint, and a diffusion LoRA run on it saved adapter-only by DiffusionTrainer."""
+    make_tiny_llama(384, bidirectional=False).save_pretrained(tmp_path / "base")
+    args = model_args(model_name_or_path=str(tmp_path / "base"), model_type=None, config_overrides=None,
+                      use_lora=True)
+    torch.manual_seed(1)
+    model = prepare_model(args, tokenizer, "diffusion", new_token_ids=[384, 385], diffusion_settings=SETTINGS)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name or "trainable_tokens" in name:
+                parameter.normal_(0, 0.3)  # a trained adapter and trained rows of the new tokens
+    training = DiffusionTrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none",
+                                          train_diff_model=True, loss_normalization="token")
+    DiffusionTrainer(model, training, processing_class=tokenizer).save_model(str(tmp_path / "adapter"))
+    return model.eval(), str(tmp_path / "adapter")
+
+
+def test_adapter_only_checkpoint_loads_with_its_settings_and_merges(tmp_path, tokenizer):
+    trained, path = lora_checkpoint(tmp_path, tokenizer)
+    assert not os.path.exists(os.path.join(path, "model.safetensors"))  # adapter-only
+    ids = torch.tensor([[72, 384, 385, 385, 33]])
+    loaded, _ = load_checkpoint(path)
+    assert is_peft_model(loaded) and read_diffusion_config(loaded.config)["mask_token_id"] == 385
+    assert loaded.config.is_causal is False
+    same_logits(loaded, trained, ids)
+    merged, _ = load_checkpoint(path, merge_lora=True)
+    assert not is_peft_model(merged) and read_diffusion_config(merged.config)["dff_token"] == DFF
+    same_logits(merged, trained, ids, atol=1e-5)
+
+
+def test_the_sampling_cli_reads_adapter_checkpoints(tmp_path, tokenizer, capsys):
+    _, path = lora_checkpoint(tmp_path, tokenizer)
+    flags = ["--model", path, "--prompt", "ab", "--gen_length", "6", "--steps", "6"]
+    generate_cli.main(flags)
+    generate_cli.main(flags + ["--merge_lora"])
+    plain, merged = capsys.readouterr().out.splitlines()
+    assert plain == merged
+
+
+def test_missing_checkpoint_and_foreign_layouts(tmp_path, tokenizer, monkeypatch):
+    with pytest.raises(FileNotFoundError, match=f"no checkpoint at {tmp_path / 'nope'}"):
+        load_checkpoint(str(tmp_path / "nope"))
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "weights.npz").write_text("")
+    tokenizer.save_pretrained(foreign)
+    built = make_tiny_llama(len(tokenizer))
+    monkeypatch.setattr(modeling, "CHECKPOINT_LOADERS", [
+        CheckpointLoader(lambda path: os.path.exists(os.path.join(path, "weights.npz")), lambda path, **_: built)])
+    model, _ = load_checkpoint(str(foreign))
+    assert model is built
+
+
+def test_training_can_start_from_an_adapter_only_checkpoint(tmp_path, tokenizer):
+    """DPO or further training from a LoRA run: load_model goes through the checkpoint loader, adapters merged."""
+    trained, path = lora_checkpoint(tmp_path, tokenizer)
+    args = model_args(model_name_or_path=path, model_type=None, config_overrides=None)
+    model = prepare_model(args, tokenizer, "diffusion")
+    assert not is_peft_model(model) and read_diffusion_config(model.config)["mask_token_id"] == 385
+    same_logits(model.eval(), trained, torch.tensor([[72, 384, 385, 33]]), atol=1e-5)
 
 
 def test_a_missing_local_model_directory_is_named_plainly(tmp_path, tokenizer):

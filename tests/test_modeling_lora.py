@@ -30,8 +30,9 @@ def save_base(directory, case):
 def load_base(directory, case, tokenizer, seed):
     """The checkpoint resized for `tokenizer`; `seed` drives the random rows the resize invents."""
     torch.manual_seed(seed)
-    args = model_args(model_name_or_path=str(directory), model_type=None, config_overrides=None)
-    return make_bidirectional(load_model(args, tokenizer, masked_lm=case["family"] == "bert")).eval()
+    args = model_args(model_name_or_path=str(directory), model_type=None, config_overrides=None,
+                      masked_lm=case["family"] == "bert")
+    return make_bidirectional(load_model(args, tokenizer)).eval()
 
 
 def logits(model, ids):

@@ -8,6 +8,8 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
+from transformers import AutoModelForCausalLM
 
 from diff_trainer.data.pipeline import Preprocessor
 
@@ -44,19 +46,34 @@ def captured_rows(monkeypatch):
     original = Preprocessor.run
 
     def spy(self, raw):
-        final = original(self, raw)
+        final, layout = original(self, raw)
         outputs.append(final)
-        return final
+        return final, layout
 
     monkeypatch.setattr(Preprocessor, "run", spy)
     return outputs
 
 
-def test_train_evaluate_and_resume(tmp_path, train_file, caplog):
+def next_token_metrics(model_dir, rows):
+    """Causal eval_loss and eval_accuracy recomputed from the saved model: position i-1 predicts labelled token i."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    ids, labels = torch.tensor(rows["input_ids"]), torch.tensor(rows["labels"])
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=torch.tensor(rows["attention_mask"])).logits.double()
+    predicted, targets = logits[:, :-1], labels[:, 1:]
+    scored = targets != -100
+    ce = torch.nn.functional.cross_entropy(predicted[scored], targets[scored])
+    accuracy = (predicted.argmax(-1)[scored] == targets[scored]).double().mean()
+    return ce.item(), accuracy.item()
+
+
+def test_train_evaluate_and_resume(tmp_path, train_file, caplog, captured_rows):
     out = tmp_path / "out"
     flags = common_flags(out) + ["--train_file", train_file, "--validation_split_percentage", "20",
                                  "--save_steps", "3", "--do_train", "--do_eval"]
     run_clm_diff.main(flags + ["--max_steps", "3"])
+    validation = captured_rows[0]["validation"]
+    assert len(validation) == 8  # one eval batch, so eval_loss is the mean over all its labelled tokens
 
     assert (out / "checkpoint-3" / "model.safetensors").exists()
     assert (out / "model.safetensors").exists()
@@ -64,9 +81,11 @@ def test_train_evaluate_and_resume(tmp_path, train_file, caplog):
     assert config["model_type"] == "llama" and config["hidden_size"] == 32
     assert "diffusion_config" not in config
     metrics = json.loads((out / "eval_results.json").read_text())
-    assert math.isfinite(metrics["eval_loss"])
-    assert metrics["perplexity"] == pytest.approx(math.exp(metrics["eval_loss"]))
-    assert 0 <= metrics["eval_accuracy"] <= 1
+    expected_loss, expected_accuracy = next_token_metrics(out, validation[:])
+    assert metrics["eval_loss"] == pytest.approx(expected_loss, rel=1e-5)
+    assert metrics["perplexity"] == pytest.approx(math.exp(expected_loss), rel=1e-5)
+    assert metrics["eval_accuracy"] == pytest.approx(expected_accuracy, abs=1e-9)
+    assert 0 < expected_accuracy < 1  # a value that a wrong shift would change
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 3
 
     with caplog.at_level(logging.INFO, logger="diff_trainer"):

@@ -1,13 +1,14 @@
 """run_diffusion_dpo.py end to end: config + CLI, LoRA with checkpointing and precomputed scores, bad input, DDP."""
 
 import json
+import math
 import os
 import subprocess
 import sys
 
 import pytest
 import run_diffusion_dpo  # the repository root is on pytest's pythonpath (setup.cfg)
-from conftest import make_byte_tokenizer, make_tiny_llama
+from conftest import accelerate_launch, make_byte_tokenizer, make_tiny_llama
 from safetensors.torch import load_file
 
 from diff_trainer.data.loading import DataError
@@ -113,9 +114,43 @@ def test_two_process_ddp_matches_one_process(workspace):
         return read_json(workspace["root"] / output / "trainer_state.json")["log_history"][0]
 
     single = run([sys.executable], "one", 4)
-    ddp = run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"],
-              "two", 2)
+    ddp = run(accelerate_launch(workspace["root"]), "two", 2)
     for name in ("loss", "grad_norm", *METRIC_NAMES):
         assert ddp[name] == pytest.approx(single[name], rel=1e-4, abs=1e-6), name
     assert single["rewards/margins"] != 0.0  # the reference differs from the policy, so the step is informative
+
+
+def test_without_do_train_or_do_eval_it_says_what_was_done(workspace, monkeypatch, caplog):
+    monkeypatch.chdir(ROOT)
+    output = workspace["root"] / "nothing"
+    with caplog.at_level("INFO", logger="diff_trainer"):
+        run_diffusion_dpo.main(flags(workspace, "nothing", "--do_train", "false", "--do_eval", "false",
+                                     "--eval_strategy", "no"))
+    assert ("Neither --do_train nor --do_eval: tokenised 6 train, 6 validation pairs; nothing trained or evaluated"
+            in caplog.text)
+    assert not (output / "trainer_state.json").exists()
+@pytest.mark.parametrize("disable", [True, False])
+def test_disable_dropout_and_custom_column_names(workspace, monkeypatch, tmp_path, disable):
+    # policy = reference and shared masks: without dropout the first step's scores agree exactly, so the margin is 0
+    # and the loss is -log σ(0) = log 2; dropout in the training policy breaks the tie.
+    monkeypatch.chdir(ROOT)
+    renamed = tmp_path / "renamed.jsonl"
+    renamed.write_text("".join(json.dumps({"question": p["prompt"], "good": p["chosen"], "bad": p["rejected"]}) + "\n"
+                               for p in PAIRS))
+    tokenizer = make_byte_tokenizer()
+    model = make_tiny_llama(len(tokenizer), max_position_embeddings=64, attention_dropout=0.5)
+    write_diffusion_config(model.config, mask_token_id=tokenizer.mask_token_id, shift_logits=False,
+                           noise_schedule="linear", time_eps=1e-3, dff_token="<DFF>")
+    model.save_pretrained(tmp_path / "dropout_policy")
+    tokenizer.save_pretrained(tmp_path / "dropout_policy")
+    output = tmp_path / "out"
+    run_diffusion_dpo.main(flags(workspace, "unused", "--model_name_or_path", str(tmp_path / "dropout_policy"),
+                                 "--train_file", str(renamed), "--validation_file", str(renamed),
+                                 "--prompt_column", "question", "--chosen_column", "good", "--rejected_column", "bad",
+                                 "--disable_dropout", str(disable).lower(), "--sft_weight", "0", "--max_steps", "1",
+                                 "--do_eval", "false", "--output_dir", str(output)))
+    first = read_json(output / "trainer_state.json")["log_history"][0]
+    if disable:
+        assert first["rewards/margins"] == 0.0 and first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    else:
+        assert abs(first["rewards/margins"]) > 1e-3

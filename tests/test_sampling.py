@@ -103,7 +103,9 @@ def test_confidence_strategies_by_hand():
     one_hot = torch.tensor([[[0.0, 1.0, 0.0]]], dtype=torch.float64)
     assert negative_entropy(one_hot, chosen[:, :1], None).item() == 0.0
     first = random_confidence(probs, chosen, torch.Generator().manual_seed(3))
-    assert torch.equal(first, random_confidence(probs, chosen, torch.Generator().manual_seed(3)))
+    uniform = torch.rand(chosen.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    assert torch.equal(first, uniform)  # U[0,1) noise whatever the probabilities
+    assert torch.equal(random_confidence(probs.flip(-1), chosen, torch.Generator().manual_seed(3)), uniform)
 
 
 def test_select_most_confident_takes_the_top_candidates_leftmost_on_ties():
@@ -147,6 +149,17 @@ def test_every_strategy_fills_all_masks_on_schedule(model, remasking):
     assert [int(f.committed.sum()) for f in result.trace] == [2, 2, 2, 2]
     assert not (result.generated == MASK).any()
     assert result.nfe == 4
+
+
+def test_random_remasking_commits_each_position_first_equally_often(model):
+    first = {}
+    for remasking in ("random", "low_confidence"):  # 400 copies of one prompt, greedy tokens
+        result = sample(model, [[5, 6]] * 400, gen_length=4, remasking=remasking, seed=0, trace=True)
+        first[remasking] = result.trace[0].committed[:, result.generation_start:].double()
+    assert (first["random"].sum(dim=1) == 1).all()
+    frequencies = first["random"].mean(dim=0)
+    assert torch.allclose(frequencies, torch.full((4,), 0.25, dtype=torch.float64), atol=0.07)  # 3.2 std
+    assert (first["low_confidence"] == first["low_confidence"][0]).all()  # always the most confident one
 
 
 def test_seed_makes_sampling_repeatable(model):

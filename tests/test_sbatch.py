@@ -1,7 +1,8 @@
 """The Slurm job scripts in sbatch/, run on a real one-node Slurm cluster on localhost.
 
 The cluster is started with .ci/slurm.sh when it is not up (as root: it installs Debian's Slurm packages).
-Multi-node launches cannot run on one machine: their command lines are checked with launch.sh's DRY_RUN=1.
+Multi-node launches cannot run on one machine: their command lines are checked with launch.sh's DRY_RUN=1, which
+needs no cluster, so those tests run everywhere.
 """
 
 import json
@@ -137,7 +138,7 @@ def split_launch(argv: list, script: str) -> tuple[dict, list]:
     return flags, argv[script_at + 1:]
 
 
-def test_two_gpu_nodes_each_get_their_machine_rank(slurm_cluster):
+def test_two_gpu_nodes_each_get_their_machine_rank():
     per_node = dry_run(["sbatch/launch.sh", "run_clm_diff.py", "configs/demo.yaml", "--run_name", "two words"],
                        SLURM_NNODES="2", SLURM_JOB_NODELIST="gpu-[07-08]", SLURM_GPUS_ON_NODE="4",
                        SLURM_CPUS_PER_TASK="32")
@@ -153,7 +154,7 @@ def test_two_gpu_nodes_each_get_their_machine_rank(slurm_cluster):
 
 
 @pytest.mark.parametrize("nodes, processes_per_node", [(1, 1), (2, 2)])
-def test_cpu_nodes_fall_back_to_use_cpu(slurm_cluster, nodes, processes_per_node):
+def test_cpu_nodes_fall_back_to_use_cpu(nodes, processes_per_node):
     per_node = dry_run(["sbatch/launch.sh", "run_clm_diff.py", "configs/demo.yaml"],
                        SLURM_NNODES=str(nodes), SLURM_JOB_NODELIST="cpu-[1-2]" if nodes == 2 else "cpu-1",
                        SLURM_CPUS_ON_NODE="4", CPU_PROCESSES_PER_NODE=str(processes_per_node))
@@ -167,9 +168,10 @@ def test_cpu_nodes_fall_back_to_use_cpu(slurm_cluster, nodes, processes_per_node
         assert script_args == ["configs/demo.yaml", "--use_cpu", "true"]
 
 
-def test_dpo_job_launches_the_dpo_script(slurm_cluster):
+def test_dpo_job_launches_the_dpo_script():
     per_node = dry_run(["sbatch/dpo.sbatch", "configs/dpo.yaml", "--max_steps", "3"],
                        SLURM_NNODES="2", SLURM_JOB_NODELIST="gpu-[1-2]", SLURM_GPUS_ON_NODE="2")
+    assert sorted(per_node) == [0, 1]
     for node_id, argv in per_node.items():
         flags, script_args = split_launch(argv, "run_diffusion_dpo.py")
         assert flags["--machine_rank"] == str(node_id) and flags["--num_processes"] == "4"

@@ -33,7 +33,7 @@ from diff_trainer.cli.generate import (
     checked_sampler_config,
     completion_text,
     generate_causal,
-    load_checkpoint,
+    load_from_arguments,
     prepare_prompts,
     write_records,
 )
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.batch_size < 1 or (args.max_samples is not None and args.max_samples < 1):
         parser.error("--batch_size and --max_samples must be at least 1.")
-    model, tokenizer, diffusion_config = load_checkpoint(args.model)
+    model, tokenizer, diffusion_config = load_from_arguments(parser, args)
     dff_token = (diffusion_config or {}).get("dff_token") or DEFAULT_DFF_TOKEN
     try:
         problems = read_problems(args.test_file, dff_token)[:args.max_samples]

@@ -18,11 +18,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
 import torch
 
+from diff_trainer.data.pipeline import bos_prefix
+from diff_trainer.devices import (
+    DEVICE_CHOICES_HELP,
+    DTYPE_CHOICES,
+    checkpoint_dtype,
+    resolve_device,
+    resolve_dtype,
+)
 from diff_trainer.render import TokenPieces, render_text
 from diff_trainer.sampling import (
     CONFIDENCE_STRATEGIES,
@@ -53,9 +62,15 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Fast-dLLM: commit every prediction at least this confident (ignores --steps)")
     parser.add_argument("--eos_handling", choices=EOS_HANDLING, default=None,
                         help="stop after a block with EOS (default), forbid EOS, rank it last, or none")
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=None,
+                        help="repeat the same output (for the same device, dtype and batch size)")
+    parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
+    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
+                        help="weights and activations; auto: the checkpoint's dtype on a GPU, float32 on the CPU")
     parser.add_argument("--append_dff", action="store_true",
                         help="append the checkpoint's <DFF> token to each prompt (SFT / diff models)")
+    parser.add_argument("--merge_lora", action="store_true",
+                        help="for an adapter-only LoRA checkpoint: merge the adapters into the base weights")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,22 +86,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_checkpoint(path: str):
-    """(model in eval mode, tokenizer, diffusion_config dict or None) from a checkpoint directory."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from diff_trainer.modeling import check_model_source, read_diffusion_config
+def open_checkpoint(path: str, *, device: str = "cpu", dtype: str = "auto", merge_lora: bool = False):
+    """(model in eval mode, tokenizer, diffusion_config dict or None) of a checkpoint (modeling.load_checkpoint)."""
+    from diff_trainer.modeling import load_checkpoint, read_diffusion_config
 
     try:
-        check_model_source(path, "--model")
-        model = AutoModelForCausalLM.from_pretrained(path).eval()
-        tokenizer = AutoTokenizer.from_pretrained(path)
+        model, tokenizer = load_checkpoint(path, device=device, dtype=dtype, merge_lora=merge_lora)
     except FileNotFoundError as error:
-        sys.exit(f"error: {error}")
-    except OSError as error:  # a hub id that does not exist or cannot be reached
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        sys.exit(f"error: --model {path} is not a local directory, and loading it from the hub failed: {reason}")
+        raise SystemExit(f"error: {error}") from None
     return model, tokenizer, read_diffusion_config(model.config)
+
+
+def load_from_arguments(parser: argparse.ArgumentParser, args):
+    """The checkpoint of --model on --device in --dtype; a wrong device or dtype ends with a usage error."""
+    try:
+        device = resolve_device(args.device)
+        dtype = resolve_dtype(args.dtype, device, checkpoint_dtype(args.model))
+    except ValueError as error:
+        parser.error(str(error))
+    return open_checkpoint(args.model, device=str(device), dtype=str(dtype).removeprefix("torch."),
+                           merge_lora=args.merge_lora)
 
 
 def read_prompts(path: str) -> list[str]:
@@ -98,10 +117,9 @@ def read_prompts(path: str) -> list[str]:
 
 
 def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
-    """Token ids as in training: no special tokens, BOS first when it is distinct from EOS."""
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id not in (None, tokenizer.eos_token_id) else None
-    ids = [tokenizer.encode(prompt, add_special_tokens=False) for prompt in prompts]
-    return [[bos] + row for row in ids] if bos is not None else ids
+    """Token ids as in training: no special tokens, `bos_prefix` first."""
+    bos = bos_prefix(tokenizer)
+    return [bos + tokenizer.encode(prompt, add_special_tokens=False) for prompt in prompts]
 
 
 def sampler_config(args, diffusion_config: dict, tokenizer) -> SamplerConfig:
@@ -163,8 +181,10 @@ def check_arguments(parser, args, diffusion_config, prompt_ids, model) -> None:
         if given:
             parser.error(f"{args.model} is a causal checkpoint (no diffusion_config); "
                          f"{', '.join(given)} only apply to diffusion checkpoints.")
-    if args.samples < 1 or args.batch_size < 1:
-        parser.error("--samples and --batch_size must be at least 1.")
+    if args.samples < 1 or args.batch_size < 1 or args.gen_length < 1:
+        parser.error("--samples, --batch_size and --gen_length must be at least 1.")
+    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        parser.error(f"--output {args.output}: its directory does not exist; create it first.")
     limit = context_length(model)
     longest = max(len(p) for p in prompt_ids)
     if limit is not None and longest + args.gen_length > limit:
@@ -199,7 +219,7 @@ def checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, to
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    model, tokenizer, diffusion_config = load_checkpoint(args.model)
+    model, tokenizer, diffusion_config = load_from_arguments(parser, args)
     prompts = args.prompt if args.prompt is not None else read_prompts(args.prompt_file)
     if not prompts:
         parser.error("no prompts given.")

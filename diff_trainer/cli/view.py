@@ -13,7 +13,7 @@ import argparse
 import sys
 import time
 
-from diff_trainer.cli.generate import add_sampling_arguments, load_checkpoint, prepare_prompts, sampler_config
+from diff_trainer.cli.generate import add_sampling_arguments, load_from_arguments, prepare_prompts, sampler_config
 from diff_trainer.render import TokenPieces, render_gif, render_text
 from diff_trainer.sampling import generate
 
@@ -46,7 +46,7 @@ def replay(frames, tokenizer, mask_token_id: int, delay: float, color: bool, out
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    model, tokenizer, diffusion_config = load_checkpoint(args.model)
+    model, tokenizer, diffusion_config = load_from_arguments(parser, args)
     if diffusion_config is None:
         parser.error(f"{args.model} is a causal checkpoint (no diffusion_config): it has no denoising steps to show.")
     try:

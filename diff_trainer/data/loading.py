@@ -5,9 +5,12 @@ import io
 import json
 import logging
 import os
-from typing import Optional
+import sys
+from typing import Callable, Iterator, Optional, Sequence
 
 import datasets
+import numpy as np
+import pyarrow.compute as pc
 from datasets import DatasetDict
 
 logger = logging.getLogger(__name__)
@@ -26,10 +29,33 @@ BUILDERS = {
     ".csv": "csv",
     ".parquet": "parquet",
 }
+STRING = datasets.Value("string")  # the feature type of every text column
 
 
 class DataError(ValueError):
     """Input data that cannot be used, with a message saying where and what to do."""
+
+
+def run_entry_point(main: Callable[[Optional[list[str]]], object], argv: Optional[list[str]] = None) -> int:
+    """Run an entry script's `main`: a DataError ends it with `error: message` on stderr and exit status 1 instead
+    of a traceback (the message already names the file, record or flag)."""
+    try:
+        main(argv)
+    except DataError as error:
+        print(f"{os.path.basename(sys.argv[0]) or 'diff-trainer'}: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+POSITION_LIMITS = ("max_position_embeddings", "n_positions")
+
+
+def check_block_size(block_size: int, config) -> None:
+    """--block_size must fit the model's positions (an index error at step 1 otherwise)."""
+    limit = next((getattr(config, name) for name in POSITION_LIMITS if getattr(config, name, None)), None)
+    if limit is not None and block_size > limit:
+        raise DataError(f"--block_size {block_size} is larger than the model's {limit} positions; pass --block_size "
+                        f"{limit} or less (or raise max_position_embeddings in --config_overrides for a new model).")
 
 
 def builder_for(path: str) -> str:
@@ -51,44 +77,180 @@ def open_text(path: str):
     return open(path, encoding="utf-8")
 
 
-def find_bad_json_line(path: str) -> Optional[tuple[int, str]]:
-    """First line of a JSON-lines file that is not a JSON object: (line number, parser message), or None."""
-    with open_text(path) as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
+def decompressed_chunks(path: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """The file's bytes, decompressed for .gz/.zst; a DataError when the compressed stream ends early."""
+    with open(path, "rb") as raw:
+        if path.endswith(".gz"):
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                return number, str(error)
-            if not isinstance(record, dict):
-                return number, f"expected a JSON object, got {type(record).__name__}"
+                with gzip.open(raw) as handle:
+                    while chunk := handle.read(chunk_size):
+                        yield chunk
+            except (EOFError, gzip.BadGzipFile) as error:
+                raise DataError(f"{path}: truncated or corrupt gzip file ({error}). Download or compress it "
+                                "again.") from error
+            return
+        if not path.endswith(".zst"):
+            while chunk := raw.read(chunk_size):
+                yield chunk
+            return
+        import zstandard
+
+        frame, fed = zstandard.ZstdDecompressor().decompressobj(), False
+        try:
+            while chunk := raw.read(chunk_size):
+                while chunk:
+                    fed = True
+                    yield frame.decompress(chunk)
+                    chunk = frame.unused_data if frame.eof else b""
+                    if frame.eof:  # a multi-frame file: the next frame starts in the unused bytes
+                        frame, fed = zstandard.ZstdDecompressor().decompressobj(), bool(chunk)
+        except zstandard.ZstdError as error:
+            raise DataError(f"{path}: corrupt zstd data ({error}). Download or compress it again.") from error
+        if fed and not frame.eof:
+            raise DataError(f"{path}: truncated zstd file (the last frame is incomplete; `zstd -t` says "
+                            "'premature end'). Download or compress it again.")
+
+
+def numbered_lines(path: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every line; a DataError naming the line when it is not valid UTF-8."""
+    pending, number = b"", 0
+    for chunk in decompressed_chunks(path):
+        lines = (pending + chunk).split(b"\n")
+        pending = lines.pop()
+        for line in lines:
+            number += 1
+            yield number, decode_line(path, number, line)
+    if pending:
+        yield number + 1, decode_line(path, number + 1, pending)
+
+
+def decode_line(path: str, number: int, line: bytes) -> str:
+    """One line as text; a DataError naming the file, line and byte when it is not UTF-8."""
+    try:
+        return line.decode("utf-8")
+    except UnicodeDecodeError as error:
+        bad = line[error.start:error.start + 4]
+        raise DataError(f"{path}, line {number}: not valid UTF-8 (byte {error.start}: {bad!r}). "
+                        "Re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
+
+
+def value_problem(record: dict, column: str) -> Optional[str]:
+    """Why `record[column]` is not usable text (None when it is a string)."""
+    if column not in record:
+        return f"missing key {column!r}"
+    value = record[column]
+    if value is None:
+        return f"{column!r} is null"
+    if not isinstance(value, str):
+        return f"{column!r} is a {type(value).__name__}, not a string"
     return None
 
 
-def load_files(data_files: dict[str, str], cache_dir: Optional[str] = None) -> DatasetDict:
-    """Load local files (one per split); a malformed JSON line is reported with its file and line number."""
+def scan_file(path: str, text_columns: Sequence[str] = ()) -> dict[int, tuple[str, str]]:
+    """Read a local file once before datasets does: truncation, invalid UTF-8, malformed JSON and an empty file
+    are DataErrors; returns row -> ("file, line N", problem) for JSON records whose text columns are not strings.
+
+    A column that no record has is left to the column check (pre-tokenised data has none). Rows of a JSON-lines
+    file are its non-blank lines, as datasets reads them; rows of a JSON document are its list items.
+    """
+    builder = builder_for(path)
+    json_lines = builder == "json" and is_json_lines(path)
+    records, places = [], []
+    for number, line in numbered_lines(path):
+        if not line.strip():
+            continue
+        places.append(f"{path}, line {number}")
+        if json_lines:
+            records.append(parse_record(line, places[-1]))
+    if builder == "json" and not json_lines:
+        document = json.loads("".join(line + "\n" for _, line in numbered_lines(path)))
+        records = document if isinstance(document, list) else []
+        places = [f"{path}, record {row + 1}" for row in range(len(records))]
+    if not places or (builder == "csv" and len(places) == 1):
+        raise DataError(f"{path}: no records (the file is empty{' or holds only a header' * (len(places) == 1)}).")
+    problems = {}
+    for column in text_columns:
+        found = {row: value_problem(record, column) for row, record in enumerate(records) if isinstance(record, dict)}
+        if all(problem == f"missing key {column!r}" for problem in found.values()):
+            continue  # the column check names a column missing from all the data
+        for row, problem in found.items():
+            if problem:
+                problems.setdefault(row, (places[row], problem))
+    return problems
+
+
+def parse_record(line: str, place: str) -> dict:
+    """One JSON-lines record; a DataError naming its place when it is not a JSON object."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise DataError(f"{place}: malformed JSON ({error}). Fix or remove that line.") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{place}: malformed JSON (expected a JSON object, got {type(record).__name__}). "
+                        "Fix or remove that line.")
+    return record
+
+
+def load_files(data_files: dict[str, str], cache_dir: Optional[str] = None,
+               text_columns: Sequence[str] = ()) -> tuple[DatasetDict, dict[str, dict[int, tuple[str, str]]]]:
+    """Load local files (one per split), reading `text_columns` as exactly the strings written (no type guessing).
+
+    Returns the splits and, per split, row -> ("file, line N", problem) for records whose text is missing, null or
+    not a string. Unreadable files (truncated, not UTF-8, malformed JSON, empty) raise a DataError naming them.
+    """
     for path in data_files.values():
+        if os.path.isdir(path):
+            raise DataError(f"{path}: is a directory, not a data file. Pass a file, or a save_to_disk directory with "
+                            "--dataset_name DIR --load_from_disk.")
         if not os.path.isfile(path):
             raise DataError(f"{path}: file not found. Check --train_file/--validation_file.")
     builders = {builder_for(path) for path in data_files.values()}
     if len(builders) > 1:
         raise DataError(f"Train and validation files must have the same format, got {sorted(builders)}.")
     builder = builders.pop()
+    problems = {split: scan_file(path, text_columns) if builder != "parquet" else {}
+                for split, path in data_files.items()}
     kwargs = {"keep_linebreaks": True} if builder == "text" else {}
+    if builder == "csv":  # every CSV field is text; only an empty field is missing ("NA", "null" stay text)
+        kwargs = {"features": csv_string_features(data_files["train"]), "keep_default_na": False, "na_values": [""]}
     try:
-        return datasets.load_dataset(builder, data_files=data_files, cache_dir=cache_dir, **kwargs)
+        raw = datasets.load_dataset(builder, data_files=data_files, cache_dir=cache_dir, **kwargs)
+        features = raw["train"].features
+        guessed = [column for column in text_columns if column in features and features[column] != STRING]
+        if builder == "json" and guessed:  # a non-string value made datasets convert the column: read it as text
+            features = datasets.Features({**features, **dict.fromkeys(guessed, STRING)})
+            raw = datasets.load_dataset(builder, data_files=data_files, cache_dir=cache_dir, features=features)
+    except DataError:
+        raise
     except Exception as error:
-        if builder == "json":
-            for path in data_files.values():
-                if path.endswith((".json", ".json.gz", ".json.zst")) and is_json_document(path):
-                    continue
-                bad = find_bad_json_line(path)
-                if bad:
-                    raise DataError(
-                        f"{path}, line {bad[0]}: malformed JSON ({bad[1]}). Fix or remove that line."
-                    ) from error
         raise DataError(f"Could not read {', '.join(data_files.values())}: {error}") from error
+    for split, path in data_files.items():
+        for row, problem in null_text_rows(raw[split], text_columns).items():
+            problems[split].setdefault(row, (f"{path}, record {row + 1}", problem))
+    return raw, problems
+
+
+def csv_string_features(path: str) -> datasets.Features:
+    """Every column of a CSV file (named by its header) as a string column."""
+    import pandas as pd
+
+    with open_text(path) as handle:
+        header = pd.read_csv(handle, nrows=0).columns
+    return datasets.Features(dict.fromkeys(header, STRING))
+
+
+def null_text_rows(split, text_columns: Sequence[str]) -> dict[int, str]:
+    """Row -> problem for null values in the text columns; a DataError for a text column that is not text."""
+    problems = {}
+    for column in text_columns:
+        if column not in split.column_names:
+            continue
+        if split.features[column] not in (STRING, datasets.Value("large_string")):
+            raise DataError(f"Column {column!r} holds {split.features[column]} values, not text. Text columns must "
+                            "be strings: convert it, or pick another column.")
+        for row in np.flatnonzero(pc.is_null(split.with_format("arrow")[column]).to_numpy(zero_copy_only=False)):
+            problems.setdefault(int(row), f"{column!r} is null")
+    return problems
 
 
 def is_json_lines(path: str) -> bool:
@@ -117,7 +279,16 @@ def load_saved(path: str) -> DatasetDict:
 
 
 def load_raw_datasets(data_args, cache_dir: Optional[str] = None, seed: int = 42) -> DatasetDict:
-    """Load train and validation splits from the hub, local files or a saved directory (see DataArguments)."""
+    """Load train and validation splits from the hub, local files or a saved directory (see DataArguments).
+
+    Text is read as written; a record whose text is missing, null or not a string is a DataError naming it.
+    """
+    if data_args.block_size is not None and data_args.block_size <= 0:
+        raise DataError(f"--block_size must be a positive number of tokens, got {data_args.block_size}.")
+    if not 0 <= data_args.validation_split_percentage < 100:
+        raise DataError(f"--validation_split_percentage must be in [0, 100) (0: no held-out split), got "
+                        f"{data_args.validation_split_percentage}.")
+    text_columns = text_columns_of(data_args)
     if data_args.load_from_disk:
         raw = load_saved(data_args.dataset_name)
     elif data_args.dataset_name:
@@ -126,13 +297,18 @@ def load_raw_datasets(data_args, cache_dir: Optional[str] = None, seed: int = 42
         files = {"train": data_args.train_file}
         if data_args.validation_file:
             files["validation"] = data_args.validation_file
-        raw = load_files(files, cache_dir)
+        raw, problems = load_files(files, cache_dir, text_columns)
+        raise_for_bad_records(problems)
     else:
         raise DataError("No data given: pass --train_file, or --dataset_name (with --load_from_disk for a saved dir).")
     if not isinstance(raw, DatasetDict):
         raw = DatasetDict({"train": raw})
     if "train" not in raw:
         raise DataError(f"The dataset has no 'train' split (found: {', '.join(raw) or 'none'}). Rename or pick a split.")
+    if not data_args.train_file:
+        raise_for_bad_records({name: {row: (f"{name} row {row}", problem)
+                                      for row, problem in null_text_rows(split, text_columns).items()}
+                               for name, split in raw.items()})
     if "validation" not in raw and data_args.validation_split_percentage > 0:
         split = raw["train"].train_test_split(test_size=data_args.validation_split_percentage / 100, seed=seed)
         raw = DatasetDict({**raw, "train": split["train"], "validation": split["test"]})
@@ -144,6 +320,28 @@ def load_raw_datasets(data_args, cache_dir: Optional[str] = None, seed: int = 42
     if len(raw["train"]) == 0:
         raise DataError("The train split is empty.")
     return raw
+
+
+def text_columns_of(data_args) -> tuple[str, ...]:
+    """The columns read as text: prompt and response when given, else the text column."""
+    if data_args.prompt_column:
+        return data_args.prompt_column, data_args.response_column
+    return (data_args.text_column,)
+
+
+def raise_for_bad_records(problems: dict[str, dict[int, tuple[str, str]]], shown: int = 5) -> None:
+    """A DataError listing the first records without usable text, when there are any."""
+    places = [f"{place}: {problem}" for split in problems.values() for _, (place, problem) in sorted(split.items())]
+    if places:
+        raise DataError(f"{len(places)} record(s) have no usable text: {'; '.join(places[:shown])}. Text must be a "
+                        "JSON string (quote numbers, remove nulls and records without the column).")
+
+
+def require_validation_data(splits, do_eval: bool) -> None:
+    """--do_eval needs a validation split: an error instead of silently skipping evaluation."""
+    if do_eval and splits.get("validation") is None:
+        raise DataError("--do_eval needs validation data: pass --validation_file, set "
+                        "--validation_split_percentage above 0, or drop --do_eval.")
 
 
 def as_text_records(raw: DatasetDict, data_args, dff_token: str) -> DatasetDict:

@@ -1,7 +1,15 @@
-"""The preprocessing pipeline: tokenise -> <DFF> labels -> filter -> pack or pad -> sanity check."""
+"""The preprocessing pipeline: tokenise -> <DFF> labels -> filter -> pack or pad -> sanity check.
+
+`Preprocessor.run` returns the rows and their `RowLayout` (packed / left- / right-padded, block size, marker,
+tokenizer), which is saved next to the rows and read back when they are reused with --skip_concat.
+"""
 
 import contextlib
+import hashlib
+import json
 import logging
+import os
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import numpy as np
@@ -15,15 +23,74 @@ from .packing import concatenate_and_chunk, pad_to_block
 logger = logging.getLogger(__name__)
 
 ROW_COLUMNS = ("input_ids", "labels", "attention_mask")
+LAYOUT_FILE = "row_layout.json"
+DEFAULT_BLOCK_SIZE = 512
+PACKINGS = ("packed", "left", "right")
+
+
+def bos_prefix(tokenizer) -> list[int]:
+    """The ids put before every text: [BOS] when the tokenizer has a BOS distinct from EOS, else none."""
+    bos = tokenizer.bos_token_id
+    return [bos] if bos is not None and bos != tokenizer.eos_token_id else []
+
+
+def vocabulary_hash(tokenizer, size: Optional[int] = None) -> str:
+    """A short fingerprint of the token -> id mapping of the ids below `size` (default: all of them)."""
+    size = len(tokenizer) if size is None else size
+    items = sorted((token, index) for token, index in tokenizer.get_vocab().items() if index < size)
+    return hashlib.sha256(json.dumps(items, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class RowLayout:
+    """What the final rows are: how they were built and with which tokenizer.
+
+    packing: "packed" (samples joined and cut), "left" (one sample per row, ignored padding on the left) or "right"
+    (one sample per row, trained EOS filling the right). marker: the <DFF> token training starts after, or None
+    when every token is trained.
+    """
+
+    packing: str
+    block_size: int
+    marker: Optional[str]
+    tokenizer_name: str
+    vocab_size: int
+    vocab_hash: str
+
+    @property
+    def packed(self) -> bool:
+        return self.packing == "packed"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def read(cls, directory: str) -> Optional["RowLayout"]:
+        """The layout saved in `directory`, or None when it has none (data saved before layouts were recorded)."""
+        path = os.path.join(directory, LAYOUT_FILE)
+        if not os.path.isfile(path):
+            return None
+        with open(path, encoding="utf-8") as handle:
+            values = json.load(handle)
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise DataError(f"{path}: not a row layout written by this project ({error}).") from error
+
+
+def describe_tokenizer(tokenizer) -> dict:
+    """The tokenizer fields of a RowLayout."""
+    return {"tokenizer_name": tokenizer.name_or_path or type(tokenizer).__name__, "vocab_size": len(tokenizer),
+            "vocab_hash": vocabulary_hash(tokenizer)}
 
 
 def tokenize_function(tokenizer, text_column: str):
-    """Batched tokenisation without special tokens; BOS is prepended when the tokenizer has a distinct one."""
-    bos = tokenizer.bos_token_id if tokenizer.bos_token_id not in (None, tokenizer.eos_token_id) else None
+    """Batched tokenisation without special tokens; `bos_prefix` goes before every text."""
+    bos = bos_prefix(tokenizer)
 
     def tokenize(batch):
         ids = tokenizer(batch[text_column], add_special_tokens=False)["input_ids"]
-        return {"input_ids": [[bos] + row for row in ids] if bos is not None else ids}
+        return {"input_ids": [bos + row for row in ids]}
 
     return tokenize
 
@@ -71,57 +138,89 @@ def resolve_dff_mode(mode: str, dataset: Dataset) -> bool:
 class Preprocessor:
     """Runs the pipeline on a DatasetDict with the settings of DataArguments."""
 
-    def __init__(self, tokenizer, data_args, *, dff_token: str, dff_mode: str = "auto",
-                 main_process_first=None):
+    def __init__(self, tokenizer, data_args, *, main_process_first=None):
         if tokenizer.eos_token_id is None:
             raise DataError("The tokenizer has no EOS token; set one (packing and padding use it).")
         self.tokenizer = tokenizer
         self.args = data_args
-        self.dff_token = dff_token
-        self.dff_mode = dff_mode
         self.main_process_first = main_process_first or (lambda desc: contextlib.nullcontext())
         self.workers = data_args.preprocessing_num_workers
-        self.concatenate = data_args.concatenate_texts
 
-    def run(self, raw: DatasetDict) -> DatasetDict:
-        """All steps; with --skip_concat the rows are taken as they are (only checked)."""
-        if not self.args.skip_concat:
+    def run(self, raw: DatasetDict) -> tuple[DatasetDict, RowLayout]:
+        """All steps, or with --skip_concat the rows as they are (checked against their saved layout)."""
+        if self.args.skip_concat:
+            layout = self.saved_layout(raw)
+        else:
             raw = self.tokenize(raw)
-            raw = self.label(raw)
-            raw = self.filter_samples(raw)
-            raw = self.pack(raw)
+            raw, marker = self.label(raw)
+            block_size = self.args.block_size or DEFAULT_BLOCK_SIZE
+            raw, concatenate = self.filter_samples(raw, block_size)
+            raw = self.pack(raw, block_size, concatenate)
+            layout = RowLayout("packed" if concatenate else self.args.padding_side, block_size, marker,
+                               **describe_tokenizer(self.tokenizer))
         final = DatasetDict({name: split.select_columns(list(ROW_COLUMNS)) for name, split in raw.items()
                              if set(ROW_COLUMNS) <= set(split.column_names)} or raw)
-        sanity_check(final, self.args.block_size, self.tokenizer)
-        return final
+        sanity_check(final, layout.block_size, self.tokenizer)
+        logger.info("Rows: %s, block size %d, trained %s.", layout.packing, layout.block_size,
+                    f"after {layout.marker}" if layout.marker else "on every token")
+        return final, layout
+
+    def saved_layout(self, raw: DatasetDict) -> RowLayout:
+        """The layout saved with the rows (checked against the tokenizer and --block_size), or one read off them."""
+        directory = self.args.dataset_name if self.args.load_from_disk else None
+        layout = RowLayout.read(directory) if directory else None
+        source = directory or "The rows"
+        current = describe_tokenizer(self.tokenizer)
+        if layout is None:
+            first = raw["train"][0]
+            packing = "packed" if all(first["attention_mask"]) else "left"
+            layout = RowLayout(packing, len(first["input_ids"]), None, **current)
+            logger.warning("%s: no %s, so rows of %d tokens are taken as %s (saved by an older version; save them "
+                           "again with --save_final_dataset to record their layout).", source,
+                           LAYOUT_FILE, layout.block_size, packing)
+        # tokens added after the rows were made (e.g. the mask token) leave their ids valid
+        if vocabulary_hash(self.tokenizer, layout.vocab_size) != layout.vocab_hash:
+            raise DataError(f"{source}: the rows were tokenised with {layout.tokenizer_name} ({layout.vocab_size} "
+                            f"tokens), not with the tokenizer of this run, {current['tokenizer_name']} "
+                            f"({current['vocab_size']} tokens). Use that tokenizer (--tokenizer_name) or preprocess "
+                            "the text again without --skip_concat.")
+        if self.args.block_size is not None and self.args.block_size != layout.block_size:
+            raise DataError(f"{source}: the saved rows have block_size {layout.block_size}, not --block_size "
+                            f"{self.args.block_size}. Drop --block_size or preprocess again with it.")
+        return layout
 
     def tokenize(self, raw: DatasetDict) -> DatasetDict:
         if "input_ids" in raw["train"].column_names:
             logger.info("Data already has input_ids: skipping tokenisation.")
             return raw
-        raw = as_text_records(raw, self.args, self.dff_token)
+        raw = as_text_records(raw, self.args, self.args.dff_token)
         columns = raw["train"].column_names
         with self.main_process_first(desc="tokenising"):
             return raw.map(tokenize_function(self.tokenizer, self.args.text_column), batched=True,
                            num_proc=self.workers, remove_columns=columns, desc="Tokenising")
 
-    def label(self, raw: DatasetDict) -> DatasetDict:
+    def label(self, raw: DatasetDict) -> tuple[DatasetDict, Optional[str]]:
+        """Labelled samples and the marker training starts after (None: every token is trained)."""
+        dff_token = self.args.dff_token
         if "labels" in raw["train"].column_names and not self.args.force_label:
             logger.info("Data already has labels: keeping them (pass --force_label to recompute).")
-            return raw.map(lambda b: {"has_dff": [True] * len(b["labels"])}, batched=True, desc="Keeping labels")
-        marker = self.tokenizer.encode(self.dff_token, add_special_tokens=False)
+            kept = raw.map(lambda b: {"has_dff": [True] * len(b["labels"])}, batched=True, desc="Keeping labels")
+            return kept, None
+        marker = self.tokenizer.encode(dff_token, add_special_tokens=False)
         with self.main_process_first(desc="labelling"):
             labelled = raw.map(label_function(marker), batched=True, num_proc=self.workers, desc="Labelling")
-        self.use_dff = resolve_dff_mode(self.dff_mode, labelled["train"])
-        if not self.use_dff:
-            logger.info("No %s marker in the data: every token is trained.", self.dff_token)
-            with self.main_process_first(desc="labelling"):
-                labelled = raw.map(label_function(None), batched=True, num_proc=self.workers, desc="Labelling")
-        return labelled
+        if resolve_dff_mode(self.args.dff_labels, labelled["train"]):
+            return labelled, dff_token
+        logger.info("No %s marker in the data: every token is trained.", dff_token)
+        with self.main_process_first(desc="labelling"):
+            return raw.map(label_function(None), batched=True, num_proc=self.workers, desc="Labelling"), None
 
-    def filter_samples(self, raw: DatasetDict) -> DatasetDict:
-        """Drop samples without <DFF> (counted, one logged); handle samples too long for one row."""
-        block = self.args.block_size
+    def filter_samples(self, raw: DatasetDict, block: int) -> tuple[DatasetDict, bool]:
+        """Drop samples without <DFF> (counted, one logged); handle samples too long for one row.
+
+        Returns the samples and whether they must be packed (--concatenate_texts, or forced by long samples).
+        """
+        concatenate = self.args.concatenate_texts
         for name in list(raw):
             split = raw[name]
             found = arrow_column(split, "has_dff").to_numpy(zero_copy_only=False).astype(bool)
@@ -130,30 +229,30 @@ class Preprocessor:
             if not found.all():
                 example = self.tokenizer.decode(split[int(np.flatnonzero(~found)[0])]["input_ids"][:200])
                 logger.warning("%s: dropped %d of %d samples without %s, e.g. %r", name, int((~found).sum()),
-                               len(found), self.dff_token, example)
+                               len(found), self.args.dff_token, example)
             too_long = lengths >= block
             if too_long[keep].any():
                 if self.args.ignore_long_samples:
                     logger.warning("%s: dropped %d samples with length >= block_size %d (--ignore_long_samples).",
                                    name, int((too_long & keep).sum()), block)
                     keep &= ~too_long
-                elif not self.concatenate:
+                elif not concatenate:
                     logger.warning("%s: %d samples are >= block_size %d tokens: packing them with "
                                    "--concatenate_texts (pass --ignore_long_samples to drop them instead).",
                                    name, int((too_long & keep).sum()), block)
-                    self.concatenate = True
+                    concatenate = True
             if not keep.all():
                 split = split.select(np.flatnonzero(keep))
             if len(split) == 0:
-                raise DataError(f"The {name} split is empty after filtering: no sample has {self.dff_token} "
+                raise DataError(f"The {name} split is empty after filtering: no sample has {self.args.dff_token} "
                                 f"or fits block_size {block}. Check --text_column, --dff_token and --block_size.")
             raw[name] = split
-        return raw
+        return raw, concatenate
 
-    def pack(self, raw: DatasetDict) -> DatasetDict:
-        args = self.args
-        fn = pack_function(args.block_size, self.tokenizer.eos_token_id, self.concatenate, args.padding_side)
-        how = "Packing" if self.concatenate else f"Padding ({args.padding_side})"
+    def pack(self, raw: DatasetDict, block_size: int, concatenate: bool) -> DatasetDict:
+        side = self.args.padding_side
+        fn = pack_function(block_size, self.tokenizer.eos_token_id, concatenate, side)
+        how = "Packing" if concatenate else f"Padding ({side})"
         with self.main_process_first(desc="packing"):
             packed = raw.map(fn, batched=True, num_proc=self.workers, remove_columns=raw["train"].column_names,
                              desc=how)
@@ -163,7 +262,7 @@ class Preprocessor:
                 logger.warning("%s: dropped %d packed rows with no trained token.", name, int((trainable == 0).sum()))
                 packed[name] = packed[name].select(np.flatnonzero(trainable > 0))
             if len(packed[name]) == 0:
-                raise DataError(f"The {name} split has no complete row of {args.block_size} tokens. "
+                raise DataError(f"The {name} split has no complete row of {block_size} tokens. "
                                 "Use a smaller --block_size or more data.")
         return packed
 
@@ -193,7 +292,7 @@ def sanity_check(final: DatasetDict, block_size: int, tokenizer) -> None:
             if (lengths != block_size).any():
                 bad = int(np.flatnonzero(lengths != block_size)[0])
                 raise DataError(f"{name}: row {bad} has {lengths[bad]} {column}, expected block_size {block_size}. "
-                                "Re-run preprocessing with the same --block_size as the saved data.")
+                                "Every row must have the same length: preprocess the text again.")
         empty = np.flatnonzero(trainable_counts(split) == 0)
         if len(empty):
             raise DataError(f"{name}: {len(empty)} rows have no trained label (first: row {empty[0]}).")

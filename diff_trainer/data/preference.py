@@ -11,7 +11,10 @@ the tokenizer has a distinct one); chosen and rejected share the prompt ids. Tru
 --max_prompt_length keeps its last tokens (BOS stays); responses are never cut, so a pair whose prompt plus longer
 response plus EOS exceeds --max_length is counted and skipped. With --response_padding eos (LLaDA SFT) each
 response is filled with EOS up to max_length − prompt length, and those EOS are part of the scored response; with
-`ignore` rows are padded per batch with unattended, unscored padding.
+`ignore` rows are padded per batch with unattended, unscored padding (scored: response + one EOS). The default
+follows the checkpoint: `eos` only for a model trained on right EOS-padded rows (`row_packing: right` in its
+diffusion_config), since EOS padding drowns short answers for any other; a warning says when padding is more than
+half of the scored tokens.
 
 Masks. Every pair gets a `mask_seed` column (from the run seed, the split and the row). `PreferenceCollator`
 draws the pair's Monte-Carlo masks from a generator seeded with (mask_seed, epoch, stream), so the masks of a
@@ -20,10 +23,11 @@ reproduced exactly (precomputed reference scores).
 """
 
 import contextlib
+import hashlib
 import logging
 import os
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Optional
 
 import numpy as np
@@ -32,6 +36,8 @@ from datasets import Dataset, DatasetDict
 
 from ..diffusion.forward import mask_exact_count, stratified_mask_counts
 from .loading import DataError, is_json_lines, load_files, load_saved, open_text
+from .pipeline import bos_prefix, sequence_lengths
+from .saving import save_final_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -42,88 +48,14 @@ RESPONSE_PADDINGS = ("eos", "ignore")
 REPORTED_LOCATIONS = 5
 
 
-@dataclass
-class PreferenceDataArguments:
-    """Where the preference pairs come from and how they become token rows."""
-
-    dataset_name: Optional[str] = field(
-        default=None,
-        metadata={"help": "Hub dataset name, or with --load_from_disk a directory written by save_to_disk."},
-    )
-    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    train_file: Optional[str] = field(
-        default=None, metadata={"help": "Training pairs: .jsonl, .jsonl.zst, .jsonl.gz or .json (a list of records)."}
-    )
-    validation_file: Optional[str] = field(default=None, metadata={"help": "Validation pairs (same formats)."})
-    load_from_disk: bool = field(
-        default=False,
-        metadata={"help": "Treat --dataset_name as a save_to_disk directory: raw pairs, or tokenised pairs saved "
-                          "with --save_final_dataset (then tokenising is skipped)."},
-    )
-    prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompt."})
-    chosen_column: str = field(default="chosen", metadata={"help": "Column holding the preferred response."})
-    rejected_column: str = field(default="rejected", metadata={"help": "Column holding the dispreferred response."})
-    prompt_suffix: str = field(
-        default="",
-        metadata={"help": "Text appended to every prompt, e.g. '<DFF>' for a checkpoint trained on prompt<DFF>answer."},
-    )
-    validation_split_percentage: float = field(
-        default=0, metadata={"help": "Percent of the train pairs held out for validation when there is no validation "
-                                     "split (0 = none)."}
-    )
-    max_train_samples: Optional[int] = field(
-        default=None, metadata={"help": "Keep only the first N valid train pairs."}
-    )
-    max_eval_samples: Optional[int] = field(
-        default=None, metadata={"help": "Keep only the first N valid eval pairs."}
-    )
-    max_length: int = field(default=512, metadata={"help": "Longest prompt + response + EOS, in tokens."})
-    max_prompt_length: Optional[int] = field(
-        default=None, metadata={"help": "Longer prompts keep their last max_prompt_length tokens (None: no limit)."}
-    )
-    response_padding: str = field(
-        default="eos",
-        metadata={"help": "eos: fill responses with trained EOS up to max_length (LLaDA SFT, the model learns to stop; "
-                          "the EOS are scored); ignore: pad per batch with unattended, unscored padding."},
-    )
-    invalid_pairs: str = field(
-        default="skip",
-        metadata={"help": "Records with a missing key, an empty response or chosen == rejected: skip (counted and "
-                          "logged with file and line) or error."},
-    )
-    preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "Processes for tokenising."})
-    save_final_dataset: Optional[str] = field(
-        default=None,
-        metadata={"help": "Save the tokenised pairs (with reference scores when precomputed) to this directory for "
-                          "reuse with --load_from_disk.", "nargs": "?", "const": "final_dataset"},
-    )
-    overwrite_final_dataset: bool = field(
-        default=False, metadata={"help": "Allow --save_final_dataset to replace an existing directory."}
-    )
-
-    def __post_init__(self):
-        if self.invalid_pairs not in INVALID_PAIR_MODES:
-            raise ValueError(f"--invalid_pairs must be one of {INVALID_PAIR_MODES}, got {self.invalid_pairs!r}")
-        if self.response_padding not in RESPONSE_PADDINGS:
-            raise ValueError(f"--response_padding must be one of {RESPONSE_PADDINGS}, got {self.response_padding!r}")
-        if self.max_length < 2:
-            raise ValueError(f"--max_length must be at least 2 (a response token and EOS), got {self.max_length}")
-        if self.max_prompt_length is not None and not 0 < self.max_prompt_length < self.max_length:
-            raise ValueError(f"--max_prompt_length must be in [1, max_length), got {self.max_prompt_length}")
-        if self.load_from_disk and not self.dataset_name:
-            raise ValueError("--load_from_disk needs --dataset_name pointing at a save_to_disk directory.")
-
-    @property
-    def columns(self) -> tuple[str, str, str]:
-        return self.prompt_column, self.chosen_column, self.rejected_column
-
-
 # ----------------------------------------------------------------------------------------------------
 # Loading and checking
 
 
-def load_preference_splits(data_args) -> tuple[DatasetDict, dict[str, Optional[str]]]:
-    """Raw train (and validation) splits in source order, and each split's source file (None: not a file)."""
+def load_preference_splits(data_args) -> tuple[DatasetDict, dict[str, Optional[str]], dict[str, dict]]:
+    """Raw train (and validation) splits in source order, each split's source file (None: not a file), and per
+    file-sourced split the records whose text the file holds as a non-string (row -> (place, problem))."""
+    scanned = {}
     if data_args.load_from_disk:
         raw = load_saved(data_args.dataset_name)
         sources = dict.fromkeys(raw)
@@ -136,13 +68,13 @@ def load_preference_splits(data_args) -> tuple[DatasetDict, dict[str, Optional[s
         sources = {"train": data_args.train_file}
         if data_args.validation_file:
             sources["validation"] = data_args.validation_file
-        raw = load_files(sources)
+        raw, scanned = load_files(sources, text_columns=data_args.columns)
     else:
         raise DataError("No pairs given: pass --train_file, or --dataset_name (with --load_from_disk for a saved dir).")
     if "train" not in raw:
         raise DataError(f"The data has no 'train' split (found: {', '.join(raw) or 'none'}).")
     kept = {name: raw[name] for name in ("train", "validation") if name in raw}
-    return DatasetDict(kept), {name: sources.get(name) for name in kept}
+    return DatasetDict(kept), {name: sources.get(name) for name in kept}, scanned
 
 
 def pair_problem(prompt, chosen, rejected, names: tuple[str, str, str]) -> Optional[str]:
@@ -193,13 +125,20 @@ def record_locations(rows: list[int], source: Optional[str], split_name: str) ->
     return found
 
 
-def drop_bad_pairs(split: Dataset, names, source: Optional[str], split_name: str, mode: str) -> Dataset:
-    """Report bad records (place and problem); skip them with a count, or raise DataError (mode 'error')."""
-    problems = find_bad_pairs(split, names)
+def drop_bad_pairs(split: Dataset, names, source: Optional[str], split_name: str, mode: str,
+                   scanned: Optional[dict[int, tuple[str, str]]] = None) -> Dataset:
+    """Report bad records (place and problem); skip them with a count, or raise DataError (mode 'error').
+
+    `scanned` (from reading the file, row -> (place, problem)) wins over what the loaded values show: a number in
+    a text column is loaded as text, so only the scan knows it was not a string.
+    """
+    scanned = scanned or {}
+    problems = {**find_bad_pairs(split, names), **{row: problem for row, (_, problem) in scanned.items()}}
     if not problems:
         return split
     shown = sorted(problems)[:REPORTED_LOCATIONS if mode == "skip" else 2 * REPORTED_LOCATIONS]
-    places = record_locations(shown, source, split_name)
+    places = {**record_locations([row for row in shown if row not in scanned], source, split_name),
+              **{row: scanned[row][0] for row in shown if row in scanned}}
     listing = "; ".join(f"{places.get(row, f'{split_name} row {row}')}: {problems[row]}" for row in shown)
     counts = {}
     for problem in problems.values():
@@ -226,10 +165,11 @@ def load_preference_data(data_args, seed: int = 42) -> tuple[DatasetDict, dict[s
 
     Returns the splits and each split's source file. Tokenised data (from --save_final_dataset) passes unchecked.
     """
-    raw, sources = load_preference_splits(data_args)
+    raw, sources, scanned = load_preference_splits(data_args)
     for name in list(raw):
         if not is_tokenised(raw[name]):
-            raw[name] = drop_bad_pairs(raw[name], data_args.columns, sources[name], name, data_args.invalid_pairs)
+            raw[name] = drop_bad_pairs(raw[name], data_args.columns, sources[name], name, data_args.invalid_pairs,
+                                       scanned.get(name))
     if "validation" not in raw and data_args.validation_split_percentage > 0:
         held_out = raw["train"].train_test_split(test_size=data_args.validation_split_percentage / 100, seed=seed)
         raw = DatasetDict({"train": held_out["train"], "validation": held_out["test"]})
@@ -261,7 +201,7 @@ def tokenize_pairs_function(tokenizer, data_args):
     """Batched map: prompt/chosen/rejected text -> `prompt_ids`, `chosen_ids`, `rejected_ids` and a `fits` flag."""
     prompt_column, chosen_column, rejected_column = data_args.columns
     eos = tokenizer.eos_token_id
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id not in (None, eos) else []
+    bos = bos_prefix(tokenizer)
     max_length, max_prompt = data_args.max_length, data_args.max_prompt_length
     pad_with_eos = data_args.response_padding == "eos"
 
@@ -271,7 +211,7 @@ def tokenize_pairs_function(tokenizer, data_args):
     def tokenize(batch):
         prompts = encode([text + data_args.prompt_suffix for text in batch[prompt_column]])
         chosen, rejected = encode(batch[chosen_column]), encode(batch[rejected_column])
-        out = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "fits": []}
+        out = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "fits": [], "eos_padding": []}
         for prompt, good, bad in zip(prompts, chosen, rejected):
             if max_prompt is not None and len(bos) + len(prompt) > max_prompt:
                 prompt = prompt[len(prompt) - (max_prompt - len(bos)):]  # keep the end of the prompt
@@ -279,6 +219,7 @@ def tokenize_pairs_function(tokenizer, data_args):
             good, bad = good + [eos], bad + [eos]
             room = max_length - len(prompt)
             out["fits"].append(max(len(good), len(bad)) <= room)
+            out["eos_padding"].append(max(room - len(good), 0) + max(room - len(bad), 0) if pad_with_eos else 0)
             if pad_with_eos:
                 good, bad = good + [eos] * (room - len(good)), bad + [eos] * (room - len(bad))
             out["prompt_ids"].append(prompt)
@@ -315,18 +256,85 @@ def tokenize_pairs(raw: DatasetDict, tokenizer, data_args, seed: int = 42, main_
         if len(tokenised) == 0:
             raise DataError(f"{name}: no pair fits max_length {data_args.max_length}. Raise --max_length or set "
                             "--max_prompt_length.")
-        tokenised = tokenised.remove_columns("fits")
+        warn_about_padding(name, np.asarray(tokenised["eos_padding"]), tokenised, data_args.max_length)
+        tokenised = tokenised.remove_columns(["fits", "eos_padding"])
         result[name] = tokenised.add_column("mask_seed", [pair_mask_seed(seed, name, row)
                                                           for row in range(len(tokenised))])
     return DatasetDict(result)
 
 
+def warn_about_padding(split_name: str, padding: np.ndarray, tokenised: Dataset, max_length: int) -> None:
+    """Warn when EOS padding is more than half of the scored response tokens (it drowns the preference signal)."""
+    scored = int(sequence_lengths(tokenised, "chosen_ids").sum() + sequence_lengths(tokenised, "rejected_ids").sum())
+    if scored and padding.sum() > scored / 2:
+        logger.warning("%s: %.0f%% of the scored response tokens are EOS padding (--response_padding eos up to "
+                       "--max_length %d), which drowns the preference signal of short answers. Lower --max_length, "
+                       "or pass --response_padding ignore unless the model was trained with right EOS padding.",
+                       split_name, 100 * padding.sum() / scored, max_length)
+
+
+def default_response_padding(diffusion_config: Optional[dict]) -> str:
+    """eos for a checkpoint trained on right EOS-padded rows (LLaDA SFT), otherwise ignore (response + one EOS)."""
+    return "eos" if (diffusion_config or {}).get("row_packing") == "right" else "ignore"
+
+
+def with_response_padding(data_args, diffusion_config: Optional[dict]):
+    """`data_args` with --response_padding set: as given, or the checkpoint's default (logged)."""
+    if data_args.response_padding is not None:
+        return data_args
+    padding = default_response_padding(diffusion_config)
+    logger.info("--response_padding %s: the checkpoint was %s.", padding,
+                "trained on right EOS-padded rows" if padding == "eos" else "not trained on right EOS-padded rows")
+    return replace(data_args, response_padding=padding)
+
+
+def reference_fingerprint(model_path: str, mc_samples: int, antithetic: bool, seed: int) -> dict:
+    """What precomputed reference scores depend on: the reference checkpoint (path, SHA-256 of its config.json and of
+    its weight files), the Monte-Carlo budget, antithetic sampling and the run seed (the pairs' mask seeds).
+
+    A hub id that is not a local directory is identified by its name only (hashes None)."""
+    local = os.path.isdir(model_path)
+    weights = sorted(name for name in os.listdir(model_path) if name.endswith(WEIGHT_SUFFIXES)) if local else []
+    return {
+        "model": os.path.abspath(model_path) if local else model_path,
+        "config_sha256": files_sha256(model_path, ["config.json"]) if local else None,
+        "weights_sha256": files_sha256(model_path, weights) if weights else None,
+        **run_fingerprint(mc_samples, antithetic, seed),
+    }
+
+
+def run_fingerprint(mc_samples: int, antithetic: bool, seed: int) -> dict:
+    """The run settings part of `reference_fingerprint` (what a trainer can check without the reference)."""
+    return {"mc_samples": int(mc_samples), "antithetic": bool(antithetic), "seed": int(seed)}
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+def files_sha256(directory: str, names: list[str]) -> str:
+    """One SHA-256 over the named files of `directory` (name and content of each, in the given order)."""
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(name.encode() + b"\0")
+        with open(os.path.join(directory, name), "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint_mismatch(stored: Optional[dict], current: dict) -> Optional[str]:
+    """Why stored reference scores do not belong to the `current` reference (None when they do); only the keys of
+    `current` are compared."""
+    if stored is None:
+        return "they carry no reference fingerprint (saved by an older version)"
+    changed = [f"{key} {stored.get(key)!r} (now {value!r})" for key, value in current.items()
+               if stored.get(key) != value]
+    return "they were computed with " + ", ".join(changed) if changed else None
+
+
 def save_pairs(pairs: DatasetDict, path: str, overwrite: bool = False) -> None:
-    """save_to_disk the tokenised pairs (reload with --load_from_disk --dataset_name path)."""
-    if os.path.exists(path) and not overwrite:
-        raise DataError(f"{path} exists; pass --overwrite_final_dataset to replace it.")
-    pairs.save_to_disk(path)
-    logger.info("Saved %s pairs to %s.", ", ".join(f"{len(s)} {n}" for n, s in pairs.items()), path)
+    """Save the tokenised pairs atomically (reload with --load_from_disk --dataset_name path)."""
+    save_final_dataset(pairs, path, overwrite=overwrite)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """The math of masked diffusion: schedules, forward process, losses, ELBO, attention annealing."""
 
 from .attention import annealed_attention_mask, annealing_ratio
-from .elbo import elbo_nll, elbo_terms
+from .elbo import elbo_nll, elbo_terms, monte_carlo_copies
 from .forward import (
     mask_exact_count,
     mask_tokens,
@@ -23,6 +23,6 @@ from .schedules import CosineSchedule, LinearSchedule, NoiseSchedule, get_schedu
 __all__ = [
     "CosineSchedule", "LOSS_NORMALIZATIONS", "LinearSchedule", "NoiseSchedule", "annealed_attention_mask",
     "annealing_ratio", "denominator", "diffusion_loss_sum", "elbo_nll", "elbo_terms", "get_schedule",
-    "mask_exact_count", "mask_tokens", "masked_diffusion_loss", "masked_token_losses", "replace_prompt_with_mask",
+    "mask_exact_count", "mask_tokens", "masked_diffusion_loss", "masked_token_losses", "monte_carlo_copies", "replace_prompt_with_mask",
     "row_scales", "sample_times", "stratified_mask_counts", "truncate_random_length",
 ]

@@ -25,22 +25,21 @@ def elbo_terms(logits_fn, input_ids, maskable, noisy_ids, masked, counts, shift:
     return -(lengths / counts.clamp(min=1).float()) * masked_ce  # LLaDA eq. 14, one Monte-Carlo term
 
 
+def monte_carlo_copies(rows: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """`num_samples` copies of every row, the copies of a row together: row k·n + j is sample j of row k."""
+    return rows.repeat_interleave(num_samples, dim=0)
+
+
 @torch.no_grad()
 def elbo_nll(logits_fn, input_ids, maskable, mask_token_id: int, num_samples: int, *, shift: bool = False,
-             generator=None, batch_samples=None) -> torch.Tensor:
+             generator=None) -> torch.Tensor:
     """Upper bound on −log p(x_maskable | rest) per row (sum over its tokens, in nats), from `num_samples` masks.
 
-    Mask counts are stratified across samples; the num_samples·B noisy rows are fed to `logits_fn(noisy_ids)`
-    in chunks of `batch_samples` rows (all at once if None). Rows without maskable tokens give 0.
+    Mask counts are stratified across samples; `logits_fn(noisy_ids)` gets the B·num_samples noisy rows laid out
+    as `monte_carlo_copies` (split the batch into fewer rows to save memory). Rows without maskable tokens give 0.
     """
-    batch_size = input_ids.shape[0]
-    counts = stratified_mask_counts(maskable.sum(dim=1), num_samples, generator=generator).reshape(-1)
-    all_ids = input_ids.repeat(num_samples, 1)  # row j·B + i is sample j of row i
-    all_maskable = maskable.repeat(num_samples, 1)
-    chunk = batch_samples or all_ids.shape[0]
-    terms = []
-    for start in range(0, all_ids.shape[0], chunk):
-        part = slice(start, start + chunk)
-        noisy_ids, masked = mask_exact_count(all_ids[part], all_maskable[part], counts[part], mask_token_id, generator)
-        terms.append(elbo_terms(logits_fn, all_ids[part], all_maskable[part], noisy_ids, masked, counts[part], shift))
-    return -torch.cat(terms).reshape(num_samples, batch_size).mean(dim=0)
+    counts = stratified_mask_counts(maskable.sum(dim=1), num_samples, generator=generator).T.reshape(-1)
+    all_ids, all_maskable = monte_carlo_copies(input_ids, num_samples), monte_carlo_copies(maskable, num_samples)
+    noisy_ids, masked = mask_exact_count(all_ids, all_maskable, counts, mask_token_id, generator)
+    terms = elbo_terms(logits_fn, all_ids, all_maskable, noisy_ids, masked, counts, shift)
+    return -terms.reshape(input_ids.shape[0], num_samples).mean(dim=1)

@@ -69,8 +69,12 @@ def denominator(kind: str, maskable, masked) -> torch.Tensor:
     return torch.as_tensor(count, dtype=torch.float32, device=maskable.device)
 
 
-def masked_diffusion_loss(logits, targets, masked, maskable, weight, kind: str, shift: bool = False) -> torch.Tensor:
-    """The loss of one batch on its own: numerator / denominator (denominator clamped to ≥ 1)."""
+def masked_diffusion_loss(logits, targets, masked, maskable, weight, kind: str, shift: bool = False,
+                          total_denominator=None) -> torch.Tensor:
+    """numerator / denominator: the batch's own denominator (clamped to ≥ 1), or `total_denominator` when the
+    denominator is summed over gradient-accumulation micro-batches and processes (see the module docstring)."""
     token_losses = masked_token_losses(logits, targets, masked, shift=shift)
     numerator = diffusion_loss_sum(token_losses, weight, row_scales(kind, maskable))
-    return numerator / denominator(kind, maskable, masked).clamp(min=1)
+    if total_denominator is None:
+        total_denominator = denominator(kind, maskable, masked).clamp(min=1)
+    return numerator / total_denominator

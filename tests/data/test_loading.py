@@ -136,3 +136,24 @@ def test_empty_train_split(tmp_path):
     (tmp_path / "train.jsonl").write_bytes(jsonl_bytes(RECORDS))
     with pytest.raises(DataError, match="train split is empty"):
         load(tmp_path, train_file=str(tmp_path / "train.jsonl"), max_train_samples=0)
+
+
+def test_a_zst_file_of_several_frames_loads_whole(tmp_path):
+    path = tmp_path / "train.jsonl.zst"
+    first, second = jsonl_bytes(RECORDS[:7]), jsonl_bytes(RECORDS[7:])
+    path.write_bytes(zstandard.ZstdCompressor().compress(first) + zstandard.ZstdCompressor().compress(second))
+    assert texts(load(tmp_path, train_file=str(path))["train"]) == [r["text"] for r in RECORDS]
+
+
+def test_scan_reports_each_bad_text_value_with_its_line_and_ignores_an_absent_column(tmp_path):
+    from diff_trainer.data.loading import scan_file
+
+    path = tmp_path / "train.jsonl"
+    path.write_text('{"text": "a"}\n\n{"text": null}\n{"text": 3.5}\n{"other": "x"}\n')
+    assert scan_file(str(path), ["text"]) == {1: (f"{path}, line 3", "'text' is null"),
+                                              2: (f"{path}, line 4", "'text' is a float, not a string"),
+                                              3: (f"{path}, line 5", "missing key 'text'")}
+    assert scan_file(str(path), ["input_ids"]) == {}  # pre-tokenised data has no text column at all
+    document = tmp_path / "train.json"
+    document.write_text(json.dumps([{"text": "a"}, {"text": ["b"]}]))
+    assert scan_file(str(document), ["text"]) == {1: (f"{document}, record 2", "'text' is a list, not a string")}

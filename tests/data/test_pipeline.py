@@ -1,5 +1,6 @@
 """The Preprocessor end to end on in-memory data: tokenise -> <DFF> labels -> filter -> pack/pad -> check."""
 
+import json
 import logging
 
 import pytest
@@ -8,8 +9,9 @@ from datasets import Dataset, DatasetDict
 from conftest import make_byte_tokenizer
 from diff_trainer.arguments import DataArguments
 from diff_trainer.data.labels import IGNORE_INDEX as I
-from diff_trainer.data.loading import DataError
-from diff_trainer.data.pipeline import Preprocessor
+from diff_trainer.data.loading import DataError, load_raw_datasets
+from diff_trainer.data.pipeline import LAYOUT_FILE, Preprocessor, RowLayout
+from diff_trainer.data.saving import save_final_dataset
 
 EOS = 1
 DFF = 384  # id of <DFF> in make_byte_tokenizer()
@@ -28,10 +30,10 @@ def dataset(columns, validation=None):
 
 
 def preprocess(raw, tokenizer=None, dff_mode="auto", **data_kwargs):
+    """The final rows and the layout the preprocessor reports for them."""
     data_kwargs.setdefault("block_size", 8)
-    preprocessor = Preprocessor(tokenizer or make_byte_tokenizer(), DataArguments(**data_kwargs),
-                                dff_token="<DFF>", dff_mode=dff_mode)
-    return preprocessor.run(raw), preprocessor
+    preprocessor = Preprocessor(tokenizer or make_byte_tokenizer(), DataArguments(dff_labels=dff_mode, **data_kwargs))
+    return preprocessor.run(raw)
 
 
 def test_left_padded_row_shape():
@@ -58,27 +60,27 @@ def test_validation_split_gets_the_same_treatment():
 
 def test_sample_of_block_size_minus_one_fits_with_its_eos():
     text = "abcd<DFF>ef"  # 7 tokens, block_size 8
-    final, preprocessor = preprocess(dataset({"text": [text]}))
+    final, layout = preprocess(dataset({"text": [text]}))
     assert final["train"][0]["attention_mask"] == [1] * 8
     assert final["train"][0]["input_ids"][-1] == EOS
-    assert not preprocessor.concatenate
+    assert layout.packing == "left"
 
 
 def test_sample_of_block_size_is_dropped_with_ignore_long_samples(caplog):
     long, short = "abcde<DFF>ef", "a<DFF>b"  # 8 tokens (too long for block 8) and 3 tokens
     with caplog.at_level(logging.WARNING):
-        final, preprocessor = preprocess(dataset({"text": [long, short]}), ignore_long_samples=True)
+        final, layout = preprocess(dataset({"text": [long, short]}), ignore_long_samples=True)
     assert len(final["train"]) == 1
     assert final["train"][0]["input_ids"][-4:] == byte_ids("a") + [DFF] + byte_ids("b") + [EOS]
-    assert not preprocessor.concatenate
+    assert layout.packing == "left"
     assert "dropped 1 samples with length >= block_size 8" in caplog.text
 
 
 def test_sample_of_block_size_forces_packing_with_a_warning(caplog):
     long, short = "abcde<DFF>ef", "a<DFF>b"
     with caplog.at_level(logging.WARNING):
-        final, preprocessor = preprocess(dataset({"text": [long, short]}))
-    assert preprocessor.concatenate
+        final, layout = preprocess(dataset({"text": [long, short]}))
+    assert layout.packing == "packed"
     assert "--concatenate_texts" in caplog.text and "--ignore_long_samples" in caplog.text
     # 8 + 1 + 3 + 1 = 13 tokens -> one full row, the remainder of 5 is dropped
     assert final["train"]["input_ids"] == [byte_ids("abcde") + [DFF] + byte_ids("ef")]
@@ -97,23 +99,23 @@ def test_concatenation_drops_remainder_and_rows_without_trained_tokens(caplog):
 
 
 def test_dff_auto_without_marker_trains_every_token():
-    final, preprocessor = preprocess(dataset({"text": ["abc"]}))
-    assert preprocessor.use_dff is False
+    final, layout = preprocess(dataset({"text": ["abc"]}))
+    assert layout.marker is None
     assert final["train"][0]["labels"] == [I] * 4 + byte_ids("abc") + [EOS]
 
 
 def test_dff_auto_with_a_marker_drops_samples_without_it(caplog):
     with caplog.at_level(logging.WARNING):
-        final, preprocessor = preprocess(dataset({"text": ["abc", "a<DFF>b"]}))
-    assert preprocessor.use_dff is True
+        final, layout = preprocess(dataset({"text": ["abc", "a<DFF>b"]}))
+    assert layout.marker == "<DFF>"
     assert len(final["train"]) == 1
     assert final["train"][0]["labels"][-3:] == [DFF] + byte_ids("b") + [EOS]
     assert "dropped 1 of 2 samples without <DFF>" in caplog.text and "'abc'" in caplog.text
 
 
 def test_dff_off_trains_the_context_too():
-    final, preprocessor = preprocess(dataset({"text": ["a<DFF>b"]}), dff_mode="off")
-    assert preprocessor.use_dff is False
+    final, layout = preprocess(dataset({"text": ["a<DFF>b"]}), dff_mode="off")
+    assert layout.marker is None
     assert final["train"][0]["labels"] == [I] * 4 + byte_ids("a") + [DFF] + byte_ids("b") + [EOS]
 
 
@@ -129,8 +131,8 @@ def test_every_sample_too_long_is_an_empty_dataset_error():
 
 def test_multi_token_marker_without_dff_special_token():
     tokenizer = make_byte_tokenizer(dff=False)
-    final, preprocessor = preprocess(dataset({"text": ["ab<DFF>c"]}), tokenizer=tokenizer, block_size=12)
-    assert preprocessor.use_dff is True
+    final, layout = preprocess(dataset({"text": ["ab<DFF>c"]}), tokenizer=tokenizer, block_size=12)
+    assert layout.marker == "<DFF>"
     marker = byte_ids("<DFF>")
     assert final["train"][0]["labels"] == [I] * 5 + marker + byte_ids("c") + [EOS]
 
@@ -170,8 +172,12 @@ def test_unknown_prompt_column_is_named():
 
 def test_skip_concat_rejects_rows_of_the_wrong_length():
     rows = dataset({"input_ids": [[5, 6, 7]], "labels": [[5, 6, 7]], "attention_mask": [[1, 1, 1]]})
-    with pytest.raises(DataError, match="expected block_size 8"):
+    with pytest.raises(DataError, match="saved rows have block_size 3, not --block_size 8"):
         preprocess(rows, skip_concat=True)
+    uneven = dataset({"input_ids": [[5, 6, 7], [5, 6]], "labels": [[5, 6, 7], [5, 6]],
+                      "attention_mask": [[1, 1, 1], [1, 1]]})
+    with pytest.raises(DataError, match="row 1 has 2 input_ids, expected block_size 3"):
+        preprocess(uneven, skip_concat=True, block_size=None)
 
 
 def test_skip_concat_rejects_rows_without_trained_labels():
@@ -185,3 +191,69 @@ def test_tokenizer_without_eos_is_refused():
     tokenizer.eos_token = None
     with pytest.raises(DataError, match="no EOS token"):
         preprocess(dataset({"text": ["a<DFF>b"]}), tokenizer=tokenizer)
+
+
+def saved_rows(tmp_path, **data_kwargs):
+    """Rows preprocessed with the byte tokenizer and saved with their layout, as --save_final_dataset does."""
+    final, layout = preprocess(dataset({"text": ["a<DFF>b", "cd<DFF>e"]}), **data_kwargs)
+    path = str(tmp_path / "rows")
+    save_final_dataset(final, path, extra_files={LAYOUT_FILE: layout.to_json()})
+    return path, layout
+
+
+def reload(path, tokenizer=None, **data_kwargs):
+    args = DataArguments(dataset_name=path, load_from_disk=True, skip_concat=True, **data_kwargs)
+    return Preprocessor(tokenizer or make_byte_tokenizer(), args).run(load_raw_datasets(args))
+
+
+def test_saved_rows_keep_their_layout_and_block_size(tmp_path):
+    path, layout = saved_rows(tmp_path, padding_side="right", validation_split_percentage=0)
+    assert (layout.packing, layout.block_size, layout.marker, layout.vocab_size) == ("right", 8, "<DFF>", 386)
+    rows, reloaded = reload(path, validation_split_percentage=0)  # no --block_size: taken from the rows
+    assert reloaded == layout
+    assert rows["train"][0]["attention_mask"] == [1] * 8  # right padding is attended, yet not packed
+    assert RowLayout.read(path) == layout
+
+
+def test_saved_rows_refuse_another_block_size_or_tokenizer(tmp_path):
+    path, _ = saved_rows(tmp_path, validation_split_percentage=0)
+    with pytest.raises(DataError, match="saved rows have block_size 8, not --block_size 16"):
+        reload(path, block_size=16, validation_split_percentage=0)
+    with pytest.raises(DataError, match=r"tokenised with ByT5Tokenizer \(386 tokens\).*\(385 tokens\)"):
+        reload(path, tokenizer=make_byte_tokenizer(mask=False), validation_split_percentage=0)
+    other_marker = make_byte_tokenizer(dff=False)
+    other_marker.add_special_tokens({"additional_special_tokens": ["<SEP>", "<DFF>"]})  # <DFF> gets another id
+    with pytest.raises(DataError, match="not with the tokenizer of this run"):
+        reload(path, tokenizer=other_marker, validation_split_percentage=0)
+
+
+def test_tokens_added_after_saving_keep_the_rows_valid(tmp_path):
+    path, layout = saved_rows(tmp_path, validation_split_percentage=0)
+    grown = make_byte_tokenizer()
+    grown.add_special_tokens({"additional_special_tokens": ["<extra>"]})
+    assert reload(path, tokenizer=grown, validation_split_percentage=0)[1].vocab_size == layout.vocab_size
+
+
+def test_rows_saved_without_a_layout_are_read_off_the_rows(tmp_path, caplog):
+    final, _ = preprocess(dataset({"text": ["a<DFF>b"]}), validation_split_percentage=0)
+    path = str(tmp_path / "old")
+    final.save_to_disk(path)
+    with caplog.at_level(logging.WARNING):
+        _, layout = reload(path, validation_split_percentage=0)
+    assert (layout.packing, layout.block_size) == ("left", 8)
+    assert "no row_layout.json" in caplog.text
+def test_worker_processes_give_the_same_rows_and_a_rerun_reads_the_cache(tmp_path):
+    from diff_trainer.data.loading import load_files
+
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"text": f"{i}+{i}=<DFF>{2 * i}"}) + "\n" for i in range(60)))
+    cache = tmp_path / "cache"
+    single, _ = preprocess(load_files({"train": str(path)}, str(cache))[0], block_size=16)
+    parallel, _ = preprocess(load_files({"train": str(path)}, str(cache))[0], block_size=16,
+                             preprocessing_num_workers=2)
+    assert parallel["train"].to_list() == single["train"].to_list() and len(single["train"]) == 60
+    written = sorted(cache.rglob("cache-*.arrow"))
+    again, _ = preprocess(load_files({"train": str(path)}, str(cache))[0], block_size=16, preprocessing_num_workers=2)
+    assert again["train"].to_list() == parallel["train"].to_list()
+    assert sorted(cache.rglob("cache-*.arrow")) == written  # every map step was read back from the cache
+    assert again["train"].cache_files[0]["filename"] in map(str, written)

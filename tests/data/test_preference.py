@@ -1,5 +1,6 @@
 """Preference pairs: bad-record reports with file and line, tokenising and truncation, seeded collation."""
 
+import hashlib
 import json
 import logging
 
@@ -9,10 +10,10 @@ from conftest import make_byte_tokenizer
 from datasets import Dataset, DatasetDict
 
 from diff_trainer.data.io import write_jsonl
+from diff_trainer.arguments import PreferenceDataArguments
 from diff_trainer.data.loading import DataError
 from diff_trainer.data.preference import (
     PreferenceCollator,
-    PreferenceDataArguments,
     is_tokenised,
     load_preference_data,
     noise_seed,
@@ -110,7 +111,8 @@ def test_tokens_are_prompt_response_eos_with_a_shared_prompt(tokenizer):
 
 def test_eos_padding_fills_each_response_to_max_length(tokenizer):
     raw = DatasetDict({"train": Dataset.from_list([{"prompt": "ab", "chosen": "c", "rejected": "def"}])})
-    row = tokenize_pairs(raw, tokenizer, PreferenceDataArguments(train_file="unused", max_length=8))["train"][0]
+    row = tokenize_pairs(raw, tokenizer, PreferenceDataArguments(train_file="unused", max_length=8,
+                                                                 response_padding="eos"))["train"][0]
     eos = tokenizer.eos_token_id
     assert row["chosen_ids"] == ids(tokenizer, "c") + [eos] * 5  # max_length 8 - prompt 2 = 6 response tokens
     assert row["rejected_ids"] == ids(tokenizer, "def") + [eos] * 3
@@ -247,3 +249,43 @@ def test_tokenised_pairs_round_trip_through_save_and_load(tmp_path, tokenizer):
     assert is_tokenised(loaded["train"])
     again = tokenize_pairs(loaded, tokenizer, PreferenceDataArguments(train_file="unused", max_length=12))
     assert again["train"].to_list() == pairs["train"].to_list()
+
+
+def test_reference_fingerprint_hashes_config_and_weights_and_names_what_changed(tmp_path):
+    from diff_trainer.data.preference import fingerprint_mismatch, reference_fingerprint
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"hidden_size": 32}')
+    (model / "model.safetensors").write_bytes(b"weights")
+    before = reference_fingerprint(str(model), 8, True, 42)
+    assert before == {"model": str(model), "config_sha256": hashlib.sha256(b"config.json\0" + b'{"hidden_size": 32}')
+                      .hexdigest(), "weights_sha256": hashlib.sha256(b"model.safetensors\0weights").hexdigest(),
+                      "mc_samples": 8, "antithetic": True, "seed": 42}
+    assert fingerprint_mismatch(before, reference_fingerprint(str(model), 8, True, 42)) is None
+    (model / "model.safetensors").write_bytes(b"trained")
+    after = reference_fingerprint(str(model), 4, True, 42)
+    assert fingerprint_mismatch(before, after) == (
+        f"they were computed with weights_sha256 {before['weights_sha256']!r} (now {after['weights_sha256']!r}), "
+        "mc_samples 8 (now 4)")
+    assert "older version" in fingerprint_mismatch(None, after)
+    assert reference_fingerprint("org/hub-model", 8, False, 1)["weights_sha256"] is None
+
+
+def test_response_padding_follows_the_checkpoint_and_a_warning_says_when_padding_dominates(tokenizer, caplog):
+    from diff_trainer.data.preference import default_response_padding, with_response_padding
+
+    assert default_response_padding({"row_packing": "right"}) == "eos"
+    assert [default_response_padding(c) for c in ({"row_packing": "packed"}, {"row_packing": "left"}, {}, None)] == \
+        ["ignore"] * 4
+    given = PreferenceDataArguments(train_file="unused", response_padding="eos")
+    assert with_response_padding(given, {}) is given
+    assert with_response_padding(PreferenceDataArguments(train_file="unused"), {}).response_padding == "ignore"
+    raw = DatasetDict({"train": Dataset.from_list([{"prompt": "ab", "chosen": "c", "rejected": "def"}])})
+    for max_length, warned in ((8, False), (9, True)):
+        caplog.clear()
+        args = PreferenceDataArguments(train_file="unused", max_length=max_length, response_padding="eos")
+        with caplog.at_level(logging.WARNING):
+            tokenize_pairs(raw, tokenizer, args)
+        # room 6: padding 4 + 2 of 12 scored tokens (exactly half, no warning); room 7: 5 + 3 of 14 (57%)
+        assert ("57% of the scored response tokens are EOS padding" in caplog.text) == warned

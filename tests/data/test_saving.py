@@ -1,9 +1,15 @@
 """save_final_dataset: atomic save, and a save -> load_from_disk --skip_concat round trip gives the same rows."""
 
 import os
+import signal
+import socket
+import stat
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, load_from_disk
 
 from conftest import make_byte_tokenizer
 from diff_trainer.arguments import DataArguments
@@ -12,11 +18,12 @@ from diff_trainer.data.pipeline import Preprocessor
 from diff_trainer.data.saving import save_final_dataset
 
 BLOCK = 16
+REPO = Path(__file__).resolve().parents[2]
 
 
 def final_rows(tokenizer, raw, **data_kwargs):
     args = DataArguments(block_size=BLOCK, **data_kwargs)
-    return Preprocessor(tokenizer, args, dff_token="<DFF>").run(raw)
+    return Preprocessor(tokenizer, args).run(raw)[0]
 
 
 @pytest.fixture
@@ -32,7 +39,7 @@ def test_save_then_reload_with_skip_concat_gives_identical_rows(tmp_path, final)
     assert save_final_dataset(final, str(target)) == str(target)
     args = DataArguments(dataset_name=str(target), load_from_disk=True, skip_concat=True, block_size=BLOCK)
     raw = load_raw_datasets(args, cache_dir=str(tmp_path / "cache"))
-    reloaded = Preprocessor(make_byte_tokenizer(), args, dff_token="<DFF>").run(raw)
+    reloaded, _ = Preprocessor(make_byte_tokenizer(), args).run(raw)
     assert list(reloaded) == ["train", "validation"]
     for name in final:
         assert reloaded[name].to_list() == final[name].to_list()
@@ -68,3 +75,44 @@ def test_failure_mid_save_leaves_no_directory(tmp_path, final, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         save_final_dataset(final, str(tmp_path / "final"))
     assert os.listdir(tmp_path) == []
+
+
+KILLED_SAVE = """
+import os, signal, sys
+from datasets import Dataset, DatasetDict
+from diff_trainer.data.saving import save_final_dataset
+
+def save_train_then_die(self, path, **kwargs):
+    self["train"].save_to_disk(os.path.join(path, "train"))  # the new train split is written, then SIGKILL
+    os.kill(os.getpid(), signal.SIGKILL)
+
+DatasetDict.save_to_disk = save_train_then_die
+new = DatasetDict({"train": Dataset.from_dict({"x": [9]}), "validation": Dataset.from_dict({"x": [9]})})
+save_final_dataset(new, sys.argv[1], overwrite=True)
+"""
+
+
+def test_a_killed_overwrite_keeps_the_old_complete_dataset_and_its_staging_is_cleaned_up(tmp_path):
+    target = tmp_path / "pairs"
+    old = DatasetDict({"train": Dataset.from_dict({"x": [1, 2]}), "validation": Dataset.from_dict({"x": [3]})})
+    save_final_dataset(old, str(target))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    killed = subprocess.run([sys.executable, "-c", KILLED_SAVE, str(target)], env=env, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    reloaded = load_from_disk(str(target))
+    assert reloaded["train"]["x"] == [1, 2] and reloaded["validation"]["x"] == [3]  # old, not new train + old valid
+    (stale,) = tmp_path.glob(".pairs.partial-*")
+    save_final_dataset(old, str(target), overwrite=True)
+    assert not stale.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["pairs"]
+
+
+def test_staging_of_a_live_save_is_kept_and_saved_data_is_group_readable(tmp_path, final):
+    live = tmp_path / f".final.partial-{socket.gethostname()}-{os.getpid()}-abcd1234"
+    live.mkdir()
+    previous = os.umask(0o022)
+    try:
+        save_final_dataset(final, str(tmp_path / "final"))
+    finally:
+        os.umask(previous)
+    assert live.exists()
+    assert stat.S_IMODE((tmp_path / "final").stat().st_mode) == 0o755

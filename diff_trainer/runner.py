@@ -8,10 +8,11 @@ from typing import Callable, Optional
 
 import datasets
 import transformers
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from .checkpoints import CheckpointCompletionCallback, check_resumable, newest_complete_checkpoint
 
 logger = logging.getLogger(__name__)
-
 
 # The evaluation metric to read first, per kind of run, and what it means (the first one present is logged).
 HEADLINE_METRICS = (
@@ -45,29 +46,36 @@ def setup_logging(training_args) -> None:
 
 
 def last_checkpoint(output_dir: str) -> Optional[str]:
-    """The newest `checkpoint-N` directory in output_dir, or None (then training starts fresh)."""
-    if not os.path.isdir(output_dir):
-        return None
-    found = get_last_checkpoint(output_dir)
+    """The newest complete `checkpoint-N` directory in output_dir, or None (then training starts fresh)."""
+    found = newest_complete_checkpoint(output_dir)
     logging.getLogger(__name__).info("Resuming from %s" if found else "No checkpoint in %s: starting fresh.",
                                      found or output_dir)
     return found
 
 
-def check_output_dir(training_args, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to train into an output_dir holding a model or checkpoints, unless resuming or told to overwrite.
+def nothing_to_run(training_args, done: str) -> bool:
+    """True (and says so, naming what was done) when neither --do_train nor --do_eval is given."""
+    if training_args.do_train or training_args.do_eval:
+        return False
+    logging.getLogger(__name__).info("Neither --do_train nor --do_eval: %s, done.", done)
+    return True
 
-    With `overwrite`, the old checkpoint-N directories are deleted (by the main process) so that a later --resume
-    cannot pick up a checkpoint of the replaced run.
+
+def check_output_dir(training_args) -> None:
+    """Refuse to train into an output_dir holding a model or checkpoints, unless --resume or --overwrite_output_dir.
+
+    With --overwrite_output_dir the old checkpoint-N directories are deleted (by the main process) so that a later
+    --resume cannot pick up a checkpoint of the replaced run.
     """
     output_dir = training_args.output_dir
-    if not training_args.do_train or resume or training_args.resume_from_checkpoint or not os.path.isdir(output_dir):
+    if (not training_args.do_train or training_args.resume or training_args.resume_from_checkpoint
+            or not os.path.isdir(output_dir)):
         return
     found = sorted(name for name in os.listdir(output_dir)
                    if name in ("config.json", "adapter_config.json") or name.startswith(f"{PREFIX_CHECKPOINT_DIR}-"))
     if not found:
         return
-    if not overwrite:
+    if not training_args.overwrite_output_dir:
         raise ValueError(f"--output_dir {output_dir} already holds a trained model ({', '.join(found[:3])}): pass "
                          "--resume to continue its training, --overwrite_output_dir to replace it, or choose "
                          "another --output_dir.")
@@ -78,12 +86,13 @@ def check_output_dir(training_args, *, resume: bool, overwrite: bool) -> None:
     logger.warning("--overwrite_output_dir: replacing the model in %s.", output_dir)
 
 
-def train_and_evaluate(trainer, training_args, *, resume: bool, evaluate: bool,
+def train_and_evaluate(trainer, training_args, *, evaluate: bool,
                        add_eval_metrics: Optional[Callable[[dict], dict]] = None) -> None:
     """--do_train (resuming from output_dir's last checkpoint with --resume), save; then --do_eval, log, save."""
     if training_args.do_train:
-        checkpoint = (last_checkpoint(training_args.output_dir) if resume else None) or \
-            training_args.resume_from_checkpoint
+        trainer.add_callback(CheckpointCompletionCallback())
+        checkpoint = (last_checkpoint(training_args.output_dir) if training_args.resume else None) or \
+            (training_args.resume_from_checkpoint and check_resumable(training_args.resume_from_checkpoint))
         result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()
         trainer.log_metrics("train", result.metrics)

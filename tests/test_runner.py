@@ -1,10 +1,10 @@
-"""diff_trainer/training.py: the headline metric a run ends with, and the refusal to overwrite a trained model."""
+"""diff_trainer/runner.py: the headline metric a run ends with, and the refusal to overwrite a trained model."""
 
 from types import SimpleNamespace
 
 import pytest
 
-from diff_trainer.training import check_output_dir, headline
+from diff_trainer.runner import check_output_dir, headline
 
 
 def test_headline_is_the_comparable_metric_of_each_kind_of_run():
@@ -16,19 +16,19 @@ def test_headline_is_the_comparable_metric_of_each_kind_of_run():
     assert headline({"eval_loss": 0.6}) is None
 
 
-def arguments(output_dir, do_train=True):
-    return SimpleNamespace(output_dir=str(output_dir), do_train=do_train, resume_from_checkpoint=None,
-                           process_index=0)
+def arguments(output_dir, do_train=True, resume=False, overwrite=False):
+    return SimpleNamespace(output_dir=str(output_dir), do_train=do_train, resume=resume, resume_from_checkpoint=None,
+                           overwrite_output_dir=overwrite, process_index=0)
 
 
 def test_output_dir_check(tmp_path):
-    check_output_dir(arguments(tmp_path / "missing"), resume=False, overwrite=False)
+    check_output_dir(arguments(tmp_path / "missing"))
     (tmp_path / "logs.txt").write_text("not a model")
-    check_output_dir(arguments(tmp_path), resume=False, overwrite=False)
+    check_output_dir(arguments(tmp_path))
     (tmp_path / "checkpoint-10").mkdir()
     with pytest.raises(ValueError, match="checkpoint-10"):
-        check_output_dir(arguments(tmp_path), resume=False, overwrite=False)
-    check_output_dir(arguments(tmp_path), resume=True, overwrite=False)
-    check_output_dir(arguments(tmp_path, do_train=False), resume=False, overwrite=False)
-    check_output_dir(arguments(tmp_path), resume=False, overwrite=True)
+        check_output_dir(arguments(tmp_path))
+    check_output_dir(arguments(tmp_path, resume=True))
+    check_output_dir(arguments(tmp_path, do_train=False))
+    check_output_dir(arguments(tmp_path, overwrite=True))
     assert sorted(path.name for path in tmp_path.iterdir()) == ["logs.txt"]

@@ -1,0 +1,84 @@
+"""Where and in which precision a command runs a checkpoint: `--device` and `--dtype` resolved to torch objects.
+
+    resolve_device("auto")                     # cuda:0 when a GPU is visible, else cpu
+    resolve_dtype("auto", device, "bfloat16")  # bfloat16 on a GPU, float32 on the CPU
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import torch
+
+DEVICE_CHOICES_HELP = "auto (a GPU when one is visible), cpu, cuda or cuda:N"
+DTYPE_CHOICES = ("auto", "bfloat16", "float16", "float32")
+HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """The torch device named by a --device value; ValueError when it is unknown or not present."""
+    if name == "auto":
+        return torch.device("cuda", 0) if torch.cuda.is_available() else torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device: use {DEVICE_CHOICES_HELP}.") from None
+    if device.type == "cpu":
+        return torch.device("cpu")
+    if device.type != "cuda":
+        raise ValueError(f"--device {name!r} is not supported: use {DEVICE_CHOICES_HELP}.")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA GPU is visible to torch here; use --device cpu (or auto).")
+    index = 0 if device.index is None else device.index
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible "
+                         f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1}).")
+    return torch.device("cuda", index)
+
+
+def _as_dtype(value) -> torch.dtype | None:
+    """A torch dtype from a torch dtype, a name such as "bfloat16" / "torch.bfloat16", or None."""
+    if value is None or isinstance(value, torch.dtype):
+        return value
+    dtype = getattr(torch, str(value).removeprefix("torch."), None)
+    return dtype if isinstance(dtype, torch.dtype) else None
+
+
+def resolve_dtype(name: str, device: torch.device, checkpoint_dtype=None) -> torch.dtype:
+    """The torch dtype of a --dtype value on `device`.
+
+    auto: on a GPU the checkpoint's own dtype (float16 in place of bfloat16 on GPUs without bfloat16, float32
+    when the checkpoint records none); on the CPU float32, since half-precision matmuls are slow there.
+    """
+    if name not in DTYPE_CHOICES:
+        raise ValueError(f"--dtype {name!r} is not one of {', '.join(DTYPE_CHOICES)}.")
+    if name != "auto":
+        return getattr(torch, name)
+    stored = _as_dtype(checkpoint_dtype)
+    if device.type != "cuda" or stored not in HALF_DTYPES:
+        return torch.float32
+    if stored == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return stored
+
+
+def _read_json(path: str) -> dict | None:
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def checkpoint_dtype(path: str) -> torch.dtype | None:
+    """The dtype a checkpoint directory records in its config.json (`dtype`, or v4's `torch_dtype`), or None.
+
+    An adapter-only LoRA directory without config.json answers with its base model's dtype.
+    """
+    config = _read_json(os.path.join(path, "config.json"))
+    if config is None:
+        adapter = _read_json(os.path.join(path, "adapter_config.json")) or {}
+        base = adapter.get("base_model_name_or_path")
+        return checkpoint_dtype(base) if base and os.path.isdir(base) else None
+    return _as_dtype(config.get("dtype") or config.get("torch_dtype"))
+

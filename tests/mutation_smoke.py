@@ -1,0 +1,155 @@
+#!/usr/bin/env python
+"""Plant small wrong formulas and wirings in a scratch copy of the repository and show that the tests catch each.
+
+    python tests/mutation_smoke.py             # every mutation (~5-10 min on 2 cores)
+    python tests/mutation_smoke.py --list      # what each mutation plants, and the tests it runs
+    python tests/mutation_smoke.py --only elbo_weight --only prompt_dropout_padding
+
+Not part of the default test run (pytest collects only test_*.py). Each mutation replaces one exact piece of source
+text (it must occur exactly once, so a refactor that moves the code makes the mutation report "does not apply"
+instead of silently testing nothing), runs the tests named for it with pytest -x, and restores the file. A mutation
+is caught when those tests fail. Exit status 1 if any mutation survived or no longer applies.
+"""
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mutation:
+    name: str
+    what: str
+    path: str
+    original: str
+    planted: str
+    tests: tuple[str, ...]
+
+
+MUTATIONS = [
+    Mutation("linear_weight_dropped", "the 1/t loss weight of the linear schedule becomes 1",
+             "diff_trainer/diffusion/schedules.py",
+             "    def loss_weight(self, t):\n        return 1.0 / self.effective_time(t)",
+             "    def loss_weight(self, t):\n        return torch.ones_like(t)",
+             ("tests/test_noising.py::test_linear_weight_is_the_inverse_of_the_masking_rate",)),
+    Mutation("sft_answer_length", "llada_sft divides each row by the block length instead of its answer length",
+             "diff_trainer/diffusion/losses.py",
+             "return 1.0 / maskable.sum(dim=1).clamp(min=1).float()",
+             "return torch.full((maskable.shape[0],), 1.0 / maskable.shape[1], device=maskable.device)",
+             ("tests/test_trainer.py::test_loss_of_one_batch_matches_hand_normalisation",)),
+    Mutation("elbo_weight", "the ELBO term loses its L/l factor (LLaDA eq. 14)",
+             "diff_trainer/diffusion/elbo.py",
+             "return -(lengths / counts.clamp(min=1).float()) * masked_ce",
+             "return -masked_ce",
+             ("tests/test_trainer.py::test_eval_elbo_of_a_uniform_model_is_log_vocabulary_size",)),
+    Mutation("annealing_ratio_inverted", "attention annealing opens future keys with probability 1 - step/N",
+             "diff_trainer/diffusion/attention.py",
+             "allowed = causal | (coin < ratio)",
+             "allowed = causal | (coin < 1.0 - ratio)",
+             ("tests/test_trainer.py::test_annealing_masks_used_in_training_open_future_keys_at_rate_step_over_n",)),
+    Mutation("prompt_dropout_padding", "prompt dropout also masks the left padding",
+             "diff_trainer/noising.py",
+             "prompt = ~maskable & attention.bool()",
+             "prompt = ~maskable",
+             ("tests/test_noising.py::test_prompt_dropout_masks_whole_prompts_and_never_the_padding",)),
+    Mutation("random_length_off_by_one", "random-length truncation keeps one token more than drawn",
+             "diff_trainer/diffusion/forward.py",
+             "tail = torch.arange(length, device=labels.device).unsqueeze(0) >= kept.unsqueeze(1)",
+             "tail = torch.arange(length, device=labels.device).unsqueeze(0) > kept.unsqueeze(1)",
+             ("tests/test_noising.py::test_random_length_truncates_the_chosen_share_to_a_uniform_prefix",)),
+    Mutation("causal_accuracy_unshifted", "the causal eval_accuracy compares position i with label i (no shift)",
+             "run_clm_diff.py",
+             "compute_metrics=token_accuracy_metrics(shift=True)",
+             "compute_metrics=token_accuracy_metrics(shift=False)",
+             ("tests/test_run_clm_diff.py::test_train_evaluate_and_resume",)),
+    Mutation("random_remasking_by_confidence", "`random` remasking ranks by the predicted probability",
+             "diff_trainer/sampling.py",
+             "return torch.rand(chosen.shape, generator=generator, dtype=torch.float64, device=chosen.device)",
+             "return probs.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)",
+             ("tests/test_sampling.py::test_random_remasking_commits_each_position_first_equally_often",)),
+    Mutation("ddp_denominator", "under DDP each process divides by the whole step's denominator",
+             "diff_trainer/trainer.py",
+             "return num_items_in_batch.clamp(min=1) / self.args.world_size",
+             "return num_items_in_batch.clamp(min=1)",
+             ("tests/test_ddp.py::test_two_process_ddp_matches_one_process",)),
+    Mutation("dropout_kept", "run_diffusion_dpo ignores --disable_dropout",
+             "diff_trainer/dpo.py",
+             "        if args.disable_dropout:\n",
+             "        if False:\n",
+             ("tests/test_run_diffusion_dpo.py::test_disable_dropout_and_custom_column_names",)),
+]
+
+
+def scratch_copy(destination: Path) -> None:
+    """The repository's tracked and untracked-but-not-ignored files (what a clean clone plus local edits holds)."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            target = destination / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+
+
+def run_mutation(mutation: Mutation, scratch: Path) -> tuple[str, float, str]:
+    """(verdict, seconds, last lines of pytest's output) for one mutation applied to the scratch copy."""
+    path = scratch / mutation.path
+    source = path.read_text(encoding="utf-8")
+    if source.count(mutation.original) != 1:
+        return "DOES NOT APPLY", 0.0, f"{mutation.path}: the original text occurs {source.count(mutation.original)}×"
+    path.write_text(source.replace(mutation.original, mutation.planted), encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(scratch), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    start = time.perf_counter()
+    try:
+        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+                                 *mutation.tests], cwd=scratch, env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        path.write_text(source, encoding="utf-8")
+    seconds = time.perf_counter() - start
+    tail = "\n".join(result.stdout.strip().splitlines()[-3:])
+    if result.returncode == 1:
+        return "caught", seconds, tail
+    if result.returncode == 0:
+        return "SURVIVED", seconds, tail
+    return f"ERROR (pytest exit {result.returncode})", seconds, tail + result.stderr[-500:]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", choices=[m.name for m in MUTATIONS],
+                        help="run only this mutation (repeatable)")
+    parser.add_argument("--list", action="store_true", help="list the mutations and exit")
+    args = parser.parse_args(argv)
+    chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
+    if args.list:
+        for mutation in chosen:
+            print(f"{mutation.name}: {mutation.what}\n    {mutation.path}; tests: {' '.join(mutation.tests)}")
+        return 0
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="mutation-smoke-") as directory:
+        scratch = Path(directory)
+        scratch_copy(scratch)
+        for mutation in chosen:
+            verdict, seconds, tail = run_mutation(mutation, scratch)
+            rows.append((mutation, verdict, seconds))
+            print(f"{mutation.name}: {verdict} ({seconds:.0f} s)\n    {tail.replace(chr(10), chr(10) + '    ')}",
+                  flush=True)
+    print("\n| mutation | what it plants | file | result | seconds |\n|---|---|---|---|---|")
+    for mutation, verdict, seconds in rows:
+        print(f"| {mutation.name} | {mutation.what} | {mutation.path} | {verdict} | {seconds:.0f} |")
+    caught = sum(verdict == "caught" for _, verdict, _ in rows)
+    print(f"\n{caught} of {len(rows)} planted bugs caught.")
+    return 0 if caught == len(rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""Bad inputs and flags, as a table: each case runs an entry point and checks its exit status and its message.
+
+Entry scripts run through `run_entry_point` (DataError: `error: ...` and status 1; a bad flag: usage and status 2),
+the CLIs through their `main`. Faults that need a killed process live beside the code they test: a killed dataset
+save in tests/data/test_saving.py, half-written checkpoints in tests/test_checkpoints.py, a requeued Slurm job in
+tests/test_sbatch_requeue.py. Type guessing is checked by value at the end of this file.
+"""
+
+import gzip
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+import run_clm_diff  # the repository root is on pytest's pythonpath (setup.cfg)
+import run_diffusion_dpo
+import zstandard
+from conftest import make_byte_tokenizer, make_tiny_llama
+
+from diff_trainer.arguments import DataArguments
+from diff_trainer.cli import generate
+from diff_trainer.data.loading import load_raw_datasets, run_entry_point
+from diff_trainer.modeling import write_diffusion_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_LLAMA = ("hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4,"
+              "num_key_value_heads=4,max_position_embeddings=64")
+GOOD_LINES = [json.dumps({"text": f"{i}+{i}=<DFF>{2 * i}"}) for i in range(8)]
+
+
+def lines_bytes(lines) -> bytes:
+    return "".join(line + "\n" for line in lines).encode()
+
+
+def truncated_zst_at_a_line_end(path: Path) -> None:
+    """20,000 records of 64 bytes cut at 12,000 compressed bytes: zstd blocks hold 128 KiB = 2,048 whole records,
+    so the decoded part ends at a newline (the case that used to load a part silently)."""
+    records = [json.dumps({"text": f"{i:05d} " + "abcdefghi " * 4 + "abcde"}) for i in range(20000)]
+    assert {len(record) + 1 for record in records} == {64}
+    data = zstandard.ZstdCompressor(level=3).compress(lines_bytes(records))
+    cut = data[:12000]
+    assert zstandard.ZstdDecompressor().decompressobj().decompress(cut).endswith(b"\n")
+    path.write_bytes(cut)
+
+
+def write(path: Path, content) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if callable(content):
+        content(path)
+    elif isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return str(path)
+
+
+# (case id, file name, content, extra flags, exit status, message pattern)
+DATA_CASES = [
+    ("truncated zst ending at a newline", "train.jsonl.zst", truncated_zst_at_a_line_end, [], 1,
+     r"train\.jsonl\.zst: truncated zstd file"),
+    ("truncated zst cut mid-record", "train.jsonl.zst",
+     zstandard.ZstdCompressor().compress(lines_bytes(GOOD_LINES * 50))[:-7], [], 1,
+     r"train\.jsonl\.zst: truncated zstd file"),
+    ("truncated gzip", "train.jsonl.gz", gzip.compress(lines_bytes(GOOD_LINES * 50))[:-9], [], 1,
+     r"train\.jsonl\.gz: truncated or corrupt gzip file"),
+    ("empty file", "train.jsonl", "", [], 1, r"train\.jsonl: no records \(the file is empty\)"),
+    ("blank lines only", "train.txt", "\n\n", [], 1, r"train\.txt: no records"),
+    ("csv with only a header", "train.csv", "text\n", [], 1, r"train\.csv: no records .*only a header"),
+    ("non-UTF-8 bytes", "train.jsonl", lines_bytes(GOOD_LINES[:2]) + b'{"text": "caf\xe9<DFF>x"}\n', [], 1,
+     r"train\.jsonl, line 3: not valid UTF-8 .*iconv"),
+    ("JSON null text", "train.jsonl", "\n".join([GOOD_LINES[0], '{"text": null}', GOOD_LINES[1]]), [], 1,
+     r"train\.jsonl, line 2: 'text' is null"),
+    ("JSON number text", "train.jsonl", "\n".join([GOOD_LINES[0], GOOD_LINES[1], '{"text": 7}']), [], 1,
+     r"1 record\(s\) have no usable text: .*train\.jsonl, line 3: 'text' is a int, not a string"),
+    ("record without the text key", "train.jsonl", "\n".join([GOOD_LINES[0], '{"body": "x"}']), [], 1,
+     r"train\.jsonl, line 2: missing key 'text'"),
+    ("empty CSV field", "train.csv", "text\na<DFF>b\n\"\"\nc<DFF>d\n", [], 1, r"train\.csv, record 2: 'text' is null"),
+    ("null response column", "train.jsonl", '{"q": "1+1=", "a": "2"}\n{"q": "2+2=", "a": null}\n',
+     ["--prompt_column", "q", "--response_column", "a"], 1, r"train\.jsonl, line 2: 'a' is null"),
+    ("malformed JSON line", "train.jsonl", "\n".join([GOOD_LINES[0], '{"text": broken}']), [], 1,
+     r"train\.jsonl, line 2: malformed JSON"),
+    ("JSON line that is not an object", "train.jsonl", "\n".join([GOOD_LINES[0], "[1, 2]"]), [], 1,
+     r"line 2: malformed JSON \(expected a JSON object, got list\)"),
+    ("unsupported suffix", "train.xml", "<a/>", [], 1, r"train\.xml: unsupported file type"),
+    ("missing text column", "train.jsonl", json.dumps({"body": "a<DFF>b"}), [], 1,
+     r"Text column 'text' not in the data; available columns: \['body'\]"),
+    ("no sample fits and none has <DFF>", "train.jsonl", json.dumps({"text": "no marker"}),
+     ["--dff_labels", "on"], 1, r"train split is empty after filtering"),
+]
+
+
+@pytest.fixture
+def clm_flags(tmp_path):
+    def build(*extra):
+        return ["--model_type", "llama", "--config_overrides", TINY_LLAMA, "--tokenizer_name", "byte",
+                "--block_size", "16", "--output_dir", str(tmp_path / "out"), "--use_cpu", "--report_to", "none",
+                "--disable_tqdm", "true", "--validation_split_percentage", "0", "--do_train", "--max_steps", "1",
+                *extra]
+    return build
+
+
+def run_entry(main, argv, capsys) -> tuple[int, str]:
+    """Exit status and stderr of an entry script's main run as `python script.py argv` would run it."""
+    try:
+        status = run_entry_point(main, argv)
+    except SystemExit as stopped:
+        status = stopped.code
+    return status, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, content, extra, status, message", [case[1:] for case in DATA_CASES],
+                         ids=[case[0] for case in DATA_CASES])
+def test_bad_data_files(tmp_path, clm_flags, capsys, name, content, extra, status, message):
+    path = write(tmp_path / "data" / name, content)
+    code, err = run_entry(run_clm_diff.main, clm_flags("--train_file", path, *extra), capsys)
+    assert code == status, err
+    last_line = err.strip().splitlines()[-1]  # progress bars may come before it, a traceback may not
+    assert "Traceback" not in err and "error: " in last_line and re.search(message, last_line), err
+
+
+FLAG_CASES = [
+    ("directory as a file", lambda d: ["--train_file", str(d)], 1, r"data: is a directory, not a data file"),
+    ("missing file", lambda d: ["--train_file", str(d / "nope.jsonl")], 1, r"nope\.jsonl: file not found"),
+    ("no data", lambda d: [], 1, r"No data given: pass --train_file"),
+    ("mixed formats", lambda d: ["--train_file", str(d / "train.jsonl"), "--validation_file", str(d / "v.txt")], 1,
+     r"must have the same format"),
+    ("validation split of 100%", lambda d: ["--train_file", str(d / "train.jsonl"),
+                                            "--validation_split_percentage", "100"], 1,
+     r"--validation_split_percentage must be in \[0, 100\) .* got 100"),
+    ("negative validation split", lambda d: ["--train_file", str(d / "train.jsonl"),
+                                             "--validation_split_percentage", "-5"], 1,
+     r"--validation_split_percentage must be in \[0, 100\)"),
+    ("--do_eval without validation data", lambda d: ["--train_file", str(d / "train.jsonl"), "--do_eval"], 1,
+     r"--do_eval needs validation data: pass --validation_file"),
+    ("block size 0", lambda d: ["--train_file", str(d / "train.jsonl"), "--block_size", "0"], 1,
+     r"--block_size must be a positive number of tokens, got 0"),
+    ("block size above the model's positions", lambda d: ["--train_file", str(d / "train.jsonl"),
+                                                          "--block_size", "128"], 1,
+     r"--block_size 128 is larger than the model's 64 positions"),
+    ("load_from_disk of a missing directory", lambda d: ["--dataset_name", str(d / "nope"), "--load_from_disk"], 1,
+     r"nope: not a directory written by save_to_disk"),
+    ("unknown flag", lambda d: ["--train_file", str(d / "train.jsonl"), "--blocksize", "8"], 2,
+     r"unrecognized arguments: --blocksize 8"),
+    ("bad padding side", lambda d: ["--train_file", str(d / "train.jsonl"), "--padding_side", "middle"], 2,
+     r"error: --padding_side must be 'left' or 'right', got 'middle'"),
+    ("explicit incomplete checkpoint", lambda d: ["--train_file", str(d / "train.jsonl"),
+                                                  "--resume_from_checkpoint", str(d / "checkpoint-3")], 1,
+     r"checkpoint-3 is incomplete: no COMPLETE marker and no trainer_state.json"),
+]
+
+
+@pytest.mark.parametrize("argv, status, message", [case[1:] for case in FLAG_CASES],
+                         ids=[case[0] for case in FLAG_CASES])
+def test_bad_flags(tmp_path, clm_flags, capsys, argv, status, message):
+    data = tmp_path / "data"
+    write(data / "train.jsonl", "\n".join(GOOD_LINES))
+    write(data / "v.txt", "a<DFF>b\n")
+    (data / "checkpoint-3").mkdir()
+    code, err = run_entry(run_clm_diff.main, clm_flags(*argv(data)), capsys)
+    assert code == status, err
+    assert "Traceback" not in err and re.search(message, err), err
+
+
+def test_yaml_save_final_dataset_true_is_the_bare_flag(tmp_path, monkeypatch, clm_flags, capsys):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
+    write(tmp_path / "config.yaml", "save_final_dataset: true\n")
+    argv = ["config.yaml", *clm_flags("--train_file", "train.jsonl", "--do_train", "false")]
+    assert run_entry(run_clm_diff.main, argv, capsys)[0] == 0
+    assert (tmp_path / "final_dataset" / "dataset_dict.json").is_file() and not (tmp_path / "true").exists()
+
+
+def test_save_final_dataset_refuses_an_existing_directory(tmp_path, clm_flags, capsys):
+    write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
+    (tmp_path / "rows").mkdir()
+    code, err = run_entry(run_clm_diff.main, clm_flags("--train_file", str(tmp_path / "train.jsonl"),
+                                                       "--save_final_dataset", str(tmp_path / "rows")), capsys)
+    assert code == 1 and "rows already exists; pass --overwrite_final_dataset" in err
+
+
+# ------------------------------------------------------------------------------------------------------------
+# DPO
+
+
+@pytest.fixture(scope="module")
+def diffusion_checkpoint(tmp_path_factory):
+    path = tmp_path_factory.mktemp("dpo") / "policy"
+    tokenizer = make_byte_tokenizer()
+    model = make_tiny_llama(len(tokenizer), max_position_embeddings=64)
+    write_diffusion_config(model.config, mask_token_id=tokenizer.mask_token_id, shift_logits=False,
+                           noise_schedule="linear", time_eps=1e-3, dff_token="<DFF>")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+PAIR = {"prompt": "1+1=", "chosen": "2", "rejected": "3"}
+DPO_CASES = [
+    ("one number names that record only", [PAIR, {**PAIR, "chosen": 5}, PAIR], [], 1,
+     r"train: 1 of 3 records are not valid preference pairs \(1 'chosen' is a int, not a string\)\. "
+     r"First: \S*pairs\.jsonl, line 2: 'chosen' is a int, not a string\. Fix them"),
+    ("null and missing keys", [PAIR, {**PAIR, "rejected": None}, {"prompt": "x", "chosen": "y"}], [], 1,
+     r"line 2: 'rejected' is null; \S*pairs\.jsonl, line 3: missing key 'rejected'"),
+    ("missing column", [{"prompt": "a", "chosen": "b", "loser": "c"}], [], 1,
+     r"Column\(s\) \['rejected'\] not in the data.*--rejected_column"),
+    ("every pair invalid in skip mode", [{**PAIR, "rejected": "2"}], ["--invalid_pairs", "skip"], 1,
+     r"train: no valid preference pair left"),
+    ("no pair fits max_length", [{**PAIR, "chosen": "2" * 40, "rejected": "3" * 40}], [], 1,
+     r"train: no pair fits max_length 16"),
+    ("bad --invalid_pairs", [PAIR], ["--invalid_pairs", "maybe"], 2, r"--invalid_pairs must be one of"),
+]
+
+
+@pytest.mark.parametrize("records, extra, status, message", [case[1:] for case in DPO_CASES],
+                         ids=[case[0] for case in DPO_CASES])
+def test_bad_preference_data(tmp_path, diffusion_checkpoint, capsys, records, extra, status, message):
+    pairs = write(tmp_path / "pairs.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    argv = ["--model_name_or_path", diffusion_checkpoint, "--train_file", pairs, "--output_dir", str(tmp_path / "o"),
+            "--invalid_pairs", "error", "--max_length", "16", "--use_cpu", "--report_to", "none", "--do_train",
+            "--max_steps", "1", *extra]
+    code, err = run_entry(run_diffusion_dpo.main, argv, capsys)
+    assert code == status, err
+    assert "Traceback" not in err and re.search(message, err), err
+
+
+# ------------------------------------------------------------------------------------------------------------
+# diff-generate
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("generate")
+    tokenizer = make_byte_tokenizer()
+    model = make_tiny_llama(len(tokenizer), bidirectional=False, max_position_embeddings=64)
+    for name in ("causal", "no_tokenizer"):
+        model.save_pretrained(root / name)
+    tokenizer.save_pretrained(root / "causal")
+    return root
+
+
+GENERATE_CASES = [
+    ("missing model directory", lambda r: ["--model", str(r / "nope")], 1,
+     r"error: no checkpoint at \S*nope: expected a directory written by save_pretrained"),
+    ("a directory without config.json", lambda r: ["--model", str(r)], 1,
+     r"error: no checkpoint at \S*: the directory has neither config\.json nor adapter_config\.json"),
+    ("checkpoint without tokenizer files", lambda r: ["--model", str(r / "no_tokenizer")], 1,
+     r"error: \S*no_tokenizer: no tokenizer files next to the model"),
+    ("--gen_length 0 on a causal checkpoint", lambda r: ["--model", str(r / "causal"), "--gen_length", "0"], 2,
+     r"--samples, --batch_size and --gen_length must be at least 1"),
+    ("--output in a missing directory", lambda r: ["--model", str(r / "causal"), "--output",
+                                                   str(r / "missing" / "out.jsonl")], 2,
+     r"--output \S*missing/out\.jsonl: its directory does not exist; create it first"),
+]
+
+
+@pytest.mark.parametrize("argv, status, message", [case[1:] for case in GENERATE_CASES],
+                         ids=[case[0] for case in GENERATE_CASES])
+def test_bad_generate_arguments(checkpoints, capsys, argv, status, message):
+    with pytest.raises(SystemExit) as stopped:
+        generate.main([*argv(checkpoints), "--prompt", "1+1="])
+    err = capsys.readouterr().err + (stopped.value.code if isinstance(stopped.value.code, str) else "")
+    code = 1 if isinstance(stopped.value.code, str) else stopped.value.code
+    assert code == status, err
+    assert re.search(message, err), err
+    assert not (checkpoints / "missing").exists()
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Text is read exactly as written (no type guessing)
+
+EXACT_TEXTS = ["001", "2", "1.50", "1e3", "007", "NA", "null", "None", "2020-01-01", "true"]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".json"])
+def test_text_columns_are_read_as_written(tmp_path, suffix):
+    path = tmp_path / f"train{suffix}"
+    if suffix == ".csv":
+        path.write_text("prompt,response,id\n" + "".join(f"{t},{t},{i}\n" for i, t in enumerate(EXACT_TEXTS)))
+    else:
+        records = [{"prompt": t, "response": t, "id": i} for i, t in enumerate(EXACT_TEXTS)]
+        path.write_text("".join(json.dumps(r) + "\n" for r in records) if suffix == ".jsonl" else json.dumps(records))
+    raw = load_raw_datasets(DataArguments(train_file=str(path), prompt_column="prompt", response_column="response",
+                                          validation_split_percentage=0), cache_dir=str(tmp_path / "cache"))
+    assert raw["train"]["prompt"] == EXACT_TEXTS and raw["train"]["response"] == EXACT_TEXTS
+
+
+def test_one_number_among_strings_keeps_every_other_string_exact(tmp_path):
+    """datasets turns a column with one JSON number into numbers; the loader reads it back as text and names the
+    record, so DPO skips exactly that record."""
+    from diff_trainer.arguments import PreferenceDataArguments
+    from diff_trainer.data.preference import load_preference_data
+
+    records = [{"prompt": "a", "chosen": text, "rejected": "x"} for text in ("007", "1.50", "1e3")]
+    records.insert(1, {"prompt": "b", "chosen": 7, "rejected": "y"})
+    path = write(tmp_path / "pairs.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    raw, _ = load_preference_data(PreferenceDataArguments(train_file=path))
+    assert raw["train"]["chosen"] == ["007", "1.50", "1e3"]
+    assert os.path.exists(path)
