@@ -70,8 +70,8 @@ def default_normalization(layout: RowLayout) -> str:
 class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
     """Trainer whose loss is the masked-diffusion loss (see the module docstring).
 
-    `row_layout` (from `Preprocessor.run`) picks the default --loss_normalization (needed when it is not given). Data collator: the default one
-    (clean rows); the model must carry a `diffusion_config` (see modeling.prepare_model).
+    `row_layout` (from `Preprocessor.run`) picks the default --loss_normalization (needed when it is not given).
+    Data collator: the default one (clean rows); the model must carry a `diffusion_config` (modeling.prepare_model).
     """
 
     def __init__(self, model, args, *, row_layout: Optional[RowLayout] = None, **kwargs):

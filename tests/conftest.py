@@ -57,8 +57,10 @@ def accelerate_launch(directory, num_processes: int = 2) -> list[str]:
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--main_process_port", "0"]
 
 
-def count_forward_passes(monkeypatch, cli_module) -> list:
-    """Make `cli_module.open_checkpoint` hook the model it loads; the returned list grows by one per forward pass."""
+def count_forward_passes(monkeypatch) -> list:
+    """Hook the model the CLIs' loader (`cli.generate.open_checkpoint`) returns; the list grows by one per forward."""
+    from diff_trainer.cli import generate as cli_module
+
     calls = []
     open_checkpoint = cli_module.open_checkpoint
 

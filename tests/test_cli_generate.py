@@ -117,7 +117,7 @@ def greedy_by_hand(model, tokenizer, prompt: str, length: int) -> list[int]:
 
 
 def test_a_causal_checkpoint_generates_with_model_generate(checkpoints, tokenizer, tmp_path, monkeypatch):
-    forward_calls = count_forward_passes(monkeypatch, cli)
+    forward_calls = count_forward_passes(monkeypatch)
     output = tmp_path / "causal.jsonl"
     prompts = ["ab", "longer prompt"]
     run(checkpoints, "causal", "--prompt", prompts[0], "--prompt", prompts[1], "--gen_length", "6",

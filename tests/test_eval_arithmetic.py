@@ -188,7 +188,7 @@ def parse_summary(out: str) -> dict:
 ])
 def test_a_random_checkpoint_runs_end_to_end(checkpoints, test_file, capsys, tmp_path, monkeypatch, name, flags,
                                              max_nfe):
-    forward_calls = count_forward_passes(monkeypatch, cli)
+    forward_calls = count_forward_passes(monkeypatch)
     output = tmp_path / "out.jsonl"
     cli.main(["--model", str(checkpoints / name), "--test_file", str(test_file), "--max_samples", "6",
               "--batch_size", "4", "--seed", "0", "--output", str(output), *flags])
