@@ -12,6 +12,7 @@ import sys
 from transformers import set_seed
 
 from diff_trainer.arguments import DataArguments, DiffusionTrainingArguments, ModelArguments, parse_arguments
+from diff_trainer.data.char_tokenizer import CHAR_TOKENIZER, training_texts
 from diff_trainer.data.loading import check_block_size, load_raw_datasets, require_validation_data, run_entry_point
 from diff_trainer.data.pipeline import LAYOUT_FILE, Preprocessor
 from diff_trainer.data.saving import save_final_dataset
@@ -33,10 +34,11 @@ def main(argv=None):
     if not data_args.preprocess_only:
         check_output_dir(training_args)
 
-    tokenizer = load_tokenizer(model_args)
+    raw = load_raw_datasets(data_args, seed=training_args.seed)
+    char_level = model_args.tokenizer_name == CHAR_TOKENIZER
+    tokenizer = load_tokenizer(model_args, training_texts(raw["train"], data_args) if char_level else None)
     new_token_ids = add_special_tokens(tokenizer, data_args.dff_token, model_args.mask_token if diffusion else None)
 
-    raw = load_raw_datasets(data_args, seed=training_args.seed)
     require_validation_data(raw, training_args.do_eval)
     final, layout = Preprocessor(tokenizer, data_args, main_process_first=training_args.main_process_first).run(raw)
     if data_args.save_final_dataset and training_args.process_index == 0:

@@ -11,6 +11,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from .data.preference import INVALID_PAIR_MODES, RESPONSE_PADDINGS
 from .diffusion.losses import LOSS_NORMALIZATIONS
+from .diffusion.sedd import SEDD_NOISES, SEDD_OBJECTIVES
 
 
 @dataclass
@@ -30,7 +31,8 @@ class ModelArguments:
     config_name: Optional[str] = field(default=None, metadata={"help": "Config hub id or directory, if not the model's."})
     tokenizer_name: Optional[str] = field(
         default=None,
-        metadata={"help": "Tokenizer hub id or directory; 'byte' is a byte-level tokenizer that needs no files."},
+        metadata={"help": "Tokenizer hub id or directory; 'byte' is a byte-level tokenizer that needs no files; "
+                          "'char' builds a character vocabulary from the training split (run_clm_diff.py)."},
     )
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16, float16 or auto."})
     dropout: Optional[float] = field(
@@ -261,8 +263,20 @@ class DiffusionTrainingArguments(RunArguments):
     eval_mask_seed: int = field(
         default=1234, metadata={"help": "Seed of evaluation masks, so eval losses compare across checkpoints."}
     )
+    diffusion_objective: str = field(
+        default="masked",
+        metadata={"help": "masked (masked diffusion), sedd_absorb or sedd_uniform (score entropy, SEDD: absorbing or "
+                          "uniform transitions; the uniform graph wraps a plain LM with a noise-level embedding)."},
+    )
+    sedd_noise: str = field(default="loglinear", metadata={"help": "SEDD noise: loglinear or geometric."})
+    sigma_min: float = field(default=1e-4, metadata={"help": "Geometric SEDD noise: smallest total noise."})
+    sigma_max: float = field(default=20.0, metadata={"help": "Geometric SEDD noise: largest total noise."})
+    sedd_scale_by_sigma: bool = field(
+        default=False, metadata={"help": "sedd_absorb: subtract log(e^sigma - 1) + log(N - 1) from the output (SEDD)."}
+    )
 
     def __post_init__(self):
+        self._check_objective()
         if self.loss_normalization is not None and self.loss_normalization not in LOSS_NORMALIZATIONS:
             raise ValueError(f"--loss_normalization must be one of {LOSS_NORMALIZATIONS}, got {self.loss_normalization!r}")
         if not 0 <= self.random_length_prob <= 1 or not 0 <= self.prompt_dropout <= 1:
@@ -277,8 +291,37 @@ class DiffusionTrainingArguments(RunArguments):
             raise ValueError(f"--{' --'.join(used)} only apply with --train_diff_model.")
         super().__post_init__()
 
+    def _check_objective(self) -> None:
+        """SEDD flags only with a SEDD objective; masked-diffusion-only flags refused with one."""
+        if self.diffusion_objective not in ("masked", *SEDD_OBJECTIVES):
+            raise ValueError(f"--diffusion_objective must be masked, {' or '.join(SEDD_OBJECTIVES)}, "
+                             f"got {self.diffusion_objective!r}")
+        if self.sedd_noise not in SEDD_NOISES:
+            raise ValueError(f"--sedd_noise must be one of {SEDD_NOISES}, got {self.sedd_noise!r}")
+        sedd_flags = {"sedd_noise": self.sedd_noise != "loglinear", "sigma_min": self.sigma_min != 1e-4,
+                      "sigma_max": self.sigma_max != 20.0, "sedd_scale_by_sigma": self.sedd_scale_by_sigma}
+        used = [name for name, on in sedd_flags.items() if on]
+        if self.diffusion_objective == "masked":
+            if used:
+                raise ValueError(f"--{' --'.join(used)} only apply with --diffusion_objective sedd_absorb|sedd_uniform.")
+            return
+        if not self.train_diff_model:
+            raise ValueError("--diffusion_objective sedd_* trains a diffusion model: add --train_diff_model.")
+        masked_only = {"shift_logits": self.shift_logits, "attention_annealing_steps": self.attention_annealing_steps > 0,
+                       "prompt_dropout": self.prompt_dropout > 0, "random_length_prob": self.random_length_prob > 0,
+                       "noise_schedule": self.noise_schedule != "linear"}
+        used = [name for name, on in masked_only.items() if on]
+        if used:
+            raise ValueError(f"--{' --'.join(used)} belong to masked diffusion; they are not defined for "
+                             f"--diffusion_objective {self.diffusion_objective}.")
+
     def diffusion_settings(self) -> dict:
-        """The settings a checkpoint records in its `diffusion_config` (see modeling.write_diffusion_config)."""
+        """The settings a checkpoint records in its `diffusion_config` (see modeling.write_diffusion_config and
+        sedd_objective.prepare_sedd_model)."""
+        if self.diffusion_objective != "masked":
+            return {"objective": self.diffusion_objective, "sedd_noise": self.sedd_noise, "sigma_min": self.sigma_min,
+                    "sigma_max": self.sigma_max, "sedd_scale_by_sigma": self.sedd_scale_by_sigma,
+                    "time_eps": self.time_eps}
         return {"shift_logits": self.shift_logits, "noise_schedule": self.noise_schedule, "time_eps": self.time_eps}
 
 

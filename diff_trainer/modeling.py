@@ -24,6 +24,7 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+from .data.char_tokenizer import CHAR_TOKENIZER, build_char_tokenizer
 from .devices import resolve_device
 
 BYTE_TOKENIZER = "byte"
@@ -59,8 +60,9 @@ def check_model_source(name_or_path: str, flag: str) -> None:
                                 "first, or correct the path.")
 
 
-def load_tokenizer(model_args):
-    """The tokenizer of `tokenizer_name` (or the model's), or a file-free byte tokenizer for "byte".
+def load_tokenizer(model_args, train_texts=None):
+    """The tokenizer of `tokenizer_name` (or the model's), a file-free byte tokenizer for "byte", or for "char" a
+    character tokenizer built from `train_texts` (the training split).
 
     The result always has an EOS token, and uses EOS for padding when it has no pad token.
     """
@@ -71,6 +73,11 @@ def load_tokenizer(model_args):
         )
     if name == BYTE_TOKENIZER:
         tokenizer = ByT5Tokenizer()
+    elif name == CHAR_TOKENIZER:
+        if train_texts is None:
+            raise ValueError("--tokenizer_name char builds its vocabulary from the training split, which this "
+                             "command does not read: pass the checkpoint's own tokenizer directory instead.")
+        tokenizer = build_char_tokenizer(train_texts, mask_token=model_args.mask_token)
     else:
         check_model_source(name, "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path")
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model_args.trust_remote_code)
@@ -259,7 +266,17 @@ def prepare_model(model_args, tokenizer, mode: str, *, new_token_ids=(), diffusi
     if mode == "causal" and model_args.masked_lm:
         raise ValueError("--masked_lm loads an encoder as the denoiser: it only applies with --train_diff_model.")
     model = load_model(model_args, tokenizer)
-    if mode == "diffusion":
+    objective = (diffusion_settings or {}).get("objective", "masked")
+    if mode == "diffusion" and objective != "masked":  # score entropy (SEDD)
+        from .sedd_objective import prepare_sedd_model
+
+        model = prepare_sedd_model(model, tokenizer, **diffusion_settings, masked_lm=model_args.masked_lm,
+                                   auto_class=auto_class_name(model.config, model_args.masked_lm))
+    elif mode == "diffusion":
+        if diffusion_settings is None and (read_diffusion_config(model.config) or {}).get("objective", "") \
+                .startswith("sedd_"):
+            raise ValueError(f"{model_args.model_name_or_path} is a SEDD (score-entropy) checkpoint; VRPO / DPO "
+                             "is defined here for masked-diffusion ELBOs only.")
         make_bidirectional(model)
         if diffusion_settings is not None:
             if diffusion_settings.get("shift_logits") and is_encoder_model(model):

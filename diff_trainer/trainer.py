@@ -21,6 +21,8 @@ from .diffusion.schedules import get_schedule
 from .metrics import argmax_logits, token_accuracy_metrics
 from .modeling import is_encoder_model, is_peft_model, read_diffusion_config
 from .noising import BatchNoiser, seeded_generator
+from .diffusion.sedd import SEDD_OBJECTIVES
+from .sedd_objective import SeddObjective
 from .sharding import ShardedSaveMixin
 
 logger = logging.getLogger(__name__)
@@ -88,13 +90,24 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
         kwargs.setdefault("preprocess_logits_for_metrics", argmax_logits)
         super().__init__(model=model, args=args, **kwargs)
         self.label_names = [MASKED_TARGETS]
+        # the columns the noiser reads, whatever the model's forward accepts (a DDiT takes no `labels`)
+        self._signature_columns = ["input_ids", "attention_mask", "labels"]
         self.loss_normalization = args.loss_normalization or default_normalization(row_layout)
+        self.skipped_empty_batches = 0
+        self._eval_generator = None
+        # score entropy (SEDD) replaces the noising, the loss and the ELBO; None for masked diffusion
+        self.sedd = SeddObjective.from_diffusion_config(diffusion_config, base.config.get_text_config().vocab_size,
+                                                        args.antithetic_time) \
+            if diffusion_config["objective"] in SEDD_OBJECTIVES else None
+        if self.sedd is not None:
+            self.eval_noiser = self.train_noiser = self.sedd
+            logger.info("Score entropy (%s): %s noise, loss normalisation %s.", diffusion_config["objective"],
+                        diffusion_config["noise"], self.loss_normalization)
+            return
         schedule = get_schedule(args.noise_schedule, args.time_eps)
         self.eval_noiser = BatchNoiser(diffusion_config["mask_token_id"], schedule, args.antithetic_time)
         self.train_noiser = BatchNoiser(diffusion_config["mask_token_id"], schedule, args.antithetic_time,
                                         args.random_length_prob, args.prompt_dropout)
-        self.skipped_empty_batches = 0
-        self._eval_generator = None
         logger.info("Masked diffusion: mask id %d, %s schedule, loss normalisation %s.",
                     diffusion_config["mask_token_id"], args.noise_schedule, self.loss_normalization)
 
@@ -126,6 +139,10 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
         return annealed_attention_mask(attention_mask, ratio, dtype=dtype)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.sedd is not None:
+            loss, log_score = self.sedd.loss(model, inputs, self.loss_normalization,
+                                             self.share_of_denominator(num_items_in_batch))
+            return (loss, {"logits": log_score}) if return_outputs else loss
         attention = self.attention_mask_for(inputs["attention_mask"], next(model.parameters()).dtype)
         outputs = model(input_ids=inputs["input_ids"], attention_mask=attention)
         loss = masked_diffusion_loss(outputs.logits, inputs["clean_ids"], inputs["masked"], inputs["maskable"],
@@ -176,9 +193,13 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
             for rows in torch.split(torch.arange(len(ids), device=ids.device), max(1, len(ids) // 2)):
                 copies = monte_carlo_copies(attention[rows], samples)
                 with self.accelerator.autocast():
-                    nlls.append(elbo_nll(lambda noisy: model(input_ids=noisy, attention_mask=copies).logits,
-                                         ids[rows], maskable[rows], self.eval_noiser.mask_token_id, samples,
-                                         shift=self.args.shift_logits, generator=generator))
+                    if self.sedd is not None:  # the DWDSE bound (SEDD), in the same units
+                        nlls.append(self.sedd.elbo_nll(model, ids[rows], attention[rows], maskable[rows], samples,
+                                                       generator))
+                    else:
+                        nlls.append(elbo_nll(lambda noisy: model(input_ids=noisy, attention_mask=copies).logits,
+                                             ids[rows], maskable[rows], self.eval_noiser.mask_token_id, samples,
+                                             shift=self.args.shift_logits, generator=generator))
             gathered = self.accelerator.gather_for_metrics((torch.cat(nlls), maskable.sum(dim=1)))
             total_nll += float(gathered[0].sum())
             total_tokens += int(gathered[1].sum())

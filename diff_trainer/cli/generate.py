@@ -1,11 +1,14 @@
 """`diff-generate`: sample completions from a checkpoint directory.
 
 A diffusion checkpoint (its config holds `diffusion_config`) is sampled with `diff_trainer.sampling.generate`,
-using the saved mask token id and shift flag. A plain causal checkpoint is sampled with `model.generate`, so
-baselines use the same command; the diffusion-only flags are refused for it.
+using the saved mask token id and shift flag. A SEDD checkpoint (objective sedd_absorb / sedd_uniform, or a
+directory in the louaaron/sedd-small layout) is sampled with SEDD's samplers (`--sedd_sampler euler|analytic`),
+which a masked-diffusion checkpoint may use too (read as a SEDD model through RADD). A plain causal checkpoint is
+sampled with `model.generate`, so baselines use the same command; the diffusion-only flags are refused for it.
 
     diff-generate --model out/checkpoint-1000 --prompt "12+7=<DFF>" --gen_length 8 --steps 8
     diff-generate --model out --prompt_file prompts.jsonl --samples 4 --temperature 0.8 --output samples.jsonl
+    diff-generate --model outputs/shakespeare --samples 4 --gen_length 128 --steps 128 --sedd_sampler analytic
 
 Prompts are tokenised like the training data: no special tokens, BOS prepended when the tokenizer has one
 distinct from EOS. A completion ends at its first EOS. `--output` ending in .jsonl writes one record per
@@ -41,10 +44,14 @@ from diff_trainer.sampling import (
     generate,
     special_token_ids_to_forbid,
 )
+from diff_trainer.sedd_sampling import SEDD_PREDICTORS, SeddSamplerConfig, sedd_generate
 
 DEFAULT_DFF_TOKEN = "<DFF>"
 # Flags that only mean something for a diffusion checkpoint (their defaults are None so use can be detected).
-DIFFUSION_ONLY_FLAGS = ("steps", "block_length", "remasking", "guidance_scale", "threshold", "eos_handling")
+DIFFUSION_ONLY_FLAGS = ("steps", "block_length", "remasking", "guidance_scale", "threshold", "eos_handling",
+                        "sedd_sampler")
+# Flags of the masked-diffusion sampler that SEDD's samplers have no use for.
+MASKED_SAMPLER_FLAGS = ("block_length", "remasking", "guidance_scale", "threshold", "eos_handling")
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +69,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Fast-dLLM: commit every prediction at least this confident (ignores --steps)")
     parser.add_argument("--eos_handling", choices=EOS_HANDLING, default=None,
                         help="stop after a block with EOS (default), forbid EOS, rank it last, or none")
+    parser.add_argument("--sedd_sampler", choices=sorted(SEDD_PREDICTORS), default=None,
+                        help="SEDD tau-leaping step (default euler for SEDD checkpoints); on a masked-diffusion "
+                        "checkpoint it samples the model as an absorbing SEDD model (RADD)")
+    parser.add_argument("--tokenizer_name", default=None,
+                        help="tokenizer for a SEDD-layout checkpoint that ships none (louaaron/sedd-small: gpt2)")
     parser.add_argument("--seed", type=int, default=None,
                         help="repeat the same output (for the same device, dtype and batch size)")
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
@@ -76,22 +88,32 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diff-generate", description=__doc__.split("\n\n")[0])
     add_sampling_arguments(parser)
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--prompt", action="append", help="a prompt (repeat the flag for several)")
     source.add_argument("--prompt_file", help="prompts, one per line, or .jsonl with a 'prompt' field")
-    parser.add_argument("--samples", type=int, default=1, help="completions per prompt")
+    parser.add_argument("--samples", type=int, default=1,
+                        help="completions per prompt (without a prompt: unconditional samples, SEDD samplers only)")
     parser.add_argument("--batch_size", type=int, default=8, help="sequences sampled together")
     parser.add_argument("--output", help="write completions to this .jsonl or .txt file")
     parser.add_argument("--verbose", action="store_true", help="print every intermediate state")
     return parser
 
 
-def open_checkpoint(path: str, *, device: str = "cpu", dtype: str = "auto", merge_lora: bool = False):
-    """(model in eval mode, tokenizer, diffusion_config dict or None) of a checkpoint (modeling.load_checkpoint)."""
-    from diff_trainer.modeling import load_checkpoint, read_diffusion_config
+def open_checkpoint(path: str, *, device: str = "cpu", dtype: str = "auto", merge_lora: bool = False,
+                    tokenizer_name: str | None = None):
+    """(model in eval mode, tokenizer, diffusion_config dict or None) of a checkpoint (modeling.load_checkpoint).
+
+    `tokenizer_name` serves a SEDD-layout directory, which ships no tokenizer of its own.
+    """
+    from diff_trainer.modeling import load_checkpoint, load_checkpoint_model, read_diffusion_config
+    from diff_trainer.models.sedd_checkpoint import is_sedd_checkpoint, load_sedd_tokenizer
 
     try:
-        model, tokenizer = load_checkpoint(path, device=device, dtype=dtype, merge_lora=merge_lora)
+        if is_sedd_checkpoint(path):
+            model = load_checkpoint_model(path, dtype=dtype).to(resolve_device(device)).eval()
+            tokenizer = load_sedd_tokenizer(path, tokenizer_name)
+        else:
+            model, tokenizer = load_checkpoint(path, device=device, dtype=dtype, merge_lora=merge_lora)
     except FileNotFoundError as error:
         raise SystemExit(f"error: {error}") from None
     return model, tokenizer, read_diffusion_config(model.config)
@@ -105,7 +127,7 @@ def load_from_arguments(parser: argparse.ArgumentParser, args):
     except ValueError as error:
         parser.error(str(error))
     return open_checkpoint(args.model, device=str(device), dtype=str(dtype).removeprefix("torch."),
-                           merge_lora=args.merge_lora)
+                           merge_lora=args.merge_lora, tokenizer_name=getattr(args, "tokenizer_name", None))
 
 
 def read_prompts(path: str) -> list[str]:
@@ -139,6 +161,31 @@ def sampler_config(args, diffusion_config: dict, tokenizer) -> SamplerConfig:
         pad_token_id=tokenizer.pad_token_id,
         forbidden_token_ids=special_token_ids_to_forbid(tokenizer),
     )
+
+
+def uses_sedd_sampler(args, diffusion_config) -> bool:
+    """SEDD checkpoints always; masked-diffusion checkpoints when --sedd_sampler is given."""
+    objective = (diffusion_config or {}).get("objective", "")
+    return objective.startswith("sedd_") or (diffusion_config is not None and args.sedd_sampler is not None)
+
+
+def sedd_sampler_config(args, diffusion_config: dict, tokenizer, model) -> SeddSamplerConfig:
+    """The SeddSamplerConfig of the command-line flags and the checkpoint's graph and noise."""
+    return SeddSamplerConfig.from_diffusion_config(
+        diffusion_config, model.config.get_text_config().vocab_size, gen_length=args.gen_length,
+        steps=args.steps if args.steps is not None else args.gen_length, predictor=args.sedd_sampler or "euler",
+        pad_token_id=tokenizer.pad_token_id)
+
+
+def run_sampler(model, prompt_ids, config, **options):
+    """Sample with SEDD's loop or the masked-diffusion loop, whichever the config is for."""
+    sampler = sedd_generate if isinstance(config, SeddSamplerConfig) else generate
+    return sampler(model, prompt_ids, config, **options)
+
+
+def shown_mask_id(config) -> int:
+    """The id drawn as a mask in traces (-1, i.e. none, for the uniform graph)."""
+    return config.mask_token_id if config.mask_token_id is not None else -1
 
 
 def prepare_prompts(args, tokenizer, diffusion_config, prompts: list[str]) -> list[list[int]]:
@@ -181,6 +228,15 @@ def check_arguments(parser, args, diffusion_config, prompt_ids, model) -> None:
         if given:
             parser.error(f"{args.model} is a causal checkpoint (no diffusion_config); "
                          f"{', '.join(given)} only apply to diffusion checkpoints.")
+    if uses_sedd_sampler(args, diffusion_config):
+        given = [f"--{name}" for name in MASKED_SAMPLER_FLAGS if getattr(args, name) is not None]
+        if args.temperature > 0:
+            given.append("--temperature")
+        if given:
+            parser.error(f"{', '.join(given)} belong to the masked-diffusion sampler; SEDD's samplers take "
+                         "--steps and --sedd_sampler.")
+    if args.samples < 1 or args.batch_size < 1:
+        parser.error("--samples and --batch_size must be at least 1.")
     if args.samples < 1 or args.batch_size < 1 or args.gen_length < 1:
         parser.error("--samples, --batch_size and --gen_length must be at least 1.")
     if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
@@ -211,6 +267,8 @@ def checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, to
     if diffusion_config is None:
         return None
     try:
+        if uses_sedd_sampler(args, diffusion_config):
+            return sedd_sampler_config(args, diffusion_config, tokenizer, model)
         return sampler_config(args, diffusion_config, tokenizer)
     except ValueError as error:
         parser.error(str(error))
@@ -220,7 +278,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     model, tokenizer, diffusion_config = load_from_arguments(parser, args)
-    prompts = args.prompt if args.prompt is not None else read_prompts(args.prompt_file)
+    if args.prompt is None and args.prompt_file is None:
+        if not uses_sedd_sampler(args, diffusion_config):
+            parser.error("give --prompt or --prompt_file (unconditional --samples needs a SEDD sampler).")
+        prompts = [""]
+    else:
+        prompts = args.prompt if args.prompt is not None else read_prompts(args.prompt_file)
     if not prompts:
         parser.error("no prompts given.")
     prompt_ids = prepare_prompts(args, tokenizer, diffusion_config, prompts)
@@ -235,15 +298,16 @@ def main(argv: list[str] | None = None) -> None:
         if config is None:
             new_ids, nfe = generate_causal(model, tokenizer, batch_ids, args)
         else:
-            hook = _print_step(tokenizer, config.mask_token_id, first) if args.verbose else None
-            result = generate(model, batch_ids, config, generator=generator, on_step=hook)
+            hook = _print_step(tokenizer, shown_mask_id(config), first) if args.verbose else None
+            result = run_sampler(model, batch_ids, config, generator=generator, on_step=hook)
             new_ids, nfe = result.generated.tolist(), result.nfe
         for (p, s), ids in zip(batch, new_ids):
             records.append({"prompt": prompts[p], "sample": s, "completion": completion_text(tokenizer, ids),
                             "nfe": nfe})
 
     settings = {"model": args.model, "seed": args.seed, "append_dff": args.append_dff,
-                "sampler": "causal" if config is None else "diffusion"}
+                "sampler": "causal" if config is None else
+                "sedd" if isinstance(config, SeddSamplerConfig) else "diffusion"}
     settings.update(dataclasses.asdict(config) if config is not None
                     else {"gen_length": args.gen_length, "temperature": args.temperature})
     for (p, s), record in zip(jobs, records):

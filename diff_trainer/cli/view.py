@@ -13,9 +13,17 @@ import argparse
 import sys
 import time
 
-from diff_trainer.cli.generate import add_sampling_arguments, load_from_arguments, prepare_prompts, sampler_config
+from diff_trainer.cli.generate import (
+    add_sampling_arguments,
+    load_from_arguments,
+    prepare_prompts,
+    run_sampler,
+    sampler_config,
+    sedd_sampler_config,
+    shown_mask_id,
+    uses_sedd_sampler,
+)
 from diff_trainer.render import TokenPieces, render_gif, render_text
-from diff_trainer.sampling import generate
 
 CLEAR_SCREEN = "\x1b[2J\x1b[H"
 
@@ -50,14 +58,18 @@ def main(argv: list[str] | None = None) -> None:
     if diffusion_config is None:
         parser.error(f"{args.model} is a causal checkpoint (no diffusion_config): it has no denoising steps to show.")
     try:
-        config = sampler_config(args, diffusion_config, tokenizer)
+        if uses_sedd_sampler(args, diffusion_config):
+            config = sedd_sampler_config(args, diffusion_config, tokenizer, model)
+        else:
+            config = sampler_config(args, diffusion_config, tokenizer)
         prompt_ids = prepare_prompts(args, tokenizer, diffusion_config, [args.prompt])
-        result = generate(model, prompt_ids, config, seed=args.seed, trace=True)
+        result = run_sampler(model, prompt_ids, config, seed=args.seed, trace=True)
     except ValueError as error:
         parser.error(str(error))
-    replay(result.trace, tokenizer, config.mask_token_id, args.delay, color=not args.no_color)
+    mask_id = shown_mask_id(config)
+    replay(result.trace, tokenizer, mask_id, args.delay, color=not args.no_color)
     if args.gif:
-        count = render_gif(result.trace, args.gif, tokenizer, config.mask_token_id, duration_ms=int(args.delay * 1000))
+        count = render_gif(result.trace, args.gif, tokenizer, mask_id, duration_ms=int(args.delay * 1000))
         print(f"wrote {count} frames to {args.gif}")
 
 

@@ -1,0 +1,181 @@
+"""`diff-train-corpora`: one model per corpus from one YAML file, then samples and a summary table.
+
+    diff-train-corpora configs/corpora.yaml --all
+    diff-train-corpora configs/corpora.yaml --dataset fortunes --resume
+
+The file holds `datasets: {name: {path, enabled, description, overrides}}`, the `run_clm_diff.py` flags shared by
+every corpus (`train`), the sampling settings (`samples`) and `output_root`. A corpus `path` is a directory holding
+`train.*` (and optionally `validation.*`) data files, or one data file. Each corpus is trained by
+`run_clm_diff.py <output_root>/<name>/run_config.yaml` into `<output_root>/<name>/`; a finished corpus (it has
+train_results.json) is skipped, an interrupted one (checkpoints but no results) is continued with --resume.
+Samples go to `<output_root>/<name>_samples.txt`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+DATA_SUFFIXES = (".jsonl.zst", ".jsonl", ".json", ".txt", ".csv", ".parquet", ".json.gz")
+FINISHED_FILE = "train_results.json"
+
+
+class CorporaError(ValueError):
+    """A corpora file that cannot be used as written."""
+
+
+def load_corpora(path: str) -> dict:
+    """The parsed corpora file, checked: every corpus has a path and known keys."""
+    with open(path, encoding="utf-8") as handle:
+        config = yaml.safe_load(handle)
+    if not isinstance(config, dict) or not isinstance(config.get("datasets"), dict) or not config["datasets"]:
+        raise CorporaError(f"{path}: expected a mapping with a non-empty `datasets:` section.")
+    for name, corpus in config["datasets"].items():
+        if not isinstance(corpus, dict) or "path" not in corpus:
+            raise CorporaError(f"{path}: corpus {name!r} needs a `path`.")
+        unknown = set(corpus) - {"path", "enabled", "description", "overrides"}
+        if unknown:
+            raise CorporaError(f"{path}: corpus {name!r} has unknown keys {sorted(unknown)} "
+                               "(allowed: path, enabled, description, overrides).")
+    return config
+
+
+def data_files(corpus_path: Path, name: str, source: str) -> dict:
+    """run_clm_diff flags for a corpus path: train_file (and validation_file when the directory has one)."""
+    if corpus_path.is_file():
+        return {"train_file": str(corpus_path)}
+    if not corpus_path.is_dir():
+        raise CorporaError(f"{source}: corpus {name!r} has path {corpus_path}, which does not exist; fix the path "
+                           "or set `enabled: false`.")
+    found = {}
+    for split, flag in (("train", "train_file"), ("validation", "validation_file")):
+        for suffix in DATA_SUFFIXES:
+            candidate = corpus_path / f"{split}{suffix}"
+            if candidate.is_file():
+                found[flag] = str(candidate)
+                break
+    if "train_file" not in found:
+        raise CorporaError(f"{source}: corpus {name!r}: {corpus_path} holds no train file "
+                           f"(train{' / train'.join(DATA_SUFFIXES)}).")
+    return found
+
+
+def run_config(config: dict, name: str, source: str) -> dict:
+    """The run_clm_diff flags of one corpus: train and evaluate, the shared `train` flags, its data files and output
+    dir, its overrides."""
+    corpus = config["datasets"][name]
+    output_dir = Path(config.get("output_root", "outputs")) / name
+    return {"do_train": True, "do_eval": True, **(config.get("train") or {}),
+            **data_files(Path(corpus["path"]), name, source), "output_dir": str(output_dir),
+            **(corpus.get("overrides") or {})}
+
+
+def status(output_dir: Path) -> str:
+    """"finished", "interrupted" (checkpoints, no results) or "new"."""
+    if (output_dir / FINISHED_FILE).is_file():
+        return "finished"
+    if output_dir.is_dir() and any(output_dir.glob("checkpoint-*")):
+        return "interrupted"
+    return "new"
+
+
+def train(flags: dict, script: str, resume: bool) -> None:
+    """Write the corpus's run_config.yaml and run run_clm_diff.py on it in a fresh process."""
+    output_dir = Path(flags["output_dir"])
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config_file = output_dir / "run_config.yaml"
+    config_file.write_text(yaml.safe_dump(flags, sort_keys=False), encoding="utf-8")
+    command = [sys.executable, script, str(config_file)] + (["--resume", "true"] if resume else [])
+    subprocess.run(command, check=True)
+    if status(output_dir) != "finished":
+        raise CorporaError(f"run_clm_diff.py {config_file} ended without {FINISHED_FILE} in {output_dir}.")
+
+
+def write_samples(output_dir: Path, samples_file: Path, settings: dict) -> list[str]:
+    """Unconditional samples of a trained corpus model (diff-generate), one per line."""
+    from diff_trainer.cli import generate
+
+    argv = ["--model", str(output_dir), "--output", str(samples_file)]
+    for key, value in settings.items():
+        argv += [f"--{key}", str(value)]
+    generate.main(argv)
+    return samples_file.read_text(encoding="utf-8").splitlines()
+
+
+def summary_row(name: str, flags: dict, output_dir: Path, samples: list[str]) -> dict:
+    """corpus, training-file size, steps, ELBO-perplexity bound, and the start of the first sample."""
+    state_file = output_dir / "trainer_state.json"
+    state = json.loads(state_file.read_text()) if state_file.is_file() else {}
+    results = output_dir / "eval_results.json"
+    perplexity = json.loads(results.read_text()).get("eval_elbo_perplexity") if results.is_file() else None
+    size = Path(flags["train_file"]).stat().st_size
+    sample = (samples[0] if samples else "").replace("\\n", " ")[:48]
+    return {"corpus": name, "size": f"{size / 1e3:.1f} kB", "steps": str(state.get("global_step", "-")),
+            "elbo_ppl": "-" if perplexity is None else f"{perplexity:.2f}", "sample": sample}
+
+
+def format_table(rows: list[dict]) -> str:
+    """A plain-text table, one column per key."""
+    headers = {"corpus": "corpus", "size": "train file", "steps": "steps", "elbo_ppl": "ELBO-ppl (bound)",
+               "sample": "sample"}
+    widths = {key: max(len(title), *(len(row[key]) for row in rows)) for key, title in headers.items()}
+    lines = ["  ".join(title.ljust(widths[key]) for key, title in headers.items())]
+    lines.append("  ".join("-" * widths[key] for key in headers))
+    lines += ["  ".join(row[key].ljust(widths[key]) for key in headers) for row in rows]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diff-train-corpora", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="corpora YAML file (see configs/corpora.yaml)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--all", action="store_true", help="every corpus with enabled: true")
+    which.add_argument("--dataset", action="append", help="this corpus (repeat for several; runs even if disabled)")
+    parser.add_argument("--resume", action="store_true", help="continue interrupted corpora from their checkpoints")
+    parser.add_argument("--script", default="run_clm_diff.py", help="path of run_clm_diff.py (default: ./)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = load_corpora(args.config)
+        names = args.dataset or [name for name, corpus in config["datasets"].items() if corpus.get("enabled", True)]
+        unknown = [name for name in names if name not in config["datasets"]]
+        if unknown:
+            raise CorporaError(f"{args.config} has no corpus {', '.join(unknown)} "
+                               f"(it has {', '.join(config['datasets'])}).")
+        runs = {name: run_config(config, name, args.config) for name in names}
+    except (CorporaError, OSError, yaml.YAMLError) as error:
+        parser.error(str(error))
+    if not Path(args.script).is_file():
+        parser.error(f"{args.script} not found: run from the repository root or pass --script.")
+    interrupted = [name for name, flags in runs.items() if status(Path(flags["output_dir"])) == "interrupted"]
+    if interrupted and not args.resume:
+        parser.error(f"{', '.join(interrupted)}: interrupted run(s) in {config.get('output_root', 'outputs')}/; "
+                     "pass --resume to continue them, or delete their directories to start over.")
+
+    rows = []
+    for name, flags in runs.items():
+        output_dir = Path(flags["output_dir"])
+        state = status(output_dir)
+        print(f"== {name}: {config['datasets'][name].get('description', '')} [{state}]", flush=True)
+        if state != "finished":
+            try:
+                train(flags, args.script, resume=state == "interrupted")
+            except (CorporaError, subprocess.CalledProcessError) as error:
+                parser.error(f"corpus {name}: {error}")
+        samples_file = output_dir.parent / f"{name}_samples.txt"
+        samples = write_samples(output_dir, samples_file, config.get("samples") or {})
+        rows.append(summary_row(name, flags, output_dir, samples))
+    print(format_table(rows))
+
+
+if __name__ == "__main__":
+    main()
