@@ -19,7 +19,7 @@ from diff_trainer.data.saving import save_final_dataset
 from diff_trainer.metrics import add_perplexity, argmax_logits, token_accuracy_metrics
 from diff_trainer.modeling import add_special_tokens, load_tokenizer, prepare_model
 from diff_trainer.sharding import ShardedSaveTrainer
-from diff_trainer.runner import nothing_to_run, setup_logging, train_and_evaluate
+from diff_trainer.runner import check_output_dir, nothing_to_run, setup_logging, train_and_evaluate
 
 logger = logging.getLogger("run_clm_diff")
 
@@ -31,6 +31,8 @@ def main(argv=None):
     setup_logging(training_args)
     set_seed(training_args.seed)
     diffusion = training_args.train_diff_model
+    if not data_args.preprocess_only:
+        check_output_dir(training_args)
 
     raw = load_raw_datasets(data_args, seed=training_args.seed)
     char_level = model_args.tokenizer_name == CHAR_TOKENIZER
@@ -42,6 +44,9 @@ def main(argv=None):
     if data_args.save_final_dataset and training_args.process_index == 0:
         save_final_dataset(final, data_args.save_final_dataset, overwrite=data_args.overwrite_final_dataset,
                            num_proc=data_args.preprocessing_num_workers, extra_files={LAYOUT_FILE: layout.to_json()})
+    if data_args.preprocess_only:
+        logger.info("Preprocessing only: done; the final rows are in %s.", data_args.save_final_dataset)
+        return
     if nothing_to_run(training_args, "preprocessing only"):
         return
     train_dataset, eval_dataset = final["train"], final.get("validation")

@@ -18,7 +18,7 @@ from diff_trainer.data.loading import require_validation_data, run_entry_point
 from diff_trainer.data.preference import load_preference_data, save_pairs, tokenize_pairs, with_response_padding
 from diff_trainer.dpo import DiffusionDPOTrainer, checked_diffusion_config, precompute_reference_scores
 from diff_trainer.modeling import add_special_tokens, load_tokenizer, prepare_model
-from diff_trainer.runner import nothing_to_run, setup_logging, train_and_evaluate
+from diff_trainer.runner import check_output_dir, nothing_to_run, setup_logging, train_and_evaluate
 
 
 def main(argv=None):
@@ -27,6 +27,7 @@ def main(argv=None):
     )
     setup_logging(training_args)
     set_seed(training_args.seed)
+    check_output_dir(training_args)
     if model_args.model_name_or_path is None:
         raise ValueError("DPO starts from a trained diffusion model: pass --model_name_or_path.")
 

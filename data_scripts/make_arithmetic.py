@@ -6,16 +6,21 @@ They are drawn without replacement, so train and test never share a prompt. Outp
   train.jsonl, test.jsonl              {"text": "12+7=<DFF>19", "prompt": "12+7=", "answer": "19"}
   train_pairs.jsonl, test_pairs.jsonl  with --preferences: {"prompt": "12+7=", "chosen": "19", "rejected": "18"}
 
+With --fixed_width, operands and answers are zero-padded to the widest value they can take ("12+07=<DFF>019"):
+every digit then sits at the same position in every problem, which a small model learns much sooner.
+
 A rejected answer is a plausible mistake, never the right one: off by one or ten, the digits swapped, or the
 result of another operator on the same operands.
 
     python data_scripts/make_arithmetic.py --output_dir data/arithmetic --preferences
     python data_scripts/make_arithmetic.py --output_dir data/add_sub --operators=+- --max_operand 20
+    python data_scripts/make_arithmetic.py --output_dir data/arithmetic --operators=+ --fixed_width
 """
 
 import argparse
 import random
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 try:
@@ -54,38 +59,68 @@ def answer(a: int, operator: str, b: int) -> int:
     return OPERATIONS[operator](a, b)
 
 
-def problem_record(a: int, operator: str, b: int) -> dict[str, str]:
-    prompt, result = f"{a}{operator}{b}=", str(answer(a, operator, b))
+@dataclass(frozen=True)
+class Layout:
+    """How numbers are written: as they are (widths 0), or zero-padded to fixed operand and answer widths."""
+
+    operand_width: int = 0
+    answer_width: int = 0
+
+    @classmethod
+    def fixed(cls, max_operand: int, operators: list[str]) -> "Layout":
+        """Widths that fit every operand and every answer (a minus sign counts as a character)."""
+        extremes = [answer(a, op, b) for op in operators for a in (0, max_operand) for b in (0, max_operand)]
+        return cls(len(str(max_operand)), max(len(str(value)) for value in extremes))
+
+    def prompt(self, a: int, operator: str, b: int) -> str:
+        return f"{a:0{self.operand_width}d}{operator}{b:0{self.operand_width}d}="
+
+    def number(self, value: int) -> str:
+        return f"{value:0{self.answer_width}d}"
+
+    def fits(self, value: int) -> bool:
+        return not self.answer_width or len(self.number(value)) == self.answer_width
+
+
+def problem_record(a: int, operator: str, b: int, layout: Layout = Layout()) -> dict[str, str]:
+    prompt, result = layout.prompt(a, operator, b), layout.number(answer(a, operator, b))
     return {"text": f"{prompt}{DFF}{result}", "prompt": prompt, "answer": result}
 
 
-def plausible_wrong_answers(a: int, operator: str, b: int) -> list[int]:
-    """Typical slips for `a op b`: off by one or ten, digits swapped, another operator's result; never correct."""
+def plausible_wrong_answers(a: int, operator: str, b: int, layout: Layout = Layout()) -> list[int]:
+    """Typical slips for `a op b`: off by one or ten, digits swapped, another operator's result; never correct.
+
+    With a fixed layout, only slips that fit its answer width.
+    """
     correct = answer(a, operator, b)
     swapped = int(str(abs(correct))[::-1]) * (-1 if correct < 0 else 1)
     other_operators = [OPERATIONS[other](a, b) for other in OPERATIONS if other != operator]
     candidates = [correct + 1, correct - 1, correct + 10, correct - 10, swapped, *other_operators]
-    return sorted({value for value in candidates if value != correct})
+    return sorted({value for value in candidates if value != correct and layout.fits(value)})
 
 
-def preference_pair(a: int, operator: str, b: int, rng: random.Random) -> dict[str, str]:
-    rejected = rng.choice(plausible_wrong_answers(a, operator, b))
-    return {"prompt": f"{a}{operator}{b}=", "chosen": str(answer(a, operator, b)), "rejected": str(rejected)}
+def preference_pair(a: int, operator: str, b: int, rng: random.Random, layout: Layout = Layout()) -> dict[str, str]:
+    rejected = rng.choice(plausible_wrong_answers(a, operator, b, layout))
+    return {"prompt": layout.prompt(a, operator, b), "chosen": layout.number(answer(a, operator, b)),
+            "rejected": layout.number(rejected)}
 
 
 def make_arithmetic(output_dir: str | Path, num_train: int = 10000, num_test: int = 1000, max_operand: int = 99,
-                    operators: str = "+-*", seed: int = 0, preferences: bool = False) -> dict[str, int]:
+                    operators: str = "+-*", seed: int = 0, preferences: bool = False,
+                    fixed_width: bool = False) -> dict[str, int]:
     """Write the train/test files (and preference pairs) into `output_dir`; return the records per file."""
     rng = random.Random(seed)
-    problems = sample_problems(num_train + num_test, max_operand, parse_operators(operators), rng)
+    operator_list = parse_operators(operators)
+    layout = Layout.fixed(max_operand, operator_list) if fixed_width else Layout()
+    problems = sample_problems(num_train + num_test, max_operand, operator_list, rng)
     splits = {"train": problems[:num_train], "test": problems[num_train:]}
     output_dir = Path(output_dir)
     counts = {}
     for split, split_problems in splits.items():
-        counts[f"{split}.jsonl"] = write_jsonl((problem_record(*problem) for problem in split_problems),
+        counts[f"{split}.jsonl"] = write_jsonl((problem_record(*problem, layout) for problem in split_problems),
                                                output_dir / f"{split}.jsonl", total=len(split_problems))
         if preferences:
-            pairs = [preference_pair(*problem, rng) for problem in split_problems]
+            pairs = [preference_pair(*problem, rng, layout) for problem in split_problems]
             counts[f"{split}_pairs.jsonl"] = write_jsonl(pairs, output_dir / f"{split}_pairs.jsonl", total=len(pairs))
     return counts
 
@@ -103,12 +138,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
     parser.add_argument("--preferences", action="store_true",
                         help="also write train_pairs.jsonl / test_pairs.jsonl with chosen and rejected answers")
+    parser.add_argument("--fixed_width", action="store_true",
+                        help="zero-pad operands and answers to fixed widths (12+07=<DFF>019)")
     args = parser.parse_args(argv)
     if min(args.num_train, args.num_test, args.max_operand) < 0:
         parser.error("--num_train, --num_test and --max_operand must be >= 0")
     try:
         counts = make_arithmetic(args.output_dir, args.num_train, args.num_test, args.max_operand, args.operators,
-                                 args.seed, args.preferences)
+                                 args.seed, args.preferences, args.fixed_width)
     except ValueError as error:
         parser.error(str(error))
     print(", ".join(f"{name}: {count}" for name, count in counts.items()), f"written to {args.output_dir}")

@@ -141,9 +141,15 @@ class DataArguments(DataSourceArguments):
             "EOS on the right (LLaDA SFT)."
         },
     )
+    preprocess_only: bool = field(
+        default=False,
+        metadata={"help": "Only preprocess and write --save_final_dataset; no model is built, trained or evaluated."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
+        if self.preprocess_only and not self.save_final_dataset:
+            raise ValueError("--preprocess_only writes the final rows: give --save_final_dataset DIR.")
         if self.padding_side not in ("left", "right"):
             raise ValueError(f"--padding_side must be 'left' or 'right', got {self.padding_side!r}")
         if (self.prompt_column is None) != (self.response_column is None):
@@ -208,6 +214,11 @@ class RunArguments(TrainingArguments):
 
     resume: bool = field(
         default=False, metadata={"help": "Resume from the last checkpoint in --output_dir (start fresh if there is none)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Train into an --output_dir that already holds a model or checkpoints, deleting its "
+                  "checkpoint-N directories (without it such a run is refused)."},
     )
 
 

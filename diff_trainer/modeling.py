@@ -7,6 +7,7 @@ encoder) for the CLIs and the DPO reference; `CHECKPOINT_LOADERS` lets other lay
 """
 
 import json
+import logging
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -41,6 +42,24 @@ AUTO_CLASSES = {"AutoModelForCausalLM": AutoModelForCausalLM, "AutoModelForMaske
 MODES = ("causal", "diffusion")
 ADAPTER_CONFIG = "adapter_config.json"
 
+logger = logging.getLogger(__name__)
+
+
+def check_model_source(name_or_path: str, flag: str) -> None:
+    """Fail with one plain sentence when `name_or_path` is meant as a local checkpoint directory that is not there.
+
+    A name is taken as local when it exists, starts with '.', '/' or '~', has more than one '/', or its parent
+    directory exists; otherwise it may be a hub id ('gpt2', 'org/model') and is left to from_pretrained.
+    """
+    if os.path.isdir(name_or_path):
+        return
+    if os.path.exists(name_or_path):
+        raise FileNotFoundError(f"{flag} {name_or_path} is a file; give the checkpoint's directory.")
+    parent = os.path.dirname(name_or_path.rstrip("/"))
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or (parent and os.path.isdir(parent)):
+        raise FileNotFoundError(f"{flag}: no checkpoint at {name_or_path} (no such directory). Train or download it "
+                                "first, or correct the path.")
+
 
 def load_tokenizer(model_args, train_texts=None):
     """The tokenizer of `tokenizer_name` (or the model's), a file-free byte tokenizer for "byte", or for "char" a
@@ -63,6 +82,7 @@ def load_tokenizer(model_args, train_texts=None):
     elif (layout_tokenizer := _layout_tokenizer_loader(name)) is not None:
         tokenizer = layout_tokenizer(name)
     else:
+        check_model_source(name, "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path")
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model_args.trust_remote_code)
     if tokenizer.eos_token is None:
         tokenizer.add_special_tokens({"eos_token": tokenizer.sep_token or FALLBACK_EOS_TOKEN})
@@ -110,6 +130,8 @@ def _build_config(model_args, tokenizer):
     """The model config: the pretrained one, or a from-scratch one sized for `tokenizer` (run_clm's rules)."""
     remote = model_args.trust_remote_code
     from_scratch = model_args.model_name_or_path is None
+    if not from_scratch:
+        check_model_source(model_args.model_name_or_path, "--model_name_or_path")
     if model_args.config_overrides and not from_scratch:
         raise ValueError(
             "--config_overrides builds a config from scratch; it cannot be used with --model_name_or_path."
@@ -125,7 +147,10 @@ def _build_config(model_args, tokenizer):
     else:
         raise ValueError("Nothing to build a model from: pass --model_name_or_path, --config_name or --model_type.")
     if model_args.config_overrides:
+        head_dim_was_derived = _head_dim_is_derived(config)
         config.update_from_string(model_args.config_overrides)
+        overridden = {item.split("=", 1)[0].strip() for item in model_args.config_overrides.split(",")}
+        _follow_overridden_sizes(config, overridden, head_dim_was_derived)
     if from_scratch:
         config.vocab_size = len(tokenizer)
         for name in SPECIAL_TOKEN_ID_NAMES:
@@ -134,6 +159,45 @@ def _build_config(model_args, tokenizer):
     if model_args.dropout is not None:
         set_dropout(config, model_args.dropout)
     return config
+
+
+def _head_dim_is_derived(config) -> bool:
+    """Whether the config's head_dim is hidden_size / num_attention_heads (Llama, Qwen2, ... compute it that way)."""
+    head_dim = getattr(config, "head_dim", None)
+    heads = getattr(config, "num_attention_heads", None)
+    return head_dim is not None and bool(heads) and head_dim * heads == getattr(config, "hidden_size", None)
+
+
+def _follow_overridden_sizes(config, overridden: set[str], head_dim_was_derived: bool) -> None:
+    """Recompute head_dim after --config_overrides changed hidden_size or num_attention_heads but not head_dim.
+
+    A config computes head_dim once, when it is built; without this, `hidden_size=128,num_attention_heads=4` on a
+    Llama config keeps the default head_dim of 128 and attention 4x wider than asked. A head_dim that the config
+    does not derive (Gemma's) is kept, and the log says so.
+    """
+    if "head_dim" in overridden or not overridden & {"hidden_size", "num_attention_heads"}:
+        return
+    if getattr(config, "head_dim", None) is None:
+        return
+    if not head_dim_was_derived:
+        logger.warning("Kept %s's own head_dim %d (not hidden_size / num_attention_heads); set head_dim in "
+                       "--config_overrides to change it.", config.model_type, config.head_dim)
+        return
+    if config.hidden_size % config.num_attention_heads:
+        raise ValueError(f"--config_overrides: hidden_size {config.hidden_size} is not a multiple of "
+                         f"num_attention_heads {config.num_attention_heads}; change one or set head_dim.")
+    config.head_dim = config.hidden_size // config.num_attention_heads
+    logger.info("head_dim = hidden_size / num_attention_heads = %d.", config.head_dim)
+
+
+def describe_model(model) -> str:
+    """One line for the log: class, parameter count and the sizes that decide it."""
+    config = model.config
+    sizes = ", ".join(f"{name} {getattr(config, name)}" for name in (
+        "hidden_size", "num_hidden_layers", "num_attention_heads", "head_dim", "intermediate_size", "vocab_size")
+        if getattr(config, name, None) is not None)
+    parameters = sum(parameter.numel() for parameter in model.parameters())
+    return f"{type(model).__name__}: {parameters:,} parameters ({sizes})"
 
 
 def auto_class_name(config, masked_lm: bool = False) -> str:
@@ -180,6 +244,7 @@ def load_model(model_args, tokenizer):
     else:
         model = auto_class.from_pretrained(model_args.model_name_or_path, config=config, **options)
     fit_to_tokenizer(model, tokenizer)
+    logger.info("Model %s", describe_model(model))
     return model
 
 

@@ -1,13 +1,35 @@
 """Run plumbing shared by the entry scripts: logging set-up, checkpoint discovery, the train/eval tail."""
 
 import logging
+import os
+import shutil
 import sys
 from typing import Callable, Optional
 
 import datasets
 import transformers
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .checkpoints import CheckpointCompletionCallback, check_resumable, newest_complete_checkpoint
+
+logger = logging.getLogger(__name__)
+
+# The evaluation metric to read first, per kind of run, and what it means (the first one present is logged).
+HEADLINE_METRICS = (
+    ("eval_elbo_perplexity", "ELBO perplexity bound per trained token: an upper bound on the diffusion model's "
+     "perplexity, comparable with a causal model's perplexity on the same data (eval_loss is the loss on randomly "
+     "masked tokens, a different quantity: do not compare it with a causal eval_loss)"),
+    ("perplexity", "perplexity per trained token (exp of eval_loss)"),
+    ("eval_rewards/accuracies", "share of validation pairs whose chosen answer gets the higher reward"),
+)
+
+
+def headline(metrics: dict) -> Optional[str]:
+    """A sentence naming the run's comparable evaluation metric and its value, or None when there is none."""
+    for name, meaning in HEADLINE_METRICS:
+        if name in metrics:
+            return f"{name} = {metrics[name]:.4g}: {meaning}."
+    return None
 
 
 def setup_logging(training_args) -> None:
@@ -39,6 +61,31 @@ def nothing_to_run(training_args, done: str) -> bool:
     return True
 
 
+def check_output_dir(training_args) -> None:
+    """Refuse to train into an output_dir holding a model or checkpoints, unless --resume or --overwrite_output_dir.
+
+    With --overwrite_output_dir the old checkpoint-N directories are deleted (by the main process) so that a later
+    --resume cannot pick up a checkpoint of the replaced run.
+    """
+    output_dir = training_args.output_dir
+    if (not training_args.do_train or training_args.resume or training_args.resume_from_checkpoint
+            or not os.path.isdir(output_dir)):
+        return
+    found = sorted(name for name in os.listdir(output_dir)
+                   if name in ("config.json", "adapter_config.json") or name.startswith(f"{PREFIX_CHECKPOINT_DIR}-"))
+    if not found:
+        return
+    if not training_args.overwrite_output_dir:
+        raise ValueError(f"--output_dir {output_dir} already holds a trained model ({', '.join(found[:3])}): pass "
+                         "--resume to continue its training, --overwrite_output_dir to replace it, or choose "
+                         "another --output_dir.")
+    if training_args.process_index == 0:
+        for name in found:
+            if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-"):
+                shutil.rmtree(os.path.join(output_dir, name))
+    logger.warning("--overwrite_output_dir: replacing the model in %s.", output_dir)
+
+
 def train_and_evaluate(trainer, training_args, *, evaluate: bool,
                        add_eval_metrics: Optional[Callable[[dict], dict]] = None) -> None:
     """--do_train (resuming from output_dir's last checkpoint with --resume), save; then --do_eval, log, save."""
@@ -57,3 +104,7 @@ def train_and_evaluate(trainer, training_args, *, evaluate: bool,
             add_eval_metrics(metrics)
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
+        if headline(metrics):
+            logger.info("Evaluation: %s", headline(metrics))
+    if training_args.do_train:
+        logger.info("Model saved to %s", training_args.output_dir)

@@ -76,6 +76,8 @@ class SamplerConfig:
     at EOS and at EOT); the first fills finished rows. `eos_handling`: "none"; "stop" (once a finished block
     holds any of them, fill the rest of that row with EOS and stop sampling it); "forbid" (they are never
     predicted); "rank_last" (positions predicted as one of them are committed after all others).
+    `forbidden_token_ids` are never predicted (like the mask token): give the tokenizer's special tokens other
+    than EOS (`special_token_ids_to_forbid`), so that no `<DFF>`, padding or BOS is ever committed.
     """
 
     mask_token_id: int
@@ -90,6 +92,7 @@ class SamplerConfig:
     eos_token_id: int | tuple[int, ...] | None = None
     eos_handling: str = "none"
     pad_token_id: int | None = None
+    forbidden_token_ids: tuple[int, ...] = ()
 
     def __post_init__(self):
         if self.block_length is None:
@@ -125,6 +128,9 @@ class SamplerConfig:
             self.eos_token_id = tuple(int(i) for i in self.eos_token_id) or None
         if self.eos_handling != "none" and self.eos_token_id is None:
             raise ValueError(f"eos_handling={self.eos_handling!r} needs eos_token_id.")
+        self.forbidden_token_ids = tuple(sorted(set(self.forbidden_token_ids)))
+        if set(self.eos_ids) & set(self.forbidden_token_ids):
+            raise ValueError("forbidden_token_ids must not hold the EOS id: use eos_handling='forbid' to forbid EOS.")
 
     @property
     def eos_ids(self) -> tuple[int, ...]:
@@ -172,6 +178,12 @@ class GenerationResult:
     def generated(self) -> torch.Tensor:
         """The generated part of every row, [B, gen_length]."""
         return self.sequences[:, self.generation_start:]
+
+
+def special_token_ids_to_forbid(tokenizer, stop_ids: int | tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """The tokenizer's special ids that a sampler must never commit: all but EOS and the other `stop_ids` (EOT)."""
+    stops = {stop_ids} if isinstance(stop_ids, int) else set(stop_ids or ())
+    return tuple(sorted(set(tokenizer.all_special_ids) - {tokenizer.eos_token_id} - stops))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -285,6 +297,8 @@ def _predict(logits: torch.Tensor, config: SamplerConfig, generator) -> tuple[to
     """Predicted ids and their confidence for every position of a block."""
     logits = logits.to(torch.float32, copy=True)  # half-precision confidences would tie
     logits[..., config.mask_token_id] = float("-inf")  # committing a mask would leave the position masked
+    if config.forbidden_token_ids:
+        logits[..., list(config.forbidden_token_ids)] = float("-inf")
     if config.eos_handling == "forbid":
         logits[..., list(config.eos_ids)] = float("-inf")
     tokens = sample_tokens(logits, config.temperature, generator)

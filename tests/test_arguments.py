@@ -110,8 +110,9 @@ def test_unknown_key_in_config_file_exits(tmp_path):
 
 
 def test_removed_transformers4_flag_is_refused(tmp_path):
+    # (--overwrite_output_dir is this project's own flag again: consent to replace a trained model)
     with pytest.raises(SystemExit):
-        parse(["--output_dir", str(tmp_path), "--overwrite_output_dir"])
+        parse(["--output_dir", str(tmp_path), "--logging_dir", str(tmp_path)])
 
 
 def test_missing_config_file(tmp_path):

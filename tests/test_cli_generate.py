@@ -143,3 +143,15 @@ def test_bad_input_gets_a_clear_error(checkpoints, capsys, name, flags, message)
         run(checkpoints, name, "--prompt", "ab", *flags)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_each_prompt_is_printed_with_its_completion_and_the_output_file_confirmed(checkpoints, tmp_path, capsys):
+    output = tmp_path / "out.jsonl"
+    run(checkpoints, "diffusion", "--prompt", "ab", "--prompt", "c", "--samples", "2", "--gen_length", "4",
+        "--temperature", "1", "--seed", "0", "--append_dff", "--output", str(output))
+    out = capsys.readouterr().out
+    records = read_jsonl(output)
+    headers = ["--- prompt 1/2, sample 1/2: ab<DFF>", "--- prompt 1/2, sample 2/2: ab<DFF>",
+               "--- prompt 2/2, sample 1/2: c<DFF>", "--- prompt 2/2, sample 2/2: c<DFF>"]
+    expected = [line for header, record in zip(headers, records) for line in (header, record["completion"])]
+    assert out == "\n".join(expected + [f"Wrote 4 completions to {output}"]) + "\n"

@@ -70,7 +70,7 @@ def next_token_metrics(model_dir, rows):
 def test_train_evaluate_and_resume(tmp_path, train_file, caplog, captured_rows):
     out = tmp_path / "out"
     flags = common_flags(out) + ["--train_file", train_file, "--validation_split_percentage", "20",
-                                 "--save_steps", "3", "--do_train", "--do_eval"]
+                                 "--save_steps", "3", "--do_train", "--do_eval", "--learning_rate", "1e-2"]
     run_clm_diff.main(flags + ["--max_steps", "3"])
     validation = captured_rows[0]["validation"]
     assert len(validation) == 8  # one eval batch, so eval_loss is the mean over all its labelled tokens
@@ -110,3 +110,36 @@ def test_saved_final_dataset_is_trained_on_again(tmp_path, train_file, captured_
         assert reused[name].to_list() == prepared[name].to_list()
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 1
     assert (out / "model.safetensors").exists()
+
+
+def test_preprocess_only_saves_rows_without_touching_a_trained_model(tmp_path, train_file, capsys):
+    out = tmp_path / "out"
+    flags = common_flags(out) + ["--train_file", train_file, "--validation_split_percentage", "20"]
+    run_clm_diff.main(flags + ["--do_train", "--max_steps", "2", "--save_steps", "1"])
+    before = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
+
+    saved = tmp_path / "rows"
+    run_clm_diff.main(flags + ["--do_train", "--do_eval", "--eval_strategy", "steps", "--max_steps", "1",
+                               "--save_final_dataset", str(saved), "--preprocess_only"])
+    assert (saved / "dataset_dict.json").exists()
+    assert {path.name: path.stat().st_mtime_ns for path in out.iterdir()} == before
+    with pytest.raises(SystemExit) as exit_info:
+        run_clm_diff.main(flags + ["--preprocess_only"])
+    assert exit_info.value.code == 2
+    assert "--preprocess_only writes the final rows: give --save_final_dataset DIR." in capsys.readouterr().err
+
+
+def test_training_over_a_finished_model_needs_consent(tmp_path, train_file):
+    out = tmp_path / "out"
+    flags = common_flags(out) + ["--train_file", train_file, "--validation_split_percentage", "0", "--do_train",
+                                 "--save_steps", "2"]
+    run_clm_diff.main(flags + ["--max_steps", "4"])
+    model_bytes = (out / "model.safetensors").read_bytes()
+    with pytest.raises(ValueError, match="already holds a trained model .*--overwrite_output_dir"):
+        run_clm_diff.main(flags + ["--max_steps", "1"])
+    assert (out / "model.safetensors").read_bytes() == model_bytes
+    assert sorted(path.name for path in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+
+    run_clm_diff.main(flags + ["--max_steps", "1", "--save_strategy", "no", "--overwrite_output_dir"])
+    assert not list(out.glob("checkpoint-*"))  # a later --resume cannot pick up the replaced run
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 1

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 from diff_trainer.cli import generate as generate_cli
 from diff_trainer.cli.generate import completion_text
 from diff_trainer.modeling import read_diffusion_config
-from diff_trainer.sampling import generate
+from diff_trainer.sampling import generate, special_token_ids_to_forbid
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("run_clm_diff", ROOT / "run_clm_diff.py")
@@ -188,7 +188,8 @@ def test_lora_training_is_sampled_by_diff_generate_as_the_merged_model(tmp_path,
     settings = read_diffusion_config(merged.config)
     prompt = tokenizer.encode("3+4=<DFF>", add_special_tokens=False)
     by_hand = generate(merged, [prompt], mask_token_id=settings["mask_token_id"], gen_length=4, steps=4,
-                       block_length=4, eos_token_id=tokenizer.eos_token_id)
+                       block_length=4, eos_token_id=tokenizer.eos_token_id,
+                       forbidden_token_ids=special_token_ids_to_forbid(tokenizer))  # as the CLI samples
     assert record["completion"] == completion_text(tokenizer, by_hand.generated[0].tolist())
     with torch.no_grad():  # the adapter was trained: the merged model is not the base model
         ids = torch.tensor([prompt])

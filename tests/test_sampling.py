@@ -16,6 +16,7 @@ from diff_trainer.sampling import (
     random_confidence,
     sample_tokens,
     select_most_confident,
+    special_token_ids_to_forbid,
     top2_margin,
 )
 
@@ -320,6 +321,50 @@ def test_forbid_never_predicts_eos():
                     eos_token_id=EOS, eos_handling="forbid")
     assert not (result.generated == EOS).any()
     assert not (result.generated == MASK).any()
+
+
+# --- special tokens -----------------------------------------------------------------------------------------
+
+DFF, PAD = 30, 0
+
+
+def prefers_markers(ids):
+    """Every position prefers <DFF> (9), then padding (8), then EOS at the last position (7), then token 21 (6)."""
+    logits = torch.zeros(*ids.shape, VOCAB)
+    logits[..., DFF], logits[..., PAD], logits[..., 21] = 9.0, 8.0, 6.0
+    logits[:, -1, EOS] = 7.0
+    return logits
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_forbidden_special_tokens_are_never_committed_but_eos_still_is(temperature):
+    unrestricted = sample(StubModel(prefers_markers), [[5, 6]], gen_length=4, eos_token_id=EOS, seed=0)
+    assert unrestricted.generated.tolist() == [[DFF] * 4]
+    for seed in range(5):
+        result = sample(StubModel(prefers_markers), [[5, 6]], gen_length=4, eos_token_id=EOS, temperature=temperature,
+                        forbidden_token_ids=(PAD, DFF), seed=seed)
+        assert not torch.isin(result.generated, torch.tensor([DFF, PAD, MASK])).any()
+        if temperature == 0:
+            assert result.generated.tolist() == [[21, 21, 21, EOS]]
+
+
+def test_special_token_ids_to_forbid_are_all_specials_but_eos():
+    from transformers import ByT5Tokenizer
+
+    from diff_trainer.modeling import add_special_tokens
+
+    tokenizer = ByT5Tokenizer()
+    add_special_tokens(tokenizer, "<DFF>", "<|mdm_mask|>")
+    forbidden = special_token_ids_to_forbid(tokenizer)
+    dff, mask = tokenizer.convert_tokens_to_ids(["<DFF>", "<|mdm_mask|>"])
+    assert {dff, mask, tokenizer.pad_token_id, tokenizer.unk_token_id} <= set(forbidden)
+    assert tokenizer.eos_token_id not in forbidden
+    assert not set(forbidden) & set(tokenizer.encode("0123456789+-=abc", add_special_tokens=False))
+
+
+def test_forbidding_eos_through_the_special_tokens_is_refused():
+    with pytest.raises(ValueError, match="eos_handling='forbid'"):
+        SamplerConfig(mask_token_id=MASK, eos_token_id=EOS, forbidden_token_ids=(DFF, EOS))
 
 
 def test_rank_last_commits_eos_predictions_after_the_others():

@@ -28,7 +28,7 @@ from diff_trainer.cli.generate import add_sampling_arguments, open_checkpoint, s
 from diff_trainer.data.pipeline import bos_prefix
 from diff_trainer.modeling import DIFFUSION_OBJECTIVE
 from diff_trainer.render import TokenPieces
-from diff_trainer.sampling import context_length, padded_position_ids
+from diff_trainer.sampling import context_length, padded_position_ids, special_token_ids_to_forbid
 
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "model.json"
@@ -65,11 +65,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--prompt", default="", help="the prompt the page shows first")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing export in --output")
     return parser
-
-
-def forbidden_token_ids(tokenizer) -> list[int]:
-    """Special ids the sampler never commits: every special token except EOS (the mask, <DFF>, padding)."""
-    return sorted(set(tokenizer.all_special_ids) - {tokenizer.eos_token_id})
 
 
 def tokenizer_table(tokenizer, vocab_size: int) -> dict:
@@ -158,7 +153,7 @@ def page_config(args, model, tokenizer, diffusion_config: dict, settings, max_le
             "pad": tokenizer.pad_token_id,
             "bos": (bos_prefix(tokenizer) or [None])[0],
             "dff": tokenizer.convert_tokens_to_ids(dff) if dff in tokenizer.get_vocab() else None,
-            "forbidden_ids": forbidden_token_ids(tokenizer),
+            "forbidden_ids": list(special_token_ids_to_forbid(tokenizer)),
             "shift": bool(diffusion_config.get("shift_logits", False)),
         },
         "tokenizer": tokenizer_table(tokenizer, vocab_size),

@@ -36,7 +36,14 @@ from diff_trainer.devices import (
     resolve_dtype,
 )
 from diff_trainer.render import TokenPieces, render_text
-from diff_trainer.sampling import CONFIDENCE_STRATEGIES, EOS_HANDLING, SamplerConfig, context_length, generate
+from diff_trainer.sampling import (
+    CONFIDENCE_STRATEGIES,
+    EOS_HANDLING,
+    SamplerConfig,
+    context_length,
+    generate,
+    special_token_ids_to_forbid,
+)
 from diff_trainer.sedd_sampling import SEDD_PREDICTORS, SeddSamplerConfig, sedd_generate
 
 DEFAULT_DFF_TOKEN = "<DFF>"
@@ -139,6 +146,7 @@ def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
 
 def sampler_config(args, diffusion_config: dict, tokenizer) -> SamplerConfig:
     """The SamplerConfig of the command-line flags, with the checkpoint's mask id and shift flag."""
+    stops = stop_ids(diffusion_config, tokenizer)
     return SamplerConfig(
         mask_token_id=diffusion_config["mask_token_id"],
         shift=bool(diffusion_config.get("shift_logits", False)),
@@ -149,9 +157,10 @@ def sampler_config(args, diffusion_config: dict, tokenizer) -> SamplerConfig:
         remasking=args.remasking or "low_confidence",
         guidance_scale=args.guidance_scale or 0.0,
         threshold=args.threshold,
-        eos_token_id=stop_ids(diffusion_config, tokenizer),
+        eos_token_id=stops,
         eos_handling=args.eos_handling or ("stop" if tokenizer.eos_token_id is not None else "none"),
         pad_token_id=tokenizer.pad_token_id,
+        forbidden_token_ids=special_token_ids_to_forbid(tokenizer, stops),
     )
 
 
@@ -214,7 +223,8 @@ def generate_causal(model, tokenizer, prompt_ids: list[list[int]], args) -> tupl
         if args.temperature > 0 else {"do_sample": False}
     with torch.no_grad():
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=args.gen_length,
-                                pad_token_id=pad, eos_token_id=tokenizer.eos_token_id, **sampling)
+                                pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
+                                suppress_tokens=list(special_token_ids_to_forbid(tokenizer)), **sampling)
     new_ids = output[:, width:]
     return new_ids.tolist(), new_ids.shape[1]
 
@@ -309,10 +319,13 @@ def main(argv: list[str] | None = None) -> None:
                 "sedd" if isinstance(config, SeddSamplerConfig) else "diffusion"}
     settings.update(dataclasses.asdict(config) if config is not None
                     else {"gen_length": args.gen_length, "temperature": args.temperature})
-    for record in records:
+    for (p, s), record in zip(jobs, records):
+        sample = f", sample {s + 1}/{args.samples}" if args.samples > 1 else ""
+        print(f"--- prompt {p + 1}/{len(prompts)}{sample}: {tokenizer.decode(prompt_ids[p])}")
         print(record["completion"])
     if args.output:
         write_records(args.output, records, settings)
+        print(f"Wrote {len(records)} completions to {args.output}")
 
 
 def write_records(path: str, records: list[dict], settings: dict) -> None:

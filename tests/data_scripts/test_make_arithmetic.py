@@ -118,3 +118,18 @@ def test_help_runs_from_the_repo_root():
     result = subprocess.run([sys.executable, str(SCRIPT), "--help"], cwd=SCRIPT.parents[1],
                             capture_output=True, text=True)
     assert result.returncode == 0 and "--preferences" in result.stdout
+
+
+def test_fixed_width_pads_operands_and_answers_to_one_layout(tmp_path):
+    arithmetic.make_arithmetic(tmp_path, num_train=150, num_test=50, max_operand=99, operators="+-", seed=1,
+                               preferences=True, fixed_width=True)
+    records = read(tmp_path / "train.jsonl") + read(tmp_path / "test.jsonl")
+    for record in records:
+        assert re.fullmatch(r"\d\d[+-]\d\d=", record["prompt"])
+        assert len(record["answer"]) == 3 and int(record["answer"]) == solve(record["prompt"])
+    assert arithmetic.problem_record(7, "+", 5, arithmetic.Layout.fixed(99, ["+", "-"])) == \
+        {"text": "07+05=<DFF>012", "prompt": "07+05=", "answer": "012"}
+    assert arithmetic.Layout.fixed(99, ["-"]).number(-5) == "-05"  # widest answer "-99": three characters
+    for pair in read(tmp_path / "train_pairs.jsonl"):
+        assert len(pair["chosen"]) == len(pair["rejected"]) == 3 and pair["chosen"] != pair["rejected"]
+        assert int(pair["chosen"]) == solve(pair["prompt"])
