@@ -62,12 +62,27 @@ def build_model(args, model_args: dict):
     return DiffusionLM(model=model, tokenizer=tokenizer, **model_args)
 
 
-def main(argv: list[str] | None = None) -> dict:
+def task_manager_for(tasks: list[str], include_path: str | None):
+    """A TaskManager that knows `tasks`: only `include_path` when it holds them all (indexing the harness's
+    thousands of built-in tasks takes a while), else the built-in tasks too. Unknown names raise ValueError."""
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=include_path, include_defaults=False) if include_path else None
+    if manager is None or any(name not in manager.all_tasks for name in tasks):
+        manager = TaskManager(include_path=include_path)
+    unknown = [name for name in tasks if name not in manager.all_tasks]
+    if unknown:
+        raise ValueError(f"--tasks: unknown task(s) {', '.join(unknown)}"
+                         + ("" if include_path else " (this project's tasks need --include_path tasks/)"))
+    return manager
+
+
+def evaluate(argv: list[str] | None = None) -> dict:
+    """Parse the flags, run the harness and write --output_path; the harness's results dict."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         from lm_eval import simple_evaluate
-        from lm_eval.tasks import TaskManager
         from lm_eval.utils import make_table
     except ImportError:
         parser.error("lm-evaluation-harness is not installed: pip install 'diff-trainer[eval]'.")
@@ -76,12 +91,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.output_path and not os.path.isdir(os.path.dirname(os.path.abspath(args.output_path))):
         parser.error(f"--output_path {args.output_path}: its directory does not exist; create it first.")
     tasks = [name.strip() for name in args.tasks.split(",") if name.strip()]
-    task_manager = TaskManager(include_path=args.include_path)
-    unknown = [name for name in tasks if name not in task_manager.all_tasks]
-    if unknown:
-        parser.error(f"--tasks: unknown task(s) {', '.join(unknown)}"
-                     + ("" if args.include_path else " (project tasks need --include_path tasks/)"))
     try:
+        task_manager = task_manager_for(tasks, args.include_path)
         lm = build_model(args, parse_model_args(args.model_args))
     except ValueError as error:
         parser.error(str(error))
@@ -93,6 +104,10 @@ def main(argv: list[str] | None = None) -> dict:
             json.dump({"model": args.model, "model_args": args.model_args, "limit": args.limit,
                        "results": results["results"], "configs": results["configs"]}, handle, indent=2, default=str)
     return results
+
+
+def main(argv: list[str] | None = None) -> None:
+    evaluate(argv)
 
 
 if __name__ == "__main__":

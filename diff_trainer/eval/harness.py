@@ -61,6 +61,8 @@ class DiffusionLM(LM):
             "gen_length": _optional(int, gen_length), "steps": _optional(int, steps),
             "block_length": _optional(int, block_length), "threshold": _optional(float, threshold),
             "guidance_scale": float(guidance_scale), "remasking": remasking, "temperature": float(temperature)}
+        if self.sampler_settings["gen_length"] is not None:  # a wrong combination fails now, not mid-run
+            self.sampler_config(self.sampler_settings["gen_length"])
 
     @property
     def device(self) -> torch.device:
