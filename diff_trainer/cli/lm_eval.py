@@ -49,6 +49,7 @@ def build_model(args, model_args: dict):
     from lm_eval.models.huggingface import HFLM
 
     from diff_trainer.cli.generate import open_checkpoint
+    from diff_trainer.data.pipeline import bos_prefix
     from diff_trainer.eval.harness import DiffusionLM
 
     device = resolve_device(args.device)
@@ -58,7 +59,9 @@ def build_model(args, model_args: dict):
         if model_args:
             raise ValueError(f"{args.model} is a causal checkpoint: --model_args ({', '.join(model_args)}) only "
                              "apply to diffusion checkpoints.")
-        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size, device=str(device))
+        # tokens as in training: special tokens only where bos_prefix puts a BOS (ByT5 would append an EOS)
+        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size, device=str(device),
+                    add_bos_token=bool(bos_prefix(tokenizer)))
     return DiffusionLM(model=model, tokenizer=tokenizer, **model_args)
 
 
