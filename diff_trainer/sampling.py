@@ -223,6 +223,11 @@ def left_pad(prompt_ids, attention_mask, pad_token_id: int, device) -> tuple[tor
     return ids, mask
 
 
+def padded_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count attended tokens only, so a left-padded row sees the positions of an unpadded one."""
+    return (attention_mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def context_length(model) -> int | None:
     """The longest sequence the model's positions allow, when its config says so."""
     config = getattr(model, "config", None)
@@ -240,7 +245,7 @@ class _Denoiser:
         self.model = model
         self.config = config
         self.attention_mask = attention_mask
-        self.position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # a padded row sees unpadded positions
+        self.position_ids = padded_position_ids(attention_mask)
         self.is_prompt = is_prompt
         self.guided = config.guidance_scale > 0
         self.evaluations_per_call = 2 if self.guided else 1

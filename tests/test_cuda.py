@@ -22,7 +22,7 @@ pytestmark = [pytest.mark.cuda,
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_LLAMA = ("hidden_size=64,intermediate_size=128,num_hidden_layers=2,num_attention_heads=4,"
               "num_key_value_heads=4,max_position_embeddings=64")
-EVAL_METRICS = ("eval_loss", "eval_accuracy", "eval_elbo_nll")
+EVAL_LOSSES = ("eval_loss", "eval_elbo_nll")
 
 
 def run(command: list[str], gpus: str = "0") -> None:
@@ -59,8 +59,10 @@ def test_bf16_diffusion_training_and_elbo_evaluation_on_gpu_match_the_cpu(tmp_pa
     run(diffusion_run(tmp_path, "gpu", "--bf16", "true"))
     run(diffusion_run(tmp_path, "cpu", "--use_cpu", "true"), gpus="")
     gpu, cpu = (read_json(tmp_path / name / "eval_results.json") for name in ("gpu", "cpu"))
-    for metric in EVAL_METRICS:
+    for metric in EVAL_LOSSES:
         assert gpu[metric] == pytest.approx(cpu[metric], rel=3e-2), metric  # bf16 autocast vs fp32
+    # accuracy over ~160 masked tokens of a random model: bf16 may flip a near-tie or two
+    assert gpu["eval_accuracy"] == pytest.approx(cpu["eval_accuracy"], abs=0.02)
     train_gpu, train_cpu = (read_json(tmp_path / name / "train_results.json") for name in ("gpu", "cpu"))
     assert train_gpu["train_loss"] == pytest.approx(train_cpu["train_loss"], rel=3e-2)
 

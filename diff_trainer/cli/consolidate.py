@@ -33,11 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def merged_state_dict(shard_dir: str) -> dict[str, torch.Tensor]:
-    """The full state dict of a torch.distributed.checkpoint directory, read on this one process."""
+def merged_state_dict(shard_dir: str, scratch_parent: str) -> dict[str, torch.Tensor]:
+    """The full state dict of a torch.distributed.checkpoint directory, read on this one process (through a
+    scratch file in `scratch_parent`, which needs room for the full weights)."""
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
 
-    with tempfile.TemporaryDirectory() as scratch:
+    with tempfile.TemporaryDirectory(dir=scratch_parent, prefix=".consolidate-") as scratch:
         path = os.path.join(scratch, "merged.pt")
         dcp_to_torch_save(shard_dir, path)
         state = torch.load(path, weights_only=True)
@@ -87,7 +88,9 @@ def consolidate(checkpoint: str, output: str, *, dtype: str = "auto", overwrite:
                          f"output_dir or the starting checkpoint) into it and run again.")
     if os.path.exists(output) and not overwrite:
         raise ValueError(f"{output} exists: choose another OUT or pass --overwrite.")
-    state_dict = merged_state_dict(shard_dir)
+    parent = os.path.dirname(os.path.abspath(output))
+    os.makedirs(parent, exist_ok=True)
+    state_dict = merged_state_dict(shard_dir, parent)
     shard_dtype = next(t.dtype for t in state_dict.values() if t.is_floating_point())
     model = build_model(checkpoint, shard_dtype if dtype == "auto" else getattr(torch, dtype), trust_remote_code)
     load_merged_weights(model, state_dict, checkpoint)

@@ -1,0 +1,171 @@
+"""The web page in a real browser: a tiny trained model, exported, served on 127.0.0.1, sampled greedily by Debian's
+headless Chromium through Playwright; the page's tokens must be the Python sampler's, and diff-generate's text.
+
+Needs `apt-get install chromium`, `pip install -e .[web]` and `npm ci` in web/ (`.ci/run` does all three).
+"""
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DFF, make_byte_tokenizer, make_tiny_llama
+
+from diff_trainer.cli import export_onnx
+from diff_trainer.cli import generate as generate_cli
+from diff_trainer.cli.serve_demo import RUNTIME_DIR, make_server
+from diff_trainer.diffusion.forward import mask_tokens, sample_times
+from diff_trainer.diffusion.losses import masked_diffusion_loss
+from diff_trainer.diffusion.schedules import get_schedule
+from diff_trainer.modeling import write_diffusion_config
+from diff_trainer.sampling import generate
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+RECORDS = [
+    "def len(obj)<DFF>Return the number of items in a container.",
+    "def abs(x)<DFF>Return the absolute value of the argument.",
+    "def json.dumps(obj)<DFF>Serialize obj to a JSON formatted str.",
+    "def os.getcwd()<DFF>Return a string representing the current working directory.",
+]
+PROMPT = "def len(obj)"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Debian's chromium (apt-get install chromium)"),
+    pytest.mark.skipif(not (RUNTIME_DIR / "ort.wasm.min.mjs").is_file(), reason="needs `npm ci` in web/"),
+]
+
+
+def train_tiny_model(tokenizer, steps: int = 120):
+    """A 2-layer Llama trained briefly with the masked-diffusion loss on RECORDS (answers only, EOS padded)."""
+    torch.manual_seed(0)
+    model = make_tiny_llama(len(tokenizer), hidden_size=64, intermediate_size=128, max_position_embeddings=96).train()
+    rows = [tokenizer.encode(r, add_special_tokens=False) + [tokenizer.eos_token_id] for r in RECORDS]
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([r + [tokenizer.eos_token_id] * (width - len(r)) for r in rows])
+    dff = tokenizer.convert_tokens_to_ids(DFF)
+    maskable = (input_ids == dff).int().cumsum(-1).bool() & (input_ids != dff)
+    schedule = get_schedule("linear")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        batch, batch_maskable = input_ids.repeat(4, 1), maskable.repeat(4, 1)
+        t = sample_times(len(batch), generator=generator)
+        noisy, masked = mask_tokens(batch, batch_maskable, schedule.mask_prob(t), tokenizer.mask_token_id, generator)
+        logits = model(input_ids=noisy).logits
+        loss = masked_diffusion_loss(logits, batch, masked, batch_maskable, schedule.loss_weight(t), "llada_sft")
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    write_diffusion_config(model.config, mask_token_id=tokenizer.mask_token_id, shift_logits=False,
+                           noise_schedule="linear", time_eps=1e-3, dff_token=DFF)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(checkpoint dir, export dir, model, tokenizer) of a tiny trained model."""
+    root = tmp_path_factory.mktemp("browser")
+    tokenizer = make_byte_tokenizer()
+    model = train_tiny_model(tokenizer)
+    model.save_pretrained(root / "checkpoint")
+    tokenizer.save_pretrained(root / "checkpoint")
+    export_onnx.main(["--model", str(root / "checkpoint"), "--output", str(root / "export"), "--append_dff",
+                      "--prompt", PROMPT, "--gen_length", "48", "--block_length", "16"])
+    return root / "checkpoint", root / "export", model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        profile = Path(__import__("tempfile").mkdtemp(prefix="chromium-profile-"))
+        context = playwright.chromium.launch_persistent_context(
+            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        yield context
+        context.close()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def serve(export_dir):
+    server = make_server(export_dir, port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/"
+
+
+def run_page(context, url, settings: dict, screenshot: Path | None = None):
+    """Fill the form, generate, wait; (generated ids, completion text, progress line)."""
+    page = context.new_page()
+    errors = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(url)
+    page.wait_for_function("document.body.dataset.state !== 'loading'", timeout=120_000)
+    assert page.evaluate("document.body.dataset.state") == "ready", page.inner_text("#error")
+    for name, value in settings.items():
+        page.fill(f"#{name}", str(value))
+    page.click("#generate")
+    page.wait_for_function("['done', 'error'].includes(document.body.dataset.state)", timeout=120_000)
+    assert page.evaluate("document.body.dataset.state") == "done", page.inner_text("#error")
+    ids = json.loads(page.get_attribute("#completion", "data-ids"))
+    result = ids, page.inner_text("#completion"), page.inner_text("#progress")
+    if screenshot is not None:
+        page.screenshot(path=str(screenshot), full_page=True)
+    assert errors == []
+    page.close()
+    return result
+
+
+@pytest.mark.parametrize("flags", [
+    {"gen_length": 48, "steps": 24, "block_length": 16},
+    {"gen_length": 32, "block_length": 8, "threshold": 0.6},
+])
+def test_page_samples_the_same_tokens_as_python(trained, browser, tmp_path, flags):
+    checkpoint, export_dir, model, tokenizer = trained
+    server, url = serve(export_dir)
+    screenshot = tmp_path / "page.png"
+    try:
+        ids, text, progress = run_page(browser, url, {**flags, "threshold": flags.get("threshold", "")},
+                                       screenshot=screenshot)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    args = generate_cli.build_parser().parse_args(
+        ["--model", str(checkpoint), "--prompt", PROMPT, "--append_dff", "--output", str(tmp_path / "out.jsonl"),
+         *[f"--{k}={v}" for k, v in flags.items()]])
+    config = generate_cli.sampler_config(args, model.config.diffusion_config, tokenizer)
+    prompt_ids = generate_cli.prepare_prompts(args, tokenizer, model.config.diffusion_config, [PROMPT])
+    expected = generate(model, prompt_ids, config).generated[0].tolist()
+    assert ids == expected
+
+    generate_cli.main(["--model", str(checkpoint), "--prompt", PROMPT, "--append_dff",
+                       "--output", str(tmp_path / "out.jsonl"), *[f"--{k}={v}" for k, v in flags.items()]])
+    record = json.loads((tmp_path / "out.jsonl").read_text())
+    assert text == record["completion"]
+    assert len(set(ids)) >= 3  # not a constant output: the comparison sees the sampler's choices
+    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "tokens/s" in progress
+
+
+def test_a_model_that_fails_to_load_is_reported_on_the_page(trained, browser, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(trained[1], broken)
+    (broken / "model.onnx").write_bytes(b"this is not an ONNX file")
+    server, url = serve(broken)
+    try:
+        page = browser.new_page()
+        page.goto(url)
+        page.wait_for_function("document.body.dataset.state !== 'loading'", timeout=120_000)
+        assert page.evaluate("document.body.dataset.state") == "error"
+        assert page.is_visible("#error")
+        assert "onnxruntime-web could not load" in page.inner_text("#error")
+        assert page.is_disabled("#generate")
+        page.close()
+    finally:
+        server.shutdown()
+        server.server_close()
