@@ -112,3 +112,19 @@ def test_bad_model_args_and_causal_checkpoints_are_refused(model, tokenizer):
     causal = make_tiny_llama(len(tokenizer), bidirectional=False)
     with pytest.raises(ValueError, match="causal checkpoint.*`hf` model"):
         DiffusionLM(model=causal, tokenizer=tokenizer)
+
+
+@torch.no_grad()
+def test_shift_model_scores_and_greedy_read_the_logits_one_position_earlier(tokenizer):
+    """An AR-adapted checkpoint (shift_logits): the logits at i predict token i + 1."""
+    model = make_tiny_llama(len(tokenizer), seed=1)
+    model.config.diffusion_config = {"objective": "masked_diffusion", "mask_token_id": tokenizer.mask_token_id,
+                                     "shift_logits": True, "noise_schedule": "linear", "time_eps": 1e-3,
+                                     "dff_token": "<DFF>"}
+    lm = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=3)
+    context, (token,) = encode(tokenizer, "12+7=<DFF>"), encode(tokenizer, "9")
+    logits = model(input_ids=torch.tensor([context + [tokenizer.mask_token_id]])).logits[0]
+    (score, greedy), = lm.loglikelihood([request("12+7=<DFF>", "9")])
+    assert score == pytest.approx(float(torch.log_softmax(logits[-2], -1)[token]), abs=1e-5)
+    assert greedy is (int(logits[-2].argmax()) == token)
+    assert lm.one_step_greedy(context, [int(logits[-2].argmax())]) is True
