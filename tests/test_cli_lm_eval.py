@@ -127,3 +127,11 @@ def test_bad_flags_are_refused_before_loading(workdir, monkeypatch, capsys):
         with pytest.raises(SystemExit):
             cli.main(argv)
         assert re.search(message, capsys.readouterr().err)
+
+
+def test_missing_task_data_names_the_file(workdir, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # no data/ here
+    with pytest.raises(SystemExit):
+        cli.main(["--model", str(workdir / "diffusion"), "--tasks", "docstring_perplexity", "--include_path",
+                  str(workdir / "tasks"), "--limit", "1"])
+    assert re.search(r"validation\.jsonl\.zst.*run from the repository root", capsys.readouterr().err)

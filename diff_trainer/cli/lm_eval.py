@@ -100,7 +100,11 @@ def evaluate(argv: list[str] | None = None) -> dict:
     except ValueError as error:
         parser.error(str(error))
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
-    results = simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, limit=limit, log_samples=False)
+    try:
+        results = simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, limit=limit, log_samples=False)
+    except FileNotFoundError as error:  # a task's local data file
+        parser.error(f"{error}. The tasks in tasks/ read data/... relative to the working directory: run from the "
+                     "repository root (arithmetic: python data_scripts/make_arithmetic.py --output_dir data/arithmetic).")
     print(make_table(results))
     if args.output_path:
         with open(args.output_path, "w", encoding="utf-8") as handle:
