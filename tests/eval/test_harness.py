@@ -128,3 +128,9 @@ def test_shift_model_scores_and_greedy_read_the_logits_one_position_earlier(toke
     assert score == pytest.approx(float(torch.log_softmax(logits[-2], -1)[token]), abs=1e-5)
     assert greedy is (int(logits[-2].argmax()) == token)
     assert lm.one_step_greedy(context, [int(logits[-2].argmax())]) is True
+
+
+def test_registered_with_the_harness_as_diffusion_lm():
+    from lm_eval.api.registry import get_model
+
+    assert get_model("diffusion_lm") is DiffusionLM
