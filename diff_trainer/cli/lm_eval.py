@@ -104,7 +104,8 @@ def evaluate(argv: list[str] | None = None) -> dict:
         results = simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, limit=limit, log_samples=False)
     except FileNotFoundError as error:  # a task's local data file
         parser.error(f"{error}. The tasks in tasks/ read data/... relative to the working directory: run from the "
-                     "repository root (arithmetic: python data_scripts/make_arithmetic.py --output_dir data/arithmetic).")
+                     "repository root (arithmetic data: python data_scripts/make_arithmetic.py "
+                     "--output_dir data/arithmetic).")
     print(make_table(results))
     if args.output_path:
         with open(args.output_path, "w", encoding="utf-8") as handle:
