@@ -1,0 +1,1 @@
+"""Benchmark evaluation through EleutherAI's lm-evaluation-harness (the `[eval]` extra)."""

@@ -1,0 +1,136 @@
+"""diffusion_lm: ELBO log-likelihoods against elbo_nll and a hand computation, sampling against sampling.generate."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from conftest import make_byte_tokenizer, make_tiny_llama
+
+pytest.importorskip("lm_eval")
+
+from diff_trainer.diffusion.elbo import elbo_nll  # noqa: E402
+from diff_trainer.eval.harness import DiffusionLM  # noqa: E402
+from diff_trainer.sampling import generate  # noqa: E402
+
+
+def request(*args):
+    return SimpleNamespace(args=args)
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return make_byte_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    model = make_tiny_llama(len(tokenizer))
+    model.config.diffusion_config = {"objective": "masked_diffusion", "mask_token_id": tokenizer.mask_token_id,
+                                     "shift_logits": False, "noise_schedule": "linear", "time_eps": 1e-3,
+                                     "dff_token": "<DFF>"}
+    return model
+
+
+def encode(tokenizer, text):
+    return tokenizer.encode(text, add_special_tokens=False)
+
+
+def test_loglikelihood_is_minus_elbo_nll_of_the_continuation_for_the_same_seed(model, tokenizer):
+    lm = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=6, batch_size=4, seed=11)
+    context, continuation = encode(tokenizer, "def f(x)<DFF>"), encode(tokenizer, "Return x.")
+    ids = torch.tensor([context + continuation])
+    maskable = torch.tensor([[False] * len(context) + [True] * len(continuation)])
+    expected = -elbo_nll(lambda noisy: model(input_ids=noisy).logits, ids, maskable, tokenizer.mask_token_id, 6,
+                         generator=torch.Generator().manual_seed(11))
+    (score, _), = lm.loglikelihood([request("def f(x)<DFF>", "Return x.")])
+    assert score == pytest.approx(float(expected), rel=1e-5)
+    other_seed = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=6, batch_size=4, seed=12)
+    assert other_seed.loglikelihood([request("def f(x)<DFF>", "Return x.")])[0][0] != pytest.approx(score, rel=1e-6)
+
+
+@torch.no_grad()
+def test_one_token_continuation_scores_its_exact_log_probability(model, tokenizer):
+    """With one maskable token every Monte-Carlo sample masks exactly it: the ELBO is log p(token | context)."""
+    lm = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=5, batch_size=2)
+    context, (token,) = encode(tokenizer, "12+7=<DFF>"), encode(tokenizer, "9")
+    logits = model(input_ids=torch.tensor([context + [tokenizer.mask_token_id]])).logits[0, -1]
+    expected = float(torch.log_softmax(logits, -1)[token])
+    (score, _), = lm.loglikelihood([request("12+7=<DFF>", "9")])
+    assert score == pytest.approx(expected, abs=1e-5)
+    (rolled,) = lm.loglikelihood_rolling([request("9")])  # no BOS in this tokenizer: p("9") from a lone mask
+    alone = model(input_ids=torch.tensor([[tokenizer.mask_token_id]])).logits[0, -1]
+    assert rolled == pytest.approx(float(torch.log_softmax(alone, -1)[token]), abs=1e-5)
+
+
+def test_scores_do_not_depend_on_batch_size_or_order(model, tokenizer):
+    pairs = [request("abs(x)<DFF>", "Absolute value."), request("len(s)<DFF>", "Length of s.")]
+    small = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=8, batch_size=1).loglikelihood(pairs)
+    large = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=8, batch_size=64).loglikelihood(pairs[::-1])
+    assert [s for s, _ in small] == pytest.approx([s for s, _ in large[::-1]], rel=1e-5)
+
+
+def test_rolling_is_the_elbo_of_the_whole_text(model, tokenizer):
+    lm = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=4, batch_size=8, seed=3)
+    ids = torch.tensor([encode(tokenizer, "len(s)<DFF>Length.")])
+    expected = -elbo_nll(lambda noisy: model(input_ids=noisy).logits, ids, torch.ones_like(ids, dtype=torch.bool),
+                         tokenizer.mask_token_id, 4, generator=torch.Generator().manual_seed(3))
+    assert lm.loglikelihood_rolling([request("len(s)<DFF>Length.")]) == pytest.approx([float(expected)], rel=1e-5)
+
+
+@torch.no_grad()
+def test_is_greedy_is_the_one_step_argmax(model, tokenizer):
+    lm = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=1)
+    context = encode(tokenizer, "abs(x)<DFF>")
+    logits = model(input_ids=torch.tensor([context + [tokenizer.mask_token_id] * 3])).logits[0, -3:]
+    greedy = logits.argmax(-1).tolist()
+    other = greedy[:2] + [(greedy[2] + 1) % 200 + 3]
+    assert lm.one_step_greedy(context, greedy) is True
+    assert lm.one_step_greedy(context, other) is False
+
+
+def test_generate_until_runs_the_sampler_with_model_args_and_cuts_at_stop_strings(model, tokenizer):
+    lm = DiffusionLM(model=model, tokenizer=tokenizer, batch_size=2, seed=5, steps="4", block_length="4",
+                     gen_length="8")
+    config = lm.sampler_config(max_gen_toks=32)
+    assert (config.gen_length, config.steps, config.block_length) == (8, 4, 4)
+    prompts = ["1+1=<DFF>", "22+3=<DFF>", "7-9=<DFF>"]
+    outputs = lm.generate_until([request(p, {"until": ["\n"], "max_gen_toks": 32}) for p in prompts])
+    for prompt, output in zip(prompts, outputs):
+        ids = generate(model, [encode(tokenizer, prompt)], config, seed=5).generated[0].tolist()
+        text = tokenizer.decode(ids[:ids.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in ids else ids,
+                                skip_special_tokens=True)
+        assert output == text.split("\n")[0]
+    default = DiffusionLM(model=model, tokenizer=tokenizer).sampler_config(max_gen_toks=6)
+    assert (default.gen_length, default.steps, default.threshold) == (6, 6, None)
+
+
+def test_bad_model_args_and_causal_checkpoints_are_refused(model, tokenizer):
+    with pytest.raises(ValueError, match="unknown model_args.*mc_numm"):
+        DiffusionLM(model=model, tokenizer=tokenizer, mc_numm=4)
+    with pytest.raises(ValueError, match="multiple of block_length"):
+        DiffusionLM(model=model, tokenizer=tokenizer, gen_length=10, block_length=4)
+    causal = make_tiny_llama(len(tokenizer), bidirectional=False)
+    with pytest.raises(ValueError, match="causal checkpoint.*`hf` model"):
+        DiffusionLM(model=causal, tokenizer=tokenizer)
+
+
+@torch.no_grad()
+def test_shift_model_scores_and_greedy_read_the_logits_one_position_earlier(tokenizer):
+    """An AR-adapted checkpoint (shift_logits): the logits at i predict token i + 1."""
+    model = make_tiny_llama(len(tokenizer), seed=1)
+    model.config.diffusion_config = {"objective": "masked_diffusion", "mask_token_id": tokenizer.mask_token_id,
+                                     "shift_logits": True, "noise_schedule": "linear", "time_eps": 1e-3,
+                                     "dff_token": "<DFF>"}
+    lm = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=3)
+    context, (token,) = encode(tokenizer, "12+7=<DFF>"), encode(tokenizer, "9")
+    logits = model(input_ids=torch.tensor([context + [tokenizer.mask_token_id]])).logits[0]
+    (score, greedy), = lm.loglikelihood([request("12+7=<DFF>", "9")])
+    assert score == pytest.approx(float(torch.log_softmax(logits[-2], -1)[token]), abs=1e-5)
+    assert greedy is (int(logits[-2].argmax()) == token)
+    assert lm.one_step_greedy(context, [int(logits[-2].argmax())]) is True
+
+
+def test_registered_with_the_harness_as_diffusion_lm():
+    from lm_eval.api.registry import get_model
+
+    assert get_model("diffusion_lm") is DiffusionLM
