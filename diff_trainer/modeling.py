@@ -224,7 +224,7 @@ def load_model(model_args, tokenizer):
     `load_checkpoint_model`, adapters merged, so training can start from it.
     """
     path = model_args.model_name_or_path
-    if path is not None and os.path.isdir(path) and needs_checkpoint_loader(path):
+    if path is not None and needs_checkpoint_loader(path):
         if model_args.config_name or model_args.dropout is not None or model_args.masked_lm:
             raise ValueError(f"{path} is loaded as a trained checkpoint (adapter-only or a registered layout): "
                              "--config_name, --dropout and --masked_lm do not apply to it.")
@@ -348,12 +348,19 @@ CHECKPOINT_LOADERS: list[CheckpointLoader] = [*RELEASED_LAYOUT_LOADERS]
 
 def needs_checkpoint_loader(path: str) -> bool:
     """Whether `path` needs a loader other than from_pretrained (adapter-only, or a registered foreign layout)."""
-    return _is_adapter(path) or any(loader.matches(path) for loader in CHECKPOINT_LOADERS)
+    return _is_adapter(path) or _registered_loader(path) is not None
+
+
+def _registered_loader(path: str):
+    """The CHECKPOINT_LOADERS entry of `path` (a directory, or a hub name for layouts that read the hub), or None."""
+    return next((loader for loader in CHECKPOINT_LOADERS if loader.matches(path)), None)
 
 
 def _checkpoint_loader(path: str):
     """The first loader whose `matches(path)` is true."""
     if not os.path.isdir(path):
+        if (loader := _registered_loader(path)) is not None:  # e.g. GSAI-ML/LLaDA-8B-Instruct on the hub
+            return loader
         raise FileNotFoundError(f"no checkpoint at {path}: expected a directory written by save_pretrained "
                                 "(run_clm_diff.py / run_diffusion_dpo.py --output_dir, or a checkpoint-N in it).")
     for loader in (*CHECKPOINT_LOADERS, *DEFAULT_LOADERS):
@@ -363,11 +370,8 @@ def _checkpoint_loader(path: str):
 
 
 def _layout_tokenizer_loader(path: str):
-    """`load_tokenizer` of the registered layout at directory `path` when it has one, else None."""
-    if not os.path.isdir(path):
-        return None
-    return getattr(next((loader for loader in CHECKPOINT_LOADERS if loader.matches(path)), None),
-                   "load_tokenizer", None)
+    """`load_tokenizer` of the registered layout of `path` (directory or hub name) when it has one, else None."""
+    return getattr(_registered_loader(path), "load_tokenizer", None)
 
 
 def load_checkpoint_model(path: str, **options):

@@ -198,3 +198,39 @@ def test_tied_embeddings_share_one_matrix(tmp_path):
 def test_special_ids_are_read_from_the_tokenizer_files(llada_checkpoint, dream_checkpoint):
     assert {t: conversion.special_token_ids(llada_checkpoint[0])[t] for t in LLADA_SPECIAL} == LLADA_SPECIAL
     assert {t: conversion.special_token_ids(dream_checkpoint[0])[t] for t in DREAM_SPECIAL} == DREAM_SPECIAL
+
+
+def test_a_hub_name_loads_through_the_same_loaders_for_sampling_and_training(llada_checkpoint, monkeypatch):
+    import huggingface_hub
+
+    from diff_trainer.arguments import ModelArguments
+    from diff_trainer.modeling import load_checkpoint, load_model, load_tokenizer
+
+    directory, _ = llada_checkpoint
+    hub_name = "GSAI-ML/LLaDA-8B-Instruct"
+    requested = []
+
+    def hub_file(repo_id, filename, **_):
+        requested.append((repo_id, filename))
+        if repo_id != hub_name:
+            raise FileNotFoundError(repo_id)
+        return str(directory / filename)
+
+    def hub_snapshot(repo_id, **_):
+        assert repo_id == hub_name
+        return str(directory)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hub_file)
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub_snapshot)
+
+    from_hub, tokenizer = load_checkpoint(hub_name, dtype="float32")
+    from_disk, _ = load_checkpoint(str(directory), dtype="float32")
+    assert torch.equal(logits(from_hub), logits(from_disk))
+    assert tokenizer.mask_token_id == 126336 and (hub_name, "config.json") in requested
+
+    model_args = ModelArguments(model_name_or_path=hub_name)
+    training_tokenizer = load_tokenizer(model_args)  # AutoTokenizer would need the remote code
+    assert training_tokenizer.mask_token_id == 126336
+    trained = load_model(model_args, training_tokenizer)
+    assert trained.config.diffusion_config["mask_token_id"] == 126336
+    assert torch.equal(logits(trained.eval()), logits(from_disk))
