@@ -69,6 +69,8 @@ def test_a_requeued_train_job_resumes_from_the_newest_complete_checkpoint(slurm_
         (output_dir / PLANTED / "model.safetensors").write_bytes(b"\0" * 64)  # killed while writing: no state
         subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], check=True, timeout=30)
         wait_for(lambda: job_state(job_id) == ("PENDING", 1), 120, "the job to be requeued")
+        # the frozen run is continued and terminated by Slurm: start the requeued run only once it is gone
+        wait_for(lambda: not training_processes(output_dir), 120, "the first run's processes to exit")
         subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, timeout=30)
         state, restarts = wait_for(lambda: (lambda s: s if s[0] in ("COMPLETED", "FAILED", "CANCELLED") and s[1]
                                             else None)(job_state(job_id)), 280, "the requeued job to finish")

@@ -28,7 +28,7 @@ from diff_trainer.cli.generate import add_sampling_arguments, open_checkpoint, s
 from diff_trainer.data.pipeline import bos_prefix
 from diff_trainer.modeling import DIFFUSION_OBJECTIVE
 from diff_trainer.render import TokenPieces
-from diff_trainer.sampling import context_length, padded_position_ids, special_token_ids_to_forbid
+from diff_trainer.sampling import context_length, padded_position_ids
 
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "model.json"
@@ -137,7 +137,7 @@ def page_config(args, model, tokenizer, diffusion_config: dict, settings, max_le
     """model.json: what the page needs to tokenize, run and sample the exported model."""
     vocab_size = model.get_output_embeddings().weight.shape[0]
     sampler = {name: value for name, value in dataclasses.asdict(settings).items()
-               if name not in ("mask_token_id", "shift", "eos_token_id", "pad_token_id")}
+               if name not in ("mask_token_id", "shift", "eos_token_id", "pad_token_id", "forbidden_token_ids")}
     dff = diffusion_config.get("dff_token")
     return {
         "format": FORMAT_VERSION,
@@ -153,7 +153,7 @@ def page_config(args, model, tokenizer, diffusion_config: dict, settings, max_le
             "pad": tokenizer.pad_token_id,
             "bos": (bos_prefix(tokenizer) or [None])[0],
             "dff": tokenizer.convert_tokens_to_ids(dff) if dff in tokenizer.get_vocab() else None,
-            "forbidden_ids": list(special_token_ids_to_forbid(tokenizer)),
+            "forbidden_ids": list(settings.forbidden_token_ids),
             "shift": bool(diffusion_config.get("shift_logits", False)),
         },
         "tokenizer": tokenizer_table(tokenizer, vocab_size),
