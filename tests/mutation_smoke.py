@@ -13,7 +13,6 @@ is caught when those tests fail. Exit status 1 if any mutation survived or no lo
 
 import argparse
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -21,7 +20,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from repo_copy import copy_repository
+
 
 
 @dataclass(frozen=True)
@@ -88,18 +88,6 @@ MUTATIONS = [
 ]
 
 
-def scratch_copy(destination: Path) -> None:
-    """The repository's tracked and untracked-but-not-ignored files (what a clean clone plus local edits holds)."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
-    for name in filter(None, listed):
-        source = REPO / name
-        if source.is_file():
-            target = destination / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-
-
 def run_mutation(mutation: Mutation, scratch: Path) -> tuple[str, float, str]:
     """(verdict, seconds, last lines of pytest's output) for one mutation applied to the scratch copy."""
     path = scratch / mutation.path
@@ -137,7 +125,7 @@ def main(argv=None) -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="mutation-smoke-") as directory:
         scratch = Path(directory)
-        scratch_copy(scratch)
+        copy_repository(scratch)
         for mutation in chosen:
             verdict, seconds, tail = run_mutation(mutation, scratch)
             rows.append((mutation, verdict, seconds))

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from repo_copy import copy_repository
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK_TIMEOUT = 1800  # a block takes well under a minute on an idle 2-core machine; this is for a shared one
@@ -109,26 +110,13 @@ def test_directives_are_read_and_applied():
         readme_blocks("<!-- test: skip later -->\nsome text\n```bash\nls\n```")
 
 
-def fresh_copy(destination: Path) -> Path:
-    """The repository's tracked and untracked-but-not-ignored files, copied to `destination`."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    for name in filter(None, listed):
-        source = REPO / name
-        if source.is_file():
-            target = destination / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target)
-    return destination
-
-
 @pytest.mark.readme
 @pytest.mark.timeout(7200)
 def test_readme_commands_run_in_order_on_a_fresh_copy(tmp_path):
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("needs the git checkout to make a fresh copy")
     blocks = readme_blocks((REPO / "README.md").read_text(encoding="utf-8"))
-    copy = fresh_copy(tmp_path / "repo")
+    copy = copy_repository(tmp_path / "repo")
     environment = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
                    "PYTHONPATH": str(copy), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                    "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
