@@ -38,12 +38,18 @@ class DataError(ValueError):
 
 def run_entry_point(main: Callable[[Optional[list[str]]], object], argv: Optional[list[str]] = None) -> int:
     """Run an entry script's `main`: a DataError ends it with `error: message` on stderr and exit status 1 instead
-    of a traceback (the message already names the file, record or flag)."""
+    of a traceback (the message already names the file, record or flag). A distributed run leaves its process
+    group before exiting, so no communication thread is still running at interpreter shutdown."""
+    import torch.distributed
+
     try:
         main(argv)
     except DataError as error:
         print(f"{os.path.basename(sys.argv[0]) or 'diff-trainer'}: error: {error}", file=sys.stderr)
         return 1
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0
 
 
