@@ -20,7 +20,7 @@ from .diffusion.losses import denominator, masked_diffusion_loss
 from .diffusion.schedules import get_schedule
 from .metrics import argmax_logits, token_accuracy_metrics
 from .modeling import is_encoder_model, is_peft_model, read_diffusion_config
-from .noising import BatchNoiser, seeded_generator
+from .noising import BatchNoiser, check_prefix_separator, prefix_shuffler, seeded_generator
 from .diffusion.sedd import SEDD_OBJECTIVES
 from .sedd_objective import SeddObjective
 from .sharding import ShardedSaveMixin
@@ -105,11 +105,25 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
                         diffusion_config["noise"], self.loss_normalization)
             return
         schedule = get_schedule(args.noise_schedule, args.time_eps)
-        self.eval_noiser = BatchNoiser(diffusion_config["mask_token_id"], schedule, args.antithetic_time)
+        shuffler = self.prefix_shuffler()
+        self.eval_noiser = BatchNoiser(diffusion_config["mask_token_id"], schedule, args.antithetic_time,
+                                       prefix_shuffler=shuffler if args.eval_prefix_shuffle else None)
         self.train_noiser = BatchNoiser(diffusion_config["mask_token_id"], schedule, args.antithetic_time,
-                                        args.random_length_prob, args.prompt_dropout)
+                                        args.random_length_prob, args.prompt_dropout, shuffler)
         logger.info("Masked diffusion: mask id %d, %s schedule, loss normalisation %s.",
                     diffusion_config["mask_token_id"], args.noise_schedule, self.loss_normalization)
+
+    def prefix_shuffler(self):
+        """--prefix_shuffle's shuffler (None when off), its separator checked against the first training rows."""
+        if self.args.prefix_shuffle == "none":
+            return None
+        if self.processing_class is None:
+            raise ValueError("--prefix_shuffle needs the tokenizer: pass it to DiffusionTrainer as processing_class.")
+        shuffler = prefix_shuffler(self.processing_class, self.args.prefix_shuffle, self.args.prefix_separator)
+        if shuffler.unit == "segments" and self.train_dataset is not None:
+            check_prefix_separator(shuffler, self.train_dataset.select(range(min(64, len(self.train_dataset)))),
+                                   self.args.prefix_separator)
+        return shuffler
 
     # ------------------------------------------------------------------------------------------------
     # Training
@@ -189,6 +203,8 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
             batch = self._prepare_inputs(batch)
             ids, attention = batch["input_ids"], batch["attention_mask"]
             maskable = batch["labels"] != IGNORE_INDEX
+            if self.eval_noiser.prefix_shuffler is not None:
+                ids = self.eval_noiser.prefix_shuffler(ids, batch["labels"], attention, generator)
             nlls = []
             for rows in torch.split(torch.arange(len(ids), device=ids.device), max(1, len(ids) // 2)):
                 copies = monte_carlo_copies(attention[rows], samples)
