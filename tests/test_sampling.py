@@ -73,10 +73,10 @@ def test_committed_tokens_per_step_follow_the_schedule(model, gen_length, block_
     for frame in result.trace:
         assert frame.committed.sum(-1).tolist() == [expected[frame.step]] * 2
         # every commit lies inside the current block
-        start = result.generation_start + frame.block * block_length
+        start = result.generation_start + frame.blocks[0] * block_length
         assert not frame.committed[:, :start].any() and not frame.committed[:, start + block_length:].any()
     steps_per_block = steps // (gen_length // block_length)
-    assert [f.block for f in result.trace] == [step // steps_per_block for step in range(steps)]
+    assert [f.blocks for f in result.trace] == [[step // steps_per_block] * 2 for step in range(steps)]
 
 
 def test_gumbel_max_draws_follow_softmax_at_the_temperature():
