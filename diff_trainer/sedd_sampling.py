@@ -202,4 +202,4 @@ def sedd_generate(model, prompt_ids, config: SeddSamplerConfig, *, suffix_ids=()
             if on_step is not None:
                 on_step(frame)
     nfe = config.steps + (1 if config.denoise else 0)
-    return SeddGenerationResult(x, full_attention, start, nfe, frames, suffix_length=suffix.shape[1])
+    return SeddGenerationResult(x, full_attention, start, nfe, trace=frames, suffix_length=suffix.shape[1])

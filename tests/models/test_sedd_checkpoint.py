@@ -180,3 +180,22 @@ def test_fine_tuning_refuses_a_tokenizer_or_graph_the_checkpoint_did_not_learn(t
     with pytest.raises(ValueError, match=f"mask \\(absorbing\\) id is {tokens}, but the tokenizer's mask token has "
                                          f"id {tokens + 2}"):
         prepare_model(model_args, tokenizer, "diffusion", diffusion_settings={**settings, "objective": "sedd_absorb"})
+
+
+def test_dpo_refuses_a_sedd_layout_checkpoint(tmp_path):
+    import importlib.util
+
+    from test_sedd_objective import ROOT
+
+    spec = importlib.util.spec_from_file_location("run_diffusion_dpo", ROOT / "run_diffusion_dpo.py")
+    run_diffusion_dpo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_diffusion_dpo)
+    hydra, state = sedd_small_layout(len(ByT5Tokenizer()), "absorb")
+    path = write_checkpoint(tmp_path / "sedd", hydra, state)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n")
+    with pytest.raises(ValueError, match="is a SEDD \\(score-entropy\\) checkpoint; VRPO / DPO is defined here for "
+                                         "masked-diffusion ELBOs only"):
+        run_diffusion_dpo.main(["--model_name_or_path", str(path), "--tokenizer_name", "byte", "--train_file",
+                                str(pairs), "--output_dir", str(tmp_path / "dpo"), "--do_train", "--use_cpu", "true",
+                                "--report_to", "none"])
