@@ -95,6 +95,7 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
         self.loss_normalization = args.loss_normalization or default_normalization(row_layout)
         self.skipped_empty_batches = 0
         self._eval_generator = None
+        self.eval_prefix_shuffler = None  # --eval_prefix_shuffle: also applied to the ELBO's rows
         # score entropy (SEDD) replaces the noising, the loss and the ELBO; None for masked diffusion
         self.sedd = SeddObjective.from_diffusion_config(diffusion_config, base.config.get_text_config().vocab_size,
                                                         args.antithetic_time) \
@@ -106,8 +107,9 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
             return
         schedule = get_schedule(args.noise_schedule, args.time_eps)
         shuffler = self.prefix_shuffler()
+        self.eval_prefix_shuffler = shuffler if args.eval_prefix_shuffle else None
         self.eval_noiser = BatchNoiser(diffusion_config["mask_token_id"], schedule, args.antithetic_time,
-                                       prefix_shuffler=shuffler if args.eval_prefix_shuffle else None)
+                                       prefix_shuffler=self.eval_prefix_shuffler)
         self.train_noiser = BatchNoiser(diffusion_config["mask_token_id"], schedule, args.antithetic_time,
                                         args.random_length_prob, args.prompt_dropout, shuffler)
         logger.info("Masked diffusion: mask id %d, %s schedule, loss normalisation %s.",
@@ -203,8 +205,8 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
             batch = self._prepare_inputs(batch)
             ids, attention = batch["input_ids"], batch["attention_mask"]
             maskable = batch["labels"] != IGNORE_INDEX
-            if self.eval_noiser.prefix_shuffler is not None:
-                ids = self.eval_noiser.prefix_shuffler(ids, batch["labels"], attention, generator)
+            if self.eval_prefix_shuffler is not None:
+                ids = self.eval_prefix_shuffler(ids, batch["labels"], attention, generator)
             nlls = []
             for rows in torch.split(torch.arange(len(ids), device=ids.device), max(1, len(ids) // 2)):
                 copies = monte_carlo_copies(attention[rows], samples)

@@ -206,6 +206,7 @@ def test_prefix_shuffle_is_off_for_evaluation_unless_asked(tmp_path):
         trainer = trainer_from_flags(tmp_path, tokenizer, prefix_shuffle="segments", **flags)
         assert trainer.train_noiser.prefix_shuffler.unit == "segments"
         assert (trainer.eval_noiser.prefix_shuffler is not None) == in_eval
+        assert trainer.eval_prefix_shuffler is trainer.eval_noiser.prefix_shuffler  # the ELBO's rows alike
 
 
 def test_prefix_shuffle_bad_settings(tmp_path):

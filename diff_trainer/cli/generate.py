@@ -58,9 +58,10 @@ DIFFUSION_ONLY_FLAGS = ("steps", "block_length", "remasking", "guidance_scale", 
 MASKED_SAMPLER_FLAGS = ("block_length", "remasking", "guidance_scale", "threshold", "eos_handling", "cache")
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by diff-generate and diff-view."""
-    parser.add_argument("--model", required=True, help="checkpoint directory (model, config and tokenizer)")
+def add_sampling_arguments(parser: argparse.ArgumentParser, with_model: bool = True) -> None:
+    """Flags shared by diff-generate, diff-view and (without --model) diff-generate-cascade."""
+    if with_model:
+        parser.add_argument("--model", required=True, help="checkpoint directory (model, config and tokenizer)")
     parser.add_argument("--gen_length", type=int, default=64, help="number of tokens to generate")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps in total (default: gen_length)")
     parser.add_argument("--block_length", type=int, default=None,
