@@ -137,12 +137,16 @@ class MaskedHead:
         batch_size, length = masked.shape
         bucket = max(1, batch_size * length // BUCKETS_PER_BATCH)
         hidden_index, token_targets, row_of = gather_plan(targets, masked, shift, bucket)
-        fused = self.liger is not None and hidden_index.is_cuda
+        fused = self._use_fused(hidden_index)
         logits = self._run(forward, hidden_index, capture=fused)
         if fused:
             return self._fused_row_ce(self.captured.pop(), token_targets, row_of, batch_size, logits.dtype)
         token_ce = chunked_cross_entropy(logits[0], token_targets)
         return torch.zeros(batch_size + 1, device=token_ce.device).index_add(0, row_of, token_ce)[:batch_size]
+
+    def _use_fused(self, positions) -> bool:
+        """Liger's kernel: installed, on CUDA, and the projection's weight a plain tensor (not an FSDP shard)."""
+        return self.liger is not None and positions.is_cuda and type(self.projection.weight.data) is torch.Tensor
 
     def _fused_row_ce(self, hidden, token_targets, row_of, batch_size: int, dtype) -> torch.Tensor:
         """Liger's fused projection + CE, one sum per row (its reduction is per call, the rows' weights differ)."""
