@@ -99,7 +99,11 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
         self.loss_normalization = args.loss_normalization or default_normalization(row_layout)
         self.skipped_empty_batches = 0
         self._eval_generator = None
-        self.eos_token_ids = base.config.eos_token_id  # what ends a document of a packed row (--isolate_documents)
+        # --isolate_documents: packing ends every document with the tokenizer's EOS
+        self.eos_token_id = getattr(self.processing_class, "eos_token_id", None)
+        if args.isolate_documents and self.eos_token_id is None:
+            raise ValueError("--isolate_documents: pass the tokenizer (processing_class), whose EOS ends each packed "
+                             "document.")
         self.masked_head = None
         # score entropy (SEDD) replaces the noising, the loss and the ELBO; None for masked diffusion
         self.sedd = SeddObjective.from_diffusion_config(diffusion_config, base.config.get_text_config().vocab_size,
@@ -145,7 +149,7 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
         if self.model.training and ratio < 1.0:
             allowed = annealed_allowed(attention_mask, ratio)
         if self.args.isolate_documents:
-            documents = same_document_allowed(clean_ids, attention_mask, self.eos_token_ids)
+            documents = same_document_allowed(clean_ids, attention_mask, self.eos_token_id)
             allowed = documents if allowed is None else allowed & documents
         return attention_mask if allowed is None else additive_mask(allowed, dtype)
 
