@@ -77,7 +77,9 @@ def load_tokenizer(model_args, train_texts=None):
         raise ValueError(
             "No tokenizer to load: pass --tokenizer_name (a hub id, a directory, or 'byte') or --model_name_or_path."
         )
-    if name == BYTE_TOKENIZER:
+    if (fitted := _layout_tokenizer_for_ids(model_args.model_name_or_path, model_args.tokenizer_name)) is not None:
+        tokenizer = fitted
+    elif name == BYTE_TOKENIZER:
         tokenizer = ByT5Tokenizer()
     elif name == CHAR_TOKENIZER:
         if train_texts is None:
@@ -400,6 +402,13 @@ def _checkpoint_loader(path: str):
 def _layout_tokenizer_loader(path: str):
     """`load_tokenizer` of the registered layout of `path` (directory or hub name) when it has one, else None."""
     return getattr(_registered_loader(path), "load_tokenizer", None)
+
+
+def _layout_tokenizer_for_ids(model_path, tokenizer_name):
+    """The tokenizer of a registered layout whose ids the tokenizer must match (`tokenizer_for_ids`, e.g. SEDD:
+    MASK at the absorbing id, before any token is added), or None for every other model."""
+    fit = getattr(_registered_loader(model_path), "tokenizer_for_ids", None) if model_path is not None else None
+    return None if fit is None else fit(model_path, tokenizer_name)
 
 
 def load_checkpoint_model(path: str, **options):

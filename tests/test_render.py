@@ -25,7 +25,7 @@ def hand_frame(tokenizer):
     sequences = torch.tensor([[0, byte_id("h"), byte_id("i"), mask, byte_id("j"), mask]])
     committed = torch.tensor([[False, False, False, False, True, False]])
     confidence = torch.where(committed, 0.7, float("nan")).double()
-    return StepFrame(step=1, block=0, sequences=sequences, committed=committed, confidence=confidence,
+    return StepFrame(step=1, blocks=[0], sequences=sequences, committed=committed, confidence=confidence,
                      attention_mask=torch.tensor([[0, 1, 1, 1, 1, 1]]), generation_start=3)
 
 
