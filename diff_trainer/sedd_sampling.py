@@ -195,7 +195,7 @@ def sedd_generate(model, prompt_ids, config: SeddSamplerConfig, *, suffix_ids=()
         x = sample_categorical(probs, generator)
         x = torch.where(is_fixed, fixed_ids, x)  # re-impose the prompt and the suffix
         if trace or on_step is not None:
-            frame = StepFrame(step, 0, x.cpu().clone(), (x != before).cpu(),
+            frame = StepFrame(step, [0] * batch_size, x.cpu().clone(), (x != before).cpu(),
                               torch.full(x.shape, float("nan"), dtype=torch.float64), full_attention.cpu(), start)
             if trace:
                 frames.append(frame)

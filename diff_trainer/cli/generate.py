@@ -13,8 +13,9 @@ sampled with `model.generate`, so baselines use the same command; the diffusion-
 
 Prompts are tokenised like the training data: no special tokens, BOS prepended when the tokenizer has one
 distinct from EOS. A completion ends at its first EOS. `--output` ending in .jsonl writes one record per
-completion with the settings and the NFE count; any other name writes plain text, one completion per line
-(newlines inside a completion written as \\n).
+completion with the settings, its NFE (the forward passes it took part in: rows of a batch advance on their own) and
+its batch's forward passes; any other name writes plain text, one completion per line (newlines inside a completion
+written as \\n). `--cache prefix|dual` reuses keys/values within a block (Fast-dLLM; an approximation).
 """
 
 from __future__ import annotations
@@ -38,9 +39,11 @@ from diff_trainer.devices import (
 )
 from diff_trainer.render import TokenPieces, render_text
 from diff_trainer.sampling import (
+    CACHE_MODES,
     CONFIDENCE_STRATEGIES,
     EOS_HANDLING,
     SamplerConfig,
+    check_cache_support,
     context_length,
     generate,
     special_token_ids_to_forbid,
@@ -50,14 +53,15 @@ from diff_trainer.sedd_sampling import SEDD_PREDICTORS, SeddSamplerConfig, sedd_
 DEFAULT_DFF_TOKEN = "<DFF>"
 # Flags that only mean something for a diffusion checkpoint (their defaults are None so use can be detected).
 DIFFUSION_ONLY_FLAGS = ("steps", "block_length", "remasking", "guidance_scale", "threshold", "eos_handling",
-                        "sedd_sampler", "suffix")
+                        "cache", "sedd_sampler", "suffix")
 # Flags of the masked-diffusion sampler that SEDD's samplers have no use for.
-MASKED_SAMPLER_FLAGS = ("block_length", "remasking", "guidance_scale", "threshold", "eos_handling")
+MASKED_SAMPLER_FLAGS = ("block_length", "remasking", "guidance_scale", "threshold", "eos_handling", "cache")
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by diff-generate and diff-view."""
-    parser.add_argument("--model", required=True, help="checkpoint directory (model, config and tokenizer)")
+def add_sampling_arguments(parser: argparse.ArgumentParser, with_model: bool = True) -> None:
+    """Flags shared by diff-generate, diff-view and (without --model) diff-generate-cascade."""
+    if with_model:
+        parser.add_argument("--model", required=True, help="checkpoint directory (model, config and tokenizer)")
     parser.add_argument("--gen_length", type=int, default=64, help="number of tokens to generate")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps in total (default: gen_length)")
     parser.add_argument("--block_length", type=int, default=None,
@@ -70,6 +74,10 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Fast-dLLM: commit every prediction at least this confident (ignores --steps)")
     parser.add_argument("--eos_handling", choices=EOS_HANDLING, default=None,
                         help="stop after a block with EOS (default), forbid EOS, rank it last, or none")
+    parser.add_argument("--cache", choices=CACHE_MODES, default=None,
+                        help="Fast-dLLM key/value cache (approximate): none (default), prefix (prompt and finished "
+                        "blocks computed once per block) or dual (also the masked positions after the block); "
+                        "bidirectional Llama / Qwen2 checkpoints")
     parser.add_argument("--sedd_sampler", choices=sorted(SEDD_PREDICTORS), default=None,
                         help="SEDD tau-leaping step (default euler for SEDD checkpoints); on a masked-diffusion "
                         "checkpoint it samples the model as an absorbing SEDD model (RADD)")
@@ -170,6 +178,7 @@ def sampler_config(args, diffusion_config: dict, tokenizer) -> SamplerConfig:
         eos_handling=args.eos_handling or ("stop" if tokenizer.eos_token_id is not None else "none"),
         pad_token_id=tokenizer.pad_token_id,
         forbidden_token_ids=special_token_ids_to_forbid(tokenizer, stops),
+        cache=args.cache or "none",
     )
 
 
@@ -291,7 +300,9 @@ def checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, to
     try:
         if uses_sedd_sampler(args, diffusion_config):
             return sedd_sampler_config(args, diffusion_config, tokenizer, model)
-        return sampler_config(args, diffusion_config, tokenizer)
+        config = sampler_config(args, diffusion_config, tokenizer)
+        check_cache_support(model, config.cache)
+        return config
     except ValueError as error:
         parser.error(str(error))
 
@@ -320,14 +331,15 @@ def main(argv: list[str] | None = None) -> None:
         batch = jobs[first:first + args.batch_size]
         batch_ids = [prompt_ids[p] for p, _ in batch]
         if config is None:
-            new_ids, nfe = generate_causal(model, tokenizer, batch_ids, args)
+            new_ids, forwards = generate_causal(model, tokenizer, batch_ids, args)
+            row_nfe = [forwards] * len(new_ids)
         else:
             hook = _print_step(tokenizer, shown_mask_id(config), first) if args.verbose else None
             result = run_sampler(model, batch_ids, config, suffix_ids, generator=generator, on_step=hook)
-            new_ids, nfe = result.generated.tolist(), result.nfe
-        for (p, s), ids in zip(batch, new_ids):
+            new_ids, forwards, row_nfe = result.generated.tolist(), result.nfe, result.row_nfe
+        for (p, s), ids, nfe in zip(batch, new_ids, row_nfe):
             records.append({"prompt": prompts[p], "sample": s, "completion": completion_text(tokenizer, ids, stop),
-                            "nfe": nfe})
+                            "nfe": nfe, "batch_forwards": forwards})
 
     settings = {"model": args.model, "seed": args.seed, "append_dff": args.append_dff, "suffix": args.suffix,
                 "sampler": "causal" if config is None else
