@@ -92,6 +92,7 @@ def load_sedd_checkpoint(path, dtype=None, **_) -> DDiTModel:
     path = Path(path)
     hydra = _hydra_config(path)
     config = ddit_config(hydra, str(path / "config.json"))
+    config.name_or_path = str(path)  # what a LoRA adapter trained on it names as its base model
     graph, noise = hydra["graph"]["type"], hydra["noise"]
     config.diffusion_config = sedd_diffusion_config(
         graph=graph, noise=noise["type"], sigma_min=noise.get("sigma_min", 1e-4),
