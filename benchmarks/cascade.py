@@ -1,6 +1,6 @@
 """Cascade vs. single model: a three-stage keyword cascade against one model trained on the plain text, same budget.
 
-    nice -n 10 python benchmarks/cascade.py --quick      # about 15 minutes on a shared 2-core CPU
+    nice -n 10 python benchmarks/cascade.py --quick      # tiny: 80 steps per stage; ~20 minutes on a loaded 2-core CPU
     python benchmarks/cascade.py [--steps 1500] [--hidden 128] [--layers 4] [--mc_samples 32] [--samples 32]
 
 Data: the bundled docstrings (the text after `<DFF>` of data/stdlib_docstrings), train split for training, the
@@ -25,6 +25,7 @@ import os
 import shutil
 import sys
 import time
+from pathlib import Path
 
 import yaml
 
@@ -96,7 +97,7 @@ def train_both(work: str, data: str, args) -> dict:
     start = time.perf_counter()
     train_cascade.main([config_dir, "--stages", "1", "2", "3"])
     seconds["cascade"] = time.perf_counter() - start
-    stages = train_cascade.stage_runs(config_dir, [1, 2, 3], None, each_from_start=True)
+    stages = train_cascade.stage_runs(Path(config_dir), [1, 2, 3], None, each_from_start=True)
     single = {**list(stages.values())[2], "max_steps": args.steps, "prefix_shuffle": "none",
               "train_file": os.path.join(data, "train", "single.jsonl.zst"), "output_dir": os.path.join(runs, "single")}
     start = time.perf_counter()
@@ -228,7 +229,7 @@ def measure(args) -> None:
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="--steps 300 --hidden 64 --layers 2 --mc_samples 8 --eval_docs 64 --samples 8")
+                        help="--steps 240 --hidden 32 --layers 1 --batch_size 8 --mc_samples 4 --eval_docs 32 --samples 4")
     parser.add_argument("--steps", type=int, default=1500, help="optimizer steps of each model (cascade: per stage / 3)")
     parser.add_argument("--hidden", type=int, default=128, help="hidden size of every net")
     parser.add_argument("--layers", type=int, default=4, help="layers of every net")
@@ -239,7 +240,8 @@ def parse_args():
     parser.add_argument("--seed", type=int, default=0, help="seed of the ELBO masks and the samples")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.hidden, args.layers, args.mc_samples, args.eval_docs, args.samples = 300, 64, 2, 8, 64, 8
+        args.steps, args.hidden, args.layers, args.batch_size = 240, 32, 1, 8
+        args.mc_samples, args.eval_docs, args.samples = 4, 32, 4
     return args
 
 
