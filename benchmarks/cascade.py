@@ -38,6 +38,7 @@ CORPUS = os.path.join(REPO_ROOT, "data", "stdlib_docstrings")
 SEPARATOR = "<SEP>"
 DFF = "<DFF>"
 STAGE_LENGTHS = (64, 160, 256)  # tokens sampled per stage (bytes); stage 1 and 2 records are shorter than their blocks
+TOKENS_PER_STEP = 2  # sampling steps = length / 2
 
 
 def plain_documents(split: str, path: str) -> None:
@@ -166,9 +167,10 @@ def plan_coverage(plan: str, text: str) -> float | None:
     return sum(word in text.lower() for word in planned) / len(planned) if planned else None
 
 
-def mean(values) -> float | None:
+def mean(values) -> float | str:
+    """The mean of the values that are not None ("-" when none is)."""
     values = [value for value in values if value is not None]
-    return sum(values) / len(values) if values else None
+    return sum(values) / len(values) if values else "-"
 
 
 def sample_both(work: str, trained: dict, args) -> dict:
@@ -178,9 +180,10 @@ def sample_both(work: str, trained: dict, args) -> dict:
     common_flags = ["--samples", str(args.samples), "--temperature", "1.0", "--seed", str(args.seed)]
     cascade_file, single_file = os.path.join(work, "cascade_samples.jsonl"), os.path.join(work, "single_samples.jsonl")
     generate_cascade.main(["--stages", *trained["stages"], "--gen_length", *map(str, STAGE_LENGTHS),
+                           "--steps", *(str(length // TOKENS_PER_STEP) for length in STAGE_LENGTHS),
                            "--output", cascade_file, *common_flags])
     generate.main(["--model", trained["single"], "--prompt", DFF, "--gen_length", str(STAGE_LENGTHS[-1]),
-                   "--output", single_file, *common_flags])
+                   "--steps", str(STAGE_LENGTHS[-1] // TOKENS_PER_STEP), "--output", single_file, *common_flags])
     cascade = [json.loads(line) for line in open(cascade_file, encoding="utf-8")]
     single = [json.loads(line)["completion"].strip() for line in open(single_file, encoding="utf-8")]
     return {"cascade": cascade, "single": single}
@@ -219,7 +222,7 @@ def measure(args) -> None:
     print(f"\nHeld-out: {len(texts)} documents, {text_bytes} text bytes, {args.mc_samples} ELBO samples each; "
           f"{args.samples} samples per model; model hidden {args.hidden} x {args.layers} layers, batch "
           f"{args.batch_size}.\n")
-    print(markdown_table(["model", "train steps", "train s", "held-out bound (bits/byte)", "nats/doc",
+    print(markdown_table(["model", "train steps", "train wall s", "held-out bound (bits/byte)", "nats/doc",
                           "nats/doc K1 + K2 + text", "corpus keyword coverage", "plan coverage"], rows))
     print("\nFirst samples:")
     for record, single in zip(samples["cascade"][:2], samples["single"][:2]):
