@@ -1,6 +1,6 @@
 """Cascade vs. single model: a three-stage keyword cascade against one model trained on the plain text, same budget.
 
-    nice -n 10 python benchmarks/cascade.py --quick      # tiny: 80 steps per stage; ~20 minutes on a loaded 2-core CPU
+    nice -n 10 python benchmarks/cascade.py --quick      # tiny: 40 steps per stage; ~20 minutes on a loaded 2-core CPU
     python benchmarks/cascade.py [--steps 1500] [--hidden 128] [--layers 4] [--mc_samples 32] [--samples 32]
 
 Data: the bundled docstrings (the text after `<DFF>` of data/stdlib_docstrings), train split for training, the
@@ -232,7 +232,7 @@ def measure(args) -> None:
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true",
-                        help="--steps 240 --hidden 32 --layers 1 --batch_size 8 --mc_samples 4 --eval_docs 32 --samples 4")
+                        help="--steps 120 --hidden 32 --layers 1 --batch_size 8 --mc_samples 4 --eval_docs 32 --samples 4")
     parser.add_argument("--steps", type=int, default=1500, help="optimizer steps of each model (cascade: per stage / 3)")
     parser.add_argument("--hidden", type=int, default=128, help="hidden size of every net")
     parser.add_argument("--layers", type=int, default=4, help="layers of every net")
@@ -243,7 +243,7 @@ def parse_args():
     parser.add_argument("--seed", type=int, default=0, help="seed of the ELBO masks and the samples")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.hidden, args.layers, args.batch_size = 240, 32, 1, 8
+        args.steps, args.hidden, args.layers, args.batch_size = 120, 32, 1, 8
         args.mc_samples, args.eval_docs, args.samples = 4, 32, 4
     return args
 
