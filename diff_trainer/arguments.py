@@ -221,6 +221,12 @@ class RunArguments(TrainingArguments):
         metadata={"help": "Train into an --output_dir that already holds a model or checkpoints, deleting its "
                   "checkpoint-N directories (without it such a run is refused)."},
     )
+    masked_head: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Diffusion and DPO: apply the model's LM head only at masked positions (the loss, ELBO and "
+                          "VRPO scores need no other logits); false computes the full [B, L, V] logits first. The loss "
+                          "is the same either way. Default: true."},
+    )
 
 
 @dataclass
@@ -287,6 +293,11 @@ class DiffusionTrainingArguments(RunArguments):
     sedd_scale_by_sigma: bool = field(
         default=False, metadata={"help": "sedd_absorb: subtract log(e^sigma - 1) + log(N - 1) from the output (SEDD)."}
     )
+    isolate_documents: bool = field(
+        default=False,
+        metadata={"help": "Packed rows (--concatenate_texts): each token attends only to its own EOS-terminated "
+                          "document (a block-diagonal bidirectional mask per row), not to the row's other documents."},
+    )
 
     def __post_init__(self):
         self._check_objective()
@@ -304,6 +315,7 @@ class DiffusionTrainingArguments(RunArguments):
             "shift_logits": self.shift_logits, "attention_annealing_steps": self.attention_annealing_steps > 0,
             "prompt_dropout": self.prompt_dropout > 0, "random_length_prob": self.random_length_prob > 0,
             "loss_normalization": self.loss_normalization is not None, "prefix_shuffle": self.prefix_shuffle != "none",
+            "masked_head": self.masked_head is not None, "isolate_documents": self.isolate_documents,
         }
         used = [name for name, on in diffusion_only.items() if on]
         if used and not self.train_diff_model:
@@ -327,6 +339,7 @@ class DiffusionTrainingArguments(RunArguments):
         if not self.train_diff_model:
             raise ValueError("--diffusion_objective sedd_* trains a diffusion model: add --train_diff_model.")
         masked_only = {"shift_logits": self.shift_logits, "attention_annealing_steps": self.attention_annealing_steps > 0,
+                       "masked_head": self.masked_head is not None, "isolate_documents": self.isolate_documents,
                        "prompt_dropout": self.prompt_dropout > 0, "random_length_prob": self.random_length_prob > 0,
                        "noise_schedule": self.noise_schedule != "linear", "prefix_shuffle": self.prefix_shuffle != "none"}
         used = [name for name, on in masked_only.items() if on]

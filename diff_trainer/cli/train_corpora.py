@@ -2,6 +2,7 @@
 
     diff-train-corpora configs/corpora.yaml --all
     diff-train-corpora configs/corpora.yaml --dataset fortunes --resume
+    diff-train-corpora configs/corpora.yaml --all --max_steps 150    # a shorter run of every corpus
 
 The file holds `datasets: {name: {path, enabled, description, overrides}}`, the `run_clm_diff.py` flags shared by
 every corpus (`train`), the sampling settings (`samples`) and `output_root`. A corpus `path` is a directory holding
@@ -64,14 +65,15 @@ def data_files(corpus_path: Path, name: str, source: str) -> dict:
     return found
 
 
-def run_config(config: dict, name: str, source: str) -> dict:
+def run_config(config: dict, name: str, source: str, max_steps: int | None = None) -> dict:
     """The run_clm_diff flags of one corpus: train and evaluate, the shared `train` flags, its data files and output
-    dir, its overrides."""
+    dir, its overrides, then `max_steps` when given (it replaces every corpus's own)."""
     corpus = config["datasets"][name]
     output_dir = Path(config.get("output_root", "outputs")) / name
-    return {"do_train": True, "do_eval": True, **(config.get("train") or {}),
-            **data_files(Path(corpus["path"]), name, source), "output_dir": str(output_dir),
-            **(corpus.get("overrides") or {})}
+    flags = {"do_train": True, "do_eval": True, **(config.get("train") or {}),
+             **data_files(Path(corpus["path"]), name, source), "output_dir": str(output_dir),
+             **(corpus.get("overrides") or {})}
+    return flags if max_steps is None else {**flags, "max_steps": max_steps}
 
 
 def write_samples(output_dir: Path, samples_file: Path, settings: dict) -> list[str]:
@@ -115,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="every corpus with enabled: true")
     which.add_argument("--dataset", action="append", help="this corpus (repeat for several; runs even if disabled)")
     parser.add_argument("--resume", action="store_true", help="continue interrupted corpora from their checkpoints")
+    parser.add_argument("--max_steps", type=int, default=None,
+                        help="train every selected corpus for this many steps (replaces the file's max_steps)")
     parser.add_argument("--script", default="run_clm_diff.py", help="path of run_clm_diff.py (default: ./)")
     return parser
 
@@ -129,7 +133,9 @@ def main(argv: list[str] | None = None) -> None:
         if unknown:
             raise CorporaError(f"{args.config} has no corpus {', '.join(unknown)} "
                                f"(it has {', '.join(config['datasets'])}).")
-        runs = {name: run_config(config, name, args.config) for name in names}
+        if args.max_steps is not None and args.max_steps < 1:
+            raise CorporaError(f"--max_steps {args.max_steps}: give at least 1.")
+        runs = {name: run_config(config, name, args.config, args.max_steps) for name in names}
     except (CorporaError, OSError, yaml.YAMLError) as error:
         parser.error(str(error))
     if not Path(args.script).is_file():
