@@ -1,6 +1,6 @@
 """Cascade vs. single model: a three-stage keyword cascade against one model trained on the plain text, same budget.
 
-    nice -n 10 python benchmarks/cascade.py --quick      # tiny: 40 steps per stage; ~20 minutes on a loaded 2-core CPU
+    nice -n 10 python benchmarks/cascade.py --quick      # tiny: 40 steps per stage; 25 minutes on the shared 2-core CPU
     python benchmarks/cascade.py [--steps 1500] [--hidden 128] [--layers 4] [--mc_samples 32] [--samples 32]
 
 Data: the bundled docstrings (the text after `<DFF>` of data/stdlib_docstrings), train split for training, the
