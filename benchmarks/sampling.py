@@ -3,7 +3,7 @@
 
     python benchmarks/sampling.py --model DIFFUSION_DIR --causal_model CAUSAL_DIR --test_file data/arithmetic/test.jsonl
     python benchmarks/sampling.py                # trains both models with configs/arithmetic_strong.yaml first
-    python benchmarks/sampling.py --quick        # 300 training steps, 96 problems, 32 perplexity samples
+    python benchmarks/sampling.py --quick        # 300 training steps, 96 problems, 32 perplexity samples, 64 long
 
 Without --model the script makes the fixed-width 2-digit addition problems (data_scripts/make_arithmetic.py) and
 trains a masked-diffusion model and its causal twin (same network, data and steps; `--train_diff_model false`) with
@@ -22,7 +22,13 @@ static cache (compiled by transformers on a GPU), at batch 1 and 16 (`--batch_si
   The causal row scores its own samples, which favours it.
 Then whether the issue's goals are met: threshold decoding >= 4x fewer NFE than one token per step at <= 1 point of
 exact match lost; the best cached setting at least as many tokens/s as the faster `model.generate`, per batch size.
-Everything printed also goes to benchmarks/results/sampling[_quick].md.
+
+Answers of 3 digits are too short for a cache to pay off, so a second part times long generations on random weights
+(as the issue's GPU figures): a Llama of `--long_hidden` / `--long_layers` with a byte vocabulary, bidirectional for
+the sampler and the same weights causal for `model.generate`, `--long_prompt` random prompt tokens, `--long_gen` new
+tokens in blocks of `--long_block`, at 1 and 4 tokens per step with each cache, against `model.generate` forced to
+the same length. Only speed means something there (random weights). Everything printed also goes to
+benchmarks/results/sampling[_quick].md.
 """
 
 import argparse
@@ -58,6 +64,7 @@ def diffusion_rows(gen_length: int) -> list[tuple[str, list[str]]]:
 
 
 CAUSAL_ROWS = [("model.generate, dynamic KV cache", None), ("model.generate, static cache", "static")]
+QUICK_LONG = {"long_gen": 64, "long_samples": 4}
 
 
 @dataclass
@@ -214,6 +221,78 @@ def goals(results: dict, accuracies: dict) -> list[str]:
     return lines
 
 
+def long_rows(args):
+    """Rows of the long-generation part: random-weight twins, k tokens per step with each cache, model.generate."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from diff_trainer.sampling import SamplerConfig, generate
+
+    vocab, mask = 260, 259
+    config = LlamaConfig(vocab_size=vocab, hidden_size=args.long_hidden, intermediate_size=4 * args.long_hidden,
+                         num_hidden_layers=args.long_layers, num_attention_heads=max(1, args.long_hidden // 64),
+                         max_position_embeddings=args.long_prompt + args.long_gen)
+    torch.manual_seed(0)
+    causal = AutoModelForCausalLM.from_config(config).to(args.device).eval()
+    config.is_causal = False
+    bidirectional = AutoModelForCausalLM.from_config(config).to(args.device).eval()
+    bidirectional.load_state_dict(causal.state_dict())
+    rows = []
+    for per_step in (1, 4):
+        for cache in ("none", "prefix", "dual"):
+            sampler = SamplerConfig(mask_token_id=mask, gen_length=args.long_gen, block_length=args.long_block,
+                                    steps=args.long_gen // per_step, cache=cache)
+
+            def sample(prompt_ids, temperature, seed, sampler=sampler):
+                result = generate(bidirectional, prompt_ids, sampler)
+                return result.generated.tolist(), result.row_nfe, result.nfe
+
+            rows.append(Row(f"{per_step} token{'s' * (per_step > 1)} per step, cache {cache}", "diffusion",
+                            f"steps={sampler.steps} cache={cache}", sample))
+    for name, cache_implementation in CAUSAL_ROWS:
+        def sample(prompt_ids, temperature, seed, cache_implementation=cache_implementation):
+            ids = torch.tensor(prompt_ids, device=args.device)
+            with torch.no_grad():
+                output = causal.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                         max_new_tokens=args.long_gen, min_new_tokens=args.long_gen,
+                                         pad_token_id=0, cache_implementation=cache_implementation)
+            return output[:, ids.shape[1]:].tolist(), [args.long_gen] * len(ids), args.long_gen
+
+        rows.append(Row(name, "causal", f"cache_implementation={cache_implementation or 'dynamic'}", sample))
+    return rows, sum(p.numel() for p in causal.parameters())
+
+
+def run_long(args) -> list[str]:
+    """Tokens/s of long generations on random weights, per batch size."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    samples = max(args.long_samples, max(args.batch_sizes))
+    prompts = torch.randint(3, 259, (samples, args.long_prompt), generator=generator).tolist()
+    lines = []
+    for batch_size in args.batch_sizes:
+        rows, parameters = long_rows(args)
+        measure(rows, prompts[:max(args.long_samples, batch_size)], batch_size, eos_token_id=None)
+        table = [[row.name, f"{sum(row.forwards) / len(row.forwards):.1f}", f"{row.tokens / row.seconds:.1f}"]
+                 for row in rows]
+        lines += [f"\n## Long generations, random weights, batch size {batch_size}\n",
+                  markdown_table(["sampler", "forwards / batch", "tokens/s"], table)]
+        cached = max((row for row in rows if row.kind == "diffusion" and "cache none" not in row.name),
+                     key=lambda row: row.tokens / row.seconds)
+        uncached = {row.name.split(",")[0]: row for row in rows if "cache none" in row.name}
+        autoregressive = max((row for row in rows if row.kind == "causal"), key=lambda row: row.tokens / row.seconds)
+        speed, reference = cached.tokens / cached.seconds, autoregressive.tokens / autoregressive.seconds
+        plain = uncached[cached.name.split(",")[0]]
+        lines.append(f"\n- fastest cached setting ({cached.name}): {speed:.1f} tokens/s, "
+                     f"{speed / (plain.tokens / plain.seconds):.2f}x the same steps without cache, "
+                     f"{speed / reference:.2f}x {autoregressive.name} ({reference:.1f} tokens/s): "
+                     f"goal (>= 1x) {'met' if speed >= reference else 'NOT met'}")
+    header = (f"\n# Long generations: Llama hidden {args.long_hidden}, {args.long_layers} layers ({parameters:,} "
+              f"parameters, random weights), prompt {args.long_prompt}, {args.long_gen} new tokens, blocks of "
+              f"{args.long_block}, {max(args.long_samples, 1)} prompts per batch size")
+    return [header, *lines]
+
+
 def run(args):
     import torch
 
@@ -264,6 +343,7 @@ def run(args):
         lines += report(rows, accuracies, perplexities, batch_size)
     lines += goals(results, accuracies)
     print("\n".join(lines))
+    print("\n".join(run_long(args)))
     compiled = "yes" if torch.device(device).type == "cuda" else "no (transformers compiles it on GPUs only)"
     print(f"\nStatic cache compiled: {compiled}. Models: {diffusion_dir}, {causal_dir} "
           f"({sum(p.numel() for p in diffusion[0].parameters()):,} parameters each).")
@@ -280,6 +360,12 @@ def main(argv=None):
     parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--max_samples", type=int, default=512, help="test problems (exact match, tokens/s)")
     parser.add_argument("--ppl_samples", type=int, default=256, help="prompts sampled for generative perplexity")
+    parser.add_argument("--long_hidden", type=int, default=256, help="long part: hidden size of the random Llama")
+    parser.add_argument("--long_layers", type=int, default=4, help="long part: its layers")
+    parser.add_argument("--long_prompt", type=int, default=64, help="long part: prompt tokens")
+    parser.add_argument("--long_gen", type=int, default=256, help="long part: new tokens")
+    parser.add_argument("--long_block", type=int, default=32, help="long part: block length")
+    parser.add_argument("--long_samples", type=int, default=16, help="long part: prompts per batch size")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for training and sampling")
     parser.add_argument("--quick", action="store_true",
@@ -288,6 +374,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.max_samples, args.ppl_samples = QUICK["max_samples"], QUICK["ppl_samples"]
+        args.long_gen, args.long_samples = QUICK_LONG["long_gen"], QUICK_LONG["long_samples"]
+    if args.long_gen % args.long_block or args.long_block % 4:
+        parser.error("--long_gen must be a multiple of --long_block, itself a multiple of 4 (4 tokens per step).")
     if args.model is not None and (args.causal_model is None or args.test_file is None):
         parser.error("--model needs --causal_model and --test_file (or leave all three out to train them).")
     if min(args.batch_sizes) < 1 or args.max_samples < 1 or args.ppl_samples < 1:
