@@ -34,13 +34,20 @@ benchmarks/results/sampling[_quick].md.
 import argparse
 import math
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field, replace
 from types import SimpleNamespace
 
-from common import REPO_ROOT, cached_build, machine_summary, markdown_table, quiet, results_file
+from common import (
+    REPO_ROOT,
+    cached_build,
+    machine_summary,
+    markdown_table,
+    quiet,
+    results_file,
+    train_twins,
+)
 
 RECIPE = os.path.join("configs", "arithmetic_strong.yaml")
 BENCH_DIR = os.path.join("outputs", "bench_sampling")
@@ -94,18 +101,7 @@ def prepare_models(threads, max_steps):
     bench_dir = os.path.join(REPO_ROOT, BENCH_DIR + ("_quick" if max_steps else ""))
     data_dir = cached_build(os.path.join(bench_dir, "data"), DATA, [], lambda out: make_arithmetic(out, **DATA),
                             "addition problems")
-    models = {}
-    for name, flags in (("diffusion", []), ("causal", CAUSAL_FLAGS)):
-        extra = [*flags, "--train_file", os.path.join(data_dir, "train.jsonl")]
-        extra += ["--max_steps", str(max_steps)] if max_steps else []
-
-        def train(out, extra=extra):
-            environment = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
-            subprocess.run([sys.executable, "run_clm_diff.py", RECIPE, *extra, "--output_dir", out], cwd=REPO_ROOT,
-                           env=environment, check=True)
-
-        models[name] = cached_build(os.path.join(bench_dir, name), {"flags": flags, "max_steps": max_steps},
-                                    [recipe, data_dir], train, f"the {name} model")
+    models = train_twins(bench_dir, RECIPE, data_dir, CAUSAL_FLAGS, threads, max_steps)
     return models["diffusion"], models["causal"], os.path.join(data_dir, "test.jsonl")
 
 
