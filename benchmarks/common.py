@@ -181,3 +181,28 @@ def cached_build(directory: str, settings: dict, inputs: list[str], build, label
     with open(key_path, "w", encoding="utf-8") as handle:
         json.dump({"key": key, "output_hash": content_hash(directory)}, handle, indent=1)
     return directory
+
+
+def train_twins(bench_dir: str, config: str, data_dir: str, causal_flags: list[str], threads: int | None = None,
+                max_steps: int | None = None, seconds: dict | None = None) -> dict[str, str]:
+    """A diffusion model and its causal twin (`causal_flags` added) trained with run_clm_diff.py `config` on
+    data_dir/train.jsonl, each reused when its settings and inputs match (`cached_build`); {"diffusion": dir,
+    "causal": dir}. Training minutes go into `seconds` when given."""
+    import subprocess
+
+    models = {}
+    for name, flags in (("diffusion", []), ("causal", causal_flags)):
+        extra = [*flags, "--train_file", os.path.join(data_dir, "train.jsonl")]
+        extra += ["--max_steps", str(max_steps)] if max_steps else []
+
+        def train(out, extra=extra, name=name):
+            environment = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "run_clm_diff.py", config, *extra, "--output_dir", out], cwd=REPO_ROOT,
+                           env=environment, check=True)
+            if seconds is not None:
+                seconds[f"training the {name} model"] = time.perf_counter() - start
+
+        models[name] = cached_build(os.path.join(bench_dir, name), {"flags": flags, "max_steps": max_steps},
+                                    [os.path.join(REPO_ROOT, config), data_dir], train, f"the {name} model")
+    return models

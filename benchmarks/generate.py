@@ -22,11 +22,16 @@ per step at <= 1 point of accuracy lost. The tables also go to benchmarks/result
 
 import argparse
 import os
-import subprocess
-import sys
 import time
 
-from common import REPO_ROOT, cached_build, machine_summary, markdown_table, results_file  # puts the repo on sys.path
+from common import (  # puts the repo on sys.path
+    REPO_ROOT,
+    cached_build,
+    machine_summary,
+    markdown_table,
+    results_file,
+    train_twins,
+)
 
 BENCH_DIR = os.path.join("outputs", "bench_arith")
 CONFIG = os.path.join("benchmarks", "arithmetic.yaml")
@@ -59,21 +64,7 @@ def prepare_models(threads: int | None, max_steps: int | None) -> tuple[dict[str
     bench_dir = os.path.join(REPO_ROOT, BENCH_DIR + ("_quick" if max_steps else ""))
     data_dir = cached_build(os.path.join(bench_dir, "data"), DATA, [], lambda out: make_arithmetic(out, **DATA),
                             "arithmetic problems")
-    models = {}
-    for name, flags in (("diffusion", []), ("causal", CAUSAL_FLAGS)):
-        extra = [*flags, "--train_file", os.path.join(data_dir, "train.jsonl")]
-        if max_steps:
-            extra += ["--max_steps", str(max_steps)]
-
-        def train(out, extra=extra, name=name):
-            environment = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
-            start = time.perf_counter()
-            subprocess.run([sys.executable, "run_clm_diff.py", CONFIG, *extra, "--output_dir", out], cwd=REPO_ROOT,
-                           env=environment, check=True)
-            seconds[f"training the {name} model"] = time.perf_counter() - start
-
-        models[name] = cached_build(os.path.join(bench_dir, name), {"flags": flags, "max_steps": max_steps},
-                                    [os.path.join(REPO_ROOT, CONFIG), data_dir], train, f"the {name} model")
+    models = train_twins(bench_dir, CONFIG, data_dir, CAUSAL_FLAGS, threads, max_steps, seconds)
     return models, os.path.join(data_dir, "test.jsonl"), seconds
 
 

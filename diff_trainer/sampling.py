@@ -344,11 +344,12 @@ class _Denoiser:
             window_starts, refresh = window_starts.repeat(2), refresh.repeat(2)
         if self.config.cache == "none":
             logits = self._full_forward(inputs, sequences, window_starts, keep=False)
-        else:
+        else:  # rows at the first step of their block refresh their keys/values, the others reuse them
+            parts = [(refresh, lambda *part: self._full_forward(*part, keep=True)), (~refresh, self._cached_forward)]
             logits = None
-            for part, forward in ((refresh, self._full_forward), (~refresh, self._cached_forward)):
+            for part, forward in parts:
                 if part.any():
-                    part_logits = forward(inputs[part], sequences[part], window_starts[part], keep=True)
+                    part_logits = forward(inputs[part], sequences[part], window_starts[part])
                     if logits is None:
                         logits = part_logits.new_empty((len(sequences), *part_logits.shape[1:]))
                     logits[part] = part_logits
@@ -379,7 +380,7 @@ class _Denoiser:
         for (keys, values), layer in zip(self.kept, cache.layers):
             keys[sequences], values[sequences] = layer.keys, layer.values
 
-    def _cached_forward(self, inputs, sequences, window_starts, keep: bool) -> torch.Tensor:
+    def _cached_forward(self, inputs, sequences, window_starts) -> torch.Tensor:
         """Feed each sequence's window only; its other positions attend through their kept keys/values.
 
         The window is the block (dual) or the block and everything after it (prefix), one position earlier for

@@ -594,3 +594,40 @@ def test_a_cache_is_refused_for_models_that_cannot_take_one():
         sample(make_tiny_llama(VOCAB, bidirectional=False), [[5]], gen_length=4, cache="dual")
     with pytest.raises(ValueError, match="cache must be one of"):
         SamplerConfig(mask_token_id=MASK, cache="full")
+
+
+# --- LLaDA parity ---------------------------------------------------------------------------------------------
+
+
+def llada_generate(model, prompt, steps, gen_length, block_length, mask_id):
+    """LLaDA's generate.py (greedy, low_confidence, no guidance) written out independently, with the sampler's one
+    deliberate difference: the mask id itself is never predicted (its logit is set to -inf first)."""
+    x = torch.cat([prompt, torch.full((prompt.shape[0], gen_length), mask_id)], dim=1)
+    blocks = gen_length // block_length
+    for block in range(blocks):
+        end = prompt.shape[1] + (block + 1) * block_length
+        masks_in_block = (x[:, end - block_length:end] == mask_id).sum(1, keepdim=True)
+        per_step = steps // blocks
+        counts = (masks_in_block // per_step).repeat(1, per_step)
+        for row in range(x.shape[0]):
+            counts[row, :int(masks_in_block[row] % per_step)] += 1
+        for step in range(per_step):
+            logits = model(input_ids=x).logits
+            logits[..., mask_id] = float("-inf")
+            predicted = logits.argmax(-1)
+            probability = torch.softmax(logits.double(), -1).gather(-1, predicted[..., None]).squeeze(-1)
+            masked = x == mask_id
+            masked[:, end:] = False
+            confidence = torch.where(masked, probability, float("-inf"))
+            for row in range(x.shape[0]):
+                chosen = torch.topk(confidence[row], k=int(counts[row, step])).indices
+                x[row, chosen] = predicted[row, chosen]
+    return x
+
+
+@pytest.mark.parametrize("gen_length,block_length,steps", [(8, 8, 8), (12, 4, 6), (8, 4, 8)])
+def test_greedy_sampling_is_token_identical_to_llada_generate(model, gen_length, block_length, steps):
+    prompts = torch.tensor([[5, 6, 7], [9, 10, 11]])
+    expected = llada_generate(model, prompts, steps, gen_length, block_length, MASK)
+    result = sample(model, prompts, gen_length=gen_length, block_length=block_length, steps=steps)
+    assert torch.equal(result.sequences, expected)

@@ -230,8 +230,12 @@ def completion_text(tokenizer, ids: list[int], stop=None) -> str:
     return tokenizer.decode(ids[:end], skip_special_tokens=True)
 
 
-def generate_causal(model, tokenizer, prompt_ids: list[list[int]], args) -> tuple[list[list[int]], int]:
-    """Baseline: left-padded `model.generate`; returns the new ids per row and the number of forward passes."""
+def generate_causal(model, tokenizer, prompt_ids: list[list[int]], args,
+                    cache_implementation: str | None = None) -> tuple[list[list[int]], int]:
+    """Baseline: left-padded `model.generate`; returns the new ids per row and the number of forward passes.
+
+    `cache_implementation`: transformers' name of the key/value cache (None: its default dynamic cache; "static":
+    preallocated, which transformers compiles on GPUs)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     width = max(len(p) for p in prompt_ids)
     input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=model.device)
@@ -243,7 +247,8 @@ def generate_causal(model, tokenizer, prompt_ids: list[list[int]], args) -> tupl
     with torch.no_grad():
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=args.gen_length,
                                 pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-                                suppress_tokens=list(special_token_ids_to_forbid(tokenizer)), **sampling)
+                                suppress_tokens=list(special_token_ids_to_forbid(tokenizer)),
+                                cache_implementation=cache_implementation, **sampling)
     new_ids = output[:, width:]
     return new_ids.tolist(), new_ids.shape[1]
 
