@@ -14,11 +14,10 @@ four evaluations. The table also goes to benchmarks/results/isolation[_quick].md
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
-from common import DEMO_DIFFUSION_CONFIG, REPO_ROOT, machine_summary, markdown_table, results_file
+from common import DEMO_DIFFUSION_CONFIG, machine_summary, markdown_table, results_file, run_logged
 
 MODES = {"isolated": "true", "shared": "false"}
 
@@ -28,13 +27,7 @@ def run(arguments: list[str], log_path: str, threads: int) -> dict:
     output_dir = arguments[arguments.index("--output_dir") + 1]
     command = [sys.executable, "run_clm_diff.py", DEMO_DIFFUSION_CONFIG, "--save_strategy", "no",
                "--eval_strategy", "no", "--disable_tqdm", "true", *arguments]
-    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
-    with open(log_path, "w") as log:
-        finished = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment)
-    if finished.returncode != 0:
-        with open(log_path) as log:
-            sys.stderr.write(log.read()[-4000:])
-        raise SystemExit(f"run_clm_diff.py {' '.join(arguments)} failed with exit code {finished.returncode}")
+    run_logged(command, log_path, threads, f"run_clm_diff.py {' '.join(arguments)}")
     with open(os.path.join(output_dir, "all_results.json")) as handle:
         return json.load(handle)
 

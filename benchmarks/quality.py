@@ -19,13 +19,12 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 from types import SimpleNamespace
 
 from common import (DEMO_CLM_CONFIG, DEMO_DIFFUSION_CONFIG, REPO_ROOT, load_average, machine_summary,
-                    markdown_table, median, quiet, read_config, results_file)
+                    markdown_table, median, quiet, read_config, results_file, run_logged)
 
 DEMO = read_config(DEMO_DIFFUSION_CONFIG)  # demo_clm.yaml has the same model, data and batch
 BATCH_SIZE, BLOCK_SIZE = DEMO["per_device_train_batch_size"], DEMO["block_size"]
@@ -64,13 +63,7 @@ def train(name: str, config: str, max_steps: int, evals: int, output_dir: str, e
                "--save_strategy", "no", "--disable_tqdm", "true", *extra]
     log_path = os.path.join(os.path.dirname(output_dir), f"{name}.log")
     print(f"{name}: {max_steps} steps, eval every {eval_steps}", flush=True)
-    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
-    with open(log_path, "w") as log:
-        finished = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment)
-    if finished.returncode != 0:
-        with open(log_path) as log:
-            sys.stderr.write(log.read()[-4000:])
-        raise SystemExit(f"{name} run failed with exit code {finished.returncode}")
+    run_logged(command, log_path, threads, f"{name} run")
     with open(os.path.join(output_dir, "trainer_state.json")) as handle:
         history = json.load(handle)["log_history"]
     with open(os.path.join(output_dir, "all_results.json")) as handle:
