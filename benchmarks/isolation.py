@@ -2,7 +2,7 @@
 """Held-out ELBO with and without --isolate_documents, at equal training steps on the bundled corpus.
 
     python benchmarks/isolation.py [--steps 300] [--eval_mc_samples 16] [--threads 2]
-    python benchmarks/isolation.py --quick      # 100 steps each, ELBO with 4 masks per row
+    python benchmarks/isolation.py --quick      # 60 steps each, ELBO with 2 masks per row
 
 Two runs of `run_clm_diff.py configs/demo.yaml` (packed rows of the stdlib docstrings, ~115 bytes per document, so
 a 256-byte row holds two or three) differ only in --isolate_documents. Each trained model is then evaluated on the
@@ -37,10 +37,10 @@ def parse_args():
     parser.add_argument("--steps", type=int, default=300, help="Training steps of each run (the demo recipe's 300).")
     parser.add_argument("--eval_mc_samples", type=int, default=16, help="Monte-Carlo masks of the ELBO bound.")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="--steps 100 --eval_mc_samples 4")
+    parser.add_argument("--quick", action="store_true", help="--steps 60 --eval_mc_samples 2")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.eval_mc_samples = 100, 4
+        args.steps, args.eval_mc_samples = 60, 2
     return args
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training throughput: causal vs diffusion, eager vs compiled, full-logits vs masked-only head, isolation on/off.
 
-    python benchmarks/throughput.py --quick        # CPU: 5 measured steps per configuration
+    python benchmarks/throughput.py --quick        # 3 measured steps per configuration, batch 4
     python benchmarks/throughput.py [--steps 20] [--warmup 3] [--batch_size 8] [--block_size 256] [--hidden_size 128]
         [--layers 4] [--vocab_size 32768] [--no_compile]
 
@@ -59,17 +59,17 @@ def parse_args(argv=None):
     parser.add_argument("--vocab_size", type=int, default=32768)
     parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
     parser.add_argument("--no_compile", action="store_true", help="skip the compiled configurations")
-    parser.add_argument("--quick", action="store_true", help="--steps 5 --warmup 2")
+    parser.add_argument("--quick", action="store_true", help="--steps 3 --warmup 1 --batch_size 4")
     parser.add_argument("--only", help=argparse.SUPPRESS)  # one configuration, in a child process
     parser.add_argument("--result", help=argparse.SUPPRESS)  # where the child writes its figures (json)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.warmup, args.batch_size = 3, 1, args.batch_size or 4
     cuda = torch.cuda.is_available()
     for name, cpu_value, cuda_value in (("batch_size", 8, 8), ("block_size", 256, 2048), ("hidden_size", 128, 1280),
                                         ("layers", 4, 24)):
         if getattr(args, name) is None:
             setattr(args, name, cuda_value if cuda else cpu_value)
-    if args.quick:
-        args.steps, args.warmup = 5, 2
     return args
 
 
@@ -186,6 +186,14 @@ def peak_flops(threads: int) -> tuple[float, str]:
     return flops, f"CPU fp32 matmul measured here: {flops / 1e9:.1f} GFLOP/s ({threads} threads)"
 
 
+def row(name: str, result: dict, causal: dict, tokens: int, peak: float) -> list:
+    """A table row: ms/step, tokens/s, step time / causal, MFU, peak MiB, first step seconds."""
+    tokens_per_second = tokens / result["seconds"]
+    mfu = tokens_per_second * result["flops_per_token"] / peak
+    return [name, result["seconds"] * 1000, tokens_per_second, result["seconds"] / causal["seconds"],
+            f"{100 * mfu:.1f}%", f"{result['peak_bytes'] / 2 ** 20:.0f}", f"{result['first_step']:.1f}"]
+
+
 def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
@@ -206,7 +214,7 @@ def compare(args):
           f"configuration, each in its own process; {machine_summary(args.threads)}.\nPeak: {peak_source}.\n",
           flush=True)
     names = [name for name, (*_, compiled) in CONFIGURATIONS.items() if not (compiled and args.no_compile)]
-    figures = {}
+    figures, table = {}, []
     passed = sys.argv[1:]
     with tempfile.TemporaryDirectory(prefix="bench_throughput_") as work:
         for name in names:
@@ -217,15 +225,8 @@ def compare(args):
                 raise SystemExit(f"configuration {name!r} failed with exit code {finished.returncode}")
             with open(result) as handle:
                 figures[name] = json.load(handle)
-            print(f"  measured {name}: {figures[name]['seconds'] * 1000:.0f} ms/step", flush=True)
-    tokens = args.batch_size * args.block_size
-    baseline = figures["causal LM"]["seconds"]
-    table = []
-    for name, result in figures.items():
-        tokens_per_second = tokens / result["seconds"]
-        mfu = tokens_per_second * result["flops_per_token"] / peak
-        table.append([name, result["seconds"] * 1000, tokens_per_second, result["seconds"] / baseline,
-                      f"{100 * mfu:.1f}%", f"{result['peak_bytes'] / 2 ** 20:.0f}", f"{result['first_step']:.1f}"])
+            table.append(row(name, figures[name], figures["causal LM"], args.batch_size * args.block_size, peak))
+            print(f"  {name}: " + ", ".join(map(str, table[-1][1:])), flush=True)
     first = next(iter(figures.values()))
     print(f"\n{first['parameters'] / 1e6:.1f}M parameters; {first['flops_per_token'] / 1e6:.1f} MFLOP per token "
           "(6·N + 12·layers·L·hidden).\n")
