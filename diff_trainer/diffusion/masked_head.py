@@ -84,7 +84,7 @@ class MaskedHead:
     """The model's own output projection applied only at masked positions (see the module docstring).
 
     Build it before the model is compiled or wrapped (the hook must be in place when torch.compile traces the
-    forward); it stays registered and passes everything through outside `masked_ce`. `close()` removes it.
+    forward); it stays registered and passes everything through outside `row_masked_ce`. `close()` removes it.
     """
 
     def __init__(self, model):
