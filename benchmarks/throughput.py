@@ -21,6 +21,7 @@ lookup; the second term is attention's scores and weighted sum, PaLM appendix B)
 configuration (the masked-only head does less work for the same tokens). Peak FLOP/s: the GPU's dense bf16 figure
 (H100/H200 989 TFLOP/s, A100 312), or on CPU the fp32 matmul rate measured here first. Peak memory: CUDA's peak
 allocated bytes; on CPU the process's peak resident set (ru_maxrss: model, optimizer and libraries included).
+Each compiled configuration's first-step loss is printed next to its eager twin's (same weights, batch and masks).
 The table also goes to benchmarks/results/throughput[_quick].md.
 """
 
@@ -143,11 +144,13 @@ def measure_one(args, name: str) -> dict:
     step_model = torch.compile(model) if compiled else model
     clean = {key: value.to(device) for key, value in default_data_collator(rows).items()}
 
+    losses = []
+
     def step(index: int) -> float:
         start = time.perf_counter()
         batch = clean if objective == "causal" else trainer.train_noiser(clean, seeded_generator(0, index))
         num_items = None if objective == "causal" else trainer._get_num_items_in_batch([batch], device)
-        trainer.training_step(step_model, batch, num_items)  # under the Trainer's own autocast (bf16 on CUDA)
+        losses.append(float(trainer.training_step(step_model, batch, num_items)))  # under the Trainer's autocast
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         model.zero_grad(set_to_none=True)
@@ -161,6 +164,7 @@ def measure_one(args, name: str) -> dict:
     times = [step(args.warmup + i) for i in range(args.steps)]
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"seconds": median(times), "first_step": warmup[0] if warmup else None, "peak_bytes": peak,
+            "first_loss": losses[0],
             "flops_per_token": flops_per_token(model, args),
             "parameters": sum(p.numel() for p in model.parameters())}
 
@@ -235,6 +239,10 @@ def compare(args):
     memory = "peak MiB (allocated)" if torch.cuda.is_available() else "peak MiB (process RSS)"
     print(markdown_table(["configuration", "ms/step (median)", "tokens/s", "step time / causal", "MFU", memory,
                           "first step s"], table))
+    print("\nLoss of the first step (same weights, same batch and masks), compiled vs eager:")
+    for name in [name for name in figures if name.endswith(", compiled")]:
+        compiled, eager = figures[name]["first_loss"], figures[name.removesuffix(", compiled")]["first_loss"]
+        print(f"  {name}: {compiled:.6f} vs {eager:.6f} (difference {compiled - eager:.2e})")
 
 
 if __name__ == "__main__":
