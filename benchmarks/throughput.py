@@ -205,8 +205,9 @@ def main():
     torch.set_num_threads(args.threads)
     quiet()
     if args.only:
+        figures = measure_one(args, args.only)
         with open(args.result, "w") as handle:
-            json.dump(measure_one(args, args.only), handle)
+            json.dump(figures, handle)
         return
     with results_file("throughput", args.quick):
         compare(args)
