@@ -9,6 +9,7 @@ import platform
 import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 import time
 from contextlib import contextmanager
@@ -135,6 +136,18 @@ def results_file(name: str, quick: bool = False):
                      f"load average {load_average()}.\n")
     os.replace(partial, path)
     print(f"Results written to {os.path.relpath(path, REPO_ROOT)}")
+
+
+def run_logged(command: list[str], log_path: str, threads: int, what: str) -> None:
+    """Run `command` from the repository root with `threads` OpenMP threads, its output into `log_path`; on failure
+    print the log's tail and exit naming `what`."""
+    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    with open(log_path, "w") as log:
+        finished = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment)
+    if finished.returncode != 0:
+        with open(log_path) as log:
+            sys.stderr.write(log.read()[-4000:])
+        raise SystemExit(f"{what} failed with exit code {finished.returncode}")
 
 
 def content_hash(*paths: str) -> str:

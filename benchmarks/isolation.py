@@ -2,7 +2,7 @@
 """Held-out ELBO with and without --isolate_documents, at equal training steps on the bundled corpus.
 
     python benchmarks/isolation.py [--steps 300] [--eval_mc_samples 16] [--threads 2]
-    python benchmarks/isolation.py --quick      # 100 steps each, ELBO with 4 masks per row
+    python benchmarks/isolation.py --quick      # 60 steps each, ELBO with 2 masks per row
 
 Two runs of `run_clm_diff.py configs/demo.yaml` (packed rows of the stdlib docstrings, ~115 bytes per document, so
 a 256-byte row holds two or three) differ only in --isolate_documents. Each trained model is then evaluated on the
@@ -14,11 +14,10 @@ four evaluations. The table also goes to benchmarks/results/isolation[_quick].md
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 
-from common import DEMO_DIFFUSION_CONFIG, REPO_ROOT, machine_summary, markdown_table, results_file
+from common import DEMO_DIFFUSION_CONFIG, machine_summary, markdown_table, results_file, run_logged
 
 MODES = {"isolated": "true", "shared": "false"}
 
@@ -28,13 +27,7 @@ def run(arguments: list[str], log_path: str, threads: int) -> dict:
     output_dir = arguments[arguments.index("--output_dir") + 1]
     command = [sys.executable, "run_clm_diff.py", DEMO_DIFFUSION_CONFIG, "--save_strategy", "no",
                "--eval_strategy", "no", "--disable_tqdm", "true", *arguments]
-    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
-    with open(log_path, "w") as log:
-        finished = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment)
-    if finished.returncode != 0:
-        with open(log_path) as log:
-            sys.stderr.write(log.read()[-4000:])
-        raise SystemExit(f"run_clm_diff.py {' '.join(arguments)} failed with exit code {finished.returncode}")
+    run_logged(command, log_path, threads, f"run_clm_diff.py {' '.join(arguments)}")
     with open(os.path.join(output_dir, "all_results.json")) as handle:
         return json.load(handle)
 
@@ -44,10 +37,10 @@ def parse_args():
     parser.add_argument("--steps", type=int, default=300, help="Training steps of each run (the demo recipe's 300).")
     parser.add_argument("--eval_mc_samples", type=int, default=16, help="Monte-Carlo masks of the ELBO bound.")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--quick", action="store_true", help="--steps 100 --eval_mc_samples 4")
+    parser.add_argument("--quick", action="store_true", help="--steps 60 --eval_mc_samples 2")
     args = parser.parse_args()
     if args.quick:
-        args.steps, args.eval_mc_samples = 100, 4
+        args.steps, args.eval_mc_samples = 60, 2
     return args
 
 

@@ -20,12 +20,11 @@ import argparse
 import json
 import math
 import os
-import subprocess
 import sys
 import tempfile
 
 from common import (DEMO_CLM_CONFIG, DEMO_DIFFUSION_CONFIG, REPO_ROOT, load_average, machine_summary,
-                    markdown_table, quiet, read_config, results_file)
+                    markdown_table, quiet, read_config, results_file, run_logged)
 
 DEMO = read_config(DEMO_DIFFUSION_CONFIG)  # demo_clm.yaml has the same model, data and batch
 BATCH_SIZE = DEMO["per_device_train_batch_size"]
@@ -49,13 +48,7 @@ def train(name: str, config: str, args, output_dir: str, extra: list[str]) -> di
         command += ["--eval_mc_samples", str(args.eval_mc_samples)]
     log_path = os.path.join(os.path.dirname(output_dir), f"{os.path.basename(output_dir)}.log")
     print(f"{name}: {args.steps} steps, eval every {eval_steps}", flush=True)
-    environment = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
-    with open(log_path, "w") as log:
-        finished = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment)
-    if finished.returncode != 0:
-        with open(log_path) as log:
-            sys.stderr.write(log.read()[-4000:])
-        raise SystemExit(f"{name} run failed with exit code {finished.returncode}")
+    run_logged(command, log_path, args.threads, f"{name} run")
     with open(os.path.join(output_dir, "trainer_state.json")) as handle:
         history = json.load(handle)["log_history"]
     with open(os.path.join(output_dir, "all_results.json")) as handle:

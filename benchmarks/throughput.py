@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Training throughput: causal vs diffusion, eager vs compiled, full-logits vs masked-only head, isolation on/off.
 
-    python benchmarks/throughput.py --quick        # CPU: 5 measured steps per configuration
+    python benchmarks/throughput.py --quick        # 3 measured steps per configuration, batch 4
     python benchmarks/throughput.py [--steps 20] [--warmup 3] [--batch_size 8] [--block_size 256] [--hidden_size 128]
         [--layers 4] [--vocab_size 32768] [--no_compile]
 
@@ -11,7 +11,8 @@ own) on the same randomly initialised Llama (seed 0) and the same packed rows of
 tokens each closed by EOS. A step is the Trainer's: `training_step` (forward, loss, backward), gradient clipping,
 AdamW step. The causal LM uses HF's shifted loss inside the model; diffusion uses `DiffusionTrainer` on rows noised
 afresh every step (--masked_head true|false, --isolate_documents). Compiled = `torch.compile(model)`, as
---torch_compile does; its first steps (compilation) are warm-up.
+--torch_compile does; its first steps (compilation) are warm-up, at least 5 so that the masked head's two or three
+bucketed sizes have each been compiled.
 
 Reported per configuration: median step time and tokens/s (B·L per step), the ratio of step times to the eager
 causal step, MFU and peak memory. MFU = tokens/s · FLOPs per token / peak FLOP/s, with FLOPs per token =
@@ -20,6 +21,7 @@ lookup; the second term is attention's scores and weighted sum, PaLM appendix B)
 configuration (the masked-only head does less work for the same tokens). Peak FLOP/s: the GPU's dense bf16 figure
 (H100/H200 989 TFLOP/s, A100 312), or on CPU the fp32 matmul rate measured here first. Peak memory: CUDA's peak
 allocated bytes; on CPU the process's peak resident set (ru_maxrss: model, optimizer and libraries included).
+Each compiled configuration's first-step loss is printed next to its eager twin's (same weights, batch and masks).
 The table also goes to benchmarks/results/throughput[_quick].md.
 """
 
@@ -45,6 +47,7 @@ CONFIGURATIONS = {  # name: (objective, masked head, isolate documents, compiled
     "diffusion, full logits, compiled": ("diffusion", False, False, True),
     "diffusion, masked head, compiled": ("diffusion", True, False, True),
 }
+COMPILED_WARMUP = 5  # compiled: warm-up long enough to meet the masked head's two or three sizes K (one compile each)
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
 
 
@@ -59,17 +62,17 @@ def parse_args(argv=None):
     parser.add_argument("--vocab_size", type=int, default=32768)
     parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
     parser.add_argument("--no_compile", action="store_true", help="skip the compiled configurations")
-    parser.add_argument("--quick", action="store_true", help="--steps 5 --warmup 2")
+    parser.add_argument("--quick", action="store_true", help="--steps 3 --warmup 1 --batch_size 4")
     parser.add_argument("--only", help=argparse.SUPPRESS)  # one configuration, in a child process
     parser.add_argument("--result", help=argparse.SUPPRESS)  # where the child writes its figures (json)
     args = parser.parse_args(argv)
+    if args.quick:
+        args.steps, args.warmup, args.batch_size = 3, 1, args.batch_size or 4
     cuda = torch.cuda.is_available()
     for name, cpu_value, cuda_value in (("batch_size", 8, 8), ("block_size", 256, 2048), ("hidden_size", 128, 1280),
                                         ("layers", 4, 24)):
         if getattr(args, name) is None:
             setattr(args, name, cuda_value if cuda else cpu_value)
-    if args.quick:
-        args.steps, args.warmup = 5, 2
     return args
 
 
@@ -141,11 +144,13 @@ def measure_one(args, name: str) -> dict:
     step_model = torch.compile(model) if compiled else model
     clean = {key: value.to(device) for key, value in default_data_collator(rows).items()}
 
+    losses = []
+
     def step(index: int) -> float:
         start = time.perf_counter()
         batch = clean if objective == "causal" else trainer.train_noiser(clean, seeded_generator(0, index))
         num_items = None if objective == "causal" else trainer._get_num_items_in_batch([batch], device)
-        trainer.training_step(step_model, batch, num_items)  # under the Trainer's own autocast (bf16 on CUDA)
+        losses.append(float(trainer.training_step(step_model, batch, num_items)))  # under the Trainer's autocast
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         model.zero_grad(set_to_none=True)
@@ -153,12 +158,13 @@ def measure_one(args, name: str) -> dict:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    warmup = [step(i) for i in range(args.warmup)]
+    warmup = [step(i) for i in range(max(args.warmup, COMPILED_WARMUP) if compiled else args.warmup)]
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     times = [step(args.warmup + i) for i in range(args.steps)]
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"seconds": median(times), "first_step": warmup[0] if warmup else None, "peak_bytes": peak,
+            "first_loss": losses[0],
             "flops_per_token": flops_per_token(model, args),
             "parameters": sum(p.numel() for p in model.parameters())}
 
@@ -186,13 +192,22 @@ def peak_flops(threads: int) -> tuple[float, str]:
     return flops, f"CPU fp32 matmul measured here: {flops / 1e9:.1f} GFLOP/s ({threads} threads)"
 
 
+def row(name: str, result: dict, causal: dict, tokens: int, peak: float) -> list:
+    """A table row: ms/step, tokens/s, step time / causal, MFU, peak MiB, first step seconds."""
+    tokens_per_second = tokens / result["seconds"]
+    mfu = tokens_per_second * result["flops_per_token"] / peak
+    return [name, result["seconds"] * 1000, tokens_per_second, result["seconds"] / causal["seconds"],
+            f"{100 * mfu:.1f}%", f"{result['peak_bytes'] / 2 ** 20:.0f}", f"{result['first_step']:.1f}"]
+
+
 def main():
     args = parse_args()
     torch.set_num_threads(args.threads)
     quiet()
     if args.only:
+        figures = measure_one(args, args.only)
         with open(args.result, "w") as handle:
-            json.dump(measure_one(args, args.only), handle)
+            json.dump(figures, handle)
         return
     with results_file("throughput", args.quick):
         compare(args)
@@ -206,7 +221,7 @@ def compare(args):
           f"configuration, each in its own process; {machine_summary(args.threads)}.\nPeak: {peak_source}.\n",
           flush=True)
     names = [name for name, (*_, compiled) in CONFIGURATIONS.items() if not (compiled and args.no_compile)]
-    figures = {}
+    figures, table = {}, []
     passed = sys.argv[1:]
     with tempfile.TemporaryDirectory(prefix="bench_throughput_") as work:
         for name in names:
@@ -217,21 +232,18 @@ def compare(args):
                 raise SystemExit(f"configuration {name!r} failed with exit code {finished.returncode}")
             with open(result) as handle:
                 figures[name] = json.load(handle)
-            print(f"  measured {name}: {figures[name]['seconds'] * 1000:.0f} ms/step", flush=True)
-    tokens = args.batch_size * args.block_size
-    baseline = figures["causal LM"]["seconds"]
-    table = []
-    for name, result in figures.items():
-        tokens_per_second = tokens / result["seconds"]
-        mfu = tokens_per_second * result["flops_per_token"] / peak
-        table.append([name, result["seconds"] * 1000, tokens_per_second, result["seconds"] / baseline,
-                      f"{100 * mfu:.1f}%", f"{result['peak_bytes'] / 2 ** 20:.0f}", f"{result['first_step']:.1f}"])
+            table.append(row(name, figures[name], figures["causal LM"], args.batch_size * args.block_size, peak))
+            print(f"  {name}: " + ", ".join(map(str, table[-1][1:])), flush=True)
     first = next(iter(figures.values()))
     print(f"\n{first['parameters'] / 1e6:.1f}M parameters; {first['flops_per_token'] / 1e6:.1f} MFLOP per token "
           "(6·N + 12·layers·L·hidden).\n")
     memory = "peak MiB (allocated)" if torch.cuda.is_available() else "peak MiB (process RSS)"
     print(markdown_table(["configuration", "ms/step (median)", "tokens/s", "step time / causal", "MFU", memory,
                           "first step s"], table))
+    print("\nLoss of the first step (same weights, same batch and masks), compiled vs eager:")
+    for name in [name for name in figures if name.endswith(", compiled")]:
+        compiled, eager = figures[name]["first_loss"], figures[name.removesuffix(", compiled")]["first_loss"]
+        print(f"  {name}: {compiled:.6f} vs {eager:.6f} (difference {compiled - eager:.2e})")
 
 
 if __name__ == "__main__":

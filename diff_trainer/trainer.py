@@ -14,7 +14,13 @@ from transformers import Trainer
 
 from .data.labels import IGNORE_INDEX
 from .data.pipeline import RowLayout
-from .diffusion.attention import additive_mask, annealed_allowed, annealing_ratio, same_document_allowed
+from .diffusion.attention import (
+    additive_mask,
+    annealed_allowed,
+    annealing_ratio,
+    document_block_mask,
+    same_document_allowed,
+)
 from .diffusion.elbo import elbo_nll_of, monte_carlo_copies
 from .diffusion.losses import denominator, diffusion_loss, masked_token_losses
 from .diffusion.masked_head import MaskedHead, masked_ce_fn
@@ -105,6 +111,10 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
         if args.isolate_documents and self.eos_token_id is None:
             raise ValueError("--isolate_documents: pass the tokenizer (processing_class), whose EOS ends each packed "
                              "document.")
+        self.flex_attention = base.config._attn_implementation == "flex_attention"
+        if self.flex_attention and args.isolate_documents and args.attention_annealing_steps > 0:
+            raise ValueError("--isolate_documents with --attention_annealing_steps needs a 4D mask: use "
+                             "--attn_implementation sdpa or eager instead of flex_attention.")
         self.masked_head = None
         # score entropy (SEDD) replaces the noising, the loss and the ELBO; None for masked diffusion
         self.sedd = SeddObjective.from_diffusion_config(diffusion_config, base.config.get_text_config().vocab_size,
@@ -164,6 +174,8 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
         ratio = annealing_ratio(self.state.global_step, self.args.attention_annealing_steps)
         if self.model.training and ratio < 1.0:
             allowed = annealed_allowed(attention_mask, ratio)
+        if self.args.isolate_documents and self.flex_attention:  # annealing is refused with it (__init__)
+            return document_block_mask(clean_ids, attention_mask, self.eos_token_id)
         if self.args.isolate_documents:
             documents = same_document_allowed(clean_ids, attention_mask, self.eos_token_id)
             allowed = documents if allowed is None else allowed & documents
@@ -231,7 +243,8 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
             nlls = []
             for rows in torch.split(torch.arange(len(ids), device=ids.device), max(1, len(ids) // 2)):
                 dtype = next(model.parameters()).dtype
-                copies = monte_carlo_copies(self.attention_for(attention[rows], ids[rows], dtype), samples)
+                copies = self.attention_for(monte_carlo_copies(attention[rows], samples),
+                                            monte_carlo_copies(ids[rows], samples), dtype)
                 with self.accelerator.autocast():
                     if self.sedd is not None:  # the DWDSE bound (SEDD), in the same units
                         nlls.append(self.sedd.elbo_nll(model, ids[rows], attention[rows], maskable[rows], samples,

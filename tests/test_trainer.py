@@ -289,3 +289,25 @@ def test_isolate_documents_needs_packed_rows(tmp_path):
                                       isolate_documents=True)
     with pytest.raises(ValueError, match="--isolate_documents .* add --concatenate_texts"):
         DiffusionTrainer(diffusion_llama(tokenizer), args, row_layout=layout("left"))
+
+
+def test_isolation_under_flex_attention_is_a_block_mask_of_the_same_documents(tmp_path):
+    from diff_trainer.diffusion.attention import same_document_allowed
+
+    tokenizer = make_byte_tokenizer()
+    model = make_tiny_llama(len(tokenizer), attn_implementation="flex_attention")
+    write_diffusion_config(model.config, mask_token_id=tokenizer.mask_token_id, shift_logits=False,
+                           noise_schedule="linear", time_eps=1e-3, dff_token="<DFF>")
+    settings = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none", train_diff_model=True,
+                    isolate_documents=True)
+    trainer = DiffusionTrainer(model, DiffusionTrainingArguments(**settings), row_layout=layout("packed"),
+                               processing_class=tokenizer)
+    rows = packed_rows(tokenizer)
+    ids, attention = torch.tensor(rows["input_ids"]), torch.tensor(rows["attention_mask"])
+    block_mask = trainer.attention_for(attention, ids, torch.float32)
+    grid = torch.arange(BLOCK)
+    allowed = block_mask.mask_mod(torch.arange(len(ids))[:, None, None], 0, grid[None, :, None], grid[None, None, :])
+    assert torch.equal(allowed, same_document_allowed(ids, attention, tokenizer.eos_token_id)[:, 0])
+    with pytest.raises(ValueError, match="needs a 4D mask"):
+        DiffusionTrainer(model, DiffusionTrainingArguments(**settings, attention_annealing_steps=4),
+                         row_layout=layout("packed"), processing_class=tokenizer)

@@ -7,7 +7,7 @@ Document isolation: a packed row holds several EOS-terminated documents; with it
 tokens of its own document (a block-diagonal mask per row), both ways.
 
 Both are built as boolean "allowed" masks [B, 1, L, L], combined with AND, and passed to the model as one float
-additive 4D mask (`additive_mask`).
+additive 4D mask (`additive_mask`); under FlexAttention, isolation is a BlockMask (`document_block_mask`).
 """
 
 import torch
@@ -45,6 +45,20 @@ def same_document_allowed(input_ids, attention_mask_2d, eos_token_ids) -> torch.
     documents = document_ids(input_ids, eos_token_ids)
     same = documents[:, :, None] == documents[:, None, :]  # block-diagonal per row
     return (same & attention_mask_2d.bool()[:, None, :])[:, None]
+
+
+def document_block_mask(input_ids, attention_mask_2d, eos_token_ids):
+    """`same_document_allowed` as a FlexAttention BlockMask (models loaded with attn_implementation="flex_attention"):
+    blocks without any allowed pair are skipped instead of computed and masked."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    documents, keys = document_ids(input_ids, eos_token_ids), attention_mask_2d.bool()
+
+    def same_document(batch, head, query, key):
+        return (documents[batch, query] == documents[batch, key]) & keys[batch, key]
+
+    batch_size, length = input_ids.shape
+    return create_block_mask(same_document, batch_size, None, length, length, device=input_ids.device)
 
 
 def additive_mask(allowed, dtype=torch.float32) -> torch.Tensor:

@@ -8,8 +8,9 @@ positions. Everything before the projection (final norm, an encoder's transform)
 soft-capping) is the model's own code. The cross-entropy then runs in checkpointed chunks, so no float32 copy of the
 [K, V] logits is kept for the backward pass.
 
-K is the number of masked positions rounded up to a bucket (padding scores 0), so the compiled model sees a few
-static shapes instead of one per batch (`--torch_compile`). On CUDA with Liger Kernel installed, and a plain
+K is the number of masked positions rounded up to a multiple of the row length L (padding scores 0), so the compiled
+model sees a few static shapes instead of one per batch (`--torch_compile`): with stratified times (LLaDA) a batch
+masks between about L·(B−1)/2 and L·(B+1)/2 tokens, two or three multiples of L, each compiled once. On CUDA with Liger Kernel installed, and a plain
 `nn.Linear` projection, the projection and the cross-entropy are fused (`liger_fused_linear_cross_entropy`) and the
 [K, V] logits are never materialised.
 """
@@ -25,7 +26,6 @@ from torch.utils.checkpoint import checkpoint
 from ..data.labels import IGNORE_INDEX
 from .losses import masked_token_losses
 
-BUCKETS_PER_BATCH = 16  # K is a multiple of B·L/16: at most 1/16 of the batch is padding, few distinct shapes
 CHUNK_ELEMENTS = 1 << 26  # logits entries per cross-entropy chunk (256 MB in float32)
 POST_PROJECTION_SCALES = ("logit_scale", "logits_scaling", "output_multiplier_scale")  # undone by the fused path
 
@@ -84,7 +84,7 @@ class MaskedHead:
     """The model's own output projection applied only at masked positions (see the module docstring).
 
     Build it before the model is compiled or wrapped (the hook must be in place when torch.compile traces the
-    forward); it stays registered and passes everything through outside `masked_ce`. `close()` removes it.
+    forward); it stays registered and passes everything through outside `row_masked_ce`. `close()` removes it.
     """
 
     def __init__(self, model):
@@ -135,8 +135,7 @@ class MaskedHead:
         forward(): the model's forward pass on the noisy batch, returning its logits (the hook decides their shape).
         """
         batch_size, length = masked.shape
-        bucket = max(1, batch_size * length // BUCKETS_PER_BATCH)
-        hidden_index, token_targets, row_of = gather_plan(targets, masked, shift, bucket)
+        hidden_index, token_targets, row_of = gather_plan(targets, masked, shift, bucket=length)
         fused = self._use_fused(hidden_index)
         logits = self._run(forward, hidden_index, capture=fused)
         if fused:
