@@ -13,13 +13,13 @@ from transformers import set_seed
 
 from diff_trainer.arguments import DataArguments, DiffusionTrainingArguments, ModelArguments, parse_arguments
 from diff_trainer.data.char_tokenizer import CHAR_TOKENIZER, training_texts
-from diff_trainer.data.loading import check_block_size, load_raw_datasets, require_validation_data, run_entry_point
+from diff_trainer.data.loading import check_block_size, load_raw_datasets, require_validation_data
 from diff_trainer.data.pipeline import LAYOUT_FILE, Preprocessor
 from diff_trainer.data.saving import save_final_dataset
 from diff_trainer.metrics import add_perplexity, argmax_logits, token_accuracy_metrics
 from diff_trainer.modeling import add_special_tokens, load_tokenizer, prepare_model
 from diff_trainer.sharding import ShardedSaveTrainer
-from diff_trainer.runner import check_output_dir, nothing_to_run, setup_logging, train_and_evaluate
+from diff_trainer.runner import check_output_dir, nothing_to_run, run_entry_point, setup_logging, train_and_evaluate
 
 logger = logging.getLogger("run_clm_diff")
 

@@ -14,11 +14,11 @@ from dataclasses import replace
 from transformers import set_seed
 
 from diff_trainer.arguments import DPOTrainingArguments, ModelArguments, PreferenceDataArguments, parse_arguments
-from diff_trainer.data.loading import require_validation_data, run_entry_point
+from diff_trainer.data.loading import require_validation_data
 from diff_trainer.data.preference import load_preference_data, save_pairs, tokenize_pairs, with_response_padding
 from diff_trainer.dpo import DiffusionDPOTrainer, checked_diffusion_config, precompute_reference_scores
 from diff_trainer.modeling import add_special_tokens, load_tokenizer, prepare_model
-from diff_trainer.runner import check_output_dir, nothing_to_run, setup_logging, train_and_evaluate
+from diff_trainer.runner import check_output_dir, nothing_to_run, run_entry_point, setup_logging, train_and_evaluate
 
 
 def main(argv=None):

@@ -43,12 +43,12 @@ def load(path: str):
 def held_out_pairs(model_dir: str, data_dir: str, count: int):
     """The first `count` test pairs, tokenised as run_diffusion_dpo.py does with configs/dpo.yaml's settings."""
     from dpo_arithmetic import BLOCK
-    from transformers import AutoTokenizer
 
     from diff_trainer.arguments import PreferenceDataArguments
     from diff_trainer.data.preference import load_preference_data, tokenize_pairs
+    from diff_trainer.modeling import load_saved_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_saved_tokenizer(model_dir)
     args = PreferenceDataArguments(train_file=os.path.join(data_dir, "test_pairs.jsonl"), max_length=BLOCK,
                                    max_prompt_length=8, prompt_suffix="<DFF>", max_train_samples=count)
     raw, _ = load_preference_data(args)

@@ -1,17 +1,18 @@
 #!/usr/bin/env python
-"""Learning check (not a test): causal LM vs. masked diffusion trained for the same minutes on the bundled corpus.
+"""Learning check (not a test): one net trained as a causal LM, masked diffusion, SEDD absorbing and SEDD uniform.
 
-    python benchmarks/quality.py [--minutes 3] [--evals 8] [--plot benchmarks/results/quality.png]
-    python benchmarks/quality.py --quick     # 0.5 minutes each, 2 evaluations; plot benchmarks/results/quality_quick.png
+    python benchmarks/quality.py [--steps 200] [--evals 4] [--plot benchmarks/results/quality.png]
+    python benchmarks/quality.py --quick     # 12 steps each, 2 evaluations; plot benchmarks/results/quality_quick.png
 
-Both run `run_clm_diff.py` with configs/demo_clm.yaml and configs/demo.yaml (same Llama, data, batch, learning
-rate and cosine schedule). The time budget becomes a step budget: a short calibration alternates training steps
-of both objectives in one process (benchmarks/train_step.py's timed steps) and each run gets
-max_steps = minutes·60 / its seconds per step, so the cosine schedule ends with the budget. The table reports the
-training time each run really took (its train_runtime minus its evaluations' eval_runtime) next to the calibrated
-estimate, and the evaluation time separately. Both evaluate on the same held-out rows (the validation file, packed the same way) every max_steps/evals
-steps and at the start: the AR perplexity is exp(eval_loss), the diffusion one the ELBO bound
-eval_elbo_perplexity (an upper bound on its true perplexity). The tables also go to
+Every objective runs `run_clm_diff.py` on the demo configs (configs/demo_clm.yaml for the causal LM,
+configs/demo.yaml otherwise: the same Llama, data, batch, learning rate and cosine schedule) for the same number of
+steps, i.e. the same tokens; only `--diffusion_objective` differs among the diffusion runs. `sedd_absorb` reads the
+time-blind Llama's softmax as a score (RADD), `sedd_uniform` adds the noise-level embedding (TimeConditionedLM, a
+small MLP on top of the same Llama). All evaluate on the same held-out rows every steps/evals steps and at the
+start. Held-out perplexity per byte: the causal LM's exp(eval_loss); for the diffusion objectives
+eval_elbo_perplexity, exp of a Monte-Carlo upper bound on the negative log-likelihood (the masked ELBO, SEDD's DWDSE
+bound), so a diffusion number is an upper bound on its true perplexity. The table reports the training minutes each
+run took (train_runtime minus its evaluations), as the machine is shared. The tables also go to
 benchmarks/results/quality[_quick].md.
 """
 
@@ -22,49 +23,33 @@ import os
 import subprocess
 import sys
 import tempfile
-from types import SimpleNamespace
 
 from common import (DEMO_CLM_CONFIG, DEMO_DIFFUSION_CONFIG, REPO_ROOT, load_average, machine_summary,
-                    markdown_table, median, quiet, read_config, results_file)
+                    markdown_table, quiet, read_config, results_file)
 
 DEMO = read_config(DEMO_DIFFUSION_CONFIG)  # demo_clm.yaml has the same model, data and batch
-BATCH_SIZE, BLOCK_SIZE = DEMO["per_device_train_batch_size"], DEMO["block_size"]
+BATCH_SIZE = DEMO["per_device_train_batch_size"]
+# (label, config, extra run_clm_diff flags, metric key in the logs)
+OBJECTIVES = (
+    ("causal LM", DEMO_CLM_CONFIG, [], "eval_loss"),
+    ("masked diffusion", DEMO_DIFFUSION_CONFIG, [], "eval_elbo_perplexity"),
+    ("SEDD absorbing", DEMO_DIFFUSION_CONFIG, ["--diffusion_objective", "sedd_absorb"], "eval_elbo_perplexity"),
+    ("SEDD uniform", DEMO_DIFFUSION_CONFIG, ["--diffusion_objective", "sedd_uniform"], "eval_elbo_perplexity"),
+)
 
 
-def calibrate(threads: int, steps: int) -> dict:
-    """Seconds per training step of each objective, from steps run alternately in this process.
-
-    The causal LM gets its median step time; diffusion gets that times the median ratio of adjacent steps, which
-    changing load from other processes affects far less than two separate medians.
-    """
-    import torch
-    from train_step import build_steps
-
-    torch.set_num_threads(threads)
-    quiet()
-    with tempfile.TemporaryDirectory(prefix="bench_quality_calibration_") as output_dir:
-        clm, diffusion = build_steps(SimpleNamespace(batch_size=BATCH_SIZE, block_size=BLOCK_SIZE), output_dir)
-        for _ in range(2):  # warm-up
-            clm.step()
-            diffusion.step()
-        clm_times, ratios = [], []
-        for index in range(steps):
-            order = (clm, diffusion) if index % 2 == 0 else (diffusion, clm)
-            seconds = {timed: timed.step() for timed in order}
-            clm_times.append(seconds[clm])
-            ratios.append(seconds[diffusion] / seconds[clm])
-    return {"clm": median(clm_times), "diffusion": median(clm_times) * median(ratios)}
-
-
-def train(name: str, config: str, max_steps: int, evals: int, output_dir: str, extra: list[str], threads: int) -> dict:
+def train(name: str, config: str, args, output_dir: str, extra: list[str]) -> dict:
     """Run run_clm_diff.py; return its trainer_state log history and final eval metrics."""
-    eval_steps = max(1, max_steps // evals)
-    command = [sys.executable, "run_clm_diff.py", config, "--output_dir", output_dir, "--max_steps", str(max_steps),
+    eval_steps = max(1, args.steps // args.evals)
+    command = [sys.executable, "run_clm_diff.py", config, "--output_dir", output_dir, "--max_steps", str(args.steps),
+               "--block_size", str(args.block_size), "--max_eval_samples", str(args.max_eval_samples),
                "--eval_steps", str(eval_steps), "--logging_steps", str(eval_steps), "--eval_on_start", "true",
                "--save_strategy", "no", "--disable_tqdm", "true", *extra]
-    log_path = os.path.join(os.path.dirname(output_dir), f"{name}.log")
-    print(f"{name}: {max_steps} steps, eval every {eval_steps}", flush=True)
-    environment = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+    if config == DEMO_DIFFUSION_CONFIG:
+        command += ["--eval_mc_samples", str(args.eval_mc_samples)]
+    log_path = os.path.join(os.path.dirname(output_dir), f"{os.path.basename(output_dir)}.log")
+    print(f"{name}: {args.steps} steps, eval every {eval_steps}", flush=True)
+    environment = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
     with open(log_path, "w") as log:
         finished = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment)
     if finished.returncode != 0:
@@ -78,29 +63,28 @@ def train(name: str, config: str, max_steps: int, evals: int, output_dir: str, e
     return {"history": history, "results": results}
 
 
-def curve(history: list[dict], key: str, transform=lambda v: v) -> list[tuple[int, float]]:
-    """(step, value) of every log entry holding `key`, first occurrence per step."""
+def curve(history: list[dict], key: str) -> list[tuple[int, float]]:
+    """(step, perplexity) of every log entry holding `key` (a loss is exponentiated), first occurrence per step."""
     points = {}
     for entry in history:
         if key in entry and entry["step"] not in points:
-            points[entry["step"]] = transform(entry[key])
+            points[entry["step"]] = math.exp(entry[key]) if key.endswith("loss") else entry[key]
     return sorted(points.items())
 
 
-def plot(curves: dict, seconds_per_step: dict, minutes: float, path: str) -> None:
+def plot(curves: dict, steps: int, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
-    for label, (name, points) in curves.items():
-        steps, values = zip(*points)
-        axis.plot([s * seconds_per_step[name] / 60 for s in steps], values, marker="o", label=label)
+    for label, points in curves.items():
+        axis.plot(*zip(*points), marker="o", label=label)
     axis.set_yscale("log")
-    axis.set_xlabel(f"training minutes (calibrated; budget {minutes:g} each)")
-    axis.set_ylabel("perplexity per byte on held-out tokens")
-    axis.set_title("Causal LM vs. masked diffusion, same model, data and minutes")
+    axis.set_xlabel(f"training steps ({BATCH_SIZE} rows each; budget {steps})")
+    axis.set_ylabel("held-out perplexity per byte (diffusion: ELBO bound)")
+    axis.set_title("One Llama, four objectives, the same steps")
     axis.grid(True, which="both", alpha=0.3)
     axis.legend()
     figure.tight_layout()
@@ -110,18 +94,21 @@ def plot(curves: dict, seconds_per_step: dict, minutes: float, path: str) -> Non
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=3.0, help="Training minutes per objective.")
-    parser.add_argument("--evals", type=int, default=8, help="Evaluations per run (plus one at the start).")
-    parser.add_argument("--eval_mc_samples", type=int, default=8, help="Monte-Carlo masks of the ELBO bound.")
-    parser.add_argument("--calibration_steps", type=int, default=12, help="Timed steps per objective.")
+    parser.add_argument("--steps", type=int, default=200, help="Training steps per objective (the same for all).")
+    parser.add_argument("--evals", type=int, default=4, help="Evaluations per run (plus one at the start).")
+    parser.add_argument("--eval_mc_samples", type=int, default=4, help="Monte-Carlo samples of the ELBO bounds.")
+    parser.add_argument("--max_eval_samples", type=int, default=32, help="Held-out rows evaluated.")
+    parser.add_argument("--block_size", type=int, default=128, help="Tokens per row.")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--plot", default="benchmarks/results/quality.png", help="PNG path (relative to the repository).")
     parser.add_argument("--quick", action="store_true",
-                        help="--minutes 0.5 --evals 2 --calibration_steps 4 --plot benchmarks/results/quality_quick.png")
+                        help="--steps 12 --evals 2 --max_eval_samples 8 --plot benchmarks/results/quality_quick.png")
     args = parser.parse_args()
     if args.quick:
-        args.minutes, args.evals, args.calibration_steps = 0.5, 2, 4
+        args.steps, args.evals, args.max_eval_samples = 12, 2, 8
         args.plot = "benchmarks/results/quality_quick.png"
+    if args.steps < 1 or args.evals < 1:
+        parser.error("--steps and --evals must be at least 1.")
     return args
 
 
@@ -133,42 +120,25 @@ def main():
 
 
 def measure(args):
-    seconds_per_step = calibrate(args.threads, args.calibration_steps)
-    budget = args.minutes * 60
-    max_steps = {name: max(1, round(budget / seconds)) for name, seconds in seconds_per_step.items()}
-    print(f"{machine_summary(args.threads)}\nCalibration: {seconds_per_step['clm']:.3f} s/step causal LM, "
-          f"{seconds_per_step['diffusion']:.3f} s/step diffusion -> {args.minutes:g} min = {max_steps['clm']} "
-          f"and {max_steps['diffusion']} steps.", flush=True)
-
+    quiet()
+    print(machine_summary(args.threads), flush=True)
+    rows, curves = [], {}
     with tempfile.TemporaryDirectory(prefix="bench_quality_") as workdir:
-        clm = train("clm", DEMO_CLM_CONFIG, max_steps["clm"], args.evals, os.path.join(workdir, "clm"), [],
-                    args.threads)
-        diffusion = train("diffusion", DEMO_DIFFUSION_CONFIG, max_steps["diffusion"], args.evals,
-                          os.path.join(workdir, "diffusion"), ["--eval_mc_samples", str(args.eval_mc_samples)],
-                          args.threads)
-
-    clm_curve = curve(clm["history"], "eval_loss", math.exp)
-    diffusion_curve = curve(diffusion["history"], "eval_elbo_perplexity")
-    rows = []
-    for label, run, name, points, final in (
-        ("causal LM", clm, "clm", clm_curve, clm["results"]["perplexity"]),
-        ("masked diffusion", diffusion, "diffusion", diffusion_curve, diffusion["results"]["eval_elbo_perplexity"]),
-    ):
-        results = run["results"]
-        eval_seconds = sum(entry.get("eval_runtime", 0.0) for entry in run["history"])
-        rows.append([label, "exp(eval_loss)" if name == "clm" else "eval_elbo_perplexity (bound)", max_steps[name],
-                     (results["train_runtime"] - eval_seconds) / 60, max_steps[name] * seconds_per_step[name] / 60,
-                     eval_seconds / 60, max_steps[name] * BATCH_SIZE * BLOCK_SIZE, points[0][1], final,
-                     min(v for _, v in points)])
+        for index, (label, config, extra, key) in enumerate(OBJECTIVES):
+            run = train(label, config, args, os.path.join(workdir, f"run{index}"), extra)
+            points = curve(run["history"], key)
+            curves[f"{label}: {'exp(eval_loss)' if key == 'eval_loss' else 'ELBO bound'}"] = points
+            results = run["results"]
+            eval_seconds = sum(entry.get("eval_runtime", 0.0) for entry in run["history"])
+            rows.append([label, "exp(eval_loss)" if key == "eval_loss" else "eval_elbo_perplexity (bound)",
+                         args.steps, (results["train_runtime"] - eval_seconds) / 60, eval_seconds / 60,
+                         args.steps * BATCH_SIZE * args.block_size, points[0][1], points[-1][1],
+                         min(v for _, v in points)])
     print()
-    print(markdown_table(["objective", "metric", "steps", "train min (measured, evals excluded)",
-                          "train min (calibrated)", "eval min", "tokens seen", "ppl at start", "final ppl",
-                          "best ppl"], rows))
-    print(f"\ndiffusion ELBO bound / AR perplexity at the end: {rows[1][8] / rows[0][8]:.2f}×; "
-          f"load average now {load_average()}.")
-    plot({"causal LM: exp(eval_loss)": ("clm", clm_curve),
-          "masked diffusion: ELBO perplexity bound": ("diffusion", diffusion_curve)},
-         seconds_per_step, args.minutes, args.plot)
+    print(markdown_table(["objective", "metric", "steps", "train min (evals excluded)", "eval min", "tokens seen",
+                          "ppl at start", "final ppl", "best ppl"], rows))
+    print(f"\nload average now {load_average()}.")
+    plot(curves, args.steps, args.plot)
     print(f"Plot: {args.plot}")
 
 

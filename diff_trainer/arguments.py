@@ -12,6 +12,7 @@ from transformers import HfArgumentParser, TrainingArguments
 from .data.preference import INVALID_PAIR_MODES, RESPONSE_PADDINGS
 from .diffusion.losses import LOSS_NORMALIZATIONS
 from .diffusion.sedd import SEDD_NOISES, SEDD_OBJECTIVES
+from .noising import PREFIX_SHUFFLE_UNITS
 
 
 @dataclass
@@ -220,6 +221,12 @@ class RunArguments(TrainingArguments):
         metadata={"help": "Train into an --output_dir that already holds a model or checkpoints, deleting its "
                   "checkpoint-N directories (without it such a run is refused)."},
     )
+    masked_head: Optional[bool] = field(
+        default=None,
+        metadata={"help": "Diffusion and DPO: apply the model's LM head only at masked positions (the loss, ELBO and "
+                          "VRPO scores need no other logits); false computes the full [B, L, V] logits first. The loss "
+                          "is the same either way. Default: true."},
+    )
 
 
 @dataclass
@@ -257,6 +264,18 @@ class DiffusionTrainingArguments(RunArguments):
     prompt_dropout: float = field(
         default=0.0, metadata={"help": "Probability of replacing a row's whole prompt by masks (trains CFG)."}
     )
+    prefix_shuffle: str = field(
+        default="none",
+        metadata={"help": "Permute each document's prefix (before <DFF>) anew at every draw, so the model does not "
+                  "rely on its order: none, segments (the parts between --prefix_separator, e.g. keywords) or tokens "
+                  "(single tokens). Labels are untouched; evaluation keeps the order unless --eval_prefix_shuffle."},
+    )
+    prefix_separator: str = field(
+        default="<SEP>", metadata={"help": "The text between prefix segments (--prefix_shuffle segments)."}
+    )
+    eval_prefix_shuffle: bool = field(
+        default=False, metadata={"help": "Permute prefixes during evaluation too (loss, accuracy and ELBO)."}
+    )
     eval_mc_samples: int = field(
         default=8, metadata={"help": "Monte-Carlo samples for the evaluation ELBO bound (LLaDA uses 128)."}
     )
@@ -274,6 +293,11 @@ class DiffusionTrainingArguments(RunArguments):
     sedd_scale_by_sigma: bool = field(
         default=False, metadata={"help": "sedd_absorb: subtract log(e^sigma - 1) + log(N - 1) from the output (SEDD)."}
     )
+    isolate_documents: bool = field(
+        default=False,
+        metadata={"help": "Packed rows (--concatenate_texts): each token attends only to its own EOS-terminated "
+                          "document (a block-diagonal bidirectional mask per row), not to the row's other documents."},
+    )
 
     def __post_init__(self):
         self._check_objective()
@@ -281,10 +305,17 @@ class DiffusionTrainingArguments(RunArguments):
             raise ValueError(f"--loss_normalization must be one of {LOSS_NORMALIZATIONS}, got {self.loss_normalization!r}")
         if not 0 <= self.random_length_prob <= 1 or not 0 <= self.prompt_dropout <= 1:
             raise ValueError("--random_length_prob and --prompt_dropout are probabilities in [0, 1].")
+        if self.prefix_shuffle not in PREFIX_SHUFFLE_UNITS:
+            raise ValueError(f"--prefix_shuffle must be one of {PREFIX_SHUFFLE_UNITS}, got {self.prefix_shuffle!r}")
+        if self.eval_prefix_shuffle and self.prefix_shuffle == "none":
+            raise ValueError("--eval_prefix_shuffle needs --prefix_shuffle segments|tokens.")
+        if self.prefix_shuffle == "segments" and not self.prefix_separator.strip():
+            raise ValueError("--prefix_shuffle segments needs a non-blank --prefix_separator.")
         diffusion_only = {
             "shift_logits": self.shift_logits, "attention_annealing_steps": self.attention_annealing_steps > 0,
             "prompt_dropout": self.prompt_dropout > 0, "random_length_prob": self.random_length_prob > 0,
-            "loss_normalization": self.loss_normalization is not None,
+            "loss_normalization": self.loss_normalization is not None, "prefix_shuffle": self.prefix_shuffle != "none",
+            "masked_head": self.masked_head is not None, "isolate_documents": self.isolate_documents,
         }
         used = [name for name, on in diffusion_only.items() if on]
         if used and not self.train_diff_model:
@@ -308,8 +339,9 @@ class DiffusionTrainingArguments(RunArguments):
         if not self.train_diff_model:
             raise ValueError("--diffusion_objective sedd_* trains a diffusion model: add --train_diff_model.")
         masked_only = {"shift_logits": self.shift_logits, "attention_annealing_steps": self.attention_annealing_steps > 0,
+                       "masked_head": self.masked_head is not None, "isolate_documents": self.isolate_documents,
                        "prompt_dropout": self.prompt_dropout > 0, "random_length_prob": self.random_length_prob > 0,
-                       "noise_schedule": self.noise_schedule != "linear"}
+                       "noise_schedule": self.noise_schedule != "linear", "prefix_shuffle": self.prefix_shuffle != "none"}
         used = [name for name, on in masked_only.items() if on]
         if used:
             raise ValueError(f"--{' --'.join(used)} belong to masked diffusion; they are not defined for "

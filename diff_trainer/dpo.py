@@ -38,6 +38,7 @@ from .data.preference import (
     run_fingerprint,
 )
 from .diffusion.elbo import elbo_terms, monte_carlo_copies
+from .diffusion.masked_head import MaskedHead, masked_ce_fn, masked_head_for
 from .modeling import is_peft_model, read_diffusion_config
 from .sharding import ShardedSaveMixin, prepare_frozen_model
 from .trainer import StepNormalizedLoss
@@ -49,15 +50,17 @@ METRIC_NAMES = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rew
                 "logps/rejected")
 
 
-def elbo_samples(logits_fn, inputs, num_samples: int, shift: bool = False, prefix: str = "") -> torch.Tensor:
+def elbo_samples(logits_fn, inputs, num_samples: int, shift: bool = False, prefix: str = "",
+                 head: MaskedHead = None) -> torch.Tensor:
     """The n ELBO terms of every sequence of a `PreferenceCollator` batch: Tensor[2B, n] (nats, higher = likelier).
 
-    `prefix` "ref_" selects the reference's own masks when they are not shared.
+    `prefix` "ref_" selects the reference's own masks when they are not shared. `head`: the model's MaskedHead
+    (logits only at masked positions), or None for full logits.
     """
     clean = monte_carlo_copies(inputs["input_ids"], num_samples)
     maskable = monte_carlo_copies(inputs["maskable"], num_samples)
-    terms = elbo_terms(logits_fn, clean, maskable, inputs[f"{prefix}noisy_ids"], inputs[f"{prefix}masked"],
-                       inputs[f"{prefix}mask_counts"], shift)
+    terms = elbo_terms(masked_ce_fn(head, logits_fn, shift), clean, maskable, inputs[f"{prefix}noisy_ids"], inputs[f"{prefix}masked"],
+                       inputs[f"{prefix}mask_counts"])
     return terms.reshape(-1, num_samples)
 
 
@@ -94,15 +97,17 @@ def disable_dropout(model) -> None:
 
 
 @torch.no_grad()
-def reference_scores(reference, inputs, num_samples: int, *, shift: bool, antithetic: bool) -> torch.Tensor:
+def reference_scores(reference, inputs, num_samples: int, *, shift: bool, antithetic: bool,
+                     head: MaskedHead = None) -> torch.Tensor:
     """The reference's scores B̂ref [2B]: `reference` is a frozen model, or a peft policy with adapters disabled.
 
     antithetic: on the policy's masks (VRPO); otherwise on the batch's own reference masks (`ref_` keys).
+    `head`: the reference's MaskedHead (None: full logits).
     """
     context = reference.disable_adapter() if is_peft_model(reference) else contextlib.nullcontext()
     with context:
         terms = elbo_samples(model_logits(reference, inputs["attention_mask"], num_samples), inputs, num_samples,
-                             shift, "" if antithetic else "ref_")
+                             shift, "" if antithetic else "ref_", head)
     return terms.mean(dim=1)
 
 
@@ -149,32 +154,35 @@ def precompute_reference_scores(pairs: DatasetDict, reference, tokenizer, args) 
     accelerator = Accelerator()
     collator = preference_collator(reference, tokenizer, args, fixed_epoch=0)
     shift = bool(checked_diffusion_config(reference).get("shift_logits", False))
-    model = accelerator.prepare_model(reference.eval(), evaluation_mode=True)
-    scored = {}
-    for name, dataset in pairs.items():
-        if has_reference_scores(dataset, fingerprint):
-            scored[name] = dataset
-            continue
-        dataset = dataset.remove_columns([c for c in (*REFERENCE_COLUMNS, REF_FINGERPRINT_COLUMN)
-                                          if c in dataset.column_names])
-        loader = accelerator.prepare(DataLoader(dataset, batch_size=args.per_device_eval_batch_size,
-                                                collate_fn=collator, shuffle=False))
-        seeds, chosen, rejected = [], [], []
-        for batch in loader:
-            with accelerator.autocast():
-                scores = reference_scores(model, batch, args.mc_samples, shift=shift, antithetic=True).float()
-            num_pairs = batch["mask_seed"].shape[0]
-            gathered = accelerator.gather_for_metrics((batch["mask_seed"], scores[:num_pairs], scores[num_pairs:]))
-            for store, values in zip((seeds, chosen, rejected), gathered):
-                store.append(values.cpu())
-        if torch.cat(seeds).tolist() != list(dataset["mask_seed"]):
-            raise RuntimeError("Reference scores came back out of order; cannot attach them to the pairs.")
-        logger.info("Precomputed reference scores of %d %s pairs (%d samples each).", len(dataset), name,
-                    args.mc_samples)
-        dataset = dataset.add_column(REFERENCE_COLUMNS[0], torch.cat(chosen).tolist())
-        dataset = dataset.add_column(REFERENCE_COLUMNS[1], torch.cat(rejected).tolist())
-        scored[name] = dataset.add_column(REF_FINGERPRINT_COLUMN, [json.dumps(fingerprint)] * len(dataset))
-    return DatasetDict(scored)
+    with masked_head_for(reference, args.masked_head is not False) as head:
+        model = accelerator.prepare_model(reference.eval(), evaluation_mode=True)
+        return DatasetDict({name: scored_split(name, dataset, model, head, collator, accelerator, args, shift,
+                                               fingerprint) for name, dataset in pairs.items()})
+
+
+def scored_split(name: str, dataset, model, head, collator, accelerator, args, shift: bool, fingerprint: dict):
+    """One split of `precompute_reference_scores`: kept when its stored scores have `fingerprint`, else scored."""
+    if has_reference_scores(dataset, fingerprint):
+        return dataset
+    dataset = dataset.remove_columns([c for c in (*REFERENCE_COLUMNS, REF_FINGERPRINT_COLUMN)
+                                      if c in dataset.column_names])
+    loader = accelerator.prepare(DataLoader(dataset, batch_size=args.per_device_eval_batch_size,
+                                            collate_fn=collator, shuffle=False))
+    seeds, chosen, rejected = [], [], []
+    for batch in loader:
+        with accelerator.autocast():
+            scores = reference_scores(model, batch, args.mc_samples, shift=shift, antithetic=True, head=head).float()
+        num_pairs = batch["mask_seed"].shape[0]
+        gathered = accelerator.gather_for_metrics((batch["mask_seed"], scores[:num_pairs], scores[num_pairs:]))
+        for store, values in zip((seeds, chosen, rejected), gathered):
+            store.append(values.cpu())
+    if torch.cat(seeds).tolist() != list(dataset["mask_seed"]):
+        raise RuntimeError("Reference scores came back out of order; cannot attach them to the pairs.")
+    logger.info("Precomputed reference scores of %d %s pairs (%d samples each).", len(dataset), name,
+                args.mc_samples)
+    dataset = dataset.add_column(REFERENCE_COLUMNS[0], torch.cat(chosen).tolist())
+    dataset = dataset.add_column(REFERENCE_COLUMNS[1], torch.cat(rejected).tolist())
+    return dataset.add_column(REF_FINGERPRINT_COLUMN, [json.dumps(fingerprint)] * len(dataset))
 
 
 class MaskEpochCallback(TrainerCallback):
@@ -229,6 +237,9 @@ class DiffusionDPOTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
         self.eval_collator = replace(data_collator, fixed_epoch=0)  # the same masks at every evaluation
         if data_collator.fixed_epoch is None:
             self.add_callback(MaskEpochCallback(data_collator))
+        enabled = args.masked_head is not False  # the hooks go on before the Trainer compiles or wraps the models
+        self.masked_head = MaskedHead(model) if enabled else None
+        self.ref_masked_head = MaskedHead(ref_model) if enabled and ref_model is not None else self.masked_head
         self.ref_model = None
         if ref_model is not None:
             ref_model.requires_grad_(False)
@@ -243,7 +254,8 @@ class DiffusionDPOTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
     def policy_terms(self, model, inputs) -> torch.Tensor:
         """The policy's ELBO terms [2B, n] on the batch's masks (with gradient)."""
         n = self.args.mc_samples
-        return elbo_samples(model_logits(model, inputs["attention_mask"], n), inputs, n, self.shift_logits)
+        return elbo_samples(model_logits(model, inputs["attention_mask"], n), inputs, n, self.shift_logits,
+                            head=self.masked_head)
 
     @torch.no_grad()
     def reference_scores(self, model, inputs) -> torch.Tensor:
@@ -254,7 +266,7 @@ class DiffusionDPOTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
         if reference is not self.ref_model and not is_peft_model(reference):
             raise ValueError("No reference: pass ref_model, use a peft (LoRA) policy, or precompute the scores.")
         return reference_scores(reference, inputs, self.args.mc_samples, shift=self.shift_logits,
-                                antithetic=self.args.antithetic_sampling)
+                                antithetic=self.args.antithetic_sampling, head=self.ref_masked_head)
 
     # ------------------------------------------------------------------------------------------------
     # Loss

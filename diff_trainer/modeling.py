@@ -23,8 +23,9 @@ from transformers import (
     PretrainedConfig,
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+from transformers.models.auto.tokenization_auto import get_tokenizer_config
 
-from .data.char_tokenizer import CHAR_TOKENIZER, build_char_tokenizer
+from .data.char_tokenizer import CHAR_TOKENIZER, CharTokenizer, build_char_tokenizer
 from .devices import resolve_device
 from .models.conversion import LOADERS as RELEASED_LAYOUT_LOADERS
 
@@ -40,6 +41,10 @@ MASKED_LM_CLASS_NAMES = frozenset(MODEL_FOR_MASKED_LM_MAPPING_NAMES.values())
 # auto classes a checkpoint's diffusion_config may name in "auto_class" (others can be registered here)
 AUTO_CLASSES = {"AutoModelForCausalLM": AutoModelForCausalLM, "AutoModelForMaskedLM": AutoModelForMaskedLM}
 MODES = ("causal", "diffusion")
+# The tokenizers built here without vocabulary files (--tokenizer_name byte / char), by the class name saved in
+# tokenizer_config.json. AutoTokenizer does not always honour that name: transformers 5 gives a qwen2 checkpoint
+# Qwen2's own tokenizer class whatever the file says, which would silently re-tokenise a byte-level model.
+FILE_FREE_TOKENIZERS = {"ByT5Tokenizer": ByT5Tokenizer, "CharTokenizer": CharTokenizer}
 ADAPTER_CONFIG = "adapter_config.json"
 
 logger = logging.getLogger(__name__)
@@ -72,7 +77,9 @@ def load_tokenizer(model_args, train_texts=None):
         raise ValueError(
             "No tokenizer to load: pass --tokenizer_name (a hub id, a directory, or 'byte') or --model_name_or_path."
         )
-    if name == BYTE_TOKENIZER:
+    if (fitted := _layout_tokenizer_for_ids(model_args.model_name_or_path, model_args.tokenizer_name)) is not None:
+        tokenizer = fitted
+    elif name == BYTE_TOKENIZER:
         tokenizer = ByT5Tokenizer()
     elif name == CHAR_TOKENIZER:
         if train_texts is None:
@@ -83,12 +90,21 @@ def load_tokenizer(model_args, train_texts=None):
         tokenizer = layout_tokenizer(name)
     else:
         check_model_source(name, "--tokenizer_name" if model_args.tokenizer_name else "--model_name_or_path")
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=model_args.trust_remote_code)
+        tokenizer = load_saved_tokenizer(name, trust_remote_code=model_args.trust_remote_code)
     if tokenizer.eos_token is None:
         tokenizer.add_special_tokens({"eos_token": tokenizer.sep_token or FALLBACK_EOS_TOKEN})
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def load_saved_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    """The tokenizer saved in a directory (or hub repository): the class tokenizer_config.json names when it is one
+    of FILE_FREE_TOKENIZERS, else whatever AutoTokenizer picks."""
+    saved_class = FILE_FREE_TOKENIZERS.get(get_tokenizer_config(name_or_path).get("tokenizer_class"))
+    if saved_class is not None:
+        return saved_class.from_pretrained(name_or_path)
+    return AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
 
 
 def add_special_tokens(tokenizer, dff_token, mask_token):
@@ -151,6 +167,7 @@ def _build_config(model_args, tokenizer):
         config.update_from_string(model_args.config_overrides)
         overridden = {item.split("=", 1)[0].strip() for item in model_args.config_overrides.split(",")}
         _follow_overridden_sizes(config, overridden, head_dim_was_derived)
+        config = _follow_overridden_layers(config, overridden)
     if from_scratch:
         config.vocab_size = len(tokenizer)
         for name in SPECIAL_TOKEN_ID_NAMES:
@@ -188,6 +205,19 @@ def _follow_overridden_sizes(config, overridden: set[str], head_dim_was_derived:
                          f"num_attention_heads {config.num_attention_heads}; change one or set head_dim.")
     config.head_dim = config.hidden_size // config.num_attention_heads
     logger.info("head_dim = hidden_size / num_attention_heads = %d.", config.head_dim)
+
+
+def _follow_overridden_layers(config, overridden: set[str]):
+    """The config with `layer_types` derived again after --config_overrides changed the number of layers.
+
+    Qwen2, Gemma and others derive one attention kind per layer when the config is built; a stale list of the
+    default length makes save_pretrained refuse the config at the end of training.
+    """
+    layer_types = getattr(config, "layer_types", None)
+    layers = getattr(config, "num_hidden_layers", None)
+    if layer_types is None or "layer_types" in overridden or len(layer_types) == layers:
+        return config
+    return type(config).from_dict({**config.to_dict(), "layer_types": None})
 
 
 def describe_model(model) -> str:
@@ -328,7 +358,7 @@ def _load_adapter(path: str, *, merge_lora=False, **options):
     if not base_path:
         raise ValueError(f"{path}/{ADAPTER_CONFIG} names no base_model_name_or_path: cannot load the adapter.")
     base = load_checkpoint_model(base_path, **options)
-    fit_to_tokenizer(base, AutoTokenizer.from_pretrained(path, trust_remote_code=options.get("trust_remote_code")))
+    fit_to_tokenizer(base, load_saved_tokenizer(path, trust_remote_code=options.get("trust_remote_code")))
     if os.path.isfile(os.path.join(path, "config.json")):  # the trained model's settings (diffusion_config)
         trained = AutoConfig.from_pretrained(path, trust_remote_code=options.get("trust_remote_code"))
         for name in ("diffusion_config", "is_causal"):
@@ -374,6 +404,13 @@ def _layout_tokenizer_loader(path: str):
     return getattr(_registered_loader(path), "load_tokenizer", None)
 
 
+def _layout_tokenizer_for_ids(model_path, tokenizer_name):
+    """The tokenizer of a registered layout whose ids the tokenizer must match (`tokenizer_for_ids`, e.g. SEDD:
+    MASK at the absorbing id, before any token is added), or None for every other model."""
+    fit = getattr(_registered_loader(model_path), "tokenizer_for_ids", None) if model_path is not None else None
+    return None if fit is None else fit(model_path, tokenizer_name)
+
+
 def load_checkpoint_model(path: str, **options):
     """The model of a checkpoint directory, from the first loader whose `matches(path)` is true."""
     return _checkpoint_loader(path).load(path, **options)
@@ -388,7 +425,7 @@ def load_checkpoint(path: str, *, device: str = "cpu", dtype: str = "auto", merg
         if hasattr(loader, "load_tokenizer"):
             tokenizer = loader.load_tokenizer(path)
         else:
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            tokenizer = load_saved_tokenizer(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
         raise FileNotFoundError(f"{path}: no tokenizer files next to the model ({error}). Save the tokenizer "
                                 "into the checkpoint (the training scripts do).") from error

@@ -6,6 +6,7 @@ masks and times of an uninterrupted single-process run.
 """
 
 from dataclasses import dataclass
+from typing import Optional
 
 import numpy as np
 import torch
@@ -26,11 +27,97 @@ def seeded_generator(*parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(mixed_seed(*parts))
 
 
+PREFIX_SHUFFLE_UNITS = ("none", "segments", "tokens")
+
+
+@dataclass(frozen=True)
+class PrefixShuffler:
+    """Permutes the units of every document's prefix (the attended positions with label -100, before `<DFF>`).
+
+    unit "tokens": every token is a unit; "segments": the parts between occurrences of `separator_ids` (e.g. the
+    keywords of a cascade stage's prefix), without the blank tokens at their edges. Tokens in `fixed_ids`
+    (special tokens; with segments also blanks) and separators keep their positions, so a row keeps its length,
+    its multiset of tokens and everything outside the prefix. In a packed row each document's prefix is one run
+    and is permuted on its own. One `randperm` per run with two or more units, drawn from the batch's generator.
+    """
+
+    unit: str
+    separator_ids: tuple[int, ...] = ()
+    fixed_ids: frozenset = frozenset()
+
+    def __call__(self, ids: torch.Tensor, labels: torch.Tensor, attention: torch.Tensor,
+                 generator: torch.Generator) -> torch.Tensor:
+        shuffled = ids.clone()
+        prefix = ((labels == IGNORE_INDEX) & attention.bool()).int()
+        zero = torch.zeros_like(prefix[:, :1])
+        edges = torch.diff(prefix, prepend=zero, append=zero)  # +1 where a run starts, -1 one past its end
+        rows = ids.tolist()
+        for row in range(len(rows)):
+            starts, ends = (edges[row] == 1).nonzero().flatten(), (edges[row] == -1).nonzero().flatten()
+            for start, end in zip(starts.tolist(), ends.tolist()):
+                pieces = self.pieces(rows[row][start:end])
+                units = [piece for piece, movable in pieces if movable]
+                if len(units) < 2:
+                    continue
+                order = iter(torch.randperm(len(units), generator=generator).tolist())
+                new = [token for piece, movable in pieces for token in (units[next(order)] if movable else piece)]
+                shuffled[row, start:end] = torch.tensor(new, dtype=ids.dtype)
+        return shuffled
+
+    def pieces(self, tokens: list[int]) -> list[tuple[list[int], bool]]:
+        """The run cut into (tokens, movable) pieces, in order."""
+        if self.unit == "tokens":
+            return [([token], token not in self.fixed_ids) for token in tokens]
+        pieces, segment, width, index = [], [], len(self.separator_ids), 0
+        while index < len(tokens):
+            if width and tuple(tokens[index:index + width]) == self.separator_ids:
+                pieces += self.segment_pieces(segment) + [(list(self.separator_ids), False)]
+                segment, index = [], index + width
+            else:
+                segment.append(tokens[index])
+                index += 1
+        return pieces + self.segment_pieces(segment)
+
+    def segment_pieces(self, segment: list[int]) -> list[tuple[list[int], bool]]:
+        """A segment as its fixed leading tokens, its movable core and its fixed trailing tokens."""
+        first = next((i for i, token in enumerate(segment) if token not in self.fixed_ids), len(segment))
+        last = next((i for i in range(len(segment), first, -1) if segment[i - 1] not in self.fixed_ids), first)
+        core = [(segment[first:last], True)] if last > first else []
+        return [(segment[:first], False), *core, (segment[last:], False)]
+
+
+def prefix_shuffler(tokenizer, unit: str, separator: str) -> Optional[PrefixShuffler]:
+    """The shuffler of --prefix_shuffle UNIT (None for "none"): the separator's ids and the ids that never move."""
+    if unit == "none":
+        return None
+    fixed = set(tokenizer.all_special_ids)
+    if unit == "tokens":
+        return PrefixShuffler(unit, fixed_ids=frozenset(fixed))
+    texts = tokenizer.batch_decode([[index] for index in range(len(tokenizer))])
+    fixed.update(index for index, text in enumerate(texts) if text.isspace())
+    separator_ids = tuple(tokenizer(separator, add_special_tokens=False)["input_ids"])
+    return PrefixShuffler(unit, separator_ids, frozenset(fixed))
+
+
+def check_prefix_separator(shuffler: PrefixShuffler, rows, separator: str) -> None:
+    """A ValueError when no prefix of `rows` (dicts of input_ids, labels) holds the separator: the flag would be
+    a no-op on this data."""
+    width = len(shuffler.separator_ids)
+    for row in rows:
+        prefix = [token for token, label in zip(row["input_ids"], row["labels"]) if label == IGNORE_INDEX]
+        if any(tuple(prefix[i:i + width]) == shuffler.separator_ids for i in range(len(prefix) - width + 1)):
+            return
+    raise ValueError(f"--prefix_shuffle segments: no prefix of the first {len(rows)} training rows contains "
+                     f"--prefix_separator {separator!r} (ids {list(shuffler.separator_ids)}); pass the separator "
+                     "the data uses (make_cascade_data.py --separator), or --prefix_shuffle tokens.")
+
+
 @dataclass(frozen=True)
 class BatchNoiser:
     """Turns a batch of clean rows (`input_ids`, `labels`, `attention_mask`) into a noised training batch.
 
-    Output keys: `input_ids` (noised), `attention_mask`, `clean_ids` (the rows as given), `maskable` (label !=
+    Output keys: `input_ids` (noised), `attention_mask`, `clean_ids` (the rows as given, their prefixes permuted
+    when there is a `prefix_shuffler`), `maskable` (label !=
     -100: positions that may be masked; the prompt and ignored padding never are), `masked` (positions replaced
     by the mask) and `loss_weight` (per row, the schedule's weight at its time t).
     """
@@ -40,9 +127,12 @@ class BatchNoiser:
     antithetic_time: bool = True
     random_length_prob: float = 0.0
     prompt_dropout: float = 0.0
+    prefix_shuffler: Optional[PrefixShuffler] = None
 
     def __call__(self, batch: dict, generator: torch.Generator) -> dict:
         clean, labels, attention = batch["input_ids"], batch["labels"], batch["attention_mask"]
+        if self.prefix_shuffler is not None:
+            clean = self.prefix_shuffler(clean, labels, attention, generator)
         if self.random_length_prob > 0:
             labels, attention = truncate_random_length(labels, attention, self.random_length_prob, generator)
         maskable = labels != IGNORE_INDEX

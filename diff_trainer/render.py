@@ -74,10 +74,12 @@ def frame_cells(frame: StepFrame, row: int, pieces: TokenPieces, mask_token_id: 
 
 
 def frame_header(frame: StepFrame, row: int, total_steps: int | None = None) -> str:
-    """'step 3/16  block 1  +2 tokens'."""
+    """'step 3/16  block 1  +2 tokens' ('finished' for a row that was done before this step)."""
     total = f"/{total_steps}" if total_steps else ""
     added = int(frame.committed[row].sum())
-    return f"step {frame.step + 1}{total}  block {frame.block + 1}  +{added} tokens"
+    block = frame.blocks[row]
+    where = f"block {block + 1}" if block >= 0 else "finished"
+    return f"step {frame.step + 1}{total}  {where}  +{added} tokens"
 
 
 def render_text(frame, row, pieces, mask_token_id, total_steps=None, color: bool = True) -> str:

@@ -1,4 +1,4 @@
-"""Run plumbing shared by the entry scripts: logging set-up, checkpoint discovery, the train/eval tail."""
+"""Run plumbing shared by the entry scripts: error exit, logging set-up, checkpoint discovery, train/eval tail."""
 
 import logging
 import os
@@ -11,6 +11,7 @@ import transformers
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .checkpoints import CheckpointCompletionCallback, check_resumable, newest_complete_checkpoint
+from .data.loading import DataError
 
 logger = logging.getLogger(__name__)
 
@@ -22,6 +23,23 @@ HEADLINE_METRICS = (
     ("perplexity", "perplexity per trained token (exp of eval_loss)"),
     ("eval_rewards/accuracies", "share of validation pairs whose chosen answer gets the higher reward"),
 )
+
+
+def run_entry_point(main: Callable[[Optional[list[str]]], object], argv: Optional[list[str]] = None) -> int:
+    """Run an entry script's `main`: a DataError ends it with `error: message` on stderr and exit status 1 instead
+    of a traceback (the message already names the file, record or flag). A distributed run leaves its process
+    group before exiting, so no communication thread is still running at interpreter shutdown."""
+    import torch.distributed
+
+    try:
+        main(argv)
+    except DataError as error:
+        print(f"{os.path.basename(sys.argv[0]) or 'diff-trainer'}: error: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    return 0
 
 
 def headline(metrics: dict) -> Optional[str]:

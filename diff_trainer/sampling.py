@@ -9,19 +9,26 @@ Ideas and where they come from (the code here is our own):
   masks (`num_transfer_tokens`), Gumbel-max sampling with float64 noise, `low_confidence` / `random`
   remasking, classifier-free guidance with the prompt masked out, forbidding EOS or ranking it last.
 - Fast-dLLM (Wu et al., 2025): confidence-threshold parallel decoding (commit every prediction whose
-  confidence reaches the threshold, always at least the best one).
+  confidence reaches the threshold, always at least the best one) and the approximate key/value caches: the
+  prefix (prompt and finished blocks) or both sides of the block (`dual`), computed at the block's first step
+  and reused for its other steps.
 - Dream (Ye et al., 2025): `margin` (top-1 minus top-2 probability) and `entropy` confidences, and the
   shifted logits of AR-adapted models (logits at i predict token i+1).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
+from transformers import DynamicCache
 
 EOS_HANDLING = ("none", "stop", "forbid", "rank_last")
+CACHE_MODES = ("none", "prefix", "dual")
+# Architectures whose bidirectional forward (config.is_causal = False) takes a DynamicCache of other positions.
+CACHED_MODEL_TYPES = ("llama", "qwen2")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -78,6 +85,11 @@ class SamplerConfig:
     predicted); "rank_last" (positions predicted as one of them are committed after all others).
     `forbidden_token_ids` are never predicted (like the mask token): give the tokenizer's special tokens other
     than EOS (`special_token_ids_to_forbid`), so that no `<DFF>`, padding or BOS is ever committed.
+    `cache` (Fast-dLLM): "none" runs the whole sequence at every step; "prefix" computes the keys/values of the prompt
+    and the finished blocks at the first step of each block and feeds only the block and what follows it in the other
+    steps; "dual" also reuses the keys/values of the masked positions after the block and feeds only the block. Both
+    are approximations of the bidirectional forward (reused keys/values do not see the tokens committed since they
+    were computed); bidirectional Llama and Qwen2 models only.
     """
 
     mask_token_id: int
@@ -93,6 +105,7 @@ class SamplerConfig:
     eos_handling: str = "none"
     pad_token_id: int | None = None
     forbidden_token_ids: tuple[int, ...] = ()
+    cache: str = "none"
 
     def __post_init__(self):
         if self.block_length is None:
@@ -118,6 +131,8 @@ class SamplerConfig:
             raise ValueError(f"remasking must be one of {sorted(CONFIDENCE_STRATEGIES)}, not {self.remasking!r}.")
         if self.threshold is not None and self.remasking == "random":
             raise ValueError("threshold decoding needs a confidence; it cannot be combined with remasking='random'.")
+        if self.cache not in CACHE_MODES:
+            raise ValueError(f"cache must be one of {CACHE_MODES}, not {self.cache!r}.")
         if self.temperature < 0:
             raise ValueError(f"temperature must be >= 0, not {self.temperature}.")
         if self.guidance_scale < 0:
@@ -152,8 +167,8 @@ class SamplerConfig:
 class StepFrame:
     """The state after one denoising step (tensors on CPU, shape [B, T] over the whole padded sequence)."""
 
-    step: int  # 0-based count over all blocks
-    block: int
+    step: int  # 0-based count of the batch's steps
+    blocks: list[int]  # the block each row worked on in this step (-1: the row had finished)
     sequences: torch.Tensor  # token ids after this step
     committed: torch.Tensor  # bool: positions unmasked in this step
     confidence: torch.Tensor  # confidence of each committed position, NaN elsewhere
@@ -165,7 +180,8 @@ class StepFrame:
 class GenerationResult:
     """Sampled sequences ([B, T]: left-padded prompt then `gen_length` tokens) and how they were made.
 
-    `nfe` counts network evaluations per sequence (a guided step counts two: conditional and unconditional).
+    `nfe` counts the network evaluations of the batch (model calls; a guided call counts two: conditional and
+    unconditional); `row_nfe` those each row took part in (rows advance on their own and leave when done).
     """
 
     sequences: torch.Tensor
@@ -173,6 +189,11 @@ class GenerationResult:
     generation_start: int
     nfe: int
     trace: list[StepFrame] | None = field(default=None)
+    row_nfe: list[int] | None = None
+
+    def __post_init__(self):
+        if self.row_nfe is None:
+            self.row_nfe = [self.nfe] * self.sequences.shape[0]
 
     @property
     def generated(self) -> torch.Tensor:
@@ -256,12 +277,47 @@ def context_length(model) -> int | None:
     return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
 
 
+def check_cache_support(model, cache: str) -> None:
+    """Refuse a key/value cache for a model whose forward cannot take one as the cached denoiser needs."""
+    if cache == "none":
+        return
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    sliding = "sliding_attention" in (getattr(config, "layer_types", None) or ())
+    if model_type not in CACHED_MODEL_TYPES or getattr(config, "is_causal", True) or sliding:
+        raise ValueError(
+            f"cache={cache!r} needs a bidirectional (config.is_causal = False) {' or '.join(CACHED_MODEL_TYPES)} "
+            f"model without sliding-window layers; this one is {model_type or type(model).__name__} "
+            f"(is_causal={getattr(config, 'is_causal', None)}). Use cache='none'."
+        )
+
+
+def _cache_keyword(model) -> str:
+    """The forward's name for the key/value cache: `cache` from transformers 5.24 on, `past_key_values` before."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def _windows(values: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
+    """values[b, starts[b]:starts[b] + length] for every row b (the positions must exist)."""
+    index = starts.unsqueeze(1) + torch.arange(length, device=values.device)
+    if values.dim() == 3:
+        index = index.unsqueeze(-1).expand(-1, -1, values.shape[-1])
+    return values.gather(1, index)
+
+
 # ----------------------------------------------------------------------------------------------------
 # The loop
 
 
 class _Denoiser:
-    """Computes the logits that predict the tokens of one block, with guidance and shift applied."""
+    """Computes the logits that predict each row's current block, with guidance, shift and the cache applied.
+
+    Sequences are numbered as rows of the batch; with guidance, row b's unconditional copy is sequence b + B.
+    With a cache, each sequence's keys/values (all layers, all positions) are kept from its last full forward, made
+    at the first step of its current block (`refresh`); in the other steps only the block (dual) or the block and
+    everything after it (prefix) are fed, and the kept keys/values of the other positions stand in for them.
+    """
 
     def __init__(self, model, config: SamplerConfig, attention_mask: torch.Tensor, is_prompt: torch.Tensor):
         self.model = model
@@ -271,26 +327,84 @@ class _Denoiser:
         self.is_prompt = is_prompt
         self.guided = config.guidance_scale > 0
         self.evaluations_per_call = 2 if self.guided else 1
+        self.offset = 1 if config.shift else 0  # shifted models predict token i from the logits at i - 1
+        self.forwards = 0  # network evaluations of the batch
+        self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer, keys and values [2B or B, H, T, D]
+        if config.cache != "none":
+            check_cache_support(model, config.cache)
+            self.cache_keyword = _cache_keyword(model)
 
-    def __call__(self, x: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, rows: torch.Tensor, starts: torch.Tensor, refresh: torch.Tensor):
+        """Logits [len(rows), block_length, V] (float64) for the blocks starting at `starts` of `rows` of `x`."""
+        inputs, sequences, window_starts = x[rows], rows, starts - self.offset
         if self.guided:
-            unconditional_input = x.masked_fill(self.is_prompt, self.config.mask_token_id)
-            both = self._forward(torch.cat([x, unconditional_input]), repeat=2)
-            conditional, unconditional = both.chunk(2)
-            logits = guided_logits(conditional, unconditional, self.config.guidance_scale)
+            unconditional = inputs.masked_fill(self.is_prompt[rows], self.config.mask_token_id)
+            inputs = torch.cat([inputs, unconditional])
+            sequences = torch.cat([rows, rows + x.shape[0]])
+            window_starts, refresh = window_starts.repeat(2), refresh.repeat(2)
+        if self.config.cache == "none":
+            logits = self._full_forward(inputs, sequences, window_starts, keep=False)
         else:
-            logits = self._forward(x, repeat=1)
-        # Shifted models predict token i from the logits at i - 1 (Dream / DiffuLLaMA adaptation).
-        offset = 1 if self.config.shift else 0
-        return logits[:, start - offset:end - offset].double()
+            logits = None
+            for part, forward in ((refresh, self._full_forward), (~refresh, self._cached_forward)):
+                if part.any():
+                    part_logits = forward(inputs[part], sequences[part], window_starts[part], keep=True)
+                    if logits is None:
+                        logits = part_logits.new_empty((len(sequences), *part_logits.shape[1:]))
+                    logits[part] = part_logits
+        if self.guided:
+            conditional, unconditional = logits.chunk(2)
+            logits = guided_logits(conditional, unconditional, self.config.guidance_scale)
+        return logits.double()
 
-    def _forward(self, input_ids: torch.Tensor, repeat: int) -> torch.Tensor:
-        output = self.model(
-            input_ids=input_ids,
-            attention_mask=self.attention_mask.repeat(repeat, 1),
-            position_ids=self.position_ids.repeat(repeat, 1),
-        )
-        return output.logits
+    def _call(self, **inputs):
+        self.forwards += self.evaluations_per_call
+        return self.model(**inputs)
+
+    def _full_forward(self, inputs, sequences, window_starts, keep: bool) -> torch.Tensor:
+        """The whole sequences; with `keep`, their keys/values are kept for the next steps of their blocks."""
+        rows = sequences % self.attention_mask.shape[0]
+        extra = {self.cache_keyword: DynamicCache(), "use_cache": True} if keep else {}
+        output = self._call(input_ids=inputs, attention_mask=self.attention_mask[rows],
+                            position_ids=self.position_ids[rows], **extra)
+        if keep:
+            self._keep(sequences, output[self.cache_keyword])
+        return _windows(output.logits, window_starts, self.config.block_length)
+
+    def _keep(self, sequences: torch.Tensor, cache) -> None:
+        if not self.kept:
+            copies = self.attention_mask.shape[0] * self.evaluations_per_call
+            self.kept = [(layer.keys.new_zeros((copies, *layer.keys.shape[1:])),
+                          layer.values.new_zeros((copies, *layer.values.shape[1:]))) for layer in cache.layers]
+        for (keys, values), layer in zip(self.kept, cache.layers):
+            keys[sequences], values[sequences] = layer.keys, layer.values
+
+    def _cached_forward(self, inputs, sequences, window_starts, keep: bool) -> torch.Tensor:
+        """Feed each sequence's window only; its other positions attend through their kept keys/values.
+
+        The window is the block (dual) or the block and everything after it (prefix), one position earlier for
+        shifted models. Kept keys/values inside the window are masked out (the fed ones replace them); key order
+        does not matter to bidirectional attention, so the fed keys simply follow the kept ones.
+        """
+        rows = sequences % self.attention_mask.shape[0]
+        length = inputs.shape[1]
+        if self.config.cache == "dual":
+            width = self.config.block_length + self.offset
+        else:
+            width = length - int(window_starts.min())
+        fed_positions = window_starts.unsqueeze(1) + torch.arange(width, device=inputs.device)
+        fed_exists = fed_positions < length  # prefix windows of later blocks are shorter: pad them
+        fed_positions = fed_positions.clamp(max=length - 1)
+        positions = torch.arange(length, device=inputs.device)
+        in_window = (positions >= window_starts.unsqueeze(1)) & (positions < window_starts.unsqueeze(1) + width)
+        attention = torch.cat([self.attention_mask[rows] * ~in_window, fed_exists.long()], dim=1)
+        cache = DynamicCache()
+        for index, (keys, values) in enumerate(self.kept):
+            cache.update(keys[sequences], values[sequences], index)
+        output = self._call(input_ids=inputs.gather(1, fed_positions), attention_mask=attention,
+                            position_ids=self.position_ids[rows].gather(1, fed_positions),
+                            **{self.cache_keyword: cache, "use_cache": True})
+        return output.logits[:, :self.config.block_length]
 
 
 def _predict(logits: torch.Tensor, config: SamplerConfig, generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -331,6 +445,10 @@ def generate(
     `SamplerConfig` fields (keywords win). `seed` (or a `generator`) makes every random choice repeatable.
     `trace=True` keeps a `StepFrame` per step in the result; `on_step` is called with each frame.
     The model is called as `model(input_ids=, attention_mask=, position_ids=)` and should be in eval mode.
+
+    Rows advance on their own: a row whose block is complete moves to its next block at the next step, and a row
+    that is done (last block, or EOS under eos_handling="stop") leaves the batch, so each row gets the steps it
+    would get alone (greedy: the same tokens as sampled alone).
     """
     config = replace(config, **settings) if config is not None else SamplerConfig(**settings)
     device = next(model.parameters()).device
@@ -353,49 +471,64 @@ def generate(
     full_attention = torch.cat([prompt_attention, torch.ones_like(generated)], dim=1)
     is_prompt = torch.cat([prompt_attention.bool(), torch.zeros_like(generated, dtype=torch.bool)], dim=1)
     denoise = _Denoiser(model, config, full_attention, is_prompt)
+    eos_ids = torch.tensor(config.eos_ids, dtype=torch.long, device=device)
+    block = torch.zeros(batch_size, dtype=torch.long, device=device)  # each row's current block
+    block_step = torch.zeros_like(block)  # steps each row has taken in it
+    active = torch.ones(batch_size, dtype=torch.bool, device=device)
+    row_nfe = torch.zeros_like(block)
+    if config.threshold is None:  # every block starts fully masked, so one schedule serves all
+        schedule = num_transfer_tokens(torch.tensor(config.block_length, device=device), config.steps_per_block)
     frames = [] if trace else None
-    nfe = step = 0
+    step = 0
 
-    for block in range(config.num_blocks):
-        start = start_of_generation + block * config.block_length
-        end = start + config.block_length
+    while active.any():
+        rows = active.nonzero().squeeze(1)
+        starts = start_of_generation + block[rows] * config.block_length
+        logits = denoise(x, rows, starts, refresh=block_step[rows] == 0)
+        row_nfe[rows] += denoise.evaluations_per_call
+        window = _windows(x[rows], starts, config.block_length)
+        masked = window == config.mask_token_id
+        tokens, confidence = _predict(logits, config, generator)
         if config.threshold is None:
-            schedule = num_transfer_tokens((x[:, start:end] == config.mask_token_id).sum(-1), config.steps_per_block)
-        block_step = 0
-        while (masked := x[:, start:end] == config.mask_token_id).any():
-            logits = denoise(x, start, end)
-            nfe += denoise.evaluations_per_call
-            tokens, confidence = _predict(logits, config, generator)
-            if config.threshold is None:
-                counts = schedule[:, block_step]
-            else:  # Fast-dLLM: everything confident enough, at least the best one
-                confident = ((confidence >= config.threshold) & masked).sum(-1)
-                counts = confident.clamp(min=1)
-            commit = select_most_confident(confidence, masked, counts)
-            x[:, start:end] = torch.where(commit, tokens, x[:, start:end])
-            if trace or on_step is not None:
-                frame = _frame(step, block, x, commit, confidence, full_attention, start, start_of_generation)
-                if trace:
-                    frames.append(frame)
-                if on_step is not None:
-                    on_step(frame)
-            step += 1
-            block_step += 1
-        if config.eos_handling == "stop":
-            finished = torch.isin(x[:, start:end], torch.tensor(config.eos_ids, device=x.device)).any(-1)
-            x[finished, end:] = config.eos_ids[0]
-            if not (x[:, end:] == config.mask_token_id).any():
-                break
+            counts = schedule[block_step[rows]]
+        else:  # Fast-dLLM: everything confident enough, at least the best one
+            counts = ((confidence >= config.threshold) & masked).sum(-1).clamp(min=1)
+        commit = select_most_confident(confidence, masked, counts)
+        window = torch.where(commit, tokens, window)
+        positions = starts.unsqueeze(1) + torch.arange(config.block_length, device=device)
+        x[rows.unsqueeze(1), positions] = window
+        if trace or on_step is not None:
+            blocks = torch.where(active, block, -1).tolist()
+            frame = _frame(step, blocks, x, rows, positions, commit, confidence, full_attention, start_of_generation)
+            if trace:
+                frames.append(frame)
+            if on_step is not None:
+                on_step(frame)
+        step += 1
+        block_step[rows] += 1
 
-    return GenerationResult(x, full_attention, start_of_generation, nfe, frames)
+        complete = ~(window == config.mask_token_id).any(-1)
+        if complete.any():
+            finished = rows[complete]
+            block[finished] += 1
+            block_step[finished] = 0
+            if config.eos_handling == "stop":
+                stopped = torch.isin(window[complete], eos_ids).any(-1)
+                after_block = torch.arange(x.shape[1], device=device) >= (positions[complete, -1:] + 1)
+                fill = after_block & stopped.unsqueeze(1)
+                x[finished] = torch.where(fill, config.eos_ids[0], x[finished])
+                active[finished[stopped]] = False
+            active &= block < config.num_blocks
+
+    return GenerationResult(x, full_attention, start_of_generation, denoise.forwards, frames, row_nfe.tolist())
 
 
-def _frame(step, block, x, commit, confidence, attention_mask, start, generation_start) -> StepFrame:
+def _frame(step, blocks, x, rows, positions, commit, confidence, attention_mask, generation_start) -> StepFrame:
     """A CPU snapshot of the sequences with this step's commits and their confidences."""
     committed = torch.zeros_like(x, dtype=torch.bool)
-    committed[:, start:start + commit.shape[1]] = commit
+    committed[rows.unsqueeze(1), positions] = commit
     scores = torch.full(x.shape, float("nan"), dtype=torch.float64, device=x.device)
-    scores[:, start:start + commit.shape[1]] = confidence.masked_fill(~commit, float("nan"))
+    scores[rows.unsqueeze(1), positions] = confidence.double().masked_fill(~commit, float("nan"))
     return StepFrame(
-        step, block, x.cpu().clone(), committed.cpu(), scores.cpu(), attention_mask.cpu(), generation_start
+        step, blocks, x.cpu().clone(), committed.cpu(), scores.cpu(), attention_mask.cpu(), generation_start
     )

@@ -19,7 +19,7 @@ from .diffusion.sedd import (
     sample_sedd_times,
     score_entropy_terms,
 )
-from .modeling import make_bidirectional
+from .modeling import make_bidirectional, read_diffusion_config
 from .models.ddit import DDiTModel
 from .models.sedd_checkpoint import sedd_diffusion_config
 from .models.time_conditioning import TimeConditionedLM
@@ -42,6 +42,8 @@ def prepare_sedd_model(model, tokenizer, *, objective: str, sedd_noise: str, sig
     if sedd_scale_by_sigma and graph != "absorb":
         raise ValueError("--sedd_scale_by_sigma is defined for the absorbing graph only (SEDD): drop it for "
                          "--diffusion_objective sedd_uniform.")
+    mask_token_id = tokenizer.mask_token_id if graph == "absorb" else None
+    check_fits_checkpoint(read_diffusion_config(model.config), graph, mask_token_id)
     if not takes_noise_level(model):
         make_bidirectional(model)
         if graph == "uniform" or sedd_scale_by_sigma:
@@ -55,7 +57,6 @@ def prepare_sedd_model(model, tokenizer, *, objective: str, sedd_noise: str, sig
     if getattr(model.config, "scale_by_sigma", False) and graph != "absorb":
         raise ValueError(f"the model's config has scale_by_sigma, which only the absorbing graph allows, but the "
                          f"objective is {objective}.")
-    mask_token_id = tokenizer.mask_token_id if graph == "absorb" else None
     vocab_size = model.config.get_text_config().vocab_size
     if mask_token_id is not None and not 0 <= mask_token_id < vocab_size:
         raise ValueError(f"mask token id {mask_token_id} is outside the model's {vocab_size} rows.")
@@ -67,6 +68,19 @@ def prepare_sedd_model(model, tokenizer, *, objective: str, sedd_noise: str, sig
         model.config.diffusion_config["row_packing"] = row_packing
     model.config.is_causal = False
     return model
+
+
+def check_fits_checkpoint(previous: dict | None, graph: str, mask_token_id) -> None:
+    """Refuse to continue a diffusion checkpoint with another SEDD graph or another mask id than it learned."""
+    if previous is None:
+        return
+    if previous.get("graph", graph) != graph:
+        raise ValueError(f"the checkpoint was trained with the {previous['graph']} graph: continue it with "
+                         f"--diffusion_objective sedd_{previous['graph']}.")
+    learned = previous.get("mask_token_id")
+    if learned is not None and mask_token_id is not None and learned != mask_token_id:
+        raise ValueError(f"the checkpoint's mask (absorbing) id is {learned}, but the tokenizer's mask token has id "
+                         f"{mask_token_id}: use the tokenizer the checkpoint was trained with.")
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 
 The sequence starts at the graph's t = 1 state (all MASK, or uniform noise) after the prompt and is moved along
 `steps` times from t = 1 to t = 1e-5; every step may change any generated position (a uniform-graph token can flip
-back and forth). A final denoising step at σ̄(1e-5) removes what noise is left. The prompt is re-imposed before
-every step, so any fixed positions (prefix or suffix) condition the sample.
+back and forth). A final denoising step at σ̄(1e-5) removes what noise is left. The prompt (prefix) and an optional
+suffix after the generated span are re-imposed after every step, so they condition the sample (infilling).
 
 Works with a time-conditioned model (`model(input_ids, sigma=σ̄)` returns log-scores: DDiT, TimeConditionedLM) and,
 for the absorbing graph, with a time-blind masked-diffusion model through the RADD identity.
@@ -11,7 +11,7 @@ for the absorbing graph, with a time-blind masked-diffusion model through the RA
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -132,11 +132,24 @@ def model_log_score(model, config: SeddSamplerConfig, attention_mask, position_i
 # The loop
 
 
+@dataclass
+class SeddGenerationResult(GenerationResult):
+    """A GenerationResult whose rows may end with a fixed suffix after the `gen_length` generated tokens."""
+
+    suffix_length: int = field(default=0)
+
+    @property
+    def generated(self) -> torch.Tensor:
+        """The generated part of every row, [B, gen_length] (without the suffix)."""
+        return self.sequences[:, self.generation_start:self.sequences.shape[1] - self.suffix_length]
+
+
 @torch.no_grad()
-def sedd_generate(model, prompt_ids, config: SeddSamplerConfig, *, attention_mask=None, seed=None, generator=None,
-                  trace: bool = False, on_step: Callable[[StepFrame], None] | None = None,
-                  **settings) -> GenerationResult:
-    """Sample `gen_length` tokens after each prompt (empty prompts: unconditional) with a SEDD sampler.
+def sedd_generate(model, prompt_ids, config: SeddSamplerConfig, *, suffix_ids=(), attention_mask=None, seed=None,
+                  generator=None, trace: bool = False, on_step: Callable[[StepFrame], None] | None = None,
+                  **settings) -> SeddGenerationResult:
+    """Sample `gen_length` tokens after each prompt (empty prompts: unconditional) and before `suffix_ids` (the same
+    token ids after every row's generated span; empty: none) with a SEDD sampler.
 
     Same conventions as `diff_trainer.sampling.generate`: left-padded prompts, `seed`/`generator`, and a
     `StepFrame` per step whose `committed` marks the positions that changed in that step.
@@ -146,10 +159,11 @@ def sedd_generate(model, prompt_ids, config: SeddSamplerConfig, *, attention_mas
     pad_token_id = next(i for i in (config.pad_token_id, config.mask_token_id, 0) if i is not None)
     prompts, prompt_attention = left_pad(prompt_ids, attention_mask, pad_token_id, device)
     batch_size, start = prompts.shape
+    suffix = torch.as_tensor(list(suffix_ids), dtype=torch.long, device=device).expand(batch_size, -1)
     limit = context_length(model)
-    if limit is not None and start + config.gen_length > limit:
-        raise ValueError(f"prompt ({start} positions) + gen_length ({config.gen_length}) exceeds the model's "
-                         f"context of {limit} positions.")
+    if limit is not None and start + config.gen_length + suffix.shape[1] > limit:
+        raise ValueError(f"prompt ({start} positions) + gen_length ({config.gen_length}) + suffix "
+                         f"({suffix.shape[1]}) exceeds the model's context of {limit} positions.")
     if generator is None and seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
     graph = get_graph(config.graph, config.num_states, config.mask_token_id)
@@ -159,10 +173,10 @@ def sedd_generate(model, prompt_ids, config: SeddSamplerConfig, *, attention_mas
         noise_start = graph.limit((batch_size, config.gen_length), device)
     else:
         noise_start = graph.limit((batch_size, config.gen_length), device, generator)
-    fixed_ids = torch.cat([prompts, noise_start], dim=1)
-    full_attention = torch.cat([prompt_attention, torch.ones_like(noise_start)], dim=1)
-    is_fixed = torch.zeros_like(fixed_ids, dtype=torch.bool)
-    is_fixed[:, :start] = True  # the prompt and its left padding
+    fixed_ids = torch.cat([prompts, noise_start, suffix], dim=1)
+    full_attention = torch.cat([prompt_attention, torch.ones_like(noise_start), torch.ones_like(suffix)], dim=1)
+    is_fixed = torch.ones_like(fixed_ids, dtype=torch.bool)  # the prompt, its left padding and the suffix
+    is_fixed[:, start:start + config.gen_length] = False
     position_ids = (full_attention.cumsum(-1) - 1).clamp(min=0)
     log_score_fn = model_log_score(model, config, full_attention, position_ids)
     predictor = SEDD_PREDICTORS[config.predictor]
@@ -179,13 +193,13 @@ def sedd_generate(model, prompt_ids, config: SeddSamplerConfig, *, attention_mas
         else:
             probs = denoise_probs(graph, noise, log_score_fn, x, t)
         x = sample_categorical(probs, generator)
-        x = torch.where(is_fixed, fixed_ids, x)  # re-impose the prompt
+        x = torch.where(is_fixed, fixed_ids, x)  # re-impose the prompt and the suffix
         if trace or on_step is not None:
-            frame = StepFrame(step, 0, x.cpu().clone(), (x != before).cpu(),
+            frame = StepFrame(step, [0] * batch_size, x.cpu().clone(), (x != before).cpu(),
                               torch.full(x.shape, float("nan"), dtype=torch.float64), full_attention.cpu(), start)
             if trace:
                 frames.append(frame)
             if on_step is not None:
                 on_step(frame)
     nfe = config.steps + (1 if config.denoise else 0)
-    return GenerationResult(x, full_attention, start, nfe, frames)
+    return SeddGenerationResult(x, full_attention, start, nfe, trace=frames, suffix_length=suffix.shape[1])

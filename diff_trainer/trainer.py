@@ -14,13 +14,14 @@ from transformers import Trainer
 
 from .data.labels import IGNORE_INDEX
 from .data.pipeline import RowLayout
-from .diffusion.attention import annealed_attention_mask, annealing_ratio
-from .diffusion.elbo import elbo_nll, monte_carlo_copies
-from .diffusion.losses import denominator, masked_diffusion_loss
+from .diffusion.attention import additive_mask, annealed_allowed, annealing_ratio, same_document_allowed
+from .diffusion.elbo import elbo_nll_of, monte_carlo_copies
+from .diffusion.losses import denominator, diffusion_loss, masked_token_losses
+from .diffusion.masked_head import MaskedHead, masked_ce_fn
 from .diffusion.schedules import get_schedule
 from .metrics import argmax_logits, token_accuracy_metrics
 from .modeling import is_encoder_model, is_peft_model, read_diffusion_config
-from .noising import BatchNoiser, seeded_generator
+from .noising import BatchNoiser, check_prefix_separator, prefix_shuffler, seeded_generator
 from .diffusion.sedd import SEDD_OBJECTIVES
 from .sedd_objective import SeddObjective
 from .sharding import ShardedSaveMixin
@@ -86,6 +87,9 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
             raise ValueError("DiffusionTrainer: pass the rows' layout (Preprocessor.run) or --loss_normalization.")
         if args.attention_annealing_steps > 0 and is_encoder_model(model):
             raise ValueError("--attention_annealing_steps anneals a causal model; an encoder is already bidirectional.")
+        if args.isolate_documents and (row_layout is None or not row_layout.packed):
+            raise ValueError("--isolate_documents separates the EOS-terminated documents of packed rows: add "
+                             "--concatenate_texts (a row holding one sample has nothing to isolate).")
         kwargs.setdefault("compute_metrics", token_accuracy_metrics(shift=args.shift_logits))
         kwargs.setdefault("preprocess_logits_for_metrics", argmax_logits)
         super().__init__(model=model, args=args, **kwargs)
@@ -95,6 +99,13 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
         self.loss_normalization = args.loss_normalization or default_normalization(row_layout)
         self.skipped_empty_batches = 0
         self._eval_generator = None
+        self.eval_prefix_shuffler = None  # --eval_prefix_shuffle: also applied to the ELBO's rows
+        # --isolate_documents: packing ends every document with the tokenizer's EOS
+        self.eos_token_id = getattr(self.processing_class, "eos_token_id", None)
+        if args.isolate_documents and self.eos_token_id is None:
+            raise ValueError("--isolate_documents: pass the tokenizer (processing_class), whose EOS ends each packed "
+                             "document.")
+        self.masked_head = None
         # score entropy (SEDD) replaces the noising, the loss and the ELBO; None for masked diffusion
         self.sedd = SeddObjective.from_diffusion_config(diffusion_config, base.config.get_text_config().vocab_size,
                                                         args.antithetic_time) \
@@ -105,11 +116,28 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
                         diffusion_config["noise"], self.loss_normalization)
             return
         schedule = get_schedule(args.noise_schedule, args.time_eps)
-        self.eval_noiser = BatchNoiser(diffusion_config["mask_token_id"], schedule, args.antithetic_time)
+        shuffler = self.prefix_shuffler()
+        self.eval_prefix_shuffler = shuffler if args.eval_prefix_shuffle else None
+        self.eval_noiser = BatchNoiser(diffusion_config["mask_token_id"], schedule, args.antithetic_time,
+                                       prefix_shuffler=self.eval_prefix_shuffler)
         self.train_noiser = BatchNoiser(diffusion_config["mask_token_id"], schedule, args.antithetic_time,
-                                        args.random_length_prob, args.prompt_dropout)
+                                        args.random_length_prob, args.prompt_dropout, shuffler)
+        if args.masked_head is not False:  # before the Trainer compiles or wraps the model
+            self.masked_head = MaskedHead(model)
         logger.info("Masked diffusion: mask id %d, %s schedule, loss normalisation %s.",
                     diffusion_config["mask_token_id"], args.noise_schedule, self.loss_normalization)
+
+    def prefix_shuffler(self):
+        """--prefix_shuffle's shuffler (None when off), its separator checked against the first training rows."""
+        if self.args.prefix_shuffle == "none":
+            return None
+        if self.processing_class is None:
+            raise ValueError("--prefix_shuffle needs the tokenizer: pass it to DiffusionTrainer as processing_class.")
+        shuffler = prefix_shuffler(self.processing_class, self.args.prefix_shuffle, self.args.prefix_separator)
+        if shuffler.unit == "segments" and self.train_dataset is not None:
+            check_prefix_separator(shuffler, self.train_dataset.select(range(min(64, len(self.train_dataset)))),
+                                   self.args.prefix_separator)
+        return shuffler
 
     # ------------------------------------------------------------------------------------------------
     # Training
@@ -129,26 +157,35 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
     def batch_denominator(self, batch: dict) -> torch.Tensor:
         return denominator(self.loss_normalization, batch["maskable"], batch["masked"])
 
-    def attention_mask_for(self, attention_mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """The 2D padding mask, or during annealing a partly causal 4D float mask (DiffuLLaMA)."""
-        if not self.model.training or self.args.attention_annealing_steps <= 0:
-            return attention_mask
+    def attention_for(self, attention_mask: torch.Tensor, clean_ids: torch.Tensor, dtype: torch.dtype):
+        """The 2D padding mask, or a 4D float mask while attention is annealed (DiffuLLaMA, training only) and
+        when documents are isolated (from the clean rows' EOS, which noising may have masked)."""
+        allowed = None
         ratio = annealing_ratio(self.state.global_step, self.args.attention_annealing_steps)
-        if ratio >= 1.0:
-            return attention_mask
-        return annealed_attention_mask(attention_mask, ratio, dtype=dtype)
+        if self.model.training and ratio < 1.0:
+            allowed = annealed_allowed(attention_mask, ratio)
+        if self.args.isolate_documents:
+            documents = same_document_allowed(clean_ids, attention_mask, self.eos_token_id)
+            allowed = documents if allowed is None else allowed & documents
+        return attention_mask if allowed is None else additive_mask(allowed, dtype)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.sedd is not None:
             loss, log_score = self.sedd.loss(model, inputs, self.loss_normalization,
                                              self.share_of_denominator(num_items_in_batch))
             return (loss, {"logits": log_score}) if return_outputs else loss
-        attention = self.attention_mask_for(inputs["attention_mask"], next(model.parameters()).dtype)
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=attention)
-        loss = masked_diffusion_loss(outputs.logits, inputs["clean_ids"], inputs["masked"], inputs["maskable"],
-                                     inputs["loss_weight"], self.loss_normalization, shift=self.args.shift_logits,
-                                     total_denominator=self.share_of_denominator(num_items_in_batch))
-        return (loss, {"logits": outputs.logits}) if return_outputs else loss
+        attention = self.attention_for(inputs["attention_mask"], inputs["clean_ids"], next(model.parameters()).dtype)
+        clean, masked, shift = inputs["clean_ids"], inputs["masked"], self.args.shift_logits
+        logits = None
+        if return_outputs or self.masked_head is None:  # evaluation metrics need every position's logits
+            logits = model(input_ids=inputs["input_ids"], attention_mask=attention).logits
+            row_ce = masked_token_losses(logits, clean, masked, shift=shift).sum(dim=1)
+        else:
+            row_ce = self.masked_head.row_masked_ce(
+                lambda: model(input_ids=inputs["input_ids"], attention_mask=attention).logits, clean, masked, shift)
+        loss = diffusion_loss(row_ce, inputs["loss_weight"], masked, inputs["maskable"], self.loss_normalization,
+                              total_denominator=self.share_of_denominator(num_items_in_batch))
+        return (loss, {"logits": logits}) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if not inputs["maskable"].any():
@@ -189,17 +226,21 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
             batch = self._prepare_inputs(batch)
             ids, attention = batch["input_ids"], batch["attention_mask"]
             maskable = batch["labels"] != IGNORE_INDEX
+            if self.eval_prefix_shuffler is not None:
+                ids = self.eval_prefix_shuffler(ids, batch["labels"], attention, generator)
             nlls = []
             for rows in torch.split(torch.arange(len(ids), device=ids.device), max(1, len(ids) // 2)):
-                copies = monte_carlo_copies(attention[rows], samples)
+                dtype = next(model.parameters()).dtype
+                copies = monte_carlo_copies(self.attention_for(attention[rows], ids[rows], dtype), samples)
                 with self.accelerator.autocast():
                     if self.sedd is not None:  # the DWDSE bound (SEDD), in the same units
                         nlls.append(self.sedd.elbo_nll(model, ids[rows], attention[rows], maskable[rows], samples,
                                                        generator))
                     else:
-                        nlls.append(elbo_nll(lambda noisy: model(input_ids=noisy, attention_mask=copies).logits,
-                                             ids[rows], maskable[rows], self.eval_noiser.mask_token_id, samples,
-                                             shift=self.args.shift_logits, generator=generator))
+                        scorer = masked_ce_fn(self.masked_head, lambda noisy: model(
+                            input_ids=noisy, attention_mask=copies).logits, self.args.shift_logits)
+                        nlls.append(elbo_nll_of(scorer, ids[rows], maskable[rows], self.eval_noiser.mask_token_id,
+                                                samples, generator=generator))
             gathered = self.accelerator.gather_for_metrics((torch.cat(nlls), maskable.sum(dim=1)))
             total_nll += float(gathered[0].sum())
             total_tokens += int(gathered[1].sum())

@@ -43,6 +43,19 @@ def make_tiny_llama(vocab_size: int, bidirectional: bool = True, seed: int = 0, 
     return AutoModelForCausalLM.from_config(config).eval()
 
 
+def masked_diffusion_config(tokenizer, **overrides) -> dict:
+    """The `diffusion_config` of a masked-diffusion checkpoint using `tokenizer`'s mask token and <DFF>."""
+    return {"objective": "masked_diffusion", "mask_token_id": tokenizer.mask_token_id, "shift_logits": False,
+            "noise_schedule": "linear", "time_eps": 1e-3, "dff_token": DFF, **overrides}
+
+
+def save_checkpoint(directory, model, tokenizer):
+    """`model` and `tokenizer` saved side by side in `directory` (returned)."""
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 def accelerate_launch(directory, num_processes: int = 2) -> list[str]:
     """`accelerate launch` of CPU processes with an explicit config file written to `directory`.
 
@@ -95,6 +108,20 @@ def isolated_hf_home(tmp_path_factory):
                 patch.setattr(module, name, path)
     yield home
     patch.undo()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoints(tmp_path_factory):
+    """Saved random tiny Llamas (context 64) with the byte tokenizer, for tests that only read them:
+    `diffusion` (masked diffusion) and `causal` (no diffusion_config)."""
+    root = tmp_path_factory.mktemp("tiny_checkpoints")
+    tokenizer = make_byte_tokenizer()
+    diffusion = make_tiny_llama(len(tokenizer), max_position_embeddings=64)
+    diffusion.config.diffusion_config = masked_diffusion_config(tokenizer)
+    save_checkpoint(root / "diffusion", diffusion, tokenizer)
+    save_checkpoint(root / "causal", make_tiny_llama(len(tokenizer), bidirectional=False, max_position_embeddings=64),
+                    tokenizer)
+    return root
 
 
 @pytest.fixture

@@ -142,6 +142,8 @@ def test_data_argument_checks(kwargs, message):
     ({"train_diff_model": True, "loss_normalization": "mean"}, "--loss_normalization must be one of"),
     ({"train_diff_model": True, "prompt_dropout": 1.5}, r"probabilities in \[0, 1\]"),
     ({"shift_logits": True, "prompt_dropout": 0.1}, "--shift_logits --prompt_dropout only apply with --train_diff_model"),
+    ({"isolate_documents": True}, "--isolate_documents only apply with --train_diff_model"),
+    ({"masked_head": False}, "--masked_head only apply with --train_diff_model"),
 ])
 def test_diffusion_argument_checks(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):

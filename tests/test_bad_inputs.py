@@ -20,8 +20,9 @@ from conftest import make_byte_tokenizer, make_tiny_llama
 
 from diff_trainer.arguments import DataArguments
 from diff_trainer.cli import generate
-from diff_trainer.data.loading import load_raw_datasets, run_entry_point
+from diff_trainer.data.loading import load_raw_datasets
 from diff_trainer.modeling import write_diffusion_config
+from diff_trainer.runner import run_entry_point
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_LLAMA = ("hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4,"

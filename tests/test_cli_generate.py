@@ -8,6 +8,7 @@ from conftest import count_forward_passes, make_byte_tokenizer, make_tiny_llama
 from transformers import AutoModelForCausalLM
 
 from diff_trainer.cli import generate as cli
+from diff_trainer.sampling import generate
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +56,24 @@ def test_jsonl_output_has_every_sample_the_settings_and_nfe(checkpoints, tokeniz
     assert settings["eos_handling"] == "stop" and settings["eos_token_id"] == tokenizer.eos_token_id
     lengths = [len(tokenizer.encode(r["completion"], add_special_tokens=False)) for r in records]
     assert all(length <= 8 for length in lengths)
-    # batches of 3 and 1; 2 steps per block of 4, and a batch stops after block 1 only if every row ended there
+    # batches of 3 and 1; 2 steps per block of 4; a row that ended in block 1 leaves its batch after 2 steps
+    assert [r["nfe"] for r in records] == [2 if length < 4 else 4 for length in lengths]
     for batch in (records[:3], records[3:]):
-        stopped_early = all(length < 4 for length in lengths[records.index(batch[0]):][:len(batch)])
-        assert {r["nfe"] for r in batch} == {2 if stopped_early else 4}
+        assert {r["batch_forwards"] for r in batch} == {max(r["nfe"] for r in batch)}
+
+
+def test_cache_flag_reaches_the_sampler(checkpoints, tokenizer, tmp_path):
+    output = tmp_path / "cached.jsonl"
+    run(checkpoints, "diffusion", "--prompt", "12+7=", "--gen_length", "8", "--block_length", "4", "--cache", "prefix",
+        "--eos_handling", "none", "--output", str(output))
+    record = read_jsonl(output)[0]
+    assert record["settings"]["cache"] == "prefix"
+    model = AutoModelForCausalLM.from_pretrained(checkpoints / "diffusion").eval()
+    expected = generate(model, cli.encode_prompts(tokenizer, ["12+7="]), cli.sampler_config(
+        cli.build_parser().parse_args(["--model", "m", "--gen_length", "8", "--block_length", "4", "--cache", "prefix",
+                                       "--eos_handling", "none"]), diffusion_config(tokenizer), tokenizer))
+    assert record["completion"] == cli.completion_text(tokenizer, expected.generated[0].tolist())
+    assert record["nfe"] == record["batch_forwards"] == 8
 
 
 def test_a_seed_repeats_the_output_and_txt_has_one_line_per_completion(checkpoints, tmp_path):
@@ -133,6 +148,7 @@ def test_a_causal_checkpoint_generates_with_model_generate(checkpoints, tokenize
 
 @pytest.mark.parametrize("name,flags,message", [
     ("causal", ["--steps", "4"], "--steps only apply to diffusion checkpoints"),
+    ("causal", ["--cache", "dual"], "--cache only apply to diffusion checkpoints"),
     ("causal", ["--threshold", "0.9", "--remasking", "margin"], "--remasking, --threshold only apply"),
     ("diffusion", ["--gen_length", "10", "--block_length", "4"], "multiple of block_length"),
     ("diffusion", ["--gen_length", "8", "--steps", "3", "--block_length", "4"], "multiple of the number of blocks"),

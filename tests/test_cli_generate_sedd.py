@@ -110,3 +110,34 @@ def test_same_draws_as_library(checkpoints, tmp_path):
     result = sedd_generate(model, [[], []], sampler, generator=torch.Generator().manual_seed(4))
     expected = [cli.completion_text(tokenizer, row) for row in result.generated.tolist()]
     assert [json.loads(line)["completion"] for line in out.read_text().splitlines()] == expected
+
+
+def test_suffix_is_kept_and_the_completion_is_the_infill(checkpoints, tmp_path, capsys):
+    """--suffix: every step shows the prompt and the suffix unchanged; the output is the library's infill."""
+    from diff_trainer.sedd_sampling import SeddSamplerConfig, sedd_generate
+
+    out = tmp_path / "infill.jsonl"
+    cli.main(["--model", str(checkpoints / "uniform"), "--prompt", "ab", "--suffix", "yz", "--gen_length", "3",
+              "--steps", "2", "--seed", "5", "--verbose", "--output", str(out)])
+    lines = capsys.readouterr().out.splitlines()
+    states = [lines[i + 1] for i, line in enumerate(lines) if line.startswith("[sequence 0] step")]
+    assert len(states) == 3 and all(s.startswith("ab") and s.endswith("yz") for s in states)
+    record = json.loads(out.read_text())
+    assert record["settings"]["suffix"] == "yz"
+    model, tokenizer, config = cli.open_checkpoint(str(checkpoints / "uniform"))
+    sampler = SeddSamplerConfig.from_diffusion_config(config, len(tokenizer), gen_length=3, steps=2,
+                                                      pad_token_id=tokenizer.pad_token_id)
+    result = sedd_generate(model, [tokenizer.encode("ab", add_special_tokens=False)], sampler,
+                           suffix_ids=tokenizer.encode("yz", add_special_tokens=False),
+                           generator=torch.Generator().manual_seed(5))
+    assert record["completion"] == cli.completion_text(tokenizer, result.generated[0].tolist())
+
+
+@pytest.mark.parametrize("which,flags,message", [
+    ("masked", ["--prompt", "hi", "--suffix", "!"], "--suffix needs a SEDD sampler"),
+    ("uniform", ["--prompt", "hi", "--suffix", "x" * 60], "+ --suffix (60 tokens) exceeds the model's context"),
+])
+def test_suffix_errors(checkpoints, which, flags, message, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--model", str(checkpoints / which), "--gen_length", "4", *flags])
+    assert message in capsys.readouterr().err

@@ -78,6 +78,9 @@ def test_bad_corpora(corpora, tmp_path, capsys, monkeypatch):
     with pytest.raises(SystemExit):
         train_corpora.main([str(corpora), "--dataset", "poems"])
     assert "pass --resume" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_corpora.main([str(corpora), "--all", "--max_steps", "0"])
+    assert "--max_steps 0: give at least 1" in capsys.readouterr().err
     bad = write_corpora(tmp_path, {"x": {"path": "a", "color": "red"}})
     with pytest.raises(SystemExit):
         train_corpora.main([str(bad), "--all"])
@@ -93,3 +96,4 @@ def test_shipped_corpora_file_resolves(monkeypatch):
         assert Path(flags["train_file"]).is_file() and Path(flags["validation_file"]).is_file()
         assert flags["output_dir"] == f"outputs/{name}"
     assert train_corpora.run_config(config, "fortunes", "configs/corpora.yaml")["max_steps"] == 400
+    assert train_corpora.run_config(config, "fortunes", "configs/corpora.yaml", max_steps=7)["max_steps"] == 7

@@ -305,3 +305,19 @@ def test_stored_scores_of_another_reference_or_seed_are_scored_again(tmp_path, t
                                 precompute_ref_scores=True)
     with pytest.raises(ValueError, match="precompute_reference_scores"):  # the trainer checks the run settings too
         DiffusionDPOTrainer(diffusion_llama(tokenizer), args=args, train_dataset=stored, processing_class=tokenizer)
+
+
+def test_masked_head_gives_the_full_logits_vrpo_loss_and_gradient(tmp_path, tokenizer, pairs):
+    results = []
+    for masked_head in (True, False):
+        trainer = make_trainer(tmp_path, tokenizer, pairs, model=diffusion_llama(tokenizer, seed=1),
+                               ref_model=diffusion_llama(tokenizer, seed=2), sft_weight=0.3, masked_head=masked_head)
+        assert (trainer.masked_head is not None) == masked_head
+        model = trainer.model.train()
+        model.zero_grad()
+        loss, metrics = trainer.compute_loss(model, collate(trainer, pairs, range(8)), return_outputs=True)
+        loss.backward()
+        results.append((loss.detach(), metrics["logps/chosen"].detach(), gradients(model)))
+    for ours, full in zip(*results):
+        torch.testing.assert_close(ours, full, rtol=1e-5, atol=1e-6)
+    assert results[0][0].item() != pytest.approx(math.log(2), abs=1e-3)  # policy ≠ reference: a real comparison

@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from conftest import count_forward_passes, make_byte_tokenizer, make_tiny_llama
+from conftest import count_forward_passes, make_byte_tokenizer
 
 from data_scripts.make_arithmetic import make_arithmetic, problem_record
 from diff_trainer.cli import eval_arithmetic as cli
@@ -15,21 +15,6 @@ from diff_trainer.sampling import GenerationResult
 @pytest.fixture(scope="module")
 def tokenizer():
     return make_byte_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, tokenizer):
-    """A diffusion and a causal checkpoint of random tiny Llamas saved with the byte tokenizer."""
-    root = tmp_path_factory.mktemp("checkpoints")
-    diffusion = make_tiny_llama(len(tokenizer))
-    diffusion.config.diffusion_config = {
-        "objective": "masked_diffusion", "mask_token_id": tokenizer.mask_token_id, "shift_logits": False,
-        "noise_schedule": "linear", "time_eps": 1e-3, "dff_token": "<DFF>"}
-    causal = make_tiny_llama(len(tokenizer), bidirectional=False)
-    for name, model in (("diffusion", diffusion), ("causal", causal)):
-        model.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -109,11 +94,11 @@ def test_problems_from_prompt_answer_or_text_records(tmp_path):
     ('{"prompt": "3+4=", ', "line 2: not valid JSON"),
     ("[1, 2]", "line 2: needs string fields"),
 ])
-def test_a_malformed_line_is_named_in_the_error(checkpoints, tmp_path, capsys, bad_line, message):
+def test_a_malformed_line_is_named_in_the_error(tiny_checkpoints, tmp_path, capsys, bad_line, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(problem_record(1, "+", 2)) + "\n" + bad_line + "\n")
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["--model", str(checkpoints / "diffusion"), "--test_file", str(path)])
+        cli.main(["--model", str(tiny_checkpoints / "diffusion"), "--test_file", str(path)])
     assert exit_info.value.code == 2
     assert f"{path} {message}" in capsys.readouterr().err
 
@@ -129,11 +114,11 @@ def test_an_empty_test_file_is_refused(tmp_path):
 # Scoring with a stand-in sampler
 
 
-def test_a_perfect_model_scores_one_even_with_text_after_eos(checkpoints, test_file, tokenizer, monkeypatch,
-                                                              capsys, tmp_path):
+def test_a_perfect_model_scores_one_even_with_text_after_eos(tiny_checkpoints, test_file, tokenizer, monkeypatch,
+                                                                   capsys, tmp_path):
     monkeypatch.setattr(cli, "generate", fake_generate(tokenizer, solve))
     output = tmp_path / "predictions.jsonl"
-    cli.main(["--model", str(checkpoints / "diffusion"), "--test_file", str(test_file), "--gen_length", "8",
+    cli.main(["--model", str(tiny_checkpoints / "diffusion"), "--test_file", str(test_file), "--gen_length", "8",
               "--batch_size", "4", "--output", str(output)])
     out = capsys.readouterr().out
     assert "exact match: 1.0000 (10/10)" in out and "NFE per sample: 3.00" in out
@@ -143,7 +128,7 @@ def test_a_perfect_model_scores_one_even_with_text_after_eos(checkpoints, test_f
     assert records[0]["settings"]["sampler"] == "diffusion" and records[0]["settings"]["gen_length"] == 8
 
 
-def test_accuracy_counts_right_answers_and_nfe_follows_batches(checkpoints, tokenizer, monkeypatch, tmp_path):
+def test_accuracy_counts_right_answers_and_nfe_follows_batches(tokenizer, monkeypatch, tmp_path):
     """Only the + problems are answered right (with a leading space); a batch of n prompts reports n passes."""
     records = [problem_record(a, op, b) for a, op, b in [(1, "+", 2), (7, "-", 9), (3, "+", 3), (5, "-", 1),
                                                           (2, "+", 8)]]
@@ -186,11 +171,11 @@ def parse_summary(out: str) -> dict:
     ("diffusion", ["--gen_length", "8", "--steps", "4"], 4),
     ("causal", ["--gen_length", "6"], 6),
 ])
-def test_a_random_checkpoint_runs_end_to_end(checkpoints, test_file, capsys, tmp_path, monkeypatch, name, flags,
-                                             max_nfe):
+def test_a_random_checkpoint_runs_end_to_end(tiny_checkpoints, test_file, capsys, tmp_path, monkeypatch, name, flags,
+                                                  max_nfe):
     forward_calls = count_forward_passes(monkeypatch)
     output = tmp_path / "out.jsonl"
-    cli.main(["--model", str(checkpoints / name), "--test_file", str(test_file), "--max_samples", "6",
+    cli.main(["--model", str(tiny_checkpoints / name), "--test_file", str(test_file), "--max_samples", "6",
               "--batch_size", "4", "--seed", "0", "--output", str(output), *flags])
     summary = parse_summary(capsys.readouterr().out)
     assert summary["tokens_per_second"] > 0
@@ -206,7 +191,7 @@ def test_a_random_checkpoint_runs_end_to_end(checkpoints, test_file, capsys, tmp
     assert records[0]["settings"]["sampler"] == ("causal" if name == "causal" else "diffusion")
 
 
-def test_the_prompt_gets_the_dff_marker(checkpoints, test_file, tokenizer, monkeypatch):
+def test_the_prompt_gets_the_dff_marker(tiny_checkpoints, test_file, tokenizer, monkeypatch):
     seen = []
     answer_right = fake_generate(tokenizer, solve)
 
@@ -215,14 +200,14 @@ def test_the_prompt_gets_the_dff_marker(checkpoints, test_file, tokenizer, monke
         return answer_right(model, prompt_ids, config)
 
     monkeypatch.setattr(cli, "generate", recording_generate)
-    cli.main(["--model", str(checkpoints / "diffusion"), "--test_file", str(test_file), "--max_samples", "2"])
+    cli.main(["--model", str(tiny_checkpoints / "diffusion"), "--test_file", str(test_file), "--max_samples", "2"])
     first = read_jsonl(test_file)[0]["prompt"]
     assert seen[0] == tokenizer.encode(first + "<DFF>", add_special_tokens=False)
     assert len(seen) == 2
 
 
-def test_diffusion_flags_are_refused_for_a_causal_checkpoint(checkpoints, test_file, capsys):
+def test_diffusion_flags_are_refused_for_a_causal_checkpoint(tiny_checkpoints, test_file, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["--model", str(checkpoints / "causal"), "--test_file", str(test_file), "--threshold", "0.9"])
+        cli.main(["--model", str(tiny_checkpoints / "causal"), "--test_file", str(test_file), "--threshold", "0.9"])
     assert exit_info.value.code == 2
     assert "--threshold only apply to diffusion checkpoints" in capsys.readouterr().err

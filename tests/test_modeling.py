@@ -7,7 +7,14 @@ import pytest
 import torch
 from conftest import DFF, MASK, make_tiny_llama
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoModelForCausalLM, ByT5Tokenizer, LlamaConfig, LlavaConfig, PreTrainedTokenizerFast
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    ByT5Tokenizer,
+    LlamaConfig,
+    LlavaConfig,
+    PreTrainedTokenizerFast,
+)
 
 from diff_trainer import modeling
 from diff_trainer.arguments import DiffusionTrainingArguments
@@ -112,6 +119,23 @@ def test_tokenizer_comes_from_the_model_directory_when_not_named(tmp_path):
     tokenizer = load_tokenizer(model_args(tokenizer_name=None, model_name_or_path=str(tmp_path)))
     assert len(tokenizer) == 386 and tokenizer.mask_token == MASK
     assert add_special_tokens(tokenizer, DFF, MASK) == []
+
+
+@pytest.mark.parametrize("kind", ["byte", "char"])
+@pytest.mark.parametrize("family", DECODERS)
+def test_a_checkpoint_reloads_the_tokenizer_it_was_saved_with(tmp_path, family, kind):
+    """transformers 5 gives a qwen2 checkpoint Qwen2's tokenizer class whatever tokenizer_config.json names."""
+    args = model_args(tokenizer_name=kind)
+    tokenizer = load_tokenizer(args, ["12+7=<DFF>19"] if kind == "char" else None)
+    add_special_tokens(tokenizer, DFF, MASK)
+    model = tiny_model(tokenizer, family, tokenizer_name=kind)
+    model.save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    text = f"7+12={DFF}19{MASK}"
+    for reloaded in (load_checkpoint(str(tmp_path))[1],
+                     load_tokenizer(model_args(tokenizer_name=None, model_name_or_path=str(tmp_path)))):
+        assert type(reloaded) is type(tokenizer) and len(reloaded) == len(tokenizer)
+        assert reloaded.encode(text) == tokenizer.encode(text) and reloaded.mask_token_id == tokenizer.mask_token_id
 
 
 def test_tokenizer_needs_a_source():
@@ -228,6 +252,13 @@ def test_head_dim_follows_overridden_hidden_size_and_heads(tokenizer, caplog):
     expected = 4 * (4 * 128 * 128 + 3 * 128 * 384 + 2 * 128) + 2 * 386 * 128 + 128
     assert expected == 951_936 == sum(p.numel() for p in model.parameters())
     assert "951,936 parameters" in caplog.text and "head_dim 32" in caplog.text
+
+
+def test_overriding_the_layer_count_derives_the_layer_types_again(tmp_path, tokenizer):
+    model = tiny_model(tokenizer, "qwen2")  # Qwen2Config() derives 32 layer_types; the override asks for 2 layers
+    assert model.config.layer_types == ["full_attention"] * 2 and len(model.model.layers) == 2
+    model.save_pretrained(tmp_path)
+    assert AutoConfig.from_pretrained(tmp_path).layer_types == ["full_attention"] * 2
 
 
 def test_explicit_or_underived_head_dim_is_kept(tokenizer):

@@ -32,15 +32,21 @@ def rows(count, prompt=3, response=5, pad=2, seed=0):
     return features
 
 
-def noiser_from_flags(tmp_path, **flags):
-    """The training noiser that DiffusionTrainer builds from DiffusionTrainingArguments, and the mask id."""
-    tokenizer = make_byte_tokenizer()
+def trainer_from_flags(tmp_path, tokenizer=None, train_dataset=None, **flags):
+    """The DiffusionTrainer that run_clm_diff.py builds from DiffusionTrainingArguments (byte tokenizer)."""
+    tokenizer = tokenizer or make_byte_tokenizer()
     model = make_tiny_llama(len(tokenizer))
     write_diffusion_config(model.config, mask_token_id=tokenizer.mask_token_id, shift_logits=False,
                            noise_schedule="linear", time_eps=EPS, dff_token="<DFF>")
     args = DiffusionTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", do_train=True,
                                       train_diff_model=True, loss_normalization="token", eval_mc_samples=0, **flags)
-    return DiffusionTrainer(model, args).train_noiser, tokenizer.mask_token_id
+    return DiffusionTrainer(model, args, processing_class=tokenizer, train_dataset=train_dataset)
+
+
+def noiser_from_flags(tmp_path, tokenizer=None, **flags):
+    """The training noiser that DiffusionTrainer builds from DiffusionTrainingArguments, and the mask id."""
+    trainer = trainer_from_flags(tmp_path, tokenizer, **flags)
+    return trainer.train_noiser, trainer.processing_class.mask_token_id
 
 
 def noise(noiser, features, seed):
@@ -103,3 +109,119 @@ def test_random_length_truncates_the_chosen_share_to_a_uniform_prefix(tmp_path):
     # kept length of a truncated row is U{1..10}, so among the shortened ones U{1..9}: mean 5
     assert kept[truncated].float().mean().item() == pytest.approx(5.0, abs=0.3)
     assert math.isclose(batch["maskable"].sum().item(), kept.sum().item())
+
+
+# --------------------------------------------------------------------------------------------------
+# --prefix_shuffle: prefix units permuted at each draw, everything else as given
+
+SEPARATOR = "<SEP>"
+
+
+def keyword_rows(tokenizer, texts, block_size, packed):
+    """Rows of `prompt <DFF> response` texts as run_clm_diff.py builds them: packed, or left-padded."""
+    from diff_trainer.data.labels import dff_labels
+    from diff_trainer.data.packing import concatenate_and_chunk, pad_to_block
+
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+    labels, _ = dff_labels(ids, tokenizer.convert_tokens_to_ids(["<DFF>"]))
+    pack = concatenate_and_chunk if packed else pad_to_block
+    rows = pack(ids, labels, block_size, tokenizer.eos_token_id)
+    return {key: torch.as_tensor(value) for key, value in rows.items()}
+
+
+def segments_of(text):
+    """Second implementation on strings: the stripped keywords of a `k1 <SEP> k2 ... ` prefix and its skeleton."""
+    parts = text.split(SEPARATOR)
+    skeleton = [(part[:len(part) - len(part.lstrip())], part[len(part.rstrip()):]) for part in parts]
+    return [part.strip() for part in parts], skeleton
+
+
+def shuffled_batch(tmp_path, texts, packed, seed, **flags):
+    tokenizer = make_byte_tokenizer()
+    batch = keyword_rows(tokenizer, texts * 2 if packed else texts, 64, packed)
+    noiser, _ = noiser_from_flags(tmp_path, tokenizer=tokenizer, **flags)
+    return tokenizer, batch, noiser(batch, seeded_generator(seed))
+
+
+KEYWORD_TEXTS = ["alpha <SEP> be <SEP> gamma delta <SEP> é <DFF> x y", "one <SEP>  two <SEP>three <DFF> z",
+                 "<DFF> no prefix at all", "solo <DFF> kept"]
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_prefix_segments_are_permuted_and_nothing_else_moves(tmp_path, packed):
+    seen = set()
+    for seed in range(12):
+        tokenizer, batch, noised = shuffled_batch(tmp_path, KEYWORD_TEXTS, packed, seed, prefix_shuffle="segments")
+        clean, labels, attention = noised["clean_ids"], batch["labels"], batch["attention_mask"]
+        prefix = (labels == IGNORE_INDEX) & attention.bool()
+        assert torch.equal(clean[~prefix], batch["input_ids"][~prefix])  # targets, <DFF>, EOS and padding as given
+        assert torch.equal(noised["maskable"], labels != IGNORE_INDEX)  # labels untouched
+        assert not noised["input_ids"][prefix].eq(tokenizer.mask_token_id).any()  # the prefix is never masked
+        for row in range(len(clean)):
+            positions = prefix[row].nonzero().flatten()
+            # each run of prefix positions is one document's prefix (packed rows may hold several)
+            runs = torch.tensor_split(positions, (positions.diff() > 1).nonzero().flatten() + 1)
+            for run in runs:
+                before = tokenizer.decode(batch["input_ids"][row, run])
+                after = tokenizer.decode(clean[row, run])
+                assert sorted(clean[row, run].tolist()) == sorted(batch["input_ids"][row, run].tolist())
+                words_before, skeleton_before = segments_of(before)
+                words_after, skeleton_after = segments_of(after)
+                assert skeleton_after == skeleton_before  # separators and blanks keep their places
+                assert sorted(words_after) == sorted(words_before)
+                if len(words_before) == 4:
+                    seen.add(tuple(words_after))
+    assert len(seen) >= 8  # 12 draws of the 4-keyword prefix: most of the 24 orders, not one fixed order
+
+
+def test_prefix_shuffle_is_seeded_per_draw(tmp_path):
+    texts = KEYWORD_TEXTS * 2
+    _, _, first = shuffled_batch(tmp_path, texts, True, 3, prefix_shuffle="segments")
+    _, _, again = shuffled_batch(tmp_path, texts, True, 3, prefix_shuffle="segments")
+    _, _, other = shuffled_batch(tmp_path, texts, True, 4, prefix_shuffle="segments")
+    assert all(torch.equal(first[key], again[key]) for key in first)
+    assert not torch.equal(first["clean_ids"], other["clean_ids"])
+
+
+def test_prefix_tokens_unit_permutes_single_tokens_around_fixed_specials(tmp_path):
+    tokenizer = make_byte_tokenizer()
+    eos = tokenizer.eos_token_id
+    texts = ["abcdefgh <DFF> t"]
+    batch = keyword_rows(tokenizer, texts, 16, packed=False)
+    batch["input_ids"][0, 3] = eos  # a special token inside the prefix stays where it is
+    noiser, _ = noiser_from_flags(tmp_path, tokenizer=tokenizer, prefix_shuffle="tokens")
+    orders = set()
+    for seed in range(5):
+        clean = noiser(batch, seeded_generator(seed))["clean_ids"][0]
+        prefix = (batch["labels"][0] == IGNORE_INDEX) & batch["attention_mask"][0].bool()
+        assert clean[3] == eos and torch.equal(clean[~prefix], batch["input_ids"][0][~prefix])
+        assert sorted(clean[prefix].tolist()) == sorted(batch["input_ids"][0][prefix].tolist())
+        orders.add(tuple(clean[prefix].tolist()))
+    assert len(orders) == 5
+
+
+def test_prefix_shuffle_is_off_for_evaluation_unless_asked(tmp_path):
+    tokenizer = make_byte_tokenizer()
+    for flags, in_eval in (({}, False), ({"eval_prefix_shuffle": True}, True)):
+        trainer = trainer_from_flags(tmp_path, tokenizer, prefix_shuffle="segments", **flags)
+        assert trainer.train_noiser.prefix_shuffler.unit == "segments"
+        assert (trainer.eval_noiser.prefix_shuffler is not None) == in_eval
+        assert trainer.eval_prefix_shuffler is trainer.eval_noiser.prefix_shuffler  # the ELBO's rows alike
+
+
+def test_prefix_shuffle_bad_settings(tmp_path):
+    from datasets import Dataset
+
+    tokenizer = make_byte_tokenizer()
+    rows = keyword_rows(tokenizer, ["a , b <DFF> c"], 16, packed=False)
+    data = Dataset.from_dict({key: value.tolist() for key, value in rows.items()})
+    with pytest.raises(ValueError, match="contains --prefix_separator '<SEP>'"):
+        trainer_from_flags(tmp_path, tokenizer, train_dataset=data, prefix_shuffle="segments")
+    assert trainer_from_flags(tmp_path, tokenizer, train_dataset=data, prefix_shuffle="segments",
+                              prefix_separator=",").train_noiser.prefix_shuffler.separator_ids == (44 + 3,)
+    for flags, message in (({"prefix_shuffle": "words"}, "must be one of"),
+                           ({"eval_prefix_shuffle": True}, "needs --prefix_shuffle"),
+                           ({"prefix_shuffle": "tokens", "train_diff_model": False}, "only apply with")):
+        with pytest.raises(ValueError, match=message):
+            DiffusionTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none",
+                                       **{"train_diff_model": True, **flags})

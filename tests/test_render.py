@@ -25,7 +25,7 @@ def hand_frame(tokenizer):
     sequences = torch.tensor([[0, byte_id("h"), byte_id("i"), mask, byte_id("j"), mask]])
     committed = torch.tensor([[False, False, False, False, True, False]])
     confidence = torch.where(committed, 0.7, float("nan")).double()
-    return StepFrame(step=1, block=0, sequences=sequences, committed=committed, confidence=confidence,
+    return StepFrame(step=1, blocks=[0], sequences=sequences, committed=committed, confidence=confidence,
                      attention_mask=torch.tensor([[0, 1, 1, 1, 1, 1]]), generation_start=3)
 
 
@@ -74,24 +74,9 @@ def test_gif_has_one_frame_per_step(tokenizer, tmp_path):
         render_gif([], tmp_path / "none.gif", tokenizer, tokenizer.mask_token_id)
 
 
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, tokenizer):
-    """A diffusion checkpoint and a causal one, each saved with the tokenizer."""
-    root = tmp_path_factory.mktemp("render_checkpoints")
-    diffusion = make_tiny_llama(len(tokenizer))
-    diffusion.config.diffusion_config = {"objective": "masked_diffusion", "mask_token_id": tokenizer.mask_token_id,
-                                         "shift_logits": False, "noise_schedule": "linear", "time_eps": 1e-3,
-                                         "dff_token": "<DFF>"}
-    causal = make_tiny_llama(len(tokenizer), bidirectional=False)
-    for name, model in (("diffusion", diffusion), ("causal", causal)):
-        model.save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-    return root
-
-
-def test_view_replays_every_step_and_writes_the_gif(checkpoints, tmp_path, capsys):
+def test_view_replays_every_step_and_writes_the_gif(tiny_checkpoints, tmp_path, capsys):
     gif = tmp_path / "view.gif"
-    view.main(["--model", str(checkpoints / "diffusion"), "--prompt", "ab", "--gen_length", "8", "--steps", "4",
+    view.main(["--model", str(tiny_checkpoints / "diffusion"), "--prompt", "ab", "--gen_length", "8", "--steps", "4",
                "--block_length", "4", "--delay", "0", "--gif", str(gif), "--no_color"])
     out = capsys.readouterr().out
     assert [line for line in out.splitlines() if line.startswith("step ")] == [
@@ -102,7 +87,7 @@ def test_view_replays_every_step_and_writes_the_gif(checkpoints, tmp_path, capsy
         assert image.n_frames == 4
 
 
-def test_view_refuses_a_causal_checkpoint(checkpoints, capsys):
+def test_view_refuses_a_causal_checkpoint(tiny_checkpoints, capsys):
     with pytest.raises(SystemExit):
-        view.main(["--model", str(checkpoints / "causal"), "--prompt", "ab", "--delay", "0"])
+        view.main(["--model", str(tiny_checkpoints / "causal"), "--prompt", "ab", "--delay", "0"])
     assert "causal checkpoint" in capsys.readouterr().err

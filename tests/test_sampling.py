@@ -7,6 +7,7 @@ import torch
 from conftest import make_tiny_llama
 
 from diff_trainer.sampling import (
+    padded_position_ids,
     SamplerConfig,
     chosen_probability,
     generate,
@@ -73,10 +74,10 @@ def test_committed_tokens_per_step_follow_the_schedule(model, gen_length, block_
     for frame in result.trace:
         assert frame.committed.sum(-1).tolist() == [expected[frame.step]] * 2
         # every commit lies inside the current block
-        start = result.generation_start + frame.block * block_length
+        start = result.generation_start + frame.blocks[0] * block_length
         assert not frame.committed[:, :start].any() and not frame.committed[:, start + block_length:].any()
     steps_per_block = steps // (gen_length // block_length)
-    assert [f.block for f in result.trace] == [step // steps_per_block for step in range(steps)]
+    assert [f.blocks for f in result.trace] == [[step // steps_per_block] * 2 for step in range(steps)]
 
 
 def test_gumbel_max_draws_follow_softmax_at_the_temperature():
@@ -236,13 +237,41 @@ def test_threshold_commits_every_confident_position():
     assert [int(f.committed.sum()) for f in result.trace] == [2, 1, 1]
 
 
-def test_batched_generation_equals_one_by_one(model):
+@pytest.mark.parametrize("settings", [
+    dict(steps=4),
+    dict(threshold=0.5),  # rows need different numbers of steps per block
+    dict(threshold=0.5, cache="dual"),
+    dict(steps=8, cache="prefix", guidance_scale=1.0),
+])
+def test_batched_generation_equals_one_by_one(model, settings):
     prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15]]
-    settings = dict(gen_length=8, block_length=4, steps=4)
-    batched = sample(model, prompts, **settings)
+    batched = sample(model, prompts, gen_length=8, block_length=4, **settings)
     for row, prompt in enumerate(prompts):
-        alone = sample(model, [prompt], **settings)
+        alone = sample(model, [prompt], gen_length=8, block_length=4, **settings)
         assert torch.equal(batched.generated[row], alone.generated[0])
+        assert batched.row_nfe[row] == alone.nfe == alone.row_nfe[0]
+
+
+def confident_for_prompt_seven(ids):
+    """Rows whose first token is 7 are sure of token 20 everywhere; other rows hesitate between 20 and 21."""
+    logits = torch.zeros(*ids.shape, VOCAB)
+    sure = ids[:, :1] == 7
+    logits[..., 20] = torch.where(sure, 20.0, 1.0)
+    logits[..., 21] = 0.9
+    return logits
+
+
+def test_rows_advance_through_their_blocks_independently_and_leave_when_done():
+    stub = StubModel(confident_for_prompt_seven)
+    result = sample(stub, [[7, 8], [9, 8]], gen_length=8, block_length=4, threshold=0.9, trace=True)
+    # row 0 commits a whole block per step (2 steps), row 1 one token per step (8 steps)
+    assert result.row_nfe == [2, 8] and result.nfe == 8
+    assert [call.input_ids.shape[0] for call in stub.calls] == [2, 2] + [1] * 6
+    assert [f.blocks for f in result.trace] == [[0, 0], [1, 0], [-1, 0], [-1, 0], [-1, 1], [-1, 1], [-1, 1], [-1, 1]]
+    second = result.trace[1].committed[0, result.generation_start:]
+    assert second.tolist() == [False] * 4 + [True] * 4  # row 0 is already in its second block
+    assert result.generated.tolist() == [[20] * 8, [20] * 8]
+    assert stub.calls[2].input_ids.tolist() == [[9, 8, 20, 20, MASK, MASK, MASK, MASK, MASK, MASK]]
 
 
 def test_tensor_prompts_with_attention_mask_equal_lists(model):
@@ -313,7 +342,7 @@ def test_stop_fills_the_rest_with_eos_after_a_block_with_eos():
     both = sample(StubModel(eos_for_prompt_seven), [[7, 8], [9, 8]], gen_length=8, block_length=4, steps=4,
                   eos_token_id=EOS, eos_handling="stop")
     assert both.generated.tolist() == [[EOS] * 8, [20] * 8]
-    assert both.nfe == 4
+    assert both.nfe == 4 and both.row_nfe == [2, 4]  # the finished row left the batch after its first block
 
 
 def test_forbid_never_predicts_eos():
@@ -440,3 +469,128 @@ def test_a_prompt_longer_than_the_context_is_refused():
     stub = StubModel(lambda ids: torch.zeros(*ids.shape, VOCAB), context=16)
     with pytest.raises(ValueError, match="exceeds the model's context of 16"):
         sample(stub, [[5] * 10], gen_length=8, steps=8)
+
+
+# --- key/value caches (Fast-dLLM) -----------------------------------------------------------------------------
+
+
+def make_tiny_qwen2(seed=1, **overrides):
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    torch.manual_seed(seed)
+    settings = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.5)
+    config = Qwen2Config(**{**settings, **overrides})
+    config.is_causal = False
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+ONE_LAYER_MODELS = {
+    "llama": lambda: make_tiny_llama(VOCAB, initializer_range=0.5, seed=1, num_hidden_layers=1),
+    "qwen2": lambda: make_tiny_qwen2(num_hidden_layers=1),
+}
+
+
+@pytest.mark.parametrize("architecture", list(ONE_LAYER_MODELS))
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_with_one_layer_the_cache_is_exact(architecture, cache):
+    # One layer: a position's keys/values depend on its own token only, and reused ones belong to unchanged tokens.
+    one_layer = ONE_LAYER_MODELS[architecture]()
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12], [15]]
+    for settings in (dict(steps=8), dict(threshold=0.3), dict(steps=8, guidance_scale=1.0, shift=True)):
+        plain = sample(one_layer, prompts, gen_length=8, block_length=4, **settings)
+        cached = sample(one_layer, prompts, gen_length=8, block_length=4, cache=cache, **settings)
+        assert torch.equal(cached.generated, plain.generated), settings
+        assert cached.row_nfe == plain.row_nfe
+
+
+class LogitsRecorder(torch.nn.Module):
+    """Wraps a model; checks each full-length cached call's logits against a plain forward of the same input."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.config = model, model.config
+        self.full_calls = self.cached_calls = 0
+
+    def get_base_model(self):  # as a peft wrapper: the sampler reads the cache keyword's name from it
+        return self.model
+
+    def forward(self, input_ids, attention_mask, position_ids, **cache):
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **cache)
+        if cache and input_ids.shape[1] == attention_mask.shape[1]:  # the block's first step: everything is fed
+            plain = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+            assert torch.equal(output.logits, plain.logits)
+            self.full_calls += 1
+        elif cache:
+            self.cached_calls += 1
+        return output
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_the_first_step_of_a_block_uses_the_uncached_logits(model, cache):
+    recorder = LogitsRecorder(model)
+    result = sample(recorder, [[5, 6, 7], [8]], gen_length=12, block_length=4, steps=12, cache=cache)
+    assert recorder.full_calls == 3 and recorder.cached_calls == 9 and result.nfe == 12
+    # one step per block: every step is a block's first, so the cache changes nothing
+    one_step = dict(gen_length=12, block_length=4, steps=3)
+    assert torch.equal(sample(model, [[5, 6, 7], [8]], cache=cache, **one_step).generated,
+                       sample(model, [[5, 6, 7], [8]], **one_step).generated)
+
+
+def stale_reference_logits(model, before, now, attention_mask, window_starts, window_width):
+    """Independent implementation of the cached forward: a plain forward of `now` in which, at every layer, the
+    key and value projections of positions outside each row's window are those computed from `before`."""
+    from diff_trainer.sampling import padded_position_ids
+
+    positions = padded_position_ids(attention_mask)
+    projections = [layer.self_attn.k_proj for layer in model.model.layers]
+    projections += [layer.self_attn.v_proj for layer in model.model.layers]
+    recorded = {}
+    handles = [p.register_forward_hook(lambda m, i, out: recorded.__setitem__(m, out)) for p in projections]
+    model(input_ids=before, attention_mask=attention_mask, position_ids=positions)
+    for handle in handles:
+        handle.remove()
+    index = torch.arange(now.shape[1])
+    outside = ~((index >= window_starts[:, None]) & (index < window_starts[:, None] + window_width))
+    handles = [p.register_forward_hook(lambda m, i, out: torch.where(outside[..., None], recorded[m], out))
+               for p in projections]
+    logits = model(input_ids=now, attention_mask=attention_mask, position_ids=positions).logits
+    for handle in handles:
+        handle.remove()
+    return logits
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_cached_logits_equal_a_forward_with_stale_keys_and_values_outside_the_window(model, cache):
+    from diff_trainer.sampling import _Denoiser
+
+    # Row 0 (left padded) is in its first block, row 1 in its second: the windows differ per row.
+    x = torch.tensor([[0, 0, 5, 6, MASK, MASK, MASK, MASK, MASK, MASK, MASK, MASK],
+                      [7, 8, 9, 10, 21, 22, 23, 24, MASK, MASK, MASK, MASK]])
+    attention = torch.tensor([[0, 0] + [1] * 10, [1] * 12])
+    config = SamplerConfig(mask_token_id=MASK, gen_length=8, block_length=4, steps=8, cache=cache)
+    denoise = _Denoiser(model, config, attention, is_prompt=torch.zeros_like(x, dtype=torch.bool))
+    rows, starts = torch.tensor([0, 1]), torch.tensor([4, 8])
+    first = denoise(x, rows, starts, refresh=torch.tensor([True, True]))
+    plain = model(input_ids=x, attention_mask=attention, position_ids=padded_position_ids(attention)).logits
+    assert torch.equal(first, torch.stack([plain[0, 4:8], plain[1, 8:12]]).double())
+    later = x.clone()
+    later[0, 5], later[1, 9] = 30, 31  # one token committed in each row's block
+    cached = denoise(later, rows, starts, refresh=torch.tensor([False, False]))
+    width = 4 if cache == "dual" else 12
+    reference = stale_reference_logits(model, x, later, attention, starts, width)
+    expected = torch.stack([reference[0, 4:8], reference[1, 8:12]]).double()
+    assert torch.allclose(cached, expected, atol=1e-5)
+    fresh = model(input_ids=later, attention_mask=attention, position_ids=padded_position_ids(attention)).logits
+    assert not torch.allclose(cached, torch.stack([fresh[0, 4:8], fresh[1, 8:12]]).double(), atol=1e-3)
+    assert denoise.forwards == 2
+
+
+def test_a_cache_is_refused_for_models_that_cannot_take_one():
+    stub = StubModel(lambda ids: torch.zeros(*ids.shape, VOCAB))
+    with pytest.raises(ValueError, match="cache='prefix' needs a bidirectional"):
+        sample(stub, [[5]], gen_length=4, cache="prefix")
+    with pytest.raises(ValueError, match="is_causal=True"):
+        sample(make_tiny_llama(VOCAB, bidirectional=False), [[5]], gen_length=4, cache="dual")
+    with pytest.raises(ValueError, match="cache must be one of"):
+        SamplerConfig(mask_token_id=MASK, cache="full")

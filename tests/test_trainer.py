@@ -238,3 +238,54 @@ def test_elbo_pass_runs_on_the_models_device_under_the_trainers_autocast(tmp_pat
     metrics = trainer.elbo_metrics(loader, "eval")
     assert seen and all(entry == (True, torch.bfloat16, True) for entry in seen)
     assert metrics["eval_elbo_nll"] > 0
+
+
+def test_masked_head_gives_the_full_logits_loss_gradient_and_elbo(tmp_path):
+    masked_only, full = make_trainer(tmp_path / "a"), make_trainer(tmp_path / "b", masked_head=False)
+    assert masked_only.masked_head is not None and full.masked_head is None
+    batch = noised_batch(full, range(8))
+    results = []
+    for trainer in (masked_only, full):
+        model = trainer.model.train()
+        model.zero_grad()
+        loss = trainer.compute_loss(model, batch)
+        loss.backward()
+        results.append((loss.detach(), gradients(model), trainer.evaluate()["eval_elbo_nll"]))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-4, atol=1e-6)
+    assert results[0][2] == pytest.approx(results[1][2], rel=1e-5)
+
+
+def packed_rows(tokenizer, count=4):
+    """Packed rows: documents of 3-6 random bytes, each ending in EOS, every token trained."""
+    generator = torch.Generator().manual_seed(7)
+    eos = tokenizer.eos_token_id
+    ids = []
+    while len(ids) < count * BLOCK:
+        ids += torch.randint(10, 200, (int(torch.randint(3, 7, (1,), generator=generator)),),
+                             generator=generator).tolist() + [eos]
+    rows = [ids[i * BLOCK:(i + 1) * BLOCK] for i in range(count)]
+    return Dataset.from_dict({"input_ids": rows, "labels": rows, "attention_mask": [[1] * BLOCK] * count})
+
+
+def test_isolated_documents_mask_comes_from_the_clean_rows_eos(tmp_path):
+    from diff_trainer.diffusion.attention import same_document_allowed
+
+    tokenizer = make_byte_tokenizer()
+    args = DiffusionTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", train_diff_model=True,
+                                      isolate_documents=True, per_device_train_batch_size=4)
+    trainer = DiffusionTrainer(diffusion_llama(tokenizer), args, row_layout=layout("packed"),
+                               train_dataset=packed_rows(tokenizer), processing_class=tokenizer)
+    batch = noised_batch(trainer, range(4))
+    assert (batch["input_ids"] != batch["clean_ids"])[batch["clean_ids"] == tokenizer.eos_token_id].any()
+    mask = trainer.attention_for(batch["attention_mask"], batch["clean_ids"], torch.float32)
+    allowed = same_document_allowed(batch["clean_ids"], batch["attention_mask"], tokenizer.eos_token_id)
+    assert torch.equal(mask == 0, allowed) and not allowed.all()  # masked EOS still end their documents
+
+
+def test_isolate_documents_needs_packed_rows(tmp_path):
+    tokenizer = make_byte_tokenizer()
+    args = DiffusionTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", train_diff_model=True,
+                                      isolate_documents=True)
+    with pytest.raises(ValueError, match="--isolate_documents .* add --concatenate_texts"):
+        DiffusionTrainer(diffusion_llama(tokenizer), args, row_layout=layout("left"))

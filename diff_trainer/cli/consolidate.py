@@ -101,9 +101,9 @@ def consolidate(checkpoint: str, output: str, *, dtype: str = "auto", overwrite:
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     if any(name.startswith("tokenizer") for name in os.listdir(checkpoint)):
-        from transformers import AutoTokenizer
+        from diff_trainer.modeling import load_saved_tokenizer
 
-        AutoTokenizer.from_pretrained(checkpoint, trust_remote_code=trust_remote_code).save_pretrained(partial)
+        load_saved_tokenizer(checkpoint, trust_remote_code=trust_remote_code).save_pretrained(partial)
     if os.path.exists(output):
         shutil.rmtree(output)
     os.replace(partial, output)

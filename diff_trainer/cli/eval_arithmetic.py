@@ -9,8 +9,8 @@ diff-generate, a causal one with `model.generate` (KV cache), exactly as diff-ge
 <DFF> marker appended, as in training (`prompt<DFF>answer`); a completion ends at its first EOS and is compared with
 the answer by the exact_match metric (surrounding whitespace ignored).
 
-Printed: the accuracy, the network forward passes per sample (NFE: the passes of the batch a sample was generated
-in; use --batch_size 1 for each sample's own count) and tokens/s: completion tokens (up to and including the first
+Printed: the accuracy, the network forward passes per sample (NFE: for a diffusion checkpoint the passes each sample
+took part in, as rows of a batch advance on their own; for a causal one those of its batch) and tokens/s: completion tokens (up to and including the first
 EOS) per second spent in generation. `--output` writes one JSON record per problem with the settings.
 """
 
@@ -138,14 +138,15 @@ def evaluate_problems(model, tokenizer, problems: list[Problem], prompt_ids: lis
         batch_ids = prompt_ids[first:first + args.batch_size]
         start = time.perf_counter()
         if config is None:
-            new_ids, nfe = generate_causal(model, tokenizer, batch_ids, args)
+            new_ids, forwards = generate_causal(model, tokenizer, batch_ids, args)
+            row_nfe = [forwards] * len(new_ids)
         else:
             result = generate(model, batch_ids, config, generator=generator)
-            new_ids, nfe = result.generated.tolist(), result.nfe
+            new_ids, row_nfe = result.generated.tolist(), result.row_nfe
         seconds += time.perf_counter() - start
         completions += [completion_text(tokenizer, ids) for ids in new_ids]
         tokens += sum(completion_length(ids, tokenizer.eos_token_id) for ids in new_ids)
-        nfes += [nfe] * len(new_ids)
+        nfes += row_nfe
 
     answers = [problem.answer for problem in problems]
     scores = load_exact_match().compute(predictions=completions, references=answers, return_matches=True)

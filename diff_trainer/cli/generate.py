@@ -9,11 +9,13 @@ sampled with `model.generate`, so baselines use the same command; the diffusion-
     diff-generate --model out/checkpoint-1000 --prompt "12+7=<DFF>" --gen_length 8 --steps 8
     diff-generate --model out --prompt_file prompts.jsonl --samples 4 --temperature 0.8 --output samples.jsonl
     diff-generate --model outputs/shakespeare --samples 4 --gen_length 128 --steps 128 --sedd_sampler analytic
+    diff-generate --model outputs/fortunes --prompt "The " --suffix " of life." --gen_length 32   # infilling (SEDD)
 
 Prompts are tokenised like the training data: no special tokens, BOS prepended when the tokenizer has one
 distinct from EOS. A completion ends at its first EOS. `--output` ending in .jsonl writes one record per
-completion with the settings and the NFE count; any other name writes plain text, one completion per line
-(newlines inside a completion written as \\n).
+completion with the settings, its NFE (the forward passes it took part in: rows of a batch advance on their own) and
+its batch's forward passes; any other name writes plain text, one completion per line (newlines inside a completion
+written as \\n). `--cache prefix|dual` reuses keys/values within a block (Fast-dLLM; an approximation).
 """
 
 from __future__ import annotations
@@ -37,9 +39,11 @@ from diff_trainer.devices import (
 )
 from diff_trainer.render import TokenPieces, render_text
 from diff_trainer.sampling import (
+    CACHE_MODES,
     CONFIDENCE_STRATEGIES,
     EOS_HANDLING,
     SamplerConfig,
+    check_cache_support,
     context_length,
     generate,
     special_token_ids_to_forbid,
@@ -49,14 +53,15 @@ from diff_trainer.sedd_sampling import SEDD_PREDICTORS, SeddSamplerConfig, sedd_
 DEFAULT_DFF_TOKEN = "<DFF>"
 # Flags that only mean something for a diffusion checkpoint (their defaults are None so use can be detected).
 DIFFUSION_ONLY_FLAGS = ("steps", "block_length", "remasking", "guidance_scale", "threshold", "eos_handling",
-                        "sedd_sampler")
+                        "cache", "sedd_sampler", "suffix")
 # Flags of the masked-diffusion sampler that SEDD's samplers have no use for.
-MASKED_SAMPLER_FLAGS = ("block_length", "remasking", "guidance_scale", "threshold", "eos_handling")
+MASKED_SAMPLER_FLAGS = ("block_length", "remasking", "guidance_scale", "threshold", "eos_handling", "cache")
 
 
-def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by diff-generate and diff-view."""
-    parser.add_argument("--model", required=True, help="checkpoint directory (model, config and tokenizer)")
+def add_sampling_arguments(parser: argparse.ArgumentParser, with_model: bool = True) -> None:
+    """Flags shared by diff-generate, diff-view and (without --model) diff-generate-cascade."""
+    if with_model:
+        parser.add_argument("--model", required=True, help="checkpoint directory (model, config and tokenizer)")
     parser.add_argument("--gen_length", type=int, default=64, help="number of tokens to generate")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps in total (default: gen_length)")
     parser.add_argument("--block_length", type=int, default=None,
@@ -69,9 +74,16 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
                         help="Fast-dLLM: commit every prediction at least this confident (ignores --steps)")
     parser.add_argument("--eos_handling", choices=EOS_HANDLING, default=None,
                         help="stop after a block with EOS (default), forbid EOS, rank it last, or none")
+    parser.add_argument("--cache", choices=CACHE_MODES, default=None,
+                        help="Fast-dLLM key/value cache (approximate): none (default), prefix (prompt and finished "
+                        "blocks computed once per block) or dual (also the masked positions after the block); "
+                        "bidirectional Llama / Qwen2 checkpoints")
     parser.add_argument("--sedd_sampler", choices=sorted(SEDD_PREDICTORS), default=None,
                         help="SEDD tau-leaping step (default euler for SEDD checkpoints); on a masked-diffusion "
                         "checkpoint it samples the model as an absorbing SEDD model (RADD)")
+    parser.add_argument("--suffix", default=None,
+                        help="text that follows the generated tokens, kept fixed at every step (infilling; SEDD "
+                        "samplers only)")
     parser.add_argument("--tokenizer_name", default=None,
                         help="tokenizer for a SEDD-layout checkpoint that ships none (louaaron/sedd-small: gpt2)")
     parser.add_argument("--seed", type=int, default=None,
@@ -138,6 +150,11 @@ def read_prompts(path: str) -> list[str]:
     return lines
 
 
+def encode_suffix(tokenizer, suffix: str | None) -> list[int]:
+    """The ids of --suffix (no special tokens); none without one."""
+    return tokenizer.encode(suffix, add_special_tokens=False) if suffix else []
+
+
 def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     """Token ids as in training: no special tokens, `bos_prefix` first."""
     bos = bos_prefix(tokenizer)
@@ -161,6 +178,7 @@ def sampler_config(args, diffusion_config: dict, tokenizer) -> SamplerConfig:
         eos_handling=args.eos_handling or ("stop" if tokenizer.eos_token_id is not None else "none"),
         pad_token_id=tokenizer.pad_token_id,
         forbidden_token_ids=special_token_ids_to_forbid(tokenizer, stops),
+        cache=args.cache or "none",
     )
 
 
@@ -178,10 +196,11 @@ def sedd_sampler_config(args, diffusion_config: dict, tokenizer, model) -> SeddS
         pad_token_id=tokenizer.pad_token_id)
 
 
-def run_sampler(model, prompt_ids, config, **options):
-    """Sample with SEDD's loop or the masked-diffusion loop, whichever the config is for."""
-    sampler = sedd_generate if isinstance(config, SeddSamplerConfig) else generate
-    return sampler(model, prompt_ids, config, **options)
+def run_sampler(model, prompt_ids, config, suffix_ids=(), **options):
+    """Sample with SEDD's loop (which also takes a suffix) or the masked-diffusion loop, whichever the config is for."""
+    if isinstance(config, SeddSamplerConfig):
+        return sedd_generate(model, prompt_ids, config, suffix_ids=suffix_ids, **options)
+    return generate(model, prompt_ids, config, **options)
 
 
 def shown_mask_id(config) -> int:
@@ -229,8 +248,8 @@ def generate_causal(model, tokenizer, prompt_ids: list[list[int]], args) -> tupl
     return new_ids.tolist(), new_ids.shape[1]
 
 
-def check_arguments(parser, args, diffusion_config, prompt_ids, model) -> None:
-    """Refuse flags that do not fit the checkpoint and prompts that do not fit the model."""
+def check_arguments(parser, args, diffusion_config, prompt_ids, model, suffix_ids=()) -> None:
+    """Refuse flags that do not fit the checkpoint and prompts (with the suffix) that do not fit the model."""
     if diffusion_config is None:
         given = [f"--{name}" for name in DIFFUSION_ONLY_FLAGS if getattr(args, name) is not None]
         if given:
@@ -243,6 +262,9 @@ def check_arguments(parser, args, diffusion_config, prompt_ids, model) -> None:
         if given:
             parser.error(f"{', '.join(given)} belong to the masked-diffusion sampler; SEDD's samplers take "
                          "--steps and --sedd_sampler.")
+    elif args.suffix is not None:
+        parser.error("--suffix needs a SEDD sampler (they re-impose it at every step): add --sedd_sampler to sample "
+                     "this masked-diffusion checkpoint as an absorbing SEDD model.")
     if args.samples < 1 or args.batch_size < 1:
         parser.error("--samples and --batch_size must be at least 1.")
     if args.samples < 1 or args.batch_size < 1 or args.gen_length < 1:
@@ -251,8 +273,9 @@ def check_arguments(parser, args, diffusion_config, prompt_ids, model) -> None:
         parser.error(f"--output {args.output}: its directory does not exist; create it first.")
     limit = context_length(model)
     longest = max(len(p) for p in prompt_ids)
-    if limit is not None and longest + args.gen_length > limit:
-        parser.error(f"the longest prompt ({longest} tokens) + --gen_length ({args.gen_length}) exceeds the "
+    if limit is not None and longest + args.gen_length + len(suffix_ids) > limit:
+        suffix = f" + --suffix ({len(suffix_ids)} tokens)" if suffix_ids else ""
+        parser.error(f"the longest prompt ({longest} tokens) + --gen_length ({args.gen_length}){suffix} exceeds the "
                      f"model's context of {limit} positions.")
 
 
@@ -269,15 +292,17 @@ def _print_step(tokenizer, mask_token_id: int, offset: int):
     return hook
 
 
-def checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, tokenizer):
+def checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, tokenizer, suffix_ids=()):
     """Check the flags and prompts against the checkpoint; the SamplerConfig (None for a causal checkpoint)."""
-    check_arguments(parser, args, diffusion_config, prompt_ids, model)
+    check_arguments(parser, args, diffusion_config, prompt_ids, model, suffix_ids)
     if diffusion_config is None:
         return None
     try:
         if uses_sedd_sampler(args, diffusion_config):
             return sedd_sampler_config(args, diffusion_config, tokenizer, model)
-        return sampler_config(args, diffusion_config, tokenizer)
+        config = sampler_config(args, diffusion_config, tokenizer)
+        check_cache_support(model, config.cache)
+        return config
     except ValueError as error:
         parser.error(str(error))
 
@@ -295,7 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     if not prompts:
         parser.error("no prompts given.")
     prompt_ids = prepare_prompts(args, tokenizer, diffusion_config, prompts)
-    config = checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, tokenizer)
+    suffix_ids = encode_suffix(tokenizer, args.suffix)
+    config = checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, tokenizer, suffix_ids)
 
     stop = stop_ids(diffusion_config, tokenizer)
     jobs = [(p, s) for p in range(len(prompts)) for s in range(args.samples)]
@@ -305,16 +331,17 @@ def main(argv: list[str] | None = None) -> None:
         batch = jobs[first:first + args.batch_size]
         batch_ids = [prompt_ids[p] for p, _ in batch]
         if config is None:
-            new_ids, nfe = generate_causal(model, tokenizer, batch_ids, args)
+            new_ids, forwards = generate_causal(model, tokenizer, batch_ids, args)
+            row_nfe = [forwards] * len(new_ids)
         else:
             hook = _print_step(tokenizer, shown_mask_id(config), first) if args.verbose else None
-            result = run_sampler(model, batch_ids, config, generator=generator, on_step=hook)
-            new_ids, nfe = result.generated.tolist(), result.nfe
-        for (p, s), ids in zip(batch, new_ids):
+            result = run_sampler(model, batch_ids, config, suffix_ids, generator=generator, on_step=hook)
+            new_ids, forwards, row_nfe = result.generated.tolist(), result.nfe, result.row_nfe
+        for (p, s), ids, nfe in zip(batch, new_ids, row_nfe):
             records.append({"prompt": prompts[p], "sample": s, "completion": completion_text(tokenizer, ids, stop),
-                            "nfe": nfe})
+                            "nfe": nfe, "batch_forwards": forwards})
 
-    settings = {"model": args.model, "seed": args.seed, "append_dff": args.append_dff,
+    settings = {"model": args.model, "seed": args.seed, "append_dff": args.append_dff, "suffix": args.suffix,
                 "sampler": "causal" if config is None else
                 "sedd" if isinstance(config, SeddSamplerConfig) else "diffusion"}
     settings.update(dataclasses.asdict(config) if config is not None

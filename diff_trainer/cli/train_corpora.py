@@ -2,12 +2,13 @@
 
     diff-train-corpora configs/corpora.yaml --all
     diff-train-corpora configs/corpora.yaml --dataset fortunes --resume
+    diff-train-corpora configs/corpora.yaml --all --max_steps 150    # a shorter run of every corpus
 
 The file holds `datasets: {name: {path, enabled, description, overrides}}`, the `run_clm_diff.py` flags shared by
 every corpus (`train`), the sampling settings (`samples`) and `output_root`. A corpus `path` is a directory holding
 `train.*` (and optionally `validation.*`) data files, or one data file. Each corpus is trained by
-`run_clm_diff.py <output_root>/<name>/run_config.yaml` into `<output_root>/<name>/`; a finished corpus (it has
-train_results.json) is skipped, an interrupted one (checkpoints but no results) is continued with --resume.
+`run_clm_diff.py <output_root>/<name>/run_config.yaml` into `<output_root>/<name>/` (training_runs.py: a finished
+corpus is skipped, an interrupted one is continued with --resume).
 Samples go to `<output_root>/<name>_samples.txt`.
 """
 
@@ -15,17 +16,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
+from diff_trainer.cli.training_runs import RunError, refuse_interrupted, train_unless_finished
+
 DATA_SUFFIXES = (".jsonl.zst", ".jsonl", ".json", ".txt", ".csv", ".parquet", ".json.gz")
-FINISHED_FILE = "train_results.json"
 
 
-class CorporaError(ValueError):
+class CorporaError(RunError):
     """A corpora file that cannot be used as written."""
 
 
@@ -65,35 +65,15 @@ def data_files(corpus_path: Path, name: str, source: str) -> dict:
     return found
 
 
-def run_config(config: dict, name: str, source: str) -> dict:
+def run_config(config: dict, name: str, source: str, max_steps: int | None = None) -> dict:
     """The run_clm_diff flags of one corpus: train and evaluate, the shared `train` flags, its data files and output
-    dir, its overrides."""
+    dir, its overrides, then `max_steps` when given (it replaces every corpus's own)."""
     corpus = config["datasets"][name]
     output_dir = Path(config.get("output_root", "outputs")) / name
-    return {"do_train": True, "do_eval": True, **(config.get("train") or {}),
-            **data_files(Path(corpus["path"]), name, source), "output_dir": str(output_dir),
-            **(corpus.get("overrides") or {})}
-
-
-def status(output_dir: Path) -> str:
-    """"finished", "interrupted" (checkpoints, no results) or "new"."""
-    if (output_dir / FINISHED_FILE).is_file():
-        return "finished"
-    if output_dir.is_dir() and any(output_dir.glob("checkpoint-*")):
-        return "interrupted"
-    return "new"
-
-
-def train(flags: dict, script: str, resume: bool) -> None:
-    """Write the corpus's run_config.yaml and run run_clm_diff.py on it in a fresh process."""
-    output_dir = Path(flags["output_dir"])
-    output_dir.mkdir(parents=True, exist_ok=True)
-    config_file = output_dir / "run_config.yaml"
-    config_file.write_text(yaml.safe_dump(flags, sort_keys=False), encoding="utf-8")
-    command = [sys.executable, script, str(config_file)] + (["--resume", "true"] if resume else [])
-    subprocess.run(command, check=True)
-    if status(output_dir) != "finished":
-        raise CorporaError(f"run_clm_diff.py {config_file} ended without {FINISHED_FILE} in {output_dir}.")
+    flags = {"do_train": True, "do_eval": True, **(config.get("train") or {}),
+             **data_files(Path(corpus["path"]), name, source), "output_dir": str(output_dir),
+             **(corpus.get("overrides") or {})}
+    return flags if max_steps is None else {**flags, "max_steps": max_steps}
 
 
 def write_samples(output_dir: Path, samples_file: Path, settings: dict) -> list[str]:
@@ -137,6 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="every corpus with enabled: true")
     which.add_argument("--dataset", action="append", help="this corpus (repeat for several; runs even if disabled)")
     parser.add_argument("--resume", action="store_true", help="continue interrupted corpora from their checkpoints")
+    parser.add_argument("--max_steps", type=int, default=None,
+                        help="train every selected corpus for this many steps (replaces the file's max_steps)")
     parser.add_argument("--script", default="run_clm_diff.py", help="path of run_clm_diff.py (default: ./)")
     return parser
 
@@ -151,26 +133,25 @@ def main(argv: list[str] | None = None) -> None:
         if unknown:
             raise CorporaError(f"{args.config} has no corpus {', '.join(unknown)} "
                                f"(it has {', '.join(config['datasets'])}).")
-        runs = {name: run_config(config, name, args.config) for name in names}
+        if args.max_steps is not None and args.max_steps < 1:
+            raise CorporaError(f"--max_steps {args.max_steps}: give at least 1.")
+        runs = {name: run_config(config, name, args.config, args.max_steps) for name in names}
     except (CorporaError, OSError, yaml.YAMLError) as error:
         parser.error(str(error))
     if not Path(args.script).is_file():
         parser.error(f"{args.script} not found: run from the repository root or pass --script.")
-    interrupted = [name for name, flags in runs.items() if status(Path(flags["output_dir"])) == "interrupted"]
-    if interrupted and not args.resume:
-        parser.error(f"{', '.join(interrupted)}: interrupted run(s) in {config.get('output_root', 'outputs')}/; "
-                     "pass --resume to continue them, or delete their directories to start over.")
+    try:
+        refuse_interrupted({name: Path(flags["output_dir"]) for name, flags in runs.items()}, args.resume)
+    except RunError as error:
+        parser.error(str(error))
 
     rows = []
     for name, flags in runs.items():
+        try:
+            train_unless_finished(name, flags, args.script, config["datasets"][name].get("description", ""))
+        except RunError as error:
+            parser.error(f"corpus {name}: {error}")
         output_dir = Path(flags["output_dir"])
-        state = status(output_dir)
-        print(f"== {name}: {config['datasets'][name].get('description', '')} [{state}]", flush=True)
-        if state != "finished":
-            try:
-                train(flags, args.script, resume=state == "interrupted")
-            except (CorporaError, subprocess.CalledProcessError) as error:
-                parser.error(f"corpus {name}: {error}")
         samples_file = output_dir.parent / f"{name}_samples.txt"
         samples = write_samples(output_dir, samples_file, config.get("samples") or {})
         rows.append(summary_row(name, flags, output_dir, samples))

@@ -15,6 +15,7 @@ import time
 
 from diff_trainer.cli.generate import (
     add_sampling_arguments,
+    encode_suffix,
     load_from_arguments,
     prepare_prompts,
     run_sampler,
@@ -60,10 +61,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if uses_sedd_sampler(args, diffusion_config):
             config = sedd_sampler_config(args, diffusion_config, tokenizer, model)
+        elif args.suffix is not None:
+            parser.error("--suffix needs a SEDD sampler: add --sedd_sampler.")
         else:
             config = sampler_config(args, diffusion_config, tokenizer)
         prompt_ids = prepare_prompts(args, tokenizer, diffusion_config, [args.prompt])
-        result = run_sampler(model, prompt_ids, config, seed=args.seed, trace=True)
+        result = run_sampler(model, prompt_ids, config, encode_suffix(tokenizer, args.suffix), seed=args.seed,
+                             trace=True)
     except ValueError as error:
         parser.error(str(error))
     mask_id = shown_mask_id(config)

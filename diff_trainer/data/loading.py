@@ -5,8 +5,7 @@ import io
 import json
 import logging
 import os
-import sys
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import datasets
 import numpy as np
@@ -34,23 +33,6 @@ STRING = datasets.Value("string")  # the feature type of every text column
 
 class DataError(ValueError):
     """Input data that cannot be used, with a message saying where and what to do."""
-
-
-def run_entry_point(main: Callable[[Optional[list[str]]], object], argv: Optional[list[str]] = None) -> int:
-    """Run an entry script's `main`: a DataError ends it with `error: message` on stderr and exit status 1 instead
-    of a traceback (the message already names the file, record or flag). A distributed run leaves its process
-    group before exiting, so no communication thread is still running at interpreter shutdown."""
-    import torch.distributed
-
-    try:
-        main(argv)
-    except DataError as error:
-        print(f"{os.path.basename(sys.argv[0]) or 'diff-trainer'}: error: {error}", file=sys.stderr)
-        return 1
-    finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
-    return 0
 
 
 POSITION_LIMITS = ("max_position_embeddings", "n_positions")

@@ -262,15 +262,25 @@ class Preprocessor:
                 logger.warning("%s: dropped %d packed rows with no trained token.", name, int((trainable == 0).sum()))
                 packed[name] = packed[name].select(np.flatnonzero(trainable > 0))
             if len(packed[name]) == 0:
-                raise DataError(f"The {name} split has no complete row of {block_size} tokens. "
-                                "Use a smaller --block_size or more data.")
+                raise DataError(f"The {name} split has no complete row of {block_size} tokens. Use a smaller "
+                                f"--block_size or more {name} data{self.where_more_data_comes_from(name)}.")
         return packed
+
+    def where_more_data_comes_from(self, split: str) -> str:
+        """The flag that adds data to a validation split, as a parenthesis ("" for train or a hub split)."""
+        if split != "validation":
+            return ""
+        if self.args.validation_file:
+            return f" (a longer --validation_file {self.args.validation_file})"
+        if self.args.dataset_name:
+            return ""
+        return f" (a larger --validation_split_percentage, now {self.args.validation_split_percentage:g})"
 
 
 def label_matrix(dataset: Dataset) -> np.ndarray:
-    """The labels column as one (rows, block) array (rows must have equal length)."""
+    """The labels column as one (rows, block) array (rows must have equal length; no rows: shape (0, 0))."""
     flat = pc.list_flatten(arrow_column(dataset, "labels")).to_numpy(zero_copy_only=False)
-    return flat.reshape(len(dataset), -1)
+    return flat.reshape(len(dataset), -1) if len(dataset) else flat.reshape(0, 0)
 
 
 def trainable_counts(dataset: Dataset) -> np.ndarray:

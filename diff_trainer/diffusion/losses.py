@@ -39,7 +39,7 @@ def masked_token_losses(logits, targets, masked, *, shift: bool = False) -> torc
 
 
 def diffusion_loss_sum(token_losses, weight, row_scale=None) -> torch.Tensor:
-    """Numerator Σ_i row_scale_i · weight_i · Σ_pos token_losses[i, pos] (LLaDA eq. 3 / MDLM eq. 10 summed)."""
+    """token_losses: Tensor[B, positions] (or [B, 1] row sums). Numerator Σ_i row_scale_i · weight_i · Σ_pos token_losses[i, pos] (LLaDA eq. 3 / MDLM eq. 10 summed)."""
     per_row = weight.to(token_losses.dtype) * token_losses.sum(dim=1)
     if row_scale is not None:
         per_row = per_row * row_scale.to(per_row.dtype)
@@ -71,10 +71,16 @@ def denominator(kind: str, maskable, masked) -> torch.Tensor:
 
 def masked_diffusion_loss(logits, targets, masked, maskable, weight, kind: str, shift: bool = False,
                           total_denominator=None) -> torch.Tensor:
-    """numerator / denominator: the batch's own denominator (clamped to ≥ 1), or `total_denominator` when the
-    denominator is summed over gradient-accumulation micro-batches and processes (see the module docstring)."""
-    token_losses = masked_token_losses(logits, targets, masked, shift=shift)
-    numerator = diffusion_loss_sum(token_losses, weight, row_scales(kind, maskable))
+    """`diffusion_loss` of full logits [B, L, V]."""
+    row_ce = masked_token_losses(logits, targets, masked, shift=shift).sum(dim=1)
+    return diffusion_loss(row_ce, weight, masked, maskable, kind, total_denominator)
+
+
+def diffusion_loss(row_masked_ce, weight, masked, maskable, kind: str, total_denominator=None) -> torch.Tensor:
+    """numerator / denominator from each row's Σ_masked CE (Tensor[B]): the batch's own denominator (clamped to
+    ≥ 1), or `total_denominator` when the denominator is summed over gradient-accumulation micro-batches and
+    processes (see the module docstring)."""
+    numerator = diffusion_loss_sum(row_masked_ce.unsqueeze(1), weight, row_scales(kind, maskable))
     if total_denominator is None:
         total_denominator = denominator(kind, maskable, masked).clamp(min=1)
     return numerator / total_denominator

@@ -35,7 +35,7 @@ TIME_EPS = 1e-3
 class CheckpointLoader:
     """Recognises one published layout and loads it as a native transformers model.
 
-    `family` is the module holding the layout's config mapping and weight names (`llada` or `dream`);
+    `family` is the module holding the layout's config mapping, weight names and default mask id (`llada` or `dream`);
     `tokenizer_class` is the transformers class that reads its tokenizer files without the checkpoint's code.
     """
 
@@ -81,11 +81,15 @@ class CheckpointLoader:
         directory = local_directory(path)
         raw = _read_json(directory / CONFIG_FILE)
         config = self.family.native_config(raw)
-        write_diffusion_config(config, mask_token_id=self.family.mask_token_id(raw), shift_logits=self.shift_logits,
+        write_diffusion_config(config, mask_token_id=self.mask_token_id(raw), shift_logits=self.shift_logits,
                                noise_schedule=NOISE_SCHEDULE, time_eps=TIME_EPS, dff_token=None,
                                eos_token_ids=stop_token_ids(raw, directory, self.family.EXTRA_STOP_TOKENS))
         config.architectures = None
         return config
+
+    def mask_token_id(self, raw: dict) -> int:
+        """config.json's mask_token_id, or the layout's released one when config.json does not say."""
+        return int(raw.get("mask_token_id", self.family.MASK_TOKEN_ID))
 
     def load_tokenizer(self, path):
         """The checkpoint's tokenizer with its mask token set to the diffusion mask id."""
@@ -94,7 +98,7 @@ class CheckpointLoader:
         directory = local_directory(path)
         tokenizer = getattr(transformers, self.tokenizer_class).from_pretrained(directory)
         tokenizer.init_kwargs.pop("auto_map", None)  # saved copies must not point at the remote tokenizer code
-        mask_id = self.family.mask_token_id(_read_json(directory / CONFIG_FILE))
+        mask_id = self.mask_token_id(_read_json(directory / CONFIG_FILE))
         if tokenizer.mask_token is None:
             tokenizer.mask_token = tokenizer.convert_ids_to_tokens(mask_id)
         if tokenizer.mask_token_id != mask_id:

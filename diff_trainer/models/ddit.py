@@ -10,12 +10,13 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 from transformers import initialization as init
 from transformers.modeling_outputs import MaskedLMOutput
 
 from ..data.char_tokenizer import register_char_tokenizer
 from ..diffusion.sedd import scale_log_score_by_sigma, zero_input_entry
+from .registration import register_auto_model
 
 FREQUENCY_EMBEDDING_SIZE = 256
 MAX_PERIOD = 10_000
@@ -208,6 +209,40 @@ class DDiTModel(DDiTPreTrainedModel):
     def get_input_embeddings(self):
         return self.vocab_embed
 
+    def set_input_embeddings(self, value: TokenEmbedding):
+        self.vocab_embed = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        """The projection to the N states (one row per state, as an LM head)."""
+        return self.output_layer.linear
+
+    def set_output_embeddings(self, value: nn.Linear):
+        self.output_layer.linear = value
+
+    @torch.no_grad()
+    def resize_token_embeddings(self, new_num_tokens: int) -> TokenEmbedding:
+        """Append states (new tokens) after the existing ones; existing ids, rows and scores are kept.
+
+        Each new state starts as the average state: the mean of the existing rows of the input table and of the
+        output projection (weight and bias). States cannot be removed. With `scale_by_sigma` the output is shifted
+        by log(N − 1), so every log-score moves by log((N_old − 1)/(N_new − 1)).
+        """
+        old_num_tokens = self.config.vocab_size
+        if new_num_tokens < old_num_tokens:
+            raise ValueError(f"a DDiT cannot drop states: it has {old_num_tokens}, asked for {new_num_tokens}.")
+        added = new_num_tokens - old_num_tokens
+
+        def grown(rows: torch.Tensor) -> nn.Parameter:
+            mean = rows.mean(dim=0, keepdim=True).expand(added, *rows.shape[1:])
+            return nn.Parameter(torch.cat([rows, mean]), requires_grad=rows.requires_grad)
+
+        self.vocab_embed.embedding = grown(self.vocab_embed.embedding)
+        self.output_layer.linear.weight = grown(self.output_layer.linear.weight)
+        self.output_layer.linear.bias = grown(self.output_layer.linear.bias)
+        self.output_layer.linear.out_features = new_num_tokens
+        self.config.vocab_size = new_num_tokens
+        return self.vocab_embed
+
     def forward(self, input_ids, sigma=None, attention_mask=None, position_ids=None, **kwargs) -> MaskedLMOutput:
         """`sigma`: the total noise σ̄ of each row, Tensor[B]; `attention_mask` hides padding keys."""
         if sigma is None:
@@ -227,9 +262,6 @@ class DDiTModel(DDiTPreTrainedModel):
         return MaskedLMOutput(logits=zero_input_entry(output, input_ids))
 
 
-AutoConfig.register(DDiTConfig.model_type, DDiTConfig, exist_ok=True)
-AutoModel.register(DDiTConfig, DDiTModel, exist_ok=True)
-# Also under AutoModelForCausalLM, the class every diffusion checkpoint here is loaded with (it is not causal).
-AutoModelForCausalLM.register(DDiTConfig, DDiTModel, exist_ok=True)
+register_auto_model(DDiTConfig, DDiTModel)
 # A saved character tokenizer names its class in tokenizer_config.json; registering it lets AutoTokenizer rebuild it.
 register_char_tokenizer(DDiTConfig)

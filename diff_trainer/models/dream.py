@@ -7,6 +7,8 @@ keeps that model's convention: the logits at position i predict token i + 1 (`sh
 
 from transformers import Qwen2Config
 
+from .bidirectional import bidirectional_config
+
 MODEL_TYPES = ("Dream", "dream")
 MASK_TOKEN_ID = 151666  # Dream-7B's <|mask|>, used when config.json does not say
 # Besides config.json's eos_token_id (<|endoftext|>), the Instruct chat template ends a turn with this token.
@@ -27,7 +29,9 @@ def native_config(raw: dict) -> Qwen2Config:
         raise ValueError("This Dream config uses sliding-window attention, which Dream's released models do not.")
     if raw.get("rope_scaling"):
         raise ValueError(f"This Dream config scales its rotary embeddings ({raw['rope_scaling']}); not supported.")
-    config = Qwen2Config(
+    return bidirectional_config(
+        Qwen2Config,
+        raw,
         vocab_size=raw["vocab_size"],
         hidden_size=raw["hidden_size"],
         intermediate_size=raw["intermediate_size"],
@@ -37,17 +41,6 @@ def native_config(raw: dict) -> Qwen2Config:
         hidden_act=raw.get("hidden_act", "silu"),
         max_position_embeddings=raw.get("max_position_embeddings", 32768),
         rms_norm_eps=raw.get("rms_norm_eps", 1e-6),
-        rope_parameters={"rope_type": "default", "rope_theta": float(raw.get("rope_theta", 10000.0))},
         use_sliding_window=False,
-        attention_dropout=raw.get("attention_dropout", 0.0),
         tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-        bos_token_id=raw.get("bos_token_id"),
-        eos_token_id=raw.get("eos_token_id"),
-        pad_token_id=raw.get("pad_token_id"),
     )
-    config.is_causal = False
-    return config
-
-
-def mask_token_id(raw: dict) -> int:
-    return int(raw.get("mask_token_id", MASK_TOKEN_ID))

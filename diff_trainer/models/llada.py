@@ -21,6 +21,8 @@ import re
 
 from transformers import LlamaConfig
 
+from .bidirectional import bidirectional_config
+
 MODEL_TYPES = ("llada",)
 MASK_TOKEN_ID = 126336  # LLaDA-8B's <|mdm_mask|>, used when config.json does not say
 # Besides config.json's eos_token_id (<|endoftext|>), the Instruct chat template ends a turn with this token.
@@ -80,7 +82,9 @@ def native_config(raw: dict) -> LlamaConfig:
         )
     heads = raw["n_heads"]
     kv_heads = 1 if raw.get("multi_query_attention") else (raw.get("n_kv_heads") or heads)
-    config = LlamaConfig(
+    return bidirectional_config(
+        LlamaConfig,
+        raw,
         vocab_size=raw.get("embedding_size") or raw["vocab_size"],  # the rows of wte / ff_out
         hidden_size=raw["d_model"],
         intermediate_size=raw.get("mlp_hidden_size") or raw["mlp_ratio"] * raw["d_model"],
@@ -91,18 +95,7 @@ def native_config(raw: dict) -> LlamaConfig:
         hidden_act="silu",
         max_position_embeddings=raw.get("max_sequence_length", 4096),
         rms_norm_eps=raw.get("rms_norm_eps", 1e-5),
-        rope_parameters={"rope_type": "default", "rope_theta": float(raw.get("rope_theta", 10000.0))},
         attention_bias=False,
         mlp_bias=False,
-        attention_dropout=raw.get("attention_dropout", 0.0),
         tie_word_embeddings=bool(raw.get("weight_tying", False)),
-        bos_token_id=raw.get("bos_token_id"),
-        eos_token_id=raw.get("eos_token_id"),
-        pad_token_id=raw.get("pad_token_id"),
     )
-    config.is_causal = False
-    return config
-
-
-def mask_token_id(raw: dict) -> int:
-    return int(raw.get("mask_token_id", MASK_TOKEN_ID))

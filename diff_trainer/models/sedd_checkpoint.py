@@ -6,6 +6,7 @@ that layout (the authors use GPT-2's): it comes from the directory when present,
 """
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -134,5 +135,17 @@ def load_sedd_tokenizer(path, tokenizer_name=None):
     return tokenizer
 
 
-SEDD_LOADER = CheckpointLoader(is_sedd_checkpoint, load_sedd_checkpoint)
+@dataclass(frozen=True)
+class SeddLoader(CheckpointLoader):
+    """The SEDD layout's loader; its tokenizer must fit the checkpoint's ids, so it is built here too."""
+
+    def load_tokenizer(self, path, tokenizer_name=None):
+        return load_sedd_tokenizer(path, tokenizer_name)
+
+    def tokenizer_for_ids(self, path, tokenizer_name=None):
+        """For training from the checkpoint: MASK is the absorbing id before any token (<DFF>) is added."""
+        return load_sedd_tokenizer(path, tokenizer_name)
+
+
+SEDD_LOADER = SeddLoader(is_sedd_checkpoint, load_sedd_checkpoint)
 CHECKPOINT_LOADERS.append(SEDD_LOADER)

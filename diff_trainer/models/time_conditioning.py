@@ -7,18 +7,12 @@ the wrapped model and the embedding. Called as `model(input_ids, sigma=σ̄)`, i
 """
 
 import torch
-from transformers import (
-    CONFIG_MAPPING,
-    AutoConfig,
-    AutoModel,
-    AutoModelForCausalLM,
-    PretrainedConfig,
-    PreTrainedModel,
-)
+from transformers import CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from transformers.modeling_outputs import MaskedLMOutput
 
 from ..diffusion.sedd import scale_log_score_by_sigma, zero_input_entry
 from .ddit import FREQUENCY_EMBEDDING_SIZE, NoiseLevelEmbedder
+from .registration import register_auto_model
 
 
 class TimeConditionedConfig(PretrainedConfig):
@@ -101,6 +95,4 @@ class TimeConditionedLM(PreTrainedModel):
         return MaskedLMOutput(logits=zero_input_entry(output, input_ids))
 
 
-AutoConfig.register(TimeConditionedConfig.model_type, TimeConditionedConfig, exist_ok=True)
-AutoModel.register(TimeConditionedConfig, TimeConditionedLM, exist_ok=True)
-AutoModelForCausalLM.register(TimeConditionedConfig, TimeConditionedLM, exist_ok=True)
+register_auto_model(TimeConditionedConfig, TimeConditionedLM)

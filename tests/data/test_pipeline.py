@@ -119,6 +119,37 @@ def test_dff_off_trains_the_context_too():
     assert final["train"][0]["labels"] == [I] * 4 + byte_ids("a") + [DFF] + byte_ids("b") + [EOS]
 
 
+def test_a_validation_split_too_short_for_one_packed_row_names_the_split_and_the_flags():
+    # 4 validation tokens cannot fill one packed row of 8; the train split packs into one row
+    raw = dataset({"text": ["abcde<DFF>ef"]}, validation={"text": ["a<DFF>b"]})
+    with pytest.raises(DataError) as error:
+        preprocess(raw, concatenate_texts=True)
+    assert str(error.value) == ("The validation split has no complete row of 8 tokens. Use a smaller --block_size "
+                                "or more validation data (a larger --validation_split_percentage, now 5).")
+
+
+def test_a_small_validation_percentage_that_packs_into_no_row_is_a_clear_error(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"text": f"{i}+1=<DFF>{i + 1}"}) + "\n" for i in range(40)))
+    data_args = DataArguments(train_file=str(path), validation_split_percentage=3, concatenate_texts=True,
+                              block_size=32)
+    raw = load_raw_datasets(data_args)
+    assert len(raw["validation"]) == 2  # 2 records of at most 9 tokens each (with EOS): no row of 32
+    with pytest.raises(DataError, match="The validation split has no complete row of 32 tokens.*"
+                                        r"larger --validation_split_percentage, now 3"):
+        Preprocessor(make_byte_tokenizer(), data_args).run(raw)
+
+
+def test_a_validation_file_too_short_for_one_row_asks_for_a_longer_file(tmp_path):
+    train, validation = tmp_path / "train.txt", tmp_path / "validation.txt"
+    train.write_text("ab<DFF>cdefghijklmnop\n")
+    validation.write_text("a<DFF>b\n")
+    data_args = DataArguments(train_file=str(train), validation_file=str(validation), concatenate_texts=True,
+                              block_size=8)
+    with pytest.raises(DataError, match=f"more validation data \\(a longer --validation_file {validation}\\)"):
+        Preprocessor(make_byte_tokenizer(), data_args).run(load_raw_datasets(data_args))
+
+
 def test_dff_on_without_any_marker_is_an_empty_dataset_error():
     with pytest.raises(DataError, match="train split is empty after filtering"):
         preprocess(dataset({"text": ["abc", "def"]}), dff_mode="on")

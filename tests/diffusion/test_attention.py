@@ -2,7 +2,13 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 
-from diff_trainer.diffusion.attention import annealed_attention_mask, annealing_ratio
+from diff_trainer.diffusion.attention import (
+    additive_mask,
+    annealed_attention_mask,
+    annealing_ratio,
+    document_ids,
+    same_document_allowed,
+)
 
 MIN = torch.finfo(torch.float32).min
 
@@ -82,3 +88,42 @@ def test_llama_accepts_the_4d_mask(causal_llama, implementation):
         # left padding under a causal mask leaves query 0 with no allowed key: still no NaN
         left_padded = torch.tensor([[0, 1, 1, 1, 1, 1]] * 2)
         assert torch.isfinite(model(ids, attention_mask=annealed_attention_mask(left_padded, 0.0)).logits).all()
+
+
+EOS = 1
+
+
+def test_document_ids_and_block_diagonal_mask_by_hand():
+    ids = torch.tensor([[5, 6, EOS, 7, EOS, 8]])
+    assert document_ids(ids, EOS).tolist() == [[0, 0, 0, 1, 1, 2]]  # EOS ends (and belongs to) its document
+    allowed = same_document_allowed(ids, torch.tensor([[1, 1, 1, 1, 1, 0]]), [EOS, 99])
+    expected = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0],
+                             [0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    assert allowed.shape == (1, 1, 6, 6) and torch.equal(allowed[0, 0], expected)  # the padding key never
+    mask = additive_mask(allowed, torch.bfloat16)
+    assert mask.dtype == torch.bfloat16 and (mask[allowed] == 0).all()
+    assert (mask[~allowed] == torch.finfo(torch.bfloat16).min).all()
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_isolated_token_logits_ignore_the_other_documents_of_the_row(implementation):
+    model = make_tiny_llama(20, bidirectional=True, seed=5, attn_implementation=implementation)
+    first = torch.tensor([[4, 5, 6, EOS, 7, 8, 9, 10, EOS, 11, 12]])
+    second = first.clone()
+    second[0, 4:8] = torch.tensor([13, 14, 15, 16])  # the middle document changes
+    attention = torch.ones_like(first)
+
+    def logits(ids, isolate):
+        mask = additive_mask(same_document_allowed(ids, attention, EOS)) if isolate else attention
+        with torch.no_grad():
+            return model(input_ids=ids, attention_mask=mask).logits
+
+    isolated_first, isolated_second = logits(first, True), logits(second, True)
+    others = [0, 1, 2, 3, 9, 10]  # the first and the last document
+    torch.testing.assert_close(isolated_first[0, others], isolated_second[0, others], rtol=0, atol=1e-6)
+    assert not torch.allclose(isolated_first[0, 4:8], isolated_second[0, 4:8])
+    # without isolation every token sees the changed document
+    assert not torch.allclose(logits(first, False)[0, others], logits(second, False)[0, others], atol=1e-4)
+    # the first document alone, unpacked, gives the same logits as inside the isolated row
+    alone = model(input_ids=first[:, :4]).logits.detach()
+    torch.testing.assert_close(isolated_first[0, :4], alone[0], rtol=1e-4, atol=1e-5)

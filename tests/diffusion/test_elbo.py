@@ -6,6 +6,7 @@ import torch
 from conftest import make_tiny_llama
 
 from diff_trainer.diffusion.elbo import elbo_nll, elbo_terms
+from diff_trainer.diffusion.masked_head import full_logits_ce_fn
 
 VOCAB, MASK = 7, 6  # six real tokens and the mask id
 INPUT_IDS = torch.tensor([[0, 3, 1, 4], [2, 5, 0, 1], [1, 2, 3, 4]])
@@ -94,7 +95,7 @@ def test_elbo_terms_by_hand():
     maskable = torch.tensor([[False, True, True, True], [True, True, False, False]])
     masked = torch.tensor([[False, True, False, False], [True, True, False, False]])
     counts = masked.sum(1)
-    terms = elbo_terms(logits_fn, input_ids, maskable, input_ids, masked, counts)
+    terms = elbo_terms(full_logits_ce_fn(logits_fn), input_ids, maskable, input_ids, masked, counts)
     # row 0: L=3, l=1, CE(token 1) = log 4;  row 1: L=2, l=2, CE(2) + CE(1) = 2 log 4
     assert torch.allclose(terms, torch.tensor([-3 * math.log(4), -2 * math.log(4)]))
 
@@ -102,7 +103,7 @@ def test_elbo_terms_by_hand():
 def test_elbo_terms_keep_gradients():
     logits = torch.zeros(1, 3, 4, requires_grad=True)
     masked = torch.tensor([[False, True, True]])
-    terms = elbo_terms(lambda ids: logits, torch.tensor([[0, 1, 2]]), masked, torch.tensor([[0, 3, 3]]),
+    terms = elbo_terms(full_logits_ce_fn(lambda ids: logits), torch.tensor([[0, 1, 2]]), masked, torch.tensor([[0, 3, 3]]),
                        masked, masked.sum(1))
     terms.sum().backward()
     assert terms.item() == pytest.approx(-2 * math.log(4)) and logits.grad[0, 1:].abs().sum() > 0

@@ -1,5 +1,7 @@
 """The DDiT against an independent forward pass written from DESIGN.md §3b, and its transformers round trip."""
 
+import math
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModel
@@ -56,3 +58,27 @@ def test_sigma_is_required():
     model = DDiTModel(DDiTConfig(**TINY))
     with pytest.raises(ValueError, match="needs the noise level"):
         model(torch.tensor([[1, 2]]))
+
+
+def test_resize_appends_average_states_and_keeps_the_others(tmp_path):
+    """New states get the mean rows (input and output); existing scores move only by scale_by_sigma's log(N − 1)."""
+    model = randomise(DDiTModel(DDiTConfig(**TINY, scale_by_sigma=True))).eval()
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    ids = torch.randint(0, 13, (2, 6), generator=torch.Generator().manual_seed(2))
+    sigma = torch.tensor([0.4, 1.5])
+    old = model(ids, sigma=sigma).logits
+    model.resize_token_embeddings(15)
+    assert model.config.vocab_size == 15 and model.get_output_embeddings().out_features == 15
+    for name in ("vocab_embed.embedding", "output_layer.linear.weight", "output_layer.linear.bias"):
+        grown = model.state_dict()[name]
+        assert torch.equal(grown[:13], before[name])
+        assert torch.equal(grown[13:], before[name].mean(0, keepdim=True).expand(2, *grown.shape[1:]))
+    new = model(ids, sigma=sigma).logits
+    at_input = torch.nn.functional.one_hot(ids, 13).bool()
+    assert torch.allclose(new[..., :13][~at_input], (old + math.log(12 / 14))[~at_input], atol=1e-5)
+    assert torch.allclose(new.double(), reference_forward(model.state_dict(), ids, sigma, 4, True), atol=1e-4)
+    assert model.get_input_embeddings().weight.shape == (15, 32)
+    model.save_pretrained(tmp_path)
+    assert AutoModel.from_pretrained(tmp_path).config.vocab_size == 15
+    with pytest.raises(ValueError, match="cannot drop states"):
+        model.resize_token_embeddings(14)

@@ -21,7 +21,7 @@ def test_dream_7b_config_becomes_the_qwen2_config_of_the_same_network():
     assert (config.num_attention_heads, config.num_key_value_heads) == (28, 4)
     assert (config.vocab_size, config.rope_parameters["rope_theta"], config.rms_norm_eps) == (152064, 1e6, 1e-6)
     assert config.use_sliding_window is False and not config.tie_word_embeddings and config.is_causal is False
-    assert dream.mask_token_id(published) == 151666
+    assert DREAM_LOADER.mask_token_id(published) == 151666
 
 
 def test_names_are_qwen2_names_and_anything_else_is_refused():

@@ -36,7 +36,7 @@ def test_llada_8b_config_becomes_the_llama_config_of_the_same_network():
     assert not config.attention_bias and not config.mlp_bias and not config.tie_word_embeddings
     assert (config.eos_token_id, config.pad_token_id, config.bos_token_id) == (126081, 126081, None)
     assert config.is_causal is False
-    assert llada.mask_token_id(published) == 126336
+    assert LLADA_LOADER.mask_token_id(published) == 126336
 
 
 def test_mlp_size_from_ratio_and_multi_query_attention():

@@ -105,3 +105,97 @@ def test_bad_checkpoints(tmp_path):
     (empty / "config.json").write_text(json.dumps(hydra))
     with pytest.raises(FileNotFoundError, match="no weights found"):
         SEDD_LOADER.load(empty)
+
+
+def gpt2_like_tokenizer(directory):
+    """A byte-level BPE with `<|endoftext|>` as its only special token (GPT-2's kind), trained here in a second."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2TokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(["def open(file, mode): Open a file and return a stream."] * 20, trainer)
+    tokenizer = GPT2TokenizerFast(tokenizer_object=backend, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
+                                  unk_token="<|endoftext|>")
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def test_fine_tuning_from_the_layout_keeps_mask_id_and_adds_dff(tmp_path):
+    """run_clm_diff.py from a sedd-small-layout directory: MASK stays the absorbing id `tokens`, <DFF> gets the next
+    row (the mean rows), and at learning rate 0 every original weight comes back unchanged."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from diff_trainer.cli import generate
+    from test_sedd_objective import ROOT, run_clm_diff
+
+    tokens = len(gpt2_like_tokenizer(tmp_path / "gpt2_like"))
+    hydra, state = sedd_small_layout(tokens, "absorb")
+    write_checkpoint(tmp_path / "sedd", hydra, state)
+    out = tmp_path / "fine_tuned"
+    run_clm_diff.main([
+        "--model_name_or_path", str(tmp_path / "sedd"), "--tokenizer_name", str(tmp_path / "gpt2_like"),
+        "--train_diff_model", "--diffusion_objective", "sedd_absorb", "--do_train", "--output_dir", str(out),
+        "--train_file", str(ROOT / "data/stdlib_docstrings/train.jsonl.zst"), "--max_train_samples", "16",
+        "--block_size", "32", "--per_device_train_batch_size", "2", "--max_steps", "2", "--learning_rate", "0",
+        "--save_strategy", "no", "--report_to", "none", "--use_cpu", "true", "--disable_tqdm", "true"])
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert (tokenizer.mask_token_id, tokenizer.convert_tokens_to_ids("<DFF>"), len(tokenizer)) == \
+        (tokens, tokens + 1, tokens + 2)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert isinstance(model, DDiTModel) and model.config.vocab_size == tokens + 2 and model.config.scale_by_sigma
+    diffusion_config = model.config.diffusion_config
+    assert (diffusion_config["objective"], diffusion_config["mask_token_id"]) == ("sedd_absorb", tokens)
+    trained = model.state_dict()
+    for name, value in state.items():
+        if name in ("vocab_embed.embedding", "output_layer.linear.weight", "output_layer.linear.bias"):
+            assert torch.equal(trained[name][:tokens + 1], value)
+            assert torch.allclose(trained[name][tokens + 1], value.mean(0), atol=1e-6)  # <DFF>
+        else:
+            assert torch.equal(trained[name], value), name
+    generate.main(["--model", str(out), "--prompt", "def open", "--gen_length", "4", "--steps", "2", "--seed", "0"])
+
+
+def test_fine_tuning_refuses_a_tokenizer_or_graph_the_checkpoint_did_not_learn(tmp_path):
+    from diff_trainer.arguments import ModelArguments
+    from diff_trainer.modeling import add_special_tokens, load_tokenizer, prepare_model
+    from test_sedd_objective import SETTINGS
+
+    tokens = len(ByT5Tokenizer())
+    hydra, state = sedd_small_layout(tokens, "absorb")
+    path = str(write_checkpoint(tmp_path / "sedd", hydra, state))
+    model_args = ModelArguments(model_name_or_path=path, tokenizer_name="byte")
+    tokenizer = load_tokenizer(model_args)
+    assert tokenizer.mask_token_id == tokens  # MASK first, so that <DFF> comes after it
+    assert add_special_tokens(tokenizer, "<DFF>", "<|mdm_mask|>") == [tokens + 1]
+    settings = {**SETTINGS, "sedd_scale_by_sigma": False}
+    del settings["auto_class"], settings["masked_lm"]
+    with pytest.raises(ValueError, match="trained with the absorb graph: continue it with --diffusion_objective "
+                                         "sedd_absorb"):
+        prepare_model(model_args, tokenizer, "diffusion", diffusion_settings={**settings, "objective": "sedd_uniform"})
+    tokenizer.add_special_tokens({"mask_token": "<other>"})
+    with pytest.raises(ValueError, match=f"mask \\(absorbing\\) id is {tokens}, but the tokenizer's mask token has "
+                                         f"id {tokens + 2}"):
+        prepare_model(model_args, tokenizer, "diffusion", diffusion_settings={**settings, "objective": "sedd_absorb"})
+
+
+def test_dpo_refuses_a_sedd_layout_checkpoint(tmp_path):
+    import importlib.util
+
+    from test_sedd_objective import ROOT
+
+    spec = importlib.util.spec_from_file_location("run_diffusion_dpo", ROOT / "run_diffusion_dpo.py")
+    run_diffusion_dpo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_diffusion_dpo)
+    hydra, state = sedd_small_layout(len(ByT5Tokenizer()), "absorb")
+    path = write_checkpoint(tmp_path / "sedd", hydra, state)
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n")
+    with pytest.raises(ValueError, match="is a SEDD \\(score-entropy\\) checkpoint; VRPO / DPO is defined here for "
+                                         "masked-diffusion ELBOs only"):
+        run_diffusion_dpo.main(["--model_name_or_path", str(path), "--tokenizer_name", "byte", "--train_file",
+                                str(pairs), "--output_dir", str(tmp_path / "dpo"), "--do_train", "--use_cpu", "true",
+                                "--report_to", "none"])
