@@ -34,5 +34,6 @@ def test_rows_for_the_binary_metrics_only():
                "n-samples": {"docstring_choice": {"original": 10, "effective": 10},
                              "docstring_perplexity": {"original": 10, "effective": 10}}}
     rows = accuracy_intervals(results)
-    assert [(r["metric"], r["right"], r["items"]) for r in rows] == [("acc,none", 4, 10), ("acc_mutual_info,none", 6, 10)]
+    assert [(r["metric"], r["right"], r["items"]) for r in rows] == [("acc,none", 4, 10),
+                                                                     ("acc_mutual_info,none", 6, 10)]
     assert (rows[1]["low_95"], rows[1]["high_95"]) == pytest.approx(wilson_interval(6, 10))
