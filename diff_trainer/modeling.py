@@ -558,7 +558,9 @@ def apply_lora(model, model_args, new_token_ids):
         lora_alpha=model_args.lora_alpha,
         lora_dropout=model_args.lora_dropout,
         target_modules="all-linear" if targets == ["all-linear"] else targets,
-        task_type=None if is_encoder_model(model) else "CAUSAL_LM",  # peft's CAUSAL_LM wrapper needs generate()
+        # peft's CAUSAL_LM wrapper needs generate(): not for encoders, DDiT or TimeConditionedLM
+        task_type="CAUSAL_LM" if hasattr(model, "prepare_inputs_for_generation") and not is_encoder_model(model)
+        else None,
         **_new_token_options(model, new_token_ids),
     )
     return get_peft_model(model, lora_config)

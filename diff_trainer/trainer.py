@@ -116,7 +116,7 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
                         diffusion_config["noise"], self.loss_normalization)
             return
         schedule = get_schedule(args.noise_schedule, args.time_eps)
-        shuffler = self.prefix_shuffler()
+        shuffler = self.build_prefix_shuffler()
         self.eval_prefix_shuffler = shuffler if args.eval_prefix_shuffle else None
         self.eval_noiser = BatchNoiser(diffusion_config["mask_token_id"], schedule, args.antithetic_time,
                                        prefix_shuffler=self.eval_prefix_shuffler)
@@ -127,7 +127,7 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
         logger.info("Masked diffusion: mask id %d, %s schedule, loss normalisation %s.",
                     diffusion_config["mask_token_id"], args.noise_schedule, self.loss_normalization)
 
-    def prefix_shuffler(self):
+    def build_prefix_shuffler(self):
         """--prefix_shuffle's shuffler (None when off), its separator checked against the first training rows."""
         if self.args.prefix_shuffle == "none":
             return None

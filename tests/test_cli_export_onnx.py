@@ -1,6 +1,7 @@
 """diff-export-onnx on tiny checkpoints: the files, model.json, logits against PyTorch, int8, bad input."""
 
 import json
+import shutil
 
 import numpy as np
 import onnxruntime
@@ -116,7 +117,20 @@ def test_other_architectures_export_to_the_same_logits(kind, checkpoints, tmp_pa
     assert np.abs(actual - expected)[attention_mask.bool().numpy()].max() <= 1e-4
 
 
-def test_int8_export_is_smaller_and_within_its_documented_bound(checkpoints, llama_export, tmp_path, capsys):
+def reuse_the_llama_graph(monkeypatch, llama_export):
+    """export_graph copies llama_export's float32 graph (same checkpoint, opset and --max_length 64) instead of
+    running torch.onnx.export again: the test exercises what the CLI does with the graph."""
+
+    def copy_graph(model, path, opset, max_length):
+        assert (opset, max_length) == (cli.DEFAULT_OPSET, 64)
+        shutil.copyfile(llama_export[0] / "model.onnx", path)
+
+    monkeypatch.setattr(cli, "export_graph", copy_graph)
+
+
+def test_int8_export_is_smaller_and_within_its_documented_bound(checkpoints, llama_export, tmp_path, capsys,
+                                                                monkeypatch):
+    reuse_the_llama_graph(monkeypatch, llama_export)
     config = export(checkpoints, "llama", tmp_path / "int8", "--quantize", "int8")
     assert config["quantization"] == "int8"
     parameters = sum(p.numel() for p in make_tiny_llama(386, max_position_embeddings=64).parameters())
@@ -128,7 +142,8 @@ def test_int8_export_is_smaller_and_within_its_documented_bound(checkpoints, lla
     assert f"logit difference {verification['max_abs_difference']:.3g}" in capsys.readouterr().out
 
 
-def test_a_failed_verification_writes_nothing(checkpoints, tmp_path, monkeypatch, capsys):
+def test_a_failed_verification_writes_nothing(checkpoints, llama_export, tmp_path, monkeypatch, capsys):
+    reuse_the_llama_graph(monkeypatch, llama_export)
     monkeypatch.setattr(cli, "FLOAT32_BOUND", 0.0)
     output = tmp_path / "rejected"
     with pytest.raises(SystemExit, match="differ from PyTorch's by"):
@@ -154,6 +169,7 @@ def bpe_checkpoint(path, tokenizer_vocab=300):
     ("causal", [], "is not a diffusion model (its config.json has no diffusion_config)"),
     ("llama", ["--opset", "13"], "--opset 13: the exporter writes opsets 18 to"),
     ("llama", ["--dtype", "bfloat16"], "the export is made and checked in float32 on the CPU"),
+    ("llama", ["--cache", "prefix"], "--cache prefix: the page samples without a key/value cache"),
     ("llama", ["--max_length", "65"], "--max_length 65: give a length from 2 to the model's context (64)"),
     ("llama", ["--gen_length", "10", "--block_length", "4"], "multiple of block_length"),
     ("bpe", [], "encodes byte-level vocabularies only (ByT5Tokenizer, a few hundred ids); this checkpoint has a "

@@ -141,3 +141,10 @@ def test_suffix_errors(checkpoints, which, flags, message, capsys):
     with pytest.raises(SystemExit):
         cli.main(["--model", str(checkpoints / which), "--gen_length", "4", *flags])
     assert message in capsys.readouterr().err
+
+
+def test_view_keeps_the_suffix_in_every_frame(checkpoints, capsys):
+    view.main(["--model", str(checkpoints / "uniform"), "--prompt", "x", "--suffix", "QQ", "--gen_length", "3",
+               "--steps", "2", "--seed", "0", "--delay", "0", "--no_color"])
+    frames = [line for line in capsys.readouterr().out.splitlines() if line.startswith("x")]
+    assert len(frames) == 3 and all(frame.endswith("QQ") for frame in frames)

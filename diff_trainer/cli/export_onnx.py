@@ -136,8 +136,9 @@ def largest_differences(model, onnx_path: Path, vocab_size: int, max_length: int
 def page_config(args, model, tokenizer, diffusion_config: dict, settings, max_length: int) -> dict:
     """model.json: what the page needs to tokenize, run and sample the exported model."""
     vocab_size = model.get_output_embeddings().weight.shape[0]
-    sampler = {name: value for name, value in dataclasses.asdict(settings).items()
-               if name not in ("mask_token_id", "shift", "eos_token_id", "pad_token_id", "forbidden_token_ids")}
+    # token ids go under "tokens"; the page has no key/value cache (--cache other than none is refused)
+    left_out = ("mask_token_id", "shift", "eos_token_id", "pad_token_id", "forbidden_token_ids", "cache")
+    sampler = {name: value for name, value in dataclasses.asdict(settings).items() if name not in left_out}
     dff = diffusion_config.get("dff_token")
     return {
         "format": FORMAT_VERSION,
@@ -173,6 +174,8 @@ def checked_inputs(parser, args):
     if args.device not in ("auto", "cpu") or args.dtype not in ("auto", "float32"):
         parser.error(f"--device {args.device} --dtype {args.dtype}: the export is made and checked in float32 on "
                      "the CPU (use --quantize int8 for a smaller file).")
+    if args.cache not in (None, "none"):
+        parser.error(f"--cache {args.cache}: the page samples without a key/value cache; drop --cache.")
     model, tokenizer, diffusion_config = open_checkpoint(args.model, device="cpu", dtype="float32",
                                                          merge_lora=args.merge_lora)
     if diffusion_config is None:

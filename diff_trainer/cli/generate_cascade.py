@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> None:
     count = len(args.stages)
     lengths = per_stage(parser, args.gen_length, count, "--gen_length", [64] * count)
     steps = per_stage(parser, args.steps, count, "--steps", lengths)
+    if args.append_dff or args.suffix is not None:
+        parser.error("--append_dff and --suffix do not apply to a cascade: each stage's prompt is the previous "
+                     "stage's text followed by <DFF>, and nothing follows the generated text.")
     if args.output and not args.output.endswith(".jsonl"):
         parser.error(f"--output {args.output}: the cascade's records are written as .jsonl.")
     if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):

@@ -74,11 +74,6 @@ def run_name(dataset: str, model: str, stage: int, finetuning: bool) -> str:
     return f"{dataset}-{model}-stage{stage}" + ("-finetuning" if finetuning else "")
 
 
-def starting_flags(source: str | None) -> dict:
-    """The model flags of a stage starting from the checkpoint `source` (None: from the `train` model flags)."""
-    return {} if source is None else {"model_name_or_path": source}
-
-
 def stage_runs(config_dir: Path, stages: list[int], from_pretrained: str | None, each_from_start: bool) -> dict:
     """{run name: run_clm_diff flags} of the stages, in order, each with its output_dir and starting point."""
     cascade = load_cascade(config_dir)
@@ -92,9 +87,10 @@ def stage_runs(config_dir: Path, stages: list[int], from_pretrained: str | None,
         check_stage_data(config_dir / f"stage{stage}.yaml", prefix, flags)
         previous = output_root / run_name(cascade["dataset"], model, stage - 1, bool(from_pretrained))
         source = from_pretrained if stage == 1 or each_from_start else str(previous)
-        if source is not None:
-            flags = {key: value for key, value in flags.items() if key not in SCRATCH_FLAGS}
-        runs[Path(flags["output_dir"]).name] = {**flags, **starting_flags(source)}
+        if source is not None:  # from a checkpoint: its config and tokenizer replace the from-scratch flags
+            flags = {**{key: value for key, value in flags.items() if key not in SCRATCH_FLAGS},
+                     "model_name_or_path": source}
+        runs[Path(flags["output_dir"]).name] = flags
     return runs
 
 

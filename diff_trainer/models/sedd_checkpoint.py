@@ -92,6 +92,7 @@ def load_sedd_checkpoint(path, dtype=None, **_) -> DDiTModel:
     path = Path(path)
     hydra = _hydra_config(path)
     config = ddit_config(hydra, str(path / "config.json"))
+    config.name_or_path = str(path)  # what a LoRA adapter trained on it names as its base model
     graph, noise = hydra["graph"]["type"], hydra["noise"]
     config.diffusion_config = sedd_diffusion_config(
         graph=graph, noise=noise["type"], sigma_min=noise.get("sigma_min", 1e-4),
@@ -140,11 +141,10 @@ class SeddLoader(CheckpointLoader):
     """The SEDD layout's loader; its tokenizer must fit the checkpoint's ids, so it is built here too."""
 
     def load_tokenizer(self, path, tokenizer_name=None):
+        """The checkpoint's tokenizer with MASK at the absorbing id, before any other token (<DFF>) is added."""
         return load_sedd_tokenizer(path, tokenizer_name)
 
-    def tokenizer_for_ids(self, path, tokenizer_name=None):
-        """For training from the checkpoint: MASK is the absorbing id before any token (<DFF>) is added."""
-        return load_sedd_tokenizer(path, tokenizer_name)
+    tokenizer_for_ids = load_tokenizer  # modeling.load_tokenizer: training from the checkpoint keeps its ids
 
 
 SEDD_LOADER = SeddLoader(is_sedd_checkpoint, load_sedd_checkpoint)

@@ -1,8 +1,6 @@
 """diff-convert: converts a LLaDA checkpoint that then loads natively; clear errors for what it cannot convert."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -43,9 +41,10 @@ def test_an_existing_output_needs_overwrite(llada_dir, tmp_path):
     assert json.loads((tmp_path / "out" / "config.json").read_text())["dtype"] == "bfloat16"
 
 
-def test_a_checkpoint_of_another_kind_is_refused_with_its_model_type(tmp_path):
+def test_a_checkpoint_of_another_kind_is_refused_with_its_model_type(tmp_path, capsys):
     (tmp_path / "gpt2").mkdir()
     (tmp_path / "gpt2" / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
-    result = subprocess.run([sys.executable, "-m", "diff_trainer.cli.convert", str(tmp_path / "gpt2"),
-                             str(tmp_path / "out")], capture_output=True, text=True)
-    assert result.returncode == 2 and "model_type 'gpt2'" in result.stderr and not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as exit_info:
+        convert.main([str(tmp_path / "gpt2"), str(tmp_path / "out")])
+    assert exit_info.value.code == 2 and "model_type 'gpt2'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

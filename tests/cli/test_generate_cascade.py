@@ -50,7 +50,8 @@ def test_bad_arguments(trained_cascade, tmp_path, capsys):
     stages = stage_dirs(trained_cascade)
     for flags, message in ((["--gen_length", "8", "8"], "--gen_length takes one value or one per stage (3), got 2"),
                            (["--output", str(tmp_path / "x.txt")], "written as .jsonl"),
-                           (["--output", str(tmp_path / "no" / "x.jsonl")], "its directory does not exist")):
+                           (["--output", str(tmp_path / "no" / "x.jsonl")], "its directory does not exist"),
+                           (["--append_dff"], "do not apply to a cascade")):
         with pytest.raises(SystemExit):
             generate_cascade.main(["--stages", *stages, *flags])
         assert message in capsys.readouterr().err

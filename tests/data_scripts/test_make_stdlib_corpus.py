@@ -1,8 +1,6 @@
 """data_scripts/make_stdlib_corpus.py: record shape, determinism, a disjoint split, and the bundled corpus."""
 
 import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -161,10 +159,10 @@ def test_split_is_disjoint_and_covers_every_record(two_runs):
     assert len(expected) == len(set(expected))
 
 
-def test_command_line_rejects_an_unknown_module(tmp_path):
-    result = subprocess.run([sys.executable, str(SCRIPT), "--output_dir", str(tmp_path), "--modules", "nosuchmod"],
-                            cwd=SCRIPT.parents[1], capture_output=True, text=True)
-    assert result.returncode == 2 and "nosuchmod" in result.stderr
+def test_command_line_rejects_an_unknown_module(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        corpus.main(["--output_dir", str(tmp_path), "--modules", "nosuchmod"])
+    assert exit_info.value.code == 2 and "nosuchmod" in capsys.readouterr().err
     assert not (tmp_path / "train.jsonl.zst").exists()
 
 

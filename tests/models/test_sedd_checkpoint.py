@@ -199,3 +199,25 @@ def test_dpo_refuses_a_sedd_layout_checkpoint(tmp_path):
         run_diffusion_dpo.main(["--model_name_or_path", str(path), "--tokenizer_name", "byte", "--train_file",
                                 str(pairs), "--output_dir", str(tmp_path / "dpo"), "--do_train", "--use_cpu", "true",
                                 "--report_to", "none"])
+
+
+def test_lora_fine_tuning_from_the_layout_samples(tmp_path):
+    """--use_lora on the DDiT of a layout directory: adapters plus the new rows, reloaded by diff-generate."""
+    from diff_trainer.cli import generate
+    from test_sedd_objective import ROOT, run_clm_diff
+
+    hydra, state = sedd_small_layout(len(ByT5Tokenizer()), "absorb")
+    write_checkpoint(tmp_path / "sedd", hydra, state)
+    out = tmp_path / "lora"
+    run_clm_diff.main([
+        "--model_name_or_path", str(tmp_path / "sedd"), "--tokenizer_name", "byte", "--use_lora",
+        "--lora_target_modules", "attn_qkv", "attn_out", "--train_diff_model", "--diffusion_objective",
+        "sedd_absorb", "--do_train", "--output_dir", str(out), "--max_train_samples", "8",
+        "--train_file", str(ROOT / "data/stdlib_docstrings/train.jsonl.zst"), "--block_size", "32",
+        "--per_device_train_batch_size", "2", "--max_steps", "1", "--save_strategy", "no", "--report_to", "none",
+        "--use_cpu", "true", "--disable_tqdm", "true"])
+    assert (out / "adapter_model.safetensors").is_file()
+    model, tokenizer, config = generate.open_checkpoint(str(out), merge_lora=True)
+    assert isinstance(model, DDiTModel) and model.config.vocab_size == len(tokenizer) == len(ByT5Tokenizer()) + 2
+    assert config["objective"] == "sedd_absorb" and config["mask_token_id"] == len(ByT5Tokenizer())
+    generate.main(["--model", str(out), "--merge_lora", "--prompt", "def", "--gen_length", "4", "--steps", "2"])
