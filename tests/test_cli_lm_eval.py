@@ -78,10 +78,18 @@ def test_diffusion_checkpoint_scores_match_the_model_recomputed(workdir, monkeyp
     assert results["docstring_perplexity"]["bits_per_byte,none"] == pytest.approx(bits, rel=1e-4)
 
     docs = first_choice_docs(workdir)
-    scores = [[score for score, _ in lm.loglikelihood([request(doc["signature"] + "<DFF>", " " + choice)
-                                                        for choice in doc["choices"]])] for doc in docs]
-    right = [max(range(4), key=row.__getitem__) == doc["label"] for row, doc in zip(scores, docs)]
-    assert results["docstring_choice"]["acc,none"] == pytest.approx(sum(right) / LIMIT)
+    # each choice is the continuation `<DFF>docstring` of the bare signature; mutual information subtracts the
+    # choice's score after an empty context
+    def scores(context, doc):
+        return [score for score, _ in lm.loglikelihood([request(context, "<DFF>" + c) for c in doc["choices"]])]
+
+    def accuracy(rows):
+        return sum(max(range(4), key=row.__getitem__) == doc["label"] for row, doc in zip(rows, docs)) / LIMIT
+
+    conditional = [scores(doc["signature"], doc) for doc in docs]
+    gain = [[c - u for c, u in zip(row, scores("", doc))] for row, doc in zip(conditional, docs)]
+    assert results["docstring_choice"]["acc,none"] == pytest.approx(accuracy(conditional))
+    assert results["docstring_choice"]["acc_mutual_info,none"] == pytest.approx(accuracy(gain))
 
     problems = first_docs(workdir, "arithmetic")
     outputs = lm.generate_until([request(p + "<DFF>", {"until": ["\n", "<DFF>"], "max_gen_toks": 8})

@@ -15,6 +15,7 @@ import json
 import os
 
 from diff_trainer.devices import DEVICE_CHOICES_HELP, DTYPE_CHOICES, checkpoint_dtype, resolve_device, resolve_dtype
+from diff_trainer.eval.confidence import accuracy_intervals
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,10 +108,15 @@ def evaluate(argv: list[str] | None = None) -> dict:
                      "repository root (arithmetic data: python data_scripts/make_arithmetic.py "
                      "--output_dir data/arithmetic).")
     print(make_table(results))
+    intervals = accuracy_intervals(results)
+    for row in intervals:
+        print(f"{row['task']} {row['metric']}: {row['right']}/{row['items']} = {row['share']:.3f}, 95% Wilson "
+              f"interval [{row['low_95']:.3f}, {row['high_95']:.3f}] over the items")
     if args.output_path:
         with open(args.output_path, "w", encoding="utf-8") as handle:
             json.dump({"model": args.model, "model_args": args.model_args, "limit": args.limit,
-                       "results": results["results"], "configs": results["configs"]}, handle, indent=2, default=str)
+                       "results": results["results"], "intervals_95": intervals, "configs": results["configs"]},
+                      handle, indent=2, default=str)
     return results
 
 

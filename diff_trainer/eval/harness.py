@@ -108,6 +108,9 @@ class DiffusionLM(LM):
             continuation_ids = self._encode(continuation)
             if not continuation_ids:
                 raise ValueError(f"empty continuation for context {context[-40:]!r}: nothing to score.")
+            if self.shift and not context_ids:  # e.g. acc_mutual_info's empty contexts
+                raise ValueError("a shift model scores a token from the position before it: an empty context needs a "
+                                 "BOS token, which this tokenizer lacks (drop acc_mutual_info from the task).")
             results.append((-self.continuation_nll(context_ids, continuation_ids),
                             self.one_step_greedy(context_ids, continuation_ids)))
         return results

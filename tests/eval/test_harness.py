@@ -128,6 +128,8 @@ def test_shift_model_scores_and_greedy_read_the_logits_one_position_earlier(toke
     assert score == pytest.approx(float(torch.log_softmax(logits[-2], -1)[token]), abs=1e-5)
     assert greedy is (int(logits[-2].argmax()) == token)
     assert lm.one_step_greedy(context, [int(logits[-2].argmax())]) is True
+    with pytest.raises(ValueError, match="empty context needs a BOS token"):  # nothing before the first token
+        lm.loglikelihood([request("", "9")])
 
 
 def test_registered_with_the_harness_as_diffusion_lm():
