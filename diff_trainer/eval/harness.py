@@ -1,8 +1,9 @@
 """An lm-evaluation-harness model for masked-diffusion checkpoints, registered as `diffusion_lm`.
 
 - `loglikelihood(context, continuation)`: minus the Monte-Carlo ELBO NLL of the continuation given the context
-  (`diffusion.elbo.elbo_nll`: `mc_num` masks with stratified counts, only the continuation masked, a generator
-  seeded with `seed` for every request, so a score does not depend on batching or order). LLaDA uses 128 samples.
+  (`diffusion.elbo.elbo_nll_of`: `mc_num` masks with stratified counts, only the continuation masked, a generator
+  seeded with `seed` for every request, so a score does not depend on batching or order; the LM head runs only at
+  the masked positions, `diffusion.masked_head`). LLaDA uses 128 samples.
   `is_greedy` is whether one forward pass with the whole continuation masked predicts it exactly (argmax).
 - `loglikelihood_rolling(text)`: the same bound for the whole text (given only the BOS prefix).
 - `generate_until`: `diff_trainer.sampling.generate` with the checkpoint's mask id and shift flag; `gen_length`
@@ -19,7 +20,8 @@ from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
 from diff_trainer.data.pipeline import bos_prefix
-from diff_trainer.diffusion.elbo import elbo_nll
+from diff_trainer.diffusion.elbo import elbo_nll_of
+from diff_trainer.diffusion.masked_head import MaskedHead, masked_ce_fn, unwrapped_model
 from diff_trainer.modeling import load_checkpoint, read_diffusion_config
 from diff_trainer.sampling import SamplerConfig, context_length, generate
 
@@ -57,6 +59,8 @@ class DiffusionLM(LM):
             raise ValueError(f"diffusion_lm: mc_num ({mc_num}) and batch_size ({batch_size}) must be at least 1.")
         self.mask_token_id = self.diffusion_config["mask_token_id"]
         self.shift = bool(self.diffusion_config.get("shift_logits", False))
+        # the ELBO applies the LM head only at masked positions (exact; see diffusion/masked_head.py)
+        self.head = MaskedHead(model) if unwrapped_model(model).get_output_embeddings() is not None else None
         self.sampler_settings = {
             "gen_length": _optional(int, gen_length), "steps": _optional(int, steps),
             "block_length": _optional(int, block_length), "threshold": _optional(float, threshold),
@@ -71,9 +75,11 @@ class DiffusionLM(LM):
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def _logits(self, noisy: torch.Tensor) -> torch.Tensor:
-        """Logits of the noisy rows, `batch_size` rows per forward pass."""
-        return torch.cat([self.model(input_ids=rows).logits for rows in noisy.split(self.batch_size)])
+    def _masked_ce(self, noisy: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+        """Σ cross-entropy over the masked positions of each noisy row, `batch_size` rows per forward pass."""
+        chunk_ce = masked_ce_fn(self.head, lambda rows: self.model(input_ids=rows).logits, self.shift)
+        size = self.batch_size
+        return torch.cat([chunk_ce(*chunk) for chunk in zip(noisy.split(size), targets.split(size), masked.split(size))])
 
     def _check_length(self, length: int, what: str) -> None:
         limit = context_length(self.model)
@@ -87,8 +93,7 @@ class DiffusionLM(LM):
         maskable = torch.zeros_like(ids, dtype=torch.bool)
         maskable[:, len(context_ids):] = True
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        nll = elbo_nll(self._logits, ids, maskable, self.mask_token_id, self.mc_num, shift=self.shift,
-                       generator=generator)
+        nll = elbo_nll_of(self._masked_ce, ids, maskable, self.mask_token_id, self.mc_num, generator=generator)
         return float(nll[0])
 
     @torch.no_grad()
