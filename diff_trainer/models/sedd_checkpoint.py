@@ -113,7 +113,7 @@ def load_sedd_tokenizer(path, tokenizer_name=None):
 
     The tokenizer must have exactly `tokens` entries, so that id `tokens` is the MASK state.
     """
-    from transformers import AutoTokenizer
+    from diff_trainer.modeling import load_saved_tokenizer
 
     path = Path(path)
     hydra = _hydra_config(path)
@@ -126,7 +126,7 @@ def load_sedd_tokenizer(path, tokenizer_name=None):
 
         tokenizer = ByT5Tokenizer()
     else:
-        tokenizer = AutoTokenizer.from_pretrained(source)
+        tokenizer = load_saved_tokenizer(source)
     if hydra["graph"]["type"] == "absorb" and tokenizer.mask_token is None:
         tokenizer.add_special_tokens({"mask_token": SEDD_MASK_TOKEN})
     expected = hydra["tokens"] + (1 if hydra["graph"]["type"] == "absorb" else 0)
