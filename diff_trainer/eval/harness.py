@@ -22,6 +22,7 @@ from lm_eval.api.registry import register_model
 from diff_trainer.data.pipeline import bos_prefix
 from diff_trainer.diffusion.elbo import elbo_nll_of
 from diff_trainer.diffusion.masked_head import MaskedHead, masked_ce_fn, unwrapped_model
+from diff_trainer.diffusion.sedd import SEDD_OBJECTIVES
 from diff_trainer.modeling import load_checkpoint, read_diffusion_config
 from diff_trainer.sampling import SamplerConfig, context_length, generate
 
@@ -54,6 +55,9 @@ class DiffusionLM(LM):
         if self.diffusion_config is None:
             raise ValueError(f"{pretrained or 'the model'} is a causal checkpoint (no diffusion_config): evaluate it "
                              "with the harness's `hf` model (diff-lm-eval does that by itself).")
+        if self.diffusion_config.get("objective") in SEDD_OBJECTIVES:
+            raise ValueError(f"{pretrained or 'the model'} is a score-entropy (SEDD) checkpoint; diffusion_lm scores "
+                             "masked-diffusion checkpoints only (its ELBO and sampler are the masked ones).")
         self.mc_num, self.batch_size, self.seed = int(mc_num), int(batch_size), int(seed)
         if self.mc_num < 1 or self.batch_size < 1:
             raise ValueError(f"diffusion_lm: mc_num ({mc_num}) and batch_size ({batch_size}) must be at least 1.")

@@ -112,6 +112,10 @@ def test_bad_model_args_and_causal_checkpoints_are_refused(model, tokenizer):
     causal = make_tiny_llama(len(tokenizer), bidirectional=False)
     with pytest.raises(ValueError, match="causal checkpoint.*`hf` model"):
         DiffusionLM(model=causal, tokenizer=tokenizer)
+    sedd = make_tiny_llama(len(tokenizer))
+    sedd.config.diffusion_config = {**model.config.diffusion_config, "objective": "sedd_absorb"}
+    with pytest.raises(ValueError, match="score-entropy \\(SEDD\\) checkpoint"):
+        DiffusionLM(model=sedd, tokenizer=tokenizer)
 
 
 @torch.no_grad()
