@@ -311,16 +311,18 @@ class DiffusionTrainingArguments(RunArguments):
             raise ValueError("--eval_prefix_shuffle needs --prefix_shuffle segments|tokens.")
         if self.prefix_shuffle == "segments" and not self.prefix_separator.strip():
             raise ValueError("--prefix_shuffle segments needs a non-blank --prefix_separator.")
-        diffusion_only = {
-            "shift_logits": self.shift_logits, "attention_annealing_steps": self.attention_annealing_steps > 0,
-            "prompt_dropout": self.prompt_dropout > 0, "random_length_prob": self.random_length_prob > 0,
-            "loss_normalization": self.loss_normalization is not None, "prefix_shuffle": self.prefix_shuffle != "none",
-            "masked_head": self.masked_head is not None, "isolate_documents": self.isolate_documents,
-        }
+        diffusion_only = {**self._masked_diffusion_flags(), "loss_normalization": self.loss_normalization is not None}
         used = [name for name, on in diffusion_only.items() if on]
         if used and not self.train_diff_model:
             raise ValueError(f"--{' --'.join(used)} only apply with --train_diff_model.")
         super().__post_init__()
+
+    def _masked_diffusion_flags(self) -> dict:
+        """Whether each masked-diffusion training flag is in use (flag name -> bool)."""
+        return {"shift_logits": self.shift_logits, "attention_annealing_steps": self.attention_annealing_steps > 0,
+                "prompt_dropout": self.prompt_dropout > 0, "random_length_prob": self.random_length_prob > 0,
+                "prefix_shuffle": self.prefix_shuffle != "none", "masked_head": self.masked_head is not None,
+                "isolate_documents": self.isolate_documents}
 
     def _check_objective(self) -> None:
         """SEDD flags only with a SEDD objective; masked-diffusion-only flags refused with one."""
@@ -338,10 +340,7 @@ class DiffusionTrainingArguments(RunArguments):
             return
         if not self.train_diff_model:
             raise ValueError("--diffusion_objective sedd_* trains a diffusion model: add --train_diff_model.")
-        masked_only = {"shift_logits": self.shift_logits, "attention_annealing_steps": self.attention_annealing_steps > 0,
-                       "masked_head": self.masked_head is not None, "isolate_documents": self.isolate_documents,
-                       "prompt_dropout": self.prompt_dropout > 0, "random_length_prob": self.random_length_prob > 0,
-                       "noise_schedule": self.noise_schedule != "linear", "prefix_shuffle": self.prefix_shuffle != "none"}
+        masked_only = {**self._masked_diffusion_flags(), "noise_schedule": self.noise_schedule != "linear"}
         used = [name for name, on in masked_only.items() if on]
         if used:
             raise ValueError(f"--{' --'.join(used)} belong to masked diffusion; they are not defined for "

@@ -232,6 +232,7 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
         model = self.model_wrapped if self.model_wrapped is not None else self.model
         model.eval()
         samples = self.args.eval_mc_samples
+        dtype = next(model.parameters()).dtype  # of the isolation mask, when --isolate_documents
         generator = seeded_generator(self.args.eval_mask_seed, self.args.process_index, ELBO_STREAM)
         total_nll, total_tokens = 0.0, 0
         for batch in dataloader:
@@ -242,7 +243,6 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
                 ids = self.eval_prefix_shuffler(ids, batch["labels"], attention, generator)
             nlls = []
             for rows in torch.split(torch.arange(len(ids), device=ids.device), max(1, len(ids) // 2)):
-                dtype = next(model.parameters()).dtype
                 copies = self.attention_for(monte_carlo_copies(attention[rows], samples),
                                             monte_carlo_copies(ids[rows], samples), dtype)
                 with self.accelerator.autocast():
