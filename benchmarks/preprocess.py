@@ -30,16 +30,13 @@ import datasets  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 from common import load_average, machine_summary, markdown_table, median, results_file, stopwatch  # noqa: E402
 from datasets import DatasetDict  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
-from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 from diff_trainer.arguments import DataArguments  # noqa: E402
 from diff_trainer.data import pipeline  # noqa: E402
+from diff_trainer.data.bpe_tokenizer import train_bpe_tokenizer  # noqa: E402
 from diff_trainer.data.pipeline import Preprocessor  # noqa: E402
-from diff_trainer.modeling import add_special_tokens  # noqa: E402
 
 DFF = "<DFF>"
-EOS = "<|endoftext|>"
 TOP_LEVEL_BLOCK = re.compile(r"^(?=(?:async\s+def|def|class|@)\b)", re.MULTILINE)
 FIRST_DEF = re.compile(r"^[ \t]*(?:async\s+)?def\b", re.MULTILINE)
 
@@ -90,21 +87,6 @@ def write_corpus(path: str, record_chars: int, max_mb: float) -> tuple[int, int]
             if max_mb and size >= max_mb * 1e6:
                 break
     return count, size
-
-
-def train_bpe(texts: list[str], vocab_size: int) -> PreTrainedTokenizerFast:
-    """A byte-level BPE trained on `texts`, wrapped for transformers, with <DFF> as one special id."""
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, DFF],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    bpe.train_from_iterator(texts, trainer=trainer)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=EOS, pad_token=EOS,
-                                        model_input_names=["input_ids", "attention_mask"])
-    add_special_tokens(tokenizer, DFF, None)
-    assert len(tokenizer.encode(DFF, add_special_tokens=False)) == 1
-    return tokenizer
 
 
 def raw_tokenisation(raw, tokenizer, workers: int, block_size: int):
@@ -237,7 +219,7 @@ def measure(args):
             if taken < args.tokenizer_train_mb * 1e6:
                 slice_texts.append(text)
                 taken += len(text)
-        tokenizer = train_bpe(slice_texts, args.vocab_size)
+        tokenizer = train_bpe_tokenizer(slice_texts, args.vocab_size, dff_token=DFF, mask_token=None)
         print(f"BPE: vocab {len(tokenizer)}, trained on {taken / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s.")
         print(f"Workers: {args.num_workers}, block_size: {args.block_size}, repeats: {args.repeats}; "
               f"{machine_summary()}.\n")
