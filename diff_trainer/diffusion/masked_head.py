@@ -70,6 +70,7 @@ class MaskedHead:
 
     def __init__(self, model):
         base = unwrapped_model(model)
+        self.model = model
         self.projection = base.get_output_embeddings()
         if self.projection is None:
             raise ValueError(f"{type(base).__name__} has no output projection (get_output_embeddings() is None): "
@@ -83,6 +84,7 @@ class MaskedHead:
         self.active = False  # inside row_masked_ce's forward: keep the hidden states, project one position
         self.hidden = self.probe = None  # what the hooks saw in that forward
         self.checked = False  # the model's own logits compared with head_logits once
+        self._fsdp_owner = None  # the FSDP2 module that shards the projection's weight (found on the first batch)
         self._handles = [self.projection.register_forward_pre_hook(self._keep_hidden),
                          self.projection.register_forward_hook(self._keep_probe)]
 
@@ -103,6 +105,8 @@ class MaskedHead:
 
     def head_logits(self, hidden) -> torch.Tensor:
         """The model's logits for hidden states [N, H]: its projection, then what its forward does after it."""
+        if self._fsdp_owner is not None:  # past FSDP2's hooks: they would reduce the gradient after the first chunk
+            return self.after_projection(self.projection.forward(hidden))
         return self.after_projection(self.projection(hidden))
 
     def after_projection(self, logits) -> torch.Tensor:
@@ -130,8 +134,19 @@ class MaskedHead:
                                "the hook on every position (a model compiled before the trainer was built?). Use "
                                "--masked_head false.")
         if not self.checked:
+            self._fsdp_owner = self._find_fsdp_owner()
             self._check_after_projection(projected, logits)
+        if self._fsdp_owner is not None:  # gathered until its backward (which reshards it), as in its own forward
+            self._fsdp_owner.unshard()
         return hidden, projected
+
+    def _find_fsdp_owner(self):
+        """The innermost FSDP2 module holding the projection (its weight is all-gathered only in its forward)."""
+        from torch.distributed.fsdp import FSDPModule
+
+        owners = [module for module in self.model.modules() if isinstance(module, FSDPModule)
+                  and any(sub is self.projection for sub in module.modules())]
+        return owners[-1] if owners else None
 
     def _check_after_projection(self, projected, logits) -> None:
         """The model's logits equal after_projection(its projection's output), or an error naming the flag."""
