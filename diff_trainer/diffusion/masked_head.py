@@ -14,7 +14,9 @@ What a model does to its logits after the projection is re-applied from its conf
 Granite's `logits_scaling`, Gemma's `final_logit_softcapping`); on the first batch that one-position output of the
 model's own forward is compared with it, so a model that transforms its logits in another way is refused instead of
 trained with a wrong loss. On CUDA with Liger Kernel installed, and a plain `nn.Linear` projection, the projection and
-the cross-entropy of each row are fused (`liger_fused_linear_cross_entropy`).
+the cross-entropy of each row are fused (`liger_fused_linear_cross_entropy`). Under FSDP2 the shard group holding the
+projection is gathered for the head and the chunks call the module past FSDP's hooks; its backward reduces and
+reshards it as usual.
 """
 
 import contextlib
@@ -105,11 +107,12 @@ class MaskedHead:
 
     def head_logits(self, hidden) -> torch.Tensor:
         """The model's logits for hidden states [N, H]: its projection, then what its forward does after it."""
-        if self._fsdp_owner is not None:  # past FSDP2's hooks: they would reduce the gradient after the first chunk
+        if self._fsdp_owner is not None:  # gathered in _run; through FSDP2's hooks the chunks crashed the backward pass
             return self.after_projection(self.projection.forward(hidden))
         return self.after_projection(self.projection(hidden))
 
     def after_projection(self, logits) -> torch.Tensor:
+        """What the model's forward does to its projection's output (known from its config)."""
         if self.scale != 1.0:  # Cohere: logits · logit_scale; Granite: logits / logits_scaling
             logits = logits * self.scale
         if self.softcap:  # Gemma 2: cap · tanh(logits / cap)
