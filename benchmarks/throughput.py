@@ -17,12 +17,14 @@ afresh every step (--masked_head true|false, --isolate_documents). Compiled = `t
 are compiled in the first; the masked head keeps every shape inside the model static, so nothing recompiles later).
 
 Reported per configuration: median step time and tokens/s (B·L per step), the ratio of step times to the eager
-causal step, MFU and peak memory. MFU = tokens/s · FLOPs per token / peak FLOP/s, with FLOPs per token =
-6·N + 12·layers·L·hidden (N = parameters of every matmul: the layers and the LM head, not the input embedding
-lookup; the second term is attention's scores and weighted sum, PaLM appendix B), the same nominal count for every
-configuration (the masked-only head does less work for the same tokens). Peak FLOP/s: the GPU's dense bf16 figure
-(H100/H200 989 TFLOP/s, A100 312), or on CPU the fp32 matmul rate measured here first. Peak memory: CUDA's peak
-allocated bytes; on CPU the process's peak resident set (ru_maxrss: model, optimizer and libraries included).
+causal step, the same for the process's CPU time per step (steadier than wall time when other jobs share the cores;
+with --threads 1 it is the work done), MFU and peak memory. MFU = tokens/s · FLOPs per token / peak FLOP/s, with
+FLOPs per token = 6·N + 12·layers·L·hidden (N = parameters of every matmul: the layers and the LM head, not the input
+embedding lookup; the second term is attention's scores and weighted sum, PaLM appendix B), the same nominal count
+for every configuration (the masked-only head does less work for the same tokens). Peak FLOP/s: the GPU's dense
+bf16 figure (H100/H200 989 TFLOP/s, A100 312), or on CPU the fp32 matmul rate measured here first. Peak memory:
+CUDA's peak allocated bytes; on CPU the process's peak resident set (ru_maxrss: model, optimizer and libraries
+included).
 Each compiled configuration's first-step loss is printed next to its eager twin's (same weights, batch and masks).
 The table also goes to benchmarks/results/throughput[_quick].md (progress lines go to stderr only).
 
@@ -162,8 +164,8 @@ def measure_one(args, name: str) -> dict:
 
     losses = []
 
-    def step(index: int) -> float:
-        start = time.perf_counter()
+    def step(index: int) -> tuple[float, float]:
+        start, start_cpu = time.perf_counter(), time.process_time()
         batch = clean if objective == "causal" else trainer.train_noiser(clean, seeded_generator(0, index))
         num_items = None if objective == "causal" else trainer._get_num_items_in_batch([batch], device)
         losses.append(float(trainer.training_step(step_model, batch, num_items)))  # under the Trainer's autocast
@@ -172,14 +174,15 @@ def measure_one(args, name: str) -> dict:
         model.zero_grad(set_to_none=True)
         if cuda:
             torch.cuda.synchronize()
-        return time.perf_counter() - start
+        return time.perf_counter() - start, time.process_time() - start_cpu
 
     warmup = [step(i) for i in range(max(args.warmup, COMPILED_WARMUP) if compiled else args.warmup)]
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     times = [step(args.warmup + i) for i in range(args.steps)]
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"seconds": median(times), "first_step": warmup[0] if warmup else None, "peak_bytes": peak,
+    return {"seconds": median(wall for wall, _ in times), "cpu_seconds": median(cpu for _, cpu in times),
+            "first_step": warmup[0][0] if warmup else None, "peak_bytes": peak,
             "first_loss": losses[0],
             "flops_per_token": flops_per_token(model, args),
             "parameters": sum(p.numel() for p in model.parameters())}
@@ -209,11 +212,12 @@ def peak_flops(threads: int) -> tuple[float, str]:
 
 
 def row(name: str, result: dict, causal: dict, tokens: int, peak: float) -> list:
-    """A table row: ms/step, tokens/s, step time / causal, MFU, peak MiB, first step seconds."""
+    """A table row: ms/step, tokens/s, step time / causal, CPU ms/step and / causal, MFU, peak MiB, first step s."""
     tokens_per_second = tokens / result["seconds"]
     mfu = tokens_per_second * result["flops_per_token"] / peak
     return [name, result["seconds"] * 1000, tokens_per_second, result["seconds"] / causal["seconds"],
-            f"{100 * mfu:.1f}%", f"{result['peak_bytes'] / 2 ** 20:.0f}", f"{result['first_step']:.1f}"]
+            result["cpu_seconds"] * 1000, result["cpu_seconds"] / causal["cpu_seconds"], f"{100 * mfu:.1f}%",
+            f"{result['peak_bytes'] / 2 ** 20:.0f}", f"{result['first_step']:.1f}"]
 
 
 def main():
@@ -258,8 +262,8 @@ def compare(args):
     print(f"\n{first['parameters'] / 1e6:.1f}M parameters; {first['flops_per_token'] / 1e6:.1f} MFLOP per token "
           "(6·N + 12·layers·L·hidden).\n")
     memory = "peak MiB (allocated)" if torch.cuda.is_available() else "peak MiB (process RSS)"
-    print(markdown_table(["configuration", "ms/step (median)", "tokens/s", "step time / causal", "MFU", memory,
-                          "first step s"], table))
+    print(markdown_table(["configuration", "ms/step (median)", "tokens/s", "step time / causal", "CPU ms/step",
+                          "CPU time / causal", "MFU", memory, "first step s"], table))
     print("\nLoss of the first step (same weights, same batch and masks), compiled vs eager:")
     for name in [name for name in figures if name.endswith(", compiled")]:
         compiled, eager = figures[name]["first_loss"], figures[name.removesuffix(", compiled")]["first_loss"]
