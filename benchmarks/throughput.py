@@ -4,6 +4,8 @@
     python benchmarks/throughput.py --quick        # 3 measured steps per configuration, batch 4
     python benchmarks/throughput.py [--steps 20] [--warmup 3] [--batch_size 8] [--block_size 256] [--hidden_size 128]
         [--layers 4] [--vocab_size 32768] [--no_compile]
+    python benchmarks/throughput.py --trainer --quick   # Trainer.train of configs/demo.yaml, eager vs --torch_compile
+    python benchmarks/throughput.py --trainer [--steps 20] [--warmup 3]
 
 On a CUDA machine the same command measures the GPU (bf16 autocast) and its defaults become a ~0.5B Llama
 (hidden 1280, 24 layers) at 8 × 2048 tokens. Every configuration runs in its own process (so peak memory is its
@@ -11,8 +13,8 @@ own) on the same randomly initialised Llama (seed 0) and the same packed rows of
 tokens each closed by EOS. A step is the Trainer's: `training_step` (forward, loss, backward), gradient clipping,
 AdamW step. The causal LM uses HF's shifted loss inside the model; diffusion uses `DiffusionTrainer` on rows noised
 afresh every step (--masked_head true|false, --isolate_documents). Compiled = `torch.compile(model)`, as
---torch_compile does; its first steps (compilation) are warm-up, at least 5 so that the masked head's two or three
-bucketed sizes have each been compiled.
+--torch_compile does; its first steps (compilation) are warm-up, at least 2 (the forward and the backward graph
+are compiled in the first; the masked head keeps every shape inside the model static, so nothing recompiles later).
 
 Reported per configuration: median step time and tokens/s (B·L per step), the ratio of step times to the eager
 causal step, MFU and peak memory. MFU = tokens/s · FLOPs per token / peak FLOP/s, with FLOPs per token =
@@ -22,7 +24,15 @@ configuration (the masked-only head does less work for the same tokens). Peak FL
 (H100/H200 989 TFLOP/s, A100 312), or on CPU the fp32 matmul rate measured here first. Peak memory: CUDA's peak
 allocated bytes; on CPU the process's peak resident set (ru_maxrss: model, optimizer and libraries included).
 Each compiled configuration's first-step loss is printed next to its eager twin's (same weights, batch and masks).
-The table also goes to benchmarks/results/throughput[_quick].md.
+The table also goes to benchmarks/results/throughput[_quick].md (progress lines go to stderr only).
+
+--trainer: the whole `Trainer.train` of `python run_clm_diff.py configs/demo.yaml` (diffusion, masked head on; its
+1M-parameter Llama, byte vocabulary, batch 8×256 of the bundled corpus) eager and with `--torch_compile true`, each
+run twice in a subprocess: for --warmup steps and for --warmup + --steps steps. The step time after warm-up is the
+difference of the two runs' `train_runtime` (the Trainer's own figure) over --steps, so compilation, loading and the
+first steps cancel out (and the same with the processes' CPU time). The compiled runs share an inductor cache that a
+first, uncounted run fills. The children run with TORCH_LOGS=recompiles,graph_breaks; the table counts both.
+Written to benchmarks/results/throughput_trainer[_quick].md.
 """
 
 import argparse
@@ -35,7 +45,8 @@ import tempfile
 import time
 
 import torch
-from common import REPO_ROOT, machine_summary, markdown_table, median, quiet, results_file
+from common import DEMO_DIFFUSION_CONFIG, REPO_ROOT, machine_summary, markdown_table, median, quiet, results_file, \
+    run_logged
 
 EOS = 1  # ByT5's EOS id, the rows' document separator
 CONFIGURATIONS = {  # name: (objective, masked head, isolate documents, compiled)
@@ -47,7 +58,7 @@ CONFIGURATIONS = {  # name: (objective, masked head, isolate documents, compiled
     "diffusion, full logits, compiled": ("diffusion", False, False, True),
     "diffusion, masked head, compiled": ("diffusion", True, False, True),
 }
-COMPILED_WARMUP = 5  # compiled: warm-up long enough to meet the masked head's two or three sizes K (one compile each)
+COMPILED_WARMUP = 2  # compiled: at least the first step (compiles the forward and the backward graphs) and one more
 PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12}
 
 
@@ -62,11 +73,16 @@ def parse_args(argv=None):
     parser.add_argument("--vocab_size", type=int, default=32768)
     parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
     parser.add_argument("--no_compile", action="store_true", help="skip the compiled configurations")
-    parser.add_argument("--quick", action="store_true", help="--steps 3 --warmup 1 --batch_size 4")
+    parser.add_argument("--quick", action="store_true",
+                        help="--steps 3 --warmup 1 --batch_size 4 (--trainer: --steps 20 --warmup 3)")
+    parser.add_argument("--trainer", action="store_true",
+                        help="time Trainer.train of configs/demo.yaml, eager vs --torch_compile (see the docstring)")
     parser.add_argument("--only", help=argparse.SUPPRESS)  # one configuration, in a child process
     parser.add_argument("--result", help=argparse.SUPPRESS)  # where the child writes its figures (json)
     args = parser.parse_args(argv)
-    if args.quick:
+    if args.quick and args.trainer:
+        args.steps, args.warmup = 20, 3
+    elif args.quick:
         args.steps, args.warmup, args.batch_size = 3, 1, args.batch_size or 4
     cuda = torch.cuda.is_available()
     for name, cpu_value, cuda_value in (("batch_size", 8, 8), ("block_size", 256, 2048), ("hidden_size", 128, 1280),
@@ -209,6 +225,10 @@ def main():
         with open(args.result, "w") as handle:
             json.dump(figures, handle)
         return
+    if args.trainer:
+        with results_file("throughput_trainer", args.quick):
+            compare_trainer(args)
+        return
     with results_file("throughput", args.quick):
         compare(args)
 
@@ -233,7 +253,7 @@ def compare(args):
             with open(result) as handle:
                 figures[name] = json.load(handle)
             table.append(row(name, figures[name], figures["causal LM"], args.batch_size * args.block_size, peak))
-            print(f"  {name}: " + ", ".join(map(str, table[-1][1:])), flush=True)
+            print(f"measured {name}: {figures[name]['seconds'] * 1000:.0f} ms/step", file=sys.stderr, flush=True)
     first = next(iter(figures.values()))
     print(f"\n{first['parameters'] / 1e6:.1f}M parameters; {first['flops_per_token'] / 1e6:.1f} MFLOP per token "
           "(6·N + 12·layers·L·hidden).\n")
@@ -244,6 +264,55 @@ def compare(args):
     for name in [name for name in figures if name.endswith(", compiled")]:
         compiled, eager = figures[name]["first_loss"], figures[name.removesuffix(", compiled")]["first_loss"]
         print(f"  {name}: {compiled:.6f} vs {eager:.6f} (difference {compiled - eager:.2e})")
+
+
+
+def trainer_run(args, compiled: bool, steps: int, work: str, label: str = "") -> dict:
+    """`run_clm_diff.py configs/demo.yaml` for `steps` steps: its train_results.json, the CPU seconds of the whole
+    process, and the recompiles and graph breaks its TORCH_LOGS output reports."""
+    name = f"{label}{'compiled' if compiled else 'eager'}_{steps}"
+    output_dir, log_path = os.path.join(work, name), os.path.join(work, name + ".log")
+    command = [sys.executable, "run_clm_diff.py", DEMO_DIFFUSION_CONFIG, "--max_steps", str(steps), "--torch_compile",
+               str(compiled).lower(), "--do_eval", "false", "--eval_strategy", "no", "--save_strategy", "no",
+               "--logging_steps", str(steps), "--output_dir", output_dir]
+    cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run_logged(command, log_path, args.threads, f"the {name.replace('_', ' ')}-step training")
+    cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(os.path.join(output_dir, "train_results.json")) as handle:
+        results = json.load(handle)
+    with open(log_path) as handle:
+        log = handle.read()
+    results["cpu_seconds"] = cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
+    results["recompiles"] = log.count("[__recompiles] Recompiling function")
+    results["graph_breaks"] = log.count("[__graph_breaks]")
+    print(f"trained {name.replace('_', ' ')} steps: train_runtime {results['train_runtime']:.1f} s, "
+          f"CPU {results['cpu_seconds']:.1f} s", file=sys.stderr, flush=True)
+    return results
+
+
+def compare_trainer(args):
+    print(f"Trainer.train of `run_clm_diff.py configs/demo.yaml` (diffusion, masked head), CPU, fp32; each setting "
+          f"run for {args.warmup} and for {args.warmup + args.steps} steps, step time = difference of the two runs / "
+          f"{args.steps}: wall from the Trainer's train_runtime, CPU from the whole processes (steadier when other "
+          f"jobs share the cores); compiled runs share an inductor cache filled by a first {args.warmup}-step run "
+          f"(not counted), so both pay the same compilation; {machine_summary(args.threads)}.\n", flush=True)
+    table, steady = [], {}
+    with tempfile.TemporaryDirectory(prefix="bench_throughput_trainer_") as work:
+        os.environ.update(TORCH_LOGS="recompiles,graph_breaks", TORCHINDUCTOR_CACHE_DIR=os.path.join(work, "inductor"))
+        trainer_run(args, True, args.warmup, work, label="cache-filling_")
+        runs = {(compiled, steps): trainer_run(args, compiled, steps, work)  # the two long runs back to back
+                for steps in (args.warmup, args.warmup + args.steps) for compiled in (False, True)}
+        for compiled in (False, True):
+            short, long = runs[compiled, args.warmup], runs[compiled, args.warmup + args.steps]
+            name = "--torch_compile true" if compiled else "eager"
+            steady[name] = [(long[key] - short[key]) / args.steps for key in ("train_runtime", "cpu_seconds")]
+            table.append([name, short["train_runtime"], long["train_runtime"], steady[name][0] * 1000,
+                          steady[name][1] * 1000, steady["eager"][0] / steady[name][0],
+                          steady["eager"][1] / steady[name][1], f"{long['train_loss']:.6f}", long["recompiles"],
+                          long["graph_breaks"]])
+    print(markdown_table(["run", f"train_runtime s, {args.warmup} steps",
+                          f"train_runtime s, {args.warmup + args.steps} steps", "wall ms/step", "CPU ms/step",
+                          "speed-up (wall)", "speed-up (CPU)", "train_loss", "recompiles", "graph breaks"], table))
 
 
 if __name__ == "__main__":

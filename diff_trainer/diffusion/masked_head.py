@@ -2,67 +2,48 @@
 
 The diffusion loss, the ELBO and the VRPO scores need the logits of masked positions only (about half of them in
 training). `MaskedHead` puts a forward pre-hook on the model's own output projection (`get_output_embeddings()`:
-Llama's and GPT-2's tied `lm_head`, an encoder's decoder after its prediction transform, under LoRA too), which
-gathers the projection's input at the wanted positions, so the model's forward returns logits [1, K, V] for K
-positions. Everything before the projection (final norm, an encoder's transform) and after it (e.g. Gemma's logit
-soft-capping) is the model's own code. The cross-entropy then runs in checkpointed chunks, so no float32 copy of the
-[K, V] logits is kept for the backward pass.
+Llama's and GPT-2's tied `lm_head`, an encoder's decoder after its prediction transform, under LoRA too). During
+`row_masked_ce` the hook keeps the projection's input (the final hidden states [B, L, H], after everything the model
+does before its head) and lets the projection run on one position only, so the model's forward returns logits
+[1, 1, V] and its compiled graph has the same static shapes at every step. The masked positions' hidden states are
+then gathered and projected by the same module in chunks of CHUNK_ELEMENTS logits, each followed by its float32
+cross-entropy; every chunk but the last is recomputed in the backward pass instead of kept, so at most one chunk's
+[chunk, V] logits exist at a time, never all [K, V].
 
-K is the number of masked positions rounded up to a multiple of the row length L (padding scores 0), so the compiled
-model sees a few static shapes instead of one per batch (`--torch_compile`): with stratified times (LLaDA) a batch
-masks between about L·(B−1)/2 and L·(B+1)/2 tokens, two or three multiples of L, each compiled once. On CUDA with Liger Kernel installed, and a plain
-`nn.Linear` projection, the projection and the cross-entropy are fused (`liger_fused_linear_cross_entropy`) and the
-[K, V] logits are never materialised.
+What a model does to its logits after the projection is re-applied from its config (Cohere's `logit_scale`,
+Granite's `logits_scaling`, Gemma's `final_logit_softcapping`); on the first batch that one-position output of the
+model's own forward is compared with it, so a model that transforms its logits in another way is refused instead of
+trained with a wrong loss. On CUDA with Liger Kernel installed, and a plain `nn.Linear` projection, the projection and
+the cross-entropy of each row are fused (`liger_fused_linear_cross_entropy`).
 """
 
 import contextlib
-import math
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from ..data.labels import IGNORE_INDEX
 from .losses import masked_token_losses
 
-CHUNK_ELEMENTS = 1 << 26  # logits entries per cross-entropy chunk (256 MB in float32)
-POST_PROJECTION_SCALES = ("logit_scale", "logits_scaling", "output_multiplier_scale")  # undone by the fused path
+CHUNK_ELEMENTS = 1 << 26  # logits entries per chunk of the head (256 MB in float32)
 
 # masked_ce_fn(noisy_ids, targets, masked) -> Tensor[B]: Σ over each row's masked positions of CE(logits, target)
 MaskedCeFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def gather_plan(targets, masked, shift: bool, bucket: int):
-    """Where the head runs and what it predicts, padded to a multiple of `bucket` entries.
+def gather_plan(targets, masked, shift: bool):
+    """Where the head runs and what it predicts: (hidden_index [K], token_targets [K], row_of [K]).
 
-    Returns (hidden_index [K], token_targets [K], row_of [K]): the flat B·L index of the hidden state that predicts
-    each masked token (shift: the position before it, as the model's logits at i-1 predict token i), the token, and
-    its row. Padding entries read position 0, target -100 (CE 0) and belong to row B (dropped).
+    The flat B·L index of the hidden state that predicts each masked token (shift: the position before it, as the
+    model's logits at i-1 predict token i), the token, and its row.
     """
-    batch_size, length = masked.shape
+    length = masked.shape[1]
     if shift:  # position 0 has no predecessor: never scored (as masked_token_losses)
         masked = torch.cat([torch.zeros_like(masked[:, :1]), masked[:, 1:]], dim=1)
     slots = masked.reshape(-1).nonzero().squeeze(1)
-    size = max(bucket, math.ceil(slots.numel() / bucket) * bucket)
-    pad = size - slots.numel()
-    hidden_index = F.pad(slots - 1 if shift else slots, (0, pad), value=0)
-    token_targets = F.pad(targets.reshape(-1)[slots], (0, pad), value=IGNORE_INDEX)
-    row_of = F.pad(torch.div(slots, length, rounding_mode="floor"), (0, pad), value=batch_size)
-    return hidden_index, token_targets, row_of
-
-
-def _token_ce(logits, targets):
-    return F.cross_entropy(logits.float(), targets, reduction="none", ignore_index=IGNORE_INDEX)
-
-
-def chunked_cross_entropy(logits, targets) -> torch.Tensor:
-    """Float32 CE per row of logits [K, V] (0 where target = -100), in chunks recomputed in the backward pass."""
-    rows = max(1, CHUNK_ELEMENTS // logits.shape[-1])
-    if not torch.is_grad_enabled() or not logits.requires_grad:
-        return torch.cat([_token_ce(logits[i:i + rows], targets[i:i + rows]) for i in range(0, len(logits), rows)])
-    return torch.cat([checkpoint(_token_ce, logits[i:i + rows], targets[i:i + rows], use_reentrant=False)
-                      for i in range(0, len(logits), rows)])
+    hidden_index = slots - 1 if shift else slots
+    return hidden_index, targets.reshape(-1)[slots], torch.div(slots, length, rounding_mode="floor")
 
 
 def _liger_function():
@@ -94,63 +75,113 @@ class MaskedHead:
             raise ValueError(f"{type(base).__name__} has no output projection (get_output_embeddings() is None): "
                              "use --masked_head false.")
         config = base.config.get_text_config()
+        # what the model's forward does to the projection's output (1 / None: nothing)
+        self.scale = (getattr(config, "logit_scale", None) or 1.0) / (getattr(config, "logits_scaling", None) or 1.0)
         self.softcap = getattr(config, "final_logit_softcapping", None)
-        fusable = type(self.projection) is torch.nn.Linear and not any(
-            getattr(config, name, None) not in (None, 1, 1.0) for name in POST_PROJECTION_SCALES)
+        fusable = type(self.projection) is torch.nn.Linear and self.scale == 1.0
         self.liger = _liger_function() if fusable else None
-        self.positions = None  # flat indices the hook gathers; None: pass-through
-        self.captured = None  # the fused path: gathered hidden states, the projection sees none
-        self._handle = self.projection.register_forward_pre_hook(self._gather)
+        self.active = False  # inside row_masked_ce's forward: keep the hidden states, project one position
+        self.hidden = self.probe = None  # what the hooks saw in that forward
+        self.checked = False  # the model's own logits compared with head_logits once
+        self._handles = [self.projection.register_forward_pre_hook(self._keep_hidden),
+                         self.projection.register_forward_hook(self._keep_probe)]
 
     def close(self) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
 
-    def _gather(self, module, args):
-        if self.positions is None:
+    def _keep_hidden(self, module, args):
+        if not self.active:
             return None
         hidden = args[0]
-        gathered = hidden.reshape(-1, hidden.shape[-1]).index_select(0, self.positions).unsqueeze(0)
-        if self.captured is not None:
-            self.captured.append(gathered[0])
-            gathered = gathered[:, :0]
-        return (gathered, *args[1:])
+        self.hidden = hidden.reshape(-1, hidden.shape[-1])
+        return (self.hidden[:1].unsqueeze(0), *args[1:])
 
-    def _run(self, forward: Callable[[], torch.Tensor], positions, capture: bool) -> torch.Tensor:
-        """forward() with the hook gathering `positions`: the model's logits [1, K, V] (fused: [1, 0, V])."""
-        self.positions, self.captured = positions, ([] if capture else None)
+    def _keep_probe(self, module, args, output):
+        if self.active:
+            self.probe = output
+
+    def head_logits(self, hidden) -> torch.Tensor:
+        """The model's logits for hidden states [N, H]: its projection, then what its forward does after it."""
+        return self.after_projection(self.projection(hidden))
+
+    def after_projection(self, logits) -> torch.Tensor:
+        if self.scale != 1.0:  # Cohere: logits · logit_scale; Granite: logits / logits_scaling
+            logits = logits * self.scale
+        if self.softcap:  # Gemma 2: cap · tanh(logits / cap)
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+    def _token_ce(self, hidden, targets):
+        return F.cross_entropy(self.head_logits(hidden).float(), targets, reduction="none")
+
+    def _run(self, forward: Callable[[], torch.Tensor], batch_positions: int):
+        """forward() with the hooks active: the final hidden states [B·L, H] and the projection's output at the one
+        position it saw ([1, 1, V]); the model's own logits there are compared with after_projection once."""
+        self.active, self.hidden, self.probe = True, None, None
         try:
             logits = forward()
         finally:
-            self.positions = None
-        expected = 0 if capture else len(positions)
-        if logits.dim() != 3 or logits.shape[:2] != (1, expected):
+            self.active = False
+        hidden, projected, self.hidden, self.probe = self.hidden, self.probe, None, None
+        if hidden is None or logits.shape[:2] != (1, 1) or hidden.shape[0] != batch_positions:
             raise RuntimeError(f"--masked_head: the model returned logits of shape {tuple(logits.shape)} instead of "
-                               f"[1, {expected}, V]; its output projection did not run through the gathering hook "
-                               "(a model compiled before the trainer was built?). Use --masked_head false.")
-        return logits
+                               f"[1, 1, V] for {batch_positions} positions; its output projection did not run through "
+                               "the hook on every position (a model compiled before the trainer was built?). Use "
+                               "--masked_head false.")
+        if not self.checked:
+            self._check_after_projection(projected, logits)
+        return hidden, projected
+
+    def _check_after_projection(self, projected, logits) -> None:
+        """The model's logits equal after_projection(its projection's output), or an error naming the flag."""
+        with torch.no_grad():
+            ours, theirs = self.after_projection(projected).float(), logits.detach().float()
+        tolerance = 1e-4 if projected.dtype == logits.dtype == torch.float32 else 2e-2
+        if not torch.allclose(ours, theirs, rtol=tolerance, atol=tolerance * float(theirs.abs().max().clamp(min=1))):
+            raise RuntimeError("--masked_head: the model changes its logits after its output projection in a way "
+                               "this head does not reproduce (it knows logit_scale, logits_scaling and "
+                               "final_logit_softcapping from the config). Use --masked_head false.")
+        self.checked = True
 
     def row_masked_ce(self, forward: Callable[[], torch.Tensor], targets, masked, shift: bool = False):
         """Σ_masked CE per row (Tensor[B], float32), as masked_token_losses(full logits).sum(1) computes it.
 
-        forward(): the model's forward pass on the noisy batch, returning its logits (the hook decides their shape).
+        forward(): the model's forward pass on the noisy batch, returning its logits (the hooks decide their shape).
         """
-        batch_size, length = masked.shape
-        hidden_index, token_targets, row_of = gather_plan(targets, masked, shift, bucket=length)
-        fused = self._use_fused(hidden_index)
-        logits = self._run(forward, hidden_index, capture=fused)
-        if fused:
-            return self._fused_row_ce(self.captured.pop(), token_targets, row_of, batch_size, logits.dtype)
-        token_ce = chunked_cross_entropy(logits[0], token_targets)
-        return torch.zeros(batch_size + 1, device=token_ce.device).index_add(0, row_of, token_ce)[:batch_size]
+        batch_size = masked.shape[0]
+        hidden, projected = self._run(forward, masked.numel())
+        hidden_index, token_targets, row_of = gather_plan(targets, masked, shift)
+        gathered = hidden.index_select(0, hidden_index)
+        if self._use_fused(gathered):
+            return self._fused_row_ce(gathered, token_targets, row_of, batch_size, projected.dtype)
+        token_ce = self.chunked_token_ce(gathered, token_targets, vocab_size=projected.shape[-1])
+        return torch.zeros(batch_size, device=token_ce.device).index_add(0, row_of, token_ce)
 
-    def _use_fused(self, positions) -> bool:
+    def chunked_token_ce(self, hidden, targets, vocab_size: int) -> torch.Tensor:
+        """Float32 CE of head_logits(hidden [K, H]) against targets [K], CHUNK_ELEMENTS logits at a time.
+
+        The backward pass meets the chunks last to first: the last one keeps its tensors (they are freed before the
+        next chunk is recomputed), the others are recomputed, so the peak stays one chunk.
+        """
+        rows = max(1, CHUNK_ELEMENTS // vocab_size)
+        starts = range(0, max(len(hidden), 1), rows)  # one empty chunk when nothing is masked: the graph stays whole
+        pieces = []
+        for start in starts:
+            chunk = (hidden[start:start + rows], targets[start:start + rows])
+            recomputed = torch.is_grad_enabled() and start != starts[-1]
+            pieces.append(checkpoint(self._token_ce, *chunk, use_reentrant=False) if recomputed
+                          else self._token_ce(*chunk))
+        return torch.cat(pieces)
+
+    def _use_fused(self, hidden) -> bool:
         """Liger's kernel: installed, on CUDA, and the projection's weight a plain tensor (not an FSDP shard)."""
-        return self.liger is not None and positions.is_cuda and type(self.projection.weight.data) is torch.Tensor
+        return self.liger is not None and hidden.is_cuda and type(self.projection.weight.data) is torch.Tensor
 
     def _fused_row_ce(self, hidden, token_targets, row_of, batch_size: int, dtype) -> torch.Tensor:
         """Liger's fused projection + CE, one sum per row (its reduction is per call, the rows' weights differ)."""
         weight, bias = self.projection.weight, self.projection.bias
-        if hidden.dtype != dtype:  # autocast: the projection would have run in the logits' dtype
+        if hidden.dtype != dtype:  # autocast: the projection ran in the dtype of its output
             hidden, weight = hidden.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
         sums = [self.liger(hidden[row_of == row], weight, token_targets[row_of == row], bias, reduction="sum",
