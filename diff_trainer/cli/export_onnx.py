@@ -1,11 +1,12 @@
 """`diff-export-onnx`: export a masked-diffusion checkpoint for the browser page, and check the export.
 
-    diff-export-onnx --model outputs/browser_demo --output web/model --append_dff --gen_length 64 --block_length 32
+    diff-export-onnx --model outputs/browser_demo --output web/model --prompt "You will" --gen_length 64 --block_length 16
     diff-export-onnx --model outputs/browser_demo --output outputs/demo_int8 --quantize int8
 
 Writes into `--output` a `model.onnx` (the denoiser: input_ids [batch, sequence] and attention_mask -> logits
 [batch, sequence, vocabulary], both axes dynamic, position ids computed from the mask as the Python sampler does)
-and a `model.json` with everything the page needs: the tokenizer table, the special ids, the objective and the
+and a `model.json` with everything the page needs: the tokenizer table (byte-level or byte-level BPE vocabularies,
+the kinds web/js/tokenizer.js encodes exactly as Python does), the special ids, the objective and the
 page's default sampler settings (the sampling flags of diff-generate). The export is verified before it is kept:
 onnxruntime's logits are compared with PyTorch's on random inputs (one row left padded); the largest absolute
 difference is printed and must stay within 1e-4 for float32, or, with `--quantize int8` (onnxruntime's dynamic
