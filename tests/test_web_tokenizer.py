@@ -1,4 +1,5 @@
-"""web/js/tokenizer.js (run with Node) against transformers' ByT5 tokenizer, on the table diff-export-onnx writes."""
+"""web/js/tokenizer.js (run with Node) against the Python tokenizers (ByT5, and a byte-level BPE trained here), on the
+table diff-export-onnx writes."""
 
 import shutil
 
@@ -58,7 +59,7 @@ BPE_TEXTS = [
     "She'S DON'T 're 've 'm 'll 'd 'x",  # upper-case contractions are not split off
     "\t\t-- Mark Twain\n\n\nnext\r\n  \n",  # tabs, newline runs, trailing whitespace
     "1234567 times 3.14159, 10,000!",
-    "naïve café 日本語 🎉✓ e\u0301 \u00a0nbsp\u2003em\u0085nel\u2028ls",  # unicode, a combining mark, odd spaces
+    "naïve café 日本語 🎉✓ e\u0301 \u00a0nbsp\u2003em\u0085nel\u2028ls",  # a combining mark, odd spaces
     "\ufeffbom at the start",
     "x \ufeffy \u0085z ！",  # whitespace to Oniguruma, not to JavaScript's \s (U+0085), and the reverse (U+FEFF)
     "a spaced word,日本 <sep>  b <sep>c",  # added tokens outside the byte alphabet, one stripping whitespace
@@ -94,7 +95,7 @@ def test_bpe_encodes_every_byte_through_the_same_alphabet(bpe_tokenizer):
     alphabet = bytes_to_unicode()
     assert table["byte_chars"] == "".join(alphabet[b] for b in range(256))
     # every byte that UTF-8 text can hold: one- and two-byte characters, and three- and four-byte lead bytes
-    text = "".join(map(chr, range(0x800))) + "".join(chr(c) for c in range(0x1000, 0x10000, 0x1000)) + "𐀀🎉\U000f0000"
+    text = "".join(map(chr, range(0x800))) + "".join(map(chr, range(0x1000, 0x10000, 0x1000))) + "𐀀🎉\U000f0000"
     assert node({"encode": {"table": table, "texts": [text]}}) == [bpe_tokenizer.encode(text, add_special_tokens=False)]
 
 

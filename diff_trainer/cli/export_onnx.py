@@ -1,6 +1,6 @@
 """`diff-export-onnx`: export a masked-diffusion checkpoint for the browser page, and check the export.
 
-    diff-export-onnx --model outputs/browser_demo --output web/model --prompt "You will" --gen_length 64 --block_length 16
+    diff-export-onnx --model outputs/browser_demo --output web/model --prompt "You will" --gen_length 48
     diff-export-onnx --model outputs/browser_demo --output outputs/demo_int8 --quantize int8
 
 Writes into `--output` a `model.onnx` (the denoiser: input_ids [batch, sequence] and attention_mask -> logits

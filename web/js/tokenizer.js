@@ -49,7 +49,8 @@ class AddedTokens {
 
   /** Token ids of `text` (no special tokens added); plain text goes through `this.encodePlain`. */
   encode(text) {
-    return splitAtAddedTokens(text, this.added).flatMap((part) => (typeof part === "number" ? [part] : this.encodePlain(part)));
+    const parts = splitAtAddedTokens(text, this.added);
+    return parts.flatMap((part) => (typeof part === "number" ? [part] : this.encodePlain(part)));
   }
 
   /** Display text of one id (a lone byte of a multi-byte character shows as the Python view shows it). */
