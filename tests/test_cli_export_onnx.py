@@ -151,8 +151,8 @@ def test_a_failed_verification_writes_nothing(checkpoints, llama_export, tmp_pat
     assert not output.exists() and list(tmp_path.iterdir()) == []
 
 
-def bpe_checkpoint(path, tokenizer_vocab=300):
-    """A diffusion llama whose tokenizer is a word-level fast tokenizer (not byte-level)."""
+def word_level_checkpoint(path, tokenizer_vocab=300):
+    """A diffusion llama whose tokenizer is a word-level fast tokenizer (neither byte-level nor BPE)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -172,15 +172,15 @@ def bpe_checkpoint(path, tokenizer_vocab=300):
     ("llama", ["--cache", "prefix"], "--cache prefix: the page samples without a key/value cache"),
     ("llama", ["--max_length", "65"], "--max_length 65: give a length from 2 to the model's context (64)"),
     ("llama", ["--gen_length", "10", "--block_length", "4"], "multiple of block_length"),
-    ("bpe", [], "encodes byte-level vocabularies only (ByT5Tokenizer, a few hundred ids); this checkpoint has a "
-                "TokenizersBackend with 300 ids"),
+    ("wordlevel", [], "byte-level BPE (GPT-2's scheme, as data_scripts/train_tokenizer.py makes); this checkpoint "
+                      "has a TokenizersBackend with 300 ids, a WordLevel model (not BPE)."),
     ("existing", [], "exists and is not empty: pass --overwrite"),
 ])
 def test_bad_input_gets_one_clear_error(checkpoints, tmp_path, capsys, name, flags, message):
     output = tmp_path / "out"
-    if name == "bpe":
-        bpe_checkpoint(tmp_path / "bpe")
-        model = tmp_path / "bpe"
+    if name == "wordlevel":
+        word_level_checkpoint(tmp_path / "wordlevel")
+        model = tmp_path / "wordlevel"
     else:
         model = checkpoints / ("llama" if name == "existing" else name)
     if name == "existing":
@@ -191,3 +191,42 @@ def test_bad_input_gets_one_clear_error(checkpoints, tmp_path, capsys, name, fla
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
     assert not (output / "model.onnx").exists()
+
+
+def byte_level_bpe_variant(change: dict):
+    """A byte-level BPE learnt from a few lines, with `change` written over parts of its tokenizer.json state (a
+    part given a new "type" is replaced whole)."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from diff_trainer.data.bpe_tokenizer import train_bpe_tokenizer
+
+    state = json.loads(train_bpe_tokenizer(["a cat sat on the mat"] * 3, 270).backend_tokenizer.to_str())
+    for part, fields in change.items():
+        current = state[part] or {}
+        replaced = fields is None or fields.get("type", current.get("type")) != current.get("type")
+        state[part] = fields if replaced else {**current, **fields}
+    return PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(json.dumps(state)))
+
+
+def test_a_byte_level_bpe_gets_the_bpe_table():
+    table = cli.tokenizer_table(byte_level_bpe_variant({}), 0)
+    assert table["kind"] == "bpe" and table["pattern"] == cli.BYTE_LEVEL_SPLIT
+    assert table["merges"][:2] == [["a", "t"], ["c", "at"]]  # "at" is in cat, sat and mat; then "cat"
+    assert table["byte_chars"][ord(" ")] == "Ġ" and table["byte_chars"][ord("\n")] == "Ċ"  # GPT-2's alphabet
+    assert table["byte_chars"][ord("a")] == "a" and len(set(table["byte_chars"])) == 256
+
+
+@pytest.mark.parametrize("change,reason", [
+    ({"model": {"dropout": 0.1}}, "a BPE with dropout set"),
+    ({"normalizer": {"type": "NFC"}}, "a NFC normalizer"),
+    ({"pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True}},
+     "a Metaspace pre-tokenizer (not ByteLevel with its regex split)"),
+    ({"pre_tokenizer": {"use_regex": False}}, "a ByteLevel pre-tokenizer (not ByteLevel with its regex split)"),
+    ({"pre_tokenizer": {"add_prefix_space": True}}, "a ByteLevel pre-tokenizer with add_prefix_space"),
+    ({"decoder": None}, "a None decoder (not ByteLevel)"),
+])
+def test_a_bpe_the_page_cannot_encode_exactly_is_refused_with_the_reason(change, reason):
+    with pytest.raises(ValueError) as error:
+        cli.tokenizer_table(byte_level_bpe_variant(change), 0)
+    assert f"this checkpoint has a TokenizersBackend with 270 ids, {reason}. Train the model" in str(error.value)

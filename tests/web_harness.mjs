@@ -4,7 +4,7 @@
 import { readFileSync } from "node:fs";
 import { Mulberry32 } from "../web/js/rng.js";
 import * as sampler from "../web/js/sampler.js";
-import { ByteTokenizer } from "../web/js/tokenizer.js";
+import { makeTokenizer } from "../web/js/tokenizer.js";
 
 // The fake denoiser of tests/test_web_sampler.py: exact float32 logits from integer arithmetic on the ids.
 function fakeModel(vocabSize, boosts) {
@@ -34,11 +34,11 @@ async function answer(request) {
     return Array.from({ length: request.uniforms.count }, () => rng.uniform());
   }
   if (request.encode) {
-    const tokenizer = new ByteTokenizer(request.encode.table);
+    const tokenizer = makeTokenizer(request.encode.table);
     return request.encode.texts.map((text) => tokenizer.encode(text));
   }
   if (request.decode) {
-    const tokenizer = new ByteTokenizer(request.decode.table);
+    const tokenizer = makeTokenizer(request.decode.table);
     return request.decode.ids.map((ids) => tokenizer.decode(ids, { skipSpecial: request.decode.skip }));
   }
   if (request.call) {

@@ -1,11 +1,12 @@
 """`diff-export-onnx`: export a masked-diffusion checkpoint for the browser page, and check the export.
 
-    diff-export-onnx --model outputs/browser_demo --output web/model --append_dff --gen_length 64 --block_length 32
+    diff-export-onnx --model outputs/browser_demo --output web/model --prompt "You will" --gen_length 48
     diff-export-onnx --model outputs/browser_demo --output outputs/demo_int8 --quantize int8
 
 Writes into `--output` a `model.onnx` (the denoiser: input_ids [batch, sequence] and attention_mask -> logits
 [batch, sequence, vocabulary], both axes dynamic, position ids computed from the mask as the Python sampler does)
-and a `model.json` with everything the page needs: the tokenizer table, the special ids, the objective and the
+and a `model.json` with everything the page needs: the tokenizer table (byte-level or byte-level BPE vocabularies,
+the kinds web/js/tokenizer.js encodes exactly as Python does), the special ids, the objective and the
 page's default sampler settings (the sampling flags of diff-generate). The export is verified before it is kept:
 onnxruntime's logits are compared with PyTorch's on random inputs (one row left padded); the largest absolute
 difference is printed and must stay within 1e-4 for float32, or, with `--quantize int8` (onnxruntime's dynamic
@@ -39,6 +40,10 @@ DEFAULT_OPSET = 18
 FLOAT32_BOUND = 1e-4  # largest |onnxruntime - torch| logit difference accepted for a float32 export
 INT8_RELATIVE_BOUND = 0.1  # int8: largest difference accepted, as a share of the largest |torch logit|
 VERIFY_SEED = 0
+# GPT-2's pre-tokenizer split (`tokenizers` ByteLevel, use_regex) for JavaScript's RegExp ("gu"): \s written as
+# \p{White_Space}, which is Oniguruma's Unicode \s (JavaScript's \s adds U+FEFF and lacks U+0085).
+BYTE_LEVEL_SPLIT = (r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\p{White_Space}\p{L}\p{N}]+"
+                    r"|\p{White_Space}+(?!\P{White_Space})|\p{White_Space}+")
 
 
 class LogitsOnly(torch.nn.Module):
@@ -68,20 +73,63 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def tokenizer_table(tokenizer, vocab_size: int) -> dict:
-    """The page's tokenizer data; only byte-level (ByT5) vocabularies can be encoded by the page's code."""
+    """The page's tokenizer data: kind "byte" (ByT5) or "bpe" (byte-level BPE, GPT-2's scheme); any other
+    tokenizer is refused with the reason."""
     from transformers import ByT5Tokenizer
 
-    if not isinstance(tokenizer, ByT5Tokenizer):
-        raise ValueError(
-            f"the page's tokenizer code encodes byte-level vocabularies only (ByT5Tokenizer, a few hundred ids); "
-            f"this checkpoint has a {type(tokenizer).__name__} with {len(tokenizer)} ids. Train the model with "
-            "--tokenizer_name byte to run it in the browser."
-        )
     pieces = TokenPieces(tokenizer)
     added = [{"id": int(i), "content": t.content, "lstrip": bool(t.lstrip), "rstrip": bool(t.rstrip)}
              for i, t in sorted(tokenizer.added_tokens_decoder.items())]
-    return {"kind": "byte", "byte_offset": int(tokenizer.offset), "added_tokens": added,
-            "pieces": [pieces(i) for i in range(vocab_size)]}
+    shared = {"added_tokens": added, "pieces": [pieces(i) for i in range(vocab_size)]}
+    if isinstance(tokenizer, ByT5Tokenizer):
+        return {"kind": "byte", "byte_offset": int(tokenizer.offset), **shared}
+    state, reason = byte_level_bpe_state(tokenizer)
+    if reason is not None:
+        raise ValueError(
+            f"the page's tokenizer code encodes byte-level vocabularies (ByT5Tokenizer, --tokenizer_name byte) and "
+            f"byte-level BPE (GPT-2's scheme, as data_scripts/train_tokenizer.py makes); this checkpoint has a "
+            f"{type(tokenizer).__name__} with {len(tokenizer)} ids, {reason}. Train the model with one of those "
+            "tokenizers to run it in the browser."
+        )
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    byte_chars = bytes_to_unicode()
+    model = state["model"]
+    return {"kind": "bpe", "vocab": model["vocab"], "merges": [bpe_pair(m) for m in model["merges"]],
+            "ignore_merges": bool(model.get("ignore_merges")), "pattern": BYTE_LEVEL_SPLIT,
+            "byte_chars": "".join(byte_chars[b] for b in range(256)), **shared}
+
+
+def byte_level_bpe_state(tokenizer) -> tuple[dict | None, str | None]:
+    """(the `tokenizers` state of `tokenizer`, None) when it is a byte-level BPE the page encodes exactly as
+    `tokenizers` does, else (None, why not)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None, "which has no `tokenizers` backend"
+    state = json.loads(backend.to_str())
+    model, pre_tokenizer, decoder = state["model"], state.get("pre_tokenizer") or {}, state.get("decoder") or {}
+    subword_options = [name for name in ("dropout", "continuing_subword_prefix", "end_of_word_suffix",
+                                         "byte_fallback") if model.get(name)]
+    if model["type"] != "BPE":
+        return None, f"a {model['type']} model (not BPE)"
+    if subword_options:
+        return None, f"a BPE with {', '.join(subword_options)} set"
+    if state.get("normalizer"):
+        return None, f"a {state['normalizer']['type']} normalizer"
+    if pre_tokenizer.get("type") != "ByteLevel" or not pre_tokenizer.get("use_regex", True):
+        return None, f"a {pre_tokenizer.get('type')} pre-tokenizer (not ByteLevel with its regex split)"
+    if pre_tokenizer.get("add_prefix_space"):
+        return None, "a ByteLevel pre-tokenizer with add_prefix_space"
+    if decoder.get("type") != "ByteLevel":
+        return None, f"a {decoder.get('type')} decoder (not ByteLevel)"
+    if any(token.get("single_word") for token in state["added_tokens"]):
+        return None, "added tokens matched as single words"
+    return state, None
+
+
+def bpe_pair(merge) -> list[str]:
+    """One merge as [left, right]: tokenizer.json writes "left right" (older files) or a pair."""
+    return merge.split(" ", 1) if isinstance(merge, str) else list(merge)
 
 
 def export_graph(model, path: Path, opset: int, max_length: int) -> None:

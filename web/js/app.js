@@ -9,6 +9,7 @@ const $ = (id) => document.getElementById(id);
 const NUMBER_FIELDS = ["gen_length", "steps", "block_length", "temperature", "guidance_scale", "seed"];
 const CHOICE_FIELDS = ["remasking", "eos_handling"];
 const MASK_GLYPH = "░";
+const TOKENIZER_KINDS = { byte: "byte-level", bpe: "byte-level BPE" };
 
 let demo = null; // the loaded export
 let frames = [];
@@ -133,7 +134,8 @@ async function main() {
   }
   const { config } = demo;
   const megabytes = (config.files["model.onnx"] / 2 ** 20).toFixed(1);
-  $("model-info").textContent = `${config.model_type} · ${config.tokens.vocab_size} tokens · `
+  $("model-info").textContent = `${config.model_type} · ${config.tokens.vocab_size} tokens `
+    + `(${TOKENIZER_KINDS[config.tokenizer.kind]}) · `
     + `${megabytes} MB ONNX (${config.quantization === "none" ? "float32" : config.quantization}) · `
     + `context ${config.max_length} · from ${base.href}`;
   fillForm(config);

@@ -1,7 +1,7 @@
 // Loading an export made by diff-export-onnx (model.json + model.onnx) into onnxruntime-web.
 
 import * as ort from "../node_modules/onnxruntime-web/dist/ort.wasm.min.mjs";
-import { ByteTokenizer } from "./tokenizer.js";
+import { makeTokenizer } from "./tokenizer.js";
 
 const FORMAT_VERSION = 1;
 const OBJECTIVE = "masked_diffusion";
@@ -63,5 +63,5 @@ export async function loadExport(baseUrl) {
     return Array.from({ length: batch }, (_, b) => logits.data.subarray(b * row, (b + 1) * row));
   }
 
-  return { config, tokenizer: new ByteTokenizer(config.tokenizer), tokens: config.tokens, run };
+  return { config, tokenizer: makeTokenizer(config.tokenizer), tokens: config.tokens, run };
 }
