@@ -169,3 +169,19 @@ def test_a_model_that_fails_to_load_is_reported_on_the_page(trained, browser, tm
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_runtime_that_cannot_be_fetched_is_reported_on_the_page(trained, browser):
+    server, url = serve(trained[1])
+    try:
+        page = browser.new_page()
+        page.route("**/node_modules/onnxruntime-web/**", lambda route: route.abort())  # as without `npm ci`
+        page.goto(url)
+        page.wait_for_function("document.body.dataset.state !== 'loading'", timeout=60_000)
+        assert page.evaluate("document.body.dataset.state") == "error"
+        assert "Run `npm ci` in web/" in page.inner_text("#error")
+        assert page.is_disabled("#generate")
+        page.close()
+    finally:
+        server.shutdown()
+        server.server_close()
