@@ -10,9 +10,7 @@ written under a temporary name and renamed at the end, so a failed run leaves no
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 try:
@@ -20,6 +18,7 @@ try:
 except ImportError:  # running from a source checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     from diff_trainer.data.bpe_tokenizer import train_bpe_tokenizer
+from diff_trainer.data.io import staged_directory
 from diff_trainer.data.loading import DataError, load_files
 
 
@@ -50,16 +49,8 @@ def main(argv=None) -> None:
     tokenizer = train_bpe_tokenizer(corpus_texts(args.train_file, args.text_column), args.vocab_size,
                                     dff_token=args.dff_token, mask_token=args.mask_token,
                                     min_frequency=args.min_frequency)
-    parent = os.path.dirname(os.path.abspath(args.output_dir))
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".tokenizer-", dir=parent)
-    try:
+    with staged_directory(args.output_dir) as staging:
         tokenizer.save_pretrained(staging)
-        os.chmod(staging, 0o755)  # mkdtemp makes it private
-        os.rename(staging, args.output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     print(f"saved a {len(tokenizer)}-id byte-level BPE to {args.output_dir}")
 
 

@@ -152,36 +152,34 @@ def test_page_samples_the_same_tokens_as_python(trained, browser, tmp_path, flag
     assert "tokens/s" in progress
 
 
-def test_a_model_that_fails_to_load_is_reported_on_the_page(trained, browser, tmp_path):
-    broken = tmp_path / "broken"
-    shutil.copytree(trained[1], broken)
-    (broken / "model.onnx").write_bytes(b"this is not an ONNX file")
-    server, url = serve(broken)
+def page_error(context, export_dir, blocked: str | None = None) -> str:
+    """Open the page on `export_dir` (requests matching `blocked` aborted); the error it shows once loading ends,
+    after checking that it is in the error state with Generate disabled."""
+    server, url = serve(export_dir)
     try:
-        page = browser.new_page()
+        page = context.new_page()
+        if blocked is not None:
+            page.route(blocked, lambda route: route.abort())
         page.goto(url)
         page.wait_for_function("document.body.dataset.state !== 'loading'", timeout=120_000)
         assert page.evaluate("document.body.dataset.state") == "error"
         assert page.is_visible("#error")
-        assert "onnxruntime-web could not load" in page.inner_text("#error")
         assert page.is_disabled("#generate")
+        message = page.inner_text("#error")
         page.close()
+        return message
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_model_that_fails_to_load_is_reported_on_the_page(trained, browser, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(trained[1], broken)
+    (broken / "model.onnx").write_bytes(b"this is not an ONNX file")
+    assert "onnxruntime-web could not load" in page_error(browser, broken)
 
 
 def test_a_runtime_that_cannot_be_fetched_is_reported_on_the_page(trained, browser):
-    server, url = serve(trained[1])
-    try:
-        page = browser.new_page()
-        page.route("**/node_modules/onnxruntime-web/**", lambda route: route.abort())  # as without `npm ci`
-        page.goto(url)
-        page.wait_for_function("document.body.dataset.state !== 'loading'", timeout=60_000)
-        assert page.evaluate("document.body.dataset.state") == "error"
-        assert "Run `npm ci` in web/" in page.inner_text("#error")
-        assert page.is_disabled("#generate")
-        page.close()
-    finally:
-        server.shutdown()
-        server.server_close()
+    message = page_error(browser, trained[1], blocked="**/node_modules/onnxruntime-web/**")  # as without `npm ci`
+    assert "Run `npm ci` in web/" in message

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-EOS_TOKEN = "<|endoftext|>"
+from .char_tokenizer import EOS_TOKEN
 
 
 def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int, *, dff_token: str | None = "<DFF>",

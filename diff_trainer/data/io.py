@@ -1,7 +1,8 @@
-"""Small file helpers for the data scripts: atomic writes of .txt lines, .jsonl and .jsonl.zst records.
+"""Small file helpers: atomic writes of .txt lines, .jsonl and .jsonl.zst records, and of whole directories.
 
 Every writer goes through `atomic_text_writer`, which fills a hidden temporary file next to the target
-and renames it into place only once everything was written, so a failure never leaves partial output.
+and renames it into place only once everything was written, so a failure never leaves partial output;
+`staged_directory` does the same for a directory.
 """
 
 import contextlib
@@ -9,6 +10,8 @@ import io
 import json
 import os
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TextIO
 
@@ -54,6 +57,29 @@ def atomic_text_writer(path: str | os.PathLike, zstd_level: int = 10) -> Iterato
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def staged_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty hidden sibling directory of `path`; when the block exits cleanly it replaces `path`,
+    otherwise it is removed, so an interrupted write leaves nothing that loads."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it 0700; the result should read like any directory
+    try:
+        yield staging
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_lines(lines: Iterable[str], path: str | os.PathLike, total: int | None = None,

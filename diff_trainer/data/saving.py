@@ -17,6 +17,7 @@ from typing import Optional
 
 from datasets import DatasetDict
 
+from .io import current_umask
 from .loading import DataError
 
 logger = logging.getLogger(__name__)
@@ -68,12 +69,6 @@ def optional_directory(value, bare_flag: str):
 
 def staging_prefix(name: str) -> str:
     return f".{name}.partial-"
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def exchange(first: str, second: str) -> bool:

@@ -107,9 +107,9 @@ class MaskedHead:
 
     def head_logits(self, hidden) -> torch.Tensor:
         """The model's logits for hidden states [N, H]: its projection, then what its forward does after it."""
-        if self._fsdp_owner is not None:  # gathered in _run; through FSDP2's hooks the chunks crashed the backward pass
-            return self.after_projection(self.projection.forward(hidden))
-        return self.after_projection(self.projection(hidden))
+        # under FSDP2 the weight is gathered in _run; through FSDP2's hooks the chunks crashed the backward pass
+        project = self.projection.forward if self._fsdp_owner is not None else self.projection
+        return self.after_projection(project(hidden))
 
     def after_projection(self, logits) -> torch.Tensor:
         """What the model's forward does to its projection's output (known from its config)."""

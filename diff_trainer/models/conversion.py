@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
+from ..data.io import staged_directory
 from . import dream, llada
 
 CONFIG_FILE = "config.json"
@@ -152,17 +151,9 @@ def convert_checkpoint(source, output_dir, *, dtype="auto", overwrite: bool = Fa
         raise FileExistsError(f"{output_dir} exists and is not empty: choose another output or pass --overwrite.")
     model = loader.load(source, dtype=dtype)
     tokenizer = loader.load_tokenizer(source)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
+    with staged_directory(output_dir) as staging:
         model.save_pretrained(staging, max_shard_size=max_shard_size)
         tokenizer.save_pretrained(staging)
-        if output_dir.exists():
-            shutil.rmtree(output_dir)
-        os.replace(staging, output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return Conversion(output_dir, loader.name, type(model).__name__, model.num_parameters(), model.dtype)
 
 
