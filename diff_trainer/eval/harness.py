@@ -6,6 +6,9 @@
   the masked positions, `diffusion.masked_head`). LLaDA uses 128 samples.
   `is_greedy` is whether one forward pass with the whole continuation masked predicts it exactly (argmax).
 - `loglikelihood_rolling(text)`: the same bound for the whole text (given only the BOS prefix).
+  A shift model (logits at i predict token i + 1) needs a token before the first one it scores: with an empty
+  context or a whole text it is given the BOS, or the EOS when the tokenizer has no BOS (the token before a text in
+  packed and EOS-padded rows; the harness's own `hf` model falls back to EOS the same way).
 - `generate_until`: `diff_trainer.sampling.generate` with the checkpoint's mask id and shift flag; `gen_length`
   (default: the task's max_gen_toks), `steps`, `block_length`, `threshold`, `guidance_scale`, `remasking`,
   `temperature` can be set in `model_args`. The text is cut at the first stop string.
@@ -109,17 +112,24 @@ class DiffusionLM(LM):
             predicted = torch.cat([predicted[:1], predicted[:-1]])
         return predicted[len(context_ids):].tolist() == continuation_ids
 
+    def _prefix(self) -> list[int]:
+        """The ids before every context: [BOS] if the tokenizer has one; for a shift model without BOS, [EOS]."""
+        prefix = bos_prefix(self.tokenizer)
+        if self.shift and not prefix:  # something must predict the first scored token, e.g. of an empty context
+            if self.tokenizer.eos_token_id is None:
+                raise ValueError("a shift model scores a token from the position before it, and this tokenizer has "
+                                 "neither BOS nor EOS to put before a text.")
+            prefix = [self.tokenizer.eos_token_id]
+        return prefix
+
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         results = []
         for request in requests:
             context, continuation = request.args
-            context_ids = bos_prefix(self.tokenizer) + self._encode(context)
+            context_ids = self._prefix() + self._encode(context)
             continuation_ids = self._encode(continuation)
             if not continuation_ids:
                 raise ValueError(f"empty continuation for context {context[-40:]!r}: nothing to score.")
-            if self.shift and not context_ids:  # e.g. acc_mutual_info's empty contexts
-                raise ValueError("a shift model scores a token from the position before it: an empty context needs a "
-                                 "BOS token, which this tokenizer lacks (drop acc_mutual_info from the task).")
             results.append((-self.continuation_nll(context_ids, continuation_ids),
                             self.one_step_greedy(context_ids, continuation_ids)))
         return results
@@ -128,10 +138,7 @@ class DiffusionLM(LM):
         results = []
         for request in requests:
             (text,) = request.args[:1]
-            prefix = bos_prefix(self.tokenizer)
-            if self.shift and not prefix:
-                raise ValueError("a shift model needs a BOS token to score a whole text; this tokenizer has none.")
-            results.append(-self.continuation_nll(prefix, self._encode(text)))
+            results.append(-self.continuation_nll(self._prefix(), self._encode(text)))
         return results
 
     def sampler_config(self, max_gen_toks: int) -> SamplerConfig:
@@ -154,7 +161,7 @@ class DiffusionLM(LM):
             config = self.sampler_config(max_gen_toks)
             for first in range(0, len(indices), self.batch_size):
                 batch = indices[first:first + self.batch_size]
-                prompts = [bos_prefix(self.tokenizer) + self._encode(requests[i].args[0]) for i in batch]
+                prompts = [self._prefix() + self._encode(requests[i].args[0]) for i in batch]
                 self._check_length(max(map(len, prompts)) + config.gen_length, "a prompt + gen_length")
                 result = generate(self.model, prompts, config, seed=self.seed)
                 for i, ids in zip(batch, result.generated.tolist()):

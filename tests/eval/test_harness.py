@@ -126,14 +126,19 @@ def test_shift_model_scores_and_greedy_read_the_logits_one_position_earlier(toke
                                      "shift_logits": True, "noise_schedule": "linear", "time_eps": 1e-3,
                                      "dff_token": "<DFF>"}
     lm = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=3)
-    context, (token,) = encode(tokenizer, "12+7=<DFF>"), encode(tokenizer, "9")
+    # This tokenizer has no BOS: a shift model is given the EOS before a text, as in EOS-padded and packed rows.
+    context, (token,) = [tokenizer.eos_token_id] + encode(tokenizer, "12+7=<DFF>"), encode(tokenizer, "9")
     logits = model(input_ids=torch.tensor([context + [tokenizer.mask_token_id]])).logits[0]
     (score, greedy), = lm.loglikelihood([request("12+7=<DFF>", "9")])
     assert score == pytest.approx(float(torch.log_softmax(logits[-2], -1)[token]), abs=1e-5)
     assert greedy is (int(logits[-2].argmax()) == token)
     assert lm.one_step_greedy(context, [int(logits[-2].argmax())]) is True
-    with pytest.raises(ValueError, match="empty context needs a BOS token"):  # nothing before the first token
-        lm.loglikelihood([request("", "9")])
+    # An empty context (acc_mutual_info) and a whole text are scored after that EOS too.
+    eos_logits = model(input_ids=torch.tensor([[tokenizer.eos_token_id, tokenizer.mask_token_id]])).logits[0]
+    (empty_score, _), = lm.loglikelihood([request("", "9")])
+    assert empty_score == pytest.approx(float(torch.log_softmax(eos_logits[0], -1)[token]), abs=1e-5)
+    (rolling,) = lm.loglikelihood_rolling([request("9")])
+    assert rolling == pytest.approx(empty_score, abs=1e-6)
 
 
 def test_registered_with_the_harness_as_diffusion_lm():
