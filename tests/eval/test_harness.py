@@ -35,6 +35,14 @@ def encode(tokenizer, text):
     return tokenizer.encode(text, add_special_tokens=False)
 
 
+def first_line(sampled, tokenizer) -> str:
+    """The first line of the first sampled row's text before its EOS."""
+    ids = sampled.generated[0].tolist()
+    text = tokenizer.decode(ids[:ids.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in ids else ids,
+                            skip_special_tokens=True)
+    return text.split("\n")[0]
+
+
 def test_loglikelihood_is_minus_elbo_nll_of_the_continuation_for_the_same_seed(model, tokenizer):
     lm = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=6, batch_size=4, seed=11)
     context, continuation = encode(tokenizer, "def f(x)<DFF>"), encode(tokenizer, "Return x.")
@@ -96,10 +104,7 @@ def test_generate_until_runs_the_sampler_with_model_args_and_cuts_at_stop_string
     prompts = ["1+1=<DFF>", "22+3=<DFF>", "7-9=<DFF>"]
     outputs = lm.generate_until([request(p, {"until": ["\n"], "max_gen_toks": 32}) for p in prompts])
     for prompt, output in zip(prompts, outputs):
-        ids = generate(model, [encode(tokenizer, prompt)], config, seed=5).generated[0].tolist()
-        text = tokenizer.decode(ids[:ids.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in ids else ids,
-                                skip_special_tokens=True)
-        assert output == text.split("\n")[0]
+        assert output == first_line(generate(model, [encode(tokenizer, prompt)], config, seed=5), tokenizer)
     default = DiffusionLM(model=model, tokenizer=tokenizer).sampler_config(max_gen_toks=6)
     assert (default.gen_length, default.steps, default.threshold) == (6, 6, None)
 
@@ -139,6 +144,8 @@ def test_shift_model_scores_and_greedy_read_the_logits_one_position_earlier(toke
     assert empty_score == pytest.approx(float(torch.log_softmax(eos_logits[0], -1)[token]), abs=1e-5)
     (rolling,) = lm.loglikelihood_rolling([request("9")])
     assert rolling == pytest.approx(empty_score, abs=1e-6)
+    (output,) = lm.generate_until([request("12+7=<DFF>", {"until": ["\n"], "max_gen_toks": 4})])
+    assert output == first_line(generate(model, [context], lm.sampler_config(max_gen_toks=4), seed=lm.seed), tokenizer)
 
 
 def test_registered_with_the_harness_as_diffusion_lm():
