@@ -120,6 +120,25 @@ def test_causal_checkpoint_goes_through_the_harness_hf_model(workdir, monkeypatc
                                                                                 rel=1e-4)
 
 
+@torch.no_grad()
+def test_sedd_checkpoint_is_scored_with_its_dwdse_bound(workdir, monkeypatch):
+    """A saved score-entropy checkpoint (uniform graph, time-conditioned): bits per byte of its DWDSE bound."""
+    from eval.test_harness import sedd_model
+
+    tokenizer = make_byte_tokenizer()
+    sedd_model(tokenizer, "uniform").save_pretrained(workdir / "sedd")
+    tokenizer.save_pretrained(workdir / "sedd")
+    monkeypatch.chdir(workdir)
+    results = cli.evaluate(["--model", "sedd", "--tasks", "docstring_perplexity", "--include_path", "tasks",
+                            "--limit", str(LIMIT), "--model_args", "mc_num=4,seed=3"])["results"]
+    lm = DiffusionLM("sedd", mc_num=4, seed=3)
+    texts = first_docs(workdir, "docstrings")["text"]
+    total = sum(lm.loglikelihood_rolling([SimpleNamespace(args=(text,)) for text in texts]))
+    size = sum(len(text.encode("utf-8")) for text in texts)
+    assert results["docstring_perplexity"]["bits_per_byte,none"] == pytest.approx(-total / size / math.log(2),
+                                                                                rel=1e-4)
+
+
 def test_bad_flags_are_refused_before_loading(workdir, monkeypatch, capsys):
     monkeypatch.chdir(workdir)
     cases = [

@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output_path", help="write the results (metrics and settings) to this JSON file")
     parser.add_argument("--model_args", default="",
                         help="k=v,... for diffusion_lm: mc_num (default 128), batch_size, seed, gen_length, steps, "
-                             "block_length, threshold, guidance_scale, remasking, temperature")
+                             "block_length, threshold, guidance_scale, remasking, temperature (masked diffusion), "
+                             "predictor (SEDD: euler or analytic)")
     parser.add_argument("--batch_size", type=int, default=8, help="requests per forward pass for a causal model")
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
     parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",

@@ -258,29 +258,33 @@ def score_entropy_terms(graph, log_score, sigma, x_t, x0, maskable) -> torch.Ten
     return torch.where(maskable, graph.score_entropy(log_score, sigma, x_t, x0), 0.0)
 
 
-def dwdse_terms(score_fn, graph, noise, x0, maskable, times, generator=None) -> torch.Tensor:
+def dwdse_terms(score_fn, graph, noise, x0, maskable, times, generator=None, chunk_size=None) -> torch.Tensor:
     """One DWDSE sample per row (SEDD eq. 17): σ̄'(t) · Σ_(trainable i) ℓ_i, in nats (an upper bound on −log p).
 
-    `score_fn(x_t, sigma)` returns log-scores [B, L, N].
+    `score_fn(x_t, sigma)` returns log-scores [B, L, N], called on `chunk_size` rows at a time (default: all); every
+    row is noised first, so the result does not depend on the chunk size.
     """
     sigma, rate = noise(times)
     x_t = graph.corrupt(x0, sigma, maskable, generator)
-    terms = score_entropy_terms(graph, score_fn(x_t, sigma), sigma, x_t, x0, maskable)
+    size = chunk_size or len(x0)
+    terms = torch.cat([score_entropy_terms(graph, score_fn(noisy, level), level, noisy, clean, trainable)
+                       for noisy, level, clean, trainable in
+                       zip(x_t.split(size), sigma.split(size), x0.split(size), maskable.split(size))])
     return rate.float() * terms.sum(dim=1)
 
 
 @torch.no_grad()
 def dwdse_nll(score_fn, graph, noise, x0, maskable, num_samples: int, *, eps: float = TIME_EPS,
-              generator=None) -> torch.Tensor:
+              generator=None, chunk_size=None) -> torch.Tensor:
     """Upper bound on −log p(x_trainable | rest) per row (nats), averaged over `num_samples` Monte-Carlo times.
 
     The times of the samples are stratified (shared by all rows); `score_fn(x_t, sigma)` gets the B·num_samples
-    rows with the copies of a row together (row k·n + j is sample j of row k; split the batch to save memory).
+    rows with the copies of a row together (row k·n + j is sample j of row k), `chunk_size` rows at a time.
     """
     batch_size = x0.shape[0]
     offsets = sample_times(num_samples, antithetic=True, generator=generator, device=x0.device)
     times = ((1 - eps) * offsets + eps).repeat(batch_size)  # t = (1 − ε)u + ε
     copies = x0.repeat_interleave(num_samples, dim=0)
     terms = dwdse_terms(score_fn, graph, noise, copies, maskable.repeat_interleave(num_samples, dim=0), times,
-                        generator)
+                        generator, chunk_size)
     return terms.reshape(batch_size, num_samples).mean(dim=1)

@@ -1,4 +1,5 @@
-"""diffusion_lm: ELBO log-likelihoods against elbo_nll and a hand computation, sampling against sampling.generate."""
+"""diffusion_lm: ELBO log-likelihoods against elbo_nll and a hand computation, sampling against sampling.generate;
+SEDD checkpoints against the trainer's DWDSE bound and sedd_generate."""
 
 from types import SimpleNamespace
 
@@ -11,6 +12,8 @@ pytest.importorskip("lm_eval")
 from diff_trainer.diffusion.elbo import elbo_nll  # noqa: E402
 from diff_trainer.eval.harness import DiffusionLM  # noqa: E402
 from diff_trainer.sampling import generate  # noqa: E402
+from diff_trainer.sedd_objective import SeddObjective, prepare_sedd_model  # noqa: E402
+from diff_trainer.sedd_sampling import sedd_generate  # noqa: E402
 
 
 def request(*args):
@@ -117,10 +120,10 @@ def test_bad_model_args_and_causal_checkpoints_are_refused(model, tokenizer):
     causal = make_tiny_llama(len(tokenizer), bidirectional=False)
     with pytest.raises(ValueError, match="causal checkpoint.*`hf` model"):
         DiffusionLM(model=causal, tokenizer=tokenizer)
-    sedd = make_tiny_llama(len(tokenizer))
-    sedd.config.diffusion_config = {**model.config.diffusion_config, "objective": "sedd_absorb"}
-    with pytest.raises(ValueError, match="score-entropy \\(SEDD\\) checkpoint"):
-        DiffusionLM(model=sedd, tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="predictor is a setting of the SEDD sampler"):
+        DiffusionLM(model=model, tokenizer=tokenizer, predictor="euler")
+    with pytest.raises(ValueError, match="threshold, temperature are settings of the masked-diffusion sampler"):
+        DiffusionLM(model=sedd_model(tokenizer, "absorb"), tokenizer=tokenizer, threshold=0.9, temperature=1.0)
 
 
 @torch.no_grad()
@@ -152,3 +155,59 @@ def test_registered_with_the_harness_as_diffusion_lm():
     from lm_eval.api.registry import get_model
 
     assert get_model("diffusion_lm") is DiffusionLM
+
+
+def sedd_model(tokenizer, graph: str):
+    """A tiny score-entropy checkpoint: absorbing (a time-blind Llama read through RADD) or uniform (time-conditioned)."""
+    return prepare_sedd_model(make_tiny_llama(len(tokenizer), seed=2), tokenizer, objective=f"sedd_{graph}",
+                              sedd_noise="loglinear" if graph == "absorb" else "geometric", sigma_min=1e-4,
+                              sigma_max=20.0, sedd_scale_by_sigma=False, time_eps=1e-3, dff_token="<DFF>",
+                              auto_class="AutoModelForCausalLM", masked_lm=False).eval()
+
+
+@pytest.mark.parametrize("graph", ["absorb", "uniform"])
+@torch.no_grad()
+def test_sedd_checkpoints_are_scored_with_the_trainers_dwdse_bound_and_sampled_with_sedd_generate(tokenizer, graph):
+    model = sedd_model(tokenizer, graph)
+    lm = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=6, batch_size=4, seed=11, steps=3)
+    context, continuation = encode(tokenizer, "def f(x)<DFF>"), encode(tokenizer, "Return x.")
+    ids = torch.tensor([context + continuation])
+    maskable = torch.tensor([[False] * len(context) + [True] * len(continuation)])
+    objective = SeddObjective.from_diffusion_config(model.config.diffusion_config, len(tokenizer))
+    expected = objective.elbo_nll(model, ids, torch.ones_like(ids), maskable, 6, torch.Generator().manual_seed(11))
+    (score, greedy), = lm.loglikelihood([request("def f(x)<DFF>", "Return x.")])
+    assert score == pytest.approx(-float(expected), rel=1e-5)
+    one_chunk = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=6, batch_size=64, seed=11)
+    assert one_chunk.loglikelihood([request("def f(x)<DFF>", "Return x.")])[0][0] == pytest.approx(score, rel=1e-6)
+    assert lm.loglikelihood_rolling([request("Return x.")])[0] == pytest.approx(
+        -float(objective.elbo_nll(model, ids[:, len(context):], torch.ones_like(ids[:, len(context):]),
+                                  maskable[:, len(context):], 6, torch.Generator().manual_seed(11))), rel=1e-5)
+    assert greedy is False  # a random model does not rank "Return x." first
+    (output,) = lm.generate_until([request("1+1=<DFF>", {"until": ["\n"], "max_gen_toks": 4})])
+    config = lm.sampler_config(max_gen_toks=4)
+    assert (config.graph, config.gen_length, config.steps, config.predictor) == (graph, 4, 3, "euler")
+    assert output == first_line(sedd_generate(model, [encode(tokenizer, "1+1=<DFF>")], config, seed=11), tokenizer)
+
+
+@torch.no_grad()
+def test_sedd_absorbing_greedy_is_the_argmax_of_the_masked_continuation_without_the_mask_state(tokenizer):
+    model = sedd_model(tokenizer, "absorb")
+    lm = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=1)
+    context = encode(tokenizer, "abs(x)<DFF>")
+    logits = model(input_ids=torch.tensor([context + [tokenizer.mask_token_id] * 3])).logits[0, -3:]
+    logits[:, tokenizer.mask_token_id] = float("-inf")  # RADD: log-scores are the logits' log-softmax + a constant
+    best = logits.argmax(-1).tolist()
+    assert lm.one_step_greedy(context, best) is True
+    assert lm.one_step_greedy(context, best[:2] + [(best[2] + 1) % 200 + 3]) is False
+
+
+def test_sedd_uniform_greedy_is_whether_the_continuation_is_a_fixed_point(tokenizer, monkeypatch):
+    """Log-scores of tokens i.i.d. with weights w: log w_y − log w_x. The most likely token is a fixed point."""
+    lm = DiffusionLM(model=sedd_model(tokenizer, "uniform"), tokenizer=tokenizer, mc_num=1)
+    log_weights = torch.zeros(len(tokenizer))
+    log_weights[7], log_weights[9] = 2.0, 1.0
+    monkeypatch.setattr(lm, "_sedd_log_score", lambda ids, sigma: log_weights - log_weights[ids][..., None])
+    context = encode(tokenizer, "abs(x)<DFF>")
+    assert lm.one_step_greedy(context, [7, 7]) is True
+    assert lm.one_step_greedy(context, [7, 9]) is False
+    assert lm.one_step_greedy(context, [5]) is False
