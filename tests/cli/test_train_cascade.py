@@ -1,9 +1,12 @@
-"""diff-train-cascade: stages trained in order, each from the previous one; finished stages skipped; bad input."""
+"""diff-train-cascade: stages trained in order, each from the previous one; finished stages skipped; interrupted
+ones continued exactly; bad input."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from cli.cascade_fixtures import ROOT, run_in_process, write_cascade
 
@@ -75,3 +78,34 @@ def test_bad_cascades(cascade_data, tmp_path, monkeypatch, capsys):
     assert "must be increasing" in error({}, "--stages", "2", "1")
     (outputs / "toy-tiny-stage1" / "checkpoint-1").mkdir(parents=True)
     assert "pass --resume to continue" in error({1: (cascade_data[1], 32)}, "--stages", "1")
+
+
+def test_an_interrupted_stage_is_continued_to_the_weights_of_an_uninterrupted_run(cascade_data, tmp_path,
+                                                                                   monkeypatch, capsys):
+    """Stage 1 trained 2 steps, then rolled back to its step-1 checkpoint (as after a kill) and continued with
+    --resume: it ends with exactly the uninterrupted run's weights."""
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(ROOT)
+    commands = []
+    monkeypatch.setattr(training_runs.subprocess, "run",
+                        lambda command, check: commands.append(command) or run_in_process(command, check))
+    outputs = tmp_path / "outputs"
+    config_dir = write_cascade(tmp_path / "config", {1: (cascade_data[1], 32)}, outputs)
+    cascade = yaml.safe_load((config_dir / "cascade.yaml").read_text())
+    cascade["train"].update(save_strategy="steps", save_steps=1)
+    (config_dir / "cascade.yaml").write_text(yaml.safe_dump(cascade))
+    train_cascade.main([str(config_dir), "--stages", "1"])
+    stage = outputs / "toy-tiny-stage1"
+    uninterrupted = load_file(stage / "model.safetensors")
+    for leftover in ("checkpoint-2", "model.safetensors", "train_results.json", "all_results.json"):
+        path = stage / leftover
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    capsys.readouterr()
+    train_cascade.main([str(config_dir), "--stages", "1", "--resume"])
+    assert "== toy-tiny-stage1: from scratch [interrupted]" in capsys.readouterr().out
+    assert commands[-1][-2:] == ["--resume", "true"] and commands[0][-1].endswith("run_config.yaml")
+    continued = load_file(stage / "model.safetensors")
+    assert continued.keys() == uninterrupted.keys()
+    for name, tensor in uninterrupted.items():
+        assert torch.equal(continued[name], tensor), name
