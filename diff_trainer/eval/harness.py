@@ -140,7 +140,8 @@ class DiffusionLM(LM):
 
     @torch.no_grad()
     def one_step_greedy(self, context_ids: list[int], continuation_ids: list[int]) -> bool:
-        """Whether one forward pass with the whole continuation masked predicts exactly the continuation."""
+        """Whether one forward pass with the whole continuation masked predicts exactly the continuation (SEDD's
+        uniform graph, which has no mask: whether the continuation is a fixed point)."""
         if self.sedd is not None and self.sedd.graph.kind == "uniform":
             return self._uniform_fixed_point(context_ids, continuation_ids)
         ids = torch.tensor([context_ids + [self.mask_token_id] * len(continuation_ids)], device=self.device)
@@ -149,7 +150,6 @@ class DiffusionLM(LM):
             log_score = self._sedd_log_score(ids, sigma)
             log_score[..., self.mask_token_id] = float("-inf")
             return log_score.argmax(-1)[0, len(context_ids):].tolist() == continuation_ids
-        ids = torch.tensor([context_ids + [self.mask_token_id] * len(continuation_ids)], device=self.device)
         predicted = self.model(input_ids=ids).logits.argmax(-1)[0]
         if self.shift:  # logits at i predict token i + 1
             predicted = torch.cat([predicted[:1], predicted[:-1]])
