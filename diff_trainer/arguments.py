@@ -1,9 +1,10 @@
 """Command-line arguments: dataclasses for `HfArgumentParser`, and config-file + CLI parsing."""
 
 import json
+import logging
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Optional
 
 import yaml
@@ -13,6 +14,8 @@ from .data.preference import INVALID_PAIR_MODES, RESPONSE_PADDINGS
 from .diffusion.losses import LOSS_NORMALIZATIONS
 from .diffusion.sedd import SEDD_NOISES, SEDD_OBJECTIVES
 from .noising import PREFIX_SHUFFLE_UNITS
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -315,7 +318,17 @@ class DiffusionTrainingArguments(RunArguments):
         used = [name for name, on in diffusion_only.items() if on]
         if used and not self.train_diff_model:
             raise ValueError(f"--{' --'.join(used)} only apply with --train_diff_model.")
+        unused = self._diffusion_settings_changed() if not self.train_diff_model else {}
+        if unused:  # e.g. a causal twin trained from a diffusion config with --train_diff_model false
+            logger.warning("A causal run (no --train_diff_model) does not use the diffusion settings %s.",
+                           ", ".join(f"--{name} {value}" for name, value in unused.items()))
         super().__post_init__()
+
+    def _diffusion_settings_changed(self) -> dict:
+        """This class's own settings (diffusion only) whose values differ from their defaults (name -> value)."""
+        own = DiffusionTrainingArguments.__annotations__
+        return {item.name: getattr(self, item.name) for item in fields(self)
+                if item.name in own and item.name != "train_diff_model" and getattr(self, item.name) != item.default}
 
     def _masked_diffusion_flags(self) -> dict:
         """Whether each masked-diffusion training flag is in use (flag name -> bool)."""

@@ -157,6 +157,20 @@ def test_diffusion_flags_accepted_with_train_diff_model(tmp_path):
     assert args.diffusion_settings() == {"shift_logits": True, "noise_schedule": "linear", "time_eps": 0.01}
 
 
+def test_a_causal_run_names_the_diffusion_settings_it_does_not_use(tmp_path, caplog):
+    """A causal twin from a diffusion config (--train_diff_model false): changed diffusion settings are logged."""
+    with caplog.at_level("WARNING", logger="diff_trainer.arguments"):
+        DiffusionTrainingArguments(output_dir=str(tmp_path), time_eps=0.1, eval_mc_samples=0, eval_mask_seed=1234)
+    (record,) = caplog.records
+    assert record.getMessage() == ("A causal run (no --train_diff_model) does not use the diffusion settings "
+                                   "--time_eps 0.1, --eval_mc_samples 0.")
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="diff_trainer.arguments"):
+        DiffusionTrainingArguments(output_dir=str(tmp_path))
+        DiffusionTrainingArguments(output_dir=str(tmp_path), train_diff_model=True, time_eps=0.1)
+    assert caplog.records == []
+
+
 def test_each_group_holds_its_own_flags(tmp_path):
     """The flags that moved keep their names: --dff_token and --dff_labels are data, --masked_lm model, --resume run."""
     model, data, training = parse(["--output_dir", str(tmp_path), "--dff_token", "<SEP>", "--dff_labels", "off",
