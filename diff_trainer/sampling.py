@@ -178,7 +178,8 @@ class StepFrame:
 
 @dataclass
 class GenerationResult:
-    """Sampled sequences ([B, T]: left-padded prompt then `gen_length` tokens) and how they were made.
+    """Sampled sequences ([B, T]: left-padded prompt, `gen_length` tokens, then the fixed suffix of
+    `suffix_length` tokens, if any) and how they were made.
 
     `nfe` counts the network evaluations of the batch (model calls; a guided call counts two: conditional and
     unconditional); `row_nfe` those each row took part in (rows advance on their own and leave when done).
@@ -190,6 +191,7 @@ class GenerationResult:
     nfe: int
     trace: list[StepFrame] | None = field(default=None)
     row_nfe: list[int] | None = None
+    suffix_length: int = 0
 
     def __post_init__(self):
         if self.row_nfe is None:
@@ -197,8 +199,8 @@ class GenerationResult:
 
     @property
     def generated(self) -> torch.Tensor:
-        """The generated part of every row, [B, gen_length]."""
-        return self.sequences[:, self.generation_start:]
+        """The generated part of every row, [B, gen_length] (without the suffix)."""
+        return self.sequences[:, self.generation_start:self.sequences.shape[1] - self.suffix_length]
 
 
 def special_token_ids_to_forbid(tokenizer, stop_ids: int | tuple[int, ...] | None = None) -> tuple[int, ...]:
@@ -432,6 +434,7 @@ def generate(
     prompt_ids,
     config: SamplerConfig | None = None,
     *,
+    suffix_ids=(),
     attention_mask: torch.Tensor | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
@@ -439,7 +442,8 @@ def generate(
     on_step: Callable[[StepFrame], None] | None = None,
     **settings,
 ) -> GenerationResult:
-    """Sample `gen_length` tokens after each prompt with a masked-diffusion `model`.
+    """Sample `gen_length` tokens after each prompt with a masked-diffusion `model` (and before `suffix_ids`, the
+    same fixed ids after every row's generated span: infilling; the guidance's unconditional copy masks them too).
 
     `prompt_ids`: a list of id lists (any lengths; they are left padded) or a [B, P] tensor with an optional
     left-padded `attention_mask`. Settings come from `config` and/or keyword arguments named like the
@@ -456,11 +460,13 @@ def generate(
     pad_token_id = next(i for i in (config.pad_token_id, *config.eos_ids, 0) if i is not None)
     prompts, prompt_attention = left_pad(prompt_ids, attention_mask, pad_token_id, device)
     batch_size, start_of_generation = prompts.shape
+    suffix = torch.as_tensor(list(suffix_ids), dtype=torch.long, device=device).expand(batch_size, -1)
+    end_of_generation = start_of_generation + config.gen_length
     limit = context_length(model)
-    if limit is not None and start_of_generation + config.gen_length > limit:
+    if limit is not None and end_of_generation + suffix.shape[1] > limit:
         raise ValueError(
-            f"prompt ({start_of_generation} tokens) + gen_length ({config.gen_length}) exceeds the model's "
-            f"context of {limit} positions."
+            f"prompt ({start_of_generation} tokens) + gen_length ({config.gen_length}) + suffix ({suffix.shape[1]}) "
+            f"exceeds the model's context of {limit} positions."
         )
     if config.shift and (prompt_attention.sum(-1) == 0).any():
         raise ValueError("a shift model predicts each token from the one before it: every prompt needs a token.")
@@ -468,9 +474,10 @@ def generate(
         generator = torch.Generator(device=device).manual_seed(seed)
 
     generated = torch.full((batch_size, config.gen_length), config.mask_token_id, dtype=torch.long, device=device)
-    x = torch.cat([prompts, generated], dim=1)
-    full_attention = torch.cat([prompt_attention, torch.ones_like(generated)], dim=1)
-    is_prompt = torch.cat([prompt_attention.bool(), torch.zeros_like(generated, dtype=torch.bool)], dim=1)
+    x = torch.cat([prompts, generated, suffix], dim=1)
+    full_attention = torch.cat([prompt_attention, torch.ones_like(generated), torch.ones_like(suffix)], dim=1)
+    is_prompt = torch.cat([prompt_attention.bool(), torch.zeros_like(generated, dtype=torch.bool),
+                           torch.ones_like(suffix, dtype=torch.bool)], dim=1)
     denoise = _Denoiser(model, config, full_attention, is_prompt)
     eos_ids = torch.tensor(config.eos_ids, dtype=torch.long, device=device)
     block = torch.zeros(batch_size, dtype=torch.long, device=device)  # each row's current block
@@ -515,13 +522,15 @@ def generate(
             block_step[finished] = 0
             if config.eos_handling == "stop":
                 stopped = torch.isin(window[complete], eos_ids).any(-1)
-                after_block = torch.arange(x.shape[1], device=device) >= (positions[complete, -1:] + 1)
+                span = torch.arange(x.shape[1], device=device)
+                after_block = (span >= positions[complete, -1:] + 1) & (span < end_of_generation)  # not the suffix
                 fill = after_block & stopped.unsqueeze(1)
                 x[finished] = torch.where(fill, config.eos_ids[0], x[finished])
                 active[finished[stopped]] = False
             active &= block < config.num_blocks
 
-    return GenerationResult(x, full_attention, start_of_generation, denoise.forwards, frames, row_nfe.tolist())
+    return GenerationResult(x, full_attention, start_of_generation, denoise.forwards, frames, row_nfe.tolist(),
+                            suffix.shape[1])
 
 
 def _frame(step, blocks, x, rows, positions, commit, confidence, attention_mask, generation_start) -> StepFrame:

@@ -11,7 +11,7 @@ for the absorbing graph, with a time-blind masked-diffusion model through the RA
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -132,22 +132,10 @@ def model_log_score(model, config: SeddSamplerConfig, attention_mask, position_i
 # The loop
 
 
-@dataclass
-class SeddGenerationResult(GenerationResult):
-    """A GenerationResult whose rows may end with a fixed suffix after the `gen_length` generated tokens."""
-
-    suffix_length: int = field(default=0)
-
-    @property
-    def generated(self) -> torch.Tensor:
-        """The generated part of every row, [B, gen_length] (without the suffix)."""
-        return self.sequences[:, self.generation_start:self.sequences.shape[1] - self.suffix_length]
-
-
 @torch.no_grad()
 def sedd_generate(model, prompt_ids, config: SeddSamplerConfig, *, suffix_ids=(), attention_mask=None, seed=None,
                   generator=None, trace: bool = False, on_step: Callable[[StepFrame], None] | None = None,
-                  **settings) -> SeddGenerationResult:
+                  **settings) -> GenerationResult:
     """Sample `gen_length` tokens after each prompt (empty prompts: unconditional) and before `suffix_ids` (the same
     token ids after every row's generated span; empty: none) with a SEDD sampler.
 
@@ -202,4 +190,4 @@ def sedd_generate(model, prompt_ids, config: SeddSamplerConfig, *, suffix_ids=()
             if on_step is not None:
                 on_step(frame)
     nfe = config.steps + (1 if config.denoise else 0)
-    return SeddGenerationResult(x, full_attention, start, nfe, trace=frames, suffix_length=suffix.shape[1])
+    return GenerationResult(x, full_attention, start, nfe, trace=frames, suffix_length=suffix.shape[1])

@@ -121,6 +121,25 @@ def test_a_shift_checkpoint_samples(checkpoints, tmp_path):
     assert record["settings"]["shift"] is True and record["nfe"] == 8  # one block: one pass per step
 
 
+def test_suffix_infills_with_the_masked_sampler(checkpoints, tokenizer, tmp_path, capsys):
+    """--suffix on a masked-diffusion checkpoint: every printed state ends with it; the completion is the library's
+    infill for the same settings and seed."""
+    output = tmp_path / "infill.jsonl"
+    run(checkpoints, "diffusion", "--prompt", "ab", "--suffix", "yz", "--gen_length", "4", "--steps", "2",
+        "--seed", "3", "--verbose", "--output", str(output))
+    lines = capsys.readouterr().out.splitlines()
+    states = [lines[i + 1] for i, line in enumerate(lines) if line.startswith("[sequence 0] step")]
+    assert len(states) == 2 and all(state.startswith("ab") and state.endswith("yz") for state in states)
+    record = read_jsonl(output)[0]
+    model, _, _ = cli.open_checkpoint(str(checkpoints / "diffusion"))
+    result = generate(model, [tokenizer.encode("ab", add_special_tokens=False)], mask_token_id=tokenizer.mask_token_id,
+                      gen_length=4, steps=2, eos_token_id=tokenizer.eos_token_id, eos_handling="stop",
+                      suffix_ids=tokenizer.encode("yz", add_special_tokens=False), seed=3,
+                      forbidden_token_ids=record["settings"]["forbidden_token_ids"])
+    assert record["settings"]["suffix"] == "yz"
+    assert record["completion"] == cli.completion_text(tokenizer, result.generated[0].tolist())
+
+
 def greedy_by_hand(model, tokenizer, prompt: str, length: int) -> list[int]:
     """Greedy decoding without a cache: append the argmax of the last position, stop after EOS."""
     ids = tokenizer.encode(prompt, add_special_tokens=False)

@@ -497,7 +497,8 @@ def test_with_one_layer_the_cache_is_exact(architecture, cache):
     # One layer: a position's keys/values depend on its own token only, and reused ones belong to unchanged tokens.
     one_layer = ONE_LAYER_MODELS[architecture]()
     prompts = [[5, 6, 7], [8, 9, 10, 11, 12], [15]]
-    for settings in (dict(steps=8), dict(threshold=0.3), dict(steps=8, guidance_scale=1.0, shift=True)):
+    for settings in (dict(steps=8), dict(threshold=0.3), dict(steps=8, guidance_scale=1.0, shift=True),
+                     dict(steps=8, suffix_ids=[30, 31])):
         plain = sample(one_layer, prompts, gen_length=8, block_length=4, **settings)
         cached = sample(one_layer, prompts, gen_length=8, block_length=4, cache=cache, **settings)
         assert torch.equal(cached.generated, plain.generated), settings
@@ -599,10 +600,13 @@ def test_a_cache_is_refused_for_models_that_cannot_take_one():
 # --- LLaDA parity ---------------------------------------------------------------------------------------------
 
 
-def llada_generate(model, prompt, steps, gen_length, block_length, mask_id):
+def llada_generate(model, prompt, steps, gen_length, block_length, mask_id, suffix=()):
     """LLaDA's generate.py (greedy, low_confidence, no guidance) written out independently, with the sampler's one
-    deliberate difference: the mask id itself is never predicted (its logit is set to -inf first)."""
-    x = torch.cat([prompt, torch.full((prompt.shape[0], gen_length), mask_id)], dim=1)
+    deliberate difference: the mask id itself is never predicted (its logit is set to -inf first). A `suffix` is
+    appended after the masks and never changed (infilling)."""
+    x = torch.cat([prompt, torch.full((prompt.shape[0], gen_length), mask_id),
+                   torch.tensor([list(suffix)] * prompt.shape[0], dtype=torch.long).reshape(prompt.shape[0], -1)],
+                  dim=1)
     blocks = gen_length // block_length
     for block in range(blocks):
         end = prompt.shape[1] + (block + 1) * block_length
@@ -631,3 +635,27 @@ def test_greedy_sampling_is_token_identical_to_llada_generate(model, gen_length,
     expected = llada_generate(model, prompts, steps, gen_length, block_length, MASK)
     result = sample(model, prompts, gen_length=gen_length, block_length=block_length, steps=steps)
     assert torch.equal(result.sequences, expected)
+
+
+@pytest.mark.parametrize("gen_length,block_length,steps", [(8, 8, 8), (12, 4, 6)])
+def test_infilling_is_token_identical_to_llada_generate_with_the_suffix_appended(model, gen_length, block_length,
+                                                                                   steps):
+    prompts, suffix = torch.tensor([[5, 6, 7], [9, 10, 11]]), [30, 31, 32]
+    expected = llada_generate(model, prompts, steps, gen_length, block_length, MASK, suffix)
+    result = sample(model, prompts, gen_length=gen_length, block_length=block_length, steps=steps, suffix_ids=suffix,
+                    trace=True)
+    assert torch.equal(result.sequences, expected)
+    assert torch.equal(result.generated, expected[:, 3:3 + gen_length]) and result.suffix_length == 3
+    assert all(frame.sequences[:, -3:].tolist() == [suffix] * 2 for frame in result.trace)
+    without = llada_generate(model, prompts, steps, gen_length, block_length, MASK)
+    assert not torch.equal(without[:, 3:], expected[:, 3:3 + gen_length])  # the model does read the suffix
+
+
+def test_infilling_keeps_the_suffix_when_a_row_stops_and_masks_it_for_guidance():
+    stopped = sample(StubModel(eos_for_prompt_seven), [[7, 8]], gen_length=8, block_length=4, steps=4,
+                     eos_token_id=EOS, eos_handling="stop", suffix_ids=[25, 26])
+    assert stopped.sequences.tolist() == [[7, 8] + [EOS] * 8 + [25, 26]]
+    stub = StubModel(lambda ids: torch.zeros(*ids.shape, VOCAB))
+    sample(stub, [[5, 6]], gen_length=4, steps=2, guidance_scale=1.0, suffix_ids=[25])
+    conditional, unconditional = stub.calls[0].input_ids
+    assert conditional.tolist() == [5, 6] + [MASK] * 4 + [25] and unconditional.tolist() == [MASK] * 7

@@ -9,7 +9,7 @@ sampled with `model.generate`, so baselines use the same command; the diffusion-
     diff-generate --model out/checkpoint-1000 --prompt "12+7=<DFF>" --gen_length 8 --steps 8
     diff-generate --model out --prompt_file prompts.jsonl --samples 4 --temperature 0.8 --output samples.jsonl
     diff-generate --model outputs/shakespeare --samples 4 --gen_length 128 --steps 128 --sedd_sampler analytic
-    diff-generate --model outputs/fortunes --prompt "The " --suffix " of life." --gen_length 32   # infilling (SEDD)
+    diff-generate --model outputs/fortunes --prompt "The " --suffix " of life." --gen_length 32   # infilling
 
 Prompts are tokenised like the training data: no special tokens, BOS prepended when the tokenizer has one
 distinct from EOS. A completion ends at its first EOS. `--output` ending in .jsonl writes one record per
@@ -82,8 +82,7 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, with_model: bool = T
                         help="SEDD tau-leaping step (default euler for SEDD checkpoints); on a masked-diffusion "
                         "checkpoint it samples the model as an absorbing SEDD model (RADD)")
     parser.add_argument("--suffix", default=None,
-                        help="text that follows the generated tokens, kept fixed at every step (infilling; SEDD "
-                        "samplers only)")
+                        help="text that follows the generated tokens, kept fixed at every step (infilling)")
     parser.add_argument("--tokenizer_name", default=None,
                         help="tokenizer for a SEDD-layout checkpoint that ships none (louaaron/sedd-small: gpt2)")
     parser.add_argument("--seed", type=int, default=None,
@@ -197,10 +196,9 @@ def sedd_sampler_config(args, diffusion_config: dict, tokenizer, model) -> SeddS
 
 
 def run_sampler(model, prompt_ids, config, suffix_ids=(), **options):
-    """Sample with SEDD's loop (which also takes a suffix) or the masked-diffusion loop, whichever the config is for."""
-    if isinstance(config, SeddSamplerConfig):
-        return sedd_generate(model, prompt_ids, config, suffix_ids=suffix_ids, **options)
-    return generate(model, prompt_ids, config, **options)
+    """Sample with SEDD's loop or the masked-diffusion loop, whichever the config is for."""
+    sample = sedd_generate if isinstance(config, SeddSamplerConfig) else generate
+    return sample(model, prompt_ids, config, suffix_ids=suffix_ids, **options)
 
 
 def shown_mask_id(config) -> int:
@@ -267,9 +265,6 @@ def check_arguments(parser, args, diffusion_config, prompt_ids, model, suffix_id
         if given:
             parser.error(f"{', '.join(given)} belong to the masked-diffusion sampler; SEDD's samplers take "
                          "--steps and --sedd_sampler.")
-    elif args.suffix is not None:
-        parser.error("--suffix needs a SEDD sampler (they re-impose it at every step): add --sedd_sampler to sample "
-                     "this masked-diffusion checkpoint as an absorbing SEDD model.")
     if args.samples < 1 or args.batch_size < 1:
         parser.error("--samples and --batch_size must be at least 1.")
     if args.samples < 1 or args.batch_size < 1 or args.gen_length < 1:

@@ -61,8 +61,6 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if uses_sedd_sampler(args, diffusion_config):
             config = sedd_sampler_config(args, diffusion_config, tokenizer, model)
-        elif args.suffix is not None:
-            parser.error("--suffix needs a SEDD sampler: add --sedd_sampler.")
         else:
             config = sampler_config(args, diffusion_config, tokenizer)
         prompt_ids = prepare_prompts(args, tokenizer, diffusion_config, [args.prompt])
