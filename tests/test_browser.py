@@ -123,14 +123,15 @@ def run_page(context, url, settings: dict, screenshot: Path | None = None):
 @pytest.mark.parametrize("flags", [
     {"gen_length": 48, "steps": 24, "block_length": 16},
     {"gen_length": 32, "block_length": 8, "threshold": 0.6},
+    {"gen_length": 16, "steps": 16, "suffix": " of x."},
 ])
 def test_page_samples_the_same_tokens_as_python(trained, browser, tmp_path, flags):
     checkpoint, export_dir, model, tokenizer = trained
     server, url = serve(export_dir)
     screenshot = tmp_path / "page.png"
     try:
-        ids, text, progress = run_page(browser, url, {**flags, "threshold": flags.get("threshold", "")},
-                                       screenshot=screenshot)
+        ids, text, progress = run_page(browser, url, {**flags, "threshold": flags.get("threshold", ""),
+                                                      "suffix": flags.get("suffix", "")}, screenshot=screenshot)
     finally:
         server.shutdown()
         server.server_close()
@@ -140,7 +141,8 @@ def test_page_samples_the_same_tokens_as_python(trained, browser, tmp_path, flag
          *[f"--{k}={v}" for k, v in flags.items()]])
     config = generate_cli.sampler_config(args, model.config.diffusion_config, tokenizer)
     prompt_ids = generate_cli.prepare_prompts(args, tokenizer, model.config.diffusion_config, [PROMPT])
-    expected = generate(model, prompt_ids, config).generated[0].tolist()
+    suffix_ids = generate_cli.encode_suffix(tokenizer, args.suffix)
+    expected = generate(model, prompt_ids, config, suffix_ids=suffix_ids).generated[0].tolist()
     assert ids == expected
 
     generate_cli.main(["--model", str(checkpoint), "--prompt", PROMPT, "--append_dff",

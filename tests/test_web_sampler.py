@@ -64,20 +64,21 @@ def boosts_for(length: int, extra: dict | None = None) -> dict[str, float]:
     return boosts
 
 
-def python_frames(settings: dict, boosts: dict, shift: bool = False):
+def python_frames(settings: dict, boosts: dict, shift: bool = False, suffix=()):
     model = FakeDenoiser(boosts)
     eos_handling = settings.get("eos_handling", "stop")
     result = generate(model, [PROMPT], mask_token_id=TOKENS["mask"], eos_token_id=TOKENS["eos"], pad_token_id=0,
-                      eos_handling=eos_handling, shift=shift, trace=True,
+                      eos_handling=eos_handling, shift=shift, trace=True, suffix_ids=suffix,
                       **{k: v for k, v in settings.items() if k not in ("eos_handling", "seed")})
     frames = [(sorted(torch.nonzero(f.committed[0]).flatten().tolist()), f.sequences[0].tolist())
               for f in result.trace]
     return frames, result.sequences[0].tolist(), result.nfe
 
 
-def js_frames(settings: dict, boosts: dict, shift: bool = False):
+def js_frames(settings: dict, boosts: dict, shift: bool = False, suffix=()):
     tokens = {**TOKENS, "shift": shift}
-    frames = node({"sample": {"prompt": PROMPT, "settings": settings, "tokens": tokens, "boosts": boosts}})
+    frames = node({"sample": {"prompt": PROMPT, "settings": settings, "tokens": tokens, "boosts": boosts,
+                              "suffix": list(suffix)}})
     stepped = [(f["committed"], f["ids"]) for f in frames if not f.get("filled")]
     return stepped, frames[-1]["ids"], frames[-1]["nfe"]
 
@@ -116,6 +117,15 @@ def test_eos_stop_fills_the_rest_with_eos_in_both():
     first_eos = final.index(1)
     assert first_eos < len(PROMPT) + 8 and final[len(PROMPT) + 8:] == [1] * 4  # third block never sampled
     assert nfe == 8
+
+
+@pytest.mark.parametrize("name", ["one block, one token per step", "guidance", "EOS stop"])
+def test_infilling_commits_the_same_tokens_as_python_and_keeps_the_suffix(name):
+    settings, suffix = CASES[name], [12, 13, 14]
+    boosts = boosts_for(len(PROMPT) + settings["gen_length"] + len(suffix), EOS_BOOSTS)
+    actual = js_frames(settings, boosts, suffix=suffix)
+    assert actual == python_frames(settings, boosts, suffix=suffix)
+    assert actual[1][-3:] == suffix and actual[1] != js_frames(settings, boosts)[1] + suffix
 
 
 def test_shift_models_read_the_logits_one_position_earlier():

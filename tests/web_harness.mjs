@@ -23,9 +23,10 @@ function fakeModel(vocabSize, boosts) {
 
 async function answer(request) {
   if (request.sample) {
-    const { prompt, settings, tokens, boosts, seed } = request.sample;
+    const { prompt, settings, tokens, boosts, seed, suffix } = request.sample;
     const frames = [];
-    const run = sampler.sample(fakeModel(tokens.vocab_size, boosts ?? {}), prompt, settings, tokens, new Mulberry32(seed ?? 0));
+    const run = sampler.sample(fakeModel(tokens.vocab_size, boosts ?? {}), prompt, settings, tokens,
+                               new Mulberry32(seed ?? 0), suffix ?? []);
     for await (const frame of run) frames.push(frame);
     return frames;
   }

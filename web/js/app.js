@@ -48,12 +48,17 @@ function promptIds() {
   return tokens.bos === null ? ids : [tokens.bos, ...ids];
 }
 
+function suffixIds() {
+  const text = $("suffix").value;
+  return text === "" ? [] : demo.tokenizer.encode(text);
+}
+
 function render(frame) {
   const { tokenizer, tokens } = demo;
   const committed = new Set(frame.committed);
   const spans = frame.ids.map((id, position) => {
     const span = document.createElement("span");
-    if (position < frame.generationStart) span.className = "prompt";
+    if (position < frame.generationStart || position >= frame.generationEnd) span.className = "prompt";
     else if (id === tokens.mask) span.className = "masked";
     else if (committed.has(position)) span.className = "new";
     span.textContent = id === tokens.mask ? MASK_GLYPH : tokenizer.piece(id);
@@ -63,7 +68,7 @@ function render(frame) {
 }
 
 function completionIds(frame) {
-  const generated = frame.ids.slice(frame.generationStart);
+  const generated = frame.ids.slice(frame.generationStart, frame.generationEnd);
   const end = generated.indexOf(demo.tokens.eos);
   return end === -1 ? generated : generated.slice(0, end);
 }
@@ -71,13 +76,14 @@ function completionIds(frame) {
 async function generate(event) {
   event.preventDefault();
   $("error").hidden = true;
-  let settings, ids;
+  let settings, ids, suffix;
   try {
     settings = readSettings();
     ids = promptIds();
-    if (ids.length + settings.gen_length > demo.config.max_length) {
-      throw new Error(`the prompt (${ids.length} tokens) + ${settings.gen_length} tokens exceed the export's `
-        + `max_length of ${demo.config.max_length}.`);
+    suffix = suffixIds();
+    if (ids.length + settings.gen_length + suffix.length > demo.config.max_length) {
+      throw new Error(`the prompt (${ids.length} tokens) + ${settings.gen_length} tokens + the suffix `
+        + `(${suffix.length} tokens) exceed the export's max_length of ${demo.config.max_length}.`);
     }
   } catch (error) {
     showError(error.message);
@@ -93,7 +99,7 @@ async function generate(event) {
   const began = performance.now();
   let committedCount = 0, last = null;
   try {
-    for await (const frame of sample(demo.run, ids, settings, demo.tokens, rng)) {
+    for await (const frame of sample(demo.run, ids, settings, demo.tokens, rng, suffix)) {
       frames.push(frame);
       last = frame;
       if (!frame.filled) committedCount += frame.committed.length;
@@ -115,7 +121,7 @@ async function generate(event) {
   const generated = completionIds(last);
   const special = [demo.tokens.eos, ...demo.tokens.forbidden_ids];
   $("completion").textContent = demo.tokenizer.decode(generated, { skipSpecial: special });
-  $("completion").dataset.ids = JSON.stringify(last.ids.slice(last.generationStart));
+  $("completion").dataset.ids = JSON.stringify(last.ids.slice(last.generationStart, last.generationEnd));
   $("replay").max = String(frames.length - 1);
   $("replay").value = String(frames.length - 1);
   $("replay").disabled = false;

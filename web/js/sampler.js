@@ -130,19 +130,21 @@ function predict(row, s, tokens, rng) {
 }
 
 /**
- * Sample `gen_length` tokens after `promptIds`, yielding one frame per denoising step:
- * {step, block, ids, committed (positions), confidence (per committed position), nfe}.
+ * Sample `gen_length` tokens after `promptIds` (and before `suffixIds`, kept fixed: infilling), yielding one frame
+ * per denoising step:
+ * {step, block, ids, committed (positions), confidence (per committed position), nfe, generationStart,
+ * generationEnd (the suffix starts there)}.
  * `model(sequences)` resolves to one Float32Array of logits [T * vocabSize] per sequence.
  * `tokens`: {mask, eos, forbidden_ids, vocab_size, shift}. `rng`: {uniform()} in (0, 1).
  */
-export async function* sample(model, promptIds, settings, tokens, rng) {
+export async function* sample(model, promptIds, settings, tokens, rng, suffixIds = []) {
   const s = checkSettings(settings);
   const V = tokens.vocab_size;
   if (tokens.shift && promptIds.length === 0) {
     throw new Error("a shift model predicts each token from the one before it: the prompt needs a token.");
   }
-  const x = [...promptIds, ...new Array(s.gen_length).fill(tokens.mask)];
-  const P = promptIds.length;
+  const x = [...promptIds, ...new Array(s.gen_length).fill(tokens.mask), ...suffixIds];
+  const P = promptIds.length, endOfGeneration = P + s.gen_length;
   const guided = s.guidance_scale > 0;
   const offset = tokens.shift ? 1 : 0; // shifted models predict token i from the logits at i - 1
   let step = 0, nfe = 0;
@@ -154,7 +156,7 @@ export async function* sample(model, promptIds, settings, tokens, rng) {
     while ((masked = maskedIn()).length > 0) {
       let logitsOf;
       if (guided) {
-        const unconditional = x.map((id, i) => (i < P ? tokens.mask : id));
+        const unconditional = x.map((id, i) => (i < P || i >= endOfGeneration ? tokens.mask : id));
         const [cond, uncond] = await model([x, unconditional]);
         logitsOf = (i) => guidedLogits(cond.subarray(i * V, (i + 1) * V), uncond.subarray(i * V, (i + 1) * V), s.guidance_scale);
         nfe += 2;
@@ -174,15 +176,18 @@ export async function* sample(model, promptIds, settings, tokens, rng) {
       const committed = selectMostConfident(confidence, masked, count).sort((a, b) => a - b);
       for (const position of committed) x[position] = predictions[position].token;
       yield {
-        step, block, ids: x.slice(), committed, generationStart: P, nfe,
+        step, block, ids: x.slice(), committed, generationStart: P, generationEnd: endOfGeneration, nfe,
         confidence: Object.fromEntries(committed.map((p) => [p, confidence[p]])),
       };
       step += 1;
       blockStep += 1;
     }
     if (s.eos_handling === "stop" && x.slice(start, end).includes(tokens.eos)) {
-      x.fill(tokens.eos, end);
-      if (end < x.length) yield { step, block, ids: x.slice(), committed: [], generationStart: P, nfe, confidence: {}, filled: true };
+      x.fill(tokens.eos, end, endOfGeneration); // never the suffix
+      if (end < endOfGeneration) {
+        yield { step, block, ids: x.slice(), committed: [], generationStart: P, generationEnd: endOfGeneration, nfe,
+          confidence: {}, filled: true };
+      }
       break;
     }
   }
