@@ -268,6 +268,11 @@ def left_pad(prompt_ids, attention_mask, pad_token_id: int, device) -> tuple[tor
     return ids, mask
 
 
+def suffix_rows(suffix_ids, batch_size: int, device) -> torch.Tensor:
+    """The same fixed suffix ids for every row, [B, S] (S = 0 without a suffix)."""
+    return torch.as_tensor(list(suffix_ids), dtype=torch.long, device=device).expand(batch_size, -1)
+
+
 def padded_position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
     """Position ids that count attended tokens only, so a left-padded row sees the positions of an unpadded one."""
     return (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -460,7 +465,7 @@ def generate(
     pad_token_id = next(i for i in (config.pad_token_id, *config.eos_ids, 0) if i is not None)
     prompts, prompt_attention = left_pad(prompt_ids, attention_mask, pad_token_id, device)
     batch_size, start_of_generation = prompts.shape
-    suffix = torch.as_tensor(list(suffix_ids), dtype=torch.long, device=device).expand(batch_size, -1)
+    suffix = suffix_rows(suffix_ids, batch_size, device)
     end_of_generation = start_of_generation + config.gen_length
     limit = context_length(model)
     if limit is not None and end_of_generation + suffix.shape[1] > limit:

@@ -25,7 +25,7 @@ from .diffusion.sedd import (
     sample_categorical,
     zero_input_entry,
 )
-from .sampling import GenerationResult, StepFrame, context_length, left_pad
+from .sampling import GenerationResult, StepFrame, context_length, generate, left_pad, suffix_rows
 
 SEDD_GRAPH_OF_OBJECTIVE = {"sedd_absorb": "absorb", "sedd_uniform": "uniform", "masked_diffusion": "absorb"}
 
@@ -147,7 +147,7 @@ def sedd_generate(model, prompt_ids, config: SeddSamplerConfig, *, suffix_ids=()
     pad_token_id = next(i for i in (config.pad_token_id, config.mask_token_id, 0) if i is not None)
     prompts, prompt_attention = left_pad(prompt_ids, attention_mask, pad_token_id, device)
     batch_size, start = prompts.shape
-    suffix = torch.as_tensor(list(suffix_ids), dtype=torch.long, device=device).expand(batch_size, -1)
+    suffix = suffix_rows(suffix_ids, batch_size, device)
     limit = context_length(model)
     if limit is not None and start + config.gen_length + suffix.shape[1] > limit:
         raise ValueError(f"prompt ({start} positions) + gen_length ({config.gen_length}) + suffix "
@@ -191,3 +191,9 @@ def sedd_generate(model, prompt_ids, config: SeddSamplerConfig, *, suffix_ids=()
                 on_step(frame)
     nfe = config.steps + (1 if config.denoise else 0)
     return GenerationResult(x, full_attention, start, nfe, trace=frames, suffix_length=suffix.shape[1])
+
+
+def run_sampler(model, prompt_ids, config, suffix_ids=(), **options) -> GenerationResult:
+    """Sample with SEDD's loop or the masked-diffusion loop, whichever the config is for."""
+    sample = sedd_generate if isinstance(config, SeddSamplerConfig) else generate
+    return sample(model, prompt_ids, config, suffix_ids=suffix_ids, **options)

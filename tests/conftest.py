@@ -49,6 +49,16 @@ def masked_diffusion_config(tokenizer, **overrides) -> dict:
             "noise_schedule": "linear", "time_eps": 1e-3, "dff_token": DFF, **overrides}
 
 
+def make_tiny_sedd(tokenizer, graph: str):
+    """A tiny score-entropy checkpoint: absorbing (a time-blind Llama read through RADD) or uniform (time-conditioned)."""
+    from diff_trainer.sedd_objective import prepare_sedd_model
+
+    return prepare_sedd_model(make_tiny_llama(len(tokenizer), seed=2), tokenizer, objective=f"sedd_{graph}",
+                              sedd_noise="loglinear" if graph == "absorb" else "geometric", sigma_min=1e-4,
+                              sigma_max=20.0, sedd_scale_by_sigma=False, time_eps=1e-3, dff_token="<DFF>",
+                              auto_class="AutoModelForCausalLM", masked_lm=False).eval()
+
+
 def save_checkpoint(directory, model, tokenizer):
     """`model` and `tokenizer` saved side by side in `directory` (returned)."""
     model.save_pretrained(directory)

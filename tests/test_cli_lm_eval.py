@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import datasets
 import pytest
 import torch
-from conftest import make_byte_tokenizer, make_tiny_llama
+from conftest import make_byte_tokenizer, make_tiny_llama, make_tiny_sedd
 
 pytest.importorskip("lm_eval")
 
@@ -123,10 +123,8 @@ def test_causal_checkpoint_goes_through_the_harness_hf_model(workdir, monkeypatc
 @torch.no_grad()
 def test_sedd_checkpoint_is_scored_with_its_dwdse_bound(workdir, monkeypatch):
     """A saved score-entropy checkpoint (uniform graph, time-conditioned): bits per byte of its DWDSE bound."""
-    from eval.test_harness import sedd_model
-
     tokenizer = make_byte_tokenizer()
-    sedd_model(tokenizer, "uniform").save_pretrained(workdir / "sedd")
+    make_tiny_sedd(tokenizer, "uniform").save_pretrained(workdir / "sedd")
     tokenizer.save_pretrained(workdir / "sedd")
     monkeypatch.chdir(workdir)
     results = cli.evaluate(["--model", "sedd", "--tasks", "docstring_perplexity", "--include_path", "tasks",

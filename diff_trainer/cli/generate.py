@@ -45,10 +45,9 @@ from diff_trainer.sampling import (
     SamplerConfig,
     check_cache_support,
     context_length,
-    generate,
     special_token_ids_to_forbid,
 )
-from diff_trainer.sedd_sampling import SEDD_PREDICTORS, SeddSamplerConfig, sedd_generate
+from diff_trainer.sedd_sampling import SEDD_PREDICTORS, SeddSamplerConfig, run_sampler
 
 DEFAULT_DFF_TOKEN = "<DFF>"
 # Flags that only mean something for a diffusion checkpoint (their defaults are None so use can be detected).
@@ -195,12 +194,6 @@ def sedd_sampler_config(args, diffusion_config: dict, tokenizer, model) -> SeddS
         pad_token_id=tokenizer.pad_token_id)
 
 
-def run_sampler(model, prompt_ids, config, suffix_ids=(), **options):
-    """Sample with SEDD's loop or the masked-diffusion loop, whichever the config is for."""
-    sample = sedd_generate if isinstance(config, SeddSamplerConfig) else generate
-    return sample(model, prompt_ids, config, suffix_ids=suffix_ids, **options)
-
-
 def shown_mask_id(config) -> int:
     """The id drawn as a mask in traces (-1, i.e. none, for the uniform graph)."""
     return config.mask_token_id if config.mask_token_id is not None else -1
@@ -265,8 +258,6 @@ def check_arguments(parser, args, diffusion_config, prompt_ids, model, suffix_id
         if given:
             parser.error(f"{', '.join(given)} belong to the masked-diffusion sampler; SEDD's samplers take "
                          "--steps and --sedd_sampler.")
-    if args.samples < 1 or args.batch_size < 1:
-        parser.error("--samples and --batch_size must be at least 1.")
     if args.samples < 1 or args.batch_size < 1 or args.gen_length < 1:
         parser.error("--samples, --batch_size and --gen_length must be at least 1.")
     if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):

@@ -27,11 +27,11 @@ from diff_trainer.cli.generate import (
     completion_text,
     encode_prompts,
     load_from_arguments,
-    run_sampler,
     shown_mask_id,
     stop_ids,
 )
 from diff_trainer.render import render_gif
+from diff_trainer.sedd_sampling import run_sampler
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -18,13 +18,13 @@ from diff_trainer.cli.generate import (
     encode_suffix,
     load_from_arguments,
     prepare_prompts,
-    run_sampler,
     sampler_config,
     sedd_sampler_config,
     shown_mask_id,
     uses_sedd_sampler,
 )
 from diff_trainer.render import TokenPieces, render_gif, render_text
+from diff_trainer.sedd_sampling import run_sampler
 
 CLEAR_SCREEN = "\x1b[2J\x1b[H"
 

@@ -33,9 +33,9 @@ from diff_trainer.diffusion.elbo import elbo_nll_of
 from diff_trainer.diffusion.masked_head import MaskedHead, masked_ce_fn, unwrapped_model
 from diff_trainer.diffusion.sedd import SEDD_OBJECTIVES, dwdse_nll, zero_input_entry
 from diff_trainer.modeling import load_checkpoint, read_diffusion_config
-from diff_trainer.sampling import SamplerConfig, context_length, generate
+from diff_trainer.sampling import SamplerConfig, context_length
 from diff_trainer.sedd_objective import SeddObjective
-from diff_trainer.sedd_sampling import SeddSamplerConfig, sedd_generate
+from diff_trainer.sedd_sampling import SeddSamplerConfig, run_sampler
 
 SAMPLER_SETTINGS = ("gen_length", "steps", "block_length", "threshold", "guidance_scale", "remasking", "temperature",
                     "predictor")
@@ -81,11 +81,11 @@ class DiffusionLM(LM):
         # the ELBO applies the LM head only at masked positions (exact; see diffusion/masked_head.py)
         has_head = self.sedd is None and unwrapped_model(model).get_output_embeddings() is not None
         self.head = MaskedHead(model) if has_head else None
-        self.sampler_settings = {
+        self.sampler_settings = self._settings_for_sampler({
             "gen_length": _optional(int, gen_length), "steps": _optional(int, steps),
             "block_length": _optional(int, block_length), "threshold": _optional(float, threshold),
-            "guidance_scale": float(guidance_scale), "remasking": remasking, "temperature": float(temperature)}
-        self._check_sampler_kind(predictor)
+            "guidance_scale": float(guidance_scale), "remasking": remasking, "temperature": float(temperature)},
+            predictor)
         if self.sampler_settings["gen_length"] is not None:  # a wrong combination fails now, not mid-run
             self.sampler_config(self.sampler_settings["gen_length"])
 
@@ -96,19 +96,19 @@ class DiffusionLM(LM):
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
-    def _check_sampler_kind(self, predictor) -> None:
-        """`predictor` only for SEDD checkpoints; the masked sampler's settings only for masked-diffusion ones."""
+    def _settings_for_sampler(self, masked: dict, predictor) -> dict:
+        """The model_args settings of this checkpoint's sampler: `masked` (the masked sampler's) as they are, or for
+        a SEDD checkpoint gen_length, steps and `predictor`; a setting of the other sampler is refused."""
         if self.sedd is None:
             if predictor is not None:
                 raise ValueError("diffusion_lm: predictor is a setting of the SEDD sampler; this is a "
                                  "masked-diffusion checkpoint.")
-            return
-        given = [name for name, default in MASKED_SAMPLER_DEFAULTS.items() if self.sampler_settings[name] != default]
+            return masked
+        given = [name for name, default in MASKED_SAMPLER_DEFAULTS.items() if masked[name] != default]
         if given:
             raise ValueError(f"diffusion_lm: {', '.join(given)} are settings of the masked-diffusion sampler; this "
                              "is a SEDD checkpoint (its settings: gen_length, steps, predictor).")
-        self.sampler_settings = {"gen_length": self.sampler_settings["gen_length"],
-                                 "steps": self.sampler_settings["steps"], "predictor": predictor or "euler"}
+        return {"gen_length": masked["gen_length"], "steps": masked["steps"], "predictor": predictor or "euler"}
 
     def _masked_ce(self, noisy: torch.Tensor, targets: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
         """Σ cross-entropy over the masked positions of each noisy row, `batch_size` rows per forward pass."""
@@ -218,8 +218,7 @@ class DiffusionLM(LM):
                 batch = indices[first:first + self.batch_size]
                 prompts = [self._prefix() + self._encode(requests[i].args[0]) for i in batch]
                 self._check_length(max(map(len, prompts)) + config.gen_length, "a prompt + gen_length")
-                sample = sedd_generate if self.sedd is not None else generate
-                result = sample(self.model, prompts, config, seed=self.seed)
+                result = run_sampler(self.model, prompts, config, seed=self.seed)
                 for i, ids in zip(batch, result.generated.tolist()):
                     outputs[i] = self._cut(ids, requests[i].args[1].get("until") or [])
         return outputs

@@ -5,14 +5,14 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_byte_tokenizer, make_tiny_llama
+from conftest import make_byte_tokenizer, make_tiny_llama, make_tiny_sedd
 
 pytest.importorskip("lm_eval")
 
 from diff_trainer.diffusion.elbo import elbo_nll  # noqa: E402
 from diff_trainer.eval.harness import DiffusionLM  # noqa: E402
 from diff_trainer.sampling import generate  # noqa: E402
-from diff_trainer.sedd_objective import SeddObjective, prepare_sedd_model  # noqa: E402
+from diff_trainer.sedd_objective import SeddObjective  # noqa: E402
 from diff_trainer.sedd_sampling import sedd_generate  # noqa: E402
 
 
@@ -123,7 +123,7 @@ def test_bad_model_args_and_causal_checkpoints_are_refused(model, tokenizer):
     with pytest.raises(ValueError, match="predictor is a setting of the SEDD sampler"):
         DiffusionLM(model=model, tokenizer=tokenizer, predictor="euler")
     with pytest.raises(ValueError, match="threshold, temperature are settings of the masked-diffusion sampler"):
-        DiffusionLM(model=sedd_model(tokenizer, "absorb"), tokenizer=tokenizer, threshold=0.9, temperature=1.0)
+        DiffusionLM(model=make_tiny_sedd(tokenizer, "absorb"), tokenizer=tokenizer, threshold=0.9, temperature=1.0)
 
 
 @torch.no_grad()
@@ -157,18 +157,10 @@ def test_registered_with_the_harness_as_diffusion_lm():
     assert get_model("diffusion_lm") is DiffusionLM
 
 
-def sedd_model(tokenizer, graph: str):
-    """A tiny score-entropy checkpoint: absorbing (a time-blind Llama read through RADD) or uniform (time-conditioned)."""
-    return prepare_sedd_model(make_tiny_llama(len(tokenizer), seed=2), tokenizer, objective=f"sedd_{graph}",
-                              sedd_noise="loglinear" if graph == "absorb" else "geometric", sigma_min=1e-4,
-                              sigma_max=20.0, sedd_scale_by_sigma=False, time_eps=1e-3, dff_token="<DFF>",
-                              auto_class="AutoModelForCausalLM", masked_lm=False).eval()
-
-
 @pytest.mark.parametrize("graph", ["absorb", "uniform"])
 @torch.no_grad()
 def test_sedd_checkpoints_are_scored_with_the_trainers_dwdse_bound_and_sampled_with_sedd_generate(tokenizer, graph):
-    model = sedd_model(tokenizer, graph)
+    model = make_tiny_sedd(tokenizer, graph)
     lm = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=6, batch_size=4, seed=11, steps=3)
     context, continuation = encode(tokenizer, "def f(x)<DFF>"), encode(tokenizer, "Return x.")
     ids = torch.tensor([context + continuation])
@@ -191,7 +183,7 @@ def test_sedd_checkpoints_are_scored_with_the_trainers_dwdse_bound_and_sampled_w
 
 @torch.no_grad()
 def test_sedd_absorbing_greedy_is_the_argmax_of_the_masked_continuation_without_the_mask_state(tokenizer):
-    model = sedd_model(tokenizer, "absorb")
+    model = make_tiny_sedd(tokenizer, "absorb")
     lm = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=1)
     context = encode(tokenizer, "abs(x)<DFF>")
     logits = model(input_ids=torch.tensor([context + [tokenizer.mask_token_id] * 3])).logits[0, -3:]
@@ -203,7 +195,7 @@ def test_sedd_absorbing_greedy_is_the_argmax_of_the_masked_continuation_without_
 
 def test_sedd_uniform_greedy_is_whether_the_continuation_is_a_fixed_point(tokenizer, monkeypatch):
     """Log-scores of tokens i.i.d. with weights w: log w_y − log w_x. The most likely token is a fixed point."""
-    lm = DiffusionLM(model=sedd_model(tokenizer, "uniform"), tokenizer=tokenizer, mc_num=1)
+    lm = DiffusionLM(model=make_tiny_sedd(tokenizer, "uniform"), tokenizer=tokenizer, mc_num=1)
     log_weights = torch.zeros(len(tokenizer))
     log_weights[7], log_weights[9] = 2.0, 1.0
     monkeypatch.setattr(lm, "_sedd_log_score", lambda ids, sigma: log_weights - log_weights[ids][..., None])
