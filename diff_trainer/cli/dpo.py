@@ -1,8 +1,8 @@
-#!/usr/bin/env python
 """Preference-tune a masked-diffusion LM on {"prompt", "chosen", "rejected"} pairs with VRPO (LLaDA 1.5 DPO).
 
     python run_diffusion_dpo.py configs/dpo.yaml [--flag value ...]
     accelerate launch run_diffusion_dpo.py configs/dpo.yaml [--flag value ...]
+    python -m diff_trainer.cli.dpo configs/dpo.yaml [--flag value ...]     # the same, from any directory
 
 Flags: `python run_diffusion_dpo.py --help`. A yaml/json config file may come first; command-line flags override it.
 --model_name_or_path must be a masked-diffusion checkpoint (e.g. from run_clm_diff.py --train_diff_model).
@@ -13,12 +13,22 @@ from dataclasses import replace
 
 from transformers import set_seed
 
-from diff_trainer.arguments import DPOTrainingArguments, ModelArguments, PreferenceDataArguments, parse_arguments
+from diff_trainer.training.args.data import PreferenceDataArguments
+from diff_trainer.training.args.dpo import DPOTrainingArguments
+from diff_trainer.training.args.model import ModelArguments
+from diff_trainer.training.args.parsing import parse_arguments
 from diff_trainer.data.loading import require_validation_data
 from diff_trainer.data.preference import load_preference_data, save_pairs, tokenize_pairs, with_response_padding
-from diff_trainer.dpo import DiffusionDPOTrainer, checked_diffusion_config, precompute_reference_scores
-from diff_trainer.modeling import add_special_tokens, load_tokenizer, prepare_model
-from diff_trainer.runner import check_output_dir, nothing_to_run, run_entry_point, setup_logging, train_and_evaluate
+from diff_trainer.models.loading import add_special_tokens, load_tokenizer
+from diff_trainer.training.dpo import DiffusionDPOTrainer, checked_diffusion_config, precompute_reference_scores
+from diff_trainer.training.model import prepare_model
+from diff_trainer.training.runner import (
+    check_output_dir,
+    nothing_to_run,
+    run_entry_point,
+    setup_logging,
+    train_and_evaluate,
+)
 
 
 def main(argv=None):

@@ -1,7 +1,7 @@
-#!/usr/bin/env python
-"""Train a causal LM (baseline) or, with --train_diff_model, a masked-diffusion LM on <DFF>-labelled text.
+"""Train a causal LM (baseline) or, with --train_diff_model, a diffusion LM on <DFF>-labelled text.
 
     python run_clm_diff.py configs/demo.yaml [--flag value ...]
+    python -m diff_trainer.cli.train configs/demo.yaml [--flag value ...]     # the same, from any directory
 
 Flags: `python run_clm_diff.py --help`. A yaml/json config file may come first; command-line flags override it.
 """
@@ -11,17 +11,28 @@ import sys
 
 from transformers import set_seed
 
-from diff_trainer.arguments import DataArguments, DiffusionTrainingArguments, ModelArguments, parse_arguments
+from diff_trainer.training.args.data import DataArguments
+from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
+from diff_trainer.training.args.model import ModelArguments
+from diff_trainer.training.args.parsing import parse_arguments
 from diff_trainer.data.char_tokenizer import CHAR_TOKENIZER, training_texts
 from diff_trainer.data.loading import check_block_size, load_raw_datasets, require_validation_data
 from diff_trainer.data.pipeline import LAYOUT_FILE, Preprocessor
 from diff_trainer.data.saving import save_final_dataset
 from diff_trainer.metrics import add_perplexity, argmax_logits, token_accuracy_metrics
-from diff_trainer.modeling import add_special_tokens, load_tokenizer, prepare_model
-from diff_trainer.sharding import ShardedSaveTrainer
-from diff_trainer.runner import check_output_dir, nothing_to_run, run_entry_point, setup_logging, train_and_evaluate
+from diff_trainer.models.loading import add_special_tokens, load_tokenizer
+from diff_trainer.training.model import prepare_model
+from diff_trainer.training.runner import (
+    check_output_dir,
+    nothing_to_run,
+    run_entry_point,
+    setup_logging,
+    train_and_evaluate,
+)
+from diff_trainer.training.sharding import ShardedSaveTrainer
+from diff_trainer.training.trainer import DiffusionTrainer
 
-logger = logging.getLogger("run_clm_diff")
+logger = logging.getLogger(__name__)
 
 
 def main(argv=None):
@@ -59,8 +70,6 @@ def main(argv=None):
     datasets = {"train_dataset": train_dataset if training_args.do_train else None,
                 "eval_dataset": eval_dataset if training_args.do_eval else None, "processing_class": tokenizer}
     if diffusion:
-        from diff_trainer.trainer import DiffusionTrainer
-
         trainer = DiffusionTrainer(model, training_args, row_layout=layout, **datasets)
     else:
         trainer = ShardedSaveTrainer(model=model, args=training_args, compute_metrics=token_accuracy_metrics(shift=True),

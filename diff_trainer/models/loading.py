@@ -1,18 +1,14 @@
-"""Models in one place: tokenizer, `prepare_model` for training, `load_checkpoint` for every reader of checkpoints.
+"""Tokenizers and models from names, directories and checkpoints: one place for every reader of checkpoints.
 
-`prepare_model(model_args, tokenizer, mode)` builds or loads the model with the right auto class, fits it to the
-tokenizer, makes it bidirectional and self-describing (`diffusion_config`) for diffusion, and adds LoRA.
-`load_checkpoint(path)` loads a trained checkpoint (plain directory or adapter-only PEFT directory, causal LM or
-encoder) for the CLIs and the DPO reference; `CHECKPOINT_LOADERS` lets other layouts plug in first.
+`load_tokenizer(model_args)` and `load_model(model_args, tokenizer)` build or load what training starts from (the
+right auto class, fitted to the tokenizer). `load_checkpoint(path)` loads a trained checkpoint (plain directory or
+adapter-only PEFT directory, causal LM or encoder) for the commands and the DPO reference; layouts registered in
+`models.registry` (LLaDA, Dream, SEDD) are consulted first.
 """
 
 import json
 import logging
 import os
-from dataclasses import dataclass
-from typing import Any, Callable
-
-import torch
 from transformers import (
     CONFIG_MAPPING,
     AutoConfig,
@@ -22,25 +18,23 @@ from transformers import (
     ByT5Tokenizer,
     PretrainedConfig,
 )
-from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 from transformers.models.auto.tokenization_auto import get_tokenizer_config
 
-from .data.char_tokenizer import CHAR_TOKENIZER, CharTokenizer, build_char_tokenizer
-from .devices import resolve_device
-from .models.conversion import LOADERS as RELEASED_LAYOUT_LOADERS
+from ..data.char_tokenizer import CHAR_TOKENIZER, CharTokenizer, build_char_tokenizer
+from ..devices import resolve_device, torch_dtype
+from ..diffusion_config import read_diffusion_config
+from .bidirectional import MASKED_LM_CLASS_NAMES
+from .registry import CheckpointLoader, registered_loader
 
 BYTE_TOKENIZER = "byte"
 FALLBACK_EOS_TOKEN = "<|endoftext|>"
-DIFFUSION_OBJECTIVE = "masked_diffusion"
 # Config attribute names that hold a dropout probability: attention_dropout, hidden_dropout_prob, resid_pdrop, ...
 DROPOUT_NAME_ENDINGS = ("dropout", "dropout_prob", "dropout_rate", "pdrop")
 SPECIAL_TOKEN_ID_NAMES = (
     "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "cls_token_id", "mask_token_id",
 )
-MASKED_LM_CLASS_NAMES = frozenset(MODEL_FOR_MASKED_LM_MAPPING_NAMES.values())
 # auto classes a checkpoint's diffusion_config may name in "auto_class" (others can be registered here)
 AUTO_CLASSES = {"AutoModelForCausalLM": AutoModelForCausalLM, "AutoModelForMaskedLM": AutoModelForMaskedLM}
-MODES = ("causal", "diffusion")
 # The tokenizers built here without vocabulary files (--tokenizer_name byte / char), by the class name saved in
 # tokenizer_config.json. AutoTokenizer does not always honour that name: transformers 5 gives a qwen2 checkpoint
 # Qwen2's own tokenizer class whatever the file says, which would silently re-tokenise a byte-level model.
@@ -132,14 +126,6 @@ def set_dropout(config, probability: float) -> list[str]:
     return names
 
 
-def _torch_dtype(name: str):
-    """torch's dtype for a --dtype name ("auto" passes through for from_pretrained)."""
-    if name == "auto":
-        return "auto"
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"Unknown dtype {name!r}: use float32, bfloat16, float16 or auto.")
-    return dtype
 
 
 def _build_config(model_args, tokenizer):
@@ -239,7 +225,7 @@ def auto_class_name(config, masked_lm: bool = False) -> str:
     if recorded is not None:
         if recorded not in AUTO_CLASSES:
             raise ValueError(f"The checkpoint's diffusion_config names auto class {recorded!r}, which is not "
-                             f"registered in diff_trainer.modeling.AUTO_CLASSES ({', '.join(AUTO_CLASSES)}).")
+                             f"registered in diff_trainer.models.loading.AUTO_CLASSES ({', '.join(AUTO_CLASSES)}).")
         return recorded
     if any(name in MASKED_LM_CLASS_NAMES for name in getattr(config, "architectures", None) or []):
         return "AutoModelForMaskedLM"
@@ -250,7 +236,7 @@ def load_model(model_args, tokenizer):
     """A model from `model_name_or_path`, or a fresh one from `model_type`/`config_name`, with its auto class.
 
     Embeddings grow to fit `tokenizer`, and the config's pad/eos ids are the tokenizer's. A directory that
-    `save_pretrained` alone cannot read (adapter-only LoRA, a layout of CHECKPOINT_LOADERS) is loaded by
+    `save_pretrained` alone cannot read (adapter-only LoRA, a registered layout) is loaded by
     `load_checkpoint_model`, adapters merged, so training can start from it.
     """
     path = model_args.model_name_or_path
@@ -264,7 +250,7 @@ def load_model(model_args, tokenizer):
         return model
     config = _build_config(model_args, tokenizer)
     auto_class = AUTO_CLASSES[auto_class_name(config, model_args.masked_lm)]
-    options = {"trust_remote_code": model_args.trust_remote_code, "dtype": _torch_dtype(model_args.dtype)}
+    options = {"trust_remote_code": model_args.trust_remote_code, "dtype": torch_dtype(model_args.dtype) or "auto"}
     if model_args.attn_implementation:
         options["attn_implementation"] = model_args.attn_implementation
     if model_args.model_name_or_path is None:
@@ -286,62 +272,19 @@ def fit_to_tokenizer(model, tokenizer) -> None:
     model.config.eos_token_id = tokenizer.eos_token_id
 
 
-def prepare_model(model_args, tokenizer, mode: str, *, new_token_ids=(), diffusion_settings=None):
-    """The model to train: loaded or built with its auto class and fitted to `tokenizer`; for mode "diffusion"
-    made bidirectional and self-describing; wrapped with LoRA under --use_lora.
-
-    diffusion_settings (shift_logits, noise_schedule, time_eps, dff_token, ...) are written into the config's
-    `diffusion_config`; without them the checkpoint must already be a diffusion model (e.g. for DPO).
-    `new_token_ids` are the tokens added in this run, trained (and saved) with the adapter under LoRA.
-    """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    if mode == "causal" and model_args.masked_lm:
-        raise ValueError("--masked_lm loads an encoder as the denoiser: it only applies with --train_diff_model.")
-    model = load_model(model_args, tokenizer)
-    objective = (diffusion_settings or {}).get("objective", "masked")
-    if mode == "diffusion" and objective != "masked":  # score entropy (SEDD)
-        from .sedd_objective import prepare_sedd_model
-
-        model = prepare_sedd_model(model, tokenizer, **diffusion_settings, masked_lm=model_args.masked_lm,
-                                   auto_class=auto_class_name(model.config, model_args.masked_lm))
-    elif mode == "diffusion":
-        if diffusion_settings is None and (read_diffusion_config(model.config) or {}).get("objective", "") \
-                .startswith("sedd_"):
-            raise ValueError(f"{model_args.model_name_or_path} is a SEDD (score-entropy) checkpoint; VRPO / DPO "
-                             "is defined here for masked-diffusion ELBOs only.")
-        make_bidirectional(model)
-        if diffusion_settings is not None:
-            if diffusion_settings.get("shift_logits") and is_encoder_model(model):
-                raise ValueError("--shift_logits adapts a causal LM; an encoder (masked LM) predicts its own position.")
-            write_diffusion_config(model.config, mask_token_id=tokenizer.mask_token_id,
-                                   auto_class=auto_class_name(model.config, model_args.masked_lm),
-                                   **diffusion_settings)
-        elif read_diffusion_config(model.config) is None:
-            raise ValueError(f"{model_args.model_name_or_path} is not a masked-diffusion checkpoint (no "
-                             "diffusion_config in its config); train one with run_clm_diff.py --train_diff_model.")
-    if model_args.use_lora:
-        model = apply_lora(model, model_args, new_token_ids)
-    return model
 
 
 # ----------------------------------------------------------------------------------------------------
 # Loading trained checkpoints
 
 
-@dataclass(frozen=True)
-class CheckpointLoader:
-    """One checkpoint layout: `matches(path)` says whether `load(path, **options)` can load the directory."""
-
-    matches: Callable[[str], bool]
-    load: Callable[..., Any]
 
 
 def _load_plain(path: str, *, dtype="auto", trust_remote_code=False, **_):
     """A `save_pretrained` directory, with the auto class its config calls for."""
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     auto_class = AUTO_CLASSES[auto_class_name(config)]
-    return auto_class.from_pretrained(path, dtype=_torch_dtype(dtype), trust_remote_code=trust_remote_code)
+    return auto_class.from_pretrained(path, dtype=torch_dtype(dtype) or "auto", trust_remote_code=trust_remote_code)
 
 
 def _is_adapter(path: str) -> bool:
@@ -370,30 +313,21 @@ def _load_adapter(path: str, *, merge_lora=False, **options):
 
 DEFAULT_LOADERS = (CheckpointLoader(_is_adapter, _load_adapter),
                    CheckpointLoader(lambda path: os.path.isfile(os.path.join(path, "config.json")), _load_plain))
-# foreign layouts (LLaDA, SEDD, ...): append a CheckpointLoader; these are consulted before DEFAULT_LOADERS.
-# A loader may also have `load_tokenizer(path)`, for tokenizer files AutoTokenizer cannot read without remote code
-# (the released LLaDA and Dream layouts, mapped onto Llama / Qwen2 by diff_trainer.models, have one).
-CHECKPOINT_LOADERS: list[CheckpointLoader] = [*RELEASED_LAYOUT_LOADERS]
 
 
 def needs_checkpoint_loader(path: str) -> bool:
     """Whether `path` needs a loader other than from_pretrained (adapter-only, or a registered foreign layout)."""
-    return _is_adapter(path) or _registered_loader(path) is not None
+    return _is_adapter(path) or registered_loader(path) is not None
 
 
-def _registered_loader(path: str):
-    """The CHECKPOINT_LOADERS entry of `path` (a directory, or a hub name for layouts that read the hub), or None."""
-    return next((loader for loader in CHECKPOINT_LOADERS if loader.matches(path)), None)
-
-
-def _checkpoint_loader(path: str):
-    """The first loader whose `matches(path)` is true."""
+def _checkpoint_loader(path: str) -> CheckpointLoader:
+    """The registered layout of `path`, else the first of DEFAULT_LOADERS whose `matches(path)` is true."""
+    if (loader := registered_loader(path)) is not None:  # also a hub name, e.g. GSAI-ML/LLaDA-8B-Instruct
+        return loader
     if not os.path.isdir(path):
-        if (loader := _registered_loader(path)) is not None:  # e.g. GSAI-ML/LLaDA-8B-Instruct on the hub
-            return loader
         raise FileNotFoundError(f"no checkpoint at {path}: expected a directory written by save_pretrained "
                                 "(run_clm_diff.py / run_diffusion_dpo.py --output_dir, or a checkpoint-N in it).")
-    for loader in (*CHECKPOINT_LOADERS, *DEFAULT_LOADERS):
+    for loader in DEFAULT_LOADERS:
         if loader.matches(path):
             return loader
     raise FileNotFoundError(f"no checkpoint at {path}: the directory has neither config.json nor {ADAPTER_CONFIG}.")
@@ -401,13 +335,15 @@ def _checkpoint_loader(path: str):
 
 def _layout_tokenizer_loader(path: str):
     """`load_tokenizer` of the registered layout of `path` (directory or hub name) when it has one, else None."""
-    return getattr(_registered_loader(path), "load_tokenizer", None)
+    loader = registered_loader(path)
+    return None if loader is None else loader.load_tokenizer
 
 
 def _layout_tokenizer_for_ids(model_path, tokenizer_name):
     """The tokenizer of a registered layout whose ids the tokenizer must match (`tokenizer_for_ids`, e.g. SEDD:
     MASK at the absorbing id, before any token is added), or None for every other model."""
-    fit = getattr(_registered_loader(model_path), "tokenizer_for_ids", None) if model_path is not None else None
+    loader = registered_loader(model_path)
+    fit = None if loader is None else loader.tokenizer_for_ids
     return None if fit is None else fit(model_path, tokenizer_name)
 
 
@@ -417,12 +353,17 @@ def load_checkpoint_model(path: str, **options):
 
 
 def load_checkpoint(path: str, *, device: str = "cpu", dtype: str = "auto", merge_lora: bool = False,
-                    trust_remote_code: bool = False):
-    """(model in eval mode on `device`, tokenizer) of a trained checkpoint directory (see CHECKPOINT_LOADERS)."""
+                    trust_remote_code: bool = False, tokenizer_name: str | None = None):
+    """(model in eval mode on `device`, tokenizer) of a trained checkpoint directory (see models.registry).
+
+    `tokenizer_name` serves a registered layout that ships no tokenizer (the SEDD authors' layout).
+    """
     loader = _checkpoint_loader(path)
     model = loader.load(path, dtype=dtype, merge_lora=merge_lora, trust_remote_code=trust_remote_code)
     try:
-        if hasattr(loader, "load_tokenizer"):
+        if loader.tokenizer_for_ids is not None:
+            tokenizer = loader.tokenizer_for_ids(path, tokenizer_name)
+        elif loader.load_tokenizer is not None:
             tokenizer = loader.load_tokenizer(path)
         else:
             tokenizer = load_saved_tokenizer(path, trust_remote_code=trust_remote_code)
@@ -432,135 +373,21 @@ def load_checkpoint(path: str, *, device: str = "cpu", dtype: str = "auto", merg
     return model.to(resolve_device(device)).eval(), tokenizer
 
 
-def is_peft_model(model) -> bool:
-    """True for a peft wrapper (LoRA adapters that can be disabled)."""
-    return hasattr(model, "disable_adapter") and hasattr(model, "get_base_model")
 
 
-def _unwrap(model):
-    """The transformers model under a peft wrapper (or the model itself)."""
-    return model.get_base_model() if is_peft_model(model) else model
 
 
-def is_encoder_model(model) -> bool:
-    """True for a masked-LM encoder (BERT, ModernBERT, ...), which attends both ways by construction."""
-    base = _unwrap(model)
-    return type(base).__name__ in MASKED_LM_CLASS_NAMES and not getattr(base.config, "is_decoder", False)
 
 
-@torch.no_grad()
-def attends_to_future(model) -> bool:
-    """Whether position 0's logits depend on the last token (probed with two 3-token inputs in eval mode)."""
-    base = _unwrap(model)
-    pad_id = base.config.pad_token_id
-    ids = [i for i in range(5) if i != pad_id][:4]
-    first, second, last_a, last_b = ids
-    input_ids = torch.tensor([[first, second, last_a], [first, second, last_b]], device=base.device)
-    was_training = base.training
-    base.eval()
-    try:
-        logits = base(input_ids=input_ids).logits
-    finally:
-        base.train(was_training)
-    return not torch.equal(logits[0, 0], logits[1, 0])
 
 
-def make_bidirectional(model):
-    """Switch a causal LM to full (bidirectional) attention via `config.is_causal = False`, and check it worked.
-
-    Encoders are accepted as they are. Raises ValueError for a model whose attention ignores the flag.
-    """
-    if is_encoder_model(model):
-        return model
-    config = _unwrap(model).config
-    config.is_causal = False
-    if not attends_to_future(model):
-        config.is_causal = True
-        raise ValueError(
-            f"Model type {config.model_type!r} ignores config.is_causal=False: its attention stays causal, so it "
-            "cannot be trained as a masked-diffusion model. Use a model family that honours the flag "
-            "(e.g. llama, qwen2, gpt2) or an encoder with --masked_lm."
-        )
-    return model
 
 
-def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedule, time_eps, dff_token,
-                           auto_class=None, row_packing=None, eos_token_ids=None):
-    """Record in `config` (hence in config.json) that the checkpoint is a masked-diffusion LM, and how to load it.
-
-    `eos_token_ids`: every id that ends a generation (LLaDA: EOS and EOT); None keeps the ones already recorded.
-    """
-    previous = read_diffusion_config(config) or {}
-    if previous.get("shift_logits") and not shift_logits:
-        raise ValueError("This checkpoint is a diffusion model with shifted logits (logits at i predict token i+1, "
-                         "e.g. Dream): train it with --shift_logits.")
-    if eos_token_ids is None:
-        eos_token_ids = previous.get("eos_token_ids")
-    vocab_size = config.get_text_config().vocab_size
-    if not 0 <= mask_token_id < vocab_size:
-        raise ValueError(
-            f"mask_token_id {mask_token_id} is outside the model's vocabulary of {vocab_size} rows: resize the "
-            "embeddings to the tokenizer (model.resize_token_embeddings(len(tokenizer))) after adding the mask token."
-        )
-    config.diffusion_config = {
-        "objective": DIFFUSION_OBJECTIVE,
-        "mask_token_id": int(mask_token_id),
-        "shift_logits": bool(shift_logits),
-        "noise_schedule": noise_schedule,
-        "time_eps": float(time_eps),
-        "dff_token": dff_token,
-        "auto_class": auto_class or auto_class_name(config),
-    }
-    if row_packing is not None:  # packed, left or right (trained EOS padding): DPO's default padding follows it
-        config.diffusion_config["row_packing"] = row_packing
-    if eos_token_ids is not None:
-        config.diffusion_config["eos_token_ids"] = [int(i) for i in eos_token_ids]
-    config.is_causal = False
-    return config
 
 
-def read_diffusion_config(config):
-    """The checkpoint's diffusion settings (a dict), or None for a plain causal LM."""
-    diffusion_config = getattr(config, "diffusion_config", None)
-    return dict(diffusion_config) if diffusion_config is not None else None
 
 
-def _module_name(model, module) -> str:
-    return next(name for name, candidate in model.named_modules() if candidate is module)
 
 
-def _new_token_options(model, new_token_ids) -> dict:
-    """LoraConfig options that train the rows of newly added tokens and save them with the adapter.
-
-    peft's `trainable_token_indices` trains only those rows (of the input embedding, and of an untied output
-    layer); it drops an output layer's bias, so a biased output layer (BERT-style) is trained whole instead.
-    """
-    if not new_token_ids:
-        return {}
-    token_ids = sorted(new_token_ids)
-    input_layer, output_layer = model.get_input_embeddings(), model.get_output_embeddings()
-    layer_names = [_module_name(model, input_layer)]
-    if output_layer is not None:
-        if getattr(output_layer, "bias", None) is not None:
-            return {"modules_to_save": layer_names + [_module_name(model, output_layer)]}
-        if output_layer.weight is not input_layer.weight:  # a tied output layer follows the embedding's rows
-            layer_names.append(_module_name(model, output_layer))
-    return {"trainable_token_indices": {name: token_ids for name in layer_names}}
 
 
-def apply_lora(model, model_args, new_token_ids):
-    """Wrap `model` with LoRA adapters; the rows of newly added tokens are trained and saved with the adapter."""
-    from peft import LoraConfig, get_peft_model
-
-    targets = list(model_args.lora_target_modules)
-    lora_config = LoraConfig(
-        r=model_args.lora_r,
-        lora_alpha=model_args.lora_alpha,
-        lora_dropout=model_args.lora_dropout,
-        target_modules="all-linear" if targets == ["all-linear"] else targets,
-        # peft's CAUSAL_LM wrapper needs generate(): not for encoders, DDiT or TimeConditionedLM
-        task_type="CAUSAL_LM" if hasattr(model, "prepare_inputs_for_generation") and not is_encoder_model(model)
-        else None,
-        **_new_token_options(model, new_token_ids),
-    )
-    return get_peft_model(model, lora_config)

@@ -1,9 +1,12 @@
-"""The forward (noising) process applied to a batch of clean rows, with one seeded generator per batch.
+"""Masked (absorbing) diffusion as a training objective: the forward process applied to a batch of clean rows with
+one seeded generator per batch, the loss, the ELBO, and the model preparation (full attention, `diffusion_config`).
 
 Data loaders yield clean rows; `DiffusionTrainer` noises each micro-batch with a generator seeded by (run seed,
 global step, micro-batch index, process index), so a resumed run, gradient accumulation and DDP draw exactly the
 masks and times of an uninterrupted single-process run.
 """
+
+from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
@@ -11,9 +14,15 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .data.labels import IGNORE_INDEX
-from .diffusion.forward import mask_tokens, replace_prompt_with_mask, sample_times, truncate_random_length
-from .diffusion.schedules import NoiseSchedule
+from ..data.labels import IGNORE_INDEX
+from ..diffusion.elbo import elbo_nll_of
+from ..diffusion.forward import mask_tokens, replace_prompt_with_mask, sample_times, truncate_random_length
+from ..diffusion.losses import diffusion_loss, masked_token_losses
+from ..diffusion.masked_head import MaskedHead, masked_ce_fn, unwrapped_model
+from ..diffusion.schedules import NoiseSchedule, get_schedule
+from ..diffusion_config import MASKED, read_diffusion_config, write_diffusion_config
+from ..models.bidirectional import is_encoder_model, make_bidirectional
+from .base import Objective
 
 
 def mixed_seed(*parts: int) -> int:
@@ -143,3 +152,106 @@ class BatchNoiser:
             noisy, _ = replace_prompt_with_mask(noisy, prompt, self.mask_token_id, self.prompt_dropout, generator)
         return {"input_ids": noisy, "attention_mask": attention, "clean_ids": clean, "maskable": maskable,
                 "masked": masked, "loss_weight": self.schedule.loss_weight(times)}
+
+
+class MaskedDiffusion(Objective):
+    """Masked diffusion (LLaDA / MDLM): tokens replaced by the mask id at rate p_mask(t), the 1/t-weighted
+    cross-entropy at the masked positions, LLaDA's ELBO with stratified mask counts (eq. 14)."""
+
+    names = (MASKED,)
+    title = "masked diffusion"
+    sampler = "masked"
+    scores_preferences = True
+
+    def __init__(self, mask_token_id: int, shift: bool, train_noiser: BatchNoiser, eval_noiser: BatchNoiser,
+                 masked_head: MaskedHead | None):
+        self.mask_token_id, self.shift = mask_token_id, shift
+        self.train_noiser, self.eval_noiser, self.masked_head = train_noiser, eval_noiser, masked_head
+
+    @classmethod
+    def flags_in_use(cls, args) -> dict[str, bool]:
+        return {"shift_logits": args.shift_logits, "attention_annealing_steps": args.attention_annealing_steps > 0,
+                "prompt_dropout": args.prompt_dropout > 0, "random_length_prob": args.random_length_prob > 0,
+                "prefix_shuffle": args.prefix_shuffle != "none", "masked_head": args.masked_head is not None,
+                "isolate_documents": args.isolate_documents, "noise_schedule": args.noise_schedule != "linear"}
+
+    @classmethod
+    def check_arguments(cls, args) -> None:
+        if args.prefix_shuffle not in PREFIX_SHUFFLE_UNITS:
+            raise ValueError(f"--prefix_shuffle must be one of {PREFIX_SHUFFLE_UNITS}, got {args.prefix_shuffle!r}")
+
+    @classmethod
+    def settings(cls, args, name: str) -> dict:
+        return {"objective": MASKED, "shift_logits": args.shift_logits, "noise_schedule": args.noise_schedule,
+                "time_eps": args.time_eps}
+
+    @classmethod
+    def prepare_model(cls, model, tokenizer, settings: dict, *, masked_lm: bool, auto_class: str):
+        """Full attention, and the mask id, shift, schedule, <DFF> and row layout recorded in `diffusion_config`."""
+        make_bidirectional(model)
+        if settings.get("shift_logits") and is_encoder_model(model):
+            raise ValueError("--shift_logits adapts a causal LM; an encoder (masked LM) predicts its own position.")
+        write_diffusion_config(model.config, mask_token_id=tokenizer.mask_token_id, auto_class=auto_class, **settings)
+        return model
+
+    @classmethod
+    def from_model(cls, model, args=None, prefix_shuffler=None) -> MaskedDiffusion:
+        """With `args`: the training noisers (schedule, antithetic times, random lengths, prompt dropout, prefix
+        shuffling, --eval_prefix_shuffle) and --masked_head; without: the checkpoint's settings, for evaluation."""
+        diffusion_config = read_diffusion_config(unwrapped_model(model).config)
+        mask_token_id = diffusion_config["mask_token_id"]
+        if args is None:
+            has_head = unwrapped_model(model).get_output_embeddings() is not None
+            schedule = get_schedule(diffusion_config.get("noise_schedule", "linear"),
+                                    diffusion_config.get("time_eps", 1e-3))
+            noiser = BatchNoiser(mask_token_id, schedule)
+            return cls(mask_token_id, bool(diffusion_config.get("shift_logits", False)), noiser, noiser,
+                       MaskedHead(model) if has_head else None)
+        schedule = get_schedule(args.noise_schedule, args.time_eps)
+        eval_shuffler = prefix_shuffler if args.eval_prefix_shuffle else None
+        return cls(mask_token_id, args.shift_logits,
+                   BatchNoiser(mask_token_id, schedule, args.antithetic_time, args.random_length_prob,
+                               args.prompt_dropout, prefix_shuffler),
+                   BatchNoiser(mask_token_id, schedule, args.antithetic_time, prefix_shuffler=eval_shuffler),
+                   MaskedHead(model) if args.masked_head is not False else None)
+
+    def loss(self, model, inputs: dict, normalization: str, total_denominator=None, attention=None,
+             with_logits: bool = False):
+        attention = inputs["attention_mask"] if attention is None else attention
+        clean, masked = inputs["clean_ids"], inputs["masked"]
+        logits = None
+        if with_logits or self.masked_head is None:  # evaluation metrics need every position's logits
+            logits = model(input_ids=inputs["input_ids"], attention_mask=attention).logits
+            row_ce = masked_token_losses(logits, clean, masked, shift=self.shift).sum(dim=1)
+        else:
+            row_ce = self.masked_head.row_masked_ce(
+                lambda: model(input_ids=inputs["input_ids"], attention_mask=attention).logits, clean, masked,
+                self.shift)
+        loss = diffusion_loss(row_ce, inputs["loss_weight"], masked, inputs["maskable"], normalization,
+                              total_denominator=total_denominator)
+        return loss, logits
+
+    def elbo_nll(self, model, input_ids, maskable, num_samples: int, generator, *, attention=None,
+                 chunk_size: int | None = None) -> torch.Tensor:
+        def row_ce(noisy, targets, masked):
+            size = chunk_size or len(noisy)
+            parts = []
+            for start in range(0, len(noisy), size):
+                rows = slice(start, start + size)
+                copies = None if attention is None else attention[rows]
+                score = masked_ce_fn(self.masked_head, lambda ids: model(input_ids=ids, attention_mask=copies).logits,
+                                     self.shift)
+                parts.append(score(noisy[rows], targets[rows], masked[rows]))
+            return torch.cat(parts)
+
+        return elbo_nll_of(row_ce, input_ids, maskable, self.mask_token_id, num_samples, generator=generator)
+
+    @torch.no_grad()
+    def greedy(self, model, context_ids: list[int], continuation_ids: list[int]) -> bool:
+        """One forward pass with the whole continuation masked predicts exactly the continuation (argmax)."""
+        device = next(model.parameters()).device
+        ids = torch.tensor([context_ids + [self.mask_token_id] * len(continuation_ids)], device=device)
+        predicted = model(input_ids=ids).logits.argmax(-1)[0]
+        if self.shift:  # logits at i predict token i + 1
+            predicted = torch.cat([predicted[:1], predicted[:-1]])
+        return predicted[len(context_ids):].tolist() == continuation_ids

@@ -6,23 +6,29 @@ LM wrapped in `TimeConditionedLM`) outputs log-scores; a time-blind model can le
 RADD identity (its logits are read as p(x0 | unmasked)). Everything is recorded in `diffusion_config`.
 """
 
+from __future__ import annotations
+
 from dataclasses import dataclass
 
 import torch
 
-from .diffusion.losses import denominator, diffusion_loss_sum, row_scales
-from .diffusion.sedd import (
+from ..diffusion.losses import denominator, diffusion_loss_sum, row_scales
+from ..diffusion.masked_head import unwrapped_model
+from ..diffusion.sedd import (
+    SEDD_NOISES,
     dwdse_nll,
     get_graph,
     get_sedd_noise,
     radd_log_score,
     sample_sedd_times,
     score_entropy_terms,
+    zero_input_entry,
 )
-from .modeling import make_bidirectional, read_diffusion_config
-from .models.ddit import DDiTModel
-from .models.sedd_checkpoint import sedd_diffusion_config
-from .models.time_conditioning import TimeConditionedLM
+from ..diffusion_config import SEDD_ABSORB, SEDD_UNIFORM, read_diffusion_config, sedd_diffusion_config
+from ..models.bidirectional import make_bidirectional
+from ..models.ddit import DDiTModel
+from ..models.time_conditioning import TimeConditionedLM
+from .base import Objective
 
 
 def takes_noise_level(model) -> bool:
@@ -84,8 +90,12 @@ def check_fits_checkpoint(previous: dict | None, graph: str, mask_token_id) -> N
 
 
 @dataclass(frozen=True)
-class SeddObjective:
+class SeddObjective(Objective):
     """The graph, noise and parametrisation a SEDD checkpoint was built for (from its diffusion_config)."""
+
+    names = (SEDD_ABSORB, SEDD_UNIFORM)
+    title = "SEDD (score-entropy)"
+    sampler = "sedd"
 
     graph: object
     noise: object
@@ -100,6 +110,40 @@ class SeddObjective:
                                diffusion_config["sigma_max"], diffusion_config["time_eps"])
         return cls(graph, noise, diffusion_config.get("time_conditioned", True), diffusion_config["time_eps"],
                    antithetic_time)
+
+    @classmethod
+    def flags_in_use(cls, args) -> dict[str, bool]:
+        return {"sedd_noise": args.sedd_noise != "loglinear", "sigma_min": args.sigma_min != 1e-4,
+                "sigma_max": args.sigma_max != 20.0, "sedd_scale_by_sigma": args.sedd_scale_by_sigma}
+
+    @classmethod
+    def check_arguments(cls, args) -> None:
+        if args.sedd_noise not in SEDD_NOISES:
+            raise ValueError(f"--sedd_noise must be one of {SEDD_NOISES}, got {args.sedd_noise!r}")
+
+    @classmethod
+    def settings(cls, args, name: str) -> dict:
+        return {"objective": name, "sedd_noise": args.sedd_noise, "sigma_min": args.sigma_min,
+                "sigma_max": args.sigma_max, "sedd_scale_by_sigma": args.sedd_scale_by_sigma, "time_eps": args.time_eps}
+
+    @classmethod
+    def prepare_model(cls, model, tokenizer, settings: dict, *, masked_lm: bool, auto_class: str):
+        return prepare_sedd_model(model, tokenizer, **settings, masked_lm=masked_lm, auto_class=auto_class)
+
+    @classmethod
+    def from_model(cls, model, args=None, prefix_shuffler=None) -> SeddObjective:
+        """The checkpoint's graph and noise; `args` sets --antithetic_time (SEDD uses no prefix shuffling)."""
+        config = unwrapped_model(model).config
+        return cls.from_diffusion_config(read_diffusion_config(config), config.get_text_config().vocab_size,
+                                         True if args is None else args.antithetic_time)
+
+    @property
+    def train_noiser(self):
+        return self
+
+    @property
+    def eval_noiser(self):
+        return self
 
     def __call__(self, batch: dict, generator: torch.Generator) -> dict:
         """Noise a batch of clean rows: the keys of noising.BatchNoiser, `sigma` per row, `loss_weight` = σ̄'."""
@@ -119,9 +163,11 @@ class SeddObjective:
         logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
         return radd_log_score(logits, sigma, self.graph.mask_token_id)
 
-    def loss(self, model, inputs: dict, normalization: str, total_denominator=None):
+    def loss(self, model, inputs: dict, normalization: str, total_denominator=None, attention=None,
+             with_logits: bool = False):
         """(DWDSE numerator / denominator with the project's normalisation, log-scores)."""
-        log_score = self.log_score(model, inputs["input_ids"], inputs["sigma"], inputs["attention_mask"])
+        attention = inputs["attention_mask"] if attention is None else attention
+        log_score = self.log_score(model, inputs["input_ids"], inputs["sigma"], attention)
         terms = score_entropy_terms(self.graph, log_score, inputs["sigma"], inputs["input_ids"], inputs["clean_ids"],
                                     inputs["maskable"])
         numerator = diffusion_loss_sum(terms, inputs["loss_weight"], row_scales(normalization, inputs["maskable"]))
@@ -129,8 +175,27 @@ class SeddObjective:
             total_denominator = denominator(normalization, inputs["maskable"], inputs["masked"]).clamp(min=1)
         return numerator / total_denominator, log_score
 
-    def elbo_nll(self, model, input_ids, attention_mask, maskable, num_samples: int, generator) -> torch.Tensor:
+    def elbo_nll(self, model, input_ids, maskable, num_samples: int, generator, *, attention=None,
+                 chunk_size: int | None = None) -> torch.Tensor:
         """DWDSE bound on −log p(trainable tokens | rest) per row, in nats (see diffusion.sedd.dwdse_nll)."""
-        copies = attention_mask.repeat_interleave(num_samples, dim=0)
-        return dwdse_nll(lambda x_t, sigma: self.log_score(model, x_t, sigma, copies), self.graph, self.noise,
-                         input_ids, maskable, num_samples, eps=self.time_eps, generator=generator)
+        return dwdse_nll(lambda x_t, sigma: self.log_score(model, x_t, sigma, attention), self.graph, self.noise,
+                         input_ids, maskable, num_samples, eps=self.time_eps, generator=generator,
+                         chunk_size=chunk_size)
+
+    @torch.no_grad()
+    def greedy(self, model, context_ids: list[int], continuation_ids: list[int]) -> bool:
+        """Absorbing graph: whether the log-scores of the fully masked continuation at full noise put the
+        continuation first. Uniform graph (no mask): whether the clean continuation is a fixed point, i.e. no token
+        of it has a replacement with log-score above 0 at the lowest noise level."""
+        device = next(model.parameters()).device
+        if self.graph.kind == "uniform":
+            ids = torch.tensor([context_ids + continuation_ids], device=device)
+            sigma = self.noise(torch.full((1,), self.time_eps, device=device))[0]
+            log_score = zero_input_entry(self.log_score(model, ids, sigma, None), ids)
+            return bool((log_score[0, len(context_ids):].max(-1).values <= 0).all())
+        mask_id = self.graph.mask_token_id
+        ids = torch.tensor([context_ids + [mask_id] * len(continuation_ids)], device=device)
+        sigma = self.noise(torch.ones(1, device=device))[0]
+        log_score = self.log_score(model, ids, sigma, None)
+        log_score[..., mask_id] = float("-inf")
+        return log_score.argmax(-1)[0, len(context_ids):].tolist() == continuation_ids

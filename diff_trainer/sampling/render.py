@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFont
 
-from diff_trainer.sampling import StepFrame
+from .masked import StepFrame
 
 MASK_GLYPH = "░"
 ANSI_RESET = "\x1b[0m"

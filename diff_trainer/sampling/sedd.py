@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from .diffusion.sedd import (
+from ..diffusion.sedd import (
     SAMPLING_EPS,
     get_graph,
     get_sedd_noise,
@@ -25,9 +25,11 @@ from .diffusion.sedd import (
     sample_categorical,
     zero_input_entry,
 )
-from .sampling import GenerationResult, StepFrame, context_length, generate, left_pad, suffix_rows
+from ..diffusion_config import MASKED, SEDD_ABSORB, SEDD_UNIFORM
+from .masked import GenerationResult, StepFrame, context_length, left_pad, suffix_rows
 
-SEDD_GRAPH_OF_OBJECTIVE = {"sedd_absorb": "absorb", "sedd_uniform": "uniform", "masked_diffusion": "absorb"}
+# a masked-diffusion checkpoint is read as a time-blind absorbing model (RADD)
+SEDD_GRAPH_OF_OBJECTIVE = {SEDD_ABSORB: "absorb", SEDD_UNIFORM: "uniform", MASKED: "absorb"}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -103,7 +105,7 @@ class SeddSamplerConfig:
         objective = diffusion_config.get("objective")
         if objective not in SEDD_GRAPH_OF_OBJECTIVE:
             raise ValueError(f"objective {objective!r} has no SEDD sampler.")
-        masked = objective == "masked_diffusion"
+        masked = objective == MASKED
         if masked and diffusion_config.get("shift_logits"):
             raise ValueError("a shifted (AR-adapted) masked-diffusion checkpoint cannot be read as a SEDD model.")
         return cls(graph=SEDD_GRAPH_OF_OBJECTIVE[objective], num_states=num_states,
@@ -192,8 +194,3 @@ def sedd_generate(model, prompt_ids, config: SeddSamplerConfig, *, suffix_ids=()
     nfe = config.steps + (1 if config.denoise else 0)
     return GenerationResult(x, full_attention, start, nfe, trace=frames, suffix_length=suffix.shape[1])
 
-
-def run_sampler(model, prompt_ids, config, suffix_ids=(), **options) -> GenerationResult:
-    """Sample with SEDD's loop or the masked-diffusion loop, whichever the config is for."""
-    sample = sedd_generate if isinstance(config, SeddSamplerConfig) else generate
-    return sample(model, prompt_ids, config, suffix_ids=suffix_ids, **options)

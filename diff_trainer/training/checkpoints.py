@@ -16,7 +16,7 @@ from typing import Optional
 import torch.distributed as dist
 from transformers import TrainerCallback
 
-from .data.loading import DataError
+from ..models.registry import CheckpointError
 
 logger = logging.getLogger(__name__)
 
@@ -90,14 +90,14 @@ def newest_complete_checkpoint(output_dir: str) -> Optional[str]:
 
 
 def check_resumable(path: str) -> str:
-    """`path` when it is a complete checkpoint; a DataError saying why not (for --resume_from_checkpoint PATH)."""
+    """`path` when it is a complete checkpoint; a CheckpointError saying why not (for --resume_from_checkpoint PATH)."""
     if not os.path.isdir(path):
-        raise DataError(f"--resume_from_checkpoint {path}: no such directory.")
+        raise CheckpointError(f"--resume_from_checkpoint {path}: no such directory.")
     if not CHECKPOINT_NAME.match(os.path.basename(os.path.normpath(path))):
         return path  # not one of ours: let the Trainer judge it
     reason = incomplete_reason(os.path.normpath(path))
     if reason:
-        raise DataError(f"--resume_from_checkpoint {path} is incomplete: {reason}. Pick an older checkpoint, or use "
+        raise CheckpointError(f"--resume_from_checkpoint {path} is incomplete: {reason}. Pick an older checkpoint, or use "
                          "--resume to take the newest complete one.")
     return path
 

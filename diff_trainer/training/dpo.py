@@ -29,7 +29,7 @@ from datasets import DatasetDict
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 
-from .data.preference import (
+from ..data.preference import (
     REFERENCE_COLUMNS,
     TOKEN_COLUMNS,
     PreferenceCollator,
@@ -37,9 +37,10 @@ from .data.preference import (
     reference_fingerprint,
     run_fingerprint,
 )
-from .diffusion.elbo import elbo_terms, monte_carlo_copies
-from .diffusion.masked_head import MaskedHead, masked_ce_fn, masked_head_for
-from .modeling import is_peft_model, read_diffusion_config
+from ..diffusion.elbo import elbo_terms, monte_carlo_copies
+from ..diffusion.masked_head import MaskedHead, masked_ce_fn, masked_head_for
+from ..diffusion_config import read_diffusion_config
+from ..models.bidirectional import is_peft_model
 from .sharding import ShardedSaveMixin, prepare_frozen_model
 from .trainer import StepNormalizedLoss
 

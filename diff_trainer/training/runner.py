@@ -11,7 +11,7 @@ import transformers
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .checkpoints import CheckpointCompletionCallback, check_resumable, newest_complete_checkpoint
-from .data.loading import DataError
+from ..data.loading import DataError
 
 logger = logging.getLogger(__name__)
 

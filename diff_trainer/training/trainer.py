@@ -1,6 +1,6 @@
-"""DiffusionTrainer: the HuggingFace Trainer with the masked-diffusion loss, ELBO evaluation and annealing.
+"""DiffusionTrainer: the HuggingFace Trainer with a diffusion objective's loss, ELBO evaluation and annealing.
 
-Loaders yield clean rows; the trainer applies the forward process itself (`noising.BatchNoiser`): each training
+Loaders yield clean rows; the trainer applies the objective's forward process itself (`objectives`): each training
 micro-batch with a generator seeded by (seed, global step, micro-batch, process), each evaluation with the same
 seeded masks. Settings are read from `self.args` (`DiffusionTrainingArguments`).
 """
@@ -12,24 +12,21 @@ from typing import Optional
 import torch
 from transformers import Trainer
 
-from .data.labels import IGNORE_INDEX
-from .data.pipeline import RowLayout
-from .diffusion.attention import (
+from ..data.labels import IGNORE_INDEX
+from ..data.pipeline import RowLayout
+from ..diffusion.attention import (
     additive_mask,
     annealed_allowed,
     annealing_ratio,
     document_block_mask,
     same_document_allowed,
 )
-from .diffusion.elbo import elbo_nll_of, monte_carlo_copies
-from .diffusion.losses import denominator, diffusion_loss, masked_token_losses
-from .diffusion.masked_head import MaskedHead, masked_ce_fn
-from .diffusion.schedules import get_schedule
-from .metrics import argmax_logits, token_accuracy_metrics
-from .modeling import is_encoder_model, is_peft_model, read_diffusion_config
-from .noising import BatchNoiser, check_prefix_separator, prefix_shuffler, seeded_generator
-from .diffusion.sedd import SEDD_OBJECTIVES
-from .sedd_objective import SeddObjective
+from ..diffusion.elbo import monte_carlo_copies
+from ..diffusion_config import read_diffusion_config
+from ..metrics import argmax_logits, token_accuracy_metrics
+from ..models.bidirectional import is_encoder_model, is_peft_model
+from ..objectives import objective_for
+from ..objectives.masked import check_prefix_separator, prefix_shuffler, seeded_generator
 from .sharding import ShardedSaveMixin
 
 logger = logging.getLogger(__name__)
@@ -77,10 +74,10 @@ def default_normalization(layout: RowLayout) -> str:
 
 
 class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
-    """Trainer whose loss is the masked-diffusion loss (see the module docstring).
+    """Trainer whose loss is the loss of the model's recorded objective (see the module docstring).
 
     `row_layout` (from `Preprocessor.run`) picks the default --loss_normalization (needed when it is not given).
-    Data collator: the default one (clean rows); the model must carry a `diffusion_config` (modeling.prepare_model).
+    Data collator: the default one (clean rows); the model must carry a `diffusion_config` (training.model.prepare_model).
     """
 
     def __init__(self, model, args, *, row_layout: Optional[RowLayout] = None, **kwargs):
@@ -88,7 +85,7 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
         diffusion_config = read_diffusion_config(base.config)
         if diffusion_config is None:
             raise ValueError("DiffusionTrainer needs a masked-diffusion model: prepare it with "
-                             "modeling.prepare_model(..., mode='diffusion').")
+                             "training.model.prepare_model(..., mode='diffusion').")
         if args.loss_normalization is None and row_layout is None:
             raise ValueError("DiffusionTrainer: pass the rows' layout (Preprocessor.run) or --loss_normalization.")
         if args.attention_annealing_steps > 0 and is_encoder_model(model):
@@ -115,27 +112,15 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
         if self.flex_attention and args.isolate_documents and args.attention_annealing_steps > 0:
             raise ValueError("--isolate_documents with --attention_annealing_steps needs a 4D mask: use "
                              "--attn_implementation sdpa or eager instead of flex_attention.")
-        self.masked_head = None
-        # score entropy (SEDD) replaces the noising, the loss and the ELBO; None for masked diffusion
-        self.sedd = SeddObjective.from_diffusion_config(diffusion_config, base.config.get_text_config().vocab_size,
-                                                        args.antithetic_time) \
-            if diffusion_config["objective"] in SEDD_OBJECTIVES else None
-        if self.sedd is not None:
-            self.eval_noiser = self.train_noiser = self.sedd
-            logger.info("Score entropy (%s): %s noise, loss normalisation %s.", diffusion_config["objective"],
-                        diffusion_config["noise"], self.loss_normalization)
-            return
-        schedule = get_schedule(args.noise_schedule, args.time_eps)
         shuffler = self.build_prefix_shuffler()
         self.eval_prefix_shuffler = shuffler if args.eval_prefix_shuffle else None
-        self.eval_noiser = BatchNoiser(diffusion_config["mask_token_id"], schedule, args.antithetic_time,
-                                       prefix_shuffler=self.eval_prefix_shuffler)
-        self.train_noiser = BatchNoiser(diffusion_config["mask_token_id"], schedule, args.antithetic_time,
-                                        args.random_length_prob, args.prompt_dropout, shuffler)
-        if args.masked_head is not False:  # before the Trainer compiles or wraps the model
-            self.masked_head = MaskedHead(model)
-        logger.info("Masked diffusion: mask id %d, %s schedule, loss normalisation %s.",
-                    diffusion_config["mask_token_id"], args.noise_schedule, self.loss_normalization)
+        # before the Trainer compiles or wraps the model (the masked head holds the model's output layer)
+        self.objective = objective_for(diffusion_config).from_model(model, args, shuffler)
+        self.train_noiser, self.eval_noiser = self.objective.train_noiser, self.objective.eval_noiser
+        self.masked_head = self.objective.masked_head
+        logger.info("%s (%s), loss normalisation %s.", self.objective.title.capitalize(),
+                    ", ".join(f"{key} {diffusion_config[key]}" for key in ("objective", "mask_token_id")
+                              if diffusion_config.get(key) is not None), self.loss_normalization)
 
     def build_prefix_shuffler(self):
         """--prefix_shuffle's shuffler (None when off), its separator checked against the first training rows."""
@@ -165,7 +150,7 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
         return batches, (self._get_num_items_in_batch(batches, device) if batches else None)
 
     def batch_denominator(self, batch: dict) -> torch.Tensor:
-        return denominator(self.loss_normalization, batch["maskable"], batch["masked"])
+        return self.objective.denominator(self.loss_normalization, batch)
 
     def attention_for(self, attention_mask: torch.Tensor, clean_ids: torch.Tensor, dtype: torch.dtype):
         """The 2D padding mask, or a 4D float mask while attention is annealed (DiffuLLaMA, training only) and
@@ -182,21 +167,10 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
         return attention_mask if allowed is None else additive_mask(allowed, dtype)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        if self.sedd is not None:
-            loss, log_score = self.sedd.loss(model, inputs, self.loss_normalization,
-                                             self.share_of_denominator(num_items_in_batch))
-            return (loss, {"logits": log_score}) if return_outputs else loss
         attention = self.attention_for(inputs["attention_mask"], inputs["clean_ids"], next(model.parameters()).dtype)
-        clean, masked, shift = inputs["clean_ids"], inputs["masked"], self.args.shift_logits
-        logits = None
-        if return_outputs or self.masked_head is None:  # evaluation metrics need every position's logits
-            logits = model(input_ids=inputs["input_ids"], attention_mask=attention).logits
-            row_ce = masked_token_losses(logits, clean, masked, shift=shift).sum(dim=1)
-        else:
-            row_ce = self.masked_head.row_masked_ce(
-                lambda: model(input_ids=inputs["input_ids"], attention_mask=attention).logits, clean, masked, shift)
-        loss = diffusion_loss(row_ce, inputs["loss_weight"], masked, inputs["maskable"], self.loss_normalization,
-                              total_denominator=self.share_of_denominator(num_items_in_batch))
+        loss, logits = self.objective.loss(model, inputs, self.loss_normalization,
+                                           self.share_of_denominator(num_items_in_batch), attention,
+                                           with_logits=return_outputs)
         return (loss, {"logits": logits}) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -246,14 +220,8 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
                 copies = self.attention_for(monte_carlo_copies(attention[rows], samples),
                                             monte_carlo_copies(ids[rows], samples), dtype)
                 with self.accelerator.autocast():
-                    if self.sedd is not None:  # the DWDSE bound (SEDD), in the same units
-                        nlls.append(self.sedd.elbo_nll(model, ids[rows], attention[rows], maskable[rows], samples,
-                                                       generator))
-                    else:
-                        scorer = masked_ce_fn(self.masked_head, lambda noisy: model(
-                            input_ids=noisy, attention_mask=copies).logits, self.args.shift_logits)
-                        nlls.append(elbo_nll_of(scorer, ids[rows], maskable[rows], self.eval_noiser.mask_token_id,
-                                                samples, generator=generator))
+                    nlls.append(self.objective.elbo_nll(model, ids[rows], maskable[rows], samples, generator,
+                                                        attention=copies))
             gathered = self.accelerator.gather_for_metrics((torch.cat(nlls), maskable.sum(dim=1)))
             total_nll += float(gathered[0].sum())
             total_tokens += int(gathered[1].sum())
