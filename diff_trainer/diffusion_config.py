@@ -4,12 +4,17 @@ Everything downstream (trainers, samplers, the harness, the browser page) reads 
 record and never guesses them again. This module imports nothing from the package.
 """
 
+from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
 MASKED = "masked_diffusion"
 SEDD_ABSORB = "sedd_absorb"
 SEDD_UNIFORM = "sedd_uniform"
 # --diffusion_objective's short spelling of masked diffusion (its default); a checkpoint records MASKED
 OBJECTIVE_ALIASES = {"masked": MASKED}
 DEFAULT_OBJECTIVE = "masked"
+# the transformers auto classes a checkpoint may be loaded with (recorded as diffusion_config["auto_class"])
+AUTO_CLASS_NAMES = ("AutoModelForCausalLM", "AutoModelForMaskedLM")
+MASKED_LM_CLASS_NAMES = frozenset(MODEL_FOR_MASKED_LM_MAPPING_NAMES.values())
 
 
 def read_diffusion_config(config) -> dict | None:
@@ -18,8 +23,24 @@ def read_diffusion_config(config) -> dict | None:
     return dict(diffusion_config) if diffusion_config is not None else None
 
 
-def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedule, time_eps, dff_token, auto_class,
-                           row_packing=None, eos_token_ids=None):
+def auto_class_name(config, masked_lm: bool = False) -> str:
+    """The auto class of a model: --masked_lm, else the one its diffusion_config records, else a masked LM for
+    encoder architectures (BERT, ModernBERT, ...), else a causal LM."""
+    if masked_lm:
+        return "AutoModelForMaskedLM"
+    recorded = (read_diffusion_config(config) or {}).get("auto_class")
+    if recorded is not None:
+        if recorded not in AUTO_CLASS_NAMES:
+            raise ValueError(f"The checkpoint's diffusion_config names auto class {recorded!r}, which diff-trainer "
+                             f"does not load models with (known: {', '.join(AUTO_CLASS_NAMES)}).")
+        return recorded
+    if any(name in MASKED_LM_CLASS_NAMES for name in getattr(config, "architectures", None) or []):
+        return "AutoModelForMaskedLM"
+    return "AutoModelForCausalLM"
+
+
+def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedule, time_eps, dff_token,
+                           auto_class=None, row_packing=None, eos_token_ids=None):
     """Record in `config` (hence in config.json) that the checkpoint is a masked-diffusion LM, and how to load it.
 
     `eos_token_ids`: every id that ends a generation (LLaDA: EOS and EOT); None keeps the ones already recorded.
@@ -43,7 +64,7 @@ def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedul
         "noise_schedule": noise_schedule,
         "time_eps": float(time_eps),
         "dff_token": dff_token,
-        "auto_class": auto_class,
+        "auto_class": auto_class or auto_class_name(config),
     }
     if row_packing is not None:  # packed, left or right (trained EOS padding): DPO's default padding follows it
         config.diffusion_config["row_packing"] = row_packing

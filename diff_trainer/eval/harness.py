@@ -77,6 +77,9 @@ class DiffusionLM(LM):
             "block_length": _optional(int, block_length), "threshold": _optional(float, threshold),
             "guidance_scale": float(guidance_scale), "remasking": remasking, "temperature": float(temperature),
             "predictor": predictor}
+        if predictor is not None and self.objective.sampler != "sedd":
+            raise ValueError("diffusion_lm: predictor is a setting of the SEDD sampler; this is a masked-diffusion "
+                             "checkpoint.")
         check_sampler_settings(model, **self.sampler_settings)  # wrong settings fail now, not mid-run
         if self.sampler_settings["gen_length"] is not None:
             self.sampler_config(self.sampler_settings["gen_length"])
@@ -100,7 +103,8 @@ class DiffusionLM(LM):
         maskable = torch.zeros_like(ids, dtype=torch.bool)
         maskable[:, len(context_ids):] = True
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        nll = self.objective.elbo_nll(self.model, ids, maskable, self.mc_num, generator, chunk_size=self.batch_size)
+        nll = self.objective.elbo_nll(self.model, ids, None, maskable, self.mc_num, generator,
+                                      chunk_size=self.batch_size)
         return float(nll[0])
 
     def one_step_greedy(self, context_ids: list[int], continuation_ids: list[int]) -> bool:

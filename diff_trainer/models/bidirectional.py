@@ -3,9 +3,8 @@ peft wrappers, and the config fields LLaDA's and Dream's config.json share, mapp
 with full attention (`is_causal = False`)."""
 
 import torch
-from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-MASKED_LM_CLASS_NAMES = frozenset(MODEL_FOR_MASKED_LM_MAPPING_NAMES.values())
+from ..diffusion_config import MASKED_LM_CLASS_NAMES
 
 
 def bidirectional_config(config_class, raw: dict, **architecture):

@@ -83,7 +83,6 @@ class ReleasedLayout:
         config = self.family.native_config(raw)
         write_diffusion_config(config, mask_token_id=self.mask_token_id(raw), shift_logits=self.shift_logits,
                                noise_schedule=NOISE_SCHEDULE, time_eps=TIME_EPS, dff_token=None,
-                               auto_class="AutoModelForCausalLM",
                                eos_token_ids=stop_token_ids(raw, directory, self.family.EXTRA_STOP_TOKENS))
         config.architectures = None
         return config

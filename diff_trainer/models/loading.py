@@ -22,8 +22,7 @@ from transformers.models.auto.tokenization_auto import get_tokenizer_config
 
 from ..data.char_tokenizer import CHAR_TOKENIZER, CharTokenizer, build_char_tokenizer
 from ..devices import resolve_device, torch_dtype
-from ..diffusion_config import read_diffusion_config
-from .bidirectional import MASKED_LM_CLASS_NAMES
+from ..diffusion_config import auto_class_name
 from .registry import CheckpointLoader, registered_loader
 
 BYTE_TOKENIZER = "byte"
@@ -33,7 +32,7 @@ DROPOUT_NAME_ENDINGS = ("dropout", "dropout_prob", "dropout_rate", "pdrop")
 SPECIAL_TOKEN_ID_NAMES = (
     "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "cls_token_id", "mask_token_id",
 )
-# auto classes a checkpoint's diffusion_config may name in "auto_class" (others can be registered here)
+# the classes of the auto class names a checkpoint's diffusion_config may record (diffusion_config.AUTO_CLASS_NAMES)
 AUTO_CLASSES = {"AutoModelForCausalLM": AutoModelForCausalLM, "AutoModelForMaskedLM": AutoModelForMaskedLM}
 # The tokenizers built here without vocabulary files (--tokenizer_name byte / char), by the class name saved in
 # tokenizer_config.json. AutoTokenizer does not always honour that name: transformers 5 gives a qwen2 checkpoint
@@ -214,22 +213,6 @@ def describe_model(model) -> str:
         if getattr(config, name, None) is not None)
     parameters = sum(parameter.numel() for parameter in model.parameters())
     return f"{type(model).__name__}: {parameters:,} parameters ({sizes})"
-
-
-def auto_class_name(config, masked_lm: bool = False) -> str:
-    """The auto class of a model: --masked_lm, else the one its diffusion_config records, else a masked LM for
-    encoder architectures (BERT, ModernBERT, ...), else a causal LM."""
-    if masked_lm:
-        return "AutoModelForMaskedLM"
-    recorded = (read_diffusion_config(config) or {}).get("auto_class")
-    if recorded is not None:
-        if recorded not in AUTO_CLASSES:
-            raise ValueError(f"The checkpoint's diffusion_config names auto class {recorded!r}, which is not "
-                             f"registered in diff_trainer.models.loading.AUTO_CLASSES ({', '.join(AUTO_CLASSES)}).")
-        return recorded
-    if any(name in MASKED_LM_CLASS_NAMES for name in getattr(config, "architectures", None) or []):
-        return "AutoModelForMaskedLM"
-    return "AutoModelForCausalLM"
 
 
 def load_model(model_args, tokenizer):

@@ -13,6 +13,7 @@ from typing import Callable, ClassVar
 
 import torch
 
+from ..diffusion.elbo import monte_carlo_copies
 from ..diffusion.losses import denominator
 
 
@@ -40,7 +41,8 @@ class Objective(abc.ABC):
     @classmethod
     @abc.abstractmethod
     def settings(cls, args, name: str) -> dict:
-        """What `prepare_model` records from the training arguments (DiffusionTrainingArguments)."""
+        """What `prepare_model` records from the training arguments (DiffusionTrainingArguments); with the
+        objective's name under "objective" unless it is the default one."""
 
     @classmethod
     @abc.abstractmethod
@@ -64,12 +66,21 @@ class Objective(abc.ABC):
         return denominator(normalization, batch["maskable"], batch["masked"])
 
     @abc.abstractmethod
-    def elbo_nll(self, model, input_ids, maskable, num_samples: int, generator, *, attention=None,
-                 chunk_size: int | None = None) -> torch.Tensor:
+    def elbo_nll(self, model, input_ids, attention_mask, maskable, num_samples: int, generator, *,
+                 attention_for=None, chunk_size: int | None = None) -> torch.Tensor:
         """A Monte-Carlo upper bound on −log p(maskable tokens | the rest) per row, in nats.
 
-        `attention`: the attention mask of the `num_samples` copies of each row (row k·n + j is sample j of row k), or
-        None; `chunk_size`: at most this many copies per forward pass (without `attention`)."""
+        `attention_mask`: the rows' padding mask, or None (the model runs without one); `attention_for(mask, ids)`
+        turns the mask of the `num_samples` copies of each row into the one the model runs with (the trainer's
+        annealing and document isolation); `chunk_size`: at most this many copies per forward pass."""
+
+    @staticmethod
+    def copies_attention(input_ids, attention_mask, num_samples: int, attention_for=None):
+        """The attention mask of the Monte-Carlo copies (row k·n + j is sample j of row k), or None."""
+        if attention_mask is None:
+            return None
+        copies = monte_carlo_copies(attention_mask, num_samples)
+        return copies if attention_for is None else attention_for(copies, monte_carlo_copies(input_ids, num_samples))
 
     @abc.abstractmethod
     def greedy(self, model, context_ids: list[int], continuation_ids: list[int]) -> bool:

@@ -182,7 +182,7 @@ class MaskedDiffusion(Objective):
 
     @classmethod
     def settings(cls, args, name: str) -> dict:
-        return {"objective": MASKED, "shift_logits": args.shift_logits, "noise_schedule": args.noise_schedule,
+        return {"shift_logits": args.shift_logits, "noise_schedule": args.noise_schedule,
                 "time_eps": args.time_eps}
 
     @classmethod
@@ -191,7 +191,8 @@ class MaskedDiffusion(Objective):
         make_bidirectional(model)
         if settings.get("shift_logits") and is_encoder_model(model):
             raise ValueError("--shift_logits adapts a causal LM; an encoder (masked LM) predicts its own position.")
-        write_diffusion_config(model.config, mask_token_id=tokenizer.mask_token_id, auto_class=auto_class, **settings)
+        recorded = {name: value for name, value in settings.items() if name != "objective"}
+        write_diffusion_config(model.config, mask_token_id=tokenizer.mask_token_id, auto_class=auto_class, **recorded)
         return model
 
     @classmethod
@@ -231,8 +232,10 @@ class MaskedDiffusion(Objective):
                               total_denominator=total_denominator)
         return loss, logits
 
-    def elbo_nll(self, model, input_ids, maskable, num_samples: int, generator, *, attention=None,
-                 chunk_size: int | None = None) -> torch.Tensor:
+    def elbo_nll(self, model, input_ids, attention_mask, maskable, num_samples: int, generator, *,
+                 attention_for=None, chunk_size: int | None = None) -> torch.Tensor:
+        attention = self.copies_attention(input_ids, attention_mask, num_samples, attention_for)
+
         def row_ce(noisy, targets, masked):
             size = chunk_size or len(noisy)
             parts = []

@@ -175,9 +175,12 @@ class SeddObjective(Objective):
             total_denominator = denominator(normalization, inputs["maskable"], inputs["masked"]).clamp(min=1)
         return numerator / total_denominator, log_score
 
-    def elbo_nll(self, model, input_ids, maskable, num_samples: int, generator, *, attention=None,
-                 chunk_size: int | None = None) -> torch.Tensor:
+    def elbo_nll(self, model, input_ids, attention_mask, maskable, num_samples: int, generator, *,
+                 attention_for=None, chunk_size: int | None = None) -> torch.Tensor:
         """DWDSE bound on −log p(trainable tokens | rest) per row, in nats (see diffusion.sedd.dwdse_nll)."""
+        attention = self.copies_attention(input_ids, attention_mask, num_samples, attention_for)
+        if attention is not None and chunk_size is not None:
+            raise ValueError("the DWDSE bound is chunked only for rows without a padding mask.")
         return dwdse_nll(lambda x_t, sigma: self.log_score(model, x_t, sigma, attention), self.graph, self.noise,
                          input_ids, maskable, num_samples, eps=self.time_eps, generator=generator,
                          chunk_size=chunk_size)

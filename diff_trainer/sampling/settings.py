@@ -51,8 +51,6 @@ def check_sampler_settings(checkpoint, *, predictor: str | None = None, **overri
         if given:
             raise ValueError(f"{', '.join(given)} are settings of the masked-diffusion sampler; this checkpoint is "
                              "sampled with SEDD's sampler (its settings: gen_length, steps, predictor).")
-    elif predictor is not None:
-        raise ValueError("predictor is a setting of the SEDD sampler; this is a masked-diffusion checkpoint.")
     return diffusion_config
 
 

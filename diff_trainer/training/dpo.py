@@ -221,7 +221,7 @@ class DiffusionDPOTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
             if args.precompute_ref_scores and dataset is not None and not has_reference_scores(
                     dataset, run_fingerprint(args.mc_samples, args.antithetic_sampling, args.seed)):
                 raise ValueError("--precompute_ref_scores: score the pairs first with "
-                                 "diff_trainer.dpo.precompute_reference_scores.")
+                                 "diff_trainer.training.dpo.precompute_reference_scores.")
         if args.precompute_ref_scores:
             ref_model = None  # training keeps no reference model
         elif ref_model is None and not is_peft_model(model):

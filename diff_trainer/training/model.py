@@ -3,9 +3,9 @@ LoRA adapters under --use_lora."""
 
 from peft import LoraConfig, get_peft_model
 
-from ..diffusion_config import read_diffusion_config
+from ..diffusion_config import DEFAULT_OBJECTIVE, auto_class_name, read_diffusion_config
 from ..models.bidirectional import is_encoder_model, make_bidirectional
-from ..models.loading import auto_class_name, load_model
+from ..models.loading import load_model
 from ..objectives import objective_for
 
 MODES = ("causal", "diffusion")
@@ -26,9 +26,8 @@ def prepare_model(model_args, tokenizer, mode: str, *, new_token_ids=(), diffusi
         raise ValueError("--masked_lm loads an encoder as the denoiser: it only applies with --train_diff_model.")
     model = load_model(model_args, tokenizer)
     if mode == "diffusion" and diffusion_settings is not None:
-        settings = dict(diffusion_settings)
-        objective = objective_for(settings.pop("objective"))
-        model = objective.prepare_model(model, tokenizer, settings, masked_lm=model_args.masked_lm,
+        objective = objective_for(diffusion_settings.get("objective", DEFAULT_OBJECTIVE))
+        model = objective.prepare_model(model, tokenizer, diffusion_settings, masked_lm=model_args.masked_lm,
                                         auto_class=auto_class_name(model.config, model_args.masked_lm))
     elif mode == "diffusion":
         recorded = read_diffusion_config(model.config)

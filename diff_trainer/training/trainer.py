@@ -21,7 +21,6 @@ from ..diffusion.attention import (
     document_block_mask,
     same_document_allowed,
 )
-from ..diffusion.elbo import monte_carlo_copies
 from ..diffusion_config import read_diffusion_config
 from ..metrics import argmax_logits, token_accuracy_metrics
 from ..models.bidirectional import is_encoder_model, is_peft_model
@@ -217,11 +216,10 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
                 ids = self.eval_prefix_shuffler(ids, batch["labels"], attention, generator)
             nlls = []
             for rows in torch.split(torch.arange(len(ids), device=ids.device), max(1, len(ids) // 2)):
-                copies = self.attention_for(monte_carlo_copies(attention[rows], samples),
-                                            monte_carlo_copies(ids[rows], samples), dtype)
                 with self.accelerator.autocast():
-                    nlls.append(self.objective.elbo_nll(model, ids[rows], maskable[rows], samples, generator,
-                                                        attention=copies))
+                    nlls.append(self.objective.elbo_nll(
+                        model, ids[rows], attention[rows], maskable[rows], samples, generator,
+                        attention_for=lambda copies, copy_ids: self.attention_for(copies, copy_ids, dtype)))
             gathered = self.accelerator.gather_for_metrics((torch.cat(nlls), maskable.sum(dim=1)))
             total_nll += float(gathered[0].sum())
             total_tokens += int(gathered[1].sum())

@@ -9,7 +9,7 @@ from conftest import count_forward_passes, make_byte_tokenizer
 
 from data_scripts.make_arithmetic import make_arithmetic, problem_record
 from diff_trainer.cli import eval_arithmetic as cli
-from diff_trainer.sampling import GenerationResult
+from diff_trainer.sampling.masked import GenerationResult
 
 
 @pytest.fixture(scope="module")

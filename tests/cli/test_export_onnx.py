@@ -10,7 +10,7 @@ import torch
 from conftest import make_byte_tokenizer, make_tiny_llama, masked_diffusion_config, save_checkpoint
 
 from diff_trainer.cli import export_onnx as cli
-from diff_trainer.render import TokenPieces
+from diff_trainer.sampling.render import TokenPieces
 
 
 def tiny_model(kind: str, vocab_size: int, bidirectional: bool = True):

@@ -8,7 +8,8 @@ from conftest import count_forward_passes, make_byte_tokenizer, make_tiny_llama
 from transformers import AutoModelForCausalLM
 
 from diff_trainer.cli import generate as cli
-from diff_trainer.sampling import generate
+from diff_trainer.sampling.masked import generate
+from diff_trainer.sampling.settings import sampler_for
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +70,9 @@ def test_cache_flag_reaches_the_sampler(checkpoints, tokenizer, tmp_path):
     record = read_jsonl(output)[0]
     assert record["settings"]["cache"] == "prefix"
     model = AutoModelForCausalLM.from_pretrained(checkpoints / "diffusion").eval()
-    expected = generate(model, cli.encode_prompts(tokenizer, ["12+7="]), cli.sampler_config(
-        cli.build_parser().parse_args(["--model", "m", "--gen_length", "8", "--block_length", "4", "--cache", "prefix",
-                                       "--eos_handling", "none"]), diffusion_config(tokenizer), tokenizer))
+    expected = generate(model, cli.encode_prompts(tokenizer, ["12+7="]), sampler_for(
+        diffusion_config(tokenizer), tokenizer, **cli.sampler_flags(cli.build_parser().parse_args(
+            ["--model", "m", "--gen_length", "8", "--block_length", "4", "--cache", "prefix", "--eos_handling", "none"]))))
     assert record["completion"] == cli.completion_text(tokenizer, expected.generated[0].tolist())
     assert record["nfe"] == record["batch_forwards"] == 8
 

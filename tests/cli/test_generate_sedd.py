@@ -11,7 +11,7 @@ from transformers import ByT5Tokenizer
 from diff_trainer.cli import generate as cli
 from diff_trainer.cli import view
 from diff_trainer.models.ddit import DDiTConfig, DDiTModel
-from diff_trainer.models.sedd_checkpoint import sedd_diffusion_config
+from diff_trainer.diffusion_config import sedd_diffusion_config
 from models.test_sedd_checkpoint import sedd_small_layout, write_checkpoint
 
 
@@ -99,7 +99,7 @@ def test_layout_without_tokenizer_is_refused(checkpoints):
 
 def test_same_draws_as_library(checkpoints, tmp_path):
     """The command samples exactly what sedd_generate gives for the same seed."""
-    from diff_trainer.sedd_sampling import SeddSamplerConfig, sedd_generate
+    from diff_trainer.sampling.sedd import SeddSamplerConfig, sedd_generate
 
     out = tmp_path / "cli.jsonl"
     cli.main(["--model", str(checkpoints / "uniform"), "--samples", "2", "--gen_length", "5", "--steps", "3",
@@ -114,7 +114,7 @@ def test_same_draws_as_library(checkpoints, tmp_path):
 
 def test_suffix_is_kept_and_the_completion_is_the_infill(checkpoints, tmp_path, capsys):
     """--suffix: every step shows the prompt and the suffix unchanged; the output is the library's infill."""
-    from diff_trainer.sedd_sampling import SeddSamplerConfig, sedd_generate
+    from diff_trainer.sampling.sedd import SeddSamplerConfig, sedd_generate
 
     out = tmp_path / "infill.jsonl"
     cli.main(["--model", str(checkpoints / "uniform"), "--prompt", "ab", "--suffix", "yz", "--gen_length", "3",

@@ -19,7 +19,7 @@ from data_scripts.make_arithmetic import make_arithmetic  # noqa: E402
 from diff_trainer.cli import lm_eval as cli  # noqa: E402
 from diff_trainer.eval.harness import DiffusionLM  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 TASKS = "arithmetic_exact_match,docstring_choice,docstring_perplexity"
 LIMIT = 2
 
@@ -107,7 +107,7 @@ def test_causal_checkpoint_goes_through_the_harness_hf_model(workdir, monkeypatc
     monkeypatch.chdir(workdir)
     results = cli.evaluate(["--model", "causal", "--tasks", "docstring_perplexity", "--include_path", "tasks",
                             "--limit", str(LIMIT)])["results"]
-    from diff_trainer.modeling import load_checkpoint
+    from diff_trainer.models.loading import load_checkpoint
 
     model, tokenizer = load_checkpoint("causal")
     total, size = 0.0, 0

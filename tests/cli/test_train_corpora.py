@@ -8,7 +8,7 @@ import yaml
 
 from diff_trainer.cli import train_corpora
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TINY = {
     "tokenizer_name": "char", "model_type": "ddit", "train_diff_model": True,
     "config_overrides": "hidden_size=32,cond_dim=16,num_hidden_layers=1,num_attention_heads=4,"

@@ -16,25 +16,15 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from diff_trainer import modeling
-from diff_trainer.arguments import DiffusionTrainingArguments
+from diff_trainer.models import registry
+from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
 from diff_trainer.cli import generate as generate_cli
-from diff_trainer.modeling import (
-    CheckpointLoader,
-    add_special_tokens,
-    attends_to_future,
-    is_encoder_model,
-    is_peft_model,
-    load_checkpoint,
-    load_model,
-    load_tokenizer,
-    make_bidirectional,
-    prepare_model,
-    read_diffusion_config,
-    set_dropout,
-    write_diffusion_config,
-)
-from diff_trainer.trainer import DiffusionTrainer
+from diff_trainer.diffusion_config import read_diffusion_config, write_diffusion_config
+from diff_trainer.models.bidirectional import attends_to_future, is_encoder_model, is_peft_model, make_bidirectional
+from diff_trainer.models.loading import add_special_tokens, load_checkpoint, load_model, load_tokenizer, set_dropout
+from diff_trainer.models.registry import CheckpointLoader
+from diff_trainer.training.model import prepare_model
+from diff_trainer.training.trainer import DiffusionTrainer
 
 TINY = "hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4"
 OVERRIDES = {
@@ -243,7 +233,7 @@ DEMO_OVERRIDES = ("hidden_size=128,intermediate_size=384,num_hidden_layers=4,num
 
 
 def test_head_dim_follows_overridden_hidden_size_and_heads(tokenizer, caplog):
-    with caplog.at_level("INFO", logger="diff_trainer.modeling"):
+    with caplog.at_level("INFO", logger="diff_trainer.models.loading"):
         model = load_model(model_args(config_overrides=DEMO_OVERRIDES), tokenizer)
     assert model.config.head_dim == 32
     assert model.model.layers[0].self_attn.q_proj.weight.shape == (128, 128)
@@ -463,7 +453,7 @@ def test_missing_checkpoint_and_foreign_layouts(tmp_path, tokenizer, monkeypatch
     (foreign / "weights.npz").write_text("")
     tokenizer.save_pretrained(foreign)
     built = make_tiny_llama(len(tokenizer))
-    monkeypatch.setattr(modeling, "CHECKPOINT_LOADERS", [
+    monkeypatch.setattr(registry, "CHECKPOINT_LOADERS", [
         CheckpointLoader(lambda path: os.path.exists(os.path.join(path, "weights.npz")), lambda path, **_: built)])
     model, _ = load_checkpoint(str(foreign))
     assert model is built

@@ -5,10 +5,12 @@ import torch
 from conftest import DFF, MASK, make_tiny_llama
 from peft import PeftModel
 from safetensors.torch import load_file
-from test_modeling import model_args, tiny_model
+from models.test_loading import model_args, tiny_model
 from transformers import ByT5Tokenizer
 
-from diff_trainer.modeling import add_special_tokens, apply_lora, load_model, make_bidirectional
+from diff_trainer.models.bidirectional import make_bidirectional
+from diff_trainer.models.loading import add_special_tokens, load_model
+from diff_trainer.training.model import apply_lora
 
 CASES = {
     "llama-untied": dict(family="llama", tie_word_embeddings=False),

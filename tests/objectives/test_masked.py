@@ -7,12 +7,12 @@ import torch
 from conftest import make_byte_tokenizer, make_tiny_llama
 from transformers import default_data_collator
 
-from diff_trainer.arguments import DiffusionTrainingArguments
+from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
 from diff_trainer.data.labels import IGNORE_INDEX
 from diff_trainer.diffusion.schedules import get_schedule
-from diff_trainer.modeling import write_diffusion_config
-from diff_trainer.noising import BatchNoiser, seeded_generator
-from diff_trainer.trainer import DiffusionTrainer
+from diff_trainer.diffusion_config import write_diffusion_config
+from diff_trainer.objectives.masked import BatchNoiser, seeded_generator
+from diff_trainer.training.trainer import DiffusionTrainer
 
 MASK = 7
 EPS = 1e-3

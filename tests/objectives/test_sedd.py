@@ -10,14 +10,14 @@ from conftest import make_byte_tokenizer, make_tiny_llama
 from transformers import AutoModelForCausalLM
 
 import diff_trainer  # noqa: F401  registers DDiT / TimeConditionedLM
-from diff_trainer.arguments import DiffusionTrainingArguments
+from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
 from diff_trainer.diffusion.losses import masked_diffusion_loss
 from diff_trainer.models.ddit import DDiTModel
 from diff_trainer.models.time_conditioning import TimeConditionedLM
-from diff_trainer.modeling import read_diffusion_config
-from diff_trainer.sedd_objective import SeddObjective, prepare_sedd_model
+from diff_trainer.diffusion_config import read_diffusion_config
+from diff_trainer.objectives.sedd import SeddObjective, prepare_sedd_model
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("run_clm_diff", ROOT / "run_clm_diff.py")
 run_clm_diff = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(run_clm_diff)
@@ -135,8 +135,9 @@ def test_ddit_sedd_uniform_trains_evaluates_and_samples(tmp_path, capsys):
 
     generate.main(["--model", str(out), "--prompt", "def ", "--gen_length", "8", "--steps", "4", "--seed", "0"])
     assert capsys.readouterr().out.strip()
-    from diff_trainer.arguments import ModelArguments
-    from diff_trainer.modeling import load_tokenizer, prepare_model
+    from diff_trainer.training.args.model import ModelArguments
+    from diff_trainer.models.loading import load_tokenizer
+    from diff_trainer.training.model import prepare_model
 
     model_args = ModelArguments(model_name_or_path=str(out))
     with pytest.raises(ValueError, match="VRPO / DPO is defined here for masked-diffusion ELBOs only"):

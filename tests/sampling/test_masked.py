@@ -6,14 +6,14 @@ import pytest
 import torch
 from conftest import make_tiny_llama
 
-from diff_trainer.sampling import (
-    padded_position_ids,
+from diff_trainer.sampling.masked import (
     SamplerConfig,
     chosen_probability,
     generate,
     guided_logits,
     negative_entropy,
     num_transfer_tokens,
+    padded_position_ids,
     random_confidence,
     sample_tokens,
     select_most_confident,
@@ -380,7 +380,7 @@ def test_forbidden_special_tokens_are_never_committed_but_eos_still_is(temperatu
 def test_special_token_ids_to_forbid_are_all_specials_but_eos():
     from transformers import ByT5Tokenizer
 
-    from diff_trainer.modeling import add_special_tokens
+    from diff_trainer.models.loading import add_special_tokens
 
     tokenizer = ByT5Tokenizer()
     add_special_tokens(tokenizer, "<DFF>", "<|mdm_mask|>")
@@ -541,7 +541,7 @@ def test_the_first_step_of_a_block_uses_the_uncached_logits(model, cache):
 def stale_reference_logits(model, before, now, attention_mask, window_starts, window_width):
     """Independent implementation of the cached forward: a plain forward of `now` in which, at every layer, the
     key and value projections of positions outside each row's window are those computed from `before`."""
-    from diff_trainer.sampling import padded_position_ids
+    from diff_trainer.sampling.masked import padded_position_ids
 
     positions = padded_position_ids(attention_mask)
     projections = [layer.self_attn.k_proj for layer in model.model.layers]
@@ -563,7 +563,7 @@ def stale_reference_logits(model, before, now, attention_mask, window_starts, wi
 
 @pytest.mark.parametrize("cache", ["prefix", "dual"])
 def test_cached_logits_equal_a_forward_with_stale_keys_and_values_outside_the_window(model, cache):
-    from diff_trainer.sampling import _Denoiser
+    from diff_trainer.sampling.masked import _Denoiser
 
     # Row 0 (left padded) is in its first block, row 1 in its second: the windows differ per row.
     x = torch.tensor([[0, 0, 5, 6, MASK, MASK, MASK, MASK, MASK, MASK, MASK, MASK],

@@ -6,8 +6,8 @@ from conftest import make_byte_tokenizer, make_tiny_llama
 from PIL import Image
 
 from diff_trainer.cli import view
-from diff_trainer.render import ANSI_STYLES, MASK_GLYPH, TokenPieces, frame_cells, render_gif, render_text
-from diff_trainer.sampling import StepFrame, generate
+from diff_trainer.sampling.render import ANSI_STYLES, MASK_GLYPH, TokenPieces, frame_cells, render_gif, render_text
+from diff_trainer.sampling.masked import StepFrame, generate
 
 
 @pytest.fixture(scope="module")

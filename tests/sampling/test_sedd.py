@@ -6,13 +6,7 @@ import pytest
 import torch
 
 from diff_trainer.diffusion.sedd import GeometricNoise, get_graph
-from diff_trainer.sedd_sampling import (
-    SeddSamplerConfig,
-    analytic_probs,
-    denoise_probs,
-    euler_probs,
-    sedd_generate,
-)
+from diff_trainer.sampling.sedd import SeddSamplerConfig, analytic_probs, denoise_probs, euler_probs, sedd_generate
 
 N = 5
 MASK = 4

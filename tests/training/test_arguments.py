@@ -4,15 +4,11 @@ import json
 
 import pytest
 import yaml
-from diff_trainer.arguments import (
-    DataArguments,
-    DiffusionTrainingArguments,
-    DPOTrainingArguments,
-    ModelArguments,
-    PreferenceDataArguments,
-    config_to_argv,
-    parse_arguments,
-)
+from diff_trainer.training.args.data import DataArguments, PreferenceDataArguments
+from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
+from diff_trainer.training.args.dpo import DPOTrainingArguments
+from diff_trainer.training.args.model import ModelArguments
+from diff_trainer.training.args.parsing import config_to_argv, parse_arguments
 
 TYPES = (ModelArguments, DataArguments, DiffusionTrainingArguments)
 
@@ -159,13 +155,13 @@ def test_diffusion_flags_accepted_with_train_diff_model(tmp_path):
 
 def test_a_causal_run_names_the_diffusion_settings_it_does_not_use(tmp_path, caplog):
     """A causal twin from a diffusion config (--train_diff_model false): changed diffusion settings are logged."""
-    with caplog.at_level("WARNING", logger="diff_trainer.arguments"):
+    with caplog.at_level("WARNING", logger="diff_trainer.training.args.diffusion"):
         DiffusionTrainingArguments(output_dir=str(tmp_path), time_eps=0.1, eval_mc_samples=0, eval_mask_seed=1234)
     (record,) = caplog.records
     assert record.getMessage() == ("A causal run (no --train_diff_model) does not use the diffusion settings "
                                    "--time_eps 0.1, --eval_mc_samples 0.")
     caplog.clear()
-    with caplog.at_level("WARNING", logger="diff_trainer.arguments"):
+    with caplog.at_level("WARNING", logger="diff_trainer.training.args.diffusion"):
         DiffusionTrainingArguments(output_dir=str(tmp_path))
         DiffusionTrainingArguments(output_dir=str(tmp_path), train_diff_model=True, time_eps=0.1)
     assert caplog.records == []

@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 import run_clm_diff  # the repository root is on pytest's pythonpath (setup.cfg)
 
-from diff_trainer.checkpoints import COMPLETE_MARKER, check_resumable, incomplete_reason, newest_complete_checkpoint
+from diff_trainer.training.checkpoints import (
+    COMPLETE_MARKER,
+    check_resumable,
+    incomplete_reason,
+    newest_complete_checkpoint,
+)
 from diff_trainer.data.loading import DataError
 
 TINY_LLAMA = ("hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4,"

@@ -16,7 +16,7 @@ from conftest import accelerate_launch
 
 from diff_trainer.diffusion.losses import LOSS_NORMALIZATIONS
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("run_clm_diff", ROOT / "run_clm_diff.py")
 run_clm_diff = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(run_clm_diff)

@@ -11,13 +11,14 @@ from conftest import make_byte_tokenizer, make_tiny_llama
 from datasets import Dataset, DatasetDict
 from transformers import TrainerControl, TrainerState
 
-from diff_trainer.arguments import DPOTrainingArguments, ModelArguments
-from diff_trainer.arguments import PreferenceDataArguments
+from diff_trainer.training.args.dpo import DPOTrainingArguments
+from diff_trainer.training.args.model import ModelArguments
+from diff_trainer.training.args.data import PreferenceDataArguments
 from diff_trainer.data.preference import PreferenceCollator, tokenize_pairs
 from diff_trainer.diffusion.losses import diffusion_loss_sum, masked_token_losses, row_scales
-from diff_trainer.dpo import (
-    METRIC_NAMES,
+from diff_trainer.training.dpo import (
     DiffusionDPOTrainer,
+    METRIC_NAMES,
     MaskEpochCallback,
     elbo_samples,
     model_logits,
@@ -25,7 +26,8 @@ from diff_trainer.dpo import (
     preference_losses,
     sft_losses,
 )
-from diff_trainer.modeling import apply_lora, write_diffusion_config
+from diff_trainer.diffusion_config import write_diffusion_config
+from diff_trainer.training.model import apply_lora
 
 RECORDS = [{"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + 1 + b)} for a, b in
            itertools.product(range(1, 5), range(2))]
@@ -292,13 +294,13 @@ def test_stored_scores_of_another_reference_or_seed_are_scored_again(tmp_path, t
     stored = scored(pairs, 1)
     assert json.loads(stored[0]["ref_fingerprint"])["model"] == str(directories[1])
     assert scored(stored, 1) is stored  # same reference, budget and seed: kept as they are
-    with caplog.at_level("WARNING", logger="diff_trainer.dpo"):
+    with caplog.at_level("WARNING", logger="diff_trainer.training.dpo"):
         other = scored(stored, 2)
     assert "Not using the stored reference scores: they were computed with model" in caplog.text
     assert "weights_sha256" in caplog.text and " seed " not in caplog.text
     assert other["ref_chosen_score"] == scored(pairs, 2)["ref_chosen_score"] != stored["ref_chosen_score"]
     caplog.clear()
-    with caplog.at_level("WARNING", logger="diff_trainer.dpo"):
+    with caplog.at_level("WARNING", logger="diff_trainer.training.dpo"):
         scored(stored, 1, seed=7, mc_samples=4)
     assert "they were computed with mc_samples 2 (now 4), seed 42 (now 7)" in caplog.text
     args = DPOTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", mc_samples=2, seed=7,

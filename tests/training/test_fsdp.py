@@ -17,10 +17,10 @@ from conftest import make_byte_tokenizer, make_tiny_llama
 from safetensors.torch import load_file
 
 from diff_trainer.cli import consolidate as cli
-from diff_trainer.modeling import write_diffusion_config
-from diff_trainer.sharding import SHARDED_WEIGHTS_DIR
+from diff_trainer.diffusion_config import write_diffusion_config
+from diff_trainer.training.sharding import SHARDED_WEIGHTS_DIR
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(ROOT, "configs", "accelerate")
 TINY_LLAMA = ("hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4,"
               "num_key_value_heads=4,max_position_embeddings=64")
@@ -199,7 +199,7 @@ def test_fsdp2_dpo_with_the_lora_reference_equals_one_process_and_consolidates_m
         assert sharded_step == pytest.approx(single_step, rel=1e-4, abs=1e-6)
     assert (dpo_runs / "sharded_lora" / "adapter_config.json").is_file()
     cli.main([str(dpo_runs / "sharded_lora"), str(tmp_path / "merged")])
-    from diff_trainer.modeling import load_checkpoint
+    from diff_trainer.models.loading import load_checkpoint
 
     single, _ = load_checkpoint(str(dpo_runs / "one_lora"), merge_lora=True)  # the adapter merged by peft
     merged, _ = load_checkpoint(str(tmp_path / "merged"))

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from diff_trainer.data.pipeline import Preprocessor
 
-SCRIPT = Path(__file__).resolve().parents[1] / "run_clm_diff.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "run_clm_diff.py"
 _spec = importlib.util.spec_from_file_location("run_clm_diff", SCRIPT)
 run_clm_diff = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(run_clm_diff)

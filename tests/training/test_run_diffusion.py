@@ -15,10 +15,10 @@ from transformers import AutoModelForCausalLM
 
 from diff_trainer.cli import generate as generate_cli
 from diff_trainer.cli.generate import completion_text
-from diff_trainer.modeling import read_diffusion_config
-from diff_trainer.sampling import generate, special_token_ids_to_forbid
+from diff_trainer.diffusion_config import read_diffusion_config
+from diff_trainer.sampling.masked import generate, special_token_ids_to_forbid
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 _spec = importlib.util.spec_from_file_location("run_clm_diff", ROOT / "run_clm_diff.py")
 run_clm_diff = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(run_clm_diff)

@@ -12,10 +12,10 @@ from conftest import accelerate_launch, make_byte_tokenizer, make_tiny_llama
 from safetensors.torch import load_file
 
 from diff_trainer.data.loading import DataError
-from diff_trainer.dpo import METRIC_NAMES
-from diff_trainer.modeling import write_diffusion_config
+from diff_trainer.training.dpo import METRIC_NAMES
+from diff_trainer.diffusion_config import write_diffusion_config
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 PAIRS = [{"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + 2)} for a in range(3) for b in range(2)]
 

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from diff_trainer.runner import check_output_dir, headline
+from diff_trainer.training.runner import check_output_dir, headline
 
 
 def test_headline_is_the_comparable_metric_of_each_kind_of_run():

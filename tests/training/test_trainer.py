@@ -9,13 +9,13 @@ from conftest import make_byte_tokenizer, make_tiny_llama
 from datasets import Dataset
 from transformers import default_data_collator
 
-from diff_trainer.arguments import DiffusionTrainingArguments
+from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
 from diff_trainer.data.labels import IGNORE_INDEX
 from diff_trainer.data.pipeline import RowLayout
 from diff_trainer.diffusion.losses import LOSS_NORMALIZATIONS
-from diff_trainer.modeling import write_diffusion_config
-from diff_trainer.noising import seeded_generator
-from diff_trainer.trainer import DiffusionTrainer, default_normalization
+from diff_trainer.diffusion_config import write_diffusion_config
+from diff_trainer.objectives.masked import seeded_generator
+from diff_trainer.training.trainer import DiffusionTrainer, default_normalization
 
 BLOCK = 16
 

@@ -117,6 +117,10 @@ class DiffusionTrainingArguments(RunArguments):
 
     def _check_objective(self) -> None:
         """Flags of another objective than --diffusion_objective are refused, with the objective they belong to."""
+        if OBJECTIVE_ALIASES.get(self.diffusion_objective, self.diffusion_objective) not in OBJECTIVES:
+            spellings = [*OBJECTIVE_ALIASES, *(name for name in OBJECTIVES if name not in OBJECTIVE_ALIASES.values())]
+            raise ValueError(f"--diffusion_objective must be one of {', '.join(spellings)}, got "
+                             f"{self.diffusion_objective!r}")
         objective = objective_for(self.diffusion_objective)
         for other in dict.fromkeys(OBJECTIVES.values()):
             other.check_arguments(self)
