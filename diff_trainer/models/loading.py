@@ -343,10 +343,10 @@ def load_checkpoint(path: str, *, device: str = "cpu", dtype: str = "auto", merg
     """
     loader = _checkpoint_loader(path)
     model = loader.load(path, dtype=dtype, merge_lora=merge_lora, trust_remote_code=trust_remote_code)
+    if loader.tokenizer_for_ids is not None:  # its own message says which tokenizer to pass
+        return model.to(resolve_device(device)).eval(), loader.tokenizer_for_ids(path, tokenizer_name)
     try:
-        if loader.tokenizer_for_ids is not None:
-            tokenizer = loader.tokenizer_for_ids(path, tokenizer_name)
-        elif loader.load_tokenizer is not None:
+        if loader.load_tokenizer is not None:
             tokenizer = loader.load_tokenizer(path)
         else:
             tokenizer = load_saved_tokenizer(path, trust_remote_code=trust_remote_code)
