@@ -1,6 +1,10 @@
 """diff-train-corpora: two tiny corpora trained into their own directories, skipped when finished, bad files."""
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -64,6 +68,21 @@ def test_trains_each_corpus_then_skips_finished(corpora, tmp_path, capsys, monke
 
     train_corpora.main([str(corpora), "--dataset", "poems"])
     assert "[finished]" in capsys.readouterr().out
+
+
+def test_the_installed_command_trains_from_a_directory_outside_the_repository(tmp_path):
+    """diff-train-corpora launches each run as `python -m diff_trainer.cli.train`, not ./run_clm_diff.py."""
+    command = shutil.which("diff-train-corpora", path=os.path.dirname(sys.executable))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "lines.txt").write_text("\n".join(["the rose is red and the sky is blue"] * 12) + "\n")
+    config = write_corpora(elsewhere, {"lines": {"path": "lines.txt", "overrides": {"validation_split_percentage": 25}}})
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run([command, config.name, "--all"], cwd=elsewhere, env=environment, capture_output=True,
+                            text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (elsewhere / "outputs" / "lines" / "train_results.json").is_file()
+    assert not (elsewhere / "run_clm_diff.py").exists()
 
 
 def test_bad_corpora(corpora, tmp_path, capsys, monkeypatch):
