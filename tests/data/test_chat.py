@@ -193,6 +193,10 @@ def test_templates_that_cannot_be_split_are_refused():
     counting = "{{ messages | length }}{% for m in messages %}{{ m['content'] + '<|im_end|>' }}{% endfor %}"
     with pytest.raises(DataError, match="record 1: the chat template is not prefix-stable"):
         chat_examples([{"messages": CONVERSATION}], tokenizer, counting)
+    closing = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] + '\\n' }}{% elif loop.last %}"
+               "{{ m['content'] + '<|im_end|>' }}{% else %}{{ m['content'] + '<|im_start|>' }}{% endif %}{% endfor %}")
+    with pytest.raises(DataError, match="message 2 renders differently once later messages follow"):
+        render_conversation(tokenizer, closing, CONVERSATION)
     shouting = "{% for m in messages %}{{ m['content'] | upper + '<|im_end|>' }}{% endfor %}"
     with pytest.raises(DataError, match="changes the content of message 2 beyond trimming"):
         render_conversation(tokenizer, shouting, CONVERSATION)
