@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
 from repo_copy import copy_repository
 
 REPO = Path(__file__).resolve().parents[1]
