@@ -1,7 +1,8 @@
 """`diff-generate`: sample completions from a checkpoint directory.
 
-A diffusion checkpoint (its config holds `diffusion_config`) is sampled with the settings `sampling.settings.sampler_for`
-reads from it (mask token id, shift flag, stop ids, forbidden special tokens). A SEDD checkpoint (objective sedd_absorb / sedd_uniform, or a
+A diffusion checkpoint (its config holds `diffusion_config`) is sampled with the settings that
+`sampling.settings.sampler_for` reads from it (mask token id, shift flag, stop ids, forbidden special tokens).
+A SEDD checkpoint (objective sedd_absorb / sedd_uniform, or a
 directory in the louaaron/sedd-small layout) is sampled with SEDD's samplers (`--sedd_sampler euler|analytic`),
 which a masked-diffusion checkpoint may use too (read as a SEDD model through RADD). A plain causal checkpoint is
 sampled with `model.generate`, so baselines use the same command; the diffusion-only flags are refused for it.

@@ -143,8 +143,8 @@ class DiffusionLM(LM):
 
     def sampler_config(self, max_gen_toks: int) -> SamplerConfig | SeddSamplerConfig:
         """`sampler_for` (as diff-generate) with the model_args settings; gen_length from the task by default."""
-        return sampler_for(self.model, self.tokenizer,
-                           **{**self.sampler_settings, "gen_length": self.sampler_settings["gen_length"] or max_gen_toks})
+        gen_length = self.sampler_settings["gen_length"] or max_gen_toks
+        return sampler_for(self.model, self.tokenizer, **{**self.sampler_settings, "gen_length": gen_length})
 
     def generate_until(self, requests) -> list[str]:
         """Samples up to `batch_size` prompts together (requests with the same max_gen_toks), in request order."""

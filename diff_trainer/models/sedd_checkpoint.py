@@ -120,5 +120,5 @@ def load_sedd_tokenizer(path, tokenizer_name=None):
 
 
 # the tokenizer fits the checkpoint's ids (MASK at the absorbing id, before <DFF> is added): training keeps it
-SEDD_LOADER = register_loader(CheckpointLoader(is_sedd_checkpoint, load_sedd_checkpoint,
-                                               load_tokenizer=load_sedd_tokenizer, tokenizer_for_ids=load_sedd_tokenizer))
+SEDD_LOADER = register_loader(CheckpointLoader(
+    is_sedd_checkpoint, load_sedd_checkpoint, load_tokenizer=load_sedd_tokenizer, tokenizer_for_ids=load_sedd_tokenizer))

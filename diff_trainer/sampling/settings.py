@@ -54,7 +54,8 @@ def check_sampler_settings(checkpoint, *, predictor: str | None = None, **overri
     return diffusion_config
 
 
-def sampler_for(checkpoint, tokenizer, *, predictor: str | None = None, **overrides) -> SamplerConfig | SeddSamplerConfig:
+def sampler_for(checkpoint, tokenizer, *, predictor: str | None = None,
+                **overrides) -> SamplerConfig | SeddSamplerConfig:
     """The sampler settings of `checkpoint` (a model, its config, or for masked diffusion its diffusion_config) with
     `overrides` (None values: not given).
 

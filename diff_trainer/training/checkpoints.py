@@ -97,7 +97,7 @@ def check_resumable(path: str) -> str:
         return path  # not one of ours: let the Trainer judge it
     reason = incomplete_reason(os.path.normpath(path))
     if reason:
-        raise CheckpointError(f"--resume_from_checkpoint {path} is incomplete: {reason}. Pick an older checkpoint, or use "
-                         "--resume to take the newest complete one.")
+        raise CheckpointError(f"--resume_from_checkpoint {path} is incomplete: {reason}. Pick an older checkpoint, "
+                              "or use --resume to take the newest complete one.")
     return path
 

@@ -76,7 +76,8 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
     """Trainer whose loss is the loss of the model's recorded objective (see the module docstring).
 
     `row_layout` (from `Preprocessor.run`) picks the default --loss_normalization (needed when it is not given).
-    Data collator: the default one (clean rows); the model must carry a `diffusion_config` (training.model.prepare_model).
+    Data collator: the default one (clean rows); the model must carry a `diffusion_config`
+    (training.model.prepare_model).
     """
 
     def __init__(self, model, args, *, row_layout: Optional[RowLayout] = None, **kwargs):

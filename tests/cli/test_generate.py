@@ -72,7 +72,8 @@ def test_cache_flag_reaches_the_sampler(checkpoints, tokenizer, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(checkpoints / "diffusion").eval()
     expected = generate(model, cli.encode_prompts(tokenizer, ["12+7="]), sampler_for(
         diffusion_config(tokenizer), tokenizer, **cli.sampler_flags(cli.build_parser().parse_args(
-            ["--model", "m", "--gen_length", "8", "--block_length", "4", "--cache", "prefix", "--eos_handling", "none"]))))
+            ["--model", "m", "--gen_length", "8", "--block_length", "4", "--cache", "prefix",
+             "--eos_handling", "none"]))))
     assert record["completion"] == cli.completion_text(tokenizer, expected.generated[0].tolist())
     assert record["nfe"] == record["batch_forwards"] == 8
 

@@ -76,7 +76,8 @@ def test_the_installed_command_trains_from_a_directory_outside_the_repository(tm
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     (elsewhere / "lines.txt").write_text("\n".join(["the rose is red and the sky is blue"] * 12) + "\n")
-    config = write_corpora(elsewhere, {"lines": {"path": "lines.txt", "overrides": {"validation_split_percentage": 25}}})
+    corpus = {"path": "lines.txt", "overrides": {"validation_split_percentage": 25}}
+    config = write_corpora(elsewhere, {"lines": corpus})
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
     result = subprocess.run([command, config.name, "--all"], cwd=elsewhere, env=environment, capture_output=True,
                             text=True, timeout=600)
