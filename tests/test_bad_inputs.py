@@ -18,11 +18,11 @@ import run_diffusion_dpo
 import zstandard
 from conftest import make_byte_tokenizer, make_tiny_llama
 
-from diff_trainer.arguments import DataArguments
+from diff_trainer.training.args.data import DataArguments
 from diff_trainer.cli import generate
 from diff_trainer.data.loading import load_raw_datasets
-from diff_trainer.modeling import write_diffusion_config
-from diff_trainer.runner import run_entry_point
+from diff_trainer.diffusion_config import write_diffusion_config
+from diff_trainer.training.runner import run_entry_point
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_LLAMA = ("hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4,"
@@ -289,7 +289,7 @@ def test_text_columns_are_read_as_written(tmp_path, suffix):
 def test_one_number_among_strings_keeps_every_other_string_exact(tmp_path):
     """datasets turns a column with one JSON number into numbers; the loader reads it back as text and names the
     record, so DPO skips exactly that record."""
-    from diff_trainer.arguments import PreferenceDataArguments
+    from diff_trainer.training.args.data import PreferenceDataArguments
     from diff_trainer.data.preference import load_preference_data
 
     records = [{"prompt": "a", "chosen": text, "rejected": "x"} for text in ("007", "1.50", "1e3")]
