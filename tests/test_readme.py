@@ -12,6 +12,7 @@ it runs here; the README reader does not see it:
 Marked `readme` (a few minutes on 2 cores): deselect with `-m "not readme"` for a quick run.
 """
 
+import importlib.util
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ from repo_copy import copy_repository
 
 REPO = Path(__file__).resolve().parents[1]
 BLOCK_TIMEOUT = 1800  # a block takes well under a minute on an idle 2-core machine; this is for a shared one
+README_EXTRAS = ("lm_eval", "onnx", "onnxscript", "onnxruntime")  # diff-lm-eval and diff-export-onnx blocks
 DIRECTIVE = re.compile(r"^<!--\s*test:\s*(skip|replace|produces)\b(.*?)-->\s*$")
 FENCE = re.compile(r"^```(\w*)\s*$")
 
@@ -115,6 +117,10 @@ def test_directives_are_read_and_applied():
 def test_readme_commands_run_in_order_on_a_fresh_copy(tmp_path):
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("needs the git checkout to make a fresh copy")
+    missing = [module for module in README_EXTRAS if importlib.util.find_spec(module) is None]
+    if missing:
+        pytest.skip(f"README's commands use the optional extras ({', '.join(missing)} missing): "
+                    "pip install -e '.[web,data,eval]'")
     blocks = readme_blocks((REPO / "README.md").read_text(encoding="utf-8"))
     copy = copy_repository(tmp_path / "repo")
     environment = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
