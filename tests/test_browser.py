@@ -33,6 +33,9 @@ RECORDS = [
     "def os.getcwd()<DFF>Return a string representing the current working directory.",
 ]
 PROMPT = "def len(obj)"
+WEB_EXTRA = "needs the [web] extra: pip install -e '.[web]'"
+for _module in ("playwright", "onnx", "onnxscript"):  # drives Chromium; diff-export-onnx writes the page's model
+    pytest.importorskip(_module, reason=WEB_EXTRA)
 
 pytestmark = [
     pytest.mark.browser,

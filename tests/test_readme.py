@@ -15,6 +15,7 @@ it runs here; the reader of the rendered markdown does not see it:
 Marked `readme` (a few minutes on 2 cores): deselect with `-m "not readme"` for a quick run.
 """
 
+import importlib.util
 import os
 import re
 import shutil
@@ -36,6 +37,7 @@ GUIDES = [
     "docs/architecture.md",
 ]
 BLOCK_TIMEOUT = 1800  # a block takes well under a minute on an idle 2-core machine; this is for a shared one
+README_EXTRAS = ("lm_eval", "onnx", "onnxscript", "onnxruntime")  # diff-lm-eval and diff-export-onnx blocks
 DIRECTIVE = re.compile(r"^<!--\s*test:\s*(skip|replace|produces)\b(.*?)-->\s*$")
 FENCE = re.compile(r"^```(\w*)\s*$")
 
@@ -176,6 +178,10 @@ def test_an_unlisted_guide_with_commands_is_an_error(tmp_path):
 def test_readme_and_guides_run_in_order_on_a_fresh_copy(tmp_path):
     if shutil.which("git") is None or not (REPO / ".git").exists():
         pytest.skip("needs the git checkout to make a fresh copy")
+    missing = [module for module in README_EXTRAS if importlib.util.find_spec(module) is None]
+    if missing:
+        pytest.skip(f"README's commands use the optional extras ({', '.join(missing)} missing): "
+                    "pip install -e '.[web,data,eval]'")
     copy = copy_repository(tmp_path / "repo")
     blocks = documented_blocks(copy)
     environment = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],

@@ -4,13 +4,17 @@ import json
 import shutil
 
 import numpy as np
-import onnxruntime
 import pytest
 import torch
 from conftest import make_byte_tokenizer, make_tiny_llama, masked_diffusion_config, save_checkpoint
 
-from diff_trainer.cli import export_onnx as cli
-from diff_trainer.sampling.render import TokenPieces
+WEB_EXTRA = "needs the [web] extra: pip install -e '.[web]'"
+pytest.importorskip("onnx", reason=WEB_EXTRA)
+pytest.importorskip("onnxscript", reason=WEB_EXTRA)  # torch.onnx's dynamo exporter
+onnxruntime = pytest.importorskip("onnxruntime", reason=WEB_EXTRA)
+
+from diff_trainer.cli import export_onnx as cli  # noqa: E402
+from diff_trainer.sampling.render import TokenPieces  # noqa: E402
 
 
 def tiny_model(kind: str, vocab_size: int, bidirectional: bool = True):

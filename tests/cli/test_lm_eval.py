@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import make_byte_tokenizer, make_tiny_llama, make_tiny_sedd
 
-pytest.importorskip("lm_eval")
+pytest.importorskip("lm_eval", reason="needs the [eval] extra: pip install -e '.[eval]'")
 
 from data_scripts.make_arithmetic import make_arithmetic  # noqa: E402
 from diff_trainer.cli import lm_eval as cli  # noqa: E402

@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import make_byte_tokenizer, make_tiny_llama, make_tiny_sedd
 
-pytest.importorskip("lm_eval")
+pytest.importorskip("lm_eval", reason="needs the [eval] extra: pip install -e '.[eval]'")
 
 from diff_trainer.diffusion.elbo import elbo_nll  # noqa: E402
 from diff_trainer.eval.harness import DiffusionLM  # noqa: E402

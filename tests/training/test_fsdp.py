@@ -203,10 +203,15 @@ def test_fsdp2_dpo_with_the_lora_reference_equals_one_process_and_consolidates_m
 
     single, _ = load_checkpoint(str(dpo_runs / "one_lora"), merge_lora=True)  # the adapter merged by peft
     merged, _ = load_checkpoint(str(tmp_path / "merged"))
+    base = load_checkpoint(str(dpo_runs / "policy"))[0].state_dict()
     assert not (tmp_path / "merged" / "adapter_config.json").exists()
     assert merged.config.diffusion_config == single.config.diffusion_config
     for name, weight in single.state_dict().items():
-        torch.testing.assert_close(merged.state_dict()[name], weight, rtol=1e-4, atol=1e-5)
+        # Adam turns reduction-order rounding of near-zero gradients into visible steps: the sharded run's weights
+        # may differ by a small part (0.5%) of how far training moved each tensor (~3e-2 here), not by 1e-5 absolute
+        moved = (weight - base[name]).abs().max().item()
+        torch.testing.assert_close(merged.state_dict()[name], weight, rtol=1e-4, atol=5e-3 * moved)
+    assert max((single.state_dict()[name] - base[name]).abs().max() for name in base) > 1e-2  # the LoRA did train
 
 
 # ------------------------------------------------------------------------------------------------
