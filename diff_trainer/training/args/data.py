@@ -158,6 +158,11 @@ class PreferenceDataArguments(DataSourceArguments):
                           "the EOS are scored); ignore: pad per batch with unattended, unscored padding. Default: eos "
                           "for a checkpoint trained on right EOS-padded rows, ignore otherwise."},
     )
+    chat_template: Optional[str] = field(
+        default=None,
+        metadata={"help": "For conversational pairs (message lists): a bundled template name (chatml, llada, qwen2) "
+                          "or a jinja file; default: the tokenizer's own."},
+    )
     invalid_pairs: str = field(
         default="skip",
         metadata={"help": "Records with a missing key, an empty response or chosen == rejected: skip (counted and "
