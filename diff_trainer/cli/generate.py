@@ -11,7 +11,7 @@ sampled with `model.generate`, so baselines use the same command; the diffusion-
     diff-generate --model out --prompt_file prompts.jsonl --samples 4 --temperature 0.8 --output samples.jsonl
     diff-generate --model outputs/shakespeare --samples 4 --gen_length 128 --steps 128 --sedd_sampler analytic
     diff-generate --model outputs/fortunes --prompt "The " --suffix " of life." --gen_length 32   # infilling
-    diff-generate --model outputs/chat_demo --chat --prompt "What does \`os.getcwd\` do?"        # one chat turn
+    diff-generate --model outputs/chat_demo --chat --prompt 'What does `os.getcwd` do?'          # one chat turn
 
 Prompts are tokenised like the training data: no special tokens, BOS prepended when the tokenizer has one
 distinct from EOS. A completion ends at its first EOS. `--output` ending in .jsonl writes one record per

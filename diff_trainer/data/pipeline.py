@@ -59,7 +59,7 @@ class RowLayout:
     tokenizer_name: str
     vocab_size: int
     vocab_hash: str
-    chat_template: Optional[str] = None
+    chat_template: str | None = None
 
     @property
     def packed(self) -> bool:
@@ -174,7 +174,7 @@ class Preprocessor:
         logger.info("Rows: %s, block size %d, trained %s.", layout.packing, layout.block_size, trained)
         return final, layout
 
-    def chat_template_name(self, raw: DatasetDict) -> Optional[str]:
+    def chat_template_name(self, raw: DatasetDict) -> str | None:
         """For conversational records, the template's name as the layout records it; None for text."""
         if "input_ids" in raw["train"].column_names:
             return None

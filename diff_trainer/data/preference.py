@@ -95,7 +95,7 @@ def load_preference_splits(data_args) -> tuple[DatasetDict, dict[str, Optional[s
     return DatasetDict(kept), {name: sources.get(name) for name in kept}, scanned
 
 
-def first_record(path: str) -> Optional[dict]:
+def first_record(path: str) -> dict | None:
     """The first record of a JSON or JSON-lines file (None for other formats or no object)."""
     if builder_for(path) != "json":
         return None
@@ -115,7 +115,7 @@ def is_conversational(split: Dataset, prompt_column: str) -> bool:
 
 
 def render_conversations(split: Dataset, names: tuple[str, str, str], tokenizer, template: str,
-                         source: Optional[str], split_name: str) -> tuple[Dataset, dict[int, tuple[str, str]]]:
+                         source: str | None, split_name: str) -> tuple[Dataset, dict[int, tuple[str, str]]]:
     """Conversational pairs as text pairs (`chat.preference_texts`), and row -> (place, problem) for those that
     cannot be rendered (their texts are None, dropped or reported by `drop_bad_pairs`)."""
     texts, problems = {name: [] for name in names}, {}
@@ -218,7 +218,7 @@ def is_tokenised(split: Dataset) -> bool:
     return set(TOKEN_COLUMNS) <= set(split.column_names)
 
 
-def load_preference_data(data_args, seed: int = 42, tokenizer=None) -> tuple[DatasetDict, dict[str, Optional[str]]]:
+def load_preference_data(data_args, seed: int = 42, tokenizer=None) -> tuple[DatasetDict, dict[str, str | None]]:
     """Valid raw pairs: conversations rendered as texts (with `tokenizer`'s or --chat_template's template), bad
     records reported and skipped (or an error), validation held out, limits applied.
 

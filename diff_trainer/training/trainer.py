@@ -233,7 +233,7 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
                 with self.accelerator.autocast():
                     nlls.append(self.objective.elbo_nll(
                         model, ids[rows], attention[rows], maskable[rows], samples, generator,
-                        attention_for=lambda copies, copy_ids: self.attention_for(
+                        attention_for=lambda copies, copy_ids, rows=rows, documents=documents: self.attention_for(
                             copies, copy_ids, dtype, None if documents is None else
                             monte_carlo_copies(documents[rows], samples))))
             gathered = self.accelerator.gather_for_metrics((torch.cat(nlls), maskable.sum(dim=1)))

@@ -344,3 +344,24 @@ def test_isolated_conversations_stay_whole_when_their_template_ends_turns_with_e
     assert torch.equal(mask == 0, expected)
     eos_keyed = same_document_allowed(batch["clean_ids"], batch["attention_mask"], tokenizer.eos_token_id)
     assert not torch.equal(eos_keyed, expected)  # <|im_end|> after each turn would cut every conversation in four
+
+
+def test_recorded_documents_that_match_the_eos_give_the_same_elbo(tmp_path):
+    """Plain text ends each document with EOS only: recorded document ids and EOS-keyed ones must agree exactly."""
+    tokenizer = make_byte_tokenizer()
+    rows = packed_rows(tokenizer)
+    documents = []
+    for row_ids in rows["input_ids"]:  # count EOS by hand: each closes its document and belongs to it
+        closed = [0]
+        for token in row_ids:
+            closed.append(closed[-1] + (token == tokenizer.eos_token_id))
+        documents.append(closed[:-1])
+    args = DiffusionTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", train_diff_model=True,
+                                      isolate_documents=True, eval_mc_samples=2, per_device_eval_batch_size=4)
+    results = []
+    for dataset in (rows, rows.add_column("document_ids", documents)):
+        trainer = DiffusionTrainer(diffusion_llama(tokenizer), args, row_layout=layout("packed"), eval_dataset=dataset,
+                                   processing_class=tokenizer)
+        results.append(trainer.evaluate())
+    assert results[0]["eval_elbo_nll"] == results[1]["eval_elbo_nll"]
+    assert results[0]["eval_loss"] == results[1]["eval_loss"]

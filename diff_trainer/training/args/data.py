@@ -99,7 +99,7 @@ class DataArguments(DataSourceArguments):
         metadata={"help": "Column of conversations (lists of {role, content}); records with it, or with prompt/"
                           "completion message lists, are rendered with the chat template (docs/chat.md)."},
     )
-    chat_template: Optional[str] = field(
+    chat_template: str | None = field(
         default=None,
         metadata={"help": "Chat template for conversations: a bundled name (chatml, llada, qwen2) or a jinja file; "
                           "default: the tokenizer's own. It is saved with the tokenizer."},
@@ -158,7 +158,7 @@ class PreferenceDataArguments(DataSourceArguments):
                           "the EOS are scored); ignore: pad per batch with unattended, unscored padding. Default: eos "
                           "for a checkpoint trained on right EOS-padded rows, ignore otherwise."},
     )
-    chat_template: Optional[str] = field(
+    chat_template: str | None = field(
         default=None,
         metadata={"help": "For conversational pairs (message lists): a bundled template name (chatml, llada, qwen2) "
                           "or a jinja file; default: the tokenizer's own."},
