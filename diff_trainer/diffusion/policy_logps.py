@@ -99,9 +99,8 @@ def coupled_masks(completion_mask, generator: Generators = None):
     low, high = COUPLED_TIME_RANGE
     times = torch.stack([u for u, _ in draws]) * (high - low) + low
     coin = torch.stack([c for _, c in draws])
-    region = completion_mask
-    first = region & (coin < times.unsqueeze(1))
-    return first, region & ~first, times
+    first = completion_mask & (coin < times.unsqueeze(1))
+    return first, completion_mask & ~first, times
 
 
 def draw_coupled(input_ids, prompt_mask, completion_mask, mask_token_id: int, generator: Generators = None
