@@ -120,7 +120,8 @@ MUTATIONS = [
              "diff_trainer/diffusion/policy_losses.py",
              "grouped = rewards.reshape(-1, group_size)",
              "grouped = rewards.reshape(1, -1)",
-             ("tests/diffusion/test_policy_losses.py::test_grpo_loss_equals_a_token_by_token_loop_with_clipping_and_kl",)),
+             ("tests/diffusion/test_policy_losses.py::"
+              "test_grpo_loss_equals_a_token_by_token_loop_with_clipping_and_kl",)),
 ]
 
 
