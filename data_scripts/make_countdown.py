@@ -2,7 +2,7 @@
 
 Each problem has --count numbers from 1..--max_number (repeats allowed) and a target in 1..--max_target that some
 expression using every number once reaches, with every intermediate result a positive integer (the game's rule).
-A completion may use each number at most once; the `countdown` reward of diff_trainer/rewards.py checks it, and
+A completion may use each number at most once; the `countdown` reward of diff_trainer/training/rewards.py checks it, and
 every written answer is checked with it. Problems (the multiset of numbers and the target) are distinct, so train
 and test never share one. Output in --output_dir:
 

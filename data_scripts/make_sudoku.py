@@ -2,7 +2,7 @@
 
 A puzzle is one of the 288 valid grids with --min_blanks..--max_blanks cells blanked ('.'), removed one at a time
 only while the solution stays unique. Grids are written row by row with '/' between rows. Puzzles are distinct, so
-train and test never share one; every answer is checked with the `sudoku` reward of diff_trainer/rewards.py.
+train and test never share one; every answer is checked with the `sudoku` reward of diff_trainer/training/rewards.py.
 Output in --output_dir:
 
   train.jsonl, test.jsonl   {"text": "sudoku 1.3./..4./.2../4..1:<DFF>1234/3412/2143/4321",

@@ -43,10 +43,15 @@ def sequence_logps(token_logps, mask) -> torch.Tensor:
     return (token_logps * mask.to(token_logps.dtype)).sum(dim=1)
 
 
+def wd1_weights(advantages, group_size: int, *, psi: float = 1.0) -> torch.Tensor:
+    """wd1's per-completion factor w⁻_i − w⁺_i [B], w⁺ = softmax_G(ψA), w⁻ = softmax_G(−ψA) within each group."""
+    scores = (psi * advantages).reshape(-1, group_size)
+    return (torch.softmax(-scores, dim=1) - torch.softmax(scores, dim=1)).reshape(-1)
+
+
 def wd1_loss(sequence_logps, advantages, group_size: int, *, psi: float = 1.0) -> torch.Tensor:
     """wd1's ratio-free weighted likelihood (Tang et al. 2025, arXiv 2507.08838): per group,
-    −Σ_i w⁺_i log π(o_i) + Σ_i w⁻_i log π(o_i) with w⁺ = softmax_G(ψA), w⁻ = softmax_G(−ψA); mean over groups.
+    −Σ_i w⁺_i log π(o_i) + Σ_i w⁻_i log π(o_i); mean over groups (`wd1_weights`).
     Equal advantages in a group give w⁺ = w⁻ and no gradient."""
-    scores = (psi * advantages).reshape(-1, group_size)
-    weights = torch.softmax(-scores, dim=1) - torch.softmax(scores, dim=1)
-    return (weights * sequence_logps.reshape(-1, group_size)).sum(dim=1).mean()
+    weights = wd1_weights(advantages, group_size, psi=psi)
+    return (weights * sequence_logps).reshape(-1, group_size).sum(dim=1).mean()
