@@ -122,6 +122,12 @@ MUTATIONS = [
              "grouped = rewards.reshape(1, -1)",
              ("tests/diffusion/test_policy_losses.py::"
               "test_grpo_loss_equals_a_token_by_token_loop_with_clipping_and_kl",)),
+    Mutation("grpo_first_iteration_masks", "a reused rollout is scored on its first iteration's masks every time",
+             "diff_trainer/training/grpo.py",
+             "self._mask_context = (int(inputs[\"rollout_step\"][0]), iteration, ",
+             "self._mask_context = (int(inputs[\"rollout_step\"][0]), 0, ",
+             ("tests/training/test_grpo.py::"
+              "test_learning_rate_zero_scores_every_policy_alike_so_kl_is_zero_and_loss_zero",)),
 ]
 
 

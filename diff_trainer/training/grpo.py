@@ -35,6 +35,18 @@ def checked_masked_diffusion_config(model) -> dict:
     return diffusion_config
 
 
+def _recording_logits_fn(model, attention_mask, seen: list):
+    """logits_fn of the estimators: `model` on noisy rows (positions counting attended tokens, as the sampler), each
+    call's logits appended to `seen`."""
+    position_ids = padded_position_ids(attention_mask)
+
+    def logits_fn(noisy_ids):
+        seen.append(model(input_ids=noisy_ids, attention_mask=attention_mask, position_ids=position_ids).logits)
+        return seen[-1]
+
+    return logits_fn
+
+
 class DiffusionGRPOTrainer(GRPOTrainer):
     """GRPO (and wd1) for masked-diffusion LMs; `args` is a DiffusionGRPOConfig."""
 
@@ -88,17 +100,10 @@ class DiffusionGRPOTrainer(GRPOTrainer):
                               self.mask_token_id, generators, p_mask_prompt=self.args.p_mask_prompt,
                               num_samples=self.args.mc_samples)
             passes = draw.noisy_ids.shape[0] // input_ids[rows].shape[0]
-            attention = monte_carlo_copies(attention_mask[rows], passes)
             seen = []
-
-            def logits_fn(noisy_ids):
-                logits = model(input_ids=noisy_ids, attention_mask=attention,
-                               position_ids=padded_position_ids(attention)).logits
-                seen.append(logits)
-                return logits
-
-            scores = score_draw(self.args.logp_estimator, logits_fn, input_ids[rows], completion_mask[rows], draw,
-                                shift=self.shift)
+            scores = score_draw(self.args.logp_estimator,
+                                _recording_logits_fn(model, monte_carlo_copies(attention_mask[rows], passes), seen),
+                                input_ids[rows], completion_mask[rows], draw, shift=self.shift)
             if scores.dim() == 1:  # elbo: the completion's score at each of its tokens
                 scores = scores.unsqueeze(1) * completion_mask[rows].to(scores.dtype)
             logps.append(scores[:, -logits_to_keep:])
@@ -176,7 +181,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             self._mask_context = None
 
     def _wd1_loss(self, model, inputs):
-        """Σ_i (w⁻_i − w⁺_i) log π(o_i), scaled so that a whole generation batch gives wd1's mean over groups."""
+        """Σ_i (w⁻_i − w⁺_i) log π(o_i), scaled so that a whole generation batch gives wd1's mean over
+        groups."""
         completion_mask = inputs["completion_mask"]
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
