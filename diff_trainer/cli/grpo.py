@@ -18,7 +18,6 @@ from diff_trainer.data.io import read_jsonl
 from diff_trainer.diffusion_config import read_diffusion_config
 from diff_trainer.models.loading import load_tokenizer
 from diff_trainer.sampling.masked import context_length
-from diff_trainer.sampling.settings import sampler_kind
 from diff_trainer.training.args.grpo import (
     DiffusionGRPOConfig,
     GRPODataArguments,
@@ -26,7 +25,7 @@ from diff_trainer.training.args.grpo import (
     model_arguments,
 )
 from diff_trainer.training.args.parsing import parse_arguments
-from diff_trainer.training.grpo import DiffusionGRPOTrainer
+from diff_trainer.training.grpo import DiffusionGRPOTrainer, require_masked_diffusion
 from diff_trainer.training.model import prepare_model
 from diff_trainer.training.rewards import call_reward, load_reward
 from diff_trainer.training.runner import run_entry_point, setup_logging
@@ -36,13 +35,7 @@ def checked_checkpoint(path: str | None) -> dict:
     """The checkpoint's diffusion_config, read before the model is loaded; ValueError for a causal or SEDD one."""
     if path is None:
         raise ValueError("GRPO starts from a trained diffusion model: pass --model_name_or_path.")
-    diffusion_config = read_diffusion_config(AutoConfig.from_pretrained(path))
-    if diffusion_config is None:
-        raise ValueError(f"{path} is not a masked-diffusion checkpoint (no diffusion_config in its config); "
-                         "train one with run_clm_diff.py --train_diff_model.")
-    if sampler_kind(diffusion_config) != "masked":
-        raise ValueError(f"{path} is a SEDD checkpoint; GRPO's log-probability estimators need masked diffusion.")
-    return diffusion_config
+    return require_masked_diffusion(read_diffusion_config(AutoConfig.from_pretrained(path)), path)
 
 
 def load_prompts(data_args, dff_token: str | None) -> Dataset:

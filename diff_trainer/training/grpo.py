@@ -20,18 +20,19 @@ from trl import GRPOTrainer
 from ..diffusion.elbo import monte_carlo_copies
 from ..diffusion.policy_logps import draw_masks, mask_generators, score_draw
 from ..diffusion.policy_losses import wd1_weights
-from ..models.bidirectional import make_bidirectional
+from ..diffusion_config import read_diffusion_config
+from ..models.bidirectional import make_bidirectional, unwrap_peft
 from ..sampling.masked import generate, padded_position_ids
 from ..sampling.settings import sampler_for, sampler_kind
-from .dpo import checked_diffusion_config
 
 
-def checked_masked_diffusion_config(model) -> dict:
-    """The policy's diffusion_config; ValueError for a causal or SEDD checkpoint."""
-    diffusion_config = checked_diffusion_config(model)
+def require_masked_diffusion(diffusion_config: dict | None, name: str) -> dict:
+    """`diffusion_config` of checkpoint `name` when it is masked diffusion; ValueError for a causal or SEDD one."""
+    if diffusion_config is None:
+        raise ValueError(f"{name} is not a masked-diffusion checkpoint (no diffusion_config in its config); "
+                         "train one with run_clm_diff.py --train_diff_model.")
     if sampler_kind(diffusion_config) != "masked":
-        raise ValueError("GRPO needs a masked-diffusion checkpoint; this one is SEDD (score entropy), whose "
-                         "per-token log-probabilities these estimators do not define.")
+        raise ValueError(f"{name} is a SEDD checkpoint; GRPO's log-probability estimators need masked diffusion.")
     return diffusion_config
 
 
@@ -51,7 +52,8 @@ class DiffusionGRPOTrainer(GRPOTrainer):
     """GRPO (and wd1) for masked-diffusion LMs; `args` is a DiffusionGRPOConfig."""
 
     def __init__(self, model, reward_funcs, args, processing_class, **kwargs):
-        diffusion_config = checked_masked_diffusion_config(model)
+        config = unwrap_peft(model).config
+        diffusion_config = require_masked_diffusion(read_diffusion_config(config), config.name_or_path or "the policy")
         self.sampler_config = sampler_for(
             diffusion_config, processing_class, gen_length=args.max_completion_length, steps=args.steps,
             block_length=args.block_length, temperature=args.temperature, remasking=args.remasking,
