@@ -16,6 +16,7 @@ Everything else (advantages, clipping, KL, logging, LoRA, distributed training) 
 import numpy as np
 import torch
 from trl import GRPOTrainer
+from trl.trainer.utils import use_adapter
 
 from ..diffusion.elbo import monte_carlo_copies
 from ..diffusion.policy_logps import draw_masks, mask_generators, score_draw
@@ -159,11 +160,11 @@ class DiffusionGRPOTrainer(GRPOTrainer):
 
     def _reference_logps(self, model, input_ids, attention_mask, logits_to_keep):
         """Scores of the old policy (`self.model`) or the reference without gradients; with LoRA and no reference
-        model, the policy with its adapters off."""
+        model, as TRL: the policy with its `ref` adapter if it has one, else with its adapters off."""
         with torch.no_grad():
             if model is None:
                 unwrapped = self.accelerator.unwrap_model(self.model)
-                with unwrapped.disable_adapter():
+                with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
                     return self._get_per_token_logps_and_entropies(self.model, input_ids, attention_mask,
                                                                    logits_to_keep)[0]
             return self._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep)[0]

@@ -8,6 +8,7 @@ from collections import defaultdict
 import pytest
 import torch
 from datasets import Dataset
+from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -66,22 +67,26 @@ class RecordingTrainer(DiffusionGRPOTrainer):
         return logps, entropies, aux
 
 
-def recording_trainer(workspace, output_dir, **settings):
+def recording_trainer(workspace, output_dir, lora=False, **settings):
     """A RecordingTrainer at learning rate 0 on the problems, rewarded by the number of distinct characters."""
     args = DiffusionGRPOConfig(
         output_dir=str(output_dir), learning_rate=0.0, per_device_train_batch_size=4, num_generations=4,
         max_completion_length=4, mc_samples=2, temperature=1.0, logging_steps=1, report_to="none",
         save_strategy="no", bf16=False, seed=3, **settings)
     prompts = Dataset.from_list([{**problem, "prompt": problem["prompt"] + "<DFF>"} for problem in PROBLEMS])
-    return RecordingTrainer(AutoModelForCausalLM.from_pretrained(workspace["checkpoint"]),
-                            [load_reward(workspace["distinct"])], args=args, train_dataset=prompts,
+    model = AutoModelForCausalLM.from_pretrained(workspace["checkpoint"])
+    if lora:
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    return RecordingTrainer(model, [load_reward(workspace["distinct"])], args=args, train_dataset=prompts,
                             processing_class=make_byte_tokenizer())
 
 
-@pytest.mark.parametrize("estimator", ["one_step", "coupled", "elbo"])
-def test_learning_rate_zero_scores_every_policy_alike_so_kl_is_zero_and_loss_zero(workspace, tmp_path, estimator):
-    trainer = recording_trainer(workspace, tmp_path, max_steps=2, num_iterations=2, beta=0.1, loss_type="grpo",
-                                logp_estimator=estimator)
+@pytest.mark.parametrize("estimator, lora", [("one_step", False), ("coupled", False), ("elbo", False),
+                                             ("coupled", True)])  # LoRA: the reference is the policy's ref adapter
+def test_learning_rate_zero_scores_every_policy_alike_so_kl_is_zero_and_loss_zero(workspace, tmp_path, estimator,
+                                                                                   lora):
+    trainer = recording_trainer(workspace, tmp_path, lora=lora, max_steps=2, num_iterations=2, beta=0.1,
+                                loss_type="grpo", logp_estimator=estimator)
     trainer.train()
 
     # one generation (step 0) reused twice: iteration 0 and 1, each scored by old, reference and current
