@@ -31,8 +31,8 @@ from repo_copy import copy_repository
 REPO = Path(__file__).resolve().parents[1]
 # the guides whose commands run after the README's, in the order of the README's table of guides
 GUIDES = [
-    "docs/sampling.md", "docs/arithmetic.md", "docs/training.md", "docs/data-pipeline.md", "docs/dpo.md", "docs/grpo.md",
-    "docs/sedd.md", "docs/harness.md", "docs/browser.md", "docs/llada-dream.md", "docs/scaling.md", "docs/slurm.md",
+    "docs/sampling.md", "docs/arithmetic.md", "docs/training.md", "docs/data-pipeline.md", "docs/dpo.md",
+    "docs/grpo.md", "docs/sedd.md", "docs/harness.md", "docs/browser.md", "docs/llada-dream.md", "docs/scaling.md", "docs/slurm.md",
     "docs/data-builders.md", "docs/cascade.md", "docs/benchmarks.md", "docs/tests.md", "docs/what-happens-when.md",
     "docs/architecture.md",
 ]
