@@ -123,13 +123,13 @@ def draw_elbo(input_ids, completion_mask, mask_token_id: int, generator: Generat
     noisy = monte_carlo_copies(input_ids, num_samples).clone()
     masked = torch.zeros(batch_size * num_samples, length, dtype=torch.bool, device=input_ids.device)
     counts = torch.zeros(batch_size * num_samples, dtype=torch.long, device=input_ids.device)
-    for row, generator in enumerate(_row_generators(generator, batch_size)):
+    for row, row_generator in enumerate(_row_generators(generator, batch_size)):
         positions = completion_mask[row].nonzero().flatten()
         rows = slice(row * num_samples, (row + 1) * num_samples)
-        row_counts = stratified_mask_counts(len(positions), num_samples, generator=generator).reshape(-1)
+        row_counts = stratified_mask_counts(len(positions), num_samples, generator=row_generator).reshape(-1)
         copies = input_ids[row, positions].unsqueeze(0).expand(num_samples, len(positions))
         row_noisy, row_masked = mask_exact_count(copies, torch.ones_like(copies, dtype=torch.bool), row_counts,
-                                                 mask_token_id, generator)
+                                                 mask_token_id, row_generator)
         noisy[rows, positions], masked[rows, positions] = row_noisy, row_masked
         counts[rows] = row_counts.to(counts.device)
     return MaskDraw(noisy, masked, counts=counts)
