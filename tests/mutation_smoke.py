@@ -100,6 +100,34 @@ MUTATIONS = [
              "        if args.disable_dropout:\n",
              "        if False:\n",
              ("tests/training/test_run_diffusion_dpo.py::test_disable_dropout_and_custom_column_names",)),
+    Mutation("coupled_masks_prompt", "coupled-GRPO's mask pair also covers the prompt tokens",
+             "diff_trainer/diffusion/policy_logps.py",
+             "first, second, times = coupled_masks(completion_mask, generator)",
+             "first, second, times = coupled_masks(completion_mask | prompt_mask, generator)",
+             ("tests/diffusion/test_policy_logps.py::test_coupled_never_masks_prompt_tokens",)),
+    Mutation("old_policy_other_masks", "each policy (current, old, reference) is scored on a mask draw of its own",
+             "diff_trainer/diffusion/policy_logps.py",
+             "    draw = draw_masks(estimator, input_ids, prompt_mask, completion_mask, mask_token_id, generator,\n"
+             "                      p_mask_prompt=p_mask_prompt, num_samples=num_samples)\n"
+             "    return [score_draw(estimator, logits_fn, input_ids, completion_mask, draw, shift=shift)\n",
+             "    return [score_draw(estimator, logits_fn, input_ids, completion_mask,\n"
+             "                       draw_masks(estimator, input_ids, prompt_mask, completion_mask, mask_token_id,\n"
+             "                                  generator, p_mask_prompt=p_mask_prompt, num_samples=num_samples),\n"
+             "                       shift=shift)\n",
+             ("tests/diffusion/test_policy_logps.py::"
+              "test_identical_policies_on_shared_masks_give_ratio_one_zero_kl_and_zero_grpo_loss",)),
+    Mutation("advantage_not_per_group", "GRPO advantages are normalised over the whole batch instead of per group",
+             "diff_trainer/diffusion/policy_losses.py",
+             "grouped = rewards.reshape(-1, group_size)",
+             "grouped = rewards.reshape(1, -1)",
+             ("tests/diffusion/test_policy_losses.py::"
+              "test_grpo_loss_equals_a_token_by_token_loop_with_clipping_and_kl",)),
+    Mutation("grpo_first_iteration_masks", "a reused rollout is scored on its first iteration's masks every time",
+             "diff_trainer/training/grpo.py",
+             "self._mask_context = (int(inputs[\"rollout_step\"][0]), iteration, ",
+             "self._mask_context = (int(inputs[\"rollout_step\"][0]), 0, ",
+             ("tests/training/test_grpo.py::"
+              "test_learning_rate_zero_scores_every_policy_alike_so_kl_is_zero_and_loss_zero",)),
 ]
 
 

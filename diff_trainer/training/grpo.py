@@ -1,0 +1,204 @@
+"""DiffusionGRPOTrainer: TRL's GRPOTrainer with rollouts from the masked-diffusion sampler and per-token
+log-probabilities from a diffusion estimator (diffusion/policy_logps.py; DESIGN.md §3d).
+
+What is overridden, and why:
+- `_generate_single_turn`: completions come from sampling/masked.py `generate`, seeded per (seed, step, process).
+- `_get_per_token_logps_and_entropies`: the estimator's log-probabilities, on masks seeded per (seed, generation
+  step, iteration, rollout) so the current, old and reference policies see the same masks within an iteration.
+  `elbo` gives one value per completion; it is written into every completion token, so TRL's per-token ratio, clip
+  and k3 KL are the sequence-level ones.
+- `_generate_and_score_completions`: old and reference scores once per reuse (num_iterations), stacked [B, I, C],
+  with each rollout's index and generation step (the batch is shuffled before training); wd1's weights.
+- `_compute_loss`: picks the iteration's old / reference scores; `loss_type wd1` (ratio-free weighted likelihood).
+Everything else (advantages, clipping, KL, logging, LoRA, distributed training) is TRL's.
+"""
+
+import numpy as np
+import torch
+from trl import GRPOTrainer
+from trl.trainer.utils import use_adapter
+
+from ..diffusion.elbo import monte_carlo_copies
+from ..diffusion.policy_logps import draw_masks, mask_generators, score_draw
+from ..diffusion.policy_losses import wd1_weights
+from ..diffusion_config import read_diffusion_config
+from ..models.bidirectional import make_bidirectional, unwrap_peft
+from ..sampling.masked import generate, padded_position_ids
+from ..sampling.settings import sampler_for, sampler_kind
+
+
+def require_masked_diffusion(diffusion_config: dict | None, name: str) -> dict:
+    """`diffusion_config` of checkpoint `name` when it is masked diffusion; ValueError for a causal or SEDD one."""
+    if diffusion_config is None:
+        raise ValueError(f"{name} is not a masked-diffusion checkpoint (no diffusion_config in its config); "
+                         "train one with run_clm_diff.py --train_diff_model.")
+    if sampler_kind(diffusion_config) != "masked":
+        raise ValueError(f"{name} is a SEDD checkpoint; GRPO's log-probability estimators need masked diffusion.")
+    return diffusion_config
+
+
+def _recording_logits_fn(model, attention_mask, seen: list):
+    """logits_fn of the estimators: `model` on noisy rows (positions counting attended tokens, as the sampler), each
+    call's logits appended to `seen`."""
+    position_ids = padded_position_ids(attention_mask)
+
+    def logits_fn(noisy_ids):
+        seen.append(model(input_ids=noisy_ids, attention_mask=attention_mask, position_ids=position_ids).logits)
+        return seen[-1]
+
+    return logits_fn
+
+
+class DiffusionGRPOTrainer(GRPOTrainer):
+    """GRPO (and wd1) for masked-diffusion LMs; `args` is a DiffusionGRPOConfig."""
+
+    def __init__(self, model, reward_funcs, args, processing_class, **kwargs):
+        config = unwrap_peft(model).config
+        diffusion_config = require_masked_diffusion(read_diffusion_config(config), config.name_or_path or "the policy")
+        self.sampler_config = sampler_for(
+            diffusion_config, processing_class, gen_length=args.max_completion_length, steps=args.steps,
+            block_length=args.block_length, temperature=args.temperature, remasking=args.remasking,
+            threshold=args.threshold, cache=args.cache)
+        self.mask_token_id = diffusion_config["mask_token_id"]
+        self.shift = bool(diffusion_config.get("shift_logits", False))
+        self._mask_context = None  # (generation step, iteration, rollout indices) of the rows being scored
+        super().__init__(model, reward_funcs, args=args, processing_class=processing_class, **kwargs)
+        if self.ref_model is not None:  # TRL loads the reference with its causal auto class
+            make_bidirectional(self.accelerator.unwrap_model(self.ref_model))
+
+    # ------------------------------------------------------------------------------------------------
+    # Rollouts
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        model = self.accelerator.unwrap_model(self.model)
+        seed = int(np.random.SeedSequence([self.args.seed, self._step, self.accelerator.process_index])
+                   .generate_state(1)[0])
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            result = generate(model, [list(ids) for ids in prompt_ids], self.sampler_config, seed=seed)
+        model.train(was_training)
+        completions = []
+        for row in result.generated.cpu().tolist():
+            ends = [k for k, token in enumerate(row) if token in self.sampler_config.eos_ids]
+            completions.append(row[:ends[0] + 1] if ends else row)
+        return completions, None
+
+    # ------------------------------------------------------------------------------------------------
+    # Log-probabilities
+
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
+                                           compute_entropy=False, compute_aux_loss=False, **multimodal):
+        step, iteration, rollouts = self._mask_context
+        prompt_length = input_ids.shape[1] - logits_to_keep
+        completion_mask = attention_mask.clone().bool()
+        completion_mask[:, :prompt_length] = False
+        prompt_mask = attention_mask.bool() & ~completion_mask
+        batch_size = batch_size or input_ids.shape[0]
+        logps, entropies = [], []
+        for start in range(0, input_ids.shape[0], batch_size):
+            rows = slice(start, start + batch_size)
+            generators = mask_generators(self.args.seed, step, iteration, rollouts[rows].tolist())
+            draw = draw_masks(self.args.logp_estimator, input_ids[rows], prompt_mask[rows], completion_mask[rows],
+                              self.mask_token_id, generators, p_mask_prompt=self.args.p_mask_prompt,
+                              num_samples=self.args.mc_samples)
+            passes = draw.noisy_ids.shape[0] // input_ids[rows].shape[0]
+            seen = []
+            scores = score_draw(self.args.logp_estimator,
+                                _recording_logits_fn(model, monte_carlo_copies(attention_mask[rows], passes), seen),
+                                input_ids[rows], completion_mask[rows], draw, shift=self.shift)
+            if scores.dim() == 1:  # elbo: the completion's score at each of its tokens
+                scores = scores.unsqueeze(1) * completion_mask[rows].to(scores.dtype)
+            logps.append(scores[:, -logits_to_keep:])
+            if compute_entropy:
+                entropies.append(self._masked_entropy(seen[0], draw.masked, passes)[:, -logits_to_keep:])
+        return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
+
+    def _masked_entropy(self, logits, masked, passes):
+        """Entropy of the predicted token at each position, averaged over the passes that mask it [B, T]."""
+        with torch.no_grad():
+            if self.shift:
+                logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            entropy = -(log_probs.exp() * log_probs).sum(-1) * masked
+            rows = masked.shape[0] // passes
+            return (entropy.reshape(rows, passes, -1).sum(1)
+                    / masked.reshape(rows, passes, -1).sum(1).clamp(min=1))
+
+    # ------------------------------------------------------------------------------------------------
+    # Old and reference scores per iteration; the loss
+
+    def _generate_and_score_completions(self, inputs):
+        training = self.model.training
+        device = self.accelerator.device
+        first = self.accelerator.process_index * len(inputs)
+        rollouts = torch.arange(first, first + len(inputs))
+        self._mask_context = (self._step, 0, rollouts)
+        output = super()._generate_and_score_completions(inputs)
+        iterations = self.num_iterations if training else 1
+        input_ids = torch.cat([output["prompt_ids"], output["completion_ids"]], dim=1)
+        attention_mask = torch.cat([output["prompt_mask"], output["completion_mask"]], dim=1)
+        for key, model in (("old_per_token_logps", self.model), ("ref_per_token_logps", self.ref_model)):
+            if key not in output:
+                continue
+            scores = [output[key]]
+            for iteration in range(1, iterations):
+                self._mask_context = (self._step, iteration, rollouts)
+                scores.append(self._reference_logps(model, input_ids, attention_mask,
+                                                    output["completion_ids"].shape[1]))
+            output[key] = torch.stack(scores, dim=1)
+        self._mask_context = None
+        output["rollout_index"] = rollouts.to(device)
+        output["rollout_step"] = torch.full_like(output["rollout_index"], self._step)
+        if self.args.loss_type == "wd1":
+            group_size = self.num_generations if training else self.num_generations_eval
+            advantages = self.accelerator.gather(output["advantages"])
+            weights = wd1_weights(advantages, group_size, psi=self.args.wd1_psi)
+            output["wd1_weights"] = weights.reshape(self.accelerator.num_processes, -1)[
+                self.accelerator.process_index]
+        return output
+
+    def _reference_logps(self, model, input_ids, attention_mask, logits_to_keep):
+        """Scores of the old policy (`self.model`) or the reference without gradients; with LoRA and no reference
+        model, as TRL: the policy with its `ref` adapter if it has one, else with its adapters off."""
+        with torch.no_grad():
+            if model is None:
+                unwrapped = self.accelerator.unwrap_model(self.model)
+                with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
+                    return self._get_per_token_logps_and_entropies(self.model, input_ids, attention_mask,
+                                                                   logits_to_keep)[0]
+            return self._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep)[0]
+
+    def _compute_loss(self, model, inputs):
+        iteration = (self._step // self.args.steps_per_generation) % self.num_iterations if self.model.training else 0
+        inputs = dict(inputs)
+        for key in ("old_per_token_logps", "ref_per_token_logps"):
+            if key in inputs:
+                inputs[key] = inputs[key][:, iteration]
+        self._mask_context = (int(inputs["rollout_step"][0]), iteration, inputs["rollout_index"].cpu())
+        try:
+            if self.args.loss_type == "wd1":
+                return self._wd1_loss(model, inputs)
+            return super()._compute_loss(model, inputs)
+        finally:
+            self._mask_context = None
+
+    def _wd1_loss(self, model, inputs):
+        """Σ_i (w⁻_i − w⁺_i) log π(o_i), scaled so that a whole generation batch gives wd1's mean over
+        groups."""
+        completion_mask = inputs["completion_mask"]
+        input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
+        attention_mask = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
+        logps, _, _ = self._get_per_token_logps_and_entropies(model, input_ids, attention_mask,
+                                                              completion_mask.shape[1])
+        mask = completion_mask.to(logps.dtype)
+        if self.args.logp_estimator == "elbo":  # the ELBO sits at every token: take it once
+            sequence = (logps * mask).sum(1) / mask.sum(1).clamp(min=1)
+        else:
+            sequence = (logps * mask).sum(1)
+        training = self.model.training
+        group_size = self.num_generations if training else self.num_generations_eval
+        loss = (inputs["wd1_weights"] * sequence).sum() * group_size / len(sequence)
+        mode = "train" if training else "eval"
+        self._metrics[mode]["wd1/sequence_logp"].append(self.accelerator.gather(sequence.detach()).mean().item())
+        return loss / (self.current_gradient_accumulation_steps if training else 1.0)
