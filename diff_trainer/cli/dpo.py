@@ -1,5 +1,7 @@
 """Preference-tune a masked-diffusion LM on {"prompt", "chosen", "rejected"} pairs with VRPO (LLaDA 1.5 DPO).
 
+The pairs are texts, or TRL's conversational preference records (message lists) rendered with the chat template.
+
     python run_diffusion_dpo.py configs/dpo.yaml [--flag value ...]
     accelerate launch run_diffusion_dpo.py configs/dpo.yaml [--flag value ...]
     python -m diff_trainer.cli.dpo configs/dpo.yaml [--flag value ...]     # the same, from any directory
@@ -17,6 +19,7 @@ from diff_trainer.training.args.data import PreferenceDataArguments
 from diff_trainer.training.args.dpo import DPOTrainingArguments
 from diff_trainer.training.args.model import ModelArguments
 from diff_trainer.training.args.parsing import parse_arguments
+from diff_trainer.data.chat import set_chat_template
 from diff_trainer.data.loading import require_validation_data
 from diff_trainer.data.preference import load_preference_data, save_pairs, tokenize_pairs, with_response_padding
 from diff_trainer.models.loading import add_special_tokens, load_tokenizer
@@ -42,10 +45,11 @@ def main(argv=None):
         raise ValueError("DPO starts from a trained diffusion model: pass --model_name_or_path.")
 
     tokenizer = load_tokenizer(model_args)
-    new_token_ids = add_special_tokens(tokenizer, data_args.dff_token, model_args.mask_token)
+    template_ids = set_chat_template(tokenizer, data_args.chat_template) if data_args.chat_template else []
+    new_token_ids = template_ids + add_special_tokens(tokenizer, data_args.dff_token, model_args.mask_token)
     model = prepare_model(model_args, tokenizer, "diffusion", new_token_ids=new_token_ids)
     data_args = with_response_padding(data_args, checked_diffusion_config(model))
-    raw, _ = load_preference_data(data_args, seed=training_args.seed)
+    raw, _ = load_preference_data(data_args, seed=training_args.seed, tokenizer=tokenizer)
     pairs = tokenize_pairs(raw, tokenizer, data_args, seed=training_args.seed,
                            main_process_first=training_args.main_process_first)
     require_validation_data(pairs, training_args.do_eval)

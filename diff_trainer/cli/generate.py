@@ -11,12 +11,16 @@ sampled with `model.generate`, so baselines use the same command; the diffusion-
     diff-generate --model out --prompt_file prompts.jsonl --samples 4 --temperature 0.8 --output samples.jsonl
     diff-generate --model outputs/shakespeare --samples 4 --gen_length 128 --steps 128 --sedd_sampler analytic
     diff-generate --model outputs/fortunes --prompt "The " --suffix " of life." --gen_length 32   # infilling
+    diff-generate --model outputs/chat_demo --chat --prompt 'What does `os.getcwd` do?'          # one chat turn
 
 Prompts are tokenised like the training data: no special tokens, BOS prepended when the tokenizer has one
 distinct from EOS. A completion ends at its first EOS. `--output` ending in .jsonl writes one record per
 completion with the settings, its NFE (the forward passes it took part in: rows of a batch advance on their own) and
 its batch's forward passes; any other name writes plain text, one completion per line (newlines inside a completion
 written as \\n). `--cache prefix|dual` reuses keys/values within a block (Fast-dLLM; an approximation).
+With `--chat` each prompt is a user message (after a `--system` one) rendered with the checkpoint tokenizer's chat
+template and its generation prompt, as in training on conversations; the completion also ends at the template's
+end-of-turn token.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from diff_trainer.data.chat import end_of_turn_token, render, resolve_template
+from diff_trainer.data.loading import DataError
 from diff_trainer.data.pipeline import bos_prefix
 from diff_trainer.devices import (
     DEVICE_CHOICES_HELP,
@@ -109,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch_size", type=int, default=8, help="sequences sampled together")
     parser.add_argument("--output", help="write completions to this .jsonl or .txt file")
     parser.add_argument("--verbose", action="store_true", help="print every intermediate state")
+    parser.add_argument("--chat", action="store_true",
+                        help="each prompt is a user message, rendered with the checkpoint's chat template; the "
+                             "completion ends at the template's end of turn")
+    parser.add_argument("--system", help="with --chat: a system message before each prompt")
     return parser
 
 
@@ -176,8 +186,27 @@ def shown_mask_id(config) -> int:
     return config.mask_token_id if config.mask_token_id is not None else -1
 
 
-def prepare_prompts(args, tokenizer, diffusion_config, prompts: list[str]) -> list[list[int]]:
-    """Prompt ids (with <DFF> appended when asked)."""
+def chat_template_of(parser, tokenizer) -> tuple[str, int]:
+    """The tokenizer's chat template and the id of the token it ends a turn with; a usage error without one."""
+    try:
+        template = resolve_template(tokenizer, None)
+        return template, tokenizer.convert_tokens_to_ids(end_of_turn_token(tokenizer, template))
+    except DataError as error:
+        parser.error(f"--chat: {error}")
+
+
+def chat_prompt_ids(tokenizer, template: str, messages: list[dict]) -> list[int]:
+    """The ids of `messages` rendered with the template and the opening of the assistant's reply (the template
+    writes any BOS itself)."""
+    return tokenizer.encode(render(tokenizer, template, messages, generation_prompt=True), add_special_tokens=False)
+
+
+def prepare_prompts(args, tokenizer, diffusion_config, prompts: list[str], template: str | None = None):
+    """Prompt ids: with <DFF> appended when asked, or as user messages rendered with the chat `template`."""
+    if template is not None:
+        system = [{"role": "system", "content": args.system}] if args.system else []
+        return [chat_prompt_ids(tokenizer, template, system + [{"role": "user", "content": prompt}])
+                for prompt in prompts]
     if args.append_dff:
         dff = (diffusion_config or {}).get("dff_token") or DEFAULT_DFF_TOKEN
         prompts = [prompt if prompt.endswith(dff) else prompt + dff for prompt in prompts]
@@ -193,11 +222,12 @@ def completion_text(tokenizer, ids: list[int], stop=None) -> str:
 
 
 def generate_causal(model, tokenizer, prompt_ids: list[list[int]], args,
-                    cache_implementation: str | None = None) -> tuple[list[list[int]], int]:
+                    cache_implementation: str | None = None, stop=None) -> tuple[list[list[int]], int]:
     """Baseline: left-padded `model.generate`; returns the new ids per row and the number of forward passes.
 
     `cache_implementation`: transformers' name of the key/value cache (None: its default dynamic cache; "static":
-    preallocated, which transformers compiles on GPUs)."""
+    preallocated, which transformers compiles on GPUs). `stop`: the ids that end a completion (default the EOS)."""
+    stop = tokenizer.eos_token_id if stop is None else stop
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     width = max(len(p) for p in prompt_ids)
     input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=model.device)
@@ -208,8 +238,8 @@ def generate_causal(model, tokenizer, prompt_ids: list[list[int]], args,
         if args.temperature > 0 else {"do_sample": False}
     with torch.no_grad():
         output = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=args.gen_length,
-                                pad_token_id=pad, eos_token_id=tokenizer.eos_token_id,
-                                suppress_tokens=list(special_token_ids_to_forbid(tokenizer)),
+                                pad_token_id=pad, eos_token_id=list(stop) if isinstance(stop, tuple) else stop,
+                                suppress_tokens=list(special_token_ids_to_forbid(tokenizer, stop)),
                                 cache_implementation=cache_implementation, **sampling)
     new_ids = output[:, width:]
     return new_ids.tolist(), new_ids.shape[1]
@@ -229,6 +259,11 @@ def check_arguments(parser, args, diffusion_config, prompt_ids, model, suffix_id
         if given:
             parser.error(f"{', '.join(given)} belong to the masked-diffusion sampler; SEDD's samplers take "
                          "--steps and --sedd_sampler.")
+    chat = getattr(args, "chat", False)  # a flag of diff-generate only
+    if getattr(args, "system", None) is not None and not chat:
+        parser.error("--system is a message of a chat: add --chat.")
+    if chat and args.append_dff:
+        parser.error("--chat renders prompts with the chat template; drop --append_dff.")
     if args.samples < 1 or args.batch_size < 1 or args.gen_length < 1:
         parser.error("--samples, --batch_size and --gen_length must be at least 1.")
     if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
@@ -254,13 +289,14 @@ def _print_step(tokenizer, mask_token_id: int, offset: int):
     return hook
 
 
-def checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, tokenizer, suffix_ids=()):
+def checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, tokenizer, suffix_ids=(),
+                           extra_stop_ids=()):
     """Check the flags and prompts against the checkpoint; the SamplerConfig (None for a causal checkpoint)."""
     check_arguments(parser, args, diffusion_config, prompt_ids, model, suffix_ids)
     if diffusion_config is None:
         return None
     try:
-        config = sampler_for(model, tokenizer, **sampler_flags(args))
+        config = sampler_for(model, tokenizer, extra_stop_ids=extra_stop_ids, **sampler_flags(args))
         check_cache_support(model, getattr(config, "cache", "none"))
         return config
     except ValueError as error:
@@ -279,11 +315,14 @@ def main(argv: list[str] | None = None) -> None:
         prompts = args.prompt if args.prompt is not None else read_prompts(args.prompt_file)
     if not prompts:
         parser.error("no prompts given.")
-    prompt_ids = prepare_prompts(args, tokenizer, diffusion_config, prompts)
+    template, end_of_turn = chat_template_of(parser, tokenizer) if args.chat else (None, None)
+    end_of_turn = (end_of_turn,) if args.chat else ()
+    prompt_ids = prepare_prompts(args, tokenizer, diffusion_config, prompts, template)
     suffix_ids = encode_suffix(tokenizer, args.suffix)
-    config = checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, tokenizer, suffix_ids)
+    config = checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, tokenizer, suffix_ids,
+                                    end_of_turn)
 
-    stop = stop_ids(diffusion_config, tokenizer)
+    stop = stop_ids(diffusion_config, tokenizer, end_of_turn)
     jobs = [(p, s) for p in range(len(prompts)) for s in range(args.samples)]
     generator = torch.Generator(device=model.device).manual_seed(args.seed) if args.seed is not None else None
     records = []
@@ -291,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         batch = jobs[first:first + args.batch_size]
         batch_ids = [prompt_ids[p] for p, _ in batch]
         if config is None:
-            new_ids, forwards = generate_causal(model, tokenizer, batch_ids, args)
+            new_ids, forwards = generate_causal(model, tokenizer, batch_ids, args, stop=stop)
             row_nfe = [forwards] * len(new_ids)
         else:
             hook = _print_step(tokenizer, shown_mask_id(config), first) if args.verbose else None
@@ -302,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
                             "nfe": nfe, "batch_forwards": forwards})
 
     settings = {"model": args.model, "seed": args.seed, "append_dff": args.append_dff, "suffix": args.suffix,
-                "sampler": sampler_name(args, diffusion_config)}
+                "sampler": sampler_name(args, diffusion_config), "chat": args.chat, "system": args.system}
     settings.update(dataclasses.asdict(config) if config is not None
                     else {"gen_length": args.gen_length, "temperature": args.temperature})
     for (p, s), record in zip(jobs, records):

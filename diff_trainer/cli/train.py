@@ -16,6 +16,7 @@ from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
 from diff_trainer.training.args.model import ModelArguments
 from diff_trainer.training.args.parsing import parse_arguments
 from diff_trainer.data.char_tokenizer import CHAR_TOKENIZER, training_texts
+from diff_trainer.data.chat import set_chat_template
 from diff_trainer.data.loading import check_block_size, load_raw_datasets, require_validation_data
 from diff_trainer.data.pipeline import LAYOUT_FILE, Preprocessor
 from diff_trainer.data.saving import save_final_dataset
@@ -48,7 +49,9 @@ def main(argv=None):
     raw = load_raw_datasets(data_args, seed=training_args.seed)
     char_level = model_args.tokenizer_name == CHAR_TOKENIZER
     tokenizer = load_tokenizer(model_args, training_texts(raw["train"], data_args) if char_level else None)
-    new_token_ids = add_special_tokens(tokenizer, data_args.dff_token, model_args.mask_token if diffusion else None)
+    template_ids = set_chat_template(tokenizer, data_args.chat_template) if data_args.chat_template else []
+    new_token_ids = template_ids + add_special_tokens(tokenizer, data_args.dff_token,
+                                                      model_args.mask_token if diffusion else None)
 
     require_validation_data(raw, training_args.do_eval)
     final, layout = Preprocessor(tokenizer, data_args, main_process_first=training_args.main_process_first).run(raw)

@@ -30,6 +30,9 @@ ROLES = ("system", "user", "assistant")
 MULTI_TURN_MODES = ("all", "expand", "last")
 INVALID_RECORD_MODES = ("error", "skip")
 TEMPLATE_DIR = Path(__file__).with_name("chat_templates")
+# the special tokens each bundled template writes, added to a tokenizer that lacks them (e.g. `byte`)
+TEMPLATE_TOKENS = {"chatml": ("<|im_start|>", "<|im_end|>"), "qwen2": ("<|im_start|>", "<|im_end|>"),
+                   "llada": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")}
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,26 @@ def load_chat_template(name_or_file: str) -> str:
         raise DataError(f"--chat_template {name_or_file}: neither a bundled template ({', '.join(template_names())}) "
                         "nor a file; pass one of those names or the path of a jinja file.")
     return path.read_text(encoding="utf-8")
+
+
+def set_chat_template(tokenizer, chat_template: str) -> list[int]:
+    """Give the tokenizer the template (saved with it) and, for a bundled one, the special tokens it writes that the
+    tokenizer lacks; returns the new ids."""
+    size = len(tokenizer)
+    tokenizer.chat_template = load_chat_template(chat_template)
+    missing = [token for token in TEMPLATE_TOKENS.get(chat_template, ()) if token not in tokenizer.get_added_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    return list(range(size, len(tokenizer)))
+
+
+def end_of_turn_token(tokenizer, template: str) -> str:
+    """The special token the template writes after an assistant turn (found by rendering a short exchange)."""
+    messages = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
+    full = render(tokenizer, template, messages, generation_prompt=False)
+    _, end = turn_span(tokenizer, template, messages, 1, full)
+    return next(token for token in tokenizer.get_added_vocab() if full[:end].endswith(token)
+                and len(token) == end_of_turn_length(tokenizer, full[end - len(token):]))
 
 
 def resolve_template(tokenizer, chat_template: str | None) -> str:
@@ -95,6 +118,14 @@ def record_messages(record: dict, messages_column: str = "messages") -> tuple[li
         if not isinstance(value, list):
             raise DataError(f"'{name}' is {type(value).__name__}, not a list of messages.")
     return prompt + completion, len(prompt)
+
+
+def is_conversational(columns: list[str], first: dict, messages_column: str = "messages") -> bool:
+    """Whether records with these columns (`first` is one of them) are conversations: a messages column, or
+    prompt/completion message lists."""
+    if messages_column in columns:
+        return True
+    return {"prompt", "completion"} <= set(columns) and isinstance(first["prompt"], list)
 
 
 def check_message_list(messages) -> None:
@@ -188,6 +219,17 @@ def tokenize_example(tokenizer, example: Rendered) -> tuple[list[int], list[int]
             labels += piece if trained else [IGNORE_INDEX] * len(piece)
         position = end
     return ids, labels
+
+
+def marked_text(tokenizer, ids: list[int], labels: list[int]) -> str:
+    """The decoded example with each trained span between [[ and ]], for the log."""
+    pieces, trained = [], False
+    for token, label in zip(ids, labels):
+        if (label != IGNORE_INDEX) != trained:
+            trained = not trained
+            pieces.append("[[" if trained else "]]")
+        pieces.append(tokenizer.decode([token]))
+    return "".join(pieces) + ("]]" if trained else "")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Every sample is followed by one EOS that is trained (label = EOS) and attended, so the model learns where a
 sample ends. With packing these EOS tokens separate documents inside a row; attention is not blocked across
-them (as in run_clm and LLaDA pretraining).
+them (as in run_clm and LLaDA pretraining). Samples that contain EOS themselves (conversations whose template ends
+turns with it) are packed with `document_ids`, the index of each token's sample, recorded from the sample lengths.
 """
 
 import numpy as np
@@ -20,13 +21,18 @@ def append_eos(input_ids, labels, eos_id: int) -> tuple[np.ndarray, np.ndarray, 
     return ids, flat_labels, offsets + np.arange(len(offsets))
 
 
-def concatenate_and_chunk(input_ids, labels, block_size: int, eos_id: int) -> dict:
-    """Pack samples (each + EOS) into rows of block_size; the incomplete remainder is dropped (as run_clm)."""
-    ids, flat_labels, _ = append_eos(input_ids, labels, eos_id)
+def concatenate_and_chunk(input_ids, labels, block_size: int, eos_id: int, documents: bool = False) -> dict:
+    """Pack samples (each + EOS) into rows of block_size; the incomplete remainder is dropped (as run_clm).
+
+    `documents`: add a `document_ids` column, the index (within the batch) of the sample each token belongs to.
+    """
+    ids, flat_labels, offsets = append_eos(input_ids, labels, eos_id)
     rows = len(ids) // block_size
-    ids = ids[: rows * block_size].reshape(rows, block_size)
-    flat_labels = flat_labels[: rows * block_size].reshape(rows, block_size)
-    return {"input_ids": ids, "labels": flat_labels, "attention_mask": np.ones_like(ids)}
+    columns = {"input_ids": ids, "labels": flat_labels}
+    if documents:
+        columns["document_ids"] = np.repeat(np.arange(len(offsets) - 1), np.diff(offsets))
+    columns = {name: flat[: rows * block_size].reshape(rows, block_size) for name, flat in columns.items()}
+    return {**columns, "attention_mask": np.ones_like(columns["input_ids"])}
 
 
 def pad_to_block(input_ids, labels, block_size: int, eos_id: int, side: str = "left") -> dict:

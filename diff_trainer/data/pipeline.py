@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow.compute as pc
 from datasets import Dataset, DatasetDict
 
+from . import chat
 from .labels import IGNORE_INDEX, dff_labels
 from .loading import DataError, as_text_records
 from .packing import concatenate_and_chunk, pad_to_block
@@ -23,6 +24,7 @@ from .packing import concatenate_and_chunk, pad_to_block
 logger = logging.getLogger(__name__)
 
 ROW_COLUMNS = ("input_ids", "labels", "attention_mask")
+DOCUMENT_COLUMN = "document_ids"  # packed conversations: each token's conversation (see packing.py)
 LAYOUT_FILE = "row_layout.json"
 DEFAULT_BLOCK_SIZE = 512
 PACKINGS = ("packed", "left", "right")
@@ -47,7 +49,8 @@ class RowLayout:
 
     packing: "packed" (samples joined and cut), "left" (one sample per row, ignored padding on the left) or "right"
     (one sample per row, trained EOS filling the right). marker: the <DFF> token training starts after, or None
-    when every token is trained.
+    when every token is trained. chat_template: for conversations, the template they were rendered with (a bundled
+    name, a file, or "tokenizer" for the tokenizer's own); only assistant turns are trained.
     """
 
     packing: str
@@ -56,6 +59,7 @@ class RowLayout:
     tokenizer_name: str
     vocab_size: int
     vocab_hash: str
+    chat_template: str | None = None
 
     @property
     def packed(self) -> bool:
@@ -107,12 +111,12 @@ def label_function(marker_ids: Optional[list[int]]):
     return label
 
 
-def pack_function(block_size: int, eos_id: int, concatenate: bool, padding_side: str):
-    """Batched packing into block_size rows (see packing.py)."""
+def pack_function(block_size: int, eos_id: int, concatenate: bool, padding_side: str, documents: bool = False):
+    """Batched packing into block_size rows (see packing.py); `documents` records each token's sample when packed."""
 
     def pack(batch):
         if concatenate:
-            return concatenate_and_chunk(batch["input_ids"], batch["labels"], block_size, eos_id)
+            return concatenate_and_chunk(batch["input_ids"], batch["labels"], block_size, eos_id, documents)
         return pad_to_block(batch["input_ids"], batch["labels"], block_size, eos_id, padding_side)
 
     return pack
@@ -151,19 +155,55 @@ class Preprocessor:
         if self.args.skip_concat:
             layout = self.saved_layout(raw)
         else:
-            raw = self.tokenize(raw)
-            raw, marker = self.label(raw)
+            conversations = self.chat_template_name(raw)
+            if conversations:
+                raw, marker = self.tokenize_conversations(raw), None
+            else:
+                raw, marker = self.label(self.tokenize(raw))
             block_size = self.args.block_size or DEFAULT_BLOCK_SIZE
             raw, concatenate = self.filter_samples(raw, block_size)
-            raw = self.pack(raw, block_size, concatenate)
+            raw = self.pack(raw, block_size, concatenate, documents=conversations is not None)
             layout = RowLayout("packed" if concatenate else self.args.padding_side, block_size, marker,
-                               **describe_tokenizer(self.tokenizer))
-        final = DatasetDict({name: split.select_columns(list(ROW_COLUMNS)) for name, split in raw.items()
-                             if set(ROW_COLUMNS) <= set(split.column_names)} or raw)
+                               **describe_tokenizer(self.tokenizer), chat_template=conversations)
+        final = DatasetDict({name: split.select_columns([c for c in (*ROW_COLUMNS, DOCUMENT_COLUMN)
+                                                         if c in split.column_names])
+                             for name, split in raw.items() if set(ROW_COLUMNS) <= set(split.column_names)} or raw)
         sanity_check(final, layout.block_size, self.tokenizer)
-        logger.info("Rows: %s, block size %d, trained %s.", layout.packing, layout.block_size,
-                    f"after {layout.marker}" if layout.marker else "on every token")
+        trained = (f"on assistant turns (chat template {layout.chat_template})" if layout.chat_template
+                   else f"after {layout.marker}" if layout.marker else "on every token")
+        logger.info("Rows: %s, block size %d, trained %s.", layout.packing, layout.block_size, trained)
         return final, layout
+
+    def chat_template_name(self, raw: DatasetDict) -> str | None:
+        """For conversational records, the template's name as the layout records it; None for text."""
+        if "input_ids" in raw["train"].column_names:
+            return None
+        if not chat.is_conversational(raw["train"].column_names, raw["train"][0], self.args.messages_column):
+            return None
+        return self.args.chat_template or "tokenizer"
+
+    def tokenize_conversations(self, raw: DatasetDict) -> DatasetDict:
+        """Render each conversation with the chat template into ids and assistant-turn labels (data/chat.py)."""
+        template = chat.resolve_template(self.tokenizer, self.args.chat_template)
+        sources = {"train": self.args.train_file, "validation": self.args.validation_file}
+        if self.args.validation_split_percentage and not self.args.validation_file:
+            sources = {}  # records moved between splits: numbered within their split
+        tokenized = {}
+        for name, split in raw.items():
+            columns, skipped = chat.chat_examples(
+                split, self.tokenizer, template, mode=self.args.multi_turn, messages_column=self.args.messages_column,
+                source=sources.get(name) or f"{name} split", invalid_records=self.args.invalid_records)
+            if skipped:
+                logger.warning("%s: skipped %d of %d conversations with bad records (--invalid_records skip).",
+                               name, skipped, len(split))
+            if not columns["input_ids"]:
+                raise DataError(f"The {name} split has no usable conversation; see the errors without "
+                                "--invalid_records skip.")
+            tokenized[name] = Dataset.from_dict({**columns, "has_dff": [True] * len(columns["input_ids"])})
+        first = tokenized["train"][0]
+        logger.info("First conversation, trained spans in [[ ]]: %r",
+                    chat.marked_text(self.tokenizer, first["input_ids"], first["labels"]))
+        return DatasetDict(tokenized)
 
     def saved_layout(self, raw: DatasetDict) -> RowLayout:
         """The layout saved with the rows (checked against the tokenizer and --block_size), or one read off them."""
@@ -171,6 +211,9 @@ class Preprocessor:
         layout = RowLayout.read(directory) if directory else None
         source = directory or "The rows"
         current = describe_tokenizer(self.tokenizer)
+        if layout is not None and self.args.chat_template and self.args.chat_template != layout.chat_template:
+            raise DataError(f"{source}: the rows were rendered with chat template {layout.chat_template}, not "
+                            f"--chat_template {self.args.chat_template}. Drop the flag or preprocess again.")
         if layout is None:
             first = raw["train"][0]
             packing = "packed" if all(first["attention_mask"]) else "left"
@@ -249,9 +292,9 @@ class Preprocessor:
             raw[name] = split
         return raw, concatenate
 
-    def pack(self, raw: DatasetDict, block_size: int, concatenate: bool) -> DatasetDict:
+    def pack(self, raw: DatasetDict, block_size: int, concatenate: bool, documents: bool = False) -> DatasetDict:
         side = self.args.padding_side
-        fn = pack_function(block_size, self.tokenizer.eos_token_id, concatenate, side)
+        fn = pack_function(block_size, self.tokenizer.eos_token_id, concatenate, side, documents)
         how = "Packing" if concatenate else f"Padding ({side})"
         with self.main_process_first(desc="packing"):
             packed = raw.map(fn, batched=True, num_proc=self.workers, remove_columns=raw["train"].column_names,

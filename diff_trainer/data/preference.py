@@ -1,5 +1,11 @@
 """Preference pairs for DPO: load {"prompt", "chosen", "rejected"} records, check them, tokenise, collate.
 
+Conversations. Records whose prompt is a list of messages (TRL's conversational preference format: prompt
+messages, chosen and rejected assistant messages) are rendered with the chat template (`--chat_template`, else the
+tokenizer's) into the same three texts (`chat.preference_texts`): the prompt with the opening of the reply, each
+response through its end-of-turn token. A leading BOS the template writes is left to tokenising, which adds it.
+A conversation that cannot be rendered is a bad record like the others.
+
 Checking. A record is bad when a key is missing (or not a string), when chosen or rejected is empty (or only
 whitespace), or when chosen == rejected. Bad records are reported with their place (`file, line N` for local
 JSON-lines files, `record N` for a JSON document, `split row N` for hub or saved data) and, with
@@ -24,6 +30,7 @@ reproduced exactly (precomputed reference scores).
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import zlib
@@ -35,7 +42,17 @@ import torch
 from datasets import Dataset, DatasetDict
 
 from ..diffusion.forward import mask_exact_count, stratified_mask_counts
-from .loading import DataError, is_json_lines, load_files, load_saved, open_text
+from .chat import preference_texts, resolve_template
+from .loading import (
+    DataError,
+    builder_for,
+    is_json_lines,
+    load_files,
+    load_saved,
+    numbered_lines,
+    open_text,
+    parse_record,
+)
 from .pipeline import bos_prefix, sequence_lengths
 from .saving import save_final_dataset
 
@@ -68,13 +85,54 @@ def load_preference_splits(data_args) -> tuple[DatasetDict, dict[str, Optional[s
         sources = {"train": data_args.train_file}
         if data_args.validation_file:
             sources["validation"] = data_args.validation_file
-        raw, scanned = load_files(sources, text_columns=data_args.columns)
+        conversational = isinstance((first_record(data_args.train_file) or {}).get(data_args.prompt_column), list)
+        raw, scanned = load_files(sources, text_columns=() if conversational else data_args.columns)
     else:
         raise DataError("No pairs given: pass --train_file, or --dataset_name (with --load_from_disk for a saved dir).")
     if "train" not in raw:
         raise DataError(f"The data has no 'train' split (found: {', '.join(raw) or 'none'}).")
     kept = {name: raw[name] for name in ("train", "validation") if name in raw}
     return DatasetDict(kept), {name: sources.get(name) for name in kept}, scanned
+
+
+def first_record(path: str) -> dict | None:
+    """The first record of a JSON or JSON-lines file (None for other formats or no object)."""
+    if builder_for(path) != "json":
+        return None
+    if is_json_lines(path):
+        for number, line in numbered_lines(path):
+            if line.strip():
+                return parse_record(line, f"{path}, line {number}")
+        return None
+    with open_text(path) as handle:
+        document = json.load(handle)
+    return document[0] if isinstance(document, list) and document and isinstance(document[0], dict) else None
+
+
+def is_conversational(split: Dataset, prompt_column: str) -> bool:
+    """Whether the split holds conversational pairs (its prompts are message lists)."""
+    return prompt_column in split.column_names and len(split) > 0 and isinstance(split[0][prompt_column], list)
+
+
+def render_conversations(split: Dataset, names: tuple[str, str, str], tokenizer, template: str,
+                         source: str | None, split_name: str) -> tuple[Dataset, dict[int, tuple[str, str]]]:
+    """Conversational pairs as text pairs (`chat.preference_texts`), and row -> (place, problem) for those that
+    cannot be rendered (their texts are None, dropped or reported by `drop_bad_pairs`)."""
+    texts, problems = {name: [] for name in names}, {}
+    bos = tokenizer.bos_token if bos_prefix(tokenizer) else None
+    for row, record in enumerate(split):
+        try:
+            values = preference_texts(tokenizer, template, *(record.get(name) for name in names))
+        except DataError as error:
+            problems[row] = str(error)
+            values = (None, None, None)
+        if bos and values[0] is not None and values[0].startswith(bos):
+            values = (values[0][len(bos):], *values[1:])  # tokenising puts the BOS back
+        for name, value in zip(names, values):
+            texts[name].append(value)
+    places = record_locations(sorted(problems), source, split_name)
+    return Dataset.from_dict(texts), {row: (places.get(row, f"{split_name} row {row}"), problem)
+                                      for row, problem in problems.items()}
 
 
 def pair_problem(prompt, chosen, rejected, names: tuple[str, str, str]) -> Optional[str]:
@@ -160,13 +218,20 @@ def is_tokenised(split: Dataset) -> bool:
     return set(TOKEN_COLUMNS) <= set(split.column_names)
 
 
-def load_preference_data(data_args, seed: int = 42) -> tuple[DatasetDict, dict[str, Optional[str]]]:
-    """Valid raw pairs: bad records reported and skipped (or an error), validation held out, limits applied.
+def load_preference_data(data_args, seed: int = 42, tokenizer=None) -> tuple[DatasetDict, dict[str, str | None]]:
+    """Valid raw pairs: conversations rendered as texts (with `tokenizer`'s or --chat_template's template), bad
+    records reported and skipped (or an error), validation held out, limits applied.
 
     Returns the splits and each split's source file. Tokenised data (from --save_final_dataset) passes unchecked.
     """
     raw, sources, scanned = load_preference_splits(data_args)
     for name in list(raw):
+        if is_conversational(raw[name], data_args.prompt_column):
+            if tokenizer is None:
+                raise DataError(f"{sources[name] or name}: conversational pairs need the tokenizer to render them.")
+            template = resolve_template(tokenizer, data_args.chat_template)
+            raw[name], scanned[name] = render_conversations(raw[name], data_args.columns, tokenizer, template,
+                                                            sources[name], name)
         if not is_tokenised(raw[name]):
             raw[name] = drop_bad_pairs(raw[name], data_args.columns, sources[name], name, data_args.invalid_pairs,
                                        scanned.get(name))

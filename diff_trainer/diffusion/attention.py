@@ -4,7 +4,9 @@ Annealing moves a causal model towards full attention during adaptation: each qu
 future key with probability `ratio`; the ratio grows linearly from 0 to 1 over the first N training steps.
 
 Document isolation: a packed row holds several EOS-terminated documents; with it, a token attends only to the
-tokens of its own document (a block-diagonal mask per row), both ways.
+tokens of its own document (a block-diagonal mask per row), both ways. Documents are read off the EOS ids, or given
+as `documents` (each token's document index, recorded at packing) where EOS also occurs inside a document
+(conversations whose template ends turns with it).
 
 Both are built as boolean "allowed" masks [B, 1, L, L], combined with AND, and passed to the model as one float
 additive 4D mask (`additive_mask`); under FlexAttention, isolation is a BlockMask (`document_block_mask`).
@@ -40,19 +42,20 @@ def document_ids(input_ids, eos_token_ids) -> torch.Tensor:
     return is_eos.cumsum(dim=1) - is_eos
 
 
-def same_document_allowed(input_ids, attention_mask_2d, eos_token_ids) -> torch.Tensor:
+def same_document_allowed(input_ids, attention_mask_2d, eos_token_ids, documents=None) -> torch.Tensor:
     """Bool [B, 1, L, L]: query i may see key j iff both are in the same document and j is not padding."""
-    documents = document_ids(input_ids, eos_token_ids)
+    documents = document_ids(input_ids, eos_token_ids) if documents is None else documents
     same = documents[:, :, None] == documents[:, None, :]  # block-diagonal per row
     return (same & attention_mask_2d.bool()[:, None, :])[:, None]
 
 
-def document_block_mask(input_ids, attention_mask_2d, eos_token_ids):
+def document_block_mask(input_ids, attention_mask_2d, eos_token_ids, documents=None):
     """`same_document_allowed` as a FlexAttention BlockMask (models loaded with attn_implementation="flex_attention"):
     blocks without any allowed pair are skipped instead of computed and masked."""
     from torch.nn.attention.flex_attention import create_block_mask
 
-    documents, keys = document_ids(input_ids, eos_token_ids), attention_mask_2d.bool()
+    documents = document_ids(input_ids, eos_token_ids) if documents is None else documents
+    keys = attention_mask_2d.bool()
 
     def same_document(batch, head, query, key):
         return (documents[batch, query] == documents[batch, key]) & keys[batch, key]

@@ -20,10 +20,15 @@ MASKED_SAMPLER_DEFAULTS = {"block_length": None, "threshold": None, "guidance_sc
 SAMPLERS = {SamplerConfig: generate, SeddSamplerConfig: sedd_generate}
 
 
-def stop_ids(diffusion_config: dict | None, tokenizer) -> tuple[int, ...] | int | None:
-    """The ids that end a completion: the checkpoint's `eos_token_ids` (LLaDA: EOS and EOT), else the EOS."""
+def stop_ids(diffusion_config: dict | None, tokenizer, extra: tuple[int, ...] = ()) -> tuple[int, ...] | int | None:
+    """The ids that end a completion: the checkpoint's `eos_token_ids` (LLaDA: EOS and EOT), else the EOS, and
+    `extra` ones (a chat template's end-of-turn token)."""
     recorded = (diffusion_config or {}).get("eos_token_ids")
-    return tuple(recorded) if recorded else tokenizer.eos_token_id
+    stops = tuple(recorded) if recorded else tokenizer.eos_token_id
+    if not extra:
+        return stops
+    base = stops if isinstance(stops, tuple) else () if stops is None else (stops,)
+    return tuple(dict.fromkeys(base + tuple(extra)))
 
 
 def sampler_kind(diffusion_config: dict, sedd_predictor: str | None = None) -> str:
@@ -54,12 +59,13 @@ def check_sampler_settings(checkpoint, *, predictor: str | None = None, **overri
     return diffusion_config
 
 
-def sampler_for(checkpoint, tokenizer, *, predictor: str | None = None,
+def sampler_for(checkpoint, tokenizer, *, predictor: str | None = None, extra_stop_ids: tuple[int, ...] = (),
                 **overrides) -> SamplerConfig | SeddSamplerConfig:
     """The sampler settings of `checkpoint` (a model, its config, or for masked diffusion its diffusion_config) with
     `overrides` (None values: not given).
 
     `predictor` (euler | analytic) picks SEDD's sampler, also for a masked-diffusion checkpoint (RADD).
+    `extra_stop_ids` end a completion besides the checkpoint's stop ids (a chat template's end of turn).
     `steps` defaults to `gen_length`. ValueError for a causal checkpoint and for settings of the other sampler.
     """
     diffusion_config = check_sampler_settings(checkpoint, predictor=predictor, **overrides)
@@ -75,7 +81,7 @@ def sampler_for(checkpoint, tokenizer, *, predictor: str | None = None,
         return SeddSamplerConfig.from_diffusion_config(
             diffusion_config, num_states, predictor=predictor or "euler",
             pad_token_id=tokenizer.pad_token_id, **overrides)
-    stops = stop_ids(diffusion_config, tokenizer)
+    stops = stop_ids(diffusion_config, tokenizer, extra_stop_ids)
     return SamplerConfig(
         mask_token_id=diffusion_config["mask_token_id"], shift=bool(diffusion_config.get("shift_logits", False)),
         eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,

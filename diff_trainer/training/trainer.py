@@ -13,7 +13,7 @@ import torch
 from transformers import Trainer
 
 from ..data.labels import IGNORE_INDEX
-from ..data.pipeline import RowLayout
+from ..data.pipeline import DOCUMENT_COLUMN, RowLayout
 from ..diffusion.attention import (
     additive_mask,
     annealed_allowed,
@@ -21,6 +21,7 @@ from ..diffusion.attention import (
     document_block_mask,
     same_document_allowed,
 )
+from ..diffusion.elbo import monte_carlo_copies
 from ..diffusion_config import read_diffusion_config
 from ..metrics import argmax_logits, token_accuracy_metrics
 from ..models.bidirectional import is_encoder_model, is_peft_model
@@ -67,6 +68,13 @@ class StepNormalizedLoss:
             model.get_base_model().config.save_pretrained(output_dir or self.args.output_dir)
 
 
+def with_documents(noised: dict, clean: dict) -> dict:
+    """The noised batch, carrying the clean rows' recorded documents (packed conversations) when they have them."""
+    if DOCUMENT_COLUMN in clean:
+        noised[DOCUMENT_COLUMN] = clean[DOCUMENT_COLUMN]
+    return noised
+
+
 def default_normalization(layout: RowLayout) -> str:
     """LLaDA's defaults: packed rows -> llada_pretrain, one sample per row (left or right padded) -> llada_sft."""
     return "llada_pretrain" if layout.packed else "llada_sft"
@@ -98,7 +106,7 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
         super().__init__(model=model, args=args, **kwargs)
         self.label_names = [MASKED_TARGETS]
         # the columns the noiser reads, whatever the model's forward accepts (a DDiT takes no `labels`)
-        self._signature_columns = ["input_ids", "attention_mask", "labels"]
+        self._signature_columns = ["input_ids", "attention_mask", "labels", DOCUMENT_COLUMN]
         self.loss_normalization = args.loss_normalization or default_normalization(row_layout)
         self.skipped_empty_batches = 0
         self._eval_generator = None
@@ -146,28 +154,31 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
             except StopIteration:
                 break
             generator = seeded_generator(self.args.seed, self.state.global_step, index, self.args.process_index)
-            batches.append(self.train_noiser(clean, generator))
+            batches.append(with_documents(self.train_noiser(clean, generator), clean))
         return batches, (self._get_num_items_in_batch(batches, device) if batches else None)
 
     def batch_denominator(self, batch: dict) -> torch.Tensor:
         return self.objective.denominator(self.loss_normalization, batch)
 
-    def attention_for(self, attention_mask: torch.Tensor, clean_ids: torch.Tensor, dtype: torch.dtype):
+    def attention_for(self, attention_mask: torch.Tensor, clean_ids: torch.Tensor, dtype: torch.dtype,
+                      documents: torch.Tensor | None = None):
         """The 2D padding mask, or a 4D float mask while attention is annealed (DiffuLLaMA, training only) and
-        when documents are isolated (from the clean rows' EOS, which noising may have masked)."""
+        when documents are isolated (from the rows' recorded `documents`, else the clean rows' EOS, which noising
+        may have masked)."""
         allowed = None
         ratio = annealing_ratio(self.state.global_step, self.args.attention_annealing_steps)
         if self.model.training and ratio < 1.0:
             allowed = annealed_allowed(attention_mask, ratio)
         if self.args.isolate_documents and self.flex_attention:  # annealing is refused with it (__init__)
-            return document_block_mask(clean_ids, attention_mask, self.eos_token_id)
+            return document_block_mask(clean_ids, attention_mask, self.eos_token_id, documents)
         if self.args.isolate_documents:
-            documents = same_document_allowed(clean_ids, attention_mask, self.eos_token_id)
-            allowed = documents if allowed is None else allowed & documents
+            same = same_document_allowed(clean_ids, attention_mask, self.eos_token_id, documents)
+            allowed = same if allowed is None else allowed & same
         return attention_mask if allowed is None else additive_mask(allowed, dtype)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        attention = self.attention_for(inputs["attention_mask"], inputs["clean_ids"], next(model.parameters()).dtype)
+        attention = self.attention_for(inputs["attention_mask"], inputs["clean_ids"], next(model.parameters()).dtype,
+                                       inputs.get(DOCUMENT_COLUMN))
         loss, logits = self.objective.loss(model, inputs, self.loss_normalization,
                                            self.share_of_denominator(num_items_in_batch), attention,
                                            with_logits=return_outputs)
@@ -193,7 +204,8 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
         return output
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        noisy = self.eval_noiser(self._prepare_inputs(inputs), self._eval_generator)
+        clean = self._prepare_inputs(inputs)
+        noisy = with_documents(self.eval_noiser(clean, self._eval_generator), clean)
         noisy[MASKED_TARGETS] = noisy["clean_ids"].masked_fill(~noisy["masked"], IGNORE_INDEX)
         return super().prediction_step(model, noisy, prediction_loss_only, ignore_keys)
 
@@ -213,6 +225,7 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
             batch = self._prepare_inputs(batch)
             ids, attention = batch["input_ids"], batch["attention_mask"]
             maskable = batch["labels"] != IGNORE_INDEX
+            documents = batch.get(DOCUMENT_COLUMN)
             if self.eval_prefix_shuffler is not None:
                 ids = self.eval_prefix_shuffler(ids, batch["labels"], attention, generator)
             nlls = []
@@ -220,7 +233,9 @@ class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
                 with self.accelerator.autocast():
                     nlls.append(self.objective.elbo_nll(
                         model, ids[rows], attention[rows], maskable[rows], samples, generator,
-                        attention_for=lambda copies, copy_ids: self.attention_for(copies, copy_ids, dtype)))
+                        attention_for=lambda copies, copy_ids, rows=rows, documents=documents: self.attention_for(
+                            copies, copy_ids, dtype, None if documents is None else
+                            monte_carlo_copies(documents[rows], samples))))
             gathered = self.accelerator.gather_for_metrics((torch.cat(nlls), maskable.sum(dim=1)))
             total_nll += float(gathered[0].sum())
             total_tokens += int(gathered[1].sum())

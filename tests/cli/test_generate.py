@@ -192,3 +192,55 @@ def test_each_prompt_is_printed_with_its_completion_and_the_output_file_confirme
                "--- prompt 2/2, sample 1/2: c<DFF>", "--- prompt 2/2, sample 2/2: c<DFF>"]
     expected = [line for header, record in zip(headers, records) for line in (header, record["completion"])]
     assert out == "\n".join(expected + [f"Wrote 4 completions to {output}"]) + "\n"
+
+
+@pytest.fixture(scope="module")
+def chat_checkpoint(tmp_path_factory):
+    """A diffusion checkpoint whose tokenizer carries the chatml template (as run_clm_diff.py --chat_template saves)."""
+    from diff_trainer.data.chat import set_chat_template
+
+    tokenizer = make_byte_tokenizer()
+    set_chat_template(tokenizer, "chatml")
+    model = make_tiny_llama(len(tokenizer))
+    model.config.diffusion_config = diffusion_config(tokenizer)
+    path = tmp_path_factory.mktemp("chat") / "checkpoint"
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path, tokenizer
+
+
+def test_chat_renders_the_turn_and_stops_at_the_end_of_turn(chat_checkpoint, tmp_path, capsys):
+    path, tokenizer = chat_checkpoint
+    output = tmp_path / "chat.jsonl"
+    cli.main(["--model", str(path), "--chat", "--system", "Be brief.", "--prompt", "Hi?", "--gen_length", "8",
+              "--output", str(output)])
+    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    prompt = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"
+    assert f"--- prompt 1/1: {prompt}\n" in capsys.readouterr().out
+    (record,) = read_jsonl(output)
+    settings = record["settings"]
+    assert settings["eos_token_id"] == [tokenizer.eos_token_id, end_of_turn]
+    assert end_of_turn not in settings["forbidden_token_ids"]
+    assert (settings["chat"], settings["system"]) == (True, "Be brief.")
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    config = sampler_for(model, tokenizer, gen_length=8, extra_stop_ids=(end_of_turn,))
+    expected = generate(model, [tokenizer.encode(prompt, add_special_tokens=False)], config).generated[0].tolist()
+    assert record["completion"] == cli.completion_text(tokenizer, expected, (tokenizer.eos_token_id, end_of_turn))
+    ids = tokenizer.encode("ab<|im_end|>cd", add_special_tokens=False)
+    assert cli.completion_text(tokenizer, ids, (tokenizer.eos_token_id, end_of_turn)) == "ab"
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--system", "S"], "--system is a message of a chat: add --chat"),
+    (["--chat", "--append_dff"], "drop --append_dff"),
+])
+def test_chat_flags_that_do_not_fit(chat_checkpoint, capsys, flags, message):
+    with pytest.raises(SystemExit):
+        cli.main(["--model", str(chat_checkpoint[0]), "--prompt", "Hi?", *flags])
+    assert message in capsys.readouterr().err
+
+
+def test_chat_without_a_template_is_a_usage_error(checkpoints, capsys):
+    with pytest.raises(SystemExit):
+        run(checkpoints, "diffusion", "--chat", "--prompt", "Hi?")
+    assert "--chat: The tokenizer" in capsys.readouterr().err

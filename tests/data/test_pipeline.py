@@ -8,6 +8,7 @@ from datasets import Dataset, DatasetDict
 
 from conftest import make_byte_tokenizer
 from diff_trainer.training.args.data import DataArguments
+from diff_trainer.data.chat import set_chat_template
 from diff_trainer.data.labels import IGNORE_INDEX as I
 from diff_trainer.data.loading import DataError, load_raw_datasets
 from diff_trainer.data.pipeline import LAYOUT_FILE, Preprocessor, RowLayout
@@ -288,3 +289,83 @@ def test_worker_processes_give_the_same_rows_and_a_rerun_reads_the_cache(tmp_pat
     assert again["train"].to_list() == parallel["train"].to_list()
     assert sorted(cache.rglob("cache-*.arrow")) == written  # every map step was read back from the cache
     assert again["train"].cache_files[0]["filename"] in map(str, written)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Conversations (data/chat.py) through the pipeline
+
+
+def chat_tokenizer():
+    """The byte tokenizer with the chatml template and its two special tokens (ids 386, 387)."""
+    tokenizer = make_byte_tokenizer()
+    assert set_chat_template(tokenizer, "chatml") == [386, 387]
+    return tokenizer
+
+
+def conversation(question, answer):
+    return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+
+START, END, NEWLINE = 386, 387, byte_ids("\n")
+
+
+def test_conversations_are_rendered_and_trained_on_the_assistant_turn_padded_or_packed():
+    user = [START] + byte_ids("user\nQ?") + [END] + NEWLINE + [START] + byte_ids("assistant\n")
+    answer = byte_ids("A.") + [END]
+    raw = dataset({"messages": [conversation("Q?", "A.")]})
+    final, layout = preprocess(raw, chat_tokenizer(), block_size=32, validation_split_percentage=0)
+    assert (layout.packing, layout.marker, layout.chat_template) == ("left", None, "tokenizer")
+    padding = 32 - len(user) - len(answer) - 1
+    assert final["train"][0]["input_ids"] == [EOS] * padding + user + answer + [EOS]
+    assert final["train"][0]["labels"] == [I] * (padding + len(user)) + answer + [EOS]
+    packed, layout = preprocess(dataset({"messages": [conversation("Q?", "A.")] * 3}), chat_tokenizer(),
+                                block_size=30, concatenate_texts=True, validation_split_percentage=0)
+    stream = [k for k in range(3) for _ in range(len(user) + len(answer) + 1)]  # 3 x 25 tokens: two rows of 30
+    assert layout.packing == "packed"
+    assert [row["document_ids"] for row in packed["train"]] == [stream[:30], stream[30:60]]
+
+
+def test_prompt_completion_records_and_the_three_multi_turn_modes():
+    tokenizer = chat_tokenizer()
+    two_turns = conversation("Q?", "A.") + conversation("R?", "B.")
+    trained = {}
+    for mode in ("all", "expand", "last"):
+        final, _ = preprocess(dataset({"messages": [two_turns]}), tokenizer, block_size=64, multi_turn=mode,
+                              validation_split_percentage=0)
+        trained[mode] = [tokenizer.decode([label for label in row["labels"] if label not in (I, EOS)])
+                         for row in final["train"]]
+    assert trained == {"all": ["A.<|im_end|>B.<|im_end|>"], "expand": ["A.<|im_end|>", "B.<|im_end|>"],
+                       "last": ["B.<|im_end|>"]}
+    record = {"prompt": two_turns[:3], "completion": two_turns[3:]}
+    final, _ = preprocess(dataset({key: [value] for key, value in record.items()}), tokenizer, block_size=64,
+                          validation_split_percentage=0)
+    assert tokenizer.decode([label for label in final["train"][0]["labels"] if label not in (I, EOS)]) == \
+        "B.<|im_end|>"
+
+
+def test_bad_conversations_name_the_record_or_are_counted_and_skipped(tmp_path, caplog):
+    path = tmp_path / "chat.jsonl"
+    records = [{"messages": conversation("Q?", "A.")}, {"messages": [{"role": "user", "content": "Q?"}]}]
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))
+    args = dict(train_file=str(path), validation_split_percentage=0, block_size=32)
+    raw = load_raw_datasets(DataArguments(**args))
+    with pytest.raises(DataError, match=rf"{path}, record 2: no assistant turn to train"):
+        preprocess(raw, chat_tokenizer(), **args)
+    with caplog.at_level(logging.WARNING):
+        final, _ = preprocess(raw, chat_tokenizer(), invalid_records="skip", **args)
+    assert len(final["train"]) == 1 and "skipped 1 of 2 conversations" in caplog.text
+    with pytest.raises(DataError, match="has no chat template; pass --chat_template"):
+        preprocess(raw, make_byte_tokenizer(), **args)
+
+
+def test_saved_conversation_rows_keep_their_template_and_documents(tmp_path):
+    tokenizer = chat_tokenizer()
+    final, layout = preprocess(dataset({"messages": [conversation("Q?", "A.")] * 3}), tokenizer, block_size=16,
+                               concatenate_texts=True, chat_template="chatml", validation_split_percentage=0)
+    path = str(tmp_path / "rows")
+    save_final_dataset(final, path, extra_files={LAYOUT_FILE: layout.to_json()})
+    rows, reloaded = reload(path, tokenizer=tokenizer, validation_split_percentage=0)
+    assert reloaded == layout and reloaded.chat_template == "chatml"
+    assert rows["train"]["document_ids"] == final["train"]["document_ids"]
+    with pytest.raises(DataError, match="rendered with chat template chatml, not --chat_template qwen2"):
+        reload(path, tokenizer=tokenizer, chat_template="qwen2", validation_split_percentage=0)

@@ -289,3 +289,32 @@ def test_response_padding_follows_the_checkpoint_and_a_warning_says_when_padding
             tokenize_pairs(raw, tokenizer, args)
         # room 6: padding 4 + 2 of 12 scored tokens (exactly half, no warning); room 7: 5 + 3 of 14 (57%)
         assert ("57% of the scored response tokens are EOS padding" in caplog.text) == warned
+
+
+def test_conversational_pairs_score_what_chat_fine_tuning_trains(tmp_path, caplog):
+    """TRL's conversational preference records: the prompt and responses are the ids a chat SFT example of the same
+    conversation has as context and as trained labels (plus the EOS every response ends with)."""
+    from diff_trainer.data.chat import chat_examples, set_chat_template
+
+    tokenizer = make_byte_tokenizer()
+    set_chat_template(tokenizer, "chatml")
+    prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1?"}]
+    chosen, rejected = [{"role": "assistant", "content": "2"}], [{"role": "assistant", "content": "3"}]
+    path = write_lines(tmp_path / "pairs.jsonl", [
+        json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}),
+        json.dumps({"prompt": prompt, "chosen": [{"role": "user", "content": "2"}], "rejected": rejected}),
+    ])
+    args = PreferenceDataArguments(train_file=path, max_length=128)
+    with caplog.at_level(logging.WARNING):
+        raw, _ = load_preference_data(args, tokenizer=tokenizer)
+    assert f"{path}, line 2: 'chosen': no assistant turn to train" in caplog.text
+    (pair,) = tokenize_pairs(raw, tokenizer, args)["train"]
+    for response, response_ids in ((chosen, pair["chosen_ids"]), (rejected, pair["rejected_ids"])):
+        columns, _ = chat_examples([{"prompt": prompt, "completion": response}], tokenizer, tokenizer.chat_template)
+        (sft_ids,), (labels,) = columns["input_ids"], columns["labels"]
+        context = labels.count(-100)
+        assert pair["prompt_ids"] == sft_ids[:context] and response_ids == labels[context:] + [tokenizer.eos_token_id]
+    assert tokenizer.decode(pair["prompt_ids"]) == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n1+1?"
+                                                    "<|im_end|>\n<|im_start|>assistant\n")
+    with pytest.raises(DataError, match="line 2: 'chosen': no assistant turn"):
+        load_preference_data(PreferenceDataArguments(train_file=path, invalid_pairs="error"), tokenizer=tokenizer)

@@ -311,3 +311,57 @@ def test_isolation_under_flex_attention_is_a_block_mask_of_the_same_documents(tm
     with pytest.raises(ValueError, match="needs a 4D mask"):
         DiffusionTrainer(model, DiffusionTrainingArguments(**settings, attention_annealing_steps=4),
                          row_layout=layout("packed"), processing_class=tokenizer)
+
+
+def test_isolated_conversations_stay_whole_when_their_template_ends_turns_with_eos(tmp_path):
+    """Packed conversations whose end-of-turn token is the EOS: isolation follows the lengths recorded at packing."""
+    from diff_trainer.data.chat import set_chat_template
+    from diff_trainer.data.pipeline import Preprocessor
+    from diff_trainer.diffusion.attention import same_document_allowed
+    from diff_trainer.training.args.data import DataArguments
+
+    tokenizer = make_byte_tokenizer()
+    set_chat_template(tokenizer, "chatml")
+    tokenizer.eos_token = "<|im_end|>"
+    turns = [[{"role": "user", "content": f"Q{k}?"}, {"role": "assistant", "content": f"A{k}."},
+              {"role": "user", "content": "More?"}, {"role": "assistant", "content": "No."}] for k in range(6)]
+    data_args = DataArguments(chat_template="chatml", block_size=96, concatenate_texts=True)
+    rows, row_layout = Preprocessor(tokenizer, data_args).run(
+        __import__("datasets").DatasetDict({"train": Dataset.from_dict({"messages": turns})}))
+    args = DiffusionTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", train_diff_model=True,
+                                      isolate_documents=True, per_device_train_batch_size=2)
+    trainer = DiffusionTrainer(diffusion_llama(tokenizer), args, row_layout=row_layout, train_dataset=rows["train"],
+                               processing_class=tokenizer)
+    clean = default_data_collator([rows["train"][i] for i in range(2)])
+    (batch,), _ = trainer.get_batch_samples(iter([clean]), 1, torch.device("cpu"))
+    mask = trainer.attention_for(batch["attention_mask"], batch["clean_ids"], torch.float32,
+                                 batch["document_ids"])
+    # one conversation (user, assistant, user, assistant, the packing EOS) is 56 tokens: <|im_start|> and
+    # <|im_end|> one id each, the rest bytes; rows hold conversation k's tokens at [56 k, 56 (k + 1)) of the stream
+    stream = torch.arange(2 * 96).reshape(2, 96)
+    conversation = stream // 56
+    expected = (conversation[:, :, None] == conversation[:, None, :])[:, None]
+    assert torch.equal(mask == 0, expected)
+    eos_keyed = same_document_allowed(batch["clean_ids"], batch["attention_mask"], tokenizer.eos_token_id)
+    assert not torch.equal(eos_keyed, expected)  # <|im_end|> after each turn would cut every conversation in four
+
+
+def test_recorded_documents_that_match_the_eos_give_the_same_elbo(tmp_path):
+    """Plain text ends each document with EOS only: recorded document ids and EOS-keyed ones must agree exactly."""
+    tokenizer = make_byte_tokenizer()
+    rows = packed_rows(tokenizer)
+    documents = []
+    for row_ids in rows["input_ids"]:  # count EOS by hand: each closes its document and belongs to it
+        closed = [0]
+        for token in row_ids:
+            closed.append(closed[-1] + (token == tokenizer.eos_token_id))
+        documents.append(closed[:-1])
+    args = DiffusionTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", train_diff_model=True,
+                                      isolate_documents=True, eval_mc_samples=2, per_device_eval_batch_size=4)
+    results = []
+    for dataset in (rows, rows.add_column("document_ids", documents)):
+        trainer = DiffusionTrainer(diffusion_llama(tokenizer), args, row_layout=layout("packed"), eval_dataset=dataset,
+                                   processing_class=tokenizer)
+        results.append(trainer.evaluate())
+    assert results[0]["eval_elbo_nll"] == results[1]["eval_elbo_nll"]
+    assert results[0]["eval_loss"] == results[1]["eval_loss"]

@@ -4,6 +4,7 @@ they become rows."""
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ...data.chat import INVALID_RECORD_MODES, MULTI_TURN_MODES
 from ...data.preference import INVALID_PAIR_MODES, RESPONSE_PADDINGS
 from ...data.saving import optional_directory
 
@@ -93,9 +94,32 @@ class DataArguments(DataSourceArguments):
         default=False,
         metadata={"help": "Only preprocess and write --save_final_dataset; no model is built, trained or evaluated."},
     )
+    messages_column: str = field(
+        default="messages",
+        metadata={"help": "Column of conversations (lists of {role, content}); records with it, or with prompt/"
+                          "completion message lists, are rendered with the chat template (docs/chat.md)."},
+    )
+    chat_template: str | None = field(
+        default=None,
+        metadata={"help": "Chat template for conversations: a bundled name (chatml, llada, qwen2) or a jinja file; "
+                          "default: the tokenizer's own. It is saved with the tokenizer."},
+    )
+    multi_turn: str = field(
+        default="all",
+        metadata={"help": "Which assistant turns are trained: all (in one example), expand (one example per turn, "
+                          "LLaDA SFT) or last."},
+    )
+    invalid_records: str = field(
+        default="error",
+        metadata={"help": "Bad conversational records: error (naming the record) or skip (counted and logged)."},
+    )
 
     def __post_init__(self):
         super().__post_init__()
+        if self.multi_turn not in MULTI_TURN_MODES:
+            raise ValueError(f"--multi_turn must be one of {MULTI_TURN_MODES}, got {self.multi_turn!r}")
+        if self.invalid_records not in INVALID_RECORD_MODES:
+            raise ValueError(f"--invalid_records must be one of {INVALID_RECORD_MODES}, got {self.invalid_records!r}")
         if self.preprocess_only and not self.save_final_dataset:
             raise ValueError("--preprocess_only writes the final rows: give --save_final_dataset DIR.")
         if self.padding_side not in ("left", "right"):
@@ -133,6 +157,11 @@ class PreferenceDataArguments(DataSourceArguments):
         metadata={"help": "eos: fill responses with trained EOS up to max_length (LLaDA SFT, the model learns to stop; "
                           "the EOS are scored); ignore: pad per batch with unattended, unscored padding. Default: eos "
                           "for a checkpoint trained on right EOS-padded rows, ignore otherwise."},
+    )
+    chat_template: str | None = field(
+        default=None,
+        metadata={"help": "For conversational pairs (message lists): a bundled template name (chatml, llada, qwen2) "
+                          "or a jinja file; default: the tokenizer's own."},
     )
     invalid_pairs: str = field(
         default="skip",

@@ -79,7 +79,8 @@ class DiffusionTrainingArguments(RunArguments):
     isolate_documents: bool = field(
         default=False,
         metadata={"help": "Packed rows (--concatenate_texts): each token attends only to its own EOS-terminated "
-                          "document (a block-diagonal bidirectional mask per row), not to the row's other documents."},
+                          "document, or its own conversation (recorded at packing), through a block-diagonal "
+                          "bidirectional mask per row, not to the row's other documents."},
     )
 
     def __post_init__(self):
