@@ -184,6 +184,13 @@ class Preprocessor:
 
     def tokenize_conversations(self, raw: DatasetDict) -> DatasetDict:
         """Render each conversation with the chat template into ids and assistant-turn labels (data/chat.py)."""
+        text_flags = [flag for flag, used in (("--dff_labels", self.args.dff_labels != "auto"),
+                                              ("--force_label", self.args.force_label),
+                                              ("--prompt_column", self.args.prompt_column is not None)) if used]
+        if text_flags:
+            raise DataError(f"{', '.join(text_flags)} apply to text records; conversations are trained on their "
+                            "assistant turns as the chat template renders them (choose which with --multi_turn): "
+                            "drop the flag.")
         template = chat.resolve_template(self.tokenizer, self.args.chat_template)
         sources = {"train": self.args.train_file, "validation": self.args.validation_file}
         if self.args.validation_split_percentage and not self.args.validation_file:

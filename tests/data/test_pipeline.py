@@ -356,6 +356,9 @@ def test_bad_conversations_name_the_record_or_are_counted_and_skipped(tmp_path, 
     assert len(final["train"]) == 1 and "skipped 1 of 2 conversations" in caplog.text
     with pytest.raises(DataError, match="has no chat template; pass --chat_template"):
         preprocess(raw, make_byte_tokenizer(), **args)
+    for flag in ({"dff_mode": "on"}, {"force_label": True}):  # text-only label flags would change nothing here
+        with pytest.raises(DataError, match=f"--{next(iter(flag))} apply to text records"):
+            preprocess(raw, chat_tokenizer(), **args, **flag)
 
 
 def test_saved_conversation_rows_keep_their_template_and_documents(tmp_path):
