@@ -356,8 +356,8 @@ def test_bad_conversations_name_the_record_or_are_counted_and_skipped(tmp_path, 
     assert len(final["train"]) == 1 and "skipped 1 of 2 conversations" in caplog.text
     with pytest.raises(DataError, match="has no chat template; pass --chat_template"):
         preprocess(raw, make_byte_tokenizer(), **args)
-    for flag in ({"dff_mode": "on"}, {"force_label": True}):  # text-only label flags would change nothing here
-        with pytest.raises(DataError, match=f"--{next(iter(flag))} apply to text records"):
+    for name, flag in (("--dff_labels", {"dff_mode": "on"}), ("--force_label", {"force_label": True})):
+        with pytest.raises(DataError, match=f"{name} apply to text records"):  # they would change nothing here
             preprocess(raw, chat_tokenizer(), **args, **flag)
 
 
