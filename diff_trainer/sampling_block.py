@@ -9,7 +9,7 @@ sub-blocks of `block_length` tokens, `steps_per_block` steps each (LLaDA's semi-
 The cache is exact: clean blocks never attend to later ones, so the keys and values of a finished block, computed
 once by running it clean over the cache (one forward of the block; shift models also take from it the logits that
 predict the next block's first token), are what every later forward would compute. Each denoising step is then one
-forward of one block over the cache. With `exact_cache=False` every step instead runs the whole prefix with the
+forward of one block over the cache. With `use_cache=False` every step instead runs the whole prefix with the
 block-causal mask (the reference the cache must equal token for token).
 
 Rows advance on their own and leave when done; generated tokens past `gen_length` in a row's last block stay masked
@@ -61,10 +61,10 @@ class _BlockDenoiser:
     each row's current block (from the forward that cached that position).
     """
 
-    def __init__(self, model, config: SamplerConfig, block_size: int, attention_mask, position_ids, exact_cache):
+    def __init__(self, model, config: SamplerConfig, block_size: int, attention_mask, position_ids, use_cache):
         self.model, self.config, self.block_size = model, config, block_size
         self.attention_mask, self.position_ids = attention_mask, position_ids
-        self.exact_cache = exact_cache
+        self.use_cache = use_cache
         self.dtype = next(model.parameters()).dtype
         self.cache_keyword = _cache_keyword(model)
         self.forwards = 0
@@ -102,7 +102,7 @@ class _BlockDenoiser:
 
     def prefill(self, x, starts, prompt_lengths) -> bool:
         """Cache every row's prompt before its first block (block-causal, as training's clean half); whether it ran."""
-        if not self.exact_cache or not (prompt_lengths >= self.block_size).any():
+        if not self.use_cache or not (prompt_lengths >= self.block_size).any():
             return False
         width = int(starts.max())
         rows = torch.arange(x.shape[0], device=x.device)
@@ -115,7 +115,7 @@ class _BlockDenoiser:
 
     def append(self, x, rows, starts) -> None:
         """Cache the finished block just before `starts` of each of `rows`, run clean over the cache."""
-        if self.exact_cache:
+        if self.use_cache:
             logits = self._over_cache(x, rows, starts - self.block_size, keep=True)
             self._set_carry(rows, logits[:, -1])
 
@@ -133,7 +133,7 @@ class _BlockDenoiser:
 
     def __call__(self, x, rows, starts) -> torch.Tensor:
         """Logits [len(rows), L', V] (float64) predicting the blocks starting at `starts` of `rows`."""
-        if self.exact_cache:
+        if self.use_cache:
             logits = self._over_cache(x, rows, starts, keep=False)
             if self.carry is None:  # no prompt was cached: every first block starts at its prompt's first token
                 self._set_carry(rows, logits[:, 0])
@@ -164,7 +164,7 @@ def generate(
     generator: torch.Generator | None = None,
     trace: bool = False,
     on_step: Callable[[StepFrame], None] | None = None,
-    exact_cache: bool = True,
+    use_cache: bool = True,
     **settings,
 ) -> GenerationResult:
     """Sample `gen_length` tokens after each prompt with a block-diffusion `model` of block size `block_size`.
@@ -206,7 +206,7 @@ def generate(
     attention = torch.cat([prompt_attention, torch.ones_like(x[:, generation_start:])], dim=1)
     columns = torch.arange(width, device=device)
     generated = (columns >= generation_start) & (columns < generation_end)  # the positions sampled
-    denoise = _BlockDenoiser(model, config, block_size, attention, padded_position_ids(attention), exact_cache)
+    denoise = _BlockDenoiser(model, config, block_size, attention, padded_position_ids(attention), use_cache)
     row_nfe = torch.full((batch_size,), int(denoise.prefill(x, starts, prompt_lengths)), device=device)
 
     sub_blocks = block_size // config.block_length
@@ -226,7 +226,8 @@ def generate(
         return inside & generated & (x[row] == config.mask_token_id)
 
     def settle(row: int) -> bool:
-        """Move `row` past filled sub-blocks and blocks; False once it is done. Returns whether it needs an append."""
+        """Move `row` past its filled sub-blocks and blocks (it leaves the batch when done); whether it entered a new
+        block, so that the finished one must be cached first."""
         needs_append = False
         while active[row]:
             remaining = int(open_positions(row).sum())
@@ -255,7 +256,7 @@ def generate(
         if pending:
             pending = torch.tensor(pending, device=device)
             denoise.append(x, pending, starts[pending])
-            row_nfe[pending] += int(exact_cache)
+            row_nfe[pending] += int(use_cache)
         if not active.any():
             break
         rows = active.nonzero().squeeze(1)

@@ -35,7 +35,7 @@ def sample(model, prompts=PROMPTS, **settings):
 ])
 def test_cache_equals_recomputing_the_prefix(model, settings):
     cached = sample(model, trace=True, **settings)
-    recomputed = sample(model, exact_cache=False, trace=True, **settings)
+    recomputed = sample(model, use_cache=False, trace=True, **settings)
     assert torch.equal(cached.sequences, recomputed.sequences)
     assert len(cached.trace) == len(recomputed.trace)
     for ours, theirs in zip(cached.trace, recomputed.trace):
@@ -84,10 +84,10 @@ def test_rows_sampled_together_equal_rows_sampled_alone(model):
 
 
 def test_nfe_counts_every_forward(model):
-    for exact_cache in (True, False):
+    for use_cache in (True, False):
         calls, handle = count_calls(model)
         try:
-            result = sample(model, exact_cache=exact_cache)
+            result = sample(model, use_cache=use_cache)
         finally:
             handle.remove()
         assert result.nfe == len(calls)
@@ -146,3 +146,24 @@ def test_refusals(model):
         sample(model, cache="prefix")
     with pytest.raises(ValueError, match="every prompt needs a token"):
         sample(model, [[]], shift=True)
+
+
+def test_trace_renders_as_text_and_gif(tmp_path):
+    from conftest import make_byte_tokenizer
+    from PIL import Image
+
+    from diff_trainer.render import TokenPieces, render_gif, render_text
+
+    tokenizer = make_byte_tokenizer()
+    net = make_tiny_llama(len(tokenizer), seed=5, max_position_embeddings=64)
+    prompt = tokenizer("abcdef", add_special_tokens=False).input_ids
+    result = generate(net, [prompt], mask_token_id=tokenizer.mask_token_id, gen_length=8, steps=8, block_size=4,
+                      block_length=2, trace=True)
+    assert len(result.trace) == 8 and all(frame.sequences.shape == result.sequences.shape for frame in result.trace)
+    headers = [render_text(frame, 0, TokenPieces(tokenizer), tokenizer.mask_token_id, color=False).split("\n")[0]
+               for frame in result.trace]
+    # the prompt's tail fills half of the first block: 2 steps there, then 4 in each of the next two blocks
+    assert [header.split("  ")[1] for header in headers] == ["block 1"] * 2 + ["block 2"] * 4 + ["block 3"] * 2
+    assert render_gif(result.trace, tmp_path / "blocks.gif", tokenizer, tokenizer.mask_token_id, duration_ms=50) == 8
+    with Image.open(tmp_path / "blocks.gif") as gif:
+        assert gif.n_frames == 8
