@@ -18,7 +18,7 @@ and are cut off. Greedy rows get the tokens they would get alone.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import torch
@@ -39,6 +39,25 @@ from .masked import (
     select_most_confident,
     step_frame,
 )
+
+
+@dataclass
+class BlockSamplerConfig(SamplerConfig):
+    """`SamplerConfig` of a block-diffusion checkpoint: `model_block_size` is its L' (block_length, the sub-block,
+    divides it)."""
+
+    model_block_size: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_block_settings(self, self.model_block_size)
+
+
+def sample_blocks(model, prompt_ids, config: BlockSamplerConfig, suffix_ids=(), **options) -> GenerationResult:
+    """`generate` with the checkpoint's block size (`settings.run_sampler`'s signature; no suffix)."""
+    if len(suffix_ids):
+        raise ValueError("the block sampler generates left to right: a suffix is not supported; drop --suffix.")
+    return generate(model, prompt_ids, config, block_size=config.model_block_size, **options)
 
 
 def check_block_settings(config: SamplerConfig, block_size: int) -> None:
