@@ -32,7 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 # the guides whose commands run after the README's, in the order of the README's table of guides
 GUIDES = [
     "docs/sampling.md", "docs/arithmetic.md", "docs/training.md", "docs/data-pipeline.md", "docs/dpo.md",
-    "docs/sedd.md", "docs/harness.md", "docs/browser.md", "docs/llada-dream.md", "docs/scaling.md", "docs/slurm.md",
+    "docs/sedd.md", "docs/block-diffusion.md", "docs/harness.md", "docs/browser.md", "docs/llada-dream.md",
+    "docs/scaling.md", "docs/slurm.md",
     "docs/data-builders.md", "docs/cascade.md", "docs/benchmarks.md", "docs/tests.md", "docs/what-happens-when.md",
     "docs/architecture.md",
 ]
