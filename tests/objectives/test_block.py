@@ -165,3 +165,16 @@ def test_demo_data_trains_a_block_model_that_diff_generate_and_diff_view_sample(
     view_cli.main(["--model", str(out), "--prompt", "Return the", "--gen_length", "8", "--seed", "0",
                    "--gif", str(gif)])
     assert gif.stat().st_size > 0
+
+
+def test_commands_without_a_block_sampler_refuse_a_block_checkpoint(tmp_path, capsys):
+    from diff_trainer.cli import eval_arithmetic
+
+    tokenizer = make_byte_tokenizer()
+    block_model(tokenizer, 4, shift=False).save_pretrained(tmp_path / "block")
+    tokenizer.save_pretrained(tmp_path / "block")
+    problems = tmp_path / "test.jsonl"
+    problems.write_text(json.dumps({"text": "1+1=<DFF>2"}) + "\n")
+    with pytest.raises(SystemExit):
+        eval_arithmetic.main(["--model", str(tmp_path / "block"), "--test_file", str(problems), "--gen_length", "4"])
+    assert "sampled with the block sampler" in capsys.readouterr().err
