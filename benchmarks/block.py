@@ -22,11 +22,10 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import machine_summary, markdown_table, median, quiet, results_file
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from common import machine_summary, markdown_table, median, quiet, results_file
 from diff_trainer.diffusion.attention import additive_mask
-from diff_trainer.diffusion.block import block_token_losses
 from diff_trainer.diffusion.losses import diffusion_loss_sum
 from diff_trainer.diffusion.schedules import get_schedule
 from diff_trainer.objectives.block import BlockDiffusion, BlockNoiser

@@ -18,8 +18,8 @@ and are cut off. Greedy rows get the tokens they would get alone.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import torch
 from transformers import DynamicCache

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_byte_tokenizer, make_tiny_llama
 from datasets import Dataset
 from transformers import AutoModelForCausalLM, default_data_collator
 
+from conftest import make_byte_tokenizer, make_tiny_llama
 from diff_trainer.cli import generate as generate_cli
 from diff_trainer.cli import view as view_cli
 from diff_trainer.data.pipeline import RowLayout

@@ -1,7 +1,7 @@
 import pytest
 import torch
-from conftest import make_tiny_llama
 
+from conftest import make_tiny_llama
 from diff_trainer.diffusion.attention import additive_mask
 from diff_trainer.sampling.block import generate
 
@@ -149,9 +149,9 @@ def test_refusals(model):
 
 
 def test_trace_renders_as_text_and_gif(tmp_path):
-    from conftest import make_byte_tokenizer
     from PIL import Image
 
+    from conftest import make_byte_tokenizer
     from diff_trainer.sampling.render import TokenPieces, render_gif, render_text
 
     tokenizer = make_byte_tokenizer()

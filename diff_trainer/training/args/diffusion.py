@@ -71,7 +71,7 @@ class DiffusionTrainingArguments(RunArguments):
                           "uniform transitions; the uniform graph wraps a plain LM with a noise-level embedding), or "
                           "block (block diffusion, BD3-LM: needs --diffusion_block_size)."},
     )
-    diffusion_block_size: Optional[int] = field(
+    diffusion_block_size: int | None = field(
         default=None,
         metadata={"help": "--diffusion_objective block: tokens per block L' (a divisor of the row length "
                           "--block_size); 1 is a causal LM, the row length is masked diffusion."},
