@@ -32,9 +32,9 @@ REPO = Path(__file__).resolve().parents[1]
 # the guides whose commands run after the README's, in the order of the README's table of guides
 GUIDES = [
     "docs/sampling.md", "docs/arithmetic.md", "docs/training.md", "docs/data-pipeline.md", "docs/chat.md",
-    "docs/dpo.md", "docs/grpo.md", "docs/sedd.md", "docs/harness.md", "docs/browser.md", "docs/llada-dream.md",
-    "docs/scaling.md", "docs/slurm.md", "docs/data-builders.md", "docs/cascade.md", "docs/benchmarks.md",
-    "docs/tests.md", "docs/what-happens-when.md", "docs/architecture.md",
+    "docs/dpo.md", "docs/grpo.md", "docs/sedd.md", "docs/block-diffusion.md", "docs/harness.md", "docs/browser.md",
+    "docs/llada-dream.md", "docs/scaling.md", "docs/slurm.md", "docs/data-builders.md", "docs/cascade.md",
+    "docs/benchmarks.md", "docs/tests.md", "docs/what-happens-when.md", "docs/architecture.md",
 ]
 BLOCK_TIMEOUT = 1800  # a block takes well under a minute on an idle 2-core machine; this is for a shared one
 README_EXTRAS = ("lm_eval", "onnx", "onnxscript", "onnxruntime")  # diff-lm-eval and diff-export-onnx blocks

@@ -35,6 +35,7 @@ from diff_trainer.cli.generate import (
     generate_causal,
     load_from_arguments,
     prepare_prompts,
+    sampler_name,
     write_records,
 )
 from diff_trainer.sampling.masked import SamplerConfig, generate
@@ -178,6 +179,9 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(error))
     prompt_ids = prepare_prompts(args, tokenizer, diffusion_config, [problem.prompt for problem in problems])
     config = checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, tokenizer)
+    if config is not None and type(config) is not SamplerConfig:
+        parser.error(f"{args.model}: diff-eval-arithmetic runs the masked-diffusion sampler; this checkpoint is "
+                     f"sampled with the {sampler_name(args, diffusion_config)} sampler (use diff-generate).")
 
     evaluation = evaluate_problems(model, tokenizer, problems, prompt_ids, args, config)
     print(evaluation.summary())

@@ -175,7 +175,7 @@ def sampler_flags(args) -> dict:
 
 
 def sampler_name(args, diffusion_config) -> str:
-    """The sampler that runs: "causal" (model.generate), "diffusion" (masked) or "sedd"."""
+    """The sampler that runs: "causal" (model.generate), "diffusion" (masked), "block" or "sedd"."""
     if diffusion_config is None:
         return "causal"
     return {"masked": "diffusion"}.get(kind := sampler_kind(diffusion_config, args.sedd_sampler), kind)

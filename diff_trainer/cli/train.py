@@ -22,6 +22,7 @@ from diff_trainer.data.pipeline import LAYOUT_FILE, Preprocessor
 from diff_trainer.data.saving import save_final_dataset
 from diff_trainer.metrics import add_perplexity, argmax_logits, token_accuracy_metrics
 from diff_trainer.models.loading import add_special_tokens, load_tokenizer
+from diff_trainer.objectives.block import BLOCK, check_rows_fit_blocks
 from diff_trainer.training.model import prepare_model
 from diff_trainer.training.runner import (
     check_output_dir,
@@ -65,6 +66,8 @@ def main(argv=None):
         return
     train_dataset, eval_dataset = final["train"], final.get("validation")
 
+    if diffusion and training_args.diffusion_objective == BLOCK:
+        check_rows_fit_blocks(layout, training_args.diffusion_block_size)
     settings = ({**training_args.diffusion_settings(), "dff_token": data_args.dff_token, "row_packing": layout.packing}
                 if diffusion else None)
     model = prepare_model(model_args, tokenizer, "diffusion" if diffusion else "causal",

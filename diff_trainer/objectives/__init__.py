@@ -9,6 +9,7 @@ A new objective is one module here: a subclass of `base.Objective` passed to `re
 
 from ..diffusion_config import MASKED, OBJECTIVE_ALIASES, read_diffusion_config
 from .base import Objective
+from .block import BlockDiffusion
 from .masked import MaskedDiffusion
 from .sedd import SeddObjective
 
@@ -24,6 +25,7 @@ def register_objective(objective: type[Objective]) -> type[Objective]:
 
 register_objective(MaskedDiffusion)
 register_objective(SeddObjective)
+register_objective(BlockDiffusion)
 
 
 def objective_for(name_or_config) -> type[Objective]:

@@ -299,7 +299,7 @@ def check_cache_support(model, cache: str) -> None:
         )
 
 
-def _cache_keyword(model) -> str:
+def cache_keyword_of(model) -> str:
     """The forward's name for the key/value cache: `cache` from transformers 5.24 on, `past_key_values` before."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
@@ -339,7 +339,7 @@ class _Denoiser:
         self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []  # per layer, keys and values [2B or B, H, T, D]
         if config.cache != "none":
             check_cache_support(model, config.cache)
-            self.cache_keyword = _cache_keyword(model)
+            self.cache_keyword = cache_keyword_of(model)
 
     def __call__(self, x: torch.Tensor, rows: torch.Tensor, starts: torch.Tensor, refresh: torch.Tensor):
         """Logits [len(rows), block_length, V] (float64) for the blocks starting at `starts` of `rows` of `x`."""
@@ -415,7 +415,7 @@ class _Denoiser:
         return output.logits[:, :self.config.block_length]
 
 
-def _predict(logits: torch.Tensor, config: SamplerConfig, generator) -> tuple[torch.Tensor, torch.Tensor]:
+def predict_tokens(logits: torch.Tensor, config: SamplerConfig, generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Predicted ids and their confidence for every position of a block."""
     logits = logits.to(torch.float32, copy=True)  # half-precision confidences would tie
     logits[..., config.mask_token_id] = float("-inf")  # committing a mask would leave the position masked
@@ -501,7 +501,7 @@ def generate(
         row_nfe[rows] += denoise.evaluations_per_call
         window = _windows(x[rows], starts, config.block_length)
         masked = window == config.mask_token_id
-        tokens, confidence = _predict(logits, config, generator)
+        tokens, confidence = predict_tokens(logits, config, generator)
         if config.threshold is None:
             counts = schedule[block_step[rows]]
         else:  # Fast-dLLM: everything confident enough, at least the best one
@@ -512,7 +512,8 @@ def generate(
         x[rows.unsqueeze(1), positions] = window
         if trace or on_step is not None:
             blocks = torch.where(active, block, -1).tolist()
-            frame = _frame(step, blocks, x, rows, positions, commit, confidence, full_attention, start_of_generation)
+            frame = step_frame(step, blocks, x, rows, positions, commit, confidence, full_attention,
+                               start_of_generation)
             if trace:
                 frames.append(frame)
             if on_step is not None:
@@ -538,7 +539,7 @@ def generate(
                             suffix.shape[1])
 
 
-def _frame(step, blocks, x, rows, positions, commit, confidence, attention_mask, generation_start) -> StepFrame:
+def step_frame(step, blocks, x, rows, positions, commit, confidence, attention_mask, generation_start) -> StepFrame:
     """A CPU snapshot of the sequences with this step's commits and their confidences."""
     committed = torch.zeros_like(x, dtype=torch.bool)
     committed[rows.unsqueeze(1), positions] = commit

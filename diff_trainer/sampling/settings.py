@@ -8,16 +8,19 @@ and the special tokens a sampler must never commit. `run_sampler` samples with t
 
 from __future__ import annotations
 
+from functools import partial
+
 from ..diffusion.masked_head import unwrapped_model
 from ..diffusion_config import read_diffusion_config
 from ..objectives import objective_for
+from .block import BlockSamplerConfig, sample_blocks
 from .masked import GenerationResult, SamplerConfig, generate, special_token_ids_to_forbid
 from .sedd import SeddSamplerConfig, sedd_generate
 
 # Settings of the masked-diffusion sampler, with the values that mean "not given" (SEDD's samplers refuse others).
 MASKED_SAMPLER_DEFAULTS = {"block_length": None, "threshold": None, "guidance_scale": 0.0,
                            "remasking": "low_confidence", "temperature": 0.0, "eos_handling": None, "cache": "none"}
-SAMPLERS = {SamplerConfig: generate, SeddSamplerConfig: sedd_generate}
+SAMPLERS = {SamplerConfig: generate, SeddSamplerConfig: sedd_generate, BlockSamplerConfig: sample_blocks}
 
 
 def stop_ids(diffusion_config: dict | None, tokenizer, extra: tuple[int, ...] = ()) -> tuple[int, ...] | int | None:
@@ -32,7 +35,8 @@ def stop_ids(diffusion_config: dict | None, tokenizer, extra: tuple[int, ...] = 
 
 
 def sampler_kind(diffusion_config: dict, sedd_predictor: str | None = None) -> str:
-    """"masked" or "sedd": the sampler of the checkpoint's objective, "sedd" whenever a SEDD predictor is asked for."""
+    """"masked", "block" or "sedd": the sampler of the checkpoint's objective, "sedd" whenever a SEDD predictor is
+    asked for."""
     return "sedd" if sedd_predictor is not None else objective_for(diffusion_config).sampler
 
 
@@ -50,6 +54,8 @@ def check_sampler_settings(checkpoint, *, predictor: str | None = None, **overri
     diffusion_config, _ = _recorded(checkpoint)
     if diffusion_config is None:
         raise ValueError("a causal checkpoint (no diffusion_config) has no diffusion sampler.")
+    if predictor is not None and objective_for(diffusion_config).sampler == "block":
+        raise ValueError("a block-diffusion checkpoint is sampled block by block: SEDD's predictors do not apply.")
     if sampler_kind(diffusion_config, predictor) == "sedd":
         given = [name for name, default in MASKED_SAMPLER_DEFAULTS.items()
                  if overrides.get(name) is not None and overrides[name] != default]
@@ -82,7 +88,11 @@ def sampler_for(checkpoint, tokenizer, *, predictor: str | None = None, extra_st
             diffusion_config, num_states, predictor=predictor or "euler",
             pad_token_id=tokenizer.pad_token_id, **overrides)
     stops = stop_ids(diffusion_config, tokenizer, extra_stop_ids)
-    return SamplerConfig(
+    config_class = SamplerConfig
+    if sampler_kind(diffusion_config) == "block":  # sub-blocks of the whole block unless --block_length is given
+        config_class = partial(BlockSamplerConfig, model_block_size=diffusion_config["block_size"])
+        overrides.setdefault("block_length", diffusion_config["block_size"])
+    return config_class(
         mask_token_id=diffusion_config["mask_token_id"], shift=bool(diffusion_config.get("shift_logits", False)),
         eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
         forbidden_token_ids=special_token_ids_to_forbid(tokenizer, stops),
@@ -90,5 +100,6 @@ def sampler_for(checkpoint, tokenizer, *, predictor: str | None = None, extra_st
 
 
 def run_sampler(model, prompt_ids, config, suffix_ids=(), **options) -> GenerationResult:
-    """Sample with the loop `config` is for: SEDD's (`sedd_generate`) or the masked-diffusion one (`generate`)."""
+    """Sample with the loop `config` is for: SEDD's (`sedd_generate`), the block sampler (`sample_blocks`) or the
+    masked-diffusion one (`generate`)."""
     return SAMPLERS[type(config)](model, prompt_ids, config, suffix_ids=suffix_ids, **options)

@@ -204,3 +204,34 @@ def test_sedd_uniform_greedy_is_whether_the_continuation_is_a_fixed_point(tokeni
     assert lm.one_step_greedy(context, [7, 7]) is True
     assert lm.one_step_greedy(context, [7, 9]) is False
     assert lm.one_step_greedy(context, [5]) is False
+
+
+@torch.no_grad()
+def test_block_checkpoints_are_scored_with_the_block_nelbo_and_sampled_block_by_block(tokenizer):
+    """L' = 1 with shift: is_greedy is the causal twin's greedy continuation; scores are the objective's bound;
+    generate_until runs the block sampler."""
+    from diff_trainer.objectives.block import BlockDiffusion
+    from diff_trainer.sampling.block import generate as block_generate
+
+    settings = {"block_size": 1, "shift_logits": True, "noise_schedule": "linear", "time_eps": 1e-3,
+                "dff_token": "<DFF>"}
+    model = BlockDiffusion.prepare_model(make_tiny_llama(len(tokenizer), seed=5), tokenizer, settings,
+                                         masked_lm=False, auto_class="AutoModelForCausalLM")
+    causal = make_tiny_llama(len(tokenizer), bidirectional=False, seed=5)
+    lm = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=4, batch_size=3, seed=11, gen_length="6",
+                     threshold="0.9")
+    context = lm._prefix() + encode(tokenizer, "def f(x)<DFF>")
+    greedy = list(context)
+    for _ in range(3):
+        greedy.append(int(causal(input_ids=torch.tensor([greedy])).logits[0, -1].argmax()))
+    continuation = greedy[len(context):]
+    assert lm.one_step_greedy(context, continuation)
+    assert not lm.one_step_greedy(context, continuation[:-1] + [(continuation[-1] + 1) % 200])
+    ids = torch.tensor([greedy])
+    maskable = torch.arange(len(greedy))[None] >= len(context)
+    expected = lm.objective.elbo_nll(model, ids, None, maskable, 4, torch.Generator().manual_seed(11))
+    assert lm.continuation_nll(context, continuation) == pytest.approx(float(expected), rel=1e-5)
+    (output,) = lm.generate_until([request("1+1=<DFF>", {"until": ["\n"], "max_gen_toks": 32})])
+    config = lm.sampler_config(max_gen_toks=32)
+    sampled = block_generate(model, [lm._prefix() + encode(tokenizer, "1+1=<DFF>")], config, block_size=1, seed=11)
+    assert output == first_line(sampled, tokenizer)

@@ -68,7 +68,18 @@ class DiffusionTrainingArguments(RunArguments):
     diffusion_objective: str = field(
         default="masked",
         metadata={"help": "masked (masked diffusion), sedd_absorb or sedd_uniform (score entropy, SEDD: absorbing or "
-                          "uniform transitions; the uniform graph wraps a plain LM with a noise-level embedding)."},
+                          "uniform transitions; the uniform graph wraps a plain LM with a noise-level embedding), or "
+                          "block (block diffusion, BD3-LM: needs --diffusion_block_size)."},
+    )
+    diffusion_block_size: int | None = field(
+        default=None,
+        metadata={"help": "--diffusion_objective block: tokens per block L' (a divisor of the row length "
+                          "--block_size); 1 is a causal LM, the row length is masked diffusion."},
+    )
+    complementary_masks: bool = field(
+        default=False,
+        metadata={"help": "--diffusion_objective block: also train every row with the complement of its mask "
+                          "(Fast-dLLM v2), so each trained token is masked in one of the two copies."},
     )
     sedd_noise: str = field(default="loglinear", metadata={"help": "SEDD noise: loglinear or geometric."})
     sigma_min: float = field(default=1e-4, metadata={"help": "Geometric SEDD noise: smallest total noise."})
@@ -114,7 +125,8 @@ class DiffusionTrainingArguments(RunArguments):
         return {"shift_logits": self.shift_logits, "attention_annealing_steps": self.attention_annealing_steps > 0,
                 "prompt_dropout": self.prompt_dropout > 0, "random_length_prob": self.random_length_prob > 0,
                 "prefix_shuffle": self.prefix_shuffle != "none", "masked_head": self.masked_head is not None,
-                "isolate_documents": self.isolate_documents}
+                "isolate_documents": self.isolate_documents, "complementary_masks": self.complementary_masks,
+                "diffusion_block_size": self.diffusion_block_size is not None}
 
     def _check_objective(self) -> None:
         """Flags of another objective than --diffusion_objective are refused, with the objective they belong to."""
@@ -123,9 +135,10 @@ class DiffusionTrainingArguments(RunArguments):
             raise ValueError(f"--diffusion_objective must be one of {', '.join(spellings)}, got "
                              f"{self.diffusion_objective!r}")
         objective = objective_for(self.diffusion_objective)
+        own = objective.flags_in_use(self)  # flags two objectives share (e.g. --shift_logits) are the chosen one's
         for other in dict.fromkeys(OBJECTIVES.values()):
             other.check_arguments(self)
-            used = [name for name, on in other.flags_in_use(self).items() if on]
+            used = [name for name, on in other.flags_in_use(self).items() if on and name not in own]
             if other is not objective and used:
                 spellings = "|".join(name for name in (*OBJECTIVE_ALIASES, *OBJECTIVES)
                                      if OBJECTIVES[OBJECTIVE_ALIASES.get(name, name)] is other)
