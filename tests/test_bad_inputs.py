@@ -74,6 +74,12 @@ DATA_CASES = [
      r"train\.jsonl, line 2: 'text' is null"),
     ("JSON number text", "train.jsonl", "\n".join([GOOD_LINES[0], GOOD_LINES[1], '{"text": 7}']), [], 1,
      r"1 record\(s\) have no usable text: .*train\.jsonl, line 3: 'text' is a int, not a string"),
+    ("key given twice, a number first", "train.jsonl", "\n".join([GOOD_LINES[0], '{"text": 7, "text": "1<DFF>2"}']),
+     [], 1, r"train\.jsonl, line 2: key 'text' is given twice in a record"),
+    ("key given twice, a string first", "train.jsonl", "\n".join([GOOD_LINES[0], '{"text": "1<DFF>2", "text": "x"}']),
+     [], 1, r"train\.jsonl, line 2: key 'text' is given twice in a record"),
+    ("key given twice in a JSON document", "train.json", '[{"text": "a<DFF>b"}, {"text": 1, "text": "a<DFF>b"}]', [],
+     1, r"train\.json: key 'text' is given twice in a record"),
     ("record without the text key", "train.jsonl", "\n".join([GOOD_LINES[0], '{"body": "x"}']), [], 1,
      r"train\.jsonl, line 2: missing key 'text'"),
     ("empty CSV field", "train.csv", "text\na<DFF>b\n\"\"\nc<DFF>d\n", [], 1, r"train\.csv, record 2: 'text' is null"),
@@ -286,15 +292,18 @@ def test_text_columns_are_read_as_written(tmp_path, suffix):
     assert raw["train"]["prompt"] == EXACT_TEXTS and raw["train"]["response"] == EXACT_TEXTS
 
 
-def test_one_number_among_strings_keeps_every_other_string_exact(tmp_path):
-    """datasets turns a column with one JSON number into numbers; the loader reads it back as text and names the
-    record, so DPO skips exactly that record."""
+@pytest.mark.parametrize("value", [7, 2.5, {"a": 1}, ["x"], True], ids=["int", "float", "object", "list", "bool"])
+def test_one_non_string_among_strings_keeps_every_other_string_exact(tmp_path, value):
+    """datasets types a column with one JSON number or object as numbers or JSON (and would give every string back
+    with its quotes); the loader takes the strings from the file and names the record, so DPO skips exactly it."""
     from diff_trainer.arguments import PreferenceDataArguments
     from diff_trainer.data.preference import load_preference_data
 
-    records = [{"prompt": "a", "chosen": text, "rejected": "x"} for text in ("007", "1.50", "1e3")]
-    records.insert(1, {"prompt": "b", "chosen": 7, "rejected": "y"})
+    texts = ["007", "1.50", "1e3", 'say "hi"', "[1]"]
+    records = [{"prompt": "a", "chosen": text, "rejected": "x", "id": i} for i, text in enumerate(texts)]
+    records.insert(1, {"prompt": "b", "chosen": value, "rejected": "y", "id": 9})
     path = write(tmp_path / "pairs.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     raw, _ = load_preference_data(PreferenceDataArguments(train_file=path))
-    assert raw["train"]["chosen"] == ["007", "1.50", "1e3"]
+    assert raw["train"]["chosen"] == texts and raw["train"]["id"] == list(range(len(texts)))
+    assert raw["train"].column_names[:4] == ["prompt", "chosen", "rejected", "id"]
     assert os.path.exists(path)

@@ -138,22 +138,10 @@ def scan_file(path: str, text_columns: Sequence[str] = ()) -> dict[int, tuple[st
     """Read a local file once before datasets does: truncation, invalid UTF-8, malformed JSON and an empty file
     are DataErrors; returns row -> ("file, line N", problem) for JSON records whose text columns are not strings.
 
-    A column that no record has is left to the column check (pre-tokenised data has none). Rows of a JSON-lines
-    file are its non-blank lines, as datasets reads them; rows of a JSON document are its list items.
+    A column that no record has is left to the column check (pre-tokenised data has none).
     """
+    records, places = read_records(path)
     builder = builder_for(path)
-    json_lines = builder == "json" and is_json_lines(path)
-    records, places = [], []
-    for number, line in numbered_lines(path):
-        if not line.strip():
-            continue
-        places.append(f"{path}, line {number}")
-        if json_lines:
-            records.append(parse_record(line, places[-1]))
-    if builder == "json" and not json_lines:
-        document = json.loads("".join(line + "\n" for _, line in numbered_lines(path)))
-        records = document if isinstance(document, list) else []
-        places = [f"{path}, record {row + 1}" for row in range(len(records))]
     if not places or (builder == "csv" and len(places) == 1):
         raise DataError(f"{path}: no records (the file is empty{' or holds only a header' * (len(places) == 1)}).")
     problems = {}
@@ -167,12 +155,53 @@ def scan_file(path: str, text_columns: Sequence[str] = ()) -> dict[int, tuple[st
     return problems
 
 
+def read_records(path: str) -> tuple[list, list[str]]:
+    """The records of a JSON file (none for other files) and the place ("file, line N") of every row.
+
+    Rows of a JSON-lines file are its non-blank lines, as datasets reads them; rows of a JSON document are its list
+    items. Malformed JSON and a key given twice in a record are DataErrors naming the place.
+    """
+    builder = builder_for(path)
+    json_lines = builder == "json" and is_json_lines(path)
+    records, places = [], []
+    for number, line in numbered_lines(path):
+        if not line.strip():
+            continue
+        places.append(f"{path}, line {number}")
+        if json_lines:
+            records.append(parse_record(line, places[-1]))
+    if builder == "json" and not json_lines:
+        try:
+            document = json.loads("".join(line + "\n" for _, line in numbered_lines(path)), object_pairs_hook=unique_keys)
+        except KeyGivenTwice as error:
+            raise DataError(f"{path}: {error}") from None
+        records = document if isinstance(document, list) else []
+        places = [f"{path}, record {row + 1}" for row in range(len(records))]
+    return records, places
+
+
+class KeyGivenTwice(ValueError):
+    """A JSON object that gives one key twice."""
+
+
+def unique_keys(pairs: list) -> dict:
+    """A JSON object's pairs as a dict; KeyGivenTwice when a key repeats (json keeps the last value, datasets the
+    first, so the text trained would depend on the reader)."""
+    keys = [key for key, _ in pairs]
+    twice = next((key for key in keys if keys.count(key) > 1), None)
+    if twice is not None:
+        raise KeyGivenTwice(f"key {twice!r} is given twice in a record. Keep one of the two values.")
+    return dict(pairs)
+
+
 def parse_record(line: str, place: str) -> dict:
-    """One JSON-lines record; a DataError naming its place when it is not a JSON object."""
+    """One JSON-lines record; a DataError naming its place when it is not a JSON object or gives a key twice."""
     try:
-        record = json.loads(line)
+        record = json.loads(line, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as error:
         raise DataError(f"{place}: malformed JSON ({error}). Fix or remove that line.") from None
+    except KeyGivenTwice as error:
+        raise DataError(f"{place}: {error}") from None
     if not isinstance(record, dict):
         raise DataError(f"{place}: malformed JSON (expected a JSON object, got {type(record).__name__}). "
                         "Fix or remove that line.")
@@ -205,9 +234,8 @@ def load_files(data_files: dict[str, str], cache_dir: Optional[str] = None,
         raw = datasets.load_dataset(builder, data_files=data_files, cache_dir=cache_dir, **kwargs)
         features = raw["train"].features
         guessed = [column for column in text_columns if column in features and features[column] != STRING]
-        if builder == "json" and guessed:  # a non-string value made datasets convert the column: read it as text
-            features = datasets.Features({**features, **dict.fromkeys(guessed, STRING)})
-            raw = datasets.load_dataset(builder, data_files=data_files, cache_dir=cache_dir, features=features)
+        if builder == "json" and guessed:  # a non-string value made datasets type the column: take it as written
+            raw = DatasetDict({split: strings_as_written(raw[split], data_files[split], guessed) for split in raw})
     except DataError:
         raise
     except Exception as error:
@@ -216,6 +244,21 @@ def load_files(data_files: dict[str, str], cache_dir: Optional[str] = None,
         for row, problem in null_text_rows(raw[split], text_columns).items():
             problems[split].setdefault(row, (f"{path}, record {row + 1}", problem))
     return raw, problems
+
+
+def strings_as_written(split, path: str, columns: Sequence[str]):
+    """`split` with `columns` replaced by the file's own strings (None where a record holds no string there).
+
+    datasets re-encodes every value of a column it typed as numbers or JSON (a string comes back with its quotes), so
+    the values are taken from the file itself; the records without a string are named by scan_file.
+    """
+    records, _ = read_records(path)
+    for column in columns:
+        values = [record.get(column) if isinstance(record.get(column), str) else None for record in records]
+        order = split.column_names
+        split = split.add_column(f"{column}.as_written", values, feature=STRING).remove_columns(column)
+        split = split.rename_column(f"{column}.as_written", column).select_columns(order)
+    return split
 
 
 def csv_string_features(path: str) -> datasets.Features:
