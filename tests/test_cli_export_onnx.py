@@ -151,6 +151,23 @@ def test_a_failed_verification_writes_nothing(checkpoints, llama_export, tmp_pat
     assert not output.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_a_new_export_keeps_the_other_files_in_its_directory(checkpoints, llama_export, tmp_path, monkeypatch):
+    """diff-serve-demo re-exports a checkpoint into CHECKPOINT/onnx with --overwrite: a quantised export or notes
+    the user put there stay."""
+    reuse_the_llama_graph(monkeypatch, llama_export)
+    output = tmp_path / "onnx"
+    output.mkdir()
+    (output / "model.json").write_text("{}")
+    (output / "int8").mkdir()
+    (output / "int8" / "model.onnx").write_bytes(b"quantised")
+    (output / "notes.txt").write_text("keep me")
+    config = export(checkpoints, "llama", output, "--overwrite")
+    assert config["files"]["model.onnx"] == (output / "model.onnx").stat().st_size
+    assert (output / "int8" / "model.onnx").read_bytes() == b"quantised"
+    assert (output / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]  # no staging directory left
+
+
 def word_level_checkpoint(path, tokenizer_vocab=300):
     """A diffusion llama whose tokenizer is a word-level fast tokenizer (neither byte-level nor BPE)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
