@@ -1,9 +1,12 @@
 """Run plumbing shared by the entry scripts: error exit, logging set-up, checkpoint discovery, train/eval tail."""
 
+import json
 import logging
 import os
 import shutil
+import socket
 import sys
+import time
 from typing import Callable, Optional
 
 import datasets
@@ -12,8 +15,11 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .checkpoints import CheckpointCompletionCallback, check_resumable, newest_complete_checkpoint
 from .data.loading import DataError
+from .data.saving import process_alive
 
 logger = logging.getLogger(__name__)
+
+OUTPUT_DIR_LOCK = "diff_trainer.lock"
 
 # The evaluation metric to read first, per kind of run, and what it means (the first one present is logged).
 HEADLINE_METRICS = (
@@ -37,6 +43,7 @@ def run_entry_point(main: Callable[[Optional[list[str]]], object], argv: Optiona
         print(f"{os.path.basename(sys.argv[0]) or 'diff-trainer'}: error: {error}", file=sys.stderr)
         return 1
     finally:
+        release_output_dir_locks()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return 0
@@ -79,13 +86,121 @@ def nothing_to_run(training_args, done: str) -> bool:
     return True
 
 
+class OutputDirLock:
+    """`output_dir/diff_trainer.lock` held by one training run: host, pid, start time and Slurm job id as JSON.
+
+    Created exclusively (O_EXCL); a lock left by a run that is gone is taken over: its pid is dead on this host (or is
+    this very process, whose earlier run ended without releasing it), or it carries this process's SLURM_JOB_ID (the
+    job was requeued, possibly onto another node). Released, when still ours, by `release_output_dir_locks`.
+    """
+
+    def __init__(self, output_dir: str):
+        self.path = os.path.join(output_dir, OUTPUT_DIR_LOCK)
+        self.made_directory = not os.path.isdir(output_dir)
+        os.makedirs(output_dir, exist_ok=True)
+        job = os.environ.get("SLURM_JOB_ID")
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      **({"slurm_job_id": job} if job else {})}
+
+    def acquire(self) -> Optional[str]:
+        """Take the lock; None when taken, else a sentence naming the run that holds it."""
+        while True:
+            try:
+                handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.read(self.path)
+                if not self.is_stale(holder):
+                    return self.refusal(holder)
+                self.remove_stale(holder)
+                continue
+            with os.fdopen(handle, "w", encoding="utf-8") as lock_file:
+                json.dump(self.owner, lock_file)
+            return None
+
+    @staticmethod
+    def read(path: str) -> Optional[dict]:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return json.load(handle)
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {}  # being written, or cut: treated as held
+
+    def is_stale(self, holder: Optional[dict]) -> bool:
+        if holder is None:
+            return True  # released meanwhile
+        job = self.owner.get("slurm_job_id")
+        if job and str(holder.get("slurm_job_id")) == job:
+            return True
+        if holder.get("host") != self.owner["host"] or not isinstance(holder.get("pid"), int):
+            return False  # another machine: its process cannot be checked from here
+        return holder["pid"] == os.getpid() or not process_alive(holder["pid"])
+
+    def remove_stale(self, holder: Optional[dict]) -> None:
+        """Move the stale lock aside, putting it back if another run replaced it in between."""
+        aside = f"{self.path}.stale-{os.getpid()}"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        if self.read(aside) != holder:
+            try:
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+        os.unlink(aside)
+
+    def refusal(self, holder: dict) -> str:
+        keys = ("host", "pid", "started", "slurm_job_id")
+        who = ", ".join(f"{key} {holder[key]}" for key in keys if key in holder) or "an unreadable lock"
+        return (f"--output_dir {os.path.dirname(self.path)} is in use by another training run ({who}); wait for it "
+                f"to end or choose another --output_dir (if that run is gone, delete {self.path}).")
+
+    def release(self) -> None:
+        """Remove the lock when it is still ours, and the directory when the lock made it and it stayed empty."""
+        if self.read(self.path) == self.owner:
+            os.unlink(self.path)
+        if self.made_directory and not os.listdir(os.path.dirname(self.path)):
+            os.rmdir(os.path.dirname(self.path))
+
+
+_held_locks: list[OutputDirLock] = []
+
+
+def lock_output_dir(training_args) -> None:
+    """Hold output_dir's lock for this training run (main process only; every process stops when it is held)."""
+    import torch.distributed as dist
+
+    refusal = None
+    if training_args.process_index == 0:
+        lock = OutputDirLock(training_args.output_dir)
+        refusal = lock.acquire()
+        if refusal is None:
+            _held_locks.append(lock)
+    if dist.is_available() and dist.is_initialized():
+        message = [refusal]
+        dist.broadcast_object_list(message, src=0)
+        refusal = message[0]
+    if refusal is not None:
+        raise DataError(refusal)
+
+
+def release_output_dir_locks() -> None:
+    while _held_locks:
+        _held_locks.pop().release()
+
+
 def check_output_dir(training_args) -> None:
-    """Refuse to train into an output_dir holding a model or checkpoints, unless --resume or --overwrite_output_dir.
+    """Lock output_dir for a training run, then refuse to train into one holding a model or checkpoints, unless
+    --resume or --overwrite_output_dir.
 
     With --overwrite_output_dir the old checkpoint-N directories are deleted (by the main process) so that a later
     --resume cannot pick up a checkpoint of the replaced run.
     """
     output_dir = training_args.output_dir
+    if training_args.do_train:
+        lock_output_dir(training_args)
     if (not training_args.do_train or training_args.resume or training_args.resume_from_checkpoint
             or not os.path.isdir(output_dir)):
         return
