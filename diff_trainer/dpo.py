@@ -29,6 +29,7 @@ from datasets import DatasetDict
 from torch.utils.data import DataLoader
 from transformers import Trainer, TrainerCallback
 
+from .checkpoints import FiniteStepsMixin
 from .data.preference import (
     REFERENCE_COLUMNS,
     TOKEN_COLUMNS,
@@ -199,7 +200,7 @@ class MaskEpochCallback(TrainerCallback):
         self.collator.epoch = math.floor(state.epoch or 0)  # state.epoch is e + fraction done, e after epoch e-1
 
 
-class DiffusionDPOTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
+class DiffusionDPOTrainer(FiniteStepsMixin, ShardedSaveMixin, StepNormalizedLoss, Trainer):
     """Trainer with the VRPO loss on `PreferenceCollator` batches (see the module docstring); `args` is a
     `DPOTrainingArguments`.
 

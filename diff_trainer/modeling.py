@@ -26,6 +26,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 from transformers.models.auto.tokenization_auto import get_tokenizer_config
 
 from .data.char_tokenizer import CHAR_TOKENIZER, CharTokenizer, build_char_tokenizer
+from .data.loading import DataError
 from .devices import resolve_device
 from .models.conversion import LOADERS as RELEASED_LAYOUT_LOADERS
 
@@ -412,15 +413,23 @@ def _layout_tokenizer_for_ids(model_path, tokenizer_name):
 
 
 def load_checkpoint_model(path: str, **options):
-    """The model of a checkpoint directory, from the first loader whose `matches(path)` is true."""
-    return _checkpoint_loader(path).load(path, **options)
+    """The model of a checkpoint directory, from the first loader whose `matches(path)` is true; a DataError when
+    a weight holds NaN or inf (a run whose loss diverged: nothing sensible can be sampled or trained from it)."""
+    model = _checkpoint_loader(path).load(path, **options)
+    with torch.no_grad():
+        broken = next((name for name, tensor in model.state_dict().items()
+                       if tensor.is_floating_point() and not torch.isfinite(tensor).all()), None)
+    if broken is not None:
+        raise DataError(f"{path}: weight {broken} holds NaN or inf values (the run that wrote it diverged). Use an "
+                        "earlier checkpoint-N of that run, or train again with a lower --learning_rate.")
+    return model
 
 
 def load_checkpoint(path: str, *, device: str = "cpu", dtype: str = "auto", merge_lora: bool = False,
                     trust_remote_code: bool = False):
     """(model in eval mode on `device`, tokenizer) of a trained checkpoint directory (see CHECKPOINT_LOADERS)."""
     loader = _checkpoint_loader(path)
-    model = loader.load(path, dtype=dtype, merge_lora=merge_lora, trust_remote_code=trust_remote_code)
+    model = load_checkpoint_model(path, dtype=dtype, merge_lora=merge_lora, trust_remote_code=trust_remote_code)
     try:
         if hasattr(loader, "load_tokenizer"):
             tokenizer = loader.load_tokenizer(path)

@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 from transformers import Trainer
 
+from .checkpoints import FiniteStepsMixin
 from .data.labels import IGNORE_INDEX
 from .data.pipeline import RowLayout
 from .diffusion.attention import (
@@ -76,7 +77,7 @@ def default_normalization(layout: RowLayout) -> str:
     return "llada_pretrain" if layout.packed else "llada_sft"
 
 
-class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
+class DiffusionTrainer(FiniteStepsMixin, ShardedSaveMixin, StepNormalizedLoss, Trainer):
     """Trainer whose loss is the masked-diffusion loss (see the module docstring).
 
     `row_layout` (from `Preprocessor.run`) picks the default --loss_normalization (needed when it is not given).

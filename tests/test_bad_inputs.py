@@ -186,6 +186,69 @@ def test_save_final_dataset_refuses_an_existing_directory(tmp_path, clm_flags, c
     assert code == 1 and "rows already exists; pass --overwrite_final_dataset" in err
 
 
+@pytest.mark.parametrize("diffusion", [True, False], ids=["diffusion", "causal"])
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, clm_flags, capsys, diffusion):
+    """Learning rate 1e30: step 1 is finite, its update makes the step-2 loss NaN. The run stops there with one
+    line, checkpoint-1 stays the newest complete checkpoint, and no final model is written."""
+    train = write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
+    flags = ["--train_diff_model"] * diffusion + ["--learning_rate", "1e30", "--max_steps", "6", "--save_steps", "1"]
+    code, err = run_entry(run_clm_diff.main, clm_flags("--train_file", train, *flags), capsys)
+    assert code == 1 and "Traceback" not in err
+    assert re.search(r"error: the (training loss is NaN or inf|gradient norm is nan) at step 2\. Usual causes: a "
+                     r"--learning_rate too high", err.strip().splitlines()[-1]), err
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1"]
+    assert (out / "checkpoint-1" / "COMPLETE").is_file()
+
+
+def test_a_nan_loss_on_one_micro_batch_stops_before_the_update(tmp_path, clm_flags, capsys, monkeypatch):
+    """The loss of the second micro-batch of step 3 is NaN: the run stops at step 3, before its optimizer step."""
+    import torch
+
+    from diff_trainer.trainer import DiffusionTrainer
+
+    calls = []
+    compute_loss = DiffusionTrainer.compute_loss
+
+    def nan_on_the_sixth_micro_batch(self, *args, **kwargs):
+        loss = compute_loss(self, *args, **kwargs)
+        calls.append(self.state.global_step)
+        return loss * torch.nan if len(calls) == 6 else loss
+
+    monkeypatch.setattr(DiffusionTrainer, "compute_loss", nan_on_the_sixth_micro_batch)
+    train = write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
+    flags = ["--train_diff_model", "--max_steps", "5", "--save_steps", "1", "--gradient_accumulation_steps", "2",
+             "--per_device_train_batch_size", "2"]
+    code, err = run_entry(run_clm_diff.main, clm_flags("--train_file", train, *flags), capsys)
+    assert code == 1 and "error: the training loss is NaN or inf at step 3. Usual causes" in err, err
+    assert calls == [0, 0, 1, 1, 2, 2]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_weights_that_overflow_are_never_saved(tmp_path, clm_flags, capsys):
+    """Learning rate 1e39 (inf in float32) with finite loss and gradients: the first save refuses the weights."""
+    train = write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
+    flags = ["--learning_rate", "1e39", "--max_grad_norm", "0", "--max_steps", "2", "--save_steps", "1"]
+    code, err = run_entry(run_clm_diff.main, clm_flags("--train_file", train, *flags), capsys)
+    assert code == 1 and "error: the weights hold NaN or inf values after step 1; nothing was saved" in err, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_commands_refuse_a_checkpoint_with_non_finite_weights(tmp_path, capsys):
+    import torch
+
+    tokenizer = make_byte_tokenizer()
+    model = make_tiny_llama(len(tokenizer), bidirectional=False, max_position_embeddings=64)
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[3, 5] = float("nan")
+    model.save_pretrained(tmp_path / "diverged")
+    tokenizer.save_pretrained(tmp_path / "diverged")
+    with pytest.raises(SystemExit) as stopped:
+        generate.main(["--model", str(tmp_path / "diverged"), "--prompt", "1+1="])
+    assert re.fullmatch(r"error: \S*diverged: weight model\.layers\.1\.mlp\.up_proj\.weight holds NaN or inf values "
+                        r"\(the run that wrote it diverged\)\. Use an earlier checkpoint-N.*", str(stopped.value.code))
+
+
 # ------------------------------------------------------------------------------------------------------------
 # DPO
 

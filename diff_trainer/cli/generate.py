@@ -115,6 +115,7 @@ def open_checkpoint(path: str, *, device: str = "cpu", dtype: str = "auto", merg
 
     `tokenizer_name` serves a SEDD-layout directory, which ships no tokenizer of its own.
     """
+    from diff_trainer.data.loading import DataError
     from diff_trainer.modeling import load_checkpoint, load_checkpoint_model, read_diffusion_config
     from diff_trainer.models.sedd_checkpoint import is_sedd_checkpoint, load_sedd_tokenizer
 
@@ -124,7 +125,7 @@ def open_checkpoint(path: str, *, device: str = "cpu", dtype: str = "auto", merg
             tokenizer = load_sedd_tokenizer(path, tokenizer_name)
         else:
             model, tokenizer = load_checkpoint(path, device=device, dtype=dtype, merge_lora=merge_lora)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, DataError) as error:
         raise SystemExit(f"error: {error}") from None
     return model, tokenizer, read_diffusion_config(model.config)
 
