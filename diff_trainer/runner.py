@@ -11,9 +11,10 @@ from typing import Callable, Optional
 
 import datasets
 import transformers
+from transformers import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .checkpoints import CheckpointCompletionCallback, check_resumable, newest_complete_checkpoint
+from .checkpoints import WEIGHT_FILES, CheckpointCompletionCallback, check_resumable, newest_complete_checkpoint
 from .data.loading import DataError
 from .data.saving import process_alive
 
@@ -219,6 +220,35 @@ def check_output_dir(training_args) -> None:
     logger.warning("--overwrite_output_dir: replacing the model in %s.", output_dir)
 
 
+def reached_last_step(checkpoint: str, training_args) -> bool:
+    """True (and says so) when `checkpoint` already holds the run's last step: --max_steps, or with epochs the step
+    count its own run computed for the same --num_train_epochs (the Trainer would otherwise take one more step)."""
+    with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as handle:
+        state = json.load(handle)
+    if training_args.max_steps > 0:
+        last, flag = training_args.max_steps, f"--max_steps {training_args.max_steps}"
+    elif state.get("num_train_epochs") == training_args.num_train_epochs:
+        last, flag = state.get("max_steps"), f"--num_train_epochs {training_args.num_train_epochs:g}"
+    else:
+        return False
+    if not last or state["global_step"] < last:
+        return False
+    logger.info("%s already reached step %d of %s: nothing to train (raise %s to train further).", checkpoint,
+                state["global_step"], flag, flag.split()[0])
+    return True
+
+
+def load_finished_checkpoint(trainer, checkpoint: str) -> None:
+    """Give the trainer the weights and state of a checkpoint at the run's last step (for --do_eval), and save them
+    as the final model when a kill kept the run from saving it."""
+    trainer._load_from_checkpoint(checkpoint)
+    trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+    if not any(os.path.isfile(os.path.join(trainer.args.output_dir, name)) for name in WEIGHT_FILES):
+        logger.info("Saving the weights of %s as the final model.", checkpoint)
+        trainer.save_model()
+        trainer.save_state()
+
+
 def train_and_evaluate(trainer, training_args, *, evaluate: bool,
                        add_eval_metrics: Optional[Callable[[dict], dict]] = None) -> None:
     """--do_train (resuming from output_dir's last checkpoint with --resume), save; then --do_eval, log, save."""
@@ -226,11 +256,14 @@ def train_and_evaluate(trainer, training_args, *, evaluate: bool,
         trainer.add_callback(CheckpointCompletionCallback())
         checkpoint = (last_checkpoint(training_args.output_dir) if training_args.resume else None) or \
             (training_args.resume_from_checkpoint and check_resumable(training_args.resume_from_checkpoint))
-        result = trainer.train(resume_from_checkpoint=checkpoint)
-        trainer.save_model()
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_metrics("train", result.metrics)
-        trainer.save_state()
+        if checkpoint and reached_last_step(checkpoint, training_args):
+            load_finished_checkpoint(trainer, checkpoint)
+        else:
+            result = trainer.train(resume_from_checkpoint=checkpoint)
+            trainer.save_model()
+            trainer.log_metrics("train", result.metrics)
+            trainer.save_metrics("train", result.metrics)
+            trainer.save_state()
     if training_args.do_eval and evaluate:
         metrics = trainer.evaluate()
         if add_eval_metrics is not None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import run_clm_diff  # the repository root is on pytest's pythonpath (setup.cfg)
 import run_diffusion_dpo
+import torch
 import zstandard
 from conftest import make_byte_tokenizer, make_tiny_llama
 
@@ -203,8 +204,6 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, c
 
 def test_a_nan_loss_on_one_micro_batch_stops_before_the_update(tmp_path, clm_flags, capsys, monkeypatch):
     """The loss of the second micro-batch of step 3 is NaN: the run stops at step 3, before its optimizer step."""
-    import torch
-
     from diff_trainer.trainer import DiffusionTrainer
 
     calls = []
@@ -235,8 +234,6 @@ def test_weights_that_overflow_are_never_saved(tmp_path, clm_flags, capsys):
 
 
 def test_commands_refuse_a_checkpoint_with_non_finite_weights(tmp_path, capsys):
-    import torch
-
     tokenizer = make_byte_tokenizer()
     model = make_tiny_llama(len(tokenizer), bidirectional=False, max_position_embeddings=64)
     with torch.no_grad():
@@ -247,6 +244,35 @@ def test_commands_refuse_a_checkpoint_with_non_finite_weights(tmp_path, capsys):
         generate.main(["--model", str(tmp_path / "diverged"), "--prompt", "1+1="])
     assert re.fullmatch(r"error: \S*diverged: weight model\.layers\.1\.mlp\.up_proj\.weight holds NaN or inf values "
                         r"\(the run that wrote it diverged\)\. Use an earlier checkpoint-N.*", str(stopped.value.code))
+
+
+@pytest.mark.parametrize("final_model_saved", [True, False], ids=["finished run", "killed before the final save"])
+def test_resuming_a_finished_run_trains_nothing(tmp_path, clm_flags, capsys, caplog, final_model_saved):
+    """--resume from a checkpoint at max_steps: no step, no checkpoint-N+1; a final model missing because the run was
+    killed after its last checkpoint is written from that checkpoint."""
+    import logging
+
+    from safetensors.torch import load_file
+
+    train = write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
+    flags = clm_flags("--train_file", train, "--train_diff_model", "--max_steps", "2", "--save_steps", "1",
+                      "--learning_rate", "1e-2", "--validation_file", train, "--do_eval", "--eval_mc_samples", "2")
+    assert run_entry(run_clm_diff.main, flags, capsys)[0] == 0
+    out = tmp_path / "out"
+    evaluated = json.loads((out / "eval_results.json").read_text())
+    final = load_file(out / "model.safetensors")
+    if not final_model_saved:
+        (out / "model.safetensors").unlink()
+    with caplog.at_level(logging.INFO, logger="diff_trainer"):
+        assert run_entry(run_clm_diff.main, [*flags, "--resume", "true"], capsys)[0] == 0
+    assert f"{out / 'checkpoint-2'} already reached step 2 of --max_steps 2: nothing to train" in caplog.text
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    again = load_file(out / "model.safetensors")
+    assert again.keys() == final.keys() and all(torch.equal(again[k], final[k]) for k in final)
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
+    again = json.loads((out / "eval_results.json").read_text())
+    assert again["eval_loss"] == evaluated["eval_loss"]  # the trained weights are evaluated again, not fresh ones
+    assert again["eval_elbo_perplexity"] == evaluated["eval_elbo_perplexity"]
 
 
 # ------------------------------------------------------------------------------------------------------------
