@@ -362,6 +362,52 @@ def test_bad_generate_arguments(checkpoints, capsys, argv, status, message):
     assert not (checkpoints / "missing").exists()
 
 
+PROMPT_FILE_CASES = [
+    ("missing", None, r"error: --prompt_file \S*prompts\.jsonl: no such file\."),
+    ("malformed", '{"prompt": "a"}\n{"prompt": b}\n', r"error: \S*prompts\.jsonl, line 2: malformed JSON"),
+    ("no prompt key", '{"prompt": "a"}\n\n{"text": "b"}\n', r"error: \S*prompts\.jsonl, line 3: missing key 'prompt'"),
+    ("a number", '{"prompt": 7}\n', r"error: \S*prompts\.jsonl, line 1: 'prompt' is a int, not a string"),
+    ("not UTF-8", b'{"prompt": "caf\xe9"}\n', r"error: \S*prompts\.jsonl, line 1: not valid UTF-8"),
+]
+
+
+@pytest.mark.parametrize("content, message", [case[1:] for case in PROMPT_FILE_CASES],
+                         ids=[case[0] for case in PROMPT_FILE_CASES])
+def test_bad_prompt_files_are_refused_before_the_model_loads(tmp_path, content, message):
+    path = tmp_path / "prompts.jsonl"
+    if content is not None:
+        write(path, content)
+    with pytest.raises(SystemExit) as stopped:  # the model directory does not exist: it is never opened
+        generate.main(["--model", str(tmp_path / "no-model"), "--prompt_file", str(path)])
+    assert re.fullmatch(message + ".*", str(stopped.value.code)), stopped.value.code
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A UTF-8 byte-order mark is not text
+
+BOM = "\ufeff"
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".txt.gz", ".jsonl", ".json", ".csv"])
+def test_a_byte_order_mark_is_dropped_from_training_files(tmp_path, suffix):
+    records = ["a<DFF>b", "c<DFF>d"]
+    content = {".txt": "\n".join(records) + "\n", ".jsonl": "".join(json.dumps({"text": r}) + "\n" for r in records),
+               ".json": json.dumps([{"text": r} for r in records]), ".csv": "text\n" + "\n".join(records) + "\n"}
+    data = (BOM + content[suffix.removesuffix(".gz")]).encode()
+    path = write(tmp_path / f"train{suffix}", gzip.compress(data) if suffix.endswith(".gz") else data)
+    raw = load_raw_datasets(DataArguments(train_file=path, validation_split_percentage=0),
+                            cache_dir=str(tmp_path / "cache"))
+    assert [text.rstrip("\n") for text in raw["train"]["text"]] == records
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_a_byte_order_mark_is_dropped_from_prompt_files(tmp_path, suffix):
+    prompts = ["1+1=", "2+2="]
+    lines = prompts if suffix == ".txt" else [json.dumps({"prompt": p}) for p in prompts]
+    path = write(tmp_path / f"prompts{suffix}", BOM + "\r\n".join(lines) + "\r\n")
+    assert generate.read_prompts(path) == prompts
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Text is read exactly as written (no type guessing)
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from diff_trainer.data.loading import DataError, numbered_lines, parse_record, value_problem
 from diff_trainer.data.pipeline import bos_prefix
 from diff_trainer.devices import (
     DEVICE_CHOICES_HELP,
@@ -115,7 +116,6 @@ def open_checkpoint(path: str, *, device: str = "cpu", dtype: str = "auto", merg
 
     `tokenizer_name` serves a SEDD-layout directory, which ships no tokenizer of its own.
     """
-    from diff_trainer.data.loading import DataError
     from diff_trainer.modeling import load_checkpoint, load_checkpoint_model, read_diffusion_config
     from diff_trainer.models.sedd_checkpoint import is_sedd_checkpoint, load_sedd_tokenizer
 
@@ -142,11 +142,21 @@ def load_from_arguments(parser: argparse.ArgumentParser, args):
 
 
 def read_prompts(path: str) -> list[str]:
-    """Prompts from a text file (one per line, blank lines skipped) or a .jsonl file with a 'prompt' field."""
-    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    if path.endswith(".jsonl"):
-        return [json.loads(line)["prompt"] for line in lines]
-    return lines
+    """Prompts from a text file (one per line, blank lines skipped) or a .jsonl file with a 'prompt' field; a
+    DataError naming the file (and line) when it is missing, not UTF-8, malformed or a record has no text prompt."""
+    if not os.path.isfile(path):
+        raise DataError(f"--prompt_file {path}: no such file.")
+    lines = [(number, line.removesuffix("\r")) for number, line in numbered_lines(path) if line.strip()]
+    if not path.endswith(".jsonl"):
+        return [line for _, line in lines]
+    prompts = []
+    for number, line in lines:
+        record = parse_record(line, f"{path}, line {number}")
+        problem = value_problem(record, "prompt")
+        if problem:
+            raise DataError(f"{path}, line {number}: {problem}. Each line needs a JSON string under 'prompt'.")
+        prompts.append(record["prompt"])
+    return prompts
 
 
 def encode_suffix(tokenizer, suffix: str | None) -> list[int]:
@@ -302,15 +312,17 @@ def checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, to
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    try:
+        prompts = read_prompts(args.prompt_file) if args.prompt_file is not None else args.prompt
+    except DataError as error:
+        raise SystemExit(f"error: {error}") from None
+    if prompts is not None and not prompts:
+        parser.error("no prompts given.")
     model, tokenizer, diffusion_config = load_from_arguments(parser, args)
-    if args.prompt is None and args.prompt_file is None:
+    if prompts is None:
         if not uses_sedd_sampler(args, diffusion_config):
             parser.error("give --prompt or --prompt_file (unconditional --samples needs a SEDD sampler).")
         prompts = [""]
-    else:
-        prompts = args.prompt if args.prompt is not None else read_prompts(args.prompt_file)
-    if not prompts:
-        parser.error("no prompts given.")
     prompt_ids = prepare_prompts(args, tokenizer, diffusion_config, prompts)
     suffix_ids = encode_suffix(tokenizer, args.suffix)
     config = checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, tokenizer, suffix_ids)

@@ -54,15 +54,19 @@ def builder_for(path: str) -> str:
     raise DataError(f"{path}: unsupported file type; use one of {', '.join(BUILDERS)}.")
 
 
+TEXT_ENCODING = "utf-8-sig"  # UTF-8, with a byte-order mark at the start of a file dropped (as CSV readers do)
+BYTE_ORDER_MARK = "\ufeff"
+
+
 def open_text(path: str):
     """Open a possibly gzip/zstd-compressed text file for reading line by line."""
     if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
+        return gzip.open(path, "rt", encoding=TEXT_ENCODING)
     if path.endswith(".zst"):
         import zstandard
 
-        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")), encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")), encoding=TEXT_ENCODING)
+    return open(path, encoding=TEXT_ENCODING)
 
 
 def decompressed_chunks(path: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
@@ -113,9 +117,10 @@ def numbered_lines(path: str) -> Iterator[tuple[int, str]]:
 
 
 def decode_line(path: str, number: int, line: bytes) -> str:
-    """One line as text; a DataError naming the file, line and byte when it is not UTF-8."""
+    """One line as text (a byte-order mark before line 1 dropped); a DataError naming the file, line and byte when it
+    is not UTF-8."""
     try:
-        return line.decode("utf-8")
+        return line.decode(TEXT_ENCODING if number == 1 else "utf-8")
     except UnicodeDecodeError as error:
         bad = line[error.start:error.start + 4]
         raise DataError(f"{path}, line {number}: not valid UTF-8 (byte {error.start}: {bad!r}). "
@@ -236,6 +241,8 @@ def load_files(data_files: dict[str, str], cache_dir: Optional[str] = None,
         guessed = [column for column in text_columns if column in features and features[column] != STRING]
         if builder == "json" and guessed:  # a non-string value made datasets type the column: take it as written
             raw = DatasetDict({split: strings_as_written(raw[split], data_files[split], guessed) for split in raw})
+        if builder == "text":
+            raw = DatasetDict({name: without_byte_order_mark(split) for name, split in raw.items()})
     except DataError:
         raise
     except Exception as error:
@@ -259,6 +266,17 @@ def strings_as_written(split, path: str, columns: Sequence[str]):
         split = split.add_column(f"{column}.as_written", values, feature=STRING).remove_columns(column)
         split = split.rename_column(f"{column}.as_written", column).select_columns(order)
     return split
+
+
+def without_byte_order_mark(split):
+    """A text split whose first line does not start with a UTF-8 byte-order mark (datasets keeps it as text)."""
+    if len(split) == 0 or not split[0]["text"].startswith(BYTE_ORDER_MARK):
+        return split
+
+    def drop(batch, rows):
+        return {"text": [t.removeprefix(BYTE_ORDER_MARK) if r == 0 else t for t, r in zip(batch["text"], rows)]}
+
+    return split.map(drop, with_indices=True, batched=True, desc="Dropping the byte-order mark")
 
 
 def csv_string_features(path: str) -> datasets.Features:
