@@ -192,12 +192,20 @@ def word_level_checkpoint(path, tokenizer_vocab=300):
     ("wordlevel", [], "byte-level BPE (GPT-2's scheme, as data_scripts/train_tokenizer.py makes); this checkpoint "
                       "has a TokenizersBackend with 300 ids, a WordLevel model (not BPE)."),
     ("existing", [], "exists and is not empty: pass --overwrite"),
+    ("byt5 beside a larger vocabulary", [], "the model predicts 400 ids but its ByT5Tokenizer has text for 386 (ids "
+                                            "386 to 399 have none)"),
 ])
 def test_bad_input_gets_one_clear_error(checkpoints, tmp_path, capsys, name, flags, message):
     output = tmp_path / "out"
     if name == "wordlevel":
         word_level_checkpoint(tmp_path / "wordlevel")
         model = tmp_path / "wordlevel"
+    elif name.startswith("byt5"):  # transformers' ByT5Tokenizer with its 125 <extra_id_N> tokens
+        model = tmp_path / "byt5"
+        tokenizer = make_byte_tokenizer()
+        larger = make_tiny_llama(400, max_position_embeddings=64)
+        larger.config.diffusion_config = masked_diffusion_config(tokenizer)
+        save_checkpoint(model, larger, tokenizer)
     else:
         model = checkpoints / ("llama" if name == "existing" else name)
     if name == "existing":

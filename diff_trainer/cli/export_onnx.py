@@ -77,6 +77,7 @@ def tokenizer_table(tokenizer, vocab_size: int) -> dict:
     tokenizer is refused with the reason."""
     from transformers import ByT5Tokenizer
 
+    check_every_id_has_text(tokenizer, vocab_size)
     pieces = TokenPieces(tokenizer)
     added = [{"id": int(i), "content": t.content, "lstrip": bool(t.lstrip), "rstrip": bool(t.rstrip)}
              for i, t in sorted(tokenizer.added_tokens_decoder.items())]
@@ -98,6 +99,15 @@ def tokenizer_table(tokenizer, vocab_size: int) -> dict:
     return {"kind": "bpe", "vocab": model["vocab"], "merges": [bpe_pair(m) for m in model["merges"]],
             "ignore_merges": bool(model.get("ignore_merges")), "pattern": BYTE_LEVEL_SPLIT,
             "byte_chars": "".join(byte_chars[b] for b in range(256)), **shared}
+
+
+def check_every_id_has_text(tokenizer, vocab_size: int) -> None:
+    """A ValueError when the model predicts ids the tokenizer has no text for (ByT5Tokenizer fails inside decode)."""
+    if vocab_size > len(tokenizer):
+        raise ValueError(
+            f"the model predicts {vocab_size} ids but its {type(tokenizer).__name__} has text for {len(tokenizer)} "
+            f"(ids {len(tokenizer)} to {vocab_size - 1} have none), so the page could not show what it samples. "
+            "Train with a tokenizer covering the model's vocabulary (resize the embeddings to len(tokenizer)).")
 
 
 def byte_level_bpe_state(tokenizer) -> tuple[dict | None, str | None]:
@@ -239,6 +249,7 @@ def checked_inputs(parser, args):
     try:
         settings = sampler_config(args, diffusion_config, tokenizer)
         tokenizer_table(tokenizer, 0)
+        check_every_id_has_text(tokenizer, model.get_output_embeddings().weight.shape[0])
     except ValueError as error:
         parser.error(str(error))
     output = Path(args.output)
