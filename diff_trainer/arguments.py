@@ -12,6 +12,7 @@ from transformers import HfArgumentParser, TrainingArguments
 
 from .data.preference import INVALID_PAIR_MODES, RESPONSE_PADDINGS
 from .diffusion.losses import LOSS_NORMALIZATIONS
+from .diffusion.schedules import SCHEDULES
 from .diffusion.sedd import SEDD_NOISES, SEDD_OBJECTIVES
 from .noising import PREFIX_SHUFFLE_UNITS
 
@@ -60,6 +61,15 @@ class ModelArguments:
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["all-linear"], metadata={"help": "Modules that get adapters ('all-linear' = every linear)."}
     )
+
+    def __post_init__(self):
+        for name in ("dropout", "lora_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ValueError(f"--{name} is a probability in [0, 1], got {value}.")
+        if self.lora_r < 1 or self.lora_alpha <= 0:
+            raise ValueError(f"--lora_r must be at least 1 and --lora_alpha positive, got {self.lora_r} and "
+                             f"{self.lora_alpha}.")
 
 
 @dataclass
@@ -216,6 +226,13 @@ class PreferenceDataArguments(DataSourceArguments):
 class RunArguments(TrainingArguments):
     """transformers' TrainingArguments plus how this project's runs continue."""
 
+    def __post_init__(self):
+        counts = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
+        for name in counts:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+        super().__post_init__()
+
     resume: bool = field(
         default=False, metadata={"help": "Resume from the last checkpoint in --output_dir (start fresh if there is none)."}
     )
@@ -304,6 +321,13 @@ class DiffusionTrainingArguments(RunArguments):
 
     def __post_init__(self):
         self._check_objective()
+        if self.noise_schedule not in SCHEDULES:
+            raise ValueError(f"--noise_schedule must be one of {', '.join(SCHEDULES)}, got {self.noise_schedule!r}.")
+        if not 0 <= self.time_eps <= 1:
+            raise ValueError(f"--time_eps is the smallest mask probability, in [0, 1]; got {self.time_eps}.")
+        if not 0 < self.sigma_min < self.sigma_max:
+            raise ValueError(f"--sigma_min and --sigma_max must satisfy 0 < sigma_min < sigma_max, got "
+                             f"{self.sigma_min} and {self.sigma_max}.")
         if self.loss_normalization is not None and self.loss_normalization not in LOSS_NORMALIZATIONS:
             raise ValueError(f"--loss_normalization must be one of {LOSS_NORMALIZATIONS}, got {self.loss_normalization!r}")
         if not 0 <= self.random_length_prob <= 1 or not 0 <= self.prompt_dropout <= 1:
@@ -431,11 +455,14 @@ def config_to_argv(path: str) -> list[str]:
 def parse_arguments(dataclass_types, argv: Optional[list[str]] = None):
     """Parse `[config.yaml|config.json] [--flag value ...]`; flags on the command line win over the file."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(dataclass_types)
     if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml", ".json")):
         if not os.path.isfile(argv[0]):
-            raise FileNotFoundError(f"Config file {argv[0]} does not exist.")
-        argv = config_to_argv(argv[0]) + argv[1:]
-    parser = HfArgumentParser(dataclass_types)
+            parser.error(f"config file {argv[0]} does not exist.")
+        try:
+            argv = config_to_argv(argv[0]) + argv[1:]
+        except (ValueError, yaml.YAMLError) as error:  # json.JSONDecodeError is a ValueError
+            parser.error(f"{argv[0]}: not a valid config file: {' '.join(str(error).split())}")
     try:
         *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     except ValueError as error:  # a flag check in a __post_init__: a usage error (exit status 2), not a traceback

@@ -210,7 +210,7 @@ def check_output_dir(training_args) -> None:
     if not found:
         return
     if not training_args.overwrite_output_dir:
-        raise ValueError(f"--output_dir {output_dir} already holds a trained model ({', '.join(found[:3])}): pass "
+        raise DataError(f"--output_dir {output_dir} already holds a trained model ({', '.join(found[:3])}): pass "
                          "--resume to continue its training, --overwrite_output_dir to replace it, or choose "
                          "another --output_dir.")
     if training_args.process_index == 0:

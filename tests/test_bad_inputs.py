@@ -152,6 +152,24 @@ FLAG_CASES = [
      r"unrecognized arguments: --blocksize 8"),
     ("bad padding side", lambda d: ["--train_file", str(d / "train.jsonl"), "--padding_side", "middle"], 2,
      r"error: --padding_side must be 'left' or 'right', got 'middle'"),
+    ("--time_eps above 1", lambda d: ["--train_diff_model", "--time_eps", "1.5"], 2,
+     r"error: --time_eps is the smallest mask probability, in \[0, 1\]; got 1\.5"),
+    ("unknown --noise_schedule", lambda d: ["--train_diff_model", "--noise_schedule", "cosin"], 2,
+     r"error: --noise_schedule must be one of linear, cosine, got 'cosin'"),
+    ("sigma_min above sigma_max", lambda d: ["--train_diff_model", "--diffusion_objective", "sedd_absorb",
+                                             "--sedd_noise", "geometric", "--sigma_min", "30"], 2,
+     r"error: --sigma_min and --sigma_max must satisfy 0 < sigma_min < sigma_max, got 30\.0 and 20\.0"),
+    ("batch size 0", lambda d: ["--per_device_train_batch_size", "0"], 2,
+     r"error: --per_device_train_batch_size must be at least 1, got 0"),
+    ("gradient accumulation 0", lambda d: ["--gradient_accumulation_steps", "0"], 2,
+     r"error: --gradient_accumulation_steps must be at least 1, got 0"),
+    ("lora rank 0", lambda d: ["--use_lora", "--lora_r", "0"], 2, r"error: --lora_r must be at least 1"),
+    ("dropout above 1", lambda d: ["--dropout", "1.2"], 2, r"error: --dropout is a probability in \[0, 1\], got 1\.2"),
+    ("missing config file", lambda d: [str(d / "nope.yaml")], 2, r"error: config file \S*nope\.yaml does not exist"),
+    ("config file that is not YAML", lambda d: [str(d / "bad.yaml")], 2,
+     r"error: \S*bad\.yaml: not a valid config file: .*line 2, column"),
+    ("output_dir holding a model", lambda d: ["--output_dir", str(d / "model")], 1,
+     r"error: --output_dir \S*model already holds a trained model \(config\.json\)"),
     ("explicit incomplete checkpoint", lambda d: ["--train_file", str(d / "train.jsonl"),
                                                   "--resume_from_checkpoint", str(d / "checkpoint-3")], 1,
      r"checkpoint-3 is incomplete: no COMPLETE marker and no trainer_state.json"),
@@ -164,8 +182,16 @@ def test_bad_flags(tmp_path, clm_flags, capsys, argv, status, message):
     data = tmp_path / "data"
     write(data / "train.jsonl", "\n".join(GOOD_LINES))
     write(data / "v.txt", "a<DFF>b\n")
+    write(data / "bad.yaml", "learning_rate: 1e-3\n  max_steps: [4\n")
+    write(data / "model" / "config.json", "{}")
     (data / "checkpoint-3").mkdir()
-    code, err = run_entry(run_clm_diff.main, clm_flags(*argv(data)), capsys)
+    flags = argv(data)
+    if flags and flags[0].endswith(".yaml"):  # a config file comes first
+        flags = [flags[0], *clm_flags("--train_file", str(data / "train.jsonl"))]
+    else:
+        flags = clm_flags(*([] if "--train_file" in flags or "--dataset_name" in flags or not flags else
+                            ["--train_file", str(data / "train.jsonl")]), *flags)
+    code, err = run_entry(run_clm_diff.main, flags, capsys)
     assert code == status, err
     assert "Traceback" not in err and re.search(message, err), err
 
