@@ -17,6 +17,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from .checkpoints import WEIGHT_FILES, CheckpointCompletionCallback, check_resumable, newest_complete_checkpoint
 from .data.loading import DataError
 from .data.saving import process_alive
+from .modeling import DIFFUSION_OBJECTIVE
 
 logger = logging.getLogger(__name__)
 
@@ -192,6 +193,34 @@ def release_output_dir_locks() -> None:
         _held_locks.pop().release()
 
 
+def check_resumed_settings(training_args) -> None:
+    """A DataError naming what differs when --resume (or --resume_from_checkpoint) would continue a checkpoint with
+    another kind of model (causal or diffusion) or other diffusion settings than it recorded in its diffusion_config;
+    checked before any data is read. (Without it the run fails on a weight shape, or silently rewrites the
+    checkpoint's settings.)"""
+    if not hasattr(training_args, "diffusion_settings"):
+        return  # DPO continues the policy's own settings
+    checkpoint = training_args.resume_from_checkpoint if not training_args.resume else \
+        newest_complete_checkpoint(training_args.output_dir)
+    config_file = os.path.join(checkpoint, "config.json") if checkpoint else None
+    if not config_file or not os.path.isfile(config_file):
+        return
+    with open(config_file, encoding="utf-8") as handle:
+        saved = json.load(handle).get("diffusion_config")
+    current = training_args.diffusion_settings() if training_args.train_diff_model else None
+    kind = {True: "a diffusion model", False: "a causal LM"}
+    if (saved is None) != (current is None):
+        differences = [f"it is {kind[saved is not None]}, this run trains {kind[current is not None]}"]
+    else:
+        current = {"objective": DIFFUSION_OBJECTIVE, **(current or {})}  # SEDD settings name their own objective
+        saved = {**(saved or {}), **({"sedd_noise": saved["noise"]} if "noise" in (saved or {}) else {})}
+        differences = [f"{key} {saved[key]!r} there, {value!r} here" for key, value in current.items()
+                       if key in saved and saved[key] != value]
+    if differences:
+        raise DataError(f"{checkpoint} cannot be resumed with these flags: {'; '.join(differences)}. Pass the "
+                        "checkpoint's settings, or train into another --output_dir.")
+
+
 def check_output_dir(training_args) -> None:
     """Lock output_dir for a training run, then refuse to train into one holding a model or checkpoints, unless
     --resume or --overwrite_output_dir.
@@ -202,6 +231,7 @@ def check_output_dir(training_args) -> None:
     output_dir = training_args.output_dir
     if training_args.do_train:
         lock_output_dir(training_args)
+        check_resumed_settings(training_args)
     if (not training_args.do_train or training_args.resume or training_args.resume_from_checkpoint
             or not os.path.isdir(output_dir)):
         return

@@ -301,6 +301,30 @@ def test_resuming_a_finished_run_trains_nothing(tmp_path, clm_flags, capsys, cap
     assert again["eval_elbo_perplexity"] == evaluated["eval_elbo_perplexity"]
 
 
+@pytest.mark.parametrize("changed, message", [
+    (["--noise_schedule", "cosine"], r"noise_schedule 'linear' there, 'cosine' here"),
+    (["--time_eps", "0.01"], r"time_eps 0\.001 there, 0\.01 here"),
+    (["--train_diff_model", "false"], r"it is a diffusion model, this run trains a causal LM"),
+    (["--diffusion_objective", "sedd_absorb"], r"objective 'masked_diffusion' there, 'sedd_absorb' here"),
+], ids=["schedule", "time_eps", "causal", "objective"])
+def test_resume_with_other_settings_names_what_differs(tmp_path, clm_flags, capsys, monkeypatch, changed, message):
+    from diff_trainer.data import pipeline
+
+    train = write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
+    flags = clm_flags("--train_file", train, "--train_diff_model", "--max_steps", "1", "--save_steps", "1")
+    assert run_entry(run_clm_diff.main, flags, capsys)[0] == 0
+    config = (tmp_path / "out" / "config.json").read_text()
+
+    def no_preprocessing(*args, **kwargs):
+        raise AssertionError("preprocessing started")
+
+    monkeypatch.setattr(pipeline.Preprocessor, "run", no_preprocessing)
+    code, err = run_entry(run_clm_diff.main, [*flags, "--max_steps", "2", "--resume", "true", *changed], capsys)
+    assert code == 1 and re.search(r"error: \S*checkpoint-1 cannot be resumed with these flags: " + message +
+                                   r"\. Pass the checkpoint's settings", err), err
+    assert (tmp_path / "out" / "config.json").read_text() == config and not (tmp_path / "out" / "checkpoint-2").exists()
+
+
 # ------------------------------------------------------------------------------------------------------------
 # DPO
 
