@@ -57,6 +57,13 @@ def test_other_files_are_not_found(base_url, path):
     assert error.value.code == 404
 
 
+@pytest.mark.parametrize("path", ["%00", "js/%00.js", "model/%00"])
+def test_a_nul_byte_in_the_path_is_a_bad_request(base_url, path):
+    with pytest.raises(urllib.error.HTTPError) as error:
+        get(base_url + path)
+    assert error.value.code == 400
+
+
 def make_checkpoint(path):
     path.mkdir()
     (path / "config.json").write_text("{}")
