@@ -394,10 +394,27 @@ def _checkpoint_loader(path: str):
             return loader
         raise FileNotFoundError(f"no checkpoint at {path}: expected a directory written by save_pretrained "
                                 "(run_clm_diff.py / run_diffusion_dpo.py --output_dir, or a checkpoint-N in it).")
+    check_config_files(path)
     for loader in (*CHECKPOINT_LOADERS, *DEFAULT_LOADERS):
         if loader.matches(path):
             return loader
     raise FileNotFoundError(f"no checkpoint at {path}: the directory has neither config.json nor {ADAPTER_CONFIG}.")
+
+
+def check_config_files(path: str) -> None:
+    """A DataError naming a config.json / adapter_config.json in `path` that is empty or cut (not one JSON object)."""
+    for name in ("config.json", ADAPTER_CONFIG):
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            continue
+        try:
+            with open(file, encoding="utf-8") as handle:
+                content = json.load(handle)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise DataError(f"{file}: not a valid config ({error}); the file is empty or cut (an interrupted save?). "
+                            "Use another checkpoint, or save this one again.") from None
+        if not isinstance(content, dict):
+            raise DataError(f"{file}: not a valid config (expected a JSON object, got {type(content).__name__}).")
 
 
 def _layout_tokenizer_loader(path: str):

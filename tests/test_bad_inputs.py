@@ -259,6 +259,19 @@ def test_weights_that_overflow_are_never_saved(tmp_path, clm_flags, capsys):
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+@pytest.mark.parametrize("content", ["", '{"model_type": "llama", "hidden_'], ids=["empty", "cut"])
+def test_a_broken_config_json_is_named(checkpoints, tmp_path, content):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoints / "causal", broken)
+    (broken / "config.json").write_text(content)
+    with pytest.raises(SystemExit) as stopped:
+        generate.main(["--model", str(broken), "--prompt", "1+1="])
+    assert re.fullmatch(r"error: \S*broken/config\.json: not a valid config \(.*\); the file is empty or cut.*",
+                        str(stopped.value.code)), stopped.value.code
+
+
 def test_commands_refuse_a_checkpoint_with_non_finite_weights(tmp_path, capsys):
     tokenizer = make_byte_tokenizer()
     model = make_tiny_llama(len(tokenizer), bidirectional=False, max_position_embeddings=64)
