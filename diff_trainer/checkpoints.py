@@ -51,7 +51,7 @@ class FiniteStepsMixin:
     a final model is saved; weights that hold NaN or inf are never saved. With fp16 loss scaling an infinite gradient
     norm is the scaler's business (it skips that step), so there only the loss is checked."""
 
-    def save_model(self, output_dir: Optional[str] = None, _internal_call: bool = False):
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         """Refuse to write weights holding NaN or inf (an optimizer step can overflow them with a finite loss)."""
         with torch.no_grad():
             bad = sum((~torch.isfinite(p)).any().float() for p in self.model.parameters() if p.is_floating_point())

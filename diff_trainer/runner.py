@@ -104,7 +104,7 @@ class OutputDirLock:
         self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
                       **({"slurm_job_id": job} if job else {})}
 
-    def acquire(self) -> Optional[str]:
+    def acquire(self) -> str | None:
         """Take the lock; None when taken, else a sentence naming the run that holds it."""
         while True:
             try:
@@ -120,7 +120,7 @@ class OutputDirLock:
             return None
 
     @staticmethod
-    def read(path: str) -> Optional[dict]:
+    def read(path: str) -> dict | None:
         try:
             with open(path, encoding="utf-8") as handle:
                 return json.load(handle)
@@ -129,7 +129,7 @@ class OutputDirLock:
         except ValueError:
             return {}  # being written, or cut: treated as held
 
-    def is_stale(self, holder: Optional[dict]) -> bool:
+    def is_stale(self, holder: dict | None) -> bool:
         if holder is None:
             return True  # released meanwhile
         job = self.owner.get("slurm_job_id")
@@ -139,7 +139,7 @@ class OutputDirLock:
             return False  # another machine: its process cannot be checked from here
         return holder["pid"] == os.getpid() or not process_alive(holder["pid"])
 
-    def remove_stale(self, holder: Optional[dict]) -> None:
+    def remove_stale(self, holder: dict | None) -> None:
         """Move the stale lock aside, putting it back if another run replaced it in between."""
         aside = f"{self.path}.stale-{os.getpid()}"
         try:

@@ -195,8 +195,8 @@ def word_level_checkpoint(path, tokenizer_vocab=300):
     ("wordlevel", [], "byte-level BPE (GPT-2's scheme, as data_scripts/train_tokenizer.py makes); this checkpoint "
                       "has a TokenizersBackend with 300 ids, a WordLevel model (not BPE)."),
     ("existing", [], "exists and is not empty: pass --overwrite"),
-    ("byt5 beside a larger vocabulary", [], "the model predicts 400 ids but its ByT5Tokenizer has text for 386 (ids "
-                                            "386 to 399 have none)"),
+    ("byt5 beside a larger vocabulary", [], ("the model predicts 400 ids but its ByT5Tokenizer has text for 386 "
+                                             "(ids 386 to 399 have none)")),
 ])
 def test_bad_input_gets_one_clear_error(checkpoints, tmp_path, capsys, name, flags, message):
     output = tmp_path / "out"

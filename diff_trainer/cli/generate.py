@@ -25,7 +25,6 @@ import dataclasses
 import json
 import os
 import sys
-from pathlib import Path
 
 import torch
 

@@ -177,7 +177,8 @@ def read_records(path: str) -> tuple[list, list[str]]:
             records.append(parse_record(line, places[-1]))
     if builder == "json" and not json_lines:
         try:
-            document = json.loads("".join(line + "\n" for _, line in numbered_lines(path)), object_pairs_hook=unique_keys)
+            text = "".join(line + "\n" for _, line in numbered_lines(path))
+            document = json.loads(text, object_pairs_hook=unique_keys)
         except KeyGivenTwice as error:
             raise DataError(f"{path}: {error}") from None
         records = document if isinstance(document, list) else []

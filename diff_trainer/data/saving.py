@@ -8,8 +8,8 @@ removed by the next save to the same path.
 
 import ctypes
 import glob
-import logging
 import json
+import logging
 import os
 import re
 import shutil
