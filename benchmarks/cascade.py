@@ -125,7 +125,7 @@ def elbo_per_record(model_dir: str, texts: list[str], block_size: int, mc_sample
     """The ELBO bound (nats) of each record's part from <DFF> on, given the part before."""
     from diff_trainer.cli.generate import open_checkpoint
     from diff_trainer.diffusion.elbo import elbo_nll
-    from diff_trainer.noising import seeded_generator
+    from diff_trainer.objectives.masked import seeded_generator
 
     model, tokenizer, diffusion = open_checkpoint(model_dir)
     generator = seeded_generator(seed)

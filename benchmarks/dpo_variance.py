@@ -44,9 +44,9 @@ def held_out_pairs(model_dir: str, data_dir: str, count: int):
     """The first `count` test pairs, tokenised as run_diffusion_dpo.py does with configs/dpo.yaml's settings."""
     from dpo_arithmetic import BLOCK
 
-    from diff_trainer.arguments import PreferenceDataArguments
+    from diff_trainer.training.args.data import PreferenceDataArguments
     from diff_trainer.data.preference import load_preference_data, tokenize_pairs
-    from diff_trainer.modeling import load_saved_tokenizer
+    from diff_trainer.models.loading import load_saved_tokenizer
 
     tokenizer = load_saved_tokenizer(model_dir)
     args = PreferenceDataArguments(train_file=os.path.join(data_dir, "test_pairs.jsonl"), max_length=BLOCK,
@@ -61,7 +61,7 @@ def score_variances(policy, reference, tokenizer, features, draws: int) -> dict:
     import torch.nn.functional as F
 
     from diff_trainer.data.preference import PreferenceCollator
-    from diff_trainer.dpo import elbo_samples, model_logits
+    from diff_trainer.training.dpo import elbo_samples, model_logits
 
     mask_id = policy.config.diffusion_config["mask_token_id"]
     results = {}
@@ -108,8 +108,8 @@ def variance_table(results: dict) -> str:
 def step_times(policy_dir: str, tokenizer, features, batch_size: int, steps: int) -> list[list]:
     """Median seconds of a full DPO step vs. its parts, with a frozen reference and with precomputed scores."""
     from datasets import Dataset, DatasetDict
-    from diff_trainer.arguments import DPOTrainingArguments
-    from diff_trainer.dpo import DiffusionDPOTrainer, precompute_reference_scores
+    from diff_trainer.training.args.dpo import DPOTrainingArguments
+    from diff_trainer.training.dpo import DiffusionDPOTrainer, precompute_reference_scores
 
     data = Dataset.from_list(features[:batch_size])
     rows = []

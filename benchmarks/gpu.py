@@ -26,12 +26,15 @@ import torch
 from common import markdown_table, median, quiet
 from transformers import Trainer, default_data_collator, set_seed
 
-from diff_trainer.arguments import DiffusionTrainingArguments, DPOTrainingArguments, ModelArguments
-from diff_trainer.dpo import DiffusionDPOTrainer
-from diff_trainer.modeling import add_special_tokens, load_model, load_tokenizer, prepare_model
-from diff_trainer.noising import seeded_generator
-from diff_trainer.sampling import generate
-from diff_trainer.trainer import DiffusionTrainer
+from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
+from diff_trainer.training.args.dpo import DPOTrainingArguments
+from diff_trainer.training.args.model import ModelArguments
+from diff_trainer.training.dpo import DiffusionDPOTrainer
+from diff_trainer.models.loading import add_special_tokens, load_model, load_tokenizer
+from diff_trainer.training.model import prepare_model
+from diff_trainer.objectives.masked import seeded_generator
+from diff_trainer.sampling.masked import generate
+from diff_trainer.training.trainer import DiffusionTrainer
 
 GIB = 1024 ** 3
 DEVICE = "cuda"

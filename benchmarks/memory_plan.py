@@ -95,7 +95,7 @@ def plan_table(shape: dict, gpus: int, gpus_per_node: int, lora_rank: int) -> st
         row = [label]
         for strategy in STRATEGIES:
             if reference_copy and strategy.startswith("ZeRO-3"):
-                row.append("not supported: LoRA or FSDP2")  # diff_trainer.sharding.prepare_frozen_model refuses it
+                row.append("not supported: LoRA or FSDP2")  # diff_trainer.training.sharding.prepare_frozen_model refuses it
                 continue
             gpu, cpu = state_bytes(shape, lora, reference_copy, strategy, gpus, gpus_per_node, lora_rank)
             row.append(f"{gpu / GIB:.1f}" + (f" (+{cpu / GIB:.0f} CPU/node)" if cpu else ""))

@@ -31,7 +31,7 @@ import pyarrow.compute as pc  # noqa: E402
 from common import load_average, machine_summary, markdown_table, median, results_file, stopwatch  # noqa: E402
 from datasets import DatasetDict  # noqa: E402
 
-from diff_trainer.arguments import DataArguments  # noqa: E402
+from diff_trainer.training.args.data import DataArguments  # noqa: E402
 from diff_trainer.data import pipeline  # noqa: E402
 from diff_trainer.data.bpe_tokenizer import train_bpe_tokenizer  # noqa: E402
 from diff_trainer.data.pipeline import Preprocessor  # noqa: E402

@@ -111,7 +111,7 @@ def build_rows(diffusion, causal, test_file, args) -> list[Row]:
 
     from diff_trainer.cli import eval_arithmetic as evaluation
     from diff_trainer.cli.generate import generate_causal, sampler_config
-    from diff_trainer.sampling import generate
+    from diff_trainer.sampling.masked import generate
 
     rows = []
     model, tokenizer, diffusion_config = diffusion
@@ -222,7 +222,7 @@ def long_rows(args):
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from diff_trainer.sampling import SamplerConfig, generate
+    from diff_trainer.sampling.masked import SamplerConfig, generate
 
     vocab, mask = 260, 259
     config = LlamaConfig(vocab_size=vocab, hidden_size=args.long_hidden, intermediate_size=4 * args.long_hidden,

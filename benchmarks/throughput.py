@@ -98,7 +98,7 @@ def llama(args, diffusion: bool):
     """The benchmark's Llama (seed 0); for diffusion bidirectional with a diffusion_config (mask id V-1)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from diff_trainer.modeling import write_diffusion_config
+    from diff_trainer.diffusion_config import write_diffusion_config
 
     heads = max(1, args.hidden_size // 64) if torch.cuda.is_available() else 4
     config = LlamaConfig(vocab_size=args.vocab_size, hidden_size=args.hidden_size,
@@ -136,10 +136,10 @@ def measure_one(args, name: str) -> dict:
     """Build configuration `name`, run warm-up + measured steps; its figures."""
     from transformers import ByT5Tokenizer, Trainer, default_data_collator
 
-    from diff_trainer.arguments import DiffusionTrainingArguments
+    from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
     from diff_trainer.data.pipeline import RowLayout
-    from diff_trainer.noising import seeded_generator
-    from diff_trainer.trainer import DiffusionTrainer
+    from diff_trainer.objectives.masked import seeded_generator
+    from diff_trainer.training.trainer import DiffusionTrainer
 
     objective, masked_head, isolate, compiled = CONFIGURATIONS[name]
     cuda = torch.cuda.is_available()

@@ -28,12 +28,15 @@ from common import (DEMO_DIFFUSION_CONFIG, REPO_ROOT, load_average, machine_summ
                     read_config, results_file)
 from transformers import Trainer, default_data_collator, set_seed
 
-from diff_trainer.arguments import DataArguments, DiffusionTrainingArguments, ModelArguments
+from diff_trainer.training.args.data import DataArguments
+from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
+from diff_trainer.training.args.model import ModelArguments
 from diff_trainer.data.loading import load_raw_datasets
 from diff_trainer.data.pipeline import Preprocessor
-from diff_trainer.modeling import add_special_tokens, load_model, load_tokenizer, prepare_model
-from diff_trainer.noising import seeded_generator
-from diff_trainer.trainer import DiffusionTrainer
+from diff_trainer.models.loading import add_special_tokens, load_model, load_tokenizer
+from diff_trainer.training.model import prepare_model
+from diff_trainer.objectives.masked import seeded_generator
+from diff_trainer.training.trainer import DiffusionTrainer
 
 PHASES = ("collate", "transformer body", "LM head + loss", "backward", "optimizer")
 

@@ -2,4 +2,4 @@
 
 __version__ = "0.1.0"
 
-from . import models  # noqa: E402,F401  registers the model classes with AutoConfig / AutoModel
+from . import models  # noqa: E402,F401  registers the model classes and checkpoint layouts

@@ -37,12 +37,15 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device("cuda", index)
 
 
-def _as_dtype(value) -> torch.dtype | None:
-    """A torch dtype from a torch dtype, a name such as "bfloat16" / "torch.bfloat16", or None."""
-    if value is None or isinstance(value, torch.dtype):
-        return value
+def torch_dtype(value) -> torch.dtype | None:
+    """The torch dtype of a torch dtype or a name ("bfloat16", "torch.bfloat16"); None for None and "auto" (keep the
+    stored one). ValueError for anything else."""
+    if value is None or value == "auto" or isinstance(value, torch.dtype):
+        return None if value == "auto" else value
     dtype = getattr(torch, str(value).removeprefix("torch."), None)
-    return dtype if isinstance(dtype, torch.dtype) else None
+    if not isinstance(dtype, torch.dtype):
+        raise ValueError(f"Unknown dtype {value!r}: use float32, bfloat16, float16 or auto.")
+    return dtype
 
 
 def resolve_dtype(name: str, device: torch.device, checkpoint_dtype=None) -> torch.dtype:
@@ -55,7 +58,7 @@ def resolve_dtype(name: str, device: torch.device, checkpoint_dtype=None) -> tor
         raise ValueError(f"--dtype {name!r} is not one of {', '.join(DTYPE_CHOICES)}.")
     if name != "auto":
         return getattr(torch, name)
-    stored = _as_dtype(checkpoint_dtype)
+    stored = torch_dtype(checkpoint_dtype)
     if device.type != "cuda" or stored not in HALF_DTYPES:
         return torch.float32
     if stored == torch.bfloat16 and not torch.cuda.is_bf16_supported():
@@ -85,5 +88,5 @@ def checkpoint_dtype(path: str) -> torch.dtype | None:
         adapter = _read_json(os.path.join(path, "adapter_config.json")) or {}
         base = adapter.get("base_model_name_or_path")
         return checkpoint_dtype(base) if base and os.path.isdir(base) else None
-    return _as_dtype(config.get("dtype") or config.get("torch_dtype"))
+    return torch_dtype(config.get("dtype") or config.get("torch_dtype"))
 

@@ -1,4 +1,4 @@
-"""Screenshot of the browser demo page sampling an exported model (the README's docs/browser.png).
+"""Screenshot of the browser demo page sampling an exported model (docs/browser.png, shown in docs/browser.md).
 
 Serves the export with diff-serve-demo's server on 127.0.0.1, drives Debian's headless Chromium with Playwright
 (`apt-get install chromium`, `pip install -e ".[web]"`, `npm ci` in web/), clicks Generate with the export's own

@@ -51,7 +51,7 @@ def masked_diffusion_config(tokenizer, **overrides) -> dict:
 
 def make_tiny_sedd(tokenizer, graph: str):
     """A tiny score-entropy checkpoint: absorbing (a time-blind Llama read through RADD) or uniform (time-conditioned)."""
-    from diff_trainer.sedd_objective import prepare_sedd_model
+    from diff_trainer.objectives.sedd import prepare_sedd_model
 
     return prepare_sedd_model(make_tiny_llama(len(tokenizer), seed=2), tokenizer, objective=f"sedd_{graph}",
                               sedd_noise="loglinear" if graph == "absorb" else "geometric", sigma_min=1e-4,

@@ -19,11 +19,11 @@ import torch
 import zstandard
 from conftest import make_byte_tokenizer, make_tiny_llama
 
-from diff_trainer.arguments import DataArguments
+from diff_trainer.training.args.data import DataArguments
 from diff_trainer.cli import generate
 from diff_trainer.data.loading import load_raw_datasets
-from diff_trainer.modeling import write_diffusion_config
-from diff_trainer.runner import run_entry_point
+from diff_trainer.diffusion_config import write_diffusion_config
+from diff_trainer.training.runner import run_entry_point
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_LLAMA = ("hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4,"
@@ -230,7 +230,7 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, c
 
 def test_a_nan_loss_on_one_micro_batch_stops_before_the_update(tmp_path, clm_flags, capsys, monkeypatch):
     """The loss of the second micro-batch of step 3 is NaN: the run stops at step 3, before its optimizer step."""
-    from diff_trainer.trainer import DiffusionTrainer
+    from diff_trainer.training.trainer import DiffusionTrainer
 
     calls = []
     compute_loss = DiffusionTrainer.compute_loss
@@ -494,7 +494,7 @@ def test_text_columns_are_read_as_written(tmp_path, suffix):
 def test_one_non_string_among_strings_keeps_every_other_string_exact(tmp_path, value):
     """datasets types a column with one JSON number or object as numbers or JSON (and would give every string back
     with its quotes); the loader takes the strings from the file and names the record, so DPO skips exactly it."""
-    from diff_trainer.arguments import PreferenceDataArguments
+    from diff_trainer.training.args.data import PreferenceDataArguments
     from diff_trainer.data.preference import load_preference_data
 
     texts = ["007", "1.50", "1e3", 'say "hi"', "[1]"]

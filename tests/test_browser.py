@@ -19,8 +19,9 @@ from diff_trainer.cli.serve_demo import RUNTIME_DIR, make_server
 from diff_trainer.diffusion.forward import mask_tokens, sample_times
 from diff_trainer.diffusion.losses import masked_diffusion_loss
 from diff_trainer.diffusion.schedules import get_schedule
-from diff_trainer.modeling import write_diffusion_config
-from diff_trainer.sampling import generate
+from diff_trainer.diffusion_config import write_diffusion_config
+from diff_trainer.sampling.masked import generate
+from diff_trainer.sampling.settings import sampler_for
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -32,6 +33,9 @@ RECORDS = [
     "def os.getcwd()<DFF>Return a string representing the current working directory.",
 ]
 PROMPT = "def len(obj)"
+WEB_EXTRA = "needs the [web] extra: pip install -e '.[web]'"
+for _module in ("playwright", "onnx", "onnxscript"):  # drives Chromium; diff-export-onnx writes the page's model
+    pytest.importorskip(_module, reason=WEB_EXTRA)
 
 pytestmark = [
     pytest.mark.browser,
@@ -139,7 +143,7 @@ def test_page_samples_the_same_tokens_as_python(trained, browser, tmp_path, flag
     args = generate_cli.build_parser().parse_args(
         ["--model", str(checkpoint), "--prompt", PROMPT, "--append_dff", "--output", str(tmp_path / "out.jsonl"),
          *[f"--{k}={v}" for k, v in flags.items()]])
-    config = generate_cli.sampler_config(args, model.config.diffusion_config, tokenizer)
+    config = sampler_for(model.config.diffusion_config, tokenizer, **generate_cli.sampler_flags(args))
     prompt_ids = generate_cli.prepare_prompts(args, tokenizer, model.config.diffusion_config, [PROMPT])
     suffix_ids = generate_cli.encode_suffix(tokenizer, args.suffix)
     expected = generate(model, prompt_ids, config, suffix_ids=suffix_ids).generated[0].tolist()

@@ -14,7 +14,7 @@ import torch
 from conftest import make_byte_tokenizer, make_tiny_llama
 
 from diff_trainer.cli import generate as cli
-from diff_trainer.modeling import write_diffusion_config
+from diff_trainer.diffusion_config import write_diffusion_config
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]

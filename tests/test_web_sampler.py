@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from diff_trainer.sampling import generate
+from diff_trainer.sampling.masked import generate
 
 HARNESS = Path(__file__).with_name("web_harness.mjs")
 VOCAB = 40

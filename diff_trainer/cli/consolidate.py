@@ -19,7 +19,8 @@ import tempfile
 import torch
 
 from diff_trainer.devices import DTYPE_CHOICES
-from diff_trainer.sharding import SHARDED_WEIGHTS_DIR
+from diff_trainer.models.loading import load_saved_tokenizer
+from diff_trainer.training.sharding import SHARDED_WEIGHTS_DIR
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,8 +102,6 @@ def consolidate(checkpoint: str, output: str, *, dtype: str = "auto", overwrite:
     shutil.rmtree(partial, ignore_errors=True)
     model.save_pretrained(partial)
     if any(name.startswith("tokenizer") for name in os.listdir(checkpoint)):
-        from diff_trainer.modeling import load_saved_tokenizer
-
         load_saved_tokenizer(checkpoint, trust_remote_code=trust_remote_code).save_pretrained(partial)
     if os.path.exists(output):
         shutil.rmtree(output)

@@ -37,7 +37,7 @@ from diff_trainer.cli.generate import (
     prepare_prompts,
     write_records,
 )
-from diff_trainer.sampling import SamplerConfig, generate
+from diff_trainer.sampling.masked import SamplerConfig, generate
 
 EXACT_MATCH_MODULE = os.path.join(os.path.dirname(metrics.__file__), "exact_match")
 

@@ -24,11 +24,13 @@ from pathlib import Path
 
 import torch
 
-from diff_trainer.cli.generate import add_sampling_arguments, open_checkpoint, sampler_config
+from diff_trainer.cli.generate import add_sampling_arguments, open_checkpoint, sampler_flags
 from diff_trainer.data.pipeline import bos_prefix
-from diff_trainer.modeling import DIFFUSION_OBJECTIVE
-from diff_trainer.render import TokenPieces
-from diff_trainer.sampling import context_length, padded_position_ids
+from diff_trainer.diffusion_config import MASKED
+from diff_trainer.objectives import objective_for
+from diff_trainer.sampling.masked import context_length, padded_position_ids
+from diff_trainer.sampling.render import TokenPieces
+from diff_trainer.sampling.settings import sampler_for
 
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "model.json"
@@ -232,6 +234,8 @@ def checked_inputs(parser, args):
     if args.device not in ("auto", "cpu") or args.dtype not in ("auto", "float32"):
         parser.error(f"--device {args.device} --dtype {args.dtype}: the export is made and checked in float32 on "
                      "the CPU (use --quantize int8 for a smaller file).")
+    if args.sedd_sampler is not None:
+        parser.error("--sedd_sampler: the page runs the masked-diffusion sampler only; drop --sedd_sampler.")
     if args.cache not in (None, "none"):
         parser.error(f"--cache {args.cache}: the page samples without a key/value cache; drop --cache.")
     model, tokenizer, diffusion_config = open_checkpoint(args.model, device="cpu", dtype="float32",
@@ -239,15 +243,15 @@ def checked_inputs(parser, args):
     if diffusion_config is None:
         parser.error(f"{args.model} is not a diffusion model (its config.json has no diffusion_config): the page "
                      "samples masked-diffusion checkpoints, trained with run_clm_diff.py --train_diff_model.")
-    if diffusion_config.get("objective") != DIFFUSION_OBJECTIVE:
+    if objective_for(diffusion_config).sampler != "masked":
         parser.error(f"{args.model} has objective {diffusion_config.get('objective')!r}; the page runs "
-                     f"{DIFFUSION_OBJECTIVE!r} checkpoints only.")
+                     f"{MASKED!r} checkpoints only.")
     limit = context_length(model)
     args.max_length = args.max_length or limit
     if args.max_length is None or args.max_length < 2 or (limit is not None and args.max_length > limit):
         parser.error(f"--max_length {args.max_length}: give a length from 2 to the model's context ({limit}).")
     try:
-        settings = sampler_config(args, diffusion_config, tokenizer)
+        settings = sampler_for(model, tokenizer, **sampler_flags(args))
         tokenizer_table(tokenizer, 0)
         check_every_id_has_text(tokenizer, model.get_output_embeddings().weight.shape[0])
     except ValueError as error:

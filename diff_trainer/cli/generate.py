@@ -1,7 +1,8 @@
 """`diff-generate`: sample completions from a checkpoint directory.
 
-A diffusion checkpoint (its config holds `diffusion_config`) is sampled with `diff_trainer.sampling.generate`,
-using the saved mask token id and shift flag. A SEDD checkpoint (objective sedd_absorb / sedd_uniform, or a
+A diffusion checkpoint (its config holds `diffusion_config`) is sampled with the settings that
+`sampling.settings.sampler_for` reads from it (mask token id, shift flag, stop ids, forbidden special tokens).
+A SEDD checkpoint (objective sedd_absorb / sedd_uniform, or a
 directory in the louaaron/sedd-small layout) is sampled with SEDD's samplers (`--sedd_sampler euler|analytic`),
 which a masked-diffusion checkpoint may use too (read as a SEDD model through RADD). A plain causal checkpoint is
 sampled with `model.generate`, so baselines use the same command; the diffusion-only flags are refused for it.
@@ -37,17 +38,19 @@ from diff_trainer.devices import (
     resolve_device,
     resolve_dtype,
 )
-from diff_trainer.render import TokenPieces, render_text
-from diff_trainer.sampling import (
+from diff_trainer.diffusion_config import read_diffusion_config
+from diff_trainer.models.loading import load_checkpoint
+from diff_trainer.sampling.masked import (
     CACHE_MODES,
     CONFIDENCE_STRATEGIES,
     EOS_HANDLING,
-    SamplerConfig,
     check_cache_support,
     context_length,
     special_token_ids_to_forbid,
 )
-from diff_trainer.sedd_sampling import SEDD_PREDICTORS, SeddSamplerConfig, run_sampler
+from diff_trainer.sampling.render import TokenPieces, render_text
+from diff_trainer.sampling.sedd import SEDD_PREDICTORS
+from diff_trainer.sampling.settings import run_sampler, sampler_for, sampler_kind, stop_ids
 
 DEFAULT_DFF_TOKEN = "<DFF>"
 # Flags that only mean something for a diffusion checkpoint (their defaults are None so use can be detected).
@@ -111,19 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def open_checkpoint(path: str, *, device: str = "cpu", dtype: str = "auto", merge_lora: bool = False,
                     tokenizer_name: str | None = None):
-    """(model in eval mode, tokenizer, diffusion_config dict or None) of a checkpoint (modeling.load_checkpoint).
+    """(model in eval mode, tokenizer, diffusion_config dict or None) of a checkpoint (models.loading.load_checkpoint).
 
-    `tokenizer_name` serves a SEDD-layout directory, which ships no tokenizer of its own.
+    `tokenizer_name` serves a layout that ships no tokenizer of its own (the SEDD authors').
     """
-    from diff_trainer.modeling import load_checkpoint, load_checkpoint_model, read_diffusion_config
-    from diff_trainer.models.sedd_checkpoint import is_sedd_checkpoint, load_sedd_tokenizer
-
     try:
-        if is_sedd_checkpoint(path):
-            model = load_checkpoint_model(path, dtype=dtype).to(resolve_device(device)).eval()
-            tokenizer = load_sedd_tokenizer(path, tokenizer_name)
-        else:
-            model, tokenizer = load_checkpoint(path, device=device, dtype=dtype, merge_lora=merge_lora)
+        model, tokenizer = load_checkpoint(path, device=device, dtype=dtype, merge_lora=merge_lora,
+                                           tokenizer_name=tokenizer_name)
     except (FileNotFoundError, DataError) as error:
         raise SystemExit(f"error: {error}") from None
     return model, tokenizer, read_diffusion_config(model.config)
@@ -169,39 +166,19 @@ def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
     return [bos + tokenizer.encode(prompt, add_special_tokens=False) for prompt in prompts]
 
 
-def sampler_config(args, diffusion_config: dict, tokenizer) -> SamplerConfig:
-    """The SamplerConfig of the command-line flags, with the checkpoint's mask id and shift flag."""
-    stops = stop_ids(diffusion_config, tokenizer)
-    return SamplerConfig(
-        mask_token_id=diffusion_config["mask_token_id"],
-        shift=bool(diffusion_config.get("shift_logits", False)),
-        gen_length=args.gen_length,
-        steps=args.steps if args.steps is not None else args.gen_length,
-        block_length=args.block_length,
-        temperature=args.temperature,
-        remasking=args.remasking or "low_confidence",
-        guidance_scale=args.guidance_scale or 0.0,
-        threshold=args.threshold,
-        eos_token_id=stops,
-        eos_handling=args.eos_handling or ("stop" if tokenizer.eos_token_id is not None else "none"),
-        pad_token_id=tokenizer.pad_token_id,
-        forbidden_token_ids=special_token_ids_to_forbid(tokenizer, stops),
-        cache=args.cache or "none",
-    )
+def sampler_flags(args) -> dict:
+    """The sampler settings given on the command line, for `sampler_for` (None: not given)."""
+    return {"predictor": args.sedd_sampler, "gen_length": args.gen_length, "steps": args.steps,
+            "block_length": args.block_length, "temperature": args.temperature, "remasking": args.remasking,
+            "guidance_scale": args.guidance_scale, "threshold": args.threshold, "eos_handling": args.eos_handling,
+            "cache": args.cache}
 
 
-def uses_sedd_sampler(args, diffusion_config) -> bool:
-    """SEDD checkpoints always; masked-diffusion checkpoints when --sedd_sampler is given."""
-    objective = (diffusion_config or {}).get("objective", "")
-    return objective.startswith("sedd_") or (diffusion_config is not None and args.sedd_sampler is not None)
-
-
-def sedd_sampler_config(args, diffusion_config: dict, tokenizer, model) -> SeddSamplerConfig:
-    """The SeddSamplerConfig of the command-line flags and the checkpoint's graph and noise."""
-    return SeddSamplerConfig.from_diffusion_config(
-        diffusion_config, model.config.get_text_config().vocab_size, gen_length=args.gen_length,
-        steps=args.steps if args.steps is not None else args.gen_length, predictor=args.sedd_sampler or "euler",
-        pad_token_id=tokenizer.pad_token_id)
+def sampler_name(args, diffusion_config) -> str:
+    """The sampler that runs: "causal" (model.generate), "diffusion" (masked) or "sedd"."""
+    if diffusion_config is None:
+        return "causal"
+    return {"masked": "diffusion"}.get(kind := sampler_kind(diffusion_config, args.sedd_sampler), kind)
 
 
 def shown_mask_id(config) -> int:
@@ -215,12 +192,6 @@ def prepare_prompts(args, tokenizer, diffusion_config, prompts: list[str]) -> li
         dff = (diffusion_config or {}).get("dff_token") or DEFAULT_DFF_TOKEN
         prompts = [prompt if prompt.endswith(dff) else prompt + dff for prompt in prompts]
     return encode_prompts(tokenizer, prompts)
-
-
-def stop_ids(diffusion_config: dict | None, tokenizer) -> tuple[int, ...] | int | None:
-    """The ids that end a completion: the checkpoint's `eos_token_ids` (LLaDA: EOS and EOT), else the EOS."""
-    recorded = (diffusion_config or {}).get("eos_token_ids")
-    return tuple(recorded) if recorded else tokenizer.eos_token_id
 
 
 def completion_text(tokenizer, ids: list[int], stop=None) -> str:
@@ -261,7 +232,7 @@ def check_arguments(parser, args, diffusion_config, prompt_ids, model, suffix_id
         if given:
             parser.error(f"{args.model} is a causal checkpoint (no diffusion_config); "
                          f"{', '.join(given)} only apply to diffusion checkpoints.")
-    if uses_sedd_sampler(args, diffusion_config):
+    if sampler_name(args, diffusion_config) == "sedd":
         given = [f"--{name}" for name in MASKED_SAMPLER_FLAGS if getattr(args, name) is not None]
         if args.temperature > 0:
             given.append("--temperature")
@@ -299,10 +270,8 @@ def checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, to
     if diffusion_config is None:
         return None
     try:
-        if uses_sedd_sampler(args, diffusion_config):
-            return sedd_sampler_config(args, diffusion_config, tokenizer, model)
-        config = sampler_config(args, diffusion_config, tokenizer)
-        check_cache_support(model, config.cache)
+        config = sampler_for(model, tokenizer, **sampler_flags(args))
+        check_cache_support(model, getattr(config, "cache", "none"))
         return config
     except ValueError as error:
         parser.error(str(error))
@@ -319,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("no prompts given.")
     model, tokenizer, diffusion_config = load_from_arguments(parser, args)
     if prompts is None:
-        if not uses_sedd_sampler(args, diffusion_config):
+        if sampler_name(args, diffusion_config) != "sedd":
             parser.error("give --prompt or --prompt_file (unconditional --samples needs a SEDD sampler).")
         prompts = [""]
     prompt_ids = prepare_prompts(args, tokenizer, diffusion_config, prompts)
@@ -345,8 +314,7 @@ def main(argv: list[str] | None = None) -> None:
                             "nfe": nfe, "batch_forwards": forwards})
 
     settings = {"model": args.model, "seed": args.seed, "append_dff": args.append_dff, "suffix": args.suffix,
-                "sampler": "causal" if config is None else
-                "sedd" if isinstance(config, SeddSamplerConfig) else "diffusion"}
+                "sampler": sampler_name(args, diffusion_config)}
     settings.update(dataclasses.asdict(config) if config is not None
                     else {"gen_length": args.gen_length, "temperature": args.temperature})
     for (p, s), record in zip(jobs, records):

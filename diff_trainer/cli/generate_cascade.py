@@ -28,10 +28,9 @@ from diff_trainer.cli.generate import (
     encode_prompts,
     load_from_arguments,
     shown_mask_id,
-    stop_ids,
 )
-from diff_trainer.render import render_gif
-from diff_trainer.sedd_sampling import run_sampler
+from diff_trainer.sampling.render import render_gif
+from diff_trainer.sampling.settings import run_sampler, stop_ids
 
 
 def build_parser() -> argparse.ArgumentParser:

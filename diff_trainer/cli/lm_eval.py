@@ -14,6 +14,8 @@ import argparse
 import json
 import os
 
+from diff_trainer.cli.generate import open_checkpoint
+from diff_trainer.data.pipeline import bos_prefix
 from diff_trainer.devices import DEVICE_CHOICES_HELP, DTYPE_CHOICES, checkpoint_dtype, resolve_device, resolve_dtype
 from diff_trainer.eval.confidence import accuracy_intervals
 
@@ -48,11 +50,9 @@ def parse_model_args(text: str) -> dict[str, str]:
 
 def build_model(args, model_args: dict):
     """The harness model for the checkpoint: diffusion_lm, or the harness's `hf` model for a causal checkpoint."""
-    from lm_eval.models.huggingface import HFLM
+    from lm_eval.models.huggingface import HFLM  # the [eval] extra: imported when the command runs
 
-    from diff_trainer.cli.generate import open_checkpoint
-    from diff_trainer.data.pipeline import bos_prefix
-    from diff_trainer.eval.harness import DiffusionLM
+    from diff_trainer.eval.harness import DiffusionLM  # registers diffusion_lm with lm_eval
 
     device = resolve_device(args.device)
     dtype = str(resolve_dtype(args.dtype, device, checkpoint_dtype(args.model))).removeprefix("torch.")

@@ -143,7 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--each_from_start", action="store_true",
                         help="every stage starts from scratch / --from_pretrained instead of the previous stage")
     parser.add_argument("--resume", action="store_true", help="continue interrupted stages from their checkpoints")
-    parser.add_argument("--script", default="run_clm_diff.py", help="path of run_clm_diff.py (default: ./)")
     return parser
 
 
@@ -154,15 +153,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--stages must be increasing stage numbers from 1, got {' '.join(map(str, args.stages))}.")
     if args.from_pretrained and not Path(args.from_pretrained).is_dir():
         parser.error(f"--from_pretrained {args.from_pretrained}: no such checkpoint directory.")
-    if not Path(args.script).is_file():
-        parser.error(f"{args.script} not found: run from the repository root or pass --script.")
     try:
         runs = stage_runs(Path(args.config_dir), args.stages, args.from_pretrained, args.each_from_start)
         check_starting_points(runs, args.stages)
         refuse_interrupted({name: Path(flags["output_dir"]) for name, flags in runs.items()}, args.resume)
         for name, flags in runs.items():
             source = flags.get("model_name_or_path", "scratch")
-            train_unless_finished(name, flags, args.script, f"from {source}")
+            train_unless_finished(name, flags, f"from {source}")
     except (RunError, OSError, yaml.YAMLError) as error:
         parser.error(str(error))
     print("Trained stages: " + " ".join(flags["output_dir"] for flags in runs.values()))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from diff_trainer.cli import generate
 from diff_trainer.cli.training_runs import RunError, name_problem, refuse_interrupted, train_unless_finished
 
 DATA_SUFFIXES = (".jsonl.zst", ".jsonl", ".json", ".txt", ".csv", ".parquet", ".json.gz")
@@ -80,8 +81,6 @@ def run_config(config: dict, name: str, source: str, max_steps: int | None = Non
 
 def write_samples(output_dir: Path, samples_file: Path, settings: dict) -> list[str]:
     """Unconditional samples of a trained corpus model (diff-generate), one per line."""
-    from diff_trainer.cli import generate
-
     argv = ["--model", str(output_dir), "--output", str(samples_file)]
     for key, value in settings.items():
         argv += [f"--{key}", str(value)]
@@ -121,7 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue interrupted corpora from their checkpoints")
     parser.add_argument("--max_steps", type=int, default=None,
                         help="train every selected corpus for this many steps (replaces the file's max_steps)")
-    parser.add_argument("--script", default="run_clm_diff.py", help="path of run_clm_diff.py (default: ./)")
     return parser
 
 
@@ -140,8 +138,6 @@ def main(argv: list[str] | None = None) -> None:
         runs = {name: run_config(config, name, args.config, args.max_steps) for name in names}
     except (CorporaError, OSError, yaml.YAMLError) as error:
         parser.error(str(error))
-    if not Path(args.script).is_file():
-        parser.error(f"{args.script} not found: run from the repository root or pass --script.")
     try:
         refuse_interrupted({name: Path(flags["output_dir"]) for name, flags in runs.items()}, args.resume)
     except RunError as error:
@@ -150,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for name, flags in runs.items():
         try:
-            train_unless_finished(name, flags, args.script, config["datasets"][name].get("description", ""))
+            train_unless_finished(name, flags, config["datasets"][name].get("description", ""))
         except RunError as error:
             parser.error(f"corpus {name}: {error}")
         output_dir = Path(flags["output_dir"])

@@ -1,5 +1,6 @@
-"""run_clm_diff.py runs launched one after another by the multi-run commands (diff-train-corpora,
-diff-train-cascade): each run's flags are written to `<output_dir>/run_config.yaml` and trained in a fresh process;
+"""Training runs launched one after another by the multi-run commands (diff-train-corpora, diff-train-cascade): each
+run's flags are written to `<output_dir>/run_config.yaml` and trained in a fresh process (`python -m
+diff_trainer.cli.train`, the code of run_clm_diff.py, so the commands work from any directory);
 a finished run (it has train_results.json, written after the final model) is skipped, an interrupted one (it has
 checkpoint-N directories but no results) is continued with --resume.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 import yaml
 
 FINISHED_FILE = "train_results.json"
+TRAIN_COMMAND = (sys.executable, "-m", "diff_trainer.cli.train")
 
 
 class RunError(ValueError):
@@ -46,13 +48,13 @@ def refuse_interrupted(output_dirs: dict[str, Path], resume: bool) -> None:
                        "them, or delete their directories to start over.")
 
 
-def train(flags: dict, script: str, resume: bool) -> None:
-    """Write the run's run_config.yaml and run run_clm_diff.py on it in a fresh process."""
+def train(flags: dict, resume: bool) -> None:
+    """Write the run's run_config.yaml and train on it in a fresh process."""
     output_dir = Path(flags["output_dir"])
     output_dir.mkdir(parents=True, exist_ok=True)
     config_file = output_dir / "run_config.yaml"
     config_file.write_text(yaml.safe_dump(flags, sort_keys=False), encoding="utf-8")
-    command = [sys.executable, script, str(config_file)] + (["--resume", "true"] if resume else [])
+    command = [*TRAIN_COMMAND, str(config_file)] + (["--resume", "true"] if resume else [])
     try:
         subprocess.run(command, check=True)
     except subprocess.CalledProcessError as error:
@@ -61,10 +63,10 @@ def train(flags: dict, script: str, resume: bool) -> None:
         raise RunError(f"run_clm_diff.py {config_file} ended without {FINISHED_FILE} in {output_dir}.")
 
 
-def train_unless_finished(name: str, flags: dict, script: str, description: str = "") -> str:
+def train_unless_finished(name: str, flags: dict, description: str = "") -> str:
     """Train the run `name` (continuing it when interrupted) unless it is finished; returns the state it had."""
     state = status(Path(flags["output_dir"]))
     print(f"== {name}: {description} [{state}]", flush=True)
     if state != "finished":
-        train(flags, script, resume=state == "interrupted")
+        train(flags, resume=state == "interrupted")
     return state

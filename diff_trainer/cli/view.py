@@ -18,13 +18,11 @@ from diff_trainer.cli.generate import (
     encode_suffix,
     load_from_arguments,
     prepare_prompts,
-    sampler_config,
-    sedd_sampler_config,
+    sampler_flags,
     shown_mask_id,
-    uses_sedd_sampler,
 )
-from diff_trainer.render import TokenPieces, render_gif, render_text
-from diff_trainer.sedd_sampling import run_sampler
+from diff_trainer.sampling.render import TokenPieces, render_gif, render_text
+from diff_trainer.sampling.settings import run_sampler, sampler_for
 
 CLEAR_SCREEN = "\x1b[2J\x1b[H"
 
@@ -59,10 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     if diffusion_config is None:
         parser.error(f"{args.model} is a causal checkpoint (no diffusion_config): it has no denoising steps to show.")
     try:
-        if uses_sedd_sampler(args, diffusion_config):
-            config = sedd_sampler_config(args, diffusion_config, tokenizer, model)
-        else:
-            config = sampler_config(args, diffusion_config, tokenizer)
+        config = sampler_for(model, tokenizer, **sampler_flags(args))
         prompt_ids = prepare_prompts(args, tokenizer, diffusion_config, [args.prompt])
         result = run_sampler(model, prompt_ids, config, encode_suffix(tokenizer, args.suffix), seed=args.seed,
                              trace=True)

@@ -18,7 +18,6 @@ from .forward import _uniform, mask_tokens, sample_times
 
 SEDD_NOISES = ("loglinear", "geometric")
 SEDD_GRAPHS = ("absorb", "uniform")
-SEDD_OBJECTIVES = ("sedd_absorb", "sedd_uniform")  # --diffusion_objective values, one per graph
 TIME_EPS = 1e-3  # training times t = (1 − ε)u + ε
 SAMPLING_EPS = 1e-5  # the sampler's last time
 

@@ -1,4 +1,4 @@
-"""Model classes and released-checkpoint layouts; importing a module registers its classes with the transformers
-Auto* factories (DDiT) or its loader with `modeling.CHECKPOINT_LOADERS` (SEDD, LLaDA, Dream: see `conversion`)."""
+"""Model classes and released-checkpoint layouts. Importing the package registers the DDiT and TimeConditionedLM
+classes with the transformers Auto* factories and the LLaDA, Dream and SEDD layouts with `models.registry`."""
 
-from . import ddit, sedd_checkpoint, time_conditioning  # noqa: F401
+from . import conversion, ddit, sedd_checkpoint, time_conditioning  # noqa: F401

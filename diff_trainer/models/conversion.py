@@ -18,7 +18,10 @@ from types import ModuleType
 import torch
 
 from ..data.io import staged_directory
+from ..devices import torch_dtype
+from ..diffusion_config import write_diffusion_config
 from . import dream, llada
+from .registry import CheckpointLoader, register_loader
 
 CONFIG_FILE = "config.json"
 # Weight files in the order they are looked for; an index names the shards.
@@ -31,7 +34,7 @@ TIME_EPS = 1e-3
 
 
 @dataclass(frozen=True)
-class CheckpointLoader:
+class ReleasedLayout:
     """Recognises one published layout and loads it as a native transformers model.
 
     `family` is the module holding the layout's config mapping, weight names and default mask id (`llada` or `dream`);
@@ -53,7 +56,7 @@ class CheckpointLoader:
         """The checkpoint as a native bidirectional model in eval mode.
 
         `dtype`: a torch dtype, a name ("bfloat16"), or "auto"/None for the stored one. `trust_remote_code` and
-        `merge_lora` belong to the common loader signature (modeling.CHECKPOINT_LOADERS) and change nothing here:
+        `merge_lora` belong to the common loader signature (models.registry) and change nothing here:
         no code from the checkpoint is run, and a released checkpoint has no adapter to merge.
         """
         from accelerate import init_empty_weights
@@ -61,7 +64,7 @@ class CheckpointLoader:
 
         directory = local_directory(path)
         config = self.config(directory)
-        target_dtype = _resolve_dtype(dtype)
+        target_dtype = torch_dtype(dtype)
         options = {"attn_implementation": attn_implementation} if attn_implementation else {}
         with init_empty_weights():  # parameters on the meta device, rotary buffers computed as usual
             model = AutoModelForCausalLM.from_config(config, dtype=target_dtype or torch.float32, **options)
@@ -75,8 +78,6 @@ class CheckpointLoader:
 
     def config(self, path):
         """The native config (Llama / Qwen2) with full attention and the `diffusion_config` of this layout."""
-        from ..modeling import write_diffusion_config  # modeling registers these loaders: import it late
-
         directory = local_directory(path)
         raw = _read_json(directory / CONFIG_FILE)
         config = self.family.native_config(raw)
@@ -106,12 +107,14 @@ class CheckpointLoader:
         return tokenizer
 
 
-LLADA_LOADER = CheckpointLoader("LLaDA", llada, shift_logits=False, tokenizer_class="PreTrainedTokenizerFast")
-DREAM_LOADER = CheckpointLoader("Dream", dream, shift_logits=True, tokenizer_class="Qwen2Tokenizer")
+LLADA_LOADER = ReleasedLayout("LLaDA", llada, shift_logits=False, tokenizer_class="PreTrainedTokenizerFast")
+DREAM_LOADER = ReleasedLayout("Dream", dream, shift_logits=True, tokenizer_class="Qwen2Tokenizer")
 LOADERS = (LLADA_LOADER, DREAM_LOADER)
+for _layout in LOADERS:
+    register_loader(CheckpointLoader(_layout.matches, _layout.load, load_tokenizer=_layout.load_tokenizer))
 
 
-def find_loader(path) -> CheckpointLoader | None:
+def find_loader(path) -> ReleasedLayout | None:
     """The loader for a LLaDA / Dream checkpoint at `path`, or None for anything else."""
     if path is None:
         return None
@@ -240,18 +243,6 @@ def _load_weights(model, directory: Path, native_name, dtype, device) -> None:
     model.load_state_dict(state, strict=False, assign=True)
     if tied:
         model.tie_weights()
-
-
-def _resolve_dtype(dtype):
-    """A torch dtype, or None for "auto" / None (keep what the checkpoint stores)."""
-    if dtype is None or dtype == "auto":
-        return None
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    resolved = getattr(torch, str(dtype), None)
-    if not isinstance(resolved, torch.dtype):
-        raise ValueError(f"Unknown dtype {dtype!r}: use float32, bfloat16, float16 or auto.")
-    return resolved
 
 
 def _read_config(path) -> dict | None:

@@ -16,7 +16,7 @@ from transformers.modeling_outputs import MaskedLMOutput
 
 from ..data.char_tokenizer import register_char_tokenizer
 from ..diffusion.sedd import scale_log_score_by_sigma, zero_input_entry
-from .registration import register_auto_model
+from .registration import OwnedWeightsMixin, register_auto_model
 
 FREQUENCY_EMBEDDING_SIZE = 256
 MAX_PERIOD = 10_000
@@ -169,7 +169,7 @@ class DDiTFinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
 
-class DDiTPreTrainedModel(PreTrainedModel):
+class DDiTPreTrainedModel(OwnedWeightsMixin, PreTrainedModel):
     config_class = DDiTConfig
     base_model_prefix = ""
     main_input_name = "input_ids"

@@ -6,34 +6,21 @@ that layout (the authors use GPT-2's): it comes from the directory when present,
 """
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import ByT5Tokenizer
 
-from ..modeling import CHECKPOINT_LOADERS, CheckpointLoader
+from ..devices import torch_dtype
+from ..diffusion_config import sedd_diffusion_config
 from .ddit import DDiTConfig, DDiTModel
+from .loading import load_saved_tokenizer
+from .registry import CheckpointLoader, register_loader
 
 HYDRA_GROUPS = ("tokens", "graph", "noise", "model")
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json")
 SEDD_MASK_TOKEN = "[MASK]"
-
-
-def sedd_diffusion_config(*, graph: str, noise: str, sigma_min: float, sigma_max: float, mask_token_id,
-                          time_eps: float = 1e-3, dff_token=None) -> dict:
-    """The `diffusion_config` of a SEDD checkpoint: what the samplers and the ELBO read back."""
-    return {
-        "objective": f"sedd_{graph}",
-        "graph": graph,
-        "mask_token_id": None if mask_token_id is None else int(mask_token_id),
-        "noise": noise,
-        "sigma_min": float(sigma_min),
-        "sigma_max": float(sigma_max),
-        "time_eps": float(time_eps),
-        "shift_logits": False,
-        "dff_token": dff_token,
-    }
 
 
 def _hydra_config(path) -> dict | None:
@@ -103,8 +90,8 @@ def load_sedd_checkpoint(path, dtype=None, **_) -> DDiTModel:
     if missing or unexpected:
         raise ValueError(f"{path}: the weights do not match the DDiT layout of config.json "
                          f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]}).")
-    if dtype not in (None, "auto"):
-        model = model.to(getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    if torch_dtype(dtype) is not None:
+        model = model.to(torch_dtype(dtype))
     return model.eval()
 
 
@@ -113,8 +100,6 @@ def load_sedd_tokenizer(path, tokenizer_name=None):
 
     The tokenizer must have exactly `tokens` entries, so that id `tokens` is the MASK state.
     """
-    from diff_trainer.modeling import load_saved_tokenizer
-
     path = Path(path)
     hydra = _hydra_config(path)
     source = str(path) if any((path / name).is_file() for name in TOKENIZER_FILES) else tokenizer_name
@@ -122,8 +107,6 @@ def load_sedd_tokenizer(path, tokenizer_name=None):
         raise ValueError(f"{path} holds no tokenizer (SEDD checkpoints do not ship one; louaaron/sedd-small uses "
                          "GPT-2's): pass --tokenizer_name gpt2 or a directory holding that tokenizer.")
     if source == "byte":
-        from transformers import ByT5Tokenizer
-
         tokenizer = ByT5Tokenizer()
     else:
         tokenizer = load_saved_tokenizer(source)
@@ -136,16 +119,6 @@ def load_sedd_tokenizer(path, tokenizer_name=None):
     return tokenizer
 
 
-@dataclass(frozen=True)
-class SeddLoader(CheckpointLoader):
-    """The SEDD layout's loader; its tokenizer must fit the checkpoint's ids, so it is built here too."""
-
-    def load_tokenizer(self, path, tokenizer_name=None):
-        """The checkpoint's tokenizer with MASK at the absorbing id, before any other token (<DFF>) is added."""
-        return load_sedd_tokenizer(path, tokenizer_name)
-
-    tokenizer_for_ids = load_tokenizer  # modeling.load_tokenizer: training from the checkpoint keeps its ids
-
-
-SEDD_LOADER = SeddLoader(is_sedd_checkpoint, load_sedd_checkpoint)
-CHECKPOINT_LOADERS.append(SEDD_LOADER)
+# the tokenizer fits the checkpoint's ids (MASK at the absorbing id, before <DFF> is added): training keeps it
+SEDD_LOADER = register_loader(CheckpointLoader(
+    is_sedd_checkpoint, load_sedd_checkpoint, load_tokenizer=load_sedd_tokenizer, tokenizer_for_ids=load_sedd_tokenizer))

@@ -12,7 +12,7 @@ from transformers.modeling_outputs import MaskedLMOutput
 
 from ..diffusion.sedd import scale_log_score_by_sigma, zero_input_entry
 from .ddit import FREQUENCY_EMBEDDING_SIZE, NoiseLevelEmbedder
-from .registration import register_auto_model
+from .registration import OwnedWeightsMixin, register_auto_model
 
 
 class TimeConditionedConfig(PretrainedConfig):
@@ -34,7 +34,7 @@ class TimeConditionedConfig(PretrainedConfig):
         return self.base_config.get_text_config(*args, **kwargs)
 
 
-class TimeConditionedLM(PreTrainedModel):
+class TimeConditionedLM(OwnedWeightsMixin, PreTrainedModel):
     """A language model whose input embeddings get the noise-level embedding c(σ̄) added at every position."""
 
     config_class = TimeConditionedConfig

@@ -59,12 +59,12 @@ def cascade_data(tmp_path_factory) -> dict:
 
 
 def run_in_process(command, check):
-    """subprocess.run stand-in for `python run_clm_diff.py CONFIG [--resume true]`: the same main(), no new
-    interpreter (saves the import time of each stage)."""
-    import run_clm_diff
+    """subprocess.run stand-in for `python -m diff_trainer.cli.train CONFIG [--resume true]`: the same main(), no
+    new interpreter (saves the import time of each stage)."""
+    from diff_trainer.cli import train
 
-    assert command[1].endswith("run_clm_diff.py") and check
-    run_clm_diff.main(command[2:])
+    assert command[1:3] == ["-m", "diff_trainer.cli.train"] and check
+    train.main(command[3:])
     return subprocess.CompletedProcess(command, 0)
 
 

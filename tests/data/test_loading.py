@@ -8,7 +8,7 @@ import pytest
 import zstandard
 from datasets import Dataset, DatasetDict
 
-from diff_trainer.arguments import DataArguments
+from diff_trainer.training.args.data import DataArguments
 from diff_trainer.data.loading import DataError, load_raw_datasets
 
 RECORDS = [{"text": f"context {i}<DFF>diff {i}", "id": i} for i in range(20)]

@@ -7,7 +7,7 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from conftest import make_byte_tokenizer
-from diff_trainer.arguments import DataArguments
+from diff_trainer.training.args.data import DataArguments
 from diff_trainer.data.labels import IGNORE_INDEX as I
 from diff_trainer.data.loading import DataError, load_raw_datasets
 from diff_trainer.data.pipeline import LAYOUT_FILE, Preprocessor, RowLayout

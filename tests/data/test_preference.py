@@ -10,7 +10,7 @@ from conftest import make_byte_tokenizer
 from datasets import Dataset, DatasetDict
 
 from diff_trainer.data.io import write_jsonl
-from diff_trainer.arguments import PreferenceDataArguments
+from diff_trainer.training.args.data import PreferenceDataArguments
 from diff_trainer.data.loading import DataError
 from diff_trainer.data.preference import (
     PreferenceCollator,

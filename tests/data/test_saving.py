@@ -12,7 +12,7 @@ import pytest
 from datasets import Dataset, DatasetDict, load_from_disk
 
 from conftest import make_byte_tokenizer
-from diff_trainer.arguments import DataArguments
+from diff_trainer.training.args.data import DataArguments
 from diff_trainer.data.loading import DataError, load_raw_datasets
 from diff_trainer.data.pipeline import Preprocessor
 from diff_trainer.data.saving import save_final_dataset

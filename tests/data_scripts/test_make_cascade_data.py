@@ -11,6 +11,8 @@ import pytest
 
 from diff_trainer.data.io import read_jsonl, write_jsonl
 
+pytest.importorskip("yake", reason="the keyword stages need the [data] extra: pip install -e '.[data]'")
+
 SCRIPT = Path(__file__).resolve().parents[2] / "data_scripts" / "make_cascade_data.py"
 _spec = importlib.util.spec_from_file_location("make_cascade_data", SCRIPT)
 cascade = importlib.util.module_from_spec(_spec)

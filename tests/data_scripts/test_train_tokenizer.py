@@ -5,7 +5,7 @@ import json
 import pytest
 
 from data_scripts.train_tokenizer import main
-from diff_trainer.modeling import load_saved_tokenizer
+from diff_trainer.models.loading import load_saved_tokenizer
 
 
 def write_corpus(path, texts):

@@ -7,13 +7,13 @@ import pytest
 import torch
 from conftest import make_byte_tokenizer, make_tiny_llama, make_tiny_sedd
 
-pytest.importorskip("lm_eval")
+pytest.importorskip("lm_eval", reason="needs the [eval] extra: pip install -e '.[eval]'")
 
 from diff_trainer.diffusion.elbo import elbo_nll  # noqa: E402
 from diff_trainer.eval.harness import DiffusionLM  # noqa: E402
-from diff_trainer.sampling import generate  # noqa: E402
-from diff_trainer.sedd_objective import SeddObjective  # noqa: E402
-from diff_trainer.sedd_sampling import sedd_generate  # noqa: E402
+from diff_trainer.sampling.masked import generate  # noqa: E402
+from diff_trainer.objectives.sedd import SeddObjective  # noqa: E402
+from diff_trainer.sampling.sedd import sedd_generate  # noqa: E402
 
 
 def request(*args):
@@ -198,7 +198,8 @@ def test_sedd_uniform_greedy_is_whether_the_continuation_is_a_fixed_point(tokeni
     lm = DiffusionLM(model=make_tiny_sedd(tokenizer, "uniform"), tokenizer=tokenizer, mc_num=1)
     log_weights = torch.zeros(len(tokenizer))
     log_weights[7], log_weights[9] = 2.0, 1.0
-    monkeypatch.setattr(lm, "_sedd_log_score", lambda ids, sigma: log_weights - log_weights[ids][..., None])
+    monkeypatch.setattr(type(lm.objective), "log_score",
+                        lambda self, model, ids, sigma, attention: log_weights - log_weights[ids][..., None])
     context = encode(tokenizer, "abs(x)<DFF>")
     assert lm.one_step_greedy(context, [7, 7]) is True
     assert lm.one_step_greedy(context, [7, 9]) is False

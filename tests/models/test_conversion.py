@@ -203,8 +203,8 @@ def test_special_ids_are_read_from_the_tokenizer_files(llada_checkpoint, dream_c
 def test_a_hub_name_loads_through_the_same_loaders_for_sampling_and_training(llada_checkpoint, monkeypatch):
     import huggingface_hub
 
-    from diff_trainer.arguments import ModelArguments
-    from diff_trainer.modeling import load_checkpoint, load_model, load_tokenizer
+    from diff_trainer.training.args.model import ModelArguments
+    from diff_trainer.models.loading import load_checkpoint, load_model, load_tokenizer
 
     directory, _ = llada_checkpoint
     hub_name = "GSAI-ML/LLaDA-8B-Instruct"

@@ -1,5 +1,6 @@
 """The DDiT against an independent forward pass written from DESIGN.md §3b, and its transformers round trip."""
 
+import itertools
 import math
 
 import pytest
@@ -34,12 +35,14 @@ def test_padding_and_positions():
     sigma = torch.tensor([1.0])
     alone = model(row, sigma=sigma).logits
     inside = model(padded, sigma=sigma, attention_mask=mask, position_ids=positions).logits[:, 2:]
-    assert torch.allclose(alone, inside, atol=1e-5)
+    # other shapes take other CPU kernels: float32 rounding relative to logits of size ~10, not bitwise equality
+    torch.testing.assert_close(inside, alone, rtol=1e-5, atol=1e-5)
     reference = reference_forward(model.state_dict(), padded, sigma, 4, False, positions, mask)[:, 2:]
-    assert torch.allclose(inside.double(), reference, atol=1e-4)
+    torch.testing.assert_close(inside.double(), reference, rtol=1e-5, atol=1e-4)
 
 
 def test_fresh_model_is_zero_initialised_and_round_trips(tmp_path):
+    """Saved and loaded back, the model computes bit for bit what it computed before (same weights, same kernels)."""
     config = DDiTConfig(**TINY)
     model = AutoModel.from_config(config)
     assert isinstance(model, DDiTModel)
@@ -50,6 +53,8 @@ def test_fresh_model_is_zero_initialised_and_round_trips(tmp_path):
     model.save_pretrained(tmp_path)
     assert AutoConfig.from_pretrained(tmp_path).model_type == "ddit"
     loaded = AutoModel.from_pretrained(tmp_path).eval()
+    # the 13-entry output bias puts the file's later tensors 4 bytes off alignment: the loaded ones are copied out
+    assert all(t.data_ptr() % 64 == 0 for t in itertools.chain(loaded.parameters(), loaded.buffers()))
     sigma = torch.tensor([0.7])
     assert torch.equal(loaded(ids, sigma=sigma).logits, model.eval()(ids, sigma=sigma).logits)
 

@@ -50,7 +50,7 @@ def test_converted_logits_equal_the_independent_dream_forward(dream_checkpoint):
 
 
 def test_retraining_without_shift_logits_is_refused(dream_checkpoint):
-    from diff_trainer.modeling import write_diffusion_config
+    from diff_trainer.diffusion_config import write_diffusion_config
 
     config = DREAM_LOADER.config(dream_checkpoint[0])
     with pytest.raises(ValueError, match="--shift_logits"):

@@ -101,6 +101,23 @@ def test_diff_generate_reads_mask_and_both_stop_ids(workspace, which, tmp_path):
     assert len(records) == 2 and all(r["nfe"] <= 4 for r in records)
 
 
+@pytest.mark.parametrize("which", ["released", "converted"])
+def test_the_harness_and_diff_generate_build_equal_sampler_settings(workspace, which):
+    """Both build their settings with sampling.settings.sampler_for: the harness also stops at the recorded
+    end-of-turn id and never commits the special tokens diff-generate forbids."""
+    pytest.importorskip("lm_eval")
+    from diff_trainer.eval.harness import DiffusionLM
+
+    parser = generate.build_parser()
+    args = parser.parse_args(["--model", workspace[which], "--gen_length", "8", "--steps", "4", "--block_length", "4"])
+    model, tokenizer, diffusion_config = generate.load_from_arguments(parser, args)
+    command = generate.checked_sampler_config(parser, args, diffusion_config, [[1]], model, tokenizer)
+    harness = DiffusionLM(model=model, tokenizer=tokenizer, steps=4, block_length=4).sampler_config(max_gen_toks=8)
+    assert harness == command
+    assert harness.eos_token_id == (126081, 126348) and harness.forbidden_token_ids
+    assert not set(harness.forbidden_token_ids) & {126081, 126348}
+
+
 def masked_loss(model, ids, masked):
     noisy = ids.masked_fill(masked, 126336)
     losses = masked_token_losses(model(input_ids=noisy).logits, ids, masked, shift=False)

@@ -130,7 +130,7 @@ def test_fine_tuning_from_the_layout_keeps_mask_id_and_adds_dff(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from diff_trainer.cli import generate
-    from test_sedd_objective import ROOT, run_clm_diff
+    from objectives.test_sedd import ROOT, run_clm_diff
 
     tokens = len(gpt2_like_tokenizer(tmp_path / "gpt2_like"))
     hydra, state = sedd_small_layout(tokens, "absorb")
@@ -160,9 +160,10 @@ def test_fine_tuning_from_the_layout_keeps_mask_id_and_adds_dff(tmp_path):
 
 
 def test_fine_tuning_refuses_a_tokenizer_or_graph_the_checkpoint_did_not_learn(tmp_path):
-    from diff_trainer.arguments import ModelArguments
-    from diff_trainer.modeling import add_special_tokens, load_tokenizer, prepare_model
-    from test_sedd_objective import SETTINGS
+    from diff_trainer.training.args.model import ModelArguments
+    from diff_trainer.models.loading import add_special_tokens, load_tokenizer
+    from diff_trainer.training.model import prepare_model
+    from objectives.test_sedd import SETTINGS
 
     tokens = len(ByT5Tokenizer())
     hydra, state = sedd_small_layout(tokens, "absorb")
@@ -185,7 +186,7 @@ def test_fine_tuning_refuses_a_tokenizer_or_graph_the_checkpoint_did_not_learn(t
 def test_dpo_refuses_a_sedd_layout_checkpoint(tmp_path):
     import importlib.util
 
-    from test_sedd_objective import ROOT
+    from objectives.test_sedd import ROOT
 
     spec = importlib.util.spec_from_file_location("run_diffusion_dpo", ROOT / "run_diffusion_dpo.py")
     run_diffusion_dpo = importlib.util.module_from_spec(spec)
@@ -204,7 +205,7 @@ def test_dpo_refuses_a_sedd_layout_checkpoint(tmp_path):
 def test_lora_fine_tuning_from_the_layout_samples(tmp_path):
     """--use_lora on the DDiT of a layout directory: adapters plus the new rows, reloaded by diff-generate."""
     from diff_trainer.cli import generate
-    from test_sedd_objective import ROOT, run_clm_diff
+    from objectives.test_sedd import ROOT, run_clm_diff
 
     hydra, state = sedd_small_layout(len(ByT5Tokenizer()), "absorb")
     write_checkpoint(tmp_path / "sedd", hydra, state)

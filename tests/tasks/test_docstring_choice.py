@@ -15,7 +15,7 @@ import torch
 import zstandard
 from conftest import make_byte_tokenizer, make_tiny_llama
 
-pytest.importorskip("lm_eval")
+pytest.importorskip("lm_eval", reason="needs the [eval] extra: pip install -e '.[eval]'")
 
 from diff_trainer.cli import lm_eval as cli  # noqa: E402
 from diff_trainer.diffusion.forward import mask_tokens, sample_times  # noqa: E402
@@ -40,7 +40,7 @@ def write_zst(path: Path, texts: list[str]) -> None:
     path.write_bytes(zstandard.ZstdCompressor().compress(lines.encode()))
 
 
-def train_masked_diffusion(records: list[str], steps: int = 250):
+def train_masked_diffusion(records: list[str], steps: int = 250, seed: int = 0):
     """A tiny masked-diffusion Llama trained full-batch on the records (the marker and what follows are learnt,
     EOS-padded on the right; masking probability (1 − 0.3)·t + 0.3, weight 1/p)."""
     tokenizer = make_byte_tokenizer()
@@ -49,9 +49,9 @@ def train_masked_diffusion(records: list[str], steps: int = 250):
     ids = torch.tensor([row + [tokenizer.eos_token_id] * (width - len(row)) for row in rows])
     marker = tokenizer.convert_tokens_to_ids(DFF)
     maskable = torch.arange(width) >= torch.tensor([row.index(marker) for row in rows])[:, None]
-    model = make_tiny_llama(len(tokenizer), max_position_embeddings=64).train()
+    model = make_tiny_llama(len(tokenizer), seed=seed, max_position_embeddings=64).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         mask_prob = 0.7 * sample_times(len(ids), generator=generator) + 0.3
         noisy, masked = mask_tokens(ids, maskable, mask_prob, tokenizer.mask_token_id, generator)
@@ -82,11 +82,14 @@ def workdir(tmp_path_factory):
 
 
 def test_a_model_trained_on_the_corpus_scores_far_above_chance(workdir, monkeypatch):
+    """Chance is 0.25. Measured over training seeds 0-3 (`train_masked_diffusion(records, seed=s)`, mc_num 16):
+    acc 0.91-1.00 and acc_mutual_info 0.69-1.00 (mutual information subtracts a second Monte-Carlo bound, and how
+    well a 250-step model knows the unconditional docstring varies with the seed). The floors sit below every
+    measured run yet far above guessing: 26 of 32 has probability 4e-11 by chance, 18 of 32 2e-4."""
     monkeypatch.chdir(workdir)
     results = cli.evaluate(["--model", "model", "--tasks", "docstring_choice", "--include_path", "tasks",
-                            "--model_args", "mc_num=4,batch_size=64,seed=0"])
-    # chance is 0.25: 26 or more right of 32 by guessing has probability below 1e-9
+                            "--model_args", "mc_num=16,batch_size=64,seed=0"])
     intervals = {row["metric"]: row for row in accuracy_intervals(results)}
-    for metric in ("acc_mutual_info,none", "acc,none"):
-        assert results["results"]["docstring_choice"][metric] >= 26 / NUM_RECORDS
-        assert intervals[metric]["items"] == NUM_RECORDS and intervals[metric]["low_95"] > 0.5
+    for metric, floor, interval_floor in (("acc,none", 26, 0.5), ("acc_mutual_info,none", 18, 0.25)):
+        assert results["results"]["docstring_choice"][metric] >= floor / NUM_RECORDS, metric
+        assert intervals[metric]["items"] == NUM_RECORDS and intervals[metric]["low_95"] > interval_floor, metric

@@ -16,7 +16,7 @@ async function fetchOk(url, what) {
   try {
     response = await fetch(url);
   } catch (error) {
-    throw new Error(`could not fetch ${what} from ${url}: ${error.message}`);
+    throw new Error(`could not fetch ${what} from ${url}: ${error.message}`, { cause: error });
   }
   if (!response.ok) throw new Error(`could not fetch ${what} from ${url}: HTTP ${response.status}.`);
   return response;
@@ -30,7 +30,7 @@ export async function loadExport(baseUrl) {
   try {
     config = await response.json();
   } catch (error) {
-    throw new Error(`${configUrl} is not valid JSON (${error.message}): re-run diff-export-onnx.`);
+    throw new Error(`${configUrl} is not valid JSON (${error.message}): re-run diff-export-onnx.`, { cause: error });
   }
   if (config.format !== FORMAT_VERSION || config.objective !== OBJECTIVE) {
     throw new Error(`${configUrl} is format ${config.format} with objective "${config.objective}"; this page `
@@ -42,7 +42,7 @@ export async function loadExport(baseUrl) {
   try {
     session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"] });
   } catch (error) {
-    throw new Error(`onnxruntime-web could not load ${modelUrl}: ${error.message ?? error}`);
+    throw new Error(`onnxruntime-web could not load ${modelUrl}: ${error.message ?? error}`, { cause: error });
   }
   const vocabSize = config.tokens.vocab_size;
 
