@@ -410,6 +410,19 @@ GENERATE_CASES = [
     ("--output in a missing directory", lambda r: ["--model", str(r / "causal"), "--output",
                                                    str(r / "missing" / "out.jsonl")], 2,
      r"--output \S*missing/out\.jsonl: its directory does not exist; create it first"),
+    # checked when the flags are parsed: the model directory "nope" is never opened (that would be status 1)
+    *((f"--temperature {value}", lambda r, value=value: ["--model", str(r / "nope"), "--temperature", value], 2,
+       rf"argument --temperature: {value} is not a temperature: give a finite number >= 0")
+      for value in ("nan", "inf", "-0.5")),
+    ("--temperature -1 on a causal checkpoint", lambda r: ["--model", str(r / "causal"), "--temperature", "-1"], 2,
+     r"argument --temperature: -1 is not a temperature"),
+    *((f"--threshold {value}", lambda r, value=value: ["--model", str(r / "nope"), "--threshold", value], 2,
+       rf"argument --threshold: {value} is not a confidence threshold: give a number in \(0, 1\]")
+      for value in ("0", "1.5", "-0.2", "nan")),
+    ("--threshold that is not a number", lambda r: ["--model", str(r / "nope"), "--threshold", "high"], 2,
+     r"argument --threshold: 'high' is not a number"),
+    ("--output that is a directory", lambda r: ["--model", str(r / "nope"), "--output", str(r)], 2,
+     r"--output \S+ is a directory; give the name of a file to write"),
 ]
 
 
@@ -423,6 +436,24 @@ def test_bad_generate_arguments(checkpoints, capsys, argv, status, message):
     assert code == status, err
     assert re.search(message, err), err
     assert not (checkpoints / "missing").exists()
+
+
+@pytest.mark.parametrize("command, flag", [("view", "--gif"), ("cascade", "--gif"), ("cascade", "--output")])
+@pytest.mark.parametrize("where", ["a directory", "a missing directory"])
+def test_gif_and_output_files_are_checked_before_any_model_loads(tmp_path, capsys, command, flag, where):
+    from diff_trainer.cli import generate_cascade, view
+
+    target = tmp_path if where == "a directory" else tmp_path / "missing" / "out.jsonl"
+    model = ["--model", str(tmp_path / "nope"), "--prompt", "1+1="] if command == "view" else \
+        ["--stages", str(tmp_path / "nope")]
+    with pytest.raises(SystemExit) as stopped:  # the model directory does not exist: it is never opened
+        (view if command == "view" else generate_cascade).main([*model, flag, str(target)])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2, err
+    expected = "is a directory; give the name of a file to write" if where == "a directory" else \
+        "its directory does not exist; create it first"
+    assert f"error: {flag} {target}" in err and expected in err, err
+    assert not (tmp_path / "missing").exists()
 
 
 PROMPT_FILE_CASES = [

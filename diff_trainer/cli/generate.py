@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 
@@ -60,6 +61,39 @@ DIFFUSION_ONLY_FLAGS = ("steps", "block_length", "remasking", "guidance_scale", 
 MASKED_SAMPLER_FLAGS = ("block_length", "remasking", "guidance_scale", "threshold", "eos_handling", "cache")
 
 
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number.") from None
+
+
+def temperature_value(text: str) -> float:
+    """--temperature: a finite number >= 0 (argparse type)."""
+    value = _number(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a temperature: give a finite number >= 0 (0 = greedy).")
+    return value
+
+
+def threshold_value(text: str) -> float:
+    """--threshold: a confidence in (0, 1] (argparse type)."""
+    value = _number(text)
+    if not 0 < value <= 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{text} is not a confidence threshold: give a number in (0, 1].")
+    return value
+
+
+def check_output_path(parser: argparse.ArgumentParser, flag: str, path: str | None) -> None:
+    """Refuse an output file (`flag` given `path`) that is a directory or whose directory does not exist."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        parser.error(f"{flag} {path} is a directory; give the name of a file to write.")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        parser.error(f"{flag} {path}: its directory does not exist; create it first.")
+
+
 def add_sampling_arguments(parser: argparse.ArgumentParser, with_model: bool = True) -> None:
     """Flags shared by diff-generate, diff-view and (without --model) diff-generate-cascade."""
     if with_model:
@@ -68,11 +102,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, with_model: bool = T
     parser.add_argument("--steps", type=int, default=None, help="denoising steps in total (default: gen_length)")
     parser.add_argument("--block_length", type=int, default=None,
                         help="semi-autoregressive block size (default: gen_length)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--temperature", type=temperature_value, default=0.0, help="0 = greedy")
     parser.add_argument("--remasking", choices=sorted(CONFIDENCE_STRATEGIES), default=None,
                         help="which predictions are committed first (default: low_confidence)")
     parser.add_argument("--guidance_scale", type=float, default=None, help="classifier-free guidance w (default 0)")
-    parser.add_argument("--threshold", type=float, default=None,
+    parser.add_argument("--threshold", type=threshold_value, default=None,
                         help="Fast-dLLM: commit every prediction at least this confident (ignores --steps)")
     parser.add_argument("--eos_handling", choices=EOS_HANDLING, default=None,
                         help="stop after a block with EOS (default), forbid EOS, rank it last, or none")
@@ -241,8 +275,6 @@ def check_arguments(parser, args, diffusion_config, prompt_ids, model, suffix_id
                          "--steps and --sedd_sampler.")
     if args.samples < 1 or args.batch_size < 1 or args.gen_length < 1:
         parser.error("--samples, --batch_size and --gen_length must be at least 1.")
-    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
-        parser.error(f"--output {args.output}: its directory does not exist; create it first.")
     limit = context_length(model)
     longest = max(len(p) for p in prompt_ids)
     if limit is not None and longest + args.gen_length + len(suffix_ids) > limit:
@@ -280,6 +312,7 @@ def checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, to
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_output_path(parser, "--output", args.output)
     try:
         prompts = read_prompts(args.prompt_file) if args.prompt_file is not None else args.prompt
     except DataError as error:
