@@ -141,6 +141,13 @@ FLAG_CASES = [
      r"--validation_split_percentage must be in \[0, 100\)"),
     ("--do_eval without validation data", lambda d: ["--train_file", str(d / "train.jsonl"), "--do_eval"], 1,
      r"--do_eval needs validation data: pass --validation_file"),
+    ("--max_eval_samples 0 with --do_eval", lambda d: ["--train_file", str(d / "train.jsonl"), "--do_eval",
+                                                       "--validation_split_percentage", "25", "--max_eval_samples",
+                                                       "0"], 1,
+     r"--do_eval has no validation records to evaluate \(--max_eval_samples 0\?\)"),
+    ("a validation split that leaves no training record", lambda d: ["--train_file", str(d / "one.jsonl"),
+                                                                     "--validation_split_percentage", "5"], 1,
+     r"--validation_split_percentage 5 of 1 training record\(s\) leaves none to train on"),
     ("block size 0", lambda d: ["--train_file", str(d / "train.jsonl"), "--block_size", "0"], 1,
      r"--block_size must be a positive number of tokens, got 0"),
     ("block size above the model's positions", lambda d: ["--train_file", str(d / "train.jsonl"),
@@ -176,12 +183,33 @@ FLAG_CASES = [
 ]
 
 
+def test_the_validation_split_refuses_exactly_the_splits_datasets_cannot_make():
+    """split_off_validation refuses where datasets' train_test_split leaves no training record, with a DataError
+    (one line) instead of datasets' ValueError (a traceback), and otherwise returns datasets' split."""
+    from datasets import Dataset
+
+    from diff_trainer.data.loading import DataError, split_off_validation
+
+    for count in range(1, 25):
+        records = Dataset.from_dict({"text": [str(i) for i in range(count)]})
+        for percentage in (5, 33.3, 50, 95, 96, 99.9):
+            try:
+                expected = records.train_test_split(test_size=percentage / 100, seed=0)
+            except ValueError:
+                with pytest.raises(DataError, match="leaves none to train on"):
+                    split_off_validation(records, percentage, 0)
+                continue
+            train, validation = split_off_validation(records, percentage, 0)
+            assert train["text"] == expected["train"]["text"] and validation["text"] == expected["test"]["text"]
+
+
 @pytest.mark.parametrize("argv, status, message", [case[1:] for case in FLAG_CASES],
                          ids=[case[0] for case in FLAG_CASES])
 def test_bad_flags(tmp_path, clm_flags, capsys, argv, status, message):
     data = tmp_path / "data"
     write(data / "train.jsonl", "\n".join(GOOD_LINES))
     write(data / "v.txt", "a<DFF>b\n")
+    write(data / "one.jsonl", GOOD_LINES[0])
     write(data / "bad.yaml", "learning_rate: 1e-3\n  max_steps: [4\n")
     write(data / "model" / "config.json", "{}")
     (data / "checkpoint-3").mkdir()

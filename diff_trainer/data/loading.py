@@ -4,6 +4,7 @@ import gzip
 import io
 import json
 import logging
+import math
 import os
 from typing import Iterator, Optional, Sequence
 
@@ -360,8 +361,8 @@ def load_raw_datasets(data_args, cache_dir: Optional[str] = None, seed: int = 42
                                       for row, problem in null_text_rows(split, text_columns).items()}
                                for name, split in raw.items()})
     if "validation" not in raw and data_args.validation_split_percentage > 0:
-        split = raw["train"].train_test_split(test_size=data_args.validation_split_percentage / 100, seed=seed)
-        raw = DatasetDict({**raw, "train": split["train"], "validation": split["test"]})
+        train, validation = split_off_validation(raw["train"], data_args.validation_split_percentage, seed)
+        raw = DatasetDict({**raw, "train": train, "validation": validation})
     raw = DatasetDict({name: raw[name] for name in ("train", "validation") if name in raw})
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
     for name, limit in limits.items():
@@ -387,11 +388,24 @@ def raise_for_bad_records(problems: dict[str, dict[int, tuple[str, str]]], shown
                         "JSON string (quote numbers, remove nulls and records without the column).")
 
 
+def split_off_validation(train, percentage: float, seed: int):
+    """(train, validation): `percentage` percent of `train` held out; a DataError when no record would be left to
+    train on (datasets holds out ceil(percentage% of the records), at least one)."""
+    if math.ceil(percentage / 100 * len(train)) >= len(train):
+        raise DataError(f"--validation_split_percentage {percentage:g} of {len(train)} training record(s) leaves none "
+                        "to train on: lower it, pass --validation_file, or add data.")
+    split = train.train_test_split(test_size=percentage / 100, seed=seed)
+    return split["train"], split["test"]
+
+
 def require_validation_data(splits, do_eval: bool) -> None:
-    """--do_eval needs a validation split: an error instead of silently skipping evaluation."""
+    """--do_eval needs validation records: an error instead of silently skipping evaluation."""
     if do_eval and splits.get("validation") is None:
         raise DataError("--do_eval needs validation data: pass --validation_file, set "
                         "--validation_split_percentage above 0, or drop --do_eval.")
+    if do_eval and len(splits["validation"]) == 0:
+        raise DataError("--do_eval has no validation records to evaluate (--max_eval_samples 0?): raise "
+                        "--max_eval_samples, or drop --do_eval.")
 
 
 def as_text_records(raw: DatasetDict, data_args, dff_token: str) -> DatasetDict:
