@@ -172,6 +172,9 @@ FLAG_CASES = [
      r"error: --gradient_accumulation_steps must be at least 1, got 0"),
     ("lora rank 0", lambda d: ["--use_lora", "--lora_r", "0"], 2, r"error: --lora_r must be at least 1"),
     ("dropout above 1", lambda d: ["--dropout", "1.2"], 2, r"error: --dropout is a probability in \[0, 1\], got 1\.2"),
+    ("--masked_lm with a decoder-only --model_type", lambda d: ["--train_diff_model", "--masked_lm"], 2,
+     r"error: --masked_lm loads an encoder with a masked-LM head \(bert, roberta, modernbert, \.\.\.\); llama has "
+     r"none\. Drop --masked_lm"),
     ("missing config file", lambda d: [str(d / "nope.yaml")], 2, r"error: config file \S*nope\.yaml does not exist"),
     ("config file that is not YAML", lambda d: [str(d / "bad.yaml")], 2,
      r"error: \S*bad\.yaml: not a valid config file: .*line 2, column"),
@@ -201,6 +204,19 @@ def test_the_validation_split_refuses_exactly_the_splits_datasets_cannot_make():
                 continue
             train, validation = split_off_validation(records, percentage, 0)
             assert train["text"] == expected["train"]["text"] and validation["text"] == expected["test"]["text"]
+
+
+def test_masked_lm_with_a_pretrained_decoder_only_model_names_it(tmp_path):
+    """The config alone is read: the refusal comes before any weights are built or loaded."""
+    from diff_trainer.data.loading import DataError
+    from diff_trainer.models.loading import load_model
+    from diff_trainer.training.args.model import ModelArguments
+
+    tokenizer = make_byte_tokenizer()
+    make_tiny_llama(len(tokenizer)).config.save_pretrained(tmp_path / "llama")  # a config.json and no weights
+    with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path / 'llama'))}: --masked_lm loads an encoder .* "
+                                        r"llama has none\."):
+        load_model(ModelArguments(model_name_or_path=str(tmp_path / "llama"), masked_lm=True), tokenizer)
 
 
 @pytest.mark.parametrize("argv, status, message", [case[1:] for case in FLAG_CASES],

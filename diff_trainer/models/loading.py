@@ -25,7 +25,7 @@ from transformers.models.auto.tokenization_auto import get_tokenizer_config
 from ..data.char_tokenizer import CHAR_TOKENIZER, CharTokenizer, build_char_tokenizer
 from ..data.loading import DataError
 from ..devices import resolve_device, torch_dtype
-from ..diffusion_config import auto_class_name
+from ..diffusion_config import auto_class_name, masked_lm_problem
 from .registry import CheckpointLoader, registered_loader
 
 BYTE_TOKENIZER = "byte"
@@ -235,6 +235,8 @@ def load_model(model_args, tokenizer):
         fit_to_tokenizer(model, tokenizer)
         return model
     config = _build_config(model_args, tokenizer)
+    if model_args.masked_lm and masked_lm_problem(config.model_type):
+        raise DataError(f"{path or model_args.config_name}: {masked_lm_problem(config.model_type)}")
     auto_class = AUTO_CLASSES[auto_class_name(config, model_args.masked_lm)]
     options = {"trust_remote_code": model_args.trust_remote_code, "dtype": torch_dtype(model_args.dtype) or "auto"}
     if model_args.attn_implementation:

@@ -3,6 +3,8 @@
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ...diffusion_config import masked_lm_problem
+
 
 @dataclass
 class ModelArguments:
@@ -55,3 +57,5 @@ class ModelArguments:
         if self.lora_r < 1 or self.lora_alpha <= 0:
             raise ValueError(f"--lora_r must be at least 1 and --lora_alpha positive, got {self.lora_r} and "
                              f"{self.lora_alpha}.")
+        if self.masked_lm and masked_lm_problem(self.model_type):
+            raise ValueError(masked_lm_problem(self.model_type))
