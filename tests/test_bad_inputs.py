@@ -206,6 +206,15 @@ def test_the_validation_split_refuses_exactly_the_splits_datasets_cannot_make():
             assert train["text"] == expected["train"]["text"] and validation["text"] == expected["test"]["text"]
 
 
+def test_a_block_size_beyond_the_positions_is_refused_before_packing(tmp_path, clm_flags, capsys, monkeypatch):
+    from diff_trainer.data import pipeline
+
+    monkeypatch.setattr(pipeline.Preprocessor, "run", lambda *_: pytest.fail("packed before --block_size was checked"))
+    train = write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
+    code, err = run_entry(run_clm_diff.main, clm_flags("--train_file", train, "--block_size", str(10**12)), capsys)
+    assert code == 1 and "error: --block_size 1000000000000 is larger than the model's 64 positions" in err, err
+
+
 def test_masked_lm_with_a_pretrained_decoder_only_model_names_it(tmp_path):
     """The config alone is read: the refusal comes before any weights are built or loaded."""
     from diff_trainer.data.loading import DataError
@@ -569,8 +578,8 @@ def test_text_columns_are_read_as_written(tmp_path, suffix):
 def test_one_non_string_among_strings_keeps_every_other_string_exact(tmp_path, value):
     """datasets types a column with one JSON number or object as numbers or JSON (and would give every string back
     with its quotes); the loader takes the strings from the file and names the record, so DPO skips exactly it."""
-    from diff_trainer.training.args.data import PreferenceDataArguments
     from diff_trainer.data.preference import load_preference_data
+    from diff_trainer.training.args.data import PreferenceDataArguments
 
     texts = ["007", "1.50", "1e3", 'say "hi"', "[1]"]
     records = [{"prompt": "a", "chosen": text, "rejected": "x", "id": i} for i, text in enumerate(texts)]

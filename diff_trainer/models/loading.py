@@ -218,6 +218,17 @@ def describe_model(model) -> str:
     return f"{type(model).__name__}: {parameters:,} parameters ({sizes})"
 
 
+def model_config(model_args, tokenizer) -> PretrainedConfig | None:
+    """The config `load_model` builds (no weights are read), or None when it cannot be had without loading a
+    model: a directory loaded as a trained checkpoint (adapter-only, a registered layout), or no model named."""
+    path = model_args.model_name_or_path
+    if path is None and not (model_args.config_name or model_args.model_type):
+        return None
+    if path is not None and needs_checkpoint_loader(path):
+        return None
+    return _build_config(model_args, tokenizer)
+
+
 def load_model(model_args, tokenizer):
     """A model from `model_name_or_path`, or a fresh one from `model_type`/`config_name`, with its auto class.
 
