@@ -228,6 +228,16 @@ def test_masked_lm_with_a_pretrained_decoder_only_model_names_it(tmp_path):
         load_model(ModelArguments(model_name_or_path=str(tmp_path / "llama"), masked_lm=True), tokenizer)
 
 
+def test_a_validation_split_that_leaves_no_training_pair_is_refused(tmp_path):
+    from diff_trainer.data.loading import DataError
+    from diff_trainer.data.preference import load_preference_data
+    from diff_trainer.training.args.data import PreferenceDataArguments
+
+    path = write(tmp_path / "pairs.jsonl", json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n")
+    with pytest.raises(DataError, match=r"--validation_split_percentage 50 of 1 training record\(s\) leaves none"):
+        load_preference_data(PreferenceDataArguments(train_file=path, validation_split_percentage=50))
+
+
 @pytest.mark.parametrize("argv, status, message", [case[1:] for case in FLAG_CASES],
                          ids=[case[0] for case in FLAG_CASES])
 def test_bad_flags(tmp_path, clm_flags, capsys, argv, status, message):
