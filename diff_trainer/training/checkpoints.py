@@ -54,8 +54,9 @@ class FiniteStepsMixin:
 
     def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
         """Refuse to write weights holding NaN or inf (an optimizer step can overflow them with a finite loss)."""
-        with torch.no_grad():
-            bad = sum((~torch.isfinite(p)).any().float() for p in self.model.parameters() if p.is_floating_point())
+        with torch.no_grad():  # each process checks its own shards (FSDP2 parameters are DTensors)
+            local = [p.to_local() if hasattr(p, "to_local") else p for p in self.model.parameters()]
+            bad = sum((~torch.isfinite(p)).any().float() for p in local if p.is_floating_point())
         bad = self.accelerator.reduce(torch.as_tensor(bad, device=self.accelerator.device).float().reshape(1), "sum")
         if float(bad) > 0:
             raise NonFiniteTraining(f"the weights hold NaN or inf values after step {self.state.global_step}; "
