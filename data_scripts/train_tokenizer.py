@@ -46,9 +46,14 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if os.path.exists(args.output_dir):
         parser.error(f"--output_dir {args.output_dir} exists; remove it or choose another directory.")
-    tokenizer = train_bpe_tokenizer(corpus_texts(args.train_file, args.text_column), args.vocab_size,
-                                    dff_token=args.dff_token, mask_token=args.mask_token,
-                                    min_frequency=args.min_frequency)
+    try:
+        tokenizer = train_bpe_tokenizer(corpus_texts(args.train_file, args.text_column), args.vocab_size,
+                                        dff_token=args.dff_token, mask_token=args.mask_token,
+                                        min_frequency=args.min_frequency)
+    except DataError as error:  # the data: one line, exit status 1
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
+    except ValueError as error:  # a flag (--vocab_size): a usage error
+        parser.error(str(error))
     with staged_directory(args.output_dir) as staging:
         tokenizer.save_pretrained(staging)
     print(f"saved a {len(tokenizer)}-id byte-level BPE to {args.output_dir}")

@@ -67,10 +67,15 @@ def resolve_dtype(name: str, device: torch.device, checkpoint_dtype=None) -> tor
 
 
 def _read_json(path: str) -> dict | None:
+    """The file's JSON object; None when it is missing or broken (the checkpoint loader then names the file)."""
     if not os.path.isfile(path):
         return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            content = json.load(handle)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return content if isinstance(content, dict) else None
 
 
 def checkpoint_dtype(path: str) -> torch.dtype | None:

@@ -17,6 +17,14 @@ AUTO_CLASS_NAMES = ("AutoModelForCausalLM", "AutoModelForMaskedLM")
 MASKED_LM_CLASS_NAMES = frozenset(MODEL_FOR_MASKED_LM_MAPPING_NAMES.values())
 
 
+def masked_lm_problem(model_type: str | None) -> str | None:
+    """Why --masked_lm cannot load a model of `model_type` (transformers has no masked-LM head for it), else None."""
+    if model_type is None or model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return None
+    return (f"--masked_lm loads an encoder with a masked-LM head (bert, roberta, modernbert, ...); {model_type} has "
+            "none. Drop --masked_lm: --train_diff_model makes a decoder-only model bidirectional itself.")
+
+
 def read_diffusion_config(config) -> dict | None:
     """The checkpoint's diffusion settings (a copy), or None for a plain causal LM."""
     diffusion_config = getattr(config, "diffusion_config", None)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import run_clm_diff  # the repository root is on pytest's pythonpath (setup.cfg)
 import run_diffusion_dpo
+import torch
 import zstandard
 from conftest import make_byte_tokenizer, make_tiny_llama
 
@@ -74,6 +75,12 @@ DATA_CASES = [
      r"train\.jsonl, line 2: 'text' is null"),
     ("JSON number text", "train.jsonl", "\n".join([GOOD_LINES[0], GOOD_LINES[1], '{"text": 7}']), [], 1,
      r"1 record\(s\) have no usable text: .*train\.jsonl, line 3: 'text' is a int, not a string"),
+    ("key given twice, a number first", "train.jsonl", "\n".join([GOOD_LINES[0], '{"text": 7, "text": "1<DFF>2"}']),
+     [], 1, r"train\.jsonl, line 2: key 'text' is given twice in a record"),
+    ("key given twice, a string first", "train.jsonl", "\n".join([GOOD_LINES[0], '{"text": "1<DFF>2", "text": "x"}']),
+     [], 1, r"train\.jsonl, line 2: key 'text' is given twice in a record"),
+    ("key given twice in a JSON document", "train.json", '[{"text": "a<DFF>b"}, {"text": 1, "text": "a<DFF>b"}]', [],
+     1, r"train\.json: key 'text' is given twice in a record"),
     ("record without the text key", "train.jsonl", "\n".join([GOOD_LINES[0], '{"body": "x"}']), [], 1,
      r"train\.jsonl, line 2: missing key 'text'"),
     ("empty CSV field", "train.csv", "text\na<DFF>b\n\"\"\nc<DFF>d\n", [], 1, r"train\.csv, record 2: 'text' is null"),
@@ -134,6 +141,13 @@ FLAG_CASES = [
      r"--validation_split_percentage must be in \[0, 100\)"),
     ("--do_eval without validation data", lambda d: ["--train_file", str(d / "train.jsonl"), "--do_eval"], 1,
      r"--do_eval needs validation data: pass --validation_file"),
+    ("--max_eval_samples 0 with --do_eval", lambda d: ["--train_file", str(d / "train.jsonl"), "--do_eval",
+                                                       "--validation_split_percentage", "25", "--max_eval_samples",
+                                                       "0"], 1,
+     r"--do_eval has no validation records to evaluate \(--max_eval_samples 0\?\)"),
+    ("a validation split that leaves no training record", lambda d: ["--train_file", str(d / "one.jsonl"),
+                                                                     "--validation_split_percentage", "5"], 1,
+     r"--validation_split_percentage 5 of 1 training record\(s\) leaves none to train on"),
     ("block size 0", lambda d: ["--train_file", str(d / "train.jsonl"), "--block_size", "0"], 1,
      r"--block_size must be a positive number of tokens, got 0"),
     ("block size above the model's positions", lambda d: ["--train_file", str(d / "train.jsonl"),
@@ -145,10 +159,83 @@ FLAG_CASES = [
      r"unrecognized arguments: --blocksize 8"),
     ("bad padding side", lambda d: ["--train_file", str(d / "train.jsonl"), "--padding_side", "middle"], 2,
      r"error: --padding_side must be 'left' or 'right', got 'middle'"),
+    ("--time_eps above 1", lambda d: ["--train_diff_model", "--time_eps", "1.5"], 2,
+     r"error: --time_eps is the smallest mask probability, in \[0, 1\]; got 1\.5"),
+    ("unknown --noise_schedule", lambda d: ["--train_diff_model", "--noise_schedule", "cosin"], 2,
+     r"error: --noise_schedule must be one of linear, cosine, got 'cosin'"),
+    ("sigma_min above sigma_max", lambda d: ["--train_diff_model", "--diffusion_objective", "sedd_absorb",
+                                             "--sedd_noise", "geometric", "--sigma_min", "30"], 2,
+     r"error: --sigma_min and --sigma_max must satisfy 0 < sigma_min < sigma_max, got 30\.0 and 20\.0"),
+    ("batch size 0", lambda d: ["--per_device_train_batch_size", "0"], 2,
+     r"error: --per_device_train_batch_size must be at least 1, got 0"),
+    ("gradient accumulation 0", lambda d: ["--gradient_accumulation_steps", "0"], 2,
+     r"error: --gradient_accumulation_steps must be at least 1, got 0"),
+    ("lora rank 0", lambda d: ["--use_lora", "--lora_r", "0"], 2, r"error: --lora_r must be at least 1"),
+    ("dropout above 1", lambda d: ["--dropout", "1.2"], 2, r"error: --dropout is a probability in \[0, 1\], got 1\.2"),
+    ("--masked_lm with a decoder-only --model_type", lambda d: ["--train_diff_model", "--masked_lm"], 2,
+     r"error: --masked_lm loads an encoder with a masked-LM head \(bert, roberta, modernbert, \.\.\.\); llama has "
+     r"none\. Drop --masked_lm"),
+    ("missing config file", lambda d: [str(d / "nope.yaml")], 2, r"error: config file \S*nope\.yaml does not exist"),
+    ("config file that is not YAML", lambda d: [str(d / "bad.yaml")], 2,
+     r"error: \S*bad\.yaml: not a valid config file: .*line 2, column"),
+    ("output_dir holding a model", lambda d: ["--output_dir", str(d / "model")], 1,
+     r"error: --output_dir \S*model already holds a trained model \(config\.json\)"),
     ("explicit incomplete checkpoint", lambda d: ["--train_file", str(d / "train.jsonl"),
                                                   "--resume_from_checkpoint", str(d / "checkpoint-3")], 1,
      r"checkpoint-3 is incomplete: no COMPLETE marker and no trainer_state.json"),
 ]
+
+
+def test_the_validation_split_refuses_exactly_the_splits_datasets_cannot_make():
+    """split_off_validation refuses where datasets' train_test_split leaves no training record, with a DataError
+    (one line) instead of datasets' ValueError (a traceback), and otherwise returns datasets' split."""
+    from datasets import Dataset
+
+    from diff_trainer.data.loading import DataError, split_off_validation
+
+    for count in range(1, 25):
+        records = Dataset.from_dict({"text": [str(i) for i in range(count)]})
+        for percentage in (5, 33.3, 50, 95, 96, 99.9):
+            try:
+                expected = records.train_test_split(test_size=percentage / 100, seed=0)
+            except ValueError:
+                with pytest.raises(DataError, match="leaves none to train on"):
+                    split_off_validation(records, percentage, 0)
+                continue
+            train, validation = split_off_validation(records, percentage, 0)
+            assert train["text"] == expected["train"]["text"] and validation["text"] == expected["test"]["text"]
+
+
+def test_a_block_size_beyond_the_positions_is_refused_before_packing(tmp_path, clm_flags, capsys, monkeypatch):
+    from diff_trainer.data import pipeline
+
+    monkeypatch.setattr(pipeline.Preprocessor, "run", lambda *_: pytest.fail("packed before --block_size was checked"))
+    train = write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
+    code, err = run_entry(run_clm_diff.main, clm_flags("--train_file", train, "--block_size", str(10**12)), capsys)
+    assert code == 1 and "error: --block_size 1000000000000 is larger than the model's 64 positions" in err, err
+
+
+def test_masked_lm_with_a_pretrained_decoder_only_model_names_it(tmp_path):
+    """The config alone is read: the refusal comes before any weights are built or loaded."""
+    from diff_trainer.data.loading import DataError
+    from diff_trainer.models.loading import load_model
+    from diff_trainer.training.args.model import ModelArguments
+
+    tokenizer = make_byte_tokenizer()
+    make_tiny_llama(len(tokenizer)).config.save_pretrained(tmp_path / "llama")  # a config.json and no weights
+    with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path / 'llama'))}: --masked_lm loads an encoder .* "
+                                        r"llama has none\."):
+        load_model(ModelArguments(model_name_or_path=str(tmp_path / "llama"), masked_lm=True), tokenizer)
+
+
+def test_a_validation_split_that_leaves_no_training_pair_is_refused(tmp_path):
+    from diff_trainer.data.loading import DataError
+    from diff_trainer.data.preference import load_preference_data
+    from diff_trainer.training.args.data import PreferenceDataArguments
+
+    path = write(tmp_path / "pairs.jsonl", json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n")
+    with pytest.raises(DataError, match=r"--validation_split_percentage 50 of 1 training record\(s\) leaves none"):
+        load_preference_data(PreferenceDataArguments(train_file=path, validation_split_percentage=50))
 
 
 @pytest.mark.parametrize("argv, status, message", [case[1:] for case in FLAG_CASES],
@@ -157,8 +244,17 @@ def test_bad_flags(tmp_path, clm_flags, capsys, argv, status, message):
     data = tmp_path / "data"
     write(data / "train.jsonl", "\n".join(GOOD_LINES))
     write(data / "v.txt", "a<DFF>b\n")
+    write(data / "one.jsonl", GOOD_LINES[0])
+    write(data / "bad.yaml", "learning_rate: 1e-3\n  max_steps: [4\n")
+    write(data / "model" / "config.json", "{}")
     (data / "checkpoint-3").mkdir()
-    code, err = run_entry(run_clm_diff.main, clm_flags(*argv(data)), capsys)
+    flags = argv(data)
+    if flags and flags[0].endswith(".yaml"):  # a config file comes first
+        flags = [flags[0], *clm_flags("--train_file", str(data / "train.jsonl"))]
+    else:
+        flags = clm_flags(*([] if "--train_file" in flags or "--dataset_name" in flags or not flags else
+                            ["--train_file", str(data / "train.jsonl")]), *flags)
+    code, err = run_entry(run_clm_diff.main, flags, capsys)
     assert code == status, err
     assert "Traceback" not in err and re.search(message, err), err
 
@@ -178,6 +274,131 @@ def test_save_final_dataset_refuses_an_existing_directory(tmp_path, clm_flags, c
     code, err = run_entry(run_clm_diff.main, clm_flags("--train_file", str(tmp_path / "train.jsonl"),
                                                        "--save_final_dataset", str(tmp_path / "rows")), capsys)
     assert code == 1 and "rows already exists; pass --overwrite_final_dataset" in err
+
+
+@pytest.mark.parametrize("diffusion", [True, False], ids=["diffusion", "causal"])
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, clm_flags, capsys, diffusion):
+    """Learning rate 1e30: step 1 is finite, its update makes the step-2 loss NaN. The run stops there with one
+    line, checkpoint-1 stays the newest complete checkpoint, and no final model is written."""
+    train = write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
+    flags = ["--train_diff_model"] * diffusion + ["--learning_rate", "1e30", "--max_steps", "6", "--save_steps", "1"]
+    code, err = run_entry(run_clm_diff.main, clm_flags("--train_file", train, *flags), capsys)
+    assert code == 1 and "Traceback" not in err
+    assert re.search(r"error: the (training loss is NaN or inf|gradient norm is nan) at step 2\. Usual causes: a "
+                     r"--learning_rate too high", err.strip().splitlines()[-1]), err
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1"]
+    assert (out / "checkpoint-1" / "COMPLETE").is_file()
+
+
+def test_a_nan_loss_on_one_micro_batch_stops_before_the_update(tmp_path, clm_flags, capsys, monkeypatch):
+    """The loss of the second micro-batch of step 3 is NaN: the run stops at step 3, before its optimizer step."""
+    from diff_trainer.training.trainer import DiffusionTrainer
+
+    calls = []
+    compute_loss = DiffusionTrainer.compute_loss
+
+    def nan_on_the_sixth_micro_batch(self, *args, **kwargs):
+        loss = compute_loss(self, *args, **kwargs)
+        calls.append(self.state.global_step)
+        return loss * torch.nan if len(calls) == 6 else loss
+
+    monkeypatch.setattr(DiffusionTrainer, "compute_loss", nan_on_the_sixth_micro_batch)
+    train = write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
+    flags = ["--train_diff_model", "--max_steps", "5", "--save_steps", "1", "--gradient_accumulation_steps", "2",
+             "--per_device_train_batch_size", "2"]
+    code, err = run_entry(run_clm_diff.main, clm_flags("--train_file", train, *flags), capsys)
+    assert code == 1 and "error: the training loss is NaN or inf at step 3. Usual causes" in err, err
+    assert calls == [0, 0, 1, 1, 2, 2]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["checkpoint-1", "checkpoint-2"]
+
+
+def test_weights_that_overflow_are_never_saved(tmp_path, clm_flags, capsys):
+    """Learning rate 1e39 (inf in float32) with finite loss and gradients: the first save refuses the weights."""
+    train = write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
+    flags = ["--learning_rate", "1e39", "--max_grad_norm", "0", "--max_steps", "2", "--save_steps", "1"]
+    code, err = run_entry(run_clm_diff.main, clm_flags("--train_file", train, *flags), capsys)
+    assert code == 1 and "error: the weights hold NaN or inf values after step 1; nothing was saved" in err, err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize("content", ["", '{"model_type": "llama", "hidden_'], ids=["empty", "cut"])
+def test_a_broken_config_json_is_named(checkpoints, tmp_path, content):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoints / "causal", broken)
+    (broken / "config.json").write_text(content)
+    with pytest.raises(SystemExit) as stopped:
+        generate.main(["--model", str(broken), "--prompt", "1+1="])
+    assert re.fullmatch(r"error: \S*broken/config\.json: not a valid config \(.*\); the file is empty or cut.*",
+                        str(stopped.value.code)), stopped.value.code
+
+
+def test_commands_refuse_a_checkpoint_with_non_finite_weights(tmp_path, capsys):
+    tokenizer = make_byte_tokenizer()
+    model = make_tiny_llama(len(tokenizer), bidirectional=False, max_position_embeddings=64)
+    with torch.no_grad():
+        model.model.layers[1].mlp.up_proj.weight[3, 5] = float("nan")
+    model.save_pretrained(tmp_path / "diverged")
+    tokenizer.save_pretrained(tmp_path / "diverged")
+    with pytest.raises(SystemExit) as stopped:
+        generate.main(["--model", str(tmp_path / "diverged"), "--prompt", "1+1="])
+    assert re.fullmatch(r"error: \S*diverged: weight model\.layers\.1\.mlp\.up_proj\.weight holds NaN or inf values "
+                        r"\(the run that wrote it diverged\)\. Use an earlier checkpoint-N.*", str(stopped.value.code))
+
+
+@pytest.mark.parametrize("final_model_saved", [True, False], ids=["finished run", "killed before the final save"])
+def test_resuming_a_finished_run_trains_nothing(tmp_path, clm_flags, capsys, caplog, final_model_saved):
+    """--resume from a checkpoint at max_steps: no step, no checkpoint-N+1; a final model missing because the run was
+    killed after its last checkpoint is written from that checkpoint."""
+    import logging
+
+    from safetensors.torch import load_file
+
+    train = write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
+    flags = clm_flags("--train_file", train, "--train_diff_model", "--max_steps", "2", "--save_steps", "1",
+                      "--learning_rate", "1e-2", "--validation_file", train, "--do_eval", "--eval_mc_samples", "2")
+    assert run_entry(run_clm_diff.main, flags, capsys)[0] == 0
+    out = tmp_path / "out"
+    evaluated = json.loads((out / "eval_results.json").read_text())
+    final = load_file(out / "model.safetensors")
+    if not final_model_saved:
+        (out / "model.safetensors").unlink()
+    with caplog.at_level(logging.INFO, logger="diff_trainer"):
+        assert run_entry(run_clm_diff.main, [*flags, "--resume", "true"], capsys)[0] == 0
+    assert f"{out / 'checkpoint-2'} already reached step 2 of --max_steps 2: nothing to train" in caplog.text
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    again = load_file(out / "model.safetensors")
+    assert again.keys() == final.keys() and all(torch.equal(again[k], final[k]) for k in final)
+    assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 2
+    again = json.loads((out / "eval_results.json").read_text())
+    assert again["eval_loss"] == evaluated["eval_loss"]  # the trained weights are evaluated again, not fresh ones
+    assert again["eval_elbo_perplexity"] == evaluated["eval_elbo_perplexity"]
+
+
+@pytest.mark.parametrize("changed, message", [
+    (["--noise_schedule", "cosine"], r"noise_schedule 'linear' there, 'cosine' here"),
+    (["--time_eps", "0.01"], r"time_eps 0\.001 there, 0\.01 here"),
+    (["--train_diff_model", "false"], r"it is a diffusion model, this run trains a causal LM"),
+    (["--diffusion_objective", "sedd_absorb"], r"objective 'masked_diffusion' there, 'sedd_absorb' here"),
+], ids=["schedule", "time_eps", "causal", "objective"])
+def test_resume_with_other_settings_names_what_differs(tmp_path, clm_flags, capsys, monkeypatch, changed, message):
+    from diff_trainer.data import pipeline
+
+    train = write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
+    flags = clm_flags("--train_file", train, "--train_diff_model", "--max_steps", "1", "--save_steps", "1")
+    assert run_entry(run_clm_diff.main, flags, capsys)[0] == 0
+    config = (tmp_path / "out" / "config.json").read_text()
+
+    def no_preprocessing(*args, **kwargs):
+        raise AssertionError("preprocessing started")
+
+    monkeypatch.setattr(pipeline.Preprocessor, "run", no_preprocessing)
+    code, err = run_entry(run_clm_diff.main, [*flags, "--max_steps", "2", "--resume", "true", *changed], capsys)
+    assert code == 1 and re.search(r"error: \S*checkpoint-1 cannot be resumed with these flags: " + message +
+                                   r"\. Pass the checkpoint's settings", err), err
+    assert (tmp_path / "out" / "config.json").read_text() == config and not (tmp_path / "out" / "checkpoint-2").exists()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -252,6 +473,19 @@ GENERATE_CASES = [
     ("--output in a missing directory", lambda r: ["--model", str(r / "causal"), "--output",
                                                    str(r / "missing" / "out.jsonl")], 2,
      r"--output \S*missing/out\.jsonl: its directory does not exist; create it first"),
+    # checked when the flags are parsed: the model directory "nope" is never opened (that would be status 1)
+    *((f"--temperature {value}", lambda r, value=value: ["--model", str(r / "nope"), "--temperature", value], 2,
+       rf"argument --temperature: {value} is not a temperature: give a finite number >= 0")
+      for value in ("nan", "inf", "-0.5")),
+    ("--temperature -1 on a causal checkpoint", lambda r: ["--model", str(r / "causal"), "--temperature", "-1"], 2,
+     r"argument --temperature: -1 is not a temperature"),
+    *((f"--threshold {value}", lambda r, value=value: ["--model", str(r / "nope"), "--threshold", value], 2,
+       rf"argument --threshold: {value} is not a confidence threshold: give a number in \(0, 1\]")
+      for value in ("0", "1.5", "-0.2", "nan")),
+    ("--threshold that is not a number", lambda r: ["--model", str(r / "nope"), "--threshold", "high"], 2,
+     r"argument --threshold: 'high' is not a number"),
+    ("--output that is a directory", lambda r: ["--model", str(r / "nope"), "--output", str(r)], 2,
+     r"--output \S+ is a directory; give the name of a file to write"),
 ]
 
 
@@ -265,6 +499,70 @@ def test_bad_generate_arguments(checkpoints, capsys, argv, status, message):
     assert code == status, err
     assert re.search(message, err), err
     assert not (checkpoints / "missing").exists()
+
+
+@pytest.mark.parametrize("command, flag", [("view", "--gif"), ("cascade", "--gif"), ("cascade", "--output")])
+@pytest.mark.parametrize("where", ["a directory", "a missing directory"])
+def test_gif_and_output_files_are_checked_before_any_model_loads(tmp_path, capsys, command, flag, where):
+    from diff_trainer.cli import generate_cascade, view
+
+    target = tmp_path if where == "a directory" else tmp_path / "missing" / "out.jsonl"
+    model = ["--model", str(tmp_path / "nope"), "--prompt", "1+1="] if command == "view" else \
+        ["--stages", str(tmp_path / "nope")]
+    with pytest.raises(SystemExit) as stopped:  # the model directory does not exist: it is never opened
+        (view if command == "view" else generate_cascade).main([*model, flag, str(target)])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 2, err
+    expected = "is a directory; give the name of a file to write" if where == "a directory" else \
+        "its directory does not exist; create it first"
+    assert f"error: {flag} {target}" in err and expected in err, err
+    assert not (tmp_path / "missing").exists()
+
+
+PROMPT_FILE_CASES = [
+    ("missing", None, r"error: --prompt_file \S*prompts\.jsonl: no such file\."),
+    ("malformed", '{"prompt": "a"}\n{"prompt": b}\n', r"error: \S*prompts\.jsonl, line 2: malformed JSON"),
+    ("no prompt key", '{"prompt": "a"}\n\n{"text": "b"}\n', r"error: \S*prompts\.jsonl, line 3: missing key 'prompt'"),
+    ("a number", '{"prompt": 7}\n', r"error: \S*prompts\.jsonl, line 1: 'prompt' is a int, not a string"),
+    ("not UTF-8", b'{"prompt": "caf\xe9"}\n', r"error: \S*prompts\.jsonl, line 1: not valid UTF-8"),
+]
+
+
+@pytest.mark.parametrize("content, message", [case[1:] for case in PROMPT_FILE_CASES],
+                         ids=[case[0] for case in PROMPT_FILE_CASES])
+def test_bad_prompt_files_are_refused_before_the_model_loads(tmp_path, content, message):
+    path = tmp_path / "prompts.jsonl"
+    if content is not None:
+        write(path, content)
+    with pytest.raises(SystemExit) as stopped:  # the model directory does not exist: it is never opened
+        generate.main(["--model", str(tmp_path / "no-model"), "--prompt_file", str(path)])
+    assert re.fullmatch(message + ".*", str(stopped.value.code)), stopped.value.code
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A UTF-8 byte-order mark is not text
+
+BOM = "\ufeff"
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".txt.gz", ".jsonl", ".json", ".csv"])
+def test_a_byte_order_mark_is_dropped_from_training_files(tmp_path, suffix):
+    records = ["a<DFF>b", "c<DFF>d"]
+    content = {".txt": "\n".join(records) + "\n", ".jsonl": "".join(json.dumps({"text": r}) + "\n" for r in records),
+               ".json": json.dumps([{"text": r} for r in records]), ".csv": "text\n" + "\n".join(records) + "\n"}
+    data = (BOM + content[suffix.removesuffix(".gz")]).encode()
+    path = write(tmp_path / f"train{suffix}", gzip.compress(data) if suffix.endswith(".gz") else data)
+    raw = load_raw_datasets(DataArguments(train_file=path, validation_split_percentage=0),
+                            cache_dir=str(tmp_path / "cache"))
+    assert [text.rstrip("\n") for text in raw["train"]["text"]] == records
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".jsonl"])
+def test_a_byte_order_mark_is_dropped_from_prompt_files(tmp_path, suffix):
+    prompts = ["1+1=", "2+2="]
+    lines = prompts if suffix == ".txt" else [json.dumps({"prompt": p}) for p in prompts]
+    path = write(tmp_path / f"prompts{suffix}", BOM + "\r\n".join(lines) + "\r\n")
+    assert generate.read_prompts(path) == prompts
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -286,15 +584,18 @@ def test_text_columns_are_read_as_written(tmp_path, suffix):
     assert raw["train"]["prompt"] == EXACT_TEXTS and raw["train"]["response"] == EXACT_TEXTS
 
 
-def test_one_number_among_strings_keeps_every_other_string_exact(tmp_path):
-    """datasets turns a column with one JSON number into numbers; the loader reads it back as text and names the
-    record, so DPO skips exactly that record."""
-    from diff_trainer.training.args.data import PreferenceDataArguments
+@pytest.mark.parametrize("value", [7, 2.5, {"a": 1}, ["x"], True], ids=["int", "float", "object", "list", "bool"])
+def test_one_non_string_among_strings_keeps_every_other_string_exact(tmp_path, value):
+    """datasets types a column with one JSON number or object as numbers or JSON (and would give every string back
+    with its quotes); the loader takes the strings from the file and names the record, so DPO skips exactly it."""
     from diff_trainer.data.preference import load_preference_data
+    from diff_trainer.training.args.data import PreferenceDataArguments
 
-    records = [{"prompt": "a", "chosen": text, "rejected": "x"} for text in ("007", "1.50", "1e3")]
-    records.insert(1, {"prompt": "b", "chosen": 7, "rejected": "y"})
+    texts = ["007", "1.50", "1e3", 'say "hi"', "[1]"]
+    records = [{"prompt": "a", "chosen": text, "rejected": "x", "id": i} for i, text in enumerate(texts)]
+    records.insert(1, {"prompt": "b", "chosen": value, "rejected": "y", "id": 9})
     path = write(tmp_path / "pairs.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     raw, _ = load_preference_data(PreferenceDataArguments(train_file=path))
-    assert raw["train"]["chosen"] == ["007", "1.50", "1e3"]
+    assert raw["train"]["chosen"] == texts and raw["train"]["id"] == list(range(len(texts)))
+    assert raw["train"].column_names[:4] == ["prompt", "chosen", "rejected", "id"]
     assert os.path.exists(path)

@@ -11,7 +11,7 @@ page's default sampler settings (the sampling flags of diff-generate). The expor
 onnxruntime's logits are compared with PyTorch's on random inputs (one row left padded); the largest absolute
 difference is printed and must stay within 1e-4 for float32, or, with `--quantize int8` (onnxruntime's dynamic
 int8 quantization of the weight matrices and the embedding table), within 10% of the largest absolute PyTorch logit. A failed export
-leaves no files behind.
+leaves no files behind; a new export replaces only those two files, never other files in --output.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -70,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max_length", type=int, default=None,
                         help="longest prompt + generation the export accepts (default: the model's context)")
     parser.add_argument("--prompt", default="", help="the prompt the page shows first")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing export in --output")
+    parser.add_argument("--overwrite", action="store_true",
+                        help=f"replace an existing export in --output (its {MODEL_FILE} and {CONFIG_FILE} only)")
     return parser
 
 
@@ -79,6 +79,7 @@ def tokenizer_table(tokenizer, vocab_size: int) -> dict:
     tokenizer is refused with the reason."""
     from transformers import ByT5Tokenizer
 
+    check_every_id_has_text(tokenizer, vocab_size)
     pieces = TokenPieces(tokenizer)
     added = [{"id": int(i), "content": t.content, "lstrip": bool(t.lstrip), "rstrip": bool(t.rstrip)}
              for i, t in sorted(tokenizer.added_tokens_decoder.items())]
@@ -100,6 +101,15 @@ def tokenizer_table(tokenizer, vocab_size: int) -> dict:
     return {"kind": "bpe", "vocab": model["vocab"], "merges": [bpe_pair(m) for m in model["merges"]],
             "ignore_merges": bool(model.get("ignore_merges")), "pattern": BYTE_LEVEL_SPLIT,
             "byte_chars": "".join(byte_chars[b] for b in range(256)), **shared}
+
+
+def check_every_id_has_text(tokenizer, vocab_size: int) -> None:
+    """A ValueError when the model predicts ids the tokenizer has no text for (ByT5Tokenizer fails inside decode)."""
+    if vocab_size > len(tokenizer):
+        raise ValueError(
+            f"the model predicts {vocab_size} ids but its {type(tokenizer).__name__} has text for {len(tokenizer)} "
+            f"(ids {len(tokenizer)} to {vocab_size - 1} have none), so the page could not show what it samples. "
+            "Train with a tokenizer covering the model's vocabulary (resize the embeddings to len(tokenizer)).")
 
 
 def byte_level_bpe_state(tokenizer) -> tuple[dict | None, str | None]:
@@ -243,22 +253,26 @@ def checked_inputs(parser, args):
     try:
         settings = sampler_for(model, tokenizer, **sampler_flags(args))
         tokenizer_table(tokenizer, 0)
+        check_every_id_has_text(tokenizer, model.get_output_embeddings().weight.shape[0])
     except ValueError as error:
         parser.error(str(error))
     output = Path(args.output)
     if output.exists() and any(output.iterdir()) and not args.overwrite:
-        parser.error(f"{output} exists and is not empty: pass --overwrite to replace it.")
+        parser.error(f"{output} exists and is not empty: pass --overwrite to replace its {MODEL_FILE} and "
+                     f"{CONFIG_FILE} (other files there are kept).")
     return model, tokenizer, diffusion_config, settings
 
 
-def replace_directory(source: Path, target: Path) -> None:
-    """Move the finished export into place; an older one is removed only after the new one is there."""
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
-        target.rename(old)
-    source.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+def move_export_files(source: Path, target: Path) -> None:
+    """Move the finished export's two files into `target`, leaving every other file there alone.
+
+    model.json goes last and the old one first, so a kill in between leaves no model.json (not an export, exported
+    again by diff-serve-demo) rather than a new graph beside an old description.
+    """
+    target.mkdir(exist_ok=True)
+    (target / CONFIG_FILE).unlink(missing_ok=True)
+    for name in (MODEL_FILE, CONFIG_FILE):
+        (source / name).replace(target / name)
 
 
 def export(args, parser) -> dict:
@@ -288,7 +302,7 @@ def export(args, parser) -> dict:
         config["verification"] = {"max_abs_difference": difference, "bound": bound, "max_abs_logit": scale}
         config["files"] = {MODEL_FILE: (staged / MODEL_FILE).stat().st_size}
         (staged / CONFIG_FILE).write_text(json.dumps(config, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-        replace_directory(staged, output)
+        move_export_files(staged, output)
     for name in (MODEL_FILE, CONFIG_FILE):
         print(f"{output / name}: {(output / name).stat().st_size / 2**20:.2f} MiB")
     return config

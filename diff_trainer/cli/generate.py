@@ -28,14 +28,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
-from pathlib import Path
 
 import torch
 
 from diff_trainer.data.chat import end_of_turn_token, render, resolve_template
-from diff_trainer.data.loading import DataError
+from diff_trainer.data.loading import DataError, numbered_lines, parse_record, value_problem
 from diff_trainer.data.pipeline import bos_prefix
 from diff_trainer.devices import (
     DEVICE_CHOICES_HELP,
@@ -66,6 +66,39 @@ DIFFUSION_ONLY_FLAGS = ("steps", "block_length", "remasking", "guidance_scale", 
 MASKED_SAMPLER_FLAGS = ("block_length", "remasking", "guidance_scale", "threshold", "eos_handling", "cache")
 
 
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number.") from None
+
+
+def temperature_value(text: str) -> float:
+    """--temperature: a finite number >= 0 (argparse type)."""
+    value = _number(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a temperature: give a finite number >= 0 (0 = greedy).")
+    return value
+
+
+def threshold_value(text: str) -> float:
+    """--threshold: a confidence in (0, 1] (argparse type)."""
+    value = _number(text)
+    if not 0 < value <= 1:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{text} is not a confidence threshold: give a number in (0, 1].")
+    return value
+
+
+def check_output_path(parser: argparse.ArgumentParser, flag: str, path: str | None) -> None:
+    """Refuse an output file (`flag` given `path`) that is a directory or whose directory does not exist."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        parser.error(f"{flag} {path} is a directory; give the name of a file to write.")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        parser.error(f"{flag} {path}: its directory does not exist; create it first.")
+
+
 def add_sampling_arguments(parser: argparse.ArgumentParser, with_model: bool = True) -> None:
     """Flags shared by diff-generate, diff-view and (without --model) diff-generate-cascade."""
     if with_model:
@@ -74,11 +107,11 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, with_model: bool = T
     parser.add_argument("--steps", type=int, default=None, help="denoising steps in total (default: gen_length)")
     parser.add_argument("--block_length", type=int, default=None,
                         help="semi-autoregressive block size (default: gen_length)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    parser.add_argument("--temperature", type=temperature_value, default=0.0, help="0 = greedy")
     parser.add_argument("--remasking", choices=sorted(CONFIDENCE_STRATEGIES), default=None,
                         help="which predictions are committed first (default: low_confidence)")
     parser.add_argument("--guidance_scale", type=float, default=None, help="classifier-free guidance w (default 0)")
-    parser.add_argument("--threshold", type=float, default=None,
+    parser.add_argument("--threshold", type=threshold_value, default=None,
                         help="Fast-dLLM: commit every prediction at least this confident (ignores --steps)")
     parser.add_argument("--eos_handling", choices=EOS_HANDLING, default=None,
                         help="stop after a block with EOS (default), forbid EOS, rank it last, or none")
@@ -131,7 +164,7 @@ def open_checkpoint(path: str, *, device: str = "cpu", dtype: str = "auto", merg
     try:
         model, tokenizer = load_checkpoint(path, device=device, dtype=dtype, merge_lora=merge_lora,
                                            tokenizer_name=tokenizer_name)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, DataError) as error:
         raise SystemExit(f"error: {error}") from None
     return model, tokenizer, read_diffusion_config(model.config)
 
@@ -148,11 +181,21 @@ def load_from_arguments(parser: argparse.ArgumentParser, args):
 
 
 def read_prompts(path: str) -> list[str]:
-    """Prompts from a text file (one per line, blank lines skipped) or a .jsonl file with a 'prompt' field."""
-    lines = [line for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-    if path.endswith(".jsonl"):
-        return [json.loads(line)["prompt"] for line in lines]
-    return lines
+    """Prompts from a text file (one per line, blank lines skipped) or a .jsonl file with a 'prompt' field; a
+    DataError naming the file (and line) when it is missing, not UTF-8, malformed or a record has no text prompt."""
+    if not os.path.isfile(path):
+        raise DataError(f"--prompt_file {path}: no such file.")
+    lines = [(number, line.removesuffix("\r")) for number, line in numbered_lines(path) if line.strip()]
+    if not path.endswith(".jsonl"):
+        return [line for _, line in lines]
+    prompts = []
+    for number, line in lines:
+        record = parse_record(line, f"{path}, line {number}")
+        problem = value_problem(record, "prompt")
+        if problem:
+            raise DataError(f"{path}, line {number}: {problem}. Each line needs a JSON string under 'prompt'.")
+        prompts.append(record["prompt"])
+    return prompts
 
 
 def encode_suffix(tokenizer, suffix: str | None) -> list[int]:
@@ -266,8 +309,6 @@ def check_arguments(parser, args, diffusion_config, prompt_ids, model, suffix_id
         parser.error("--chat renders prompts with the chat template; drop --append_dff.")
     if args.samples < 1 or args.batch_size < 1 or args.gen_length < 1:
         parser.error("--samples, --batch_size and --gen_length must be at least 1.")
-    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
-        parser.error(f"--output {args.output}: its directory does not exist; create it first.")
     limit = context_length(model)
     longest = max(len(p) for p in prompt_ids)
     if limit is not None and longest + args.gen_length + len(suffix_ids) > limit:
@@ -306,15 +347,18 @@ def checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, to
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_output_path(parser, "--output", args.output)
+    try:
+        prompts = read_prompts(args.prompt_file) if args.prompt_file is not None else args.prompt
+    except DataError as error:
+        raise SystemExit(f"error: {error}") from None
+    if prompts is not None and not prompts:
+        parser.error("no prompts given.")
     model, tokenizer, diffusion_config = load_from_arguments(parser, args)
-    if args.prompt is None and args.prompt_file is None:
+    if prompts is None:
         if sampler_name(args, diffusion_config) != "sedd":
             parser.error("give --prompt or --prompt_file (unconditional --samples needs a SEDD sampler).")
         prompts = [""]
-    else:
-        prompts = args.prompt if args.prompt is not None else read_prompts(args.prompt_file)
-    if not prompts:
-        parser.error("no prompts given.")
     template, end_of_turn = chat_template_of(parser, tokenizer) if args.chat else (None, None)
     end_of_turn = (end_of_turn,) if args.chat else ()
     prompt_ids = prepare_prompts(args, tokenizer, diffusion_config, prompts, template)

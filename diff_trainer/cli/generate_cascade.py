@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 
 import torch
 
@@ -23,6 +22,7 @@ from diff_trainer.cli.generate import (
     DEFAULT_DFF_TOKEN,
     _print_step,
     add_sampling_arguments,
+    check_output_path,
     checked_sampler_config,
     completion_text,
     encode_prompts,
@@ -110,10 +110,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.append_dff or args.suffix is not None:
         parser.error("--append_dff and --suffix do not apply to a cascade: each stage's prompt is the previous "
                      "stage's text followed by <DFF>, and nothing follows the generated text.")
+    check_output_path(parser, "--output", args.output)
+    check_output_path(parser, "--gif", args.gif)
     if args.output and not args.output.endswith(".jsonl"):
         parser.error(f"--output {args.output}: the cascade's records are written as .jsonl.")
-    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
-        parser.error(f"--output {args.output}: its directory does not exist; create it first.")
     texts, stage_texts, stage_frames, settings = [""] * args.samples, [], [], []
     for stage, (path, length, stage_steps) in enumerate(zip(args.stages, lengths, steps), start=1):
         print(f"== stage {stage}: {path}", flush=True)

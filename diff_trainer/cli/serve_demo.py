@@ -44,6 +44,12 @@ class DemoHandler(http.server.SimpleHTTPRequestHandler):
             return str(self.export_dir / "not-served")  # only the two export files are served from there
         return super().translate_path(path)
 
+    def send_head(self):
+        if "\0" in unquote(urlsplit(self.path).path):  # no file name holds one (os calls would raise)
+            self.send_error(400, "a NUL byte in the path")
+            return None
+        return super().send_head()
+
     def log_message(self, format, *args):  # one quiet line per failed request only
         if len(args) > 1 and str(args[1]).startswith(("4", "5")):
             super().log_message(format, *args)

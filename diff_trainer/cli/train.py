@@ -21,7 +21,7 @@ from diff_trainer.data.loading import check_block_size, load_raw_datasets, requi
 from diff_trainer.data.pipeline import LAYOUT_FILE, Preprocessor
 from diff_trainer.data.saving import save_final_dataset
 from diff_trainer.metrics import add_perplexity, argmax_logits, token_accuracy_metrics
-from diff_trainer.models.loading import add_special_tokens, load_tokenizer
+from diff_trainer.models.loading import add_special_tokens, load_tokenizer, model_config
 from diff_trainer.objectives.block import BLOCK, check_rows_fit_blocks
 from diff_trainer.training.model import prepare_model
 from diff_trainer.training.runner import (
@@ -55,6 +55,8 @@ def main(argv=None):
                                                       model_args.mask_token if diffusion else None)
 
     require_validation_data(raw, training_args.do_eval)
+    if data_args.block_size is not None and (config := model_config(model_args, tokenizer)) is not None:
+        check_block_size(data_args.block_size, config)  # before packing: a huge block size would allocate first
     final, layout = Preprocessor(tokenizer, data_args, main_process_first=training_args.main_process_first).run(raw)
     if data_args.save_final_dataset and training_args.process_index == 0:
         save_final_dataset(final, data_args.save_final_dataset, overwrite=data_args.overwrite_final_dataset,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from diff_trainer.cli.training_runs import RunError, refuse_interrupted, train_unless_finished
+from diff_trainer.cli.training_runs import RunError, name_problem, refuse_interrupted, train_unless_finished
 from diff_trainer.data.io import read_jsonl
 
 CASCADE_FILE = "cascade.yaml"
@@ -54,8 +54,11 @@ def load_cascade(config_dir: Path) -> dict:
     if unknown:
         raise CascadeError(f"{path}: unknown keys {sorted(unknown)} (allowed: {', '.join(sorted(CASCADE_KEYS))}).")
     for key in ("dataset", "model"):
-        if not isinstance(cascade.get(key), str) or not cascade[key].strip():
+        if key not in cascade:
             raise CascadeError(f"{path}: `{key}` (a name used in the run names) is missing.")
+        if name_problem(cascade[key]):
+            raise CascadeError(f"{path}: `{key}` {cascade[key]!r} (a name used in the run names) "
+                               f"{name_problem(cascade[key])}.")
     return cascade
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from diff_trainer.cli import generate
-from diff_trainer.cli.training_runs import RunError, refuse_interrupted, train_unless_finished
+from diff_trainer.cli.training_runs import RunError, name_problem, refuse_interrupted, train_unless_finished
 
 DATA_SUFFIXES = (".jsonl.zst", ".jsonl", ".json", ".txt", ".csv", ".parquet", ".json.gz")
 
@@ -37,6 +37,8 @@ def load_corpora(path: str) -> dict:
     if not isinstance(config, dict) or not isinstance(config.get("datasets"), dict) or not config["datasets"]:
         raise CorporaError(f"{path}: expected a mapping with a non-empty `datasets:` section.")
     for name, corpus in config["datasets"].items():
+        if name_problem(name):
+            raise CorporaError(f"{path}: corpus name {name!r} {name_problem(name)}; rename it.")
         if not isinstance(corpus, dict) or "path" not in corpus:
             raise CorporaError(f"{path}: corpus {name!r} needs a `path`.")
         unknown = set(corpus) - {"path", "enabled", "description", "overrides"}

@@ -21,6 +21,15 @@ class RunError(ValueError):
     """A run that cannot be started or did not finish."""
 
 
+def name_problem(name) -> str | None:
+    """Why `name` cannot name a run directory under the output root (None when it can): a name is one path part."""
+    if not isinstance(name, str) or not name.strip():
+        return "is empty or not text"
+    if "/" in name or "\\" in name or "\0" in name or name in (".", "..") or name.startswith("~"):
+        return "is not a plain name (no /, \\, ~, . or ..): it would put the run outside output_root"
+    return None
+
+
 def status(output_dir: Path) -> str:
     """"finished", "interrupted" (checkpoints, no results) or "new"."""
     if (output_dir / FINISHED_FILE).is_file():

@@ -15,6 +15,7 @@ import time
 
 from diff_trainer.cli.generate import (
     add_sampling_arguments,
+    check_output_path,
     encode_suffix,
     load_from_arguments,
     prepare_prompts,
@@ -53,6 +54,7 @@ def replay(frames, tokenizer, mask_token_id: int, delay: float, color: bool, out
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_output_path(parser, "--gif", args.gif)
     model, tokenizer, diffusion_config = load_from_arguments(parser, args)
     if diffusion_config is None:
         parser.error(f"{args.model} is a causal checkpoint (no diffusion_config): it has no denoising steps to show.")

@@ -4,6 +4,7 @@ import gzip
 import io
 import json
 import logging
+import math
 import os
 from typing import Iterator, Optional, Sequence
 
@@ -54,15 +55,19 @@ def builder_for(path: str) -> str:
     raise DataError(f"{path}: unsupported file type; use one of {', '.join(BUILDERS)}.")
 
 
+TEXT_ENCODING = "utf-8-sig"  # UTF-8, with a byte-order mark at the start of a file dropped (as CSV readers do)
+BYTE_ORDER_MARK = "\ufeff"
+
+
 def open_text(path: str):
     """Open a possibly gzip/zstd-compressed text file for reading line by line."""
     if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
+        return gzip.open(path, "rt", encoding=TEXT_ENCODING)
     if path.endswith(".zst"):
         import zstandard
 
-        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")), encoding="utf-8")
-    return open(path, encoding="utf-8")
+        return io.TextIOWrapper(zstandard.ZstdDecompressor().stream_reader(open(path, "rb")), encoding=TEXT_ENCODING)
+    return open(path, encoding=TEXT_ENCODING)
 
 
 def decompressed_chunks(path: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
@@ -113,9 +118,10 @@ def numbered_lines(path: str) -> Iterator[tuple[int, str]]:
 
 
 def decode_line(path: str, number: int, line: bytes) -> str:
-    """One line as text; a DataError naming the file, line and byte when it is not UTF-8."""
+    """One line as text (a byte-order mark before line 1 dropped); a DataError naming the file, line and byte when it
+    is not UTF-8."""
     try:
-        return line.decode("utf-8")
+        return line.decode(TEXT_ENCODING if number == 1 else "utf-8")
     except UnicodeDecodeError as error:
         bad = line[error.start:error.start + 4]
         raise DataError(f"{path}, line {number}: not valid UTF-8 (byte {error.start}: {bad!r}). "
@@ -138,22 +144,10 @@ def scan_file(path: str, text_columns: Sequence[str] = ()) -> dict[int, tuple[st
     """Read a local file once before datasets does: truncation, invalid UTF-8, malformed JSON and an empty file
     are DataErrors; returns row -> ("file, line N", problem) for JSON records whose text columns are not strings.
 
-    A column that no record has is left to the column check (pre-tokenised data has none). Rows of a JSON-lines
-    file are its non-blank lines, as datasets reads them; rows of a JSON document are its list items.
+    A column that no record has is left to the column check (pre-tokenised data has none).
     """
+    records, places = read_records(path)
     builder = builder_for(path)
-    json_lines = builder == "json" and is_json_lines(path)
-    records, places = [], []
-    for number, line in numbered_lines(path):
-        if not line.strip():
-            continue
-        places.append(f"{path}, line {number}")
-        if json_lines:
-            records.append(parse_record(line, places[-1]))
-    if builder == "json" and not json_lines:
-        document = json.loads("".join(line + "\n" for _, line in numbered_lines(path)))
-        records = document if isinstance(document, list) else []
-        places = [f"{path}, record {row + 1}" for row in range(len(records))]
     if not places or (builder == "csv" and len(places) == 1):
         raise DataError(f"{path}: no records (the file is empty{' or holds only a header' * (len(places) == 1)}).")
     problems = {}
@@ -167,12 +161,54 @@ def scan_file(path: str, text_columns: Sequence[str] = ()) -> dict[int, tuple[st
     return problems
 
 
+def read_records(path: str) -> tuple[list, list[str]]:
+    """The records of a JSON file (none for other files) and the place ("file, line N") of every row.
+
+    Rows of a JSON-lines file are its non-blank lines, as datasets reads them; rows of a JSON document are its list
+    items. Malformed JSON and a key given twice in a record are DataErrors naming the place.
+    """
+    builder = builder_for(path)
+    json_lines = builder == "json" and is_json_lines(path)
+    records, places = [], []
+    for number, line in numbered_lines(path):
+        if not line.strip():
+            continue
+        places.append(f"{path}, line {number}")
+        if json_lines:
+            records.append(parse_record(line, places[-1]))
+    if builder == "json" and not json_lines:
+        try:
+            text = "".join(line + "\n" for _, line in numbered_lines(path))
+            document = json.loads(text, object_pairs_hook=unique_keys)
+        except KeyGivenTwice as error:
+            raise DataError(f"{path}: {error}") from None
+        records = document if isinstance(document, list) else []
+        places = [f"{path}, record {row + 1}" for row in range(len(records))]
+    return records, places
+
+
+class KeyGivenTwice(ValueError):
+    """A JSON object that gives one key twice."""
+
+
+def unique_keys(pairs: list) -> dict:
+    """A JSON object's pairs as a dict; KeyGivenTwice when a key repeats (json keeps the last value, datasets the
+    first, so the text trained would depend on the reader)."""
+    keys = [key for key, _ in pairs]
+    twice = next((key for key in keys if keys.count(key) > 1), None)
+    if twice is not None:
+        raise KeyGivenTwice(f"key {twice!r} is given twice in a record. Keep one of the two values.")
+    return dict(pairs)
+
+
 def parse_record(line: str, place: str) -> dict:
-    """One JSON-lines record; a DataError naming its place when it is not a JSON object."""
+    """One JSON-lines record; a DataError naming its place when it is not a JSON object or gives a key twice."""
     try:
-        record = json.loads(line)
+        record = json.loads(line, object_pairs_hook=unique_keys)
     except json.JSONDecodeError as error:
         raise DataError(f"{place}: malformed JSON ({error}). Fix or remove that line.") from None
+    except KeyGivenTwice as error:
+        raise DataError(f"{place}: {error}") from None
     if not isinstance(record, dict):
         raise DataError(f"{place}: malformed JSON (expected a JSON object, got {type(record).__name__}). "
                         "Fix or remove that line.")
@@ -205,9 +241,10 @@ def load_files(data_files: dict[str, str], cache_dir: Optional[str] = None,
         raw = datasets.load_dataset(builder, data_files=data_files, cache_dir=cache_dir, **kwargs)
         features = raw["train"].features
         guessed = [column for column in text_columns if column in features and features[column] != STRING]
-        if builder == "json" and guessed:  # a non-string value made datasets convert the column: read it as text
-            features = datasets.Features({**features, **dict.fromkeys(guessed, STRING)})
-            raw = datasets.load_dataset(builder, data_files=data_files, cache_dir=cache_dir, features=features)
+        if builder == "json" and guessed:  # a non-string value made datasets type the column: take it as written
+            raw = DatasetDict({split: strings_as_written(raw[split], data_files[split], guessed) for split in raw})
+        if builder == "text":
+            raw = DatasetDict({name: without_byte_order_mark(split) for name, split in raw.items()})
     except DataError:
         raise
     except Exception as error:
@@ -216,6 +253,32 @@ def load_files(data_files: dict[str, str], cache_dir: Optional[str] = None,
         for row, problem in null_text_rows(raw[split], text_columns).items():
             problems[split].setdefault(row, (f"{path}, record {row + 1}", problem))
     return raw, problems
+
+
+def strings_as_written(split, path: str, columns: Sequence[str]):
+    """`split` with `columns` replaced by the file's own strings (None where a record holds no string there).
+
+    datasets re-encodes every value of a column it typed as numbers or JSON (a string comes back with its quotes), so
+    the values are taken from the file itself; the records without a string are named by scan_file.
+    """
+    records, _ = read_records(path)
+    for column in columns:
+        values = [record.get(column) if isinstance(record.get(column), str) else None for record in records]
+        order = split.column_names
+        split = split.add_column(f"{column}.as_written", values, feature=STRING).remove_columns(column)
+        split = split.rename_column(f"{column}.as_written", column).select_columns(order)
+    return split
+
+
+def without_byte_order_mark(split):
+    """A text split whose first line does not start with a UTF-8 byte-order mark (datasets keeps it as text)."""
+    if len(split) == 0 or not split[0]["text"].startswith(BYTE_ORDER_MARK):
+        return split
+
+    def drop(batch, rows):
+        return {"text": [t.removeprefix(BYTE_ORDER_MARK) if r == 0 else t for t, r in zip(batch["text"], rows)]}
+
+    return split.map(drop, with_indices=True, batched=True, desc="Dropping the byte-order mark")
 
 
 def csv_string_features(path: str) -> datasets.Features:
@@ -298,8 +361,8 @@ def load_raw_datasets(data_args, cache_dir: Optional[str] = None, seed: int = 42
                                       for row, problem in null_text_rows(split, text_columns).items()}
                                for name, split in raw.items()})
     if "validation" not in raw and data_args.validation_split_percentage > 0:
-        split = raw["train"].train_test_split(test_size=data_args.validation_split_percentage / 100, seed=seed)
-        raw = DatasetDict({**raw, "train": split["train"], "validation": split["test"]})
+        train, validation = split_off_validation(raw["train"], data_args.validation_split_percentage, seed)
+        raw = DatasetDict({**raw, "train": train, "validation": validation})
     raw = DatasetDict({name: raw[name] for name in ("train", "validation") if name in raw})
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
     for name, limit in limits.items():
@@ -325,11 +388,24 @@ def raise_for_bad_records(problems: dict[str, dict[int, tuple[str, str]]], shown
                         "JSON string (quote numbers, remove nulls and records without the column).")
 
 
+def split_off_validation(train, percentage: float, seed: int):
+    """(train, validation): `percentage` percent of `train` held out; a DataError when no record would be left to
+    train on (datasets holds out ceil(percentage% of the records), at least one)."""
+    if math.ceil(percentage / 100 * len(train)) >= len(train):
+        raise DataError(f"--validation_split_percentage {percentage:g} of {len(train)} training record(s) leaves none "
+                        "to train on: lower it, pass --validation_file, or add data.")
+    split = train.train_test_split(test_size=percentage / 100, seed=seed)
+    return split["train"], split["test"]
+
+
 def require_validation_data(splits, do_eval: bool) -> None:
-    """--do_eval needs a validation split: an error instead of silently skipping evaluation."""
+    """--do_eval needs validation records: an error instead of silently skipping evaluation."""
     if do_eval and splits.get("validation") is None:
         raise DataError("--do_eval needs validation data: pass --validation_file, set "
                         "--validation_split_percentage above 0, or drop --do_eval.")
+    if do_eval and len(splits["validation"]) == 0:
+        raise DataError("--do_eval has no validation records to evaluate (--max_eval_samples 0?): raise "
+                        "--max_eval_samples, or drop --do_eval.")
 
 
 def as_text_records(raw: DatasetDict, data_args, dff_token: str) -> DatasetDict:

@@ -52,6 +52,7 @@ from .loading import (
     numbered_lines,
     open_text,
     parse_record,
+    split_off_validation,
 )
 from .pipeline import bos_prefix, sequence_lengths
 from .saving import save_final_dataset
@@ -236,8 +237,8 @@ def load_preference_data(data_args, seed: int = 42, tokenizer=None) -> tuple[Dat
             raw[name] = drop_bad_pairs(raw[name], data_args.columns, sources[name], name, data_args.invalid_pairs,
                                        scanned.get(name))
     if "validation" not in raw and data_args.validation_split_percentage > 0:
-        held_out = raw["train"].train_test_split(test_size=data_args.validation_split_percentage / 100, seed=seed)
-        raw = DatasetDict({"train": held_out["train"], "validation": held_out["test"]})
+        train, validation = split_off_validation(raw["train"], data_args.validation_split_percentage, seed)
+        raw = DatasetDict({"train": train, "validation": validation})
     limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples}
     for name, limit in limits.items():
         if name in raw and limit is not None:

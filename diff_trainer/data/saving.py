@@ -8,8 +8,10 @@ removed by the next save to the same path.
 
 import ctypes
 import glob
+import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -22,6 +24,8 @@ from .loading import DataError
 
 logger = logging.getLogger(__name__)
 
+SAVED_MARKER = "saved_by_diff_trainer.json"  # lists the entries a save wrote; only such a directory is replaced
+DATASETS_FILE = re.compile(r"dataset_info\.json|state\.json|data-\d+-of-\d+\.arrow")  # a split's own files
 _RENAME_EXCHANGE = 2  # renameat2 flag: swap two paths atomically
 _AT_FDCWD = -100
 
@@ -35,6 +39,8 @@ def save_final_dataset(final: DatasetDict, path: str, *, overwrite: bool = False
     path = os.path.abspath(path)
     if os.path.exists(path) and not overwrite:
         raise DataError(f"{path} already exists; pass --overwrite_final_dataset or choose another directory.")
+    if os.path.exists(path):
+        check_replaceable(path)
     parent, name = os.path.split(path)
     os.makedirs(parent, exist_ok=True)
     remove_stale_staging(parent, name)
@@ -42,7 +48,10 @@ def save_final_dataset(final: DatasetDict, path: str, *, overwrite: bool = False
     os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes it 0700; the saved data should read like any dir
     try:
         final.save_to_disk(staging, num_proc=num_proc if num_proc and num_proc > 1 else None)
-        for file_name, text in (extra_files or {}).items():
+        written = {**(extra_files or {}), SAVED_MARKER: ""}
+        written[SAVED_MARKER] = json.dumps({"written_by": "diff_trainer save_final_dataset",
+                                            "entries": sorted([*os.listdir(staging), *written])}, indent=1)
+        for file_name, text in written.items():
             with open(os.path.join(staging, file_name), "w", encoding="utf-8") as handle:
                 handle.write(text)
         if not os.path.exists(path):
@@ -58,6 +67,26 @@ def save_final_dataset(final: DatasetDict, path: str, *, overwrite: bool = False
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("Saved the final dataset (%s) to %s", ", ".join(f"{k}: {len(v)} rows" for k, v in final.items()), path)
     return path
+
+
+def check_replaceable(path: str) -> None:
+    """A DataError unless `path` is a directory this function saved, holding only what it wrote (the entries its
+    marker lists, each split directory only datasets' own files): --overwrite_final_dataset deletes nothing else."""
+    marker = os.path.join(path, SAVED_MARKER)
+    refuse = (f"; --overwrite_final_dataset replaces only a directory written by --save_final_dataset. Choose another "
+              f"directory, or move {path} away yourself.")
+    try:
+        with open(marker, encoding="utf-8") as handle:
+            entries = set(json.load(handle)["entries"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise DataError(f"{path} is not a saved final dataset (no readable {SAVED_MARKER}){refuse}") from None
+    for entry in sorted(os.listdir(path)):
+        inside = os.path.join(path, entry)
+        foreign = [entry] if entry not in entries else []
+        if not foreign and os.path.isdir(inside):
+            foreign = [f"{entry}/{name}" for name in sorted(os.listdir(inside)) if not DATASETS_FILE.fullmatch(name)]
+        if foreign:
+            raise DataError(f"{path} holds {foreign[0]}, which --save_final_dataset did not write{refuse}")
 
 
 def optional_directory(value, bare_flag: str):

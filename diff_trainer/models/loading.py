@@ -9,6 +9,8 @@ adapter-only PEFT directory, causal LM or encoder) for the commands and the DPO 
 import json
 import logging
 import os
+
+import torch
 from transformers import (
     CONFIG_MAPPING,
     AutoConfig,
@@ -21,8 +23,9 @@ from transformers import (
 from transformers.models.auto.tokenization_auto import get_tokenizer_config
 
 from ..data.char_tokenizer import CHAR_TOKENIZER, CharTokenizer, build_char_tokenizer
+from ..data.loading import DataError
 from ..devices import resolve_device, torch_dtype
-from ..diffusion_config import auto_class_name
+from ..diffusion_config import auto_class_name, masked_lm_problem
 from .registry import CheckpointLoader, registered_loader
 
 BYTE_TOKENIZER = "byte"
@@ -215,6 +218,17 @@ def describe_model(model) -> str:
     return f"{type(model).__name__}: {parameters:,} parameters ({sizes})"
 
 
+def model_config(model_args, tokenizer) -> PretrainedConfig | None:
+    """The config `load_model` builds (no weights are read), or None when it cannot be had without loading a
+    model: a directory loaded as a trained checkpoint (adapter-only, a registered layout), or no model named."""
+    path = model_args.model_name_or_path
+    if path is None and not (model_args.config_name or model_args.model_type):
+        return None
+    if path is not None and needs_checkpoint_loader(path):
+        return None
+    return _build_config(model_args, tokenizer)
+
+
 def load_model(model_args, tokenizer):
     """A model from `model_name_or_path`, or a fresh one from `model_type`/`config_name`, with its auto class.
 
@@ -232,6 +246,8 @@ def load_model(model_args, tokenizer):
         fit_to_tokenizer(model, tokenizer)
         return model
     config = _build_config(model_args, tokenizer)
+    if model_args.masked_lm and masked_lm_problem(config.model_type):
+        raise DataError(f"{path or model_args.config_name}: {masked_lm_problem(config.model_type)}")
     auto_class = AUTO_CLASSES[auto_class_name(config, model_args.masked_lm)]
     options = {"trust_remote_code": model_args.trust_remote_code, "dtype": torch_dtype(model_args.dtype) or "auto"}
     if model_args.attn_implementation:
@@ -305,6 +321,8 @@ def needs_checkpoint_loader(path: str) -> bool:
 
 def _checkpoint_loader(path: str) -> CheckpointLoader:
     """The registered layout of `path`, else the first of DEFAULT_LOADERS whose `matches(path)` is true."""
+    if os.path.isdir(path):
+        check_config_files(path)
     if (loader := registered_loader(path)) is not None:  # also a hub name, e.g. GSAI-ML/LLaDA-8B-Instruct
         return loader
     if not os.path.isdir(path):
@@ -314,6 +332,22 @@ def _checkpoint_loader(path: str) -> CheckpointLoader:
         if loader.matches(path):
             return loader
     raise FileNotFoundError(f"no checkpoint at {path}: the directory has neither config.json nor {ADAPTER_CONFIG}.")
+
+
+def check_config_files(path: str) -> None:
+    """A DataError naming a config.json / adapter_config.json in `path` that is empty or cut (not one JSON object)."""
+    for name in ("config.json", ADAPTER_CONFIG):
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            continue
+        try:
+            with open(file, encoding="utf-8") as handle:
+                content = json.load(handle)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise DataError(f"{file}: not a valid config ({error}); the file is empty or cut (an interrupted save?). "
+                            "Use another checkpoint, or save this one again.") from None
+        if not isinstance(content, dict):
+            raise DataError(f"{file}: not a valid config (expected a JSON object, got {type(content).__name__}).")
 
 
 def _layout_tokenizer_loader(path: str):
@@ -331,8 +365,20 @@ def _layout_tokenizer_for_ids(model_path, tokenizer_name):
 
 
 def load_checkpoint_model(path: str, **options):
-    """The model of a checkpoint directory, from the first loader whose `matches(path)` is true."""
-    return _checkpoint_loader(path).load(path, **options)
+    """The model of a checkpoint directory, from the first loader whose `matches(path)` is true; a DataError when
+    a weight holds NaN or inf (a run whose loss diverged: nothing sensible can be sampled or trained from it)."""
+    return _finite_model(path, _checkpoint_loader(path).load(path, **options))
+
+
+def _finite_model(path: str, model):
+    """`model` (loaded from `path`), or a DataError naming its first weight that holds NaN or inf."""
+    with torch.no_grad():
+        broken = next((name for name, tensor in model.state_dict().items()
+                       if tensor.is_floating_point() and not torch.isfinite(tensor).all()), None)
+    if broken is not None:
+        raise DataError(f"{path}: weight {broken} holds NaN or inf values (the run that wrote it diverged). Use an "
+                        "earlier checkpoint-N of that run, or train again with a lower --learning_rate.")
+    return model
 
 
 def load_checkpoint(path: str, *, device: str = "cpu", dtype: str = "auto", merge_lora: bool = False,
@@ -342,7 +388,8 @@ def load_checkpoint(path: str, *, device: str = "cpu", dtype: str = "auto", merg
     `tokenizer_name` serves a registered layout that ships no tokenizer (the SEDD authors' layout).
     """
     loader = _checkpoint_loader(path)
-    model = loader.load(path, dtype=dtype, merge_lora=merge_lora, trust_remote_code=trust_remote_code)
+    model = _finite_model(path, loader.load(path, dtype=dtype, merge_lora=merge_lora,
+                                            trust_remote_code=trust_remote_code))
     if loader.tokenizer_for_ids is not None:  # its own message says which tokenizer to pass
         return model.to(resolve_device(device)).eval(), loader.tokenizer_for_ids(path, tokenizer_name)
     try:

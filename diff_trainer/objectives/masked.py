@@ -19,7 +19,7 @@ from ..diffusion.elbo import elbo_nll_of
 from ..diffusion.forward import mask_tokens, replace_prompt_with_mask, sample_times, truncate_random_length
 from ..diffusion.losses import diffusion_loss, masked_token_losses
 from ..diffusion.masked_head import MaskedHead, masked_ce_fn, unwrapped_model
-from ..diffusion.schedules import NoiseSchedule, get_schedule
+from ..diffusion.schedules import SCHEDULES, NoiseSchedule, get_schedule
 from ..diffusion_config import MASKED, read_diffusion_config, write_diffusion_config
 from ..models.bidirectional import is_encoder_model, make_bidirectional
 from .base import Objective
@@ -179,6 +179,8 @@ class MaskedDiffusion(Objective):
     def check_arguments(cls, args) -> None:
         if args.prefix_shuffle not in PREFIX_SHUFFLE_UNITS:
             raise ValueError(f"--prefix_shuffle must be one of {PREFIX_SHUFFLE_UNITS}, got {args.prefix_shuffle!r}")
+        if args.noise_schedule not in SCHEDULES:
+            raise ValueError(f"--noise_schedule must be one of {', '.join(SCHEDULES)}, got {args.noise_schedule!r}.")
 
     @classmethod
     def settings(cls, args, name: str) -> dict:

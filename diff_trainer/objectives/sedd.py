@@ -120,6 +120,9 @@ class SeddObjective(Objective):
     def check_arguments(cls, args) -> None:
         if args.sedd_noise not in SEDD_NOISES:
             raise ValueError(f"--sedd_noise must be one of {SEDD_NOISES}, got {args.sedd_noise!r}")
+        if not 0 < args.sigma_min < args.sigma_max:
+            raise ValueError(f"--sigma_min and --sigma_max must satisfy 0 < sigma_min < sigma_max, got "
+                             f"{args.sigma_min} and {args.sigma_max}.")
 
     @classmethod
     def settings(cls, args, name: str) -> dict:

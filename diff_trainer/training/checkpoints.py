@@ -9,13 +9,16 @@ own step and a weights file is present: the Trainer writes that state file last.
 
 import json
 import logging
+import math
 import os
 import re
 from typing import Optional
 
+import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
+from ..data.loading import DataError
 from ..models.registry import CheckpointError
 
 logger = logging.getLogger(__name__)
@@ -37,6 +40,52 @@ class CheckpointCompletionCallback(TrainerCallback):
             if os.path.isdir(path):
                 write_marker(path, state.global_step)
         return control
+
+
+class NonFiniteTraining(DataError):
+    """The loss or the gradient norm of a training step is NaN or inf."""
+
+
+class FiniteStepsMixin:
+    """Stops training at the first step whose loss (on any process) or gradient norm is NaN or inf, before the
+    optimizer applies it: the checkpoints on disk stay those of the last good step, and the error ends the run before
+    a final model is saved; weights that hold NaN or inf are never saved. With fp16 loss scaling an infinite gradient
+    norm is the scaler's business (it skips that step), so there only the loss is checked."""
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False):
+        """Refuse to write weights holding NaN or inf (an optimizer step can overflow them with a finite loss)."""
+        with torch.no_grad():  # each process checks its own shards (FSDP2 parameters are DTensors)
+            local = [p.to_local() if hasattr(p, "to_local") else p for p in self.model.parameters()]
+            bad = sum((~torch.isfinite(p)).any().float() for p in local if p.is_floating_point())
+        bad = self.accelerator.reduce(torch.as_tensor(bad, device=self.accelerator.device).float().reshape(1), "sum")
+        if float(bad) > 0:
+            raise NonFiniteTraining(f"the weights hold NaN or inf values after step {self.state.global_step}; "
+                                    f"nothing was saved. Usual causes: {self.non_finite_causes()}")
+        return super().save_model(output_dir, _internal_call)
+
+    def non_finite_causes(self) -> str:
+        return ("a --learning_rate too high for this model (lower it or add --warmup_steps), fp16 overflow (use "
+                "bf16 or float32), or bad data (very long or empty rows). No final model was saved; the checkpoint-N "
+                f"directories in {self.args.output_dir}, if any, hold weights of earlier steps.")
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        finite = torch.isfinite(loss.detach()).all()
+        self._finite_losses = finite if getattr(self, "_finite_losses", None) is None else self._finite_losses & finite
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        losses_ok, self._finite_losses = self._finite_losses, None
+        bad_loss = (~losses_ok).float().reshape(1) if losses_ok is not None else torch.zeros(1)
+        bad_loss = self.accelerator.reduce(bad_loss.to(self.accelerator.device), reduction="sum")
+        step, causes = self.state.global_step + 1, self.non_finite_causes()
+        if float(bad_loss) > 0:
+            raise NonFiniteTraining(f"the training loss is NaN or inf at step {step}. Usual causes: {causes}")
+        scaled = self.accelerator.scaler is not None
+        if grad_norm is not None and not scaled and not math.isfinite(float(grad_norm)):
+            raise NonFiniteTraining(f"the gradient norm is {float(grad_norm)} at step {step}. Usual causes: {causes}")
+        return grad_norm
 
 
 def write_marker(path: str, step: int) -> None:

@@ -41,6 +41,7 @@ from ..diffusion.elbo import elbo_terms, monte_carlo_copies
 from ..diffusion.masked_head import MaskedHead, masked_ce_fn, masked_head_for
 from ..diffusion_config import read_diffusion_config
 from ..models.bidirectional import is_peft_model
+from .checkpoints import FiniteStepsMixin
 from .sharding import ShardedSaveMixin, prepare_frozen_model
 from .trainer import StepNormalizedLoss
 
@@ -200,7 +201,7 @@ class MaskEpochCallback(TrainerCallback):
         self.collator.epoch = math.floor(state.epoch or 0)  # state.epoch is e + fraction done, e after epoch e-1
 
 
-class DiffusionDPOTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
+class DiffusionDPOTrainer(FiniteStepsMixin, ShardedSaveMixin, StepNormalizedLoss, Trainer):
     """Trainer with the VRPO loss on `PreferenceCollator` batches (see the module docstring); `args` is a
     `DPOTrainingArguments`.
 

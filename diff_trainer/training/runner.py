@@ -1,19 +1,27 @@
 """Run plumbing shared by the entry scripts: error exit, logging set-up, checkpoint discovery, train/eval tail."""
 
+import json
 import logging
 import os
 import shutil
+import socket
 import sys
+import time
 from typing import Callable, Optional
 
 import datasets
 import transformers
+from transformers import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .checkpoints import CheckpointCompletionCallback, check_resumable, newest_complete_checkpoint
 from ..data.loading import DataError
+from ..data.saving import process_alive
+from ..diffusion_config import MASKED
+from .checkpoints import WEIGHT_FILES, CheckpointCompletionCallback, check_resumable, newest_complete_checkpoint
 
 logger = logging.getLogger(__name__)
+
+OUTPUT_DIR_LOCK = "diff_trainer.lock"
 
 # The evaluation metric to read first, per kind of run, and what it means (the first one present is logged).
 HEADLINE_METRICS = (
@@ -37,6 +45,7 @@ def run_entry_point(main: Callable[[Optional[list[str]]], object], argv: Optiona
         print(f"{os.path.basename(sys.argv[0]) or 'diff-trainer'}: error: {error}", file=sys.stderr)
         return 1
     finally:
+        release_output_dir_locks()
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
     return 0
@@ -79,13 +88,150 @@ def nothing_to_run(training_args, done: str) -> bool:
     return True
 
 
+class OutputDirLock:
+    """`output_dir/diff_trainer.lock` held by one training run: host, pid, start time and Slurm job id as JSON.
+
+    Created exclusively (O_EXCL); a lock left by a run that is gone is taken over: its pid is dead on this host (or is
+    this very process, whose earlier run ended without releasing it), or it carries this process's SLURM_JOB_ID (the
+    job was requeued, possibly onto another node). Released, when still ours, by `release_output_dir_locks`.
+    """
+
+    def __init__(self, output_dir: str):
+        self.path = os.path.join(output_dir, OUTPUT_DIR_LOCK)
+        self.made_directory = not os.path.isdir(output_dir)
+        os.makedirs(output_dir, exist_ok=True)
+        job = os.environ.get("SLURM_JOB_ID")
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                      **({"slurm_job_id": job} if job else {})}
+
+    def acquire(self) -> str | None:
+        """Take the lock; None when taken, else a sentence naming the run that holds it."""
+        while True:
+            try:
+                handle = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self.read(self.path)
+                if not self.is_stale(holder):
+                    return self.refusal(holder)
+                self.remove_stale(holder)
+                continue
+            with os.fdopen(handle, "w", encoding="utf-8") as lock_file:
+                json.dump(self.owner, lock_file)
+            return None
+
+    @staticmethod
+    def read(path: str) -> dict | None:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return json.load(handle)
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            return {}  # being written, or cut: treated as held
+
+    def is_stale(self, holder: dict | None) -> bool:
+        if holder is None:
+            return True  # released meanwhile
+        job = self.owner.get("slurm_job_id")
+        if job and str(holder.get("slurm_job_id")) == job:
+            return True
+        if holder.get("host") != self.owner["host"] or not isinstance(holder.get("pid"), int):
+            return False  # another machine: its process cannot be checked from here
+        return holder["pid"] == os.getpid() or not process_alive(holder["pid"])
+
+    def remove_stale(self, holder: dict | None) -> None:
+        """Move the stale lock aside, putting it back if another run replaced it in between."""
+        aside = f"{self.path}.stale-{os.getpid()}"
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return
+        if self.read(aside) != holder:
+            try:
+                os.link(aside, self.path)
+            except FileExistsError:
+                pass
+        os.unlink(aside)
+
+    def refusal(self, holder: dict) -> str:
+        keys = ("host", "pid", "started", "slurm_job_id")
+        who = ", ".join(f"{key} {holder[key]}" for key in keys if key in holder) or "an unreadable lock"
+        return (f"--output_dir {os.path.dirname(self.path)} is in use by another training run ({who}); wait for it "
+                f"to end or choose another --output_dir (if that run is gone, delete {self.path}).")
+
+    def release(self) -> None:
+        """Remove the lock when it is still ours, and the directory when the lock made it and it stayed empty."""
+        if self.read(self.path) == self.owner:
+            os.unlink(self.path)
+        if self.made_directory and not os.listdir(os.path.dirname(self.path)):
+            os.rmdir(os.path.dirname(self.path))
+
+
+_held_locks: list[OutputDirLock] = []
+
+
+def lock_output_dir(training_args) -> None:
+    """Hold output_dir's lock for this training run (main process only; every process stops when it is held)."""
+    import torch.distributed as dist
+
+    refusal = None
+    if training_args.process_index == 0:
+        lock = OutputDirLock(training_args.output_dir)
+        refusal = lock.acquire()
+        if refusal is None:
+            _held_locks.append(lock)
+    if dist.is_available() and dist.is_initialized():
+        message = [refusal]
+        dist.broadcast_object_list(message, src=0)
+        refusal = message[0]
+    if refusal is not None:
+        raise DataError(refusal)
+
+
+def release_output_dir_locks() -> None:
+    while _held_locks:
+        _held_locks.pop().release()
+
+
+def check_resumed_settings(training_args) -> None:
+    """A DataError naming what differs when --resume (or --resume_from_checkpoint) would continue a checkpoint with
+    another kind of model (causal or diffusion) or other diffusion settings than it recorded in its diffusion_config;
+    checked before any data is read. (Without it the run fails on a weight shape, or silently rewrites the
+    checkpoint's settings.)"""
+    if not hasattr(training_args, "diffusion_settings"):
+        return  # DPO continues the policy's own settings
+    checkpoint = training_args.resume_from_checkpoint if not training_args.resume else \
+        newest_complete_checkpoint(training_args.output_dir)
+    config_file = os.path.join(checkpoint, "config.json") if checkpoint else None
+    if not config_file or not os.path.isfile(config_file):
+        return
+    with open(config_file, encoding="utf-8") as handle:
+        saved = json.load(handle).get("diffusion_config")
+    current = training_args.diffusion_settings() if training_args.train_diff_model else None
+    kind = {True: "a diffusion model", False: "a causal LM"}
+    if (saved is None) != (current is None):
+        differences = [f"it is {kind[saved is not None]}, this run trains {kind[current is not None]}"]
+    else:
+        current = {"objective": MASKED, **(current or {})}  # SEDD settings name their own objective
+        saved = {**(saved or {}), **({"sedd_noise": saved["noise"]} if "noise" in (saved or {}) else {})}
+        differences = [f"{key} {saved[key]!r} there, {value!r} here" for key, value in current.items()
+                       if key in saved and saved[key] != value]
+    if differences:
+        raise DataError(f"{checkpoint} cannot be resumed with these flags: {'; '.join(differences)}. Pass the "
+                        "checkpoint's settings, or train into another --output_dir.")
+
+
 def check_output_dir(training_args) -> None:
-    """Refuse to train into an output_dir holding a model or checkpoints, unless --resume or --overwrite_output_dir.
+    """Lock output_dir for a training run, then refuse to train into one holding a model or checkpoints, unless
+    --resume or --overwrite_output_dir.
 
     With --overwrite_output_dir the old checkpoint-N directories are deleted (by the main process) so that a later
     --resume cannot pick up a checkpoint of the replaced run.
     """
     output_dir = training_args.output_dir
+    if training_args.do_train:
+        lock_output_dir(training_args)
+        check_resumed_settings(training_args)
     if (not training_args.do_train or training_args.resume or training_args.resume_from_checkpoint
             or not os.path.isdir(output_dir)):
         return
@@ -94,7 +240,7 @@ def check_output_dir(training_args) -> None:
     if not found:
         return
     if not training_args.overwrite_output_dir:
-        raise ValueError(f"--output_dir {output_dir} already holds a trained model ({', '.join(found[:3])}): pass "
+        raise DataError(f"--output_dir {output_dir} already holds a trained model ({', '.join(found[:3])}): pass "
                          "--resume to continue its training, --overwrite_output_dir to replace it, or choose "
                          "another --output_dir.")
     if training_args.process_index == 0:
@@ -104,6 +250,35 @@ def check_output_dir(training_args) -> None:
     logger.warning("--overwrite_output_dir: replacing the model in %s.", output_dir)
 
 
+def reached_last_step(checkpoint: str, training_args) -> bool:
+    """True (and says so) when `checkpoint` already holds the run's last step: --max_steps, or with epochs the step
+    count its own run computed for the same --num_train_epochs (the Trainer would otherwise take one more step)."""
+    with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as handle:
+        state = json.load(handle)
+    if training_args.max_steps > 0:
+        last, flag = training_args.max_steps, f"--max_steps {training_args.max_steps}"
+    elif state.get("num_train_epochs") == training_args.num_train_epochs:
+        last, flag = state.get("max_steps"), f"--num_train_epochs {training_args.num_train_epochs:g}"
+    else:
+        return False
+    if not last or state["global_step"] < last:
+        return False
+    logger.info("%s already reached step %d of %s: nothing to train (raise %s to train further).", checkpoint,
+                state["global_step"], flag, flag.split()[0])
+    return True
+
+
+def load_finished_checkpoint(trainer, checkpoint: str) -> None:
+    """Give the trainer the weights and state of a checkpoint at the run's last step (for --do_eval), and save them
+    as the final model when a kill kept the run from saving it."""
+    trainer._load_from_checkpoint(checkpoint)
+    trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+    if not any(os.path.isfile(os.path.join(trainer.args.output_dir, name)) for name in WEIGHT_FILES):
+        logger.info("Saving the weights of %s as the final model.", checkpoint)
+        trainer.save_model()
+        trainer.save_state()
+
+
 def train_and_evaluate(trainer, training_args, *, evaluate: bool,
                        add_eval_metrics: Optional[Callable[[dict], dict]] = None) -> None:
     """--do_train (resuming from output_dir's last checkpoint with --resume), save; then --do_eval, log, save."""
@@ -111,11 +286,14 @@ def train_and_evaluate(trainer, training_args, *, evaluate: bool,
         trainer.add_callback(CheckpointCompletionCallback())
         checkpoint = (last_checkpoint(training_args.output_dir) if training_args.resume else None) or \
             (training_args.resume_from_checkpoint and check_resumable(training_args.resume_from_checkpoint))
-        result = trainer.train(resume_from_checkpoint=checkpoint)
-        trainer.save_model()
-        trainer.log_metrics("train", result.metrics)
-        trainer.save_metrics("train", result.metrics)
-        trainer.save_state()
+        if checkpoint and reached_last_step(checkpoint, training_args):
+            load_finished_checkpoint(trainer, checkpoint)
+        else:
+            result = trainer.train(resume_from_checkpoint=checkpoint)
+            trainer.save_model()
+            trainer.log_metrics("train", result.metrics)
+            trainer.save_metrics("train", result.metrics)
+            trainer.save_state()
     if training_args.do_eval and evaluate:
         metrics = trainer.evaluate()
         if add_eval_metrics is not None:

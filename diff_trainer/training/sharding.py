@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from transformers import Trainer
 
+from .checkpoints import FiniteStepsMixin
+
 # accelerate's name for the model's shard directory inside a checkpoint
 SHARDED_WEIGHTS_DIR = "pytorch_model_fsdp_0"
 
@@ -61,5 +63,5 @@ def prepare_frozen_model(accelerator, model):
     return accelerator.prepare_model(model, evaluation_mode=True)
 
 
-class ShardedSaveTrainer(ShardedSaveMixin, Trainer):
+class ShardedSaveTrainer(FiniteStepsMixin, ShardedSaveMixin, Trainer):
     """The plain Trainer (causal LM runs) with complete sharded saves."""

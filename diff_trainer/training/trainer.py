@@ -27,6 +27,7 @@ from ..metrics import argmax_logits, token_accuracy_metrics
 from ..models.bidirectional import is_encoder_model, is_peft_model
 from ..objectives import objective_for
 from ..objectives.masked import check_prefix_separator, prefix_shuffler, seeded_generator
+from .checkpoints import FiniteStepsMixin
 from .sharding import ShardedSaveMixin
 
 logger = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def default_normalization(layout: RowLayout) -> str:
     return "llada_pretrain" if layout.packed else "llada_sft"
 
 
-class DiffusionTrainer(ShardedSaveMixin, StepNormalizedLoss, Trainer):
+class DiffusionTrainer(FiniteStepsMixin, ShardedSaveMixin, StepNormalizedLoss, Trainer):
     """Trainer whose loss is the loss of the model's recorded objective (see the module docstring).
 
     `row_layout` (from `Preprocessor.run`) picks the default --loss_normalization (needed when it is not given).

@@ -16,6 +16,10 @@ onnxruntime = pytest.importorskip("onnxruntime", reason=WEB_EXTRA)
 from diff_trainer.cli import export_onnx as cli  # noqa: E402
 from diff_trainer.sampling.render import TokenPieces  # noqa: E402
 
+for extra in ("onnx", "onnxscript"):  # the `web` extra; a plain `.[test]` install skips this module
+    pytest.importorskip(extra)
+onnxruntime = pytest.importorskip("onnxruntime")
+
 
 def tiny_model(kind: str, vocab_size: int, bidirectional: bool = True):
     """A 2-layer llama, qwen2 or gpt2 with hidden size 32."""
@@ -155,6 +159,23 @@ def test_a_failed_verification_writes_nothing(checkpoints, llama_export, tmp_pat
     assert not output.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_a_new_export_keeps_the_other_files_in_its_directory(checkpoints, llama_export, tmp_path, monkeypatch):
+    """diff-serve-demo re-exports a checkpoint into CHECKPOINT/onnx with --overwrite: a quantised export or notes
+    the user put there stay."""
+    reuse_the_llama_graph(monkeypatch, llama_export)
+    output = tmp_path / "onnx"
+    output.mkdir()
+    (output / "model.json").write_text("{}")
+    (output / "int8").mkdir()
+    (output / "int8" / "model.onnx").write_bytes(b"quantised")
+    (output / "notes.txt").write_text("keep me")
+    config = export(checkpoints, "llama", output, "--overwrite")
+    assert config["files"]["model.onnx"] == (output / "model.onnx").stat().st_size
+    assert (output / "int8" / "model.onnx").read_bytes() == b"quantised"
+    assert (output / "notes.txt").read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["onnx"]  # no staging directory left
+
+
 def word_level_checkpoint(path, tokenizer_vocab=300):
     """A diffusion llama whose tokenizer is a word-level fast tokenizer (neither byte-level nor BPE)."""
     from tokenizers import Tokenizer, models, pre_tokenizers
@@ -179,12 +200,20 @@ def word_level_checkpoint(path, tokenizer_vocab=300):
     ("wordlevel", [], "byte-level BPE (GPT-2's scheme, as data_scripts/train_tokenizer.py makes); this checkpoint "
                       "has a TokenizersBackend with 300 ids, a WordLevel model (not BPE)."),
     ("existing", [], "exists and is not empty: pass --overwrite"),
+    ("byt5 beside a larger vocabulary", [], ("the model predicts 400 ids but its ByT5Tokenizer has text for 386 "
+                                             "(ids 386 to 399 have none)")),
 ])
 def test_bad_input_gets_one_clear_error(checkpoints, tmp_path, capsys, name, flags, message):
     output = tmp_path / "out"
     if name == "wordlevel":
         word_level_checkpoint(tmp_path / "wordlevel")
         model = tmp_path / "wordlevel"
+    elif name.startswith("byt5"):  # transformers' ByT5Tokenizer with its 125 <extra_id_N> tokens
+        model = tmp_path / "byt5"
+        tokenizer = make_byte_tokenizer()
+        larger = make_tiny_llama(400, max_position_embeddings=64)
+        larger.config.diffusion_config = masked_diffusion_config(tokenizer)
+        save_checkpoint(model, larger, tokenizer)
     else:
         model = checkpoints / ("llama" if name == "existing" else name)
     if name == "existing":

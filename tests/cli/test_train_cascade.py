@@ -109,3 +109,10 @@ def test_an_interrupted_stage_is_continued_to_the_weights_of_an_uninterrupted_ru
     assert continued.keys() == uninterrupted.keys()
     for name, tensor in uninterrupted.items():
         assert torch.equal(continued[name], tensor), name
+
+
+@pytest.mark.parametrize("key, value", [("dataset", "../../x"), ("model", "/abs/model"), ("dataset", "..")])
+def test_run_names_are_names_not_paths(tmp_path, key, value):
+    (tmp_path / "cascade.yaml").write_text(yaml.safe_dump({"dataset": "toy", "model": "tiny", key: value}))
+    with pytest.raises(train_cascade.CascadeError, match=f"`{key}` {value!r} .* is not a plain name"):
+        train_cascade.load_cascade(tmp_path)

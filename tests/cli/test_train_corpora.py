@@ -107,6 +107,19 @@ def test_bad_corpora(corpora, tmp_path, capsys, monkeypatch):
     assert "unknown keys ['color']" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("name", ["../../escaped", "{tmp}/escaped", "a/b", "..", "~root", "a\\b", ""])
+def test_a_corpus_name_is_a_name_not_a_path(corpora, tmp_path, capsys, monkeypatch, name):
+    monkeypatch.chdir(ROOT)
+    name = name.format(tmp=tmp_path)
+    bad = write_corpora(tmp_path, {name: {"path": str(tmp_path / "code.txt")}})
+    with pytest.raises(SystemExit) as stopped:
+        train_corpora.main([str(bad), "--all"])
+    assert stopped.value.code == 2
+    assert f"corpus name {name!r} is" in capsys.readouterr().err
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "escaped").exists()
+    assert not (tmp_path.parent / "escaped").exists()
+
+
 def test_shipped_corpora_file_resolves(monkeypatch):
     monkeypatch.chdir(ROOT)
     config = train_corpora.load_corpora("configs/corpora.yaml")

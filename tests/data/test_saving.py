@@ -56,13 +56,29 @@ def test_existing_directory_is_refused_without_overwrite(tmp_path, final):
     assert (target / "keep.txt").read_text() == "mine"
 
 
-def test_overwrite_replaces_the_directory(tmp_path, final):
+def test_overwrite_replaces_a_previous_save(tmp_path, final):
     target = tmp_path / "final"
-    target.mkdir()
-    (target / "stale.txt").write_text("old")
+    save_final_dataset(DatasetDict({"train": final["train"].select([0])}), str(target), num_proc=2,
+                       extra_files={"notes.json": "{}"})
     save_final_dataset(final, str(target), overwrite=True)
-    assert not (target / "stale.txt").exists()
-    assert (target / "dataset_dict.json").exists()
+    assert load_from_disk(str(target))["validation"].to_list() == final["validation"].to_list()
+    assert not (target / "notes.json").exists()
+
+
+@pytest.mark.parametrize("plant", ["source tree", "model", "file added to a save", "file added to a split"])
+def test_overwrite_refuses_what_a_save_did_not_write(tmp_path, final, plant):
+    """--overwrite_final_dataset must not delete a source tree, a trained model, or files added to a saved dataset."""
+    target = tmp_path / "target"
+    foreign = {"source tree": "setup.py", "model": "model.safetensors", "file added to a save": "README.md",
+               "file added to a split": "train/notes.txt"}[plant]
+    if plant.startswith("file added"):
+        save_final_dataset(final, str(target))
+    (target / foreign).parent.mkdir(parents=True, exist_ok=True)
+    (target / foreign).write_text("mine")
+    expected = "is not a saved final dataset" if not plant.startswith("file added") else f"holds {foreign}, which"
+    with pytest.raises(DataError, match=f"{target} {expected}.*move {target} away yourself"):
+        save_final_dataset(final, str(target), overwrite=True)
+    assert (target / foreign).read_text() == "mine"
 
 
 def test_failure_mid_save_leaves_no_directory(tmp_path, final, monkeypatch):

@@ -5,7 +5,6 @@ import json
 import pytest
 
 from data_scripts.train_tokenizer import main
-from diff_trainer.data.loading import DataError
 from diff_trainer.models.loading import load_saved_tokenizer
 
 
@@ -29,15 +28,27 @@ def test_learns_frequent_words_and_keeps_special_tokens_whole(tmp_path):
     assert tokenizer.decode(tokenizer.encode(unseen, add_special_tokens=False)) == unseen
 
 
+def one_line_error(argv, capsys) -> tuple[int, str]:
+    """Exit status and the stderr of `main(argv)`, which must end with one line and no traceback."""
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    return stopped.value.code, capsys.readouterr().err.strip().splitlines()[-1]
+
+
 def test_errors_name_the_problem(tmp_path, capsys):
     corpus = tmp_path / "train.jsonl"
     corpus.write_text('{"body": "x"}\n')
-    with pytest.raises(DataError, match="no column 'text'.*--text_column"):
-        main(["--train_file", str(corpus), "--output_dir", str(tmp_path / "a")])
+    code, err = one_line_error(["--train_file", str(corpus), "--output_dir", str(tmp_path / "a")], capsys)
+    assert code == 1 and "no column 'text'" in err and "--text_column" in err
+    corpus.write_text("")
+    code, err = one_line_error(["--train_file", str(corpus), "--output_dir", str(tmp_path / "a")], capsys)
+    assert code == 1 and err.endswith("train.jsonl: no records (the file is empty).")
     write_corpus(corpus, ["some text"])
-    with pytest.raises(ValueError, match="leaves no room for merges"):
-        main(["--train_file", str(corpus), "--vocab_size", "200", "--output_dir", str(tmp_path / "b")])
-    assert not (tmp_path / "b").exists()
+    for size in ("200", "0"):
+        code, err = one_line_error(["--train_file", str(corpus), "--vocab_size", size, "--output_dir",
+                                    str(tmp_path / "b")], capsys)
+        assert code == 2 and f"error: vocab_size {size} leaves no room for merges" in err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     with pytest.raises(SystemExit):
         main(["--train_file", str(corpus), "--output_dir", str(tmp_path)])
     assert "exists" in capsys.readouterr().err

@@ -111,16 +111,21 @@ def test_removed_transformers4_flag_is_refused(tmp_path):
         parse(["--output_dir", str(tmp_path), "--logging_dir", str(tmp_path)])
 
 
-def test_missing_config_file(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.yaml does not exist"):
+def test_missing_config_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stopped:
         parse([str(tmp_path / "nope.yaml")])
+    assert stopped.value.code == 2 and "nope.yaml does not exist" in capsys.readouterr().err
 
 
-def test_config_file_must_be_a_mapping(tmp_path):
+@pytest.mark.parametrize("content", ["- block_size\n- 8\n", "block_size: [8\n"])
+def test_config_file_must_be_a_mapping(tmp_path, capsys, content):
     path = tmp_path / "config.yaml"
-    path.write_text("- block_size\n- 8\n")
-    with pytest.raises(ValueError, match="mapping of flag names"):
+    path.write_text(content)
+    with pytest.raises(SystemExit) as stopped:
         parse([str(path)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert stopped.value.code == 2 and f"{path}: not a valid config file: " in err
+    assert "mapping of flag names" in err or "line 2, column 1" in err
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -96,6 +96,8 @@ class DiffusionTrainingArguments(RunArguments):
 
     def __post_init__(self):
         self._check_objective()
+        if not 0 <= self.time_eps <= 1:
+            raise ValueError(f"--time_eps is the smallest mask probability, in [0, 1]; got {self.time_eps}.")
         if self.loss_normalization is not None and self.loss_normalization not in LOSS_NORMALIZATIONS:
             raise ValueError(f"--loss_normalization must be one of {LOSS_NORMALIZATIONS}, got {self.loss_normalization!r}")
         if not 0 <= self.random_length_prob <= 1 or not 0 <= self.prompt_dropout <= 1:

@@ -3,6 +3,8 @@
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ...diffusion_config import masked_lm_problem
+
 
 @dataclass
 class ModelArguments:
@@ -46,3 +48,14 @@ class ModelArguments:
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["all-linear"], metadata={"help": "Modules that get adapters ('all-linear' = every linear)."}
     )
+
+    def __post_init__(self):
+        for name in ("dropout", "lora_dropout"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 1:
+                raise ValueError(f"--{name} is a probability in [0, 1], got {value}.")
+        if self.lora_r < 1 or self.lora_alpha <= 0:
+            raise ValueError(f"--lora_r must be at least 1 and --lora_alpha positive, got {self.lora_r} and "
+                             f"{self.lora_alpha}.")
+        if self.masked_lm and masked_lm_problem(self.model_type):
+            raise ValueError(masked_lm_problem(self.model_type))

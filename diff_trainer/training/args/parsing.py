@@ -34,11 +34,14 @@ def config_to_argv(path: str) -> list[str]:
 def parse_arguments(dataclass_types, argv: Optional[list[str]] = None):
     """Parse `[config.yaml|config.json] [--flag value ...]`; flags on the command line win over the file."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(dataclass_types)
     if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml", ".json")):
         if not os.path.isfile(argv[0]):
-            raise FileNotFoundError(f"Config file {argv[0]} does not exist.")
-        argv = config_to_argv(argv[0]) + argv[1:]
-    parser = HfArgumentParser(dataclass_types)
+            parser.error(f"config file {argv[0]} does not exist.")
+        try:
+            argv = config_to_argv(argv[0]) + argv[1:]
+        except (ValueError, yaml.YAMLError) as error:  # json.JSONDecodeError is a ValueError
+            parser.error(f"{argv[0]}: not a valid config file: {' '.join(str(error).split())}")
     try:
         *parsed, unknown = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     except ValueError as error:  # a flag check in a __post_init__: a usage error (exit status 2), not a traceback

@@ -10,6 +10,13 @@ from transformers import TrainingArguments
 class RunArguments(TrainingArguments):
     """transformers' TrainingArguments plus how this project's runs continue."""
 
+    def __post_init__(self):
+        counts = ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps")
+        for name in counts:
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}.")
+        super().__post_init__()
+
     resume: bool = field(
         default=False, metadata={"help": "Resume from the last checkpoint in --output_dir (start fresh if there is none)."}
     )
