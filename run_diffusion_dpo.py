@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Preference-tune a masked-diffusion LM with VRPO: `python run_diffusion_dpo.py --help` (the code: diff_trainer/cli/dpo.py)."""
+"""Preference-tune a diffusion LM with VRPO: `python run_diffusion_dpo.py --help` (code: diff_trainer/cli/dpo.py)."""
+
 import sys
 
 from diff_trainer.cli.dpo import main, run_entry_point

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """Train a masked-diffusion LM with GRPO: `python run_diffusion_grpo.py --help` (the code: diff_trainer/cli/grpo.py)."""
+
 import sys
 
 from diff_trainer.cli.grpo import main, run_entry_point

@@ -38,8 +38,15 @@ VOCAB, MASK = 386, 385
 def tiny_llama(causal: bool, seed: int = 0) -> LlamaForCausalLM:
     """The demo configs' Llama (hidden 128, 4 layers, 4 heads) with the byte tokenizer's vocabulary."""
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+    )
     model = LlamaForCausalLM(config)
     model.config.is_causal = causal
     return model
@@ -74,15 +81,21 @@ def training_variants(args, rows):
     with torch.no_grad():
         vectorised, _ = block.loss(diffusion, block_batch, "llada_pretrain")
         reference = loop_reference_loss(diffusion, block_batch, args.block_size)
-    print(f"vectorised block loss {float(vectorised):.6f}, loop over blocks {float(reference):.6f} "
-          f"(difference {abs(float(vectorised - reference)):.1e})")
+    print(
+        f"vectorised block loss {float(vectorised):.6f}, loop over blocks {float(reference):.6f} "
+        f"(difference {abs(float(vectorised - reference)):.1e})"
+    )
     return {
         "causal LM": (causal, lambda: causal(input_ids=rows, labels=rows).loss),
         f"block diffusion L'={args.block_size}, vectorised": (
-            diffusion, lambda: block.loss(diffusion, block_batch, "llada_pretrain")[0]),
+            diffusion,
+            lambda: block.loss(diffusion, block_batch, "llada_pretrain")[0],
+        ),
         "masked diffusion": (diffusion, lambda: masked.loss(diffusion, masked_batch, "llada_pretrain")[0]),
         f"block diffusion L'={args.block_size}, loop over blocks": (
-            diffusion, lambda: loop_reference_loss(diffusion, block_batch, args.block_size)),
+            diffusion,
+            lambda: loop_reference_loss(diffusion, block_batch, args.block_size),
+        ),
     }
 
 
@@ -100,8 +113,10 @@ def time_training(args) -> None:
                 times[name].append(elapsed)
     causal = median(times["causal LM"])
     table = [[name, median(values), median(values) / causal] for name, values in times.items()]
-    print(f"\nTraining step (forward + backward), batch {args.batch_size} x {args.length} tokens, median of "
-          f"{args.steps} steps after {args.warmup} warm-up:\n")
+    print(
+        f"\nTraining step (forward + backward), batch {args.batch_size} x {args.length} tokens, median of "
+        f"{args.steps} steps after {args.warmup} warm-up:\n"
+    )
     print(markdown_table(["step", "seconds", "x causal"], table))
 
 
@@ -112,22 +127,45 @@ def time_sampling(args) -> None:
     rows = []
     for _ in range(args.sampling_rounds):
         start = time.perf_counter()
-        result = block_generate(diffusion, prompt.tolist(), block_size=args.block_size, mask_token_id=MASK,
-                                gen_length=args.gen_length, threshold=0.9)
+        result = block_generate(
+            diffusion,
+            prompt.tolist(),
+            block_size=args.block_size,
+            mask_token_id=MASK,
+            gen_length=args.gen_length,
+            threshold=0.9,
+        )
         block_seconds = time.perf_counter() - start
         start = time.perf_counter()
-        output = causal.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False,
-                                 max_new_tokens=args.gen_length, min_new_tokens=args.gen_length, pad_token_id=0)
+        output = causal.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            do_sample=False,
+            max_new_tokens=args.gen_length,
+            min_new_tokens=args.gen_length,
+            pad_token_id=0,
+        )
         causal_seconds = time.perf_counter() - start
         assert output.shape[1] - prompt.shape[1] == args.gen_length
         rows.append((block_seconds, result.nfe, causal_seconds))
     block_seconds, nfe, causal_seconds = (median(column) for column in zip(*rows))
-    print(f"\nSampling at batch 1: {args.gen_length} new tokens after a {args.prompt_length}-token prompt, median of "
-          f"{args.sampling_rounds} runs (untrained weights):\n")
-    print(markdown_table(["sampler", "forward passes", "tokens/s"], [
-        [f"block sampler L'={args.block_size}, threshold 0.9, exact KV cache", int(nfe),
-         args.gen_length / block_seconds],
-        ["causal twin, model.generate (greedy, KV cache)", args.gen_length, args.gen_length / causal_seconds]]))
+    print(
+        f"\nSampling at batch 1: {args.gen_length} new tokens after a {args.prompt_length}-token prompt, median of "
+        f"{args.sampling_rounds} runs (untrained weights):\n"
+    )
+    print(
+        markdown_table(
+            ["sampler", "forward passes", "tokens/s"],
+            [
+                [
+                    f"block sampler L'={args.block_size}, threshold 0.9, exact KV cache",
+                    int(nfe),
+                    args.gen_length / block_seconds,
+                ],
+                ["causal twin, model.generate (greedy, KV cache)", args.gen_length, args.gen_length / causal_seconds],
+            ],
+        )
+    )
 
 
 def main():

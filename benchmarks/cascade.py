@@ -30,7 +30,6 @@ from pathlib import Path
 import yaml
 
 from common import REPO_ROOT, cached_build, machine_summary, markdown_table, results_file
-
 from data_scripts.make_cascade_data import build_shard, merge_shards, ranked_keywords  # noqa: E402
 from diff_trainer.data.io import read_jsonl, write_jsonl  # noqa: E402
 
@@ -55,16 +54,27 @@ def build_data(directory: str) -> None:
         build_shard(documents, os.path.join(directory, name), "keywords", [4, 8], SEPARATOR)
         merge_shards(os.path.join(directory, name))
         records = read_jsonl(os.path.join(directory, name, "stage3.jsonl.zst"))
-        write_jsonl(({"text": f"{DFF} {record['text'].split(DFF, 1)[1].strip()}", "doc_index": record["doc_index"]}
-                     for record in records), os.path.join(directory, name, "single.jsonl.zst"))
+        write_jsonl(
+            (
+                {"text": f"{DFF} {record['text'].split(DFF, 1)[1].strip()}", "doc_index": record["doc_index"]}
+                for record in records
+            ),
+            os.path.join(directory, name, "single.jsonl.zst"),
+        )
 
 
 def model_flags(args) -> dict:
-    return {"config_overrides": f"hidden_size={args.hidden},intermediate_size={3 * args.hidden},"
-                                f"num_hidden_layers={args.layers},num_attention_heads=4,num_key_value_heads=4,"
-                                "max_position_embeddings=512",
-            "do_eval": False, "eval_strategy": "no", "save_strategy": "no", "logging_steps": 50,
-            "disable_tqdm": True, "per_device_train_batch_size": args.batch_size}
+    return {
+        "config_overrides": f"hidden_size={args.hidden},intermediate_size={3 * args.hidden},"
+        f"num_hidden_layers={args.layers},num_attention_heads=4,num_key_value_heads=4,"
+        "max_position_embeddings=512",
+        "do_eval": False,
+        "eval_strategy": "no",
+        "save_strategy": "no",
+        "logging_steps": 50,
+        "disable_tqdm": True,
+        "per_device_train_batch_size": args.batch_size,
+    }
 
 
 def write_cascade_config(directory: str, data: str, runs: str, args) -> str:
@@ -99,13 +109,22 @@ def train_both(work: str, data: str, args) -> dict:
     train_cascade.main([config_dir, "--stages", "1", "2", "3"])
     seconds["cascade"] = time.perf_counter() - start
     stages = train_cascade.stage_runs(Path(config_dir), [1, 2, 3], None, each_from_start=True)
-    single = {**list(stages.values())[2], "max_steps": args.steps, "prefix_shuffle": "none",
-              "train_file": os.path.join(data, "train", "single.jsonl.zst"), "output_dir": os.path.join(runs, "single")}
+    single = {
+        **list(stages.values())[2],
+        "max_steps": args.steps,
+        "prefix_shuffle": "none",
+        "train_file": os.path.join(data, "train", "single.jsonl.zst"),
+        "output_dir": os.path.join(runs, "single"),
+    }
     start = time.perf_counter()
     train(single, os.path.join(REPO_ROOT, "run_clm_diff.py"), resume=False)
     seconds["single"] = time.perf_counter() - start
-    return {"stages": [flags["output_dir"] for flags in stages.values()], "single": single["output_dir"],
-            "blocks": [flags["block_size"] for flags in stages.values()], "seconds": seconds}
+    return {
+        "stages": [flags["output_dir"] for flags in stages.values()],
+        "single": single["output_dir"],
+        "blocks": [flags["block_size"] for flags in stages.values()],
+        "seconds": seconds,
+    }
 
 
 def heldout_rows(tokenizer, texts: list[str], block_size: int):
@@ -131,18 +150,32 @@ def elbo_per_record(model_dir: str, texts: list[str], block_size: int, mc_sample
     generator = seeded_generator(seed)
     nlls = []
     for first in range(0, len(texts), 8):
-        ids, maskable = heldout_rows(tokenizer, texts[first:first + 8], block_size)
-        nlls += elbo_nll(lambda noisy: model(input_ids=noisy).logits, ids, maskable, diffusion["mask_token_id"],
-                         mc_samples, generator=generator).tolist()
+        ids, maskable = heldout_rows(tokenizer, texts[first : first + 8], block_size)
+        nlls += elbo_nll(
+            lambda noisy: model(input_ids=noisy).logits,
+            ids,
+            maskable,
+            diffusion["mask_token_id"],
+            mc_samples,
+            generator=generator,
+        ).tolist()
     return nlls
 
 
 def heldout_documents(data: str, blocks: list[int], limit: int) -> tuple[list[str], list[list[str]]]:
     """(plain texts, per stage the records) of the held-out documents whose records fit every stage's block."""
-    stages = [{record["doc_index"]: record["text"] for record in
-               read_jsonl(os.path.join(data, "heldout", f"stage{stage}.jsonl.zst"))} for stage in (1, 2, 3)]
-    fitting = [index for index in sorted(stages[2]) if all(
-        len(stage[index].encode("utf-8")) + 1 <= block for stage, block in zip(stages, blocks))][:limit]
+    stages = [
+        {
+            record["doc_index"]: record["text"]
+            for record in read_jsonl(os.path.join(data, "heldout", f"stage{stage}.jsonl.zst"))
+        }
+        for stage in (1, 2, 3)
+    ]
+    fitting = [
+        index
+        for index in sorted(stages[2])
+        if all(len(stage[index].encode("utf-8")) + 1 <= block for stage, block in zip(stages, blocks))
+    ][:limit]
     texts = [stages[2][index].split(DFF, 1)[1].strip() for index in fitting]
     return texts, [[stage[index] for index in fitting] for stage in stages]
 
@@ -179,11 +212,34 @@ def sample_both(work: str, trained: dict, args) -> dict:
 
     common_flags = ["--samples", str(args.samples), "--temperature", "1.0", "--seed", str(args.seed)]
     cascade_file, single_file = os.path.join(work, "cascade_samples.jsonl"), os.path.join(work, "single_samples.jsonl")
-    generate_cascade.main(["--stages", *trained["stages"], "--gen_length", *map(str, STAGE_LENGTHS),
-                           "--steps", *(str(length // TOKENS_PER_STEP) for length in STAGE_LENGTHS),
-                           "--output", cascade_file, *common_flags])
-    generate.main(["--model", trained["single"], "--prompt", DFF, "--gen_length", str(STAGE_LENGTHS[-1]),
-                   "--steps", str(STAGE_LENGTHS[-1] // TOKENS_PER_STEP), "--output", single_file, *common_flags])
+    generate_cascade.main(
+        [
+            "--stages",
+            *trained["stages"],
+            "--gen_length",
+            *map(str, STAGE_LENGTHS),
+            "--steps",
+            *(str(length // TOKENS_PER_STEP) for length in STAGE_LENGTHS),
+            "--output",
+            cascade_file,
+            *common_flags,
+        ]
+    )
+    generate.main(
+        [
+            "--model",
+            trained["single"],
+            "--prompt",
+            DFF,
+            "--gen_length",
+            str(STAGE_LENGTHS[-1]),
+            "--steps",
+            str(STAGE_LENGTHS[-1] // TOKENS_PER_STEP),
+            "--output",
+            single_file,
+            *common_flags,
+        ]
+    )
     cascade = [json.loads(line) for line in open(cascade_file, encoding="utf-8")]
     single = [json.loads(line)["completion"].strip() for line in open(single_file, encoding="utf-8")]
     return {"cascade": cascade, "single": single}
@@ -192,16 +248,23 @@ def sample_both(work: str, trained: dict, args) -> dict:
 def measure(args) -> None:
     print(machine_summary())
     work = os.path.join(REPO_ROOT, "outputs", "benchmarks", "cascade" + ("_quick" if args.quick else ""))
-    data = cached_build(os.path.join(work, "data"), {"num_keywords": [4, 8], "separator": SEPARATOR},
-                        [CORPUS, os.path.join(REPO_ROOT, "data_scripts", "make_cascade_data.py")], build_data,
-                        "cascade stage files")
+    data = cached_build(
+        os.path.join(work, "data"),
+        {"num_keywords": [4, 8], "separator": SEPARATOR},
+        [CORPUS, os.path.join(REPO_ROOT, "data_scripts", "make_cascade_data.py")],
+        build_data,
+        "cascade stage files",
+    )
     trained = train_both(work, data, args)
     texts, stage_records = heldout_documents(data, trained["blocks"], args.eval_docs)
     text_bytes = sum(len(text.encode("utf-8")) for text in texts)
-    stage_nll = [elbo_per_record(path, records, block, args.mc_samples, args.seed)
-                 for path, records, block in zip(trained["stages"], stage_records, trained["blocks"])]
-    single_nll = elbo_per_record(trained["single"], [f"{DFF} {text}" for text in texts], trained["blocks"][-1],
-                                 args.mc_samples, args.seed)
+    stage_nll = [
+        elbo_per_record(path, records, block, args.mc_samples, args.seed)
+        for path, records, block in zip(trained["stages"], stage_records, trained["blocks"])
+    ]
+    single_nll = elbo_per_record(
+        trained["single"], [f"{DFF} {text}" for text in texts], trained["blocks"][-1], args.mc_samples, args.seed
+    )
     samples = sample_both(work, trained, args)
     vocabulary = corpus_keywords(data)
 
@@ -210,20 +273,47 @@ def measure(args) -> None:
 
     cascade_bound = [sum(parts) for parts in zip(*stage_nll)]
     rows = [
-        ["cascade (3 stages)", f"3 x {args.steps // 3}", f"{trained['seconds']['cascade']:.0f}",
-         bits_per_byte(cascade_bound), sum(cascade_bound) / len(texts),
-         " + ".join(f"{sum(nlls) / len(texts):.1f}" for nlls in stage_nll),
-         mean(keyword_coverage(record["text"], vocabulary) for record in samples["cascade"]),
-         mean(plan_coverage(record["stages"][1], record["text"]) for record in samples["cascade"])],
-        ["single (plain text)", str(args.steps), f"{trained['seconds']['single']:.0f}", bits_per_byte(single_nll),
-         sum(single_nll) / len(texts), "-", mean(keyword_coverage(text, vocabulary) for text in samples["single"]),
-         "-"],
+        [
+            "cascade (3 stages)",
+            f"3 x {args.steps // 3}",
+            f"{trained['seconds']['cascade']:.0f}",
+            bits_per_byte(cascade_bound),
+            sum(cascade_bound) / len(texts),
+            " + ".join(f"{sum(nlls) / len(texts):.1f}" for nlls in stage_nll),
+            mean(keyword_coverage(record["text"], vocabulary) for record in samples["cascade"]),
+            mean(plan_coverage(record["stages"][1], record["text"]) for record in samples["cascade"]),
+        ],
+        [
+            "single (plain text)",
+            str(args.steps),
+            f"{trained['seconds']['single']:.0f}",
+            bits_per_byte(single_nll),
+            sum(single_nll) / len(texts),
+            "-",
+            mean(keyword_coverage(text, vocabulary) for text in samples["single"]),
+            "-",
+        ],
     ]
-    print(f"\nHeld-out: {len(texts)} documents, {text_bytes} text bytes, {args.mc_samples} ELBO samples each; "
-          f"{args.samples} samples per model; model hidden {args.hidden} x {args.layers} layers, batch "
-          f"{args.batch_size}.\n")
-    print(markdown_table(["model", "train steps", "train wall s", "held-out bound (bits/byte)", "nats/doc",
-                          "nats/doc K1 + K2 + text", "corpus keyword coverage", "plan coverage"], rows))
+    print(
+        f"\nHeld-out: {len(texts)} documents, {text_bytes} text bytes, {args.mc_samples} ELBO samples each; "
+        f"{args.samples} samples per model; model hidden {args.hidden} x {args.layers} layers, batch "
+        f"{args.batch_size}.\n"
+    )
+    print(
+        markdown_table(
+            [
+                "model",
+                "train steps",
+                "train wall s",
+                "held-out bound (bits/byte)",
+                "nats/doc",
+                "nats/doc K1 + K2 + text",
+                "corpus keyword coverage",
+                "plan coverage",
+            ],
+            rows,
+        )
+    )
     print("\nFirst samples:")
     for record, single in zip(samples["cascade"][:2], samples["single"][:2]):
         print(f"cascade: {' || '.join(record['stages'])}\nsingle:  {single}")
@@ -231,9 +321,14 @@ def measure(args) -> None:
 
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="--steps 120 --hidden 32 --layers 1 --batch_size 8 --mc_samples 4 --eval_docs 32 --samples 4")
-    parser.add_argument("--steps", type=int, default=1500, help="optimizer steps of each model (cascade: per stage / 3)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="--steps 120 --hidden 32 --layers 1 --batch_size 8 --mc_samples 4 --eval_docs 32 --samples 4",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=1500, help="optimizer steps of each model (cascade: per stage / 3)"
+    )
     parser.add_argument("--hidden", type=int, default=128, help="hidden size of every net")
     parser.add_argument("--layers", type=int, default=4, help="layers of every net")
     parser.add_argument("--batch_size", type=int, default=16, help="rows per optimizer step")

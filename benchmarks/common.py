@@ -41,9 +41,11 @@ def machine_summary(threads: int = None) -> str:
 
     threads = threads if threads is not None else torch.get_num_threads()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{os.cpu_count()} CPU cores, {gpu}, load average {load_average()}; torch {torch.__version__} "
-            f"({threads} threads), transformers {transformers.__version__}, datasets {datasets.__version__}, "
-            f"tokenizers {tokenizers.__version__}, Python {platform.python_version()}")
+    return (
+        f"{os.cpu_count()} CPU cores, {gpu}, load average {load_average()}; torch {torch.__version__} "
+        f"({threads} threads), transformers {transformers.__version__}, datasets {datasets.__version__}, "
+        f"tokenizers {tokenizers.__version__}, Python {platform.python_version()}"
+    )
 
 
 def load_average() -> str:
@@ -62,6 +64,7 @@ def quiet() -> None:
 
 def markdown_table(headers: list[str], rows: list[list]) -> str:
     """A GitHub markdown table; floats get 3 significant decimals."""
+
     def cell(value):
         return f"{value:.3f}" if isinstance(value, float) else str(value)
 
@@ -123,17 +126,21 @@ def results_file(name: str, quick: bool = False):
     partial = path + ".partial"
     command = "python " + shlex.join([os.path.relpath(sys.argv[0], REPO_ROOT), *sys.argv[1:]])
     with open(partial, "w", encoding="utf-8") as handle:
-        handle.write(f"# {name}\n\nCommand: `{command}`  \nStarted: "
-                     f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  \n"
-                     f"Machine: {machine_summary()}\n\n```\n")
+        handle.write(
+            f"# {name}\n\nCommand: `{command}`  \nStarted: "
+            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC  \n"
+            f"Machine: {machine_summary()}\n\n```\n"
+        )
         original = sys.stdout
         sys.stdout = _Tee(original, handle)
         try:
             yield path
         finally:
             sys.stdout = original
-        handle.write(f"```\n\nFinished: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
-                     f"load average {load_average()}.\n")
+        handle.write(
+            f"```\n\nFinished: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; "
+            f"load average {load_average()}.\n"
+        )
     os.replace(partial, path)
     print(f"Results written to {os.path.relpath(path, REPO_ROOT)}")
 
@@ -154,8 +161,16 @@ def content_hash(*paths: str) -> str:
     """SHA-256 over the files under `paths` (names relative to each path, and bytes), cache key files excluded."""
     digest = hashlib.sha256()
     for root in paths:
-        files = [root] if os.path.isfile(root) else sorted(
-            os.path.join(folder, name) for folder, _, names in os.walk(root) for name in names if name != CACHE_KEY_FILE)
+        files = (
+            [root]
+            if os.path.isfile(root)
+            else sorted(
+                os.path.join(folder, name)
+                for folder, _, names in os.walk(root)
+                for name in names
+                if name != CACHE_KEY_FILE
+            )
+        )
         for path in files:
             digest.update(os.path.relpath(path, root).encode() + b"\0")
             with open(path, "rb") as handle:
@@ -182,8 +197,11 @@ def cached_build(directory: str, settings: dict, inputs: list[str], build, label
         elif stored.get("output_hash") != content_hash(directory):
             reason = "the cached files were modified"
         else:
-            print(f"Reused {label}: {os.path.relpath(directory, REPO_ROOT)} (same settings, inputs and files; "
-                  f"hash {stored['output_hash'][:12]}).", flush=True)
+            print(
+                f"Reused {label}: {os.path.relpath(directory, REPO_ROOT)} (same settings, inputs and files; "
+                f"hash {stored['output_hash'][:12]}).",
+                flush=True,
+            )
             return directory
     elif os.path.exists(directory):
         reason = "no cache key (made by hand or by an older script)"
@@ -196,8 +214,15 @@ def cached_build(directory: str, settings: dict, inputs: list[str], build, label
     return directory
 
 
-def train_twins(bench_dir: str, config: str, data_dir: str, causal_flags: list[str], threads: int | None = None,
-                max_steps: int | None = None, seconds: dict | None = None) -> dict[str, str]:
+def train_twins(
+    bench_dir: str,
+    config: str,
+    data_dir: str,
+    causal_flags: list[str],
+    threads: int | None = None,
+    max_steps: int | None = None,
+    seconds: dict | None = None,
+) -> dict[str, str]:
     """A diffusion model and its causal twin (`causal_flags` added) trained with run_clm_diff.py `config` on
     data_dir/train.jsonl, each reused when its settings and inputs match (`cached_build`); {"diffusion": dir,
     "causal": dir}. Training minutes go into `seconds` when given."""
@@ -211,11 +236,20 @@ def train_twins(bench_dir: str, config: str, data_dir: str, causal_flags: list[s
         def train(out, extra=extra, name=name):
             environment = dict(os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
             start = time.perf_counter()
-            subprocess.run([sys.executable, "run_clm_diff.py", config, *extra, "--output_dir", out], cwd=REPO_ROOT,
-                           env=environment, check=True)
+            subprocess.run(
+                [sys.executable, "run_clm_diff.py", config, *extra, "--output_dir", out],
+                cwd=REPO_ROOT,
+                env=environment,
+                check=True,
+            )
             if seconds is not None:
                 seconds[f"training the {name} model"] = time.perf_counter() - start
 
-        models[name] = cached_build(os.path.join(bench_dir, name), {"flags": flags, "max_steps": max_steps},
-                                    [os.path.join(REPO_ROOT, config), data_dir], train, f"the {name} model")
+        models[name] = cached_build(
+            os.path.join(bench_dir, name),
+            {"flags": flags, "max_steps": max_steps},
+            [os.path.join(REPO_ROOT, config), data_dir],
+            train,
+            f"the {name} model",
+        )
     return models

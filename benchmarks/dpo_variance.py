@@ -42,15 +42,19 @@ def load(path: str):
 
 def held_out_pairs(model_dir: str, data_dir: str, count: int):
     """The first `count` test pairs, tokenised as run_diffusion_dpo.py does with configs/dpo.yaml's settings."""
-    from dpo_arithmetic import BLOCK
-
-    from diff_trainer.training.args.data import PreferenceDataArguments
     from diff_trainer.data.preference import load_preference_data, tokenize_pairs
     from diff_trainer.models.loading import load_saved_tokenizer
+    from diff_trainer.training.args.data import PreferenceDataArguments
+    from dpo_arithmetic import BLOCK
 
     tokenizer = load_saved_tokenizer(model_dir)
-    args = PreferenceDataArguments(train_file=os.path.join(data_dir, "test_pairs.jsonl"), max_length=BLOCK,
-                                   max_prompt_length=8, prompt_suffix="<DFF>", max_train_samples=count)
+    args = PreferenceDataArguments(
+        train_file=os.path.join(data_dir, "test_pairs.jsonl"),
+        max_length=BLOCK,
+        max_prompt_length=8,
+        prompt_suffix="<DFF>",
+        max_train_samples=count,
+    )
     raw, _ = load_preference_data(args)
     return tokenizer, list(tokenize_pairs(raw, tokenizer, args)["train"])
 
@@ -97,27 +101,54 @@ def variance_table(results: dict) -> str:
     for n in BUDGETS:
         shared, independent, loss_shared, loss_independent = results[n]
         factor = independent / shared if shared > 0 else math.inf
-        rows.append([n, f"{shared:.4g}", f"{independent:.4g}", "inf (exactly 0)" if math.isinf(factor) else
-                     f"{factor:.1f}x", f"{base[0] / shared:.2f}x" if shared > 0 else "-",
-                     f"{base[1] / independent:.2f}x", f"{loss_shared:.3g}", f"{loss_independent:.3g}"])
-    return markdown_table(["n", "Var ŝ antithetic", "Var ŝ independent", "antithetic reduction",
-                           "n=1 / n (antithetic)", "n=1 / n (independent)", "Var loss antithetic",
-                           "Var loss independent"], rows)
+        rows.append(
+            [
+                n,
+                f"{shared:.4g}",
+                f"{independent:.4g}",
+                "inf (exactly 0)" if math.isinf(factor) else f"{factor:.1f}x",
+                f"{base[0] / shared:.2f}x" if shared > 0 else "-",
+                f"{base[1] / independent:.2f}x",
+                f"{loss_shared:.3g}",
+                f"{loss_independent:.3g}",
+            ]
+        )
+    return markdown_table(
+        [
+            "n",
+            "Var ŝ antithetic",
+            "Var ŝ independent",
+            "antithetic reduction",
+            "n=1 / n (antithetic)",
+            "n=1 / n (independent)",
+            "Var loss antithetic",
+            "Var loss independent",
+        ],
+        rows,
+    )
 
 
 def step_times(policy_dir: str, tokenizer, features, batch_size: int, steps: int) -> list[list]:
     """Median seconds of a full DPO step vs. its parts, with a frozen reference and with precomputed scores."""
     from datasets import Dataset, DatasetDict
+
     from diff_trainer.training.args.dpo import DPOTrainingArguments
     from diff_trainer.training.dpo import DiffusionDPOTrainer, precompute_reference_scores
 
     data = Dataset.from_list(features[:batch_size])
     rows = []
     for name, precompute in (("frozen reference copy", False), ("precomputed reference scores", True)):
-        args = DPOTrainingArguments(output_dir=os.path.join("/tmp", "dpo_step_times"), use_cpu=True,
-                                    report_to="none", per_device_train_batch_size=batch_size,
-                                    per_device_eval_batch_size=batch_size, learning_rate=1e-4, save_strategy="no",
-                                    mc_samples=8, precompute_ref_scores=precompute)
+        args = DPOTrainingArguments(
+            output_dir=os.path.join("/tmp", "dpo_step_times"),
+            use_cpu=True,
+            report_to="none",
+            per_device_train_batch_size=batch_size,
+            per_device_eval_batch_size=batch_size,
+            learning_rate=1e-4,
+            save_strategy="no",
+            mc_samples=8,
+            precompute_ref_scores=precompute,
+        )
         policy = load(policy_dir)
         if precompute:
             data = precompute_reference_scores(DatasetDict({"train": data}), policy, tokenizer, args)["train"]
@@ -126,8 +157,7 @@ def step_times(policy_dir: str, tokenizer, features, batch_size: int, steps: int
         optimizer = trainer.create_optimizer()
         trainer.current_gradient_accumulation_steps = 1
         batch = trainer.data_collator([trainer.train_dataset[i] for i in range(batch_size)])
-        times = {key: [] for key in ("step", "policy forward", "reference forward", "backward", "optimizer",
-                                     "collate")}
+        times = {key: [] for key in ("step", "policy forward", "reference forward", "backward", "optimizer", "collate")}
 
         def timed(key, action):
             start = time.perf_counter()
@@ -147,10 +177,19 @@ def step_times(policy_dir: str, tokenizer, features, batch_size: int, steps: int
             timed("collate", lambda: trainer.data_collator([trainer.train_dataset[i] for i in range(batch_size)]))
         medians = {key: statistics.median(values) if values else 0.0 for key, values in times.items()}
         parts = sum(value for key, value in medians.items() if key not in ("step", "collate"))
-        rows.append([name, f"{1000 * medians['step']:.1f}", f"{1000 * medians['policy forward']:.1f}",
-                     f"{1000 * medians['reference forward']:.1f}" if not precompute else "-",
-                     f"{1000 * medians['backward']:.1f}", f"{1000 * medians['optimizer']:.1f}",
-                     f"{1000 * parts:.1f}", f"{medians['step'] / parts:.2f}", f"{1000 * medians['collate']:.1f}"])
+        rows.append(
+            [
+                name,
+                f"{1000 * medians['step']:.1f}",
+                f"{1000 * medians['policy forward']:.1f}",
+                f"{1000 * medians['reference forward']:.1f}" if not precompute else "-",
+                f"{1000 * medians['backward']:.1f}",
+                f"{1000 * medians['optimizer']:.1f}",
+                f"{1000 * parts:.1f}",
+                f"{medians['step'] / parts:.2f}",
+                f"{1000 * medians['collate']:.1f}",
+            ]
+        )
     return rows
 
 
@@ -163,8 +202,11 @@ def main(argv=None):
     parser.add_argument("--batch_size", type=int, default=16, help="pairs per step in the timing table")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (medians)")
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--quick", action="store_true",
-                        help="--pairs 8 --draws 4 --steps 2 --batch_size 8 with dpo_arithmetic.py --quick's models")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="--pairs 8 --draws 4 --steps 2 --batch_size 8 with dpo_arithmetic.py --quick's models",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.pairs, args.draws, args.steps, args.batch_size = 8, 4, 2, 8
@@ -182,30 +224,56 @@ def main(argv=None):
 def measure(args):
     import dpo_arithmetic
 
-    settings = dpo_arithmetic.QUICK if args.quick else {"bench_dir": dpo_arithmetic.BENCH_DIR, "sft_steps": 3000,
-                                                         "dpo_steps": 200, "eval_every": 50}
+    settings = (
+        dpo_arithmetic.QUICK
+        if args.quick
+        else {"bench_dir": dpo_arithmetic.BENCH_DIR, "sft_steps": 3000, "dpo_steps": 200, "eval_every": 50}
+    )
     data_dir = dpo_arithmetic.prepare_data(settings["bench_dir"])
     sft_model, dpo_model = args.sft_model, args.dpo_model
     if sft_model is None:  # reused when dpo_arithmetic.py made it with the same settings
         sft_model, _ = dpo_arithmetic.prepare_sft(data_dir, settings["sft_steps"], args.threads, settings["bench_dir"])
     if dpo_model is None:
-        dpo_model, _, _ = dpo_arithmetic.train_dpo(sft_model, data_dir, "on_policy", settings["dpo_steps"],
-                                                   settings["eval_every"], args.threads, (), settings["bench_dir"])
+        dpo_model, _, _ = dpo_arithmetic.train_dpo(
+            sft_model,
+            data_dir,
+            "on_policy",
+            settings["dpo_steps"],
+            settings["eval_every"],
+            args.threads,
+            (),
+            settings["bench_dir"],
+        )
     tokenizer, features = held_out_pairs(sft_model, data_dir, args.pairs)
     reference = load(sft_model)
 
     print(f"## VRPO score variance ({machine_summary(args.threads)})\n")
     print(f"{len(features)} held-out pairs x {args.draws} draws; reference = {sft_model}\n")
-    for title, policy in (("policy = reference (start of DPO)", copy.deepcopy(reference)),
-                          (f"policy after DPO ({dpo_model})", load(dpo_model))):
+    for title, policy in (
+        ("policy = reference (start of DPO)", copy.deepcopy(reference)),
+        (f"policy after DPO ({dpo_model})", load(dpo_model)),
+    ):
         start = time.perf_counter()
         results = score_variances(policy, reference, tokenizer, features, args.draws)
         print(f"### {title} ({time.perf_counter() - start:.0f} s)\n\n{variance_table(results)}\n")
 
     print(f"### One DPO step: {args.batch_size} pairs, n = 8, milliseconds (median of {args.steps})\n")
-    print(markdown_table(["reference", "full step", "policy fwd + ELBO", "reference fwd", "backward", "optimizer",
-                          "sum of parts", "step / sum", "collate (not in step)"],
-                         step_times(dpo_model, tokenizer, features, args.batch_size, args.steps)))
+    print(
+        markdown_table(
+            [
+                "reference",
+                "full step",
+                "policy fwd + ELBO",
+                "reference fwd",
+                "backward",
+                "optimizer",
+                "sum of parts",
+                "step / sum",
+                "collate (not in step)",
+            ],
+            step_times(dpo_model, tokenizer, features, args.batch_size, args.steps),
+        )
+    )
 
 
 if __name__ == "__main__":

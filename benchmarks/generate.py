@@ -62,8 +62,9 @@ def prepare_models(threads: int | None, max_steps: int | None) -> tuple[dict[str
 
     seconds = {}
     bench_dir = os.path.join(REPO_ROOT, BENCH_DIR + ("_quick" if max_steps else ""))
-    data_dir = cached_build(os.path.join(bench_dir, "data"), DATA, [], lambda out: make_arithmetic(out, **DATA),
-                            "arithmetic problems")
+    data_dir = cached_build(
+        os.path.join(bench_dir, "data"), DATA, [], lambda out: make_arithmetic(out, **DATA), "arithmetic problems"
+    )
     models = train_twins(bench_dir, CONFIG, data_dir, CAUSAL_FLAGS, threads, max_steps, seconds)
     return models, os.path.join(data_dir, "test.jsonl"), seconds
 
@@ -71,41 +72,56 @@ def prepare_models(threads: int | None, max_steps: int | None) -> tuple[dict[str
 def run_rows(models: dict[str, str], test_file: str, max_samples: int | None, batch_size: int) -> list[dict]:
     """Evaluate every row of ROWS; the first batch of each row is run once before timing (warm-up)."""
     from diff_trainer.cli import eval_arithmetic as evaluation
-    from diff_trainer.cli.generate import open_checkpoint, sampler_config
+    from diff_trainer.cli.generate import open_checkpoint, sampler_flags
+    from diff_trainer.sampling.settings import sampler_for
 
     loaded = {name: open_checkpoint(path) for name, path in models.items()}
     prepared = []
-    for name, which, flags in ROWS:
+    for _name, which, flags in ROWS:
         model, tokenizer, diffusion_config = loaded[which]
-        argv = ["--model", models[which], "--test_file", test_file, "--gen_length", str(GEN_LENGTH),
-                "--batch_size", str(batch_size), *flags]
+        argv = [
+            "--model",
+            models[which],
+            "--test_file",
+            test_file,
+            "--gen_length",
+            str(GEN_LENGTH),
+            "--batch_size",
+            str(batch_size),
+            *flags,
+        ]
         args = evaluation.build_parser().parse_args(argv)
         dff_token = (diffusion_config or {}).get("dff_token") or evaluation.DEFAULT_DFF_TOKEN
         problems = evaluation.read_problems(test_file, dff_token)[:max_samples]
         prompt_ids = evaluation.prepare_prompts(args, tokenizer, diffusion_config, [p.prompt for p in problems])
-        config = sampler_config(args, diffusion_config, tokenizer) if diffusion_config else None
+        config = sampler_for(diffusion_config, tokenizer, **sampler_flags(args)) if diffusion_config else None
         evaluation.evaluate_problems(model, tokenizer, problems[:batch_size], prompt_ids[:batch_size], args, config)
         prepared.append((model, tokenizer, problems, prompt_ids, args, config))
     parts = [[] for _ in ROWS]
     chunk = max(CHUNK, batch_size)
     for round_index, start in enumerate(range(0, len(prepared[0][2]), chunk)):
         order = list(range(len(ROWS)))
-        order = order[round_index % len(order):] + order[:round_index % len(order)]
+        order = order[round_index % len(order) :] + order[: round_index % len(order)]
         for index in order:
             model, tokenizer, problems, prompt_ids, args, config = prepared[index]
             part = slice(start, start + chunk)
-            parts[index].append(evaluation.evaluate_problems(model, tokenizer, problems[part], prompt_ids[part],
-                                                             args, config))
+            parts[index].append(
+                evaluation.evaluate_problems(model, tokenizer, problems[part], prompt_ids[part], args, config)
+            )
     results = []
     for (name, _, flags), pieces in zip(ROWS, parts):
         records = [record for piece in pieces for record in piece.records]
         result = evaluation.Evaluation(
-            records=records, accuracy=sum(r["correct"] for r in records) / len(records),
+            records=records,
+            accuracy=sum(r["correct"] for r in records) / len(records),
             nfe_per_sample=sum(r["nfe"] for r in records) / len(records),
             completion_tokens=sum(piece.completion_tokens for piece in pieces),
-            seconds=sum(piece.seconds for piece in pieces))
+            seconds=sum(piece.seconds for piece in pieces),
+        )
         print(f"{name}: {result.summary()}".replace("\n", "; "), flush=True)
-        results.append({"name": name, "flags": " ".join(flags) or "(none)", "result": result, "model": ROWS_MODEL[name]})
+        results.append(
+            {"name": name, "flags": " ".join(flags) or "(none)", "result": result, "model": ROWS_MODEL[name]}
+        )
     return results
 
 
@@ -115,13 +131,31 @@ def report(results: list[dict]) -> str:
     rows = []
     for row in results:
         result = row["result"]
-        ratio = (f"{baseline.nfe_per_sample / result.nfe_per_sample:.1f}x" if row["model"] == "diffusion"
-                 else "n/a (other model)")
-        rows.append([row["name"], f"`{row['flags']}`", f"{result.nfe_per_sample:.2f}", ratio,
-                     f"{result.tokens_per_second:.0f}",
-                     f"{100 * result.accuracy:.1f}", f"{100 * (result.accuracy - baseline.accuracy):+.1f}"])
-    headers = ["sampler", "flags", "NFE / sample", "fewer NFE than one per step", "tokens/s", "exact match %",
-               "vs one per step (points)"]
+        ratio = (
+            f"{baseline.nfe_per_sample / result.nfe_per_sample:.1f}x"
+            if row["model"] == "diffusion"
+            else "n/a (other model)"
+        )
+        rows.append(
+            [
+                row["name"],
+                f"`{row['flags']}`",
+                f"{result.nfe_per_sample:.2f}",
+                ratio,
+                f"{result.tokens_per_second:.0f}",
+                f"{100 * result.accuracy:.1f}",
+                f"{100 * (result.accuracy - baseline.accuracy):+.1f}",
+            ]
+        )
+    headers = [
+        "sampler",
+        "flags",
+        "NFE / sample",
+        "fewer NFE than one per step",
+        "tokens/s",
+        "exact match %",
+        "vs one per step (points)",
+    ]
     lines = [markdown_table(headers, rows), ""]
     for row in results:
         if row["name"] in THRESHOLD_ROWS:
@@ -129,8 +163,10 @@ def report(results: list[dict]) -> str:
             ratio = baseline.nfe_per_sample / result.nfe_per_sample
             loss = 100 * (baseline.accuracy - result.accuracy)
             met = "met" if ratio >= 4 and loss <= 1 else "NOT met"
-            lines.append(f"- {row['name']}: {ratio:.1f}x fewer NFE, {loss:+.1f} points of accuracy lost: "
-                         f"target (>= 4x, <= 1 point) {met}")
+            lines.append(
+                f"- {row['name']}: {ratio:.1f}x fewer NFE, {loss:+.1f} points of accuracy lost: "
+                f"target (>= 4x, <= 1 point) {met}"
+            )
     return "\n".join(lines)
 
 
@@ -142,9 +178,12 @@ def main(argv=None):
     parser.add_argument("--max_samples", type=int, default=None, help="evaluate the first N test problems")
     parser.add_argument("--batch_size", type=int, default=1, help="prompts generated together (1: exact NFE)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for training and generation")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"train {QUICK['max_steps']} steps (into outputs/bench_arith_quick/), "
-                             f"--max_samples {QUICK['max_samples']}")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"train {QUICK['max_steps']} steps (into outputs/bench_arith_quick/), "
+        f"--max_samples {QUICK['max_samples']}",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.max_samples = args.max_samples or QUICK["max_samples"]
@@ -176,8 +215,10 @@ def measure(args):
     seconds["in total"] = time.perf_counter() - start
 
     problems = len(results[0]["result"].records)
-    print(f"\n## Samplers on 2-digit + and - ({problems} test problems, gen_length {GEN_LENGTH}, greedy, "
-          f"batch size {args.batch_size})\n")
+    print(
+        f"\n## Samplers on 2-digit + and - ({problems} test problems, gen_length {GEN_LENGTH}, greedy, "
+        f"batch size {args.batch_size})\n"
+    )
     print(report(results))
     print(f"\nModels: {models['diffusion']}, {models['causal']}. Machine: {machine_summary()}.")
     print("Time: " + ", ".join(f"{what} {value / 60:.1f} min" for what, value in seconds.items()) + ".")

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""GPU figures: diffusion vs causal training step, DPO (LoRA reference) vs SFT peak memory, sampling vs KV-cache generate.
+"""GPU figures: diffusion vs causal training step, DPO (LoRA reference) vs SFT peak memory, sampling vs KV-cache
+generate.
 
     python benchmarks/gpu.py [--steps 10] [--hidden_size 1280] [--layers 24] [--batch_size 8] [--block_size 2048]
 
@@ -23,20 +24,20 @@ import tempfile
 import time
 
 import torch
-from common import markdown_table, median, quiet
 from transformers import Trainer, default_data_collator, set_seed
 
+from common import markdown_table, median, quiet
+from diff_trainer.models.loading import add_special_tokens, load_model, load_tokenizer
+from diff_trainer.objectives.masked import seeded_generator
+from diff_trainer.sampling.masked import generate
 from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
 from diff_trainer.training.args.dpo import DPOTrainingArguments
 from diff_trainer.training.args.model import ModelArguments
 from diff_trainer.training.dpo import DiffusionDPOTrainer
-from diff_trainer.models.loading import add_special_tokens, load_model, load_tokenizer
 from diff_trainer.training.model import prepare_model
-from diff_trainer.objectives.masked import seeded_generator
-from diff_trainer.sampling.masked import generate
 from diff_trainer.training.trainer import DiffusionTrainer
 
-GIB = 1024 ** 3
+GIB = 1024**3
 DEVICE = "cuda"
 DFF = "<DFF>"
 
@@ -59,23 +60,45 @@ def parse_args():
 
 def llama_arguments(args) -> ModelArguments:
     heads = max(1, args.hidden_size // 64)
-    overrides = (f"hidden_size={args.hidden_size},intermediate_size={args.hidden_size * 27 // 10},"
-                 f"num_hidden_layers={args.layers},num_attention_heads={heads},num_key_value_heads={heads},"
-                 f"max_position_embeddings={max(args.block_size, args.prompt_length + args.gen_length, 4096)}")
-    return ModelArguments(tokenizer_name="byte", model_type="llama", config_overrides=overrides,
-                          attn_implementation="sdpa", lora_r=16, lora_alpha=32, lora_dropout=0.0)
+    overrides = (
+        f"hidden_size={args.hidden_size},intermediate_size={args.hidden_size * 27 // 10},"
+        f"num_hidden_layers={args.layers},num_attention_heads={heads},num_key_value_heads={heads},"
+        f"max_position_embeddings={max(args.block_size, args.prompt_length + args.gen_length, 4096)}"
+    )
+    return ModelArguments(
+        tokenizer_name="byte",
+        model_type="llama",
+        config_overrides=overrides,
+        attn_implementation="sdpa",
+        lora_r=16,
+        lora_alpha=32,
+        lora_dropout=0.0,
+    )
 
 
 def training_arguments(output_dir: str, batch_size: int, kind=DiffusionTrainingArguments, **settings):
     """bf16 autocast (as --bf16 true), AdamW at 1e-4; `settings` are the diffusion or DPO flags."""
-    return kind(output_dir=output_dir, per_device_train_batch_size=batch_size, bf16=True, learning_rate=1e-4,
-                report_to="none", seed=0, do_train=True, **settings)
+    return kind(
+        output_dir=output_dir,
+        per_device_train_batch_size=batch_size,
+        bf16=True,
+        learning_rate=1e-4,
+        report_to="none",
+        seed=0,
+        do_train=True,
+        **settings,
+    )
 
 
 def diffusion_model(model_args, tokenizer, new_token_ids, args: DiffusionTrainingArguments):
     """A fresh model made bidirectional with its diffusion_config (and LoRA when model_args.use_lora)."""
-    return prepare_model(model_args, tokenizer, "diffusion", new_token_ids=new_token_ids,
-                         diffusion_settings={**args.diffusion_settings(), "dff_token": DFF})
+    return prepare_model(
+        model_args,
+        tokenizer,
+        "diffusion",
+        new_token_ids=new_token_ids,
+        diffusion_settings={**args.diffusion_settings(), "dff_token": DFF},
+    )
 
 
 def noised_batch(trainer: DiffusionTrainer, rows: list[dict]) -> dict:
@@ -86,8 +109,10 @@ def noised_batch(trainer: DiffusionTrainer, rows: list[dict]) -> dict:
 def random_rows(count: int, length: int, low: int, high: int, labelled_from: int = 0) -> list[dict]:
     """Feature dicts of random token rows; labels from position `labelled_from` on (earlier ones are the prompt)."""
     ids = torch.randint(low, high, (count, length)).tolist()
-    return [{"input_ids": row, "attention_mask": [1] * length,
-             "labels": [-100] * labelled_from + row[labelled_from:]} for row in ids]
+    return [
+        {"input_ids": row, "attention_mask": [1] * length, "labels": [-100] * labelled_from + row[labelled_from:]}
+        for row in ids
+    ]
 
 
 class Step:
@@ -117,8 +142,9 @@ class Step:
 def resident_bytes(step: Step) -> int:
     """Bytes a trainer keeps on the GPU between steps: its parameters and optimizer states (gradients are freed)."""
     tensors = list(step.trainer.model.parameters())
-    tensors += [value for state in step.optimizer.state.values() for value in state.values()
-                if isinstance(value, torch.Tensor)]
+    tensors += [
+        value for state in step.optimizer.state.values() for value in state.values() if isinstance(value, torch.Tensor)
+    ]
     return sum(t.numel() * t.element_size() for t in tensors if t.device.type == "cuda")
 
 
@@ -138,15 +164,22 @@ def training_step_time(args, output_dir: str) -> None:
     set_seed(0)
     clm_model = load_model(model_args, tokenizer)
     set_seed(0)
-    diffusion_args = training_arguments(output_dir, args.batch_size, train_diff_model=True,
-                                        loss_normalization="llada_pretrain")
+    diffusion_args = training_arguments(
+        output_dir, args.batch_size, train_diff_model=True, loss_normalization="llada_pretrain"
+    )
     diffusion_net = diffusion_model(model_args, tokenizer, new_token_ids, diffusion_args)
     parameters = sum(p.numel() for p in clm_model.parameters())
-    clm = Trainer(model=clm_model, args=training_arguments(output_dir, args.batch_size),
-                  data_collator=default_data_collator, processing_class=tokenizer)
+    clm = Trainer(
+        model=clm_model,
+        args=training_arguments(output_dir, args.batch_size),
+        data_collator=default_data_collator,
+        processing_class=tokenizer,
+    )
     diffusion = DiffusionTrainer(diffusion_net, diffusion_args, processing_class=tokenizer)
-    steps = {"causal LM (Trainer)": Step(clm, default_data_collator(rows)),
-             "masked diffusion (DiffusionTrainer)": Step(diffusion, noised_batch(diffusion, rows))}
+    steps = {
+        "causal LM (Trainer)": Step(clm, default_data_collator(rows)),
+        "masked diffusion (DiffusionTrainer)": Step(diffusion, noised_batch(diffusion, rows)),
+    }
     clm_step, diffusion_step = steps.values()
     for _ in range(3):
         clm_step()
@@ -154,17 +187,27 @@ def training_step_time(args, output_dir: str) -> None:
     for step in steps.values():
         step.seconds.clear()
     for pair in range(args.steps):
-        for step in ((clm_step, diffusion_step) if pair % 2 == 0 else (diffusion_step, clm_step)):
+        for step in (clm_step, diffusion_step) if pair % 2 == 0 else (diffusion_step, clm_step):
             step()
     tokens = args.batch_size * args.block_size
     # both models live on the GPU together: each step's own peak is the measured peak minus the other's resident bytes
-    own_peaks = [clm_step.peak_bytes - resident_bytes(diffusion_step),
-                 diffusion_step.peak_bytes - resident_bytes(clm_step)]
-    print(f"(a) training step: Llama {parameters / 1e9:.2f}B parameters, {args.batch_size}×{args.block_size} "
-          f"tokens, bf16 autocast, AdamW, median of {args.steps} steps after 3 warm-up\n")
-    print(markdown_table(["objective", "s/step", "tokens/s", "peak GiB"],
-                         [[name, median(s.seconds), tokens / median(s.seconds), peak / GIB]
-                          for (name, s), peak in zip(steps.items(), own_peaks)]))
+    own_peaks = [
+        clm_step.peak_bytes - resident_bytes(diffusion_step),
+        diffusion_step.peak_bytes - resident_bytes(clm_step),
+    ]
+    print(
+        f"(a) training step: Llama {parameters / 1e9:.2f}B parameters, {args.batch_size}×{args.block_size} "
+        f"tokens, bf16 autocast, AdamW, median of {args.steps} steps after 3 warm-up\n"
+    )
+    print(
+        markdown_table(
+            ["objective", "s/step", "tokens/s", "peak GiB"],
+            [
+                [name, median(s.seconds), tokens / median(s.seconds), peak / GIB]
+                for (name, s), peak in zip(steps.items(), own_peaks)
+            ],
+        )
+    )
     paired = median([d / c for d, c in zip(diffusion_step.seconds, clm_step.seconds)])
     print(f"\ndiffusion / causal step time: {paired:.3f} (median over adjacent pairs)\n")
 
@@ -182,8 +225,9 @@ def dpo_memory(args, output_dir: str) -> None:
     set_seed(0)
     sft_rows = random_rows(2 * pairs * n, width, 0, 256, labelled_from=args.prompt_length)
     sft_args = training_arguments(output_dir, len(sft_rows), train_diff_model=True, loss_normalization="llada_sft")
-    sft = DiffusionTrainer(diffusion_model(model_args, tokenizer, new_token_ids, sft_args), sft_args,
-                           processing_class=tokenizer)
+    sft = DiffusionTrainer(
+        diffusion_model(model_args, tokenizer, new_token_ids, sft_args), sft_args, processing_class=tokenizer
+    )
     sft_step = Step(sft, noised_batch(sft, sft_rows))
     for _ in range(3):
         sft_step()
@@ -193,19 +237,29 @@ def dpo_memory(args, output_dir: str) -> None:
     baseline = free_memory()
     set_seed(0)
     policy = diffusion_model(model_args, tokenizer, new_token_ids, sft_args)  # LoRA: the reference is adapters off
-    features = [{"prompt_ids": torch.randint(0, 256, (args.prompt_length,)).tolist(),
-                 "chosen_ids": torch.randint(0, 256, (args.response_length,)).tolist(),
-                 "rejected_ids": torch.randint(0, 256, (args.response_length,)).tolist(), "mask_seed": i}
-                for i in range(pairs)]
-    dpo = DiffusionDPOTrainer(policy, args=training_arguments(output_dir, pairs, DPOTrainingArguments, mc_samples=n),
-                              processing_class=tokenizer)
+    features = [
+        {
+            "prompt_ids": torch.randint(0, 256, (args.prompt_length,)).tolist(),
+            "chosen_ids": torch.randint(0, 256, (args.response_length,)).tolist(),
+            "rejected_ids": torch.randint(0, 256, (args.response_length,)).tolist(),
+            "mask_seed": i,
+        }
+        for i in range(pairs)
+    ]
+    dpo = DiffusionDPOTrainer(
+        policy,
+        args=training_arguments(output_dir, pairs, DPOTrainingArguments, mc_samples=n),
+        processing_class=tokenizer,
+    )
     dpo_step = Step(dpo, dpo.data_collator(features))
     for _ in range(3):
         dpo_step()
     peaks["VRPO DPO step, LoRA reference (DiffusionDPOTrainer)"] = dpo_step.peak_bytes - baseline
 
-    print(f"(b) peak memory of one LoRA step (r {model_args.lora_r}), {pairs} pairs × 2 responses × {n} masked "
-          f"copies = {2 * pairs * n} sequences of {width} tokens, bf16 autocast, AdamW\n")
+    print(
+        f"(b) peak memory of one LoRA step (r {model_args.lora_r}), {pairs} pairs × 2 responses × {n} masked "
+        f"copies = {2 * pairs * n} sequences of {width} tokens, bf16 autocast, AdamW\n"
+    )
     print(markdown_table(["step", "peak GiB"], [[name, peak / GIB] for name, peak in peaks.items()]))
     sft_peak, dpo_peak = peaks.values()
     print(f"\nDPO / SFT peak memory: {dpo_peak / sft_peak:.3f} (goal ≤ 1.15)\n")
@@ -243,16 +297,34 @@ def sampling_speed(args) -> None:
     }
     rows = []
     for name, settings in runs.items():
-        seconds = timed(lambda: generate(model, prompts, gen_length=args.gen_length, block_length=block,
-                                         mask_token_id=tokenizer.mask_token_id, eos_handling="none", **settings))
+        seconds = timed(
+            lambda: generate(
+                model,
+                prompts,
+                gen_length=args.gen_length,
+                block_length=block,
+                mask_token_id=tokenizer.mask_token_id,
+                eos_handling="none",
+                **settings,
+            )
+        )
         rows.append([name, seconds, new_tokens / seconds])
     with torch.no_grad():
-        seconds = timed(lambda: causal.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts),
-                                                max_new_tokens=args.gen_length, min_new_tokens=args.gen_length,
-                                                do_sample=False, pad_token_id=tokenizer.pad_token_id))
+        seconds = timed(
+            lambda: causal.generate(
+                input_ids=prompts,
+                attention_mask=torch.ones_like(prompts),
+                max_new_tokens=args.gen_length,
+                min_new_tokens=args.gen_length,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
     rows.append(["causal `model.generate`, KV cache, greedy", seconds, new_tokens / seconds])
-    print(f"(c) sampling: {args.gen_batch} sequences × {args.gen_length} new tokens after {args.prompt_length}-token "
-          f"prompts, bf16 weights, median of 3 after a warm-up\n")
+    print(
+        f"(c) sampling: {args.gen_batch} sequences × {args.gen_length} new tokens after {args.prompt_length}-token "
+        f"prompts, bf16 weights, median of 3 after a warm-up\n"
+    )
     print(markdown_table(["sampler", "seconds", "new tokens/s"], rows))
     print(f"\ndiffusion (1 token/step) / generate tokens/s: {rows[0][2] / rows[2][2]:.3f}\n")
 
@@ -260,12 +332,16 @@ def sampling_speed(args) -> None:
 def main():
     args = parse_args()
     if not torch.cuda.is_available():
-        raise SystemExit("benchmarks/gpu.py measures a CUDA GPU and none is visible here "
-                         "(torch.cuda.is_available() is False); run it on a GPU machine.")
+        raise SystemExit(
+            "benchmarks/gpu.py measures a CUDA GPU and none is visible here "
+            "(torch.cuda.is_available() is False); run it on a GPU machine."
+        )
     quiet()
     properties = torch.cuda.get_device_properties(0)
-    print(f"GPU: {properties.name}, {properties.total_memory / GIB:.0f} GiB; torch {torch.__version__} "
-          f"(CUDA {torch.version.cuda}).\n")
+    print(
+        f"GPU: {properties.name}, {properties.total_memory / GIB:.0f} GiB; torch {torch.__version__} "
+        f"(CUDA {torch.version.cuda}).\n"
+    )
     with tempfile.TemporaryDirectory(prefix="bench_gpu_") as output_dir:
         training_step_time(args, output_dir)
         free_memory()

@@ -25,8 +25,18 @@ MODES = {"isolated": "true", "shared": "false"}
 def run(arguments: list[str], log_path: str, threads: int) -> dict:
     """run_clm_diff.py on configs/demo.yaml plus `arguments`; its all_results.json."""
     output_dir = arguments[arguments.index("--output_dir") + 1]
-    command = [sys.executable, "run_clm_diff.py", DEMO_DIFFUSION_CONFIG, "--save_strategy", "no",
-               "--eval_strategy", "no", "--disable_tqdm", "true", *arguments]
+    command = [
+        sys.executable,
+        "run_clm_diff.py",
+        DEMO_DIFFUSION_CONFIG,
+        "--save_strategy",
+        "no",
+        "--eval_strategy",
+        "no",
+        "--disable_tqdm",
+        "true",
+        *arguments,
+    ]
     run_logged(command, log_path, threads, f"run_clm_diff.py {' '.join(arguments)}")
     with open(os.path.join(output_dir, "all_results.json")) as handle:
         return json.load(handle)
@@ -47,21 +57,52 @@ def parse_args():
 def main():
     args = parse_args()
     with results_file("isolation", args.quick), tempfile.TemporaryDirectory(prefix="bench_isolation_") as work:
-        print(f"configs/demo.yaml, {args.steps} steps per run, ELBO with {args.eval_mc_samples} masks per row; "
-              f"{machine_summary(args.threads)}.\n", flush=True)
+        print(
+            f"configs/demo.yaml, {args.steps} steps per run, ELBO with {args.eval_mc_samples} masks per row; "
+            f"{machine_summary(args.threads)}.\n",
+            flush=True,
+        )
         rows = []
         for trained, trained_flag in MODES.items():
             model_dir = os.path.join(work, trained)
-            results = run(["--output_dir", model_dir, "--max_steps", str(args.steps), "--do_eval", "false",
-                           "--isolate_documents", trained_flag], os.path.join(work, f"{trained}.log"), args.threads)
-            print(f"trained {trained}: train_loss {results['train_loss']:.4f}, {results['train_runtime']:.0f} s",
-                  flush=True)
+            results = run(
+                [
+                    "--output_dir",
+                    model_dir,
+                    "--max_steps",
+                    str(args.steps),
+                    "--do_eval",
+                    "false",
+                    "--isolate_documents",
+                    trained_flag,
+                ],
+                os.path.join(work, f"{trained}.log"),
+                args.threads,
+            )
+            print(
+                f"trained {trained}: train_loss {results['train_loss']:.4f}, {results['train_runtime']:.0f} s",
+                flush=True,
+            )
             scores = {}
             for evaluated, evaluated_flag in MODES.items():
-                metrics = run(["--output_dir", os.path.join(work, f"{trained}_eval_{evaluated}"), "--do_train",
-                               "false", "--model_name_or_path", model_dir, "--config_overrides", "",
-                               "--isolate_documents", evaluated_flag, "--eval_mc_samples", str(args.eval_mc_samples)],
-                              os.path.join(work, f"{trained}_eval_{evaluated}.log"), args.threads)
+                metrics = run(
+                    [
+                        "--output_dir",
+                        os.path.join(work, f"{trained}_eval_{evaluated}"),
+                        "--do_train",
+                        "false",
+                        "--model_name_or_path",
+                        model_dir,
+                        "--config_overrides",
+                        "",
+                        "--isolate_documents",
+                        evaluated_flag,
+                        "--eval_mc_samples",
+                        str(args.eval_mc_samples),
+                    ],
+                    os.path.join(work, f"{trained}_eval_{evaluated}.log"),
+                    args.threads,
+                )
                 scores[evaluated] = metrics["eval_elbo_nll"]
             rows.append([f"trained {trained}", results["train_loss"], scores["isolated"], scores["shared"]])
         print("\nHeld-out ELBO bound, nats per byte (lower is better):\n")

@@ -25,18 +25,33 @@ import json
 import math
 
 import torch
+
 from common import markdown_table
 
-GIB = 1024 ** 3
+GIB = 1024**3
 
 # Shapes of the models the tables describe (no downloads needed): Llama-3.2-1B and LLaDA-8B (a Llama-style body).
 BUILTIN_CONFIGS = {
     "1B (Llama-3.2-1B shape)": dict(
-        model_type="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-        num_attention_heads=32, num_key_value_heads=8, tie_word_embeddings=True),
+        model_type="llama",
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        tie_word_embeddings=True,
+    ),
     "8B (LLaDA-8B shape)": dict(
-        model_type="llama", vocab_size=126464, hidden_size=4096, intermediate_size=12288, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=32, tie_word_embeddings=False),
+        model_type="llama",
+        vocab_size=126464,
+        hidden_size=4096,
+        intermediate_size=12288,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        tie_word_embeddings=False,
+    ),
 }
 STRATEGIES = ("DDP", "FSDP2", "ZeRO-3", "ZeRO-3 + offload")
 
@@ -48,22 +63,36 @@ def model_shape(config) -> dict:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     parameters = sum(p.numel() for p in model.parameters())
-    lora_per_rank = sum(module.in_features + module.out_features for name, module in model.named_modules()
-                        if isinstance(module, torch.nn.Linear) and name != "lm_head")
+    lora_per_rank = sum(
+        module.in_features + module.out_features
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name != "lm_head"
+    )
     block = max(sum(p.numel() for p in layer.parameters()) for layer in model.model.layers)
-    return {"parameters": parameters, "lora_per_rank": lora_per_rank, "block": block,
-            "hidden": config.hidden_size, "layers": config.num_hidden_layers, "vocab": config.vocab_size,
-            "intermediate": config.intermediate_size}
+    return {
+        "parameters": parameters,
+        "lora_per_rank": lora_per_rank,
+        "block": block,
+        "hidden": config.hidden_size,
+        "layers": config.num_hidden_layers,
+        "vocab": config.vocab_size,
+        "intermediate": config.intermediate_size,
+    }
 
 
 # (label, LoRA policy, frozen reference copy); a LoRA policy's reference is itself with adapters off.
-SETUPS = (("full SFT", False, False), ("LoRA SFT", True, False),
-          ("DPO, full policy + reference copy", False, True), ("DPO, LoRA policy (LoRA reference)", True, False),
-          ("DPO, full policy + precomputed reference scores", False, False))
+SETUPS = (
+    ("full SFT", False, False),
+    ("LoRA SFT", True, False),
+    ("DPO, full policy + reference copy", False, True),
+    ("DPO, LoRA policy (LoRA reference)", True, False),
+    ("DPO, full policy + precomputed reference scores", False, False),
+)
 
 
-def state_bytes(shape: dict, lora: bool, reference_copy: bool, strategy: str, gpus: int, gpus_per_node: int,
-                lora_rank: int) -> tuple:
+def state_bytes(
+    shape: dict, lora: bool, reference_copy: bool, strategy: str, gpus: int, gpus_per_node: int, lora_rank: int
+) -> tuple:
     """(GPU bytes, CPU bytes per node) of weights, gradients, optimizer states and DPO reference for one setup."""
     n = shape["parameters"]
     adapters = shape["lora_per_rank"] * lora_rank
@@ -95,7 +124,9 @@ def plan_table(shape: dict, gpus: int, gpus_per_node: int, lora_rank: int) -> st
         row = [label]
         for strategy in STRATEGIES:
             if reference_copy and strategy.startswith("ZeRO-3"):
-                row.append("not supported: LoRA or FSDP2")  # diff_trainer.training.sharding.prepare_frozen_model refuses it
+                row.append(
+                    "not supported: LoRA or FSDP2"
+                )  # diff_trainer.training.sharding.prepare_frozen_model refuses it
                 continue
             gpu, cpu = state_bytes(shape, lora, reference_copy, strategy, gpus, gpus_per_node, lora_rank)
             row.append(f"{gpu / GIB:.1f}" + (f" (+{cpu / GIB:.0f} CPU/node)" if cpu else ""))
@@ -124,15 +155,19 @@ def main():
         configs = {args.config: AutoConfig.for_model(**settings)}
     else:
         configs = {name: AutoConfig.for_model(**settings) for name, settings in BUILTIN_CONFIGS.items()}
-    print(f"{args.gpus} GPUs ({args.gpus_per_node} per node), AdamW with bf16 mixed precision, LoRA r "
-          f"{args.lora_rank} on all linear layers; activations for {args.micro_batch}×{args.seq_len} tokens per GPU.\n")
+    print(
+        f"{args.gpus} GPUs ({args.gpus_per_node} per node), AdamW with bf16 mixed precision, LoRA r "
+        f"{args.lora_rank} on all linear layers; activations for {args.micro_batch}×{args.seq_len} tokens per GPU.\n"
+    )
     for name, config in configs.items():
         shape = model_shape(config)
         print(f"### {name}: {shape['parameters'] / 1e9:.2f}B parameters\n")
         print(plan_table(shape, args.gpus, args.gpus_per_node, args.lora_rank))
         activations = activation_bytes(shape, args.micro_batch, args.seq_len)
-        print(f"\nplus activations per GPU (any strategy, activation checkpointing): {activations / GIB:.1f} GiB; "
-              f"DPO runs 2·n masked copies per pair through the policy (and the reference without gradients).\n")
+        print(
+            f"\nplus activations per GPU (any strategy, activation checkpointing): {activations / GIB:.1f} GiB; "
+            f"DPO runs 2·n masked copies per pair through the policy (and the reference without gradients).\n"
+        )
 
 
 if __name__ == "__main__":

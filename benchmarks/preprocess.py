@@ -28,13 +28,13 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # the workers are the 
 
 import datasets  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
-from common import load_average, machine_summary, markdown_table, median, results_file, stopwatch  # noqa: E402
 from datasets import DatasetDict  # noqa: E402
 
-from diff_trainer.training.args.data import DataArguments  # noqa: E402
+from common import load_average, machine_summary, markdown_table, median, results_file, stopwatch  # noqa: E402
 from diff_trainer.data import pipeline  # noqa: E402
 from diff_trainer.data.bpe_tokenizer import train_bpe_tokenizer  # noqa: E402
 from diff_trainer.data.pipeline import Preprocessor  # noqa: E402
+from diff_trainer.training.args.data import DataArguments  # noqa: E402
 
 DFF = "<DFF>"
 TOP_LEVEL_BLOCK = re.compile(r"^(?=(?:async\s+def|def|class|@)\b)", re.MULTILINE)
@@ -45,8 +45,9 @@ def stdlib_sources():
     """Paths of the standard library's .py files, in a stable order."""
     root = sysconfig.get_paths()["stdlib"]
     for directory, subdirectories, files in os.walk(root):
-        subdirectories[:] = sorted(d for d in subdirectories if d not in ("site-packages", "dist-packages",
-                                                                           "__pycache__"))
+        subdirectories[:] = sorted(
+            d for d in subdirectories if d not in ("site-packages", "dist-packages", "__pycache__")
+        )
         for name in sorted(files):
             if name.endswith(".py"):
                 yield os.path.join(directory, name)
@@ -91,6 +92,7 @@ def write_corpus(path: str, record_chars: int, max_mb: float) -> tuple[int, int]
 
 def raw_tokenisation(raw, tokenizer, workers: int, block_size: int):
     """(a) Batched tokenisation only: the ids our pipeline's first step also computes."""
+
     def tokenize(batch):
         return {"input_ids": tokenizer(batch["text"], add_special_tokens=False)["input_ids"]}
 
@@ -99,8 +101,14 @@ def raw_tokenisation(raw, tokenizer, workers: int, block_size: int):
 
 def ours(raw, tokenizer, workers: int, block_size: int, concatenate: bool = True, preprocessor_hook=None):
     """(b) diff-trainer's Preprocessor: tokenise, <DFF> labels, filter, pack (or pad) and sanity check."""
-    args = DataArguments(block_size=block_size, preprocessing_num_workers=workers, concatenate_texts=concatenate,
-                         ignore_long_samples=not concatenate, dff_token=DFF, dff_labels="auto")
+    args = DataArguments(
+        block_size=block_size,
+        preprocessing_num_workers=workers,
+        concatenate_texts=concatenate,
+        ignore_long_samples=not concatenate,
+        dff_token=DFF,
+        dff_labels="auto",
+    )
     preprocessor = Preprocessor(tokenizer, args)
     if preprocessor_hook:
         preprocessor_hook(preprocessor)
@@ -115,6 +123,7 @@ def ours_padded(raw, tokenizer, workers: int, block_size: int):
 
 def run_clm_recipe(raw, tokenizer, workers: int, block_size: int):
     """(c) transformers' run_clm.py: tokenizer(text) (ids + attention mask), then group_texts into blocks."""
+
     def tokenize(batch):
         return tokenizer(batch["text"])
 
@@ -122,8 +131,9 @@ def run_clm_recipe(raw, tokenizer, workers: int, block_size: int):
         # join every column's lists, drop the remainder that does not fill a block, copy ids to labels
         joined = {name: list(chain.from_iterable(lists)) for name, lists in batch.items()}
         usable = len(joined["input_ids"]) // block_size * block_size
-        grouped = {name: [values[i:i + block_size] for i in range(0, usable, block_size)]
-                   for name, values in joined.items()}
+        grouped = {
+            name: [values[i : i + block_size] for i in range(0, usable, block_size)] for name, values in joined.items()
+        }
         grouped["labels"] = grouped["input_ids"].copy()
         return grouped
 
@@ -155,6 +165,7 @@ def timed_steps(raw, tokenizer, workers: int, block_size: int) -> dict:
             wall[name], cpu[name] = [], []
             with stopwatch(wall[name], cpu[name]):
                 return function(*args, **kwargs)
+
         return call
 
     def hook(preprocessor):
@@ -170,8 +181,10 @@ def timed_steps(raw, tokenizer, workers: int, block_size: int) -> dict:
     finally:
         pipeline.sanity_check = original_check
     steps = {name: (wall[name][0], cpu[name][0]) for name in wall}
-    steps["rest of run()"] = (total_wall[0] - sum(w for w, _ in steps.values()),
-                              total_cpu[0] - sum(c for _, c in steps.values()))
+    steps["rest of run()"] = (
+        total_wall[0] - sum(w for w, _ in steps.values()),
+        total_cpu[0] - sum(c for _, c in steps.values()),
+    )
     steps["total"] = (total_wall[0], total_cpu[0])
     return steps
 
@@ -207,11 +220,15 @@ def measure(args):
         records, size = write_corpus(corpus, args.record_chars, args.max_mb)
         raw = datasets.load_dataset("json", data_files=corpus, split="train", cache_dir=os.path.join(workdir, "hf"))
         megabytes = size / 1e6
-        print(f"Corpus: {records} records, {megabytes:.1f} MB of stdlib source with {DFF} markers "
-              f"({sysconfig.get_paths()['stdlib']}).")
+        print(
+            f"Corpus: {records} records, {megabytes:.1f} MB of stdlib source with {DFF} markers "
+            f"({sysconfig.get_paths()['stdlib']})."
+        )
         if megabytes < 20:
-            print("Warning: less than the 20 MB the benchmark is meant for; fixed costs (worker pools, ~0.2 s per "
-                  "map) weigh more.")
+            print(
+                "Warning: less than the 20 MB the benchmark is meant for; fixed costs (worker pools, ~0.2 s per "
+                "map) weigh more."
+            )
 
         start = time.perf_counter()
         slice_texts, taken = [], 0
@@ -221,15 +238,17 @@ def measure(args):
                 taken += len(text)
         tokenizer = train_bpe_tokenizer(slice_texts, args.vocab_size, dff_token=DFF, mask_token=None)
         print(f"BPE: vocab {len(tokenizer)}, trained on {taken / 1e6:.1f} MB in {time.perf_counter() - start:.1f} s.")
-        print(f"Workers: {args.num_workers}, block_size: {args.block_size}, repeats: {args.repeats}; "
-              f"{machine_summary()}.\n")
+        print(
+            f"Workers: {args.num_workers}, block_size: {args.block_size}, repeats: {args.repeats}; "
+            f"{machine_summary()}.\n"
+        )
 
         wall = {name: [] for name in VARIANTS}
         cpu = {name: [] for name in VARIANTS}
         shapes = {}
         names = list(VARIANTS)
         for round_index in range(args.repeats):
-            order = names[round_index % len(names):] + names[:round_index % len(names)]
+            order = names[round_index % len(names) :] + names[: round_index % len(names)]
             for name in order:
                 with stopwatch(wall[name], cpu[name]):
                     result = VARIANTS[name](raw, tokenizer, args.num_workers, args.block_size)
@@ -240,25 +259,57 @@ def measure(args):
         rows = []
         for name in names:
             seconds = median(wall[name])
-            rows.append([name, shapes[name][0], shapes[name][1], seconds, min(wall[name]), megabytes / seconds,
-                         median(cpu[name])])
-        print(markdown_table(["variant", "rows out", "tokens out", "wall s (median)", "wall s (best)", "MB/s (median)",
-                              "CPU s (median)"], rows))
+            rows.append(
+                [
+                    name,
+                    shapes[name][0],
+                    shapes[name][1],
+                    seconds,
+                    min(wall[name]),
+                    megabytes / seconds,
+                    median(cpu[name]),
+                ]
+            )
+        print(
+            markdown_table(
+                [
+                    "variant",
+                    "rows out",
+                    "tokens out",
+                    "wall s (median)",
+                    "wall s (best)",
+                    "MB/s (median)",
+                    "CPU s (median)",
+                ],
+                rows,
+            )
+        )
 
-        ratios = {name: (median(wall[name]) / raw_wall, min(wall[name]) / min(wall[names[0]]),
-                         median(cpu[name]) / raw_cpu) for name in names[1:]}
+        ratios = {
+            name: (median(wall[name]) / raw_wall, min(wall[name]) / min(wall[names[0]]), median(cpu[name]) / raw_cpu)
+            for name in names[1:]
+        }
         print("\nRatios to raw tokenisation (CPU time counts the workers; other processes barely change it):\n")
-        print(markdown_table(["variant", "wall (median)", "wall (best)", "CPU (median)"],
-                             [[name, *values] for name, values in ratios.items()]))
-        verdicts = ", ".join(f"{measure} {value:.2f} ({'met' if value <= 1.3 else 'missed'})" for measure, value
-                             in zip(("wall median", "wall best", "CPU"), ratios[names[1]]))
+        print(
+            markdown_table(
+                ["variant", "wall (median)", "wall (best)", "CPU (median)"],
+                [[name, *values] for name, values in ratios.items()],
+            )
+        )
+        verdicts = ", ".join(
+            f"{measure} {value:.2f} ({'met' if value <= 1.3 else 'missed'})"
+            for measure, value in zip(("wall median", "wall best", "CPU"), ratios[names[1]])
+        )
         print(f"\nTarget ours (packed) ≤ 1.3 × raw: {verdicts}; load average now {load_average()}.\n")
 
         steps = timed_steps(raw, tokenizer, args.num_workers, args.block_size)
         print("Where ours (packed) spends its time, one extra run:\n")
-        print(markdown_table(["step", "wall s", "CPU s", "CPU share", "CPU × raw tokenisation"],
-                             [[name, w, c, f"{c / steps['total'][1]:.0%}", c / raw_cpu]
-                              for name, (w, c) in steps.items()]))
+        print(
+            markdown_table(
+                ["step", "wall s", "CPU s", "CPU share", "CPU × raw tokenisation"],
+                [[name, w, c, f"{c / steps['total'][1]:.0%}", c / raw_cpu] for name, (w, c) in steps.items()],
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -23,8 +23,18 @@ import os
 import sys
 import tempfile
 
-from common import (DEMO_CLM_CONFIG, DEMO_DIFFUSION_CONFIG, REPO_ROOT, load_average, machine_summary,
-                    markdown_table, quiet, read_config, results_file, run_logged)
+from common import (
+    DEMO_CLM_CONFIG,
+    DEMO_DIFFUSION_CONFIG,
+    REPO_ROOT,
+    load_average,
+    machine_summary,
+    markdown_table,
+    quiet,
+    read_config,
+    results_file,
+    run_logged,
+)
 
 DEMO = read_config(DEMO_DIFFUSION_CONFIG)  # demo_clm.yaml has the same model, data and batch
 BATCH_SIZE = DEMO["per_device_train_batch_size"]
@@ -40,10 +50,30 @@ OBJECTIVES = (
 def train(name: str, config: str, args, output_dir: str, extra: list[str]) -> dict:
     """Run run_clm_diff.py; return its trainer_state log history and final eval metrics."""
     eval_steps = max(1, args.steps // args.evals)
-    command = [sys.executable, "run_clm_diff.py", config, "--output_dir", output_dir, "--max_steps", str(args.steps),
-               "--block_size", str(args.block_size), "--max_eval_samples", str(args.max_eval_samples),
-               "--eval_steps", str(eval_steps), "--logging_steps", str(eval_steps), "--eval_on_start", "true",
-               "--save_strategy", "no", "--disable_tqdm", "true", *extra]
+    command = [
+        sys.executable,
+        "run_clm_diff.py",
+        config,
+        "--output_dir",
+        output_dir,
+        "--max_steps",
+        str(args.steps),
+        "--block_size",
+        str(args.block_size),
+        "--max_eval_samples",
+        str(args.max_eval_samples),
+        "--eval_steps",
+        str(eval_steps),
+        "--logging_steps",
+        str(eval_steps),
+        "--eval_on_start",
+        "true",
+        "--save_strategy",
+        "no",
+        "--disable_tqdm",
+        "true",
+        *extra,
+    ]
     if config == DEMO_DIFFUSION_CONFIG:
         command += ["--eval_mc_samples", str(args.eval_mc_samples)]
     log_path = os.path.join(os.path.dirname(output_dir), f"{os.path.basename(output_dir)}.log")
@@ -93,9 +123,14 @@ def parse_args():
     parser.add_argument("--max_eval_samples", type=int, default=32, help="Held-out rows evaluated.")
     parser.add_argument("--block_size", type=int, default=128, help="Tokens per row.")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--plot", default="benchmarks/results/quality.png", help="PNG path (relative to the repository).")
-    parser.add_argument("--quick", action="store_true",
-                        help="--steps 12 --evals 2 --max_eval_samples 8 --plot benchmarks/results/quality_quick.png")
+    parser.add_argument(
+        "--plot", default="benchmarks/results/quality.png", help="PNG path (relative to the repository)."
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="--steps 12 --evals 2 --max_eval_samples 8 --plot benchmarks/results/quality_quick.png",
+    )
     args = parser.parse_args()
     if args.quick:
         args.steps, args.evals, args.max_eval_samples = 12, 2, 8
@@ -123,13 +158,36 @@ def measure(args):
             curves[f"{label}: {'exp(eval_loss)' if key == 'eval_loss' else 'ELBO bound'}"] = points
             results = run["results"]
             eval_seconds = sum(entry.get("eval_runtime", 0.0) for entry in run["history"])
-            rows.append([label, "exp(eval_loss)" if key == "eval_loss" else "eval_elbo_perplexity (bound)",
-                         args.steps, (results["train_runtime"] - eval_seconds) / 60, eval_seconds / 60,
-                         args.steps * BATCH_SIZE * args.block_size, points[0][1], points[-1][1],
-                         min(v for _, v in points)])
+            rows.append(
+                [
+                    label,
+                    "exp(eval_loss)" if key == "eval_loss" else "eval_elbo_perplexity (bound)",
+                    args.steps,
+                    (results["train_runtime"] - eval_seconds) / 60,
+                    eval_seconds / 60,
+                    args.steps * BATCH_SIZE * args.block_size,
+                    points[0][1],
+                    points[-1][1],
+                    min(v for _, v in points),
+                ]
+            )
     print()
-    print(markdown_table(["objective", "metric", "steps", "train min (evals excluded)", "eval min", "tokens seen",
-                          "ppl at start", "final ppl", "best ppl"], rows))
+    print(
+        markdown_table(
+            [
+                "objective",
+                "metric",
+                "steps",
+                "train min (evals excluded)",
+                "eval min",
+                "tokens seen",
+                "ppl at start",
+                "final ppl",
+                "best ppl",
+            ],
+            rows,
+        )
+    )
     print(f"\nload average now {load_average()}.")
     plot(curves, args.steps, args.plot)
     print(f"Plot: {args.plot}")

@@ -65,8 +65,10 @@ def diffusion_rows(gen_length: int) -> list[tuple[str, list[str]]]:
     rows = [(BASELINE, one_per_step), (f"{max(1, gen_length // 2)} steps", ["--steps", str(max(1, gen_length // 2))])]
     rows += [(f"threshold {t}", ["--threshold", t]) for t in THRESHOLDS]
     for cache in ("prefix", "dual"):
-        rows += [(f"one token per step, {cache} cache", [*one_per_step, "--cache", cache]),
-                 (f"threshold 0.9, {cache} cache", ["--threshold", "0.9", "--cache", cache])]
+        rows += [
+            (f"one token per step, {cache} cache", [*one_per_step, "--cache", cache]),
+            (f"threshold 0.9, {cache} cache", ["--threshold", "0.9", "--cache", cache]),
+        ]
     return rows
 
 
@@ -96,11 +98,14 @@ def prepare_models(threads, max_steps):
 
     recipe = os.path.join(REPO_ROOT, RECIPE)
     if not os.path.exists(recipe):
-        sys.exit(f"error: {RECIPE} (the recipe of the >= 80% exact-match model) is missing; pass --model, "
-                 "--causal_model and --test_file instead.")
+        sys.exit(
+            f"error: {RECIPE} (the recipe of the >= 80% exact-match model) is missing; pass --model, "
+            "--causal_model and --test_file instead."
+        )
     bench_dir = os.path.join(REPO_ROOT, BENCH_DIR + ("_quick" if max_steps else ""))
-    data_dir = cached_build(os.path.join(bench_dir, "data"), DATA, [], lambda out: make_arithmetic(out, **DATA),
-                            "addition problems")
+    data_dir = cached_build(
+        os.path.join(bench_dir, "data"), DATA, [], lambda out: make_arithmetic(out, **DATA), "addition problems"
+    )
     models = train_twins(bench_dir, RECIPE, data_dir, CAUSAL_FLAGS, threads, max_steps)
     return models["diffusion"], models["causal"], os.path.join(data_dir, "test.jsonl")
 
@@ -110,8 +115,9 @@ def build_rows(diffusion, causal, test_file, args) -> list[Row]:
     import torch
 
     from diff_trainer.cli import eval_arithmetic as evaluation
-    from diff_trainer.cli.generate import generate_causal, sampler_config
+    from diff_trainer.cli.generate import generate_causal, sampler_flags
     from diff_trainer.sampling.masked import generate
+    from diff_trainer.sampling.settings import sampler_for
 
     rows = []
     model, tokenizer, diffusion_config = diffusion
@@ -119,8 +125,9 @@ def build_rows(diffusion, causal, test_file, args) -> list[Row]:
         if args.block_length:
             flags = [*flags, "--block_length", str(args.block_length)]
         parsed = evaluation.build_parser().parse_args(
-            ["--model", "-", "--test_file", test_file, "--gen_length", str(args.gen_length), *flags])
-        config = sampler_config(parsed, diffusion_config, tokenizer)
+            ["--model", "-", "--test_file", test_file, "--gen_length", str(args.gen_length), *flags]
+        )
+        config = sampler_for(diffusion_config, tokenizer, **sampler_flags(parsed))
 
         def sample(prompt_ids, temperature, seed, config=config):
             generator = torch.Generator(device=model.device).manual_seed(seed)
@@ -130,10 +137,12 @@ def build_rows(diffusion, causal, test_file, args) -> list[Row]:
         rows.append(Row(name, "diffusion", " ".join(flags), sample))
     causal_model, causal_tokenizer, _ = causal
     for name, cache_implementation in CAUSAL_ROWS:
+
         def sample(prompt_ids, temperature, seed, cache_implementation=cache_implementation):
             settings = SimpleNamespace(seed=seed, temperature=temperature, gen_length=args.gen_length)
-            new_ids, forwards = generate_causal(causal_model, causal_tokenizer, prompt_ids, settings,
-                                                cache_implementation)
+            new_ids, forwards = generate_causal(
+                causal_model, causal_tokenizer, prompt_ids, settings, cache_implementation
+            )
             return new_ids, [forwards] * len(new_ids), forwards
 
         flags = f"cache_implementation={cache_implementation or 'dynamic'}"
@@ -153,7 +162,7 @@ def measure(rows: list[Row], prompt_ids, batch_size: int, eos_token_id: int) -> 
         for row in rows[shift:] + rows[:shift]:
             for first in range(start, min(start + chunk, len(prompt_ids)), batch_size):
                 began = time.perf_counter()
-                new_ids, nfe, forwards = row.sample(prompt_ids[first:first + batch_size], 0.0, 0)
+                new_ids, nfe, forwards = row.sample(prompt_ids[first : first + batch_size], 0.0, 0)
                 row.seconds += time.perf_counter() - began
                 row.tokens += sum(completion_length(ids, eos_token_id) for ids in new_ids)
                 row.nfe += nfe
@@ -170,10 +179,10 @@ def generative_perplexity(causal_model, prompt_ids, samples, eos_token_id) -> fl
     total, count = 0.0, 0
     with torch.no_grad():
         for prompt, new in zip(prompt_ids, samples):
-            kept = new[:completion_length(new, eos_token_id)]
+            kept = new[: completion_length(new, eos_token_id)]
             ids = torch.tensor([prompt + kept], device=causal_model.device)
-            log_probs = causal_model(input_ids=ids).logits[0, len(prompt) - 1:-1].float().log_softmax(-1)
-            total -= float(log_probs.gather(-1, ids[0, len(prompt):, None]).sum())
+            log_probs = causal_model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float().log_softmax(-1)
+            total -= float(log_probs.gather(-1, ids[0, len(prompt) :, None]).sum())
             count += len(kept)
     return math.exp(total / count)
 
@@ -186,11 +195,30 @@ def report(rows: list[Row], accuracies: dict, perplexities: dict, batch_size: in
         nfe = sum(row.nfe) / len(row.nfe)
         ratio = f"{sum(baseline.nfe) / sum(row.nfe):.2f}x" if row.kind == "diffusion" else "n/a (other model)"
         points = 100 * (accuracies[row.name] - accuracies[BASELINE])
-        table.append([row.name, f"`{row.flags}`", f"{nfe:.2f}", ratio, f"{sum(row.forwards) / len(row.forwards):.2f}",
-                      f"{row.tokens / row.seconds:.0f}", f"{100 * accuracies[row.name]:.1f}",
-                      f"{points:+.1f}" if row.kind == "diffusion" else "n/a", f"{perplexities[row.name]:.3f}"])
-    headers = ["sampler", "settings", "NFE / sample", "fewer NFE than one per step", "forwards / batch", "tokens/s",
-               "exact match %", "vs one per step (points)", "generative perplexity"]
+        table.append(
+            [
+                row.name,
+                f"`{row.flags}`",
+                f"{nfe:.2f}",
+                ratio,
+                f"{sum(row.forwards) / len(row.forwards):.2f}",
+                f"{row.tokens / row.seconds:.0f}",
+                f"{100 * accuracies[row.name]:.1f}",
+                f"{points:+.1f}" if row.kind == "diffusion" else "n/a",
+                f"{perplexities[row.name]:.3f}",
+            ]
+        )
+    headers = [
+        "sampler",
+        "settings",
+        "NFE / sample",
+        "fewer NFE than one per step",
+        "forwards / batch",
+        "tokens/s",
+        "exact match %",
+        "vs one per step (points)",
+        "generative perplexity",
+    ]
     return [f"\n## Batch size {batch_size}\n", markdown_table(headers, table)]
 
 
@@ -204,16 +232,22 @@ def goals(results: dict, accuracies: dict) -> list[str]:
                 ratio = sum(baseline.nfe) / sum(row.nfe)
                 loss = 100 * (accuracies[BASELINE] - accuracies[row.name])
                 met = "met" if ratio >= 4 and loss <= 1 else "NOT met"
-                lines.append(f"- batch {batch_size}, {row.name}: {ratio:.2f}x fewer NFE, {loss:+.1f} points of exact "
-                             f"match lost: goal (>= 4x at <= 1 point) {met}")
-        cached = max((row for row in rows if "cache" in row.name and row.kind == "diffusion"),
-                     key=lambda row: row.tokens / row.seconds)
+                lines.append(
+                    f"- batch {batch_size}, {row.name}: {ratio:.2f}x fewer NFE, {loss:+.1f} points of exact "
+                    f"match lost: goal (>= 4x at <= 1 point) {met}"
+                )
+        cached = max(
+            (row for row in rows if "cache" in row.name and row.kind == "diffusion"),
+            key=lambda row: row.tokens / row.seconds,
+        )
         autoregressive = max((row for row in rows if row.kind == "causal"), key=lambda row: row.tokens / row.seconds)
         speed, reference = cached.tokens / cached.seconds, autoregressive.tokens / autoregressive.seconds
         met = "met" if speed >= reference else "NOT met"
-        lines.append(f"- batch {batch_size}: fastest cached setting ({cached.name}) {speed:.0f} tokens/s vs the "
-                     f"faster model.generate ({autoregressive.name}) {reference:.0f} tokens/s "
-                     f"({speed / reference:.2f}x): goal (>= 1x) {met}")
+        lines.append(
+            f"- batch {batch_size}: fastest cached setting ({cached.name}) {speed:.0f} tokens/s vs the "
+            f"faster model.generate ({autoregressive.name}) {reference:.0f} tokens/s "
+            f"({speed / reference:.2f}x): goal (>= 1x) {met}"
+        )
     return lines
 
 
@@ -225,9 +259,14 @@ def long_rows(args):
     from diff_trainer.sampling.masked import SamplerConfig, generate
 
     vocab, mask = 260, 259
-    config = LlamaConfig(vocab_size=vocab, hidden_size=args.long_hidden, intermediate_size=4 * args.long_hidden,
-                         num_hidden_layers=args.long_layers, num_attention_heads=max(1, args.long_hidden // 64),
-                         max_position_embeddings=args.long_prompt + args.long_gen)
+    config = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=args.long_hidden,
+        intermediate_size=4 * args.long_hidden,
+        num_hidden_layers=args.long_layers,
+        num_attention_heads=max(1, args.long_hidden // 64),
+        max_position_embeddings=args.long_prompt + args.long_gen,
+    )
     torch.manual_seed(0)
     causal = AutoModelForCausalLM.from_config(config).to(args.device).eval()
     config.is_causal = False
@@ -236,23 +275,41 @@ def long_rows(args):
     rows = []
     for per_step in (1, 4):
         for cache in ("none", "prefix", "dual"):
-            sampler = SamplerConfig(mask_token_id=mask, gen_length=args.long_gen, block_length=args.long_block,
-                                    steps=args.long_gen // per_step, cache=cache)
+            sampler = SamplerConfig(
+                mask_token_id=mask,
+                gen_length=args.long_gen,
+                block_length=args.long_block,
+                steps=args.long_gen // per_step,
+                cache=cache,
+            )
 
             def sample(prompt_ids, temperature, seed, sampler=sampler):
                 result = generate(bidirectional, prompt_ids, sampler)
                 return result.generated.tolist(), result.row_nfe, result.nfe
 
-            rows.append(Row(f"{per_step} token{'s' * (per_step > 1)} per step, cache {cache}", "diffusion",
-                            f"steps={sampler.steps} cache={cache}", sample))
+            rows.append(
+                Row(
+                    f"{per_step} token{'s' * (per_step > 1)} per step, cache {cache}",
+                    "diffusion",
+                    f"steps={sampler.steps} cache={cache}",
+                    sample,
+                )
+            )
     for name, cache_implementation in CAUSAL_ROWS:
+
         def sample(prompt_ids, temperature, seed, cache_implementation=cache_implementation):
             ids = torch.tensor(prompt_ids, device=args.device)
             with torch.no_grad():
-                output = causal.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                         max_new_tokens=args.long_gen, min_new_tokens=args.long_gen,
-                                         pad_token_id=0, cache_implementation=cache_implementation)
-            return output[:, ids.shape[1]:].tolist(), [args.long_gen] * len(ids), args.long_gen
+                output = causal.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    do_sample=False,
+                    max_new_tokens=args.long_gen,
+                    min_new_tokens=args.long_gen,
+                    pad_token_id=0,
+                    cache_implementation=cache_implementation,
+                )
+            return output[:, ids.shape[1] :].tolist(), [args.long_gen] * len(ids), args.long_gen
 
         rows.append(Row(name, "causal", f"cache_implementation={cache_implementation or 'dynamic'}", sample))
     return rows, sum(p.numel() for p in causal.parameters())
@@ -268,24 +325,34 @@ def run_long(args) -> list[str]:
     lines = []
     for batch_size in args.batch_sizes:
         rows, parameters = long_rows(args)
-        measure(rows, prompts[:max(args.long_samples, batch_size)], batch_size, eos_token_id=None)
-        table = [[row.name, f"{sum(row.forwards) / len(row.forwards):.1f}", f"{row.tokens / row.seconds:.1f}"]
-                 for row in rows]
-        lines += [f"\n## Long generations, random weights, batch size {batch_size}\n",
-                  markdown_table(["sampler", "forwards / batch", "tokens/s"], table)]
-        cached = max((row for row in rows if row.kind == "diffusion" and "cache none" not in row.name),
-                     key=lambda row: row.tokens / row.seconds)
+        measure(rows, prompts[: max(args.long_samples, batch_size)], batch_size, eos_token_id=None)
+        table = [
+            [row.name, f"{sum(row.forwards) / len(row.forwards):.1f}", f"{row.tokens / row.seconds:.1f}"]
+            for row in rows
+        ]
+        lines += [
+            f"\n## Long generations, random weights, batch size {batch_size}\n",
+            markdown_table(["sampler", "forwards / batch", "tokens/s"], table),
+        ]
+        cached = max(
+            (row for row in rows if row.kind == "diffusion" and "cache none" not in row.name),
+            key=lambda row: row.tokens / row.seconds,
+        )
         uncached = {row.name.split(",")[0]: row for row in rows if "cache none" in row.name}
         autoregressive = max((row for row in rows if row.kind == "causal"), key=lambda row: row.tokens / row.seconds)
         speed, reference = cached.tokens / cached.seconds, autoregressive.tokens / autoregressive.seconds
         plain = uncached[cached.name.split(",")[0]]
-        lines.append(f"\n- fastest cached setting ({cached.name}): {speed:.1f} tokens/s, "
-                     f"{speed / (plain.tokens / plain.seconds):.2f}x the same steps without cache, "
-                     f"{speed / reference:.2f}x {autoregressive.name} ({reference:.1f} tokens/s): "
-                     f"goal (>= 1x) {'met' if speed >= reference else 'NOT met'}")
-    header = (f"\n# Long generations: Llama hidden {args.long_hidden}, {args.long_layers} layers ({parameters:,} "
-              f"parameters, random weights), prompt {args.long_prompt}, {args.long_gen} new tokens, blocks of "
-              f"{args.long_block}, {max(args.long_samples, 1)} prompts per batch size")
+        lines.append(
+            f"\n- fastest cached setting ({cached.name}): {speed:.1f} tokens/s, "
+            f"{speed / (plain.tokens / plain.seconds):.2f}x the same steps without cache, "
+            f"{speed / reference:.2f}x {autoregressive.name} ({reference:.1f} tokens/s): "
+            f"goal (>= 1x) {'met' if speed >= reference else 'NOT met'}"
+        )
+    header = (
+        f"\n# Long generations: Llama hidden {args.long_hidden}, {args.long_layers} layers ({parameters:,} "
+        f"parameters, random weights), prompt {args.long_prompt}, {args.long_gen} new tokens, blocks of "
+        f"{args.long_block}, {max(args.long_samples, 1)} prompts per batch size"
+    )
     return [header, *lines]
 
 
@@ -306,11 +373,13 @@ def run(args):
     diffusion = open_checkpoint(diffusion_dir, device=device)
     causal = open_checkpoint(causal_dir, device=device)
     if diffusion[2] is None or causal[2] is not None:
-        sys.exit(f"error: --model must be a diffusion checkpoint and --causal_model a causal one "
-                 f"({diffusion_dir}, {causal_dir}).")
+        sys.exit(
+            f"error: --model must be a diffusion checkpoint and --causal_model a causal one "
+            f"({diffusion_dir}, {causal_dir})."
+        )
     tokenizer = diffusion[1]
     dff_token = diffusion[2].get("dff_token") or evaluation.DEFAULT_DFF_TOKEN
-    problems = evaluation.read_problems(test_file, dff_token)[:args.max_samples]
+    problems = evaluation.read_problems(test_file, dff_token)[: args.max_samples]
     prompt_args = evaluation.build_parser().parse_args(["--model", "-", "--test_file", test_file])
     prompt_ids = evaluation.prepare_prompts(prompt_args, tokenizer, diffusion[2], [p.prompt for p in problems])
     answers = [problem.answer for problem in problems]
@@ -324,16 +393,18 @@ def run(args):
             completions = [evaluation.completion_text(tokenizer, ids) for ids in row.completions]
             accuracies[row.name] = exact_match.compute(predictions=completions, references=answers)["exact_match"]
         results[batch_size] = rows
-    ppl_prompts = prompt_ids[:args.ppl_samples]
+    ppl_prompts = prompt_ids[: args.ppl_samples]
     for row in results[max(args.batch_sizes)]:
         samples = []
         for first in range(0, len(ppl_prompts), max(args.batch_sizes)):
-            samples += row.sample(ppl_prompts[first:first + max(args.batch_sizes)], 1.0, first)[0]
+            samples += row.sample(ppl_prompts[first : first + max(args.batch_sizes)], 1.0, first)[0]
         perplexities[row.name] = generative_perplexity(causal[0], ppl_prompts, samples, tokenizer.eos_token_id)
 
-    print(f"\n# Sampling: {len(problems)} problems of {test_file}, gen_length {args.gen_length}, block_length "
-          f"{args.block_length or args.gen_length}, greedy; generative perplexity of {len(ppl_prompts)} samples at "
-          f"temperature 1 under {causal_dir}")
+    print(
+        f"\n# Sampling: {len(problems)} problems of {test_file}, gen_length {args.gen_length}, block_length "
+        f"{args.block_length or args.gen_length}, greedy; generative perplexity of {len(ppl_prompts)} samples at "
+        f"temperature 1 under {causal_dir}"
+    )
     lines = []
     for batch_size, rows in results.items():
         lines += report(rows, accuracies, perplexities, batch_size)
@@ -341,8 +412,10 @@ def run(args):
     print("\n".join(lines))
     print("\n".join(run_long(args)))
     compiled = "yes" if torch.device(device).type == "cuda" else "no (transformers compiles it on GPUs only)"
-    print(f"\nStatic cache compiled: {compiled}. Models: {diffusion_dir}, {causal_dir} "
-          f"({sum(p.numel() for p in diffusion[0].parameters()):,} parameters each).")
+    print(
+        f"\nStatic cache compiled: {compiled}. Models: {diffusion_dir}, {causal_dir} "
+        f"({sum(p.numel() for p in diffusion[0].parameters()):,} parameters each)."
+    )
     print(f"Machine: {machine_summary()}. Time: {(time.perf_counter() - started) / 60:.1f} min.")
 
 
@@ -364,9 +437,12 @@ def main(argv=None):
     parser.add_argument("--long_samples", type=int, default=16, help="long part: prompts per batch size")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads for training and sampling")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"train {QUICK['max_steps']} steps (outputs/bench_sampling_quick/), "
-                             f"--max_samples {QUICK['max_samples']}, --ppl_samples {QUICK['ppl_samples']}")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"train {QUICK['max_steps']} steps (outputs/bench_sampling_quick/), "
+        f"--max_samples {QUICK['max_samples']}, --ppl_samples {QUICK['ppl_samples']}",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.max_samples, args.ppl_samples = QUICK["max_samples"], QUICK["ppl_samples"]

@@ -47,8 +47,17 @@ import tempfile
 import time
 
 import torch
-from common import DEMO_DIFFUSION_CONFIG, REPO_ROOT, machine_summary, markdown_table, median, quiet, results_file, \
-    run_logged
+
+from common import (
+    DEMO_DIFFUSION_CONFIG,
+    REPO_ROOT,
+    machine_summary,
+    markdown_table,
+    median,
+    quiet,
+    results_file,
+    run_logged,
+)
 
 EOS = 1  # ByT5's EOS id, the rows' document separator
 CONFIGURATIONS = {  # name: (objective, masked head, isolate documents, compiled)
@@ -75,10 +84,14 @@ def parse_args(argv=None):
     parser.add_argument("--vocab_size", type=int, default=32768)
     parser.add_argument("--threads", type=int, default=2, help="torch threads on CPU")
     parser.add_argument("--no_compile", action="store_true", help="skip the compiled configurations")
-    parser.add_argument("--quick", action="store_true",
-                        help="--steps 3 --warmup 1 --batch_size 4 (--trainer: --steps 20 --warmup 3)")
-    parser.add_argument("--trainer", action="store_true",
-                        help="time Trainer.train of configs/demo.yaml, eager vs --torch_compile (see the docstring)")
+    parser.add_argument(
+        "--quick", action="store_true", help="--steps 3 --warmup 1 --batch_size 4 (--trainer: --steps 20 --warmup 3)"
+    )
+    parser.add_argument(
+        "--trainer",
+        action="store_true",
+        help="time Trainer.train of configs/demo.yaml, eager vs --torch_compile (see the docstring)",
+    )
     parser.add_argument("--only", help=argparse.SUPPRESS)  # one configuration, in a child process
     parser.add_argument("--result", help=argparse.SUPPRESS)  # where the child writes its figures (json)
     args = parser.parse_args(argv)
@@ -87,8 +100,12 @@ def parse_args(argv=None):
     elif args.quick:
         args.steps, args.warmup, args.batch_size = 3, 1, args.batch_size or 4
     cuda = torch.cuda.is_available()
-    for name, cpu_value, cuda_value in (("batch_size", 8, 8), ("block_size", 256, 2048), ("hidden_size", 128, 1280),
-                                        ("layers", 4, 24)):
+    for name, cpu_value, cuda_value in (
+        ("batch_size", 8, 8),
+        ("block_size", 256, 2048),
+        ("hidden_size", 128, 1280),
+        ("layers", 4, 24),
+    ):
         if getattr(args, name) is None:
             setattr(args, name, cuda_value if cuda else cpu_value)
     return args
@@ -101,14 +118,27 @@ def llama(args, diffusion: bool):
     from diff_trainer.diffusion_config import write_diffusion_config
 
     heads = max(1, args.hidden_size // 64) if torch.cuda.is_available() else 4
-    config = LlamaConfig(vocab_size=args.vocab_size, hidden_size=args.hidden_size,
-                         intermediate_size=args.hidden_size * 3, num_hidden_layers=args.layers,
-                         num_attention_heads=heads, num_key_value_heads=heads,
-                         max_position_embeddings=args.block_size, eos_token_id=EOS, pad_token_id=EOS)
+    config = LlamaConfig(
+        vocab_size=args.vocab_size,
+        hidden_size=args.hidden_size,
+        intermediate_size=args.hidden_size * 3,
+        num_hidden_layers=args.layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=args.block_size,
+        eos_token_id=EOS,
+        pad_token_id=EOS,
+    )
     config._attn_implementation = "sdpa"
     if diffusion:
-        write_diffusion_config(config, mask_token_id=args.vocab_size - 1, shift_logits=False,
-                               noise_schedule="linear", time_eps=1e-3, dff_token=None)
+        write_diffusion_config(
+            config,
+            mask_token_id=args.vocab_size - 1,
+            shift_logits=False,
+            noise_schedule="linear",
+            time_eps=1e-3,
+            dff_token=None,
+        )
     torch.manual_seed(0)
     return LlamaForCausalLM(config)
 
@@ -120,7 +150,7 @@ def packed_rows(args) -> list[dict]:
     while len(tokens) < args.batch_size * args.block_size:
         length = int(torch.randint(16, 129, (1,), generator=generator))
         tokens += torch.randint(3, args.vocab_size - 1, (length - 1,), generator=generator).tolist() + [EOS]
-    rows = torch.tensor(tokens[:args.batch_size * args.block_size]).reshape(args.batch_size, args.block_size)
+    rows = torch.tensor(tokens[: args.batch_size * args.block_size]).reshape(args.batch_size, args.block_size)
     return [{"input_ids": row, "labels": row.clone(), "attention_mask": torch.ones_like(row)} for row in rows]
 
 
@@ -136,9 +166,9 @@ def measure_one(args, name: str) -> dict:
     """Build configuration `name`, run warm-up + measured steps; its figures."""
     from transformers import ByT5Tokenizer, Trainer, default_data_collator
 
-    from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
     from diff_trainer.data.pipeline import RowLayout
     from diff_trainer.objectives.masked import seeded_generator
+    from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
     from diff_trainer.training.trainer import DiffusionTrainer
 
     objective, masked_head, isolate, compiled = CONFIGURATIONS[name]
@@ -147,15 +177,32 @@ def measure_one(args, name: str) -> dict:
     model = llama(args, objective == "diffusion")
     rows = packed_rows(args)
     output_dir = tempfile.mkdtemp(prefix="bench_throughput_")
-    common = dict(output_dir=output_dir, per_device_train_batch_size=args.batch_size, learning_rate=1e-4,
-                  report_to="none", seed=0, use_cpu=not cuda, bf16=cuda, save_strategy="no")
+    common = dict(
+        output_dir=output_dir,
+        per_device_train_batch_size=args.batch_size,
+        learning_rate=1e-4,
+        report_to="none",
+        seed=0,
+        use_cpu=not cuda,
+        bf16=cuda,
+        save_strategy="no",
+    )
     if objective == "causal":
         trainer = Trainer(model=model, args=DiffusionTrainingArguments(**common), data_collator=default_data_collator)
     else:
-        training_args = DiffusionTrainingArguments(**common, train_diff_model=True, masked_head=masked_head,
-                                                   isolate_documents=isolate, loss_normalization="llada_pretrain")
-        trainer = DiffusionTrainer(model, training_args, processing_class=ByT5Tokenizer(),
-                                   row_layout=RowLayout("packed", args.block_size, None, "random", args.vocab_size, "0"))
+        training_args = DiffusionTrainingArguments(
+            **common,
+            train_diff_model=True,
+            masked_head=masked_head,
+            isolate_documents=isolate,
+            loss_normalization="llada_pretrain",
+        )
+        trainer = DiffusionTrainer(
+            model,
+            training_args,
+            processing_class=ByT5Tokenizer(),
+            row_layout=RowLayout("packed", args.block_size, None, "random", args.vocab_size, "0"),
+        )
     model = trainer.model.to(device)
     optimizer = trainer.create_optimizer()
     trainer.current_gradient_accumulation_steps = 1  # set by the Trainer's loop, read by training_step
@@ -181,11 +228,15 @@ def measure_one(args, name: str) -> dict:
         torch.cuda.reset_peak_memory_stats()
     times = [step(args.warmup + i) for i in range(args.steps)]
     peak = torch.cuda.max_memory_allocated() if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"seconds": median(wall for wall, _ in times), "cpu_seconds": median(cpu for _, cpu in times),
-            "first_step": warmup[0][0] if warmup else None, "peak_bytes": peak,
-            "first_loss": losses[0],
-            "flops_per_token": flops_per_token(model, args),
-            "parameters": sum(p.numel() for p in model.parameters())}
+    return {
+        "seconds": median(wall for wall, _ in times),
+        "cpu_seconds": median(cpu for _, cpu in times),
+        "first_step": warmup[0][0] if warmup else None,
+        "peak_bytes": peak,
+        "first_loss": losses[0],
+        "flops_per_token": flops_per_token(model, args),
+        "parameters": sum(p.numel() for p in model.parameters()),
+    }
 
 
 def cpu_peak_flops(threads: int) -> float:
@@ -197,7 +248,7 @@ def cpu_peak_flops(threads: int) -> float:
         start = time.perf_counter()
         a @ b
         best = min(best, time.perf_counter() - start)
-    return 2 * 2048 ** 3 / best
+    return 2 * 2048**3 / best
 
 
 def peak_flops(threads: int) -> tuple[float, str]:
@@ -215,9 +266,17 @@ def row(name: str, result: dict, causal: dict, tokens: int, peak: float) -> list
     """A table row: ms/step, tokens/s, step time / causal, CPU ms/step and / causal, MFU, peak MiB, first step s."""
     tokens_per_second = tokens / result["seconds"]
     mfu = tokens_per_second * result["flops_per_token"] / peak
-    return [name, result["seconds"] * 1000, tokens_per_second, result["seconds"] / causal["seconds"],
-            result["cpu_seconds"] * 1000, result["cpu_seconds"] / causal["cpu_seconds"], f"{100 * mfu:.1f}%",
-            f"{result['peak_bytes'] / 2 ** 20:.0f}", f"{result['first_step']:.1f}"]
+    return [
+        name,
+        result["seconds"] * 1000,
+        tokens_per_second,
+        result["seconds"] / causal["seconds"],
+        result["cpu_seconds"] * 1000,
+        result["cpu_seconds"] / causal["cpu_seconds"],
+        f"{100 * mfu:.1f}%",
+        f"{result['peak_bytes'] / 2**20:.0f}",
+        f"{result['first_step']:.1f}",
+    ]
 
 
 def main():
@@ -240,10 +299,12 @@ def main():
 def compare(args):
     peak, peak_source = peak_flops(args.threads)
     device = "CUDA, bf16 autocast" if torch.cuda.is_available() else "CPU, fp32"
-    print(f"Llama hidden {args.hidden_size}, {args.layers} layers, vocabulary {args.vocab_size}, batch "
-          f"{args.batch_size}×{args.block_size}, {device}; {args.warmup} warm-up + {args.steps} measured steps per "
-          f"configuration, each in its own process; {machine_summary(args.threads)}.\nPeak: {peak_source}.\n",
-          flush=True)
+    print(
+        f"Llama hidden {args.hidden_size}, {args.layers} layers, vocabulary {args.vocab_size}, batch "
+        f"{args.batch_size}×{args.block_size}, {device}; {args.warmup} warm-up + {args.steps} measured steps per "
+        f"configuration, each in its own process; {machine_summary(args.threads)}.\nPeak: {peak_source}.\n",
+        flush=True,
+    )
     names = [name for name, (*_, compiled) in CONFIGURATIONS.items() if not (compiled and args.no_compile)]
     figures, table = {}, []
     passed = sys.argv[1:]
@@ -259,16 +320,31 @@ def compare(args):
             table.append(row(name, figures[name], figures["causal LM"], args.batch_size * args.block_size, peak))
             print(f"measured {name}: {figures[name]['seconds'] * 1000:.0f} ms/step", file=sys.stderr, flush=True)
     first = next(iter(figures.values()))
-    print(f"\n{first['parameters'] / 1e6:.1f}M parameters; {first['flops_per_token'] / 1e6:.1f} MFLOP per token "
-          "(6·N + 12·layers·L·hidden).\n")
+    print(
+        f"\n{first['parameters'] / 1e6:.1f}M parameters; {first['flops_per_token'] / 1e6:.1f} MFLOP per token "
+        "(6·N + 12·layers·L·hidden).\n"
+    )
     memory = "peak MiB (allocated)" if torch.cuda.is_available() else "peak MiB (process RSS)"
-    print(markdown_table(["configuration", "ms/step (median)", "tokens/s", "step time / causal", "CPU ms/step",
-                          "CPU time / causal", "MFU", memory, "first step s"], table))
+    print(
+        markdown_table(
+            [
+                "configuration",
+                "ms/step (median)",
+                "tokens/s",
+                "step time / causal",
+                "CPU ms/step",
+                "CPU time / causal",
+                "MFU",
+                memory,
+                "first step s",
+            ],
+            table,
+        )
+    )
     print("\nLoss of the first step (same weights, same batch and masks), compiled vs eager:")
     for name in [name for name in figures if name.endswith(", compiled")]:
         compiled, eager = figures[name]["first_loss"], figures[name.removesuffix(", compiled")]["first_loss"]
         print(f"  {name}: {compiled:.6f} vs {eager:.6f} (difference {compiled - eager:.2e})")
-
 
 
 def trainer_run(args, compiled: bool, steps: int, work: str, label: str = "") -> dict:
@@ -276,9 +352,25 @@ def trainer_run(args, compiled: bool, steps: int, work: str, label: str = "") ->
     process, and the recompiles and graph breaks its TORCH_LOGS output reports."""
     name = f"{label}{'compiled' if compiled else 'eager'}_{steps}"
     output_dir, log_path = os.path.join(work, name), os.path.join(work, name + ".log")
-    command = [sys.executable, "run_clm_diff.py", DEMO_DIFFUSION_CONFIG, "--max_steps", str(steps), "--torch_compile",
-               str(compiled).lower(), "--do_eval", "false", "--eval_strategy", "no", "--save_strategy", "no",
-               "--logging_steps", str(steps), "--output_dir", output_dir]
+    command = [
+        sys.executable,
+        "run_clm_diff.py",
+        DEMO_DIFFUSION_CONFIG,
+        "--max_steps",
+        str(steps),
+        "--torch_compile",
+        str(compiled).lower(),
+        "--do_eval",
+        "false",
+        "--eval_strategy",
+        "no",
+        "--save_strategy",
+        "no",
+        "--logging_steps",
+        str(steps),
+        "--output_dir",
+        output_dir,
+    ]
     cpu_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     run_logged(command, log_path, args.threads, f"the {name.replace('_', ' ')}-step training")
     cpu_after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -289,34 +381,68 @@ def trainer_run(args, compiled: bool, steps: int, work: str, label: str = "") ->
     results["cpu_seconds"] = cpu_after.ru_utime + cpu_after.ru_stime - cpu_before.ru_utime - cpu_before.ru_stime
     results["recompiles"] = log.count("[__recompiles] Recompiling function")
     results["graph_breaks"] = log.count("[__graph_breaks]")
-    print(f"trained {name.replace('_', ' ')} steps: train_runtime {results['train_runtime']:.1f} s, "
-          f"CPU {results['cpu_seconds']:.1f} s", file=sys.stderr, flush=True)
+    print(
+        f"trained {name.replace('_', ' ')} steps: train_runtime {results['train_runtime']:.1f} s, "
+        f"CPU {results['cpu_seconds']:.1f} s",
+        file=sys.stderr,
+        flush=True,
+    )
     return results
 
 
 def compare_trainer(args):
-    print(f"Trainer.train of `run_clm_diff.py configs/demo.yaml` (diffusion, masked head), CPU, fp32; each setting "
-          f"run for {args.warmup} and for {args.warmup + args.steps} steps, step time = difference of the two runs / "
-          f"{args.steps}: wall from the Trainer's train_runtime, CPU from the whole processes (steadier when other "
-          f"jobs share the cores); compiled runs share an inductor cache filled by a first {args.warmup}-step run "
-          f"(not counted), so both pay the same compilation; {machine_summary(args.threads)}.\n", flush=True)
+    print(
+        f"Trainer.train of `run_clm_diff.py configs/demo.yaml` (diffusion, masked head), CPU, fp32; each setting "
+        f"run for {args.warmup} and for {args.warmup + args.steps} steps, step time = difference of the two runs / "
+        f"{args.steps}: wall from the Trainer's train_runtime, CPU from the whole processes (steadier when other "
+        f"jobs share the cores); compiled runs share an inductor cache filled by a first {args.warmup}-step run "
+        f"(not counted), so both pay the same compilation; {machine_summary(args.threads)}.\n",
+        flush=True,
+    )
     table, steady = [], {}
     with tempfile.TemporaryDirectory(prefix="bench_throughput_trainer_") as work:
         os.environ.update(TORCH_LOGS="recompiles,graph_breaks", TORCHINDUCTOR_CACHE_DIR=os.path.join(work, "inductor"))
         trainer_run(args, True, args.warmup, work, label="cache-filling_")
-        runs = {(compiled, steps): trainer_run(args, compiled, steps, work)  # the two long runs back to back
-                for steps in (args.warmup, args.warmup + args.steps) for compiled in (False, True)}
+        runs = {
+            (compiled, steps): trainer_run(args, compiled, steps, work)  # the two long runs back to back
+            for steps in (args.warmup, args.warmup + args.steps)
+            for compiled in (False, True)
+        }
         for compiled in (False, True):
             short, long = runs[compiled, args.warmup], runs[compiled, args.warmup + args.steps]
             name = "--torch_compile true" if compiled else "eager"
             steady[name] = [(long[key] - short[key]) / args.steps for key in ("train_runtime", "cpu_seconds")]
-            table.append([name, short["train_runtime"], long["train_runtime"], steady[name][0] * 1000,
-                          steady[name][1] * 1000, steady["eager"][0] / steady[name][0],
-                          steady["eager"][1] / steady[name][1], f"{long['train_loss']:.6f}", long["recompiles"],
-                          long["graph_breaks"]])
-    print(markdown_table(["run", f"train_runtime s, {args.warmup} steps",
-                          f"train_runtime s, {args.warmup + args.steps} steps", "wall ms/step", "CPU ms/step",
-                          "speed-up (wall)", "speed-up (CPU)", "train_loss", "recompiles", "graph breaks"], table))
+            table.append(
+                [
+                    name,
+                    short["train_runtime"],
+                    long["train_runtime"],
+                    steady[name][0] * 1000,
+                    steady[name][1] * 1000,
+                    steady["eager"][0] / steady[name][0],
+                    steady["eager"][1] / steady[name][1],
+                    f"{long['train_loss']:.6f}",
+                    long["recompiles"],
+                    long["graph_breaks"],
+                ]
+            )
+    print(
+        markdown_table(
+            [
+                "run",
+                f"train_runtime s, {args.warmup} steps",
+                f"train_runtime s, {args.warmup + args.steps} steps",
+                "wall ms/step",
+                "CPU ms/step",
+                "speed-up (wall)",
+                "speed-up (CPU)",
+                "train_loss",
+                "recompiles",
+                "graph breaks",
+            ],
+            table,
+        )
+    )
 
 
 if __name__ == "__main__":

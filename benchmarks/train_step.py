@@ -24,18 +24,27 @@ import tempfile
 import time
 
 import torch
-from common import (DEMO_DIFFUSION_CONFIG, REPO_ROOT, load_average, machine_summary, markdown_table, median, quiet,
-                    read_config, results_file)
 from transformers import Trainer, default_data_collator, set_seed
 
-from diff_trainer.training.args.data import DataArguments
-from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
-from diff_trainer.training.args.model import ModelArguments
+from common import (
+    DEMO_DIFFUSION_CONFIG,
+    REPO_ROOT,
+    load_average,
+    machine_summary,
+    markdown_table,
+    median,
+    quiet,
+    read_config,
+    results_file,
+)
 from diff_trainer.data.loading import load_raw_datasets
 from diff_trainer.data.pipeline import Preprocessor
 from diff_trainer.models.loading import add_special_tokens, load_model, load_tokenizer
-from diff_trainer.training.model import prepare_model
 from diff_trainer.objectives.masked import seeded_generator
+from diff_trainer.training.args.data import DataArguments
+from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
+from diff_trainer.training.args.model import ModelArguments
+from diff_trainer.training.model import prepare_model
 from diff_trainer.training.trainer import DiffusionTrainer
 
 PHASES = ("collate", "transformer body", "LM head + loss", "backward", "optimizer")
@@ -95,8 +104,9 @@ class TimedStep:
 
 def training_rows(tokenizer, batch_size: int, block_size: int, train_file: str):
     """The first `batch_size` packed rows of the bundled corpus, as the list of features a collator receives."""
-    data_args = DataArguments(train_file=train_file, block_size=block_size, concatenate_texts=True,
-                              validation_split_percentage=0)
+    data_args = DataArguments(
+        train_file=train_file, block_size=block_size, concatenate_texts=True, validation_split_percentage=0
+    )
     raw = load_raw_datasets(data_args)
     rows = Preprocessor(tokenizer, data_args).run(raw)[0]["train"]
     return [rows[i] for i in range(batch_size)]
@@ -108,29 +118,44 @@ def build_steps(args, output_dir: str) -> tuple[TimedStep, TimedStep]:
     tokenizer = load_tokenizer(model_args)
     # the mask token is added for both, so the two models have the same vocabulary and size
     new_token_ids = add_special_tokens(tokenizer, "<DFF>", model_args.mask_token)
-    features = training_rows(tokenizer, args.batch_size, args.block_size,
-                             os.path.join(REPO_ROOT, config["train_file"]))
+    features = training_rows(tokenizer, args.batch_size, args.block_size, os.path.join(REPO_ROOT, config["train_file"]))
 
     def training_arguments(**diffusion):
-        return DiffusionTrainingArguments(output_dir=output_dir, per_device_train_batch_size=args.batch_size,
-                                          learning_rate=config["learning_rate"], weight_decay=config["weight_decay"],
-                                          use_cpu=True, report_to="none", seed=0, do_train=True, **diffusion)
+        return DiffusionTrainingArguments(
+            output_dir=output_dir,
+            per_device_train_batch_size=args.batch_size,
+            learning_rate=config["learning_rate"],
+            weight_decay=config["weight_decay"],
+            use_cpu=True,
+            report_to="none",
+            seed=0,
+            do_train=True,
+            **diffusion,
+        )
 
     set_seed(0)
     clm_model = load_model(model_args, tokenizer)
     set_seed(0)
     diffusion_args = training_arguments(train_diff_model=True, loss_normalization="llada_pretrain")
-    diffusion_model = prepare_model(model_args, tokenizer, "diffusion", new_token_ids=new_token_ids,
-                                    diffusion_settings={**diffusion_args.diffusion_settings(), "dff_token": "<DFF>"})
-    clm = Trainer(model=clm_model, args=training_arguments(), data_collator=default_data_collator,
-                  processing_class=tokenizer)
+    diffusion_model = prepare_model(
+        model_args,
+        tokenizer,
+        "diffusion",
+        new_token_ids=new_token_ids,
+        diffusion_settings={**diffusion_args.diffusion_settings(), "dff_token": "<DFF>"},
+    )
+    clm = Trainer(
+        model=clm_model, args=training_arguments(), data_collator=default_data_collator, processing_class=tokenizer
+    )
     diffusion = DiffusionTrainer(diffusion_model, diffusion_args, processing_class=tokenizer)
 
     def noised(rows):  # the clean batch and the forward process, as DiffusionTrainer.get_batch_samples does
         return diffusion.train_noiser(default_data_collator(rows), seeded_generator(0, 0, 0, 0))
 
-    return (TimedStep("causal LM (Trainer)", clm, default_data_collator, features),
-            TimedStep("masked diffusion (DiffusionTrainer)", diffusion, noised, features))
+    return (
+        TimedStep("causal LM (Trainer)", clm, default_data_collator, features),
+        TimedStep("masked diffusion (DiffusionTrainer)", diffusion, noised, features),
+    )
 
 
 def parse_args():
@@ -160,9 +185,11 @@ def measure(args):
         clm, diffusion = build_steps(args, output_dir)
         parameters = sum(p.numel() for p in clm.model.parameters())
         optimizer = getattr(clm.trainer.args.optim, "value", clm.trainer.args.optim)
-        print(f"Llama of configs/demo.yaml: {parameters / 1e6:.2f}M parameters, fp32, batch {args.batch_size}×"
-              f"{args.block_size}, {type(clm.optimizer).__name__} ({optimizer}) for both, "
-              f"{args.warmup} warm-up + {args.steps} measured steps each; {machine_summary(args.threads)}.\n")
+        print(
+            f"Llama of configs/demo.yaml: {parameters / 1e6:.2f}M parameters, fp32, batch {args.batch_size}×"
+            f"{args.block_size}, {type(clm.optimizer).__name__} ({optimizer}) for both, "
+            f"{args.warmup} warm-up + {args.steps} measured steps each; {machine_summary(args.threads)}.\n"
+        )
         for _ in range(args.warmup):
             clm.step()
             diffusion.step()
@@ -180,23 +207,35 @@ def measure(args):
     rows = []
     for timed in (clm, diffusion):
         seconds = median(timed.totals)
-        rows.append([timed.name, 1 / seconds, tokens / seconds, seconds * 1000,
-                     sum(timed.totals) / len(timed.totals) * 1000, median(timed.cpu_totals) * 1000])
-    print(markdown_table(["objective", "steps/s", "tokens/s", "median ms/step", "mean ms/step",
-                          "median CPU ms/step"], rows))
+        rows.append(
+            [
+                timed.name,
+                1 / seconds,
+                tokens / seconds,
+                seconds * 1000,
+                sum(timed.totals) / len(timed.totals) * 1000,
+                median(timed.cpu_totals) * 1000,
+            ]
+        )
+    print(
+        markdown_table(
+            ["objective", "steps/s", "tokens/s", "median ms/step", "mean ms/step", "median CPU ms/step"], rows
+        )
+    )
     ratio = median(diffusion.totals) / median(clm.totals)
     paired = median([d / c for d, c in zip(diffusion.totals, clm.totals)])
     cpu_ratio = median(diffusion.cpu_totals) / median(clm.cpu_totals)
-    print(f"\ndiffusion / CLM step time: {paired:.3f} (median over adjacent pairs of steps), {ratio:.3f} (ratio of "
-          f"medians), {cpu_ratio:.3f} (ratio of median CPU times). Target ≤ 1.05 (paired): "
-          f"{'met' if paired <= 1.05 else 'MISSED'}; load average now {load_average()}.\n")
+    print(
+        f"\ndiffusion / CLM step time: {paired:.3f} (median over adjacent pairs of steps), {ratio:.3f} (ratio of "
+        f"medians), {cpu_ratio:.3f} (ratio of median CPU times). Target ≤ 1.05 (paired): "
+        f"{'met' if paired <= 1.05 else 'MISSED'}; load average now {load_average()}.\n"
+    )
 
     print("Median ms per phase; the difference is the median over adjacent pairs of steps:\n")
     phase_rows = []
     for phase in PHASES:
         c, d = clm.phase_times[phase], diffusion.phase_times[phase]
-        phase_rows.append([phase, median(c) * 1000, median(d) * 1000,
-                           median([b - a for a, b in zip(c, d)]) * 1000])
+        phase_rows.append([phase, median(c) * 1000, median(d) * 1000, median([b - a for a, b in zip(c, d)]) * 1000])
     print(markdown_table(["phase", "causal LM", "diffusion", "diffusion − CLM"], phase_rows))
 
 

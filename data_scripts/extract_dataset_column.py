@@ -19,8 +19,9 @@ The file is written under a temporary name and renamed at the end, so a failed r
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import datasets
 
@@ -31,7 +32,12 @@ except ImportError:  # running from a source checkout without `pip install -e .`
     from diff_trainer.data.io import JSONL_SUFFIXES, TEXT_SUFFIX, escape_line, write_jsonl, write_lines
 
 BUILDER_BY_SUFFIX = {
-    ".json": "json", ".jsonl": "json", ".csv": "csv", ".tsv": "csv", ".parquet": "parquet", ".txt": "text",
+    ".json": "json",
+    ".jsonl": "json",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".parquet": "parquet",
+    ".txt": "text",
     ".arrow": "arrow",
 }
 COMPRESSION_SUFFIXES = (".zst", ".gz", ".bz2", ".xz")
@@ -91,8 +97,7 @@ def text_line(value: Any) -> str:
     return escape_line(text)
 
 
-def extract_column(dataset: str, column: str, output: str, split: str = "train",
-                   max_samples: int | None = None) -> int:
+def extract_column(dataset: str, column: str, output: str, split: str = "train", max_samples: int | None = None) -> int:
     """Write `column` of `split` (its first `max_samples` rows if given) to `output`; return the rows written."""
     check_output_path(output)
     data = select_split(load_splits(dataset), split)
@@ -108,8 +113,9 @@ def extract_column(dataset: str, column: str, output: str, split: str = "train",
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", required=True,
-                        help="hub dataset name, local data file, or a directory saved with save_to_disk")
+    parser.add_argument(
+        "--dataset", required=True, help="hub dataset name, local data file, or a directory saved with save_to_disk"
+    )
     parser.add_argument("--column", required=True, help="column to extract")
     parser.add_argument("--split", default="train", help="split to read (default: %(default)s)")
     parser.add_argument("--output", required=True, help="output file ending in .txt, .jsonl or .jsonl.zst")

@@ -101,13 +101,23 @@ def plausible_wrong_answers(a: int, operator: str, b: int, layout: Layout = Layo
 
 def preference_pair(a: int, operator: str, b: int, rng: random.Random, layout: Layout = Layout()) -> dict[str, str]:
     rejected = rng.choice(plausible_wrong_answers(a, operator, b, layout))
-    return {"prompt": layout.prompt(a, operator, b), "chosen": layout.number(answer(a, operator, b)),
-            "rejected": layout.number(rejected)}
+    return {
+        "prompt": layout.prompt(a, operator, b),
+        "chosen": layout.number(answer(a, operator, b)),
+        "rejected": layout.number(rejected),
+    }
 
 
-def make_arithmetic(output_dir: str | Path, num_train: int = 10000, num_test: int = 1000, max_operand: int = 99,
-                    operators: str = "+-*", seed: int = 0, preferences: bool = False,
-                    fixed_width: bool = False) -> dict[str, int]:
+def make_arithmetic(
+    output_dir: str | Path,
+    num_train: int = 10000,
+    num_test: int = 1000,
+    max_operand: int = 99,
+    operators: str = "+-*",
+    seed: int = 0,
+    preferences: bool = False,
+    fixed_width: bool = False,
+) -> dict[str, int]:
     """Write the train/test files (and preference pairs) into `output_dir`; return the records per file."""
     rng = random.Random(seed)
     operator_list = parse_operators(operators)
@@ -117,8 +127,11 @@ def make_arithmetic(output_dir: str | Path, num_train: int = 10000, num_test: in
     output_dir = Path(output_dir)
     counts = {}
     for split, split_problems in splits.items():
-        counts[f"{split}.jsonl"] = write_jsonl((problem_record(*problem, layout) for problem in split_problems),
-                                               output_dir / f"{split}.jsonl", total=len(split_problems))
+        counts[f"{split}.jsonl"] = write_jsonl(
+            (problem_record(*problem, layout) for problem in split_problems),
+            output_dir / f"{split}.jsonl",
+            total=len(split_problems),
+        )
         if preferences:
             pairs = [preference_pair(*problem, rng, layout) for problem in split_problems]
             counts[f"{split}_pairs.jsonl"] = write_jsonl(pairs, output_dir / f"{split}_pairs.jsonl", total=len(pairs))
@@ -130,22 +143,37 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output_dir", required=True, help="directory for the .jsonl files")
     parser.add_argument("--num_train", type=int, default=10000, help="training problems (default: %(default)s)")
     parser.add_argument("--num_test", type=int, default=1000, help="test problems (default: %(default)s)")
-    parser.add_argument("--max_operand", type=int, default=99,
-                        help="operands are drawn from 0..max_operand (default: %(default)s)")
-    parser.add_argument("--operators", default="+-*",
-                        help="operators to use, as one string; write --operators=-* when it starts with '-' "
-                             "(default: %(default)s)")
+    parser.add_argument(
+        "--max_operand", type=int, default=99, help="operands are drawn from 0..max_operand (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--operators",
+        default="+-*",
+        help="operators to use, as one string; write --operators=-* when it starts with '-' (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="random seed; the same seed gives the same files")
-    parser.add_argument("--preferences", action="store_true",
-                        help="also write train_pairs.jsonl / test_pairs.jsonl with chosen and rejected answers")
-    parser.add_argument("--fixed_width", action="store_true",
-                        help="zero-pad operands and answers to fixed widths (12+07=<DFF>019)")
+    parser.add_argument(
+        "--preferences",
+        action="store_true",
+        help="also write train_pairs.jsonl / test_pairs.jsonl with chosen and rejected answers",
+    )
+    parser.add_argument(
+        "--fixed_width", action="store_true", help="zero-pad operands and answers to fixed widths (12+07=<DFF>019)"
+    )
     args = parser.parse_args(argv)
     if min(args.num_train, args.num_test, args.max_operand) < 0:
         parser.error("--num_train, --num_test and --max_operand must be >= 0")
     try:
-        counts = make_arithmetic(args.output_dir, args.num_train, args.num_test, args.max_operand, args.operators,
-                                 args.seed, args.preferences, args.fixed_width)
+        counts = make_arithmetic(
+            args.output_dir,
+            args.num_train,
+            args.num_test,
+            args.max_operand,
+            args.operators,
+            args.seed,
+            args.preferences,
+            args.fixed_width,
+        )
     except ValueError as error:
         parser.error(str(error))
     print(", ".join(f"{name}: {count}" for name, count in counts.items()), f"written to {args.output_dir}")

@@ -68,16 +68,20 @@ def stage_texts(text: str, ranked: list[str], num_keywords: list[int], separator
     return [f"{condition} {DFF} {target}".lstrip(" ") for condition, target in zip(conditions, targets)]
 
 
-def document_records(item: tuple[int, str], method: str, num_keywords: list[int],
-                     separator: str) -> tuple[int, list[str] | None, str | None]:
+def document_records(
+    item: tuple[int, str], method: str, num_keywords: list[int], separator: str
+) -> tuple[int, list[str] | None, str | None]:
     """(document index, its stage texts or None, the skip reason or None)."""
     index, text = item
     if not text.strip():
         return index, None, "empty"
     if DFF in text or separator in text:
         return index, None, "marker_in_text"
-    ranked = [keyword for keyword in ranked_keywords(text, method, num_keywords[-1])
-              if DFF not in keyword and separator not in keyword]
+    ranked = [
+        keyword
+        for keyword in ranked_keywords(text, method, num_keywords[-1])
+        if DFF not in keyword and separator not in keyword
+    ]
     if not ranked:
         return index, None, "no_keywords"
     return index, stage_texts(text, ranked, num_keywords, separator), None
@@ -90,8 +94,10 @@ def read_documents(path: str | Path, text_column: str, shard_idx: int, num_shard
             continue
         text = record.get(text_column)
         if not isinstance(text, str):
-            raise ValueError(f"{path}: record {index + 1} has no string column {text_column!r} "
-                             f"(columns: {sorted(record)}); pass --text_column")
+            raise ValueError(
+                f"{path}: record {index + 1} has no string column {text_column!r} "
+                f"(columns: {sorted(record)}); pass --text_column"
+            )
         yield index, text
 
 
@@ -99,16 +105,31 @@ def shard_name(shard_idx: int, num_shards: int) -> str:
     return f"shard-{shard_idx:05d}-of-{num_shards:05d}"
 
 
-def settings_of(input_path: str, text_column: str, method: str, num_keywords: list[int], separator: str,
-                num_shards: int) -> dict:
+def settings_of(
+    input_path: str, text_column: str, method: str, num_keywords: list[int], separator: str, num_shards: int
+) -> dict:
     """What makes two shards parts of one run."""
-    return {"input": str(Path(input_path).resolve()), "text_column": text_column, "method": method,
-            "num_keywords": num_keywords, "separator": separator, "num_shards": num_shards}
+    return {
+        "input": str(Path(input_path).resolve()),
+        "text_column": text_column,
+        "method": method,
+        "num_keywords": num_keywords,
+        "separator": separator,
+        "num_shards": num_shards,
+    }
 
 
-def build_shard(input_path: str, output_dir: str | Path, method: str = "keywords", num_keywords: list[int] = (4, 8),
-                separator: str = "<SEP>", text_column: str = "text", shard_idx: int = 0, num_shards: int = 1,
-                n_process: int = 1) -> dict:
+def build_shard(
+    input_path: str,
+    output_dir: str | Path,
+    method: str = "keywords",
+    num_keywords: list[int] = (4, 8),
+    separator: str = "<SEP>",
+    text_column: str = "text",
+    shard_idx: int = 0,
+    num_shards: int = 1,
+    n_process: int = 1,
+) -> dict:
     """Write one shard's stage files, then its summary; a finished shard with the same settings is left alone."""
     output_dir, num_keywords = Path(output_dir), list(num_keywords)
     settings = settings_of(input_path, text_column, method, num_keywords, separator, num_shards)
@@ -116,8 +137,10 @@ def build_shard(input_path: str, output_dir: str | Path, method: str = "keywords
     if summary_file.is_file():
         done = json.loads(summary_file.read_text(encoding="utf-8"))
         if done["settings"] != settings:
-            raise ValueError(f"{summary_file} was built with other settings ({done['settings']}); "
-                             f"use another --output_dir or delete it")
+            raise ValueError(
+                f"{summary_file} was built with other settings ({done['settings']}); "
+                f"use another --output_dir or delete it"
+            )
         return {**done, "already_done": True}
     stages = len(num_keywords) + 1
     skipped = Counter({reason: 0 for reason in SKIP_REASONS})
@@ -125,9 +148,12 @@ def build_shard(input_path: str, output_dir: str | Path, method: str = "keywords
     work = partial(document_records, method=method, num_keywords=num_keywords, separator=separator)
     written = 0
     with contextlib.ExitStack() as stack:
-        handles = [stack.enter_context(atomic_text_writer(
-            output_dir / f"stage{stage}" / f"{shard_name(shard_idx, num_shards)}.jsonl.zst"))
-            for stage in range(1, stages + 1)]
+        handles = [
+            stack.enter_context(
+                atomic_text_writer(output_dir / f"stage{stage}" / f"{shard_name(shard_idx, num_shards)}.jsonl.zst")
+            )
+            for stage in range(1, stages + 1)
+        ]
         pool = stack.enter_context(multiprocessing.get_context("spawn").Pool(n_process)) if n_process > 1 else None
         results = pool.imap(work, documents, chunksize=16) if pool else map(work, documents)
         for index, texts, reason in results:
@@ -137,8 +163,13 @@ def build_shard(input_path: str, output_dir: str | Path, method: str = "keywords
             for handle, text in zip(handles, texts):
                 handle.write(json.dumps({"text": text, "doc_index": index}, ensure_ascii=False) + "\n")
             written += 1
-    summary = {"settings": settings, "shard_idx": shard_idx, "stages": stages, "documents": written,
-               "skipped": dict(sorted(skipped.items()))}
+    summary = {
+        "settings": settings,
+        "shard_idx": shard_idx,
+        "stages": stages,
+        "documents": written,
+        "skipped": dict(sorted(skipped.items())),
+    }
     with atomic_text_writer(summary_file) as handle:
         json.dump(summary, handle, indent=2, sort_keys=True)
     return summary
@@ -150,32 +181,42 @@ def merge_shards(output_dir: str | Path) -> dict:
     Raises ValueError when shards of different runs are present or one is missing or unfinished.
     """
     output_dir = Path(output_dir)
-    summaries = [json.loads(path.read_text(encoding="utf-8"))
-                 for path in sorted((output_dir / "shards").glob("shard-*.summary.json"))]
+    summaries = [
+        json.loads(path.read_text(encoding="utf-8"))
+        for path in sorted((output_dir / "shards").glob("shard-*.summary.json"))
+    ]
     if not summaries:
         raise ValueError(f"{output_dir / 'shards'} holds no finished shard: build the shards first")
     runs = {json.dumps(summary["settings"], sort_keys=True) for summary in summaries}
     if len(runs) > 1:
-        raise ValueError(f"{output_dir / 'shards'} holds overlapping shards of different runs ({sorted(runs)}); "
-                         f"keep one run's shards per --output_dir")
+        raise ValueError(
+            f"{output_dir / 'shards'} holds overlapping shards of different runs ({sorted(runs)}); "
+            f"keep one run's shards per --output_dir"
+        )
     num_shards = summaries[0]["settings"]["num_shards"]
     missing = sorted(set(range(num_shards)) - {summary["shard_idx"] for summary in summaries})
     if missing:
-        raise ValueError(f"missing or unfinished shards {missing} of {num_shards} in {output_dir}: run them with "
-                         f"--shard_idx")
+        raise ValueError(
+            f"missing or unfinished shards {missing} of {num_shards} in {output_dir}: run them with --shard_idx"
+        )
     stages = summaries[0]["stages"]
     counts = {}
     for stage in range(1, stages + 1):
-        shard_files = [output_dir / f"stage{stage}" / f"{shard_name(index, num_shards)}.jsonl.zst"
-                       for index in range(num_shards)]
+        shard_files = [
+            output_dir / f"stage{stage}" / f"{shard_name(index, num_shards)}.jsonl.zst" for index in range(num_shards)
+        ]
         records = sorted_merge(shard_files)
-        counts[f"stage{stage}.jsonl.zst"] = write_jsonl(records, output_dir / f"stage{stage}.jsonl.zst",
-                                                        description=f"merging stage {stage}")
+        counts[f"stage{stage}.jsonl.zst"] = write_jsonl(
+            records, output_dir / f"stage{stage}.jsonl.zst", description=f"merging stage {stage}"
+        )
     skipped = Counter()
     for summary in summaries:
         skipped.update(summary["skipped"])
-    return {"files": counts, "documents": sum(summary["documents"] for summary in summaries),
-            "skipped": dict(sorted(skipped.items()))}
+    return {
+        "files": counts,
+        "documents": sum(summary["documents"] for summary in summaries),
+        "skipped": dict(sorted(skipped.items())),
+    }
 
 
 def sorted_merge(shard_files: list[Path]):
@@ -194,11 +235,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--input", help="documents, .jsonl or .jsonl.zst (required unless --merge)")
     parser.add_argument("--output_dir", required=True, help="directory for stage files, shards and summaries")
     parser.add_argument("--text_column", default="text", help="column holding the document (default: %(default)s)")
-    parser.add_argument("--method", choices=sorted(MAX_WORDS), default="keywords",
-                        help="single-word keywords or keyphrases of up to 3 words (default: %(default)s)")
+    parser.add_argument(
+        "--method",
+        choices=sorted(MAX_WORDS),
+        default="keywords",
+        help="single-word keywords or keyphrases of up to 3 words (default: %(default)s)",
+    )
     parser.add_argument("--stages", type=int, default=3, help="number of stages, >= 2 (default: %(default)s)")
-    parser.add_argument("--num_keywords", type=int, nargs="+",
-                        help="prefix size of stages 1..stages-1, increasing (default: 4 8 16 ...)")
+    parser.add_argument(
+        "--num_keywords",
+        type=int,
+        nargs="+",
+        help="prefix size of stages 1..stages-1, increasing (default: 4 8 16 ...)",
+    )
     parser.add_argument("--separator", default="<SEP>", help="token between keywords (default: %(default)s)")
     parser.add_argument("--shard_idx", type=int, default=0, help="this shard's index, 0..num_shards-1")
     parser.add_argument("--num_shards", type=int, default=1, help="number of shards (default: %(default)s)")
@@ -208,32 +257,52 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.merge:
             merged = merge_shards(args.output_dir)
-            print(f"{merged['documents']} documents merged into {args.output_dir}: {merged['files']}; "
-                  f"skipped {merged['skipped']}")
+            print(
+                f"{merged['documents']} documents merged into {args.output_dir}: {merged['files']}; "
+                f"skipped {merged['skipped']}"
+            )
             return
         if args.input is None or not args.input.endswith(JSONL_SUFFIXES):
             parser.error(f"--input must be a {' or '.join(JSONL_SUFFIXES)} file (or use --merge), got {args.input}")
         if args.stages < 2:
             parser.error(f"--stages must be >= 2, got {args.stages}")
         num_keywords = args.num_keywords or default_num_keywords(args.stages)
-        if len(num_keywords) != args.stages - 1 or num_keywords[0] < 1 or \
-                any(later <= earlier for earlier, later in zip(num_keywords, num_keywords[1:])):
-            parser.error(f"--num_keywords needs {args.stages - 1} increasing positive counts for --stages "
-                         f"{args.stages}, got {num_keywords}")
+        if (
+            len(num_keywords) != args.stages - 1
+            or num_keywords[0] < 1
+            or any(later <= earlier for earlier, later in zip(num_keywords, num_keywords[1:]))
+        ):
+            parser.error(
+                f"--num_keywords needs {args.stages - 1} increasing positive counts for --stages "
+                f"{args.stages}, got {num_keywords}"
+            )
         if args.num_shards < 1 or not 0 <= args.shard_idx < args.num_shards:
-            parser.error(f"--shard_idx must be in 0..{args.num_shards - 1} and --num_shards >= 1, "
-                         f"got --shard_idx {args.shard_idx} --num_shards {args.num_shards}")
+            parser.error(
+                f"--shard_idx must be in 0..{args.num_shards - 1} and --num_shards >= 1, "
+                f"got --shard_idx {args.shard_idx} --num_shards {args.num_shards}"
+            )
         if args.n_process < 1 or not args.separator.strip() or DFF in args.separator:
             parser.error("--n_process must be >= 1 and --separator a non-blank token other than <DFF>")
         if not Path(args.input).is_file():
             parser.error(f"--input {args.input} does not exist")
-        summary = build_shard(args.input, args.output_dir, args.method, num_keywords, args.separator,
-                              args.text_column, args.shard_idx, args.num_shards, args.n_process)
+        summary = build_shard(
+            args.input,
+            args.output_dir,
+            args.method,
+            num_keywords,
+            args.separator,
+            args.text_column,
+            args.shard_idx,
+            args.num_shards,
+            args.n_process,
+        )
     except ValueError as error:
         parser.error(str(error))
     state = "already finished, nothing done" if summary.get("already_done") else "written"
-    print(f"{shard_name(args.shard_idx, args.num_shards)} {state}: {summary['documents']} documents, "
-          f"{summary['stages']} stages in {args.output_dir}; skipped {summary['skipped']}")
+    print(
+        f"{shard_name(args.shard_idx, args.num_shards)} {state}: {summary['documents']} documents, "
+        f"{summary['stages']} stages in {args.output_dir}; skipped {summary['skipped']}"
+    )
 
 
 if __name__ == "__main__":

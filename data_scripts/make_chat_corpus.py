@@ -62,11 +62,15 @@ def parse_topic(text: str) -> Topic:
 
 def topic_turns(topic: Topic, question: str, rng: random.Random) -> list[dict]:
     """The question and answer about a topic, with a follow-up about its signature half the time."""
-    turns = [{"role": "user", "content": question.format(name=topic.name)},
-             {"role": "assistant", "content": topic.summary}]
+    turns = [
+        {"role": "user", "content": question.format(name=topic.name)},
+        {"role": "assistant", "content": topic.summary},
+    ]
     if topic.kind in ("def", "class") and rng.random() < 0.5:
-        turns += [{"role": "user", "content": rng.choice(CALL_QUESTIONS)},
-                  {"role": "assistant", "content": f"`{topic.signature}`"}]
+        turns += [
+            {"role": "user", "content": rng.choice(CALL_QUESTIONS)},
+            {"role": "assistant", "content": f"`{topic.signature}`"},
+        ]
     return turns
 
 
@@ -108,8 +112,8 @@ from their docstrings; made from `../stdlib_docstrings` (every record used once)
 
 | file | conversations |
 |---|---|
-| `train.jsonl.zst` | {counts['train']} |
-| `validation.jsonl.zst` | {counts['validation']} |
+| `train.jsonl.zst` | {counts["train"]} |
+| `validation.jsonl.zst` | {counts["validation"]} |
 
 A record:
 
@@ -126,8 +130,11 @@ Made with
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--source_dir", default="data/stdlib_docstrings",
-                        help="directory with train.jsonl.zst and validation.jsonl.zst of signature<DFF>summary texts")
+    parser.add_argument(
+        "--source_dir",
+        default="data/stdlib_docstrings",
+        help="directory with train.jsonl.zst and validation.jsonl.zst of signature<DFF>summary texts",
+    )
     parser.add_argument("--output_dir", required=True, help="directory for the conversations and README.md")
     parser.add_argument("--seed", type=int, default=0, help="seed of the grouping and the phrasing")
     args = parser.parse_args(argv)
@@ -136,8 +143,9 @@ def main(argv: list[str] | None = None) -> None:
     for split in SPLITS:
         path = source / f"{split}.jsonl.zst"
         if not path.is_file():
-            parser.error(f"{path} is missing; make it with python data_scripts/make_stdlib_corpus.py --output_dir "
-                         f"{source}.")
+            parser.error(
+                f"{path} is missing; make it with python data_scripts/make_stdlib_corpus.py --output_dir {source}."
+            )
         records = conversations([record["text"] for record in read_jsonl(path)], args.seed)
         counts[split] = write_jsonl(records, output / f"{split}.jsonl.zst", total=len(records))
         example = example or records[0]

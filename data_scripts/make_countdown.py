@@ -43,8 +43,7 @@ def combine(left: tuple[int, str, str], right: tuple[int, str, str], op: str) ->
         return None
     if left_op and PRECEDENCE[left_op] < PRECEDENCE[op]:
         left_text = f"({left_text})"
-    if right_op and (PRECEDENCE[right_op] < PRECEDENCE[op]
-                     or PRECEDENCE[right_op] == PRECEDENCE[op] and op in "-/"):
+    if right_op and (PRECEDENCE[right_op] < PRECEDENCE[op] or PRECEDENCE[right_op] == PRECEDENCE[op] and op in "-/"):
         right_text = f"({right_text})"
     return value, f"{left_text}{op}{right_text}", op
 
@@ -67,8 +66,13 @@ def countdown_record(numbers: list[int], target: int, expression: str) -> dict:
     prompt = f"make {target} from {' '.join(map(str, numbers))}:"
     if countdown_score(expression, numbers, target) != 1.0:  # the reward is the definition of a right answer
         raise AssertionError(f"{expression} does not reach {target} with {numbers}")
-    return {"text": f"{prompt}{DFF}{expression}", "prompt": prompt, "answer": expression, "numbers": numbers,
-            "target": target}
+    return {
+        "text": f"{prompt}{DFF}{expression}",
+        "prompt": prompt,
+        "answer": expression,
+        "numbers": numbers,
+        "target": target,
+    }
 
 
 def sample_problems(total: int, count: int, max_number: int, max_target: int, rng: random.Random) -> list[dict]:
@@ -83,19 +87,30 @@ def sample_problems(total: int, count: int, max_number: int, max_target: int, rn
             continue
         seen.add((tuple(numbers), solution[0]))
         records.append(countdown_record(numbers, *solution))
-    raise ValueError(f"found only {len(records)} distinct problems of the {total} asked for; raise --max_number or "
-                     "--max_target, or ask for fewer")
+    raise ValueError(
+        f"found only {len(records)} distinct problems of the {total} asked for; raise --max_number or "
+        "--max_target, or ask for fewer"
+    )
 
 
-def make_countdown(output_dir: str | Path, num_train: int = 5000, num_test: int = 500, count: int = 3,
-                   max_number: int = 20, max_target: int = 100, seed: int = 0) -> dict[str, int]:
+def make_countdown(
+    output_dir: str | Path,
+    num_train: int = 5000,
+    num_test: int = 500,
+    count: int = 3,
+    max_number: int = 20,
+    max_target: int = 100,
+    seed: int = 0,
+) -> dict[str, int]:
     """Write train.jsonl and test.jsonl into `output_dir`; return the records per file."""
     if count < 2:
         raise ValueError("--count must be at least 2")
     records = sample_problems(num_train + num_test, count, max_number, max_target, random.Random(seed))
     output_dir = Path(output_dir)
-    return {f"{split}.jsonl": write_jsonl(rows, output_dir / f"{split}.jsonl", total=len(rows))
-            for split, rows in (("train", records[:num_train]), ("test", records[num_train:]))}
+    return {
+        f"{split}.jsonl": write_jsonl(rows, output_dir / f"{split}.jsonl", total=len(rows))
+        for split, rows in (("train", records[:num_train]), ("test", records[num_train:]))
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -111,8 +126,9 @@ def main(argv: list[str] | None = None) -> None:
     if min(args.num_train, args.num_test) < 0 or min(args.max_number, args.max_target) < 1:
         parser.error("--num_train and --num_test must be >= 0, --max_number and --max_target >= 1")
     try:
-        counts = make_countdown(args.output_dir, args.num_train, args.num_test, args.count, args.max_number,
-                                args.max_target, args.seed)
+        counts = make_countdown(
+            args.output_dir, args.num_train, args.num_test, args.count, args.max_number, args.max_target, args.seed
+        )
     except ValueError as error:
         parser.error(str(error))
     print(", ".join(f"{name}: {count}" for name, count in counts.items()), f"written to {args.output_dir}")

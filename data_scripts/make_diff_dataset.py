@@ -41,21 +41,76 @@ except ImportError:  # running from a source checkout without `pip install -e .`
 
 DFF = "<DFF>"
 BINARY_PROBE_BYTES = 8000  # git's buffer_is_binary looks for a NUL in this many leading bytes
-VENDORED_DIRS = frozenset({"vendor", "vendored", "third_party", "thirdparty", "node_modules", "site-packages",
-                           "dist", "__pycache__", ".venv", "venv"})
-GENERATED_NAMES = ("package-lock.json", "yarn.lock", "pnpm-lock.yaml", "poetry.lock", "Cargo.lock", "go.sum",
-                   "Pipfile.lock", "composer.lock", "*.min.js", "*.min.css", "*.map", "*_pb2.py", "*_pb2_grpc.py",
-                   "*.pb.go", "*.pb.cc", "*.pb.h")
+VENDORED_DIRS = frozenset(
+    {
+        "vendor",
+        "vendored",
+        "third_party",
+        "thirdparty",
+        "node_modules",
+        "site-packages",
+        "dist",
+        "__pycache__",
+        ".venv",
+        "venv",
+    }
+)
+GENERATED_NAMES = (
+    "package-lock.json",
+    "yarn.lock",
+    "pnpm-lock.yaml",
+    "poetry.lock",
+    "Cargo.lock",
+    "go.sum",
+    "Pipfile.lock",
+    "composer.lock",
+    "*.min.js",
+    "*.min.css",
+    "*.map",
+    "*_pb2.py",
+    "*_pb2_grpc.py",
+    "*.pb.go",
+    "*.pb.cc",
+    "*.pb.h",
+)
 SUBMODULE_MODE, SYMLINK_MODE = "160000", "120000"
 EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"  # git's hash of the empty tree: the parent of a root commit
 # git's output must not depend on the user's configuration
-GIT = ("git", "--literal-pathspecs", "-c", "core.quotepath=false", "-c", "diff.noprefix=false",
-       "-c", "diff.mnemonicPrefix=false", "-c", "diff.relative=false", "-c", "diff.suppressBlankEmpty=false")
-DIFF_OPTIONS = ("--no-color", "--no-ext-diff", "--no-textconv", "--unified=3", "--inter-hunk-context=0",
-                "--diff-algorithm=myers",
-                "--indent-heuristic", "--find-renames=50%", "--src-prefix=a/", "--dst-prefix=b/")
-SKIP_REASONS = ("binary", "vendored_or_generated", "too_large", "not_utf8", "submodule_or_symlink",
-                "no_text_change", "marker_in_context")
+GIT = (
+    "git",
+    "--literal-pathspecs",
+    "-c",
+    "core.quotepath=false",
+    "-c",
+    "diff.noprefix=false",
+    "-c",
+    "diff.mnemonicPrefix=false",
+    "-c",
+    "diff.relative=false",
+    "-c",
+    "diff.suppressBlankEmpty=false",
+)
+DIFF_OPTIONS = (
+    "--no-color",
+    "--no-ext-diff",
+    "--no-textconv",
+    "--unified=3",
+    "--inter-hunk-context=0",
+    "--diff-algorithm=myers",
+    "--indent-heuristic",
+    "--find-renames=50%",
+    "--src-prefix=a/",
+    "--dst-prefix=b/",
+)
+SKIP_REASONS = (
+    "binary",
+    "vendored_or_generated",
+    "too_large",
+    "not_utf8",
+    "submodule_or_symlink",
+    "no_text_change",
+    "marker_in_context",
+)
 
 
 class GitError(RuntimeError):
@@ -73,8 +128,10 @@ def check_repository(repo: str) -> None:
     """Raise GitError with a clear message when `repo` is not inside a git work tree or bare repository."""
     try:
         git(repo, "rev-parse", "--git-dir")
-    except (GitError, FileNotFoundError, NotADirectoryError):
-        raise GitError(f"--repo {repo} is not a git repository (run `git init` there, or pass the repository root)")
+    except (GitError, FileNotFoundError, NotADirectoryError) as error:
+        raise GitError(
+            f"--repo {repo} is not a git repository (run `git init` there, or pass the repository root)"
+        ) from error
 
 
 def list_commits(repo: str, rev_range: str) -> tuple[list[str], int]:
@@ -95,8 +152,9 @@ def is_vendored_or_generated(path: str) -> bool:
 
 def changed_files(repo: str, parent: str, commit: str) -> list[tuple[str, str, str, str, str, str]]:
     """(old mode, new mode, old blob, new blob, old path, new path) per changed file, in git's path order."""
-    fields = git(repo, "diff-tree", "-r", "-z", "--raw", "--no-commit-id", "--find-renames=50%", parent,
-                 commit).split("\0")
+    fields = git(repo, "diff-tree", "-r", "-z", "--raw", "--no-commit-id", "--find-renames=50%", parent, commit).split(
+        "\0"
+    )
     entries, position = [], 0
     while position < len(fields) and fields[position]:
         old_mode, new_mode, old_blob, new_blob, status = fields[position].lstrip(":").split()
@@ -115,7 +173,7 @@ def file_diff(repo: str, parent: str, commit: str, old_path: str, new_path: str)
     """git's unified diff of one file between `parent` and `commit`, from the first hunk header on."""
     patch = git(repo, "diff", *DIFF_OPTIONS, parent, commit, "--", *dict.fromkeys((old_path, new_path)))
     start = patch.find("\n@@ ")
-    return "" if start < 0 else patch[start + 1:]
+    return "" if start < 0 else patch[start + 1 :]
 
 
 def diff_record(path: str, before: str, message: str, diff: str) -> str:
@@ -166,8 +224,11 @@ def commit_records(commit: str, repo: str, max_file_bytes: int) -> tuple[list[di
 def summary_path(output: str | Path) -> Path:
     """`d/F.jsonl.zst` -> `d/F.summary.json`."""
     output = Path(output)
-    stem = next(output.name[:-len(suffix)] for suffix in sorted(JSONL_SUFFIXES, key=len, reverse=True)
-                if output.name.endswith(suffix))
+    stem = next(
+        output.name[: -len(suffix)]
+        for suffix in sorted(JSONL_SUFFIXES, key=len, reverse=True)
+        if output.name.endswith(suffix)
+    )
     return output.with_name(f"{stem}.summary.json")
 
 
@@ -177,8 +238,15 @@ def write_summary(summary: dict, output: str | Path) -> None:
         handle.write("\n")
 
 
-def make_diff_dataset(repo: str, output: str | Path, rev_range: str = "HEAD", max_file_bytes: int = 100_000,
-                      shard_idx: int = 0, num_shards: int = 1, workers: int = 1) -> dict:
+def make_diff_dataset(
+    repo: str,
+    output: str | Path,
+    rev_range: str = "HEAD",
+    max_file_bytes: int = 100_000,
+    shard_idx: int = 0,
+    num_shards: int = 1,
+    workers: int = 1,
+) -> dict:
     """Write this shard's records to `output` and its summary next to it; return the summary."""
     check_repository(repo)
     commits, merges = list_commits(repo, rev_range)
@@ -194,12 +262,19 @@ def make_diff_dataset(repo: str, output: str | Path, rev_range: str = "HEAD", ma
                 yield from commit_output
 
     count = write_jsonl(records(), output, total=None, description=f"shard {shard_idx}/{num_shards}")
-    summary = {"repo_head": git(repo, "rev-parse", "HEAD").strip(), "rev_range": rev_range,
-               "range_tip": git(repo, "rev-list", "-n", "1", rev_range, "--").strip(),
-               "max_file_bytes": max_file_bytes, "shard_idx": shard_idx, "num_shards": num_shards,
-               # merge commits are counted once, by shard 0, so that the shards' counts add up
-               "commits": len(mine), "merge_commits_skipped": merges if shard_idx == 0 else 0,
-               "records": count, "skipped": dict(sorted(skipped.items()))}
+    summary = {
+        "repo_head": git(repo, "rev-parse", "HEAD").strip(),
+        "rev_range": rev_range,
+        "range_tip": git(repo, "rev-list", "-n", "1", rev_range, "--").strip(),
+        "max_file_bytes": max_file_bytes,
+        "shard_idx": shard_idx,
+        "num_shards": num_shards,
+        # merge commits are counted once, by shard 0, so that the shards' counts add up
+        "commits": len(mine),
+        "merge_commits_skipped": merges if shard_idx == 0 else 0,
+        "records": count,
+        "skipped": dict(sorted(skipped.items())),
+    }
     write_summary(summary, output)
     return summary
 
@@ -218,15 +293,18 @@ def merge_shards(shard_files: list[str | Path], output: str | Path) -> dict:
     run_keys = ("rev_range", "range_tip", "max_file_bytes", "num_shards")
     runs = {tuple(summary[key] for key in run_keys) for summary in summaries.values()}
     if len(runs) > 1:
-        detail = "; ".join(f"{name}: {', '.join(f'{key}={summary[key]}' for key in run_keys)}"
-                           for name, summary in summaries.items())
+        detail = "; ".join(
+            f"{name}: {', '.join(f'{key}={summary[key]}' for key in run_keys)}" for name, summary in summaries.items()
+        )
         raise ValueError(f"shards come from different runs ({detail}); rebuild them with the same flags")
     num_shards = next(iter(runs))[-1]
     by_index = {}
     for name, summary in summaries.items():
         if summary["shard_idx"] in by_index:
-            raise ValueError(f"overlapping shards: {by_index[summary['shard_idx']]} and {name} are both shard "
-                             f"{summary['shard_idx']}/{num_shards}")
+            raise ValueError(
+                f"overlapping shards: {by_index[summary['shard_idx']]} and {name} are both shard "
+                f"{summary['shard_idx']}/{num_shards}"
+            )
         by_index[summary["shard_idx"]] = name
     missing = sorted(set(range(num_shards)) - set(by_index))
     if missing:
@@ -242,19 +320,25 @@ def merge_shards(shard_files: list[str | Path], output: str | Path) -> dict:
                 count += 1
                 yield record
         if count != expected:
-            raise ValueError(f"the shard files hold {count} records but their summaries say {expected}; "
-                             f"re-run the shards")
+            raise ValueError(
+                f"the shard files hold {count} records but their summaries say {expected}; re-run the shards"
+            )
 
     count = write_jsonl(checked_records(), output, description=f"merging {num_shards} shards")
     first = summaries[ordered[0]]
     skipped = Counter()
     for summary in summaries.values():
         skipped.update(summary["skipped"])
-    merged = {**{key: first[key] for key in ("repo_head", "rev_range", "range_tip", "max_file_bytes")},
-              "shard_idx": 0, "num_shards": 1, "merged_from": ordered,
-              "commits": sum(summary["commits"] for summary in summaries.values()),
-              "merge_commits_skipped": sum(summary["merge_commits_skipped"] for summary in summaries.values()),
-              "records": count, "skipped": {reason: skipped[reason] for reason in sorted(skipped)}}
+    merged = {
+        **{key: first[key] for key in ("repo_head", "rev_range", "range_tip", "max_file_bytes")},
+        "shard_idx": 0,
+        "num_shards": 1,
+        "merged_from": ordered,
+        "commits": sum(summary["commits"] for summary in summaries.values()),
+        "merge_commits_skipped": sum(summary["merge_commits_skipped"] for summary in summaries.values()),
+        "records": count,
+        "skipped": {reason: skipped[reason] for reason in sorted(skipped)},
+    }
     write_summary(merged, output)
     return merged
 
@@ -263,15 +347,28 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repo", help="path of the git repository to read (required unless --merge)")
     parser.add_argument("--output", required=True, help="output file, .jsonl.zst or .jsonl")
-    parser.add_argument("--rev-range", "--rev_range", dest="rev_range", default="HEAD",
-                        help="commits to read, as `git rev-list` takes them: A..B, a branch (default: %(default)s)")
-    parser.add_argument("--max_file_bytes", type=int, default=100_000,
-                        help="skip a file whose before or after version is larger (default: %(default)s)")
+    parser.add_argument(
+        "--rev-range",
+        "--rev_range",
+        dest="rev_range",
+        default="HEAD",
+        help="commits to read, as `git rev-list` takes them: A..B, a branch (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max_file_bytes",
+        type=int,
+        default=100_000,
+        help="skip a file whose before or after version is larger (default: %(default)s)",
+    )
     parser.add_argument("--shard_idx", type=int, default=0, help="this shard's index, 0..num_shards-1")
     parser.add_argument("--num_shards", type=int, default=1, help="number of shards (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=1, help="processes reading commits (default: %(default)s)")
-    parser.add_argument("--merge", nargs="+", metavar="SHARD",
-                        help="join these shard files (with their .summary.json) into --output instead")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="SHARD",
+        help="join these shard files (with their .summary.json) into --output instead",
+    )
     args = parser.parse_args(argv)
     if not str(args.output).endswith(JSONL_SUFFIXES):
         parser.error(f"--output must end in {' or '.join(JSONL_SUFFIXES)}, got {args.output}")
@@ -282,18 +379,29 @@ def main(argv: list[str] | None = None) -> None:
             if args.repo is None:
                 parser.error("--repo is required (or --merge SHARD... to join shard files)")
             if args.num_shards < 1 or not 0 <= args.shard_idx < args.num_shards:
-                parser.error(f"--shard_idx must be in 0..{args.num_shards - 1} and --num_shards >= 1, "
-                             f"got --shard_idx {args.shard_idx} --num_shards {args.num_shards}")
+                parser.error(
+                    f"--shard_idx must be in 0..{args.num_shards - 1} and --num_shards >= 1, "
+                    f"got --shard_idx {args.shard_idx} --num_shards {args.num_shards}"
+                )
             if args.workers < 1 or args.max_file_bytes < 1:
                 parser.error("--workers and --max_file_bytes must be >= 1")
-            summary = make_diff_dataset(args.repo, args.output, args.rev_range, args.max_file_bytes,
-                                        args.shard_idx, args.num_shards, args.workers)
+            summary = make_diff_dataset(
+                args.repo,
+                args.output,
+                args.rev_range,
+                args.max_file_bytes,
+                args.shard_idx,
+                args.num_shards,
+                args.workers,
+            )
     except (GitError, ValueError) as error:
         parser.error(str(error))
     skips = ", ".join(f"{reason} {count}" for reason, count in summary["skipped"].items())
-    print(f"{summary['records']} records from {summary['commits']} commits written to {args.output} "
-          f"(skipped: merge commits {summary['merge_commits_skipped']}, {skips}); summary in "
-          f"{summary_path(args.output)}")
+    print(
+        f"{summary['records']} records from {summary['commits']} commits written to {args.output} "
+        f"(skipped: merge commits {summary['merge_commits_skipped']}, {skips}); summary in "
+        f"{summary_path(args.output)}"
+    )
 
 
 if __name__ == "__main__":

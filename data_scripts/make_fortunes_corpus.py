@@ -44,7 +44,7 @@ def read_fortunes(path: Path) -> list[str]:
 
 def in_validation(text: str, fraction: float) -> bool:
     """A stable split: the first `fraction` of the sha256 range goes to validation."""
-    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16) < fraction * 2 ** 32
+    return int(hashlib.sha256(text.encode("utf-8")).hexdigest()[:8], 16) < fraction * 2**32
 
 
 def write_corpus(source: str, files, output_dir: str, fraction: float, command: str) -> dict:
@@ -53,16 +53,20 @@ def write_corpus(source: str, files, output_dir: str, fraction: float, command: 
     for name in files:
         path = Path(source) / name
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: install Debian's fortunes-min (apt-get install -y "
-                                    "fortunes-min) or pass --source_dir.")
+            raise FileNotFoundError(
+                f"{path} not found: install Debian's fortunes-min (apt-get install -y "
+                "fortunes-min) or pass --source_dir."
+            )
         for text in read_fortunes(path):
             if text not in seen:
                 seen.add(text)
                 texts.append(text)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    splits = {"train": [t for t in texts if not in_validation(t, fraction)],
-              "validation": [t for t in texts if in_validation(t, fraction)]}
+    splits = {
+        "train": [t for t in texts if not in_validation(t, fraction)],
+        "validation": [t for t in texts if in_validation(t, fraction)],
+    }
     for split, rows in splits.items():
         write_jsonl(({"text": text} for text in rows), out / f"{split}.jsonl.zst")
     if Path(LICENCE_SOURCE).is_file():
@@ -81,12 +85,12 @@ followed by an attribution line (`\\t\\t-- Mark Twain`). One record per fortune,
 
 | file | records |
 |---|---|
-| `train.jsonl.zst` | {counts['train']} |
-| `validation.jsonl.zst` | {counts['validation']} |
+| `train.jsonl.zst` | {counts["train"]} |
+| `validation.jsonl.zst` | {counts["validation"]} |
 
 ## Provenance
 
-The data files {', '.join(files)} of Debian's `fortunes-min` package (BSD fortune, fortune-mod 1.99.1), made by
+The data files {", ".join(files)} of Debian's `fortunes-min` package (BSD fortune, fortune-mod 1.99.1), made by
 
     apt-get install -y fortunes-min
     {command}

@@ -36,22 +36,138 @@ except ImportError:  # running from a source checkout without `pip install -e .`
 DFF = "<DFF>"
 
 DEFAULT_MODULES = (
-    "abc", "argparse", "ast", "asyncio.base_events", "asyncio.events", "asyncio.locks", "asyncio.queues",
-    "asyncio.streams", "asyncio.tasks", "base64", "bdb", "bisect", "bz2", "calendar", "cmd", "code", "codecs",
-    "collections", "colorsys", "concurrent.futures.thread", "configparser", "contextlib", "copy", "csv",
-    "dataclasses", "datetime", "difflib", "dis", "doctest", "email.charset", "email.header",
-    "email.headerregistry", "email.message", "email.parser", "email.utils", "enum", "filecmp", "fileinput",
-    "fnmatch", "fractions", "ftplib", "functools", "genericpath", "getopt", "gettext", "glob", "graphlib", "gzip",
-    "heapq", "hmac", "html", "html.parser", "http.client", "http.cookiejar", "http.cookies", "http.server",
-    "imaplib", "importlib.abc", "importlib.metadata", "inspect", "ipaddress", "json", "json.decoder",
-    "json.encoder", "keyword", "linecache", "locale", "logging", "logging.handlers", "lzma", "mailbox",
-    "mimetypes", "multiprocessing.pool", "netrc", "numbers", "operator", "optparse", "os", "pathlib", "pickle",
-    "pickletools", "pkgutil", "platform", "plistlib", "poplib", "posixpath", "pprint", "pstats", "py_compile",
-    "queue", "quopri", "random", "re", "reprlib", "runpy", "sched", "secrets", "selectors", "shelve", "shlex",
-    "shutil", "smtplib", "socket", "socketserver", "statistics", "string", "subprocess", "symtable", "tarfile",
-    "tempfile", "textwrap", "threading", "timeit", "tokenize", "trace", "traceback", "turtle", "types", "typing",
-    "unittest.case", "unittest.mock", "urllib.parse", "urllib.request", "uuid", "warnings", "wave", "weakref",
-    "xml.dom.minidom", "xml.etree.ElementTree", "xml.sax.saxutils", "zipfile", "zipimport",
+    "abc",
+    "argparse",
+    "ast",
+    "asyncio.base_events",
+    "asyncio.events",
+    "asyncio.locks",
+    "asyncio.queues",
+    "asyncio.streams",
+    "asyncio.tasks",
+    "base64",
+    "bdb",
+    "bisect",
+    "bz2",
+    "calendar",
+    "cmd",
+    "code",
+    "codecs",
+    "collections",
+    "colorsys",
+    "concurrent.futures.thread",
+    "configparser",
+    "contextlib",
+    "copy",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "difflib",
+    "dis",
+    "doctest",
+    "email.charset",
+    "email.header",
+    "email.headerregistry",
+    "email.message",
+    "email.parser",
+    "email.utils",
+    "enum",
+    "filecmp",
+    "fileinput",
+    "fnmatch",
+    "fractions",
+    "ftplib",
+    "functools",
+    "genericpath",
+    "getopt",
+    "gettext",
+    "glob",
+    "graphlib",
+    "gzip",
+    "heapq",
+    "hmac",
+    "html",
+    "html.parser",
+    "http.client",
+    "http.cookiejar",
+    "http.cookies",
+    "http.server",
+    "imaplib",
+    "importlib.abc",
+    "importlib.metadata",
+    "inspect",
+    "ipaddress",
+    "json",
+    "json.decoder",
+    "json.encoder",
+    "keyword",
+    "linecache",
+    "locale",
+    "logging",
+    "logging.handlers",
+    "lzma",
+    "mailbox",
+    "mimetypes",
+    "multiprocessing.pool",
+    "netrc",
+    "numbers",
+    "operator",
+    "optparse",
+    "os",
+    "pathlib",
+    "pickle",
+    "pickletools",
+    "pkgutil",
+    "platform",
+    "plistlib",
+    "poplib",
+    "posixpath",
+    "pprint",
+    "pstats",
+    "py_compile",
+    "queue",
+    "quopri",
+    "random",
+    "re",
+    "reprlib",
+    "runpy",
+    "sched",
+    "secrets",
+    "selectors",
+    "shelve",
+    "shlex",
+    "shutil",
+    "smtplib",
+    "socket",
+    "socketserver",
+    "statistics",
+    "string",
+    "subprocess",
+    "symtable",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "timeit",
+    "tokenize",
+    "trace",
+    "traceback",
+    "turtle",
+    "types",
+    "typing",
+    "unittest.case",
+    "unittest.mock",
+    "urllib.parse",
+    "urllib.request",
+    "uuid",
+    "warnings",
+    "wave",
+    "weakref",
+    "xml.dom.minidom",
+    "xml.etree.ElementTree",
+    "xml.sax.saxutils",
+    "zipfile",
+    "zipimport",
 )
 
 _PARAGRAPH_BREAK = re.compile(r"\n\s*\n")
@@ -174,8 +290,9 @@ def _walk_definitions(body: list[ast.stmt], prefix: str, max_prompt_chars: int, 
             yield from _walk_definitions(node.body, qualified_name, max_prompt_chars, max_response_chars)
 
 
-def records_from_source(source: str, module_name: str, max_prompt_chars: int = 200,
-                        max_response_chars: int = 300) -> list[DocRecord]:
+def records_from_source(
+    source: str, module_name: str, max_prompt_chars: int = 200, max_response_chars: int = 300
+) -> list[DocRecord]:
     """Records of one module's source text: the module docstring, then definitions in source order."""
     tree = ast.parse(source)
     records = []
@@ -186,8 +303,9 @@ def records_from_source(source: str, module_name: str, max_prompt_chars: int = 2
     return records
 
 
-def collect_records(modules: list[str], max_prompt_chars: int = 200, max_response_chars: int = 300,
-                    stdlib_dir: str | None = None) -> list[DocRecord]:
+def collect_records(
+    modules: list[str], max_prompt_chars: int = 200, max_response_chars: int = 300, stdlib_dir: str | None = None
+) -> list[DocRecord]:
     """Records of all `modules` in the given order, keeping the first of any repeated name or text."""
     records, seen_names, seen_texts = [], set(), set()
     for module_name in modules:
@@ -208,12 +326,20 @@ def is_validation(name: str, validation_fraction: float) -> bool:
     return position < validation_fraction
 
 
-def _readme(counts: dict[str, int], records: list[DocRecord], modules: list[str], command: str,
-            max_prompt_chars: int, max_response_chars: int, validation_fraction: float) -> str:
+def _readme(
+    counts: dict[str, int],
+    records: list[DocRecord],
+    modules: list[str],
+    command: str,
+    max_prompt_chars: int,
+    max_response_chars: int,
+    validation_fraction: float,
+) -> str:
     longest = max(len(record.text.encode("utf-8")) for record in records)
     step = max(1, len(records) // 4)
-    examples = "\n".join("    " + json.dumps({"text": record.text}, ensure_ascii=False)
-                          for record in records[step::step][:3])
+    examples = "\n".join(
+        "    " + json.dumps({"text": record.text}, ensure_ascii=False) for record in records[step::step][:3]
+    )
     return f"""# stdlib_docstrings: a tiny `prompt<DFF>response` corpus
 
 A small, permissively licensed corpus for trying diff-trainer on a CPU in minutes. Each record pairs a
@@ -224,8 +350,8 @@ public signature from CPython's standard library (the prompt) with the first par
 
 | file | records |
 |---|---|
-| `train.jsonl.zst` | {counts['train']} |
-| `validation.jsonl.zst` | {counts['validation']} |
+| `train.jsonl.zst` | {counts["train"]} |
+| `validation.jsonl.zst` | {counts["validation"]} |
 
 One JSON object per line with a single field `"text"` (zstandard-compressed JSON Lines, which
 `datasets.load_dataset("json", data_files=...)` reads directly). A few records:
@@ -259,9 +385,14 @@ licence shipped with the Python that generated the files.
 """
 
 
-def write_corpus(output_dir: str | Path, modules: list[str], max_prompt_chars: int = 200,
-                 max_response_chars: int = 300, validation_fraction: float = 0.05,
-                 command: str = "python data_scripts/make_stdlib_corpus.py") -> dict[str, int]:
+def write_corpus(
+    output_dir: str | Path,
+    modules: list[str],
+    max_prompt_chars: int = 200,
+    max_response_chars: int = 300,
+    validation_fraction: float = 0.05,
+    command: str = "python data_scripts/make_stdlib_corpus.py",
+) -> dict[str, int]:
     """Write train/validation `.jsonl.zst`, README.md and LICENSE.txt into `output_dir`; return record counts."""
     records = collect_records(modules, max_prompt_chars, max_response_chars)
     if not records:
@@ -272,9 +403,13 @@ def write_corpus(output_dir: str | Path, modules: list[str], max_prompt_chars: i
     output_dir = Path(output_dir)
     counts = {}
     for split, split_records in splits.items():
-        counts[split] = write_jsonl(({"text": record.text} for record in split_records),
-                                    output_dir / f"{split}.jsonl.zst", total=len(split_records),
-                                    description=f"writing {split}", zstd_level=19)
+        counts[split] = write_jsonl(
+            ({"text": record.text} for record in split_records),
+            output_dir / f"{split}.jsonl.zst",
+            total=len(split_records),
+            description=f"writing {split}",
+            zstd_level=19,
+        )
     readme = _readme(counts, records, modules, command, max_prompt_chars, max_response_chars, validation_fraction)
     (output_dir / "README.md").write_text(readme, encoding="utf-8")
     licence = Path(sysconfig.get_paths()["stdlib"]) / "LICENSE.txt"
@@ -286,21 +421,43 @@ def write_corpus(output_dir: str | Path, modules: list[str], max_prompt_chars: i
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", required=True, help="directory for the .jsonl.zst files and README.md")
-    parser.add_argument("--modules", nargs="+", default=list(DEFAULT_MODULES),
-                        help=f"pure-Python stdlib modules to read, in order (default: {len(DEFAULT_MODULES)} modules)")
-    parser.add_argument("--max_response_chars", type=int, default=300,
-                        help="longest docstring summary kept, cut at a sentence boundary (default: %(default)s)")
-    parser.add_argument("--max_prompt_chars", type=int, default=200,
-                        help="records with a longer signature are skipped (default: %(default)s)")
-    parser.add_argument("--validation_fraction", type=float, default=0.05,
-                        help="share of names hashed into validation (default: %(default)s)")
+    parser.add_argument(
+        "--modules",
+        nargs="+",
+        default=list(DEFAULT_MODULES),
+        help=f"pure-Python stdlib modules to read, in order (default: {len(DEFAULT_MODULES)} modules)",
+    )
+    parser.add_argument(
+        "--max_response_chars",
+        type=int,
+        default=300,
+        help="longest docstring summary kept, cut at a sentence boundary (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max_prompt_chars",
+        type=int,
+        default=200,
+        help="records with a longer signature are skipped (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--validation_fraction",
+        type=float,
+        default=0.05,
+        help="share of names hashed into validation (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     if not 0.0 <= args.validation_fraction <= 1.0:
         parser.error("--validation_fraction must be between 0 and 1")
     command = shlex.join(["python", "data_scripts/make_stdlib_corpus.py", *(sys.argv[1:] if argv is None else argv)])
     try:
-        counts = write_corpus(args.output_dir, args.modules, args.max_prompt_chars, args.max_response_chars,
-                              args.validation_fraction, command)
+        counts = write_corpus(
+            args.output_dir,
+            args.modules,
+            args.max_prompt_chars,
+            args.max_response_chars,
+            args.validation_fraction,
+            command,
+        )
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
     print(f"wrote {counts['train']} train and {counts['validation']} validation records to {args.output_dir}")

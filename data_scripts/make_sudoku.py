@@ -53,7 +53,7 @@ ALL_GRIDS = solutions([0] * 16)  # the 288 valid 4×4 grids
 
 def render(cells: list[int]) -> str:
     text = "".join("." if cell == 0 else str(cell) for cell in cells)
-    return "/".join(text[row:row + 4] for row in range(0, 16, 4))
+    return "/".join(text[row : row + 4] for row in range(0, 16, 4))
 
 
 def random_puzzle(blanks: int, rng: random.Random) -> tuple[list[int], list[int]] | None:
@@ -89,19 +89,29 @@ def sample_puzzles(total: int, min_blanks: int, max_blanks: int, rng: random.Ran
             continue
         seen.add(tuple(made[0]))
         records.append(sudoku_record(*made))
-    raise ValueError(f"found only {len(records)} distinct puzzles of the {total} asked for; widen "
-                     "--min_blanks..--max_blanks or ask for fewer")
+    raise ValueError(
+        f"found only {len(records)} distinct puzzles of the {total} asked for; widen "
+        "--min_blanks..--max_blanks or ask for fewer"
+    )
 
 
-def make_sudoku(output_dir: str | Path, num_train: int = 5000, num_test: int = 500, min_blanks: int = 4,
-                max_blanks: int = 10, seed: int = 0) -> dict[str, int]:
+def make_sudoku(
+    output_dir: str | Path,
+    num_train: int = 5000,
+    num_test: int = 500,
+    min_blanks: int = 4,
+    max_blanks: int = 10,
+    seed: int = 0,
+) -> dict[str, int]:
     """Write train.jsonl and test.jsonl into `output_dir`; return the records per file."""
     if not 1 <= min_blanks <= max_blanks <= 16:
         raise ValueError("need 1 <= --min_blanks <= --max_blanks <= 16")
     records = sample_puzzles(num_train + num_test, min_blanks, max_blanks, random.Random(seed))
     output_dir = Path(output_dir)
-    return {f"{split}.jsonl": write_jsonl(rows, output_dir / f"{split}.jsonl", total=len(rows))
-            for split, rows in (("train", records[:num_train]), ("test", records[num_train:]))}
+    return {
+        f"{split}.jsonl": write_jsonl(rows, output_dir / f"{split}.jsonl", total=len(rows))
+        for split, rows in (("train", records[:num_train]), ("test", records[num_train:]))
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -116,8 +126,9 @@ def main(argv: list[str] | None = None) -> None:
     if min(args.num_train, args.num_test) < 0:
         parser.error("--num_train and --num_test must be >= 0")
     try:
-        counts = make_sudoku(args.output_dir, args.num_train, args.num_test, args.min_blanks, args.max_blanks,
-                             args.seed)
+        counts = make_sudoku(
+            args.output_dir, args.num_train, args.num_test, args.min_blanks, args.max_blanks, args.seed
+        )
     except ValueError as error:
         parser.error(str(error))
     print(", ".join(f"{name}: {count}" for name, count in counts.items()), f"written to {args.output_dir}")

@@ -26,8 +26,10 @@ def corpus_texts(train_file: str, text_column: str) -> list[str]:
     """The `text_column` strings of `train_file`; a record without one is an error naming it."""
     raw, problems = load_files({"train": train_file}, text_columns=[text_column])
     if text_column not in raw["train"].column_names:
-        raise DataError(f"{train_file}: no column {text_column!r} (it has {', '.join(raw['train'].column_names)}); "
-                        "pass --text_column.")
+        raise DataError(
+            f"{train_file}: no column {text_column!r} (it has {', '.join(raw['train'].column_names)}); "
+            "pass --text_column."
+        )
     if problems["train"]:
         place, problem = next(iter(problems["train"].values()))
         raise DataError(f"{place}: {problem}. Fix the record or drop it before training a tokenizer.")
@@ -47,9 +49,13 @@ def main(argv=None) -> None:
     if os.path.exists(args.output_dir):
         parser.error(f"--output_dir {args.output_dir} exists; remove it or choose another directory.")
     try:
-        tokenizer = train_bpe_tokenizer(corpus_texts(args.train_file, args.text_column), args.vocab_size,
-                                        dff_token=args.dff_token, mask_token=args.mask_token,
-                                        min_frequency=args.min_frequency)
+        tokenizer = train_bpe_tokenizer(
+            corpus_texts(args.train_file, args.text_column),
+            args.vocab_size,
+            dff_token=args.dff_token,
+            mask_token=args.mask_token,
+            min_frequency=args.min_frequency,
+        )
     except DataError as error:  # the data: one line, exit status 1
         parser.exit(1, f"{parser.prog}: error: {error}\n")
     except ValueError as error:  # a flag (--vocab_size): a usage error

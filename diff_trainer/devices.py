@@ -1,7 +1,7 @@
 """Where and in which precision a command runs a checkpoint: `--device` and `--dtype` resolved to torch objects.
 
-    resolve_device("auto")                     # cuda:0 when a GPU is visible, else cpu
-    resolve_dtype("auto", device, "bfloat16")  # bfloat16 on a GPU, float32 on the CPU
+resolve_device("auto")                     # cuda:0 when a GPU is visible, else cpu
+resolve_dtype("auto", device, "bfloat16")  # bfloat16 on a GPU, float32 on the CPU
 """
 
 from __future__ import annotations
@@ -32,8 +32,10 @@ def resolve_device(name: str = "auto") -> torch.device:
         raise ValueError(f"--device {name}: no CUDA GPU is visible to torch here; use --device cpu (or auto).")
     index = 0 if device.index is None else device.index
     if index >= torch.cuda.device_count():
-        raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible "
-                         f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1}).")
+        raise ValueError(
+            f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) are visible "
+            f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})."
+        )
     return torch.device("cuda", index)
 
 
@@ -89,4 +91,3 @@ def checkpoint_dtype(path: str) -> torch.dtype | None:
         base = adapter.get("base_model_name_or_path")
         return checkpoint_dtype(base) if base and os.path.isdir(base) else None
     return torch_dtype(config.get("dtype") or config.get("torch_dtype"))
-

@@ -21,8 +21,10 @@ def masked_lm_problem(model_type: str | None) -> str | None:
     """Why --masked_lm cannot load a model of `model_type` (transformers has no masked-LM head for it), else None."""
     if model_type is None or model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
         return None
-    return (f"--masked_lm loads an encoder with a masked-LM head (bert, roberta, modernbert, ...); {model_type} has "
-            "none. Drop --masked_lm: --train_diff_model makes a decoder-only model bidirectional itself.")
+    return (
+        f"--masked_lm loads an encoder with a masked-LM head (bert, roberta, modernbert, ...); {model_type} has "
+        "none. Drop --masked_lm: --train_diff_model makes a decoder-only model bidirectional itself."
+    )
 
 
 def read_diffusion_config(config) -> dict | None:
@@ -39,24 +41,38 @@ def auto_class_name(config, masked_lm: bool = False) -> str:
     recorded = (read_diffusion_config(config) or {}).get("auto_class")
     if recorded is not None:
         if recorded not in AUTO_CLASS_NAMES:
-            raise ValueError(f"The checkpoint's diffusion_config names auto class {recorded!r}, which diff-trainer "
-                             f"does not load models with (known: {', '.join(AUTO_CLASS_NAMES)}).")
+            raise ValueError(
+                f"The checkpoint's diffusion_config names auto class {recorded!r}, which diff-trainer "
+                f"does not load models with (known: {', '.join(AUTO_CLASS_NAMES)})."
+            )
         return recorded
     if any(name in MASKED_LM_CLASS_NAMES for name in getattr(config, "architectures", None) or []):
         return "AutoModelForMaskedLM"
     return "AutoModelForCausalLM"
 
 
-def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedule, time_eps, dff_token,
-                           auto_class=None, row_packing=None, eos_token_ids=None):
+def write_diffusion_config(
+    config,
+    *,
+    mask_token_id,
+    shift_logits,
+    noise_schedule,
+    time_eps,
+    dff_token,
+    auto_class=None,
+    row_packing=None,
+    eos_token_ids=None,
+):
     """Record in `config` (hence in config.json) that the checkpoint is a masked-diffusion LM, and how to load it.
 
     `eos_token_ids`: every id that ends a generation (LLaDA: EOS and EOT); None keeps the ones already recorded.
     """
     previous = read_diffusion_config(config) or {}
     if previous.get("shift_logits") and not shift_logits:
-        raise ValueError("This checkpoint is a diffusion model with shifted logits (logits at i predict token i+1, "
-                         "e.g. Dream): train it with --shift_logits.")
+        raise ValueError(
+            "This checkpoint is a diffusion model with shifted logits (logits at i predict token i+1, "
+            "e.g. Dream): train it with --shift_logits."
+        )
     if eos_token_ids is None:
         eos_token_ids = previous.get("eos_token_ids")
     vocab_size = config.get_text_config().vocab_size
@@ -82,8 +98,9 @@ def write_diffusion_config(config, *, mask_token_id, shift_logits, noise_schedul
     return config
 
 
-def sedd_diffusion_config(*, graph: str, noise: str, sigma_min: float, sigma_max: float, mask_token_id,
-                          time_eps: float = 1e-3, dff_token=None) -> dict:
+def sedd_diffusion_config(
+    *, graph: str, noise: str, sigma_min: float, sigma_max: float, mask_token_id, time_eps: float = 1e-3, dff_token=None
+) -> dict:
     """The `diffusion_config` of a score-entropy (SEDD) checkpoint: what the samplers and the bound read back."""
     return {
         "objective": f"sedd_{graph}",

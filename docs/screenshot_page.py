@@ -32,8 +32,12 @@ def main(argv=None) -> None:
     try:
         with sync_playwright() as playwright:
             context = playwright.chromium.launch_persistent_context(
-                profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS,
-                viewport={"width": 1000, "height": 700})
+                profile,
+                executable_path=CHROMIUM,
+                headless=True,
+                args=CHROMIUM_FLAGS,
+                viewport={"width": 1000, "height": 700},
+            )
             page = context.new_page()
             page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
             page.wait_for_function("document.body.dataset.state !== 'loading'", timeout=120_000)

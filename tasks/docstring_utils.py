@@ -9,6 +9,7 @@ NUM_CHOICES = 4
 def four_way_choices(dataset, seed: int = 0):
     """Split `signature<DFF>docstring` records; the right answer sits at a seeded random position among
     3 distinct wrong docstrings drawn (seeded per record) from the other records."""
+
     def split(record, index):
         if DFF not in record["text"]:
             raise ValueError(f"docstring_choice: record {index} has no {DFF} between signature and docstring.")

@@ -34,8 +34,13 @@ def make_tiny_llama(vocab_size: int, bidirectional: bool = True, seed: int = 0, 
 
     torch.manual_seed(seed)
     settings = dict(
-        vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
     )
     settings.update(overrides)
     config = LlamaConfig(**settings)
@@ -45,18 +50,35 @@ def make_tiny_llama(vocab_size: int, bidirectional: bool = True, seed: int = 0, 
 
 def masked_diffusion_config(tokenizer, **overrides) -> dict:
     """The `diffusion_config` of a masked-diffusion checkpoint using `tokenizer`'s mask token and <DFF>."""
-    return {"objective": "masked_diffusion", "mask_token_id": tokenizer.mask_token_id, "shift_logits": False,
-            "noise_schedule": "linear", "time_eps": 1e-3, "dff_token": DFF, **overrides}
+    return {
+        "objective": "masked_diffusion",
+        "mask_token_id": tokenizer.mask_token_id,
+        "shift_logits": False,
+        "noise_schedule": "linear",
+        "time_eps": 1e-3,
+        "dff_token": DFF,
+        **overrides,
+    }
 
 
 def make_tiny_sedd(tokenizer, graph: str):
-    """A tiny score-entropy checkpoint: absorbing (a time-blind Llama read through RADD) or uniform (time-conditioned)."""
+    """A tiny score-entropy checkpoint: absorbing (a time-blind Llama read through RADD) or uniform
+    (time-conditioned)."""
     from diff_trainer.objectives.sedd import prepare_sedd_model
 
-    return prepare_sedd_model(make_tiny_llama(len(tokenizer), seed=2), tokenizer, objective=f"sedd_{graph}",
-                              sedd_noise="loglinear" if graph == "absorb" else "geometric", sigma_min=1e-4,
-                              sigma_max=20.0, sedd_scale_by_sigma=False, time_eps=1e-3, dff_token="<DFF>",
-                              auto_class="AutoModelForCausalLM", masked_lm=False).eval()
+    return prepare_sedd_model(
+        make_tiny_llama(len(tokenizer), seed=2),
+        tokenizer,
+        objective=f"sedd_{graph}",
+        sedd_noise="loglinear" if graph == "absorb" else "geometric",
+        sigma_min=1e-4,
+        sigma_max=20.0,
+        sedd_scale_by_sigma=False,
+        time_eps=1e-3,
+        dff_token="<DFF>",
+        auto_class="AutoModelForCausalLM",
+        masked_lm=False,
+    ).eval()
 
 
 def save_checkpoint(directory, model, tokenizer):
@@ -74,9 +96,11 @@ def accelerate_launch(directory, num_processes: int = 2) -> list[str]:
     """
     config = os.path.join(str(directory), "accelerate_cpu.yaml")
     with open(config, "w") as handle:
-        handle.write(f"compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_processes: {num_processes}\n"
-                     "num_machines: 1\nmachine_rank: 0\nmixed_precision: 'no'\ndynamo_config: {}\nuse_cpu: false\n"
-                     "gpu_ids: all\nrdzv_backend: static\nsame_network: true\nmain_training_function: main\n")
+        handle.write(
+            f"compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_GPU\nnum_processes: {num_processes}\n"
+            "num_machines: 1\nmachine_rank: 0\nmixed_precision: 'no'\ndynamo_config: {}\nuse_cpu: false\n"
+            "gpu_ids: all\nrdzv_backend: static\nsame_network: true\nmain_training_function: main\n"
+        )
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--main_process_port", "0"]
 
 
@@ -108,8 +132,13 @@ def isolated_hf_home(tmp_path_factory):
 
     home = tmp_path_factory.mktemp("hf_home")
     patch = pytest.MonkeyPatch()
-    paths = {"HF_HOME": home, "HF_DATASETS_CACHE": home / "datasets", "HF_MODULES_CACHE": home / "modules",
-             "HF_EVALUATE_CACHE": home / "evaluate", "HF_METRICS_CACHE": home / "metrics"}
+    paths = {
+        "HF_HOME": home,
+        "HF_DATASETS_CACHE": home / "datasets",
+        "HF_MODULES_CACHE": home / "modules",
+        "HF_EVALUATE_CACHE": home / "evaluate",
+        "HF_METRICS_CACHE": home / "metrics",
+    }
     for name, path in paths.items():
         patch.setenv(name, str(path))
     for module in (datasets.config, evaluate.config):
@@ -129,8 +158,9 @@ def tiny_checkpoints(tmp_path_factory):
     diffusion = make_tiny_llama(len(tokenizer), max_position_embeddings=64)
     diffusion.config.diffusion_config = masked_diffusion_config(tokenizer)
     save_checkpoint(root / "diffusion", diffusion, tokenizer)
-    save_checkpoint(root / "causal", make_tiny_llama(len(tokenizer), bidirectional=False, max_position_embeddings=64),
-                    tokenizer)
+    save_checkpoint(
+        root / "causal", make_tiny_llama(len(tokenizer), bidirectional=False, max_position_embeddings=64), tokenizer
+    )
     return root
 
 

@@ -1,4 +1,6 @@
-"""Run an entry script under accelerate's FSDP plugin on CPU processes (gloo): `python tests/fsdp_on_cpu.py SCRIPT ARGS`.
+"""Run an entry script under accelerate's FSDP plugin on CPU processes (gloo).
+
+Usage: `python tests/fsdp_on_cpu.py SCRIPT ARGS`.
 
 accelerate only turns FSDP on for accelerator-backed process groups; torch's `fully_shard` itself runs on CPU
 with gloo. This wrapper lets the launched CPU processes take the FSDP path, so the sharded code of the Trainer

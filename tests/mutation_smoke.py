@@ -23,7 +23,6 @@ from pathlib import Path
 from repo_copy import copy_repository
 
 
-
 @dataclass(frozen=True)
 class Mutation:
     name: str
@@ -35,115 +34,177 @@ class Mutation:
 
 
 MUTATIONS = [
-    Mutation("linear_weight_dropped", "the 1/t loss weight of the linear schedule becomes 1",
-             "diff_trainer/diffusion/schedules.py",
-             "    def loss_weight(self, t):\n        return 1.0 / self.effective_time(t)",
-             "    def loss_weight(self, t):\n        return torch.ones_like(t)",
-             ("tests/objectives/test_masked.py::test_linear_weight_is_the_inverse_of_the_masking_rate",)),
-    Mutation("sft_answer_length", "llada_sft divides each row by the block length instead of its answer length",
-             "diff_trainer/diffusion/losses.py",
-             "return 1.0 / maskable.sum(dim=1).clamp(min=1).float()",
-             "return torch.full((maskable.shape[0],), 1.0 / maskable.shape[1], device=maskable.device)",
-             ("tests/training/test_trainer.py::test_loss_of_one_batch_matches_hand_normalisation",)),
-    Mutation("elbo_weight", "the ELBO term loses its L/l factor (LLaDA eq. 14)",
-             "diff_trainer/diffusion/elbo.py",
-             "return -(lengths / counts.clamp(min=1).float()) * masked_ce",
-             "return -masked_ce",
-             ("tests/training/test_trainer.py::test_eval_elbo_of_a_uniform_model_is_log_vocabulary_size",)),
-    Mutation("annealing_ratio_inverted", "attention annealing opens future keys with probability 1 - step/N",
-             "diff_trainer/diffusion/attention.py",
-             "allowed = causal | (coin < ratio)",
-             "allowed = causal | (coin < 1.0 - ratio)",
-             ("tests/training/test_trainer.py::test_annealing_masks_used_in_training_open_future_keys_at_rate_step_over_n",)),
-    Mutation("prompt_dropout_padding", "prompt dropout also masks the left padding",
-             "diff_trainer/objectives/masked.py",
-             "prompt = ~maskable & attention.bool()",
-             "prompt = ~maskable",
-             ("tests/objectives/test_masked.py::test_prompt_dropout_masks_whole_prompts_and_never_the_padding",)),
-    Mutation("prefix_separators_shuffled", "--prefix_shuffle segments moves the separators with the keywords",
-             "diff_trainer/objectives/masked.py",
-             "pieces += self.segment_pieces(segment) + [(list(self.separator_ids), False)]",
-             "pieces += self.segment_pieces(segment) + [(list(self.separator_ids), True)]",
-             ("tests/objectives/test_masked.py::test_prefix_segments_are_permuted_and_nothing_else_moves",)),
-    Mutation("random_length_off_by_one", "random-length truncation keeps one token more than drawn",
-             "diff_trainer/diffusion/forward.py",
-             "tail = torch.arange(length, device=labels.device).unsqueeze(0) >= kept.unsqueeze(1)",
-             "tail = torch.arange(length, device=labels.device).unsqueeze(0) > kept.unsqueeze(1)",
-             ("tests/objectives/test_masked.py::test_random_length_truncates_the_chosen_share_to_a_uniform_prefix",)),
-    Mutation("causal_accuracy_unshifted", "the causal eval_accuracy compares position i with label i (no shift)",
-             "diff_trainer/cli/train.py",
-             "compute_metrics=token_accuracy_metrics(shift=True)",
-             "compute_metrics=token_accuracy_metrics(shift=False)",
-             ("tests/training/test_run_clm_diff.py::test_train_evaluate_and_resume",)),
-    Mutation("random_remasking_by_confidence", "`random` remasking ranks by the predicted probability",
-             "diff_trainer/sampling/masked.py",
-             "return torch.rand(chosen.shape, generator=generator, dtype=torch.float64, device=chosen.device)",
-             "return probs.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)",
-             ("tests/sampling/test_masked.py::test_random_remasking_commits_each_position_first_equally_often",)),
-    Mutation("cache_keeps_stale_window", "the cached forward also attends to the kept keys of the fed window",
-             "diff_trainer/sampling/masked.py",
-             "attention = torch.cat([self.attention_mask[rows] * ~in_window, fed_exists.long()], dim=1)",
-             "attention = torch.cat([self.attention_mask[rows], fed_exists.long()], dim=1)",
-             ("tests/sampling/test_masked.py::test_cached_logits_equal_a_forward_with_stale_keys_and_values_outside_the_window",)),
-    Mutation("rows_in_lockstep", "a row that completed its block waits instead of moving to its next block",
-             "diff_trainer/sampling/masked.py",
-             "            block[finished] += 1\n",
-             "            block[finished] += int(complete.all())\n",
-             ("tests/sampling/test_masked.py::test_rows_advance_through_their_blocks_independently_and_leave_when_done",)),
-    Mutation("ddp_denominator", "under DDP each process divides by the whole step's denominator",
-             "diff_trainer/training/trainer.py",
-             "return num_items_in_batch.clamp(min=1) / self.args.world_size",
-             "return num_items_in_batch.clamp(min=1)",
-             ("tests/training/test_ddp.py::test_two_process_ddp_matches_one_process",)),
-    Mutation("block_sees_own_clean_copy", "a noisy block also attends to the clean copy of itself (BD3-LM leak)",
-             "diff_trainer/diffusion/block.py",
-             "noisy_to_clean = ~query_clean & key_clean & (key_block < query_block)",
-             "noisy_to_clean = ~query_clean & key_clean & (key_block <= query_block)",
-             ("tests/diffusion/test_block.py::test_vectorised_pass_equals_a_loop_over_blocks",)),
-    Mutation("block_time_shared", "every block of a row gets the row's one time t instead of its own t_b",
-             "diff_trainer/diffusion/block.py",
-             "t = sample_times(batch_size * num_blocks, antithetic=antithetic, generator=generator, device=device)",
-             "t = sample_times(batch_size, antithetic=antithetic, generator=generator, device=device)"
-             ".repeat_interleave(num_blocks)",
-             ("tests/diffusion/test_block.py::test_block_times_are_stratified_over_every_block_of_the_batch",)),
-    Mutation("block_mask_offset", "block b is masked with the probability of block b - 1 (weighted with its own t)",
-             "diff_trainer/diffusion/block.py",
-             "mask_prob.reshape(blocks), mask_token_id, generator)",
-             "mask_prob.roll(1, dims=-1).reshape(blocks), mask_token_id, generator)",
-             ("tests/diffusion/test_block.py::test_each_block_is_masked_with_its_own_probability",)),
-    Mutation("dropout_kept", "run_diffusion_dpo ignores --disable_dropout",
-             "diff_trainer/training/dpo.py",
-             "        if args.disable_dropout:\n",
-             "        if False:\n",
-             ("tests/training/test_run_diffusion_dpo.py::test_disable_dropout_and_custom_column_names",)),
-    Mutation("coupled_masks_prompt", "coupled-GRPO's mask pair also covers the prompt tokens",
-             "diff_trainer/diffusion/policy_logps.py",
-             "first, second, times = coupled_masks(completion_mask, generator)",
-             "first, second, times = coupled_masks(completion_mask | prompt_mask, generator)",
-             ("tests/diffusion/test_policy_logps.py::test_coupled_never_masks_prompt_tokens",)),
-    Mutation("old_policy_other_masks", "each policy (current, old, reference) is scored on a mask draw of its own",
-             "diff_trainer/diffusion/policy_logps.py",
-             "    draw = draw_masks(estimator, input_ids, prompt_mask, completion_mask, mask_token_id, generator,\n"
-             "                      p_mask_prompt=p_mask_prompt, num_samples=num_samples)\n"
-             "    return [score_draw(estimator, logits_fn, input_ids, completion_mask, draw, shift=shift)\n",
-             "    return [score_draw(estimator, logits_fn, input_ids, completion_mask,\n"
-             "                       draw_masks(estimator, input_ids, prompt_mask, completion_mask, mask_token_id,\n"
-             "                                  generator, p_mask_prompt=p_mask_prompt, num_samples=num_samples),\n"
-             "                       shift=shift)\n",
-             ("tests/diffusion/test_policy_logps.py::"
-              "test_identical_policies_on_shared_masks_give_ratio_one_zero_kl_and_zero_grpo_loss",)),
-    Mutation("advantage_not_per_group", "GRPO advantages are normalised over the whole batch instead of per group",
-             "diff_trainer/diffusion/policy_losses.py",
-             "grouped = rewards.reshape(-1, group_size)",
-             "grouped = rewards.reshape(1, -1)",
-             ("tests/diffusion/test_policy_losses.py::"
-              "test_grpo_loss_equals_a_token_by_token_loop_with_clipping_and_kl",)),
-    Mutation("grpo_first_iteration_masks", "a reused rollout is scored on its first iteration's masks every time",
-             "diff_trainer/training/grpo.py",
-             "self._mask_context = (int(inputs[\"rollout_step\"][0]), iteration, ",
-             "self._mask_context = (int(inputs[\"rollout_step\"][0]), 0, ",
-             ("tests/training/test_grpo.py::"
-              "test_learning_rate_zero_scores_every_policy_alike_so_kl_is_zero_and_loss_zero",)),
+    Mutation(
+        "linear_weight_dropped",
+        "the 1/t loss weight of the linear schedule becomes 1",
+        "diff_trainer/diffusion/schedules.py",
+        "    def loss_weight(self, t):\n        return 1.0 / self.effective_time(t)",
+        "    def loss_weight(self, t):\n        return torch.ones_like(t)",
+        ("tests/objectives/test_masked.py::test_linear_weight_is_the_inverse_of_the_masking_rate",),
+    ),
+    Mutation(
+        "sft_answer_length",
+        "llada_sft divides each row by the block length instead of its answer length",
+        "diff_trainer/diffusion/losses.py",
+        "return 1.0 / maskable.sum(dim=1).clamp(min=1).float()",
+        "return torch.full((maskable.shape[0],), 1.0 / maskable.shape[1], device=maskable.device)",
+        ("tests/training/test_trainer.py::test_loss_of_one_batch_matches_hand_normalisation",),
+    ),
+    Mutation(
+        "elbo_weight",
+        "the ELBO term loses its L/l factor (LLaDA eq. 14)",
+        "diff_trainer/diffusion/elbo.py",
+        "return -(lengths / counts.clamp(min=1).float()) * masked_ce",
+        "return -masked_ce",
+        ("tests/training/test_trainer.py::test_eval_elbo_of_a_uniform_model_is_log_vocabulary_size",),
+    ),
+    Mutation(
+        "annealing_ratio_inverted",
+        "attention annealing opens future keys with probability 1 - step/N",
+        "diff_trainer/diffusion/attention.py",
+        "allowed = causal | (coin < ratio)",
+        "allowed = causal | (coin < 1.0 - ratio)",
+        ("tests/training/test_trainer.py::test_annealing_masks_used_in_training_open_future_keys_at_rate_step_over_n",),
+    ),
+    Mutation(
+        "prompt_dropout_padding",
+        "prompt dropout also masks the left padding",
+        "diff_trainer/objectives/masked.py",
+        "prompt = ~maskable & attention.bool()",
+        "prompt = ~maskable",
+        ("tests/objectives/test_masked.py::test_prompt_dropout_masks_whole_prompts_and_never_the_padding",),
+    ),
+    Mutation(
+        "prefix_separators_shuffled",
+        "--prefix_shuffle segments moves the separators with the keywords",
+        "diff_trainer/objectives/masked.py",
+        "pieces += self.segment_pieces(segment) + [(list(self.separator_ids), False)]",
+        "pieces += self.segment_pieces(segment) + [(list(self.separator_ids), True)]",
+        ("tests/objectives/test_masked.py::test_prefix_segments_are_permuted_and_nothing_else_moves",),
+    ),
+    Mutation(
+        "random_length_off_by_one",
+        "random-length truncation keeps one token more than drawn",
+        "diff_trainer/diffusion/forward.py",
+        "tail = torch.arange(length, device=labels.device).unsqueeze(0) >= kept.unsqueeze(1)",
+        "tail = torch.arange(length, device=labels.device).unsqueeze(0) > kept.unsqueeze(1)",
+        ("tests/objectives/test_masked.py::test_random_length_truncates_the_chosen_share_to_a_uniform_prefix",),
+    ),
+    Mutation(
+        "causal_accuracy_unshifted",
+        "the causal eval_accuracy compares position i with label i (no shift)",
+        "diff_trainer/cli/train.py",
+        "compute_metrics=token_accuracy_metrics(shift=True)",
+        "compute_metrics=token_accuracy_metrics(shift=False)",
+        ("tests/training/test_run_clm_diff.py::test_train_evaluate_and_resume",),
+    ),
+    Mutation(
+        "random_remasking_by_confidence",
+        "`random` remasking ranks by the predicted probability",
+        "diff_trainer/sampling/masked.py",
+        "return torch.rand(chosen.shape, generator=generator, dtype=torch.float64, device=chosen.device)",
+        "return probs.gather(-1, chosen.unsqueeze(-1)).squeeze(-1)",
+        ("tests/sampling/test_masked.py::test_random_remasking_commits_each_position_first_equally_often",),
+    ),
+    Mutation(
+        "cache_keeps_stale_window",
+        "the cached forward also attends to the kept keys of the fed window",
+        "diff_trainer/sampling/masked.py",
+        "attention = torch.cat([self.attention_mask[rows] * ~in_window, fed_exists.long()], dim=1)",
+        "attention = torch.cat([self.attention_mask[rows], fed_exists.long()], dim=1)",
+        (
+            "tests/sampling/test_masked.py::test_cached_logits_equal_a_forward_with_stale_keys_and_values_outside_the_window",
+        ),
+    ),
+    Mutation(
+        "rows_in_lockstep",
+        "a row that completed its block waits instead of moving to its next block",
+        "diff_trainer/sampling/masked.py",
+        "            block[finished] += 1\n",
+        "            block[finished] += int(complete.all())\n",
+        ("tests/sampling/test_masked.py::test_rows_advance_through_their_blocks_independently_and_leave_when_done",),
+    ),
+    Mutation(
+        "ddp_denominator",
+        "under DDP each process divides by the whole step's denominator",
+        "diff_trainer/training/trainer.py",
+        "return num_items_in_batch.clamp(min=1) / self.args.world_size",
+        "return num_items_in_batch.clamp(min=1)",
+        ("tests/training/test_ddp.py::test_two_process_ddp_matches_one_process",),
+    ),
+    Mutation(
+        "block_sees_own_clean_copy",
+        "a noisy block also attends to the clean copy of itself (BD3-LM leak)",
+        "diff_trainer/diffusion/block.py",
+        "noisy_to_clean = ~query_clean & key_clean & (key_block < query_block)",
+        "noisy_to_clean = ~query_clean & key_clean & (key_block <= query_block)",
+        ("tests/diffusion/test_block.py::test_vectorised_pass_equals_a_loop_over_blocks",),
+    ),
+    Mutation(
+        "block_time_shared",
+        "every block of a row gets the row's one time t instead of its own t_b",
+        "diff_trainer/diffusion/block.py",
+        "t = sample_times(batch_size * num_blocks, antithetic=antithetic, generator=generator, device=device)",
+        "t = sample_times(batch_size, antithetic=antithetic, generator=generator, device=device)"
+        ".repeat_interleave(num_blocks)",
+        ("tests/diffusion/test_block.py::test_block_times_are_stratified_over_every_block_of_the_batch",),
+    ),
+    Mutation(
+        "block_mask_offset",
+        "block b is masked with the probability of block b - 1 (weighted with its own t)",
+        "diff_trainer/diffusion/block.py",
+        "mask_prob.reshape(blocks), mask_token_id, generator)",
+        "mask_prob.roll(1, dims=-1).reshape(blocks), mask_token_id, generator)",
+        ("tests/diffusion/test_block.py::test_each_block_is_masked_with_its_own_probability",),
+    ),
+    Mutation(
+        "dropout_kept",
+        "run_diffusion_dpo ignores --disable_dropout",
+        "diff_trainer/training/dpo.py",
+        "        if args.disable_dropout:\n",
+        "        if False:\n",
+        ("tests/training/test_run_diffusion_dpo.py::test_disable_dropout_and_custom_column_names",),
+    ),
+    Mutation(
+        "coupled_masks_prompt",
+        "coupled-GRPO's mask pair also covers the prompt tokens",
+        "diff_trainer/diffusion/policy_logps.py",
+        "first, second, times = coupled_masks(completion_mask, generator)",
+        "first, second, times = coupled_masks(completion_mask | prompt_mask, generator)",
+        ("tests/diffusion/test_policy_logps.py::test_coupled_never_masks_prompt_tokens",),
+    ),
+    Mutation(
+        "old_policy_other_masks",
+        "each policy (current, old, reference) is scored on a mask draw of its own",
+        "diff_trainer/diffusion/policy_logps.py",
+        "    draw = draw_masks(estimator, input_ids, prompt_mask, completion_mask, mask_token_id, generator,\n"
+        "                      p_mask_prompt=p_mask_prompt, num_samples=num_samples)\n"
+        "    return [score_draw(estimator, logits_fn, input_ids, completion_mask, draw, shift=shift)\n",
+        "    return [score_draw(estimator, logits_fn, input_ids, completion_mask,\n"
+        "                       draw_masks(estimator, input_ids, prompt_mask, completion_mask, mask_token_id,\n"
+        "                                  generator, p_mask_prompt=p_mask_prompt, num_samples=num_samples),\n"
+        "                       shift=shift)\n",
+        (
+            "tests/diffusion/test_policy_logps.py::"
+            "test_identical_policies_on_shared_masks_give_ratio_one_zero_kl_and_zero_grpo_loss",
+        ),
+    ),
+    Mutation(
+        "advantage_not_per_group",
+        "GRPO advantages are normalised over the whole batch instead of per group",
+        "diff_trainer/diffusion/policy_losses.py",
+        "grouped = rewards.reshape(-1, group_size)",
+        "grouped = rewards.reshape(1, -1)",
+        ("tests/diffusion/test_policy_losses.py::test_grpo_loss_equals_a_token_by_token_loop_with_clipping_and_kl",),
+    ),
+    Mutation(
+        "grpo_first_iteration_masks",
+        "a reused rollout is scored on its first iteration's masks every time",
+        "diff_trainer/training/grpo.py",
+        'self._mask_context = (int(inputs["rollout_step"][0]), iteration, ',
+        'self._mask_context = (int(inputs["rollout_step"][0]), 0, ',
+        ("tests/training/test_grpo.py::test_learning_rate_zero_scores_every_policy_alike_so_kl_is_zero_and_loss_zero",),
+    ),
 ]
 
 
@@ -157,8 +218,14 @@ def run_mutation(mutation: Mutation, scratch: Path) -> tuple[str, float, str]:
     env = {**os.environ, "PYTHONPATH": str(scratch), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     start = time.perf_counter()
     try:
-        result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-                                 *mutation.tests], cwd=scratch, env=env, capture_output=True, text=True, timeout=900)
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutation.tests],
+            cwd=scratch,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
     finally:
         path.write_text(source, encoding="utf-8")
     seconds = time.perf_counter() - start
@@ -172,8 +239,9 @@ def run_mutation(mutation: Mutation, scratch: Path) -> tuple[str, float, str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", action="append", choices=[m.name for m in MUTATIONS],
-                        help="run only this mutation (repeatable)")
+    parser.add_argument(
+        "--only", action="append", choices=[m.name for m in MUTATIONS], help="run only this mutation (repeatable)"
+    )
     parser.add_argument("--list", action="store_true", help="list the mutations and exit")
     args = parser.parse_args(argv)
     chosen = [m for m in MUTATIONS if not args.only or m.name in args.only]
@@ -188,8 +256,10 @@ def main(argv=None) -> int:
         for mutation in chosen:
             verdict, seconds, tail = run_mutation(mutation, scratch)
             rows.append((mutation, verdict, seconds))
-            print(f"{mutation.name}: {verdict} ({seconds:.0f} s)\n    {tail.replace(chr(10), chr(10) + '    ')}",
-                  flush=True)
+            print(
+                f"{mutation.name}: {verdict} ({seconds:.0f} s)\n    {tail.replace(chr(10), chr(10) + '    ')}",
+                flush=True,
+            )
     print("\n| mutation | what it plants | file | result | seconds |\n|---|---|---|---|---|")
     for mutation, verdict, seconds in rows:
         print(f"| {mutation.name} | {mutation.what} | {mutation.path} | {verdict} | {seconds:.0f} |")

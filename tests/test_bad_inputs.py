@@ -13,21 +13,23 @@ import re
 from pathlib import Path
 
 import pytest
-import run_clm_diff  # the repository root is on pytest's pythonpath (setup.cfg)
-import run_diffusion_dpo
 import torch
 import zstandard
-from conftest import make_byte_tokenizer, make_tiny_llama
 
-from diff_trainer.training.args.data import DataArguments
+import run_clm_diff  # the repository root is on pytest's pythonpath (setup.cfg)
+import run_diffusion_dpo
+from conftest import make_byte_tokenizer, make_tiny_llama
 from diff_trainer.cli import generate
 from diff_trainer.data.loading import load_raw_datasets
 from diff_trainer.diffusion_config import write_diffusion_config
+from diff_trainer.training.args.data import DataArguments
 from diff_trainer.training.runner import run_entry_point
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_LLAMA = ("hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4,"
-              "num_key_value_heads=4,max_position_embeddings=64")
+TINY_LLAMA = (
+    "hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4,"
+    "num_key_value_heads=4,max_position_embeddings=64"
+)
 GOOD_LINES = [json.dumps({"text": f"{i}+{i}=<DFF>{2 * i}"}) for i in range(8)]
 
 
@@ -59,52 +61,161 @@ def write(path: Path, content) -> str:
 
 # (case id, file name, content, extra flags, exit status, message pattern)
 DATA_CASES = [
-    ("truncated zst ending at a newline", "train.jsonl.zst", truncated_zst_at_a_line_end, [], 1,
-     r"train\.jsonl\.zst: truncated zstd file"),
-    ("truncated zst cut mid-record", "train.jsonl.zst",
-     zstandard.ZstdCompressor().compress(lines_bytes(GOOD_LINES * 50))[:-7], [], 1,
-     r"train\.jsonl\.zst: truncated zstd file"),
-    ("truncated gzip", "train.jsonl.gz", gzip.compress(lines_bytes(GOOD_LINES * 50))[:-9], [], 1,
-     r"train\.jsonl\.gz: truncated or corrupt gzip file"),
+    (
+        "truncated zst ending at a newline",
+        "train.jsonl.zst",
+        truncated_zst_at_a_line_end,
+        [],
+        1,
+        r"train\.jsonl\.zst: truncated zstd file",
+    ),
+    (
+        "truncated zst cut mid-record",
+        "train.jsonl.zst",
+        zstandard.ZstdCompressor().compress(lines_bytes(GOOD_LINES * 50))[:-7],
+        [],
+        1,
+        r"train\.jsonl\.zst: truncated zstd file",
+    ),
+    (
+        "truncated gzip",
+        "train.jsonl.gz",
+        gzip.compress(lines_bytes(GOOD_LINES * 50))[:-9],
+        [],
+        1,
+        r"train\.jsonl\.gz: truncated or corrupt gzip file",
+    ),
     ("empty file", "train.jsonl", "", [], 1, r"train\.jsonl: no records \(the file is empty\)"),
     ("blank lines only", "train.txt", "\n\n", [], 1, r"train\.txt: no records"),
     ("csv with only a header", "train.csv", "text\n", [], 1, r"train\.csv: no records .*only a header"),
-    ("non-UTF-8 bytes", "train.jsonl", lines_bytes(GOOD_LINES[:2]) + b'{"text": "caf\xe9<DFF>x"}\n', [], 1,
-     r"train\.jsonl, line 3: not valid UTF-8 .*iconv"),
-    ("JSON null text", "train.jsonl", "\n".join([GOOD_LINES[0], '{"text": null}', GOOD_LINES[1]]), [], 1,
-     r"train\.jsonl, line 2: 'text' is null"),
-    ("JSON number text", "train.jsonl", "\n".join([GOOD_LINES[0], GOOD_LINES[1], '{"text": 7}']), [], 1,
-     r"1 record\(s\) have no usable text: .*train\.jsonl, line 3: 'text' is a int, not a string"),
-    ("key given twice, a number first", "train.jsonl", "\n".join([GOOD_LINES[0], '{"text": 7, "text": "1<DFF>2"}']),
-     [], 1, r"train\.jsonl, line 2: key 'text' is given twice in a record"),
-    ("key given twice, a string first", "train.jsonl", "\n".join([GOOD_LINES[0], '{"text": "1<DFF>2", "text": "x"}']),
-     [], 1, r"train\.jsonl, line 2: key 'text' is given twice in a record"),
-    ("key given twice in a JSON document", "train.json", '[{"text": "a<DFF>b"}, {"text": 1, "text": "a<DFF>b"}]', [],
-     1, r"train\.json: key 'text' is given twice in a record"),
-    ("record without the text key", "train.jsonl", "\n".join([GOOD_LINES[0], '{"body": "x"}']), [], 1,
-     r"train\.jsonl, line 2: missing key 'text'"),
-    ("empty CSV field", "train.csv", "text\na<DFF>b\n\"\"\nc<DFF>d\n", [], 1, r"train\.csv, record 2: 'text' is null"),
-    ("null response column", "train.jsonl", '{"q": "1+1=", "a": "2"}\n{"q": "2+2=", "a": null}\n',
-     ["--prompt_column", "q", "--response_column", "a"], 1, r"train\.jsonl, line 2: 'a' is null"),
-    ("malformed JSON line", "train.jsonl", "\n".join([GOOD_LINES[0], '{"text": broken}']), [], 1,
-     r"train\.jsonl, line 2: malformed JSON"),
-    ("JSON line that is not an object", "train.jsonl", "\n".join([GOOD_LINES[0], "[1, 2]"]), [], 1,
-     r"line 2: malformed JSON \(expected a JSON object, got list\)"),
+    (
+        "non-UTF-8 bytes",
+        "train.jsonl",
+        lines_bytes(GOOD_LINES[:2]) + b'{"text": "caf\xe9<DFF>x"}\n',
+        [],
+        1,
+        r"train\.jsonl, line 3: not valid UTF-8 .*iconv",
+    ),
+    (
+        "JSON null text",
+        "train.jsonl",
+        "\n".join([GOOD_LINES[0], '{"text": null}', GOOD_LINES[1]]),
+        [],
+        1,
+        r"train\.jsonl, line 2: 'text' is null",
+    ),
+    (
+        "JSON number text",
+        "train.jsonl",
+        "\n".join([GOOD_LINES[0], GOOD_LINES[1], '{"text": 7}']),
+        [],
+        1,
+        r"1 record\(s\) have no usable text: .*train\.jsonl, line 3: 'text' is a int, not a string",
+    ),
+    (
+        "key given twice, a number first",
+        "train.jsonl",
+        "\n".join([GOOD_LINES[0], '{"text": 7, "text": "1<DFF>2"}']),
+        [],
+        1,
+        r"train\.jsonl, line 2: key 'text' is given twice in a record",
+    ),
+    (
+        "key given twice, a string first",
+        "train.jsonl",
+        "\n".join([GOOD_LINES[0], '{"text": "1<DFF>2", "text": "x"}']),
+        [],
+        1,
+        r"train\.jsonl, line 2: key 'text' is given twice in a record",
+    ),
+    (
+        "key given twice in a JSON document",
+        "train.json",
+        '[{"text": "a<DFF>b"}, {"text": 1, "text": "a<DFF>b"}]',
+        [],
+        1,
+        r"train\.json: key 'text' is given twice in a record",
+    ),
+    (
+        "record without the text key",
+        "train.jsonl",
+        "\n".join([GOOD_LINES[0], '{"body": "x"}']),
+        [],
+        1,
+        r"train\.jsonl, line 2: missing key 'text'",
+    ),
+    ("empty CSV field", "train.csv", 'text\na<DFF>b\n""\nc<DFF>d\n', [], 1, r"train\.csv, record 2: 'text' is null"),
+    (
+        "null response column",
+        "train.jsonl",
+        '{"q": "1+1=", "a": "2"}\n{"q": "2+2=", "a": null}\n',
+        ["--prompt_column", "q", "--response_column", "a"],
+        1,
+        r"train\.jsonl, line 2: 'a' is null",
+    ),
+    (
+        "malformed JSON line",
+        "train.jsonl",
+        "\n".join([GOOD_LINES[0], '{"text": broken}']),
+        [],
+        1,
+        r"train\.jsonl, line 2: malformed JSON",
+    ),
+    (
+        "JSON line that is not an object",
+        "train.jsonl",
+        "\n".join([GOOD_LINES[0], "[1, 2]"]),
+        [],
+        1,
+        r"line 2: malformed JSON \(expected a JSON object, got list\)",
+    ),
     ("unsupported suffix", "train.xml", "<a/>", [], 1, r"train\.xml: unsupported file type"),
-    ("missing text column", "train.jsonl", json.dumps({"body": "a<DFF>b"}), [], 1,
-     r"Text column 'text' not in the data; available columns: \['body'\]"),
-    ("no sample fits and none has <DFF>", "train.jsonl", json.dumps({"text": "no marker"}),
-     ["--dff_labels", "on"], 1, r"train split is empty after filtering"),
+    (
+        "missing text column",
+        "train.jsonl",
+        json.dumps({"body": "a<DFF>b"}),
+        [],
+        1,
+        r"Text column 'text' not in the data; available columns: \['body'\]",
+    ),
+    (
+        "no sample fits and none has <DFF>",
+        "train.jsonl",
+        json.dumps({"text": "no marker"}),
+        ["--dff_labels", "on"],
+        1,
+        r"train split is empty after filtering",
+    ),
 ]
 
 
 @pytest.fixture
 def clm_flags(tmp_path):
     def build(*extra):
-        return ["--model_type", "llama", "--config_overrides", TINY_LLAMA, "--tokenizer_name", "byte",
-                "--block_size", "16", "--output_dir", str(tmp_path / "out"), "--use_cpu", "--report_to", "none",
-                "--disable_tqdm", "true", "--validation_split_percentage", "0", "--do_train", "--max_steps", "1",
-                *extra]
+        return [
+            "--model_type",
+            "llama",
+            "--config_overrides",
+            TINY_LLAMA,
+            "--tokenizer_name",
+            "byte",
+            "--block_size",
+            "16",
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--use_cpu",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+            "--validation_split_percentage",
+            "0",
+            "--do_train",
+            "--max_steps",
+            "1",
+            *extra,
+        ]
+
     return build
 
 
@@ -117,8 +228,9 @@ def run_entry(main, argv, capsys) -> tuple[int, str]:
     return status, capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name, content, extra, status, message", [case[1:] for case in DATA_CASES],
-                         ids=[case[0] for case in DATA_CASES])
+@pytest.mark.parametrize(
+    "name, content, extra, status, message", [case[1:] for case in DATA_CASES], ids=[case[0] for case in DATA_CASES]
+)
 def test_bad_data_files(tmp_path, clm_flags, capsys, name, content, extra, status, message):
     path = write(tmp_path / "data" / name, content)
     code, err = run_entry(run_clm_diff.main, clm_flags("--train_file", path, *extra), capsys)
@@ -131,58 +243,146 @@ FLAG_CASES = [
     ("directory as a file", lambda d: ["--train_file", str(d)], 1, r"data: is a directory, not a data file"),
     ("missing file", lambda d: ["--train_file", str(d / "nope.jsonl")], 1, r"nope\.jsonl: file not found"),
     ("no data", lambda d: [], 1, r"No data given: pass --train_file"),
-    ("mixed formats", lambda d: ["--train_file", str(d / "train.jsonl"), "--validation_file", str(d / "v.txt")], 1,
-     r"must have the same format"),
-    ("validation split of 100%", lambda d: ["--train_file", str(d / "train.jsonl"),
-                                            "--validation_split_percentage", "100"], 1,
-     r"--validation_split_percentage must be in \[0, 100\) .* got 100"),
-    ("negative validation split", lambda d: ["--train_file", str(d / "train.jsonl"),
-                                             "--validation_split_percentage", "-5"], 1,
-     r"--validation_split_percentage must be in \[0, 100\)"),
-    ("--do_eval without validation data", lambda d: ["--train_file", str(d / "train.jsonl"), "--do_eval"], 1,
-     r"--do_eval needs validation data: pass --validation_file"),
-    ("--max_eval_samples 0 with --do_eval", lambda d: ["--train_file", str(d / "train.jsonl"), "--do_eval",
-                                                       "--validation_split_percentage", "25", "--max_eval_samples",
-                                                       "0"], 1,
-     r"--do_eval has no validation records to evaluate \(--max_eval_samples 0\?\)"),
-    ("a validation split that leaves no training record", lambda d: ["--train_file", str(d / "one.jsonl"),
-                                                                     "--validation_split_percentage", "5"], 1,
-     r"--validation_split_percentage 5 of 1 training record\(s\) leaves none to train on"),
-    ("block size 0", lambda d: ["--train_file", str(d / "train.jsonl"), "--block_size", "0"], 1,
-     r"--block_size must be a positive number of tokens, got 0"),
-    ("block size above the model's positions", lambda d: ["--train_file", str(d / "train.jsonl"),
-                                                          "--block_size", "128"], 1,
-     r"--block_size 128 is larger than the model's 64 positions"),
-    ("load_from_disk of a missing directory", lambda d: ["--dataset_name", str(d / "nope"), "--load_from_disk"], 1,
-     r"nope: not a directory written by save_to_disk"),
-    ("unknown flag", lambda d: ["--train_file", str(d / "train.jsonl"), "--blocksize", "8"], 2,
-     r"unrecognized arguments: --blocksize 8"),
-    ("bad padding side", lambda d: ["--train_file", str(d / "train.jsonl"), "--padding_side", "middle"], 2,
-     r"error: --padding_side must be 'left' or 'right', got 'middle'"),
-    ("--time_eps above 1", lambda d: ["--train_diff_model", "--time_eps", "1.5"], 2,
-     r"error: --time_eps is the smallest mask probability, in \[0, 1\]; got 1\.5"),
-    ("unknown --noise_schedule", lambda d: ["--train_diff_model", "--noise_schedule", "cosin"], 2,
-     r"error: --noise_schedule must be one of linear, cosine, got 'cosin'"),
-    ("sigma_min above sigma_max", lambda d: ["--train_diff_model", "--diffusion_objective", "sedd_absorb",
-                                             "--sedd_noise", "geometric", "--sigma_min", "30"], 2,
-     r"error: --sigma_min and --sigma_max must satisfy 0 < sigma_min < sigma_max, got 30\.0 and 20\.0"),
-    ("batch size 0", lambda d: ["--per_device_train_batch_size", "0"], 2,
-     r"error: --per_device_train_batch_size must be at least 1, got 0"),
-    ("gradient accumulation 0", lambda d: ["--gradient_accumulation_steps", "0"], 2,
-     r"error: --gradient_accumulation_steps must be at least 1, got 0"),
+    (
+        "mixed formats",
+        lambda d: ["--train_file", str(d / "train.jsonl"), "--validation_file", str(d / "v.txt")],
+        1,
+        r"must have the same format",
+    ),
+    (
+        "validation split of 100%",
+        lambda d: ["--train_file", str(d / "train.jsonl"), "--validation_split_percentage", "100"],
+        1,
+        r"--validation_split_percentage must be in \[0, 100\) .* got 100",
+    ),
+    (
+        "negative validation split",
+        lambda d: ["--train_file", str(d / "train.jsonl"), "--validation_split_percentage", "-5"],
+        1,
+        r"--validation_split_percentage must be in \[0, 100\)",
+    ),
+    (
+        "--do_eval without validation data",
+        lambda d: ["--train_file", str(d / "train.jsonl"), "--do_eval"],
+        1,
+        r"--do_eval needs validation data: pass --validation_file",
+    ),
+    (
+        "--max_eval_samples 0 with --do_eval",
+        lambda d: [
+            "--train_file",
+            str(d / "train.jsonl"),
+            "--do_eval",
+            "--validation_split_percentage",
+            "25",
+            "--max_eval_samples",
+            "0",
+        ],
+        1,
+        r"--do_eval has no validation records to evaluate \(--max_eval_samples 0\?\)",
+    ),
+    (
+        "a validation split that leaves no training record",
+        lambda d: ["--train_file", str(d / "one.jsonl"), "--validation_split_percentage", "5"],
+        1,
+        r"--validation_split_percentage 5 of 1 training record\(s\) leaves none to train on",
+    ),
+    (
+        "block size 0",
+        lambda d: ["--train_file", str(d / "train.jsonl"), "--block_size", "0"],
+        1,
+        r"--block_size must be a positive number of tokens, got 0",
+    ),
+    (
+        "block size above the model's positions",
+        lambda d: ["--train_file", str(d / "train.jsonl"), "--block_size", "128"],
+        1,
+        r"--block_size 128 is larger than the model's 64 positions",
+    ),
+    (
+        "load_from_disk of a missing directory",
+        lambda d: ["--dataset_name", str(d / "nope"), "--load_from_disk"],
+        1,
+        r"nope: not a directory written by save_to_disk",
+    ),
+    (
+        "unknown flag",
+        lambda d: ["--train_file", str(d / "train.jsonl"), "--blocksize", "8"],
+        2,
+        r"unrecognized arguments: --blocksize 8",
+    ),
+    (
+        "bad padding side",
+        lambda d: ["--train_file", str(d / "train.jsonl"), "--padding_side", "middle"],
+        2,
+        r"error: --padding_side must be 'left' or 'right', got 'middle'",
+    ),
+    (
+        "--time_eps above 1",
+        lambda d: ["--train_diff_model", "--time_eps", "1.5"],
+        2,
+        r"error: --time_eps is the smallest mask probability, in \[0, 1\]; got 1\.5",
+    ),
+    (
+        "unknown --noise_schedule",
+        lambda d: ["--train_diff_model", "--noise_schedule", "cosin"],
+        2,
+        r"error: --noise_schedule must be one of linear, cosine, got 'cosin'",
+    ),
+    (
+        "sigma_min above sigma_max",
+        lambda d: [
+            "--train_diff_model",
+            "--diffusion_objective",
+            "sedd_absorb",
+            "--sedd_noise",
+            "geometric",
+            "--sigma_min",
+            "30",
+        ],
+        2,
+        r"error: --sigma_min and --sigma_max must satisfy 0 < sigma_min < sigma_max, got 30\.0 and 20\.0",
+    ),
+    (
+        "batch size 0",
+        lambda d: ["--per_device_train_batch_size", "0"],
+        2,
+        r"error: --per_device_train_batch_size must be at least 1, got 0",
+    ),
+    (
+        "gradient accumulation 0",
+        lambda d: ["--gradient_accumulation_steps", "0"],
+        2,
+        r"error: --gradient_accumulation_steps must be at least 1, got 0",
+    ),
     ("lora rank 0", lambda d: ["--use_lora", "--lora_r", "0"], 2, r"error: --lora_r must be at least 1"),
     ("dropout above 1", lambda d: ["--dropout", "1.2"], 2, r"error: --dropout is a probability in \[0, 1\], got 1\.2"),
-    ("--masked_lm with a decoder-only --model_type", lambda d: ["--train_diff_model", "--masked_lm"], 2,
-     r"error: --masked_lm loads an encoder with a masked-LM head \(bert, roberta, modernbert, \.\.\.\); llama has "
-     r"none\. Drop --masked_lm"),
+    (
+        "--masked_lm with a decoder-only --model_type",
+        lambda d: ["--train_diff_model", "--masked_lm"],
+        2,
+        r"error: --masked_lm loads an encoder with a masked-LM head \(bert, roberta, modernbert, \.\.\.\); llama has "
+        r"none\. Drop --masked_lm",
+    ),
     ("missing config file", lambda d: [str(d / "nope.yaml")], 2, r"error: config file \S*nope\.yaml does not exist"),
-    ("config file that is not YAML", lambda d: [str(d / "bad.yaml")], 2,
-     r"error: \S*bad\.yaml: not a valid config file: .*line 2, column"),
-    ("output_dir holding a model", lambda d: ["--output_dir", str(d / "model")], 1,
-     r"error: --output_dir \S*model already holds a trained model \(config\.json\)"),
-    ("explicit incomplete checkpoint", lambda d: ["--train_file", str(d / "train.jsonl"),
-                                                  "--resume_from_checkpoint", str(d / "checkpoint-3")], 1,
-     r"checkpoint-3 is incomplete: no COMPLETE marker and no trainer_state.json"),
+    (
+        "config file that is not YAML",
+        lambda d: [str(d / "bad.yaml")],
+        2,
+        r"error: \S*bad\.yaml: not a valid config file: .*line 2, column",
+    ),
+    (
+        "output_dir holding a model",
+        lambda d: ["--output_dir", str(d / "model")],
+        1,
+        r"error: --output_dir \S*model already holds a trained model \(config\.json\)",
+    ),
+    (
+        "explicit incomplete checkpoint",
+        lambda d: ["--train_file", str(d / "train.jsonl"), "--resume_from_checkpoint", str(d / "checkpoint-3")],
+        1,
+        r"checkpoint-3 is incomplete: no COMPLETE marker and no trainer_state.json",
+    ),
 ]
 
 
@@ -223,8 +423,11 @@ def test_masked_lm_with_a_pretrained_decoder_only_model_names_it(tmp_path):
 
     tokenizer = make_byte_tokenizer()
     make_tiny_llama(len(tokenizer)).config.save_pretrained(tmp_path / "llama")  # a config.json and no weights
-    with pytest.raises(DataError, match=rf"^{re.escape(str(tmp_path / 'llama'))}: --masked_lm loads an encoder .* "
-                                        r"llama has none\."):
+    with pytest.raises(
+        DataError,
+        match=rf"^{re.escape(str(tmp_path / 'llama'))}: --masked_lm loads an encoder .* "
+        r"llama has none\.",
+    ):
         load_model(ModelArguments(model_name_or_path=str(tmp_path / "llama"), masked_lm=True), tokenizer)
 
 
@@ -238,8 +441,9 @@ def test_a_validation_split_that_leaves_no_training_pair_is_refused(tmp_path):
         load_preference_data(PreferenceDataArguments(train_file=path, validation_split_percentage=50))
 
 
-@pytest.mark.parametrize("argv, status, message", [case[1:] for case in FLAG_CASES],
-                         ids=[case[0] for case in FLAG_CASES])
+@pytest.mark.parametrize(
+    "argv, status, message", [case[1:] for case in FLAG_CASES], ids=[case[0] for case in FLAG_CASES]
+)
 def test_bad_flags(tmp_path, clm_flags, capsys, argv, status, message):
     data = tmp_path / "data"
     write(data / "train.jsonl", "\n".join(GOOD_LINES))
@@ -252,8 +456,14 @@ def test_bad_flags(tmp_path, clm_flags, capsys, argv, status, message):
     if flags and flags[0].endswith(".yaml"):  # a config file comes first
         flags = [flags[0], *clm_flags("--train_file", str(data / "train.jsonl"))]
     else:
-        flags = clm_flags(*([] if "--train_file" in flags or "--dataset_name" in flags or not flags else
-                            ["--train_file", str(data / "train.jsonl")]), *flags)
+        flags = clm_flags(
+            *(
+                []
+                if "--train_file" in flags or "--dataset_name" in flags or not flags
+                else ["--train_file", str(data / "train.jsonl")]
+            ),
+            *flags,
+        )
     code, err = run_entry(run_clm_diff.main, flags, capsys)
     assert code == status, err
     assert "Traceback" not in err and re.search(message, err), err
@@ -271,8 +481,11 @@ def test_yaml_save_final_dataset_true_is_the_bare_flag(tmp_path, monkeypatch, cl
 def test_save_final_dataset_refuses_an_existing_directory(tmp_path, clm_flags, capsys):
     write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
     (tmp_path / "rows").mkdir()
-    code, err = run_entry(run_clm_diff.main, clm_flags("--train_file", str(tmp_path / "train.jsonl"),
-                                                       "--save_final_dataset", str(tmp_path / "rows")), capsys)
+    code, err = run_entry(
+        run_clm_diff.main,
+        clm_flags("--train_file", str(tmp_path / "train.jsonl"), "--save_final_dataset", str(tmp_path / "rows")),
+        capsys,
+    )
     assert code == 1 and "rows already exists; pass --overwrite_final_dataset" in err
 
 
@@ -284,8 +497,11 @@ def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, c
     flags = ["--train_diff_model"] * diffusion + ["--learning_rate", "1e30", "--max_steps", "6", "--save_steps", "1"]
     code, err = run_entry(run_clm_diff.main, clm_flags("--train_file", train, *flags), capsys)
     assert code == 1 and "Traceback" not in err
-    assert re.search(r"error: the (training loss is NaN or inf|gradient norm is nan) at step 2\. Usual causes: a "
-                     r"--learning_rate too high", err.strip().splitlines()[-1]), err
+    assert re.search(
+        r"error: the (training loss is NaN or inf|gradient norm is nan) at step 2\. Usual causes: a "
+        r"--learning_rate too high",
+        err.strip().splitlines()[-1],
+    ), err
     out = tmp_path / "out"
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint-1"]
     assert (out / "checkpoint-1" / "COMPLETE").is_file()
@@ -305,8 +521,17 @@ def test_a_nan_loss_on_one_micro_batch_stops_before_the_update(tmp_path, clm_fla
 
     monkeypatch.setattr(DiffusionTrainer, "compute_loss", nan_on_the_sixth_micro_batch)
     train = write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
-    flags = ["--train_diff_model", "--max_steps", "5", "--save_steps", "1", "--gradient_accumulation_steps", "2",
-             "--per_device_train_batch_size", "2"]
+    flags = [
+        "--train_diff_model",
+        "--max_steps",
+        "5",
+        "--save_steps",
+        "1",
+        "--gradient_accumulation_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "2",
+    ]
     code, err = run_entry(run_clm_diff.main, clm_flags("--train_file", train, *flags), capsys)
     assert code == 1 and "error: the training loss is NaN or inf at step 3. Usual causes" in err, err
     assert calls == [0, 0, 1, 1, 2, 2]
@@ -331,8 +556,9 @@ def test_a_broken_config_json_is_named(checkpoints, tmp_path, content):
     (broken / "config.json").write_text(content)
     with pytest.raises(SystemExit) as stopped:
         generate.main(["--model", str(broken), "--prompt", "1+1="])
-    assert re.fullmatch(r"error: \S*broken/config\.json: not a valid config \(.*\); the file is empty or cut.*",
-                        str(stopped.value.code)), stopped.value.code
+    assert re.fullmatch(
+        r"error: \S*broken/config\.json: not a valid config \(.*\); the file is empty or cut.*", str(stopped.value.code)
+    ), stopped.value.code
 
 
 def test_commands_refuse_a_checkpoint_with_non_finite_weights(tmp_path, capsys):
@@ -344,8 +570,11 @@ def test_commands_refuse_a_checkpoint_with_non_finite_weights(tmp_path, capsys):
     tokenizer.save_pretrained(tmp_path / "diverged")
     with pytest.raises(SystemExit) as stopped:
         generate.main(["--model", str(tmp_path / "diverged"), "--prompt", "1+1="])
-    assert re.fullmatch(r"error: \S*diverged: weight model\.layers\.1\.mlp\.up_proj\.weight holds NaN or inf values "
-                        r"\(the run that wrote it diverged\)\. Use an earlier checkpoint-N.*", str(stopped.value.code))
+    assert re.fullmatch(
+        r"error: \S*diverged: weight model\.layers\.1\.mlp\.up_proj\.weight holds NaN or inf values "
+        r"\(the run that wrote it diverged\)\. Use an earlier checkpoint-N.*",
+        str(stopped.value.code),
+    )
 
 
 @pytest.mark.parametrize("final_model_saved", [True, False], ids=["finished run", "killed before the final save"])
@@ -357,8 +586,22 @@ def test_resuming_a_finished_run_trains_nothing(tmp_path, clm_flags, capsys, cap
     from safetensors.torch import load_file
 
     train = write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
-    flags = clm_flags("--train_file", train, "--train_diff_model", "--max_steps", "2", "--save_steps", "1",
-                      "--learning_rate", "1e-2", "--validation_file", train, "--do_eval", "--eval_mc_samples", "2")
+    flags = clm_flags(
+        "--train_file",
+        train,
+        "--train_diff_model",
+        "--max_steps",
+        "2",
+        "--save_steps",
+        "1",
+        "--learning_rate",
+        "1e-2",
+        "--validation_file",
+        train,
+        "--do_eval",
+        "--eval_mc_samples",
+        "2",
+    )
     assert run_entry(run_clm_diff.main, flags, capsys)[0] == 0
     out = tmp_path / "out"
     evaluated = json.loads((out / "eval_results.json").read_text())
@@ -377,12 +620,16 @@ def test_resuming_a_finished_run_trains_nothing(tmp_path, clm_flags, capsys, cap
     assert again["eval_elbo_perplexity"] == evaluated["eval_elbo_perplexity"]
 
 
-@pytest.mark.parametrize("changed, message", [
-    (["--noise_schedule", "cosine"], r"noise_schedule 'linear' there, 'cosine' here"),
-    (["--time_eps", "0.01"], r"time_eps 0\.001 there, 0\.01 here"),
-    (["--train_diff_model", "false"], r"it is a diffusion model, this run trains a causal LM"),
-    (["--diffusion_objective", "sedd_absorb"], r"objective 'masked_diffusion' there, 'sedd_absorb' here"),
-], ids=["schedule", "time_eps", "causal", "objective"])
+@pytest.mark.parametrize(
+    "changed, message",
+    [
+        (["--noise_schedule", "cosine"], r"noise_schedule 'linear' there, 'cosine' here"),
+        (["--time_eps", "0.01"], r"time_eps 0\.001 there, 0\.01 here"),
+        (["--train_diff_model", "false"], r"it is a diffusion model, this run trains a causal LM"),
+        (["--diffusion_objective", "sedd_absorb"], r"objective 'masked_diffusion' there, 'sedd_absorb' here"),
+    ],
+    ids=["schedule", "time_eps", "causal", "objective"],
+)
 def test_resume_with_other_settings_names_what_differs(tmp_path, clm_flags, capsys, monkeypatch, changed, message):
     from diff_trainer.data import pipeline
 
@@ -396,8 +643,10 @@ def test_resume_with_other_settings_names_what_differs(tmp_path, clm_flags, caps
 
     monkeypatch.setattr(pipeline.Preprocessor, "run", no_preprocessing)
     code, err = run_entry(run_clm_diff.main, [*flags, "--max_steps", "2", "--resume", "true", *changed], capsys)
-    assert code == 1 and re.search(r"error: \S*checkpoint-1 cannot be resumed with these flags: " + message +
-                                   r"\. Pass the checkpoint's settings", err), err
+    assert code == 1 and re.search(
+        r"error: \S*checkpoint-1 cannot be resumed with these flags: " + message + r"\. Pass the checkpoint's settings",
+        err,
+    ), err
     assert (tmp_path / "out" / "config.json").read_text() == config and not (tmp_path / "out" / "checkpoint-2").exists()
 
 
@@ -410,8 +659,14 @@ def diffusion_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("dpo") / "policy"
     tokenizer = make_byte_tokenizer()
     model = make_tiny_llama(len(tokenizer), max_position_embeddings=64)
-    write_diffusion_config(model.config, mask_token_id=tokenizer.mask_token_id, shift_logits=False,
-                           noise_schedule="linear", time_eps=1e-3, dff_token="<DFF>")
+    write_diffusion_config(
+        model.config,
+        mask_token_id=tokenizer.mask_token_id,
+        shift_logits=False,
+        noise_schedule="linear",
+        time_eps=1e-3,
+        dff_token="<DFF>",
+    )
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return str(path)
@@ -419,28 +674,70 @@ def diffusion_checkpoint(tmp_path_factory):
 
 PAIR = {"prompt": "1+1=", "chosen": "2", "rejected": "3"}
 DPO_CASES = [
-    ("one number names that record only", [PAIR, {**PAIR, "chosen": 5}, PAIR], [], 1,
-     r"train: 1 of 3 records are not valid preference pairs \(1 'chosen' is a int, not a string\)\. "
-     r"First: \S*pairs\.jsonl, line 2: 'chosen' is a int, not a string\. Fix them"),
-    ("null and missing keys", [PAIR, {**PAIR, "rejected": None}, {"prompt": "x", "chosen": "y"}], [], 1,
-     r"line 2: 'rejected' is null; \S*pairs\.jsonl, line 3: missing key 'rejected'"),
-    ("missing column", [{"prompt": "a", "chosen": "b", "loser": "c"}], [], 1,
-     r"Column\(s\) \['rejected'\] not in the data.*--rejected_column"),
-    ("every pair invalid in skip mode", [{**PAIR, "rejected": "2"}], ["--invalid_pairs", "skip"], 1,
-     r"train: no valid preference pair left"),
-    ("no pair fits max_length", [{**PAIR, "chosen": "2" * 40, "rejected": "3" * 40}], [], 1,
-     r"train: no pair fits max_length 16"),
+    (
+        "one number names that record only",
+        [PAIR, {**PAIR, "chosen": 5}, PAIR],
+        [],
+        1,
+        r"train: 1 of 3 records are not valid preference pairs \(1 'chosen' is a int, not a string\)\. "
+        r"First: \S*pairs\.jsonl, line 2: 'chosen' is a int, not a string\. Fix them",
+    ),
+    (
+        "null and missing keys",
+        [PAIR, {**PAIR, "rejected": None}, {"prompt": "x", "chosen": "y"}],
+        [],
+        1,
+        r"line 2: 'rejected' is null; \S*pairs\.jsonl, line 3: missing key 'rejected'",
+    ),
+    (
+        "missing column",
+        [{"prompt": "a", "chosen": "b", "loser": "c"}],
+        [],
+        1,
+        r"Column\(s\) \['rejected'\] not in the data.*--rejected_column",
+    ),
+    (
+        "every pair invalid in skip mode",
+        [{**PAIR, "rejected": "2"}],
+        ["--invalid_pairs", "skip"],
+        1,
+        r"train: no valid preference pair left",
+    ),
+    (
+        "no pair fits max_length",
+        [{**PAIR, "chosen": "2" * 40, "rejected": "3" * 40}],
+        [],
+        1,
+        r"train: no pair fits max_length 16",
+    ),
     ("bad --invalid_pairs", [PAIR], ["--invalid_pairs", "maybe"], 2, r"--invalid_pairs must be one of"),
 ]
 
 
-@pytest.mark.parametrize("records, extra, status, message", [case[1:] for case in DPO_CASES],
-                         ids=[case[0] for case in DPO_CASES])
+@pytest.mark.parametrize(
+    "records, extra, status, message", [case[1:] for case in DPO_CASES], ids=[case[0] for case in DPO_CASES]
+)
 def test_bad_preference_data(tmp_path, diffusion_checkpoint, capsys, records, extra, status, message):
     pairs = write(tmp_path / "pairs.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    argv = ["--model_name_or_path", diffusion_checkpoint, "--train_file", pairs, "--output_dir", str(tmp_path / "o"),
-            "--invalid_pairs", "error", "--max_length", "16", "--use_cpu", "--report_to", "none", "--do_train",
-            "--max_steps", "1", *extra]
+    argv = [
+        "--model_name_or_path",
+        diffusion_checkpoint,
+        "--train_file",
+        pairs,
+        "--output_dir",
+        str(tmp_path / "o"),
+        "--invalid_pairs",
+        "error",
+        "--max_length",
+        "16",
+        "--use_cpu",
+        "--report_to",
+        "none",
+        "--do_train",
+        "--max_steps",
+        "1",
+        *extra,
+    ]
     code, err = run_entry(run_diffusion_dpo.main, argv, capsys)
     assert code == status, err
     assert "Traceback" not in err and re.search(message, err), err
@@ -462,35 +759,79 @@ def checkpoints(tmp_path_factory):
 
 
 GENERATE_CASES = [
-    ("missing model directory", lambda r: ["--model", str(r / "nope")], 1,
-     r"error: no checkpoint at \S*nope: expected a directory written by save_pretrained"),
-    ("a directory without config.json", lambda r: ["--model", str(r)], 1,
-     r"error: no checkpoint at \S*: the directory has neither config\.json nor adapter_config\.json"),
-    ("checkpoint without tokenizer files", lambda r: ["--model", str(r / "no_tokenizer")], 1,
-     r"error: \S*no_tokenizer: no tokenizer files next to the model"),
-    ("--gen_length 0 on a causal checkpoint", lambda r: ["--model", str(r / "causal"), "--gen_length", "0"], 2,
-     r"--samples, --batch_size and --gen_length must be at least 1"),
-    ("--output in a missing directory", lambda r: ["--model", str(r / "causal"), "--output",
-                                                   str(r / "missing" / "out.jsonl")], 2,
-     r"--output \S*missing/out\.jsonl: its directory does not exist; create it first"),
+    (
+        "missing model directory",
+        lambda r: ["--model", str(r / "nope")],
+        1,
+        r"error: no checkpoint at \S*nope: expected a directory written by save_pretrained",
+    ),
+    (
+        "a directory without config.json",
+        lambda r: ["--model", str(r)],
+        1,
+        r"error: no checkpoint at \S*: the directory has neither config\.json nor adapter_config\.json",
+    ),
+    (
+        "checkpoint without tokenizer files",
+        lambda r: ["--model", str(r / "no_tokenizer")],
+        1,
+        r"error: \S*no_tokenizer: no tokenizer files next to the model",
+    ),
+    (
+        "--gen_length 0 on a causal checkpoint",
+        lambda r: ["--model", str(r / "causal"), "--gen_length", "0"],
+        2,
+        r"--samples, --batch_size and --gen_length must be at least 1",
+    ),
+    (
+        "--output in a missing directory",
+        lambda r: ["--model", str(r / "causal"), "--output", str(r / "missing" / "out.jsonl")],
+        2,
+        r"--output \S*missing/out\.jsonl: its directory does not exist; create it first",
+    ),
     # checked when the flags are parsed: the model directory "nope" is never opened (that would be status 1)
-    *((f"--temperature {value}", lambda r, value=value: ["--model", str(r / "nope"), "--temperature", value], 2,
-       rf"argument --temperature: {value} is not a temperature: give a finite number >= 0")
-      for value in ("nan", "inf", "-0.5")),
-    ("--temperature -1 on a causal checkpoint", lambda r: ["--model", str(r / "causal"), "--temperature", "-1"], 2,
-     r"argument --temperature: -1 is not a temperature"),
-    *((f"--threshold {value}", lambda r, value=value: ["--model", str(r / "nope"), "--threshold", value], 2,
-       rf"argument --threshold: {value} is not a confidence threshold: give a number in \(0, 1\]")
-      for value in ("0", "1.5", "-0.2", "nan")),
-    ("--threshold that is not a number", lambda r: ["--model", str(r / "nope"), "--threshold", "high"], 2,
-     r"argument --threshold: 'high' is not a number"),
-    ("--output that is a directory", lambda r: ["--model", str(r / "nope"), "--output", str(r)], 2,
-     r"--output \S+ is a directory; give the name of a file to write"),
+    *(
+        (
+            f"--temperature {value}",
+            lambda r, value=value: ["--model", str(r / "nope"), "--temperature", value],
+            2,
+            rf"argument --temperature: {value} is not a temperature: give a finite number >= 0",
+        )
+        for value in ("nan", "inf", "-0.5")
+    ),
+    (
+        "--temperature -1 on a causal checkpoint",
+        lambda r: ["--model", str(r / "causal"), "--temperature", "-1"],
+        2,
+        r"argument --temperature: -1 is not a temperature",
+    ),
+    *(
+        (
+            f"--threshold {value}",
+            lambda r, value=value: ["--model", str(r / "nope"), "--threshold", value],
+            2,
+            rf"argument --threshold: {value} is not a confidence threshold: give a number in \(0, 1\]",
+        )
+        for value in ("0", "1.5", "-0.2", "nan")
+    ),
+    (
+        "--threshold that is not a number",
+        lambda r: ["--model", str(r / "nope"), "--threshold", "high"],
+        2,
+        r"argument --threshold: 'high' is not a number",
+    ),
+    (
+        "--output that is a directory",
+        lambda r: ["--model", str(r / "nope"), "--output", str(r)],
+        2,
+        r"--output \S+ is a directory; give the name of a file to write",
+    ),
 ]
 
 
-@pytest.mark.parametrize("argv, status, message", [case[1:] for case in GENERATE_CASES],
-                         ids=[case[0] for case in GENERATE_CASES])
+@pytest.mark.parametrize(
+    "argv, status, message", [case[1:] for case in GENERATE_CASES], ids=[case[0] for case in GENERATE_CASES]
+)
 def test_bad_generate_arguments(checkpoints, capsys, argv, status, message):
     with pytest.raises(SystemExit) as stopped:
         generate.main([*argv(checkpoints), "--prompt", "1+1="])
@@ -507,14 +848,20 @@ def test_gif_and_output_files_are_checked_before_any_model_loads(tmp_path, capsy
     from diff_trainer.cli import generate_cascade, view
 
     target = tmp_path if where == "a directory" else tmp_path / "missing" / "out.jsonl"
-    model = ["--model", str(tmp_path / "nope"), "--prompt", "1+1="] if command == "view" else \
-        ["--stages", str(tmp_path / "nope")]
+    model = (
+        ["--model", str(tmp_path / "nope"), "--prompt", "1+1="]
+        if command == "view"
+        else ["--stages", str(tmp_path / "nope")]
+    )
     with pytest.raises(SystemExit) as stopped:  # the model directory does not exist: it is never opened
         (view if command == "view" else generate_cascade).main([*model, flag, str(target)])
     err = capsys.readouterr().err
     assert stopped.value.code == 2, err
-    expected = "is a directory; give the name of a file to write" if where == "a directory" else \
-        "its directory does not exist; create it first"
+    expected = (
+        "is a directory; give the name of a file to write"
+        if where == "a directory"
+        else "its directory does not exist; create it first"
+    )
     assert f"error: {flag} {target}" in err and expected in err, err
     assert not (tmp_path / "missing").exists()
 
@@ -528,8 +875,9 @@ PROMPT_FILE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("content, message", [case[1:] for case in PROMPT_FILE_CASES],
-                         ids=[case[0] for case in PROMPT_FILE_CASES])
+@pytest.mark.parametrize(
+    "content, message", [case[1:] for case in PROMPT_FILE_CASES], ids=[case[0] for case in PROMPT_FILE_CASES]
+)
 def test_bad_prompt_files_are_refused_before_the_model_loads(tmp_path, content, message):
     path = tmp_path / "prompts.jsonl"
     if content is not None:
@@ -548,12 +896,17 @@ BOM = "\ufeff"
 @pytest.mark.parametrize("suffix", [".txt", ".txt.gz", ".jsonl", ".json", ".csv"])
 def test_a_byte_order_mark_is_dropped_from_training_files(tmp_path, suffix):
     records = ["a<DFF>b", "c<DFF>d"]
-    content = {".txt": "\n".join(records) + "\n", ".jsonl": "".join(json.dumps({"text": r}) + "\n" for r in records),
-               ".json": json.dumps([{"text": r} for r in records]), ".csv": "text\n" + "\n".join(records) + "\n"}
+    content = {
+        ".txt": "\n".join(records) + "\n",
+        ".jsonl": "".join(json.dumps({"text": r}) + "\n" for r in records),
+        ".json": json.dumps([{"text": r} for r in records]),
+        ".csv": "text\n" + "\n".join(records) + "\n",
+    }
     data = (BOM + content[suffix.removesuffix(".gz")]).encode()
     path = write(tmp_path / f"train{suffix}", gzip.compress(data) if suffix.endswith(".gz") else data)
-    raw = load_raw_datasets(DataArguments(train_file=path, validation_split_percentage=0),
-                            cache_dir=str(tmp_path / "cache"))
+    raw = load_raw_datasets(
+        DataArguments(train_file=path, validation_split_percentage=0), cache_dir=str(tmp_path / "cache")
+    )
     assert [text.rstrip("\n") for text in raw["train"]["text"]] == records
 
 
@@ -579,8 +932,12 @@ def test_text_columns_are_read_as_written(tmp_path, suffix):
     else:
         records = [{"prompt": t, "response": t, "id": i} for i, t in enumerate(EXACT_TEXTS)]
         path.write_text("".join(json.dumps(r) + "\n" for r in records) if suffix == ".jsonl" else json.dumps(records))
-    raw = load_raw_datasets(DataArguments(train_file=str(path), prompt_column="prompt", response_column="response",
-                                          validation_split_percentage=0), cache_dir=str(tmp_path / "cache"))
+    raw = load_raw_datasets(
+        DataArguments(
+            train_file=str(path), prompt_column="prompt", response_column="response", validation_split_percentage=0
+        ),
+        cache_dir=str(tmp_path / "cache"),
+    )
     assert raw["train"]["prompt"] == EXACT_TEXTS and raw["train"]["response"] == EXACT_TEXTS
 
 

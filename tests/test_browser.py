@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DFF, make_byte_tokenizer, make_tiny_llama
 
+from conftest import DFF, make_byte_tokenizer, make_tiny_llama
 from diff_trainer.cli import export_onnx
 from diff_trainer.cli import generate as generate_cli
 from diff_trainer.cli.serve_demo import RUNTIME_DIR, make_server
@@ -24,8 +24,15 @@ from diff_trainer.sampling.masked import generate
 from diff_trainer.sampling.settings import sampler_for
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 RECORDS = [
     "def len(obj)<DFF>Return the number of items in a container.",
     "def abs(x)<DFF>Return the absolute value of the argument.",
@@ -65,8 +72,14 @@ def train_tiny_model(tokenizer, steps: int = 120):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    write_diffusion_config(model.config, mask_token_id=tokenizer.mask_token_id, shift_logits=False,
-                           noise_schedule="linear", time_eps=1e-3, dff_token=DFF)
+    write_diffusion_config(
+        model.config,
+        mask_token_id=tokenizer.mask_token_id,
+        shift_logits=False,
+        noise_schedule="linear",
+        time_eps=1e-3,
+        dff_token=DFF,
+    )
     return model.eval()
 
 
@@ -78,8 +91,21 @@ def trained(tmp_path_factory):
     model = train_tiny_model(tokenizer)
     model.save_pretrained(root / "checkpoint")
     tokenizer.save_pretrained(root / "checkpoint")
-    export_onnx.main(["--model", str(root / "checkpoint"), "--output", str(root / "export"), "--append_dff",
-                      "--prompt", PROMPT, "--gen_length", "48", "--block_length", "16"])
+    export_onnx.main(
+        [
+            "--model",
+            str(root / "checkpoint"),
+            "--output",
+            str(root / "export"),
+            "--append_dff",
+            "--prompt",
+            PROMPT,
+            "--gen_length",
+            "48",
+            "--block_length",
+            "16",
+        ]
+    )
     return root / "checkpoint", root / "export", model, tokenizer
 
 
@@ -90,7 +116,8 @@ def browser():
     with sync_playwright() as playwright:
         profile = Path(__import__("tempfile").mkdtemp(prefix="chromium-profile-"))
         context = playwright.chromium.launch_persistent_context(
-            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+            str(profile), executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS
+        )
         yield context
         context.close()
         shutil.rmtree(profile, ignore_errors=True)
@@ -124,33 +151,59 @@ def run_page(context, url, settings: dict, screenshot: Path | None = None):
     return result
 
 
-@pytest.mark.parametrize("flags", [
-    {"gen_length": 48, "steps": 24, "block_length": 16},
-    {"gen_length": 32, "block_length": 8, "threshold": 0.6},
-    {"gen_length": 16, "steps": 16, "suffix": " of x."},
-])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        {"gen_length": 48, "steps": 24, "block_length": 16},
+        {"gen_length": 32, "block_length": 8, "threshold": 0.6},
+        {"gen_length": 16, "steps": 16, "suffix": " of x."},
+    ],
+)
 def test_page_samples_the_same_tokens_as_python(trained, browser, tmp_path, flags):
     checkpoint, export_dir, model, tokenizer = trained
     server, url = serve(export_dir)
     screenshot = tmp_path / "page.png"
     try:
-        ids, text, progress = run_page(browser, url, {**flags, "threshold": flags.get("threshold", ""),
-                                                      "suffix": flags.get("suffix", "")}, screenshot=screenshot)
+        ids, text, progress = run_page(
+            browser,
+            url,
+            {**flags, "threshold": flags.get("threshold", ""), "suffix": flags.get("suffix", "")},
+            screenshot=screenshot,
+        )
     finally:
         server.shutdown()
         server.server_close()
 
     args = generate_cli.build_parser().parse_args(
-        ["--model", str(checkpoint), "--prompt", PROMPT, "--append_dff", "--output", str(tmp_path / "out.jsonl"),
-         *[f"--{k}={v}" for k, v in flags.items()]])
+        [
+            "--model",
+            str(checkpoint),
+            "--prompt",
+            PROMPT,
+            "--append_dff",
+            "--output",
+            str(tmp_path / "out.jsonl"),
+            *[f"--{k}={v}" for k, v in flags.items()],
+        ]
+    )
     config = sampler_for(model.config.diffusion_config, tokenizer, **generate_cli.sampler_flags(args))
     prompt_ids = generate_cli.prepare_prompts(args, tokenizer, model.config.diffusion_config, [PROMPT])
     suffix_ids = generate_cli.encode_suffix(tokenizer, args.suffix)
     expected = generate(model, prompt_ids, config, suffix_ids=suffix_ids).generated[0].tolist()
     assert ids == expected
 
-    generate_cli.main(["--model", str(checkpoint), "--prompt", PROMPT, "--append_dff",
-                       "--output", str(tmp_path / "out.jsonl"), *[f"--{k}={v}" for k, v in flags.items()]])
+    generate_cli.main(
+        [
+            "--model",
+            str(checkpoint),
+            "--prompt",
+            PROMPT,
+            "--append_dff",
+            "--output",
+            str(tmp_path / "out.jsonl"),
+            *[f"--{k}={v}" for k, v in flags.items()],
+        ]
+    )
     record = json.loads((tmp_path / "out.jsonl").read_text())
     assert text == record["completion"]
     assert len(set(ids)) >= 3  # not a constant output: the comparison sees the sampler's choices

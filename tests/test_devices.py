@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-from conftest import make_byte_tokenizer, make_tiny_llama
 
+from conftest import make_byte_tokenizer, make_tiny_llama
 from diff_trainer import devices
 from diff_trainer.cli import generate as cli
 
@@ -50,15 +50,18 @@ CUDA = torch.device("cuda", 0)
 CPU = torch.device("cpu")
 
 
-@pytest.mark.parametrize("stored, device, expected", [
-    ("bfloat16", CUDA, torch.bfloat16),      # a bf16 checkpoint stays bf16 on a GPU
-    ("float16", CUDA, torch.float16),
-    ("float32", CUDA, torch.float32),
-    (None, CUDA, torch.float32),             # nothing recorded: full precision
-    ("torch.bfloat16", CUDA, torch.bfloat16),
-    ("bfloat16", CPU, torch.float32),        # half-precision matmuls are slow on the CPU
-    ("float16", CPU, torch.float32),
-])
+@pytest.mark.parametrize(
+    "stored, device, expected",
+    [
+        ("bfloat16", CUDA, torch.bfloat16),  # a bf16 checkpoint stays bf16 on a GPU
+        ("float16", CUDA, torch.float16),
+        ("float32", CUDA, torch.float32),
+        (None, CUDA, torch.float32),  # nothing recorded: full precision
+        ("torch.bfloat16", CUDA, torch.bfloat16),
+        ("bfloat16", CPU, torch.float32),  # half-precision matmuls are slow on the CPU
+        ("float16", CPU, torch.float32),
+    ],
+)
 def test_auto_dtype_follows_the_checkpoint_on_a_gpu_and_is_float32_on_the_cpu(two_gpus, stored, device, expected):
     assert devices.resolve_dtype("auto", device, stored) == expected
 
@@ -80,8 +83,12 @@ def test_an_explicit_dtype_wins_and_unknown_names_are_refused():
 def bf16_checkpoint(tmp_path_factory):
     tokenizer = make_byte_tokenizer()
     model = make_tiny_llama(len(tokenizer)).to(torch.bfloat16)
-    model.config.diffusion_config = {"objective": "masked_diffusion", "mask_token_id": tokenizer.mask_token_id,
-                                     "shift_logits": False, "dff_token": "<DFF>"}
+    model.config.diffusion_config = {
+        "objective": "masked_diffusion",
+        "mask_token_id": tokenizer.mask_token_id,
+        "shift_logits": False,
+        "dff_token": "<DFF>",
+    }
     path = tmp_path_factory.mktemp("bf16")
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -124,8 +131,27 @@ def test_cli_refuses_a_gpu_that_is_not_there(bf16_checkpoint, no_gpu, capsys):
 def test_generation_on_a_device_repeats_with_its_seed(bf16_checkpoint, tmp_path, dtype):
     outputs = []
     for name in ("a.txt", "b.txt"):
-        cli.main(["--model", str(bf16_checkpoint), "--prompt", "1+1=", "--gen_length", "8", "--steps", "4",
-                  "--temperature", "1", "--seed", "3", "--device", "cpu", "--dtype", dtype,
-                  "--output", str(tmp_path / name)])
+        cli.main(
+            [
+                "--model",
+                str(bf16_checkpoint),
+                "--prompt",
+                "1+1=",
+                "--gen_length",
+                "8",
+                "--steps",
+                "4",
+                "--temperature",
+                "1",
+                "--seed",
+                "3",
+                "--device",
+                "cpu",
+                "--dtype",
+                dtype,
+                "--output",
+                str(tmp_path / name),
+            ]
+        )
         outputs.append((tmp_path / name).read_text())
     assert outputs[0] == outputs[1]

@@ -31,10 +31,26 @@ from repo_copy import copy_repository
 REPO = Path(__file__).resolve().parents[1]
 # the guides whose commands run after the README's, in the order of the README's table of guides
 GUIDES = [
-    "docs/sampling.md", "docs/arithmetic.md", "docs/training.md", "docs/data-pipeline.md", "docs/chat.md",
-    "docs/dpo.md", "docs/grpo.md", "docs/sedd.md", "docs/block-diffusion.md", "docs/harness.md", "docs/browser.md",
-    "docs/llada-dream.md", "docs/scaling.md", "docs/slurm.md", "docs/data-builders.md", "docs/cascade.md",
-    "docs/benchmarks.md", "docs/tests.md", "docs/what-happens-when.md", "docs/architecture.md",
+    "docs/sampling.md",
+    "docs/arithmetic.md",
+    "docs/training.md",
+    "docs/data-pipeline.md",
+    "docs/chat.md",
+    "docs/dpo.md",
+    "docs/grpo.md",
+    "docs/sedd.md",
+    "docs/block-diffusion.md",
+    "docs/harness.md",
+    "docs/browser.md",
+    "docs/llada-dream.md",
+    "docs/scaling.md",
+    "docs/slurm.md",
+    "docs/data-builders.md",
+    "docs/cascade.md",
+    "docs/benchmarks.md",
+    "docs/tests.md",
+    "docs/what-happens-when.md",
+    "docs/architecture.md",
 ]
 BLOCK_TIMEOUT = 1800  # a block takes well under a minute on an idle 2-core machine; this is for a shared one
 README_EXTRAS = ("lm_eval", "onnx", "onnxscript", "onnxruntime")  # diff-lm-eval and diff-export-onnx blocks
@@ -78,7 +94,7 @@ def readme_blocks(text: str, source: str = "README.md") -> list[Block]:
             if end is None:
                 raise ValueError(f"{source} line {index + 1}: code block is never closed.")
             if fence.group(1) in ("bash", "sh"):
-                blocks.append(_block(source, index + 1, "\n".join(lines[index + 1:end]) + "\n", directives))
+                blocks.append(_block(source, index + 1, "\n".join(lines[index + 1 : end]) + "\n", directives))
             elif directives:
                 raise ValueError(f"{source} line {index + 1}: test directives above a non-bash block.")
             directives = []
@@ -107,11 +123,26 @@ def _block(source: str, line: int, script: str, directives: list[tuple[int, str,
 
 
 def test_directives_are_read_and_applied():
-    text = "\n".join([
-        "intro", "<!-- test: skip needs a cluster -->", "```bash", "sbatch x", "```",
-        "<!-- test: replace --max_steps 300 => --max_steps 2 -->", "<!-- test: produces out/a out/b -->",
-        "```bash", "python run.py --max_steps 300", "```", "```text", "not a command", "```", "```bash", "ls", "```",
-    ])
+    text = "\n".join(
+        [
+            "intro",
+            "<!-- test: skip needs a cluster -->",
+            "```bash",
+            "sbatch x",
+            "```",
+            "<!-- test: replace --max_steps 300 => --max_steps 2 -->",
+            "<!-- test: produces out/a out/b -->",
+            "```bash",
+            "python run.py --max_steps 300",
+            "```",
+            "```text",
+            "not a command",
+            "```",
+            "```bash",
+            "ls",
+            "```",
+        ]
+    )
     skipped, shortened, plain = readme_blocks(text)
     assert (skipped.line, skipped.skip, skipped.script) == (3, "needs a cluster", "sbatch x\n")
     assert shortened.runnable_script() == "python run.py --max_steps 2\n"
@@ -147,8 +178,10 @@ def documented_blocks(root: Path) -> list[Block]:
     for path in sorted((root / "docs").glob("*.md")):
         name = str(path.relative_to(root))
         if name not in GUIDES and readme_blocks(path.read_text(encoding="utf-8"), name):
-            raise ValueError(f"{name} has bash blocks but is not in GUIDES of tests/test_readme.py: add it where its "
-                             "commands can run (after the guides whose outputs it uses) and link it from README.md.")
+            raise ValueError(
+                f"{name} has bash blocks but is not in GUIDES of tests/test_readme.py: add it where its "
+                "commands can run (after the guides whose outputs it uses) and link it from README.md."
+            )
     return blocks
 
 
@@ -180,13 +213,21 @@ def test_readme_and_guides_run_in_order_on_a_fresh_copy(tmp_path):
         pytest.skip("needs the git checkout to make a fresh copy")
     missing = [module for module in README_EXTRAS if importlib.util.find_spec(module) is None]
     if missing:
-        pytest.skip(f"README's commands use the optional extras ({', '.join(missing)} missing): "
-                    "pip install -e '.[web,data,eval]'")
+        pytest.skip(
+            f"README's commands use the optional extras ({', '.join(missing)} missing): "
+            "pip install -e '.[web,data,eval]'"
+        )
     copy = copy_repository(tmp_path / "repo")
     blocks = documented_blocks(copy)
-    environment = {**os.environ, "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
-                   "PYTHONPATH": str(copy), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                   "TOKENIZERS_PARALLELISM": "false", "CUDA_VISIBLE_DEVICES": ""}
+    environment = {
+        **os.environ,
+        "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+        "PYTHONPATH": str(copy),
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "CUDA_VISIBLE_DEVICES": "",
+    }
     ran = 0
     for block in blocks:
         if block.skip:
@@ -194,8 +235,14 @@ def test_readme_and_guides_run_in_order_on_a_fresh_copy(tmp_path):
         where = f"{block.source} block at line {block.line}"
         before = _files(copy)
         try:
-            result = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", block.runnable_script()], cwd=copy,
-                                    env=environment, capture_output=True, text=True, timeout=BLOCK_TIMEOUT)
+            result = subprocess.run(
+                ["bash", "-e", "-o", "pipefail", "-c", block.runnable_script()],
+                cwd=copy,
+                env=environment,
+                capture_output=True,
+                text=True,
+                timeout=BLOCK_TIMEOUT,
+            )
         except subprocess.TimeoutExpired:
             pytest.fail(f"{where} ran longer than {BLOCK_TIMEOUT} s:\n{block.script}")
         output = (result.stdout + result.stderr)[-4000:]

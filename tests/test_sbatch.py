@@ -25,8 +25,9 @@ def node_is_ready() -> bool:
     """True when `sinfo` answers and the node localhost can take jobs."""
     if not shutil.which("sinfo"):
         return False
-    result = subprocess.run(["sinfo", "--noheader", "--nodes=localhost", "--format=%t"],
-                            capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        ["sinfo", "--noheader", "--nodes=localhost", "--format=%t"], capture_output=True, text=True, timeout=30
+    )
     return result.returncode == 0 and result.stdout.strip() in ("idle", "mix", "alloc")
 
 
@@ -44,15 +45,25 @@ def slurm_cluster():
     assert node_is_ready()
 
 
-LAUNCH_VARIABLES = ("VENV", "REPO_DIR", "GPUS_PER_NODE", "CPU_PROCESSES_PER_NODE", "MAIN_PROCESS_PORT",
-                    "ACCELERATE_ARGS", "DRY_RUN")
+LAUNCH_VARIABLES = (
+    "VENV",
+    "REPO_DIR",
+    "GPUS_PER_NODE",
+    "CPU_PROCESSES_PER_NODE",
+    "MAIN_PROCESS_PORT",
+    "ACCELERATE_ARGS",
+    "DRY_RUN",
+)
 
 
 def job_environment(**variables) -> dict:
     """This environment (sbatch exports it to the job) without Slurm's and the launcher's variables, plus the venv
     of this Python, offline HF settings and `variables`."""
-    env = {name: value for name, value in os.environ.items()
-           if not name.startswith("SLURM_") and name not in LAUNCH_VARIABLES}
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("SLURM_") and name not in LAUNCH_VARIABLES
+    }
     if sys.prefix != sys.base_prefix:
         env["VENV"] = sys.prefix
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", **variables)
@@ -61,10 +72,18 @@ def job_environment(**variables) -> dict:
 
 def submit_and_wait(job_script: str, args: list, log_dir: Path, cpus: int, **variables) -> tuple[str, str]:
     """`sbatch --wait` a job script from the repository root; returns (final job state, job log)."""
-    command = ["sbatch", "--wait", f"--cpus-per-task={cpus}", f"--chdir={REPO}", f"--output={log_dir}/%x-%j.out",
-               str(REPO / "sbatch" / job_script), *args]
-    result = subprocess.run(command, env=job_environment(**variables), capture_output=True, text=True,
-                            timeout=JOB_TIMEOUT)
+    command = [
+        "sbatch",
+        "--wait",
+        f"--cpus-per-task={cpus}",
+        f"--chdir={REPO}",
+        f"--output={log_dir}/%x-%j.out",
+        str(REPO / "sbatch" / job_script),
+        *args,
+    ]
+    result = subprocess.run(
+        command, env=job_environment(**variables), capture_output=True, text=True, timeout=JOB_TIMEOUT
+    )
     submitted = re.search(r"Submitted batch job (\d+)", result.stdout)
     assert submitted, f"sbatch did not submit the job: {result.stderr}"
     job_id = submitted.group(1)
@@ -82,10 +101,31 @@ def test_train_job_trains_two_cpu_processes_and_saves_a_checkpoint(slurm_cluster
     output_dir = tmp_path / "run"
     state, log = submit_and_wait(
         "train.sbatch",
-        ["configs/demo.yaml", "--max_steps", "2", "--output_dir", str(output_dir), *TINY_RUN,
-         "--per_device_train_batch_size", "2", "--do_eval", "false", "--eval_strategy", "no",
-         "--save_steps", "2", "--logging_steps", "1", "--log_level", "info", "--disable_tqdm", "true"],
-        tmp_path, cpus=2, CPU_PROCESSES_PER_NODE="2",
+        [
+            "configs/demo.yaml",
+            "--max_steps",
+            "2",
+            "--output_dir",
+            str(output_dir),
+            *TINY_RUN,
+            "--per_device_train_batch_size",
+            "2",
+            "--do_eval",
+            "false",
+            "--eval_strategy",
+            "no",
+            "--save_steps",
+            "2",
+            "--logging_steps",
+            "1",
+            "--log_level",
+            "info",
+            "--disable_tqdm",
+            "true",
+        ],
+        tmp_path,
+        cpus=2,
+        CPU_PROCESSES_PER_NODE="2",
     )
     assert state == "COMPLETED"
     assert "1 node(s) x 2 process(es) on CPU" in log
@@ -102,9 +142,9 @@ def test_preprocess_job_saves_the_final_rows_without_training(slurm_cluster, tmp
     final_dir, output_dir = tmp_path / "final", tmp_path / "run"
     state, log = submit_and_wait(
         "preprocess.sbatch",
-        ["configs/demo.yaml", "--save_final_dataset", str(final_dir), "--output_dir", str(output_dir),
-         *TINY_RUN],
-        tmp_path, cpus=1,  # one CPU: no worker processes (datasets would spawn a pool even for num_proc=1)
+        ["configs/demo.yaml", "--save_final_dataset", str(final_dir), "--output_dir", str(output_dir), *TINY_RUN],
+        tmp_path,
+        cpus=1,  # one CPU: no worker processes (datasets would spawn a pool even for num_proc=1)
     )
     assert state == "COMPLETED"
     assert "Saved the final dataset" in log and str(final_dir) in log
@@ -135,13 +175,17 @@ def split_launch(argv: list, script: str) -> tuple[dict, list]:
         if token.startswith("--"):
             following = tokens[position + 1] if position + 1 < len(tokens) else "--"
             flags[token] = True if following.startswith("--") else following
-    return flags, argv[script_at + 1:]
+    return flags, argv[script_at + 1 :]
 
 
 def test_two_gpu_nodes_each_get_their_machine_rank():
-    per_node = dry_run(["sbatch/launch.sh", "run_clm_diff.py", "configs/demo.yaml", "--run_name", "two words"],
-                       SLURM_NNODES="2", SLURM_JOB_NODELIST="gpu-[07-08]", SLURM_GPUS_ON_NODE="4",
-                       SLURM_CPUS_PER_TASK="32")
+    per_node = dry_run(
+        ["sbatch/launch.sh", "run_clm_diff.py", "configs/demo.yaml", "--run_name", "two words"],
+        SLURM_NNODES="2",
+        SLURM_JOB_NODELIST="gpu-[07-08]",
+        SLURM_GPUS_ON_NODE="4",
+        SLURM_CPUS_PER_TASK="32",
+    )
     assert sorted(per_node) == [0, 1]
     for node_id, argv in per_node.items():
         flags, script_args = split_launch(argv, "run_clm_diff.py")
@@ -155,9 +199,13 @@ def test_two_gpu_nodes_each_get_their_machine_rank():
 
 @pytest.mark.parametrize("nodes, processes_per_node", [(1, 1), (2, 2)])
 def test_cpu_nodes_fall_back_to_use_cpu(nodes, processes_per_node):
-    per_node = dry_run(["sbatch/launch.sh", "run_clm_diff.py", "configs/demo.yaml"],
-                       SLURM_NNODES=str(nodes), SLURM_JOB_NODELIST="cpu-[1-2]" if nodes == 2 else "cpu-1",
-                       SLURM_CPUS_ON_NODE="4", CPU_PROCESSES_PER_NODE=str(processes_per_node))
+    per_node = dry_run(
+        ["sbatch/launch.sh", "run_clm_diff.py", "configs/demo.yaml"],
+        SLURM_NNODES=str(nodes),
+        SLURM_JOB_NODELIST="cpu-[1-2]" if nodes == 2 else "cpu-1",
+        SLURM_CPUS_ON_NODE="4",
+        CPU_PROCESSES_PER_NODE=str(processes_per_node),
+    )
     assert sorted(per_node) == list(range(nodes))
     for node_id, argv in per_node.items():
         flags, script_args = split_launch(argv, "run_clm_diff.py")
@@ -169,8 +217,12 @@ def test_cpu_nodes_fall_back_to_use_cpu(nodes, processes_per_node):
 
 
 def test_dpo_job_launches_the_dpo_script():
-    per_node = dry_run(["sbatch/dpo.sbatch", "configs/dpo.yaml", "--max_steps", "3"],
-                       SLURM_NNODES="2", SLURM_JOB_NODELIST="gpu-[1-2]", SLURM_GPUS_ON_NODE="2")
+    per_node = dry_run(
+        ["sbatch/dpo.sbatch", "configs/dpo.yaml", "--max_steps", "3"],
+        SLURM_NNODES="2",
+        SLURM_JOB_NODELIST="gpu-[1-2]",
+        SLURM_GPUS_ON_NODE="2",
+    )
     assert sorted(per_node) == [0, 1]
     for node_id, argv in per_node.items():
         flags, script_args = split_launch(argv, "run_diffusion_dpo.py")

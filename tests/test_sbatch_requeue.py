@@ -18,8 +18,10 @@ from pathlib import Path
 from test_sbatch import REPO, TINY_RUN, job_environment, slurm_cluster  # noqa: F401  (fixture)
 
 MAX_STEPS, SAVE_STEPS = 30, 3
-TINY_MODEL = ("hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4,num_key_value_heads=4,"
-              "max_position_embeddings=64")
+TINY_MODEL = (
+    "hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4,num_key_value_heads=4,"
+    "max_position_embeddings=64"
+)
 PLANTED = "checkpoint-100000"
 
 
@@ -53,12 +55,37 @@ def training_processes(output_dir: Path) -> list[int]:
 
 def test_a_requeued_train_job_resumes_from_the_newest_complete_checkpoint(slurm_cluster, tmp_path):  # noqa: F811
     output_dir = tmp_path / "run"
-    command = ["sbatch", "--cpus-per-task=2", f"--chdir={REPO}", f"--output={tmp_path}/%x-%j.out",
-               str(REPO / "sbatch" / "train.sbatch"), "configs/demo.yaml", "--config_overrides", TINY_MODEL,
-               "--max_steps", str(MAX_STEPS),
-               "--output_dir", str(output_dir), *TINY_RUN, "--per_device_train_batch_size", "4", "--do_eval", "false",
-               "--eval_strategy", "no", "--save_steps", str(SAVE_STEPS), "--save_total_limit", "3",
-               "--logging_steps", "10", "--log_level", "info", "--disable_tqdm", "true"]
+    command = [
+        "sbatch",
+        "--cpus-per-task=2",
+        f"--chdir={REPO}",
+        f"--output={tmp_path}/%x-%j.out",
+        str(REPO / "sbatch" / "train.sbatch"),
+        "configs/demo.yaml",
+        "--config_overrides",
+        TINY_MODEL,
+        "--max_steps",
+        str(MAX_STEPS),
+        "--output_dir",
+        str(output_dir),
+        *TINY_RUN,
+        "--per_device_train_batch_size",
+        "4",
+        "--do_eval",
+        "false",
+        "--eval_strategy",
+        "no",
+        "--save_steps",
+        str(SAVE_STEPS),
+        "--save_total_limit",
+        "3",
+        "--logging_steps",
+        "10",
+        "--log_level",
+        "info",
+        "--disable_tqdm",
+        "true",
+    ]
     submitted = subprocess.run(command, env=job_environment(), capture_output=True, text=True, timeout=60)
     job_id = re.search(r"Submitted batch job (\d+)", submitted.stdout).group(1)
     try:
@@ -71,8 +98,11 @@ def test_a_requeued_train_job_resumes_from_the_newest_complete_checkpoint(slurm_
         wait_for(lambda: job_state(job_id) == ("PENDING", 1), 120, "the job to be requeued")
         # Slurm holds a requeued job back until the old job's credential expires (120 s by default); starting it
         # earlier by hand races that expiry ("Job credential revoked"), so the test waits the hold out.
-        state, restarts = wait_for(lambda: (lambda s: s if s[0] in ("COMPLETED", "FAILED", "CANCELLED") and s[1]
-                                            else None)(job_state(job_id)), 420, "the requeued job to finish")
+        state, restarts = wait_for(
+            lambda: (lambda s: s if s[0] in ("COMPLETED", "FAILED", "CANCELLED") and s[1] else None)(job_state(job_id)),
+            420,
+            "the requeued job to finish",
+        )
     finally:
         subprocess.run(["scancel", job_id], capture_output=True)
     (log_file,) = tmp_path.glob(f"*-{job_id}.out")
@@ -82,8 +112,10 @@ def test_a_requeued_train_job_resumes_from_the_newest_complete_checkpoint(slurm_
     first_run, resumed_run = log.split(f"requeueing job {job_id}", 1)
     steps_before_kill = max(int(step) for step in re.findall(r"checkpoint-(\d+)", first_run) or [0])
     assert steps_before_kill < MAX_STEPS  # the first run was killed before the end
-    assert f"Skipping incomplete checkpoint {output_dir / PLANTED}: no COMPLETE marker and no trainer_state.json" \
+    assert (
+        f"Skipping incomplete checkpoint {output_dir / PLANTED}: no COMPLETE marker and no trainer_state.json"
         in resumed_run
+    )
     resumed_from = int(re.search(rf"Resuming from {re.escape(str(output_dir))}/checkpoint-(\d+)", resumed_run).group(1))
     assert resumed_from >= SAVE_STEPS and resumed_from % SAVE_STEPS == 0
     assert json.loads((output_dir / "trainer_state.json").read_text())["global_step"] == MAX_STEPS

@@ -25,8 +25,9 @@ pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="needs Node
 
 
 def node(request: dict):
-    completed = subprocess.run(["node", str(HARNESS)], input=json.dumps(request), capture_output=True, text=True,
-                               check=True, timeout=60)
+    completed = subprocess.run(
+        ["node", str(HARNESS)], input=json.dumps(request), capture_output=True, text=True, check=True, timeout=60
+    )
     answer = json.loads(completed.stdout)
     if "error" in answer:
         raise ValueError(answer["error"])
@@ -67,18 +68,27 @@ def boosts_for(length: int, extra: dict | None = None) -> dict[str, float]:
 def python_frames(settings: dict, boosts: dict, shift: bool = False, suffix=()):
     model = FakeDenoiser(boosts)
     eos_handling = settings.get("eos_handling", "stop")
-    result = generate(model, [PROMPT], mask_token_id=TOKENS["mask"], eos_token_id=TOKENS["eos"], pad_token_id=0,
-                      eos_handling=eos_handling, shift=shift, trace=True, suffix_ids=suffix,
-                      **{k: v for k, v in settings.items() if k not in ("eos_handling", "seed")})
-    frames = [(sorted(torch.nonzero(f.committed[0]).flatten().tolist()), f.sequences[0].tolist())
-              for f in result.trace]
+    result = generate(
+        model,
+        [PROMPT],
+        mask_token_id=TOKENS["mask"],
+        eos_token_id=TOKENS["eos"],
+        pad_token_id=0,
+        eos_handling=eos_handling,
+        shift=shift,
+        trace=True,
+        suffix_ids=suffix,
+        **{k: v for k, v in settings.items() if k not in ("eos_handling", "seed")},
+    )
+    frames = [(sorted(torch.nonzero(f.committed[0]).flatten().tolist()), f.sequences[0].tolist()) for f in result.trace]
     return frames, result.sequences[0].tolist(), result.nfe
 
 
 def js_frames(settings: dict, boosts: dict, shift: bool = False, suffix=()):
     tokens = {**TOKENS, "shift": shift}
-    frames = node({"sample": {"prompt": PROMPT, "settings": settings, "tokens": tokens, "boosts": boosts,
-                              "suffix": list(suffix)}})
+    frames = node(
+        {"sample": {"prompt": PROMPT, "settings": settings, "tokens": tokens, "boosts": boosts, "suffix": list(suffix)}}
+    )
     stepped = [(f["committed"], f["ids"]) for f in frames if not f.get("filled")]
     return stepped, frames[-1]["ids"], frames[-1]["nfe"]
 
@@ -115,7 +125,7 @@ def test_eos_stop_fills_the_rest_with_eos_in_both():
     boosts = boosts_for(16, EOS_BOOSTS)
     _, final, nfe = js_frames(settings, boosts)
     first_eos = final.index(1)
-    assert first_eos < len(PROMPT) + 8 and final[len(PROMPT) + 8:] == [1] * 4  # third block never sampled
+    assert first_eos < len(PROMPT) + 8 and final[len(PROMPT) + 8 :] == [1] * 4  # third block never sampled
     assert nfe == 8
 
 
@@ -139,7 +149,7 @@ def test_special_tokens_other_than_eos_are_never_committed():
     # The pad id 0 and <DFF> id 38 have the largest logit everywhere; the mask (39) must not be chosen either.
     boosts = {f"{i},{token}": 20.0 for i in range(12) for token in (0, 38, 39)}
     _, final, _ = js_frames(dict(gen_length=8, steps=8, eos_handling="none"), boosts)
-    assert not set(final[len(PROMPT):]) & {0, 38, 39}
+    assert not set(final[len(PROMPT) :]) & {0, 38, 39}
 
 
 def test_ties_pick_the_lowest_id_and_the_leftmost_position():
@@ -188,19 +198,26 @@ def test_rng_matches_an_independent_implementation():
 def test_temperature_sampling_repeats_per_seed_and_changes_with_it():
     settings = dict(gen_length=8, steps=4, temperature=1.0, remasking="random")
     boosts = boosts_for(12)
-    runs = [node({"sample": {"prompt": PROMPT, "settings": settings, "tokens": TOKENS, "boosts": boosts,
-                             "seed": seed}})[-1]["ids"] for seed in (3, 3, 4)]
+    runs = [
+        node({"sample": {"prompt": PROMPT, "settings": settings, "tokens": TOKENS, "boosts": boosts, "seed": seed}})[
+            -1
+        ]["ids"]
+        for seed in (3, 3, 4)
+    ]
     assert runs[0] == runs[1] and runs[0] != runs[2]
 
 
-@pytest.mark.parametrize("settings,message", [
-    (dict(gen_length=10, block_length=4), "must be a multiple of block_length"),
-    (dict(gen_length=8, steps=3, block_length=4), "multiple of the number of blocks"),
-    (dict(gen_length=4, steps=8), "steps per block exceed block_length"),
-    (dict(gen_length=4, threshold=0.9, remasking="random"), "cannot be combined with remasking 'random'"),
-    (dict(gen_length=4, remasking="best"), "remasking must be one of"),
-    (dict(gen_length=4, temperature=-1), "temperature must be >= 0"),
-])
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        (dict(gen_length=10, block_length=4), "must be a multiple of block_length"),
+        (dict(gen_length=8, steps=3, block_length=4), "multiple of the number of blocks"),
+        (dict(gen_length=4, steps=8), "steps per block exceed block_length"),
+        (dict(gen_length=4, threshold=0.9, remasking="random"), "cannot be combined with remasking 'random'"),
+        (dict(gen_length=4, remasking="best"), "remasking must be one of"),
+        (dict(gen_length=4, temperature=-1), "temperature must be >= 0"),
+    ],
+)
 def test_bad_settings_get_the_python_samplers_message(settings, message):
     with pytest.raises(ValueError, match=message):
         node({"call": {"name": "checkSettings", "args": [settings]}})

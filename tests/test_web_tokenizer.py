@@ -4,10 +4,10 @@ table diff-export-onnx writes."""
 import shutil
 
 import pytest
-from conftest import make_byte_tokenizer
-from test_web_sampler import node
 
+from conftest import make_byte_tokenizer
 from diff_trainer.cli.export_onnx import tokenizer_table
+from test_web_sampler import node
 
 pytestmark = pytest.mark.skipif(shutil.which("node") is None, reason="needs Node.js (apt install nodejs)")
 
@@ -71,9 +71,9 @@ BPE_TEXTS = [
 
 @pytest.fixture(scope="module")
 def bpe_tokenizer():
-    from diff_trainer.data.bpe_tokenizer import train_bpe_tokenizer
-
     from transformers import AddedToken
+
+    from diff_trainer.data.bpe_tokenizer import train_bpe_tokenizer
 
     tokenizer = train_bpe_tokenizer(BPE_CORPUS, vocab_size=400, min_frequency=2)
     tokenizer.add_tokens([" spaced word", "日本", AddedToken("<sep>", lstrip=True, rstrip=True, special=True)])
@@ -103,11 +103,14 @@ def test_bpe_decoding_matches_the_python_tokenizer(bpe_tokenizer):
     table = tokenizer_table(bpe_tokenizer, len(bpe_tokenizer))
     ids = [bpe_tokenizer.encode(text, add_special_tokens=False) for text in BPE_TEXTS]
     byte_id = {byte: bpe_tokenizer.convert_tokens_to_ids(char) for byte, char in enumerate(table["byte_chars"])}
-    ids += [[byte_id[b] for b in broken] for broken in (
-        [0xC3, ord("a"), 0xA9],  # a lead byte without its continuation
-        [0xE6, 0x97, ord("!"), 0xF0, 0x9F, 0x8E],  # truncated three- and four-byte characters
-        [0xC0, 0xAF, 0xFF, 0xED, 0xA0, 0x80],  # overlong, never-valid and surrogate bytes
-    )]
+    ids += [
+        [byte_id[b] for b in broken]
+        for broken in (
+            [0xC3, ord("a"), 0xA9],  # a lead byte without its continuation
+            [0xE6, 0x97, ord("!"), 0xF0, 0x9F, 0x8E],  # truncated three- and four-byte characters
+            [0xC0, 0xAF, 0xFF, 0xED, 0xA0, 0x80],  # overlong, never-valid and surrogate bytes
+        )
+    ]
     ids.append(list(range(len(bpe_tokenizer))))  # every id once, special ones included
     special = [i for i, token in bpe_tokenizer.added_tokens_decoder.items() if token.special]  # what tokenizers skips
     for skip in ([], special):

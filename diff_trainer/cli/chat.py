@@ -85,8 +85,9 @@ def main(argv: list[str] | None = None) -> None:
             continue
         messages.append({"role": "user", "content": line})
         prompt_ids = chat_prompt_ids(tokenizer, template, messages)
-        config = checked_sampler_config(parser, args, diffusion_config, [prompt_ids], model, tokenizer, (),
-                                        (end_of_turn,))
+        config = checked_sampler_config(
+            parser, args, diffusion_config, [prompt_ids], model, tokenizer, (), (end_of_turn,)
+        )
         if config is None:
             new_ids = generate_causal(model, tokenizer, [prompt_ids], args, stop=stop)[0][0]
         else:

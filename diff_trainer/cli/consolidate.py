@@ -27,8 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diff-consolidate", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", metavar="CKPT", help="a sharded save: checkpoint-N or a run's output_dir")
     parser.add_argument("output", metavar="OUT", help="the directory to write (must not exist unless --overwrite)")
-    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
-                        help="dtype of the written weights (auto: that of the shards)")
+    parser.add_argument(
+        "--dtype", choices=DTYPE_CHOICES, default="auto", help="dtype of the written weights (auto: that of the shards)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace OUT when it exists")
     parser.add_argument("--trust_remote_code", action="store_true", help="for architectures defined in the checkpoint")
     return parser
@@ -72,21 +73,28 @@ def load_merged_weights(model, state_dict: dict[str, torch.Tensor], checkpoint: 
     tied = {name for name, tensor in model.state_dict().items() if tensor.data_ptr() in loaded_storage}
     missing = [name for name in missing if name not in tied]
     if missing or unexpected:
-        raise ValueError(f"{checkpoint}: the shards do not match config.json's model "
-                         f"(missing {missing[:5]}, unexpected {unexpected[:5]}); was the checkpoint written by a "
-                         f"different model or code version?")
+        raise ValueError(
+            f"{checkpoint}: the shards do not match config.json's model "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]}); was the checkpoint written by a "
+            f"different model or code version?"
+        )
 
 
-def consolidate(checkpoint: str, output: str, *, dtype: str = "auto", overwrite: bool = False,
-                trust_remote_code: bool = False) -> str:
+def consolidate(
+    checkpoint: str, output: str, *, dtype: str = "auto", overwrite: bool = False, trust_remote_code: bool = False
+) -> str:
     """Write OUT from the sharded save CKPT; returns OUT."""
     shard_dir = os.path.join(checkpoint, SHARDED_WEIGHTS_DIR)
     if not os.path.isdir(shard_dir):
-        raise ValueError(f"{checkpoint} has no {SHARDED_WEIGHTS_DIR}/: it is not a sharded FSDP save "
-                         f"(a checkpoint with model.safetensors loads with from_pretrained as it is).")
+        raise ValueError(
+            f"{checkpoint} has no {SHARDED_WEIGHTS_DIR}/: it is not a sharded FSDP save "
+            f"(a checkpoint with model.safetensors loads with from_pretrained as it is)."
+        )
     if not os.path.isfile(os.path.join(checkpoint, "config.json")):
-        raise ValueError(f"{checkpoint} has shards but no config.json: copy the run's config.json (from its "
-                         f"output_dir or the starting checkpoint) into it and run again.")
+        raise ValueError(
+            f"{checkpoint} has shards but no config.json: copy the run's config.json (from its "
+            f"output_dir or the starting checkpoint) into it and run again."
+        )
     if os.path.exists(output) and not overwrite:
         raise ValueError(f"{output} exists: choose another OUT or pass --overwrite.")
     parent = os.path.dirname(os.path.abspath(output))
@@ -113,8 +121,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        consolidate(args.checkpoint, args.output, dtype=args.dtype, overwrite=args.overwrite,
-                    trust_remote_code=args.trust_remote_code)
+        consolidate(
+            args.checkpoint,
+            args.output,
+            dtype=args.dtype,
+            overwrite=args.overwrite,
+            trust_remote_code=args.trust_remote_code,
+        )
     except ValueError as error:
         parser.error(str(error))
     print(f"wrote {args.output}")

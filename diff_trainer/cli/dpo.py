@@ -15,14 +15,14 @@ from dataclasses import replace
 
 from transformers import set_seed
 
-from diff_trainer.training.args.data import PreferenceDataArguments
-from diff_trainer.training.args.dpo import DPOTrainingArguments
-from diff_trainer.training.args.model import ModelArguments
-from diff_trainer.training.args.parsing import parse_arguments
 from diff_trainer.data.chat import set_chat_template
 from diff_trainer.data.loading import require_validation_data
 from diff_trainer.data.preference import load_preference_data, save_pairs, tokenize_pairs, with_response_padding
 from diff_trainer.models.loading import add_special_tokens, load_tokenizer
+from diff_trainer.training.args.data import PreferenceDataArguments
+from diff_trainer.training.args.dpo import DPOTrainingArguments
+from diff_trainer.training.args.model import ModelArguments
+from diff_trainer.training.args.parsing import parse_arguments
 from diff_trainer.training.dpo import DiffusionDPOTrainer, checked_diffusion_config, precompute_reference_scores
 from diff_trainer.training.model import prepare_model
 from diff_trainer.training.runner import (
@@ -50,8 +50,9 @@ def main(argv=None):
     model = prepare_model(model_args, tokenizer, "diffusion", new_token_ids=new_token_ids)
     data_args = with_response_padding(data_args, checked_diffusion_config(model))
     raw, _ = load_preference_data(data_args, seed=training_args.seed, tokenizer=tokenizer)
-    pairs = tokenize_pairs(raw, tokenizer, data_args, seed=training_args.seed,
-                           main_process_first=training_args.main_process_first)
+    pairs = tokenize_pairs(
+        raw, tokenizer, data_args, seed=training_args.seed, main_process_first=training_args.main_process_first
+    )
     require_validation_data(pairs, training_args.do_eval)
 
     ref_model = None
@@ -60,19 +61,27 @@ def main(argv=None):
         ref_model = prepare_model(ref_args, tokenizer, "diffusion")
     if training_args.precompute_ref_scores:
         # the reference: the given one, else the policy's starting point (with LoRA: the adapters disabled)
-        pairs = precompute_reference_scores(pairs, ref_model if ref_model is not None else model, tokenizer,
-                                            training_args)
+        pairs = precompute_reference_scores(
+            pairs, ref_model if ref_model is not None else model, tokenizer, training_args
+        )
         ref_model = None
     if data_args.save_final_dataset and training_args.process_index == 0:
         save_pairs(pairs, data_args.save_final_dataset, overwrite=data_args.overwrite_final_dataset)
     saved = f" and saved to {data_args.save_final_dataset}" if data_args.save_final_dataset else ""
-    if nothing_to_run(training_args, f"tokenised {', '.join(f'{len(s)} {n}' for n, s in pairs.items())} pairs{saved}; "
-                                     "nothing trained or evaluated"):
+    if nothing_to_run(
+        training_args,
+        f"tokenised {', '.join(f'{len(s)} {n}' for n, s in pairs.items())} pairs{saved}; nothing trained or evaluated",
+    ):
         return
     eval_dataset = pairs.get("validation")
-    trainer = DiffusionDPOTrainer(model, ref_model, args=training_args,
-                                  train_dataset=pairs["train"] if training_args.do_train else None,
-                                  eval_dataset=eval_dataset, processing_class=tokenizer)
+    trainer = DiffusionDPOTrainer(
+        model,
+        ref_model,
+        args=training_args,
+        train_dataset=pairs["train"] if training_args.do_train else None,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+    )
     train_and_evaluate(trainer, training_args, evaluate=eval_dataset is not None)
 
 

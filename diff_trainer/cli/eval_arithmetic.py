@@ -10,8 +10,9 @@ diff-generate, a causal one with `model.generate` (KV cache), exactly as diff-ge
 the answer by the exact_match metric (surrounding whitespace ignored).
 
 Printed: the accuracy, the network forward passes per sample (NFE: for a diffusion checkpoint the passes each sample
-took part in, as rows of a batch advance on their own; for a causal one those of its batch) and tokens/s: completion tokens (up to and including the first
-EOS) per second spent in generation. `--output` writes one JSON record per problem with the settings.
+took part in, as rows of a batch advance on their own; for a causal one those of its batch) and tokens/s: completion
+tokens (up to and including the first EOS) per second spent in generation. `--output` writes one JSON record per
+problem with the settings.
 """
 
 from __future__ import annotations
@@ -65,17 +66,22 @@ class Evaluation:
 
     def summary(self) -> str:
         correct = sum(record["correct"] for record in self.records)
-        return (f"exact match: {self.accuracy:.4f} ({correct}/{len(self.records)})\n"
-                f"NFE per sample: {self.nfe_per_sample:.2f}\n"
-                f"tokens/s: {self.tokens_per_second:.1f} "
-                f"({self.completion_tokens} completion tokens in {self.seconds:.2f} s)")
+        return (
+            f"exact match: {self.accuracy:.4f} ({correct}/{len(self.records)})\n"
+            f"NFE per sample: {self.nfe_per_sample:.2f}\n"
+            f"tokens/s: {self.tokens_per_second:.1f} "
+            f"({self.completion_tokens} completion tokens in {self.seconds:.2f} s)"
+        )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diff-eval-arithmetic", description=__doc__.split("\n\n")[0])
     add_sampling_arguments(parser)
-    parser.add_argument("--test_file", required=True,
-                        help="JSON lines with 'prompt' and 'answer', or a 'text' holding prompt<DFF>answer")
+    parser.add_argument(
+        "--test_file",
+        required=True,
+        help="JSON lines with 'prompt' and 'answer', or a 'text' holding prompt<DFF>answer",
+    )
     parser.add_argument("--max_samples", type=int, default=None, help="evaluate only the first N problems")
     parser.add_argument("--batch_size", type=int, default=16, help="problems generated together")
     parser.add_argument("--output", help="write one JSON record per problem to this .jsonl file")
@@ -97,8 +103,9 @@ def read_problems(path: str, dff_token: str = DEFAULT_DFF_TOKEN) -> list[Problem
             raise ValueError(f"{path} line {number}: not valid JSON ({error.msg}).") from None
         problem = _problem(record, dff_token)
         if problem is None:
-            raise ValueError(f"{path} line {number}: needs string fields 'prompt' and 'answer', "
-                             f"or a 'text' containing {dff_token}.")
+            raise ValueError(
+                f"{path} line {number}: needs string fields 'prompt' and 'answer', or a 'text' containing {dff_token}."
+            )
         problems.append(problem)
     if not problems:
         raise ValueError(f"{path} holds no problems.")
@@ -130,13 +137,14 @@ def completion_length(ids: list[int], eos_token_id: int | None) -> int:
     return ids.index(eos_token_id) + 1 if eos_token_id in ids else len(ids)
 
 
-def evaluate_problems(model, tokenizer, problems: list[Problem], prompt_ids: list[list[int]], args,
-                      config: SamplerConfig | None) -> Evaluation:
+def evaluate_problems(
+    model, tokenizer, problems: list[Problem], prompt_ids: list[list[int]], args, config: SamplerConfig | None
+) -> Evaluation:
     """Generate an answer to every problem (diffusion with `config`, causal `model.generate` without) and score it."""
     generator = torch.Generator(device=model.device).manual_seed(args.seed) if args.seed is not None else None
     completions, nfes, tokens, seconds = [], [], 0, 0.0
     for first in range(0, len(problems), args.batch_size):
-        batch_ids = prompt_ids[first:first + args.batch_size]
+        batch_ids = prompt_ids[first : first + args.batch_size]
         start = time.perf_counter()
         if config is None:
             new_ids, forwards = generate_causal(model, tokenizer, batch_ids, args)
@@ -151,18 +159,26 @@ def evaluate_problems(model, tokenizer, problems: list[Problem], prompt_ids: lis
 
     answers = [problem.answer for problem in problems]
     scores = load_exact_match().compute(predictions=completions, references=answers, return_matches=True)
-    records = [{"prompt": problem.prompt, "answer": problem.answer, "completion": completion, "correct": correct,
-                "nfe": nfe}
-               for problem, completion, correct, nfe in zip(problems, completions, scores["matches"], nfes)]
+    records = [
+        {"prompt": problem.prompt, "answer": problem.answer, "completion": completion, "correct": correct, "nfe": nfe}
+        for problem, completion, correct, nfe in zip(problems, completions, scores["matches"], nfes)
+    ]
     return Evaluation(records, scores["exact_match"], sum(nfes) / len(nfes), tokens, seconds)
 
 
 def run_settings(args, config: SamplerConfig | None) -> dict:
     """What produced the predictions, stored with every output record."""
-    settings = {"model": args.model, "test_file": args.test_file, "seed": args.seed,
-                "sampler": "causal" if config is None else "diffusion"}
-    settings.update(dataclasses.asdict(config) if config is not None
-                    else {"gen_length": args.gen_length, "temperature": args.temperature})
+    settings = {
+        "model": args.model,
+        "test_file": args.test_file,
+        "seed": args.seed,
+        "sampler": "causal" if config is None else "diffusion",
+    }
+    settings.update(
+        dataclasses.asdict(config)
+        if config is not None
+        else {"gen_length": args.gen_length, "temperature": args.temperature}
+    )
     return settings
 
 
@@ -174,14 +190,16 @@ def main(argv: list[str] | None = None) -> None:
     model, tokenizer, diffusion_config = load_from_arguments(parser, args)
     dff_token = (diffusion_config or {}).get("dff_token") or DEFAULT_DFF_TOKEN
     try:
-        problems = read_problems(args.test_file, dff_token)[:args.max_samples]
+        problems = read_problems(args.test_file, dff_token)[: args.max_samples]
     except (OSError, ValueError) as error:
         parser.error(str(error))
     prompt_ids = prepare_prompts(args, tokenizer, diffusion_config, [problem.prompt for problem in problems])
     config = checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, tokenizer)
     if config is not None and type(config) is not SamplerConfig:
-        parser.error(f"{args.model}: diff-eval-arithmetic runs the masked-diffusion sampler; this checkpoint is "
-                     f"sampled with the {sampler_name(args, diffusion_config)} sampler (use diff-generate).")
+        parser.error(
+            f"{args.model}: diff-eval-arithmetic runs the masked-diffusion sampler; this checkpoint is "
+            f"sampled with the {sampler_name(args, diffusion_config)} sampler (use diff-generate)."
+        )
 
     evaluation = evaluate_problems(model, tokenizer, problems, prompt_ids, args, config)
     print(evaluation.summary())

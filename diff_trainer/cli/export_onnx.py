@@ -10,8 +10,8 @@ the kinds web/js/tokenizer.js encodes exactly as Python does), the special ids, 
 page's default sampler settings (the sampling flags of diff-generate). The export is verified before it is kept:
 onnxruntime's logits are compared with PyTorch's on random inputs (one row left padded); the largest absolute
 difference is printed and must stay within 1e-4 for float32, or, with `--quantize int8` (onnxruntime's dynamic
-int8 quantization of the weight matrices and the embedding table), within 10% of the largest absolute PyTorch logit. A failed export
-leaves no files behind; a new export replaces only those two files, never other files in --output.
+int8 quantization of the weight matrices and the embedding table), within 10% of the largest absolute PyTorch logit.
+A failed export leaves no files behind; a new export replaces only those two files, never other files in --output.
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ INT8_RELATIVE_BOUND = 0.1  # int8: largest difference accepted, as a share of th
 VERIFY_SEED = 0
 # GPT-2's pre-tokenizer split (`tokenizers` ByteLevel, use_regex) for JavaScript's RegExp ("gu"): \s written as
 # \p{White_Space}, which is Oniguruma's Unicode \s (JavaScript's \s adds U+FEFF and lacks U+0085).
-BYTE_LEVEL_SPLIT = (r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\p{White_Space}\p{L}\p{N}]+"
-                    r"|\p{White_Space}+(?!\P{White_Space})|\p{White_Space}+")
+BYTE_LEVEL_SPLIT = (
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\p{White_Space}\p{L}\p{N}]+"
+    r"|\p{White_Space}+(?!\P{White_Space})|\p{White_Space}+"
+)
 
 
 class LogitsOnly(torch.nn.Module):
@@ -64,13 +66,24 @@ def build_parser() -> argparse.ArgumentParser:
     add_sampling_arguments(parser)  # --model, --merge_lora, and the page's default sampler settings
     parser.add_argument("--output", required=True, help="directory to write model.onnx and model.json into")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (at least {MIN_OPSET})")
-    parser.add_argument("--quantize", choices=["none", "int8"], default="none",
-                        help="int8: dynamic int8 weights (about 4x smaller, logits within a looser bound)")
-    parser.add_argument("--max_length", type=int, default=None,
-                        help="longest prompt + generation the export accepts (default: the model's context)")
+    parser.add_argument(
+        "--quantize",
+        choices=["none", "int8"],
+        default="none",
+        help="int8: dynamic int8 weights (about 4x smaller, logits within a looser bound)",
+    )
+    parser.add_argument(
+        "--max_length",
+        type=int,
+        default=None,
+        help="longest prompt + generation the export accepts (default: the model's context)",
+    )
     parser.add_argument("--prompt", default="", help="the prompt the page shows first")
-    parser.add_argument("--overwrite", action="store_true",
-                        help=f"replace an existing export in --output (its {MODEL_FILE} and {CONFIG_FILE} only)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=f"replace an existing export in --output (its {MODEL_FILE} and {CONFIG_FILE} only)",
+    )
     return parser
 
 
@@ -81,8 +94,10 @@ def tokenizer_table(tokenizer, vocab_size: int) -> dict:
 
     check_every_id_has_text(tokenizer, vocab_size)
     pieces = TokenPieces(tokenizer)
-    added = [{"id": int(i), "content": t.content, "lstrip": bool(t.lstrip), "rstrip": bool(t.rstrip)}
-             for i, t in sorted(tokenizer.added_tokens_decoder.items())]
+    added = [
+        {"id": int(i), "content": t.content, "lstrip": bool(t.lstrip), "rstrip": bool(t.rstrip)}
+        for i, t in sorted(tokenizer.added_tokens_decoder.items())
+    ]
     shared = {"added_tokens": added, "pieces": [pieces(i) for i in range(vocab_size)]}
     if isinstance(tokenizer, ByT5Tokenizer):
         return {"kind": "byte", "byte_offset": int(tokenizer.offset), **shared}
@@ -98,9 +113,15 @@ def tokenizer_table(tokenizer, vocab_size: int) -> dict:
 
     byte_chars = bytes_to_unicode()
     model = state["model"]
-    return {"kind": "bpe", "vocab": model["vocab"], "merges": [bpe_pair(m) for m in model["merges"]],
-            "ignore_merges": bool(model.get("ignore_merges")), "pattern": BYTE_LEVEL_SPLIT,
-            "byte_chars": "".join(byte_chars[b] for b in range(256)), **shared}
+    return {
+        "kind": "bpe",
+        "vocab": model["vocab"],
+        "merges": [bpe_pair(m) for m in model["merges"]],
+        "ignore_merges": bool(model.get("ignore_merges")),
+        "pattern": BYTE_LEVEL_SPLIT,
+        "byte_chars": "".join(byte_chars[b] for b in range(256)),
+        **shared,
+    }
 
 
 def check_every_id_has_text(tokenizer, vocab_size: int) -> None:
@@ -109,7 +130,8 @@ def check_every_id_has_text(tokenizer, vocab_size: int) -> None:
         raise ValueError(
             f"the model predicts {vocab_size} ids but its {type(tokenizer).__name__} has text for {len(tokenizer)} "
             f"(ids {len(tokenizer)} to {vocab_size - 1} have none), so the page could not show what it samples. "
-            "Train with a tokenizer covering the model's vocabulary (resize the embeddings to len(tokenizer)).")
+            "Train with a tokenizer covering the model's vocabulary (resize the embeddings to len(tokenizer))."
+        )
 
 
 def byte_level_bpe_state(tokenizer) -> tuple[dict | None, str | None]:
@@ -120,8 +142,11 @@ def byte_level_bpe_state(tokenizer) -> tuple[dict | None, str | None]:
         return None, "which has no `tokenizers` backend"
     state = json.loads(backend.to_str())
     model, pre_tokenizer, decoder = state["model"], state.get("pre_tokenizer") or {}, state.get("decoder") or {}
-    subword_options = [name for name in ("dropout", "continuing_subword_prefix", "end_of_word_suffix",
-                                         "byte_fallback") if model.get(name)]
+    subword_options = [
+        name
+        for name in ("dropout", "continuing_subword_prefix", "end_of_word_suffix", "byte_fallback")
+        if model.get(name)
+    ]
     if model["type"] != "BPE":
         return None, f"a {model['type']} model (not BPE)"
     if subword_options:
@@ -152,8 +177,15 @@ def export_graph(model, path: Path, opset: int, max_length: int) -> None:
     length = min(max_length, 16)
     example = (torch.full((2, length), 3, dtype=torch.long), torch.ones(2, length, dtype=torch.long))
     torch.onnx.export(
-        LogitsOnly(model).eval(), example, str(path), input_names=["input_ids", "attention_mask"],
-        output_names=["logits"], opset_version=opset, dynamo=True, external_data=False, verbose=False,
+        LogitsOnly(model).eval(),
+        example,
+        str(path),
+        input_names=["input_ids", "attention_mask"],
+        output_names=["logits"],
+        opset_version=opset,
+        dynamo=True,
+        external_data=False,
+        verbose=False,
         dynamic_shapes={"input_ids": {0: batch, 1: sequence}, "attention_mask": {0: batch, 1: sequence}},
     )
 
@@ -171,7 +203,7 @@ def verification_inputs(vocab_size: int, max_length: int) -> list[tuple[torch.Te
     short = torch.randint(0, vocab_size, (1, min(7, max_length)), generator=generator)
     long = torch.randint(0, vocab_size, (2, max_length), generator=generator)
     long_mask = torch.ones_like(long)
-    long_mask[0, :max_length // 3] = 0
+    long_mask[0, : max_length // 3] = 0
     return [(short, torch.ones_like(short)), (long, long_mask)]
 
 
@@ -229,23 +261,32 @@ def checked_inputs(parser, args):
 
     newest_opset = onnx.defs.onnx_opset_version()
     if not MIN_OPSET <= args.opset <= newest_opset:
-        parser.error(f"--opset {args.opset}: the exporter writes opsets {MIN_OPSET} to {newest_opset} "
-                     f"(installed onnx {onnx.__version__}).")
+        parser.error(
+            f"--opset {args.opset}: the exporter writes opsets {MIN_OPSET} to {newest_opset} "
+            f"(installed onnx {onnx.__version__})."
+        )
     if args.device not in ("auto", "cpu") or args.dtype not in ("auto", "float32"):
-        parser.error(f"--device {args.device} --dtype {args.dtype}: the export is made and checked in float32 on "
-                     "the CPU (use --quantize int8 for a smaller file).")
+        parser.error(
+            f"--device {args.device} --dtype {args.dtype}: the export is made and checked in float32 on "
+            "the CPU (use --quantize int8 for a smaller file)."
+        )
     if args.sedd_sampler is not None:
         parser.error("--sedd_sampler: the page runs the masked-diffusion sampler only; drop --sedd_sampler.")
     if args.cache not in (None, "none"):
         parser.error(f"--cache {args.cache}: the page samples without a key/value cache; drop --cache.")
-    model, tokenizer, diffusion_config = open_checkpoint(args.model, device="cpu", dtype="float32",
-                                                         merge_lora=args.merge_lora)
+    model, tokenizer, diffusion_config = open_checkpoint(
+        args.model, device="cpu", dtype="float32", merge_lora=args.merge_lora
+    )
     if diffusion_config is None:
-        parser.error(f"{args.model} is not a diffusion model (its config.json has no diffusion_config): the page "
-                     "samples masked-diffusion checkpoints, trained with run_clm_diff.py --train_diff_model.")
+        parser.error(
+            f"{args.model} is not a diffusion model (its config.json has no diffusion_config): the page "
+            "samples masked-diffusion checkpoints, trained with run_clm_diff.py --train_diff_model."
+        )
     if objective_for(diffusion_config).sampler != "masked":
-        parser.error(f"{args.model} has objective {diffusion_config.get('objective')!r}; the page runs "
-                     f"{MASKED!r} checkpoints only.")
+        parser.error(
+            f"{args.model} has objective {diffusion_config.get('objective')!r}; the page runs "
+            f"{MASKED!r} checkpoints only."
+        )
     limit = context_length(model)
     args.max_length = args.max_length or limit
     if args.max_length is None or args.max_length < 2 or (limit is not None and args.max_length > limit):
@@ -258,8 +299,10 @@ def checked_inputs(parser, args):
         parser.error(str(error))
     output = Path(args.output)
     if output.exists() and any(output.iterdir()) and not args.overwrite:
-        parser.error(f"{output} exists and is not empty: pass --overwrite to replace its {MODEL_FILE} and "
-                     f"{CONFIG_FILE} (other files there are kept).")
+        parser.error(
+            f"{output} exists and is not empty: pass --overwrite to replace its {MODEL_FILE} and "
+            f"{CONFIG_FILE} (other files there are kept)."
+        )
     return model, tokenizer, diffusion_config, settings
 
 
@@ -294,11 +337,15 @@ def export(args, parser) -> dict:
         vocab_size = config["tokens"]["vocab_size"]
         difference, scale = largest_differences(model, staged / MODEL_FILE, vocab_size, args.max_length)
         bound = FLOAT32_BOUND if args.quantize == "none" else INT8_RELATIVE_BOUND * scale
-        print(f"verification: max |onnxruntime - torch| logit difference {difference:.3g} "
-              f"(bound {bound:.3g}; largest |logit| {scale:.3g})")
+        print(
+            f"verification: max |onnxruntime - torch| logit difference {difference:.3g} "
+            f"(bound {bound:.3g}; largest |logit| {scale:.3g})"
+        )
         if not difference <= bound:
-            raise SystemExit(f"diff-export-onnx: error: the exported model's logits differ from PyTorch's by "
-                             f"{difference:.3g} > {bound:.3g}; nothing was written to {output}.")
+            raise SystemExit(
+                f"diff-export-onnx: error: the exported model's logits differ from PyTorch's by "
+                f"{difference:.3g} > {bound:.3g}; nothing was written to {output}."
+            )
         config["verification"] = {"max_abs_difference": difference, "bound": bound, "max_abs_logit": scale}
         config["files"] = {MODEL_FILE: (staged / MODEL_FILE).stat().st_size}
         (staged / CONFIG_FILE).write_text(json.dumps(config, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")

@@ -60,8 +60,17 @@ from diff_trainer.sampling.settings import run_sampler, sampler_for, sampler_kin
 
 DEFAULT_DFF_TOKEN = "<DFF>"
 # Flags that only mean something for a diffusion checkpoint (their defaults are None so use can be detected).
-DIFFUSION_ONLY_FLAGS = ("steps", "block_length", "remasking", "guidance_scale", "threshold", "eos_handling",
-                        "cache", "sedd_sampler", "suffix")
+DIFFUSION_ONLY_FLAGS = (
+    "steps",
+    "block_length",
+    "remasking",
+    "guidance_scale",
+    "threshold",
+    "eos_handling",
+    "cache",
+    "sedd_sampler",
+    "suffix",
+)
 # Flags of the masked-diffusion sampler that SEDD's samplers have no use for.
 MASKED_SAMPLER_FLAGS = ("block_length", "remasking", "guidance_scale", "threshold", "eos_handling", "cache")
 
@@ -105,36 +114,72 @@ def add_sampling_arguments(parser: argparse.ArgumentParser, with_model: bool = T
         parser.add_argument("--model", required=True, help="checkpoint directory (model, config and tokenizer)")
     parser.add_argument("--gen_length", type=int, default=64, help="number of tokens to generate")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps in total (default: gen_length)")
-    parser.add_argument("--block_length", type=int, default=None,
-                        help="semi-autoregressive block size (default: gen_length)")
+    parser.add_argument(
+        "--block_length", type=int, default=None, help="semi-autoregressive block size (default: gen_length)"
+    )
     parser.add_argument("--temperature", type=temperature_value, default=0.0, help="0 = greedy")
-    parser.add_argument("--remasking", choices=sorted(CONFIDENCE_STRATEGIES), default=None,
-                        help="which predictions are committed first (default: low_confidence)")
+    parser.add_argument(
+        "--remasking",
+        choices=sorted(CONFIDENCE_STRATEGIES),
+        default=None,
+        help="which predictions are committed first (default: low_confidence)",
+    )
     parser.add_argument("--guidance_scale", type=float, default=None, help="classifier-free guidance w (default 0)")
-    parser.add_argument("--threshold", type=threshold_value, default=None,
-                        help="Fast-dLLM: commit every prediction at least this confident (ignores --steps)")
-    parser.add_argument("--eos_handling", choices=EOS_HANDLING, default=None,
-                        help="stop after a block with EOS (default), forbid EOS, rank it last, or none")
-    parser.add_argument("--cache", choices=CACHE_MODES, default=None,
-                        help="Fast-dLLM key/value cache (approximate): none (default), prefix (prompt and finished "
-                        "blocks computed once per block) or dual (also the masked positions after the block); "
-                        "bidirectional Llama / Qwen2 checkpoints")
-    parser.add_argument("--sedd_sampler", choices=sorted(SEDD_PREDICTORS), default=None,
-                        help="SEDD tau-leaping step (default euler for SEDD checkpoints); on a masked-diffusion "
-                        "checkpoint it samples the model as an absorbing SEDD model (RADD)")
-    parser.add_argument("--suffix", default=None,
-                        help="text that follows the generated tokens, kept fixed at every step (infilling)")
-    parser.add_argument("--tokenizer_name", default=None,
-                        help="tokenizer for a SEDD-layout checkpoint that ships none (louaaron/sedd-small: gpt2)")
-    parser.add_argument("--seed", type=int, default=None,
-                        help="repeat the same output (for the same device, dtype and batch size)")
+    parser.add_argument(
+        "--threshold",
+        type=threshold_value,
+        default=None,
+        help="Fast-dLLM: commit every prediction at least this confident (ignores --steps)",
+    )
+    parser.add_argument(
+        "--eos_handling",
+        choices=EOS_HANDLING,
+        default=None,
+        help="stop after a block with EOS (default), forbid EOS, rank it last, or none",
+    )
+    parser.add_argument(
+        "--cache",
+        choices=CACHE_MODES,
+        default=None,
+        help="Fast-dLLM key/value cache (approximate): none (default), prefix (prompt and finished "
+        "blocks computed once per block) or dual (also the masked positions after the block); "
+        "bidirectional Llama / Qwen2 checkpoints",
+    )
+    parser.add_argument(
+        "--sedd_sampler",
+        choices=sorted(SEDD_PREDICTORS),
+        default=None,
+        help="SEDD tau-leaping step (default euler for SEDD checkpoints); on a masked-diffusion "
+        "checkpoint it samples the model as an absorbing SEDD model (RADD)",
+    )
+    parser.add_argument(
+        "--suffix", default=None, help="text that follows the generated tokens, kept fixed at every step (infilling)"
+    )
+    parser.add_argument(
+        "--tokenizer_name",
+        default=None,
+        help="tokenizer for a SEDD-layout checkpoint that ships none (louaaron/sedd-small: gpt2)",
+    )
+    parser.add_argument(
+        "--seed", type=int, default=None, help="repeat the same output (for the same device, dtype and batch size)"
+    )
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
-    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
-                        help="weights and activations; auto: the checkpoint's dtype on a GPU, float32 on the CPU")
-    parser.add_argument("--append_dff", action="store_true",
-                        help="append the checkpoint's <DFF> token to each prompt (SFT / diff models)")
-    parser.add_argument("--merge_lora", action="store_true",
-                        help="for an adapter-only LoRA checkpoint: merge the adapters into the base weights")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="auto",
+        help="weights and activations; auto: the checkpoint's dtype on a GPU, float32 on the CPU",
+    )
+    parser.add_argument(
+        "--append_dff",
+        action="store_true",
+        help="append the checkpoint's <DFF> token to each prompt (SFT / diff models)",
+    )
+    parser.add_argument(
+        "--merge_lora",
+        action="store_true",
+        help="for an adapter-only LoRA checkpoint: merge the adapters into the base weights",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -143,27 +188,36 @@ def build_parser() -> argparse.ArgumentParser:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--prompt", action="append", help="a prompt (repeat the flag for several)")
     source.add_argument("--prompt_file", help="prompts, one per line, or .jsonl with a 'prompt' field")
-    parser.add_argument("--samples", type=int, default=1,
-                        help="completions per prompt (without a prompt: unconditional samples, SEDD samplers only)")
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        help="completions per prompt (without a prompt: unconditional samples, SEDD samplers only)",
+    )
     parser.add_argument("--batch_size", type=int, default=8, help="sequences sampled together")
     parser.add_argument("--output", help="write completions to this .jsonl or .txt file")
     parser.add_argument("--verbose", action="store_true", help="print every intermediate state")
-    parser.add_argument("--chat", action="store_true",
-                        help="each prompt is a user message, rendered with the checkpoint's chat template; the "
-                             "completion ends at the template's end of turn")
+    parser.add_argument(
+        "--chat",
+        action="store_true",
+        help="each prompt is a user message, rendered with the checkpoint's chat template; the "
+        "completion ends at the template's end of turn",
+    )
     parser.add_argument("--system", help="with --chat: a system message before each prompt")
     return parser
 
 
-def open_checkpoint(path: str, *, device: str = "cpu", dtype: str = "auto", merge_lora: bool = False,
-                    tokenizer_name: str | None = None):
+def open_checkpoint(
+    path: str, *, device: str = "cpu", dtype: str = "auto", merge_lora: bool = False, tokenizer_name: str | None = None
+):
     """(model in eval mode, tokenizer, diffusion_config dict or None) of a checkpoint (models.loading.load_checkpoint).
 
     `tokenizer_name` serves a layout that ships no tokenizer of its own (the SEDD authors').
     """
     try:
-        model, tokenizer = load_checkpoint(path, device=device, dtype=dtype, merge_lora=merge_lora,
-                                           tokenizer_name=tokenizer_name)
+        model, tokenizer = load_checkpoint(
+            path, device=device, dtype=dtype, merge_lora=merge_lora, tokenizer_name=tokenizer_name
+        )
     except (FileNotFoundError, DataError) as error:
         raise SystemExit(f"error: {error}") from None
     return model, tokenizer, read_diffusion_config(model.config)
@@ -176,8 +230,13 @@ def load_from_arguments(parser: argparse.ArgumentParser, args):
         dtype = resolve_dtype(args.dtype, device, checkpoint_dtype(args.model))
     except ValueError as error:
         parser.error(str(error))
-    return open_checkpoint(args.model, device=str(device), dtype=str(dtype).removeprefix("torch."),
-                           merge_lora=args.merge_lora, tokenizer_name=getattr(args, "tokenizer_name", None))
+    return open_checkpoint(
+        args.model,
+        device=str(device),
+        dtype=str(dtype).removeprefix("torch."),
+        merge_lora=args.merge_lora,
+        tokenizer_name=getattr(args, "tokenizer_name", None),
+    )
 
 
 def read_prompts(path: str) -> list[str]:
@@ -211,10 +270,18 @@ def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
 
 def sampler_flags(args) -> dict:
     """The sampler settings given on the command line, for `sampler_for` (None: not given)."""
-    return {"predictor": args.sedd_sampler, "gen_length": args.gen_length, "steps": args.steps,
-            "block_length": args.block_length, "temperature": args.temperature, "remasking": args.remasking,
-            "guidance_scale": args.guidance_scale, "threshold": args.threshold, "eos_handling": args.eos_handling,
-            "cache": args.cache}
+    return {
+        "predictor": args.sedd_sampler,
+        "gen_length": args.gen_length,
+        "steps": args.steps,
+        "block_length": args.block_length,
+        "temperature": args.temperature,
+        "remasking": args.remasking,
+        "guidance_scale": args.guidance_scale,
+        "threshold": args.threshold,
+        "eos_handling": args.eos_handling,
+        "cache": args.cache,
+    }
 
 
 def sampler_name(args, diffusion_config) -> str:
@@ -248,8 +315,9 @@ def prepare_prompts(args, tokenizer, diffusion_config, prompts: list[str], templ
     """Prompt ids: with <DFF> appended when asked, or as user messages rendered with the chat `template`."""
     if template is not None:
         system = [{"role": "system", "content": args.system}] if args.system else []
-        return [chat_prompt_ids(tokenizer, template, system + [{"role": "user", "content": prompt}])
-                for prompt in prompts]
+        return [
+            chat_prompt_ids(tokenizer, template, system + [{"role": "user", "content": prompt}]) for prompt in prompts
+        ]
     if args.append_dff:
         dff = (diffusion_config or {}).get("dff_token") or DEFAULT_DFF_TOKEN
         prompts = [prompt if prompt.endswith(dff) else prompt + dff for prompt in prompts]
@@ -264,8 +332,9 @@ def completion_text(tokenizer, ids: list[int], stop=None) -> str:
     return tokenizer.decode(ids[:end], skip_special_tokens=True)
 
 
-def generate_causal(model, tokenizer, prompt_ids: list[list[int]], args,
-                    cache_implementation: str | None = None, stop=None) -> tuple[list[list[int]], int]:
+def generate_causal(
+    model, tokenizer, prompt_ids: list[list[int]], args, cache_implementation: str | None = None, stop=None
+) -> tuple[list[list[int]], int]:
     """Baseline: left-padded `model.generate`; returns the new ids per row and the number of forward passes.
 
     `cache_implementation`: transformers' name of the key/value cache (None: its default dynamic cache; "static":
@@ -277,13 +346,22 @@ def generate_causal(model, tokenizer, prompt_ids: list[list[int]], args,
     attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=model.device)
     if args.seed is not None:
         torch.manual_seed(args.seed)
-    sampling = {"do_sample": True, "temperature": args.temperature, "top_k": 0, "top_p": 1.0} \
-        if args.temperature > 0 else {"do_sample": False}
+    sampling = (
+        {"do_sample": True, "temperature": args.temperature, "top_k": 0, "top_p": 1.0}
+        if args.temperature > 0
+        else {"do_sample": False}
+    )
     with torch.no_grad():
-        output = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=args.gen_length,
-                                pad_token_id=pad, eos_token_id=list(stop) if isinstance(stop, tuple) else stop,
-                                suppress_tokens=list(special_token_ids_to_forbid(tokenizer, stop)),
-                                cache_implementation=cache_implementation, **sampling)
+        output = model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=args.gen_length,
+            pad_token_id=pad,
+            eos_token_id=list(stop) if isinstance(stop, tuple) else stop,
+            suppress_tokens=list(special_token_ids_to_forbid(tokenizer, stop)),
+            cache_implementation=cache_implementation,
+            **sampling,
+        )
     new_ids = output[:, width:]
     return new_ids.tolist(), new_ids.shape[1]
 
@@ -293,15 +371,19 @@ def check_arguments(parser, args, diffusion_config, prompt_ids, model, suffix_id
     if diffusion_config is None:
         given = [f"--{name}" for name in DIFFUSION_ONLY_FLAGS if getattr(args, name) is not None]
         if given:
-            parser.error(f"{args.model} is a causal checkpoint (no diffusion_config); "
-                         f"{', '.join(given)} only apply to diffusion checkpoints.")
+            parser.error(
+                f"{args.model} is a causal checkpoint (no diffusion_config); "
+                f"{', '.join(given)} only apply to diffusion checkpoints."
+            )
     if sampler_name(args, diffusion_config) == "sedd":
         given = [f"--{name}" for name in MASKED_SAMPLER_FLAGS if getattr(args, name) is not None]
         if args.temperature > 0:
             given.append("--temperature")
         if given:
-            parser.error(f"{', '.join(given)} belong to the masked-diffusion sampler; SEDD's samplers take "
-                         "--steps and --sedd_sampler.")
+            parser.error(
+                f"{', '.join(given)} belong to the masked-diffusion sampler; SEDD's samplers take "
+                "--steps and --sedd_sampler."
+            )
     chat = getattr(args, "chat", False)  # a flag of diff-generate only
     if getattr(args, "system", None) is not None and not chat:
         parser.error("--system is a message of a chat: add --chat.")
@@ -313,8 +395,10 @@ def check_arguments(parser, args, diffusion_config, prompt_ids, model, suffix_id
     longest = max(len(p) for p in prompt_ids)
     if limit is not None and longest + args.gen_length + len(suffix_ids) > limit:
         suffix = f" + --suffix ({len(suffix_ids)} tokens)" if suffix_ids else ""
-        parser.error(f"the longest prompt ({longest} tokens) + --gen_length ({args.gen_length}){suffix} exceeds the "
-                     f"model's context of {limit} positions.")
+        parser.error(
+            f"the longest prompt ({longest} tokens) + --gen_length ({args.gen_length}){suffix} exceeds the "
+            f"model's context of {limit} positions."
+        )
 
 
 def _print_step(tokenizer, mask_token_id: int, offset: int):
@@ -330,8 +414,9 @@ def _print_step(tokenizer, mask_token_id: int, offset: int):
     return hook
 
 
-def checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, tokenizer, suffix_ids=(),
-                           extra_stop_ids=()):
+def checked_sampler_config(
+    parser, args, diffusion_config, prompt_ids, model, tokenizer, suffix_ids=(), extra_stop_ids=()
+):
     """Check the flags and prompts against the checkpoint; the SamplerConfig (None for a causal checkpoint)."""
     check_arguments(parser, args, diffusion_config, prompt_ids, model, suffix_ids)
     if diffusion_config is None:
@@ -363,15 +448,16 @@ def main(argv: list[str] | None = None) -> None:
     end_of_turn = (end_of_turn,) if args.chat else ()
     prompt_ids = prepare_prompts(args, tokenizer, diffusion_config, prompts, template)
     suffix_ids = encode_suffix(tokenizer, args.suffix)
-    config = checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, tokenizer, suffix_ids,
-                                    end_of_turn)
+    config = checked_sampler_config(
+        parser, args, diffusion_config, prompt_ids, model, tokenizer, suffix_ids, end_of_turn
+    )
 
     stop = stop_ids(diffusion_config, tokenizer, end_of_turn)
     jobs = [(p, s) for p in range(len(prompts)) for s in range(args.samples)]
     generator = torch.Generator(device=model.device).manual_seed(args.seed) if args.seed is not None else None
     records = []
     for first in range(0, len(jobs), args.batch_size):
-        batch = jobs[first:first + args.batch_size]
+        batch = jobs[first : first + args.batch_size]
         batch_ids = [prompt_ids[p] for p, _ in batch]
         if config is None:
             new_ids, forwards = generate_causal(model, tokenizer, batch_ids, args, stop=stop)
@@ -381,13 +467,30 @@ def main(argv: list[str] | None = None) -> None:
             result = run_sampler(model, batch_ids, config, suffix_ids, generator=generator, on_step=hook)
             new_ids, forwards, row_nfe = result.generated.tolist(), result.nfe, result.row_nfe
         for (p, s), ids, nfe in zip(batch, new_ids, row_nfe):
-            records.append({"prompt": prompts[p], "sample": s, "completion": completion_text(tokenizer, ids, stop),
-                            "nfe": nfe, "batch_forwards": forwards})
+            records.append(
+                {
+                    "prompt": prompts[p],
+                    "sample": s,
+                    "completion": completion_text(tokenizer, ids, stop),
+                    "nfe": nfe,
+                    "batch_forwards": forwards,
+                }
+            )
 
-    settings = {"model": args.model, "seed": args.seed, "append_dff": args.append_dff, "suffix": args.suffix,
-                "sampler": sampler_name(args, diffusion_config), "chat": args.chat, "system": args.system}
-    settings.update(dataclasses.asdict(config) if config is not None
-                    else {"gen_length": args.gen_length, "temperature": args.temperature})
+    settings = {
+        "model": args.model,
+        "seed": args.seed,
+        "append_dff": args.append_dff,
+        "suffix": args.suffix,
+        "sampler": sampler_name(args, diffusion_config),
+        "chat": args.chat,
+        "system": args.system,
+    }
+    settings.update(
+        dataclasses.asdict(config)
+        if config is not None
+        else {"gen_length": args.gen_length, "temperature": args.temperature}
+    )
     for (p, s), record in zip(jobs, records):
         sample = f", sample {s + 1}/{args.samples}" if args.samples > 1 else ""
         print(f"--- prompt {p + 1}/{len(prompts)}{sample}: {tokenizer.decode(prompt_ids[p])}")

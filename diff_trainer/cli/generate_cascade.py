@@ -35,15 +35,22 @@ from diff_trainer.sampling.settings import run_sampler, stop_ids
 
 def build_parser() -> argparse.ArgumentParser:
     # "resolve": --gen_length and --steps below replace diff-generate's single-value flags
-    parser = argparse.ArgumentParser(prog="diff-generate-cascade", description=__doc__.split("\n\n")[0],
-                                     conflict_handler="resolve")
-    parser.add_argument("--stages", nargs="+", required=True, metavar="CKPT",
-                        help="the stages' checkpoint directories, stage 1 first")
+    parser = argparse.ArgumentParser(
+        prog="diff-generate-cascade", description=__doc__.split("\n\n")[0], conflict_handler="resolve"
+    )
+    parser.add_argument(
+        "--stages", nargs="+", required=True, metavar="CKPT", help="the stages' checkpoint directories, stage 1 first"
+    )
     add_sampling_arguments(parser, with_model=False)
-    parser.add_argument("--gen_length", type=int, nargs="+", help="tokens per stage: one value or one per stage "
-                        "(default 64)")
-    parser.add_argument("--steps", type=int, nargs="+", help="denoising steps: one value or one per stage "
-                        "(default: the stage's gen_length)")
+    parser.add_argument(
+        "--gen_length", type=int, nargs="+", help="tokens per stage: one value or one per stage (default 64)"
+    )
+    parser.add_argument(
+        "--steps",
+        type=int,
+        nargs="+",
+        help="denoising steps: one value or one per stage (default: the stage's gen_length)",
+    )
     parser.add_argument("--samples", type=int, default=1, help="cascades to sample (stage-1 outputs)")
     parser.add_argument("--batch_size", type=int, default=8, help="sequences sampled together")
     parser.add_argument("--output", help="write every sample's stage texts to this .jsonl file")
@@ -71,8 +78,10 @@ def sample_stage(parser, args, stage: int, previous: list[str], trace: bool):
     `previous`."""
     model, tokenizer, diffusion_config = load_from_arguments(parser, args)
     if diffusion_config is None:
-        parser.error(f"--stages {args.model}: a causal checkpoint (no diffusion_config); every cascade stage is a "
-                     "diffusion model trained by diff-train-cascade.")
+        parser.error(
+            f"--stages {args.model}: a causal checkpoint (no diffusion_config); every cascade stage is a "
+            "diffusion model trained by diff-train-cascade."
+        )
     dff = diffusion_config.get("dff_token") or DEFAULT_DFF_TOKEN
     prompt_ids = encode_prompts(tokenizer, [stage_prompt(text, dff) for text in previous])
     config = checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, tokenizer)
@@ -81,8 +90,14 @@ def sample_stage(parser, args, stage: int, previous: list[str], trace: bool):
     texts, frames = [], None
     for first in range(0, len(prompt_ids), args.batch_size):
         hook = _print_step(tokenizer, shown_mask_id(config), first) if args.verbose else None
-        result = run_sampler(model, prompt_ids[first:first + args.batch_size], config, generator=generator,
-                             on_step=hook, trace=trace and first == 0)
+        result = run_sampler(
+            model,
+            prompt_ids[first : first + args.batch_size],
+            config,
+            generator=generator,
+            on_step=hook,
+            trace=trace and first == 0,
+        )
         frames = frames or result.trace
         texts += [completion_text(tokenizer, ids, stop).strip() for ids in result.generated.tolist()]
     return texts, frames, shown_mask_id(config), tokenizer, dataclasses.asdict(config)
@@ -108,8 +123,10 @@ def main(argv: list[str] | None = None) -> None:
     lengths = per_stage(parser, args.gen_length, count, "--gen_length", [64] * count)
     steps = per_stage(parser, args.steps, count, "--steps", lengths)
     if args.append_dff or args.suffix is not None:
-        parser.error("--append_dff and --suffix do not apply to a cascade: each stage's prompt is the previous "
-                     "stage's text followed by <DFF>, and nothing follows the generated text.")
+        parser.error(
+            "--append_dff and --suffix do not apply to a cascade: each stage's prompt is the previous "
+            "stage's text followed by <DFF>, and nothing follows the generated text."
+        )
     check_output_path(parser, "--output", args.output)
     check_output_path(parser, "--gif", args.gif)
     if args.output and not args.output.endswith(".jsonl"):
@@ -122,8 +139,10 @@ def main(argv: list[str] | None = None) -> None:
         stage_texts.append(texts)
         stage_frames.append((frames, mask_id, tokenizer))
         settings.append({"model": path, **config})
-    records = [{"sample": index, "stages": [texts[index] for texts in stage_texts], "text": stage_texts[-1][index]}
-               for index in range(args.samples)]
+    records = [
+        {"sample": index, "stages": [texts[index] for texts in stage_texts], "text": stage_texts[-1][index]}
+        for index in range(args.samples)
+    ]
     for record in records:
         print(f"--- sample {record['sample'] + 1}/{args.samples}")
         for stage, text in enumerate(record["stages"], start=1):
@@ -133,8 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.output:
         with open(args.output, "w", encoding="utf-8") as handle:
             for record in records:
-                handle.write(json.dumps({**record, "seed": args.seed, "settings": settings}, ensure_ascii=False)
-                             + "\n")
+                handle.write(json.dumps({**record, "seed": args.seed, "settings": settings}, ensure_ascii=False) + "\n")
         print(f"Wrote {len(records)} cascades to {args.output}")
 
 

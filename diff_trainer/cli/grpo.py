@@ -42,7 +42,7 @@ def load_prompts(data_args, dff_token: str | None) -> Dataset:
     """The prompts of --train_file (with the checkpoint's <DFF> appended); ValueError naming a bad record."""
     if data_args.train_file is None:
         raise ValueError("Pass --train_file: a jsonl of {'prompt': ..., other columns for the rewards}.")
-    records = list(read_jsonl(data_args.train_file))[:data_args.max_train_samples]
+    records = list(read_jsonl(data_args.train_file))[: data_args.max_train_samples]
     if not records:
         raise ValueError(f"{data_args.train_file} holds no records.")
     for number, record in enumerate(records, 1):
@@ -61,9 +61,11 @@ def check_prompt_lengths(prompts: Dataset, tokenizer, model, args, path: str) ->
     for number, prompt in enumerate(prompts["prompt"], 1):
         length = len(tokenizer(prompt)["input_ids"])
         if length + args.max_completion_length > limit:
-            raise ValueError(f"{path} record {number}: a prompt of {length} tokens plus --max_completion_length "
-                             f"{args.max_completion_length} exceeds the model's context of {limit} positions; "
-                             "shorten the prompt or the completion.")
+            raise ValueError(
+                f"{path} record {number}: a prompt of {length} tokens plus --max_completion_length "
+                f"{args.max_completion_length} exceeds the model's context of {limit} positions; "
+                "shorten the prompt or the completion."
+            )
 
 
 def checked_rewards(specs: list[str], prompts: Dataset) -> list:
@@ -86,7 +88,8 @@ def checked_rewards(specs: list[str], prompts: Dataset) -> list:
 
 def main(argv=None):
     model_args, data_args, training_args = parse_arguments(
-        (GRPOModelArguments, GRPODataArguments, DiffusionGRPOConfig), argv)
+        (GRPOModelArguments, GRPODataArguments, DiffusionGRPOConfig), argv
+    )
     model_args = model_arguments(model_args, training_args)
     setup_logging(training_args)
     set_seed(training_args.seed)
@@ -96,8 +99,9 @@ def main(argv=None):
     tokenizer = load_tokenizer(model_args)
     model = prepare_model(model_args, tokenizer, "diffusion")
     check_prompt_lengths(prompts, tokenizer, model, training_args, data_args.train_file)
-    trainer = DiffusionGRPOTrainer(model, rewards, args=training_args, train_dataset=prompts,
-                                   processing_class=tokenizer)
+    trainer = DiffusionGRPOTrainer(
+        model, rewards, args=training_args, train_dataset=prompts, processing_class=tokenizer
+    )
     result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model()
     trainer.log_metrics("train", result.metrics)

@@ -25,17 +25,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", required=True, help="checkpoint directory (model, config and tokenizer)")
     parser.add_argument("--tasks", required=True, help="comma-separated task names")
     parser.add_argument("--include_path", help="a directory of extra task YAML files (this project's: tasks/)")
-    parser.add_argument("--limit", type=float, default=None,
-                        help="at most this many documents per task (a fraction below 1: that share)")
+    parser.add_argument(
+        "--limit",
+        type=float,
+        default=None,
+        help="at most this many documents per task (a fraction below 1: that share)",
+    )
     parser.add_argument("--output_path", help="write the results (metrics and settings) to this JSON file")
-    parser.add_argument("--model_args", default="",
-                        help="k=v,... for diffusion_lm: mc_num (default 128), batch_size, seed, gen_length, steps, "
-                             "block_length, threshold, guidance_scale, remasking, temperature (masked diffusion), "
-                             "predictor (SEDD: euler or analytic)")
+    parser.add_argument(
+        "--model_args",
+        default="",
+        help="k=v,... for diffusion_lm: mc_num (default 128), batch_size, seed, gen_length, steps, "
+        "block_length, threshold, guidance_scale, remasking, temperature (masked diffusion), "
+        "predictor (SEDD: euler or analytic)",
+    )
     parser.add_argument("--batch_size", type=int, default=8, help="requests per forward pass for a causal model")
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
-    parser.add_argument("--dtype", choices=DTYPE_CHOICES, default="auto",
-                        help="auto: the checkpoint's dtype on a GPU, float32 on the CPU")
+    parser.add_argument(
+        "--dtype",
+        choices=DTYPE_CHOICES,
+        default="auto",
+        help="auto: the checkpoint's dtype on a GPU, float32 on the CPU",
+    )
     return parser
 
 
@@ -59,11 +70,18 @@ def build_model(args, model_args: dict):
     model, tokenizer, diffusion_config = open_checkpoint(args.model, device=str(device), dtype=dtype)
     if diffusion_config is None:
         if model_args:
-            raise ValueError(f"{args.model} is a causal checkpoint: --model_args ({', '.join(model_args)}) only "
-                             "apply to diffusion checkpoints.")
+            raise ValueError(
+                f"{args.model} is a causal checkpoint: --model_args ({', '.join(model_args)}) only "
+                "apply to diffusion checkpoints."
+            )
         # tokens as in training: special tokens only where bos_prefix puts a BOS (ByT5 would append an EOS)
-        return HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size, device=str(device),
-                    add_bos_token=bool(bos_prefix(tokenizer)))
+        return HFLM(
+            pretrained=model,
+            tokenizer=tokenizer,
+            batch_size=args.batch_size,
+            device=str(device),
+            add_bos_token=bool(bos_prefix(tokenizer)),
+        )
     return DiffusionLM(model=model, tokenizer=tokenizer, **model_args)
 
 
@@ -77,8 +95,10 @@ def task_manager_for(tasks: list[str], include_path: str | None):
         manager = TaskManager(include_path=include_path)
     unknown = [name for name in tasks if name not in manager.all_tasks]
     if unknown:
-        raise ValueError(f"--tasks: unknown task(s) {', '.join(unknown)}"
-                         + ("" if include_path else " (this project's tasks need --include_path tasks/)"))
+        raise ValueError(
+            f"--tasks: unknown task(s) {', '.join(unknown)}"
+            + ("" if include_path else " (this project's tasks need --include_path tasks/)")
+        )
     return manager
 
 
@@ -105,19 +125,33 @@ def evaluate(argv: list[str] | None = None) -> dict:
     try:
         results = simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, limit=limit, log_samples=False)
     except FileNotFoundError as error:  # a task's local data file
-        parser.error(f"{error}. The tasks in tasks/ read data/... relative to the working directory: run from the "
-                     "repository root (arithmetic data: python data_scripts/make_arithmetic.py "
-                     "--output_dir data/arithmetic).")
+        parser.error(
+            f"{error}. The tasks in tasks/ read data/... relative to the working directory: run from the "
+            "repository root (arithmetic data: python data_scripts/make_arithmetic.py "
+            "--output_dir data/arithmetic)."
+        )
     print(make_table(results))
     intervals = accuracy_intervals(results)
     for row in intervals:
-        print(f"{row['task']} {row['metric']}: {row['right']}/{row['items']} = {row['share']:.3f}, 95% Wilson "
-              f"interval [{row['low_95']:.3f}, {row['high_95']:.3f}] over the items")
+        print(
+            f"{row['task']} {row['metric']}: {row['right']}/{row['items']} = {row['share']:.3f}, 95% Wilson "
+            f"interval [{row['low_95']:.3f}, {row['high_95']:.3f}] over the items"
+        )
     if args.output_path:
         with open(args.output_path, "w", encoding="utf-8") as handle:
-            json.dump({"model": args.model, "model_args": args.model_args, "limit": args.limit,
-                       "results": results["results"], "intervals_95": intervals, "configs": results["configs"]},
-                      handle, indent=2, default=str)
+            json.dump(
+                {
+                    "model": args.model,
+                    "model_args": args.model_args,
+                    "limit": args.limit,
+                    "results": results["results"],
+                    "intervals_95": intervals,
+                    "configs": results["configs"],
+                },
+                handle,
+                indent=2,
+                default=str,
+            )
     return results
 
 

@@ -22,8 +22,13 @@ WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 RUNTIME_DIR = WEB_DIR / "node_modules" / "onnxruntime-web" / "dist"
 MODEL_ROUTE = "/model/"
 CHECKPOINT_EXPORT_DIR = "onnx"
-CONTENT_TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm",
-                 ".json": "application/json", ".onnx": "application/octet-stream"}
+CONTENT_TYPES = {
+    ".mjs": "text/javascript",
+    ".js": "text/javascript",
+    ".wasm": "application/wasm",
+    ".json": "application/json",
+    ".onnx": "application/octet-stream",
+}
 
 
 class DemoHandler(http.server.SimpleHTTPRequestHandler):
@@ -38,7 +43,7 @@ class DemoHandler(http.server.SimpleHTTPRequestHandler):
     def translate_path(self, path: str) -> str:
         route = unquote(urlsplit(path).path)
         if route.startswith(MODEL_ROUTE):
-            name = route[len(MODEL_ROUTE):]
+            name = route[len(MODEL_ROUTE) :]
             if name in (export_onnx.MODEL_FILE, export_onnx.CONFIG_FILE):
                 return str(self.export_dir / name)
             return str(self.export_dir / "not-served")  # only the two export files are served from there

@@ -11,10 +11,6 @@ import sys
 
 from transformers import set_seed
 
-from diff_trainer.training.args.data import DataArguments
-from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
-from diff_trainer.training.args.model import ModelArguments
-from diff_trainer.training.args.parsing import parse_arguments
 from diff_trainer.data.char_tokenizer import CHAR_TOKENIZER, training_texts
 from diff_trainer.data.chat import set_chat_template
 from diff_trainer.data.loading import check_block_size, load_raw_datasets, require_validation_data
@@ -23,6 +19,10 @@ from diff_trainer.data.saving import save_final_dataset
 from diff_trainer.metrics import add_perplexity, argmax_logits, token_accuracy_metrics
 from diff_trainer.models.loading import add_special_tokens, load_tokenizer, model_config
 from diff_trainer.objectives.block import BLOCK, check_rows_fit_blocks
+from diff_trainer.training.args.data import DataArguments
+from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
+from diff_trainer.training.args.model import ModelArguments
+from diff_trainer.training.args.parsing import parse_arguments
 from diff_trainer.training.model import prepare_model
 from diff_trainer.training.runner import (
     check_output_dir,
@@ -51,16 +51,22 @@ def main(argv=None):
     char_level = model_args.tokenizer_name == CHAR_TOKENIZER
     tokenizer = load_tokenizer(model_args, training_texts(raw["train"], data_args) if char_level else None)
     template_ids = set_chat_template(tokenizer, data_args.chat_template) if data_args.chat_template else []
-    new_token_ids = template_ids + add_special_tokens(tokenizer, data_args.dff_token,
-                                                      model_args.mask_token if diffusion else None)
+    new_token_ids = template_ids + add_special_tokens(
+        tokenizer, data_args.dff_token, model_args.mask_token if diffusion else None
+    )
 
     require_validation_data(raw, training_args.do_eval)
     if data_args.block_size is not None and (config := model_config(model_args, tokenizer)) is not None:
         check_block_size(data_args.block_size, config)  # before packing: a huge block size would allocate first
     final, layout = Preprocessor(tokenizer, data_args, main_process_first=training_args.main_process_first).run(raw)
     if data_args.save_final_dataset and training_args.process_index == 0:
-        save_final_dataset(final, data_args.save_final_dataset, overwrite=data_args.overwrite_final_dataset,
-                           num_proc=data_args.preprocessing_num_workers, extra_files={LAYOUT_FILE: layout.to_json()})
+        save_final_dataset(
+            final,
+            data_args.save_final_dataset,
+            overwrite=data_args.overwrite_final_dataset,
+            num_proc=data_args.preprocessing_num_workers,
+            extra_files={LAYOUT_FILE: layout.to_json()},
+        )
     if data_args.preprocess_only:
         logger.info("Preprocessing only: done; the final rows are in %s.", data_args.save_final_dataset)
         return
@@ -70,21 +76,41 @@ def main(argv=None):
 
     if diffusion and training_args.diffusion_objective == BLOCK:
         check_rows_fit_blocks(layout, training_args.diffusion_block_size)
-    settings = ({**training_args.diffusion_settings(), "dff_token": data_args.dff_token, "row_packing": layout.packing}
-                if diffusion else None)
-    model = prepare_model(model_args, tokenizer, "diffusion" if diffusion else "causal",
-                          new_token_ids=new_token_ids, diffusion_settings=settings)
+    settings = (
+        {**training_args.diffusion_settings(), "dff_token": data_args.dff_token, "row_packing": layout.packing}
+        if diffusion
+        else None
+    )
+    model = prepare_model(
+        model_args,
+        tokenizer,
+        "diffusion" if diffusion else "causal",
+        new_token_ids=new_token_ids,
+        diffusion_settings=settings,
+    )
     check_block_size(layout.block_size, model.config)
-    datasets = {"train_dataset": train_dataset if training_args.do_train else None,
-                "eval_dataset": eval_dataset if training_args.do_eval else None, "processing_class": tokenizer}
+    datasets = {
+        "train_dataset": train_dataset if training_args.do_train else None,
+        "eval_dataset": eval_dataset if training_args.do_eval else None,
+        "processing_class": tokenizer,
+    }
     if diffusion:
         trainer = DiffusionTrainer(model, training_args, row_layout=layout, **datasets)
     else:
-        trainer = ShardedSaveTrainer(model=model, args=training_args, compute_metrics=token_accuracy_metrics(shift=True),
-                                     preprocess_logits_for_metrics=argmax_logits, **datasets)
+        trainer = ShardedSaveTrainer(
+            model=model,
+            args=training_args,
+            compute_metrics=token_accuracy_metrics(shift=True),
+            preprocess_logits_for_metrics=argmax_logits,
+            **datasets,
+        )
 
-    train_and_evaluate(trainer, training_args, evaluate=eval_dataset is not None,
-                       add_eval_metrics=None if diffusion else add_perplexity)
+    train_and_evaluate(
+        trainer,
+        training_args,
+        evaluate=eval_dataset is not None,
+        add_eval_metrics=None if diffusion else add_perplexity,
+    )
 
 
 if __name__ == "__main__":

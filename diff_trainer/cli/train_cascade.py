@@ -57,8 +57,9 @@ def load_cascade(config_dir: Path) -> dict:
         if key not in cascade:
             raise CascadeError(f"{path}: `{key}` (a name used in the run names) is missing.")
         if name_problem(cascade[key]):
-            raise CascadeError(f"{path}: `{key}` {cascade[key]!r} (a name used in the run names) "
-                               f"{name_problem(cascade[key])}.")
+            raise CascadeError(
+                f"{path}: `{key}` {cascade[key]!r} (a name used in the run names) {name_problem(cascade[key])}."
+            )
     return cascade
 
 
@@ -68,8 +69,10 @@ def load_stage(config_dir: Path, stage: int) -> tuple[str, dict]:
     flags = read_yaml(path)
     prefix = flags.pop("prefix", None)
     if prefix not in PREFIX_FORMATS:
-        raise CascadeError(f"{path}: `prefix` must be {' or '.join(PREFIX_FORMATS)} (what its records hold before "
-                           f"<DFF>), got {prefix!r}.")
+        raise CascadeError(
+            f"{path}: `prefix` must be {' or '.join(PREFIX_FORMATS)} (what its records hold before "
+            f"<DFF>), got {prefix!r}."
+        )
     return prefix, flags
 
 
@@ -85,14 +88,20 @@ def stage_runs(config_dir: Path, stages: list[int], from_pretrained: str | None,
     runs = {}
     for stage in stages:
         prefix, own_flags = load_stage(config_dir, stage)
-        flags = {"do_train": True, **(cascade.get("train") or {}), **own_flags,
-                 "output_dir": str(output_root / run_name(cascade["dataset"], model, stage, bool(from_pretrained)))}
+        flags = {
+            "do_train": True,
+            **(cascade.get("train") or {}),
+            **own_flags,
+            "output_dir": str(output_root / run_name(cascade["dataset"], model, stage, bool(from_pretrained))),
+        }
         check_stage_data(config_dir / f"stage{stage}.yaml", prefix, flags)
         previous = output_root / run_name(cascade["dataset"], model, stage - 1, bool(from_pretrained))
         source = from_pretrained if stage == 1 or each_from_start else str(previous)
         if source is not None:  # from a checkpoint: its config and tokenizer replace the from-scratch flags
-            flags = {**{key: value for key, value in flags.items() if key not in SCRATCH_FLAGS},
-                     "model_name_or_path": source}
+            flags = {
+                **{key: value for key, value in flags.items() if key not in SCRATCH_FLAGS},
+                "model_name_or_path": source,
+            }
         runs[Path(flags["output_dir"]).name] = flags
     return runs
 
@@ -101,27 +110,35 @@ def check_stage_data(stage_file: Path, prefix: str, flags: dict) -> None:
     """A CascadeError when the first records of the stage's train_file do not have the stage's prefix format."""
     train_file = flags.get("train_file")
     if not train_file or not Path(train_file).is_file():
-        raise CascadeError(f"{stage_file}: train_file {train_file} does not exist; build the stage files with "
-                           "data_scripts/make_cascade_data.py (and --merge) first.")
+        raise CascadeError(
+            f"{stage_file}: train_file {train_file} does not exist; build the stage files with "
+            "data_scripts/make_cascade_data.py (and --merge) first."
+        )
     column, dff = flags.get("text_column", "text"), flags.get("dff_token", "<DFF>")
     separator = flags.get("prefix_separator", "<SEP>")
     prefixes = []
     for number, record in enumerate(islice(read_jsonl(train_file), RECORDS_CHECKED), start=1):
         text = record.get(column)
         if not isinstance(text, str) or dff not in text:
-            raise CascadeError(f"{train_file} record {number}: no {dff} in column {column!r}; cascade stage data "
-                               "comes from make_cascade_data.py.")
+            raise CascadeError(
+                f"{train_file} record {number}: no {dff} in column {column!r}; cascade stage data "
+                "comes from make_cascade_data.py."
+            )
         prefixes.append((number, text.split(dff, 1)[0].strip()))
     for number, found in prefixes:
         if (prefix == "none") != (not found):
             held = f"the prefix {found[:40]!r}" if found else f"nothing before {dff}"
-            raise CascadeError(f"{stage_file} says `prefix: {prefix}` but {train_file} record {number} has {held}: "
-                               "is train_file another stage's data? Point train_file at this stage's "
-                               "stage{N}.jsonl.zst or fix `prefix`.")
+            raise CascadeError(
+                f"{stage_file} says `prefix: {prefix}` but {train_file} record {number} has {held}: "
+                "is train_file another stage's data? Point train_file at this stage's "
+                "stage{N}.jsonl.zst or fix `prefix`."
+            )
     if prefix == "keywords" and not any(separator in found for _, found in prefixes):
-        raise CascadeError(f"{stage_file}: no prefix among the first {len(prefixes)} records of {train_file} holds "
-                           f"the separator {separator!r}; set prefix_separator to the data's separator "
-                           "(make_cascade_data.py --separator).")
+        raise CascadeError(
+            f"{stage_file}: no prefix among the first {len(prefixes)} records of {train_file} holds "
+            f"the separator {separator!r}; set prefix_separator to the data's separator "
+            "(make_cascade_data.py --separator)."
+        )
 
 
 def check_starting_points(runs: dict, stages: list[int]) -> None:
@@ -130,18 +147,24 @@ def check_starting_points(runs: dict, stages: list[int]) -> None:
     for flags in runs.values():
         source = flags.get("model_name_or_path")
         if source and source not in planned and not Path(source).is_dir():
-            raise CascadeError(f"{flags['output_dir']} starts from {source}, which does not exist: train that stage "
-                               f"first (add it to --stages {' '.join(map(str, stages))}) or pass --from_pretrained.")
+            raise CascadeError(
+                f"{flags['output_dir']} starts from {source}, which does not exist: train that stage "
+                f"first (add it to --stages {' '.join(map(str, stages))}) or pass --from_pretrained."
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="diff-train-cascade", description=__doc__.split("\n\n")[0])
     parser.add_argument("config_dir", help="directory with cascade.yaml and stage{N}.yaml (see configs/cascade)")
     parser.add_argument("--stages", type=int, nargs="+", required=True, help="stages to train, in this order")
-    parser.add_argument("--from_pretrained", metavar="CKPT",
-                        help="start stage 1 from this checkpoint (runs named ...-finetuning)")
-    parser.add_argument("--each_from_start", action="store_true",
-                        help="every stage starts from scratch / --from_pretrained instead of the previous stage")
+    parser.add_argument(
+        "--from_pretrained", metavar="CKPT", help="start stage 1 from this checkpoint (runs named ...-finetuning)"
+    )
+    parser.add_argument(
+        "--each_from_start",
+        action="store_true",
+        help="every stage starts from scratch / --from_pretrained instead of the previous stage",
+    )
     parser.add_argument("--resume", action="store_true", help="continue interrupted stages from their checkpoints")
     return parser
 

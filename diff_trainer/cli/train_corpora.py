@@ -43,8 +43,10 @@ def load_corpora(path: str) -> dict:
             raise CorporaError(f"{path}: corpus {name!r} needs a `path`.")
         unknown = set(corpus) - {"path", "enabled", "description", "overrides"}
         if unknown:
-            raise CorporaError(f"{path}: corpus {name!r} has unknown keys {sorted(unknown)} "
-                               "(allowed: path, enabled, description, overrides).")
+            raise CorporaError(
+                f"{path}: corpus {name!r} has unknown keys {sorted(unknown)} "
+                "(allowed: path, enabled, description, overrides)."
+            )
     return config
 
 
@@ -53,8 +55,10 @@ def data_files(corpus_path: Path, name: str, source: str) -> dict:
     if corpus_path.is_file():
         return {"train_file": str(corpus_path)}
     if not corpus_path.is_dir():
-        raise CorporaError(f"{source}: corpus {name!r} has path {corpus_path}, which does not exist; fix the path "
-                           "or set `enabled: false`.")
+        raise CorporaError(
+            f"{source}: corpus {name!r} has path {corpus_path}, which does not exist; fix the path "
+            "or set `enabled: false`."
+        )
     found = {}
     for split, flag in (("train", "train_file"), ("validation", "validation_file")):
         for suffix in DATA_SUFFIXES:
@@ -63,8 +67,9 @@ def data_files(corpus_path: Path, name: str, source: str) -> dict:
                 found[flag] = str(candidate)
                 break
     if "train_file" not in found:
-        raise CorporaError(f"{source}: corpus {name!r}: {corpus_path} holds no train file "
-                           f"(train{' / train'.join(DATA_SUFFIXES)}).")
+        raise CorporaError(
+            f"{source}: corpus {name!r}: {corpus_path} holds no train file (train{' / train'.join(DATA_SUFFIXES)})."
+        )
     return found
 
 
@@ -73,9 +78,14 @@ def run_config(config: dict, name: str, source: str, max_steps: int | None = Non
     dir, its overrides, then `max_steps` when given (it replaces every corpus's own)."""
     corpus = config["datasets"][name]
     output_dir = Path(config.get("output_root", "outputs")) / name
-    flags = {"do_train": True, "do_eval": True, **(config.get("train") or {}),
-             **data_files(Path(corpus["path"]), name, source), "output_dir": str(output_dir),
-             **(corpus.get("overrides") or {})}
+    flags = {
+        "do_train": True,
+        "do_eval": True,
+        **(config.get("train") or {}),
+        **data_files(Path(corpus["path"]), name, source),
+        "output_dir": str(output_dir),
+        **(corpus.get("overrides") or {}),
+    }
     return flags if max_steps is None else {**flags, "max_steps": max_steps}
 
 
@@ -96,14 +106,24 @@ def summary_row(name: str, flags: dict, output_dir: Path, samples: list[str]) ->
     perplexity = json.loads(results.read_text()).get("eval_elbo_perplexity") if results.is_file() else None
     size = Path(flags["train_file"]).stat().st_size
     sample = (samples[0] if samples else "").replace("\\n", " ")[:48]
-    return {"corpus": name, "size": f"{size / 1e3:.1f} kB", "steps": str(state.get("global_step", "-")),
-            "elbo_ppl": "-" if perplexity is None else f"{perplexity:.2f}", "sample": sample}
+    return {
+        "corpus": name,
+        "size": f"{size / 1e3:.1f} kB",
+        "steps": str(state.get("global_step", "-")),
+        "elbo_ppl": "-" if perplexity is None else f"{perplexity:.2f}",
+        "sample": sample,
+    }
 
 
 def format_table(rows: list[dict]) -> str:
     """A plain-text table, one column per key."""
-    headers = {"corpus": "corpus", "size": "train file", "steps": "steps", "elbo_ppl": "ELBO-ppl (bound)",
-               "sample": "sample"}
+    headers = {
+        "corpus": "corpus",
+        "size": "train file",
+        "steps": "steps",
+        "elbo_ppl": "ELBO-ppl (bound)",
+        "sample": "sample",
+    }
     widths = {key: max(len(title), *(len(row[key]) for row in rows)) for key, title in headers.items()}
     lines = ["  ".join(title.ljust(widths[key]) for key, title in headers.items())]
     lines.append("  ".join("-" * widths[key] for key in headers))
@@ -118,8 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--all", action="store_true", help="every corpus with enabled: true")
     which.add_argument("--dataset", action="append", help="this corpus (repeat for several; runs even if disabled)")
     parser.add_argument("--resume", action="store_true", help="continue interrupted corpora from their checkpoints")
-    parser.add_argument("--max_steps", type=int, default=None,
-                        help="train every selected corpus for this many steps (replaces the file's max_steps)")
+    parser.add_argument(
+        "--max_steps",
+        type=int,
+        default=None,
+        help="train every selected corpus for this many steps (replaces the file's max_steps)",
+    )
     return parser
 
 
@@ -131,8 +155,9 @@ def main(argv: list[str] | None = None) -> None:
         names = args.dataset or [name for name, corpus in config["datasets"].items() if corpus.get("enabled", True)]
         unknown = [name for name in names if name not in config["datasets"]]
         if unknown:
-            raise CorporaError(f"{args.config} has no corpus {', '.join(unknown)} "
-                               f"(it has {', '.join(config['datasets'])}).")
+            raise CorporaError(
+                f"{args.config} has no corpus {', '.join(unknown)} (it has {', '.join(config['datasets'])})."
+            )
         if args.max_steps is not None and args.max_steps < 1:
             raise CorporaError(f"--max_steps {args.max_steps}: give at least 1.")
         runs = {name: run_config(config, name, args.config, args.max_steps) for name in names}

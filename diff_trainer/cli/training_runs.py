@@ -31,7 +31,7 @@ def name_problem(name) -> str | None:
 
 
 def status(output_dir: Path) -> str:
-    """"finished", "interrupted" (checkpoints, no results) or "new"."""
+    """ "finished", "interrupted" (checkpoints, no results) or "new"."""
     if (output_dir / FINISHED_FILE).is_file():
         return "finished"
     if output_dir.is_dir() and any(output_dir.glob("checkpoint-*")):
@@ -43,9 +43,11 @@ def refuse_interrupted(output_dirs: dict[str, Path], resume: bool) -> None:
     """A RunError naming the interrupted runs, unless --resume continues them."""
     interrupted = [name for name, output_dir in output_dirs.items() if status(output_dir) == "interrupted"]
     if interrupted and not resume:
-        raise RunError(f"{', '.join(interrupted)}: interrupted run(s) in "
-                       f"{', '.join(str(output_dirs[name]) for name in interrupted)}; pass --resume to continue "
-                       "them, or delete their directories to start over.")
+        raise RunError(
+            f"{', '.join(interrupted)}: interrupted run(s) in "
+            f"{', '.join(str(output_dirs[name]) for name in interrupted)}; pass --resume to continue "
+            "them, or delete their directories to start over."
+        )
 
 
 def train(flags: dict, resume: bool) -> None:
@@ -58,7 +60,9 @@ def train(flags: dict, resume: bool) -> None:
     try:
         subprocess.run(command, check=True)
     except subprocess.CalledProcessError as error:
-        raise RunError(f"run_clm_diff.py {config_file} failed (exit status {error.returncode}); its log is above.")
+        raise RunError(
+            f"run_clm_diff.py {config_file} failed (exit status {error.returncode}); its log is above."
+        ) from None
     if status(output_dir) != "finished":
         raise RunError(f"run_clm_diff.py {config_file} ended without {FINISHED_FILE} in {output_dir}.")
 

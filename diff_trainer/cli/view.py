@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         config = sampler_for(model, tokenizer, **sampler_flags(args))
         prompt_ids = prepare_prompts(args, tokenizer, diffusion_config, [args.prompt])
-        result = run_sampler(model, prompt_ids, config, encode_suffix(tokenizer, args.suffix), seed=args.seed,
-                             trace=True)
+        result = run_sampler(
+            model, prompt_ids, config, encode_suffix(tokenizer, args.suffix), seed=args.seed, trace=True
+        )
     except ValueError as error:
         parser.error(str(error))
     mask_id = shown_mask_id(config)

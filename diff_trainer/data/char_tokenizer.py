@@ -30,14 +30,18 @@ class CharTokenizer(PreTrainedTokenizerFast):
         unknown = sum(row.count(self.unk_token_id) for row in rows)
         if unknown:
             if not self.unknown_characters:
-                logger.warning("Text holds characters the char tokenizer never saw in training; they become %s "
-                               "(counted in tokenizer.unknown_characters).", self.unk_token)
+                logger.warning(
+                    "Text holds characters the char tokenizer never saw in training; they become %s "
+                    "(counted in tokenizer.unknown_characters).",
+                    self.unk_token,
+                )
             self.unknown_characters += unknown
         return encoding
 
 
-def build_char_tokenizer(texts: Iterable[str], *, dff_token: str | None = "<DFF>",
-                         mask_token: str | None = "<|mdm_mask|>") -> CharTokenizer:
+def build_char_tokenizer(
+    texts: Iterable[str], *, dff_token: str | None = "<DFF>", mask_token: str | None = "<|mdm_mask|>"
+) -> CharTokenizer:
     """The character vocabulary of `texts` (special-token strings inside them excluded) as a CharTokenizer."""
     specials = [UNK_TOKEN, PAD_TOKEN, EOS_TOKEN] + [t for t in (mask_token, dff_token) if t is not None]
     characters = set()
@@ -50,18 +54,29 @@ def build_char_tokenizer(texts: Iterable[str], *, dff_token: str | None = "<DFF>
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # every character alone
     backend.decoder = decoders.Fuse()
     extra = {"additional_special_tokens": [dff_token]} if dff_token is not None else {}
-    return CharTokenizer(tokenizer_object=backend, unk_token=UNK_TOKEN, pad_token=PAD_TOKEN, eos_token=EOS_TOKEN,
-                         mask_token=mask_token, **extra)
+    return CharTokenizer(
+        tokenizer_object=backend,
+        unk_token=UNK_TOKEN,
+        pad_token=PAD_TOKEN,
+        eos_token=EOS_TOKEN,
+        mask_token=mask_token,
+        **extra,
+    )
 
 
 def training_texts(train_split, data_args) -> Iterable[str]:
     """The texts of the training split the vocabulary is built from: the text column, or prompt and response."""
-    columns = [data_args.text_column] if data_args.prompt_column is None else \
-        [data_args.prompt_column, data_args.response_column]
+    columns = (
+        [data_args.text_column]
+        if data_args.prompt_column is None
+        else [data_args.prompt_column, data_args.response_column]
+    )
     missing = [name for name in columns if name not in train_split.column_names]
     if missing:
-        raise ValueError(f"--tokenizer_name char reads the training column(s) {', '.join(missing)}, which the data "
-                         f"lacks (it has {', '.join(train_split.column_names)}).")
+        raise ValueError(
+            f"--tokenizer_name char reads the training column(s) {', '.join(missing)}, which the data "
+            f"lacks (it has {', '.join(train_split.column_names)})."
+        )
     for name in columns:
         yield from (text for text in train_split[name] if text is not None)
 

@@ -31,8 +31,11 @@ MULTI_TURN_MODES = ("all", "expand", "last")
 INVALID_RECORD_MODES = ("error", "skip")
 TEMPLATE_DIR = Path(__file__).with_name("chat_templates")
 # the special tokens each bundled template writes, added to a tokenizer that lacks them (e.g. `byte`)
-TEMPLATE_TOKENS = {"chatml": ("<|im_start|>", "<|im_end|>"), "qwen2": ("<|im_start|>", "<|im_end|>"),
-                   "llada": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")}
+TEMPLATE_TOKENS = {
+    "chatml": ("<|im_start|>", "<|im_end|>"),
+    "qwen2": ("<|im_start|>", "<|im_end|>"),
+    "llada": ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+}
 
 
 @dataclass(frozen=True)
@@ -57,8 +60,10 @@ def load_chat_template(name_or_file: str) -> str:
     bundled = TEMPLATE_DIR / f"{name_or_file}.jinja"
     path = bundled if bundled.is_file() else Path(name_or_file)
     if not path.is_file():
-        raise DataError(f"--chat_template {name_or_file}: neither a bundled template ({', '.join(template_names())}) "
-                        "nor a file; pass one of those names or the path of a jinja file.")
+        raise DataError(
+            f"--chat_template {name_or_file}: neither a bundled template ({', '.join(template_names())}) "
+            "nor a file; pass one of those names or the path of a jinja file."
+        )
     return path.read_text(encoding="utf-8")
 
 
@@ -78,8 +83,11 @@ def end_of_turn_token(tokenizer, template: str) -> str:
     messages = [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Hello."}]
     full = render(tokenizer, template, messages, generation_prompt=False)
     _, end = turn_span(tokenizer, template, messages, 1, full)
-    return next(token for token in tokenizer.get_added_vocab() if full[:end].endswith(token)
-                and len(token) == end_of_turn_length(tokenizer, full[end - len(token):]))
+    return next(
+        token
+        for token in tokenizer.get_added_vocab()
+        if full[:end].endswith(token) and len(token) == end_of_turn_length(tokenizer, full[end - len(token) :])
+    )
 
 
 def resolve_template(tokenizer, chat_template: str | None) -> str:
@@ -88,18 +96,23 @@ def resolve_template(tokenizer, chat_template: str | None) -> str:
         return load_chat_template(chat_template)
     if isinstance(tokenizer.chat_template, str):
         return tokenizer.chat_template
-    raise DataError(f"The tokenizer {tokenizer.name_or_path or type(tokenizer).__name__} has no chat template; pass "
-                    f"--chat_template with one of {', '.join(template_names())} or a jinja file.")
+    raise DataError(
+        f"The tokenizer {tokenizer.name_or_path or type(tokenizer).__name__} has no chat template; pass "
+        f"--chat_template with one of {', '.join(template_names())} or a jinja file."
+    )
 
 
 def render(tokenizer, template: str, messages: list[dict], generation_prompt: bool) -> str:
     """The template's text for `messages`, with or without the assistant header that opens a reply."""
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, chat_template=template,
-                                             add_generation_prompt=generation_prompt)
+        return tokenizer.apply_chat_template(
+            messages, tokenize=False, chat_template=template, add_generation_prompt=generation_prompt
+        )
     except TemplateError as error:
-        raise DataError(f"The chat template failed ({error}); it may need a special token the tokenizer lacks "
-                        "(bos_token, eos_token): set it on the tokenizer.") from error
+        raise DataError(
+            f"The chat template failed ({error}); it may need a special token the tokenizer lacks "
+            "(bos_token, eos_token): set it on the tokenizer."
+        ) from error
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -112,8 +125,10 @@ def record_messages(record: dict, messages_column: str = "messages") -> tuple[li
         return record[messages_column], 0
     prompt, completion = record.get("prompt"), record.get("completion")
     if prompt is None and completion is None:
-        raise DataError(f"no '{messages_column}' field and no 'prompt'/'completion' pair; give each record one of "
-                        "those (--messages_column names the first).")
+        raise DataError(
+            f"no '{messages_column}' field and no 'prompt'/'completion' pair; give each record one of "
+            "those (--messages_column names the first)."
+        )
     for name, value in (("prompt", prompt), ("completion", completion)):
         if not isinstance(value, list):
             raise DataError(f"'{name}' is {type(value).__name__}, not a list of messages.")
@@ -171,25 +186,33 @@ def end_of_turn_length(tokenizer, text: str) -> int:
 def turn_span(tokenizer, template: str, messages: list[dict], k: int, full: str) -> tuple[int, int]:
     """Character span of assistant turn k in `full`: its content and end-of-turn token."""
     opening = render(tokenizer, template, messages[:k], generation_prompt=True)
-    through = render(tokenizer, template, messages[:k + 1], generation_prompt=False)
+    through = render(tokenizer, template, messages[: k + 1], generation_prompt=False)
     if not through.startswith(opening) or not full.startswith(opening):
-        raise DataError(f"the chat template is not prefix-stable: rendering messages 1..{k} with the generation prompt "
-                        f"does not give the start of the longer renderings, so message {k + 1}'s span cannot be "
-                        "found. Use a template that renders each turn independently of the later ones.")
-    rest, content = through[len(opening):], messages[k]["content"]
+        raise DataError(
+            f"the chat template is not prefix-stable: rendering messages 1..{k} with the generation prompt "
+            f"does not give the start of the longer renderings, so message {k + 1}'s span cannot be "
+            "found. Use a template that renders each turn independently of the later ones."
+        )
+    rest, content = through[len(opening) :], messages[k]["content"]
     shown = content if rest.startswith(content) else content.strip()
     if not rest.startswith(shown):
-        raise DataError(f"the chat template changes the content of message {k + 1} beyond trimming it; its trained "
-                        "span cannot be found. Use a template that writes assistant contents as they are.")
-    eot = end_of_turn_length(tokenizer, rest[len(shown):])
+        raise DataError(
+            f"the chat template changes the content of message {k + 1} beyond trimming it; its trained "
+            "span cannot be found. Use a template that writes assistant contents as they are."
+        )
+    eot = end_of_turn_length(tokenizer, rest[len(shown) :])
     if eot == 0:
-        raise DataError(f"the chat template writes {rest[len(shown):len(shown) + 20]!r} after message {k + 1}, which "
-                        "does not start with a special token; add the template's end-of-turn token to the tokenizer "
-                        "(tokenizer.add_special_tokens).")
+        raise DataError(
+            f"the chat template writes {rest[len(shown) : len(shown) + 20]!r} after message {k + 1}, which "
+            "does not start with a special token; add the template's end-of-turn token to the tokenizer "
+            "(tokenizer.add_special_tokens)."
+        )
     end = len(opening) + len(shown) + eot
     if not full.startswith(through[:end]):
-        raise DataError(f"the chat template is not prefix-stable: message {k + 1} renders differently once later "
-                        "messages follow. Use a template that renders each turn independently of the later ones.")
+        raise DataError(
+            f"the chat template is not prefix-stable: message {k + 1} renders differently once later "
+            "messages follow. Use a template that renders each turn independently of the later ones."
+        )
     return len(opening), end
 
 
@@ -206,7 +229,7 @@ def select_examples(rendered: Rendered, mode: str) -> list[Rendered]:
         raise DataError(f"--multi_turn {mode}: use one of {', '.join(MULTI_TURN_MODES)}.")
     spans = rendered.spans
     groups = {"all": [spans], "last": [spans[-1:]], "expand": [(span,) for span in spans]}[mode]
-    return [Rendered(rendered.text[:group[-1][1]], group) for group in groups]
+    return [Rendered(rendered.text[: group[-1][1]], group) for group in groups]
 
 
 def tokenize_example(tokenizer, example: Rendered) -> tuple[list[int], list[int]]:
@@ -236,9 +259,16 @@ def marked_text(tokenizer, ids: list[int], labels: list[int]) -> str:
 # Data sets
 
 
-def chat_examples(records: Iterable[dict], tokenizer, template: str, *, mode: str = "all",
-                  messages_column: str = "messages", source: str | None = None,
-                  invalid_records: str = "error") -> tuple[dict[str, list], int]:
+def chat_examples(
+    records: Iterable[dict],
+    tokenizer,
+    template: str,
+    *,
+    mode: str = "all",
+    messages_column: str = "messages",
+    source: str | None = None,
+    invalid_records: str = "error",
+) -> tuple[dict[str, list], int]:
     """`input_ids`/`labels` columns for conversational records and the number of bad records skipped.
 
     A bad record raises a DataError naming its place, or is skipped and counted with `invalid_records="skip"`.
@@ -278,8 +308,10 @@ def preference_texts(tokenizer, template: str, prompt, chosen, rejected) -> tupl
         except DataError as error:
             raise DataError(f"'{name}': {error}") from error
         if reply[0]["role"] != "assistant":
-            raise DataError(f"'{name}' starts with a {reply[0]['role']} message; it must start with the assistant's "
-                            "reply to the prompt.")
+            raise DataError(
+                f"'{name}' starts with a {reply[0]['role']} message; it must start with the assistant's "
+                "reply to the prompt."
+            )
         rendered = render_conversation(tokenizer, template, prompt + reply, len(prompt))
-        continuations.append(rendered.text[len(opening):rendered.spans[-1][1]])
+        continuations.append(rendered.text[len(opening) : rendered.spans[-1][1]])
     return opening, continuations[0], continuations[1]

@@ -12,8 +12,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator, TextIO
+from typing import Any, TextIO
 
 import zstandard
 from tqdm import tqdm
@@ -82,8 +83,13 @@ def staged_directory(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def write_lines(lines: Iterable[str], path: str | os.PathLike, total: int | None = None,
-                description: str | None = None, zstd_level: int = 10) -> int:
+def write_lines(
+    lines: Iterable[str],
+    path: str | os.PathLike,
+    total: int | None = None,
+    description: str | None = None,
+    zstd_level: int = 10,
+) -> int:
     """Write one string per line (the caller makes sure none contains a newline); return the count."""
     count = 0
     with atomic_text_writer(path, zstd_level) as handle:
@@ -94,8 +100,13 @@ def write_lines(lines: Iterable[str], path: str | os.PathLike, total: int | None
     return count
 
 
-def write_jsonl(records: Iterable[dict[str, Any]], path: str | os.PathLike, total: int | None = None,
-                description: str | None = None, zstd_level: int = 10) -> int:
+def write_jsonl(
+    records: Iterable[dict[str, Any]],
+    path: str | os.PathLike,
+    total: int | None = None,
+    description: str | None = None,
+    zstd_level: int = 10,
+) -> int:
     """Write one JSON object per line to a `.jsonl` or `.jsonl.zst` file; return the count."""
     if not str(path).endswith(JSONL_SUFFIXES):
         raise ValueError(f"expected a path ending in {' or '.join(JSONL_SUFFIXES)}, got {path}")

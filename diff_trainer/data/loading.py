@@ -6,7 +6,7 @@ import json
 import logging
 import math
 import os
-from typing import Iterator, Optional, Sequence
+from collections.abc import Iterator, Sequence
 
 import datasets
 import numpy as np
@@ -43,8 +43,10 @@ def check_block_size(block_size: int, config) -> None:
     """--block_size must fit the model's positions (an index error at step 1 otherwise)."""
     limit = next((getattr(config, name) for name in POSITION_LIMITS if getattr(config, name, None)), None)
     if limit is not None and block_size > limit:
-        raise DataError(f"--block_size {block_size} is larger than the model's {limit} positions; pass --block_size "
-                        f"{limit} or less (or raise max_position_embeddings in --config_overrides for a new model).")
+        raise DataError(
+            f"--block_size {block_size} is larger than the model's {limit} positions; pass --block_size "
+            f"{limit} or less (or raise max_position_embeddings in --config_overrides for a new model)."
+        )
 
 
 def builder_for(path: str) -> str:
@@ -79,8 +81,9 @@ def decompressed_chunks(path: str, chunk_size: int = 1 << 20) -> Iterator[bytes]
                     while chunk := handle.read(chunk_size):
                         yield chunk
             except (EOFError, gzip.BadGzipFile) as error:
-                raise DataError(f"{path}: truncated or corrupt gzip file ({error}). Download or compress it "
-                                "again.") from error
+                raise DataError(
+                    f"{path}: truncated or corrupt gzip file ({error}). Download or compress it again."
+                ) from error
             return
         if not path.endswith(".zst"):
             while chunk := raw.read(chunk_size):
@@ -100,8 +103,10 @@ def decompressed_chunks(path: str, chunk_size: int = 1 << 20) -> Iterator[bytes]
         except zstandard.ZstdError as error:
             raise DataError(f"{path}: corrupt zstd data ({error}). Download or compress it again.") from error
         if fed and not frame.eof:
-            raise DataError(f"{path}: truncated zstd file (the last frame is incomplete; `zstd -t` says "
-                            "'premature end'). Download or compress it again.")
+            raise DataError(
+                f"{path}: truncated zstd file (the last frame is incomplete; `zstd -t` says "
+                "'premature end'). Download or compress it again."
+            )
 
 
 def numbered_lines(path: str) -> Iterator[tuple[int, str]]:
@@ -123,12 +128,14 @@ def decode_line(path: str, number: int, line: bytes) -> str:
     try:
         return line.decode(TEXT_ENCODING if number == 1 else "utf-8")
     except UnicodeDecodeError as error:
-        bad = line[error.start:error.start + 4]
-        raise DataError(f"{path}, line {number}: not valid UTF-8 (byte {error.start}: {bad!r}). "
-                        "Re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).") from None
+        bad = line[error.start : error.start + 4]
+        raise DataError(
+            f"{path}, line {number}: not valid UTF-8 (byte {error.start}: {bad!r}). "
+            "Re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`)."
+        ) from None
 
 
-def value_problem(record: dict, column: str) -> Optional[str]:
+def value_problem(record: dict, column: str) -> str | None:
     """Why `record[column]` is not usable text (None when it is a string)."""
     if column not in record:
         return f"missing key {column!r}"
@@ -210,13 +217,15 @@ def parse_record(line: str, place: str) -> dict:
     except KeyGivenTwice as error:
         raise DataError(f"{place}: {error}") from None
     if not isinstance(record, dict):
-        raise DataError(f"{place}: malformed JSON (expected a JSON object, got {type(record).__name__}). "
-                        "Fix or remove that line.")
+        raise DataError(
+            f"{place}: malformed JSON (expected a JSON object, got {type(record).__name__}). Fix or remove that line."
+        )
     return record
 
 
-def load_files(data_files: dict[str, str], cache_dir: Optional[str] = None,
-               text_columns: Sequence[str] = ()) -> tuple[DatasetDict, dict[str, dict[int, tuple[str, str]]]]:
+def load_files(
+    data_files: dict[str, str], cache_dir: str | None = None, text_columns: Sequence[str] = ()
+) -> tuple[DatasetDict, dict[str, dict[int, tuple[str, str]]]]:
     """Load local files (one per split), reading `text_columns` as exactly the strings written (no type guessing).
 
     Returns the splits and, per split, row -> ("file, line N", problem) for records whose text is missing, null or
@@ -224,16 +233,19 @@ def load_files(data_files: dict[str, str], cache_dir: Optional[str] = None,
     """
     for path in data_files.values():
         if os.path.isdir(path):
-            raise DataError(f"{path}: is a directory, not a data file. Pass a file, or a save_to_disk directory with "
-                            "--dataset_name DIR --load_from_disk.")
+            raise DataError(
+                f"{path}: is a directory, not a data file. Pass a file, or a save_to_disk directory with "
+                "--dataset_name DIR --load_from_disk."
+            )
         if not os.path.isfile(path):
             raise DataError(f"{path}: file not found. Check --train_file/--validation_file.")
     builders = {builder_for(path) for path in data_files.values()}
     if len(builders) > 1:
         raise DataError(f"Train and validation files must have the same format, got {sorted(builders)}.")
     builder = builders.pop()
-    problems = {split: scan_file(path, text_columns) if builder != "parquet" else {}
-                for split, path in data_files.items()}
+    problems = {
+        split: scan_file(path, text_columns) if builder != "parquet" else {} for split, path in data_files.items()
+    }
     kwargs = {"keep_linebreaks": True} if builder == "text" else {}
     if builder == "csv":  # every CSV field is text; only an empty field is missing ("NA", "null" stay text)
         kwargs = {"features": csv_string_features(data_files["train"]), "keep_default_na": False, "na_values": [""]}
@@ -297,8 +309,10 @@ def null_text_rows(split, text_columns: Sequence[str]) -> dict[int, str]:
         if column not in split.column_names:
             continue
         if split.features[column] not in (STRING, datasets.Value("large_string")):
-            raise DataError(f"Column {column!r} holds {split.features[column]} values, not text. Text columns must "
-                            "be strings: convert it, or pick another column.")
+            raise DataError(
+                f"Column {column!r} holds {split.features[column]} values, not text. Text columns must "
+                "be strings: convert it, or pick another column."
+            )
         for row in np.flatnonzero(pc.is_null(split.with_format("arrow")[column]).to_numpy(zero_copy_only=False)):
             problems.setdefault(int(row), f"{column!r} is null")
     return problems
@@ -329,7 +343,7 @@ def load_saved(path: str) -> DatasetDict:
     return loaded if isinstance(loaded, DatasetDict) else DatasetDict({"train": loaded})
 
 
-def load_raw_datasets(data_args, cache_dir: Optional[str] = None, seed: int = 42) -> DatasetDict:
+def load_raw_datasets(data_args, cache_dir: str | None = None, seed: int = 42) -> DatasetDict:
     """Load train and validation splits from the hub, local files or a saved directory (see DataArguments).
 
     Text is read as written; a record whose text is missing, null or not a string is a DataError naming it.
@@ -337,8 +351,10 @@ def load_raw_datasets(data_args, cache_dir: Optional[str] = None, seed: int = 42
     if data_args.block_size is not None and data_args.block_size <= 0:
         raise DataError(f"--block_size must be a positive number of tokens, got {data_args.block_size}.")
     if not 0 <= data_args.validation_split_percentage < 100:
-        raise DataError(f"--validation_split_percentage must be in [0, 100) (0: no held-out split), got "
-                        f"{data_args.validation_split_percentage}.")
+        raise DataError(
+            f"--validation_split_percentage must be in [0, 100) (0: no held-out split), got "
+            f"{data_args.validation_split_percentage}."
+        )
     text_columns = text_columns_of(data_args)
     if data_args.load_from_disk:
         raw = load_saved(data_args.dataset_name)
@@ -355,11 +371,18 @@ def load_raw_datasets(data_args, cache_dir: Optional[str] = None, seed: int = 42
     if not isinstance(raw, DatasetDict):
         raw = DatasetDict({"train": raw})
     if "train" not in raw:
-        raise DataError(f"The dataset has no 'train' split (found: {', '.join(raw) or 'none'}). Rename or pick a split.")
+        raise DataError(
+            f"The dataset has no 'train' split (found: {', '.join(raw) or 'none'}). Rename or pick a split."
+        )
     if not data_args.train_file:
-        raise_for_bad_records({name: {row: (f"{name} row {row}", problem)
-                                      for row, problem in null_text_rows(split, text_columns).items()}
-                               for name, split in raw.items()})
+        raise_for_bad_records(
+            {
+                name: {
+                    row: (f"{name} row {row}", problem) for row, problem in null_text_rows(split, text_columns).items()
+                }
+                for name, split in raw.items()
+            }
+        )
     if "validation" not in raw and data_args.validation_split_percentage > 0:
         train, validation = split_off_validation(raw["train"], data_args.validation_split_percentage, seed)
         raw = DatasetDict({**raw, "train": train, "validation": validation})
@@ -384,16 +407,20 @@ def raise_for_bad_records(problems: dict[str, dict[int, tuple[str, str]]], shown
     """A DataError listing the first records without usable text, when there are any."""
     places = [f"{place}: {problem}" for split in problems.values() for _, (place, problem) in sorted(split.items())]
     if places:
-        raise DataError(f"{len(places)} record(s) have no usable text: {'; '.join(places[:shown])}. Text must be a "
-                        "JSON string (quote numbers, remove nulls and records without the column).")
+        raise DataError(
+            f"{len(places)} record(s) have no usable text: {'; '.join(places[:shown])}. Text must be a "
+            "JSON string (quote numbers, remove nulls and records without the column)."
+        )
 
 
 def split_off_validation(train, percentage: float, seed: int):
     """(train, validation): `percentage` percent of `train` held out; a DataError when no record would be left to
     train on (datasets holds out ceil(percentage% of the records), at least one)."""
     if math.ceil(percentage / 100 * len(train)) >= len(train):
-        raise DataError(f"--validation_split_percentage {percentage:g} of {len(train)} training record(s) leaves none "
-                        "to train on: lower it, pass --validation_file, or add data.")
+        raise DataError(
+            f"--validation_split_percentage {percentage:g} of {len(train)} training record(s) leaves none "
+            "to train on: lower it, pass --validation_file, or add data."
+        )
     split = train.train_test_split(test_size=percentage / 100, seed=seed)
     return split["train"], split["test"]
 
@@ -401,11 +428,15 @@ def split_off_validation(train, percentage: float, seed: int):
 def require_validation_data(splits, do_eval: bool) -> None:
     """--do_eval needs validation records: an error instead of silently skipping evaluation."""
     if do_eval and splits.get("validation") is None:
-        raise DataError("--do_eval needs validation data: pass --validation_file, set "
-                        "--validation_split_percentage above 0, or drop --do_eval.")
+        raise DataError(
+            "--do_eval needs validation data: pass --validation_file, set "
+            "--validation_split_percentage above 0, or drop --do_eval."
+        )
     if do_eval and len(splits["validation"]) == 0:
-        raise DataError("--do_eval has no validation records to evaluate (--max_eval_samples 0?): raise "
-                        "--max_eval_samples, or drop --do_eval.")
+        raise DataError(
+            "--do_eval has no validation records to evaluate (--max_eval_samples 0?): raise "
+            "--max_eval_samples, or drop --do_eval."
+        )
 
 
 def as_text_records(raw: DatasetDict, data_args, dff_token: str) -> DatasetDict:

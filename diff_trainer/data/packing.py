@@ -48,7 +48,9 @@ def pad_to_block(input_ids, labels, block_size: int, eos_id: int, side: str = "l
     rows = len(lengths)
     out_ids = np.full((rows, block_size), eos_id, dtype=np.int64)
     out_labels = np.full((rows, block_size), IGNORE_INDEX if side == "left" else eos_id, dtype=np.int64)
-    attention = np.zeros((rows, block_size), dtype=np.int64) if side == "left" else np.ones((rows, block_size), np.int64)
+    attention = (
+        np.zeros((rows, block_size), dtype=np.int64) if side == "left" else np.ones((rows, block_size), np.int64)
+    )
     owner = np.repeat(np.arange(rows), lengths)
     within = np.arange(len(ids)) - offsets[owner]
     column = within + (block_size - lengths[owner] if side == "left" else 0)

@@ -36,7 +36,7 @@ def bos_prefix(tokenizer) -> list[int]:
     return [bos] if bos is not None and bos != tokenizer.eos_token_id else []
 
 
-def vocabulary_hash(tokenizer, size: Optional[int] = None) -> str:
+def vocabulary_hash(tokenizer, size: int | None = None) -> str:
     """A short fingerprint of the token -> id mapping of the ids below `size` (default: all of them)."""
     size = len(tokenizer) if size is None else size
     items = sorted((token, index) for token, index in tokenizer.get_vocab().items() if index < size)
@@ -55,7 +55,7 @@ class RowLayout:
 
     packing: str
     block_size: int
-    marker: Optional[str]
+    marker: str | None
     tokenizer_name: str
     vocab_size: int
     vocab_hash: str
@@ -84,8 +84,11 @@ class RowLayout:
 
 def describe_tokenizer(tokenizer) -> dict:
     """The tokenizer fields of a RowLayout."""
-    return {"tokenizer_name": tokenizer.name_or_path or type(tokenizer).__name__, "vocab_size": len(tokenizer),
-            "vocab_hash": vocabulary_hash(tokenizer)}
+    return {
+        "tokenizer_name": tokenizer.name_or_path or type(tokenizer).__name__,
+        "vocab_size": len(tokenizer),
+        "vocab_hash": vocabulary_hash(tokenizer),
+    }
 
 
 def tokenize_function(tokenizer, text_column: str):
@@ -99,7 +102,7 @@ def tokenize_function(tokenizer, text_column: str):
     return tokenize
 
 
-def label_function(marker_ids: Optional[list[int]]):
+def label_function(marker_ids: list[int] | None):
     """Batched labelling: <DFF> labels when `marker_ids` is given, else every token is trained."""
 
     def label(batch):
@@ -163,14 +166,29 @@ class Preprocessor:
             block_size = self.args.block_size or DEFAULT_BLOCK_SIZE
             raw, concatenate = self.filter_samples(raw, block_size)
             raw = self.pack(raw, block_size, concatenate, documents=conversations is not None)
-            layout = RowLayout("packed" if concatenate else self.args.padding_side, block_size, marker,
-                               **describe_tokenizer(self.tokenizer), chat_template=conversations)
-        final = DatasetDict({name: split.select_columns([c for c in (*ROW_COLUMNS, DOCUMENT_COLUMN)
-                                                         if c in split.column_names])
-                             for name, split in raw.items() if set(ROW_COLUMNS) <= set(split.column_names)} or raw)
+            layout = RowLayout(
+                "packed" if concatenate else self.args.padding_side,
+                block_size,
+                marker,
+                **describe_tokenizer(self.tokenizer),
+                chat_template=conversations,
+            )
+        final = DatasetDict(
+            {
+                name: split.select_columns([c for c in (*ROW_COLUMNS, DOCUMENT_COLUMN) if c in split.column_names])
+                for name, split in raw.items()
+                if set(ROW_COLUMNS) <= set(split.column_names)
+            }
+            or raw
+        )
         sanity_check(final, layout.block_size, self.tokenizer)
-        trained = (f"on assistant turns (chat template {layout.chat_template})" if layout.chat_template
-                   else f"after {layout.marker}" if layout.marker else "on every token")
+        trained = (
+            f"on assistant turns (chat template {layout.chat_template})"
+            if layout.chat_template
+            else f"after {layout.marker}"
+            if layout.marker
+            else "on every token"
+        )
         logger.info("Rows: %s, block size %d, trained %s.", layout.packing, layout.block_size, trained)
         return final, layout
 
@@ -184,13 +202,21 @@ class Preprocessor:
 
     def tokenize_conversations(self, raw: DatasetDict) -> DatasetDict:
         """Render each conversation with the chat template into ids and assistant-turn labels (data/chat.py)."""
-        text_flags = [flag for flag, used in (("--dff_labels", self.args.dff_labels != "auto"),
-                                              ("--force_label", self.args.force_label),
-                                              ("--prompt_column", self.args.prompt_column is not None)) if used]
+        text_flags = [
+            flag
+            for flag, used in (
+                ("--dff_labels", self.args.dff_labels != "auto"),
+                ("--force_label", self.args.force_label),
+                ("--prompt_column", self.args.prompt_column is not None),
+            )
+            if used
+        ]
         if text_flags:
-            raise DataError(f"{', '.join(text_flags)} apply to text records; conversations are trained on their "
-                            "assistant turns as the chat template renders them (choose which with --multi_turn): "
-                            "drop the flag.")
+            raise DataError(
+                f"{', '.join(text_flags)} apply to text records; conversations are trained on their "
+                "assistant turns as the chat template renders them (choose which with --multi_turn): "
+                "drop the flag."
+            )
         template = chat.resolve_template(self.tokenizer, self.args.chat_template)
         sources = {"train": self.args.train_file, "validation": self.args.validation_file}
         if self.args.validation_split_percentage and not self.args.validation_file:
@@ -198,18 +224,31 @@ class Preprocessor:
         tokenized = {}
         for name, split in raw.items():
             columns, skipped = chat.chat_examples(
-                split, self.tokenizer, template, mode=self.args.multi_turn, messages_column=self.args.messages_column,
-                source=sources.get(name) or f"{name} split", invalid_records=self.args.invalid_records)
+                split,
+                self.tokenizer,
+                template,
+                mode=self.args.multi_turn,
+                messages_column=self.args.messages_column,
+                source=sources.get(name) or f"{name} split",
+                invalid_records=self.args.invalid_records,
+            )
             if skipped:
-                logger.warning("%s: skipped %d of %d conversations with bad records (--invalid_records skip).",
-                               name, skipped, len(split))
+                logger.warning(
+                    "%s: skipped %d of %d conversations with bad records (--invalid_records skip).",
+                    name,
+                    skipped,
+                    len(split),
+                )
             if not columns["input_ids"]:
-                raise DataError(f"The {name} split has no usable conversation; see the errors without "
-                                "--invalid_records skip.")
+                raise DataError(
+                    f"The {name} split has no usable conversation; see the errors without --invalid_records skip."
+                )
             tokenized[name] = Dataset.from_dict({**columns, "has_dff": [True] * len(columns["input_ids"])})
         first = tokenized["train"][0]
-        logger.info("First conversation, trained spans in [[ ]]: %r",
-                    chat.marked_text(self.tokenizer, first["input_ids"], first["labels"]))
+        logger.info(
+            "First conversation, trained spans in [[ ]]: %r",
+            chat.marked_text(self.tokenizer, first["input_ids"], first["labels"]),
+        )
         return DatasetDict(tokenized)
 
     def saved_layout(self, raw: DatasetDict) -> RowLayout:
@@ -219,24 +258,35 @@ class Preprocessor:
         source = directory or "The rows"
         current = describe_tokenizer(self.tokenizer)
         if layout is not None and self.args.chat_template and self.args.chat_template != layout.chat_template:
-            raise DataError(f"{source}: the rows were rendered with chat template {layout.chat_template}, not "
-                            f"--chat_template {self.args.chat_template}. Drop the flag or preprocess again.")
+            raise DataError(
+                f"{source}: the rows were rendered with chat template {layout.chat_template}, not "
+                f"--chat_template {self.args.chat_template}. Drop the flag or preprocess again."
+            )
         if layout is None:
             first = raw["train"][0]
             packing = "packed" if all(first["attention_mask"]) else "left"
             layout = RowLayout(packing, len(first["input_ids"]), None, **current)
-            logger.warning("%s: no %s, so rows of %d tokens are taken as %s (saved by an older version; save them "
-                           "again with --save_final_dataset to record their layout).", source,
-                           LAYOUT_FILE, layout.block_size, packing)
+            logger.warning(
+                "%s: no %s, so rows of %d tokens are taken as %s (saved by an older version; save them "
+                "again with --save_final_dataset to record their layout).",
+                source,
+                LAYOUT_FILE,
+                layout.block_size,
+                packing,
+            )
         # tokens added after the rows were made (e.g. the mask token) leave their ids valid
         if vocabulary_hash(self.tokenizer, layout.vocab_size) != layout.vocab_hash:
-            raise DataError(f"{source}: the rows were tokenised with {layout.tokenizer_name} ({layout.vocab_size} "
-                            f"tokens), not with the tokenizer of this run, {current['tokenizer_name']} "
-                            f"({current['vocab_size']} tokens). Use that tokenizer (--tokenizer_name) or preprocess "
-                            "the text again without --skip_concat.")
+            raise DataError(
+                f"{source}: the rows were tokenised with {layout.tokenizer_name} ({layout.vocab_size} "
+                f"tokens), not with the tokenizer of this run, {current['tokenizer_name']} "
+                f"({current['vocab_size']} tokens). Use that tokenizer (--tokenizer_name) or preprocess "
+                "the text again without --skip_concat."
+            )
         if self.args.block_size is not None and self.args.block_size != layout.block_size:
-            raise DataError(f"{source}: the saved rows have block_size {layout.block_size}, not --block_size "
-                            f"{self.args.block_size}. Drop --block_size or preprocess again with it.")
+            raise DataError(
+                f"{source}: the saved rows have block_size {layout.block_size}, not --block_size "
+                f"{self.args.block_size}. Drop --block_size or preprocess again with it."
+            )
         return layout
 
     def tokenize(self, raw: DatasetDict) -> DatasetDict:
@@ -246,10 +296,15 @@ class Preprocessor:
         raw = as_text_records(raw, self.args, self.args.dff_token)
         columns = raw["train"].column_names
         with self.main_process_first(desc="tokenising"):
-            return raw.map(tokenize_function(self.tokenizer, self.args.text_column), batched=True,
-                           num_proc=self.workers, remove_columns=columns, desc="Tokenising")
+            return raw.map(
+                tokenize_function(self.tokenizer, self.args.text_column),
+                batched=True,
+                num_proc=self.workers,
+                remove_columns=columns,
+                desc="Tokenising",
+            )
 
-    def label(self, raw: DatasetDict) -> tuple[DatasetDict, Optional[str]]:
+    def label(self, raw: DatasetDict) -> tuple[DatasetDict, str | None]:
         """Labelled samples and the marker training starts after (None: every token is trained)."""
         dff_token = self.args.dff_token
         if "labels" in raw["train"].column_names and not self.args.force_label:
@@ -278,24 +333,40 @@ class Preprocessor:
             keep = found.copy()
             if not found.all():
                 example = self.tokenizer.decode(split[int(np.flatnonzero(~found)[0])]["input_ids"][:200])
-                logger.warning("%s: dropped %d of %d samples without %s, e.g. %r", name, int((~found).sum()),
-                               len(found), self.args.dff_token, example)
+                logger.warning(
+                    "%s: dropped %d of %d samples without %s, e.g. %r",
+                    name,
+                    int((~found).sum()),
+                    len(found),
+                    self.args.dff_token,
+                    example,
+                )
             too_long = lengths >= block
             if too_long[keep].any():
                 if self.args.ignore_long_samples:
-                    logger.warning("%s: dropped %d samples with length >= block_size %d (--ignore_long_samples).",
-                                   name, int((too_long & keep).sum()), block)
+                    logger.warning(
+                        "%s: dropped %d samples with length >= block_size %d (--ignore_long_samples).",
+                        name,
+                        int((too_long & keep).sum()),
+                        block,
+                    )
                     keep &= ~too_long
                 elif not concatenate:
-                    logger.warning("%s: %d samples are >= block_size %d tokens: packing them with "
-                                   "--concatenate_texts (pass --ignore_long_samples to drop them instead).",
-                                   name, int((too_long & keep).sum()), block)
+                    logger.warning(
+                        "%s: %d samples are >= block_size %d tokens: packing them with "
+                        "--concatenate_texts (pass --ignore_long_samples to drop them instead).",
+                        name,
+                        int((too_long & keep).sum()),
+                        block,
+                    )
                     concatenate = True
             if not keep.all():
                 split = split.select(np.flatnonzero(keep))
             if len(split) == 0:
-                raise DataError(f"The {name} split is empty after filtering: no sample has {self.args.dff_token} "
-                                f"or fits block_size {block}. Check --text_column, --dff_token and --block_size.")
+                raise DataError(
+                    f"The {name} split is empty after filtering: no sample has {self.args.dff_token} "
+                    f"or fits block_size {block}. Check --text_column, --dff_token and --block_size."
+                )
             raw[name] = split
         return raw, concatenate
 
@@ -304,16 +375,19 @@ class Preprocessor:
         fn = pack_function(block_size, self.tokenizer.eos_token_id, concatenate, side, documents)
         how = "Packing" if concatenate else f"Padding ({side})"
         with self.main_process_first(desc="packing"):
-            packed = raw.map(fn, batched=True, num_proc=self.workers, remove_columns=raw["train"].column_names,
-                             desc=how)
+            packed = raw.map(
+                fn, batched=True, num_proc=self.workers, remove_columns=raw["train"].column_names, desc=how
+            )
         for name in list(packed):
             trainable = trainable_counts(packed[name])
             if (trainable == 0).any():
                 logger.warning("%s: dropped %d packed rows with no trained token.", name, int((trainable == 0).sum()))
                 packed[name] = packed[name].select(np.flatnonzero(trainable > 0))
             if len(packed[name]) == 0:
-                raise DataError(f"The {name} split has no complete row of {block_size} tokens. Use a smaller "
-                                f"--block_size or more {name} data{self.where_more_data_comes_from(name)}.")
+                raise DataError(
+                    f"The {name} split has no complete row of {block_size} tokens. Use a smaller "
+                    f"--block_size or more {name} data{self.where_more_data_comes_from(name)}."
+                )
         return packed
 
     def where_more_data_comes_from(self, split: str) -> str:
@@ -343,20 +417,24 @@ def sanity_check(final: DatasetDict, block_size: int, tokenizer) -> None:
     for name, split in final.items():
         missing = [c for c in ROW_COLUMNS if c not in split.column_names]
         if missing:
-            raise DataError(f"{name}: final data lacks column(s) {missing} (has {split.column_names}). "
-                            "Data saved without them cannot be used with --skip_concat.")
+            raise DataError(
+                f"{name}: final data lacks column(s) {missing} (has {split.column_names}). "
+                "Data saved without them cannot be used with --skip_concat."
+            )
         if len(split) == 0:
             raise DataError(f"{name}: no rows left.")
         for column in ROW_COLUMNS:
             lengths = sequence_lengths(split, column)
             if (lengths != block_size).any():
                 bad = int(np.flatnonzero(lengths != block_size)[0])
-                raise DataError(f"{name}: row {bad} has {lengths[bad]} {column}, expected block_size {block_size}. "
-                                "Every row must have the same length: preprocess the text again.")
+                raise DataError(
+                    f"{name}: row {bad} has {lengths[bad]} {column}, expected block_size {block_size}. "
+                    "Every row must have the same length: preprocess the text again."
+                )
         empty = np.flatnonzero(trainable_counts(split) == 0)
         if len(empty):
             raise DataError(f"{name}: {len(empty)} rows have no trained label (first: row {empty[0]}).")
     first = final["train"][0]
     trained = [i for i, label in enumerate(first["labels"]) if label != IGNORE_INDEX]
     logger.info("First training row (decoded): %r", tokenizer.decode(first["input_ids"]))
-    logger.info("Its first trained span: %r", tokenizer.decode(first["input_ids"][trained[0]: trained[0] + 64]))
+    logger.info("Its first trained span: %r", tokenizer.decode(first["input_ids"][trained[0] : trained[0] + 64]))

@@ -35,7 +35,6 @@ import logging
 import os
 import zlib
 from dataclasses import dataclass, replace
-from typing import Optional
 
 import numpy as np
 import torch
@@ -70,7 +69,7 @@ REPORTED_LOCATIONS = 5
 # Loading and checking
 
 
-def load_preference_splits(data_args) -> tuple[DatasetDict, dict[str, Optional[str]], dict[str, dict]]:
+def load_preference_splits(data_args) -> tuple[DatasetDict, dict[str, str | None], dict[str, dict]]:
     """Raw train (and validation) splits in source order, each split's source file (None: not a file), and per
     file-sourced split the records whose text the file holds as a non-string (row -> (place, problem))."""
     scanned = {}
@@ -115,8 +114,9 @@ def is_conversational(split: Dataset, prompt_column: str) -> bool:
     return prompt_column in split.column_names and len(split) > 0 and isinstance(split[0][prompt_column], list)
 
 
-def render_conversations(split: Dataset, names: tuple[str, str, str], tokenizer, template: str,
-                         source: str | None, split_name: str) -> tuple[Dataset, dict[int, tuple[str, str]]]:
+def render_conversations(
+    split: Dataset, names: tuple[str, str, str], tokenizer, template: str, source: str | None, split_name: str
+) -> tuple[Dataset, dict[int, tuple[str, str]]]:
     """Conversational pairs as text pairs (`chat.preference_texts`), and row -> (place, problem) for those that
     cannot be rendered (their texts are None, dropped or reported by `drop_bad_pairs`)."""
     texts, problems = {name: [] for name in names}, {}
@@ -128,15 +128,16 @@ def render_conversations(split: Dataset, names: tuple[str, str, str], tokenizer,
             problems[row] = str(error)
             values = (None, None, None)
         if bos and values[0] is not None and values[0].startswith(bos):
-            values = (values[0][len(bos):], *values[1:])  # tokenising puts the BOS back
+            values = (values[0][len(bos) :], *values[1:])  # tokenising puts the BOS back
         for name, value in zip(names, values):
             texts[name].append(value)
     places = record_locations(sorted(problems), source, split_name)
-    return Dataset.from_dict(texts), {row: (places.get(row, f"{split_name} row {row}"), problem)
-                                      for row, problem in problems.items()}
+    return Dataset.from_dict(texts), {
+        row: (places.get(row, f"{split_name} row {row}"), problem) for row, problem in problems.items()
+    }
 
 
-def pair_problem(prompt, chosen, rejected, names: tuple[str, str, str]) -> Optional[str]:
+def pair_problem(prompt, chosen, rejected, names: tuple[str, str, str]) -> str | None:
     """Why a record cannot be a preference pair (None when it can)."""
     for name, value in zip(names, (prompt, chosen, rejected)):
         if value is None:
@@ -154,8 +155,10 @@ def find_bad_pairs(split: Dataset, names: tuple[str, str, str]) -> dict[int, str
     """Row index -> problem for every bad record of `split` (DataError if a whole column is missing)."""
     missing = [name for name in names if name not in split.column_names]
     if missing:
-        raise DataError(f"Column(s) {missing} not in the data; available columns: {split.column_names}. "
-                        "Pass --prompt_column/--chosen_column/--rejected_column.")
+        raise DataError(
+            f"Column(s) {missing} not in the data; available columns: {split.column_names}. "
+            "Pass --prompt_column/--chosen_column/--rejected_column."
+        )
     columns = [split[name] for name in names]
     problems = {}
     for row, values in enumerate(zip(*columns)):
@@ -165,7 +168,7 @@ def find_bad_pairs(split: Dataset, names: tuple[str, str, str]) -> dict[int, str
     return problems
 
 
-def record_locations(rows: list[int], source: Optional[str], split_name: str) -> dict[int, str]:
+def record_locations(rows: list[int], source: str | None, split_name: str) -> dict[int, str]:
     """Human-readable places of dataset rows: `file, line N` for JSON-lines files (blank lines are skipped by
     the loader, so row i is the (i+1)-th non-blank line), `file, record N` otherwise."""
     if source is None:
@@ -184,8 +187,14 @@ def record_locations(rows: list[int], source: Optional[str], split_name: str) ->
     return found
 
 
-def drop_bad_pairs(split: Dataset, names, source: Optional[str], split_name: str, mode: str,
-                   scanned: Optional[dict[int, tuple[str, str]]] = None) -> Dataset:
+def drop_bad_pairs(
+    split: Dataset,
+    names,
+    source: str | None,
+    split_name: str,
+    mode: str,
+    scanned: dict[int, tuple[str, str]] | None = None,
+) -> Dataset:
     """Report bad records (place and problem); skip them with a count, or raise DataError (mode 'error').
 
     `scanned` (from reading the file, row -> (place, problem)) wins over what the loaded values show: a number in
@@ -195,19 +204,29 @@ def drop_bad_pairs(split: Dataset, names, source: Optional[str], split_name: str
     problems = {**find_bad_pairs(split, names), **{row: problem for row, (_, problem) in scanned.items()}}
     if not problems:
         return split
-    shown = sorted(problems)[:REPORTED_LOCATIONS if mode == "skip" else 2 * REPORTED_LOCATIONS]
-    places = {**record_locations([row for row in shown if row not in scanned], source, split_name),
-              **{row: scanned[row][0] for row in shown if row in scanned}}
+    shown = sorted(problems)[: REPORTED_LOCATIONS if mode == "skip" else 2 * REPORTED_LOCATIONS]
+    places = {
+        **record_locations([row for row in shown if row not in scanned], source, split_name),
+        **{row: scanned[row][0] for row in shown if row in scanned},
+    }
     listing = "; ".join(f"{places.get(row, f'{split_name} row {row}')}: {problems[row]}" for row in shown)
     counts = {}
     for problem in problems.values():
         counts[problem] = counts.get(problem, 0) + 1
     summary = ", ".join(f"{count} {problem}" for problem, count in sorted(counts.items()))
     if mode == "error":
-        raise DataError(f"{split_name}: {len(problems)} of {len(split)} records are not valid preference pairs "
-                        f"({summary}). First: {listing}. Fix them or pass --invalid_pairs skip.")
-    logger.warning("%s: skipped %d of %d records that are not valid preference pairs (%s). First: %s",
-                   split_name, len(problems), len(split), summary, listing)
+        raise DataError(
+            f"{split_name}: {len(problems)} of {len(split)} records are not valid preference pairs "
+            f"({summary}). First: {listing}. Fix them or pass --invalid_pairs skip."
+        )
+    logger.warning(
+        "%s: skipped %d of %d records that are not valid preference pairs (%s). First: %s",
+        split_name,
+        len(problems),
+        len(split),
+        summary,
+        listing,
+    )
     keep = np.setdiff1d(np.arange(len(split)), np.fromiter(problems, dtype=np.int64))
     if len(keep) == 0:
         raise DataError(f"{split_name}: no valid preference pair left.")
@@ -231,11 +250,13 @@ def load_preference_data(data_args, seed: int = 42, tokenizer=None) -> tuple[Dat
             if tokenizer is None:
                 raise DataError(f"{sources[name] or name}: conversational pairs need the tokenizer to render them.")
             template = resolve_template(tokenizer, data_args.chat_template)
-            raw[name], scanned[name] = render_conversations(raw[name], data_args.columns, tokenizer, template,
-                                                            sources[name], name)
+            raw[name], scanned[name] = render_conversations(
+                raw[name], data_args.columns, tokenizer, template, sources[name], name
+            )
         if not is_tokenised(raw[name]):
-            raw[name] = drop_bad_pairs(raw[name], data_args.columns, sources[name], name, data_args.invalid_pairs,
-                                       scanned.get(name))
+            raw[name] = drop_bad_pairs(
+                raw[name], data_args.columns, sources[name], name, data_args.invalid_pairs, scanned.get(name)
+            )
     if "validation" not in raw and data_args.validation_split_percentage > 0:
         train, validation = split_off_validation(raw["train"], data_args.validation_split_percentage, seed)
         raw = DatasetDict({"train": train, "validation": validation})
@@ -259,7 +280,8 @@ def pair_mask_seed(seed: int, split: str, row: int) -> int:
 def noise_seed(mask_seed: int, epoch: int, stream: int) -> int:
     """The generator seed of a pair's masks in one epoch; stream 1 gives the reference independent masks."""
     state = np.random.SeedSequence([mask_seed >> 32, mask_seed & 0xFFFFFFFF, epoch, stream]).generate_state(
-        2, np.uint32)
+        2, np.uint32
+    )
     return int(state[0]) << 31 | int(state[1]) >> 1
 
 
@@ -280,7 +302,7 @@ def tokenize_pairs_function(tokenizer, data_args):
         out = {"prompt_ids": [], "chosen_ids": [], "rejected_ids": [], "fits": [], "eos_padding": []}
         for prompt, good, bad in zip(prompts, chosen, rejected):
             if max_prompt is not None and len(bos) + len(prompt) > max_prompt:
-                prompt = prompt[len(prompt) - (max_prompt - len(bos)):]  # keep the end of the prompt
+                prompt = prompt[len(prompt) - (max_prompt - len(bos)) :]  # keep the end of the prompt
             prompt = bos + prompt
             good, bad = good + [eos], bad + [eos]
             room = max_length - len(prompt)
@@ -310,22 +332,34 @@ def tokenize_pairs(raw: DatasetDict, tokenizer, data_args, seed: int = 42, main_
             continue
         context = main_process_first or (lambda desc: contextlib.nullcontext())
         with context(desc=f"tokenising {name} pairs"):
-            tokenised = split.map(tokenize_pairs_function(tokenizer, data_args), batched=True,
-                                  num_proc=data_args.preprocessing_num_workers, remove_columns=split.column_names,
-                                  desc=f"Tokenising {name} pairs")
+            tokenised = split.map(
+                tokenize_pairs_function(tokenizer, data_args),
+                batched=True,
+                num_proc=data_args.preprocessing_num_workers,
+                remove_columns=split.column_names,
+                desc=f"Tokenising {name} pairs",
+            )
         fits = np.asarray(tokenised["fits"], dtype=bool)
         if not fits.all():
-            logger.warning("%s: skipped %d of %d pairs longer than max_length %d (prompt%s + response + EOS).", name,
-                           int((~fits).sum()), len(fits), data_args.max_length,
-                           f" cut to {data_args.max_prompt_length}" if data_args.max_prompt_length else "")
+            logger.warning(
+                "%s: skipped %d of %d pairs longer than max_length %d (prompt%s + response + EOS).",
+                name,
+                int((~fits).sum()),
+                len(fits),
+                data_args.max_length,
+                f" cut to {data_args.max_prompt_length}" if data_args.max_prompt_length else "",
+            )
             tokenised = tokenised.select(np.flatnonzero(fits))
         if len(tokenised) == 0:
-            raise DataError(f"{name}: no pair fits max_length {data_args.max_length}. Raise --max_length or set "
-                            "--max_prompt_length.")
+            raise DataError(
+                f"{name}: no pair fits max_length {data_args.max_length}. Raise --max_length or set "
+                "--max_prompt_length."
+            )
         warn_about_padding(name, np.asarray(tokenised["eos_padding"]), tokenised, data_args.max_length)
         tokenised = tokenised.remove_columns(["fits", "eos_padding"])
-        result[name] = tokenised.add_column("mask_seed", [pair_mask_seed(seed, name, row)
-                                                          for row in range(len(tokenised))])
+        result[name] = tokenised.add_column(
+            "mask_seed", [pair_mask_seed(seed, name, row) for row in range(len(tokenised))]
+        )
     return DatasetDict(result)
 
 
@@ -333,24 +367,31 @@ def warn_about_padding(split_name: str, padding: np.ndarray, tokenised: Dataset,
     """Warn when EOS padding is more than half of the scored response tokens (it drowns the preference signal)."""
     scored = int(sequence_lengths(tokenised, "chosen_ids").sum() + sequence_lengths(tokenised, "rejected_ids").sum())
     if scored and padding.sum() > scored / 2:
-        logger.warning("%s: %.0f%% of the scored response tokens are EOS padding (--response_padding eos up to "
-                       "--max_length %d), which drowns the preference signal of short answers. Lower --max_length, "
-                       "or pass --response_padding ignore unless the model was trained with right EOS padding.",
-                       split_name, 100 * padding.sum() / scored, max_length)
+        logger.warning(
+            "%s: %.0f%% of the scored response tokens are EOS padding (--response_padding eos up to "
+            "--max_length %d), which drowns the preference signal of short answers. Lower --max_length, "
+            "or pass --response_padding ignore unless the model was trained with right EOS padding.",
+            split_name,
+            100 * padding.sum() / scored,
+            max_length,
+        )
 
 
-def default_response_padding(diffusion_config: Optional[dict]) -> str:
+def default_response_padding(diffusion_config: dict | None) -> str:
     """eos for a checkpoint trained on right EOS-padded rows (LLaDA SFT), otherwise ignore (response + one EOS)."""
     return "eos" if (diffusion_config or {}).get("row_packing") == "right" else "ignore"
 
 
-def with_response_padding(data_args, diffusion_config: Optional[dict]):
+def with_response_padding(data_args, diffusion_config: dict | None):
     """`data_args` with --response_padding set: as given, or the checkpoint's default (logged)."""
     if data_args.response_padding is not None:
         return data_args
     padding = default_response_padding(diffusion_config)
-    logger.info("--response_padding %s: the checkpoint was %s.", padding,
-                "trained on right EOS-padded rows" if padding == "eos" else "not trained on right EOS-padded rows")
+    logger.info(
+        "--response_padding %s: the checkpoint was %s.",
+        padding,
+        "trained on right EOS-padded rows" if padding == "eos" else "not trained on right EOS-padded rows",
+    )
     return replace(data_args, response_padding=padding)
 
 
@@ -388,13 +429,14 @@ def files_sha256(directory: str, names: list[str]) -> str:
     return digest.hexdigest()
 
 
-def fingerprint_mismatch(stored: Optional[dict], current: dict) -> Optional[str]:
+def fingerprint_mismatch(stored: dict | None, current: dict) -> str | None:
     """Why stored reference scores do not belong to the `current` reference (None when they do); only the keys of
     `current` are compared."""
     if stored is None:
         return "they carry no reference fingerprint (saved by an older version)"
-    changed = [f"{key} {stored.get(key)!r} (now {value!r})" for key, value in current.items()
-               if stored.get(key) != value]
+    changed = [
+        f"{key} {stored.get(key)!r} (now {value!r})" for key, value in current.items() if stored.get(key) != value
+    ]
     return "they were computed with " + ", ".join(changed) if changed else None
 
 
@@ -413,8 +455,9 @@ def noise_response(response: torch.Tensor, num_samples: int, mask_token_id: int,
     length = response.shape[0]
     counts = stratified_mask_counts(length, num_samples, generator=generator).reshape(-1)
     copies = response.unsqueeze(0).expand(num_samples, length)
-    noisy, masked = mask_exact_count(copies, torch.ones_like(copies, dtype=torch.bool), counts, mask_token_id,
-                                     generator)
+    noisy, masked = mask_exact_count(
+        copies, torch.ones_like(copies, dtype=torch.bool), counts, mask_token_id, generator
+    )
     return noisy, masked, counts
 
 
@@ -443,41 +486,54 @@ class PreferenceCollator:
     num_samples: int = 8
     antithetic: bool = True
     epoch: int = 0
-    fixed_epoch: Optional[int] = None
+    fixed_epoch: int | None = None
 
     def noisy_copies(self, pairs, mask_seeds, stream: int):
         """Per sequence (chosen ones, then rejected ones) its n noisy responses, masks and counts."""
         epoch = self.epoch if self.fixed_epoch is None else self.fixed_epoch
         generators = [torch.Generator().manual_seed(noise_seed(seed, epoch, stream)) for seed in mask_seeds]
         # each pair's generator serves its chosen response, then its rejected one: masks never depend on the batch
-        return [noise_response(pair[side], self.num_samples, self.mask_token_id, generator)
-                for side in (1, 2) for generator, pair in zip(generators, pairs)]
+        return [
+            noise_response(pair[side], self.num_samples, self.mask_token_id, generator)
+            for side in (1, 2)
+            for generator, pair in zip(generators, pairs)
+        ]
 
     def __call__(self, features) -> dict:
         mask_seeds = [int(feature["mask_seed"]) for feature in features]
-        pairs = [tuple(torch.as_tensor(f[name], dtype=torch.long) for name in ("prompt_ids", "chosen_ids",
-                                                                               "rejected_ids")) for f in features]
+        pairs = [
+            tuple(torch.as_tensor(f[name], dtype=torch.long) for name in ("prompt_ids", "chosen_ids", "rejected_ids"))
+            for f in features
+        ]
         prompts = [pair[0] for pair in pairs] * 2
         responses = [pair[1] for pair in pairs] + [pair[2] for pair in pairs]
         width = max(len(p) + len(r) for p, r in zip(prompts, responses))
         no_prompt = [torch.zeros(len(p), dtype=torch.long) for p in prompts]
         batch = {
             "input_ids": pad_right([torch.cat(parts) for parts in zip(prompts, responses)], width, self.pad_token_id),
-            "attention_mask": pad_right([torch.ones(len(p) + len(r), dtype=torch.long)
-                                         for p, r in zip(prompts, responses)], width, 0),
-            "maskable": pad_right([torch.cat([z, torch.ones_like(r)]) for z, r in zip(no_prompt, responses)],
-                                  width, 0).bool(),
+            "attention_mask": pad_right(
+                [torch.ones(len(p) + len(r), dtype=torch.long) for p, r in zip(prompts, responses)], width, 0
+            ),
+            "maskable": pad_right(
+                [torch.cat([z, torch.ones_like(r)]) for z, r in zip(no_prompt, responses)], width, 0
+            ).bool(),
         }
         streams = [("", 0)] if self.antithetic else [("", 0), ("ref_", 1)]
         for prefix, stream in streams:
             copies = self.noisy_copies(pairs, mask_seeds, stream)
-            batch[f"{prefix}noisy_ids"] = pad_right([torch.cat([p, row]) for p, (noisy, _, _) in zip(prompts, copies)
-                                                     for row in noisy], width, self.pad_token_id)
-            batch[f"{prefix}masked"] = pad_right([torch.cat([z, row.long()]) for z, (_, masked, _) in
-                                                  zip(no_prompt, copies) for row in masked], width, 0).bool()
+            batch[f"{prefix}noisy_ids"] = pad_right(
+                [torch.cat([p, row]) for p, (noisy, _, _) in zip(prompts, copies) for row in noisy],
+                width,
+                self.pad_token_id,
+            )
+            batch[f"{prefix}masked"] = pad_right(
+                [torch.cat([z, row.long()]) for z, (_, masked, _) in zip(no_prompt, copies) for row in masked], width, 0
+            ).bool()
             batch[f"{prefix}mask_counts"] = torch.cat([counts for _, _, counts in copies])
         batch["mask_seed"] = torch.tensor(mask_seeds, dtype=torch.long)
         if all(name in features[0] for name in REFERENCE_COLUMNS):
-            batch["ref_scores"] = torch.tensor([f[REFERENCE_COLUMNS[0]] for f in features]
-                                               + [f[REFERENCE_COLUMNS[1]] for f in features], dtype=torch.float32)
+            batch["ref_scores"] = torch.tensor(
+                [f[REFERENCE_COLUMNS[0]] for f in features] + [f[REFERENCE_COLUMNS[1]] for f in features],
+                dtype=torch.float32,
+            )
         return batch

@@ -15,7 +15,6 @@ import re
 import shutil
 import socket
 import tempfile
-from typing import Optional
 
 from datasets import DatasetDict
 
@@ -30,8 +29,9 @@ _RENAME_EXCHANGE = 2  # renameat2 flag: swap two paths atomically
 _AT_FDCWD = -100
 
 
-def save_final_dataset(final: DatasetDict, path: str, *, overwrite: bool = False, num_proc=None,
-                       extra_files: Optional[dict[str, str]] = None) -> str:
+def save_final_dataset(
+    final: DatasetDict, path: str, *, overwrite: bool = False, num_proc=None, extra_files: dict[str, str] | None = None
+) -> str:
     """Save into a staging sibling directory, then move it to `path` in one rename (or one swap with the old one).
 
     `extra_files` (file name -> text) are written into the directory with the data, e.g. the rows' layout.
@@ -49,8 +49,10 @@ def save_final_dataset(final: DatasetDict, path: str, *, overwrite: bool = False
     try:
         final.save_to_disk(staging, num_proc=num_proc if num_proc and num_proc > 1 else None)
         written = {**(extra_files or {}), SAVED_MARKER: ""}
-        written[SAVED_MARKER] = json.dumps({"written_by": "diff_trainer save_final_dataset",
-                                            "entries": sorted([*os.listdir(staging), *written])}, indent=1)
+        written[SAVED_MARKER] = json.dumps(
+            {"written_by": "diff_trainer save_final_dataset", "entries": sorted([*os.listdir(staging), *written])},
+            indent=1,
+        )
         for file_name, text in written.items():
             with open(os.path.join(staging, file_name), "w", encoding="utf-8") as handle:
                 handle.write(text)
@@ -73,8 +75,10 @@ def check_replaceable(path: str) -> None:
     """A DataError unless `path` is a directory this function saved, holding only what it wrote (the entries its
     marker lists, each split directory only datasets' own files): --overwrite_final_dataset deletes nothing else."""
     marker = os.path.join(path, SAVED_MARKER)
-    refuse = (f"; --overwrite_final_dataset replaces only a directory written by --save_final_dataset. Choose another "
-              f"directory, or move {path} away yourself.")
+    refuse = (
+        f"; --overwrite_final_dataset replaces only a directory written by --save_final_dataset. Choose another "
+        f"directory, or move {path} away yourself."
+    )
     try:
         with open(marker, encoding="utf-8") as handle:
             entries = set(json.load(handle)["entries"])
@@ -113,7 +117,7 @@ def remove_stale_staging(parent: str, name: str) -> list[str]:
     host = socket.gethostname()
     removed = []
     for staging in glob.glob(os.path.join(glob.escape(parent), glob.escape(staging_prefix(name)) + "*")):
-        owner = os.path.basename(staging)[len(staging_prefix(name)):].rsplit("-", 2)  # HOST, PID, random part
+        owner = os.path.basename(staging)[len(staging_prefix(name)) :].rsplit("-", 2)  # HOST, PID, random part
         owner_host, pid = (owner[0], owner[1]) if len(owner) == 3 else ("", "")
         if owner_host == host and pid.isdigit() and not process_alive(int(pid)):
             shutil.rmtree(staging, ignore_errors=True)

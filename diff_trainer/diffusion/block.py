@@ -33,13 +33,23 @@ from .losses import denominator, diffusion_loss_sum, row_scales
 def check_block_size(length: int, block_size: int) -> int:
     """The number of blocks L / L' of a row of `length`; refuses a block size that does not divide it."""
     if block_size < 1 or length % block_size:
-        raise ValueError(f"block size {block_size} must be a positive divisor of the row length {length}: "
-                         "choose --diffusion_block_size among the divisors of --block_size.")
+        raise ValueError(
+            f"block size {block_size} must be a positive divisor of the row length {length}: "
+            "choose --diffusion_block_size among the divisors of --block_size."
+        )
     return length // block_size
 
 
-def block_times(batch_size: int, num_blocks: int, *, antithetic: bool = True, low: float = 0.0, high: float = 1.0,
-                generator=None, device=None) -> torch.Tensor:
+def block_times(
+    batch_size: int,
+    num_blocks: int,
+    *,
+    antithetic: bool = True,
+    low: float = 0.0,
+    high: float = 1.0,
+    generator=None,
+    device=None,
+) -> torch.Tensor:
     """One time per block, Tensor[B, num_blocks] in [low, high).
 
     antithetic: stratified over all B·num_blocks blocks of the batch (one offset u, t_k = (u + k/N) mod 1, the
@@ -62,13 +72,29 @@ def mask_blocks(input_ids, maskable, mask_prob, block_size: int, mask_token_id: 
     """
     batch_size, length = input_ids.shape
     blocks = batch_size * check_block_size(length, block_size)
-    noisy, masked = mask_tokens(input_ids.reshape(blocks, block_size), maskable.reshape(blocks, block_size),
-                                mask_prob.reshape(blocks), mask_token_id, generator)
+    noisy, masked = mask_tokens(
+        input_ids.reshape(blocks, block_size),
+        maskable.reshape(blocks, block_size),
+        mask_prob.reshape(blocks),
+        mask_token_id,
+        generator,
+    )
     return noisy.reshape(batch_size, length), masked.reshape(batch_size, length)
 
 
-def noise_blocks(input_ids, labels, schedule, block_size: int, mask_token_id: int, *, antithetic: bool = True,
-                 low: float = 0.0, high: float = 1.0, complementary: bool = False, generator=None) -> dict:
+def noise_blocks(
+    input_ids,
+    labels,
+    schedule,
+    block_size: int,
+    mask_token_id: int,
+    *,
+    antithetic: bool = True,
+    low: float = 0.0,
+    high: float = 1.0,
+    complementary: bool = False,
+    generator=None,
+) -> dict:
     """A noised block-diffusion batch from clean rows and their labels.
 
     Keys: `noisy_ids`, `clean_ids`, `masked`, `maskable` ([B, L]) and `loss_weight` ([B, num_blocks], the
@@ -79,15 +105,24 @@ def noise_blocks(input_ids, labels, schedule, block_size: int, mask_token_id: in
     """
     batch_size, length = input_ids.shape
     maskable = labels != -100
-    times = block_times(batch_size, check_block_size(length, block_size), antithetic=antithetic, low=low,
-                        high=high, generator=generator, device=input_ids.device)
+    times = block_times(
+        batch_size,
+        check_block_size(length, block_size),
+        antithetic=antithetic,
+        low=low,
+        high=high,
+        generator=generator,
+        device=input_ids.device,
+    )
     mask_prob = schedule.mask_prob(times)
     noisy, masked = mask_blocks(input_ids, maskable, mask_prob, block_size, mask_token_id, generator)
     weight = schedule.loss_weight(times)
     if complementary:
         if schedule.name != "linear":
-            raise ValueError(f"complementary masks weight the complement by 1/(1 - p), the linear schedule's "
-                             f"weight; the {schedule.name!r} schedule has no such pair: use the linear schedule.")
+            raise ValueError(
+                f"complementary masks weight the complement by 1/(1 - p), the linear schedule's "
+                f"weight; the {schedule.name!r} schedule has no such pair: use the linear schedule."
+            )
         complement = maskable & ~masked
         noisy = torch.cat([noisy, torch.where(complement, mask_token_id, input_ids)])
         masked, maskable = torch.cat([masked, complement]), maskable.repeat(2, 1)
@@ -103,8 +138,9 @@ def vectorised_inputs(noisy_ids, clean_ids, position_ids=None) -> tuple[torch.Te
     return torch.cat([noisy_ids, clean_ids], dim=1), torch.cat([position_ids, position_ids], dim=1)
 
 
-def block_attention_allowed(length: int, block_size: int, *, document_ids=None, attention_mask=None,
-                            device=None) -> torch.Tensor:
+def block_attention_allowed(
+    length: int, block_size: int, *, document_ids=None, attention_mask=None, device=None
+) -> torch.Tensor:
     """Bool [B or 1, 1, 2L, 2L]: which keys each query of [x_t ; x0] may see (the table of the module docstring).
 
     document_ids [B, L] (packed rows, `attention.document_ids`): also never across documents. attention_mask
@@ -182,8 +218,18 @@ def block_loss_sum(token_losses, weight, row_scale=None) -> torch.Tensor:
     return diffusion_loss_sum(per_block, weight.reshape(-1), row_scale)
 
 
-def block_diffusion_loss(logits, targets, masked, maskable, weight, block_size: int, kind: str, *,
-                         shift: bool = False, total_denominator=None) -> torch.Tensor:
+def block_diffusion_loss(
+    logits,
+    targets,
+    masked,
+    maskable,
+    weight,
+    block_size: int,
+    kind: str,
+    *,
+    shift: bool = False,
+    total_denominator=None,
+) -> torch.Tensor:
     """The block-diffusion loss of the logits of [x_t ; x0] with the project's normalisations (`losses.py`):
     numerator / (the batch's denominator clamped to ≥ 1, or `total_denominator`)."""
     token_losses = block_token_losses(logits, targets, masked, block_size, shift=shift)

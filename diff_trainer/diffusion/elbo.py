@@ -31,20 +31,23 @@ def monte_carlo_copies(rows: torch.Tensor, num_samples: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def elbo_nll(logits_fn, input_ids, maskable, mask_token_id: int, num_samples: int, *, shift: bool = False,
-             generator=None) -> torch.Tensor:
+def elbo_nll(
+    logits_fn, input_ids, maskable, mask_token_id: int, num_samples: int, *, shift: bool = False, generator=None
+) -> torch.Tensor:
     """Upper bound on −log p(x_maskable | rest) per row (sum over its tokens, in nats), from `num_samples` masks.
 
     `logits_fn(noisy_ids)` gets the B·num_samples noisy rows laid out as `monte_carlo_copies` (split the batch into
     fewer rows to save memory) and returns full logits; `elbo_nll_of` takes a masked_ce_fn instead.
     """
-    return elbo_nll_of(full_logits_ce_fn(logits_fn, shift), input_ids, maskable, mask_token_id, num_samples,
-                       generator=generator)
+    return elbo_nll_of(
+        full_logits_ce_fn(logits_fn, shift), input_ids, maskable, mask_token_id, num_samples, generator=generator
+    )
 
 
 @torch.no_grad()
-def elbo_nll_of(masked_ce_fn, input_ids, maskable, mask_token_id: int, num_samples: int, *,
-                generator=None) -> torch.Tensor:
+def elbo_nll_of(
+    masked_ce_fn, input_ids, maskable, mask_token_id: int, num_samples: int, *, generator=None
+) -> torch.Tensor:
     """`elbo_nll` scoring the noisy copies with `masked_ce_fn` (see `elbo_terms`). Mask counts are stratified
     across samples; rows without maskable tokens give 0."""
     counts = stratified_mask_counts(maskable.sum(dim=1), num_samples, generator=generator).T.reshape(-1)

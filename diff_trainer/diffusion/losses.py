@@ -39,7 +39,9 @@ def masked_token_losses(logits, targets, masked, *, shift: bool = False) -> torc
 
 
 def diffusion_loss_sum(token_losses, weight, row_scale=None) -> torch.Tensor:
-    """token_losses: Tensor[B, positions] (or [B, 1] row sums). Numerator Σ_i row_scale_i · weight_i · Σ_pos token_losses[i, pos] (LLaDA eq. 3 / MDLM eq. 10 summed)."""
+    """token_losses: Tensor[B, positions] (or [B, 1] row sums).
+
+    Numerator Σ_i row_scale_i · weight_i · Σ_pos token_losses[i, pos] (LLaDA eq. 3 / MDLM eq. 10 summed)."""
     per_row = weight.to(token_losses.dtype) * token_losses.sum(dim=1)
     if row_scale is not None:
         per_row = per_row * row_scale.to(per_row.dtype)
@@ -69,8 +71,9 @@ def denominator(kind: str, maskable, masked) -> torch.Tensor:
     return torch.as_tensor(count, dtype=torch.float32, device=maskable.device)
 
 
-def masked_diffusion_loss(logits, targets, masked, maskable, weight, kind: str, shift: bool = False,
-                          total_denominator=None) -> torch.Tensor:
+def masked_diffusion_loss(
+    logits, targets, masked, maskable, weight, kind: str, shift: bool = False, total_denominator=None
+) -> torch.Tensor:
     """`diffusion_loss` of full logits [B, L, V]."""
     row_ce = masked_token_losses(logits, targets, masked, shift=shift).sum(dim=1)
     return diffusion_loss(row_ce, weight, masked, maskable, kind, total_denominator)

@@ -20,7 +20,7 @@ reshards it as usual.
 """
 
 import contextlib
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -75,8 +75,10 @@ class MaskedHead:
         self.model = model
         self.projection = base.get_output_embeddings()
         if self.projection is None:
-            raise ValueError(f"{type(base).__name__} has no output projection (get_output_embeddings() is None): "
-                             "use --masked_head false.")
+            raise ValueError(
+                f"{type(base).__name__} has no output projection (get_output_embeddings() is None): "
+                "use --masked_head false."
+            )
         config = base.config.get_text_config()
         # what the model's forward does to the projection's output (1 / None: nothing)
         self.scale = (getattr(config, "logit_scale", None) or 1.0) / (getattr(config, "logits_scaling", None) or 1.0)
@@ -87,8 +89,10 @@ class MaskedHead:
         self.hidden = self.probe = None  # what the hooks saw in that forward
         self.checked = False  # the model's own logits compared with head_logits once
         self._fsdp_owner = None  # the FSDP2 module that shards the projection's weight (found on the first batch)
-        self._handles = [self.projection.register_forward_pre_hook(self._keep_hidden),
-                         self.projection.register_forward_hook(self._keep_probe)]
+        self._handles = [
+            self.projection.register_forward_pre_hook(self._keep_hidden),
+            self.projection.register_forward_hook(self._keep_probe),
+        ]
 
     def close(self) -> None:
         for handle in self._handles:
@@ -132,10 +136,12 @@ class MaskedHead:
             self.active = False
         hidden, projected, self.hidden, self.probe = self.hidden, self.probe, None, None
         if hidden is None or logits.shape[:2] != (1, 1) or hidden.shape[0] != batch_positions:
-            raise RuntimeError(f"--masked_head: the model returned logits of shape {tuple(logits.shape)} instead of "
-                               f"[1, 1, V] for {batch_positions} positions; its output projection did not run through "
-                               "the hook on every position (a model compiled before the trainer was built?). Use "
-                               "--masked_head false.")
+            raise RuntimeError(
+                f"--masked_head: the model returned logits of shape {tuple(logits.shape)} instead of "
+                f"[1, 1, V] for {batch_positions} positions; its output projection did not run through "
+                "the hook on every position (a model compiled before the trainer was built?). Use "
+                "--masked_head false."
+            )
         if not self.checked:
             self._fsdp_owner = self._find_fsdp_owner()
             self._check_after_projection(projected, logits)
@@ -147,8 +153,11 @@ class MaskedHead:
         """The innermost FSDP2 module holding the projection (its weight is all-gathered only in its forward)."""
         from torch.distributed.fsdp import FSDPModule
 
-        owners = [module for module in self.model.modules() if isinstance(module, FSDPModule)
-                  and any(sub is self.projection for sub in module.modules())]
+        owners = [
+            module
+            for module in self.model.modules()
+            if isinstance(module, FSDPModule) and any(sub is self.projection for sub in module.modules())
+        ]
         return owners[-1] if owners else None
 
     def _check_after_projection(self, projected, logits) -> None:
@@ -157,9 +166,11 @@ class MaskedHead:
             ours, theirs = self.after_projection(projected).float(), logits.detach().float()
         tolerance = 1e-4 if projected.dtype == logits.dtype == torch.float32 else 2e-2
         if not torch.allclose(ours, theirs, rtol=tolerance, atol=tolerance * float(theirs.abs().max().clamp(min=1))):
-            raise RuntimeError("--masked_head: the model changes its logits after its output projection in a way "
-                               "this head does not reproduce (it knows logit_scale, logits_scaling and "
-                               "final_logit_softcapping from the config). Use --masked_head false.")
+            raise RuntimeError(
+                "--masked_head: the model changes its logits after its output projection in a way "
+                "this head does not reproduce (it knows logit_scale, logits_scaling and "
+                "final_logit_softcapping from the config). Use --masked_head false."
+            )
         self.checked = True
 
     def row_masked_ce(self, forward: Callable[[], torch.Tensor], targets, masked, shift: bool = False):
@@ -186,10 +197,11 @@ class MaskedHead:
         starts = range(0, max(len(hidden), 1), rows)  # one empty chunk when nothing is masked: the graph stays whole
         pieces = []
         for start in starts:
-            chunk = (hidden[start:start + rows], targets[start:start + rows])
+            chunk = (hidden[start : start + rows], targets[start : start + rows])
             recomputed = torch.is_grad_enabled() and start != starts[-1]
-            pieces.append(checkpoint(self._token_ce, *chunk, use_reentrant=False) if recomputed
-                          else self._token_ce(*chunk))
+            pieces.append(
+                checkpoint(self._token_ce, *chunk, use_reentrant=False) if recomputed else self._token_ce(*chunk)
+            )
         return torch.cat(pieces)
 
     def _use_fused(self, hidden) -> bool:
@@ -202,8 +214,12 @@ class MaskedHead:
         if hidden.dtype != dtype:  # autocast: the projection ran in the dtype of its output
             hidden, weight = hidden.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
-        sums = [self.liger(hidden[row_of == row], weight, token_targets[row_of == row], bias, reduction="sum",
-                           softcap=self.softcap).float() for row in range(batch_size)]
+        sums = [
+            self.liger(
+                hidden[row_of == row], weight, token_targets[row_of == row], bias, reduction="sum", softcap=self.softcap
+            ).float()
+            for row in range(batch_size)
+        ]
         return torch.stack(sums)
 
     def masked_ce_fn(self, logits_of: Callable[[torch.Tensor], torch.Tensor], shift: bool = False) -> MaskedCeFn:
@@ -216,7 +232,7 @@ def full_logits_ce_fn(logits_of: Callable[[torch.Tensor], torch.Tensor], shift: 
     return lambda noisy, targets, masked: masked_token_losses(logits_of(noisy), targets, masked, shift=shift).sum(1)
 
 
-def masked_ce_fn(head: Optional[MaskedHead], logits_of, shift: bool = False) -> MaskedCeFn:
+def masked_ce_fn(head: MaskedHead | None, logits_of, shift: bool = False) -> MaskedCeFn:
     """The masked-head scorer when `head` is given, else the full-logits one."""
     return head.masked_ce_fn(logits_of, shift) if head is not None else full_logits_ce_fn(logits_of, shift)
 

@@ -80,8 +80,15 @@ def _row_uniform(generators: list, length: int, device) -> torch.Tensor:
     return torch.stack([_uniform((length,), generator, device) for generator in generators])
 
 
-def draw_one_step(input_ids, prompt_mask, completion_mask, mask_token_id: int, generator: Generators = None, *,
-                  p_mask_prompt: float = 0.0) -> MaskDraw:
+def draw_one_step(
+    input_ids,
+    prompt_mask,
+    completion_mask,
+    mask_token_id: int,
+    generator: Generators = None,
+    *,
+    p_mask_prompt: float = 0.0,
+) -> MaskDraw:
     """d1's single pass: every completion token masked, each prompt token with probability p_mask_prompt."""
     coin = _row_uniform(_row_generators(generator, input_ids.shape[0]), input_ids.shape[1], input_ids.device)
     noised = completion_mask | (prompt_mask & (coin < p_mask_prompt))  # d1 forward_process
@@ -94,8 +101,9 @@ def coupled_masks(completion_mask, generator: Generators = None):
     complement within the completion. Returns (M, complement, t [B])."""
     batch_size, length = completion_mask.shape
     device = completion_mask.device
-    draws = [(_uniform((), g, device), _uniform((length,), g, device))
-             for g in _row_generators(generator, batch_size)]  # row after row: its t, then its coins
+    draws = [
+        (_uniform((), g, device), _uniform((length,), g, device)) for g in _row_generators(generator, batch_size)
+    ]  # row after row: its t, then its coins
     low, high = COUPLED_TIME_RANGE
     times = torch.stack([u for u, _ in draws]) * (high - low) + low
     coin = torch.stack([c for _, c in draws])
@@ -103,8 +111,7 @@ def coupled_masks(completion_mask, generator: Generators = None):
     return first, completion_mask & ~first, times
 
 
-def draw_coupled(input_ids, prompt_mask, completion_mask, mask_token_id: int, generator: Generators = None
-                 ) -> MaskDraw:
+def draw_coupled(input_ids, prompt_mask, completion_mask, mask_token_id: int, generator: Generators = None) -> MaskDraw:
     """Three passes per row: the completion fully masked, then the coupled pair M and its complement, weighted
     ½, ½/t and ½/(1−t) (DiffuCoder coupled_grpo.py selective_log_softmax). The prompt stays clean."""
     first, second, times = coupled_masks(completion_mask, generator)
@@ -114,8 +121,9 @@ def draw_coupled(input_ids, prompt_mask, completion_mask, mask_token_id: int, ge
     return MaskDraw(noisy, masked, weights=weights)
 
 
-def draw_elbo(input_ids, completion_mask, mask_token_id: int, generator: Generators = None, *,
-              num_samples: int = 8) -> MaskDraw:
+def draw_elbo(
+    input_ids, completion_mask, mask_token_id: int, generator: Generators = None, *, num_samples: int = 8
+) -> MaskDraw:
     """VRPO's n noisy copies of every completion: counts l_j ~ U{1..L} stratified over the copies, then exactly l_j
     completion tokens masked (LLaDA eq. 14), row after row from its generator (the draw of the preference collator's
     noise_response, so a row equals that pair's response scored with the same generator)."""
@@ -128,8 +136,9 @@ def draw_elbo(input_ids, completion_mask, mask_token_id: int, generator: Generat
         rows = slice(row * num_samples, (row + 1) * num_samples)
         row_counts = stratified_mask_counts(len(positions), num_samples, generator=row_generator).reshape(-1)
         copies = input_ids[row, positions].unsqueeze(0).expand(num_samples, len(positions))
-        row_noisy, row_masked = mask_exact_count(copies, torch.ones_like(copies, dtype=torch.bool), row_counts,
-                                                 mask_token_id, row_generator)
+        row_noisy, row_masked = mask_exact_count(
+            copies, torch.ones_like(copies, dtype=torch.bool), row_counts, mask_token_id, row_generator
+        )
         noisy[rows, positions], masked[rows, positions] = row_noisy, row_masked
         counts[rows] = row_counts.to(counts.device)
     return MaskDraw(noisy, masked, counts=counts)
@@ -139,27 +148,43 @@ def token_logps(logits_fn: LogitsFn, input_ids, draw: MaskDraw, *, shift: bool =
     """Per-token log-probabilities [B, T] of a one_step or coupled draw: Σ_j weight_j · log p_j(x_k) over the passes
     j that mask position k (0 where no pass does)."""
     passes = draw.noisy_ids.shape[0] // input_ids.shape[0]
-    logps = -masked_token_losses(logits_fn(draw.noisy_ids), monte_carlo_copies(input_ids, passes), draw.masked,
-                                 shift=shift)
+    logps = -masked_token_losses(
+        logits_fn(draw.noisy_ids), monte_carlo_copies(input_ids, passes), draw.masked, shift=shift
+    )
     weighted = logps * draw.weights.to(logps.dtype).unsqueeze(1)
     return weighted.reshape(input_ids.shape[0], passes, -1).sum(dim=1)
 
 
-def elbo_logps(logits_fn: LogitsFn, input_ids, completion_mask, draw: MaskDraw, *, shift: bool = False
-               ) -> torch.Tensor:
+def elbo_logps(logits_fn: LogitsFn, input_ids, completion_mask, draw: MaskDraw, *, shift: bool = False) -> torch.Tensor:
     """The ELBO of every completion [B] on an elbo draw (a lower bound on log π(o | p), VRPO's B̂)."""
     passes = draw.noisy_ids.shape[0] // input_ids.shape[0]
-    terms = elbo_terms(full_logits_ce_fn(logits_fn, shift), monte_carlo_copies(input_ids, passes),
-                       monte_carlo_copies(completion_mask, passes), draw.noisy_ids, draw.masked, draw.counts)
+    terms = elbo_terms(
+        full_logits_ce_fn(logits_fn, shift),
+        monte_carlo_copies(input_ids, passes),
+        monte_carlo_copies(completion_mask, passes),
+        draw.noisy_ids,
+        draw.masked,
+        draw.counts,
+    )
     return terms.reshape(input_ids.shape[0], passes).mean(dim=1)  # VRPO B̂ = (1/n) Σ_j ℓ_j
 
 
-def draw_masks(estimator: str, input_ids, prompt_mask, completion_mask, mask_token_id: int,
-               generator: Generators = None, *, p_mask_prompt: float = 0.0, num_samples: int = 8) -> MaskDraw:
+def draw_masks(
+    estimator: str,
+    input_ids,
+    prompt_mask,
+    completion_mask,
+    mask_token_id: int,
+    generator: Generators = None,
+    *,
+    p_mask_prompt: float = 0.0,
+    num_samples: int = 8,
+) -> MaskDraw:
     """The draw of `estimator` (one of LOGP_ESTIMATORS) for a batch."""
     if estimator == "one_step":
-        return draw_one_step(input_ids, prompt_mask, completion_mask, mask_token_id, generator,
-                             p_mask_prompt=p_mask_prompt)
+        return draw_one_step(
+            input_ids, prompt_mask, completion_mask, mask_token_id, generator, p_mask_prompt=p_mask_prompt
+        )
     if estimator == "coupled":
         return draw_coupled(input_ids, prompt_mask, completion_mask, mask_token_id, generator)
     if estimator == "elbo":
@@ -167,19 +192,37 @@ def draw_masks(estimator: str, input_ids, prompt_mask, completion_mask, mask_tok
     raise ValueError(f"unknown log-probability estimator {estimator!r}; valid: {', '.join(LOGP_ESTIMATORS)}")
 
 
-def score_draw(estimator: str, logits_fn: LogitsFn, input_ids, completion_mask, draw: MaskDraw, *,
-               shift: bool = False) -> torch.Tensor:
+def score_draw(
+    estimator: str, logits_fn: LogitsFn, input_ids, completion_mask, draw: MaskDraw, *, shift: bool = False
+) -> torch.Tensor:
     """One policy's log-probabilities on `draw`: per token [B, T] (one_step, coupled) or per sequence [B] (elbo)."""
     if estimator == "elbo":
         return elbo_logps(logits_fn, input_ids, completion_mask, draw, shift=shift)
     return token_logps(logits_fn, input_ids, draw, shift=shift)
 
 
-def policy_logps(estimator: str, logits_fns: Sequence[LogitsFn], input_ids, prompt_mask, completion_mask,
-                 mask_token_id: int, generator: Generators = None, *, shift: bool = False,
-                 p_mask_prompt: float = 0.0, num_samples: int = 8) -> list[torch.Tensor]:
+def policy_logps(
+    estimator: str,
+    logits_fns: Sequence[LogitsFn],
+    input_ids,
+    prompt_mask,
+    completion_mask,
+    mask_token_id: int,
+    generator: Generators = None,
+    *,
+    shift: bool = False,
+    p_mask_prompt: float = 0.0,
+    num_samples: int = 8,
+) -> list[torch.Tensor]:
     """Every policy of `logits_fns` (e.g. current, old, reference) scored on one shared draw of `estimator`."""
-    draw = draw_masks(estimator, input_ids, prompt_mask, completion_mask, mask_token_id, generator,
-                      p_mask_prompt=p_mask_prompt, num_samples=num_samples)
-    return [score_draw(estimator, logits_fn, input_ids, completion_mask, draw, shift=shift)
-            for logits_fn in logits_fns]
+    draw = draw_masks(
+        estimator,
+        input_ids,
+        prompt_mask,
+        completion_mask,
+        mask_token_id,
+        generator,
+        p_mask_prompt=p_mask_prompt,
+        num_samples=num_samples,
+    )
+    return [score_draw(estimator, logits_fn, input_ids, completion_mask, draw, shift=shift) for logits_fn in logits_fns]

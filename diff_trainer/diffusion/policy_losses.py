@@ -25,8 +25,9 @@ def k3_kl(logps, ref_logps) -> torch.Tensor:
     return torch.exp(delta) - delta - 1
 
 
-def grpo_loss(logps, old_logps, advantages, mask, *, epsilon: float = 0.2, beta: float = 0.0, ref_logps=None
-              ) -> torch.Tensor:
+def grpo_loss(
+    logps, old_logps, advantages, mask, *, epsilon: float = 0.2, beta: float = 0.0, ref_logps=None
+) -> torch.Tensor:
     """−mean_i (1/|o_i|) Σ_k [min(ρ_ik A_i, clip(ρ_ik, 1−ε, 1+ε) A_i) − β KL_ik], ρ = exp(ℓ_θ − ℓ_old) (GRPO,
     DeepSeekMath eq. 3). `mask` [B, T] marks completion tokens; `ref_logps` is needed when beta > 0."""
     ratio = torch.exp(logps - old_logps)

@@ -56,7 +56,7 @@ class GeometricNoise:
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
 
     def total(self, t: torch.Tensor) -> torch.Tensor:
-        return self.sigma_min ** (1 - t) * self.sigma_max ** t
+        return self.sigma_min ** (1 - t) * self.sigma_max**t
 
     def rate(self, t: torch.Tensor) -> torch.Tensor:
         return self.total(t) * math.log(self.sigma_max / self.sigma_min)
@@ -75,8 +75,9 @@ def get_sedd_noise(name: str, sigma_min: float = 1e-4, sigma_max: float = 20.0, 
     raise ValueError(f"unknown SEDD noise {name!r}; valid: {', '.join(SEDD_NOISES)}")
 
 
-def sample_sedd_times(batch_size: int, *, antithetic: bool = True, eps: float = TIME_EPS, generator=None,
-                      device=None) -> torch.Tensor:
+def sample_sedd_times(
+    batch_size: int, *, antithetic: bool = True, eps: float = TIME_EPS, generator=None, device=None
+) -> torch.Tensor:
     """Training times t = (1 − ε)u + ε with u ~ U[0, 1) (stratified over the batch when antithetic)."""
     u = sample_times(batch_size, antithetic=antithetic, generator=generator, device=device)
     return (1 - eps) * u + eps
@@ -187,8 +188,9 @@ class UniformGraph:
         unchanged = x_t == x0
         negative = log_score.mean(-1) - _column(log_score, x_t) / n
         negative = torch.where(unchanged, ratio * negative, _column(log_score, x0) / jump + negative)
-        constant = torch.where(unchanged, (n - 1) / n * ratio * (ratio.log() - 1),
-                               ((-ratio.log() - 1) / ratio - (n - 2)) / n)
+        constant = torch.where(
+            unchanged, (n - 1) / n * ratio * (ratio.log() - 1), ((-ratio.log() - 1) / ratio - (n - 2)) / n
+        )
         score = log_score.exp()
         positive = score.mean(-1) - _column(score, x_t) / n
         return positive - negative + constant
@@ -266,15 +268,21 @@ def dwdse_terms(score_fn, graph, noise, x0, maskable, times, generator=None, chu
     sigma, rate = noise(times)
     x_t = graph.corrupt(x0, sigma, maskable, generator)
     size = chunk_size or len(x0)
-    terms = torch.cat([score_entropy_terms(graph, score_fn(noisy, level), level, noisy, clean, trainable)
-                       for noisy, level, clean, trainable in
-                       zip(x_t.split(size), sigma.split(size), x0.split(size), maskable.split(size))])
+    terms = torch.cat(
+        [
+            score_entropy_terms(graph, score_fn(noisy, level), level, noisy, clean, trainable)
+            for noisy, level, clean, trainable in zip(
+                x_t.split(size), sigma.split(size), x0.split(size), maskable.split(size)
+            )
+        ]
+    )
     return rate.float() * terms.sum(dim=1)
 
 
 @torch.no_grad()
-def dwdse_nll(score_fn, graph, noise, x0, maskable, num_samples: int, *, eps: float = TIME_EPS,
-              generator=None, chunk_size=None) -> torch.Tensor:
+def dwdse_nll(
+    score_fn, graph, noise, x0, maskable, num_samples: int, *, eps: float = TIME_EPS, generator=None, chunk_size=None
+) -> torch.Tensor:
     """Upper bound on −log p(x_trainable | rest) per row (nats), averaged over `num_samples` Monte-Carlo times.
 
     The times of the samples are stratified (shared by all rows); `score_fn(x_t, sigma)` gets the B·num_samples
@@ -284,6 +292,7 @@ def dwdse_nll(score_fn, graph, noise, x0, maskable, num_samples: int, *, eps: fl
     offsets = sample_times(num_samples, antithetic=True, generator=generator, device=x0.device)
     times = ((1 - eps) * offsets + eps).repeat(batch_size)  # t = (1 − ε)u + ε
     copies = x0.repeat_interleave(num_samples, dim=0)
-    terms = dwdse_terms(score_fn, graph, noise, copies, maskable.repeat_interleave(num_samples, dim=0), times,
-                        generator, chunk_size)
+    terms = dwdse_terms(
+        score_fn, graph, noise, copies, maskable.repeat_interleave(num_samples, dim=0), times, generator, chunk_size
+    )
     return terms.reshape(batch_size, num_samples).mean(dim=1)

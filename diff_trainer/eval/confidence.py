@@ -31,6 +31,15 @@ def accuracy_intervals(results: dict) -> list[dict]:
             if metric in BINARY_METRICS and isinstance(value, float):
                 successes = round(value * total)
                 low, high = wilson_interval(successes, total)
-                rows.append({"task": task, "metric": key, "right": successes, "items": total, "share": value,
-                             "low_95": low, "high_95": high})
+                rows.append(
+                    {
+                        "task": task,
+                        "metric": key,
+                        "right": successes,
+                        "items": total,
+                        "share": value,
+                        "low_95": low,
+                        "high_95": high,
+                    }
+                )
     return rows

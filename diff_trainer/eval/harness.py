@@ -35,8 +35,16 @@ from diff_trainer.sampling.masked import SamplerConfig, context_length
 from diff_trainer.sampling.sedd import SeddSamplerConfig
 from diff_trainer.sampling.settings import check_sampler_settings, run_sampler, sampler_for
 
-SAMPLER_SETTINGS = ("gen_length", "steps", "block_length", "threshold", "guidance_scale", "remasking", "temperature",
-                    "predictor")
+SAMPLER_SETTINGS = (
+    "gen_length",
+    "steps",
+    "block_length",
+    "threshold",
+    "guidance_scale",
+    "remasking",
+    "temperature",
+    "predictor",
+)
 
 
 def _optional(kind, value):
@@ -48,14 +56,33 @@ def _optional(kind, value):
 class DiffusionLM(LM):
     """Scores and samples a masked-diffusion or score-entropy checkpoint for lm-evaluation-harness tasks."""
 
-    def __init__(self, pretrained: str | None = None, *, model=None, tokenizer=None, mc_num: int = 128,
-                 batch_size: int = 32, seed: int = 1234, device: str = "cpu", dtype: str = "auto",
-                 gen_length=None, steps=None, block_length=None, threshold=None, guidance_scale=0.0,
-                 remasking: str = "low_confidence", temperature=0.0, predictor=None, **unknown):
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        *,
+        model=None,
+        tokenizer=None,
+        mc_num: int = 128,
+        batch_size: int = 32,
+        seed: int = 1234,
+        device: str = "cpu",
+        dtype: str = "auto",
+        gen_length=None,
+        steps=None,
+        block_length=None,
+        threshold=None,
+        guidance_scale=0.0,
+        remasking: str = "low_confidence",
+        temperature=0.0,
+        predictor=None,
+        **unknown,
+    ):
         super().__init__()
         if unknown:
-            raise ValueError(f"diffusion_lm: unknown model_args {sorted(unknown)}; known: pretrained, mc_num, "
-                             f"batch_size, seed, device, dtype, {', '.join(SAMPLER_SETTINGS)}.")
+            raise ValueError(
+                f"diffusion_lm: unknown model_args {sorted(unknown)}; known: pretrained, mc_num, "
+                f"batch_size, seed, device, dtype, {', '.join(SAMPLER_SETTINGS)}."
+            )
         if model is None:
             if pretrained is None:
                 raise ValueError("diffusion_lm needs pretrained=CHECKPOINT_DIRECTORY (or a loaded model).")
@@ -63,8 +90,10 @@ class DiffusionLM(LM):
         self.model, self.tokenizer = model.eval(), tokenizer
         self.diffusion_config = read_diffusion_config(model.config)
         if self.diffusion_config is None:
-            raise ValueError(f"{pretrained or 'the model'} is a causal checkpoint (no diffusion_config): evaluate it "
-                             "with the harness's `hf` model (diff-lm-eval does that by itself).")
+            raise ValueError(
+                f"{pretrained or 'the model'} is a causal checkpoint (no diffusion_config): evaluate it "
+                "with the harness's `hf` model (diff-lm-eval does that by itself)."
+            )
         self.mc_num, self.batch_size, self.seed = int(mc_num), int(batch_size), int(seed)
         if self.mc_num < 1 or self.batch_size < 1:
             raise ValueError(f"diffusion_lm: mc_num ({mc_num}) and batch_size ({batch_size}) must be at least 1.")
@@ -73,13 +102,19 @@ class DiffusionLM(LM):
         self.objective = objective_for(self.diffusion_config).from_model(model)
         self.shift = bool(self.diffusion_config.get("shift_logits", False))
         self.sampler_settings = {
-            "gen_length": _optional(int, gen_length), "steps": _optional(int, steps),
-            "block_length": _optional(int, block_length), "threshold": _optional(float, threshold),
-            "guidance_scale": float(guidance_scale), "remasking": remasking, "temperature": float(temperature),
-            "predictor": predictor}
+            "gen_length": _optional(int, gen_length),
+            "steps": _optional(int, steps),
+            "block_length": _optional(int, block_length),
+            "threshold": _optional(float, threshold),
+            "guidance_scale": float(guidance_scale),
+            "remasking": remasking,
+            "temperature": float(temperature),
+            "predictor": predictor,
+        }
         if predictor is not None and self.objective.sampler != "sedd":
-            raise ValueError("diffusion_lm: predictor is a setting of the SEDD sampler; this is a masked-diffusion "
-                             "checkpoint.")
+            raise ValueError(
+                "diffusion_lm: predictor is a setting of the SEDD sampler; this is a masked-diffusion checkpoint."
+            )
         check_sampler_settings(model, **self.sampler_settings)  # wrong settings fail now, not mid-run
         if self.sampler_settings["gen_length"] is not None:
             self.sampler_config(self.sampler_settings["gen_length"])
@@ -101,10 +136,11 @@ class DiffusionLM(LM):
         ids = torch.tensor([context_ids + continuation_ids], device=self.device)
         self._check_length(ids.shape[1], "a request")
         maskable = torch.zeros_like(ids, dtype=torch.bool)
-        maskable[:, len(context_ids):] = True
+        maskable[:, len(context_ids) :] = True
         generator = torch.Generator(device=self.device).manual_seed(self.seed)
-        nll = self.objective.elbo_nll(self.model, ids, None, maskable, self.mc_num, generator,
-                                      chunk_size=self.batch_size)
+        nll = self.objective.elbo_nll(
+            self.model, ids, None, maskable, self.mc_num, generator, chunk_size=self.batch_size
+        )
         return float(nll[0])
 
     def one_step_greedy(self, context_ids: list[int], continuation_ids: list[int]) -> bool:
@@ -117,8 +153,10 @@ class DiffusionLM(LM):
         prefix = bos_prefix(self.tokenizer)
         if self.shift and not prefix:  # something must predict the first scored token, e.g. of an empty context
             if self.tokenizer.eos_token_id is None:
-                raise ValueError("a shift model scores a token from the position before it, and this tokenizer has "
-                                 "neither BOS nor EOS to put before a text.")
+                raise ValueError(
+                    "a shift model scores a token from the position before it, and this tokenizer has "
+                    "neither BOS nor EOS to put before a text."
+                )
             prefix = [self.tokenizer.eos_token_id]
         return prefix
 
@@ -130,8 +168,12 @@ class DiffusionLM(LM):
             continuation_ids = self._encode(continuation)
             if not continuation_ids:
                 raise ValueError(f"empty continuation for context {context[-40:]!r}: nothing to score.")
-            results.append((-self.continuation_nll(context_ids, continuation_ids),
-                            self.one_step_greedy(context_ids, continuation_ids)))
+            results.append(
+                (
+                    -self.continuation_nll(context_ids, continuation_ids),
+                    self.one_step_greedy(context_ids, continuation_ids),
+                )
+            )
         return results
 
     def loglikelihood_rolling(self, requests) -> list[float]:
@@ -155,19 +197,22 @@ class DiffusionLM(LM):
         for max_gen_toks, indices in groups.items():
             config = self.sampler_config(max_gen_toks)
             for first in range(0, len(indices), self.batch_size):
-                batch = indices[first:first + self.batch_size]
+                batch = indices[first : first + self.batch_size]
                 prompts = [self._prefix() + self._encode(requests[i].args[0]) for i in batch]
                 self._check_length(max(map(len, prompts)) + config.gen_length, "a prompt + gen_length")
                 result = run_sampler(self.model, prompts, config, seed=self.seed)
                 for i, ids in zip(batch, result.generated.tolist()):
-                    outputs[i] = self._cut(ids, requests[i].args[1].get("until") or [],
-                                           getattr(config, "eos_token_id", self.tokenizer.eos_token_id))
+                    outputs[i] = self._cut(
+                        ids,
+                        requests[i].args[1].get("until") or [],
+                        getattr(config, "eos_token_id", self.tokenizer.eos_token_id),
+                    )
         return outputs
 
     def _cut(self, ids: list[int], until: list[str] | str, stop) -> str:
         """Decoded ids up to the first stop id (`stop`: one id, several or None), then up to the first stop string."""
         stops = {stop} if isinstance(stop, int) else set(stop or ())
-        ids = ids[:next((i for i, token in enumerate(ids) if token in stops), len(ids))]
+        ids = ids[: next((i for i, token in enumerate(ids) if token in stops), len(ids))]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         for stop in [until] if isinstance(until, str) else until:
             if stop:

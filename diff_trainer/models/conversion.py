@@ -51,8 +51,16 @@ class ReleasedLayout:
         raw = _read_config(path)
         return raw is not None and raw.get("model_type") in self.family.MODEL_TYPES
 
-    def load(self, path, *, dtype=torch.float32, device=None, attn_implementation=None,
-             trust_remote_code: bool = False, merge_lora: bool = False):
+    def load(
+        self,
+        path,
+        *,
+        dtype=torch.float32,
+        device=None,
+        attn_implementation=None,
+        trust_remote_code: bool = False,
+        merge_lora: bool = False,
+    ):
         """The checkpoint as a native bidirectional model in eval mode.
 
         `dtype`: a torch dtype, a name ("bfloat16"), or "auto"/None for the stored one. `trust_remote_code` and
@@ -81,9 +89,15 @@ class ReleasedLayout:
         directory = local_directory(path)
         raw = _read_json(directory / CONFIG_FILE)
         config = self.family.native_config(raw)
-        write_diffusion_config(config, mask_token_id=self.mask_token_id(raw), shift_logits=self.shift_logits,
-                               noise_schedule=NOISE_SCHEDULE, time_eps=TIME_EPS, dff_token=None,
-                               eos_token_ids=stop_token_ids(raw, directory, self.family.EXTRA_STOP_TOKENS))
+        write_diffusion_config(
+            config,
+            mask_token_id=self.mask_token_id(raw),
+            shift_logits=self.shift_logits,
+            noise_schedule=NOISE_SCHEDULE,
+            time_eps=TIME_EPS,
+            dff_token=None,
+            eos_token_ids=stop_token_ids(raw, directory, self.family.EXTRA_STOP_TOKENS),
+        )
         config.architectures = None
         return config
 
@@ -102,8 +116,10 @@ class ReleasedLayout:
         if tokenizer.mask_token is None:
             tokenizer.mask_token = tokenizer.convert_ids_to_tokens(mask_id)
         if tokenizer.mask_token_id != mask_id:
-            raise ValueError(f"{directory}: the tokenizer's mask token {tokenizer.mask_token!r} has id "
-                             f"{tokenizer.mask_token_id}, but config.json's mask_token_id is {mask_id}.")
+            raise ValueError(
+                f"{directory}: the tokenizer's mask token {tokenizer.mask_token!r} has id "
+                f"{tokenizer.mask_token_id}, but config.json's mask_token_id is {mask_id}."
+            )
         return tokenizer
 
 
@@ -133,12 +149,15 @@ class Conversion:
 
     def summary(self) -> str:
         size = self.parameters * torch.finfo(self.dtype).bits // 8
-        return (f"{self.output_dir}: {self.source_layout} as {self.architecture}, {self.parameters / 1e9:.2f}B "
-                f"parameters, {size / 1e9:.1f} GB in {str(self.dtype).removeprefix('torch.')}")
+        return (
+            f"{self.output_dir}: {self.source_layout} as {self.architecture}, {self.parameters / 1e9:.2f}B "
+            f"parameters, {size / 1e9:.1f} GB in {str(self.dtype).removeprefix('torch.')}"
+        )
 
 
-def convert_checkpoint(source, output_dir, *, dtype="auto", overwrite: bool = False,
-                       max_shard_size: str = "5GB") -> Conversion:
+def convert_checkpoint(
+    source, output_dir, *, dtype="auto", overwrite: bool = False, max_shard_size: str = "5GB"
+) -> Conversion:
     """Write `source` (LLaDA / Dream, directory or hub name) as a native checkpoint with its tokenizer.
 
     The files are written to a temporary directory next to `output_dir` and moved into place at the end, so an
@@ -146,9 +165,11 @@ def convert_checkpoint(source, output_dir, *, dtype="auto", overwrite: bool = Fa
     """
     loader = find_loader(source)
     if loader is None:
-        raise ValueError(f"{source} is not a LLaDA or Dream checkpoint: its config.json has model_type "
-                         f"{(_read_config(source) or {}).get('model_type')!r}, expected one of "
-                         f"{[t for entry in LOADERS for t in entry.family.MODEL_TYPES]}.")
+        raise ValueError(
+            f"{source} is not a LLaDA or Dream checkpoint: its config.json has model_type "
+            f"{(_read_config(source) or {}).get('model_type')!r}, expected one of "
+            f"{[t for entry in LOADERS for t in entry.family.MODEL_TYPES]}."
+        )
     output_dir = Path(output_dir)
     if output_dir.exists() and any(output_dir.iterdir()) and not overwrite:
         raise FileExistsError(f"{output_dir} exists and is not empty: choose another output or pass --overwrite.")
@@ -234,8 +255,10 @@ def _load_weights(model, directory: Path, native_name, dtype, device) -> None:
             if target not in expected:
                 raise ValueError(f"{path}: tensor {name!r} maps to {target!r}, which this model does not have.")
             if tuple(tensor.shape) != tuple(expected[target]):
-                raise ValueError(f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, but config.json implies "
-                                 f"{tuple(expected[target])} for {target!r}.")
+                raise ValueError(
+                    f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, but config.json implies "
+                    f"{tuple(expected[target])} for {target!r}."
+                )
             state[target] = tensor if dtype is None else tensor.to(dtype)
     missing = sorted(set(expected) - set(state))
     if missing:

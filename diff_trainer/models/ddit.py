@@ -27,11 +27,22 @@ class DDiTConfig(PretrainedConfig):
 
     model_type = "ddit"
 
-    def __init__(self, vocab_size=50258, hidden_size=768, cond_dim=128, num_hidden_layers=12, num_attention_heads=12,
-                 max_position_embeddings=1024, dropout=0.1, scale_by_sigma=False, **kwargs):
+    def __init__(
+        self,
+        vocab_size=50258,
+        hidden_size=768,
+        cond_dim=128,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        max_position_embeddings=1024,
+        dropout=0.1,
+        scale_by_sigma=False,
+        **kwargs,
+    ):
         if hidden_size % num_attention_heads:
-            raise ValueError(f"hidden_size {hidden_size} is not a multiple of num_attention_heads "
-                             f"{num_attention_heads}.")
+            raise ValueError(
+                f"hidden_size {hidden_size} is not a multiple of num_attention_heads {num_attention_heads}."
+            )
         self.vocab_size = vocab_size
         self.hidden_size = hidden_size
         self.cond_dim = cond_dim
@@ -140,14 +151,16 @@ class DDiTBlock(nn.Module):
         self.adaLN_modulation.zero_init = True
 
     def forward(self, x, cos, sin, condition, key_mask):
-        shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = \
-            self.adaLN_modulation(condition)[:, None].chunk(6, dim=-1)
+        shift_attn, scale_attn, gate_attn, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(condition)[
+            :, None
+        ].chunk(6, dim=-1)
         batch_size, length, dim = x.shape
         qkv = self.attn_qkv(modulate(self.norm1(x), shift_attn, scale_attn))
         q, k, v = qkv.reshape(batch_size, length, 3, self.num_heads, dim // self.num_heads).unbind(2)
         q, k = rotate(q, cos, sin), rotate(k, cos, sin)
-        attended = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                                  attn_mask=key_mask)
+        attended = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=key_mask
+        )
         attended = attended.transpose(1, 2).reshape(batch_size, length, dim)
         x = x + gate_attn * self.dropout(self.attn_out(attended))
         return x + gate_mlp * self.dropout(self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp)))

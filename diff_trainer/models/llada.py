@@ -77,9 +77,7 @@ def native_config(raw: dict) -> LlamaConfig:
     """A bidirectional LlamaConfig for LLaDA's config.json (as published: d_model, n_heads, mlp_hidden_size, ...)."""
     wrong = {key: raw[key] for key, expected in _REQUIRED.items() if key in raw and raw[key] != expected}
     if wrong:
-        raise ValueError(
-            f"This LLaDA config cannot be mapped onto a Llama layer: {wrong} (supported: {_REQUIRED})."
-        )
+        raise ValueError(f"This LLaDA config cannot be mapped onto a Llama layer: {wrong} (supported: {_REQUIRED}).")
     heads = raw["n_heads"]
     kv_heads = 1 if raw.get("multi_query_attention") else (raw.get("n_kv_heads") or heads)
     return bidirectional_config(

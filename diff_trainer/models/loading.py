@@ -33,7 +33,12 @@ FALLBACK_EOS_TOKEN = "<|endoftext|>"
 # Config attribute names that hold a dropout probability: attention_dropout, hidden_dropout_prob, resid_pdrop, ...
 DROPOUT_NAME_ENDINGS = ("dropout", "dropout_prob", "dropout_rate", "pdrop")
 SPECIAL_TOKEN_ID_NAMES = (
-    "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "cls_token_id", "mask_token_id",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "sep_token_id",
+    "cls_token_id",
+    "mask_token_id",
 )
 # the classes of the auto class names a checkpoint's diffusion_config may record (diffusion_config.AUTO_CLASS_NAMES)
 AUTO_CLASSES = {"AutoModelForCausalLM": AutoModelForCausalLM, "AutoModelForMaskedLM": AutoModelForMaskedLM}
@@ -58,8 +63,10 @@ def check_model_source(name_or_path: str, flag: str) -> None:
         raise FileNotFoundError(f"{flag} {name_or_path} is a file; give the checkpoint's directory.")
     parent = os.path.dirname(name_or_path.rstrip("/"))
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1 or (parent and os.path.isdir(parent)):
-        raise FileNotFoundError(f"{flag}: no checkpoint at {name_or_path} (no such directory). Train or download it "
-                                "first, or correct the path.")
+        raise FileNotFoundError(
+            f"{flag}: no checkpoint at {name_or_path} (no such directory). Train or download it "
+            "first, or correct the path."
+        )
 
 
 def load_tokenizer(model_args, train_texts=None):
@@ -79,8 +86,10 @@ def load_tokenizer(model_args, train_texts=None):
         tokenizer = ByT5Tokenizer()
     elif name == CHAR_TOKENIZER:
         if train_texts is None:
-            raise ValueError("--tokenizer_name char builds its vocabulary from the training split, which this "
-                             "command does not read: pass the checkpoint's own tokenizer directory instead.")
+            raise ValueError(
+                "--tokenizer_name char builds its vocabulary from the training split, which this "
+                "command does not read: pass the checkpoint's own tokenizer directory instead."
+            )
         tokenizer = build_char_tokenizer(train_texts, mask_token=model_args.mask_token)
     elif (layout_tokenizer := _layout_tokenizer_loader(name)) is not None:
         tokenizer = layout_tokenizer(name)
@@ -126,8 +135,6 @@ def set_dropout(config, probability: float) -> list[str]:
             setattr(config, name, probability)
             names.append(name)
     return names
-
-
 
 
 def _build_config(model_args, tokenizer):
@@ -185,12 +192,18 @@ def _follow_overridden_sizes(config, overridden: set[str], head_dim_was_derived:
     if getattr(config, "head_dim", None) is None:
         return
     if not head_dim_was_derived:
-        logger.warning("Kept %s's own head_dim %d (not hidden_size / num_attention_heads); set head_dim in "
-                       "--config_overrides to change it.", config.model_type, config.head_dim)
+        logger.warning(
+            "Kept %s's own head_dim %d (not hidden_size / num_attention_heads); set head_dim in "
+            "--config_overrides to change it.",
+            config.model_type,
+            config.head_dim,
+        )
         return
     if config.hidden_size % config.num_attention_heads:
-        raise ValueError(f"--config_overrides: hidden_size {config.hidden_size} is not a multiple of "
-                         f"num_attention_heads {config.num_attention_heads}; change one or set head_dim.")
+        raise ValueError(
+            f"--config_overrides: hidden_size {config.hidden_size} is not a multiple of "
+            f"num_attention_heads {config.num_attention_heads}; change one or set head_dim."
+        )
     config.head_dim = config.hidden_size // config.num_attention_heads
     logger.info("head_dim = hidden_size / num_attention_heads = %d.", config.head_dim)
 
@@ -211,9 +224,18 @@ def _follow_overridden_layers(config, overridden: set[str]):
 def describe_model(model) -> str:
     """One line for the log: class, parameter count and the sizes that decide it."""
     config = model.config
-    sizes = ", ".join(f"{name} {getattr(config, name)}" for name in (
-        "hidden_size", "num_hidden_layers", "num_attention_heads", "head_dim", "intermediate_size", "vocab_size")
-        if getattr(config, name, None) is not None)
+    sizes = ", ".join(
+        f"{name} {getattr(config, name)}"
+        for name in (
+            "hidden_size",
+            "num_hidden_layers",
+            "num_attention_heads",
+            "head_dim",
+            "intermediate_size",
+            "vocab_size",
+        )
+        if getattr(config, name, None) is not None
+    )
     parameters = sum(parameter.numel() for parameter in model.parameters())
     return f"{type(model).__name__}: {parameters:,} parameters ({sizes})"
 
@@ -239,10 +261,13 @@ def load_model(model_args, tokenizer):
     path = model_args.model_name_or_path
     if path is not None and needs_checkpoint_loader(path):
         if model_args.config_name or model_args.dropout is not None or model_args.masked_lm:
-            raise ValueError(f"{path} is loaded as a trained checkpoint (adapter-only or a registered layout): "
-                             "--config_name, --dropout and --masked_lm do not apply to it.")
-        model = load_checkpoint_model(path, dtype=model_args.dtype, merge_lora=True,
-                                      trust_remote_code=model_args.trust_remote_code)
+            raise ValueError(
+                f"{path} is loaded as a trained checkpoint (adapter-only or a registered layout): "
+                "--config_name, --dropout and --masked_lm do not apply to it."
+            )
+        model = load_checkpoint_model(
+            path, dtype=model_args.dtype, merge_lora=True, trust_remote_code=model_args.trust_remote_code
+        )
         fit_to_tokenizer(model, tokenizer)
         return model
     config = _build_config(model_args, tokenizer)
@@ -271,12 +296,8 @@ def fit_to_tokenizer(model, tokenizer) -> None:
     model.config.eos_token_id = tokenizer.eos_token_id
 
 
-
-
 # ----------------------------------------------------------------------------------------------------
 # Loading trained checkpoints
-
-
 
 
 def _load_plain(path: str, *, dtype="auto", trust_remote_code=False, **_):
@@ -310,8 +331,10 @@ def _load_adapter(path: str, *, merge_lora=False, **options):
     return model.merge_and_unload() if merge_lora else model
 
 
-DEFAULT_LOADERS = (CheckpointLoader(_is_adapter, _load_adapter),
-                   CheckpointLoader(lambda path: os.path.isfile(os.path.join(path, "config.json")), _load_plain))
+DEFAULT_LOADERS = (
+    CheckpointLoader(_is_adapter, _load_adapter),
+    CheckpointLoader(lambda path: os.path.isfile(os.path.join(path, "config.json")), _load_plain),
+)
 
 
 def needs_checkpoint_loader(path: str) -> bool:
@@ -326,8 +349,10 @@ def _checkpoint_loader(path: str) -> CheckpointLoader:
     if (loader := registered_loader(path)) is not None:  # also a hub name, e.g. GSAI-ML/LLaDA-8B-Instruct
         return loader
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"no checkpoint at {path}: expected a directory written by save_pretrained "
-                                "(run_clm_diff.py / run_diffusion_dpo.py --output_dir, or a checkpoint-N in it).")
+        raise FileNotFoundError(
+            f"no checkpoint at {path}: expected a directory written by save_pretrained "
+            "(run_clm_diff.py / run_diffusion_dpo.py --output_dir, or a checkpoint-N in it)."
+        )
     for loader in DEFAULT_LOADERS:
         if loader.matches(path):
             return loader
@@ -344,8 +369,10 @@ def check_config_files(path: str) -> None:
             with open(file, encoding="utf-8") as handle:
                 content = json.load(handle)
         except (ValueError, UnicodeDecodeError) as error:
-            raise DataError(f"{file}: not a valid config ({error}); the file is empty or cut (an interrupted save?). "
-                            "Use another checkpoint, or save this one again.") from None
+            raise DataError(
+                f"{file}: not a valid config ({error}); the file is empty or cut (an interrupted save?). "
+                "Use another checkpoint, or save this one again."
+            ) from None
         if not isinstance(content, dict):
             raise DataError(f"{file}: not a valid config (expected a JSON object, got {type(content).__name__}).")
 
@@ -373,23 +400,39 @@ def load_checkpoint_model(path: str, **options):
 def _finite_model(path: str, model):
     """`model` (loaded from `path`), or a DataError naming its first weight that holds NaN or inf."""
     with torch.no_grad():
-        broken = next((name for name, tensor in model.state_dict().items()
-                       if tensor.is_floating_point() and not torch.isfinite(tensor).all()), None)
+        broken = next(
+            (
+                name
+                for name, tensor in model.state_dict().items()
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+            ),
+            None,
+        )
     if broken is not None:
-        raise DataError(f"{path}: weight {broken} holds NaN or inf values (the run that wrote it diverged). Use an "
-                        "earlier checkpoint-N of that run, or train again with a lower --learning_rate.")
+        raise DataError(
+            f"{path}: weight {broken} holds NaN or inf values (the run that wrote it diverged). Use an "
+            "earlier checkpoint-N of that run, or train again with a lower --learning_rate."
+        )
     return model
 
 
-def load_checkpoint(path: str, *, device: str = "cpu", dtype: str = "auto", merge_lora: bool = False,
-                    trust_remote_code: bool = False, tokenizer_name: str | None = None):
+def load_checkpoint(
+    path: str,
+    *,
+    device: str = "cpu",
+    dtype: str = "auto",
+    merge_lora: bool = False,
+    trust_remote_code: bool = False,
+    tokenizer_name: str | None = None,
+):
     """(model in eval mode on `device`, tokenizer) of a trained checkpoint directory (see models.registry).
 
     `tokenizer_name` serves a registered layout that ships no tokenizer (the SEDD authors' layout).
     """
     loader = _checkpoint_loader(path)
-    model = _finite_model(path, loader.load(path, dtype=dtype, merge_lora=merge_lora,
-                                            trust_remote_code=trust_remote_code))
+    model = _finite_model(
+        path, loader.load(path, dtype=dtype, merge_lora=merge_lora, trust_remote_code=trust_remote_code)
+    )
     if loader.tokenizer_for_ids is not None:  # its own message says which tokenizer to pass
         return model.to(resolve_device(device)).eval(), loader.tokenizer_for_ids(path, tokenizer_name)
     try:
@@ -398,26 +441,8 @@ def load_checkpoint(path: str, *, device: str = "cpu", dtype: str = "auto", merg
         else:
             tokenizer = load_saved_tokenizer(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as error:
-        raise FileNotFoundError(f"{path}: no tokenizer files next to the model ({error}). Save the tokenizer "
-                                "into the checkpoint (the training scripts do).") from error
+        raise FileNotFoundError(
+            f"{path}: no tokenizer files next to the model ({error}). Save the tokenizer "
+            "into the checkpoint (the training scripts do)."
+        ) from error
     return model.to(resolve_device(device)).eval(), tokenizer
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-

@@ -5,8 +5,9 @@ A layout module builds a `CheckpointLoader` and calls `register_loader` when it 
 imports them all). This module imports nothing from the rest of the package but the error type.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..data.loading import DataError
 

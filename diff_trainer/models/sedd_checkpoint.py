@@ -82,14 +82,20 @@ def load_sedd_checkpoint(path, dtype=None, **_) -> DDiTModel:
     config.name_or_path = str(path)  # what a LoRA adapter trained on it names as its base model
     graph, noise = hydra["graph"]["type"], hydra["noise"]
     config.diffusion_config = sedd_diffusion_config(
-        graph=graph, noise=noise["type"], sigma_min=noise.get("sigma_min", 1e-4),
-        sigma_max=noise.get("sigma_max", 20.0), mask_token_id=hydra["tokens"] if graph == "absorb" else None)
+        graph=graph,
+        noise=noise["type"],
+        sigma_min=noise.get("sigma_min", 1e-4),
+        sigma_max=noise.get("sigma_max", 20.0),
+        mask_token_id=hydra["tokens"] if graph == "absorb" else None,
+    )
     model = DDiTModel(config)
     state = _state_dict(path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise ValueError(f"{path}: the weights do not match the DDiT layout of config.json "
-                         f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]}).")
+        raise ValueError(
+            f"{path}: the weights do not match the DDiT layout of config.json "
+            f"(missing: {sorted(missing)[:5]}, unexpected: {sorted(unexpected)[:5]})."
+        )
     if torch_dtype(dtype) is not None:
         model = model.to(torch_dtype(dtype))
     return model.eval()
@@ -104,8 +110,10 @@ def load_sedd_tokenizer(path, tokenizer_name=None):
     hydra = _hydra_config(path)
     source = str(path) if any((path / name).is_file() for name in TOKENIZER_FILES) else tokenizer_name
     if source is None:
-        raise ValueError(f"{path} holds no tokenizer (SEDD checkpoints do not ship one; louaaron/sedd-small uses "
-                         "GPT-2's): pass --tokenizer_name gpt2 or a directory holding that tokenizer.")
+        raise ValueError(
+            f"{path} holds no tokenizer (SEDD checkpoints do not ship one; louaaron/sedd-small uses "
+            "GPT-2's): pass --tokenizer_name gpt2 or a directory holding that tokenizer."
+        )
     if source == "byte":
         tokenizer = ByT5Tokenizer()
     else:
@@ -114,11 +122,19 @@ def load_sedd_tokenizer(path, tokenizer_name=None):
         tokenizer.add_special_tokens({"mask_token": SEDD_MASK_TOKEN})
     expected = hydra["tokens"] + (1 if hydra["graph"]["type"] == "absorb" else 0)
     if len(tokenizer) != expected:
-        raise ValueError(f"tokenizer {source} has {len(tokenizer)} entries with its mask token, but {path} was "
-                         f"trained with tokens={hydra['tokens']}: pass the tokenizer the checkpoint was trained with.")
+        raise ValueError(
+            f"tokenizer {source} has {len(tokenizer)} entries with its mask token, but {path} was "
+            f"trained with tokens={hydra['tokens']}: pass the tokenizer the checkpoint was trained with."
+        )
     return tokenizer
 
 
 # the tokenizer fits the checkpoint's ids (MASK at the absorbing id, before <DFF> is added): training keeps it
-SEDD_LOADER = register_loader(CheckpointLoader(
-    is_sedd_checkpoint, load_sedd_checkpoint, load_tokenizer=load_sedd_tokenizer, tokenizer_for_ids=load_sedd_tokenizer))
+SEDD_LOADER = register_loader(
+    CheckpointLoader(
+        is_sedd_checkpoint,
+        load_sedd_checkpoint,
+        load_tokenizer=load_sedd_tokenizer,
+        tokenizer_for_ids=load_sedd_tokenizer,
+    )
+)

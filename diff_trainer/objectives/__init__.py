@@ -34,15 +34,16 @@ def objective_for(name_or_config) -> type[Objective]:
     if isinstance(name_or_config, str):
         name = name_or_config
     else:
-        diffusion_config = name_or_config if isinstance(name_or_config, dict) else \
-            read_diffusion_config(name_or_config)
+        diffusion_config = name_or_config if isinstance(name_or_config, dict) else read_diffusion_config(name_or_config)
         if diffusion_config is None:
             raise ValueError("this is a causal checkpoint (its config has no diffusion_config), not a diffusion LM.")
         name = diffusion_config.get("objective", MASKED)
     objective = OBJECTIVES.get(OBJECTIVE_ALIASES.get(name, name))
     if objective is None:
-        raise ValueError(f"unknown diffusion objective {name!r}: registered are {', '.join(OBJECTIVES)} (and "
-                         f"{', '.join(OBJECTIVE_ALIASES)} for {MASKED}).")
+        raise ValueError(
+            f"unknown diffusion objective {name!r}: registered are {', '.join(OBJECTIVES)} (and "
+            f"{', '.join(OBJECTIVE_ALIASES)} for {MASKED})."
+        )
     return objective
 
 

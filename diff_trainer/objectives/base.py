@@ -9,7 +9,8 @@ sampler its checkpoints are sampled with by default. `objectives.objective_for` 
 from __future__ import annotations
 
 import abc
-from typing import Callable, ClassVar
+from collections.abc import Callable
+from typing import ClassVar
 
 import torch
 
@@ -56,8 +57,9 @@ class Objective(abc.ABC):
         settings, without them it is set up for evaluation."""
 
     @abc.abstractmethod
-    def loss(self, model, inputs: dict, normalization: str, total_denominator=None, attention=None,
-             with_logits: bool = False):
+    def loss(
+        self, model, inputs: dict, normalization: str, total_denominator=None, attention=None, with_logits: bool = False
+    ):
         """(loss numerator / denominator, logits or None) of a noised batch; `attention`: the mask to run the model
         with (default: the batch's padding mask); `with_logits`: return every position's logits."""
 
@@ -66,8 +68,18 @@ class Objective(abc.ABC):
         return denominator(normalization, batch["maskable"], batch["masked"])
 
     @abc.abstractmethod
-    def elbo_nll(self, model, input_ids, attention_mask, maskable, num_samples: int, generator, *,
-                 attention_for=None, chunk_size: int | None = None) -> torch.Tensor:
+    def elbo_nll(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        maskable,
+        num_samples: int,
+        generator,
+        *,
+        attention_for=None,
+        chunk_size: int | None = None,
+    ) -> torch.Tensor:
         """A Monte-Carlo upper bound on −log p(maskable tokens | the rest) per row, in nats.
 
         `attention_mask`: the rows' padding mask, or None (the model runs without one); `attention_for(mask, ids)`

@@ -42,8 +42,10 @@ def check_rows_fit_blocks(layout, block_size: int) -> None:
     except ValueError as error:
         raise DataError(str(error)) from None
     if layout.packing == "left":
-        raise DataError("--diffusion_objective block aligns blocks to the row's first token: use --padding_side "
-                         "right (or --concatenate_texts), not left padding.")
+        raise DataError(
+            "--diffusion_objective block aligns blocks to the row's first token: use --padding_side "
+            "right (or --concatenate_texts), not left padding."
+        )
 
 
 @dataclass(frozen=True)
@@ -58,11 +60,25 @@ class BlockNoiser:
     complementary: bool = False
 
     def __call__(self, batch: dict, generator: torch.Generator) -> dict:
-        drawn = noise_blocks(batch["input_ids"], batch["labels"], self.schedule, self.block_size, self.mask_token_id,
-                             antithetic=self.antithetic_time, complementary=self.complementary, generator=generator)
+        drawn = noise_blocks(
+            batch["input_ids"],
+            batch["labels"],
+            self.schedule,
+            self.block_size,
+            self.mask_token_id,
+            antithetic=self.antithetic_time,
+            complementary=self.complementary,
+            generator=generator,
+        )
         attention = batch["attention_mask"].repeat(2, 1) if self.complementary else batch["attention_mask"]
-        return {"input_ids": drawn["noisy_ids"], "attention_mask": attention, "clean_ids": drawn["clean_ids"],
-                "maskable": drawn["maskable"], "masked": drawn["masked"], "loss_weight": drawn["loss_weight"]}
+        return {
+            "input_ids": drawn["noisy_ids"],
+            "attention_mask": attention,
+            "clean_ids": drawn["clean_ids"],
+            "maskable": drawn["maskable"],
+            "masked": drawn["masked"],
+            "loss_weight": drawn["loss_weight"],
+        }
 
 
 class BlockDiffusion(Objective):
@@ -72,16 +88,26 @@ class BlockDiffusion(Objective):
     title = "block diffusion"
     sampler = "block"
 
-    def __init__(self, mask_token_id: int, shift: bool, block_size: int, schedule: NoiseSchedule,
-                 train_noiser: BlockNoiser, eval_noiser: BlockNoiser):
+    def __init__(
+        self,
+        mask_token_id: int,
+        shift: bool,
+        block_size: int,
+        schedule: NoiseSchedule,
+        train_noiser: BlockNoiser,
+        eval_noiser: BlockNoiser,
+    ):
         self.mask_token_id, self.shift, self.block_size, self.schedule = mask_token_id, shift, block_size, schedule
         self.train_noiser, self.eval_noiser = train_noiser, eval_noiser
 
     @classmethod
     def flags_in_use(cls, args) -> dict[str, bool]:
-        return {"diffusion_block_size": args.diffusion_block_size is not None,
-                "complementary_masks": args.complementary_masks, "shift_logits": args.shift_logits,
-                "noise_schedule": args.noise_schedule != "linear"}
+        return {
+            "diffusion_block_size": args.diffusion_block_size is not None,
+            "complementary_masks": args.complementary_masks,
+            "shift_logits": args.shift_logits,
+            "noise_schedule": args.noise_schedule != "linear",
+        }
 
     @classmethod
     def check_arguments(cls, args) -> None:
@@ -92,13 +118,20 @@ class BlockDiffusion(Objective):
         if args.diffusion_block_size is None:
             raise ValueError("--diffusion_objective block needs --diffusion_block_size (a divisor of --block_size).")
         if args.complementary_masks and args.noise_schedule != "linear":
-            raise ValueError("--complementary_masks weights each complement by the linear schedule's 1/(1 - p): "
-                             "use --noise_schedule linear.")
+            raise ValueError(
+                "--complementary_masks weights each complement by the linear schedule's 1/(1 - p): "
+                "use --noise_schedule linear."
+            )
 
     @classmethod
     def settings(cls, args, name: str) -> dict:
-        return {"objective": BLOCK, "block_size": args.diffusion_block_size, "shift_logits": args.shift_logits,
-                "noise_schedule": args.noise_schedule, "time_eps": args.time_eps}
+        return {
+            "objective": BLOCK,
+            "block_size": args.diffusion_block_size,
+            "shift_logits": args.shift_logits,
+            "noise_schedule": args.noise_schedule,
+            "time_eps": args.time_eps,
+        }
 
     @classmethod
     def prepare_model(cls, model, tokenizer, settings: dict, *, masked_lm: bool, auto_class: str):
@@ -119,28 +152,44 @@ class BlockDiffusion(Objective):
         schedule = get_schedule(recorded.get("noise_schedule", "linear"), recorded.get("time_eps", 1e-3))
         antithetic = True if args is None else args.antithetic_time
         complementary = False if args is None else args.complementary_masks
-        return cls(mask_token_id, bool(recorded.get("shift_logits", False)), block_size, schedule,
-                   BlockNoiser(mask_token_id, schedule, block_size, antithetic, complementary),
-                   BlockNoiser(mask_token_id, schedule, block_size, antithetic))
+        return cls(
+            mask_token_id,
+            bool(recorded.get("shift_logits", False)),
+            block_size,
+            schedule,
+            BlockNoiser(mask_token_id, schedule, block_size, antithetic, complementary),
+            BlockNoiser(mask_token_id, schedule, block_size, antithetic),
+        )
 
     def forward(self, model, noisy_ids, clean_ids, padding=None) -> torch.Tensor:
         """The logits [B, 2L, V] of one forward pass over [x_t ; x0] under the block mask (`padding`: [B, L])."""
         if padding is not None and padding.dim() != 2:
             raise ValueError("block diffusion builds its own 4-D mask: pass the [batch, length] padding mask.")
         ids, positions = vectorised_inputs(noisy_ids, clean_ids)
-        allowed = block_attention_allowed(clean_ids.shape[1], self.block_size, attention_mask=padding,
-                                          device=clean_ids.device)
+        allowed = block_attention_allowed(
+            clean_ids.shape[1], self.block_size, attention_mask=padding, device=clean_ids.device
+        )
         mask = additive_mask(allowed, next(model.parameters()).dtype)
         return model(input_ids=ids, position_ids=positions, attention_mask=mask).logits
 
-    def loss(self, model, inputs: dict, normalization: str, total_denominator=None, attention=None,
-             with_logits: bool = False):
+    def loss(
+        self, model, inputs: dict, normalization: str, total_denominator=None, attention=None, with_logits: bool = False
+    ):
         """`with_logits`: the logits at each position as a plain (shift: next-token) model's would be, [B, L, V]."""
         attention = inputs["attention_mask"] if attention is None else attention
         clean, masked = inputs["clean_ids"], inputs["masked"]
         logits = self.forward(model, inputs["input_ids"], clean, attention)
-        loss = block_diffusion_loss(logits, clean, masked, inputs["maskable"], inputs["loss_weight"], self.block_size,
-                                    normalization, shift=self.shift, total_denominator=total_denominator)
+        loss = block_diffusion_loss(
+            logits,
+            clean,
+            masked,
+            inputs["maskable"],
+            inputs["loss_weight"],
+            self.block_size,
+            normalization,
+            shift=self.shift,
+            total_denominator=total_denominator,
+        )
         if not with_logits:
             return loss, None
         source = predictor_positions(clean.shape[1], self.block_size, self.shift, device=clean.device)
@@ -155,8 +204,18 @@ class BlockDiffusion(Objective):
         return F.pad(ids, (0, extra), value=self.mask_token_id), F.pad(padding, (0, extra), value=0)
 
     @torch.no_grad()
-    def elbo_nll(self, model, input_ids, attention_mask, maskable, num_samples: int, generator, *,
-                 attention_for=None, chunk_size: int | None = None) -> torch.Tensor:
+    def elbo_nll(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        maskable,
+        num_samples: int,
+        generator,
+        *,
+        attention_for=None,
+        chunk_size: int | None = None,
+    ) -> torch.Tensor:
         """The block NELBO Σ_b E_t_b[w(t_b) Σ_{masked in b} −log p]: stratified t per block over the copies; rows
         are filled to whole blocks (the filling is neither scored nor attended)."""
         input_ids, attention_mask = self.whole_blocks(input_ids, attention_mask)
@@ -183,8 +242,8 @@ class BlockDiffusion(Objective):
         device = next(model.parameters()).device
         clean, padding = self.whole_blocks(torch.tensor([context_ids + continuation_ids], device=device))
         noisy = clean.clone()
-        noisy[0, len(context_ids):] = self.mask_token_id
+        noisy[0, len(context_ids) :] = self.mask_token_id
         logits = self.forward(model, noisy, clean, padding)
         source = predictor_positions(clean.shape[1], self.block_size, self.shift, device=device)
         predicted = logits[0, source].argmax(-1)
-        return predicted[len(context_ids):len(context_ids) + len(continuation_ids)].tolist() == continuation_ids
+        return predicted[len(context_ids) : len(context_ids) + len(continuation_ids)].tolist() == continuation_ids

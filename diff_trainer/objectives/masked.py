@@ -9,7 +9,6 @@ masks and times of an uninterrupted single-process run.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
 import numpy as np
 import torch
@@ -54,8 +53,9 @@ class PrefixShuffler:
     separator_ids: tuple[int, ...] = ()
     fixed_ids: frozenset = frozenset()
 
-    def __call__(self, ids: torch.Tensor, labels: torch.Tensor, attention: torch.Tensor,
-                 generator: torch.Generator) -> torch.Tensor:
+    def __call__(
+        self, ids: torch.Tensor, labels: torch.Tensor, attention: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
         shuffled = ids.clone()
         prefix = ((labels == IGNORE_INDEX) & attention.bool()).int()
         zero = torch.zeros_like(prefix[:, :1])
@@ -79,7 +79,7 @@ class PrefixShuffler:
             return [([token], token not in self.fixed_ids) for token in tokens]
         pieces, segment, width, index = [], [], len(self.separator_ids), 0
         while index < len(tokens):
-            if width and tuple(tokens[index:index + width]) == self.separator_ids:
+            if width and tuple(tokens[index : index + width]) == self.separator_ids:
                 pieces += self.segment_pieces(segment) + [(list(self.separator_ids), False)]
                 segment, index = [], index + width
             else:
@@ -95,7 +95,7 @@ class PrefixShuffler:
         return [(segment[:first], False), *core, (segment[last:], False)]
 
 
-def prefix_shuffler(tokenizer, unit: str, separator: str) -> Optional[PrefixShuffler]:
+def prefix_shuffler(tokenizer, unit: str, separator: str) -> PrefixShuffler | None:
     """The shuffler of --prefix_shuffle UNIT (None for "none"): the separator's ids and the ids that never move."""
     if unit == "none":
         return None
@@ -114,11 +114,13 @@ def check_prefix_separator(shuffler: PrefixShuffler, rows, separator: str) -> No
     width = len(shuffler.separator_ids)
     for row in rows:
         prefix = [token for token, label in zip(row["input_ids"], row["labels"]) if label == IGNORE_INDEX]
-        if any(tuple(prefix[i:i + width]) == shuffler.separator_ids for i in range(len(prefix) - width + 1)):
+        if any(tuple(prefix[i : i + width]) == shuffler.separator_ids for i in range(len(prefix) - width + 1)):
             return
-    raise ValueError(f"--prefix_shuffle segments: no prefix of the first {len(rows)} training rows contains "
-                     f"--prefix_separator {separator!r} (ids {list(shuffler.separator_ids)}); pass the separator "
-                     "the data uses (make_cascade_data.py --separator), or --prefix_shuffle tokens.")
+    raise ValueError(
+        f"--prefix_shuffle segments: no prefix of the first {len(rows)} training rows contains "
+        f"--prefix_separator {separator!r} (ids {list(shuffler.separator_ids)}); pass the separator "
+        "the data uses (make_cascade_data.py --separator), or --prefix_shuffle tokens."
+    )
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ class BatchNoiser:
     antithetic_time: bool = True
     random_length_prob: float = 0.0
     prompt_dropout: float = 0.0
-    prefix_shuffler: Optional[PrefixShuffler] = None
+    prefix_shuffler: PrefixShuffler | None = None
 
     def __call__(self, batch: dict, generator: torch.Generator) -> dict:
         clean, labels, attention = batch["input_ids"], batch["labels"], batch["attention_mask"]
@@ -150,8 +152,14 @@ class BatchNoiser:
         if self.prompt_dropout > 0:
             prompt = ~maskable & attention.bool()
             noisy, _ = replace_prompt_with_mask(noisy, prompt, self.mask_token_id, self.prompt_dropout, generator)
-        return {"input_ids": noisy, "attention_mask": attention, "clean_ids": clean, "maskable": maskable,
-                "masked": masked, "loss_weight": self.schedule.loss_weight(times)}
+        return {
+            "input_ids": noisy,
+            "attention_mask": attention,
+            "clean_ids": clean,
+            "maskable": maskable,
+            "masked": masked,
+            "loss_weight": self.schedule.loss_weight(times),
+        }
 
 
 class MaskedDiffusion(Objective):
@@ -163,17 +171,29 @@ class MaskedDiffusion(Objective):
     sampler = "masked"
     scores_preferences = True
 
-    def __init__(self, mask_token_id: int, shift: bool, train_noiser: BatchNoiser, eval_noiser: BatchNoiser,
-                 masked_head: MaskedHead | None):
+    def __init__(
+        self,
+        mask_token_id: int,
+        shift: bool,
+        train_noiser: BatchNoiser,
+        eval_noiser: BatchNoiser,
+        masked_head: MaskedHead | None,
+    ):
         self.mask_token_id, self.shift = mask_token_id, shift
         self.train_noiser, self.eval_noiser, self.masked_head = train_noiser, eval_noiser, masked_head
 
     @classmethod
     def flags_in_use(cls, args) -> dict[str, bool]:
-        return {"shift_logits": args.shift_logits, "attention_annealing_steps": args.attention_annealing_steps > 0,
-                "prompt_dropout": args.prompt_dropout > 0, "random_length_prob": args.random_length_prob > 0,
-                "prefix_shuffle": args.prefix_shuffle != "none", "masked_head": args.masked_head is not None,
-                "isolate_documents": args.isolate_documents, "noise_schedule": args.noise_schedule != "linear"}
+        return {
+            "shift_logits": args.shift_logits,
+            "attention_annealing_steps": args.attention_annealing_steps > 0,
+            "prompt_dropout": args.prompt_dropout > 0,
+            "random_length_prob": args.random_length_prob > 0,
+            "prefix_shuffle": args.prefix_shuffle != "none",
+            "masked_head": args.masked_head is not None,
+            "isolate_documents": args.isolate_documents,
+            "noise_schedule": args.noise_schedule != "linear",
+        }
 
     @classmethod
     def check_arguments(cls, args) -> None:
@@ -184,8 +204,7 @@ class MaskedDiffusion(Objective):
 
     @classmethod
     def settings(cls, args, name: str) -> dict:
-        return {"shift_logits": args.shift_logits, "noise_schedule": args.noise_schedule,
-                "time_eps": args.time_eps}
+        return {"shift_logits": args.shift_logits, "noise_schedule": args.noise_schedule, "time_eps": args.time_eps}
 
     @classmethod
     def prepare_model(cls, model, tokenizer, settings: dict, *, masked_lm: bool, auto_class: str):
@@ -205,21 +224,37 @@ class MaskedDiffusion(Objective):
         mask_token_id = diffusion_config["mask_token_id"]
         if args is None:
             has_head = unwrapped_model(model).get_output_embeddings() is not None
-            schedule = get_schedule(diffusion_config.get("noise_schedule", "linear"),
-                                    diffusion_config.get("time_eps", 1e-3))
+            schedule = get_schedule(
+                diffusion_config.get("noise_schedule", "linear"), diffusion_config.get("time_eps", 1e-3)
+            )
             noiser = BatchNoiser(mask_token_id, schedule)
-            return cls(mask_token_id, bool(diffusion_config.get("shift_logits", False)), noiser, noiser,
-                       MaskedHead(model) if has_head else None)
+            return cls(
+                mask_token_id,
+                bool(diffusion_config.get("shift_logits", False)),
+                noiser,
+                noiser,
+                MaskedHead(model) if has_head else None,
+            )
         schedule = get_schedule(args.noise_schedule, args.time_eps)
         eval_shuffler = prefix_shuffler if args.eval_prefix_shuffle else None
-        return cls(mask_token_id, args.shift_logits,
-                   BatchNoiser(mask_token_id, schedule, args.antithetic_time, args.random_length_prob,
-                               args.prompt_dropout, prefix_shuffler),
-                   BatchNoiser(mask_token_id, schedule, args.antithetic_time, prefix_shuffler=eval_shuffler),
-                   MaskedHead(model) if args.masked_head is not False else None)
+        return cls(
+            mask_token_id,
+            args.shift_logits,
+            BatchNoiser(
+                mask_token_id,
+                schedule,
+                args.antithetic_time,
+                args.random_length_prob,
+                args.prompt_dropout,
+                prefix_shuffler,
+            ),
+            BatchNoiser(mask_token_id, schedule, args.antithetic_time, prefix_shuffler=eval_shuffler),
+            MaskedHead(model) if args.masked_head is not False else None,
+        )
 
-    def loss(self, model, inputs: dict, normalization: str, total_denominator=None, attention=None,
-             with_logits: bool = False):
+    def loss(
+        self, model, inputs: dict, normalization: str, total_denominator=None, attention=None, with_logits: bool = False
+    ):
         attention = inputs["attention_mask"] if attention is None else attention
         clean, masked = inputs["clean_ids"], inputs["masked"]
         logits = None
@@ -228,14 +263,30 @@ class MaskedDiffusion(Objective):
             row_ce = masked_token_losses(logits, clean, masked, shift=self.shift).sum(dim=1)
         else:
             row_ce = self.masked_head.row_masked_ce(
-                lambda: model(input_ids=inputs["input_ids"], attention_mask=attention).logits, clean, masked,
-                self.shift)
-        loss = diffusion_loss(row_ce, inputs["loss_weight"], masked, inputs["maskable"], normalization,
-                              total_denominator=total_denominator)
+                lambda: model(input_ids=inputs["input_ids"], attention_mask=attention).logits, clean, masked, self.shift
+            )
+        loss = diffusion_loss(
+            row_ce,
+            inputs["loss_weight"],
+            masked,
+            inputs["maskable"],
+            normalization,
+            total_denominator=total_denominator,
+        )
         return loss, logits
 
-    def elbo_nll(self, model, input_ids, attention_mask, maskable, num_samples: int, generator, *,
-                 attention_for=None, chunk_size: int | None = None) -> torch.Tensor:
+    def elbo_nll(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        maskable,
+        num_samples: int,
+        generator,
+        *,
+        attention_for=None,
+        chunk_size: int | None = None,
+    ) -> torch.Tensor:
         attention = self.copies_attention(input_ids, attention_mask, num_samples, attention_for)
 
         def row_ce(noisy, targets, masked):
@@ -244,8 +295,11 @@ class MaskedDiffusion(Objective):
             for start in range(0, len(noisy), size):
                 rows = slice(start, start + size)
                 copies = None if attention is None else attention[rows]
-                score = masked_ce_fn(self.masked_head, lambda ids: model(input_ids=ids, attention_mask=copies).logits,
-                                     self.shift)
+                score = masked_ce_fn(
+                    self.masked_head,
+                    lambda ids, copies=copies: model(input_ids=ids, attention_mask=copies).logits,
+                    self.shift,
+                )
                 parts.append(score(noisy[rows], targets[rows], masked[rows]))
             return torch.cat(parts)
 
@@ -259,4 +313,4 @@ class MaskedDiffusion(Objective):
         predicted = model(input_ids=ids).logits.argmax(-1)[0]
         if self.shift:  # logits at i predict token i + 1
             predicted = torch.cat([predicted[:1], predicted[:-1]])
-        return predicted[len(context_ids):].tolist() == continuation_ids
+        return predicted[len(context_ids) :].tolist() == continuation_ids

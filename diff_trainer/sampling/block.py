@@ -63,13 +63,16 @@ def sample_blocks(model, prompt_ids, config: BlockSamplerConfig, suffix_ids=(), 
 def check_block_settings(config: SamplerConfig, block_size: int) -> None:
     """Refuse settings the block sampler cannot honour, naming the setting to change."""
     if block_size < 1 or block_size % config.block_length:
-        raise ValueError(f"block_length {config.block_length} (the sub-block) must divide the model's block size "
-                         f"{block_size}.")
+        raise ValueError(
+            f"block_length {config.block_length} (the sub-block) must divide the model's block size {block_size}."
+        )
     if config.guidance_scale > 0:
         raise ValueError("the block sampler has no classifier-free guidance: use guidance_scale=0.")
     if config.cache != "none":
-        raise ValueError(f"cache={config.cache!r} is the masked sampler's approximate cache; the block sampler's "
-                         "cache is exact and always on: use cache='none'.")
+        raise ValueError(
+            f"cache={config.cache!r} is the masked sampler's approximate cache; the block sampler's "
+            "cache is exact and always on: use cache='none'."
+        )
 
 
 class _BlockDenoiser:
@@ -96,9 +99,12 @@ class _BlockDenoiser:
         cache = DynamicCache()
         for index, (keys, values) in enumerate(self.kept):
             cache.update(keys[rows, :, :cached_columns], values[rows, :, :cached_columns], index)
-        output = self.model(input_ids=ids, position_ids=self.position_ids[rows.unsqueeze(1), columns],
-                            attention_mask=additive_mask(allowed, self.dtype),
-                            **{self.cache_keyword: cache, "use_cache": True})
+        output = self.model(
+            input_ids=ids,
+            position_ids=self.position_ids[rows.unsqueeze(1), columns],
+            attention_mask=additive_mask(allowed, self.dtype),
+            **{self.cache_keyword: cache, "use_cache": True},
+        )
         return output.logits, output[self.cache_keyword]
 
     def _store(self, rows, columns, cache) -> None:
@@ -106,9 +112,13 @@ class _BlockDenoiser:
         width = columns.shape[1]
         if not self.kept:
             total = self.attention_mask.shape
-            self.kept = [(layer.keys.new_zeros((total[0], layer.keys.shape[1], total[1], layer.keys.shape[3])),
-                          layer.values.new_zeros((total[0], layer.values.shape[1], total[1], layer.values.shape[3])))
-                         for layer in cache.layers]
+            self.kept = [
+                (
+                    layer.keys.new_zeros((total[0], layer.keys.shape[1], total[1], layer.keys.shape[3])),
+                    layer.values.new_zeros((total[0], layer.values.shape[1], total[1], layer.values.shape[3])),
+                )
+                for layer in cache.layers
+            ]
         for (keys, values), layer in zip(self.kept, cache.layers):
             for i, row in enumerate(rows.tolist()):
                 keys[row, :, columns[i]] = layer.keys[i, :, -width:]
@@ -159,8 +169,9 @@ class _BlockDenoiser:
             before = self.carry[rows]
         else:
             width = int(starts.max()) + self.block_size
-            allowed = block_causal_allowed(self.position_ids[rows, :width], self.block_size,
-                                           self.attention_mask[rows, :width])
+            allowed = block_causal_allowed(
+                self.position_ids[rows, :width], self.block_size, self.attention_mask[rows, :width]
+            )
             columns = torch.arange(width, device=x.device).expand(len(rows), -1)
             full, _ = self._call(x[rows, :width], rows, columns, allowed)
             index = starts.unsqueeze(1) + torch.arange(self.block_size, device=x.device)
@@ -220,8 +231,13 @@ def generate(
         generator = torch.Generator(device=device).manual_seed(seed)
 
     width = int((padding + last_position).max())
-    x = torch.cat([prompts, torch.full((batch_size, width - generation_start), config.mask_token_id,
-                                       dtype=torch.long, device=device)], dim=1)
+    x = torch.cat(
+        [
+            prompts,
+            torch.full((batch_size, width - generation_start), config.mask_token_id, dtype=torch.long, device=device),
+        ],
+        dim=1,
+    )
     attention = torch.cat([prompt_attention, torch.ones_like(x[:, generation_start:])], dim=1)
     columns = torch.arange(width, device=device)
     generated = (columns >= generation_start) & (columns < generation_end)  # the positions sampled
@@ -295,10 +311,13 @@ def generate(
         if trace or on_step is not None:
             blocks = torch.where(active, (starts - first_block) // block_size, -1).tolist()
             frame = step_frame(step, blocks, x, rows, positions, commit, confidence, attention, generation_start)
-            frame = replace(frame, sequences=frame.sequences[:, :generation_end],
-                            committed=frame.committed[:, :generation_end],
-                            confidence=frame.confidence[:, :generation_end],
-                            attention_mask=frame.attention_mask[:, :generation_end])
+            frame = replace(
+                frame,
+                sequences=frame.sequences[:, :generation_end],
+                committed=frame.committed[:, :generation_end],
+                confidence=frame.confidence[:, :generation_end],
+                attention_mask=frame.attention_mask[:, :generation_end],
+            )
             if trace:
                 frames.append(frame)
             if on_step is not None:
@@ -306,5 +325,11 @@ def generate(
         step += 1
         sub_step[rows] += 1
 
-    return GenerationResult(x[:, :generation_end], attention[:, :generation_end], generation_start, denoise.forwards,
-                            frames, row_nfe.tolist())
+    return GenerationResult(
+        x[:, :generation_end],
+        attention[:, :generation_end],
+        generation_start,
+        denoise.forwards,
+        frames,
+        row_nfe.tolist(),
+    )

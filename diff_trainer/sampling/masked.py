@@ -19,8 +19,8 @@ Ideas and where they come from (the code here is our own):
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Callable
 
 import torch
 from transformers import DynamicCache
@@ -200,7 +200,7 @@ class GenerationResult:
     @property
     def generated(self) -> torch.Tensor:
         """The generated part of every row, [B, gen_length] (without the suffix)."""
-        return self.sequences[:, self.generation_start:self.sequences.shape[1] - self.suffix_length]
+        return self.sequences[:, self.generation_start : self.sequences.shape[1] - self.suffix_length]
 
 
 def special_token_ids_to_forbid(tokenizer, stop_ids: int | tuple[int, ...] | None = None) -> tuple[int, ...]:
@@ -263,8 +263,8 @@ def left_pad(prompt_ids, attention_mask, pad_token_id: int, device) -> tuple[tor
     mask = torch.zeros_like(ids)
     for row, prompt in enumerate(prompt_ids):
         if prompt:
-            ids[row, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long, device=device)
-            mask[row, width - len(prompt):] = 1
+            ids[row, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long, device=device)
+            mask[row, width - len(prompt) :] = 1
     return ids, mask
 
 
@@ -373,8 +373,9 @@ class _Denoiser:
         """The whole sequences; with `keep`, their keys/values are kept for the next steps of their blocks."""
         rows = sequences % self.attention_mask.shape[0]
         extra = {self.cache_keyword: DynamicCache(), "use_cache": True} if keep else {}
-        output = self._call(input_ids=inputs, attention_mask=self.attention_mask[rows],
-                            position_ids=self.position_ids[rows], **extra)
+        output = self._call(
+            input_ids=inputs, attention_mask=self.attention_mask[rows], position_ids=self.position_ids[rows], **extra
+        )
         if keep:
             self._keep(sequences, output[self.cache_keyword])
         return _windows(output.logits, window_starts, self.config.block_length)
@@ -382,8 +383,13 @@ class _Denoiser:
     def _keep(self, sequences: torch.Tensor, cache) -> None:
         if not self.kept:
             copies = self.attention_mask.shape[0] * self.evaluations_per_call
-            self.kept = [(layer.keys.new_zeros((copies, *layer.keys.shape[1:])),
-                          layer.values.new_zeros((copies, *layer.values.shape[1:]))) for layer in cache.layers]
+            self.kept = [
+                (
+                    layer.keys.new_zeros((copies, *layer.keys.shape[1:])),
+                    layer.values.new_zeros((copies, *layer.values.shape[1:])),
+                )
+                for layer in cache.layers
+            ]
         for (keys, values), layer in zip(self.kept, cache.layers):
             keys[sequences], values[sequences] = layer.keys, layer.values
 
@@ -409,10 +415,13 @@ class _Denoiser:
         cache = DynamicCache()
         for index, (keys, values) in enumerate(self.kept):
             cache.update(keys[sequences], values[sequences], index)
-        output = self._call(input_ids=inputs.gather(1, fed_positions), attention_mask=attention,
-                            position_ids=self.position_ids[rows].gather(1, fed_positions),
-                            **{self.cache_keyword: cache, "use_cache": True})
-        return output.logits[:, :self.config.block_length]
+        output = self._call(
+            input_ids=inputs.gather(1, fed_positions),
+            attention_mask=attention,
+            position_ids=self.position_ids[rows].gather(1, fed_positions),
+            **{self.cache_keyword: cache, "use_cache": True},
+        )
+        return output.logits[:, : self.config.block_length]
 
 
 def predict_tokens(logits: torch.Tensor, config: SamplerConfig, generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -481,8 +490,14 @@ def generate(
     generated = torch.full((batch_size, config.gen_length), config.mask_token_id, dtype=torch.long, device=device)
     x = torch.cat([prompts, generated, suffix], dim=1)
     full_attention = torch.cat([prompt_attention, torch.ones_like(generated), torch.ones_like(suffix)], dim=1)
-    is_prompt = torch.cat([prompt_attention.bool(), torch.zeros_like(generated, dtype=torch.bool),
-                           torch.ones_like(suffix, dtype=torch.bool)], dim=1)
+    is_prompt = torch.cat(
+        [
+            prompt_attention.bool(),
+            torch.zeros_like(generated, dtype=torch.bool),
+            torch.ones_like(suffix, dtype=torch.bool),
+        ],
+        dim=1,
+    )
     denoise = _Denoiser(model, config, full_attention, is_prompt)
     eos_ids = torch.tensor(config.eos_ids, dtype=torch.long, device=device)
     block = torch.zeros(batch_size, dtype=torch.long, device=device)  # each row's current block
@@ -512,8 +527,9 @@ def generate(
         x[rows.unsqueeze(1), positions] = window
         if trace or on_step is not None:
             blocks = torch.where(active, block, -1).tolist()
-            frame = step_frame(step, blocks, x, rows, positions, commit, confidence, full_attention,
-                               start_of_generation)
+            frame = step_frame(
+                step, blocks, x, rows, positions, commit, confidence, full_attention, start_of_generation
+            )
             if trace:
                 frames.append(frame)
             if on_step is not None:
@@ -535,8 +551,9 @@ def generate(
                 active[finished[stopped]] = False
             active &= block < config.num_blocks
 
-    return GenerationResult(x, full_attention, start_of_generation, denoise.forwards, frames, row_nfe.tolist(),
-                            suffix.shape[1])
+    return GenerationResult(
+        x, full_attention, start_of_generation, denoise.forwards, frames, row_nfe.tolist(), suffix.shape[1]
+    )
 
 
 def step_frame(step, blocks, x, rows, positions, commit, confidence, attention_mask, generation_start) -> StepFrame:

@@ -41,7 +41,7 @@ class TokenPieces:
         if token_id not in self.cache:
             with_anchor = self.tokenizer.decode(self.anchor_ids + [token_id])
             if self.anchor_ids and with_anchor.startswith(self.anchor_text):
-                text = with_anchor[len(self.anchor_text):]
+                text = with_anchor[len(self.anchor_text) :]
             else:
                 text = self.tokenizer.decode([token_id])
             # A lone byte of a multi-byte character decodes to nothing: show the token's own name instead.
@@ -116,8 +116,16 @@ def _layout(cells, draw, font, width, margin, line_height):
     return boxes, y + line_height + margin
 
 
-def render_gif(frames, path, tokenizer, mask_token_id: int, row: int = 0, duration_ms: int = 200,
-               width: int = 720, font_size: int = 16) -> int:
+def render_gif(
+    frames,
+    path,
+    tokenizer,
+    mask_token_id: int,
+    row: int = 0,
+    duration_ms: int = 200,
+    width: int = 720,
+    font_size: int = 16,
+) -> int:
     """Write one GIF frame per trace frame (row `row`) to `path`; returns the number of frames."""
     if not frames:
         raise ValueError("the trace is empty: nothing to render.")
@@ -126,8 +134,9 @@ def render_gif(frames, path, tokenizer, mask_token_id: int, row: int = 0, durati
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     left, top, right, bottom = measure.textbbox((0, 0), "Ag|", font=font)
     line_height = bottom - top + 6
-    layouts = [_layout(frame_cells(f, row, pieces, mask_token_id), measure, font, width, 10, line_height)
-               for f in frames]
+    layouts = [
+        _layout(frame_cells(f, row, pieces, mask_token_id), measure, font, width, 10, line_height) for f in frames
+    ]
     height = max(bottom_y for _, bottom_y in layouts)
     images = []
     for frame, (boxes, _) in zip(frames, layouts):

@@ -11,8 +11,8 @@ for the absorbing graph, with a time-blind masked-diffusion model through the RA
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -96,11 +96,13 @@ class SeddSamplerConfig:
         if self.steps < 1 or self.gen_length < 1:
             raise ValueError("steps and gen_length must be at least 1.")
         if not self.time_conditioned and self.graph != "absorb":
-            raise ValueError("a time-blind model can only be sampled with the absorbing graph (RADD); the uniform "
-                             "graph needs a model that takes the noise level.")
+            raise ValueError(
+                "a time-blind model can only be sampled with the absorbing graph (RADD); the uniform "
+                "graph needs a model that takes the noise level."
+            )
 
     @classmethod
-    def from_diffusion_config(cls, diffusion_config: dict, num_states: int, **settings) -> "SeddSamplerConfig":
+    def from_diffusion_config(cls, diffusion_config: dict, num_states: int, **settings) -> SeddSamplerConfig:
         """Settings of a checkpoint: a SEDD one, or a masked-diffusion one read as a time-blind absorbing model."""
         objective = diffusion_config.get("objective")
         if objective not in SEDD_GRAPH_OF_OBJECTIVE:
@@ -108,12 +110,17 @@ class SeddSamplerConfig:
         masked = objective == MASKED
         if masked and diffusion_config.get("shift_logits"):
             raise ValueError("a shifted (AR-adapted) masked-diffusion checkpoint cannot be read as a SEDD model.")
-        return cls(graph=SEDD_GRAPH_OF_OBJECTIVE[objective], num_states=num_states,
-                   mask_token_id=diffusion_config.get("mask_token_id"),
-                   noise="loglinear" if masked else diffusion_config["noise"],
-                   sigma_min=diffusion_config.get("sigma_min", 1e-4), sigma_max=diffusion_config.get("sigma_max", 20.0),
-                   time_eps=diffusion_config.get("time_eps", 1e-3),
-                   time_conditioned=not masked and diffusion_config.get("time_conditioned", True), **settings)
+        return cls(
+            graph=SEDD_GRAPH_OF_OBJECTIVE[objective],
+            num_states=num_states,
+            mask_token_id=diffusion_config.get("mask_token_id"),
+            noise="loglinear" if masked else diffusion_config["noise"],
+            sigma_min=diffusion_config.get("sigma_min", 1e-4),
+            sigma_max=diffusion_config.get("sigma_max", 20.0),
+            time_eps=diffusion_config.get("time_eps", 1e-3),
+            time_conditioned=not masked and diffusion_config.get("time_conditioned", True),
+            **settings,
+        )
 
 
 def model_log_score(model, config: SeddSamplerConfig, attention_mask, position_ids) -> Callable:
@@ -135,9 +142,19 @@ def model_log_score(model, config: SeddSamplerConfig, attention_mask, position_i
 
 
 @torch.no_grad()
-def sedd_generate(model, prompt_ids, config: SeddSamplerConfig, *, suffix_ids=(), attention_mask=None, seed=None,
-                  generator=None, trace: bool = False, on_step: Callable[[StepFrame], None] | None = None,
-                  **settings) -> GenerationResult:
+def sedd_generate(
+    model,
+    prompt_ids,
+    config: SeddSamplerConfig,
+    *,
+    suffix_ids=(),
+    attention_mask=None,
+    seed=None,
+    generator=None,
+    trace: bool = False,
+    on_step: Callable[[StepFrame], None] | None = None,
+    **settings,
+) -> GenerationResult:
     """Sample `gen_length` tokens after each prompt (empty prompts: unconditional) and before `suffix_ids` (the same
     token ids after every row's generated span; empty: none) with a SEDD sampler.
 
@@ -152,8 +169,10 @@ def sedd_generate(model, prompt_ids, config: SeddSamplerConfig, *, suffix_ids=()
     suffix = suffix_rows(suffix_ids, batch_size, device)
     limit = context_length(model)
     if limit is not None and start + config.gen_length + suffix.shape[1] > limit:
-        raise ValueError(f"prompt ({start} positions) + gen_length ({config.gen_length}) + suffix "
-                         f"({suffix.shape[1]}) exceeds the model's context of {limit} positions.")
+        raise ValueError(
+            f"prompt ({start} positions) + gen_length ({config.gen_length}) + suffix "
+            f"({suffix.shape[1]}) exceeds the model's context of {limit} positions."
+        )
     if generator is None and seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
     graph = get_graph(config.graph, config.num_states, config.mask_token_id)
@@ -166,7 +185,7 @@ def sedd_generate(model, prompt_ids, config: SeddSamplerConfig, *, suffix_ids=()
     fixed_ids = torch.cat([prompts, noise_start, suffix], dim=1)
     full_attention = torch.cat([prompt_attention, torch.ones_like(noise_start), torch.ones_like(suffix)], dim=1)
     is_fixed = torch.ones_like(fixed_ids, dtype=torch.bool)  # the prompt, its left padding and the suffix
-    is_fixed[:, start:start + config.gen_length] = False
+    is_fixed[:, start : start + config.gen_length] = False
     position_ids = (full_attention.cumsum(-1) - 1).clamp(min=0)
     log_score_fn = model_log_score(model, config, full_attention, position_ids)
     predictor = SEDD_PREDICTORS[config.predictor]
@@ -185,12 +204,18 @@ def sedd_generate(model, prompt_ids, config: SeddSamplerConfig, *, suffix_ids=()
         x = sample_categorical(probs, generator)
         x = torch.where(is_fixed, fixed_ids, x)  # re-impose the prompt and the suffix
         if trace or on_step is not None:
-            frame = StepFrame(step, [0] * batch_size, x.cpu().clone(), (x != before).cpu(),
-                              torch.full(x.shape, float("nan"), dtype=torch.float64), full_attention.cpu(), start)
+            frame = StepFrame(
+                step,
+                [0] * batch_size,
+                x.cpu().clone(),
+                (x != before).cpu(),
+                torch.full(x.shape, float("nan"), dtype=torch.float64),
+                full_attention.cpu(),
+                start,
+            )
             if trace:
                 frames.append(frame)
             if on_step is not None:
                 on_step(frame)
     nfe = config.steps + (1 if config.denoise else 0)
     return GenerationResult(x, full_attention, start, nfe, trace=frames, suffix_length=suffix.shape[1])
-

@@ -18,8 +18,15 @@ from .masked import GenerationResult, SamplerConfig, generate, special_token_ids
 from .sedd import SeddSamplerConfig, sedd_generate
 
 # Settings of the masked-diffusion sampler, with the values that mean "not given" (SEDD's samplers refuse others).
-MASKED_SAMPLER_DEFAULTS = {"block_length": None, "threshold": None, "guidance_scale": 0.0,
-                           "remasking": "low_confidence", "temperature": 0.0, "eos_handling": None, "cache": "none"}
+MASKED_SAMPLER_DEFAULTS = {
+    "block_length": None,
+    "threshold": None,
+    "guidance_scale": 0.0,
+    "remasking": "low_confidence",
+    "temperature": 0.0,
+    "eos_handling": None,
+    "cache": "none",
+}
 SAMPLERS = {SamplerConfig: generate, SeddSamplerConfig: sedd_generate, BlockSamplerConfig: sample_blocks}
 
 
@@ -35,7 +42,7 @@ def stop_ids(diffusion_config: dict | None, tokenizer, extra: tuple[int, ...] = 
 
 
 def sampler_kind(diffusion_config: dict, sedd_predictor: str | None = None) -> str:
-    """"masked", "block" or "sedd": the sampler of the checkpoint's objective, "sedd" whenever a SEDD predictor is
+    """ "masked", "block" or "sedd": the sampler of the checkpoint's objective, "sedd" whenever a SEDD predictor is
     asked for."""
     return "sedd" if sedd_predictor is not None else objective_for(diffusion_config).sampler
 
@@ -57,16 +64,22 @@ def check_sampler_settings(checkpoint, *, predictor: str | None = None, **overri
     if predictor is not None and objective_for(diffusion_config).sampler == "block":
         raise ValueError("a block-diffusion checkpoint is sampled block by block: SEDD's predictors do not apply.")
     if sampler_kind(diffusion_config, predictor) == "sedd":
-        given = [name for name, default in MASKED_SAMPLER_DEFAULTS.items()
-                 if overrides.get(name) is not None and overrides[name] != default]
+        given = [
+            name
+            for name, default in MASKED_SAMPLER_DEFAULTS.items()
+            if overrides.get(name) is not None and overrides[name] != default
+        ]
         if given:
-            raise ValueError(f"{', '.join(given)} are settings of the masked-diffusion sampler; this checkpoint is "
-                             "sampled with SEDD's sampler (its settings: gen_length, steps, predictor).")
+            raise ValueError(
+                f"{', '.join(given)} are settings of the masked-diffusion sampler; this checkpoint is "
+                "sampled with SEDD's sampler (its settings: gen_length, steps, predictor)."
+            )
     return diffusion_config
 
 
-def sampler_for(checkpoint, tokenizer, *, predictor: str | None = None, extra_stop_ids: tuple[int, ...] = (),
-                **overrides) -> SamplerConfig | SeddSamplerConfig:
+def sampler_for(
+    checkpoint, tokenizer, *, predictor: str | None = None, extra_stop_ids: tuple[int, ...] = (), **overrides
+) -> SamplerConfig | SeddSamplerConfig:
     """The sampler settings of `checkpoint` (a model, its config, or for masked diffusion its diffusion_config) with
     `overrides` (None values: not given).
 
@@ -82,21 +95,30 @@ def sampler_for(checkpoint, tokenizer, *, predictor: str | None = None, extra_st
         overrides = {name: value for name, value in overrides.items() if name not in MASKED_SAMPLER_DEFAULTS}
         num_states = _recorded(checkpoint)[1]
         if num_states is None:
-            raise ValueError("SEDD's sampler needs the model (or its config) for the number of states, not only its "
-                             "diffusion_config.")
+            raise ValueError(
+                "SEDD's sampler needs the model (or its config) for the number of states, not only its "
+                "diffusion_config."
+            )
         return SeddSamplerConfig.from_diffusion_config(
-            diffusion_config, num_states, predictor=predictor or "euler",
-            pad_token_id=tokenizer.pad_token_id, **overrides)
+            diffusion_config,
+            num_states,
+            predictor=predictor or "euler",
+            pad_token_id=tokenizer.pad_token_id,
+            **overrides,
+        )
     stops = stop_ids(diffusion_config, tokenizer, extra_stop_ids)
     config_class = SamplerConfig
     if sampler_kind(diffusion_config) == "block":  # sub-blocks of the whole block unless --block_length is given
         config_class = partial(BlockSamplerConfig, model_block_size=diffusion_config["block_size"])
         overrides.setdefault("block_length", diffusion_config["block_size"])
     return config_class(
-        mask_token_id=diffusion_config["mask_token_id"], shift=bool(diffusion_config.get("shift_logits", False)),
-        eos_token_id=stops, pad_token_id=tokenizer.pad_token_id,
+        mask_token_id=diffusion_config["mask_token_id"],
+        shift=bool(diffusion_config.get("shift_logits", False)),
+        eos_token_id=stops,
+        pad_token_id=tokenizer.pad_token_id,
         forbidden_token_ids=special_token_ids_to_forbid(tokenizer, stops),
-        **{"eos_handling": "stop" if tokenizer.eos_token_id is not None else "none", **overrides})
+        **{"eos_handling": "stop" if tokenizer.eos_token_id is not None else "none", **overrides},
+    )
 
 
 def run_sampler(model, prompt_ids, config, suffix_ids=(), **options) -> GenerationResult:

@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import re
-from typing import Optional
 
 import torch
 import torch.distributed as dist
@@ -25,8 +24,14 @@ logger = logging.getLogger(__name__)
 
 COMPLETE_MARKER = "COMPLETE"
 CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")
-WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                "pytorch_model.bin.index.json", "adapter_model.safetensors", "adapter_model.bin")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+)
 
 
 class CheckpointCompletionCallback(TrainerCallback):
@@ -59,14 +64,18 @@ class FiniteStepsMixin:
             bad = sum((~torch.isfinite(p)).any().float() for p in local if p.is_floating_point())
         bad = self.accelerator.reduce(torch.as_tensor(bad, device=self.accelerator.device).float().reshape(1), "sum")
         if float(bad) > 0:
-            raise NonFiniteTraining(f"the weights hold NaN or inf values after step {self.state.global_step}; "
-                                    f"nothing was saved. Usual causes: {self.non_finite_causes()}")
+            raise NonFiniteTraining(
+                f"the weights hold NaN or inf values after step {self.state.global_step}; "
+                f"nothing was saved. Usual causes: {self.non_finite_causes()}"
+            )
         return super().save_model(output_dir, _internal_call)
 
     def non_finite_causes(self) -> str:
-        return ("a --learning_rate too high for this model (lower it or add --warmup_steps), fp16 overflow (use "
-                "bf16 or float32), or bad data (very long or empty rows). No final model was saved; the checkpoint-N "
-                f"directories in {self.args.output_dir}, if any, hold weights of earlier steps.")
+        return (
+            "a --learning_rate too high for this model (lower it or add --warmup_steps), fp16 overflow (use "
+            "bf16 or float32), or bad data (very long or empty rows). No final model was saved; the checkpoint-N "
+            f"directories in {self.args.output_dir}, if any, hold weights of earlier steps."
+        )
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -98,7 +107,7 @@ def write_marker(path: str, step: int) -> None:
     os.replace(temporary, os.path.join(path, COMPLETE_MARKER))
 
 
-def incomplete_reason(path: str) -> Optional[str]:
+def incomplete_reason(path: str) -> str | None:
     """Why the checkpoint directory at `path` cannot be resumed from (None when it is complete)."""
     step = int(CHECKPOINT_NAME.match(os.path.basename(path)).group(1))
     if os.path.isfile(os.path.join(path, COMPLETE_MARKER)):
@@ -120,13 +129,16 @@ def incomplete_reason(path: str) -> Optional[str]:
 
 def checkpoint_directories(output_dir: str) -> list[str]:
     """The `checkpoint-N` directories of output_dir, newest (highest N) first."""
-    found = [name for name in os.listdir(output_dir)
-             if CHECKPOINT_NAME.match(name) and os.path.isdir(os.path.join(output_dir, name))]
+    found = [
+        name
+        for name in os.listdir(output_dir)
+        if CHECKPOINT_NAME.match(name) and os.path.isdir(os.path.join(output_dir, name))
+    ]
     found.sort(key=lambda name: int(CHECKPOINT_NAME.match(name).group(1)), reverse=True)
     return [os.path.join(output_dir, name) for name in found]
 
 
-def newest_complete_checkpoint(output_dir: str) -> Optional[str]:
+def newest_complete_checkpoint(output_dir: str) -> str | None:
     """The newest complete `checkpoint-N` in output_dir (None: none, start fresh); skipped newer ones are logged."""
     if not os.path.isdir(output_dir):
         return None
@@ -146,7 +158,8 @@ def check_resumable(path: str) -> str:
         return path  # not one of ours: let the Trainer judge it
     reason = incomplete_reason(os.path.normpath(path))
     if reason:
-        raise CheckpointError(f"--resume_from_checkpoint {path} is incomplete: {reason}. Pick an older checkpoint, "
-                              "or use --resume to take the newest complete one.")
+        raise CheckpointError(
+            f"--resume_from_checkpoint {path} is incomplete: {reason}. Pick an older checkpoint, "
+            "or use --resume to take the newest complete one."
+        )
     return path
-

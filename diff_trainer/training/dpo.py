@@ -48,12 +48,19 @@ from .trainer import StepNormalizedLoss
 logger = logging.getLogger(__name__)
 
 REF_FINGERPRINT_COLUMN = "ref_fingerprint"
-METRIC_NAMES = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",
-                "logps/rejected")
+METRIC_NAMES = (
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/accuracies",
+    "rewards/margins",
+    "logps/chosen",
+    "logps/rejected",
+)
 
 
-def elbo_samples(logits_fn, inputs, num_samples: int, shift: bool = False, prefix: str = "",
-                 head: MaskedHead = None) -> torch.Tensor:
+def elbo_samples(
+    logits_fn, inputs, num_samples: int, shift: bool = False, prefix: str = "", head: MaskedHead = None
+) -> torch.Tensor:
     """The n ELBO terms of every sequence of a `PreferenceCollator` batch: Tensor[2B, n] (nats, higher = likelier).
 
     `prefix` "ref_" selects the reference's own masks when they are not shared. `head`: the model's MaskedHead
@@ -61,8 +68,14 @@ def elbo_samples(logits_fn, inputs, num_samples: int, shift: bool = False, prefi
     """
     clean = monte_carlo_copies(inputs["input_ids"], num_samples)
     maskable = monte_carlo_copies(inputs["maskable"], num_samples)
-    terms = elbo_terms(masked_ce_fn(head, logits_fn, shift), clean, maskable, inputs[f"{prefix}noisy_ids"], inputs[f"{prefix}masked"],
-                       inputs[f"{prefix}mask_counts"])
+    terms = elbo_terms(
+        masked_ce_fn(head, logits_fn, shift),
+        clean,
+        maskable,
+        inputs[f"{prefix}noisy_ids"],
+        inputs[f"{prefix}masked"],
+        inputs[f"{prefix}mask_counts"],
+    )
     return terms.reshape(-1, num_samples)
 
 
@@ -99,8 +112,9 @@ def disable_dropout(model) -> None:
 
 
 @torch.no_grad()
-def reference_scores(reference, inputs, num_samples: int, *, shift: bool, antithetic: bool,
-                     head: MaskedHead = None) -> torch.Tensor:
+def reference_scores(
+    reference, inputs, num_samples: int, *, shift: bool, antithetic: bool, head: MaskedHead = None
+) -> torch.Tensor:
     """The reference's scores B̂ref [2B]: `reference` is a frozen model, or a peft policy with adapters disabled.
 
     antithetic: on the policy's masks (VRPO); otherwise on the batch's own reference masks (`ref_` keys).
@@ -108,8 +122,14 @@ def reference_scores(reference, inputs, num_samples: int, *, shift: bool, antith
     """
     context = reference.disable_adapter() if is_peft_model(reference) else contextlib.nullcontext()
     with context:
-        terms = elbo_samples(model_logits(reference, inputs["attention_mask"], num_samples), inputs, num_samples,
-                             shift, "" if antithetic else "ref_", head)
+        terms = elbo_samples(
+            model_logits(reference, inputs["attention_mask"], num_samples),
+            inputs,
+            num_samples,
+            shift,
+            "" if antithetic else "ref_",
+            head,
+        )
     return terms.mean(dim=1)
 
 
@@ -118,8 +138,10 @@ def checked_diffusion_config(model) -> dict:
     base = model.get_base_model() if is_peft_model(model) else model
     diffusion_config = read_diffusion_config(base.config)
     if diffusion_config is None:
-        raise ValueError("The policy is not a masked-diffusion checkpoint (its config has no diffusion_config). "
-                         "Train one with run_clm_diff.py --train_diff_model first.")
+        raise ValueError(
+            "The policy is not a masked-diffusion checkpoint (its config has no diffusion_config). "
+            "Train one with run_clm_diff.py --train_diff_model first."
+        )
     return diffusion_config
 
 
@@ -127,10 +149,13 @@ def preference_collator(model, tokenizer, args, fixed_epoch=None) -> PreferenceC
     """The collator of `model`'s pairs: its mask id, the tokenizer's pad id (or EOS), the args' MC budget."""
     base = model.get_base_model() if is_peft_model(model) else model
     pad_id = getattr(tokenizer, "pad_token_id", None)
-    return PreferenceCollator(checked_diffusion_config(model)["mask_token_id"],
-                              pad_id if pad_id is not None else base.config.eos_token_id,
-                              num_samples=args.mc_samples, antithetic=args.antithetic_sampling,
-                              fixed_epoch=fixed_epoch)
+    return PreferenceCollator(
+        checked_diffusion_config(model)["mask_token_id"],
+        pad_id if pad_id is not None else base.config.eos_token_id,
+        num_samples=args.mc_samples,
+        antithetic=args.antithetic_sampling,
+        fixed_epoch=fixed_epoch,
+    )
 
 
 def has_reference_scores(dataset, fingerprint: dict) -> bool:
@@ -151,25 +176,32 @@ def precompute_reference_scores(pairs: DatasetDict, reference, tokenizer, args) 
     """Every split of `pairs` with the reference's scores of each pair on its epoch-0 masks and their fingerprint
     (splits whose stored scores have the same fingerprint are kept, others are scored again). `reference`: the
     reference model, or the peft policy (adapters disabled). Processes score their share; every process gets all."""
-    fingerprint = reference_fingerprint(getattr(reference, "name_or_path", ""), args.mc_samples,
-                                        args.antithetic_sampling, args.seed)
+    fingerprint = reference_fingerprint(
+        getattr(reference, "name_or_path", ""), args.mc_samples, args.antithetic_sampling, args.seed
+    )
     accelerator = Accelerator()
     collator = preference_collator(reference, tokenizer, args, fixed_epoch=0)
     shift = bool(checked_diffusion_config(reference).get("shift_logits", False))
     with masked_head_for(reference, args.masked_head is not False) as head:
         model = accelerator.prepare_model(reference.eval(), evaluation_mode=True)
-        return DatasetDict({name: scored_split(name, dataset, model, head, collator, accelerator, args, shift,
-                                               fingerprint) for name, dataset in pairs.items()})
+        return DatasetDict(
+            {
+                name: scored_split(name, dataset, model, head, collator, accelerator, args, shift, fingerprint)
+                for name, dataset in pairs.items()
+            }
+        )
 
 
 def scored_split(name: str, dataset, model, head, collator, accelerator, args, shift: bool, fingerprint: dict):
     """One split of `precompute_reference_scores`: kept when its stored scores have `fingerprint`, else scored."""
     if has_reference_scores(dataset, fingerprint):
         return dataset
-    dataset = dataset.remove_columns([c for c in (*REFERENCE_COLUMNS, REF_FINGERPRINT_COLUMN)
-                                      if c in dataset.column_names])
-    loader = accelerator.prepare(DataLoader(dataset, batch_size=args.per_device_eval_batch_size,
-                                            collate_fn=collator, shuffle=False))
+    dataset = dataset.remove_columns(
+        [c for c in (*REFERENCE_COLUMNS, REF_FINGERPRINT_COLUMN) if c in dataset.column_names]
+    )
+    loader = accelerator.prepare(
+        DataLoader(dataset, batch_size=args.per_device_eval_batch_size, collate_fn=collator, shuffle=False)
+    )
     seeds, chosen, rejected = [], [], []
     for batch in loader:
         with accelerator.autocast():
@@ -180,8 +212,7 @@ def scored_split(name: str, dataset, model, head, collator, accelerator, args, s
             store.append(values.cpu())
     if torch.cat(seeds).tolist() != list(dataset["mask_seed"]):
         raise RuntimeError("Reference scores came back out of order; cannot attach them to the pairs.")
-    logger.info("Precomputed reference scores of %d %s pairs (%d samples each).", len(dataset), name,
-                args.mc_samples)
+    logger.info("Precomputed reference scores of %d %s pairs (%d samples each).", len(dataset), name, args.mc_samples)
     dataset = dataset.add_column(REFERENCE_COLUMNS[0], torch.cat(chosen).tolist())
     dataset = dataset.add_column(REFERENCE_COLUMNS[1], torch.cat(rejected).tolist())
     return dataset.add_column(REF_FINGERPRINT_COLUMN, [json.dumps(fingerprint)] * len(dataset))
@@ -210,19 +241,37 @@ class DiffusionDPOTrainer(FiniteStepsMixin, ShardedSaveMixin, StepNormalizedLoss
     no reference model is kept. The loss is Σ per-pair losses / pairs of the whole optimizer step.
     """
 
-    def __init__(self, model, ref_model=None, args=None, train_dataset=None, eval_dataset=None,
-                 processing_class=None, data_collator=None, **kwargs):
+    def __init__(
+        self,
+        model,
+        ref_model=None,
+        args=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        data_collator=None,
+        **kwargs,
+    ):
         self.shift_logits = bool(checked_diffusion_config(model).get("shift_logits", False))
         args.remove_unused_columns = False  # the collator needs prompt/response ids and mask seeds
         datasets = [train_dataset, *(eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset])]
         for dataset in datasets:
             if dataset is not None and not set(TOKEN_COLUMNS) <= set(getattr(dataset, "column_names", None) or []):
-                raise ValueError(f"Datasets need the columns {TOKEN_COLUMNS}: tokenise the pairs with "
-                                 "diff_trainer.data.preference.tokenize_pairs.")
-            if args.precompute_ref_scores and dataset is not None and not has_reference_scores(
-                    dataset, run_fingerprint(args.mc_samples, args.antithetic_sampling, args.seed)):
-                raise ValueError("--precompute_ref_scores: score the pairs first with "
-                                 "diff_trainer.training.dpo.precompute_reference_scores.")
+                raise ValueError(
+                    f"Datasets need the columns {TOKEN_COLUMNS}: tokenise the pairs with "
+                    "diff_trainer.data.preference.tokenize_pairs."
+                )
+            if (
+                args.precompute_ref_scores
+                and dataset is not None
+                and not has_reference_scores(
+                    dataset, run_fingerprint(args.mc_samples, args.antithetic_sampling, args.seed)
+                )
+            ):
+                raise ValueError(
+                    "--precompute_ref_scores: score the pairs first with "
+                    "diff_trainer.training.dpo.precompute_reference_scores."
+                )
         if args.precompute_ref_scores:
             ref_model = None  # training keeps no reference model
         elif ref_model is None and not is_peft_model(model):
@@ -232,10 +281,18 @@ class DiffusionDPOTrainer(FiniteStepsMixin, ShardedSaveMixin, StepNormalizedLoss
             if ref_model is not None:
                 disable_dropout(ref_model)
         if data_collator is None:
-            data_collator = preference_collator(model, processing_class, args,
-                                                fixed_epoch=0 if args.precompute_ref_scores else None)
-        super().__init__(model=model, args=args, data_collator=data_collator, train_dataset=train_dataset,
-                         eval_dataset=eval_dataset, processing_class=processing_class, **kwargs)
+            data_collator = preference_collator(
+                model, processing_class, args, fixed_epoch=0 if args.precompute_ref_scores else None
+            )
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
         self.eval_collator = replace(data_collator, fixed_epoch=0)  # the same masks at every evaluation
         if data_collator.fixed_epoch is None:
             self.add_callback(MaskEpochCallback(data_collator))
@@ -256,8 +313,9 @@ class DiffusionDPOTrainer(FiniteStepsMixin, ShardedSaveMixin, StepNormalizedLoss
     def policy_terms(self, model, inputs) -> torch.Tensor:
         """The policy's ELBO terms [2B, n] on the batch's masks (with gradient)."""
         n = self.args.mc_samples
-        return elbo_samples(model_logits(model, inputs["attention_mask"], n), inputs, n, self.shift_logits,
-                            head=self.masked_head)
+        return elbo_samples(
+            model_logits(model, inputs["attention_mask"], n), inputs, n, self.shift_logits, head=self.masked_head
+        )
 
     @torch.no_grad()
     def reference_scores(self, model, inputs) -> torch.Tensor:
@@ -267,8 +325,14 @@ class DiffusionDPOTrainer(FiniteStepsMixin, ShardedSaveMixin, StepNormalizedLoss
         reference = self.ref_model if self.ref_model is not None else self.accelerator.unwrap_model(model)
         if reference is not self.ref_model and not is_peft_model(reference):
             raise ValueError("No reference: pass ref_model, use a peft (LoRA) policy, or precompute the scores.")
-        return reference_scores(reference, inputs, self.args.mc_samples, shift=self.shift_logits,
-                                antithetic=self.args.antithetic_sampling, head=self.ref_masked_head)
+        return reference_scores(
+            reference,
+            inputs,
+            self.args.mc_samples,
+            shift=self.shift_logits,
+            antithetic=self.args.antithetic_sampling,
+            head=self.ref_masked_head,
+        )
 
     # ------------------------------------------------------------------------------------------------
     # Loss
@@ -283,7 +347,8 @@ class DiffusionDPOTrainer(FiniteStepsMixin, ShardedSaveMixin, StepNormalizedLoss
         policy = terms.mean(dim=1)  # VRPO: B̂(y) = (1/n) Σ_j ℓ_j(y)
         reference = self.reference_scores(model, inputs).to(policy.dtype)
         losses, chosen_rewards, rejected_rewards = preference_losses(
-            policy[:num_pairs], policy[num_pairs:], reference[:num_pairs], reference[num_pairs:], self.args.beta)
+            policy[:num_pairs], policy[num_pairs:], reference[:num_pairs], reference[num_pairs:], self.args.beta
+        )
         metrics = {
             "rewards/chosen": chosen_rewards,
             "rewards/rejected": rejected_rewards,
@@ -319,9 +384,16 @@ class DiffusionDPOTrainer(FiniteStepsMixin, ShardedSaveMixin, StepNormalizedLoss
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if dataset is None:
             raise ValueError("DiffusionDPOTrainer: evaluation requires an eval_dataset.")
-        return self.accelerator.prepare(DataLoader(
-            dataset, batch_size=self.args.eval_batch_size, collate_fn=self.eval_collator, shuffle=False,
-            num_workers=self.args.dataloader_num_workers, pin_memory=self.args.dataloader_pin_memory))
+        return self.accelerator.prepare(
+            DataLoader(
+                dataset,
+                batch_size=self.args.eval_batch_size,
+                collate_fn=self.eval_collator,
+                shuffle=False,
+                num_workers=self.args.dataloader_num_workers,
+                pin_memory=self.args.dataloader_pin_memory,
+            )
+        )
 
     # ------------------------------------------------------------------------------------------------
     # Metrics (TRL's names)

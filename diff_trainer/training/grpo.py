@@ -30,8 +30,10 @@ from ..sampling.settings import sampler_for, sampler_kind
 def require_masked_diffusion(diffusion_config: dict | None, name: str) -> dict:
     """`diffusion_config` of checkpoint `name` when it is masked diffusion; ValueError for a causal or SEDD one."""
     if diffusion_config is None:
-        raise ValueError(f"{name} is not a masked-diffusion checkpoint (no diffusion_config in its config); "
-                         "train one with run_clm_diff.py --train_diff_model.")
+        raise ValueError(
+            f"{name} is not a masked-diffusion checkpoint (no diffusion_config in its config); "
+            "train one with run_clm_diff.py --train_diff_model."
+        )
     if sampler_kind(diffusion_config) != "masked":
         raise ValueError(f"{name} is a SEDD checkpoint; GRPO's log-probability estimators need masked diffusion.")
     return diffusion_config
@@ -56,9 +58,16 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         config = unwrap_peft(model).config
         diffusion_config = require_masked_diffusion(read_diffusion_config(config), config.name_or_path or "the policy")
         self.sampler_config = sampler_for(
-            diffusion_config, processing_class, gen_length=args.max_completion_length, steps=args.steps,
-            block_length=args.block_length, temperature=args.temperature, remasking=args.remasking,
-            threshold=args.threshold, cache=args.cache)
+            diffusion_config,
+            processing_class,
+            gen_length=args.max_completion_length,
+            steps=args.steps,
+            block_length=args.block_length,
+            temperature=args.temperature,
+            remasking=args.remasking,
+            threshold=args.threshold,
+            cache=args.cache,
+        )
         self.mask_token_id = diffusion_config["mask_token_id"]
         self.shift = bool(diffusion_config.get("shift_logits", False))
         self._mask_context = None  # (generation step, iteration, rollout indices) of the rows being scored
@@ -71,8 +80,9 @@ class DiffusionGRPOTrainer(GRPOTrainer):
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
         model = self.accelerator.unwrap_model(self.model)
-        seed = int(np.random.SeedSequence([self.args.seed, self._step, self.accelerator.process_index])
-                   .generate_state(1)[0])
+        seed = int(
+            np.random.SeedSequence([self.args.seed, self._step, self.accelerator.process_index]).generate_state(1)[0]
+        )
         was_training = model.training
         model.eval()
         with torch.no_grad():
@@ -81,14 +91,23 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         completions = []
         for row in result.generated.cpu().tolist():
             ends = [k for k, token in enumerate(row) if token in self.sampler_config.eos_ids]
-            completions.append(row[:ends[0] + 1] if ends else row)
+            completions.append(row[: ends[0] + 1] if ends else row)
         return completions, None
 
     # ------------------------------------------------------------------------------------------------
     # Log-probabilities
 
-    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, batch_size=None,
-                                           compute_entropy=False, compute_aux_loss=False, **multimodal):
+    def _get_per_token_logps_and_entropies(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        **multimodal,
+    ):
         step, iteration, rollouts = self._mask_context
         prompt_length = input_ids.shape[1] - logits_to_keep
         completion_mask = attention_mask.clone().bool()
@@ -99,14 +118,26 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         for start in range(0, input_ids.shape[0], batch_size):
             rows = slice(start, start + batch_size)
             generators = mask_generators(self.args.seed, step, iteration, rollouts[rows].tolist())
-            draw = draw_masks(self.args.logp_estimator, input_ids[rows], prompt_mask[rows], completion_mask[rows],
-                              self.mask_token_id, generators, p_mask_prompt=self.args.p_mask_prompt,
-                              num_samples=self.args.mc_samples)
+            draw = draw_masks(
+                self.args.logp_estimator,
+                input_ids[rows],
+                prompt_mask[rows],
+                completion_mask[rows],
+                self.mask_token_id,
+                generators,
+                p_mask_prompt=self.args.p_mask_prompt,
+                num_samples=self.args.mc_samples,
+            )
             passes = draw.noisy_ids.shape[0] // input_ids[rows].shape[0]
             seen = []
-            scores = score_draw(self.args.logp_estimator,
-                                _recording_logits_fn(model, monte_carlo_copies(attention_mask[rows], passes), seen),
-                                input_ids[rows], completion_mask[rows], draw, shift=self.shift)
+            scores = score_draw(
+                self.args.logp_estimator,
+                _recording_logits_fn(model, monte_carlo_copies(attention_mask[rows], passes), seen),
+                input_ids[rows],
+                completion_mask[rows],
+                draw,
+                shift=self.shift,
+            )
             if scores.dim() == 1:  # elbo: the completion's score at each of its tokens
                 scores = scores.unsqueeze(1) * completion_mask[rows].to(scores.dtype)
             logps.append(scores[:, -logits_to_keep:])
@@ -122,8 +153,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             log_probs = torch.log_softmax(logits.float(), dim=-1)
             entropy = -(log_probs.exp() * log_probs).sum(-1) * masked
             rows = masked.shape[0] // passes
-            return (entropy.reshape(rows, passes, -1).sum(1)
-                    / masked.reshape(rows, passes, -1).sum(1).clamp(min=1))
+            return entropy.reshape(rows, passes, -1).sum(1) / masked.reshape(rows, passes, -1).sum(1).clamp(min=1)
 
     # ------------------------------------------------------------------------------------------------
     # Old and reference scores per iteration; the loss
@@ -144,8 +174,9 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             scores = [output[key]]
             for iteration in range(1, iterations):
                 self._mask_context = (self._step, iteration, rollouts)
-                scores.append(self._reference_logps(model, input_ids, attention_mask,
-                                                    output["completion_ids"].shape[1]))
+                scores.append(
+                    self._reference_logps(model, input_ids, attention_mask, output["completion_ids"].shape[1])
+                )
             output[key] = torch.stack(scores, dim=1)
         self._mask_context = None
         output["rollout_index"] = rollouts.to(device)
@@ -154,8 +185,7 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             group_size = self.num_generations if training else self.num_generations_eval
             advantages = self.accelerator.gather(output["advantages"])
             weights = wd1_weights(advantages, group_size, psi=self.args.wd1_psi)
-            output["wd1_weights"] = weights.reshape(self.accelerator.num_processes, -1)[
-                self.accelerator.process_index]
+            output["wd1_weights"] = weights.reshape(self.accelerator.num_processes, -1)[self.accelerator.process_index]
         return output
 
     def _reference_logps(self, model, input_ids, attention_mask, logits_to_keep):
@@ -165,8 +195,9 @@ class DiffusionGRPOTrainer(GRPOTrainer):
             if model is None:
                 unwrapped = self.accelerator.unwrap_model(self.model)
                 with use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None):
-                    return self._get_per_token_logps_and_entropies(self.model, input_ids, attention_mask,
-                                                                   logits_to_keep)[0]
+                    return self._get_per_token_logps_and_entropies(
+                        self.model, input_ids, attention_mask, logits_to_keep
+                    )[0]
             return self._get_per_token_logps_and_entropies(model, input_ids, attention_mask, logits_to_keep)[0]
 
     def _compute_loss(self, model, inputs):
@@ -189,8 +220,9 @@ class DiffusionGRPOTrainer(GRPOTrainer):
         completion_mask = inputs["completion_mask"]
         input_ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], dim=1)
         attention_mask = torch.cat([inputs["prompt_mask"], completion_mask], dim=1)
-        logps, _, _ = self._get_per_token_logps_and_entropies(model, input_ids, attention_mask,
-                                                              completion_mask.shape[1])
+        logps, _, _ = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, completion_mask.shape[1]
+        )
         mask = completion_mask.to(logps.dtype)
         if self.args.logp_estimator == "elbo":  # the ELBO sits at every token: take it once
             sequence = (logps * mask).sum(1) / mask.sum(1).clamp(min=1)

@@ -27,17 +27,26 @@ def prepare_model(model_args, tokenizer, mode: str, *, new_token_ids=(), diffusi
     model = load_model(model_args, tokenizer)
     if mode == "diffusion" and diffusion_settings is not None:
         objective = objective_for(diffusion_settings.get("objective", DEFAULT_OBJECTIVE))
-        model = objective.prepare_model(model, tokenizer, diffusion_settings, masked_lm=model_args.masked_lm,
-                                        auto_class=auto_class_name(model.config, model_args.masked_lm))
+        model = objective.prepare_model(
+            model,
+            tokenizer,
+            diffusion_settings,
+            masked_lm=model_args.masked_lm,
+            auto_class=auto_class_name(model.config, model_args.masked_lm),
+        )
     elif mode == "diffusion":
         recorded = read_diffusion_config(model.config)
         if recorded is not None and not objective_for(recorded).scores_preferences:
-            raise ValueError(f"{model_args.model_name_or_path} is a {objective_for(recorded).title} checkpoint; "
-                             "VRPO / DPO is defined here for masked-diffusion ELBOs only.")
+            raise ValueError(
+                f"{model_args.model_name_or_path} is a {objective_for(recorded).title} checkpoint; "
+                "VRPO / DPO is defined here for masked-diffusion ELBOs only."
+            )
         make_bidirectional(model)
         if recorded is None:
-            raise ValueError(f"{model_args.model_name_or_path} is not a masked-diffusion checkpoint (no "
-                             "diffusion_config in its config); train one with run_clm_diff.py --train_diff_model.")
+            raise ValueError(
+                f"{model_args.model_name_or_path} is not a masked-diffusion checkpoint (no "
+                "diffusion_config in its config); train one with run_clm_diff.py --train_diff_model."
+            )
     if model_args.use_lora:
         model = apply_lora(model, model_args, new_token_ids)
     return model
@@ -75,9 +84,9 @@ def apply_lora(model, model_args, new_token_ids):
         lora_dropout=model_args.lora_dropout,
         target_modules="all-linear" if targets == ["all-linear"] else targets,
         # peft's CAUSAL_LM wrapper needs generate(): not for encoders, DDiT or TimeConditionedLM
-        task_type="CAUSAL_LM" if hasattr(model, "prepare_inputs_for_generation") and not is_encoder_model(model)
+        task_type="CAUSAL_LM"
+        if hasattr(model, "prepare_inputs_for_generation") and not is_encoder_model(model)
         else None,
         **_new_token_options(model, new_token_ids),
     )
     return get_peft_model(model, lora_config)
-

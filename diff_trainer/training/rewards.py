@@ -68,9 +68,13 @@ def parse_expression(text: str) -> ast.expr | None:
     except (SyntaxError, ValueError):
         return None
     for node in ast.walk(tree):
-        allowed = (isinstance(node, ast.BinOp) and type(node.op) in OPERATORS
-                   or isinstance(node, ast.Constant) and type(node.value) is int
-                   or isinstance(node, ast.operator))
+        allowed = (
+            isinstance(node, ast.BinOp)
+            and type(node.op) in OPERATORS
+            or isinstance(node, ast.Constant)
+            and type(node.value) is int
+            or isinstance(node, ast.operator)
+        )
         if not allowed:
             return None
     return tree
@@ -197,12 +201,15 @@ def call_reward(function: RewardFunction, prompts: list, completions: list, **co
     try:
         rewards = function(prompts=prompts, completions=completions, **columns)
     except Exception as error:
-        raise ValueError(f"reward {name} raised {type(error).__name__}: {error} (columns passed: "
-                         f"{', '.join(columns) or 'none'}).") from error
+        raise ValueError(
+            f"reward {name} raised {type(error).__name__}: {error} (columns passed: {', '.join(columns) or 'none'})."
+        ) from error
     if not isinstance(rewards, (list, tuple)) or len(rewards) != len(completions):
         size = len(rewards) if isinstance(rewards, (list, tuple)) else type(rewards).__name__
-        raise ValueError(f"reward {name} returned {size} values for {len(completions)} completions; it must return "
-                         "a list with one float per completion.")
+        raise ValueError(
+            f"reward {name} returned {size} values for {len(completions)} completions; it must return "
+            "a list with one float per completion."
+        )
     bad = [value for value in rewards if value is not None and not isinstance(value, (int, float))]
     if bad:
         raise ValueError(f"reward {name} returned {type(bad[0]).__name__} {bad[0]!r}; rewards must be floats or None.")

@@ -7,7 +7,7 @@ import shutil
 import socket
 import sys
 import time
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import datasets
 import transformers
@@ -25,15 +25,18 @@ OUTPUT_DIR_LOCK = "diff_trainer.lock"
 
 # The evaluation metric to read first, per kind of run, and what it means (the first one present is logged).
 HEADLINE_METRICS = (
-    ("eval_elbo_perplexity", "ELBO perplexity bound per trained token: an upper bound on the diffusion model's "
-     "perplexity, comparable with a causal model's perplexity on the same data (eval_loss is the loss on randomly "
-     "masked tokens, a different quantity: do not compare it with a causal eval_loss)"),
+    (
+        "eval_elbo_perplexity",
+        "ELBO perplexity bound per trained token: an upper bound on the diffusion model's "
+        "perplexity, comparable with a causal model's perplexity on the same data (eval_loss is the loss on randomly "
+        "masked tokens, a different quantity: do not compare it with a causal eval_loss)",
+    ),
     ("perplexity", "perplexity per trained token (exp of eval_loss)"),
     ("eval_rewards/accuracies", "share of validation pairs whose chosen answer gets the higher reward"),
 )
 
 
-def run_entry_point(main: Callable[[Optional[list[str]]], object], argv: Optional[list[str]] = None) -> int:
+def run_entry_point(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
     """Run an entry script's `main`: a DataError ends it with `error: message` on stderr and exit status 1 instead
     of a traceback (the message already names the file, record or flag). A distributed run leaves its process
     group before exiting, so no communication thread is still running at interpreter shutdown."""
@@ -51,7 +54,7 @@ def run_entry_point(main: Callable[[Optional[list[str]]], object], argv: Optiona
     return 0
 
 
-def headline(metrics: dict) -> Optional[str]:
+def headline(metrics: dict) -> str | None:
     """A sentence naming the run's comparable evaluation metric and its value, or None when there is none."""
     for name, meaning in HEADLINE_METRICS:
         if name in metrics:
@@ -63,8 +66,12 @@ def setup_logging(training_args) -> None:
     """Log to stderr: our own messages at info on the main process (warning elsewhere), libraries at --log_level."""
     level = training_args.get_process_log_level()
     own_level = min(level, logging.INFO) if training_args.should_log else level
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S",
-                        handlers=[logging.StreamHandler(sys.stderr)], level=own_level)
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stderr)],
+        level=own_level,
+    )
     for name in ("diff_trainer", "run_clm_diff", "run_diffusion_dpo"):
         logging.getLogger(name).setLevel(own_level)
     datasets.utils.logging.set_verbosity(level)
@@ -72,11 +79,12 @@ def setup_logging(training_args) -> None:
     transformers.utils.logging.enable_explicit_format()
 
 
-def last_checkpoint(output_dir: str) -> Optional[str]:
+def last_checkpoint(output_dir: str) -> str | None:
     """The newest complete `checkpoint-N` directory in output_dir, or None (then training starts fresh)."""
     found = newest_complete_checkpoint(output_dir)
-    logging.getLogger(__name__).info("Resuming from %s" if found else "No checkpoint in %s: starting fresh.",
-                                     found or output_dir)
+    logging.getLogger(__name__).info(
+        "Resuming from %s" if found else "No checkpoint in %s: starting fresh.", found or output_dir
+    )
     return found
 
 
@@ -101,8 +109,12 @@ class OutputDirLock:
         self.made_directory = not os.path.isdir(output_dir)
         os.makedirs(output_dir, exist_ok=True)
         job = os.environ.get("SLURM_JOB_ID")
-        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                      **({"slurm_job_id": job} if job else {})}
+        self.owner = {
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            **({"slurm_job_id": job} if job else {}),
+        }
 
     def acquire(self) -> str | None:
         """Take the lock; None when taken, else a sentence naming the run that holds it."""
@@ -156,8 +168,10 @@ class OutputDirLock:
     def refusal(self, holder: dict) -> str:
         keys = ("host", "pid", "started", "slurm_job_id")
         who = ", ".join(f"{key} {holder[key]}" for key in keys if key in holder) or "an unreadable lock"
-        return (f"--output_dir {os.path.dirname(self.path)} is in use by another training run ({who}); wait for it "
-                f"to end or choose another --output_dir (if that run is gone, delete {self.path}).")
+        return (
+            f"--output_dir {os.path.dirname(self.path)} is in use by another training run ({who}); wait for it "
+            f"to end or choose another --output_dir (if that run is gone, delete {self.path})."
+        )
 
     def release(self) -> None:
         """Remove the lock when it is still ours, and the directory when the lock made it and it stayed empty."""
@@ -200,8 +214,11 @@ def check_resumed_settings(training_args) -> None:
     checkpoint's settings.)"""
     if not hasattr(training_args, "diffusion_settings"):
         return  # DPO continues the policy's own settings
-    checkpoint = training_args.resume_from_checkpoint if not training_args.resume else \
-        newest_complete_checkpoint(training_args.output_dir)
+    checkpoint = (
+        training_args.resume_from_checkpoint
+        if not training_args.resume
+        else newest_complete_checkpoint(training_args.output_dir)
+    )
     config_file = os.path.join(checkpoint, "config.json") if checkpoint else None
     if not config_file or not os.path.isfile(config_file):
         return
@@ -214,11 +231,16 @@ def check_resumed_settings(training_args) -> None:
     else:
         current = {"objective": MASKED, **(current or {})}  # SEDD settings name their own objective
         saved = {**(saved or {}), **({"sedd_noise": saved["noise"]} if "noise" in (saved or {}) else {})}
-        differences = [f"{key} {saved[key]!r} there, {value!r} here" for key, value in current.items()
-                       if key in saved and saved[key] != value]
+        differences = [
+            f"{key} {saved[key]!r} there, {value!r} here"
+            for key, value in current.items()
+            if key in saved and saved[key] != value
+        ]
     if differences:
-        raise DataError(f"{checkpoint} cannot be resumed with these flags: {'; '.join(differences)}. Pass the "
-                        "checkpoint's settings, or train into another --output_dir.")
+        raise DataError(
+            f"{checkpoint} cannot be resumed with these flags: {'; '.join(differences)}. Pass the "
+            "checkpoint's settings, or train into another --output_dir."
+        )
 
 
 def check_output_dir(training_args) -> None:
@@ -232,17 +254,26 @@ def check_output_dir(training_args) -> None:
     if training_args.do_train:
         lock_output_dir(training_args)
         check_resumed_settings(training_args)
-    if (not training_args.do_train or training_args.resume or training_args.resume_from_checkpoint
-            or not os.path.isdir(output_dir)):
+    if (
+        not training_args.do_train
+        or training_args.resume
+        or training_args.resume_from_checkpoint
+        or not os.path.isdir(output_dir)
+    ):
         return
-    found = sorted(name for name in os.listdir(output_dir)
-                   if name in ("config.json", "adapter_config.json") or name.startswith(f"{PREFIX_CHECKPOINT_DIR}-"))
+    found = sorted(
+        name
+        for name in os.listdir(output_dir)
+        if name in ("config.json", "adapter_config.json") or name.startswith(f"{PREFIX_CHECKPOINT_DIR}-")
+    )
     if not found:
         return
     if not training_args.overwrite_output_dir:
-        raise DataError(f"--output_dir {output_dir} already holds a trained model ({', '.join(found[:3])}): pass "
-                         "--resume to continue its training, --overwrite_output_dir to replace it, or choose "
-                         "another --output_dir.")
+        raise DataError(
+            f"--output_dir {output_dir} already holds a trained model ({', '.join(found[:3])}): pass "
+            "--resume to continue its training, --overwrite_output_dir to replace it, or choose "
+            "another --output_dir."
+        )
     if training_args.process_index == 0:
         for name in found:
             if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-"):
@@ -263,8 +294,13 @@ def reached_last_step(checkpoint: str, training_args) -> bool:
         return False
     if not last or state["global_step"] < last:
         return False
-    logger.info("%s already reached step %d of %s: nothing to train (raise %s to train further).", checkpoint,
-                state["global_step"], flag, flag.split()[0])
+    logger.info(
+        "%s already reached step %d of %s: nothing to train (raise %s to train further).",
+        checkpoint,
+        state["global_step"],
+        flag,
+        flag.split()[0],
+    )
     return True
 
 
@@ -279,13 +315,15 @@ def load_finished_checkpoint(trainer, checkpoint: str) -> None:
         trainer.save_state()
 
 
-def train_and_evaluate(trainer, training_args, *, evaluate: bool,
-                       add_eval_metrics: Optional[Callable[[dict], dict]] = None) -> None:
+def train_and_evaluate(
+    trainer, training_args, *, evaluate: bool, add_eval_metrics: Callable[[dict], dict] | None = None
+) -> None:
     """--do_train (resuming from output_dir's last checkpoint with --resume), save; then --do_eval, log, save."""
     if training_args.do_train:
         trainer.add_callback(CheckpointCompletionCallback())
-        checkpoint = (last_checkpoint(training_args.output_dir) if training_args.resume else None) or \
-            (training_args.resume_from_checkpoint and check_resumable(training_args.resume_from_checkpoint))
+        checkpoint = (last_checkpoint(training_args.output_dir) if training_args.resume else None) or (
+            training_args.resume_from_checkpoint and check_resumable(training_args.resume_from_checkpoint)
+        )
         if checkpoint and reached_last_step(checkpoint, training_args):
             load_finished_checkpoint(trainer, checkpoint)
         else:

@@ -53,9 +53,11 @@ def prepare_frozen_model(accelerator, model):
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        raise ValueError("Under DeepSpeed the DPO reference cannot be a frozen copy: train with --use_lora (the "
-                         "reference is the policy without adapters), or use the FSDP2 config "
-                         "(configs/accelerate/fsdp2.yaml), which shards the reference copy too.")
+        raise ValueError(
+            "Under DeepSpeed the DPO reference cannot be a frozen copy: train with --use_lora (the "
+            "reference is the policy without adapters), or use the FSDP2 config "
+            "(configs/accelerate/fsdp2.yaml), which shards the reference copy too."
+        )
     if getattr(accelerator, "is_fsdp2", False):
         from accelerate.utils.fsdp_utils import fsdp2_prepare_model
 

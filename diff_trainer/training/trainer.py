@@ -7,7 +7,6 @@ seeded masks. Settings are read from `self.args` (`DiffusionTrainingArguments`).
 
 import logging
 import math
-from typing import Optional
 
 import torch
 from transformers import Trainer
@@ -56,13 +55,13 @@ class StepNormalizedLoss:
             total = self.accelerator.gather(total.reshape(1)).sum()
         return total
 
-    def share_of_denominator(self, num_items_in_batch) -> Optional[torch.Tensor]:
+    def share_of_denominator(self, num_items_in_batch) -> torch.Tensor | None:
         """What this process divides by: the step's denominator / processes (DDP averages the gradients)."""
         if num_items_in_batch is None:
             return None
         return num_items_in_batch.clamp(min=1) / self.args.world_size
 
-    def _save(self, output_dir: Optional[str] = None, state_dict=None):
+    def _save(self, output_dir: str | None = None, state_dict=None):
         super()._save(output_dir, state_dict)
         model = self.accelerator.unwrap_model(self.model)
         if is_peft_model(model) and self.args.should_save:  # diffusion_config, is_causal, resized vocab
@@ -89,19 +88,23 @@ class DiffusionTrainer(FiniteStepsMixin, ShardedSaveMixin, StepNormalizedLoss, T
     (training.model.prepare_model).
     """
 
-    def __init__(self, model, args, *, row_layout: Optional[RowLayout] = None, **kwargs):
+    def __init__(self, model, args, *, row_layout: RowLayout | None = None, **kwargs):
         base = model.get_base_model() if is_peft_model(model) else model
         diffusion_config = read_diffusion_config(base.config)
         if diffusion_config is None:
-            raise ValueError("DiffusionTrainer needs a masked-diffusion model: prepare it with "
-                             "training.model.prepare_model(..., mode='diffusion').")
+            raise ValueError(
+                "DiffusionTrainer needs a masked-diffusion model: prepare it with "
+                "training.model.prepare_model(..., mode='diffusion')."
+            )
         if args.loss_normalization is None and row_layout is None:
             raise ValueError("DiffusionTrainer: pass the rows' layout (Preprocessor.run) or --loss_normalization.")
         if args.attention_annealing_steps > 0 and is_encoder_model(model):
             raise ValueError("--attention_annealing_steps anneals a causal model; an encoder is already bidirectional.")
         if args.isolate_documents and (row_layout is None or not row_layout.packed):
-            raise ValueError("--isolate_documents separates the EOS-terminated documents of packed rows: add "
-                             "--concatenate_texts (a row holding one sample has nothing to isolate).")
+            raise ValueError(
+                "--isolate_documents separates the EOS-terminated documents of packed rows: add "
+                "--concatenate_texts (a row holding one sample has nothing to isolate)."
+            )
         kwargs.setdefault("compute_metrics", token_accuracy_metrics(shift=args.shift_logits))
         kwargs.setdefault("preprocess_logits_for_metrics", argmax_logits)
         super().__init__(model=model, args=args, **kwargs)
@@ -115,21 +118,31 @@ class DiffusionTrainer(FiniteStepsMixin, ShardedSaveMixin, StepNormalizedLoss, T
         # --isolate_documents: packing ends every document with the tokenizer's EOS
         self.eos_token_id = getattr(self.processing_class, "eos_token_id", None)
         if args.isolate_documents and self.eos_token_id is None:
-            raise ValueError("--isolate_documents: pass the tokenizer (processing_class), whose EOS ends each packed "
-                             "document.")
+            raise ValueError(
+                "--isolate_documents: pass the tokenizer (processing_class), whose EOS ends each packed document."
+            )
         self.flex_attention = base.config._attn_implementation == "flex_attention"
         if self.flex_attention and args.isolate_documents and args.attention_annealing_steps > 0:
-            raise ValueError("--isolate_documents with --attention_annealing_steps needs a 4D mask: use "
-                             "--attn_implementation sdpa or eager instead of flex_attention.")
+            raise ValueError(
+                "--isolate_documents with --attention_annealing_steps needs a 4D mask: use "
+                "--attn_implementation sdpa or eager instead of flex_attention."
+            )
         shuffler = self.build_prefix_shuffler()
         self.eval_prefix_shuffler = shuffler if args.eval_prefix_shuffle else None
         # before the Trainer compiles or wraps the model (the masked head holds the model's output layer)
         self.objective = objective_for(diffusion_config).from_model(model, args, shuffler)
         self.train_noiser, self.eval_noiser = self.objective.train_noiser, self.objective.eval_noiser
         self.masked_head = self.objective.masked_head
-        logger.info("%s (%s), loss normalisation %s.", self.objective.title.capitalize(),
-                    ", ".join(f"{key} {diffusion_config[key]}" for key in ("objective", "mask_token_id")
-                              if diffusion_config.get(key) is not None), self.loss_normalization)
+        logger.info(
+            "%s (%s), loss normalisation %s.",
+            self.objective.title.capitalize(),
+            ", ".join(
+                f"{key} {diffusion_config[key]}"
+                for key in ("objective", "mask_token_id")
+                if diffusion_config.get(key) is not None
+            ),
+            self.loss_normalization,
+        )
 
     def build_prefix_shuffler(self):
         """--prefix_shuffle's shuffler (None when off), its separator checked against the first training rows."""
@@ -139,8 +152,9 @@ class DiffusionTrainer(FiniteStepsMixin, ShardedSaveMixin, StepNormalizedLoss, T
             raise ValueError("--prefix_shuffle needs the tokenizer: pass it to DiffusionTrainer as processing_class.")
         shuffler = prefix_shuffler(self.processing_class, self.args.prefix_shuffle, self.args.prefix_separator)
         if shuffler.unit == "segments" and self.train_dataset is not None:
-            check_prefix_separator(shuffler, self.train_dataset.select(range(min(64, len(self.train_dataset)))),
-                                   self.args.prefix_separator)
+            check_prefix_separator(
+                shuffler, self.train_dataset.select(range(min(64, len(self.train_dataset)))), self.args.prefix_separator
+            )
         return shuffler
 
     # ------------------------------------------------------------------------------------------------
@@ -161,8 +175,13 @@ class DiffusionTrainer(FiniteStepsMixin, ShardedSaveMixin, StepNormalizedLoss, T
     def batch_denominator(self, batch: dict) -> torch.Tensor:
         return self.objective.denominator(self.loss_normalization, batch)
 
-    def attention_for(self, attention_mask: torch.Tensor, clean_ids: torch.Tensor, dtype: torch.dtype,
-                      documents: torch.Tensor | None = None):
+    def attention_for(
+        self,
+        attention_mask: torch.Tensor,
+        clean_ids: torch.Tensor,
+        dtype: torch.dtype,
+        documents: torch.Tensor | None = None,
+    ):
         """The 2D padding mask, or a 4D float mask while attention is annealed (DiffuLLaMA, training only) and
         when documents are isolated (from the rows' recorded `documents`, else the clean rows' EOS, which noising
         may have masked)."""
@@ -178,11 +197,17 @@ class DiffusionTrainer(FiniteStepsMixin, ShardedSaveMixin, StepNormalizedLoss, T
         return attention_mask if allowed is None else additive_mask(allowed, dtype)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        attention = self.attention_for(inputs["attention_mask"], inputs["clean_ids"], next(model.parameters()).dtype,
-                                       inputs.get(DOCUMENT_COLUMN))
-        loss, logits = self.objective.loss(model, inputs, self.loss_normalization,
-                                           self.share_of_denominator(num_items_in_batch), attention,
-                                           with_logits=return_outputs)
+        attention = self.attention_for(
+            inputs["attention_mask"], inputs["clean_ids"], next(model.parameters()).dtype, inputs.get(DOCUMENT_COLUMN)
+        )
+        loss, logits = self.objective.loss(
+            model,
+            inputs,
+            self.loss_normalization,
+            self.share_of_denominator(num_items_in_batch),
+            attention,
+            with_logits=return_outputs,
+        )
         return (loss, {"logits": logits}) if return_outputs else loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -196,8 +221,9 @@ class DiffusionTrainer(FiniteStepsMixin, ShardedSaveMixin, StepNormalizedLoss, T
     # ------------------------------------------------------------------------------------------------
     # Evaluation: loss and accuracy on seeded masks, and the ELBO bound, from the same clean-row loader
 
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                        metric_key_prefix="eval"):
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
         self._eval_generator = seeded_generator(self.args.eval_mask_seed, self.args.process_index)
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         if self.args.eval_mc_samples > 0:
@@ -232,11 +258,22 @@ class DiffusionTrainer(FiniteStepsMixin, ShardedSaveMixin, StepNormalizedLoss, T
             nlls = []
             for rows in torch.split(torch.arange(len(ids), device=ids.device), max(1, len(ids) // 2)):
                 with self.accelerator.autocast():
-                    nlls.append(self.objective.elbo_nll(
-                        model, ids[rows], attention[rows], maskable[rows], samples, generator,
-                        attention_for=lambda copies, copy_ids, rows=rows, documents=documents: self.attention_for(
-                            copies, copy_ids, dtype, None if documents is None else
-                            monte_carlo_copies(documents[rows], samples))))
+                    nlls.append(
+                        self.objective.elbo_nll(
+                            model,
+                            ids[rows],
+                            attention[rows],
+                            maskable[rows],
+                            samples,
+                            generator,
+                            attention_for=lambda copies, copy_ids, rows=rows, documents=documents: self.attention_for(
+                                copies,
+                                copy_ids,
+                                dtype,
+                                None if documents is None else monte_carlo_copies(documents[rows], samples),
+                            ),
+                        )
+                    )
             gathered = self.accelerator.gather_for_metrics((torch.cat(nlls), maskable.sum(dim=1)))
             total_nll += float(gathered[0].sum())
             total_tokens += int(gathered[1].sum())

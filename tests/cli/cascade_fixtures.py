@@ -13,12 +13,22 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 WORDS = ["red", "blue", "green", "cat", "dog", "owl", "sun", "moon", "tree", "rock", "river", "hill"]
 TINY_TRAIN = {
-    "tokenizer_name": "byte", "model_type": "llama", "train_diff_model": True,
+    "tokenizer_name": "byte",
+    "model_type": "llama",
+    "train_diff_model": True,
     "config_overrides": "hidden_size=32,intermediate_size=64,num_hidden_layers=1,num_attention_heads=2,"
-                        "num_key_value_heads=2,max_position_embeddings=160",
-    "concatenate_texts": False, "padding_side": "right", "max_steps": 2, "per_device_train_batch_size": 4,
-    "learning_rate": 0.01, "eval_strategy": "no", "save_strategy": "no", "use_cpu": True, "report_to": "none",
-    "disable_tqdm": True, "seed": 0,
+    "num_key_value_heads=2,max_position_embeddings=160",
+    "concatenate_texts": False,
+    "padding_side": "right",
+    "max_steps": 2,
+    "per_device_train_batch_size": 4,
+    "learning_rate": 0.01,
+    "eval_strategy": "no",
+    "save_strategy": "no",
+    "use_cpu": True,
+    "report_to": "none",
+    "disable_tqdm": True,
+    "seed": 0,
 }
 
 
@@ -35,8 +45,9 @@ def stage_records(count: int = 12) -> list[list[str]]:
 def write_cascade(directory: Path, stage_files: dict, output_root: Path) -> Path:
     """A cascade config directory whose stage N trains on stage_files[N]."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "cascade.yaml").write_text(yaml.safe_dump(
-        {"dataset": "toy", "model": "tiny", "output_root": str(output_root), "train": TINY_TRAIN}))
+    (directory / "cascade.yaml").write_text(
+        yaml.safe_dump({"dataset": "toy", "model": "tiny", "output_root": str(output_root), "train": TINY_TRAIN})
+    )
     for stage, (path, block_size) in stage_files.items():
         flags = {"prefix": "none" if stage == 1 else "keywords", "train_file": str(path), "block_size": block_size}
         if stage > 1:
@@ -53,8 +64,9 @@ def cascade_data(tmp_path_factory) -> dict:
     files = {}
     for stage in (1, 2, 3):
         files[stage] = directory / f"stage{stage}.jsonl"
-        files[stage].write_text("".join(json.dumps({"text": doc[stage - 1], "doc_index": i}) + "\n"
-                                        for i, doc in enumerate(documents)))
+        files[stage].write_text(
+            "".join(json.dumps({"text": doc[stage - 1], "doc_index": i}) + "\n" for i, doc in enumerate(documents))
+        )
     return files
 
 
@@ -74,8 +86,11 @@ def trained_cascade(tmp_path_factory, cascade_data) -> dict:
     from diff_trainer.cli import train_cascade, training_runs
 
     root = tmp_path_factory.mktemp("cascade_runs")
-    config_dir = write_cascade(root / "config", {1: (cascade_data[1], 32), 2: (cascade_data[2], 64),
-                                                 3: (cascade_data[3], 96)}, root / "outputs")
+    config_dir = write_cascade(
+        root / "config",
+        {1: (cascade_data[1], 32), 2: (cascade_data[2], 64), 3: (cascade_data[3], 96)},
+        root / "outputs",
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(ROOT)
         patch.setattr(training_runs.subprocess, "run", run_in_process)

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from conftest import make_byte_tokenizer, make_tiny_llama
 from transformers import AutoModelForCausalLM
 
+from conftest import make_byte_tokenizer, make_tiny_llama
 from diff_trainer.cli.generate import completion_text
 from diff_trainer.data.chat import render, set_chat_template
 from diff_trainer.sampling.masked import generate
@@ -23,9 +23,14 @@ def checkpoint(tmp_path_factory):
     tokenizer = make_byte_tokenizer()
     set_chat_template(tokenizer, "chatml")
     model = make_tiny_llama(len(tokenizer), initializer_range=1.0)  # large weights: replies depend on the context
-    model.config.diffusion_config = {"objective": "masked_diffusion", "mask_token_id": tokenizer.mask_token_id,
-                                     "shift_logits": False, "noise_schedule": "linear", "time_eps": 1e-3,
-                                     "dff_token": "<DFF>"}
+    model.config.diffusion_config = {
+        "objective": "masked_diffusion",
+        "mask_token_id": tokenizer.mask_token_id,
+        "shift_logits": False,
+        "noise_schedule": "linear",
+        "time_eps": 1e-3,
+        "dff_token": "<DFF>",
+    }
     path = tmp_path_factory.mktemp("chat") / "checkpoint"
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -44,9 +49,14 @@ def read_until(fd, marker: bytes, seen: bytes = b"", timeout: float = 120) -> by
 def chat_in_terminal(path, lines: list[str], *flags) -> str:
     """Run diff-chat on a pseudo-terminal, type `lines` one after each prompt, return everything it showed."""
     leader, follower = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "diff_trainer.cli.chat", "--model", str(path), *flags],
-                               stdin=follower, stdout=follower, stderr=follower, cwd=REPO,
-                               env={**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "diff_trainer.cli.chat", "--model", str(path), *flags],
+        stdin=follower,
+        stdout=follower,
+        stderr=follower,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")},
+    )
     os.close(follower)
     shown = b""
     try:
@@ -74,8 +84,7 @@ def replies(model, tokenizer, turns: list[str], flags: dict) -> list[str]:
     for turn in turns:
         messages.append({"role": "user", "content": turn})
         ids = tokenizer.encode(render(tokenizer, tokenizer.chat_template, messages, True), add_special_tokens=False)
-        answer = completion_text(tokenizer, generate(model, [ids], config).generated[0].tolist(),
-                                 config.eos_token_id)
+        answer = completion_text(tokenizer, generate(model, [ids], config).generated[0].tolist(), config.eos_token_id)
         messages.append({"role": "assistant", "content": answer})
         answers.append(answer)
     return answers
@@ -83,8 +92,19 @@ def replies(model, tokenizer, turns: list[str], flags: dict) -> list[str]:
 
 def test_two_turns_the_second_sees_the_first(checkpoint):
     path, tokenizer = checkpoint
-    shown = chat_in_terminal(path, ["Hi?", "And then?"], "--plain", "--system", "Be brief.", "--gen_length", "8",
-                             "--steps", "8", "--block_length", "8")
+    shown = chat_in_terminal(
+        path,
+        ["Hi?", "And then?"],
+        "--plain",
+        "--system",
+        "Be brief.",
+        "--gen_length",
+        "8",
+        "--steps",
+        "8",
+        "--block_length",
+        "8",
+    )
     model = AutoModelForCausalLM.from_pretrained(path).eval()
     first, second = replies(model, tokenizer, ["Hi?", "And then?"], {"gen_length": 8, "steps": 8, "block_length": 8})
     assert f"YOU> Hi?\nmodel> {first}\nYOU> And then?\nmodel> {second}\n" in shown
@@ -94,8 +114,9 @@ def test_two_turns_the_second_sees_the_first(checkpoint):
 
 def test_the_denoising_is_drawn_on_a_terminal(checkpoint):
     path, _ = checkpoint
-    shown = chat_in_terminal(path, ["Hi?"], "--gen_length", "4", "--steps", "4", "--block_length", "4",
-                             "--temperature", "0")
+    shown = chat_in_terminal(
+        path, ["Hi?"], "--gen_length", "4", "--steps", "4", "--block_length", "4", "--temperature", "0"
+    )
     assert shown.count("\r\x1b[Kmodel> ") == 5  # one frame per step, then the reply
     assert "\u2591" in shown  # masks are shown while the reply fills in
 

@@ -4,11 +4,11 @@ import json
 
 import pytest
 import torch
-from models.published_layouts import write_llada_checkpoint
 from transformers import AutoModelForCausalLM
 
 from diff_trainer.cli import convert
 from diff_trainer.models.conversion import LLADA_LOADER
+from models.published_layouts import write_llada_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +22,17 @@ def test_convert_writes_a_native_checkpoint_in_the_chosen_dtype(llada_dir, tmp_p
     convert.main([str(llada_dir), str(tmp_path / "out"), "--dtype", "float32"])
     # 2 layers x (attention 4x32x32 minus 2x half-size k/v, SwiGLU 3x32x48, 2 norms) + 2 x 126464x32 + final norm
     parameters = 2 * (2 * 32 * 32 + 2 * 16 * 32 + 3 * 32 * 48 + 2 * 32) + 2 * 126464 * 32 + 32
-    assert capsys.readouterr().out.strip() == (f"{tmp_path / 'out'}: LLaDA as LlamaForCausalLM, {parameters / 1e9:.2f}B"
-                                               f" parameters, {parameters * 4 / 1e9:.1f} GB in float32")
+    assert capsys.readouterr().out.strip() == (
+        f"{tmp_path / 'out'}: LLaDA as LlamaForCausalLM, {parameters / 1e9:.2f}B"
+        f" parameters, {parameters * 4 / 1e9:.1f} GB in float32"
+    )
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype="auto")
     assert model.dtype == torch.float32
     ids = torch.tensor([[3, 126336, 126336, 9]])
     with torch.no_grad():
-        torch.testing.assert_close(model(input_ids=ids).logits, LLADA_LOADER.load(llada_dir)(input_ids=ids).logits,
-                                   atol=0, rtol=0)
+        torch.testing.assert_close(
+            model(input_ids=ids).logits, LLADA_LOADER.load(llada_dir)(input_ids=ids).logits, atol=0, rtol=0
+        )
 
 
 def test_an_existing_output_needs_overwrite(llada_dir, tmp_path):

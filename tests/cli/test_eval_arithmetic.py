@@ -5,8 +5,8 @@ import math
 
 import pytest
 import torch
-from conftest import count_forward_passes, make_byte_tokenizer
 
+from conftest import count_forward_passes, make_byte_tokenizer
 from data_scripts.make_arithmetic import make_arithmetic, problem_record
 from diff_trainer.cli import eval_arithmetic as cli
 from diff_trainer.sampling.masked import GenerationResult
@@ -44,12 +44,11 @@ def fake_generate(tokenizer, answer_for, nfe_for=lambda batch: 3, suffix="</s>97
         rows = []
         for ids in prompt_ids:
             prompt = tokenizer.decode(ids).removesuffix("<DFF>")
-            new = tokenizer.encode(answer_for(prompt) + suffix, add_special_tokens=False)[:config.gen_length]
+            new = tokenizer.encode(answer_for(prompt) + suffix, add_special_tokens=False)[: config.gen_length]
             rows.append(ids + new + [tokenizer.eos_token_id] * (config.gen_length - len(new)))
         width = max(len(row) for row in rows)
         sequences = torch.tensor([[tokenizer.pad_token_id] * (width - len(row)) + row for row in rows])
-        return GenerationResult(sequences, torch.ones_like(sequences), width - config.gen_length,
-                                nfe_for(prompt_ids))
+        return GenerationResult(sequences, torch.ones_like(sequences), width - config.gen_length, nfe_for(prompt_ids))
 
     return run
 
@@ -60,8 +59,9 @@ def fake_generate(tokenizer, answer_for, nfe_for=lambda batch: 3, suffix="</s>97
 
 def test_exact_match_ignores_surrounding_whitespace_only():
     metric = cli.load_exact_match()
-    result = metric.compute(predictions=[" 19", "20\n", "1 9", "-4", "ab"], references=["19", "20", "19", "4", "AB"],
-                            return_matches=True)
+    result = metric.compute(
+        predictions=[" 19", "20\n", "1 9", "-4", "ab"], references=["19", "20", "19", "4", "AB"], return_matches=True
+    )
     assert result["matches"] == [True, True, False, False, False]
     assert result["exact_match"] == pytest.approx(2 / 5)
     assert metric.compute(predictions=["7"], references=["7"]) == {"exact_match": 1.0}
@@ -77,9 +77,17 @@ def test_exact_match_of_nothing_is_nan():
 
 def test_problems_from_prompt_answer_or_text_records(tmp_path):
     path = tmp_path / "mixed.jsonl"
-    path.write_text("\n".join([json.dumps({"prompt": "1+2=", "answer": "3"}), "",
-                               json.dumps({"text": "5-9=<DFF>-4"}),
-                               json.dumps({"text": "a<DFF>b<DFF>c"})]) + "\n")
+    path.write_text(
+        "\n".join(
+            [
+                json.dumps({"prompt": "1+2=", "answer": "3"}),
+                "",
+                json.dumps({"text": "5-9=<DFF>-4"}),
+                json.dumps({"text": "a<DFF>b<DFF>c"}),
+            ]
+        )
+        + "\n"
+    )
     problems = cli.read_problems(str(path))
     assert [(p.prompt, p.answer) for p in problems] == [("1+2=", "3"), ("5-9=", "-4"), ("a", "b<DFF>c")]
     other_marker = tmp_path / "other_marker.jsonl"
@@ -87,13 +95,19 @@ def test_problems_from_prompt_answer_or_text_records(tmp_path):
     assert [(p.prompt, p.answer) for p in cli.read_problems(str(other_marker), dff_token="<SEP>")] == [("5-9=", "-4")]
 
 
-@pytest.mark.parametrize("bad_line,message", [
-    (json.dumps({"prompt": "3+4="}), "line 2: needs string fields 'prompt' and 'answer'"),
-    (json.dumps({"text": "3+4=7"}), "line 2: needs string fields 'prompt' and 'answer', or a 'text' containing <DFF>"),
-    (json.dumps({"prompt": "3+4=", "answer": 7}), "line 2: needs string fields"),
-    ('{"prompt": "3+4=", ', "line 2: not valid JSON"),
-    ("[1, 2]", "line 2: needs string fields"),
-])
+@pytest.mark.parametrize(
+    "bad_line,message",
+    [
+        (json.dumps({"prompt": "3+4="}), "line 2: needs string fields 'prompt' and 'answer'"),
+        (
+            json.dumps({"text": "3+4=7"}),
+            "line 2: needs string fields 'prompt' and 'answer', or a 'text' containing <DFF>",
+        ),
+        (json.dumps({"prompt": "3+4=", "answer": 7}), "line 2: needs string fields"),
+        ('{"prompt": "3+4=", ', "line 2: not valid JSON"),
+        ("[1, 2]", "line 2: needs string fields"),
+    ],
+)
 def test_a_malformed_line_is_named_in_the_error(tiny_checkpoints, tmp_path, capsys, bad_line, message):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps(problem_record(1, "+", 2)) + "\n" + bad_line + "\n")
@@ -114,12 +128,25 @@ def test_an_empty_test_file_is_refused(tmp_path):
 # Scoring with a stand-in sampler
 
 
-def test_a_perfect_model_scores_one_even_with_text_after_eos(tiny_checkpoints, test_file, tokenizer, monkeypatch,
-                                                                   capsys, tmp_path):
+def test_a_perfect_model_scores_one_even_with_text_after_eos(
+    tiny_checkpoints, test_file, tokenizer, monkeypatch, capsys, tmp_path
+):
     monkeypatch.setattr(cli, "generate", fake_generate(tokenizer, solve))
     output = tmp_path / "predictions.jsonl"
-    cli.main(["--model", str(tiny_checkpoints / "diffusion"), "--test_file", str(test_file), "--gen_length", "8",
-              "--batch_size", "4", "--output", str(output)])
+    cli.main(
+        [
+            "--model",
+            str(tiny_checkpoints / "diffusion"),
+            "--test_file",
+            str(test_file),
+            "--gen_length",
+            "8",
+            "--batch_size",
+            "4",
+            "--output",
+            str(output),
+        ]
+    )
     out = capsys.readouterr().out
     assert "exact match: 1.0000 (10/10)" in out and "NFE per sample: 3.00" in out
     records = read_jsonl(output)
@@ -130,15 +157,18 @@ def test_a_perfect_model_scores_one_even_with_text_after_eos(tiny_checkpoints, t
 
 def test_accuracy_counts_right_answers_and_nfe_follows_batches(tokenizer, monkeypatch, tmp_path):
     """Only the + problems are answered right (with a leading space); a batch of n prompts reports n passes."""
-    records = [problem_record(a, op, b) for a, op, b in [(1, "+", 2), (7, "-", 9), (3, "+", 3), (5, "-", 1),
-                                                          (2, "+", 8)]]
+    records = [
+        problem_record(a, op, b) for a, op, b in [(1, "+", 2), (7, "-", 9), (3, "+", 3), (5, "-", 1), (2, "+", 8)]
+    ]
     path = tmp_path / "five.jsonl"
     path.write_text("".join(json.dumps(record) + "\n" for record in records))
-    wrong_on_minus = fake_generate(tokenizer, lambda p: " " + (solve(p) if "+" in p else "0"), nfe_for=len,
-                                   suffix="</s>")
+    wrong_on_minus = fake_generate(
+        tokenizer, lambda p: " " + (solve(p) if "+" in p else "0"), nfe_for=len, suffix="</s>"
+    )
     monkeypatch.setattr(cli, "generate", wrong_on_minus)
-    args = cli.build_parser().parse_args(["--model", "unused", "--test_file", str(path), "--gen_length", "6",
-                                          "--batch_size", "2"])
+    args = cli.build_parser().parse_args(
+        ["--model", "unused", "--test_file", str(path), "--gen_length", "6", "--batch_size", "2"]
+    )
     problems = cli.read_problems(str(path))
     prompt_ids = cli.prepare_prompts(args, tokenizer, None, [p.prompt for p in problems])
     config = cli.SamplerConfig(mask_token_id=tokenizer.mask_token_id, gen_length=6, steps=6)
@@ -162,21 +192,43 @@ def test_completion_length_stops_at_the_first_eos():
 
 def parse_summary(out: str) -> dict:
     lines = dict(line.split(": ", 1) for line in out.strip().splitlines())
-    return {"accuracy": float(lines["exact match"].split()[0]), "nfe": float(lines["NFE per sample"]),
-            "tokens_per_second": float(lines["tokens/s"].split()[0])}
+    return {
+        "accuracy": float(lines["exact match"].split()[0]),
+        "nfe": float(lines["NFE per sample"]),
+        "tokens_per_second": float(lines["tokens/s"].split()[0]),
+    }
 
 
-@pytest.mark.parametrize("name,flags,max_nfe", [
-    ("diffusion", ["--gen_length", "8", "--threshold", "0.9", "--block_length", "4"], 8),
-    ("diffusion", ["--gen_length", "8", "--steps", "4"], 4),
-    ("causal", ["--gen_length", "6"], 6),
-])
-def test_a_random_checkpoint_runs_end_to_end(tiny_checkpoints, test_file, capsys, tmp_path, monkeypatch, name, flags,
-                                                  max_nfe):
+@pytest.mark.parametrize(
+    "name,flags,max_nfe",
+    [
+        ("diffusion", ["--gen_length", "8", "--threshold", "0.9", "--block_length", "4"], 8),
+        ("diffusion", ["--gen_length", "8", "--steps", "4"], 4),
+        ("causal", ["--gen_length", "6"], 6),
+    ],
+)
+def test_a_random_checkpoint_runs_end_to_end(
+    tiny_checkpoints, test_file, capsys, tmp_path, monkeypatch, name, flags, max_nfe
+):
     forward_calls = count_forward_passes(monkeypatch)
     output = tmp_path / "out.jsonl"
-    cli.main(["--model", str(tiny_checkpoints / name), "--test_file", str(test_file), "--max_samples", "6",
-              "--batch_size", "4", "--seed", "0", "--output", str(output), *flags])
+    cli.main(
+        [
+            "--model",
+            str(tiny_checkpoints / name),
+            "--test_file",
+            str(test_file),
+            "--max_samples",
+            "6",
+            "--batch_size",
+            "4",
+            "--seed",
+            "0",
+            "--output",
+            str(output),
+            *flags,
+        ]
+    )
     summary = parse_summary(capsys.readouterr().out)
     assert summary["tokens_per_second"] > 0
     records = read_jsonl(output)

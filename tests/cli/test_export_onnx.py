@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+
 from conftest import make_byte_tokenizer, make_tiny_llama, masked_diffusion_config, save_checkpoint
 
 WEB_EXTRA = "needs the [web] extra: pip install -e '.[web]'"
@@ -29,8 +30,15 @@ def tiny_model(kind: str, vocab_size: int, bidirectional: bool = True):
         return make_tiny_llama(vocab_size, bidirectional=bidirectional, max_position_embeddings=64)
     torch.manual_seed(0)
     if kind == "qwen2":
-        config = Qwen2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+        config = Qwen2Config(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=64,
+        )
     else:
         config = GPT2Config(vocab_size=vocab_size, n_embd=32, n_layer=2, n_head=4, n_positions=64)
     config.is_causal = not bidirectional
@@ -63,8 +71,22 @@ def export(checkpoints, name, output, *flags):
 @pytest.fixture(scope="module")
 def llama_export(checkpoints, tmp_path_factory):
     output = tmp_path_factory.mktemp("exports") / "llama"
-    config = export(checkpoints, "llama", output, "--gen_length", "24", "--block_length", "8", "--steps", "12",
-                    "--append_dff", "--prompt", "def len(obj)", "--seed", "3")
+    config = export(
+        checkpoints,
+        "llama",
+        output,
+        "--gen_length",
+        "24",
+        "--block_length",
+        "8",
+        "--steps",
+        "12",
+        "--append_dff",
+        "--prompt",
+        "def len(obj)",
+        "--seed",
+        "3",
+    )
     return output, config
 
 
@@ -86,12 +108,27 @@ def test_model_json_has_what_the_page_needs(llama_export, tokenizer):
     output, config = llama_export
     assert sorted(p.name for p in output.iterdir()) == ["model.json", "model.onnx"]
     assert config["objective"] == "masked_diffusion" and config["max_length"] == 64
-    assert config["tokens"] == {"vocab_size": len(tokenizer), "mask": tokenizer.mask_token_id, "eos": 1, "pad": 0,
-                                "bos": None, "dff": tokenizer.convert_tokens_to_ids("<DFF>"),
-                                "forbidden_ids": [0, 2, 384, 385], "shift": False}
-    assert config["sampler"] == {"gen_length": 24, "steps": 12, "block_length": 8, "temperature": 0.0,
-                                 "remasking": "low_confidence", "guidance_scale": 0.0, "threshold": None,
-                                 "eos_handling": "stop", "seed": 3}
+    assert config["tokens"] == {
+        "vocab_size": len(tokenizer),
+        "mask": tokenizer.mask_token_id,
+        "eos": 1,
+        "pad": 0,
+        "bos": None,
+        "dff": tokenizer.convert_tokens_to_ids("<DFF>"),
+        "forbidden_ids": [0, 2, 384, 385],
+        "shift": False,
+    }
+    assert config["sampler"] == {
+        "gen_length": 24,
+        "steps": 12,
+        "block_length": 8,
+        "temperature": 0.0,
+        "remasking": "low_confidence",
+        "guidance_scale": 0.0,
+        "threshold": None,
+        "eos_handling": "stop",
+        "seed": 3,
+    }
     assert config["prompt"] == {"text": "def len(obj)", "append_dff": True, "dff_token": "<DFF>"}
     pieces = TokenPieces(tokenizer)
     assert config["tokenizer"]["pieces"] == [pieces(i) for i in range(len(tokenizer))]
@@ -136,8 +173,9 @@ def reuse_the_llama_graph(monkeypatch, llama_export):
     monkeypatch.setattr(cli, "export_graph", copy_graph)
 
 
-def test_int8_export_is_smaller_and_within_its_documented_bound(checkpoints, llama_export, tmp_path, capsys,
-                                                                monkeypatch):
+def test_int8_export_is_smaller_and_within_its_documented_bound(
+    checkpoints, llama_export, tmp_path, capsys, monkeypatch
+):
     reuse_the_llama_graph(monkeypatch, llama_export)
     config = export(checkpoints, "llama", tmp_path / "int8", "--quantize", "int8")
     assert config["quantization"] == "int8"
@@ -190,19 +228,29 @@ def word_level_checkpoint(path, tokenizer_vocab=300):
     save_checkpoint(path, model, tokenizer)
 
 
-@pytest.mark.parametrize("name,flags,message", [
-    ("causal", [], "is not a diffusion model (its config.json has no diffusion_config)"),
-    ("llama", ["--opset", "13"], "--opset 13: the exporter writes opsets 18 to"),
-    ("llama", ["--dtype", "bfloat16"], "the export is made and checked in float32 on the CPU"),
-    ("llama", ["--cache", "prefix"], "--cache prefix: the page samples without a key/value cache"),
-    ("llama", ["--max_length", "65"], "--max_length 65: give a length from 2 to the model's context (64)"),
-    ("llama", ["--gen_length", "10", "--block_length", "4"], "multiple of block_length"),
-    ("wordlevel", [], "byte-level BPE (GPT-2's scheme, as data_scripts/train_tokenizer.py makes); this checkpoint "
-                      "has a TokenizersBackend with 300 ids, a WordLevel model (not BPE)."),
-    ("existing", [], "exists and is not empty: pass --overwrite"),
-    ("byt5 beside a larger vocabulary", [], ("the model predicts 400 ids but its ByT5Tokenizer has text for 386 "
-                                             "(ids 386 to 399 have none)")),
-])
+@pytest.mark.parametrize(
+    "name,flags,message",
+    [
+        ("causal", [], "is not a diffusion model (its config.json has no diffusion_config)"),
+        ("llama", ["--opset", "13"], "--opset 13: the exporter writes opsets 18 to"),
+        ("llama", ["--dtype", "bfloat16"], "the export is made and checked in float32 on the CPU"),
+        ("llama", ["--cache", "prefix"], "--cache prefix: the page samples without a key/value cache"),
+        ("llama", ["--max_length", "65"], "--max_length 65: give a length from 2 to the model's context (64)"),
+        ("llama", ["--gen_length", "10", "--block_length", "4"], "multiple of block_length"),
+        (
+            "wordlevel",
+            [],
+            "byte-level BPE (GPT-2's scheme, as data_scripts/train_tokenizer.py makes); this checkpoint "
+            "has a TokenizersBackend with 300 ids, a WordLevel model (not BPE).",
+        ),
+        ("existing", [], "exists and is not empty: pass --overwrite"),
+        (
+            "byt5 beside a larger vocabulary",
+            [],
+            ("the model predicts 400 ids but its ByT5Tokenizer has text for 386 (ids 386 to 399 have none)"),
+        ),
+    ],
+)
 def test_bad_input_gets_one_clear_error(checkpoints, tmp_path, capsys, name, flags, message):
     output = tmp_path / "out"
     if name == "wordlevel":
@@ -250,15 +298,20 @@ def test_a_byte_level_bpe_gets_the_bpe_table():
     assert table["byte_chars"][ord("a")] == "a" and len(set(table["byte_chars"])) == 256
 
 
-@pytest.mark.parametrize("change,reason", [
-    ({"model": {"dropout": 0.1}}, "a BPE with dropout set"),
-    ({"normalizer": {"type": "NFC"}}, "a NFC normalizer"),
-    ({"pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True}},
-     "a Metaspace pre-tokenizer (not ByteLevel with its regex split)"),
-    ({"pre_tokenizer": {"use_regex": False}}, "a ByteLevel pre-tokenizer (not ByteLevel with its regex split)"),
-    ({"pre_tokenizer": {"add_prefix_space": True}}, "a ByteLevel pre-tokenizer with add_prefix_space"),
-    ({"decoder": None}, "a None decoder (not ByteLevel)"),
-])
+@pytest.mark.parametrize(
+    "change,reason",
+    [
+        ({"model": {"dropout": 0.1}}, "a BPE with dropout set"),
+        ({"normalizer": {"type": "NFC"}}, "a NFC normalizer"),
+        (
+            {"pre_tokenizer": {"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": True}},
+            "a Metaspace pre-tokenizer (not ByteLevel with its regex split)",
+        ),
+        ({"pre_tokenizer": {"use_regex": False}}, "a ByteLevel pre-tokenizer (not ByteLevel with its regex split)"),
+        ({"pre_tokenizer": {"add_prefix_space": True}}, "a ByteLevel pre-tokenizer with add_prefix_space"),
+        ({"decoder": None}, "a None decoder (not ByteLevel)"),
+    ],
+)
 def test_a_bpe_the_page_cannot_encode_exactly_is_refused_with_the_reason(change, reason):
     with pytest.raises(ValueError) as error:
         cli.tokenizer_table(byte_level_bpe_variant(change), 0)

@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
-from conftest import count_forward_passes, make_byte_tokenizer, make_tiny_llama
 from transformers import AutoModelForCausalLM
 
+from conftest import count_forward_passes, make_byte_tokenizer, make_tiny_llama
 from diff_trainer.cli import generate as cli
 from diff_trainer.sampling.masked import generate
 from diff_trainer.sampling.settings import sampler_for
@@ -18,16 +18,25 @@ def tokenizer():
 
 
 def diffusion_config(tokenizer, shift=False):
-    return {"objective": "masked_diffusion", "mask_token_id": tokenizer.mask_token_id, "shift_logits": shift,
-            "noise_schedule": "linear", "time_eps": 1e-3, "dff_token": "<DFF>"}
+    return {
+        "objective": "masked_diffusion",
+        "mask_token_id": tokenizer.mask_token_id,
+        "shift_logits": shift,
+        "noise_schedule": "linear",
+        "time_eps": 1e-3,
+        "dff_token": "<DFF>",
+    }
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory, tokenizer):
     """Diffusion, shift-diffusion and causal checkpoints saved with the byte tokenizer."""
     root = tmp_path_factory.mktemp("checkpoints")
-    models = {"diffusion": make_tiny_llama(len(tokenizer)), "shift": make_tiny_llama(len(tokenizer), seed=1),
-              "causal": make_tiny_llama(len(tokenizer), bidirectional=False)}
+    models = {
+        "diffusion": make_tiny_llama(len(tokenizer)),
+        "shift": make_tiny_llama(len(tokenizer), seed=1),
+        "causal": make_tiny_llama(len(tokenizer), bidirectional=False),
+    }
     models["diffusion"].config.diffusion_config = diffusion_config(tokenizer)
     models["shift"].config.diffusion_config = diffusion_config(tokenizer, shift=True)
     for name, model in models.items():
@@ -46,9 +55,30 @@ def read_jsonl(path):
 
 def test_jsonl_output_has_every_sample_the_settings_and_nfe(checkpoints, tokenizer, tmp_path):
     output = tmp_path / "out.jsonl"
-    run(checkpoints, "diffusion", "--prompt", "12+7=", "--prompt", "3*4=", "--samples", "2", "--gen_length", "8",
-        "--steps", "4", "--block_length", "4", "--temperature", "1", "--seed", "0", "--batch_size", "3",
-        "--output", str(output))
+    run(
+        checkpoints,
+        "diffusion",
+        "--prompt",
+        "12+7=",
+        "--prompt",
+        "3*4=",
+        "--samples",
+        "2",
+        "--gen_length",
+        "8",
+        "--steps",
+        "4",
+        "--block_length",
+        "4",
+        "--temperature",
+        "1",
+        "--seed",
+        "0",
+        "--batch_size",
+        "3",
+        "--output",
+        str(output),
+    )
     records = read_jsonl(output)
     assert [(r["prompt"], r["sample"]) for r in records] == [("12+7=", 0), ("12+7=", 1), ("3*4=", 0), ("3*4=", 1)]
     settings = records[0]["settings"]
@@ -65,15 +95,49 @@ def test_jsonl_output_has_every_sample_the_settings_and_nfe(checkpoints, tokeniz
 
 def test_cache_flag_reaches_the_sampler(checkpoints, tokenizer, tmp_path):
     output = tmp_path / "cached.jsonl"
-    run(checkpoints, "diffusion", "--prompt", "12+7=", "--gen_length", "8", "--block_length", "4", "--cache", "prefix",
-        "--eos_handling", "none", "--output", str(output))
+    run(
+        checkpoints,
+        "diffusion",
+        "--prompt",
+        "12+7=",
+        "--gen_length",
+        "8",
+        "--block_length",
+        "4",
+        "--cache",
+        "prefix",
+        "--eos_handling",
+        "none",
+        "--output",
+        str(output),
+    )
     record = read_jsonl(output)[0]
     assert record["settings"]["cache"] == "prefix"
     model = AutoModelForCausalLM.from_pretrained(checkpoints / "diffusion").eval()
-    expected = generate(model, cli.encode_prompts(tokenizer, ["12+7="]), sampler_for(
-        diffusion_config(tokenizer), tokenizer, **cli.sampler_flags(cli.build_parser().parse_args(
-            ["--model", "m", "--gen_length", "8", "--block_length", "4", "--cache", "prefix",
-             "--eos_handling", "none"]))))
+    expected = generate(
+        model,
+        cli.encode_prompts(tokenizer, ["12+7="]),
+        sampler_for(
+            diffusion_config(tokenizer),
+            tokenizer,
+            **cli.sampler_flags(
+                cli.build_parser().parse_args(
+                    [
+                        "--model",
+                        "m",
+                        "--gen_length",
+                        "8",
+                        "--block_length",
+                        "4",
+                        "--cache",
+                        "prefix",
+                        "--eos_handling",
+                        "none",
+                    ]
+                )
+            ),
+        ),
+    )
     assert record["completion"] == cli.completion_text(tokenizer, expected.generated[0].tolist())
     assert record["nfe"] == record["batch_forwards"] == 8
 
@@ -81,8 +145,24 @@ def test_cache_flag_reaches_the_sampler(checkpoints, tokenizer, tmp_path):
 def test_a_seed_repeats_the_output_and_txt_has_one_line_per_completion(checkpoints, tmp_path):
     paths = [tmp_path / "a.txt", tmp_path / "b.txt"]
     for path in paths:
-        run(checkpoints, "diffusion", "--prompt", "ab", "--samples", "3", "--gen_length", "8", "--temperature", "1",
-            "--remasking", "random", "--seed", "5", "--output", str(path))
+        run(
+            checkpoints,
+            "diffusion",
+            "--prompt",
+            "ab",
+            "--samples",
+            "3",
+            "--gen_length",
+            "8",
+            "--temperature",
+            "1",
+            "--remasking",
+            "random",
+            "--seed",
+            "5",
+            "--output",
+            str(path),
+        )
     first, second = (path.read_text() for path in paths)
     assert first == second
     assert len(first.splitlines()) == 3
@@ -100,8 +180,22 @@ def test_prompt_files_as_lines_or_jsonl(checkpoints, tmp_path):
 
 
 def test_verbose_prints_every_intermediate_state(checkpoints, capsys):
-    run(checkpoints, "diffusion", "--prompt", "ab", "--prompt", "c", "--gen_length", "8", "--steps", "4",
-        "--eos_handling", "none", "--verbose", "--append_dff")
+    run(
+        checkpoints,
+        "diffusion",
+        "--prompt",
+        "ab",
+        "--prompt",
+        "c",
+        "--gen_length",
+        "8",
+        "--steps",
+        "4",
+        "--eos_handling",
+        "none",
+        "--verbose",
+        "--append_dff",
+    )
     out = capsys.readouterr().out
     states = [line for line in out.splitlines() if line.startswith("[sequence ")]
     assert len(states) == 8  # 4 steps x 2 sequences
@@ -127,17 +221,40 @@ def test_suffix_infills_with_the_masked_sampler(checkpoints, tokenizer, tmp_path
     """--suffix on a masked-diffusion checkpoint: every printed state ends with it; the completion is the library's
     infill for the same settings and seed."""
     output = tmp_path / "infill.jsonl"
-    run(checkpoints, "diffusion", "--prompt", "ab", "--suffix", "yz", "--gen_length", "4", "--steps", "2",
-        "--seed", "3", "--verbose", "--output", str(output))
+    run(
+        checkpoints,
+        "diffusion",
+        "--prompt",
+        "ab",
+        "--suffix",
+        "yz",
+        "--gen_length",
+        "4",
+        "--steps",
+        "2",
+        "--seed",
+        "3",
+        "--verbose",
+        "--output",
+        str(output),
+    )
     lines = capsys.readouterr().out.splitlines()
     states = [lines[i + 1] for i, line in enumerate(lines) if line.startswith("[sequence 0] step")]
     assert len(states) == 2 and all(state.startswith("ab") and state.endswith("yz") for state in states)
     record = read_jsonl(output)[0]
     model, _, _ = cli.open_checkpoint(str(checkpoints / "diffusion"))
-    result = generate(model, [tokenizer.encode("ab", add_special_tokens=False)], mask_token_id=tokenizer.mask_token_id,
-                      gen_length=4, steps=2, eos_token_id=tokenizer.eos_token_id, eos_handling="stop",
-                      suffix_ids=tokenizer.encode("yz", add_special_tokens=False), seed=3,
-                      forbidden_token_ids=record["settings"]["forbidden_token_ids"])
+    result = generate(
+        model,
+        [tokenizer.encode("ab", add_special_tokens=False)],
+        mask_token_id=tokenizer.mask_token_id,
+        gen_length=4,
+        steps=2,
+        eos_token_id=tokenizer.eos_token_id,
+        eos_handling="stop",
+        suffix_ids=tokenizer.encode("yz", add_special_tokens=False),
+        seed=3,
+        forbidden_token_ids=record["settings"]["forbidden_token_ids"],
+    )
     assert record["settings"]["suffix"] == "yz"
     assert record["completion"] == cli.completion_text(tokenizer, result.generated[0].tolist())
 
@@ -156,8 +273,18 @@ def test_a_causal_checkpoint_generates_with_model_generate(checkpoints, tokenize
     forward_calls = count_forward_passes(monkeypatch)
     output = tmp_path / "causal.jsonl"
     prompts = ["ab", "longer prompt"]
-    run(checkpoints, "causal", "--prompt", prompts[0], "--prompt", prompts[1], "--gen_length", "6",
-        "--output", str(output))
+    run(
+        checkpoints,
+        "causal",
+        "--prompt",
+        prompts[0],
+        "--prompt",
+        prompts[1],
+        "--gen_length",
+        "6",
+        "--output",
+        str(output),
+    )
     records = read_jsonl(output)
     assert len(records) == 2 and records[0]["settings"]["sampler"] == "causal"
     model = AutoModelForCausalLM.from_pretrained(checkpoints / "causal").eval()
@@ -167,14 +294,17 @@ def test_a_causal_checkpoint_generates_with_model_generate(checkpoints, tokenize
     assert len(forward_calls) == max(len(ids) for ids in expected)
 
 
-@pytest.mark.parametrize("name,flags,message", [
-    ("causal", ["--steps", "4"], "--steps only apply to diffusion checkpoints"),
-    ("causal", ["--cache", "dual"], "--cache only apply to diffusion checkpoints"),
-    ("causal", ["--threshold", "0.9", "--remasking", "margin"], "--remasking, --threshold only apply"),
-    ("diffusion", ["--gen_length", "10", "--block_length", "4"], "multiple of block_length"),
-    ("diffusion", ["--gen_length", "8", "--steps", "3", "--block_length", "4"], "multiple of the number of blocks"),
-    ("diffusion", ["--prompt", "x" * 500, "--gen_length", "64"], "exceeds the model's context of 512"),
-])
+@pytest.mark.parametrize(
+    "name,flags,message",
+    [
+        ("causal", ["--steps", "4"], "--steps only apply to diffusion checkpoints"),
+        ("causal", ["--cache", "dual"], "--cache only apply to diffusion checkpoints"),
+        ("causal", ["--threshold", "0.9", "--remasking", "margin"], "--remasking, --threshold only apply"),
+        ("diffusion", ["--gen_length", "10", "--block_length", "4"], "multiple of block_length"),
+        ("diffusion", ["--gen_length", "8", "--steps", "3", "--block_length", "4"], "multiple of the number of blocks"),
+        ("diffusion", ["--prompt", "x" * 500, "--gen_length", "64"], "exceeds the model's context of 512"),
+    ],
+)
 def test_bad_input_gets_a_clear_error(checkpoints, capsys, name, flags, message):
     with pytest.raises(SystemExit) as exit_info:
         run(checkpoints, name, "--prompt", "ab", *flags)
@@ -184,12 +314,33 @@ def test_bad_input_gets_a_clear_error(checkpoints, capsys, name, flags, message)
 
 def test_each_prompt_is_printed_with_its_completion_and_the_output_file_confirmed(checkpoints, tmp_path, capsys):
     output = tmp_path / "out.jsonl"
-    run(checkpoints, "diffusion", "--prompt", "ab", "--prompt", "c", "--samples", "2", "--gen_length", "4",
-        "--temperature", "1", "--seed", "0", "--append_dff", "--output", str(output))
+    run(
+        checkpoints,
+        "diffusion",
+        "--prompt",
+        "ab",
+        "--prompt",
+        "c",
+        "--samples",
+        "2",
+        "--gen_length",
+        "4",
+        "--temperature",
+        "1",
+        "--seed",
+        "0",
+        "--append_dff",
+        "--output",
+        str(output),
+    )
     out = capsys.readouterr().out
     records = read_jsonl(output)
-    headers = ["--- prompt 1/2, sample 1/2: ab<DFF>", "--- prompt 1/2, sample 2/2: ab<DFF>",
-               "--- prompt 2/2, sample 1/2: c<DFF>", "--- prompt 2/2, sample 2/2: c<DFF>"]
+    headers = [
+        "--- prompt 1/2, sample 1/2: ab<DFF>",
+        "--- prompt 1/2, sample 2/2: ab<DFF>",
+        "--- prompt 2/2, sample 1/2: c<DFF>",
+        "--- prompt 2/2, sample 2/2: c<DFF>",
+    ]
     expected = [line for header, record in zip(headers, records) for line in (header, record["completion"])]
     assert out == "\n".join(expected + [f"Wrote 4 completions to {output}"]) + "\n"
 
@@ -212,8 +363,21 @@ def chat_checkpoint(tmp_path_factory):
 def test_chat_renders_the_turn_and_stops_at_the_end_of_turn(chat_checkpoint, tmp_path, capsys):
     path, tokenizer = chat_checkpoint
     output = tmp_path / "chat.jsonl"
-    cli.main(["--model", str(path), "--chat", "--system", "Be brief.", "--prompt", "Hi?", "--gen_length", "8",
-              "--output", str(output)])
+    cli.main(
+        [
+            "--model",
+            str(path),
+            "--chat",
+            "--system",
+            "Be brief.",
+            "--prompt",
+            "Hi?",
+            "--gen_length",
+            "8",
+            "--output",
+            str(output),
+        ]
+    )
     end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
     prompt = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi?<|im_end|>\n<|im_start|>assistant\n"
     assert f"--- prompt 1/1: {prompt}\n" in capsys.readouterr().out
@@ -230,10 +394,13 @@ def test_chat_renders_the_turn_and_stops_at_the_end_of_turn(chat_checkpoint, tmp
     assert cli.completion_text(tokenizer, ids, (tokenizer.eos_token_id, end_of_turn)) == "ab"
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--system", "S"], "--system is a message of a chat: add --chat"),
-    (["--chat", "--append_dff"], "drop --append_dff"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--system", "S"], "--system is a message of a chat: add --chat"),
+        (["--chat", "--append_dff"], "drop --append_dff"),
+    ],
+)
 def test_chat_flags_that_do_not_fit(chat_checkpoint, capsys, flags, message):
     with pytest.raises(SystemExit):
         cli.main(["--model", str(chat_checkpoint[0]), "--prompt", "Hi?", *flags])

@@ -5,13 +5,13 @@ import json
 
 import pytest
 import torch
-from conftest import make_byte_tokenizer, make_tiny_llama
 from transformers import ByT5Tokenizer
 
+from conftest import make_byte_tokenizer, make_tiny_llama
 from diff_trainer.cli import generate as cli
 from diff_trainer.cli import view
-from diff_trainer.models.ddit import DDiTConfig, DDiTModel
 from diff_trainer.diffusion_config import sedd_diffusion_config
+from diff_trainer.models.ddit import DDiTConfig, DDiTModel
 from models.test_sedd_checkpoint import sedd_small_layout, write_checkpoint
 
 
@@ -21,17 +21,31 @@ def checkpoints(tmp_path_factory):
     hydra, state = sedd_small_layout(len(ByT5Tokenizer()), "absorb")
     write_checkpoint(root / "layout", hydra, state)
     tokenizer = make_byte_tokenizer(dff=False, mask=False)
-    uniform = DDiTModel(DDiTConfig(vocab_size=len(tokenizer), hidden_size=32, cond_dim=16, num_hidden_layers=1,
-                                   num_attention_heads=4, max_position_embeddings=64))
-    uniform.config.diffusion_config = sedd_diffusion_config(graph="uniform", noise="geometric", sigma_min=1e-4,
-                                                            sigma_max=20.0, mask_token_id=None)
+    uniform = DDiTModel(
+        DDiTConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            cond_dim=16,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+        )
+    )
+    uniform.config.diffusion_config = sedd_diffusion_config(
+        graph="uniform", noise="geometric", sigma_min=1e-4, sigma_max=20.0, mask_token_id=None
+    )
     uniform.save_pretrained(root / "uniform")
     tokenizer.save_pretrained(root / "uniform")
     masked_tokenizer = make_byte_tokenizer()
     masked = make_tiny_llama(len(masked_tokenizer))
-    masked.config.diffusion_config = {"objective": "masked_diffusion", "mask_token_id": masked_tokenizer.mask_token_id,
-                                      "shift_logits": False, "noise_schedule": "linear", "time_eps": 1e-3,
-                                      "dff_token": "<DFF>"}
+    masked.config.diffusion_config = {
+        "objective": "masked_diffusion",
+        "mask_token_id": masked_tokenizer.mask_token_id,
+        "shift_logits": False,
+        "noise_schedule": "linear",
+        "time_eps": 1e-3,
+        "dff_token": "<DFF>",
+    }
     masked.save_pretrained(root / "masked")
     masked_tokenizer.save_pretrained(root / "masked")
     return root
@@ -39,8 +53,22 @@ def checkpoints(tmp_path_factory):
 
 def test_unconditional_samples_from_sedd_small_layout(checkpoints, tmp_path, capsys):
     out = tmp_path / "samples.jsonl"
-    flags = ["--model", str(checkpoints / "layout"), "--tokenizer_name", "byte", "--samples", "3",
-             "--gen_length", "6", "--steps", "4", "--seed", "0", "--sedd_sampler", "analytic"]
+    flags = [
+        "--model",
+        str(checkpoints / "layout"),
+        "--tokenizer_name",
+        "byte",
+        "--samples",
+        "3",
+        "--gen_length",
+        "6",
+        "--steps",
+        "4",
+        "--seed",
+        "0",
+        "--sedd_sampler",
+        "analytic",
+    ]
     cli.main(flags + ["--output", str(out)])
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 3 and {r["sample"] for r in records} == {0, 1, 2}
@@ -49,13 +77,27 @@ def test_unconditional_samples_from_sedd_small_layout(checkpoints, tmp_path, cap
     assert records[0]["nfe"] == 5
     again = tmp_path / "again.jsonl"
     cli.main(flags + ["--output", str(again)])
-    assert [json.loads(line)["completion"] for line in again.read_text().splitlines()] == \
-        [r["completion"] for r in records]
+    assert [json.loads(line)["completion"] for line in again.read_text().splitlines()] == [
+        r["completion"] for r in records
+    ]
 
 
 def test_uniform_ddit_with_prompt_and_verbose(checkpoints, capsys):
-    cli.main(["--model", str(checkpoints / "uniform"), "--prompt", "ab", "--gen_length", "5", "--steps", "3",
-              "--seed", "1", "--verbose"])
+    cli.main(
+        [
+            "--model",
+            str(checkpoints / "uniform"),
+            "--prompt",
+            "ab",
+            "--gen_length",
+            "5",
+            "--steps",
+            "3",
+            "--seed",
+            "1",
+            "--verbose",
+        ]
+    )
     lines = capsys.readouterr().out.splitlines()
     headers = [i for i, line in enumerate(lines) if line.startswith("[sequence 0] step")]
     assert len(headers) == 4  # 3 steps + the final denoising step, each a header and the row's text
@@ -63,23 +105,57 @@ def test_uniform_ddit_with_prompt_and_verbose(checkpoints, capsys):
 
 
 def test_masked_diffusion_checkpoint_with_sedd_sampler(checkpoints, capsys):
-    cli.main(["--model", str(checkpoints / "masked"), "--prompt", "hi", "--gen_length", "4", "--steps", "4",
-              "--sedd_sampler", "euler", "--seed", "0"])
+    cli.main(
+        [
+            "--model",
+            str(checkpoints / "masked"),
+            "--prompt",
+            "hi",
+            "--gen_length",
+            "4",
+            "--steps",
+            "4",
+            "--sedd_sampler",
+            "euler",
+            "--seed",
+            "0",
+        ]
+    )
     header, completion = capsys.readouterr().out.splitlines()  # the prompt, then its 4-byte completion
     assert header == "--- prompt 1/1: hi" and len(completion.encode()) <= 4
 
 
 def test_view_gif_shows_uniform_flips(checkpoints, tmp_path, capsys):
     gif = tmp_path / "flips.gif"
-    view.main(["--model", str(checkpoints / "uniform"), "--prompt", "x", "--gen_length", "4", "--steps", "2",
-               "--seed", "0", "--delay", "0", "--no_color", "--gif", str(gif)])
+    view.main(
+        [
+            "--model",
+            str(checkpoints / "uniform"),
+            "--prompt",
+            "x",
+            "--gen_length",
+            "4",
+            "--steps",
+            "2",
+            "--seed",
+            "0",
+            "--delay",
+            "0",
+            "--no_color",
+            "--gif",
+            str(gif),
+        ]
+    )
     assert "wrote 3 frames" in capsys.readouterr().out and gif.stat().st_size > 0
 
 
-@pytest.mark.parametrize("flags,message", [
-    (["--remasking", "random"], "belong to the masked-diffusion sampler"),
-    (["--temperature", "0.5"], "belong to the masked-diffusion sampler"),
-])
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--remasking", "random"], "belong to the masked-diffusion sampler"),
+        (["--temperature", "0.5"], "belong to the masked-diffusion sampler"),
+    ],
+)
 def test_refused_flags(checkpoints, flags, message, capsys):
     with pytest.raises(SystemExit):
         cli.main(["--model", str(checkpoints / "uniform"), "--samples", "2", "--gen_length", "4", *flags])
@@ -102,11 +178,26 @@ def test_same_draws_as_library(checkpoints, tmp_path):
     from diff_trainer.sampling.sedd import SeddSamplerConfig, sedd_generate
 
     out = tmp_path / "cli.jsonl"
-    cli.main(["--model", str(checkpoints / "uniform"), "--samples", "2", "--gen_length", "5", "--steps", "3",
-              "--seed", "4", "--output", str(out)])
+    cli.main(
+        [
+            "--model",
+            str(checkpoints / "uniform"),
+            "--samples",
+            "2",
+            "--gen_length",
+            "5",
+            "--steps",
+            "3",
+            "--seed",
+            "4",
+            "--output",
+            str(out),
+        ]
+    )
     model, tokenizer, config = cli.open_checkpoint(str(checkpoints / "uniform"))
-    sampler = SeddSamplerConfig.from_diffusion_config(config, len(tokenizer), gen_length=5, steps=3,
-                                                      pad_token_id=tokenizer.pad_token_id)
+    sampler = SeddSamplerConfig.from_diffusion_config(
+        config, len(tokenizer), gen_length=5, steps=3, pad_token_id=tokenizer.pad_token_id
+    )
     result = sedd_generate(model, [[], []], sampler, generator=torch.Generator().manual_seed(4))
     expected = [cli.completion_text(tokenizer, row) for row in result.generated.tolist()]
     assert [json.loads(line)["completion"] for line in out.read_text().splitlines()] == expected
@@ -117,19 +208,41 @@ def test_suffix_is_kept_and_the_completion_is_the_infill(checkpoints, tmp_path, 
     from diff_trainer.sampling.sedd import SeddSamplerConfig, sedd_generate
 
     out = tmp_path / "infill.jsonl"
-    cli.main(["--model", str(checkpoints / "uniform"), "--prompt", "ab", "--suffix", "yz", "--gen_length", "3",
-              "--steps", "2", "--seed", "5", "--verbose", "--output", str(out)])
+    cli.main(
+        [
+            "--model",
+            str(checkpoints / "uniform"),
+            "--prompt",
+            "ab",
+            "--suffix",
+            "yz",
+            "--gen_length",
+            "3",
+            "--steps",
+            "2",
+            "--seed",
+            "5",
+            "--verbose",
+            "--output",
+            str(out),
+        ]
+    )
     lines = capsys.readouterr().out.splitlines()
     states = [lines[i + 1] for i, line in enumerate(lines) if line.startswith("[sequence 0] step")]
     assert len(states) == 3 and all(s.startswith("ab") and s.endswith("yz") for s in states)
     record = json.loads(out.read_text())
     assert record["settings"]["suffix"] == "yz"
     model, tokenizer, config = cli.open_checkpoint(str(checkpoints / "uniform"))
-    sampler = SeddSamplerConfig.from_diffusion_config(config, len(tokenizer), gen_length=3, steps=2,
-                                                      pad_token_id=tokenizer.pad_token_id)
-    result = sedd_generate(model, [tokenizer.encode("ab", add_special_tokens=False)], sampler,
-                           suffix_ids=tokenizer.encode("yz", add_special_tokens=False),
-                           generator=torch.Generator().manual_seed(5))
+    sampler = SeddSamplerConfig.from_diffusion_config(
+        config, len(tokenizer), gen_length=3, steps=2, pad_token_id=tokenizer.pad_token_id
+    )
+    result = sedd_generate(
+        model,
+        [tokenizer.encode("ab", add_special_tokens=False)],
+        sampler,
+        suffix_ids=tokenizer.encode("yz", add_special_tokens=False),
+        generator=torch.Generator().manual_seed(5),
+    )
     assert record["completion"] == cli.completion_text(tokenizer, result.generated[0].tolist())
 
 
@@ -140,7 +253,24 @@ def test_a_suffix_beyond_the_context_is_refused(checkpoints, capsys):
 
 
 def test_view_keeps_the_suffix_in_every_frame(checkpoints, capsys):
-    view.main(["--model", str(checkpoints / "uniform"), "--prompt", "x", "--suffix", "QQ", "--gen_length", "3",
-               "--steps", "2", "--seed", "0", "--delay", "0", "--no_color"])
+    view.main(
+        [
+            "--model",
+            str(checkpoints / "uniform"),
+            "--prompt",
+            "x",
+            "--suffix",
+            "QQ",
+            "--gen_length",
+            "3",
+            "--steps",
+            "2",
+            "--seed",
+            "0",
+            "--delay",
+            "0",
+            "--no_color",
+        ]
+    )
     frames = [line for line in capsys.readouterr().out.splitlines() if line.startswith("x")]
     assert len(frames) == 3 and all(frame.endswith("QQ") for frame in frames)

@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import datasets
 import pytest
 import torch
+
 from conftest import make_byte_tokenizer, make_tiny_llama, make_tiny_sedd
 
 pytest.importorskip("lm_eval", reason="needs the [eval] extra: pip install -e '.[eval]'")
@@ -34,9 +35,14 @@ def workdir(tmp_path_factory):
     make_arithmetic(root / "data" / "arithmetic", num_train=0, num_test=10, max_operand=20, operators="+-", seed=1)
     tokenizer = make_byte_tokenizer()
     diffusion = make_tiny_llama(len(tokenizer))
-    diffusion.config.diffusion_config = {"objective": "masked_diffusion", "mask_token_id": tokenizer.mask_token_id,
-                                         "shift_logits": False, "noise_schedule": "linear", "time_eps": 1e-3,
-                                         "dff_token": "<DFF>"}
+    diffusion.config.diffusion_config = {
+        "objective": "masked_diffusion",
+        "mask_token_id": tokenizer.mask_token_id,
+        "shift_logits": False,
+        "noise_schedule": "linear",
+        "time_eps": 1e-3,
+        "dff_token": "<DFF>",
+    }
     for name, model in (("diffusion", diffusion), ("causal", make_tiny_llama(len(tokenizer), bidirectional=False))):
         model.save_pretrained(root / name)
         tokenizer.save_pretrained(root / name)
@@ -45,8 +51,9 @@ def workdir(tmp_path_factory):
 
 def all_docs(workdir, name):
     split = "test" if name == "arithmetic" else "validation"
-    files = {"arithmetic": "data/arithmetic/test.jsonl",
-             "docstrings": "data/stdlib_docstrings/validation.jsonl.zst"}[name]
+    files = {"arithmetic": "data/arithmetic/test.jsonl", "docstrings": "data/stdlib_docstrings/validation.jsonl.zst"}[
+        name
+    ]
     return datasets.load_dataset("json", data_files={split: str(workdir / files)})[split]
 
 
@@ -68,8 +75,22 @@ def request(*args):
 
 def test_diffusion_checkpoint_scores_match_the_model_recomputed(workdir, monkeypatch):
     monkeypatch.chdir(workdir)
-    results = cli.evaluate(["--model", "diffusion", "--tasks", TASKS, "--include_path", "tasks", "--limit", str(LIMIT),
-                            "--model_args", "mc_num=2,batch_size=8,seed=7", "--output_path", "results.json"])["results"]
+    results = cli.evaluate(
+        [
+            "--model",
+            "diffusion",
+            "--tasks",
+            TASKS,
+            "--include_path",
+            "tasks",
+            "--limit",
+            str(LIMIT),
+            "--model_args",
+            "mc_num=2,batch_size=8,seed=7",
+            "--output_path",
+            "results.json",
+        ]
+    )["results"]
     lm = DiffusionLM("diffusion", mc_num=2, batch_size=8, seed=7)
 
     texts = first_docs(workdir, "docstrings")["text"]
@@ -78,6 +99,7 @@ def test_diffusion_checkpoint_scores_match_the_model_recomputed(workdir, monkeyp
     assert results["docstring_perplexity"]["bits_per_byte,none"] == pytest.approx(bits, rel=1e-4)
 
     docs = first_choice_docs(workdir)
+
     # each choice is the continuation `<DFF>docstring` of the bare signature; mutual information subtracts the
     # choice's score after an empty context
     def scores(context, doc):
@@ -92,8 +114,9 @@ def test_diffusion_checkpoint_scores_match_the_model_recomputed(workdir, monkeyp
     assert results["docstring_choice"]["acc_mutual_info,none"] == pytest.approx(accuracy(gain))
 
     problems = first_docs(workdir, "arithmetic")
-    outputs = lm.generate_until([request(p + "<DFF>", {"until": ["\n", "<DFF>"], "max_gen_toks": 8})
-                                 for p in problems["prompt"]])
+    outputs = lm.generate_until(
+        [request(p + "<DFF>", {"until": ["\n", "<DFF>"], "max_gen_toks": 8}) for p in problems["prompt"]]
+    )
     exact = [(re.match(r"^\s*(-?\d+)", out) or [None])[0] == answer for out, answer in zip(outputs, problems["answer"])]
     assert results["arithmetic_exact_match"]["exact_match,strip"] == pytest.approx(sum(exact) / LIMIT)
 
@@ -105,8 +128,9 @@ def test_diffusion_checkpoint_scores_match_the_model_recomputed(workdir, monkeyp
 @torch.no_grad()
 def test_causal_checkpoint_goes_through_the_harness_hf_model(workdir, monkeypatch):
     monkeypatch.chdir(workdir)
-    results = cli.evaluate(["--model", "causal", "--tasks", "docstring_perplexity", "--include_path", "tasks",
-                            "--limit", str(LIMIT)])["results"]
+    results = cli.evaluate(
+        ["--model", "causal", "--tasks", "docstring_perplexity", "--include_path", "tasks", "--limit", str(LIMIT)]
+    )["results"]
     from diff_trainer.models.loading import load_checkpoint
 
     model, tokenizer = load_checkpoint("causal")
@@ -116,8 +140,7 @@ def test_causal_checkpoint_goes_through_the_harness_hf_model(workdir, monkeypatc
         log_probs = torch.log_softmax(model(input_ids=ids).logits[0, :-1], -1)
         total += float(log_probs.gather(-1, ids[0, 1:, None]).sum())
         size += len(text.encode("utf-8"))
-    assert results["docstring_perplexity"]["bits_per_byte,none"] == pytest.approx(-total / size / math.log(2),
-                                                                                rel=1e-4)
+    assert results["docstring_perplexity"]["bits_per_byte,none"] == pytest.approx(-total / size / math.log(2), rel=1e-4)
 
 
 @torch.no_grad()
@@ -127,26 +150,61 @@ def test_sedd_checkpoint_is_scored_with_its_dwdse_bound(workdir, monkeypatch):
     make_tiny_sedd(tokenizer, "uniform").save_pretrained(workdir / "sedd")
     tokenizer.save_pretrained(workdir / "sedd")
     monkeypatch.chdir(workdir)
-    results = cli.evaluate(["--model", "sedd", "--tasks", "docstring_perplexity", "--include_path", "tasks",
-                            "--limit", str(LIMIT), "--model_args", "mc_num=4,seed=3"])["results"]
+    results = cli.evaluate(
+        [
+            "--model",
+            "sedd",
+            "--tasks",
+            "docstring_perplexity",
+            "--include_path",
+            "tasks",
+            "--limit",
+            str(LIMIT),
+            "--model_args",
+            "mc_num=4,seed=3",
+        ]
+    )["results"]
     lm = DiffusionLM("sedd", mc_num=4, seed=3)
     texts = first_docs(workdir, "docstrings")["text"]
     total = sum(lm.loglikelihood_rolling([SimpleNamespace(args=(text,)) for text in texts]))
     size = sum(len(text.encode("utf-8")) for text in texts)
-    assert results["docstring_perplexity"]["bits_per_byte,none"] == pytest.approx(-total / size / math.log(2),
-                                                                                rel=1e-4)
+    assert results["docstring_perplexity"]["bits_per_byte,none"] == pytest.approx(-total / size / math.log(2), rel=1e-4)
 
 
 def test_bad_flags_are_refused_before_loading(workdir, monkeypatch, capsys):
     monkeypatch.chdir(workdir)
     cases = [
         (["--model", "diffusion", "--tasks", "no_such_task", "--include_path", "tasks"], "unknown task.*no_such_task"),
-        (["--model", "causal", "--tasks", "docstring_perplexity", "--include_path", "tasks", "--model_args",
-          "mc_num=4"], "causal checkpoint.*mc_num"),
-        (["--model", "diffusion", "--tasks", "docstring_perplexity", "--include_path", "tasks", "--model_args",
-          "mc_num"], "'mc_num' is not key=value"),
-        (["--model", "diffusion", "--tasks", "docstring_perplexity", "--include_path", "missing"],
-         "--include_path missing: no such directory"),
+        (
+            [
+                "--model",
+                "causal",
+                "--tasks",
+                "docstring_perplexity",
+                "--include_path",
+                "tasks",
+                "--model_args",
+                "mc_num=4",
+            ],
+            "causal checkpoint.*mc_num",
+        ),
+        (
+            [
+                "--model",
+                "diffusion",
+                "--tasks",
+                "docstring_perplexity",
+                "--include_path",
+                "tasks",
+                "--model_args",
+                "mc_num",
+            ],
+            "'mc_num' is not key=value",
+        ),
+        (
+            ["--model", "diffusion", "--tasks", "docstring_perplexity", "--include_path", "missing"],
+            "--include_path missing: no such directory",
+        ),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit):
@@ -157,6 +215,16 @@ def test_bad_flags_are_refused_before_loading(workdir, monkeypatch, capsys):
 def test_missing_task_data_names_the_file(workdir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)  # no data/ here
     with pytest.raises(SystemExit):
-        cli.main(["--model", str(workdir / "diffusion"), "--tasks", "docstring_perplexity", "--include_path",
-                  str(workdir / "tasks"), "--limit", "1"])
+        cli.main(
+            [
+                "--model",
+                str(workdir / "diffusion"),
+                "--tasks",
+                "docstring_perplexity",
+                "--include_path",
+                str(workdir / "tasks"),
+                "--limit",
+                "1",
+            ]
+        )
     assert re.search(r"validation\.jsonl\.zst.*run from the repository root", capsys.readouterr().err)

@@ -110,8 +110,17 @@ def test_a_directory_that_is_neither_gets_a_clear_error(tmp_path, capsys):
 
 def test_the_export_tests_are_skipped_without_the_web_extra():
     """After the README's plain `pip install -e ".[test]"` (no onnxruntime) the suite still collects."""
-    blocked = ("import sys, pytest; sys.modules['onnxruntime'] = None; sys.exit(pytest.main(['--collect-only', "
-               "'-q', '-p', 'no:cacheprovider', 'tests/cli/test_export_onnx.py']))")
-    run = subprocess.run([sys.executable, "-c", blocked], cwd=ROOT, capture_output=True, text=True, timeout=300,
-                         check=False, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    blocked = (
+        "import sys, pytest; sys.modules['onnxruntime'] = None; sys.exit(pytest.main(['--collect-only', "
+        "'-q', '-p', 'no:cacheprovider', 'tests/cli/test_export_onnx.py']))"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", blocked],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert run.returncode in (0, 5) and "error" not in run.stdout.lower(), run.stdout  # 5: every test skipped

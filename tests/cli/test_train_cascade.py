@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from cli.cascade_fixtures import ROOT, run_in_process, write_cascade
 
+from cli.cascade_fixtures import ROOT, run_in_process, write_cascade
 from diff_trainer.cli import train_cascade, training_runs
 
 
@@ -29,8 +29,11 @@ def test_stages_train_in_order_each_from_the_previous_stage(trained_cascade):
     for name in names:
         assert json.loads((outputs / name / "trainer_state.json").read_text())["global_step"] == 2
     printed = trained_cascade["printed"]
-    assert printed.index("== toy-tiny-stage1: from scratch [new]") < printed.index(
-        f"== toy-tiny-stage2: from {outputs / names[0]} [new]") < printed.index("== toy-tiny-stage3")
+    assert (
+        printed.index("== toy-tiny-stage1: from scratch [new]")
+        < printed.index(f"== toy-tiny-stage2: from {outputs / names[0]} [new]")
+        < printed.index("== toy-tiny-stage3")
+    )
 
 
 def test_finished_stages_are_skipped(trained_cascade, monkeypatch, capsys):
@@ -47,8 +50,9 @@ def test_run_names_and_starting_points(trained_cascade, tmp_path):
     assert list(runs) == ["toy-pretrained-small-stage1-finetuning", "toy-pretrained-small-stage2-finetuning"]
     assert runs["toy-pretrained-small-stage1-finetuning"]["model_name_or_path"] == checkpoint
     assert "model_type" not in runs["toy-pretrained-small-stage1-finetuning"]
-    assert runs["toy-pretrained-small-stage2-finetuning"]["model_name_or_path"] == \
-        str(outputs / "toy-pretrained-small-stage1-finetuning")
+    assert runs["toy-pretrained-small-stage2-finetuning"]["model_name_or_path"] == str(
+        outputs / "toy-pretrained-small-stage1-finetuning"
+    )
     each = train_cascade.stage_runs(config_dir, [2, 3], checkpoint, each_from_start=True)
     assert {flags["model_name_or_path"] for flags in each.values()} == {checkpoint}
     scratch = train_cascade.stage_runs(config_dir, [3], None, each_from_start=True)["toy-tiny-stage3"]
@@ -69,27 +73,33 @@ def test_bad_cascades(cascade_data, tmp_path, monkeypatch, capsys):
     swapped = error({1: (cascade_data[2], 64)}, "--stages", "1")
     assert "stage1.yaml says `prefix: none` but" in swapped and "record 1 has the prefix 'red <SEP> owl'" in swapped
     assert "record 1 has nothing before <DFF>" in error({2: (cascade_data[1], 64)}, "--stages", "2")
-    (tmp_path / "config" / "stage2.yaml").write_text(yaml.safe_dump(
-        {"prefix": "keywords", "train_file": str(cascade_data[2]), "prefix_separator": " | "}))
+    (tmp_path / "config" / "stage2.yaml").write_text(
+        yaml.safe_dump({"prefix": "keywords", "train_file": str(cascade_data[2]), "prefix_separator": " | "})
+    )
     assert "holds the separator ' | '" in error({}, "--stages", "2")
     assert "stage4.yaml does not exist" in error({}, "--stages", "4")
     assert "toy-tiny-stage2, which does not exist: train that stage first (add it to --stages 3)" in error(
-        {3: (cascade_data[3], 96)}, "--stages", "3")
+        {3: (cascade_data[3], 96)}, "--stages", "3"
+    )
     assert "must be increasing" in error({}, "--stages", "2", "1")
     (outputs / "toy-tiny-stage1" / "checkpoint-1").mkdir(parents=True)
     assert "pass --resume to continue" in error({1: (cascade_data[1], 32)}, "--stages", "1")
 
 
-def test_an_interrupted_stage_is_continued_to_the_weights_of_an_uninterrupted_run(cascade_data, tmp_path,
-                                                                                   monkeypatch, capsys):
+def test_an_interrupted_stage_is_continued_to_the_weights_of_an_uninterrupted_run(
+    cascade_data, tmp_path, monkeypatch, capsys
+):
     """Stage 1 trained 2 steps, then rolled back to its step-1 checkpoint (as after a kill) and continued with
     --resume: it ends with exactly the uninterrupted run's weights."""
     from safetensors.torch import load_file
 
     monkeypatch.chdir(ROOT)
     commands = []
-    monkeypatch.setattr(training_runs.subprocess, "run",
-                        lambda command, check: commands.append(command) or run_in_process(command, check))
+    monkeypatch.setattr(
+        training_runs.subprocess,
+        "run",
+        lambda command, check: commands.append(command) or run_in_process(command, check),
+    )
     outputs = tmp_path / "outputs"
     config_dir = write_cascade(tmp_path / "config", {1: (cascade_data[1], 32)}, outputs)
     cascade = yaml.safe_load((config_dir / "cascade.yaml").read_text())

@@ -14,21 +14,40 @@ from diff_trainer.cli import train_corpora
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = {
-    "tokenizer_name": "char", "model_type": "ddit", "train_diff_model": True,
+    "tokenizer_name": "char",
+    "model_type": "ddit",
+    "train_diff_model": True,
     "config_overrides": "hidden_size=32,cond_dim=16,num_hidden_layers=1,num_attention_heads=4,"
-                        "max_position_embeddings=64",
-    "diffusion_objective": "sedd_uniform", "sedd_noise": "geometric", "dff_labels": "off", "block_size": 32,
-    "concatenate_texts": True, "max_steps": 2, "per_device_train_batch_size": 4, "eval_mc_samples": 1,
-    "eval_strategy": "no", "save_strategy": "no", "use_cpu": True,
-    "report_to": "none", "disable_tqdm": True,
+    "max_position_embeddings=64",
+    "diffusion_objective": "sedd_uniform",
+    "sedd_noise": "geometric",
+    "dff_labels": "off",
+    "block_size": 32,
+    "concatenate_texts": True,
+    "max_steps": 2,
+    "per_device_train_batch_size": 4,
+    "eval_mc_samples": 1,
+    "eval_strategy": "no",
+    "save_strategy": "no",
+    "use_cpu": True,
+    "report_to": "none",
+    "disable_tqdm": True,
 }
 
 
 def write_corpora(tmp_path, datasets) -> Path:
     config = tmp_path / "corpora.yaml"
-    config.write_text(yaml.safe_dump({"output_root": str(tmp_path / "outputs"), "datasets": datasets, "train": TINY,
-                                      "samples": {"samples": 2, "gen_length": 16, "steps": 4, "seed": 0}},
-                                     sort_keys=False))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "output_root": str(tmp_path / "outputs"),
+                "datasets": datasets,
+                "train": TINY,
+                "samples": {"samples": 2, "gen_length": 16, "steps": 4, "seed": 0},
+            },
+            sort_keys=False,
+        )
+    )
     return config
 
 
@@ -41,11 +60,14 @@ def corpora(tmp_path):
     (poems / "validation.jsonl").write_text(json.dumps({"text": " ".join(lines[:2])}) + "\n")
     code = tmp_path / "code.txt"
     code.write_text("\n".join(["def f(x): return x + 1", "for i in range(10): print(i)"] * 8) + "\n")
-    return write_corpora(tmp_path, {
-        "poems": {"path": str(poems), "description": "rhymes"},
-        "code": {"path": str(code), "enabled": True, "overrides": {"validation_split_percentage": 25}},
-        "off": {"path": str(tmp_path / "missing"), "enabled": False},
-    })
+    return write_corpora(
+        tmp_path,
+        {
+            "poems": {"path": str(poems), "description": "rhymes"},
+            "code": {"path": str(code), "enabled": True, "overrides": {"validation_split_percentage": 25}},
+            "off": {"path": str(tmp_path / "missing"), "enabled": False},
+        },
+    )
 
 
 def test_trains_each_corpus_then_skips_finished(corpora, tmp_path, capsys, monkeypatch):
@@ -63,8 +85,10 @@ def test_trains_each_corpus_then_skips_finished(corpora, tmp_path, capsys, monke
     table = out.splitlines()[-4:]
     assert table[0].split()[:2] == ["corpus", "train"] and table[2].startswith("poems") and table[3].startswith("code")
     assert table[2].split()[3] == "2"  # steps
-    assert yaml.safe_load((tmp_path / "outputs" / "code" / "run_config.yaml").read_text())[
-        "validation_split_percentage"] == 25
+    assert (
+        yaml.safe_load((tmp_path / "outputs" / "code" / "run_config.yaml").read_text())["validation_split_percentage"]
+        == 25
+    )
 
     train_corpora.main([str(corpora), "--dataset", "poems"])
     assert "[finished]" in capsys.readouterr().out
@@ -79,8 +103,9 @@ def test_the_installed_command_trains_from_a_directory_outside_the_repository(tm
     corpus = {"path": "lines.txt", "overrides": {"validation_split_percentage": 25}}
     config = write_corpora(elsewhere, {"lines": corpus})
     environment = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run([command, config.name, "--all"], cwd=elsewhere, env=environment, capture_output=True,
-                            text=True, timeout=600)
+    result = subprocess.run(
+        [command, config.name, "--all"], cwd=elsewhere, env=environment, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert (elsewhere / "outputs" / "lines" / "train_results.json").is_file()
     assert not (elsewhere / "run_clm_diff.py").exists()

@@ -16,8 +16,13 @@ def test_vocabulary_and_round_trip():
     vocab = tokenizer.get_vocab()
     assert [vocab[c] for c in characters] == list(range(5, 5 + len(characters)))
     assert len(tokenizer) == 5 + len(characters)
-    assert [tokenizer.unk_token_id, tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.mask_token_id,
-            tokenizer.convert_tokens_to_ids("<DFF>")] == [0, 1, 2, 3, 4]
+    assert [
+        tokenizer.unk_token_id,
+        tokenizer.pad_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.mask_token_id,
+        tokenizer.convert_tokens_to_ids("<DFF>"),
+    ] == [0, 1, 2, 3, 4]
     ids = tokenizer.encode("be<DFF>not\n", add_special_tokens=False)
     assert ids == [vocab["b"], vocab["e"], 4, vocab["n"], vocab["o"], vocab["t"], vocab["\n"]]
     assert tokenizer.decode(ids) == "be<DFF>not\n"
@@ -61,12 +66,39 @@ def test_run_clm_diff_char_level_checkpoint(tmp_path):
     valid = tmp_path / "validation.jsonl"
     valid.write_text(json.dumps({"text": "abz ab cab abc bca abc cab ab"}) + "\n")
     out = tmp_path / "out"
-    run_clm_diff.main(["--train_file", str(train), "--validation_file", str(valid), "--tokenizer_name", "char",
-                       "--model_type", "llama", "--config_overrides", "hidden_size=16,intermediate_size=32,"
-                       "num_hidden_layers=1,num_attention_heads=2,num_key_value_heads=2,max_position_embeddings=32",
-                       "--train_diff_model", "--block_size", "16", "--concatenate_texts", "--output_dir", str(out),
-                       "--do_train", "--max_steps", "1", "--per_device_train_batch_size", "2", "--use_cpu",
-                       "--report_to", "none", "--disable_tqdm", "true", "--eval_mc_samples", "0"])
+    run_clm_diff.main(
+        [
+            "--train_file",
+            str(train),
+            "--validation_file",
+            str(valid),
+            "--tokenizer_name",
+            "char",
+            "--model_type",
+            "llama",
+            "--config_overrides",
+            "hidden_size=16,intermediate_size=32,"
+            "num_hidden_layers=1,num_attention_heads=2,num_key_value_heads=2,max_position_embeddings=32",
+            "--train_diff_model",
+            "--block_size",
+            "16",
+            "--concatenate_texts",
+            "--output_dir",
+            str(out),
+            "--do_train",
+            "--max_steps",
+            "1",
+            "--per_device_train_batch_size",
+            "2",
+            "--use_cpu",
+            "--report_to",
+            "none",
+            "--disable_tqdm",
+            "true",
+            "--eval_mc_samples",
+            "0",
+        ]
+    )
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert isinstance(tokenizer, CharTokenizer)
     specials = {"<unk>", "<pad>", "<|endoftext|>", "<|mdm_mask|>", "<DFF>"}

@@ -6,14 +6,24 @@ from transformers import ByT5Tokenizer
 
 from diff_trainer.data.bpe_tokenizer import train_bpe_tokenizer
 from diff_trainer.data.char_tokenizer import build_char_tokenizer
-from diff_trainer.data.chat import (Rendered, chat_examples, load_chat_template, preference_texts,
-                                    render_conversation, resolve_template, select_examples, template_names)
+from diff_trainer.data.chat import (
+    Rendered,
+    chat_examples,
+    load_chat_template,
+    preference_texts,
+    render_conversation,
+    resolve_template,
+    select_examples,
+    template_names,
+)
 from diff_trainer.data.labels import IGNORE_INDEX
 from diff_trainer.data.loading import DataError
 
 SPECIAL_TOKENS = {
-    "llada": {"bos_token": "<|startoftext|>",
-              "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]},
+    "llada": {
+        "bos_token": "<|startoftext|>",
+        "additional_special_tokens": ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+    },
     "qwen2": {"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]},
 }
 CONVERSATION = [
@@ -23,16 +33,20 @@ CONVERSATION = [
     {"role": "assistant", "content": "Rome."},
 ]
 # typed from the templates of GSAI-ML/LLaDA-8B-Instruct and Qwen2-Instruct
-LLADA_TEXT = ("<|startoftext|><|start_header_id|>user<|end_header_id|>\n\nWhat is the capital of France?<|eot_id|>"
-              "<|start_header_id|>assistant<|end_header_id|>\n\nParis.<|eot_id|>"
-              "<|start_header_id|>user<|end_header_id|>\n\nAnd of Italy?<|eot_id|>"
-              "<|start_header_id|>assistant<|end_header_id|>\n\nRome.<|eot_id|>")
+LLADA_TEXT = (
+    "<|startoftext|><|start_header_id|>user<|end_header_id|>\n\nWhat is the capital of France?<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\nParis.<|eot_id|>"
+    "<|start_header_id|>user<|end_header_id|>\n\nAnd of Italy?<|eot_id|>"
+    "<|start_header_id|>assistant<|end_header_id|>\n\nRome.<|eot_id|>"
+)
 LLADA_HEADER = "<|start_header_id|>assistant<|end_header_id|>\n\n"  # the release writes it after every rendering
-QWEN2_TEXT = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-              "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
-              "<|im_start|>assistant\nParis.<|im_end|>\n"
-              "<|im_start|>user\nAnd of Italy?<|im_end|>\n"
-              "<|im_start|>assistant\nRome.<|im_end|>")
+QWEN2_TEXT = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
+    "<|im_start|>assistant\nParis.<|im_end|>\n"
+    "<|im_start|>user\nAnd of Italy?<|im_end|>\n"
+    "<|im_start|>assistant\nRome.<|im_end|>"
+)
 EXPECTED = {
     "llada": (LLADA_TEXT, LLADA_TEXT + LLADA_HEADER, ["Paris.<|eot_id|>", "Rome.<|eot_id|>"]),
     "qwen2": (QWEN2_TEXT, QWEN2_TEXT + "\n", ["Paris.<|im_end|>", "Rome.<|im_end|>"]),
@@ -93,7 +107,7 @@ def test_expand_gives_one_example_per_assistant_turn(name):
     rendered = render_conversation(char_tokenizer(name), load_chat_template(name), CONVERSATION)
     text, _, (first, second) = EXPECTED[name]
     one, two = select_examples(rendered, "expand")
-    assert one.text == text[:text.index(first) + len(first)] and spans_text(one) == [first]
+    assert one.text == text[: text.index(first) + len(first)] and spans_text(one) == [first]
     assert two.text == text and spans_text(two) == [second]
     (last,) = select_examples(rendered, "last")
     assert last.text == text and spans_text(last) == [second]
@@ -125,7 +139,7 @@ def test_labels_cover_assistant_content_and_end_of_turn(make, name):
     assert tokenizer.decode(ids) == text
     runs = trained_runs(ids, labels)
     assert [tokenizer.decode(run) for run in runs] == trained
-    end_of_turn = tokenizer.convert_tokens_to_ids(trained[0][len("Paris."):])
+    end_of_turn = tokenizer.convert_tokens_to_ids(trained[0][len("Paris.") :])
     assert [run[-1] for run in runs] == [end_of_turn, end_of_turn]  # one id, trained
 
 
@@ -133,10 +147,12 @@ def test_expand_rows_and_their_labels():
     tokenizer = char_tokenizer("llada")
     columns, _ = chat_examples([{"messages": CONVERSATION}], tokenizer, load_chat_template("llada"), mode="expand")
     assert len(columns["input_ids"]) == 2
-    decoded = [[tokenizer.decode(run) for run in trained_runs(ids, labels)]
-               for ids, labels in zip(columns["input_ids"], columns["labels"])]
+    decoded = [
+        [tokenizer.decode(run) for run in trained_runs(ids, labels)]
+        for ids, labels in zip(columns["input_ids"], columns["labels"])
+    ]
     assert decoded == [["Paris.<|eot_id|>"], ["Rome.<|eot_id|>"]]
-    assert columns["input_ids"][1][:len(columns["input_ids"][0])] == columns["input_ids"][0]
+    assert columns["input_ids"][1][: len(columns["input_ids"][0])] == columns["input_ids"][0]
 
 
 USER, ASSISTANT = CONVERSATION[:2]
@@ -162,8 +178,9 @@ def test_bad_record_names_file_and_record(bad, message):
 
 def test_bad_records_skipped_and_counted():
     records = [{"messages": CONVERSATION}] + [bad for bad, _ in BAD_RECORDS] + [{"messages": CONVERSATION[:2]}]
-    columns, skipped = chat_examples(records, char_tokenizer("qwen2"), load_chat_template("qwen2"),
-                                     invalid_records="skip")
+    columns, skipped = chat_examples(
+        records, char_tokenizer("qwen2"), load_chat_template("qwen2"), invalid_records="skip"
+    )
     assert skipped == len(BAD_RECORDS) and len(columns["input_ids"]) == 2
 
 
@@ -183,8 +200,9 @@ def test_template_from_a_file_and_chatml(tmp_path):
     path = tmp_path / "mine.jinja"
     path.write_text(load_chat_template("chatml"))
     rendered = render_conversation(char_tokenizer("qwen2"), load_chat_template(str(path)), CONVERSATION[:2])
-    assert rendered.text == ("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n"
-                             "<|im_start|>assistant\nParis.<|im_end|>\n")
+    assert rendered.text == (
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\nParis.<|im_end|>\n"
+    )
     assert spans_text(rendered) == ["Paris.<|im_end|>"]
 
 
@@ -193,8 +211,10 @@ def test_templates_that_cannot_be_split_are_refused():
     counting = "{{ messages | length }}{% for m in messages %}{{ m['content'] + '<|im_end|>' }}{% endfor %}"
     with pytest.raises(DataError, match="record 1: the chat template is not prefix-stable"):
         chat_examples([{"messages": CONVERSATION}], tokenizer, counting)
-    closing = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] + '\\n' }}{% elif loop.last %}"
-               "{{ m['content'] + '<|im_end|>' }}{% else %}{{ m['content'] + '<|im_start|>' }}{% endif %}{% endfor %}")
+    closing = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}{{ m['content'] + '\\n' }}{% elif loop.last %}"
+        "{{ m['content'] + '<|im_end|>' }}{% else %}{{ m['content'] + '<|im_start|>' }}{% endif %}{% endfor %}"
+    )
     with pytest.raises(DataError, match="message 2 renders differently once later messages follow"):
         render_conversation(tokenizer, closing, CONVERSATION)
     shouting = "{% for m in messages %}{{ m['content'] | upper + '<|im_end|>' }}{% endfor %}"
@@ -215,10 +235,13 @@ def test_preference_texts():
     prompt = CONVERSATION[:1]
     chosen, rejected = [{"role": "assistant", "content": "Paris."}], [{"role": "assistant", "content": "Lyon."}]
     texts = preference_texts(char_tokenizer("qwen2"), load_chat_template("qwen2"), prompt, chosen, rejected)
-    assert texts == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-                     "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
-                     "Paris.<|im_end|>", "Lyon.<|im_end|>")
+    assert texts == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
+        "Paris.<|im_end|>",
+        "Lyon.<|im_end|>",
+    )
     texts = preference_texts(char_tokenizer("llada"), load_chat_template("llada"), prompt, chosen, rejected)
-    assert texts == (LLADA_TEXT[:LLADA_TEXT.index("Paris.")], "Paris.<|eot_id|>", "Lyon.<|eot_id|>")
+    assert texts == (LLADA_TEXT[: LLADA_TEXT.index("Paris.")], "Paris.<|eot_id|>", "Lyon.<|eot_id|>")
     with pytest.raises(DataError, match="'rejected': no assistant turn to train"):
         preference_texts(char_tokenizer("qwen2"), load_chat_template("qwen2"), prompt, chosen, [USER])

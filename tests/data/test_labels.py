@@ -14,7 +14,7 @@ def reference_labels(sequences, marker):
     labels, found = [], []
     for ids in sequences:
         ids = list(ids)
-        start = next((i for i in range(len(ids) - len(marker) + 1) if ids[i:i + len(marker)] == marker), None)
+        start = next((i for i in range(len(ids) - len(marker) + 1) if ids[i : i + len(marker)] == marker), None)
         found.append(start is not None)
         cut = len(ids) if start is None else start
         labels.append([IGNORE_INDEX] * cut + ids[cut:])

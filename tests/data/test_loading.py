@@ -8,8 +8,8 @@ import pytest
 import zstandard
 from datasets import Dataset, DatasetDict
 
-from diff_trainer.training.args.data import DataArguments
 from diff_trainer.data.loading import DataError, load_raw_datasets
+from diff_trainer.training.args.data import DataArguments
 
 RECORDS = [{"text": f"context {i}<DFF>diff {i}", "id": i} for i in range(20)]
 
@@ -61,8 +61,14 @@ def test_csv_and_parquet(tmp_path):
 def test_validation_file_and_sample_limits(tmp_path):
     (tmp_path / "train.jsonl").write_bytes(jsonl_bytes(RECORDS))
     (tmp_path / "valid.jsonl").write_bytes(jsonl_bytes(RECORDS[:3]))
-    raw = load(tmp_path, train_file=str(tmp_path / "train.jsonl"), validation_file=str(tmp_path / "valid.jsonl"),
-               max_train_samples=5, max_eval_samples=2, validation_split_percentage=10)
+    raw = load(
+        tmp_path,
+        train_file=str(tmp_path / "train.jsonl"),
+        validation_file=str(tmp_path / "valid.jsonl"),
+        max_train_samples=5,
+        max_eval_samples=2,
+        validation_split_percentage=10,
+    )
     assert list(raw) == ["train", "validation"]
     assert raw["train"]["id"] == [0, 1, 2, 3, 4]
     assert raw["validation"]["id"] == [0, 1]
@@ -150,9 +156,11 @@ def test_scan_reports_each_bad_text_value_with_its_line_and_ignores_an_absent_co
 
     path = tmp_path / "train.jsonl"
     path.write_text('{"text": "a"}\n\n{"text": null}\n{"text": 3.5}\n{"other": "x"}\n')
-    assert scan_file(str(path), ["text"]) == {1: (f"{path}, line 3", "'text' is null"),
-                                              2: (f"{path}, line 4", "'text' is a float, not a string"),
-                                              3: (f"{path}, line 5", "missing key 'text'")}
+    assert scan_file(str(path), ["text"]) == {
+        1: (f"{path}, line 3", "'text' is null"),
+        2: (f"{path}, line 4", "'text' is a float, not a string"),
+        3: (f"{path}, line 5", "missing key 'text'"),
+    }
     assert scan_file(str(path), ["input_ids"]) == {}  # pre-tokenised data has no text column at all
     document = tmp_path / "train.json"
     document.write_text(json.dumps([{"text": "a"}, {"text": ["b"]}]))

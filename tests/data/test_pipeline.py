@@ -7,12 +7,12 @@ import pytest
 from datasets import Dataset, DatasetDict
 
 from conftest import make_byte_tokenizer
-from diff_trainer.training.args.data import DataArguments
 from diff_trainer.data.chat import set_chat_template
 from diff_trainer.data.labels import IGNORE_INDEX as I
 from diff_trainer.data.loading import DataError, load_raw_datasets
 from diff_trainer.data.pipeline import LAYOUT_FILE, Preprocessor, RowLayout
 from diff_trainer.data.saving import save_final_dataset
+from diff_trainer.training.args.data import DataArguments
 
 EOS = 1
 DFF = 384  # id of <DFF> in make_byte_tokenizer()
@@ -125,19 +125,25 @@ def test_a_validation_split_too_short_for_one_packed_row_names_the_split_and_the
     raw = dataset({"text": ["abcde<DFF>ef"]}, validation={"text": ["a<DFF>b"]})
     with pytest.raises(DataError) as error:
         preprocess(raw, concatenate_texts=True)
-    assert str(error.value) == ("The validation split has no complete row of 8 tokens. Use a smaller --block_size "
-                                "or more validation data (a larger --validation_split_percentage, now 5).")
+    assert str(error.value) == (
+        "The validation split has no complete row of 8 tokens. Use a smaller --block_size "
+        "or more validation data (a larger --validation_split_percentage, now 5)."
+    )
 
 
 def test_a_small_validation_percentage_that_packs_into_no_row_is_a_clear_error(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps({"text": f"{i}+1=<DFF>{i + 1}"}) + "\n" for i in range(40)))
-    data_args = DataArguments(train_file=str(path), validation_split_percentage=3, concatenate_texts=True,
-                              block_size=32)
+    data_args = DataArguments(
+        train_file=str(path), validation_split_percentage=3, concatenate_texts=True, block_size=32
+    )
     raw = load_raw_datasets(data_args)
     assert len(raw["validation"]) == 2  # 2 records of at most 9 tokens each (with EOS): no row of 32
-    with pytest.raises(DataError, match="The validation split has no complete row of 32 tokens.*"
-                                        r"larger --validation_split_percentage, now 3"):
+    with pytest.raises(
+        DataError,
+        match="The validation split has no complete row of 32 tokens.*"
+        r"larger --validation_split_percentage, now 3",
+    ):
         Preprocessor(make_byte_tokenizer(), data_args).run(raw)
 
 
@@ -145,8 +151,9 @@ def test_a_validation_file_too_short_for_one_row_asks_for_a_longer_file(tmp_path
     train, validation = tmp_path / "train.txt", tmp_path / "validation.txt"
     train.write_text("ab<DFF>cdefghijklmnop\n")
     validation.write_text("a<DFF>b\n")
-    data_args = DataArguments(train_file=str(train), validation_file=str(validation), concatenate_texts=True,
-                              block_size=8)
+    data_args = DataArguments(
+        train_file=str(train), validation_file=str(validation), concatenate_texts=True, block_size=8
+    )
     with pytest.raises(DataError, match=f"more validation data \\(a longer --validation_file {validation}\\)"):
         Preprocessor(make_byte_tokenizer(), data_args).run(load_raw_datasets(data_args))
 
@@ -206,8 +213,9 @@ def test_skip_concat_rejects_rows_of_the_wrong_length():
     rows = dataset({"input_ids": [[5, 6, 7]], "labels": [[5, 6, 7]], "attention_mask": [[1, 1, 1]]})
     with pytest.raises(DataError, match="saved rows have block_size 3, not --block_size 8"):
         preprocess(rows, skip_concat=True)
-    uneven = dataset({"input_ids": [[5, 6, 7], [5, 6]], "labels": [[5, 6, 7], [5, 6]],
-                      "attention_mask": [[1, 1, 1], [1, 1]]})
+    uneven = dataset(
+        {"input_ids": [[5, 6, 7], [5, 6]], "labels": [[5, 6, 7], [5, 6]], "attention_mask": [[1, 1, 1], [1, 1]]}
+    )
     with pytest.raises(DataError, match="row 1 has 2 input_ids, expected block_size 3"):
         preprocess(uneven, skip_concat=True, block_size=None)
 
@@ -274,6 +282,8 @@ def test_rows_saved_without_a_layout_are_read_off_the_rows(tmp_path, caplog):
         _, layout = reload(path, validation_split_percentage=0)
     assert (layout.packing, layout.block_size) == ("left", 8)
     assert "no row_layout.json" in caplog.text
+
+
 def test_worker_processes_give_the_same_rows_and_a_rerun_reads_the_cache(tmp_path):
     from diff_trainer.data.loading import load_files
 
@@ -281,8 +291,9 @@ def test_worker_processes_give_the_same_rows_and_a_rerun_reads_the_cache(tmp_pat
     path.write_text("".join(json.dumps({"text": f"{i}+{i}=<DFF>{2 * i}"}) + "\n" for i in range(60)))
     cache = tmp_path / "cache"
     single, _ = preprocess(load_files({"train": str(path)}, str(cache))[0], block_size=16)
-    parallel, _ = preprocess(load_files({"train": str(path)}, str(cache))[0], block_size=16,
-                             preprocessing_num_workers=2)
+    parallel, _ = preprocess(
+        load_files({"train": str(path)}, str(cache))[0], block_size=16, preprocessing_num_workers=2
+    )
     assert parallel["train"].to_list() == single["train"].to_list() and len(single["train"]) == 60
     written = sorted(cache.rglob("cache-*.arrow"))
     again, _ = preprocess(load_files({"train": str(path)}, str(cache))[0], block_size=16, preprocessing_num_workers=2)
@@ -318,8 +329,13 @@ def test_conversations_are_rendered_and_trained_on_the_assistant_turn_padded_or_
     padding = 32 - len(user) - len(answer) - 1
     assert final["train"][0]["input_ids"] == [EOS] * padding + user + answer + [EOS]
     assert final["train"][0]["labels"] == [I] * (padding + len(user)) + answer + [EOS]
-    packed, layout = preprocess(dataset({"messages": [conversation("Q?", "A.")] * 3}), chat_tokenizer(),
-                                block_size=30, concatenate_texts=True, validation_split_percentage=0)
+    packed, layout = preprocess(
+        dataset({"messages": [conversation("Q?", "A.")] * 3}),
+        chat_tokenizer(),
+        block_size=30,
+        concatenate_texts=True,
+        validation_split_percentage=0,
+    )
     stream = [k for k in range(3) for _ in range(len(user) + len(answer) + 1)]  # 3 x 25 tokens: two rows of 30
     assert layout.packing == "packed"
     assert [row["document_ids"] for row in packed["train"]] == [stream[:30], stream[30:60]]
@@ -330,17 +346,25 @@ def test_prompt_completion_records_and_the_three_multi_turn_modes():
     two_turns = conversation("Q?", "A.") + conversation("R?", "B.")
     trained = {}
     for mode in ("all", "expand", "last"):
-        final, _ = preprocess(dataset({"messages": [two_turns]}), tokenizer, block_size=64, multi_turn=mode,
-                              validation_split_percentage=0)
-        trained[mode] = [tokenizer.decode([label for label in row["labels"] if label not in (I, EOS)])
-                         for row in final["train"]]
-    assert trained == {"all": ["A.<|im_end|>B.<|im_end|>"], "expand": ["A.<|im_end|>", "B.<|im_end|>"],
-                       "last": ["B.<|im_end|>"]}
+        final, _ = preprocess(
+            dataset({"messages": [two_turns]}), tokenizer, block_size=64, multi_turn=mode, validation_split_percentage=0
+        )
+        trained[mode] = [
+            tokenizer.decode([label for label in row["labels"] if label not in (I, EOS)]) for row in final["train"]
+        ]
+    assert trained == {
+        "all": ["A.<|im_end|>B.<|im_end|>"],
+        "expand": ["A.<|im_end|>", "B.<|im_end|>"],
+        "last": ["B.<|im_end|>"],
+    }
     record = {"prompt": two_turns[:3], "completion": two_turns[3:]}
-    final, _ = preprocess(dataset({key: [value] for key, value in record.items()}), tokenizer, block_size=64,
-                          validation_split_percentage=0)
-    assert tokenizer.decode([label for label in final["train"][0]["labels"] if label not in (I, EOS)]) == \
-        "B.<|im_end|>"
+    final, _ = preprocess(
+        dataset({key: [value] for key, value in record.items()}),
+        tokenizer,
+        block_size=64,
+        validation_split_percentage=0,
+    )
+    assert tokenizer.decode([label for label in final["train"][0]["labels"] if label not in (I, EOS)]) == "B.<|im_end|>"
 
 
 def test_bad_conversations_name_the_record_or_are_counted_and_skipped(tmp_path, caplog):
@@ -363,8 +387,14 @@ def test_bad_conversations_name_the_record_or_are_counted_and_skipped(tmp_path, 
 
 def test_saved_conversation_rows_keep_their_template_and_documents(tmp_path):
     tokenizer = chat_tokenizer()
-    final, layout = preprocess(dataset({"messages": [conversation("Q?", "A.")] * 3}), tokenizer, block_size=16,
-                               concatenate_texts=True, chat_template="chatml", validation_split_percentage=0)
+    final, layout = preprocess(
+        dataset({"messages": [conversation("Q?", "A.")] * 3}),
+        tokenizer,
+        block_size=16,
+        concatenate_texts=True,
+        chat_template="chatml",
+        validation_split_percentage=0,
+    )
     path = str(tmp_path / "rows")
     save_final_dataset(final, path, extra_files={LAYOUT_FILE: layout.to_json()})
     rows, reloaded = reload(path, tokenizer=tokenizer, validation_split_percentage=0)

@@ -6,11 +6,10 @@ import logging
 
 import pytest
 import torch
-from conftest import make_byte_tokenizer
 from datasets import Dataset, DatasetDict
 
+from conftest import make_byte_tokenizer
 from diff_trainer.data.io import write_jsonl
-from diff_trainer.training.args.data import PreferenceDataArguments
 from diff_trainer.data.loading import DataError
 from diff_trainer.data.preference import (
     PreferenceCollator,
@@ -21,6 +20,7 @@ from diff_trainer.data.preference import (
     save_pairs,
     tokenize_pairs,
 )
+from diff_trainer.training.args.data import PreferenceDataArguments
 
 GOOD = {"prompt": "1+1=", "chosen": "2", "rejected": "3"}
 
@@ -40,14 +40,17 @@ def ids(tokenizer, text):
 
 
 def test_bad_records_are_skipped_with_count_and_file_line(tmp_path, caplog):
-    path = write_lines(tmp_path / "pairs.jsonl", [
-        json.dumps(GOOD),
-        "",  # blank lines are not records, but they count for line numbers
-        json.dumps({"prompt": "2+2=", "chosen": "4"}),
-        json.dumps({"prompt": "3+3=", "chosen": " ", "rejected": "5"}),
-        json.dumps({"prompt": "4+4=", "chosen": "8", "rejected": "8"}),
-        json.dumps({"prompt": "5+5=", "chosen": "10", "rejected": "11"}),
-    ])
+    path = write_lines(
+        tmp_path / "pairs.jsonl",
+        [
+            json.dumps(GOOD),
+            "",  # blank lines are not records, but they count for line numbers
+            json.dumps({"prompt": "2+2=", "chosen": "4"}),
+            json.dumps({"prompt": "3+3=", "chosen": " ", "rejected": "5"}),
+            json.dumps({"prompt": "4+4=", "chosen": "8", "rejected": "8"}),
+            json.dumps({"prompt": "5+5=", "chosen": "10", "rejected": "11"}),
+        ],
+    )
     with caplog.at_level(logging.WARNING):
         raw, sources = load_preference_data(PreferenceDataArguments(train_file=path))
     assert raw["train"]["prompt"] == ["1+1=", "5+5="]
@@ -111,8 +114,9 @@ def test_tokens_are_prompt_response_eos_with_a_shared_prompt(tokenizer):
 
 def test_eos_padding_fills_each_response_to_max_length(tokenizer):
     raw = DatasetDict({"train": Dataset.from_list([{"prompt": "ab", "chosen": "c", "rejected": "def"}])})
-    row = tokenize_pairs(raw, tokenizer, PreferenceDataArguments(train_file="unused", max_length=8,
-                                                                 response_padding="eos"))["train"][0]
+    row = tokenize_pairs(
+        raw, tokenizer, PreferenceDataArguments(train_file="unused", max_length=8, response_padding="eos")
+    )["train"][0]
     eos = tokenizer.eos_token_id
     assert row["chosen_ids"] == ids(tokenizer, "c") + [eos] * 5  # max_length 8 - prompt 2 = 6 response tokens
     assert row["rejected_ids"] == ids(tokenizer, "def") + [eos] * 3
@@ -120,8 +124,10 @@ def test_eos_padding_fills_each_response_to_max_length(tokenizer):
 
 def test_long_prompts_keep_their_end_and_pairs_that_cannot_fit_are_skipped(tokenizer, caplog):
     tokenizer.bos_token = "<DFF>"  # a distinct BOS, kept in front when the prompt is cut
-    records = [{"prompt": "abcdefgh", "chosen": "xy", "rejected": "z"},
-               {"prompt": "p", "chosen": "x" * 9, "rejected": "z"}]
+    records = [
+        {"prompt": "abcdefgh", "chosen": "xy", "rejected": "z"},
+        {"prompt": "p", "chosen": "x" * 9, "rejected": "z"},
+    ]
     raw = DatasetDict({"train": Dataset.from_list(records)})
     args = PreferenceDataArguments(train_file="unused", max_length=10, max_prompt_length=4, response_padding="ignore")
     with caplog.at_level(logging.WARNING):
@@ -153,14 +159,13 @@ def test_mask_seeds_differ_by_row_split_and_run_seed_and_noise_seeds_by_epoch_an
 
 
 def make_features(tokenizer, count=3):
-    records = [{"prompt": f"{i}*{i}=", "chosen": str(i * i), "rejected": str(i * i + 10 ** i)} for i in range(count)]
+    records = [{"prompt": f"{i}*{i}=", "chosen": str(i * i), "rejected": str(i * i + 10**i)} for i in range(count)]
     args = PreferenceDataArguments(train_file="unused", max_length=20, response_padding="ignore")
     return list(tokenize_pairs(DatasetDict({"train": Dataset.from_list(records)}), tokenizer, args)["train"])
 
 
 def make_collator(tokenizer, **kwargs):
-    return PreferenceCollator(tokenizer.mask_token_id, tokenizer.pad_token_id, num_samples=kwargs.pop("n", 4),
-                              **kwargs)
+    return PreferenceCollator(tokenizer.mask_token_id, tokenizer.pad_token_id, num_samples=kwargs.pop("n", 4), **kwargs)
 
 
 def test_collated_rows_mask_exactly_the_counted_response_tokens(tokenizer):
@@ -187,8 +192,12 @@ def test_collated_rows_mask_exactly_the_counted_response_tokens(tokenizer):
 
 
 def test_counts_are_stratified_over_the_samples(tokenizer):
-    feature = {"prompt_ids": [5], "chosen_ids": list(range(10, 18)), "rejected_ids": list(range(20, 28)),
-               "mask_seed": 11}
+    feature = {
+        "prompt_ids": [5],
+        "chosen_ids": list(range(10, 18)),
+        "rejected_ids": list(range(20, 28)),
+        "mask_seed": 11,
+    }
     batch = make_collator(tokenizer, n=8)([feature])
     for counts in batch["mask_counts"].reshape(2, 8):
         assert sorted(counts.tolist()) == list(range(1, 9))  # n = L: every count 1..L exactly once
@@ -196,7 +205,7 @@ def test_counts_are_stratified_over_the_samples(tokenizer):
 
 def response_masks(batch, index, n):
     """Sample masks of sequence `index`, restricted to its response (layout-independent)."""
-    rows = batch["masked"][index * n:(index + 1) * n]
+    rows = batch["masked"][index * n : (index + 1) * n]
     return rows[:, batch["maskable"][index]]
 
 
@@ -212,8 +221,9 @@ def test_masks_come_from_each_pairs_seed_not_from_its_batch(tokenizer):
 
 
 def test_epochs_change_masks_unless_the_epoch_is_fixed(tokenizer):
-    features = [{"prompt_ids": [5], "chosen_ids": list(range(10, 26)), "rejected_ids": list(range(30, 46)),
-                 "mask_seed": 3}]
+    features = [
+        {"prompt_ids": [5], "chosen_ids": list(range(10, 26)), "rejected_ids": list(range(30, 46)), "mask_seed": 3}
+    ]
     collator = make_collator(tokenizer)
     first = collator(features)["masked"]
     collator.epoch = 1
@@ -233,8 +243,10 @@ def test_without_antithetic_sampling_the_reference_gets_its_own_masks(tokenizer)
 
 
 def test_precomputed_reference_scores_are_passed_on(tokenizer):
-    features = [{**f, "ref_chosen_score": -1.0 - i, "ref_rejected_score": -5.0 - i}
-                for i, f in enumerate(make_features(tokenizer, 2))]
+    features = [
+        {**f, "ref_chosen_score": -1.0 - i, "ref_rejected_score": -5.0 - i}
+        for i, f in enumerate(make_features(tokenizer, 2))
+    ]
     batch = make_collator(tokenizer)(features)
     assert batch["ref_scores"].tolist() == [-1.0, -2.0, -5.0, -6.0]
 
@@ -259,15 +271,21 @@ def test_reference_fingerprint_hashes_config_and_weights_and_names_what_changed(
     (model / "config.json").write_text('{"hidden_size": 32}')
     (model / "model.safetensors").write_bytes(b"weights")
     before = reference_fingerprint(str(model), 8, True, 42)
-    assert before == {"model": str(model), "config_sha256": hashlib.sha256(b"config.json\0" + b'{"hidden_size": 32}')
-                      .hexdigest(), "weights_sha256": hashlib.sha256(b"model.safetensors\0weights").hexdigest(),
-                      "mc_samples": 8, "antithetic": True, "seed": 42}
+    assert before == {
+        "model": str(model),
+        "config_sha256": hashlib.sha256(b"config.json\0" + b'{"hidden_size": 32}').hexdigest(),
+        "weights_sha256": hashlib.sha256(b"model.safetensors\0weights").hexdigest(),
+        "mc_samples": 8,
+        "antithetic": True,
+        "seed": 42,
+    }
     assert fingerprint_mismatch(before, reference_fingerprint(str(model), 8, True, 42)) is None
     (model / "model.safetensors").write_bytes(b"trained")
     after = reference_fingerprint(str(model), 4, True, 42)
     assert fingerprint_mismatch(before, after) == (
         f"they were computed with weights_sha256 {before['weights_sha256']!r} (now {after['weights_sha256']!r}), "
-        "mc_samples 8 (now 4)")
+        "mc_samples 8 (now 4)"
+    )
     assert "older version" in fingerprint_mismatch(None, after)
     assert reference_fingerprint("org/hub-model", 8, False, 1)["weights_sha256"] is None
 
@@ -276,8 +294,9 @@ def test_response_padding_follows_the_checkpoint_and_a_warning_says_when_padding
     from diff_trainer.data.preference import default_response_padding, with_response_padding
 
     assert default_response_padding({"row_packing": "right"}) == "eos"
-    assert [default_response_padding(c) for c in ({"row_packing": "packed"}, {"row_packing": "left"}, {}, None)] == \
-        ["ignore"] * 4
+    assert [default_response_padding(c) for c in ({"row_packing": "packed"}, {"row_packing": "left"}, {}, None)] == [
+        "ignore"
+    ] * 4
     given = PreferenceDataArguments(train_file="unused", response_padding="eos")
     assert with_response_padding(given, {}) is given
     assert with_response_padding(PreferenceDataArguments(train_file="unused"), {}).response_padding == "ignore"
@@ -300,10 +319,13 @@ def test_conversational_pairs_score_what_chat_fine_tuning_trains(tmp_path, caplo
     set_chat_template(tokenizer, "chatml")
     prompt = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "1+1?"}]
     chosen, rejected = [{"role": "assistant", "content": "2"}], [{"role": "assistant", "content": "3"}]
-    path = write_lines(tmp_path / "pairs.jsonl", [
-        json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}),
-        json.dumps({"prompt": prompt, "chosen": [{"role": "user", "content": "2"}], "rejected": rejected}),
-    ])
+    path = write_lines(
+        tmp_path / "pairs.jsonl",
+        [
+            json.dumps({"prompt": prompt, "chosen": chosen, "rejected": rejected}),
+            json.dumps({"prompt": prompt, "chosen": [{"role": "user", "content": "2"}], "rejected": rejected}),
+        ],
+    )
     args = PreferenceDataArguments(train_file=path, max_length=128)
     with caplog.at_level(logging.WARNING):
         raw, _ = load_preference_data(args, tokenizer=tokenizer)
@@ -314,7 +336,8 @@ def test_conversational_pairs_score_what_chat_fine_tuning_trains(tmp_path, caplo
         (sft_ids,), (labels,) = columns["input_ids"], columns["labels"]
         context = labels.count(-100)
         assert pair["prompt_ids"] == sft_ids[:context] and response_ids == labels[context:] + [tokenizer.eos_token_id]
-    assert tokenizer.decode(pair["prompt_ids"]) == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n1+1?"
-                                                    "<|im_end|>\n<|im_start|>assistant\n")
+    assert tokenizer.decode(pair["prompt_ids"]) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n1+1?<|im_end|>\n<|im_start|>assistant\n"
+    )
     with pytest.raises(DataError, match="line 2: 'chosen': no assistant turn"):
         load_preference_data(PreferenceDataArguments(train_file=path, invalid_pairs="error"), tokenizer=tokenizer)

@@ -12,10 +12,10 @@ import pytest
 from datasets import Dataset, DatasetDict, load_from_disk
 
 from conftest import make_byte_tokenizer
-from diff_trainer.training.args.data import DataArguments
 from diff_trainer.data.loading import DataError, load_raw_datasets
 from diff_trainer.data.pipeline import Preprocessor
 from diff_trainer.data.saving import save_final_dataset
+from diff_trainer.training.args.data import DataArguments
 
 BLOCK = 16
 REPO = Path(__file__).resolve().parents[2]
@@ -29,8 +29,9 @@ def final_rows(tokenizer, raw, **data_kwargs):
 @pytest.fixture
 def final():
     texts = [f"old {i}<DFF>new {i * 7}" for i in range(12)]
-    raw = DatasetDict({"train": Dataset.from_dict({"text": texts[:9]}),
-                       "validation": Dataset.from_dict({"text": texts[9:]})})
+    raw = DatasetDict(
+        {"train": Dataset.from_dict({"text": texts[:9]}), "validation": Dataset.from_dict({"text": texts[9:]})}
+    )
     return final_rows(make_byte_tokenizer(), raw)
 
 
@@ -58,8 +59,9 @@ def test_existing_directory_is_refused_without_overwrite(tmp_path, final):
 
 def test_overwrite_replaces_a_previous_save(tmp_path, final):
     target = tmp_path / "final"
-    save_final_dataset(DatasetDict({"train": final["train"].select([0])}), str(target), num_proc=2,
-                       extra_files={"notes.json": "{}"})
+    save_final_dataset(
+        DatasetDict({"train": final["train"].select([0])}), str(target), num_proc=2, extra_files={"notes.json": "{}"}
+    )
     save_final_dataset(final, str(target), overwrite=True)
     assert load_from_disk(str(target))["validation"].to_list() == final["validation"].to_list()
     assert not (target / "notes.json").exists()
@@ -69,8 +71,12 @@ def test_overwrite_replaces_a_previous_save(tmp_path, final):
 def test_overwrite_refuses_what_a_save_did_not_write(tmp_path, final, plant):
     """--overwrite_final_dataset must not delete a source tree, a trained model, or files added to a saved dataset."""
     target = tmp_path / "target"
-    foreign = {"source tree": "setup.py", "model": "model.safetensors", "file added to a save": "README.md",
-               "file added to a split": "train/notes.txt"}[plant]
+    foreign = {
+        "source tree": "setup.py",
+        "model": "model.safetensors",
+        "file added to a save": "README.md",
+        "file added to a split": "train/notes.txt",
+    }[plant]
     if plant.startswith("file added"):
         save_final_dataset(final, str(target))
     (target / foreign).parent.mkdir(parents=True, exist_ok=True)

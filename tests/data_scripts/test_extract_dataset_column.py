@@ -28,9 +28,10 @@ def jsonl_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def saved_dict(tmp_path_factory):
     path = tmp_path_factory.mktemp("saved") / "dict"
-    datasets.DatasetDict(train=datasets.Dataset.from_dict(ROWS),
-                         validation=datasets.Dataset.from_dict({"text": ["v0", "v1"], "id": [0, 1]})
-                         ).save_to_disk(str(path))
+    datasets.DatasetDict(
+        train=datasets.Dataset.from_dict(ROWS),
+        validation=datasets.Dataset.from_dict({"text": ["v0", "v1"], "id": [0, 1]}),
+    ).save_to_disk(str(path))
     return path
 
 

@@ -29,8 +29,9 @@ def solve(prompt):
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("arithmetic")
-    counts = arithmetic.make_arithmetic(output_dir, num_train=300, num_test=60, max_operand=15, seed=3,
-                                        preferences=True)
+    counts = arithmetic.make_arithmetic(
+        output_dir, num_train=300, num_test=60, max_operand=15, seed=3, preferences=True
+    )
     return output_dir, counts
 
 
@@ -72,8 +73,9 @@ def test_same_seed_same_files_other_seed_other_files(tmp_path):
     names = ("train.jsonl", "test.jsonl", "train_pairs.jsonl", "test_pairs.jsonl")
     contents = {}
     for run, seed in (("a", 7), ("b", 7), ("c", 8)):
-        arithmetic.make_arithmetic(tmp_path / run, num_train=50, num_test=10, max_operand=20, seed=seed,
-                                   preferences=True)
+        arithmetic.make_arithmetic(
+            tmp_path / run, num_train=50, num_test=10, max_operand=20, seed=seed, preferences=True
+        )
         contents[run] = [(tmp_path / run / name).read_bytes() for name in names]
     assert contents["a"] == contents["b"]
     assert contents["a"][0] != contents["c"][0]
@@ -93,14 +95,17 @@ def test_preference_pairs_match_the_problems_and_reject_a_wrong_answer(generated
             assert int(pair["rejected"]) in arithmetic.plausible_wrong_answers(int(a), operator, int(b))
 
 
-@pytest.mark.parametrize("a, operator, b, expected", [
-    # 19: 20, 18, 29, 9, digits swapped 91, 12-7=5, 12*7=84
-    (12, "+", 7, [5, 9, 18, 20, 29, 84, 91]),
-    # 9: 10, 8, 19, -1; a single digit swapped is 9 itself; 3+3=6, 3-3=0
-    (3, "*", 3, [-1, 0, 6, 8, 10, 19]),
-    # -9: -8, -10, 1, -19; swapped is -9 itself; 3+12=15, 3*12=36
-    (3, "-", 12, [-19, -10, -8, 1, 15, 36]),
-])
+@pytest.mark.parametrize(
+    "a, operator, b, expected",
+    [
+        # 19: 20, 18, 29, 9, digits swapped 91, 12-7=5, 12*7=84
+        (12, "+", 7, [5, 9, 18, 20, 29, 84, 91]),
+        # 9: 10, 8, 19, -1; a single digit swapped is 9 itself; 3+3=6, 3-3=0
+        (3, "*", 3, [-1, 0, 6, 8, 10, 19]),
+        # -9: -8, -10, 1, -19; swapped is -9 itself; 3+12=15, 3*12=36
+        (3, "-", 12, [-19, -10, -8, 1, 15, 36]),
+    ],
+)
 def test_plausible_wrong_answers_by_hand(a, operator, b, expected):
     assert arithmetic.plausible_wrong_answers(a, operator, b) == expected
 
@@ -115,20 +120,25 @@ def test_operators_flag(tmp_path):
 
 
 def test_help_runs_from_the_repo_root():
-    result = subprocess.run([sys.executable, str(SCRIPT), "--help"], cwd=SCRIPT.parents[1],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"], cwd=SCRIPT.parents[1], capture_output=True, text=True
+    )
     assert result.returncode == 0 and "--preferences" in result.stdout
 
 
 def test_fixed_width_pads_operands_and_answers_to_one_layout(tmp_path):
-    arithmetic.make_arithmetic(tmp_path, num_train=150, num_test=50, max_operand=99, operators="+-", seed=1,
-                               preferences=True, fixed_width=True)
+    arithmetic.make_arithmetic(
+        tmp_path, num_train=150, num_test=50, max_operand=99, operators="+-", seed=1, preferences=True, fixed_width=True
+    )
     records = read(tmp_path / "train.jsonl") + read(tmp_path / "test.jsonl")
     for record in records:
         assert re.fullmatch(r"\d\d[+-]\d\d=", record["prompt"])
         assert len(record["answer"]) == 3 and int(record["answer"]) == solve(record["prompt"])
-    assert arithmetic.problem_record(7, "+", 5, arithmetic.Layout.fixed(99, ["+", "-"])) == \
-        {"text": "07+05=<DFF>012", "prompt": "07+05=", "answer": "012"}
+    assert arithmetic.problem_record(7, "+", 5, arithmetic.Layout.fixed(99, ["+", "-"])) == {
+        "text": "07+05=<DFF>012",
+        "prompt": "07+05=",
+        "answer": "012",
+    }
     assert arithmetic.Layout.fixed(99, ["-"]).number(-5) == "-05"  # widest answer "-99": three characters
     for pair in read(tmp_path / "train_pairs.jsonl"):
         assert len(pair["chosen"]) == len(pair["rejected"]) == 3 and pair["chosen"] != pair["rejected"]

@@ -55,8 +55,9 @@ def split_record(text):
 def test_one_shard_gives_nested_prefixes_and_counts_skips(corpus, tmp_path):
     summary = cascade.build_shard(str(corpus), tmp_path / "out", "keywords", [3, 6])
     assert summary["documents"] == 5 and summary["skipped"] == {"empty": 1, "marker_in_text": 1, "no_keywords": 0}
-    stages = [list(read_jsonl(tmp_path / "out" / f"stage{stage}" / "shard-00000-of-00001.jsonl.zst"))
-              for stage in (1, 2, 3)]
+    stages = [
+        list(read_jsonl(tmp_path / "out" / f"stage{stage}" / "shard-00000-of-00001.jsonl.zst")) for stage in (1, 2, 3)
+    ]
     kept = [index for index, text in enumerate(DOCUMENTS) if text and "<DFF>" not in text]
     for stage in stages:
         assert [record["doc_index"] for record in stage] == kept
@@ -83,15 +84,17 @@ def test_keyphrases_hold_multi_word_prefixes(corpus, tmp_path):
 def test_shards_merge_back_to_the_single_run(corpus, tmp_path):
     cascade.build_shard(str(corpus), tmp_path / "whole", num_keywords=[3, 6])
     for index in range(3):
-        summary = cascade.build_shard(str(corpus), tmp_path / "parts", num_keywords=[3, 6], shard_idx=index,
-                                      num_shards=3)
+        summary = cascade.build_shard(
+            str(corpus), tmp_path / "parts", num_keywords=[3, 6], shard_idx=index, num_shards=3
+        )
         records = read_jsonl(tmp_path / "parts" / "stage3" / f"shard-{index:05d}-of-00003.jsonl.zst")
         assert all(record["doc_index"] % 3 == index for record in records) and "already_done" not in summary
     merged = cascade.merge_shards(tmp_path / "parts")
     assert merged["documents"] == 5 and merged["skipped"] == {"empty": 1, "marker_in_text": 1, "no_keywords": 0}
     for stage in (1, 2, 3):
         assert list(read_jsonl(tmp_path / "parts" / f"stage{stage}.jsonl.zst")) == list(
-            read_jsonl(tmp_path / "whole" / f"stage{stage}" / "shard-00000-of-00001.jsonl.zst"))
+            read_jsonl(tmp_path / "whole" / f"stage{stage}" / "shard-00000-of-00001.jsonl.zst")
+        )
 
 
 def test_finished_shard_rerun_is_a_noop_and_other_settings_are_refused(corpus, tmp_path):
@@ -125,18 +128,34 @@ def test_failing_shard_leaves_no_files(tmp_path):
 def test_cli_with_processes_matches_in_process_run(corpus, tmp_path):
     cascade.build_shard(str(corpus), tmp_path / "serial", num_keywords=[4, 8])
     env = {**os.environ, "PYTHONPATH": str(SCRIPT.parents[1])}
-    subprocess.run([sys.executable, str(SCRIPT), "--input", str(corpus), "--output_dir", str(tmp_path / "par"),
-                    "--n_process", "2"], check=True, capture_output=True, env=env)
+    subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--input",
+            str(corpus),
+            "--output_dir",
+            str(tmp_path / "par"),
+            "--n_process",
+            "2",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
     for stage in (1, 2, 3):
         name = f"stage{stage}/shard-00000-of-00001.jsonl.zst"
         assert (tmp_path / "par" / name).read_bytes() == (tmp_path / "serial" / name).read_bytes()
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--shard_idx", "3", "--num_shards", "3"], "--shard_idx must be in 0..2"),
-    (["--stages", "3", "--num_keywords", "5", "2"], "--num_keywords needs 2 increasing positive counts"),
-    (["--stages", "1"], "--stages must be >= 2"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--shard_idx", "3", "--num_shards", "3"], "--shard_idx must be in 0..2"),
+        (["--stages", "3", "--num_keywords", "5", "2"], "--num_keywords needs 2 increasing positive counts"),
+        (["--stages", "1"], "--stages must be >= 2"),
+    ],
+)
 def test_cli_rejects_bad_flags(corpus, tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit):
         cascade.main(["--input", str(corpus), "--output_dir", str(tmp_path / "out"), *flags])
@@ -147,12 +166,31 @@ def test_cli_rejects_bad_flags(corpus, tmp_path, capsys, flags, message):
 def run_array_task(corpus, output_dir, task_id, task_min=0, task_max=1, task_count=2):
     """sbatch/cascade_preprocess.sbatch as Slurm runs one array task (the script reads only these variables)."""
     env = {name: value for name, value in os.environ.items() if not name.startswith("SLURM_")}
-    env.update(PYTHONPATH=str(SCRIPT.parents[1]), REPO_DIR=str(SCRIPT.parents[1]), VENV=sys.prefix,
-               SLURM_ARRAY_TASK_ID=str(task_id), SLURM_ARRAY_TASK_MIN=str(task_min),
-               SLURM_ARRAY_TASK_MAX=str(task_max), SLURM_ARRAY_TASK_COUNT=str(task_count))
-    return subprocess.run(["bash", str(SCRIPT.parents[1] / "sbatch" / "cascade_preprocess.sbatch"),
-                           "--input", str(corpus), "--output_dir", str(output_dir), "--num_keywords", "3", "6"],
-                          capture_output=True, text=True, env=env)
+    env.update(
+        PYTHONPATH=str(SCRIPT.parents[1]),
+        REPO_DIR=str(SCRIPT.parents[1]),
+        VENV=sys.prefix,
+        SLURM_ARRAY_TASK_ID=str(task_id),
+        SLURM_ARRAY_TASK_MIN=str(task_min),
+        SLURM_ARRAY_TASK_MAX=str(task_max),
+        SLURM_ARRAY_TASK_COUNT=str(task_count),
+    )
+    return subprocess.run(
+        [
+            "bash",
+            str(SCRIPT.parents[1] / "sbatch" / "cascade_preprocess.sbatch"),
+            "--input",
+            str(corpus),
+            "--output_dir",
+            str(output_dir),
+            "--num_keywords",
+            "3",
+            "6",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
 
 
 def test_array_job_script_builds_one_shard_per_task(corpus, tmp_path):
@@ -161,7 +199,8 @@ def test_array_job_script_builds_one_shard_per_task(corpus, tmp_path):
     cascade.build_shard(str(corpus), tmp_path / "whole", num_keywords=[3, 6])
     cascade.merge_shards(tmp_path / "out")
     assert list(read_jsonl(tmp_path / "out" / "stage2.jsonl.zst")) == list(
-        read_jsonl(tmp_path / "whole" / "stage2" / "shard-00000-of-00001.jsonl.zst"))
+        read_jsonl(tmp_path / "whole" / "stage2" / "shard-00000-of-00001.jsonl.zst")
+    )
     rerun = run_array_task(corpus, tmp_path / "out", 1, 1, 2)
     assert "shard-00000-of-00002 already finished, nothing done" in rerun.stdout
     gapped = run_array_task(corpus, tmp_path / "gap", 0, 0, 4, 3)

@@ -46,8 +46,16 @@ def test_every_record_once_by_module_and_seeded():
     summaries, signatures, _ = answers_and_questions(records)
     assert sorted(summaries) == sorted(text.split("<DFF>")[1] for text in TEXTS)
     assert set(signatures) <= {f"`{text.split('<DFF>')[0]}`" for text in TEXTS}
-    modules = [{text.split("`")[1].split(".")[0] for m in r["messages"] if m["role"] == "user"
-                for text in [m["content"]] if "`" in text} for r in records]
+    modules = [
+        {
+            text.split("`")[1].split(".")[0]
+            for m in r["messages"]
+            if m["role"] == "user"
+            for text in [m["content"]]
+            if "`" in text
+        }
+        for r in records
+    ]
     assert all(len(names) == 1 for names in modules)  # one module per conversation
     assert sorted(min(names) for names in modules) == ["asyncio", "email", "json", "json"]
     assert conversations(TEXTS, seed=3) == records
@@ -56,8 +64,12 @@ def test_every_record_once_by_module_and_seeded():
 
 def test_follow_up_refers_to_the_previous_topic():
     records = [record for seed in range(3) for record in conversations(TEXTS, seed)]
-    pairs = [(m["messages"][i - 3]["content"], m["messages"][i]["content"]) for m in records
-             for i in range(3, len(m["messages"])) if m["messages"][i]["content"].startswith("`")]
+    pairs = [
+        (m["messages"][i - 3]["content"], m["messages"][i]["content"])
+        for m in records
+        for i in range(3, len(m["messages"]))
+        if m["messages"][i]["content"].startswith("`")
+    ]
     assert pairs, "no signature follow-up in three seeds"
     for question, signature in pairs:  # the signature is of the name asked about before "How do I call it?"
         assert question.split("`")[1] in signature
@@ -75,8 +87,10 @@ def test_main_writes_splits_and_readme(tmp_path):
     assert readme.replace(str(tmp_path / "a"), str(tmp_path / "b")) == (tmp_path / "b" / "README.md").read_text()
     validation = list(read_jsonl(tmp_path / "a" / "validation.jsonl.zst"))
     assert answers_and_questions(validation)[0] == [text.split("<DFF>")[1] for text in TEXTS[5:]]
-    assert f"| `train.jsonl.zst` | {len(list(read_jsonl(tmp_path / 'a' / 'train.jsonl.zst')))} |" in \
-        (tmp_path / "a" / "README.md").read_text()
+    assert (
+        f"| `train.jsonl.zst` | {len(list(read_jsonl(tmp_path / 'a' / 'train.jsonl.zst')))} |"
+        in (tmp_path / "a" / "README.md").read_text()
+    )
 
 
 def test_missing_source(tmp_path, capsys):

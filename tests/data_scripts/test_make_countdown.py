@@ -23,8 +23,9 @@ def read(path):
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory):
     output_dir = tmp_path_factory.mktemp("countdown")
-    counts = make_countdown.make_countdown(output_dir, num_train=300, num_test=60, count=4, max_number=12,
-                                           max_target=80, seed=3)
+    counts = make_countdown.make_countdown(
+        output_dir, num_train=300, num_test=60, count=4, max_number=12, max_target=80, seed=3
+    )
     return output_dir, counts
 
 
@@ -38,17 +39,31 @@ def test_every_answer_uses_each_number_once_and_the_reward_accepts_it(generated)
             assert len(numbers) == 4 and all(1 <= n <= 12 for n in numbers) and 1 <= target <= 80
             assert record["prompt"] == f"make {target} from {' '.join(map(str, numbers))}:"
             assert record["text"] == f"{record['prompt']}<DFF>{record['answer']}"
-            assert sorted(int(n) for n in record["answer"].replace("(", " ").replace(")", " ").replace("+", " ")
-                          .replace("-", " ").replace("*", " ").replace("/", " ").split()) == sorted(numbers)
-        rewards = countdown([r["prompt"] for r in records], [r["answer"] for r in records],
-                            numbers=[r["numbers"] for r in records], target=[r["target"] for r in records])
+            assert sorted(
+                int(n)
+                for n in record["answer"]
+                .replace("(", " ")
+                .replace(")", " ")
+                .replace("+", " ")
+                .replace("-", " ")
+                .replace("*", " ")
+                .replace("/", " ")
+                .split()
+            ) == sorted(numbers)
+        rewards = countdown(
+            [r["prompt"] for r in records],
+            [r["answer"] for r in records],
+            numbers=[r["numbers"] for r in records],
+            target=[r["target"] for r in records],
+        )
         assert rewards == [1.0] * len(records)
 
 
 def test_problems_are_distinct_and_the_splits_disjoint(generated):
     output_dir, _ = generated
-    keys = [(tuple(r["numbers"]), r["target"]) for split in ("train", "test")
-            for r in read(output_dir / f"{split}.jsonl")]
+    keys = [
+        (tuple(r["numbers"]), r["target"]) for split in ("train", "test") for r in read(output_dir / f"{split}.jsonl")
+    ]
     assert len(set(keys)) == len(keys) == 360
 
 
@@ -65,10 +80,40 @@ def test_intermediate_results_are_positive_integers_and_parentheses_keep_the_val
 
 def test_same_seed_same_files_and_the_command_line(tmp_path):
     make_countdown.make_countdown(tmp_path / "a", num_train=40, num_test=10, seed=5)
-    subprocess.run([sys.executable, str(SCRIPT), "--output_dir", str(tmp_path / "b"), "--num_train", "40",
-                    "--num_test", "10", "--seed", "5"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--output_dir",
+            str(tmp_path / "b"),
+            "--num_train",
+            "40",
+            "--num_test",
+            "10",
+            "--seed",
+            "5",
+        ],
+        check=True,
+        capture_output=True,
+    )
     for split in ("train", "test"):
         assert (tmp_path / "a" / f"{split}.jsonl").read_bytes() == (tmp_path / "b" / f"{split}.jsonl").read_bytes()
-    result = subprocess.run([sys.executable, str(SCRIPT), "--output_dir", str(tmp_path / "c"), "--num_train", "50",
-                             "--count", "2", "--max_number", "3", "--max_target", "4"], capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--output_dir",
+            str(tmp_path / "c"),
+            "--num_train",
+            "50",
+            "--count",
+            "2",
+            "--max_number",
+            "3",
+            "--max_target",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "found only" in result.stderr and "raise --max_number" in result.stderr

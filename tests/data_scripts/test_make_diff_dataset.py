@@ -21,9 +21,17 @@ MAX_BYTES = 100
 
 
 def run_git(repo, *args, date="2026-01-01T00:00:00"):
-    env = {**os.environ, "GIT_AUTHOR_NAME": "T", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "T",
-           "GIT_COMMITTER_EMAIL": "t@e", "GIT_AUTHOR_DATE": date, "GIT_COMMITTER_DATE": date,
-           "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_SYSTEM": os.devnull}
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "T",
+        "GIT_AUTHOR_EMAIL": "t@e",
+        "GIT_COMMITTER_NAME": "T",
+        "GIT_COMMITTER_EMAIL": "t@e",
+        "GIT_AUTHOR_DATE": date,
+        "GIT_COMMITTER_DATE": date,
+        "GIT_CONFIG_GLOBAL": os.devnull,
+        "GIT_CONFIG_SYSTEM": os.devnull,
+    }
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True, env=env).stdout
 
 
@@ -76,39 +84,71 @@ def expected_records(shas):
         ("add", "b.txt", "", "Add files", "@@ -0,0 +1 @@\n+same content here\n"),
         ("add", "notes.txt", "", "Add files", added_notes),
         ("empty", "a.py", "x = 1\n", "", "@@ -1 +1,2 @@\n x = 1\n+y = 2\n"),
-        ("move", "docs/notes.txt", NOTES, "Move notes\n\nWith a body.",
-         "@@ -8,3 +8,4 @@ line 7\n line 8\n line 9\n line 10\n+line 11\n"),
+        (
+            "move",
+            "docs/notes.txt",
+            NOTES,
+            "Move notes\n\nWith a body.",
+            "@@ -8,3 +8,4 @@ line 7\n line 8\n line 9\n line 10\n+line 11\n",
+        ),
         ("remove", "a.py", "x = 1\ny = 2\n", "Remove a", "@@ -1,2 +0,0 @@\n-x = 1\n-y = 2\n"),
         ("side", "side.txt", "", "Side", "@@ -0,0 +1 @@\n+s\n"),
     ]
-    return [{"text": f"<NME> {path}\n<BEF> {before}\n<MSG> {message}\n<DFF> {diff}", "commit": shas[name],
-             "path": path} for name, path, before, message, diff in rows]
+    return [
+        {"text": f"<NME> {path}\n<BEF> {before}\n<MSG> {message}\n<DFF> {diff}", "commit": shas[name], "path": path}
+        for name, path, before, message, diff in rows
+    ]
 
 
 def test_records_and_skips_match_the_history(repo, tmp_path):
     root, shas = repo
     summary = diffs.make_diff_dataset(str(root), tmp_path / "all.jsonl.zst", max_file_bytes=MAX_BYTES)
     assert list(read_jsonl(tmp_path / "all.jsonl.zst")) == expected_records(shas)
-    assert summary["skipped"] == {"binary": 1, "vendored_or_generated": 1, "too_large": 1, "not_utf8": 1,
-                                  "submodule_or_symlink": 1, "no_text_change": 1, "marker_in_context": 1}
+    assert summary["skipped"] == {
+        "binary": 1,
+        "vendored_or_generated": 1,
+        "too_large": 1,
+        "not_utf8": 1,
+        "submodule_or_symlink": 1,
+        "no_text_change": 1,
+        "marker_in_context": 1,
+    }
     assert (summary["commits"], summary["merge_commits_skipped"], summary["records"]) == (7, 1, 7)
     assert diffs.summary_path(tmp_path / "all.jsonl.zst").is_file()
 
 
 def test_rev_range_limits_the_commits(repo, tmp_path):
     root, shas = repo
-    diffs.make_diff_dataset(str(root), tmp_path / "late.jsonl", rev_range=f"{shas['move']}..main",
-                            max_file_bytes=MAX_BYTES)
+    diffs.make_diff_dataset(
+        str(root), tmp_path / "late.jsonl", rev_range=f"{shas['move']}..main", max_file_bytes=MAX_BYTES
+    )
     assert [(record["commit"], record["path"]) for record in read_jsonl(tmp_path / "late.jsonl")] == [
-        (shas["remove"], "a.py"), (shas["side"], "side.txt")]
+        (shas["remove"], "a.py"),
+        (shas["side"], "side.txt"),
+    ]
 
 
 def test_cli_with_workers_writes_identical_bytes(repo, tmp_path):
     root, _ = repo
     diffs.make_diff_dataset(str(root), tmp_path / "serial.jsonl.zst", max_file_bytes=MAX_BYTES)
     env = {**os.environ, "PYTHONPATH": str(SCRIPT.parents[1])}
-    subprocess.run([sys.executable, str(SCRIPT), "--repo", str(root), "--output", str(tmp_path / "par.jsonl.zst"),
-                    "--max_file_bytes", str(MAX_BYTES), "--workers", "2"], check=True, capture_output=True, env=env)
+    subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--repo",
+            str(root),
+            "--output",
+            str(tmp_path / "par.jsonl.zst"),
+            "--max_file_bytes",
+            str(MAX_BYTES),
+            "--workers",
+            "2",
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+    )
     assert (tmp_path / "par.jsonl.zst").read_bytes() == (tmp_path / "serial.jsonl.zst").read_bytes()
 
 
@@ -154,10 +194,13 @@ def test_merge_refuses_overlapping_missing_and_mixed_shards(repo, tmp_path):
     assert not (tmp_path / "m.jsonl.zst").exists()
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--shard_idx", "2", "--num_shards", "2"], "--shard_idx must be in 0..1"),
-    (["--rev-range", "nosuchbranch"], "rev-list"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--shard_idx", "2", "--num_shards", "2"], "--shard_idx must be in 0..1"),
+        (["--rev-range", "nosuchbranch"], "rev-list"),
+    ],
+)
 def test_cli_rejects_bad_flags(repo, tmp_path, capsys, flags, message):
     root, _ = repo
     with pytest.raises(SystemExit):

@@ -11,16 +11,30 @@ def test_entries_and_split(tmp_path):
     source.mkdir()
     (source / "fortunes").write_text("First line.  \n\t\t-- Someone\n%\n%\nSecond.\n%\nFirst line.\n\t\t-- Someone\n")
     (source / "riddles").write_text("Q: Why?\nA: Because.\n")
-    assert read_fortunes(source / "fortunes") == ["First line.\n\t\t-- Someone", "Second.",
-                                                  "First line.\n\t\t-- Someone"]
+    assert read_fortunes(source / "fortunes") == [
+        "First line.\n\t\t-- Someone",
+        "Second.",
+        "First line.\n\t\t-- Someone",
+    ]
     out = tmp_path / "out"
-    main(["--source_dir", str(source), "--files", "fortunes", "riddles", "--output_dir", str(out),
-          "--validation_fraction", "0.5"])
+    main(
+        [
+            "--source_dir",
+            str(source),
+            "--files",
+            "fortunes",
+            "riddles",
+            "--output_dir",
+            str(out),
+            "--validation_fraction",
+            "0.5",
+        ]
+    )
     train = [r["text"] for r in read_jsonl(out / "train.jsonl.zst")]
     validation = [r["text"] for r in read_jsonl(out / "validation.jsonl.zst")]
     assert sorted(train + validation) == sorted(["First line.\n\t\t-- Someone", "Second.", "Q: Why?\nA: Because."])
     assert all(in_validation(t, 0.5) for t in validation) and not any(in_validation(t, 0.5) for t in train)
-    assert "| `train.jsonl.zst` | %d |" % len(train) in (out / "README.md").read_text()
+    assert f"| `train.jsonl.zst` | {len(train)} |" in (out / "README.md").read_text()
 
 
 def test_missing_source(tmp_path, capsys):

@@ -60,7 +60,7 @@ def prompt_name(text):
     prompt = text.split("<DFF>")[0]
     for kind in PROMPT_KINDS:
         if prompt.startswith(kind):
-            return prompt[len(kind):].split("(")[0]
+            return prompt[len(kind) :].split("(")[0]
     raise AssertionError(f"unexpected prompt {prompt!r}")
 
 
@@ -68,8 +68,11 @@ def test_records_from_source_by_hand():
     records = corpus.records_from_source(SOURCE, "made")
     assert [(r.name, r.prompt, r.response) for r in records] == [
         ("made", "module made", "A made-up module."),
-        ("made.visible", "def made.visible(a, b=2, *args, key: int=0, **kw) -> str",
-         "Do a visible thing. Over two lines."),
+        (
+            "made.visible",
+            "def made.visible(a, b=2, *args, key: int=0, **kw) -> str",
+            "Do a visible thing. Over two lines.",
+        ),
         ("made.fetch", "async def made.fetch(url)", "Fetch it."),
         ("made.Box", "class made.Box(Base, metaclass=Meta)", "A box."),
         ("made.Box.size", "property made.Box.size", "The size."),
@@ -151,8 +154,10 @@ def test_generation_is_deterministic(two_runs):
 
 def test_split_is_disjoint_and_covers_every_record(two_runs):
     (directory, _), _ = two_runs
-    names = {split: [prompt_name(r["text"]) for r in read_jsonl(directory / f"{split}.jsonl.zst")]
-             for split in ("train", "validation")}
+    names = {
+        split: [prompt_name(r["text"]) for r in read_jsonl(directory / f"{split}.jsonl.zst")]
+        for split in ("train", "validation")
+    }
     assert not set(names["train"]) & set(names["validation"])
     expected = [r.name for r in corpus.collect_records(MODULES, max_response_chars=120)]
     assert sorted(names["train"] + names["validation"]) == sorted(expected)

@@ -24,8 +24,11 @@ def read(path):
 def grids_solving(puzzle):
     """The grids among all 288 that the reward accepts as solutions of `puzzle`."""
     grids = ["".join(map(str, grid)) for grid in make_sudoku.ALL_GRIDS]
-    return [grid for grid, reward in zip(grids, sudoku([""] * len(grids), grids, puzzle=[puzzle] * len(grids)))
-            if reward == 1.0]
+    return [
+        grid
+        for grid, reward in zip(grids, sudoku([""] * len(grids), grids, puzzle=[puzzle] * len(grids)))
+        if reward == 1.0
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +67,27 @@ def test_puzzles_are_distinct_and_the_splits_disjoint(generated):
 
 def test_same_seed_same_files_and_the_command_line(tmp_path):
     make_sudoku.make_sudoku(tmp_path / "a", num_train=30, num_test=10, seed=5)
-    subprocess.run([sys.executable, str(SCRIPT), "--output_dir", str(tmp_path / "b"), "--num_train", "30",
-                    "--num_test", "10", "--seed", "5"], check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--output_dir",
+            str(tmp_path / "b"),
+            "--num_train",
+            "30",
+            "--num_test",
+            "10",
+            "--seed",
+            "5",
+        ],
+        check=True,
+        capture_output=True,
+    )
     for split in ("train", "test"):
         assert (tmp_path / "a" / f"{split}.jsonl").read_bytes() == (tmp_path / "b" / f"{split}.jsonl").read_bytes()
-    result = subprocess.run([sys.executable, str(SCRIPT), "--output_dir", str(tmp_path / "c"), "--min_blanks", "9",
-                             "--max_blanks", "3"], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--output_dir", str(tmp_path / "c"), "--min_blanks", "9", "--max_blanks", "3"],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "--min_blanks <= --max_blanks" in result.stderr

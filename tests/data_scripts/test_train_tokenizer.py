@@ -45,8 +45,9 @@ def test_errors_name_the_problem(tmp_path, capsys):
     assert code == 1 and err.endswith("train.jsonl: no records (the file is empty).")
     write_corpus(corpus, ["some text"])
     for size in ("200", "0"):
-        code, err = one_line_error(["--train_file", str(corpus), "--vocab_size", size, "--output_dir",
-                                    str(tmp_path / "b")], capsys)
+        code, err = one_line_error(
+            ["--train_file", str(corpus), "--vocab_size", size, "--output_dir", str(tmp_path / "b")], capsys
+        )
         assert code == 2 and f"error: vocab_size {size} leaves no room for merges" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     with pytest.raises(SystemExit):

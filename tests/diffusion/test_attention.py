@@ -1,7 +1,7 @@
 import pytest
 import torch
-from conftest import make_tiny_llama
 
+from conftest import make_tiny_llama
 from diff_trainer.diffusion.attention import (
     additive_mask,
     annealed_attention_mask,
@@ -70,8 +70,9 @@ def test_llama_accepts_the_4d_mask(causal_llama, implementation):
         causal = model(ids).logits
         bidirectional = model(ids, attention_mask=ones, is_causal=False).logits
         assert torch.allclose(model(ids, attention_mask=annealed_attention_mask(ones, 0.0)).logits, causal, atol=1e-5)
-        assert torch.allclose(model(ids, attention_mask=annealed_attention_mask(ones, 1.0)).logits, bidirectional,
-                              atol=1e-5)
+        assert torch.allclose(
+            model(ids, attention_mask=annealed_attention_mask(ones, 1.0)).logits, bidirectional, atol=1e-5
+        )
         assert not torch.allclose(causal, bidirectional, atol=1e-3)
 
         # a padded key is ignored: changing its token changes no other position's output
@@ -97,8 +98,17 @@ def test_document_ids_and_block_diagonal_mask_by_hand():
     ids = torch.tensor([[5, 6, EOS, 7, EOS, 8]])
     assert document_ids(ids, EOS).tolist() == [[0, 0, 0, 1, 1, 2]]  # EOS ends (and belongs to) its document
     allowed = same_document_allowed(ids, torch.tensor([[1, 1, 1, 1, 1, 0]]), [EOS, 99])
-    expected = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0],
-                             [0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 1, 0], [0, 0, 0, 0, 0, 0]], dtype=torch.bool)
+    expected = torch.tensor(
+        [
+            [1, 1, 1, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0],
+            [0, 0, 0, 1, 1, 0],
+            [0, 0, 0, 1, 1, 0],
+            [0, 0, 0, 0, 0, 0],
+        ],
+        dtype=torch.bool,
+    )
     assert allowed.shape == (1, 1, 6, 6) and torch.equal(allowed[0, 0], expected)  # the padding key never
     mask = additive_mask(allowed, torch.bfloat16)
     assert mask.dtype == torch.bfloat16 and (mask[allowed] == 0).all()

@@ -1,7 +1,7 @@
 import pytest
 import torch
-from conftest import make_tiny_llama
 
+from conftest import make_tiny_llama
 from diff_trainer.diffusion.attention import additive_mask, document_ids
 from diff_trainer.diffusion.block import (
     block_attention_allowed,
@@ -62,7 +62,7 @@ def loop_logits(model, noisy, clean, block_size, attention, shift, documents=Non
         logits = model(input_ids=ids, attention_mask=additive_mask(allowed)).logits
         if shift:
             first = max(start, 1)
-            predicting[:, first:end] = logits[:, first - 1:end - 1]
+            predicting[:, first:end] = logits[:, first - 1 : end - 1]
         else:
             predicting[:, start:end] = logits[:, start:end]
     return predicting
@@ -77,8 +77,9 @@ def test_block_size_must_divide_the_row():
 
 def test_block_times_are_stratified_over_every_block_of_the_batch():
     t = block_times(2, 3, generator=gen(0))
-    torch.testing.assert_close(t, torch.tensor([[0.496257, 0.662923, 0.829590], [0.996257, 0.162923, 0.329590]]),
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        t, torch.tensor([[0.496257, 0.662923, 0.829590], [0.996257, 0.162923, 0.329590]]), atol=1e-6, rtol=0
+    )
     ordered = t.reshape(-1).sort().values  # one stratum of width 1/6 per block: equally spaced, all distinct
     torch.testing.assert_close(ordered.diff(), torch.full((5,), 1 / 6))
     for batch_size, num_blocks in ((1, 4), (4, 1), (3, 5)):
@@ -95,7 +96,7 @@ def test_iid_block_times_are_uniform_and_independent():
     t = block_times(4000, 4, antithetic=False, generator=gen(2))
     assert abs(t.mean().item() - 0.5) < 4 * (1 / 12 / t.numel()) ** 0.5
     correlation = torch.corrcoef(t.T)[0, 1].item()  # blocks of one row draw independently
-    assert abs(correlation) < 4 / 4000 ** 0.5
+    assert abs(correlation) < 4 / 4000**0.5
 
 
 def test_each_block_is_masked_with_its_own_probability():
@@ -108,8 +109,9 @@ def test_each_block_is_masked_with_its_own_probability():
     assert torch.equal(masked, expected) and torch.equal(noisy, torch.where(expected, MASK, ids))
     draws = 5000
     rates = torch.tensor([[0.1, 0.9, 0.5]]).repeat(draws, 1)
-    _, masked = mask_blocks(torch.zeros(draws, 6, dtype=torch.long), torch.ones(draws, 6, dtype=torch.bool), rates,
-                            2, MASK, gen(1))
+    _, masked = mask_blocks(
+        torch.zeros(draws, 6, dtype=torch.long), torch.ones(draws, 6, dtype=torch.bool), rates, 2, MASK, gen(1)
+    )
     observed = masked.float().mean(0).reshape(3, 2)
     for p, block in zip((0.1, 0.9, 0.5), observed):
         assert ((block - p).abs() < 4 * (p * (1 - p) / draws) ** 0.5).all(), (p, block)
@@ -152,16 +154,18 @@ def test_complementary_masks_cover_every_maskable_token_once():
 def test_attention_table_of_the_vectorised_pass():
     allowed = block_attention_allowed(4, 2)[0, 0].int()
     # rows: queries x_t positions 0-3 then x0 positions 0-3; columns: the same keys
-    expected = torch.tensor([
-        [1, 1, 0, 0, 0, 0, 0, 0],
-        [1, 1, 0, 0, 0, 0, 0, 0],
-        [0, 0, 1, 1, 1, 1, 0, 0],
-        [0, 0, 1, 1, 1, 1, 0, 0],
-        [0, 0, 0, 0, 1, 1, 0, 0],
-        [0, 0, 0, 0, 1, 1, 0, 0],
-        [0, 0, 0, 0, 1, 1, 1, 1],
-        [0, 0, 0, 0, 1, 1, 1, 1],
-    ])
+    expected = torch.tensor(
+        [
+            [1, 1, 0, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0, 0, 0],
+            [0, 0, 1, 1, 1, 1, 0, 0],
+            [0, 0, 1, 1, 1, 1, 0, 0],
+            [0, 0, 0, 0, 1, 1, 0, 0],
+            [0, 0, 0, 0, 1, 1, 0, 0],
+            [0, 0, 0, 0, 1, 1, 1, 1],
+            [0, 0, 0, 0, 1, 1, 1, 1],
+        ]
+    )
     assert torch.equal(allowed, expected)
     # one-token blocks: the noisy token sees itself and the clean tokens before it; the clean half is causal
     allowed = block_attention_allowed(3, 1)[0, 0]
@@ -185,8 +189,9 @@ def test_block_causal_mask_follows_positions_and_padding():
     positions = torch.tensor([[0, 0, 0, 1, 2, 3], [0, 1, 2, 3, 4, 5]])
     attention = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
     allowed = block_causal_allowed(positions, 2, attention)[:, 0]
-    assert torch.equal(allowed[1].int(), torch.tensor([[1, 1, 0, 0, 0, 0]] * 2 + [[1, 1, 1, 1, 0, 0]] * 2
-                                                      + [[1, 1, 1, 1, 1, 1]] * 2))
+    assert torch.equal(
+        allowed[1].int(), torch.tensor([[1, 1, 0, 0, 0, 0]] * 2 + [[1, 1, 1, 1, 0, 0]] * 2 + [[1, 1, 1, 1, 1, 1]] * 2)
+    )
     assert torch.equal(allowed[0, 2:, 2:], allowed[1, :4, :4]) and not allowed[0, :, :2].any()
 
 
@@ -208,8 +213,9 @@ def test_vectorised_pass_equals_a_loop_over_blocks(model, block_size, shift):
     scored = (labels != -100) & (source >= 0)
     torch.testing.assert_close(logits[:, source.clamp(min=0)][scored], expected[scored], atol=1e-5, rtol=1e-5)
     for kind in ("llada_pretrain", "llada_sft", "masked", "token"):
-        loss = block_diffusion_loss(logits, ids, batch["masked"], batch["maskable"], batch["loss_weight"],
-                                    block_size, kind, shift=shift)
+        loss = block_diffusion_loss(
+            logits, ids, batch["masked"], batch["maskable"], batch["loss_weight"], block_size, kind, shift=shift
+        )
         reference = loss_of_predictions(expected, ids, batch, block_size, kind, shift)
         torch.testing.assert_close(loss, reference, atol=1e-5, rtol=1e-5)
         assert loss > 0
@@ -226,8 +232,12 @@ def loss_of_predictions(predicting, ids, batch, block_size, kind, shift):
                 ce = -torch.log_softmax(predicting[row, i], -1)[ids[row, i]]
                 row_total = row_total + weight[row, i // block_size] * ce
         total = total + (row_total / maskable[row].sum() if kind == "llada_sft" else row_total)
-    count = {"llada_pretrain": ids.numel(), "llada_sft": ids.shape[0], "masked": masked.sum().item(),
-             "token": maskable.sum().item()}[kind]
+    count = {
+        "llada_pretrain": ids.numel(),
+        "llada_sft": ids.shape[0],
+        "masked": masked.sum().item(),
+        "token": maskable.sum().item(),
+    }[kind]
     return total / count
 
 
@@ -262,10 +272,12 @@ def test_one_block_equals_the_masked_diffusion_loss_of_the_same_draw(model, shif
     batch = noise_blocks(ids, labels, get_schedule("linear"), 12, MASK, generator=gen(8))
     logits = vectorised_logits(model, batch["noisy_ids"], ids, 12, attention)
     for kind in ("llada_pretrain", "llada_sft", "masked", "token"):
-        expected = masked_diffusion_loss(diffusion_logits, ids, draw["masked"], draw["maskable"],
-                                         draw["loss_weight"], kind, shift=shift)
-        loss = block_diffusion_loss(logits, ids, batch["masked"], batch["maskable"], batch["loss_weight"], 12, kind,
-                                    shift=shift)
+        expected = masked_diffusion_loss(
+            diffusion_logits, ids, draw["masked"], draw["maskable"], draw["loss_weight"], kind, shift=shift
+        )
+        loss = block_diffusion_loss(
+            logits, ids, batch["masked"], batch["maskable"], batch["loss_weight"], 12, kind, shift=shift
+        )
         torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
 
 
@@ -295,15 +307,17 @@ def test_one_token_blocks_average_to_the_causal_nll(model):
     labels = ids.clone()
     labels[0, 0] = -100  # a shift model never scores position 0: drop it from the average
     copies = 512
-    batch = noise_blocks(ids.repeat(copies, 1), labels.repeat(copies, 1), get_schedule("linear"), 1, MASK,
-                         generator=gen(11))
+    batch = noise_blocks(
+        ids.repeat(copies, 1), labels.repeat(copies, 1), get_schedule("linear"), 1, MASK, generator=gen(11)
+    )
     logits = vectorised_logits(model, batch["noisy_ids"], batch["clean_ids"], 1)
-    loss = block_diffusion_loss(logits, batch["clean_ids"], batch["masked"], batch["maskable"],
-                                batch["loss_weight"], 1, "token", shift=True)
+    loss = block_diffusion_loss(
+        logits, batch["clean_ids"], batch["masked"], batch["maskable"], batch["loss_weight"], 1, "token", shift=True
+    )
     per_token = block_token_losses(logits, batch["clean_ids"], batch["masked"], 1, shift=True)
     per_copy = (per_token * batch["loss_weight"]).sum(1) / 11  # each copy alone: an unbiased estimate
     torch.testing.assert_close(per_copy.mean(), loss)
     nll = causal(input_ids=ids, labels=ids).loss  # HF's shifted mean over the 11 predicted tokens
-    standard_error = per_copy.std() / copies ** 0.5
+    standard_error = per_copy.std() / copies**0.5
     assert (loss - nll).abs() < 4 * standard_error, (loss, nll, standard_error)
     assert standard_error < 0.05 * nll

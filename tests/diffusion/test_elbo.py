@@ -3,18 +3,20 @@ import math
 
 import pytest
 import torch
-from conftest import make_tiny_llama
 
+from conftest import make_tiny_llama
 from diff_trainer.diffusion.elbo import elbo_nll, elbo_terms
 from diff_trainer.diffusion.masked_head import full_logits_ce_fn
 
 VOCAB, MASK = 7, 6  # six real tokens and the mask id
 INPUT_IDS = torch.tensor([[0, 3, 1, 4], [2, 5, 0, 1], [1, 2, 3, 4]])
-MASKABLE = torch.tensor([
-    [False, True, True, True],  # prompt of one token, three to score
-    [False, False, True, True],
-    [False, False, False, False],  # nothing to score
-])
+MASKABLE = torch.tensor(
+    [
+        [False, True, True, True],  # prompt of one token, three to score
+        [False, False, True, True],
+        [False, False, False, False],  # nothing to score
+    ]
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,8 @@ def exact_elbo(logits_fn, ids, maskable):
             term = length / count * sum(token_nll(logits_fn, noisy, p, ids[p]) for p in subset)
             probability = 1 / length / len(subsets)
             mean += probability * term
-            second_moment += probability * term ** 2
-    return mean, second_moment - mean ** 2
+            second_moment += probability * term**2
+    return mean, second_moment - mean**2
 
 
 def random_order_nlls(logits_fn, ids, maskable):
@@ -66,8 +68,7 @@ def random_order_nlls(logits_fn, ids, maskable):
 
 def test_monte_carlo_mean_matches_enumeration(logits_fn):
     num_samples = 3000
-    estimate = elbo_nll(logits_fn, INPUT_IDS, MASKABLE, MASK, num_samples,
-                        generator=torch.Generator().manual_seed(0))
+    estimate = elbo_nll(logits_fn, INPUT_IDS, MASKABLE, MASK, num_samples, generator=torch.Generator().manual_seed(0))
     assert estimate.shape == (3,)
     for row in range(2):
         mean, variance = exact_elbo(logits_fn, INPUT_IDS[row], MASKABLE[row])
@@ -103,8 +104,14 @@ def test_elbo_terms_by_hand():
 def test_elbo_terms_keep_gradients():
     logits = torch.zeros(1, 3, 4, requires_grad=True)
     masked = torch.tensor([[False, True, True]])
-    terms = elbo_terms(full_logits_ce_fn(lambda ids: logits), torch.tensor([[0, 1, 2]]), masked, torch.tensor([[0, 3, 3]]),
-                       masked, masked.sum(1))
+    terms = elbo_terms(
+        full_logits_ce_fn(lambda ids: logits),
+        torch.tensor([[0, 1, 2]]),
+        masked,
+        torch.tensor([[0, 3, 3]]),
+        masked,
+        masked.sum(1),
+    )
     terms.sum().backward()
     assert terms.item() == pytest.approx(-2 * math.log(4)) and logits.grad[0, 1:].abs().sum() > 0
 
@@ -119,7 +126,8 @@ def test_shift_and_prompt_untouched(logits_fn):
         return torch.cat([logits[:, 1:], torch.zeros_like(logits[:, :1])], dim=1)
 
     plain = elbo_nll(checked_fn, INPUT_IDS, MASKABLE, MASK, 16, generator=torch.Generator().manual_seed(1))
-    shifted = elbo_nll(shifted_fn, INPUT_IDS, MASKABLE, MASK, 16, shift=True,
-                       generator=torch.Generator().manual_seed(1))
+    shifted = elbo_nll(
+        shifted_fn, INPUT_IDS, MASKABLE, MASK, 16, shift=True, generator=torch.Generator().manual_seed(1)
+    )
     assert torch.allclose(plain, shifted)
     assert (plain[:2] > 0).all()

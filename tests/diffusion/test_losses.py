@@ -18,10 +18,12 @@ GARBAGE = [7.0, -3.0, 11.0]  # logits at unmasked positions: must not matter
 TARGETS = torch.tensor([[0, 1, 2, 0], [1, 1, 0, 2]])
 MASKABLE = torch.tensor([[False, True, True, True], [False, False, True, True]])  # answer lengths 3 and 2
 MASKED = torch.tensor([[False, True, False, True], [False, False, True, True]])
-LOGITS = torch.tensor([
-    [GARBAGE, [0.0, LOG2, 0.0], GARBAGE, [0.0, 0.0, 0.0]],  # CE: log(4/2), log 3
-    [GARBAGE, GARBAGE, [LOG3, 0.0, 0.0], [LOG3, 0.0, 0.0]],  # CE: log(5/3), log 5
-])
+LOGITS = torch.tensor(
+    [
+        [GARBAGE, [0.0, LOG2, 0.0], GARBAGE, [0.0, 0.0, 0.0]],  # CE: log(4/2), log 3
+        [GARBAGE, GARBAGE, [LOG3, 0.0, 0.0], [LOG3, 0.0, 0.0]],  # CE: log(5/3), log 5
+    ]
+)
 WEIGHT = torch.tensor([2.0, 4.0])  # 1/p_mask for p_mask = 0.5, 0.25
 ROW_SUMS = (LOG2 + LOG3, LOG5 - LOG3 + LOG5)
 WEIGHTED_SUM = 2 * ROW_SUMS[0] + 4 * ROW_SUMS[1]
@@ -44,12 +46,15 @@ def test_shift_uses_previous_logits():
     assert masked_token_losses(LOGITS, TARGETS, first, shift=True).abs().sum() == 0
 
 
-@pytest.mark.parametrize("kind, expected", [
-    ("llada_pretrain", WEIGHTED_SUM / (2 * 4)),
-    ("llada_sft", (2 * ROW_SUMS[0] / 3 + 4 * ROW_SUMS[1] / 2) / 2),
-    ("masked", WEIGHTED_SUM / 4),
-    ("token", WEIGHTED_SUM / 5),
-])
+@pytest.mark.parametrize(
+    "kind, expected",
+    [
+        ("llada_pretrain", WEIGHTED_SUM / (2 * 4)),
+        ("llada_sft", (2 * ROW_SUMS[0] / 3 + 4 * ROW_SUMS[1] / 2) / 2),
+        ("masked", WEIGHTED_SUM / 4),
+        ("token", WEIGHTED_SUM / 5),
+    ],
+)
 def test_normalisations_by_hand(kind, expected):
     loss = masked_diffusion_loss(LOGITS, TARGETS, MASKED, MASKABLE, WEIGHT, kind)
     assert loss.item() == pytest.approx(expected, rel=1e-6)

@@ -4,8 +4,8 @@ implementation: masked_token_losses on model(...).logits) in value and gradient,
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_tiny_llama
 
+from conftest import make_tiny_llama
 from diff_trainer.diffusion import masked_head as masked_head_module
 from diff_trainer.diffusion.losses import masked_token_losses
 from diff_trainer.diffusion.masked_head import MaskedHead, gather_plan
@@ -26,16 +26,32 @@ def tiny_bert():
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(2)
-    return BertForMaskedLM(BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                      intermediate_size=64, max_position_embeddings=64))  # transform + decoder
+    return BertForMaskedLM(
+        BertConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            max_position_embeddings=64,
+        )
+    )  # transform + decoder
 
 
 def tiny_gemma2():
     from transformers import Gemma2Config, Gemma2ForCausalLM
 
     torch.manual_seed(3)
-    config = Gemma2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=4, head_dim=8, final_logit_softcapping=3.0)
+    config = Gemma2Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        head_dim=8,
+        final_logit_softcapping=3.0,
+    )
     config.is_causal = False
     return Gemma2ForCausalLM(config)  # soft-caps the logits after its lm_head
 
@@ -44,21 +60,36 @@ def tiny_lora_llama():
     from peft import LoraConfig, get_peft_model
 
     model = make_tiny_llama(VOCAB, seed=4)
-    return get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "lm_head"], init_lora_weights=False))
+    return get_peft_model(
+        model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "lm_head"], init_lora_weights=False)
+    )
 
 
 def tiny_cohere():
     from transformers import CohereConfig, CohereForCausalLM
 
     torch.manual_seed(5)
-    config = CohereConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                          num_attention_heads=4, num_key_value_heads=4, logit_scale=0.5)
+    config = CohereConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        logit_scale=0.5,
+    )
     config.is_causal = False
     return CohereForCausalLM(config)  # multiplies the logits by logit_scale after its lm_head
 
 
-MODELS = {"llama": lambda: make_tiny_llama(VOCAB, seed=0), "gpt2": tiny_gpt2, "bert": tiny_bert,
-          "gemma2": tiny_gemma2, "cohere": tiny_cohere, "llama_lora": tiny_lora_llama}
+MODELS = {
+    "llama": lambda: make_tiny_llama(VOCAB, seed=0),
+    "gpt2": tiny_gpt2,
+    "bert": tiny_bert,
+    "gemma2": tiny_gemma2,
+    "cohere": tiny_cohere,
+    "llama_lora": tiny_lora_llama,
+}
 CHUNK_ROWS = 6  # forced chunk size: the batch below scores 19 or 20 positions, so 4 chunks, the last one partial
 
 
@@ -90,19 +121,31 @@ def without_dropout(model):
     return model
 
 
-@pytest.mark.parametrize("name, shift", [("llama", False), ("llama", True), ("gpt2", True), ("bert", False),
-                                         ("gemma2", False), ("cohere", False), ("llama_lora", True)])
+@pytest.mark.parametrize(
+    "name, shift",
+    [
+        ("llama", False),
+        ("llama", True),
+        ("gpt2", True),
+        ("bert", False),
+        ("gemma2", False),
+        ("cohere", False),
+        ("llama_lora", True),
+    ],
+)
 def test_masked_head_equals_the_full_logits_loss_and_gradient(name, shift, monkeypatch):
     monkeypatch.setattr(masked_head_module, "CHUNK_ELEMENTS", CHUNK_ROWS * VOCAB)
     model = without_dropout(MODELS[name]().train())
     clean, noisy, masked = batch()
     full, full_grads = loss_and_gradients(
-        model, lambda: masked_token_losses(model(input_ids=noisy).logits, clean, masked, shift=shift).sum(1))
+        model, lambda: masked_token_losses(model(input_ids=noisy).logits, clean, masked, shift=shift).sum(1)
+    )
     head = MaskedHead(model)
     phases = []  # the rows of each call of the projection, under the phase it ran in
     head.projection.register_forward_hook(lambda _m, _i, out: phases.append(out.shape[:-1].numel()))
     ours, our_grads = loss_and_gradients(
-        model, lambda: head.row_masked_ce(lambda: model(input_ids=noisy).logits, clean, masked, shift), phases)
+        model, lambda: head.row_masked_ce(lambda: model(input_ids=noisy).logits, clean, masked, shift), phases
+    )
     torch.testing.assert_close(ours, full, rtol=1e-5, atol=1e-5)
     assert full.min() > 0
     assert our_grads.keys() == full_grads.keys()
@@ -145,9 +188,10 @@ def test_chunked_token_ce_matches_one_call(monkeypatch):
     targets = torch.randint(0, VOCAB, (13,), generator=torch.Generator().manual_seed(0))
     weights = torch.arange(13.0)
     gradients = []
-    for token_ce_of in (lambda: head.chunked_token_ce(hidden, targets, VOCAB),
-                        lambda: F.cross_entropy(3.0 * torch.tanh(hidden @ head.projection.weight.T / 3.0), targets,
-                                                reduction="none")):
+    for token_ce_of in (
+        lambda: head.chunked_token_ce(hidden, targets, VOCAB),
+        lambda: F.cross_entropy(3.0 * torch.tanh(hidden @ head.projection.weight.T / 3.0), targets, reduction="none"),
+    ):
         hidden.grad, head.projection.weight.grad = None, None
         token_ce = token_ce_of()
         (token_ce * weights).sum().backward()
@@ -158,6 +202,7 @@ def test_chunked_token_ce_matches_one_call(monkeypatch):
 
 def test_fused_path_projects_no_masked_position_and_sums_each_row(monkeypatch):
     """The fused (Liger) path's plumbing with a reference kernel: Σ CE of softcap(h·Wᵀ) over each row's tokens."""
+
     def reference_kernel(hidden, weight, targets, bias=None, reduction="sum", softcap=None):
         logits = F.linear(hidden, weight, bias)
         if softcap is not None:

@@ -1,7 +1,7 @@
 import pytest
 import torch
-from conftest import make_tiny_llama
 
+from conftest import make_tiny_llama
 from diff_trainer.data.preference import PreferenceCollator, noise_seed
 from diff_trainer.diffusion.policy_logps import (
     LOGP_ESTIMATORS,
@@ -12,17 +12,19 @@ from diff_trainer.diffusion.policy_logps import (
     score_draw,
     token_logps,
 )
-from diff_trainer.diffusion.policy_losses import grpo_loss, group_advantages, k3_kl
+from diff_trainer.diffusion.policy_losses import group_advantages, grpo_loss, k3_kl
 from diff_trainer.training.dpo import elbo_samples, model_logits
 
 VOCAB, MASK, PAD = 12, 11, 0
 # two groups of two rollouts: left-padded prompts, right-padded completions (equal lengths within a group)
-INPUT_IDS = torch.tensor([
-    [PAD, 3, 4, 5, 6, 7, 8, PAD, PAD],
-    [PAD, 3, 4, 5, 9, 2, 1, PAD, PAD],
-    [PAD, PAD, 2, 6, 5, 5, 3, 4, 1],
-    [PAD, PAD, 2, 6, 1, 2, 3, 9, 10],
-])
+INPUT_IDS = torch.tensor(
+    [
+        [PAD, 3, 4, 5, 6, 7, 8, PAD, PAD],
+        [PAD, 3, 4, 5, 9, 2, 1, PAD, PAD],
+        [PAD, PAD, 2, 6, 5, 5, 3, 4, 1],
+        [PAD, PAD, 2, 6, 1, 2, 3, 9, 10],
+    ]
+)
 PROMPT_MASK = torch.tensor([[0, 1, 1, 1, 0, 0, 0, 0, 0]] * 2 + [[0, 0, 1, 1, 0, 0, 0, 0, 0]] * 2).bool()
 COMPLETION_MASK = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 0, 0]] * 2 + [[0, 0, 0, 0, 1, 1, 1, 1, 1]] * 2).bool()
 ATTENTION = (PROMPT_MASK | COMPLETION_MASK).long()
@@ -42,8 +44,10 @@ def logits_fn_of(model, attention=ATTENTION, calls=None):
     def fn(noisy_ids):
         if calls is not None:
             calls.append(noisy_ids.clone())
-        return model(input_ids=noisy_ids, attention_mask=attention.repeat_interleave(
-            noisy_ids.shape[0] // attention.shape[0], dim=0)).logits
+        return model(
+            input_ids=noisy_ids,
+            attention_mask=attention.repeat_interleave(noisy_ids.shape[0] // attention.shape[0], dim=0),
+        ).logits
 
     return fn
 
@@ -76,8 +80,9 @@ def test_identical_policies_on_shared_masks_give_ratio_one_zero_kl_and_zero_grpo
     assert torch.equal(ratio[mask], torch.ones(int(mask.sum())))
     assert torch.equal(k3_kl(logps, as_tokens(estimator, ref)[0])[mask], torch.zeros(int(mask.sum())))
     advantages = group_advantages(REWARDS, group_size=2)
-    loss = grpo_loss(logps, as_tokens(estimator, old)[0], advantages, mask, beta=0.04,
-                     ref_logps=as_tokens(estimator, ref)[0])
+    loss = grpo_loss(
+        logps, as_tokens(estimator, old)[0], advantages, mask, beta=0.04, ref_logps=as_tokens(estimator, ref)[0]
+    )
     assert loss.item() == 0.0
     assert (logps[mask] < 0).all() if estimator != "elbo" else (logps < 0).all()
 
@@ -85,28 +90,45 @@ def test_identical_policies_on_shared_masks_give_ratio_one_zero_kl_and_zero_grpo
 @pytest.mark.parametrize("estimator", LOGP_ESTIMATORS)
 def test_old_policy_scored_at_rollout_time_matches_current_policy_scored_later(model, estimator):
     fn = logits_fn_of(model)
-    old, = score(estimator, [fn], mask_generators(3, 10, 0, range(4)))  # rollout time
-    current, = score(estimator, [fn], mask_generators(3, 10, 0, range(4)))  # training step, same iteration
-    other_iteration, = score(estimator, [fn], mask_generators(3, 10, 1, range(4)))
+    (old,) = score(estimator, [fn], mask_generators(3, 10, 0, range(4)))  # rollout time
+    (current,) = score(estimator, [fn], mask_generators(3, 10, 0, range(4)))  # training step, same iteration
+    (other_iteration,) = score(estimator, [fn], mask_generators(3, 10, 1, range(4)))
     assert torch.equal(current, old)
     assert not torch.equal(other_iteration, old)
 
 
 @pytest.mark.parametrize("estimator", LOGP_ESTIMATORS)
 def test_a_rows_masks_do_not_depend_on_its_batch(estimator):
-    draw = draw_masks(estimator, INPUT_IDS, PROMPT_MASK, COMPLETION_MASK, MASK, mask_generators(1, 2, 0, range(4)),
-                      **SETTINGS[estimator])
-    halves = [draw_masks(estimator, INPUT_IDS[rows], PROMPT_MASK[rows], COMPLETION_MASK[rows], MASK,
-                         mask_generators(1, 2, 0, range(4)[rows]), **SETTINGS[estimator])
-              for rows in (slice(0, 2), slice(2, 4))]
+    draw = draw_masks(
+        estimator,
+        INPUT_IDS,
+        PROMPT_MASK,
+        COMPLETION_MASK,
+        MASK,
+        mask_generators(1, 2, 0, range(4)),
+        **SETTINGS[estimator],
+    )
+    halves = [
+        draw_masks(
+            estimator,
+            INPUT_IDS[rows],
+            PROMPT_MASK[rows],
+            COMPLETION_MASK[rows],
+            MASK,
+            mask_generators(1, 2, 0, range(4)[rows]),
+            **SETTINGS[estimator],
+        )
+        for rows in (slice(0, 2), slice(2, 4))
+    ]
     assert torch.equal(draw.noisy_ids, torch.cat([half.noisy_ids for half in halves]))
     assert torch.equal(draw.masked, torch.cat([half.masked for half in halves]))
 
 
 def test_one_step_values_are_the_models_log_softmax_at_the_masked_completion(model):
     calls = []
-    logps, = score("one_step", [logits_fn_of(model, calls=calls)], torch.Generator().manual_seed(0),
-                   p_mask_prompt=0.0)
+    (logps,) = score(
+        "one_step", [logits_fn_of(model, calls=calls)], torch.Generator().manual_seed(0), p_mask_prompt=0.0
+    )
     expected = torch.zeros(INPUT_IDS.shape, dtype=torch.float64)
     for row in range(len(INPUT_IDS)):
         noisy = torch.where(COMPLETION_MASK[row], MASK, INPUT_IDS[row])  # by hand: prompt clean, completion masked
@@ -120,7 +142,7 @@ def test_one_step_values_are_the_models_log_softmax_at_the_masked_completion(mod
 def test_one_step_masks_prompt_tokens_at_rate_p_mask_prompt_and_never_padding(model):
     calls = []
     generator = torch.Generator().manual_seed(1)
-    logps, = score("one_step", [logits_fn_of(model, calls=calls)], generator, p_mask_prompt=0.3)
+    (logps,) = score("one_step", [logits_fn_of(model, calls=calls)], generator, p_mask_prompt=0.3)
     noisy = calls[0]
     assert (noisy[COMPLETION_MASK] == MASK).all()
     padding = ~(PROMPT_MASK | COMPLETION_MASK)
@@ -128,11 +150,19 @@ def test_one_step_masks_prompt_tokens_at_rate_p_mask_prompt_and_never_padding(mo
     for row in range(len(INPUT_IDS)):  # the values are the model's on the input it was given
         table = hand_logps(model, noisy[row], ATTENTION[row])
         for position in COMPLETION_MASK[row].nonzero().flatten().tolist():
-            assert logps[row, position].item() == pytest.approx(table[position, INPUT_IDS[row, position]].item(),
-                                                                 abs=1e-5)
+            assert logps[row, position].item() == pytest.approx(
+                table[position, INPUT_IDS[row, position]].item(), abs=1e-5
+            )
     prompts = PROMPT_MASK.repeat(500, 1)
-    draw = draw_masks("one_step", INPUT_IDS.repeat(500, 1), prompts, COMPLETION_MASK.repeat(500, 1), MASK,
-                      torch.Generator().manual_seed(2), p_mask_prompt=0.3)
+    draw = draw_masks(
+        "one_step",
+        INPUT_IDS.repeat(500, 1),
+        prompts,
+        COMPLETION_MASK.repeat(500, 1),
+        MASK,
+        torch.Generator().manual_seed(2),
+        p_mask_prompt=0.3,
+    )
     rate = (draw.noisy_ids[prompts] == MASK).float().mean().item()
     assert abs(rate - 0.3) < 4 * (0.3 * 0.7 / prompts.sum().item()) ** 0.5
 
@@ -161,7 +191,7 @@ def test_coupled_never_masks_prompt_tokens(model):
 
 def test_coupled_values_weight_the_pair_by_one_over_t_and_one_over_one_minus_t(model):
     calls = []
-    logps, = score("coupled", [logits_fn_of(model, calls=calls)], mask_generators(4, 0, 0, range(4)))
+    (logps,) = score("coupled", [logits_fn_of(model, calls=calls)], mask_generators(4, 0, 0, range(4)))
     first, _, times = coupled_masks(COMPLETION_MASK, mask_generators(4, 0, 0, range(4)))
     passes = calls[0].reshape(len(INPUT_IDS), 3, -1)
     for row in range(len(INPUT_IDS)):
@@ -177,16 +207,19 @@ def test_coupled_values_weight_the_pair_by_one_over_t_and_one_over_one_minus_t(m
 
 @pytest.mark.parametrize("num_samples", [1, 4])
 def test_elbo_equals_the_vrpo_scores_of_the_preference_collator_on_the_same_masks(model, num_samples):
-    features = [{"prompt_ids": [3, 4, 5], "chosen_ids": [6, 7, 8, 1], "rejected_ids": [9, 2, 1], "mask_seed": 11},
-                {"prompt_ids": [2, 6], "chosen_ids": [5, 3, 4, 1], "rejected_ids": [1, 2, 3, 9, 1], "mask_seed": 12}]
+    features = [
+        {"prompt_ids": [3, 4, 5], "chosen_ids": [6, 7, 8, 1], "rejected_ids": [9, 2, 1], "mask_seed": 11},
+        {"prompt_ids": [2, 6], "chosen_ids": [5, 3, 4, 1], "rejected_ids": [1, 2, 3, 9, 1], "mask_seed": 12},
+    ]
     batch = PreferenceCollator(MASK, PAD, num_samples=num_samples)(features)
     vrpo = elbo_samples(model_logits(model, batch["attention_mask"], num_samples), batch, num_samples).mean(dim=1)
     # the collator draws a pair's chosen masks, then its rejected ones, from the pair's generator
     pair_generators = [torch.Generator().manual_seed(noise_seed(f["mask_seed"], 0, 0)) for f in features]
     completion = batch["maskable"]
     prompt = batch["attention_mask"].bool() & ~completion
-    draw = draw_masks("elbo", batch["input_ids"], prompt, completion, MASK, pair_generators * 2,
-                      num_samples=num_samples)
+    draw = draw_masks(
+        "elbo", batch["input_ids"], prompt, completion, MASK, pair_generators * 2, num_samples=num_samples
+    )
     assert torch.equal(draw.noisy_ids, batch["noisy_ids"]) and torch.equal(draw.masked, batch["masked"])
     ours = score_draw("elbo", logits_fn_of(model, batch["attention_mask"]), batch["input_ids"], completion, draw)
     assert torch.equal(ours, vrpo)

@@ -4,7 +4,7 @@ import statistics
 import pytest
 import torch
 
-from diff_trainer.diffusion.policy_losses import grpo_loss, group_advantages, k3_kl, sequence_logps, wd1_loss
+from diff_trainer.diffusion.policy_losses import group_advantages, grpo_loss, k3_kl, sequence_logps, wd1_loss
 
 REWARDS = torch.tensor([1.0, 0.0, 0.5, 1.0, 1.0, 1.0, 0.0, 2.0, 0.5])  # three groups of three, the middle one flat
 
@@ -13,7 +13,7 @@ def loop_advantages(rewards, group_size, scale=True):
     """Advantages group by group with the statistics module (sample standard deviation)."""
     values = []
     for start in range(0, len(rewards), group_size):
-        group = rewards[start:start + group_size]
+        group = rewards[start : start + group_size]
         mean, std = statistics.fmean(group), statistics.stdev(group)
         values += [(r - mean) / (std + 1e-4) if scale else r - mean for r in group]
     return values
@@ -40,8 +40,9 @@ def test_group_advantages_are_normalised_within_each_group():
     advantages = group_advantages(REWARDS, group_size=3)
     torch.testing.assert_close(advantages, torch.tensor(loop_advantages(REWARDS.tolist(), 3)))
     assert torch.equal(advantages[3:6], torch.zeros(3))  # a group whose completions all scored the same learns nothing
-    torch.testing.assert_close(group_advantages(REWARDS, 3, scale=False),
-                               torch.tensor(loop_advantages(REWARDS.tolist(), 3, scale=False)))
+    torch.testing.assert_close(
+        group_advantages(REWARDS, 3, scale=False), torch.tensor(loop_advantages(REWARDS.tolist(), 3, scale=False))
+    )
     with pytest.raises(ValueError, match="9 rewards do not split into groups of 2"):
         group_advantages(REWARDS, 2)
 
@@ -73,10 +74,10 @@ def test_wd1_loss_equals_a_loop_over_groups_and_pushes_up_the_best_completion():
     loss = wd1_loss(logps, advantages, group_size=3, psi=2.0)
     expected = 0.0
     for start in (0, 3):
-        scores = [2.0 * a for a in advantages[start:start + 3].tolist()]
+        scores = [2.0 * a for a in advantages[start : start + 3].tolist()]
         positive = [math.exp(s) / sum(math.exp(x) for x in scores) for s in scores]
         negative = [math.exp(-s) / sum(math.exp(-x) for x in scores) for s in scores]
-        expected += sum((n - p) * l for p, n, l in zip(positive, negative, logps[start:start + 3].tolist())) / 2
+        expected += sum((n - p) * lp for p, n, lp in zip(positive, negative, logps[start : start + 3].tolist())) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     loss.backward()
     assert logps.grad[0] < 0 and logps.grad[3] < 0  # descending raises the likelihood of each group's best

@@ -76,8 +76,9 @@ def test_noise_values():
     assert torch.allclose(rate / torch.expm1(sigma), 1 / t)
     geometric = GeometricNoise(1e-4, 20.0)
     sigma, rate = geometric(t)
-    assert torch.allclose(sigma, torch.tensor([1e-4 ** 0.999 * 20 ** 0.001, math.sqrt(1e-4 * 20), 20.0],
-                                              dtype=torch.float64))
+    assert torch.allclose(
+        sigma, torch.tensor([1e-4**0.999 * 20**0.001, math.sqrt(1e-4 * 20), 20.0], dtype=torch.float64)
+    )
     h = 1e-6  # σ̄' is the derivative of σ̄
     assert torch.allclose(rate, (geometric.total(t + h) - geometric.total(t - h)) / (2 * h), rtol=1e-6)
     assert torch.allclose(loglinear.rate(t), (loglinear.total(t + h) - loglinear.total(t - h)) / (2 * h), rtol=1e-5)
@@ -154,8 +155,9 @@ def test_staggered_score_and_transition(kind, scores):
             assert torch.allclose(columns[b, i], forward[:, x0[b, i]], rtol=1e-6, atol=1e-10)
     masked = torch.full_like(x0, MASK)
     if kind == "absorb":
-        assert torch.allclose(graph.transp_transition(masked, sigma)[0, 0],
-                              torch.linalg.matrix_exp(float(sigma[0]) * q)[:, MASK])
+        assert torch.allclose(
+            graph.transp_transition(masked, sigma)[0, 0], torch.linalg.matrix_exp(float(sigma[0]) * q)[:, MASK]
+        )
 
 
 @pytest.mark.parametrize("kind", ["absorb", "uniform"])

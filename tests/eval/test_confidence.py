@@ -28,12 +28,24 @@ def test_bad_counts_are_refused():
 
 
 def test_rows_for_the_binary_metrics_only():
-    results = {"results": {"docstring_choice": {"alias": "docstring_choice", "acc,none": 0.4, "acc_stderr,none": 0.04,
-                                                "acc_mutual_info,none": 0.6},
-                           "docstring_perplexity": {"bits_per_byte,none": 4.7}},
-               "n-samples": {"docstring_choice": {"original": 10, "effective": 10},
-                             "docstring_perplexity": {"original": 10, "effective": 10}}}
+    results = {
+        "results": {
+            "docstring_choice": {
+                "alias": "docstring_choice",
+                "acc,none": 0.4,
+                "acc_stderr,none": 0.04,
+                "acc_mutual_info,none": 0.6,
+            },
+            "docstring_perplexity": {"bits_per_byte,none": 4.7},
+        },
+        "n-samples": {
+            "docstring_choice": {"original": 10, "effective": 10},
+            "docstring_perplexity": {"original": 10, "effective": 10},
+        },
+    }
     rows = accuracy_intervals(results)
-    assert [(r["metric"], r["right"], r["items"]) for r in rows] == [("acc,none", 4, 10),
-                                                                     ("acc_mutual_info,none", 6, 10)]
+    assert [(r["metric"], r["right"], r["items"]) for r in rows] == [
+        ("acc,none", 4, 10),
+        ("acc_mutual_info,none", 6, 10),
+    ]
     assert (rows[1]["low_95"], rows[1]["high_95"]) == pytest.approx(wilson_interval(6, 10))

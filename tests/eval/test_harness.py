@@ -5,14 +5,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+
 from conftest import make_byte_tokenizer, make_tiny_llama, make_tiny_sedd
 
 pytest.importorskip("lm_eval", reason="needs the [eval] extra: pip install -e '.[eval]'")
 
 from diff_trainer.diffusion.elbo import elbo_nll  # noqa: E402
 from diff_trainer.eval.harness import DiffusionLM  # noqa: E402
-from diff_trainer.sampling.masked import generate  # noqa: E402
 from diff_trainer.objectives.sedd import SeddObjective  # noqa: E402
+from diff_trainer.sampling.masked import generate  # noqa: E402
 from diff_trainer.sampling.sedd import sedd_generate  # noqa: E402
 
 
@@ -28,9 +29,14 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def model(tokenizer):
     model = make_tiny_llama(len(tokenizer))
-    model.config.diffusion_config = {"objective": "masked_diffusion", "mask_token_id": tokenizer.mask_token_id,
-                                     "shift_logits": False, "noise_schedule": "linear", "time_eps": 1e-3,
-                                     "dff_token": "<DFF>"}
+    model.config.diffusion_config = {
+        "objective": "masked_diffusion",
+        "mask_token_id": tokenizer.mask_token_id,
+        "shift_logits": False,
+        "noise_schedule": "linear",
+        "time_eps": 1e-3,
+        "dff_token": "<DFF>",
+    }
     return model
 
 
@@ -41,8 +47,9 @@ def encode(tokenizer, text):
 def first_line(sampled, tokenizer) -> str:
     """The first line of the first sampled row's text before its EOS."""
     ids = sampled.generated[0].tolist()
-    text = tokenizer.decode(ids[:ids.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in ids else ids,
-                            skip_special_tokens=True)
+    text = tokenizer.decode(
+        ids[: ids.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in ids else ids, skip_special_tokens=True
+    )
     return text.split("\n")[0]
 
 
@@ -51,9 +58,15 @@ def test_loglikelihood_is_minus_elbo_nll_of_the_continuation_for_the_same_seed(m
     context, continuation = encode(tokenizer, "def f(x)<DFF>"), encode(tokenizer, "Return x.")
     ids = torch.tensor([context + continuation])
     maskable = torch.tensor([[False] * len(context) + [True] * len(continuation)])
-    expected = -elbo_nll(lambda noisy: model(input_ids=noisy).logits, ids, maskable, tokenizer.mask_token_id, 6,
-                         generator=torch.Generator().manual_seed(11))
-    (score, _), = lm.loglikelihood([request("def f(x)<DFF>", "Return x.")])
+    expected = -elbo_nll(
+        lambda noisy: model(input_ids=noisy).logits,
+        ids,
+        maskable,
+        tokenizer.mask_token_id,
+        6,
+        generator=torch.Generator().manual_seed(11),
+    )
+    ((score, _),) = lm.loglikelihood([request("def f(x)<DFF>", "Return x.")])
     assert score == pytest.approx(float(expected), rel=1e-5)
     other_seed = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=6, batch_size=4, seed=12)
     assert other_seed.loglikelihood([request("def f(x)<DFF>", "Return x.")])[0][0] != pytest.approx(score, rel=1e-6)
@@ -66,7 +79,7 @@ def test_one_token_continuation_scores_its_exact_log_probability(model, tokenize
     context, (token,) = encode(tokenizer, "12+7=<DFF>"), encode(tokenizer, "9")
     logits = model(input_ids=torch.tensor([context + [tokenizer.mask_token_id]])).logits[0, -1]
     expected = float(torch.log_softmax(logits, -1)[token])
-    (score, _), = lm.loglikelihood([request("12+7=<DFF>", "9")])
+    ((score, _),) = lm.loglikelihood([request("12+7=<DFF>", "9")])
     assert score == pytest.approx(expected, abs=1e-5)
     (rolled,) = lm.loglikelihood_rolling([request("9")])  # no BOS in this tokenizer: p("9") from a lone mask
     alone = model(input_ids=torch.tensor([[tokenizer.mask_token_id]])).logits[0, -1]
@@ -83,8 +96,14 @@ def test_scores_do_not_depend_on_batch_size_or_order(model, tokenizer):
 def test_rolling_is_the_elbo_of_the_whole_text(model, tokenizer):
     lm = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=4, batch_size=8, seed=3)
     ids = torch.tensor([encode(tokenizer, "len(s)<DFF>Length.")])
-    expected = -elbo_nll(lambda noisy: model(input_ids=noisy).logits, ids, torch.ones_like(ids, dtype=torch.bool),
-                         tokenizer.mask_token_id, 4, generator=torch.Generator().manual_seed(3))
+    expected = -elbo_nll(
+        lambda noisy: model(input_ids=noisy).logits,
+        ids,
+        torch.ones_like(ids, dtype=torch.bool),
+        tokenizer.mask_token_id,
+        4,
+        generator=torch.Generator().manual_seed(3),
+    )
     assert lm.loglikelihood_rolling([request("len(s)<DFF>Length.")]) == pytest.approx([float(expected)], rel=1e-5)
 
 
@@ -100,8 +119,9 @@ def test_is_greedy_is_the_one_step_argmax(model, tokenizer):
 
 
 def test_generate_until_runs_the_sampler_with_model_args_and_cuts_at_stop_strings(model, tokenizer):
-    lm = DiffusionLM(model=model, tokenizer=tokenizer, batch_size=2, seed=5, steps="4", block_length="4",
-                     gen_length="8")
+    lm = DiffusionLM(
+        model=model, tokenizer=tokenizer, batch_size=2, seed=5, steps="4", block_length="4", gen_length="8"
+    )
     config = lm.sampler_config(max_gen_toks=32)
     assert (config.gen_length, config.steps, config.block_length) == (8, 4, 4)
     prompts = ["1+1=<DFF>", "22+3=<DFF>", "7-9=<DFF>"]
@@ -130,20 +150,25 @@ def test_bad_model_args_and_causal_checkpoints_are_refused(model, tokenizer):
 def test_shift_model_scores_and_greedy_read_the_logits_one_position_earlier(tokenizer):
     """An AR-adapted checkpoint (shift_logits): the logits at i predict token i + 1."""
     model = make_tiny_llama(len(tokenizer), seed=1)
-    model.config.diffusion_config = {"objective": "masked_diffusion", "mask_token_id": tokenizer.mask_token_id,
-                                     "shift_logits": True, "noise_schedule": "linear", "time_eps": 1e-3,
-                                     "dff_token": "<DFF>"}
+    model.config.diffusion_config = {
+        "objective": "masked_diffusion",
+        "mask_token_id": tokenizer.mask_token_id,
+        "shift_logits": True,
+        "noise_schedule": "linear",
+        "time_eps": 1e-3,
+        "dff_token": "<DFF>",
+    }
     lm = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=3)
     # This tokenizer has no BOS: a shift model is given the EOS before a text, as in EOS-padded and packed rows.
     context, (token,) = [tokenizer.eos_token_id] + encode(tokenizer, "12+7=<DFF>"), encode(tokenizer, "9")
     logits = model(input_ids=torch.tensor([context + [tokenizer.mask_token_id]])).logits[0]
-    (score, greedy), = lm.loglikelihood([request("12+7=<DFF>", "9")])
+    ((score, greedy),) = lm.loglikelihood([request("12+7=<DFF>", "9")])
     assert score == pytest.approx(float(torch.log_softmax(logits[-2], -1)[token]), abs=1e-5)
     assert greedy is (int(logits[-2].argmax()) == token)
     assert lm.one_step_greedy(context, [int(logits[-2].argmax())]) is True
     # An empty context (acc_mutual_info) and a whole text are scored after that EOS too.
     eos_logits = model(input_ids=torch.tensor([[tokenizer.eos_token_id, tokenizer.mask_token_id]])).logits[0]
-    (empty_score, _), = lm.loglikelihood([request("", "9")])
+    ((empty_score, _),) = lm.loglikelihood([request("", "9")])
     assert empty_score == pytest.approx(float(torch.log_softmax(eos_logits[0], -1)[token]), abs=1e-5)
     (rolling,) = lm.loglikelihood_rolling([request("9")])
     assert rolling == pytest.approx(empty_score, abs=1e-6)
@@ -167,13 +192,23 @@ def test_sedd_checkpoints_are_scored_with_the_trainers_dwdse_bound_and_sampled_w
     maskable = torch.tensor([[False] * len(context) + [True] * len(continuation)])
     objective = SeddObjective.from_diffusion_config(model.config.diffusion_config, len(tokenizer))
     expected = objective.elbo_nll(model, ids, torch.ones_like(ids), maskable, 6, torch.Generator().manual_seed(11))
-    (score, greedy), = lm.loglikelihood([request("def f(x)<DFF>", "Return x.")])
+    ((score, greedy),) = lm.loglikelihood([request("def f(x)<DFF>", "Return x.")])
     assert score == pytest.approx(-float(expected), rel=1e-5)
     one_chunk = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=6, batch_size=64, seed=11)
     assert one_chunk.loglikelihood([request("def f(x)<DFF>", "Return x.")])[0][0] == pytest.approx(score, rel=1e-6)
     assert lm.loglikelihood_rolling([request("Return x.")])[0] == pytest.approx(
-        -float(objective.elbo_nll(model, ids[:, len(context):], torch.ones_like(ids[:, len(context):]),
-                                  maskable[:, len(context):], 6, torch.Generator().manual_seed(11))), rel=1e-5)
+        -float(
+            objective.elbo_nll(
+                model,
+                ids[:, len(context) :],
+                torch.ones_like(ids[:, len(context) :]),
+                maskable[:, len(context) :],
+                6,
+                torch.Generator().manual_seed(11),
+            )
+        ),
+        rel=1e-5,
+    )
     assert greedy is False  # a random model does not rank "Return x." first
     (output,) = lm.generate_until([request("1+1=<DFF>", {"until": ["\n"], "max_gen_toks": 4})])
     config = lm.sampler_config(max_gen_toks=4)
@@ -198,8 +233,11 @@ def test_sedd_uniform_greedy_is_whether_the_continuation_is_a_fixed_point(tokeni
     lm = DiffusionLM(model=make_tiny_sedd(tokenizer, "uniform"), tokenizer=tokenizer, mc_num=1)
     log_weights = torch.zeros(len(tokenizer))
     log_weights[7], log_weights[9] = 2.0, 1.0
-    monkeypatch.setattr(type(lm.objective), "log_score",
-                        lambda self, model, ids, sigma, attention: log_weights - log_weights[ids][..., None])
+    monkeypatch.setattr(
+        type(lm.objective),
+        "log_score",
+        lambda self, model, ids, sigma, attention: log_weights - log_weights[ids][..., None],
+    )
     context = encode(tokenizer, "abs(x)<DFF>")
     assert lm.one_step_greedy(context, [7, 7]) is True
     assert lm.one_step_greedy(context, [7, 9]) is False
@@ -213,18 +251,23 @@ def test_block_checkpoints_are_scored_with_the_block_nelbo_and_sampled_block_by_
     from diff_trainer.objectives.block import BlockDiffusion
     from diff_trainer.sampling.block import generate as block_generate
 
-    settings = {"block_size": 1, "shift_logits": True, "noise_schedule": "linear", "time_eps": 1e-3,
-                "dff_token": "<DFF>"}
-    model = BlockDiffusion.prepare_model(make_tiny_llama(len(tokenizer), seed=5), tokenizer, settings,
-                                         masked_lm=False, auto_class="AutoModelForCausalLM")
+    settings = {
+        "block_size": 1,
+        "shift_logits": True,
+        "noise_schedule": "linear",
+        "time_eps": 1e-3,
+        "dff_token": "<DFF>",
+    }
+    model = BlockDiffusion.prepare_model(
+        make_tiny_llama(len(tokenizer), seed=5), tokenizer, settings, masked_lm=False, auto_class="AutoModelForCausalLM"
+    )
     causal = make_tiny_llama(len(tokenizer), bidirectional=False, seed=5)
-    lm = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=4, batch_size=3, seed=11, gen_length="6",
-                     threshold="0.9")
+    lm = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=4, batch_size=3, seed=11, gen_length="6", threshold="0.9")
     context = lm._prefix() + encode(tokenizer, "def f(x)<DFF>")
     greedy = list(context)
     for _ in range(3):
         greedy.append(int(causal(input_ids=torch.tensor([greedy])).logits[0, -1].argmax()))
-    continuation = greedy[len(context):]
+    continuation = greedy[len(context) :]
     assert lm.one_step_greedy(context, continuation)
     assert not lm.one_step_greedy(context, continuation[:-1] + [(continuation[-1] + 1) % 200])
     ids = torch.tensor([greedy])

@@ -1,6 +1,7 @@
 """Fixtures: tiny checkpoints in the published LLaDA and Dream layouts (see published_layouts.py)."""
 
 import pytest
+
 from models.published_layouts import write_dream_checkpoint, write_llada_checkpoint
 
 

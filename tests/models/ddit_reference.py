@@ -10,8 +10,10 @@ def randomise(model, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            parameter.copy_(torch.randn(parameter.shape, generator=generator) * (0.3 if "norm" not in name else 1.0)
-                            + (1.0 if "norm" in name else 0.0))
+            parameter.copy_(
+                torch.randn(parameter.shape, generator=generator) * (0.3 if "norm" not in name else 1.0)
+                + (1.0 if "norm" in name else 0.0)
+            )
     return model
 
 
@@ -34,7 +36,7 @@ def reference_forward(state: dict, ids, sigma, heads: int, scale_by_sigma: bool,
         return (x - mean) / torch.sqrt(var + 1e-5) * weight
 
     def gelu_tanh(x):
-        return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+        return 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
 
     x = w["vocab_embed.embedding"][ids]
     dim = x.shape[-1]
@@ -44,7 +46,7 @@ def reference_forward(state: dict, ids, sigma, heads: int, scale_by_sigma: bool,
     theta = pos[..., None] * inv_freq  # [B, L, d/2]
 
     def rope(t):  # t [B, L, H, d]; pairs (j, j + d/2) rotate by theta_j
-        a, b = t[..., :head_dim // 2], t[..., head_dim // 2:]
+        a, b = t[..., : head_dim // 2], t[..., head_dim // 2 :]
         cos, sin = theta.cos()[:, :, None], theta.sin()[:, :, None]
         return torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1)
 

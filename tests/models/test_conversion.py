@@ -6,18 +6,17 @@ import shutil
 
 import pytest
 import torch
-from models.published_layouts import (
-    DREAM_SPECIAL,
-    LLADA_SPECIAL,
-    llada_config,
-    write_dream_checkpoint,
-    write_llada_checkpoint,
-    write_weights,
-)
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from diff_trainer.models import conversion
 from diff_trainer.models.conversion import DREAM_LOADER, LLADA_LOADER, convert_checkpoint, find_loader
+from models.published_layouts import (
+    DREAM_SPECIAL,
+    LLADA_SPECIAL,
+    llada_config,
+    write_llada_checkpoint,
+    write_weights,
+)
 
 IDS = torch.tensor([[126080, 33, 126336, 126336, 70, 126081], [12, 126346, 5, 126347, 126336, 126348]])
 
@@ -75,10 +74,16 @@ def test_convert_save_reload_round_trip(llada_checkpoint, tmp_path):
     assert not list(output.glob("*.py"))  # no remote code travels with it
     config = json.loads((output / "config.json").read_text())
     assert config["model_type"] == "llama" and config["is_causal"] is False and "auto_map" not in config
-    assert config["diffusion_config"] == {"objective": "masked_diffusion", "mask_token_id": 126336,
-                                          "shift_logits": False, "noise_schedule": "linear", "time_eps": 0.001,
-                                          "dff_token": None, "auto_class": "AutoModelForCausalLM",
-                                          "eos_token_ids": [126081, 126348]}
+    assert config["diffusion_config"] == {
+        "objective": "masked_diffusion",
+        "mask_token_id": 126336,
+        "shift_logits": False,
+        "noise_schedule": "linear",
+        "time_eps": 0.001,
+        "dff_token": None,
+        "auto_class": "AutoModelForCausalLM",
+        "eos_token_ids": [126081, 126348],
+    }
     reloaded = AutoModelForCausalLM.from_pretrained(output)
     assert type(reloaded).__name__ == "LlamaForCausalLM"
     torch.testing.assert_close(logits(reloaded), logits(loaded), atol=0, rtol=0)
@@ -86,8 +91,9 @@ def test_convert_save_reload_round_trip(llada_checkpoint, tmp_path):
     assert tokenizer.mask_token_id == 126336 and len(tokenizer) == len(released) == 126349
     assert tokenizer.encode("x=1", add_special_tokens=False) == released.encode("x=1", add_special_tokens=False)
     reloaded.save_pretrained(tmp_path / "again")
-    torch.testing.assert_close(logits(AutoModelForCausalLM.from_pretrained(tmp_path / "again")), logits(loaded),
-                               atol=0, rtol=0)
+    torch.testing.assert_close(
+        logits(AutoModelForCausalLM.from_pretrained(tmp_path / "again")), logits(loaded), atol=0, rtol=0
+    )
 
 
 def test_dream_conversion_keeps_bfloat16_and_the_qwen2_tokenizer(dream_checkpoint, tmp_path):
@@ -97,8 +103,9 @@ def test_dream_conversion_keeps_bfloat16_and_the_qwen2_tokenizer(dream_checkpoin
     assert type(reloaded).__name__ == "Qwen2ForCausalLM" and reloaded.dtype == torch.bfloat16
     assert reloaded.config.diffusion_config["shift_logits"] is True
     ids = torch.tensor([[1, 151666, 151666, 4]])
-    torch.testing.assert_close(logits(reloaded, ids), logits(DREAM_LOADER.load(dream_checkpoint[0], dtype="auto"), ids),
-                               atol=0, rtol=0)
+    torch.testing.assert_close(
+        logits(reloaded, ids), logits(DREAM_LOADER.load(dream_checkpoint[0], dtype="auto"), ids), atol=0, rtol=0
+    )
     tokenizer_config = json.loads((output / "tokenizer_config.json").read_text())
     assert tokenizer_config["tokenizer_class"] != "DreamTokenizer" and "auto_map" not in tokenizer_config
     assert AutoTokenizer.from_pretrained(output).mask_token_id == 151666
@@ -145,8 +152,11 @@ def rewrite_weights(directory, change):
 
 def test_a_tensor_of_the_wrong_shape_is_named_with_its_file(broken):
     rewrite_weights(broken, lambda t: t.update({"model.transformer.blocks.1.k_proj.weight": torch.zeros(32, 32)}))
-    with pytest.raises(ValueError, match=r"model\.safetensors: tensor 'model\.transformer\.blocks\.1\.k_proj\.weight' "
-                                         r"has shape \(32, 32\).*\(16, 32\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"model\.safetensors: tensor 'model\.transformer\.blocks\.1\.k_proj\.weight' "
+        r"has shape \(32, 32\).*\(16, 32\)",
+    ):
         LLADA_LOADER.load(broken)
 
 
@@ -154,8 +164,15 @@ def test_missing_and_unknown_tensors_are_named(broken):
     rewrite_weights(broken, lambda t: t.pop("model.transformer.blocks.0.up_proj.weight"))
     with pytest.raises(ValueError, match=r"lacks 1 tensors.*model\.layers\.0\.mlp\.up_proj\.weight"):
         LLADA_LOADER.load(broken)
-    rewrite_weights(broken, lambda t: t.update({"model.transformer.blocks.0.up_proj.weight": torch.zeros(48, 32),
-                                                "model.transformer.blocks.0.att_proj.weight": torch.zeros(96, 32)}))
+    rewrite_weights(
+        broken,
+        lambda t: t.update(
+            {
+                "model.transformer.blocks.0.up_proj.weight": torch.zeros(48, 32),
+                "model.transformer.blocks.0.att_proj.weight": torch.zeros(96, 32),
+            }
+        ),
+    )
     with pytest.raises(ValueError, match="att_proj"):
         LLADA_LOADER.load(broken)
 
@@ -203,8 +220,8 @@ def test_special_ids_are_read_from_the_tokenizer_files(llada_checkpoint, dream_c
 def test_a_hub_name_loads_through_the_same_loaders_for_sampling_and_training(llada_checkpoint, monkeypatch):
     import huggingface_hub
 
-    from diff_trainer.training.args.model import ModelArguments
     from diff_trainer.models.loading import load_checkpoint, load_model, load_tokenizer
+    from diff_trainer.training.args.model import ModelArguments
 
     directory, _ = llada_checkpoint
     hub_name = "GSAI-ML/LLaDA-8B-Instruct"

@@ -11,8 +11,15 @@ import diff_trainer  # noqa: F401  registers the DDiT
 from diff_trainer.models.ddit import DDiTConfig, DDiTModel
 from models.ddit_reference import randomise, reference_forward
 
-TINY = dict(vocab_size=13, hidden_size=32, cond_dim=16, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=64, dropout=0.0)
+TINY = dict(
+    vocab_size=13,
+    hidden_size=32,
+    cond_dim=16,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    max_position_embeddings=64,
+    dropout=0.0,
+)
 
 
 @pytest.mark.parametrize("scale_by_sigma", [False, True])

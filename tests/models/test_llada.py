@@ -3,20 +3,28 @@ architecture description (not from transformers), in float32 to 1e-5."""
 
 import pytest
 import torch
-from models.published_layouts import llada_config
-from models.reference import llada_forward
 
 from diff_trainer.models import llada
 from diff_trainer.models.conversion import LLADA_LOADER
+from models.published_layouts import llada_config
+from models.reference import llada_forward
 
 
 def test_every_released_name_maps_to_its_llama_parameter():
     assert llada.native_weight_name("model.transformer.wte.weight") == "model.embed_tokens.weight"
     assert llada.native_weight_name("model.transformer.ln_f.weight") == "model.norm.weight"
     assert llada.native_weight_name("model.transformer.ff_out.weight") == "lm_head.weight"
-    block = {"attn_norm": "input_layernorm", "q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj",
-             "v_proj": "self_attn.v_proj", "attn_out": "self_attn.o_proj", "ff_norm": "post_attention_layernorm",
-             "ff_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj", "ff_out": "mlp.down_proj"}
+    block = {
+        "attn_norm": "input_layernorm",
+        "q_proj": "self_attn.q_proj",
+        "k_proj": "self_attn.k_proj",
+        "v_proj": "self_attn.v_proj",
+        "attn_out": "self_attn.o_proj",
+        "ff_norm": "post_attention_layernorm",
+        "ff_proj": "mlp.gate_proj",
+        "up_proj": "mlp.up_proj",
+        "ff_out": "mlp.down_proj",
+    }
     for ours, theirs in block.items():
         expected = f"model.layers.17.{theirs}.weight"
         assert llada.native_weight_name(f"model.transformer.blocks.17.{ours}.weight") == expected
@@ -26,8 +34,9 @@ def test_every_released_name_maps_to_its_llama_parameter():
 
 
 def test_llada_8b_config_becomes_the_llama_config_of_the_same_network():
-    published = llada_config(d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288,
-                             max_sequence_length=4096)
+    published = llada_config(
+        d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288, max_sequence_length=4096
+    )
     config = llada.native_config(published)
     assert (config.hidden_size, config.intermediate_size, config.num_hidden_layers) == (4096, 12288, 32)
     assert (config.num_attention_heads, config.num_key_value_heads, config.head_dim) == (32, 32, 128)
@@ -44,8 +53,16 @@ def test_mlp_size_from_ratio_and_multi_query_attention():
     assert config.intermediate_size == 96 and config.num_key_value_heads == 1
 
 
-@pytest.mark.parametrize("setting", [{"block_type": "sequential"}, {"include_qkv_bias": True},
-                                     {"activation_type": "swiglu"}, {"layer_norm_type": "default"}, {"alibi": True}])
+@pytest.mark.parametrize(
+    "setting",
+    [
+        {"block_type": "sequential"},
+        {"include_qkv_bias": True},
+        {"activation_type": "swiglu"},
+        {"layer_norm_type": "default"},
+        {"alibi": True},
+    ],
+)
 def test_layouts_that_are_not_a_llama_layer_are_refused(setting):
     with pytest.raises(ValueError, match=next(iter(setting))):
         llada.native_config(llada_config(**setting))
@@ -84,8 +101,11 @@ def test_llada_8b_has_the_parameter_count_the_readme_quotes():
 
     from diff_trainer.models.conversion import Conversion
 
-    config = llada.native_config(llada_config(d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32,
-                                              mlp_hidden_size=12288, max_sequence_length=4096))
+    config = llada.native_config(
+        llada_config(
+            d_model=4096, n_heads=32, n_kv_heads=32, n_layers=32, mlp_hidden_size=12288, max_sequence_length=4096
+        )
+    )
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config)
     # per layer 4 x 4096^2 (attention) + 3 x 4096 x 12288 (SwiGLU) + 2 x 4096 (norms); wte and ff_out 126464 x 4096

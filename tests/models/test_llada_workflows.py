@@ -6,16 +6,16 @@ import math
 import os
 
 import pytest
-import run_clm_diff  # the repository root is on pytest's pythonpath (setup.cfg)
-import run_diffusion_dpo
 import torch
-from models.published_layouts import ON_CPU
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
+import run_clm_diff  # the repository root is on pytest's pythonpath (setup.cfg)
+import run_diffusion_dpo
 from diff_trainer.cli import generate
 from diff_trainer.diffusion.losses import masked_token_losses
 from diff_trainer.models.conversion import LLADA_LOADER, convert_checkpoint
+from models.published_layouts import ON_CPU
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -33,18 +33,49 @@ def workspace(tmp_path_factory, llada_checkpoint):
 
 
 def training_flags(output, *extra):
-    return ["--output_dir", str(output), "--do_train", "--max_steps", "2", "--per_device_train_batch_size", "4",
-            "--learning_rate", "0.01", "--save_strategy", "no", "--report_to", "none", "--use_cpu",
-            "--disable_tqdm", "true", "--seed", "0", *extra]
+    return [
+        "--output_dir",
+        str(output),
+        "--do_train",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        "4",
+        "--learning_rate",
+        "0.01",
+        "--save_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "--disable_tqdm",
+        "true",
+        "--seed",
+        "0",
+        *extra,
+    ]
 
 
 def test_llada_8b_sft_config_trains_lora_by_target_name_with_checkpointing(workspace, monkeypatch):
     monkeypatch.chdir(ROOT)
     output = workspace["root"] / "sft"
     data = str(workspace["root"] / "sft.jsonl")
-    run_clm_diff.main(["configs/llada_8b_sft.yaml", *ON_CPU, "--model_name_or_path", workspace["converted"],
-                       "--train_file", data, "--validation_file", data, "--block_size", "16",
-                       "--output_dir", str(output)])
+    run_clm_diff.main(
+        [
+            "configs/llada_8b_sft.yaml",
+            *ON_CPU,
+            "--model_name_or_path",
+            workspace["converted"],
+            "--train_file",
+            data,
+            "--validation_file",
+            data,
+            "--block_size",
+            "16",
+            "--output_dir",
+            str(output),
+        ]
+    )
     adapter = json.loads((output / "adapter_config.json").read_text())
     assert sorted(adapter["target_modules"]) == sorted(LORA_TARGETS)
     weights = load_file(str(output / "adapter_model.safetensors"))
@@ -60,18 +91,41 @@ def test_llada_8b_sft_config_trains_lora_by_target_name_with_checkpointing(works
 def test_bf16_sft_from_the_released_layout_keeps_mask_and_stop_ids(workspace, monkeypatch):
     monkeypatch.chdir(ROOT)
     output = workspace["root"] / "sft_full"
-    run_clm_diff.main(training_flags(
-        output, "--model_name_or_path", workspace["released"], "--train_file", str(workspace["root"] / "sft.jsonl"),
-        "--train_diff_model", "--block_size", "16", "--padding_side", "right", "--validation_split_percentage", "0",
-        "--dtype", "bfloat16", "--bf16", "true"))
+    run_clm_diff.main(
+        training_flags(
+            output,
+            "--model_name_or_path",
+            workspace["released"],
+            "--train_file",
+            str(workspace["root"] / "sft.jsonl"),
+            "--train_diff_model",
+            "--block_size",
+            "16",
+            "--padding_side",
+            "right",
+            "--validation_split_percentage",
+            "0",
+            "--dtype",
+            "bfloat16",
+            "--bf16",
+            "true",
+        )
+    )
     state = json.loads((output / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and math.isfinite(state["log_history"][-1]["train_loss"])
     config = json.loads((output / "config.json").read_text())
     assert config["model_type"] == "llama" and config["vocab_size"] == 126464 and config["dtype"] == "bfloat16"
     assert config["diffusion_config"] | {"dff_token": None} == {
-        "objective": "masked_diffusion", "mask_token_id": 126336, "shift_logits": False, "noise_schedule": "linear",
-        "time_eps": 0.001, "dff_token": None, "auto_class": "AutoModelForCausalLM", "row_packing": "right",
-        "eos_token_ids": [126081, 126348]}
+        "objective": "masked_diffusion",
+        "mask_token_id": 126336,
+        "shift_logits": False,
+        "noise_schedule": "linear",
+        "time_eps": 0.001,
+        "dff_token": None,
+        "auto_class": "AutoModelForCausalLM",
+        "row_packing": "right",
+        "eos_token_ids": [126081, 126348],
+    }
     assert config["diffusion_config"]["dff_token"] == "<DFF>"
 
 
@@ -79,10 +133,30 @@ def test_llada_8b_dpo_config_runs_vrpo_on_the_released_layout(workspace, monkeyp
     monkeypatch.chdir(ROOT)
     output = workspace["root"] / "dpo"
     pairs = str(workspace["root"] / "pairs.jsonl")
-    run_diffusion_dpo.main(["configs/llada_8b_dpo.yaml", *ON_CPU, "--model_name_or_path", workspace["released"],
-                            "--train_file", pairs, "--validation_file", pairs, "--max_steps", "1",
-                            "--logging_steps", "1", "--mc_samples", "2", "--max_length", "12",
-                            "--max_prompt_length", "6", "--output_dir", str(output)])
+    run_diffusion_dpo.main(
+        [
+            "configs/llada_8b_dpo.yaml",
+            *ON_CPU,
+            "--model_name_or_path",
+            workspace["released"],
+            "--train_file",
+            pairs,
+            "--validation_file",
+            pairs,
+            "--max_steps",
+            "1",
+            "--logging_steps",
+            "1",
+            "--mc_samples",
+            "2",
+            "--max_length",
+            "12",
+            "--max_prompt_length",
+            "6",
+            "--output_dir",
+            str(output),
+        ]
+    )
     history = json.loads((output / "trainer_state.json").read_text())["log_history"]
     first = next(log for log in history if "loss" in log)
     # at the start the policy is the reference: rewards are 0 and the loss is log 2 + sft_weight (0.05) x SFT loss
@@ -93,8 +167,26 @@ def test_llada_8b_dpo_config_runs_vrpo_on_the_released_layout(workspace, monkeyp
 @pytest.mark.parametrize("which", ["released", "converted"])
 def test_diff_generate_reads_mask_and_both_stop_ids(workspace, which, tmp_path):
     output = tmp_path / "out.jsonl"
-    generate.main(["--model", workspace[which], "--prompt", "1+2=", "--prompt", "3+3=", "--gen_length", "8",
-                   "--steps", "4", "--block_length", "4", "--seed", "0", "--output", str(output)])
+    generate.main(
+        [
+            "--model",
+            workspace[which],
+            "--prompt",
+            "1+2=",
+            "--prompt",
+            "3+3=",
+            "--gen_length",
+            "8",
+            "--steps",
+            "4",
+            "--block_length",
+            "4",
+            "--seed",
+            "0",
+            "--output",
+            str(output),
+        ]
+    )
     records = [json.loads(line) for line in output.read_text().splitlines()]
     settings = records[0]["settings"]
     assert (settings["mask_token_id"], settings["shift"], settings["eos_token_id"]) == (126336, False, [126081, 126348])

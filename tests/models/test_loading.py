@@ -5,7 +5,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import DFF, MASK, make_tiny_llama
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (
     AutoConfig,
@@ -16,13 +15,14 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from diff_trainer.models import registry
-from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
+from conftest import DFF, MASK, make_tiny_llama
 from diff_trainer.cli import generate as generate_cli
 from diff_trainer.diffusion_config import read_diffusion_config, write_diffusion_config
+from diff_trainer.models import registry
 from diff_trainer.models.bidirectional import attends_to_future, is_encoder_model, is_peft_model, make_bidirectional
 from diff_trainer.models.loading import add_special_tokens, load_checkpoint, load_model, load_tokenizer, set_dropout
 from diff_trainer.models.registry import CheckpointLoader
+from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
 from diff_trainer.training.model import prepare_model
 from diff_trainer.training.trainer import DiffusionTrainer
 
@@ -48,9 +48,21 @@ EXPECTED_DROPOUTS = {
 def model_args(**overrides):
     """ModelArguments-like settings for a tiny from-scratch Llama on the byte tokenizer."""
     settings = dict(
-        model_name_or_path=None, model_type="llama", config_overrides=OVERRIDES["llama"], config_name=None,
-        tokenizer_name="byte", dtype="float32", dropout=None, attn_implementation="sdpa", trust_remote_code=False,
-        masked_lm=False, mask_token=MASK, use_lora=False, lora_r=4, lora_alpha=8, lora_dropout=0.0,
+        model_name_or_path=None,
+        model_type="llama",
+        config_overrides=OVERRIDES["llama"],
+        config_name=None,
+        tokenizer_name="byte",
+        dtype="float32",
+        dropout=None,
+        attn_implementation="sdpa",
+        trust_remote_code=False,
+        masked_lm=False,
+        mask_token=MASK,
+        use_lora=False,
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.0,
         lora_target_modules=["all-linear"],
     )
     settings.update(overrides)
@@ -122,8 +134,10 @@ def test_a_checkpoint_reloads_the_tokenizer_it_was_saved_with(tmp_path, family, 
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     text = f"7+12={DFF}19{MASK}"
-    for reloaded in (load_checkpoint(str(tmp_path))[1],
-                     load_tokenizer(model_args(tokenizer_name=None, model_name_or_path=str(tmp_path)))):
+    for reloaded in (
+        load_checkpoint(str(tmp_path))[1],
+        load_tokenizer(model_args(tokenizer_name=None, model_name_or_path=str(tmp_path))),
+    ):
         assert type(reloaded) is type(tokenizer) and len(reloaded) == len(tokenizer)
         assert reloaded.encode(text) == tokenizer.encode(text) and reloaded.mask_token_id == tokenizer.mask_token_id
 
@@ -201,8 +215,9 @@ def test_pretrained_model_is_resized_and_keeps_its_weights(tmp_path, tokenizer):
     saved = make_tiny_llama(384, bidirectional=False)
     saved.save_pretrained(tmp_path)
     for dtype in ("float32", "auto"):
-        model = load_model(model_args(model_name_or_path=str(tmp_path), model_type=None, config_overrides=None,
-                                      dtype=dtype), tokenizer)
+        model = load_model(
+            model_args(model_name_or_path=str(tmp_path), model_type=None, config_overrides=None, dtype=dtype), tokenizer
+        )
         rows = model.get_input_embeddings().weight
         assert rows.shape == (386, 32) and model.dtype == torch.float32
         assert torch.equal(rows[:384], saved.get_input_embeddings().weight)
@@ -223,13 +238,16 @@ def test_config_name_builds_from_scratch(tmp_path, tokenizer):
     LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4).save_pretrained(
         tmp_path
     )
-    model = load_model(model_args(config_name=str(tmp_path), model_type=None, config_overrides="num_hidden_layers=2"),
-                       tokenizer)
+    model = load_model(
+        model_args(config_name=str(tmp_path), model_type=None, config_overrides="num_hidden_layers=2"), tokenizer
+    )
     assert model.config.num_hidden_layers == 2 and model.config.vocab_size == len(tokenizer)
 
 
-DEMO_OVERRIDES = ("hidden_size=128,intermediate_size=384,num_hidden_layers=4,num_attention_heads=4,"
-                  "num_key_value_heads=4,max_position_embeddings=512")  # configs/demo.yaml
+DEMO_OVERRIDES = (
+    "hidden_size=128,intermediate_size=384,num_hidden_layers=4,num_attention_heads=4,"
+    "num_key_value_heads=4,max_position_embeddings=512"
+)  # configs/demo.yaml
 
 
 def test_head_dim_follows_overridden_hidden_size_and_heads(tokenizer, caplog):
@@ -306,8 +324,10 @@ def test_left_padding_is_still_ignored(tokenizer, family, attn):
 
 
 def test_model_that_ignores_is_causal_is_refused(tokenizer):
-    mamba = load_model(model_args(model_type="mamba", config_overrides="hidden_size=32,num_hidden_layers=2",
-                                  attn_implementation=None), tokenizer).eval()
+    mamba = load_model(
+        model_args(model_type="mamba", config_overrides="hidden_size=32,num_hidden_layers=2", attn_implementation=None),
+        tokenizer,
+    ).eval()
     with pytest.raises(ValueError, match="'mamba'"):
         make_bidirectional(mamba)
     assert mamba.config.is_causal is True
@@ -345,14 +365,25 @@ def test_gradient_checkpointing_gives_the_same_bidirectional_gradients(byte_toke
 def test_diffusion_config_survives_save_and_reload(tmp_path, tokenizer):
     model = make_bidirectional(tiny_model(tokenizer, "llama"))
     assert read_diffusion_config(model.config) is None
-    write_diffusion_config(model.config, mask_token_id=tokenizer.mask_token_id, shift_logits=True,
-                           noise_schedule="cosine", time_eps=1e-3, dff_token=DFF)
+    write_diffusion_config(
+        model.config,
+        mask_token_id=tokenizer.mask_token_id,
+        shift_logits=True,
+        noise_schedule="cosine",
+        time_eps=1e-3,
+        dff_token=DFF,
+    )
     model.save_pretrained(tmp_path)
     reloaded = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
     assert reloaded.config.is_causal is False and attends_to_future(reloaded)
     assert read_diffusion_config(reloaded.config) == {
-        "objective": "masked_diffusion", "mask_token_id": 385, "shift_logits": True,
-        "noise_schedule": "cosine", "time_eps": 1e-3, "dff_token": DFF, "auto_class": "AutoModelForCausalLM",
+        "objective": "masked_diffusion",
+        "mask_token_id": 385,
+        "shift_logits": True,
+        "noise_schedule": "cosine",
+        "time_eps": 1e-3,
+        "dff_token": DFF,
+        "auto_class": "AutoModelForCausalLM",
     }
     ids = torch.tensor([[72, 384, 385, 385]])
     with torch.no_grad():
@@ -361,16 +392,23 @@ def test_diffusion_config_survives_save_and_reload(tmp_path, tokenizer):
 
 def test_writing_the_diffusion_config_makes_the_config_bidirectional(tokenizer):
     model = tiny_model(tokenizer, "qwen2")
-    write_diffusion_config(model.config, mask_token_id=385, shift_logits=False, noise_schedule="linear",
-                           time_eps=1e-3, dff_token=DFF)
+    write_diffusion_config(
+        model.config, mask_token_id=385, shift_logits=False, noise_schedule="linear", time_eps=1e-3, dff_token=DFF
+    )
     assert attends_to_future(model)
 
 
 def test_mask_token_outside_the_vocabulary_is_refused(byte_tokenizer):
     model = make_tiny_llama(384)
     with pytest.raises(ValueError, match="resize_token_embeddings"):
-        write_diffusion_config(model.config, mask_token_id=byte_tokenizer.mask_token_id, shift_logits=False,
-                               noise_schedule="linear", time_eps=1e-3, dff_token=DFF)
+        write_diffusion_config(
+            model.config,
+            mask_token_id=byte_tokenizer.mask_token_id,
+            shift_logits=False,
+            noise_schedule="linear",
+            time_eps=1e-3,
+            dff_token=DFF,
+        )
     assert read_diffusion_config(model.config) is None
 
 
@@ -409,16 +447,20 @@ def test_prepare_model_refuses_flags_that_do_not_fit(tokenizer):
 def lora_checkpoint(tmp_path, tokenizer):
     """A causal base checkpoint, and a diffusion LoRA run on it saved adapter-only by DiffusionTrainer."""
     make_tiny_llama(384, bidirectional=False).save_pretrained(tmp_path / "base")
-    args = model_args(model_name_or_path=str(tmp_path / "base"), model_type=None, config_overrides=None,
-                      use_lora=True)
+    args = model_args(model_name_or_path=str(tmp_path / "base"), model_type=None, config_overrides=None, use_lora=True)
     torch.manual_seed(1)
     model = prepare_model(args, tokenizer, "diffusion", new_token_ids=[384, 385], diffusion_settings=SETTINGS)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
             if "lora_B" in name or "trainable_tokens" in name:
                 parameter.normal_(0, 0.3)  # a trained adapter and trained rows of the new tokens
-    training = DiffusionTrainingArguments(output_dir=str(tmp_path / "run"), use_cpu=True, report_to="none",
-                                          train_diff_model=True, loss_normalization="token")
+    training = DiffusionTrainingArguments(
+        output_dir=str(tmp_path / "run"),
+        use_cpu=True,
+        report_to="none",
+        train_diff_model=True,
+        loss_normalization="token",
+    )
     DiffusionTrainer(model, training, processing_class=tokenizer).save_model(str(tmp_path / "adapter"))
     return model.eval(), str(tmp_path / "adapter")
 
@@ -453,8 +495,11 @@ def test_missing_checkpoint_and_foreign_layouts(tmp_path, tokenizer, monkeypatch
     (foreign / "weights.npz").write_text("")
     tokenizer.save_pretrained(foreign)
     built = make_tiny_llama(len(tokenizer))
-    monkeypatch.setattr(registry, "CHECKPOINT_LOADERS", [
-        CheckpointLoader(lambda path: os.path.exists(os.path.join(path, "weights.npz")), lambda path, **_: built)])
+    monkeypatch.setattr(
+        registry,
+        "CHECKPOINT_LOADERS",
+        [CheckpointLoader(lambda path: os.path.exists(os.path.join(path, "weights.npz")), lambda path, **_: built)],
+    )
     model, _ = load_checkpoint(str(foreign))
     assert model is built
 

@@ -2,15 +2,15 @@
 
 import pytest
 import torch
-from conftest import DFF, MASK, make_tiny_llama
 from peft import PeftModel
 from safetensors.torch import load_file
-from models.test_loading import model_args, tiny_model
 from transformers import ByT5Tokenizer
 
+from conftest import DFF, MASK, make_tiny_llama
 from diff_trainer.models.bidirectional import make_bidirectional
 from diff_trainer.models.loading import add_special_tokens, load_model
 from diff_trainer.training.model import apply_lora
+from models.test_loading import model_args, tiny_model
 
 CASES = {
     "llama-untied": dict(family="llama", tie_word_embeddings=False),
@@ -32,8 +32,9 @@ def save_base(directory, case):
 def load_base(directory, case, tokenizer, seed):
     """The checkpoint resized for `tokenizer`; `seed` drives the random rows the resize invents."""
     torch.manual_seed(seed)
-    args = model_args(model_name_or_path=str(directory), model_type=None, config_overrides=None,
-                      masked_lm=case["family"] == "bert")
+    args = model_args(
+        model_name_or_path=str(directory), model_type=None, config_overrides=None, masked_lm=case["family"] == "bert"
+    )
     return make_bidirectional(load_model(args, tokenizer)).eval()
 
 

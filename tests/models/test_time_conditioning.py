@@ -32,8 +32,9 @@ def test_wrapped_model_adds_noise_embedding(tmp_path):
     with torch.no_grad():
         model.noise_embedding.mlp[2].weight.normal_()
         model.noise_embedding.mlp[2].bias.normal_()
-    embedded = lm.get_input_embeddings()(ids) + reference_noise_embedding(
-        model.noise_embedding.mlp, sigma).float()[:, None]
+    embedded = (
+        lm.get_input_embeddings()(ids) + reference_noise_embedding(model.noise_embedding.mlp, sigma).float()[:, None]
+    )
     expected = lm(inputs_embeds=embedded).logits.scatter(-1, ids[..., None], 0.0)
     ours = model(ids, sigma=sigma).logits
     assert torch.allclose(ours, expected, atol=1e-5)

@@ -32,11 +32,17 @@ LENGTH = 12
 
 
 def block_model(tokenizer, block_size, shift):
-    args = DiffusionTrainingArguments(output_dir="unused", train_diff_model=True, diffusion_objective="block",
-                                      diffusion_block_size=block_size, shift_logits=shift)
+    args = DiffusionTrainingArguments(
+        output_dir="unused",
+        train_diff_model=True,
+        diffusion_objective="block",
+        diffusion_block_size=block_size,
+        shift_logits=shift,
+    )
     settings = {**args.diffusion_settings(), "dff_token": "<DFF>"}
-    return BlockDiffusion.prepare_model(make_tiny_llama(len(tokenizer), seed=5), tokenizer, settings, masked_lm=False,
-                                        auto_class="AutoModelForCausalLM")
+    return BlockDiffusion.prepare_model(
+        make_tiny_llama(len(tokenizer), seed=5), tokenizer, settings, masked_lm=False, auto_class="AutoModelForCausalLM"
+    )
 
 
 def rows(tokenizer, count=4):
@@ -44,19 +50,33 @@ def rows(tokenizer, count=4):
     ids = torch.randint(10, 200, (count, LENGTH), generator=generator)
     labels = ids.clone()
     labels[:, 0] = -100  # a shift model never scores position 0
-    return Dataset.from_dict({"input_ids": ids.tolist(), "labels": labels.tolist(),
-                              "attention_mask": torch.ones_like(ids).tolist()})
+    return Dataset.from_dict(
+        {"input_ids": ids.tolist(), "labels": labels.tolist(), "attention_mask": torch.ones_like(ids).tolist()}
+    )
 
 
 def block_trainer(tmp_path, block_size, shift=True, normalization="masked", **flags):
     tokenizer = make_byte_tokenizer()
     args = DiffusionTrainingArguments(
-        output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_train_batch_size=4, max_steps=1,
-        train_diff_model=True, diffusion_objective="block", diffusion_block_size=block_size, shift_logits=shift,
-        loss_normalization=normalization, **flags)
-    return DiffusionTrainer(block_model(tokenizer, block_size, shift), args,
-                            row_layout=RowLayout("right", LENGTH, "<DFF>", "byte", 386, "0"),
-                            train_dataset=rows(tokenizer), processing_class=tokenizer)
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        per_device_train_batch_size=4,
+        max_steps=1,
+        train_diff_model=True,
+        diffusion_objective="block",
+        diffusion_block_size=block_size,
+        shift_logits=shift,
+        loss_normalization=normalization,
+        **flags,
+    )
+    return DiffusionTrainer(
+        block_model(tokenizer, block_size, shift),
+        args,
+        row_layout=RowLayout("right", LENGTH, "<DFF>", "byte", 386, "0"),
+        train_dataset=rows(tokenizer),
+        processing_class=tokenizer,
+    )
 
 
 def test_checkpoint_records_the_objective_and_block_size(tmp_path):
@@ -114,56 +134,135 @@ def test_block_nelbo_averages_the_loss_terms_of_the_same_draws_and_fills_rows_to
     assert torch.equal(filled[:, 10:], torch.full((2, 2), objective.mask_token_id)) and padding[:, 10:].sum() == 0
 
 
-@pytest.mark.parametrize("flags, message", [
-    (["--diffusion_objective", "block"], "needs --diffusion_block_size"),
-    (["--diffusion_objective", "block", "--diffusion_block_size", "4", "--prompt_dropout", "0.1"],
-     "only apply with --diffusion_objective masked"),
-    (["--diffusion_objective", "block", "--diffusion_block_size", "4", "--masked_head", "true"],
-     "only apply with --diffusion_objective masked"),
-    (["--diffusion_objective", "block", "--diffusion_block_size", "4", "--complementary_masks", "true",
-      "--noise_schedule", "cosine"], "use --noise_schedule linear"),
-    (["--diffusion_block_size", "4"], "only apply with --diffusion_objective block"),
-    (["--diffusion_objective", "sedd_absorb", "--complementary_masks", "true"],
-     "only apply with --diffusion_objective block"),
-])
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--diffusion_objective", "block"], "needs --diffusion_block_size"),
+        (
+            ["--diffusion_objective", "block", "--diffusion_block_size", "4", "--prompt_dropout", "0.1"],
+            "only apply with --diffusion_objective masked",
+        ),
+        (
+            ["--diffusion_objective", "block", "--diffusion_block_size", "4", "--masked_head", "true"],
+            "only apply with --diffusion_objective masked",
+        ),
+        (
+            [
+                "--diffusion_objective",
+                "block",
+                "--diffusion_block_size",
+                "4",
+                "--complementary_masks",
+                "true",
+                "--noise_schedule",
+                "cosine",
+            ],
+            "use --noise_schedule linear",
+        ),
+        (["--diffusion_block_size", "4"], "only apply with --diffusion_objective block"),
+        (
+            ["--diffusion_objective", "sedd_absorb", "--complementary_masks", "true"],
+            "only apply with --diffusion_objective block",
+        ),
+    ],
+)
 def test_flags_that_do_not_compose_with_block_diffusion_are_refused(tmp_path, capsys, flags, message):
     with pytest.raises(SystemExit):
         run_clm_diff.main(["--output_dir", str(tmp_path), "--train_diff_model", "true", *flags])
     assert message in capsys.readouterr().err
 
 
-DEMO_FLAGS = ["--train_file", str(ROOT / "data/stdlib_docstrings/train.jsonl.zst"),
-              "--validation_file", str(ROOT / "data/stdlib_docstrings/validation.jsonl.zst"),
-              "--config_overrides", "hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=2,"
-              "num_key_value_heads=2,max_position_embeddings=64", "--block_size", "32", "--max_train_samples", "64",
-              "--max_eval_samples", "8", "--eval_mc_samples", "2", "--eval_strategy", "no", "--save_strategy", "no",
-              "--disable_tqdm", "true"]
+DEMO_FLAGS = [
+    "--train_file",
+    str(ROOT / "data/stdlib_docstrings/train.jsonl.zst"),
+    "--validation_file",
+    str(ROOT / "data/stdlib_docstrings/validation.jsonl.zst"),
+    "--config_overrides",
+    "hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=2,"
+    "num_key_value_heads=2,max_position_embeddings=64",
+    "--block_size",
+    "32",
+    "--max_train_samples",
+    "64",
+    "--max_eval_samples",
+    "8",
+    "--eval_mc_samples",
+    "2",
+    "--eval_strategy",
+    "no",
+    "--save_strategy",
+    "no",
+    "--disable_tqdm",
+    "true",
+]
 
 
 def test_block_size_that_does_not_divide_the_rows_is_refused(tmp_path):
     with pytest.raises(ValueError, match="divisor of the row length 32"):
-        run_clm_diff.main([str(ROOT / "configs" / "demo.yaml"), "--output_dir", str(tmp_path), *DEMO_FLAGS,
-                           "--diffusion_objective", "block", "--diffusion_block_size", "5", "--max_steps", "1"])
+        run_clm_diff.main(
+            [
+                str(ROOT / "configs" / "demo.yaml"),
+                "--output_dir",
+                str(tmp_path),
+                *DEMO_FLAGS,
+                "--diffusion_objective",
+                "block",
+                "--diffusion_block_size",
+                "5",
+                "--max_steps",
+                "1",
+            ]
+        )
 
 
 def test_demo_data_trains_a_block_model_that_diff_generate_and_diff_view_sample(tmp_path):
     out = tmp_path / "block"
-    run_clm_diff.main([str(ROOT / "configs" / "demo.yaml"), "--output_dir", str(out), *DEMO_FLAGS,
-                       "--diffusion_objective", "block", "--diffusion_block_size", "4", "--max_steps", "3",
-                       "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4"])
+    run_clm_diff.main(
+        [
+            str(ROOT / "configs" / "demo.yaml"),
+            "--output_dir",
+            str(out),
+            *DEMO_FLAGS,
+            "--diffusion_objective",
+            "block",
+            "--diffusion_block_size",
+            "4",
+            "--max_steps",
+            "3",
+            "--per_device_train_batch_size",
+            "4",
+            "--per_device_eval_batch_size",
+            "4",
+        ]
+    )
     metrics = json.loads((out / "all_results.json").read_text())
     assert metrics["eval_elbo_nll"] > 0 and "eval_accuracy" in metrics
     recorded = read_diffusion_config(AutoModelForCausalLM.from_pretrained(out).config)
     assert recorded["objective"] == "block" and recorded["block_size"] == 4
 
     samples = tmp_path / "samples.jsonl"
-    generate_cli.main(["--model", str(out), "--prompt", "Return the", "--gen_length", "8", "--threshold", "0.9",
-                       "--seed", "0", "--output", str(samples)])
+    generate_cli.main(
+        [
+            "--model",
+            str(out),
+            "--prompt",
+            "Return the",
+            "--gen_length",
+            "8",
+            "--threshold",
+            "0.9",
+            "--seed",
+            "0",
+            "--output",
+            str(samples),
+        ]
+    )
     record = json.loads(samples.read_text().splitlines()[0])
     assert record["settings"]["sampler"] == "block" and 1 <= record["nfe"] <= 1 + 8 + 2
     gif = tmp_path / "blocks.gif"
-    view_cli.main(["--model", str(out), "--prompt", "Return the", "--gen_length", "8", "--seed", "0",
-                   "--gif", str(gif)])
+    view_cli.main(
+        ["--model", str(out), "--prompt", "Return the", "--gen_length", "8", "--seed", "0", "--gif", str(gif)]
+    )
     assert gif.stat().st_size > 0
 
 

@@ -4,14 +4,14 @@ import math
 
 import pytest
 import torch
-from conftest import make_byte_tokenizer, make_tiny_llama
 from transformers import default_data_collator
 
-from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
+from conftest import make_byte_tokenizer, make_tiny_llama
 from diff_trainer.data.labels import IGNORE_INDEX
 from diff_trainer.diffusion.schedules import get_schedule
 from diff_trainer.diffusion_config import write_diffusion_config
 from diff_trainer.objectives.masked import BatchNoiser, seeded_generator
+from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
 from diff_trainer.training.trainer import DiffusionTrainer
 
 MASK = 7
@@ -26,9 +26,14 @@ def rows(count, prompt=3, response=5, pad=2, seed=0):
         ids = torch.randint(10, 200, (pad + prompt + response,), generator=generator)
         ids[:pad] = 1
         labels = ids.clone()
-        labels[:pad + prompt] = IGNORE_INDEX
-        features.append({"input_ids": ids.tolist(), "labels": labels.tolist(),
-                         "attention_mask": [0] * pad + [1] * (prompt + response)})
+        labels[: pad + prompt] = IGNORE_INDEX
+        features.append(
+            {
+                "input_ids": ids.tolist(),
+                "labels": labels.tolist(),
+                "attention_mask": [0] * pad + [1] * (prompt + response),
+            }
+        )
     return features
 
 
@@ -36,10 +41,24 @@ def trainer_from_flags(tmp_path, tokenizer=None, train_dataset=None, **flags):
     """The DiffusionTrainer that run_clm_diff.py builds from DiffusionTrainingArguments (byte tokenizer)."""
     tokenizer = tokenizer or make_byte_tokenizer()
     model = make_tiny_llama(len(tokenizer))
-    write_diffusion_config(model.config, mask_token_id=tokenizer.mask_token_id, shift_logits=False,
-                           noise_schedule="linear", time_eps=EPS, dff_token="<DFF>")
-    args = DiffusionTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", do_train=True,
-                                      train_diff_model=True, loss_normalization="token", eval_mc_samples=0, **flags)
+    write_diffusion_config(
+        model.config,
+        mask_token_id=tokenizer.mask_token_id,
+        shift_logits=False,
+        noise_schedule="linear",
+        time_eps=EPS,
+        dff_token="<DFF>",
+    )
+    args = DiffusionTrainingArguments(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        do_train=True,
+        train_diff_model=True,
+        loss_normalization="token",
+        eval_mc_samples=0,
+        **flags,
+    )
     return DiffusionTrainer(model, args, processing_class=tokenizer, train_dataset=train_dataset)
 
 
@@ -132,7 +151,7 @@ def keyword_rows(tokenizer, texts, block_size, packed):
 def segments_of(text):
     """Second implementation on strings: the stripped keywords of a `k1 <SEP> k2 ... ` prefix and its skeleton."""
     parts = text.split(SEPARATOR)
-    skeleton = [(part[:len(part) - len(part.lstrip())], part[len(part.rstrip()):]) for part in parts]
+    skeleton = [(part[: len(part) - len(part.lstrip())], part[len(part.rstrip()) :]) for part in parts]
     return [part.strip() for part in parts], skeleton
 
 
@@ -143,8 +162,12 @@ def shuffled_batch(tmp_path, texts, packed, seed, **flags):
     return tokenizer, batch, noiser(batch, seeded_generator(seed))
 
 
-KEYWORD_TEXTS = ["alpha <SEP> be <SEP> gamma delta <SEP> é <DFF> x y", "one <SEP>  two <SEP>three <DFF> z",
-                 "<DFF> no prefix at all", "solo <DFF> kept"]
+KEYWORD_TEXTS = [
+    "alpha <SEP> be <SEP> gamma delta <SEP> é <DFF> x y",
+    "one <SEP>  two <SEP>three <DFF> z",
+    "<DFF> no prefix at all",
+    "solo <DFF> kept",
+]
 
 
 @pytest.mark.parametrize("packed", [False, True])
@@ -217,11 +240,15 @@ def test_prefix_shuffle_bad_settings(tmp_path):
     data = Dataset.from_dict({key: value.tolist() for key, value in rows.items()})
     with pytest.raises(ValueError, match="contains --prefix_separator '<SEP>'"):
         trainer_from_flags(tmp_path, tokenizer, train_dataset=data, prefix_shuffle="segments")
-    assert trainer_from_flags(tmp_path, tokenizer, train_dataset=data, prefix_shuffle="segments",
-                              prefix_separator=",").train_noiser.prefix_shuffler.separator_ids == (44 + 3,)
-    for flags, message in (({"prefix_shuffle": "words"}, "must be one of"),
-                           ({"eval_prefix_shuffle": True}, "needs --prefix_shuffle"),
-                           ({"prefix_shuffle": "tokens", "train_diff_model": False}, "only apply with")):
+    assert trainer_from_flags(
+        tmp_path, tokenizer, train_dataset=data, prefix_shuffle="segments", prefix_separator=","
+    ).train_noiser.prefix_shuffler.separator_ids == (44 + 3,)
+    for flags, message in (
+        ({"prefix_shuffle": "words"}, "must be one of"),
+        ({"eval_prefix_shuffle": True}, "needs --prefix_shuffle"),
+        ({"prefix_shuffle": "tokens", "train_diff_model": False}, "only apply with"),
+    ):
         with pytest.raises(ValueError, match=message):
-            DiffusionTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none",
-                                       **{"train_diff_model": True, **flags})
+            DiffusionTrainingArguments(
+                output_dir=str(tmp_path), use_cpu=True, report_to="none", **{"train_diff_model": True, **flags}
+            )

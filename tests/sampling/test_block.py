@@ -25,14 +25,17 @@ def sample(model, prompts=PROMPTS, **settings):
     return generate(model, prompts, **settings)
 
 
-@pytest.mark.parametrize("settings", [
-    {},
-    {"shift": True},
-    {"block_length": 2, "steps": 6},
-    {"temperature": 1.0, "seed": 3, "shift": True},
-    {"threshold": 0.031, "steps": 3, "block_length": 4},
-    {"remasking": "margin", "block_size": 6, "block_length": 3, "gen_length": 9, "steps": 9},
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {},
+        {"shift": True},
+        {"block_length": 2, "steps": 6},
+        {"temperature": 1.0, "seed": 3, "shift": True},
+        {"threshold": 0.031, "steps": 3, "block_length": 4},
+        {"remasking": "margin", "block_size": 6, "block_length": 3, "gen_length": 9, "steps": 9},
+    ],
+)
 def test_cache_equals_recomputing_the_prefix(model, settings):
     cached = sample(model, trace=True, **settings)
     recomputed = sample(model, use_cache=False, trace=True, **settings)
@@ -64,7 +67,7 @@ def reference_one_token_per_step(model, prompt, gen_length, block_size):
                 if row[i] == MASK and probs[i].max() > best_p:
                     best, best_p = i, probs[i].max().item()
             row[best] = int(logits[best].argmax())
-    return row[len(prompt):end]
+    return row[len(prompt) : end]
 
 
 def test_one_token_per_step_matches_a_plain_loop(model):
@@ -118,8 +121,11 @@ def test_threshold_commits_every_confident_prediction(model):
 
 def eos_model():
     net = make_tiny_llama(VOCAB, seed=4, max_position_embeddings=64)
-    net.lm_head.register_forward_hook(lambda module, args, output: output.index_add(
-        -1, torch.tensor([EOS]), torch.full((*output.shape[:-1], 1), 50.0)))
+    net.lm_head.register_forward_hook(
+        lambda module, args, output: output.index_add(
+            -1, torch.tensor([EOS]), torch.full((*output.shape[:-1], 1), 50.0)
+        )
+    )
     return net
 
 
@@ -157,11 +163,21 @@ def test_trace_renders_as_text_and_gif(tmp_path):
     tokenizer = make_byte_tokenizer()
     net = make_tiny_llama(len(tokenizer), seed=5, max_position_embeddings=64)
     prompt = tokenizer("abcdef", add_special_tokens=False).input_ids
-    result = generate(net, [prompt], mask_token_id=tokenizer.mask_token_id, gen_length=8, steps=8, block_size=4,
-                      block_length=2, trace=True)
+    result = generate(
+        net,
+        [prompt],
+        mask_token_id=tokenizer.mask_token_id,
+        gen_length=8,
+        steps=8,
+        block_size=4,
+        block_length=2,
+        trace=True,
+    )
     assert len(result.trace) == 8 and all(frame.sequences.shape == result.sequences.shape for frame in result.trace)
-    headers = [render_text(frame, 0, TokenPieces(tokenizer), tokenizer.mask_token_id, color=False).split("\n")[0]
-               for frame in result.trace]
+    headers = [
+        render_text(frame, 0, TokenPieces(tokenizer), tokenizer.mask_token_id, color=False).split("\n")[0]
+        for frame in result.trace
+    ]
     # the prompt's tail fills half of the first block: 2 steps there, then 4 in each of the next two blocks
     assert [header.split("  ")[1] for header in headers] == ["block 1"] * 2 + ["block 2"] * 4 + ["block 3"] * 2
     assert render_gif(result.trace, tmp_path / "blocks.gif", tokenizer, tokenizer.mask_token_id, duration_ms=50) == 8

@@ -4,8 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import make_tiny_llama
 
+from conftest import make_tiny_llama
 from diff_trainer.sampling.masked import (
     SamplerConfig,
     chosen_probability,
@@ -43,8 +43,9 @@ class StubModel(torch.nn.Module):
         self.calls = []
 
     def forward(self, input_ids, attention_mask=None, position_ids=None):
-        self.calls.append(SimpleNamespace(input_ids=input_ids.clone(), attention_mask=attention_mask,
-                                          position_ids=position_ids))
+        self.calls.append(
+            SimpleNamespace(input_ids=input_ids.clone(), attention_mask=attention_mask, position_ids=position_ids)
+        )
         return SimpleNamespace(logits=self.logits_fn(input_ids))
 
 
@@ -62,20 +63,22 @@ def test_num_transfer_tokens_spreads_the_remainder_over_the_first_steps():
     assert counts.tolist() == [[3, 3, 2, 2], [2, 2, 2, 1], [0, 0, 0, 0], [1, 1, 1, 1]]
 
 
-@pytest.mark.parametrize("gen_length,block_length,steps,expected", [
-    (10, 10, 4, [3, 3, 2, 2]),
-    (12, 6, 4, [3, 3, 3, 3]),
-    (12, 4, 6, [2, 2, 2, 2, 2, 2]),
-    (9, 3, 6, [2, 1, 2, 1, 2, 1]),
-])
+@pytest.mark.parametrize(
+    "gen_length,block_length,steps,expected",
+    [
+        (10, 10, 4, [3, 3, 2, 2]),
+        (12, 6, 4, [3, 3, 3, 3]),
+        (12, 4, 6, [2, 2, 2, 2, 2, 2]),
+        (9, 3, 6, [2, 1, 2, 1, 2, 1]),
+    ],
+)
 def test_committed_tokens_per_step_follow_the_schedule(model, gen_length, block_length, steps, expected):
-    result = sample(model, [[5, 6, 7], [8]], gen_length=gen_length, block_length=block_length, steps=steps,
-                    trace=True)
+    result = sample(model, [[5, 6, 7], [8]], gen_length=gen_length, block_length=block_length, steps=steps, trace=True)
     for frame in result.trace:
         assert frame.committed.sum(-1).tolist() == [expected[frame.step]] * 2
         # every commit lies inside the current block
         start = result.generation_start + frame.blocks[0] * block_length
-        assert not frame.committed[:, :start].any() and not frame.committed[:, start + block_length:].any()
+        assert not frame.committed[:, :start].any() and not frame.committed[:, start + block_length :].any()
     steps_per_block = steps // (gen_length // block_length)
     assert [f.blocks for f in result.trace] == [[step // steps_per_block] * 2 for step in range(steps)]
 
@@ -133,7 +136,7 @@ def test_prompts_are_kept_and_every_mask_is_filled_exactly_once(model):
     result = sample(model, prompts, gen_length=8, block_length=4, steps=4, trace=True)
     start = result.generation_start
     for row, prompt in enumerate(prompts):
-        assert result.sequences[row, start - len(prompt):start].tolist() == prompt  # even its mask token
+        assert result.sequences[row, start - len(prompt) : start].tolist() == prompt  # even its mask token
         assert result.attention_mask[row, :start].sum() == len(prompt)
     assert not (result.generated == MASK).any()
     commits = torch.stack([f.committed for f in result.trace]).sum(0)
@@ -156,7 +159,7 @@ def test_random_remasking_commits_each_position_first_equally_often(model):
     first = {}
     for remasking in ("random", "low_confidence"):  # 400 copies of one prompt, greedy tokens
         result = sample(model, [[5, 6]] * 400, gen_length=4, remasking=remasking, seed=0, trace=True)
-        first[remasking] = result.trace[0].committed[:, result.generation_start:].double()
+        first[remasking] = result.trace[0].committed[:, result.generation_start :].double()
     assert (first["random"].sum(dim=1) == 1).all()
     frequencies = first["random"].mean(dim=0)
     assert torch.allclose(frequencies, torch.full((4,), 0.25, dtype=torch.float64), atol=0.07)  # 3.2 std
@@ -186,7 +189,7 @@ def test_guidance_masks_the_prompt_in_the_unconditional_pass():
     # The first prompt token is a mask only in the unconditional pass; w=1 gives un + 2(cond − un).
     def logits_fn(ids):
         logits = torch.zeros(*ids.shape, VOCAB)
-        conditional = (ids[:, :1] != MASK)  # the first prompt token is masked only in the unconditional pass
+        conditional = ids[:, :1] != MASK  # the first prompt token is masked only in the unconditional pass
         logits[..., 3] = torch.where(conditional, 2.0, 0.0)
         logits[..., 4] = torch.where(conditional, 1.5, 1.0)
         return logits
@@ -204,7 +207,7 @@ def test_guidance_can_change_the_choice():
     # cond prefers 4 slightly (1.1 vs 1.0); un prefers 4 strongly, so guidance pushes towards 3.
     def logits_fn(ids):
         logits = torch.zeros(*ids.shape, VOCAB)
-        conditional = (ids[:, :1] != MASK)
+        conditional = ids[:, :1] != MASK
         logits[..., 3] = 1.0
         logits[..., 4] = torch.where(conditional, 1.1, 3.0)
         return logits
@@ -237,12 +240,15 @@ def test_threshold_commits_every_confident_position():
     assert [int(f.committed.sum()) for f in result.trace] == [2, 1, 1]
 
 
-@pytest.mark.parametrize("settings", [
-    dict(steps=4),
-    dict(threshold=0.5),  # rows need different numbers of steps per block
-    dict(threshold=0.5, cache="dual"),
-    dict(steps=8, cache="prefix", guidance_scale=1.0),
-])
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(steps=4),
+        dict(threshold=0.5),  # rows need different numbers of steps per block
+        dict(threshold=0.5, cache="dual"),
+        dict(steps=8, cache="prefix", guidance_scale=1.0),
+    ],
+)
 def test_batched_generation_equals_one_by_one(model, settings):
     prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13, 14], [15]]
     batched = sample(model, prompts, gen_length=8, block_length=4, **settings)
@@ -268,7 +274,7 @@ def test_rows_advance_through_their_blocks_independently_and_leave_when_done():
     assert result.row_nfe == [2, 8] and result.nfe == 8
     assert [call.input_ids.shape[0] for call in stub.calls] == [2, 2] + [1] * 6
     assert [f.blocks for f in result.trace] == [[0, 0], [1, 0], [-1, 0], [-1, 0], [-1, 1], [-1, 1], [-1, 1], [-1, 1]]
-    second = result.trace[1].committed[0, result.generation_start:]
+    second = result.trace[1].committed[0, result.generation_start :]
     assert second.tolist() == [False] * 4 + [True] * 4  # row 0 is already in its second block
     assert result.generated.tolist() == [[20] * 8, [20] * 8]
     assert stub.calls[2].input_ids.tolist() == [[9, 8, 20, 20, MASK, MASK, MASK, MASK, MASK, MASK]]
@@ -303,8 +309,9 @@ def test_shift_reads_the_logits_of_the_previous_position():
 
 
 def test_a_shift_model_samples(model):
-    result = sample(model, [[5, 6], [7]], gen_length=8, steps=4, block_length=4, shift=True, seed=0,
-                    temperature=1.0, trace=True)
+    result = sample(
+        model, [[5, 6], [7]], gen_length=8, steps=4, block_length=4, shift=True, seed=0, temperature=1.0, trace=True
+    )
     assert not (result.generated == MASK).any() and len(result.trace) == 4
     with pytest.raises(ValueError, match="every prompt needs a token"):
         sample(model, [[5], []], shift=True)
@@ -335,19 +342,34 @@ def eos_for_prompt_seven(ids):
 
 
 def test_stop_fills_the_rest_with_eos_after_a_block_with_eos():
-    alone = sample(StubModel(eos_for_prompt_seven), [[7, 8]], gen_length=8, block_length=4, steps=4,
-                   eos_token_id=EOS, eos_handling="stop")
+    alone = sample(
+        StubModel(eos_for_prompt_seven),
+        [[7, 8]],
+        gen_length=8,
+        block_length=4,
+        steps=4,
+        eos_token_id=EOS,
+        eos_handling="stop",
+    )
     assert alone.generated.tolist() == [[EOS] * 8]
     assert alone.nfe == 2  # the second block is never sampled
-    both = sample(StubModel(eos_for_prompt_seven), [[7, 8], [9, 8]], gen_length=8, block_length=4, steps=4,
-                  eos_token_id=EOS, eos_handling="stop")
+    both = sample(
+        StubModel(eos_for_prompt_seven),
+        [[7, 8], [9, 8]],
+        gen_length=8,
+        block_length=4,
+        steps=4,
+        eos_token_id=EOS,
+        eos_handling="stop",
+    )
     assert both.generated.tolist() == [[EOS] * 8, [20] * 8]
     assert both.nfe == 4 and both.row_nfe == [2, 4]  # the finished row left the batch after its first block
 
 
 def test_forbid_never_predicts_eos():
-    result = sample(StubModel(eos_for_prompt_seven), [[7, 8]], gen_length=4, steps=4,
-                    eos_token_id=EOS, eos_handling="forbid")
+    result = sample(
+        StubModel(eos_for_prompt_seven), [[7, 8]], gen_length=4, steps=4, eos_token_id=EOS, eos_handling="forbid"
+    )
     assert not (result.generated == EOS).any()
     assert not (result.generated == MASK).any()
 
@@ -370,8 +392,15 @@ def test_forbidden_special_tokens_are_never_committed_but_eos_still_is(temperatu
     unrestricted = sample(StubModel(prefers_markers), [[5, 6]], gen_length=4, eos_token_id=EOS, seed=0)
     assert unrestricted.generated.tolist() == [[DFF] * 4]
     for seed in range(5):
-        result = sample(StubModel(prefers_markers), [[5, 6]], gen_length=4, eos_token_id=EOS, temperature=temperature,
-                        forbidden_token_ids=(PAD, DFF), seed=seed)
+        result = sample(
+            StubModel(prefers_markers),
+            [[5, 6]],
+            gen_length=4,
+            eos_token_id=EOS,
+            temperature=temperature,
+            forbidden_token_ids=(PAD, DFF),
+            seed=seed,
+        )
         assert not torch.isin(result.generated, torch.tensor([DFF, PAD, MASK])).any()
         if temperature == 0:
             assert result.generated.tolist() == [[21, 21, 21, EOS]]
@@ -421,18 +450,33 @@ def eot_for_prompt_seven(ids):
 
 
 def test_any_of_several_stop_ids_ends_a_row_which_is_then_filled_with_the_first():
-    result = sample(StubModel(eot_for_prompt_seven), [[7, 8], [9, 8]], gen_length=8, block_length=4, steps=4,
-                    eos_token_id=[EOS, EOT], eos_handling="stop")
+    result = sample(
+        StubModel(eot_for_prompt_seven),
+        [[7, 8], [9, 8]],
+        gen_length=8,
+        block_length=4,
+        steps=4,
+        eos_token_id=[EOS, EOT],
+        eos_handling="stop",
+    )
     assert result.generated.tolist() == [[EOT] * 4 + [EOS] * 4, [20] * 8]
     assert result.nfe == 4
-    only_eos = sample(StubModel(eot_for_prompt_seven), [[7, 8]], gen_length=8, block_length=4, steps=4,
-                      eos_token_id=EOS, eos_handling="stop")
+    only_eos = sample(
+        StubModel(eot_for_prompt_seven),
+        [[7, 8]],
+        gen_length=8,
+        block_length=4,
+        steps=4,
+        eos_token_id=EOS,
+        eos_handling="stop",
+    )
     assert only_eos.generated.tolist() == [[EOT] * 8] and only_eos.nfe == 4  # EOT alone does not stop
 
 
 def test_forbid_and_rank_last_cover_every_stop_id():
-    forbidden = sample(StubModel(eot_for_prompt_seven), [[7, 8]], gen_length=4, steps=4,
-                       eos_token_id=(EOS, EOT), eos_handling="forbid")
+    forbidden = sample(
+        StubModel(eot_for_prompt_seven), [[7, 8]], gen_length=4, steps=4, eos_token_id=(EOS, EOT), eos_handling="forbid"
+    )
     assert not torch.isin(forbidden.generated, torch.tensor([EOS, EOT, MASK])).any()
 
     def logits_fn(ids):
@@ -442,24 +486,34 @@ def test_forbid_and_rank_last_cover_every_stop_id():
         logits[:, 3:, 20] = 3.0
         return logits
 
-    ranked = sample(StubModel(logits_fn), [[5]], gen_length=4, steps=4, eos_token_id=[EOS, EOT],
-                    eos_handling="rank_last", trace=True)
+    ranked = sample(
+        StubModel(logits_fn),
+        [[5]],
+        gen_length=4,
+        steps=4,
+        eos_token_id=[EOS, EOT],
+        eos_handling="rank_last",
+        trace=True,
+    )
     assert [int(f.committed[0].nonzero()[0]) for f in ranked.trace] == [3, 4, 1, 2]
 
 
 # --- bad input ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("settings,message", [
-    (dict(gen_length=10, block_length=4), "multiple of block_length"),
-    (dict(gen_length=12, block_length=4, steps=8), "multiple of the number of blocks"),
-    (dict(gen_length=8, block_length=4, steps=3), "multiple of the number of blocks"),
-    (dict(gen_length=4, steps=8), "exceed block_length"),
-    (dict(remasking="random", threshold=0.9), "cannot be combined"),
-    (dict(remasking="best"), "remasking must be one of"),
-    (dict(eos_handling="stop"), "needs eos_token_id"),
-    (dict(temperature=-1.0), "temperature"),
-])
+@pytest.mark.parametrize(
+    "settings,message",
+    [
+        (dict(gen_length=10, block_length=4), "multiple of block_length"),
+        (dict(gen_length=12, block_length=4, steps=8), "multiple of the number of blocks"),
+        (dict(gen_length=8, block_length=4, steps=3), "multiple of the number of blocks"),
+        (dict(gen_length=4, steps=8), "exceed block_length"),
+        (dict(remasking="random", threshold=0.9), "cannot be combined"),
+        (dict(remasking="best"), "remasking must be one of"),
+        (dict(eos_handling="stop"), "needs eos_token_id"),
+        (dict(temperature=-1.0), "temperature"),
+    ],
+)
 def test_bad_settings_are_refused(settings, message):
     with pytest.raises(ValueError, match=message):
         SamplerConfig(**{"mask_token_id": MASK, "gen_length": 8, "steps": 8, **settings})
@@ -478,8 +532,16 @@ def make_tiny_qwen2(seed=1, **overrides):
     from transformers import AutoModelForCausalLM, Qwen2Config
 
     torch.manual_seed(seed)
-    settings = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64, initializer_range=0.5)
+    settings = dict(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        initializer_range=0.5,
+    )
     config = Qwen2Config(**{**settings, **overrides})
     config.is_causal = False
     return AutoModelForCausalLM.from_config(config).eval()
@@ -497,8 +559,12 @@ def test_with_one_layer_the_cache_is_exact(architecture, cache):
     # One layer: a position's keys/values depend on its own token only, and reused ones belong to unchanged tokens.
     one_layer = ONE_LAYER_MODELS[architecture]()
     prompts = [[5, 6, 7], [8, 9, 10, 11, 12], [15]]
-    for settings in (dict(steps=8), dict(threshold=0.3), dict(steps=8, guidance_scale=1.0, shift=True),
-                     dict(steps=8, suffix_ids=[30, 31])):
+    for settings in (
+        dict(steps=8),
+        dict(threshold=0.3),
+        dict(steps=8, guidance_scale=1.0, shift=True),
+        dict(steps=8, suffix_ids=[30, 31]),
+    ):
         plain = sample(one_layer, prompts, gen_length=8, block_length=4, **settings)
         cached = sample(one_layer, prompts, gen_length=8, block_length=4, cache=cache, **settings)
         assert torch.equal(cached.generated, plain.generated), settings
@@ -534,8 +600,10 @@ def test_the_first_step_of_a_block_uses_the_uncached_logits(model, cache):
     assert recorder.full_calls == 3 and recorder.cached_calls == 9 and result.nfe == 12
     # one step per block: every step is a block's first, so the cache changes nothing
     one_step = dict(gen_length=12, block_length=4, steps=3)
-    assert torch.equal(sample(model, [[5, 6, 7], [8]], cache=cache, **one_step).generated,
-                       sample(model, [[5, 6, 7], [8]], **one_step).generated)
+    assert torch.equal(
+        sample(model, [[5, 6, 7], [8]], cache=cache, **one_step).generated,
+        sample(model, [[5, 6, 7], [8]], **one_step).generated,
+    )
 
 
 def stale_reference_logits(model, before, now, attention_mask, window_starts, window_width):
@@ -553,8 +621,10 @@ def stale_reference_logits(model, before, now, attention_mask, window_starts, wi
         handle.remove()
     index = torch.arange(now.shape[1])
     outside = ~((index >= window_starts[:, None]) & (index < window_starts[:, None] + window_width))
-    handles = [p.register_forward_hook(lambda m, i, out: torch.where(outside[..., None], recorded[m], out))
-               for p in projections]
+    handles = [
+        p.register_forward_hook(lambda m, i, out: torch.where(outside[..., None], recorded[m], out))
+        for p in projections
+    ]
     logits = model(input_ids=now, attention_mask=attention_mask, position_ids=positions).logits
     for handle in handles:
         handle.remove()
@@ -566,8 +636,12 @@ def test_cached_logits_equal_a_forward_with_stale_keys_and_values_outside_the_wi
     from diff_trainer.sampling.masked import _Denoiser
 
     # Row 0 (left padded) is in its first block, row 1 in its second: the windows differ per row.
-    x = torch.tensor([[0, 0, 5, 6, MASK, MASK, MASK, MASK, MASK, MASK, MASK, MASK],
-                      [7, 8, 9, 10, 21, 22, 23, 24, MASK, MASK, MASK, MASK]])
+    x = torch.tensor(
+        [
+            [0, 0, 5, 6, MASK, MASK, MASK, MASK, MASK, MASK, MASK, MASK],
+            [7, 8, 9, 10, 21, 22, 23, 24, MASK, MASK, MASK, MASK],
+        ]
+    )
     attention = torch.tensor([[0, 0] + [1] * 10, [1] * 12])
     config = SamplerConfig(mask_token_id=MASK, gen_length=8, block_length=4, steps=8, cache=cache)
     denoise = _Denoiser(model, config, attention, is_prompt=torch.zeros_like(x, dtype=torch.bool))
@@ -604,17 +678,22 @@ def llada_generate(model, prompt, steps, gen_length, block_length, mask_id, suff
     """LLaDA's generate.py (greedy, low_confidence, no guidance) written out independently, with the sampler's one
     deliberate difference: the mask id itself is never predicted (its logit is set to -inf first). A `suffix` is
     appended after the masks and never changed (infilling)."""
-    x = torch.cat([prompt, torch.full((prompt.shape[0], gen_length), mask_id),
-                   torch.tensor([list(suffix)] * prompt.shape[0], dtype=torch.long).reshape(prompt.shape[0], -1)],
-                  dim=1)
+    x = torch.cat(
+        [
+            prompt,
+            torch.full((prompt.shape[0], gen_length), mask_id),
+            torch.tensor([list(suffix)] * prompt.shape[0], dtype=torch.long).reshape(prompt.shape[0], -1),
+        ],
+        dim=1,
+    )
     blocks = gen_length // block_length
     for block in range(blocks):
         end = prompt.shape[1] + (block + 1) * block_length
-        masks_in_block = (x[:, end - block_length:end] == mask_id).sum(1, keepdim=True)
+        masks_in_block = (x[:, end - block_length : end] == mask_id).sum(1, keepdim=True)
         per_step = steps // blocks
         counts = (masks_in_block // per_step).repeat(1, per_step)
         for row in range(x.shape[0]):
-            counts[row, :int(masks_in_block[row] % per_step)] += 1
+            counts[row, : int(masks_in_block[row] % per_step)] += 1
         for step in range(per_step):
             logits = model(input_ids=x).logits
             logits[..., mask_id] = float("-inf")
@@ -638,22 +717,32 @@ def test_greedy_sampling_is_token_identical_to_llada_generate(model, gen_length,
 
 
 @pytest.mark.parametrize("gen_length,block_length,steps", [(8, 8, 8), (12, 4, 6)])
-def test_infilling_is_token_identical_to_llada_generate_with_the_suffix_appended(model, gen_length, block_length,
-                                                                                   steps):
+def test_infilling_is_token_identical_to_llada_generate_with_the_suffix_appended(
+    model, gen_length, block_length, steps
+):
     prompts, suffix = torch.tensor([[5, 6, 7], [9, 10, 11]]), [30, 31, 32]
     expected = llada_generate(model, prompts, steps, gen_length, block_length, MASK, suffix)
-    result = sample(model, prompts, gen_length=gen_length, block_length=block_length, steps=steps, suffix_ids=suffix,
-                    trace=True)
+    result = sample(
+        model, prompts, gen_length=gen_length, block_length=block_length, steps=steps, suffix_ids=suffix, trace=True
+    )
     assert torch.equal(result.sequences, expected)
-    assert torch.equal(result.generated, expected[:, 3:3 + gen_length]) and result.suffix_length == 3
+    assert torch.equal(result.generated, expected[:, 3 : 3 + gen_length]) and result.suffix_length == 3
     assert all(frame.sequences[:, -3:].tolist() == [suffix] * 2 for frame in result.trace)
     without = llada_generate(model, prompts, steps, gen_length, block_length, MASK)
-    assert not torch.equal(without[:, 3:], expected[:, 3:3 + gen_length])  # the model does read the suffix
+    assert not torch.equal(without[:, 3:], expected[:, 3 : 3 + gen_length])  # the model does read the suffix
 
 
 def test_infilling_keeps_the_suffix_when_a_row_stops_and_masks_it_for_guidance():
-    stopped = sample(StubModel(eos_for_prompt_seven), [[7, 8]], gen_length=8, block_length=4, steps=4,
-                     eos_token_id=EOS, eos_handling="stop", suffix_ids=[25, 26])
+    stopped = sample(
+        StubModel(eos_for_prompt_seven),
+        [[7, 8]],
+        gen_length=8,
+        block_length=4,
+        steps=4,
+        eos_token_id=EOS,
+        eos_handling="stop",
+        suffix_ids=[25, 26],
+    )
     assert stopped.sequences.tolist() == [[7, 8] + [EOS] * 8 + [25, 26]]
     stub = StubModel(lambda ids: torch.zeros(*ids.shape, VOCAB))
     sample(stub, [[5, 6]], gen_length=4, steps=2, guidance_scale=1.0, suffix_ids=[25])

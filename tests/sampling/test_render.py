@@ -2,12 +2,12 @@
 
 import pytest
 import torch
-from conftest import make_byte_tokenizer, make_tiny_llama
 from PIL import Image
 
+from conftest import make_byte_tokenizer, make_tiny_llama
 from diff_trainer.cli import view
-from diff_trainer.sampling.render import ANSI_STYLES, MASK_GLYPH, TokenPieces, frame_cells, render_gif, render_text
 from diff_trainer.sampling.masked import StepFrame, generate
+from diff_trainer.sampling.render import ANSI_STYLES, MASK_GLYPH, TokenPieces, frame_cells, render_gif, render_text
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +25,25 @@ def hand_frame(tokenizer):
     sequences = torch.tensor([[0, byte_id("h"), byte_id("i"), mask, byte_id("j"), mask]])
     committed = torch.tensor([[False, False, False, False, True, False]])
     confidence = torch.where(committed, 0.7, float("nan")).double()
-    return StepFrame(step=1, blocks=[0], sequences=sequences, committed=committed, confidence=confidence,
-                     attention_mask=torch.tensor([[0, 1, 1, 1, 1, 1]]), generation_start=3)
+    return StepFrame(
+        step=1,
+        blocks=[0],
+        sequences=sequences,
+        committed=committed,
+        confidence=confidence,
+        attention_mask=torch.tensor([[0, 1, 1, 1, 1, 1]]),
+        generation_start=3,
+    )
 
 
 def test_cells_skip_padding_and_mark_each_kind(tokenizer):
     cells = frame_cells(hand_frame(tokenizer), 0, TokenPieces(tokenizer), tokenizer.mask_token_id)
     assert [(c.text, c.kind) for c in cells] == [
-        ("h", "prompt"), ("i", "prompt"), (MASK_GLYPH, "masked"), ("j", "new"), (MASK_GLYPH, "masked"),
+        ("h", "prompt"),
+        ("i", "prompt"),
+        (MASK_GLYPH, "masked"),
+        ("j", "new"),
+        (MASK_GLYPH, "masked"),
     ]
 
 
@@ -57,8 +68,15 @@ def test_token_pieces_escape_control_characters_and_show_lone_bytes(tokenizer):
 
 def test_gif_has_one_frame_per_step(tokenizer, tmp_path):
     model = make_tiny_llama(len(tokenizer))
-    result = generate(model, [[byte_id("a"), byte_id("b")]], mask_token_id=tokenizer.mask_token_id,
-                      gen_length=8, steps=4, block_length=4, trace=True)
+    result = generate(
+        model,
+        [[byte_id("a"), byte_id("b")]],
+        mask_token_id=tokenizer.mask_token_id,
+        gen_length=8,
+        steps=4,
+        block_length=4,
+        trace=True,
+    )
     path = tmp_path / "trace.gif"
     assert render_gif(result.trace, path, tokenizer, tokenizer.mask_token_id, duration_ms=50) == 4
     with Image.open(path) as gif:
@@ -76,8 +94,25 @@ def test_gif_has_one_frame_per_step(tokenizer, tmp_path):
 
 def test_view_replays_every_step_and_writes_the_gif(tiny_checkpoints, tmp_path, capsys):
     gif = tmp_path / "view.gif"
-    view.main(["--model", str(tiny_checkpoints / "diffusion"), "--prompt", "ab", "--gen_length", "8", "--steps", "4",
-               "--block_length", "4", "--delay", "0", "--gif", str(gif), "--no_color"])
+    view.main(
+        [
+            "--model",
+            str(tiny_checkpoints / "diffusion"),
+            "--prompt",
+            "ab",
+            "--gen_length",
+            "8",
+            "--steps",
+            "4",
+            "--block_length",
+            "4",
+            "--delay",
+            "0",
+            "--gif",
+            str(gif),
+            "--no_color",
+        ]
+    )
     out = capsys.readouterr().out
     assert [line for line in out.splitlines() if line.startswith("step ")] == [
         f"step {n}/4  block {1 + (n - 1) // 2}  +2 tokens" for n in range(1, 5)

@@ -24,8 +24,11 @@ def rate_matrix(kind: str) -> torch.Tensor:
 
 def exact_log_score(kind):
     """log p_t(x with x_i := y)/p_t(x) for i.i.d. tokens of law PI: p_t = PI · exp(σ̄ Q) per position."""
-    data = torch.cat([PI, torch.zeros(N - len(PI), dtype=torch.float64)]) if kind == "absorb" else \
-        torch.cat([PI[:N - 1] * 0.9, torch.tensor([0.1 * 1.0], dtype=torch.float64)])
+    data = (
+        torch.cat([PI, torch.zeros(N - len(PI), dtype=torch.float64)])
+        if kind == "absorb"
+        else torch.cat([PI[: N - 1] * 0.9, torch.tensor([0.1 * 1.0], dtype=torch.float64)])
+    )
 
     def log_score_fn(x, sigma):
         levels, row_level = sigma.double().unique(return_inverse=True)  # rows share σ̄ within a step
@@ -69,8 +72,8 @@ def test_step_probabilities_match_definitions(kind):
     analytic = analytic_probs(graph, noise, log_score_fn, x, t, dt)
     final = denoise_probs(graph, noise, log_score_fn, x, t)
     for b in range(2):
-        sigma, rate = noise(t[b:b + 1])
-        dsigma = float(sigma - noise.total(t[b:b + 1] - dt))
+        sigma, rate = noise(t[b : b + 1])
+        dsigma = float(sigma - noise.total(t[b : b + 1] - dt))
         for i in range(3):
             xi = int(x[b, i])
             score = log_score_fn(x, sigma.expand(2))[b, i].exp()
@@ -86,15 +89,28 @@ def test_step_probabilities_match_definitions(kind):
             assert torch.allclose(final[b, i], last, rtol=1e-9)
 
 
-@pytest.mark.parametrize("kind,predictor,time_conditioned", [
-    ("absorb", "euler", True), ("absorb", "analytic", True), ("absorb", "analytic", False),
-    ("uniform", "euler", True), ("uniform", "analytic", True),
-])
+@pytest.mark.parametrize(
+    "kind,predictor,time_conditioned",
+    [
+        ("absorb", "euler", True),
+        ("absorb", "analytic", True),
+        ("absorb", "analytic", False),
+        ("uniform", "euler", True),
+        ("uniform", "analytic", True),
+    ],
+)
 def test_exact_score_samples_the_data_law(kind, predictor, time_conditioned):
     model = TableModel(kind, time_conditioned)
-    config = SeddSamplerConfig(graph=kind, num_states=N, mask_token_id=MASK if kind == "absorb" else None,
-                               noise="loglinear", time_conditioned=time_conditioned, gen_length=4, steps=32,
-                               predictor=predictor)
+    config = SeddSamplerConfig(
+        graph=kind,
+        num_states=N,
+        mask_token_id=MASK if kind == "absorb" else None,
+        noise="loglinear",
+        time_conditioned=time_conditioned,
+        gen_length=4,
+        steps=32,
+        predictor=predictor,
+    )
     prompts = [[1]] * 800
     result = sedd_generate(model, prompts, config, seed=0)
     assert (result.sequences[:, 0] == 1).all()  # the prompt is kept
@@ -120,13 +136,15 @@ def test_trace_and_reproducibility():
 
 def test_config_from_checkpoint_settings():
     config = SeddSamplerConfig.from_diffusion_config(
-        {"objective": "sedd_uniform", "noise": "geometric", "sigma_min": 1e-4, "sigma_max": 20.0}, 30, steps=5)
+        {"objective": "sedd_uniform", "noise": "geometric", "sigma_min": 1e-4, "sigma_max": 20.0}, 30, steps=5
+    )
     assert (config.graph, config.noise, config.time_conditioned, config.steps) == ("uniform", "geometric", True, 5)
     masked = SeddSamplerConfig.from_diffusion_config({"objective": "masked_diffusion", "mask_token_id": 7}, 30)
     assert (masked.graph, masked.time_conditioned, masked.mask_token_id) == ("absorb", False, 7)
     with pytest.raises(ValueError, match="shifted"):
-        SeddSamplerConfig.from_diffusion_config({"objective": "masked_diffusion", "mask_token_id": 7,
-                                                 "shift_logits": True}, 30)
+        SeddSamplerConfig.from_diffusion_config(
+            {"objective": "masked_diffusion", "mask_token_id": 7, "shift_logits": True}, 30
+        )
     with pytest.raises(ValueError, match="uniform graph needs a model that takes the noise level"):
         SeddSamplerConfig(graph="uniform", num_states=N, time_conditioned=False)
     with pytest.raises(ValueError, match="sedd sampler must be one of"):
@@ -144,15 +162,18 @@ def reference_infill(model, kind, predictor, prompts, suffix, gen_length, steps,
         q[range(vocab), range(vocab)] -= 1.0
     generator = torch.Generator().manual_seed(seed)
     rows = len(prompts)
-    start = torch.full((rows, gen_length), vocab - 1) if kind == "absorb" else \
-        torch.randint(0, vocab, (rows, gen_length), generator=generator)
+    start = (
+        torch.full((rows, gen_length), vocab - 1)
+        if kind == "absorb"
+        else torch.randint(0, vocab, (rows, gen_length), generator=generator)
+    )
     fixed = torch.cat([torch.tensor(prompts), start, torch.tensor([suffix] * rows)], dim=1)
     free = torch.zeros_like(fixed, dtype=torch.bool)
-    free[:, len(prompts[0]):len(prompts[0]) + gen_length] = True
+    free[:, len(prompts[0]) : len(prompts[0]) + gen_length] = True
     x, dt = fixed.clone(), (1 - 1e-5) / steps
     times = torch.linspace(1, 1e-5, steps + 1, dtype=torch.float64)
     for step in range(steps + 1):
-        t = times[step:step + 1]
+        t = times[step : step + 1]
         sigma, rate = noise(t)
         score = model(x, sigma=sigma.expand(rows)).logits.double().exp()
         probs = torch.empty(*x.shape, vocab, dtype=torch.float64)
@@ -164,8 +185,9 @@ def reference_infill(model, kind, predictor, prompts, suffix, gen_length, steps,
                     probs[b, i, xi] = 1 - probs[b, i].sum() + probs[b, i, xi]
                     continue
                 jump = float(sigma - noise.total(t - dt)) if step < steps else float(sigma)
-                probs[b, i] = (torch.linalg.matrix_exp(-jump * q.T) @ score[b, i]) * \
-                    torch.linalg.matrix_exp(jump * q)[:, xi]
+                probs[b, i] = (torch.linalg.matrix_exp(-jump * q.T) @ score[b, i]) * torch.linalg.matrix_exp(jump * q)[
+                    :, xi
+                ]
                 if step == steps and kind == "absorb":
                     probs[b, i, vocab - 1] = 0
         exponential = 1e-10 - torch.log(torch.rand(probs.shape, generator=generator).double() + 1e-10)
@@ -180,12 +202,32 @@ def test_prefix_and_suffix_conditioning_matches_the_reference(kind, predictor):
     from models.ddit_reference import randomise
 
     vocab = 9
-    model = randomise(DDiTModel(DDiTConfig(vocab_size=vocab, hidden_size=32, cond_dim=16, num_hidden_layers=1,
-                                           num_attention_heads=4, max_position_embeddings=32, dropout=0.0)), 4).eval()
+    model = randomise(
+        DDiTModel(
+            DDiTConfig(
+                vocab_size=vocab,
+                hidden_size=32,
+                cond_dim=16,
+                num_hidden_layers=1,
+                num_attention_heads=4,
+                max_position_embeddings=32,
+                dropout=0.0,
+            )
+        ),
+        4,
+    ).eval()
     prompts, suffix = [[1, 2], [3, 0]], [5, 6, 7]
-    config = SeddSamplerConfig(graph=kind, num_states=vocab, mask_token_id=vocab - 1 if kind == "absorb" else None,
-                               noise="geometric", sigma_min=1e-3, sigma_max=6.0, gen_length=3, steps=4,
-                               predictor=predictor)
+    config = SeddSamplerConfig(
+        graph=kind,
+        num_states=vocab,
+        mask_token_id=vocab - 1 if kind == "absorb" else None,
+        noise="geometric",
+        sigma_min=1e-3,
+        sigma_max=6.0,
+        gen_length=3,
+        steps=4,
+        predictor=predictor,
+    )
     result = sedd_generate(model, prompts, config, suffix_ids=suffix, seed=11, trace=True)
     assert result.sequences.shape == (2, 8) and result.generated.shape == (2, 3)
     for frame in result.trace:
@@ -194,5 +236,8 @@ def test_prefix_and_suffix_conditioning_matches_the_reference(kind, predictor):
     expected = reference_infill(model, kind, predictor, prompts, suffix, 3, 4, GeometricNoise(1e-3, 6.0), 11)
     assert torch.equal(result.sequences, expected)
     sigma = torch.tensor([0.5, 0.5])  # the scores of the generated span depend on the suffix: it conditions them
-    assert not torch.allclose(model(result.sequences, sigma=sigma).logits[:, 2:5],
-                              model(result.sequences[:, :5], sigma=sigma).logits[:, 2:5], atol=1e-3)
+    assert not torch.allclose(
+        model(result.sequences, sigma=sigma).logits[:, 2:5],
+        model(result.sequences[:, :5], sigma=sigma).logits[:, 2:5],
+        atol=1e-3,
+    )

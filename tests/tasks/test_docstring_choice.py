@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import zstandard
+
 from conftest import make_byte_tokenizer, make_tiny_llama
 
 pytest.importorskip("lm_eval", reason="needs the [eval] extra: pip install -e '.[eval]'")
@@ -55,14 +56,20 @@ def train_masked_diffusion(records: list[str], steps: int = 250, seed: int = 0):
     for _ in range(steps):
         mask_prob = 0.7 * sample_times(len(ids), generator=generator) + 0.3
         noisy, masked = mask_tokens(ids, maskable, mask_prob, tokenizer.mask_token_id, generator)
-        loss = masked_diffusion_loss(model(input_ids=noisy).logits, ids, masked, maskable, (1 / mask_prob)[:, None],
-                                     "llada_sft")
+        loss = masked_diffusion_loss(
+            model(input_ids=noisy).logits, ids, masked, maskable, (1 / mask_prob)[:, None], "llada_sft"
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    model.config.diffusion_config = {"objective": "masked_diffusion", "mask_token_id": tokenizer.mask_token_id,
-                                     "shift_logits": False, "noise_schedule": "linear", "time_eps": 0.3,
-                                     "dff_token": DFF}
+    model.config.diffusion_config = {
+        "objective": "masked_diffusion",
+        "mask_token_id": tokenizer.mask_token_id,
+        "shift_logits": False,
+        "noise_schedule": "linear",
+        "time_eps": 0.3,
+        "dff_token": DFF,
+    }
     return model.eval(), tokenizer
 
 
@@ -87,8 +94,18 @@ def test_a_model_trained_on_the_corpus_scores_far_above_chance(workdir, monkeypa
     well a 250-step model knows the unconditional docstring varies with the seed). The floors sit below every
     measured run yet far above guessing: 26 of 32 has probability 4e-11 by chance, 18 of 32 2e-4."""
     monkeypatch.chdir(workdir)
-    results = cli.evaluate(["--model", "model", "--tasks", "docstring_choice", "--include_path", "tasks",
-                            "--model_args", "mc_num=16,batch_size=64,seed=0"])
+    results = cli.evaluate(
+        [
+            "--model",
+            "model",
+            "--tasks",
+            "docstring_choice",
+            "--include_path",
+            "tasks",
+            "--model_args",
+            "mc_num=16,batch_size=64,seed=0",
+        ]
+    )
     intervals = {row["metric"]: row for row in accuracy_intervals(results)}
     for metric, floor, interval_floor in (("acc,none", 26, 0.5), ("acc_mutual_info,none", 18, 0.25)):
         assert results["results"]["docstring_choice"][metric] >= floor / NUM_RECORDS, metric

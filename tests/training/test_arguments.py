@@ -4,6 +4,7 @@ import json
 
 import pytest
 import yaml
+
 from diff_trainer.training.args.data import DataArguments, PreferenceDataArguments
 from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
 from diff_trainer.training.args.dpo import DPOTrainingArguments
@@ -57,8 +58,19 @@ def test_config_file_values_are_applied(tmp_path, suffix):
 
 @pytest.mark.parametrize("suffix", [".yaml", ".json"])
 def test_command_line_after_the_file_wins(tmp_path, suffix):
-    argv = [write_config(tmp_path, suffix), "--block_size", "64", "--use_lora", "false",
-            "--lora_target_modules", "o_proj", "--noise_schedule", "linear", "--learning_rate", "1e-3"]
+    argv = [
+        write_config(tmp_path, suffix),
+        "--block_size",
+        "64",
+        "--use_lora",
+        "false",
+        "--lora_target_modules",
+        "o_proj",
+        "--noise_schedule",
+        "linear",
+        "--learning_rate",
+        "1e-3",
+    ]
     model, data, training = parse(argv)
     assert data.block_size == 64
     assert model.use_lora is False
@@ -128,32 +140,42 @@ def test_config_file_must_be_a_mapping(tmp_path, capsys, content):
     assert "mapping of flag names" in err or "line 2, column 1" in err
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"padding_side": "middle"}, "--padding_side must be"),
-    ({"prompt_column": "prompt"}, "must be given together"),
-    ({"load_from_disk": True}, "--load_from_disk needs --dataset_name"),
-    ({"dff_labels": "maybe"}, "--dff_labels must be auto, on or off"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"padding_side": "middle"}, "--padding_side must be"),
+        ({"prompt_column": "prompt"}, "must be given together"),
+        ({"load_from_disk": True}, "--load_from_disk needs --dataset_name"),
+        ({"dff_labels": "maybe"}, "--dff_labels must be auto, on or off"),
+    ],
+)
 def test_data_argument_checks(kwargs, message):
     with pytest.raises(ValueError, match=message):
         DataArguments(**kwargs)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"train_diff_model": True, "loss_normalization": "mean"}, "--loss_normalization must be one of"),
-    ({"train_diff_model": True, "prompt_dropout": 1.5}, r"probabilities in \[0, 1\]"),
-    ({"shift_logits": True, "prompt_dropout": 0.1}, "--shift_logits --prompt_dropout only apply with --train_diff_model"),
-    ({"isolate_documents": True}, "--isolate_documents only apply with --train_diff_model"),
-    ({"masked_head": False}, "--masked_head only apply with --train_diff_model"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"train_diff_model": True, "loss_normalization": "mean"}, "--loss_normalization must be one of"),
+        ({"train_diff_model": True, "prompt_dropout": 1.5}, r"probabilities in \[0, 1\]"),
+        (
+            {"shift_logits": True, "prompt_dropout": 0.1},
+            "--shift_logits --prompt_dropout only apply with --train_diff_model",
+        ),
+        ({"isolate_documents": True}, "--isolate_documents only apply with --train_diff_model"),
+        ({"masked_head": False}, "--masked_head only apply with --train_diff_model"),
+    ],
+)
 def test_diffusion_argument_checks(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         DiffusionTrainingArguments(output_dir=str(tmp_path), **kwargs)
 
 
 def test_diffusion_flags_accepted_with_train_diff_model(tmp_path):
-    args = DiffusionTrainingArguments(output_dir=str(tmp_path), train_diff_model=True, shift_logits=True,
-                                      loss_normalization="masked", time_eps=0.01)
+    args = DiffusionTrainingArguments(
+        output_dir=str(tmp_path), train_diff_model=True, shift_logits=True, loss_normalization="masked", time_eps=0.01
+    )
     assert args.shift_logits and args.loss_normalization == "masked"
     assert args.diffusion_settings() == {"shift_logits": True, "noise_schedule": "linear", "time_eps": 0.01}
 
@@ -163,8 +185,9 @@ def test_a_causal_run_names_the_diffusion_settings_it_does_not_use(tmp_path, cap
     with caplog.at_level("WARNING", logger="diff_trainer.training.args.diffusion"):
         DiffusionTrainingArguments(output_dir=str(tmp_path), time_eps=0.1, eval_mc_samples=0, eval_mask_seed=1234)
     (record,) = caplog.records
-    assert record.getMessage() == ("A causal run (no --train_diff_model) does not use the diffusion settings "
-                                   "--time_eps 0.1, --eval_mc_samples 0.")
+    assert record.getMessage() == (
+        "A causal run (no --train_diff_model) does not use the diffusion settings --time_eps 0.1, --eval_mc_samples 0."
+    )
     caplog.clear()
     with caplog.at_level("WARNING", logger="diff_trainer.training.args.diffusion"):
         DiffusionTrainingArguments(output_dir=str(tmp_path))
@@ -174,15 +197,28 @@ def test_a_causal_run_names_the_diffusion_settings_it_does_not_use(tmp_path, cap
 
 def test_each_group_holds_its_own_flags(tmp_path):
     """The flags that moved keep their names: --dff_token and --dff_labels are data, --masked_lm model, --resume run."""
-    model, data, training = parse(["--output_dir", str(tmp_path), "--dff_token", "<SEP>", "--dff_labels", "off",
-                                   "--masked_lm", "--resume", "--train_diff_model"])
+    model, data, training = parse(
+        [
+            "--output_dir",
+            str(tmp_path),
+            "--dff_token",
+            "<SEP>",
+            "--dff_labels",
+            "off",
+            "--masked_lm",
+            "--resume",
+            "--train_diff_model",
+        ]
+    )
     assert (data.dff_token, data.dff_labels, model.masked_lm, training.resume) == ("<SEP>", "off", True, True)
 
 
 def test_data_source_fields_are_shared_with_their_own_defaults():
     shared = ("dataset_name", "train_file", "load_from_disk", "max_train_samples", "save_final_dataset", "dff_token")
-    assert all(name in DataArguments.__dataclass_fields__ and name in PreferenceDataArguments.__dataclass_fields__
-               for name in shared)
+    assert all(
+        name in DataArguments.__dataclass_fields__ and name in PreferenceDataArguments.__dataclass_fields__
+        for name in shared
+    )
     assert DataArguments().validation_split_percentage == 5
     assert PreferenceDataArguments().validation_split_percentage == 0
     with pytest.raises(ValueError, match="--load_from_disk needs --dataset_name"):

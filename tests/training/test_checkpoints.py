@@ -5,18 +5,20 @@ import logging
 from pathlib import Path
 
 import pytest
-import run_clm_diff  # the repository root is on pytest's pythonpath (setup.cfg)
 
+import run_clm_diff  # the repository root is on pytest's pythonpath (setup.cfg)
+from diff_trainer.data.loading import DataError
 from diff_trainer.training.checkpoints import (
     COMPLETE_MARKER,
     check_resumable,
     incomplete_reason,
     newest_complete_checkpoint,
 )
-from diff_trainer.data.loading import DataError
 
-TINY_LLAMA = ("hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4,"
-              "num_key_value_heads=4,max_position_embeddings=64")
+TINY_LLAMA = (
+    "hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4,"
+    "num_key_value_heads=4,max_position_embeddings=64"
+)
 
 
 def make_checkpoint(output_dir: Path, step: int, *, marker=False, state_step=None, weights=True, state=True):
@@ -32,11 +34,14 @@ def make_checkpoint(output_dir: Path, step: int, *, marker=False, state_step=Non
     return path
 
 
-@pytest.mark.parametrize("damage, reason", [
-    (dict(state=False), "no trainer_state.json"),
-    (dict(state_step=4), "trainer_state.json says step 4, not 6"),
-    (dict(weights=False), "no weights file"),
-])
+@pytest.mark.parametrize(
+    "damage, reason",
+    [
+        (dict(state=False), "no trainer_state.json"),
+        (dict(state_step=4), "trainer_state.json says step 4, not 6"),
+        (dict(weights=False), "no weights file"),
+    ],
+)
 def test_newest_incomplete_checkpoint_is_skipped_with_its_reason(tmp_path, caplog, damage, reason):
     make_checkpoint(tmp_path, 2, marker=True)
     make_checkpoint(tmp_path, 4)  # no marker, but its state and weights are there (an older writer)
@@ -44,8 +49,10 @@ def test_newest_incomplete_checkpoint_is_skipped_with_its_reason(tmp_path, caplo
     make_checkpoint(tmp_path, 10, marker=True).rename(tmp_path / "checkpoint-10-not-ours")
     with caplog.at_level(logging.WARNING, logger="diff_trainer"):
         assert newest_complete_checkpoint(str(tmp_path)) == str(tmp_path / "checkpoint-4")
-    assert f"Skipping incomplete checkpoint {tmp_path / 'checkpoint-6'}: no {COMPLETE_MARKER} marker and {reason}" \
+    assert (
+        f"Skipping incomplete checkpoint {tmp_path / 'checkpoint-6'}: no {COMPLETE_MARKER} marker and {reason}"
         in caplog.text
+    )
 
 
 def test_the_marker_wins_and_a_truncated_state_file_is_incomplete(tmp_path):
@@ -71,10 +78,33 @@ def test_training_marks_checkpoints_and_resume_passes_over_a_half_written_one(tm
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"text": f"{i}+{i}=<DFF>{2 * i}"}) + "\n" for i in range(24)))
     out = tmp_path / "out"
-    flags = ["--model_type", "llama", "--config_overrides", TINY_LLAMA, "--tokenizer_name", "byte",
-             "--block_size", "16", "--output_dir", str(out), "--per_device_train_batch_size", "4", "--use_cpu",
-             "--report_to", "none", "--disable_tqdm", "true", "--train_file", str(data),
-             "--validation_split_percentage", "0", "--do_train", "--save_steps", "2", "--train_diff_model"]
+    flags = [
+        "--model_type",
+        "llama",
+        "--config_overrides",
+        TINY_LLAMA,
+        "--tokenizer_name",
+        "byte",
+        "--block_size",
+        "16",
+        "--output_dir",
+        str(out),
+        "--per_device_train_batch_size",
+        "4",
+        "--use_cpu",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--train_file",
+        str(data),
+        "--validation_split_percentage",
+        "0",
+        "--do_train",
+        "--save_steps",
+        "2",
+        "--train_diff_model",
+    ]
     run_clm_diff.main(flags + ["--max_steps", "4"])
     for step in (2, 4):
         assert json.loads((out / f"checkpoint-{step}" / COMPLETE_MARKER).read_text()) == {"global_step": step}

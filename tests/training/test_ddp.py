@@ -12,8 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import accelerate_launch
 
+from conftest import accelerate_launch
 from diff_trainer.diffusion.losses import LOSS_NORMALIZATIONS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -21,8 +21,10 @@ _spec = importlib.util.spec_from_file_location("run_clm_diff", ROOT / "run_clm_d
 run_clm_diff = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(run_clm_diff)
 
-TINY_LLAMA = ("hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4,"
-              "num_key_value_heads=4,max_position_embeddings=64")
+TINY_LLAMA = (
+    "hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4,"
+    "num_key_value_heads=4,max_position_embeddings=64"
+)
 
 
 @pytest.fixture(scope="module")
@@ -35,12 +37,45 @@ def train_file(tmp_path_factory):
 
 
 def run_flags(train_file, output_dir, per_device_batch: int, normalization: str, schedule: str) -> list[str]:
-    return ["--train_file", str(train_file), "--model_type", "llama", "--config_overrides", TINY_LLAMA,
-            "--tokenizer_name", "byte", "--block_size", "32", "--validation_split_percentage", "0",
-            "--train_diff_model", "--noise_schedule", schedule, "--time_eps", "1.0",
-            "--loss_normalization", normalization, "--output_dir", str(output_dir), "--do_train",
-            "--max_steps", "1", "--per_device_train_batch_size", str(per_device_batch), "--logging_steps", "1",
-            "--report_to", "none", "--use_cpu", "--save_strategy", "no", "--seed", "7", "--disable_tqdm", "true"]
+    return [
+        "--train_file",
+        str(train_file),
+        "--model_type",
+        "llama",
+        "--config_overrides",
+        TINY_LLAMA,
+        "--tokenizer_name",
+        "byte",
+        "--block_size",
+        "32",
+        "--validation_split_percentage",
+        "0",
+        "--train_diff_model",
+        "--noise_schedule",
+        schedule,
+        "--time_eps",
+        "1.0",
+        "--loss_normalization",
+        normalization,
+        "--output_dir",
+        str(output_dir),
+        "--do_train",
+        "--max_steps",
+        "1",
+        "--per_device_train_batch_size",
+        str(per_device_batch),
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "--save_strategy",
+        "no",
+        "--seed",
+        "7",
+        "--disable_tqdm",
+        "true",
+    ]
 
 
 def first_step(output_dir) -> dict:
@@ -52,9 +87,18 @@ def first_step(output_dir) -> dict:
 def test_two_process_ddp_matches_one_process(tmp_path, train_file, normalization):
     run_clm_diff.main(run_flags(train_file, tmp_path / "one", 4, normalization, "cosine"))
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
-    ddp = subprocess.run([*accelerate_launch(tmp_path), "run_clm_diff.py",
-                          *run_flags(train_file, tmp_path / "two", 2, normalization, "cosine")],
-                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    ddp = subprocess.run(
+        [
+            *accelerate_launch(tmp_path),
+            "run_clm_diff.py",
+            *run_flags(train_file, tmp_path / "two", 2, normalization, "cosine"),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     single, double = first_step(tmp_path / "one"), first_step(tmp_path / "two")
     assert double["loss"] == pytest.approx(single["loss"], rel=1e-4)

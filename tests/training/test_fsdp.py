@@ -13,17 +13,19 @@ import sys
 
 import pytest
 import torch
-from conftest import make_byte_tokenizer, make_tiny_llama
 from safetensors.torch import load_file
 
+from conftest import make_byte_tokenizer, make_tiny_llama
 from diff_trainer.cli import consolidate as cli
 from diff_trainer.diffusion_config import write_diffusion_config
 from diff_trainer.training.sharding import SHARDED_WEIGHTS_DIR
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(ROOT, "configs", "accelerate")
-TINY_LLAMA = ("hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4,"
-              "num_key_value_heads=4,max_position_embeddings=64")
+TINY_LLAMA = (
+    "hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4,"
+    "num_key_value_heads=4,max_position_embeddings=64"
+)
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
 PAIRS = [{"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + 2)} for a in range(3) for b in range(2)]
 
@@ -35,9 +37,23 @@ def run(command: list[str]) -> None:
 
 def fsdp_launch(*script_and_flags: str) -> None:
     """Two CPU processes under configs/accelerate/fsdp2.yaml (fp32: CPU autocast would change the numbers)."""
-    run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", os.path.join(CONFIGS, "fsdp2.yaml"),
-         "--num_processes", "2", "--mixed_precision", "no", "--main_process_port", "0",
-         "tests/fsdp_on_cpu.py", *script_and_flags])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            os.path.join(CONFIGS, "fsdp2.yaml"),
+            "--num_processes",
+            "2",
+            "--mixed_precision",
+            "no",
+            "--main_process_port",
+            "0",
+            "tests/fsdp_on_cpu.py",
+            *script_and_flags,
+        ]
+    )
 
 
 def read_json(path):
@@ -59,11 +75,43 @@ def step_logs(output_dir, *keys) -> list[tuple]:
 
 def diffusion_flags(data, output, per_device_batch, *extra):
     # time_eps 1 masks every maskable token, so the losses are deterministic and comparable across runs
-    return ["run_clm_diff.py", "--train_file", str(data), "--model_type", "llama", "--config_overrides", TINY_LLAMA,
-            "--tokenizer_name", "byte", "--block_size", "32", "--validation_split_percentage", "0",
-            "--train_diff_model", "--time_eps", "1.0", "--output_dir", str(output), "--do_train", "--max_steps", "2",
-            "--per_device_train_batch_size", str(per_device_batch), "--learning_rate", "0.01", "--logging_steps", "1",
-            "--report_to", "none", "--use_cpu", "--seed", "7", "--disable_tqdm", "true", *extra]
+    return [
+        "run_clm_diff.py",
+        "--train_file",
+        str(data),
+        "--model_type",
+        "llama",
+        "--config_overrides",
+        TINY_LLAMA,
+        "--tokenizer_name",
+        "byte",
+        "--block_size",
+        "32",
+        "--validation_split_percentage",
+        "0",
+        "--train_diff_model",
+        "--time_eps",
+        "1.0",
+        "--output_dir",
+        str(output),
+        "--do_train",
+        "--max_steps",
+        "2",
+        "--per_device_train_batch_size",
+        str(per_device_batch),
+        "--learning_rate",
+        "0.01",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--use_cpu",
+        "--seed",
+        "7",
+        "--disable_tqdm",
+        "true",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +125,19 @@ def diffusion_runs(tmp_path_factory):
     run([sys.executable, *diffusion_flags(data, root / "one", 4, "--save_strategy", "no")])
     fsdp_launch(*diffusion_flags(data, root / "sharded", 2, "--save_strategy", "steps", "--save_steps", "1"))
     # another seed: a run that restarted instead of resuming would start from other weights
-    fsdp_launch(*diffusion_flags(data, root / "resumed", 2, "--save_strategy", "no", "--seed", "8",
-                                 "--resume_from_checkpoint", str(root / "sharded" / "checkpoint-1")))
+    fsdp_launch(
+        *diffusion_flags(
+            data,
+            root / "resumed",
+            2,
+            "--save_strategy",
+            "no",
+            "--seed",
+            "8",
+            "--resume_from_checkpoint",
+            str(root / "sharded" / "checkpoint-1"),
+        )
+    )
     return root
 
 
@@ -100,13 +159,17 @@ def test_sharded_saves_hold_shards_config_and_tokenizer(diffusion_runs):
 
 def test_consolidated_weights_equal_the_one_process_model(diffusion_runs, tmp_path):
     cli.main([str(diffusion_runs / "sharded"), str(tmp_path / "full")])
-    merged, reference = load_file(tmp_path / "full" / "model.safetensors"), \
-        load_file(diffusion_runs / "one" / "model.safetensors")
+    merged, reference = (
+        load_file(tmp_path / "full" / "model.safetensors"),
+        load_file(diffusion_runs / "one" / "model.safetensors"),
+    )
     assert merged.keys() == reference.keys()
     for name in reference:
         torch.testing.assert_close(merged[name], reference[name], rtol=1e-5, atol=1e-6)
-    assert json.loads((tmp_path / "full" / "config.json").read_text())["diffusion_config"] == \
-        json.loads((diffusion_runs / "one" / "config.json").read_text())["diffusion_config"]
+    assert (
+        json.loads((tmp_path / "full" / "config.json").read_text())["diffusion_config"]
+        == json.loads((diffusion_runs / "one" / "config.json").read_text())["diffusion_config"]
+    )
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "full")
@@ -120,8 +183,9 @@ def test_sharded_checkpoint_resumes_to_the_same_step_and_weights(diffusion_runs,
     assert resumed[1][1] == pytest.approx(uninterrupted[1][1], rel=1e-6)
     cli.main([str(diffusion_runs / "resumed"), str(tmp_path / "resumed")])
     cli.main([str(diffusion_runs / "sharded"), str(tmp_path / "sharded")])
-    resumed_weights, sharded_weights = (load_file(tmp_path / name / "model.safetensors")
-                                        for name in ("resumed", "sharded"))
+    resumed_weights, sharded_weights = (
+        load_file(tmp_path / name / "model.safetensors") for name in ("resumed", "sharded")
+    )
     for name in sharded_weights:
         torch.testing.assert_close(resumed_weights[name], sharded_weights[name], rtol=1e-6, atol=1e-7)
 
@@ -153,19 +217,60 @@ def dpo_runs(tmp_path_factory):
         handle.writelines(json.dumps(pair) + "\n" for pair in PAIRS)
     tokenizer = make_byte_tokenizer()
     model = make_tiny_llama(len(tokenizer), max_position_embeddings=64)
-    write_diffusion_config(model.config, mask_token_id=tokenizer.mask_token_id, shift_logits=False,
-                           noise_schedule="linear", time_eps=1e-3, dff_token="<DFF>")
+    write_diffusion_config(
+        model.config,
+        mask_token_id=tokenizer.mask_token_id,
+        shift_logits=False,
+        noise_schedule="linear",
+        time_eps=1e-3,
+        dff_token="<DFF>",
+    )
     model.save_pretrained(root / "policy")
     tokenizer.save_pretrained(root / "policy")
 
     def flags(output, per_device_batch, *extra):
-        return ["run_diffusion_dpo.py", "configs/dpo.yaml", "--model_name_or_path", str(root / "policy"),
-                "--train_file", str(root / "pairs.jsonl"), "--validation_file", str(root / "pairs.jsonl"),
-                "--output_dir", str(root / output), "--max_steps", "2", "--eval_strategy", "no",
-                "--per_device_train_batch_size", str(per_device_batch), "--per_device_eval_batch_size", "3",
-                "--logging_steps", "1", "--save_strategy", "no", "--mc_samples", "2", "--max_length", "16",
-                "--max_prompt_length", "8", "--learning_rate", "0.01", "--warmup_steps", "0", "--disable_tqdm", "true",
-                "--report_to", "none", "--use_cpu", "--seed", "3", *extra]
+        return [
+            "run_diffusion_dpo.py",
+            "configs/dpo.yaml",
+            "--model_name_or_path",
+            str(root / "policy"),
+            "--train_file",
+            str(root / "pairs.jsonl"),
+            "--validation_file",
+            str(root / "pairs.jsonl"),
+            "--output_dir",
+            str(root / output),
+            "--max_steps",
+            "2",
+            "--eval_strategy",
+            "no",
+            "--per_device_train_batch_size",
+            str(per_device_batch),
+            "--per_device_eval_batch_size",
+            "3",
+            "--logging_steps",
+            "1",
+            "--save_strategy",
+            "no",
+            "--mc_samples",
+            "2",
+            "--max_length",
+            "16",
+            "--max_prompt_length",
+            "8",
+            "--learning_rate",
+            "0.01",
+            "--warmup_steps",
+            "0",
+            "--disable_tqdm",
+            "true",
+            "--report_to",
+            "none",
+            "--use_cpu",
+            "--seed",
+            "3",
+            *extra,
+        ]
 
     run([sys.executable, *flags("one", 6)])
     fsdp_launch(*flags("sharded", 3))
@@ -184,9 +289,14 @@ def test_fsdp2_dpo_losses_and_gathered_metrics_equal_one_process(dpo_runs):
         assert sharded_step == pytest.approx(single_step, rel=1e-5, abs=1e-6)
     assert one[1][1] != 0  # at step 2 the policy has moved away from the reference
     assert (dpo_runs / "sharded" / SHARDED_WEIGHTS_DIR).is_dir()  # the run really was sharded
-    sharded_eval, single_eval = ({key: value for key, value in read_json(dpo_runs / name / "all_results.json").items()
-                                  if key.startswith("eval_") and "runtime" not in key and "per_second" not in key}
-                                 for name in ("sharded", "one"))
+    sharded_eval, single_eval = (
+        {
+            key: value
+            for key, value in read_json(dpo_runs / name / "all_results.json").items()
+            if key.startswith("eval_") and "runtime" not in key and "per_second" not in key
+        }
+        for name in ("sharded", "one")
+    )
     assert "eval_rewards/accuracies" in single_eval and sharded_eval.keys() == single_eval.keys()
     for key, value in single_eval.items():
         assert sharded_eval[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
@@ -231,10 +341,17 @@ def test_fsdp2_config_is_full_shard_with_block_wrap_checkpointing_bf16_and_shard
 
 
 # The keys transformers' HfTrainerDeepSpeedConfig fills from TrainingArguments when they say "auto".
-TRAINER_FILLED = {"bf16.enabled", "fp16.enabled", "gradient_accumulation_steps", "gradient_clipping",
-                  "train_batch_size", "train_micro_batch_size_per_gpu", "zero_optimization.reduce_bucket_size",
-                  "zero_optimization.stage3_prefetch_bucket_size",
-                  "zero_optimization.stage3_param_persistence_threshold"}
+TRAINER_FILLED = {
+    "bf16.enabled",
+    "fp16.enabled",
+    "gradient_accumulation_steps",
+    "gradient_clipping",
+    "train_batch_size",
+    "train_micro_batch_size_per_gpu",
+    "zero_optimization.reduce_bucket_size",
+    "zero_optimization.stage3_prefetch_bucket_size",
+    "zero_optimization.stage3_param_persistence_threshold",
+}
 
 
 def auto_keys(config: dict, prefix: str = "") -> set[str]:
@@ -267,22 +384,61 @@ def test_deepspeed_zero3_diffusion_training_runs_where_deepspeed_can():
     if torch.cuda.device_count() < 1:
         pytest.skip("DeepSpeed ZeRO-3 needs a CUDA GPU")
     # one process, so the test runs on a single-GPU machine; the config's sharding is exercised all the same
-    run([sys.executable, "-m", "accelerate.commands.launch", "--config_file", os.path.join(CONFIGS, "zero3.yaml"),
-         "--num_processes", "1", "--main_process_port", "0", "run_clm_diff.py", "--model_type", "llama",
-         "--config_overrides", TINY_LLAMA, "--tokenizer_name", "byte", "--train_file",
-         os.path.join(ROOT, "data", "stdlib_docstrings", "validation.jsonl.zst"), "--max_train_samples", "16",
-         "--block_size", "32", "--validation_split_percentage", "0", "--train_diff_model", "--output_dir",
-         os.path.join(ROOT, "outputs", "test_zero3"), "--do_train", "--max_steps", "2", "--bf16", "true",
-         "--per_device_train_batch_size", "4", "--report_to", "none", "--save_strategy", "no"])
+    run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            os.path.join(CONFIGS, "zero3.yaml"),
+            "--num_processes",
+            "1",
+            "--main_process_port",
+            "0",
+            "run_clm_diff.py",
+            "--model_type",
+            "llama",
+            "--config_overrides",
+            TINY_LLAMA,
+            "--tokenizer_name",
+            "byte",
+            "--train_file",
+            os.path.join(ROOT, "data", "stdlib_docstrings", "validation.jsonl.zst"),
+            "--max_train_samples",
+            "16",
+            "--block_size",
+            "32",
+            "--validation_split_percentage",
+            "0",
+            "--train_diff_model",
+            "--output_dir",
+            os.path.join(ROOT, "outputs", "test_zero3"),
+            "--do_train",
+            "--max_steps",
+            "2",
+            "--bf16",
+            "true",
+            "--per_device_train_batch_size",
+            "4",
+            "--report_to",
+            "none",
+            "--save_strategy",
+            "no",
+        ]
+    )
 
 
 @pytest.mark.skipif(not shutil.which("scontrol"), reason="launch.sh's DRY_RUN needs scontrol for the host list")
 def test_sbatch_launch_takes_the_sharding_config_from_accelerate_config():
     from test_sbatch import dry_run, split_launch
 
-    per_node = dry_run(["sbatch/launch.sh", "run_diffusion_dpo.py", "configs/dpo.yaml", "--use_lora", "true"],
-                       ACCELERATE_CONFIG="configs/accelerate/zero3.yaml", SLURM_NNODES="2",
-                       SLURM_JOB_NODELIST="gpu-[01-02]", SLURM_GPUS_ON_NODE="8")
+    per_node = dry_run(
+        ["sbatch/launch.sh", "run_diffusion_dpo.py", "configs/dpo.yaml", "--use_lora", "true"],
+        ACCELERATE_CONFIG="configs/accelerate/zero3.yaml",
+        SLURM_NNODES="2",
+        SLURM_JOB_NODELIST="gpu-[01-02]",
+        SLURM_GPUS_ON_NODE="8",
+    )
     for node_id, argv in per_node.items():
         flags, script_args = split_launch(argv, "run_diffusion_dpo.py")
         assert flags["--config_file"] == "configs/accelerate/zero3.yaml"

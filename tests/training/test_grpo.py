@@ -30,8 +30,14 @@ def diffusion_checkpoint(path, diffusion=True):
     tokenizer = make_byte_tokenizer()
     model = make_tiny_llama(len(tokenizer), bidirectional=diffusion, max_position_embeddings=32)
     if diffusion:
-        write_diffusion_config(model.config, mask_token_id=tokenizer.mask_token_id, shift_logits=False,
-                               noise_schedule="linear", time_eps=1e-3, dff_token="<DFF>")
+        write_diffusion_config(
+            model.config,
+            mask_token_id=tokenizer.mask_token_id,
+            shift_logits=False,
+            noise_schedule="linear",
+            time_eps=1e-3,
+            dff_token="<DFF>",
+        )
     return str(save_checkpoint(path, model, tokenizer))
 
 
@@ -40,15 +46,42 @@ def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("grpo")
     (root / "problems.jsonl").write_text("".join(json.dumps(problem) + "\n" for problem in PROBLEMS))
     (root / "distinct.py").write_text(DISTINCT)
-    return {"root": root, "problems": str(root / "problems.jsonl"), "checkpoint": diffusion_checkpoint(root / "ckpt"),
-            "distinct": f"{root / 'distinct.py'}:distinct"}
+    return {
+        "root": root,
+        "problems": str(root / "problems.jsonl"),
+        "checkpoint": diffusion_checkpoint(root / "ckpt"),
+        "distinct": f"{root / 'distinct.py'}:distinct",
+    }
 
 
 def flags(workspace, output, *extra):
-    return ["--model_name_or_path", workspace["checkpoint"], "--train_file", workspace["problems"],
-            "--output_dir", str(workspace["root"] / output), "--max_steps", "1", "--per_device_train_batch_size", "4",
-            "--num_generations", "4", "--max_completion_length", "4", "--logging_steps", "1", "--report_to", "none",
-            "--save_strategy", "no", "--bf16", "false", "--disable_tqdm", "true", *extra]
+    return [
+        "--model_name_or_path",
+        workspace["checkpoint"],
+        "--train_file",
+        workspace["problems"],
+        "--output_dir",
+        str(workspace["root"] / output),
+        "--max_steps",
+        "1",
+        "--per_device_train_batch_size",
+        "4",
+        "--num_generations",
+        "4",
+        "--max_completion_length",
+        "4",
+        "--logging_steps",
+        "1",
+        "--report_to",
+        "none",
+        "--save_strategy",
+        "no",
+        "--bf16",
+        "false",
+        "--disable_tqdm",
+        "true",
+        *extra,
+    ]
 
 
 class RecordingTrainer(DiffusionGRPOTrainer):
@@ -59,8 +92,9 @@ class RecordingTrainer(DiffusionGRPOTrainer):
         super().__init__(*args, **kwargs)
 
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep, **kwargs):
-        logps, entropies, aux = super()._get_per_token_logps_and_entropies(model, input_ids, attention_mask,
-                                                                           logits_to_keep, **kwargs)
+        logps, entropies, aux = super()._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, logits_to_keep, **kwargs
+        )
         step, iteration, rollouts = self._mask_context
         for row, rollout in enumerate(rollouts.tolist()):
             self.scores[step, iteration, rollout].append(logps[row].detach().clone())
@@ -70,23 +104,47 @@ class RecordingTrainer(DiffusionGRPOTrainer):
 def recording_trainer(workspace, output_dir, lora=False, **settings):
     """A RecordingTrainer at learning rate 0 on the problems, rewarded by the number of distinct characters."""
     args = DiffusionGRPOConfig(
-        output_dir=str(output_dir), learning_rate=0.0, per_device_train_batch_size=4, num_generations=4,
-        max_completion_length=4, mc_samples=2, temperature=1.0, logging_steps=1, report_to="none",
-        save_strategy="no", bf16=False, seed=3, **settings)
+        output_dir=str(output_dir),
+        learning_rate=0.0,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=4,
+        mc_samples=2,
+        temperature=1.0,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        bf16=False,
+        seed=3,
+        **settings,
+    )
     prompts = Dataset.from_list([{**problem, "prompt": problem["prompt"] + "<DFF>"} for problem in PROBLEMS])
     model = AutoModelForCausalLM.from_pretrained(workspace["checkpoint"])
     if lora:
         model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    return RecordingTrainer(model, [load_reward(workspace["distinct"])], args=args, train_dataset=prompts,
-                            processing_class=make_byte_tokenizer())
+    return RecordingTrainer(
+        model,
+        [load_reward(workspace["distinct"])],
+        args=args,
+        train_dataset=prompts,
+        processing_class=make_byte_tokenizer(),
+    )
 
 
-@pytest.mark.parametrize("estimator, lora", [("one_step", False), ("coupled", False), ("elbo", False),
-                                             ("coupled", True)])  # LoRA: the reference is the policy's ref adapter
-def test_learning_rate_zero_scores_every_policy_alike_so_kl_is_zero_and_loss_zero(workspace, tmp_path, estimator,
-                                                                                   lora):
-    trainer = recording_trainer(workspace, tmp_path, lora=lora, max_steps=2, num_iterations=2, beta=0.1,
-                                loss_type="grpo", logp_estimator=estimator)
+@pytest.mark.parametrize(
+    "estimator, lora", [("one_step", False), ("coupled", False), ("elbo", False), ("coupled", True)]
+)  # LoRA: the reference is the policy's ref adapter
+def test_learning_rate_zero_scores_every_policy_alike_so_kl_is_zero_and_loss_zero(workspace, tmp_path, estimator, lora):
+    trainer = recording_trainer(
+        workspace,
+        tmp_path,
+        lora=lora,
+        max_steps=2,
+        num_iterations=2,
+        beta=0.1,
+        loss_type="grpo",
+        logp_estimator=estimator,
+    )
     trainer.train()
 
     # one generation (step 0) reused twice: iteration 0 and 1, each scored by old, reference and current
@@ -122,8 +180,19 @@ def test_wd1_loss_is_the_weighted_likelihood_of_the_group(workspace, tmp_path, e
 
 
 def test_one_training_step_through_the_script_writes_a_model(workspace):
-    run_diffusion_grpo.main(flags(workspace, "step", "--reward_funcs", "arithmetic", "arithmetic_format",
-                                  "--logp_estimator", "coupled", "--learning_rate", "1e-2"))
+    run_diffusion_grpo.main(
+        flags(
+            workspace,
+            "step",
+            "--reward_funcs",
+            "arithmetic",
+            "arithmetic_format",
+            "--logp_estimator",
+            "coupled",
+            "--learning_rate",
+            "1e-2",
+        )
+    )
     output = workspace["root"] / "step"
     history = json.loads((output / "trainer_state.json").read_text())["log_history"]
     assert {"rewards/arithmetic/mean", "rewards/arithmetic_format/mean", "entropy"} <= set(history[0])
@@ -132,8 +201,18 @@ def test_one_training_step_through_the_script_writes_a_model(workspace):
 
 @pytest.mark.parametrize("loss_type", ["grpo", "wd1"])
 def test_a_step_with_varied_rewards_changes_the_weights(workspace, loss_type):
-    run_diffusion_grpo.main(flags(workspace, loss_type, "--reward_funcs", workspace["distinct"], "--loss_type",
-                                  loss_type, "--learning_rate", "1e-2"))
+    run_diffusion_grpo.main(
+        flags(
+            workspace,
+            loss_type,
+            "--reward_funcs",
+            workspace["distinct"],
+            "--loss_type",
+            loss_type,
+            "--learning_rate",
+            "1e-2",
+        )
+    )
     before = load_file(os.path.join(workspace["checkpoint"], "model.safetensors"))
     after = load_file(workspace["root"] / loss_type / "model.safetensors")
     assert any(not torch.equal(before[name], after[name]) for name in before)
@@ -142,8 +221,10 @@ def test_a_step_with_varied_rewards_changes_the_weights(workspace, loss_type):
 def test_bad_rewards_stop_before_any_rollout(workspace, monkeypatch):
     monkeypatch.setattr(DiffusionGRPOTrainer, "_generate_single_turn", lambda *args: pytest.fail("rolled out"))
     root = workspace["root"]
-    (root / "bad.py").write_text("def raises(prompts, completions, **kwargs):\n    raise KeyError('score')\n"
-                                 "def short(prompts, completions, **kwargs):\n    return [1.0]\n")
+    (root / "bad.py").write_text(
+        "def raises(prompts, completions, **kwargs):\n    raise KeyError('score')\n"
+        "def short(prompts, completions, **kwargs):\n    return [1.0]\n"
+    )
     with pytest.raises(ValueError, match=r"reward raises raised KeyError: 'score' \(columns passed: answer\)"):
         run_diffusion_grpo.main(flags(workspace, "bad", "--reward_funcs", f"{root / 'bad.py'}:raises"))
     with pytest.raises(ValueError, match="reward short returned 1 values for 2 completions"):
@@ -152,8 +233,11 @@ def test_bad_rewards_stop_before_any_rollout(workspace, monkeypatch):
 
 def test_long_prompts_and_one_generation_are_refused(workspace, monkeypatch, capsys):
     monkeypatch.setattr(DiffusionGRPOTrainer, "_generate_single_turn", lambda *args: pytest.fail("rolled out"))
-    with pytest.raises(ValueError, match=r"problems.jsonl record 1: a prompt of \d+ tokens plus "
-                                         r"--max_completion_length 30 exceeds the model's context of 32"):
+    with pytest.raises(
+        ValueError,
+        match=r"problems.jsonl record 1: a prompt of \d+ tokens plus "
+        r"--max_completion_length 30 exceeds the model's context of 32",
+    ):
         run_diffusion_grpo.main(flags(workspace, "long", "--max_completion_length", "30"))
     with pytest.raises(SystemExit):
         run_diffusion_grpo.main(flags(workspace, "one", "--num_generations", "1"))

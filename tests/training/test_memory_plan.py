@@ -6,11 +6,20 @@ import sys
 import pytest
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks"))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks")
+)
 import memory_plan  # noqa: E402
 
-TINY = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, tie_word_embeddings=False)
+TINY = dict(
+    vocab_size=100,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    tie_word_embeddings=False,
+)
 
 
 def test_shape_counts_the_parameters_lora_and_largest_block_of_the_real_model():
@@ -26,17 +35,21 @@ def test_shape_counts_the_parameters_lora_and_largest_block_of_the_real_model():
 SHAPE = {"parameters": 1000, "lora_per_rank": 10, "block": 100}
 
 
-@pytest.mark.parametrize("lora, copy, strategy, expected", [
-    (False, False, "DDP", (16_000, 0)),                       # 4 + 4 + 8 bytes per parameter on every GPU
-    (False, False, "FSDP2", (16_000 / 4 + 400, 0)),           # sharded over 4 GPUs + two gathered bf16 blocks
-    (True, False, "DDP", (2 * 1000 + 16 * 20, 0)),            # bf16 base + r=2 adapters with AdamW
-    (False, True, "DDP", (16_000 + 2000, 0)),                 # + a bf16 reference copy
-    (False, True, "FSDP2", ((16_000 + 2000) / 4 + 400, 0)),
-    (False, False, "ZeRO-3 + offload", (2000 / 4 + 400, 16_000)),  # bf16 grads on GPU, states in CPU
-])
+@pytest.mark.parametrize(
+    "lora, copy, strategy, expected",
+    [
+        (False, False, "DDP", (16_000, 0)),  # 4 + 4 + 8 bytes per parameter on every GPU
+        (False, False, "FSDP2", (16_000 / 4 + 400, 0)),  # sharded over 4 GPUs + two gathered bf16 blocks
+        (True, False, "DDP", (2 * 1000 + 16 * 20, 0)),  # bf16 base + r=2 adapters with AdamW
+        (False, True, "DDP", (16_000 + 2000, 0)),  # + a bf16 reference copy
+        (False, True, "FSDP2", ((16_000 + 2000) / 4 + 400, 0)),
+        (False, False, "ZeRO-3 + offload", (2000 / 4 + 400, 16_000)),  # bf16 grads on GPU, states in CPU
+    ],
+)
 def test_state_bytes_by_hand(lora, copy, strategy, expected):
-    assert memory_plan.state_bytes(SHAPE, lora, copy, strategy, gpus=4, gpus_per_node=8, lora_rank=2) == \
-        pytest.approx(expected)
+    assert memory_plan.state_bytes(SHAPE, lora, copy, strategy, gpus=4, gpus_per_node=8, lora_rank=2) == pytest.approx(
+        expected
+    )
 
 
 def test_zero3_with_a_reference_copy_is_marked_unsupported():

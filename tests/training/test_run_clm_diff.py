@@ -18,8 +18,10 @@ _spec = importlib.util.spec_from_file_location("run_clm_diff", SCRIPT)
 run_clm_diff = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(run_clm_diff)
 
-TINY_LLAMA = ("hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4,"
-              "num_key_value_heads=4,max_position_embeddings=64")
+TINY_LLAMA = (
+    "hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4,"
+    "num_key_value_heads=4,max_position_embeddings=64"
+)
 
 
 @pytest.fixture
@@ -34,9 +36,27 @@ def train_file(tmp_path):
 
 
 def common_flags(output_dir):
-    return ["--model_type", "llama", "--config_overrides", TINY_LLAMA, "--tokenizer_name", "byte",
-            "--block_size", "16", "--output_dir", str(output_dir), "--per_device_train_batch_size", "4",
-            "--per_device_eval_batch_size", "8", "--use_cpu", "--report_to", "none", "--disable_tqdm", "true"]
+    return [
+        "--model_type",
+        "llama",
+        "--config_overrides",
+        TINY_LLAMA,
+        "--tokenizer_name",
+        "byte",
+        "--block_size",
+        "16",
+        "--output_dir",
+        str(output_dir),
+        "--per_device_train_batch_size",
+        "4",
+        "--per_device_eval_batch_size",
+        "8",
+        "--use_cpu",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+    ]
 
 
 @pytest.fixture
@@ -69,8 +89,18 @@ def next_token_metrics(model_dir, rows):
 
 def test_train_evaluate_and_resume(tmp_path, train_file, caplog, captured_rows):
     out = tmp_path / "out"
-    flags = common_flags(out) + ["--train_file", train_file, "--validation_split_percentage", "20",
-                                 "--save_steps", "3", "--do_train", "--do_eval", "--learning_rate", "1e-2"]
+    flags = common_flags(out) + [
+        "--train_file",
+        train_file,
+        "--validation_split_percentage",
+        "20",
+        "--save_steps",
+        "3",
+        "--do_train",
+        "--do_eval",
+        "--learning_rate",
+        "1e-2",
+    ]
     run_clm_diff.main(flags + ["--max_steps", "3"])
     validation = captured_rows[0]["validation"]
     assert len(validation) == 8  # one eval batch, so eval_loss is the mean over all its labelled tokens
@@ -96,14 +126,17 @@ def test_train_evaluate_and_resume(tmp_path, train_file, caplog, captured_rows):
 
 def test_saved_final_dataset_is_trained_on_again(tmp_path, train_file, captured_rows):
     saved = tmp_path / "final"
-    run_clm_diff.main(common_flags(tmp_path / "prepare") + ["--train_file", train_file,
-                                                            "--validation_split_percentage", "20",
-                                                            "--save_final_dataset", str(saved)])
+    run_clm_diff.main(
+        common_flags(tmp_path / "prepare")
+        + ["--train_file", train_file, "--validation_split_percentage", "20", "--save_final_dataset", str(saved)]
+    )
     assert (saved / "dataset_dict.json").exists()
 
     out = tmp_path / "reuse"
-    run_clm_diff.main(common_flags(out) + ["--dataset_name", str(saved), "--load_from_disk", "--skip_concat",
-                                           "--do_train", "--max_steps", "1"])
+    run_clm_diff.main(
+        common_flags(out)
+        + ["--dataset_name", str(saved), "--load_from_disk", "--skip_concat", "--do_train", "--max_steps", "1"]
+    )
     prepared, reused = captured_rows
     assert list(reused) == ["train", "validation"]
     for name in prepared:
@@ -119,8 +152,20 @@ def test_preprocess_only_saves_rows_without_touching_a_trained_model(tmp_path, t
     before = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
 
     saved = tmp_path / "rows"
-    run_clm_diff.main(flags + ["--do_train", "--do_eval", "--eval_strategy", "steps", "--max_steps", "1",
-                               "--save_final_dataset", str(saved), "--preprocess_only"])
+    run_clm_diff.main(
+        flags
+        + [
+            "--do_train",
+            "--do_eval",
+            "--eval_strategy",
+            "steps",
+            "--max_steps",
+            "1",
+            "--save_final_dataset",
+            str(saved),
+            "--preprocess_only",
+        ]
+    )
     assert (saved / "dataset_dict.json").exists()
     assert {path.name: path.stat().st_mtime_ns for path in out.iterdir()} == before
     with pytest.raises(SystemExit) as exit_info:
@@ -131,8 +176,15 @@ def test_preprocess_only_saves_rows_without_touching_a_trained_model(tmp_path, t
 
 def test_training_over_a_finished_model_needs_consent(tmp_path, train_file):
     out = tmp_path / "out"
-    flags = common_flags(out) + ["--train_file", train_file, "--validation_split_percentage", "0", "--do_train",
-                                 "--save_steps", "2"]
+    flags = common_flags(out) + [
+        "--train_file",
+        train_file,
+        "--validation_split_percentage",
+        "0",
+        "--do_train",
+        "--save_steps",
+        "2",
+    ]
     run_clm_diff.main(flags + ["--max_steps", "4"])
     model_bytes = (out / "model.safetensors").read_bytes()
     with pytest.raises(ValueError, match="already holds a trained model .*--overwrite_output_dir"):

@@ -32,8 +32,14 @@ def test_headline_is_the_comparable_metric_of_each_kind_of_run():
 
 
 def arguments(output_dir, do_train=True, resume=False, overwrite=False):
-    return SimpleNamespace(output_dir=str(output_dir), do_train=do_train, resume=resume, resume_from_checkpoint=None,
-                           overwrite_output_dir=overwrite, process_index=0)
+    return SimpleNamespace(
+        output_dir=str(output_dir),
+        do_train=do_train,
+        resume=resume,
+        resume_from_checkpoint=None,
+        overwrite_output_dir=overwrite,
+        process_index=0,
+    )
 
 
 def test_output_dir_check(tmp_path):
@@ -51,31 +57,57 @@ def test_output_dir_check(tmp_path):
 
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_LLAMA = ("hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4,"
-              "num_key_value_heads=4,max_position_embeddings=64")
+TINY_LLAMA = (
+    "hidden_size=32,intermediate_size=64,num_hidden_layers=2,num_attention_heads=4,"
+    "num_key_value_heads=4,max_position_embeddings=64"
+)
 
 
 def training_flags(data, output_dir, max_steps):
-    return ["--model_type", "llama", "--config_overrides", TINY_LLAMA, "--tokenizer_name", "byte", "--train_file",
-            str(data), "--block_size", "16", "--output_dir", str(output_dir), "--use_cpu", "--report_to", "none",
-            "--disable_tqdm", "true", "--validation_split_percentage", "0", "--do_train", "--max_steps",
-            str(max_steps), "--save_strategy", "no"]
+    return [
+        "--model_type",
+        "llama",
+        "--config_overrides",
+        TINY_LLAMA,
+        "--tokenizer_name",
+        "byte",
+        "--train_file",
+        str(data),
+        "--block_size",
+        "16",
+        "--output_dir",
+        str(output_dir),
+        "--use_cpu",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--validation_split_percentage",
+        "0",
+        "--do_train",
+        "--max_steps",
+        str(max_steps),
+        "--save_strategy",
+        "no",
+    ]
 
 
 def test_a_second_run_into_the_same_output_dir_is_refused_and_a_dead_runs_lock_taken_over(tmp_path, capsys):
     """Two real processes: a run holds output_dir; a second run exits naming it; once the first is killed, its
     stale lock is taken over and the second run trains and removes the lock at exit."""
     import run_clm_diff
-
     from diff_trainer.training.runner import run_entry_point
 
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"text": f"{i}+{i}=<DFF>{2 * i}"}) + "\n" for i in range(8)))
     output_dir = tmp_path / "out"
-    first = subprocess.Popen([sys.executable, str(ROOT / "run_clm_diff.py"),
-                              *training_flags(data, output_dir, 1_000_000)],
-                             cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
+    first = subprocess.Popen(
+        [sys.executable, str(ROOT / "run_clm_diff.py"), *training_flags(data, output_dir, 1_000_000)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         lock = output_dir / OUTPUT_DIR_LOCK
         deadline = time.monotonic() + 120
@@ -84,8 +116,12 @@ def test_a_second_run_into_the_same_output_dir_is_refused_and_a_dead_runs_lock_t
         assert first.poll() is None and lock.is_file()
         assert run_entry_point(run_clm_diff.main, training_flags(data, output_dir, 1)) == 1
         err = capsys.readouterr().err.strip().splitlines()[-1]
-        assert f"--output_dir {output_dir} is in use by another training run (host {socket.gethostname()}, " \
-               f"pid {first.pid}, started " in err and f"delete {lock})" in err
+        assert (
+            f"--output_dir {output_dir} is in use by another training run (host {socket.gethostname()}, "
+            f"pid {first.pid}, started "
+            in err
+            and f"delete {lock})" in err
+        )
         assert not (output_dir / "config.json").exists()
     finally:
         first.send_signal(signal.SIGKILL)
@@ -100,13 +136,17 @@ def held_lock(output_dir, **owner):
     (output_dir / OUTPUT_DIR_LOCK).write_text(json.dumps(owner))
 
 
-@pytest.mark.parametrize("holder, job, taken", [
-    ({"host": "node7", "pid": 1}, None, False),  # another machine: cannot be checked, so held
-    ({"host": "node7", "pid": 1, "slurm_job_id": "42"}, "42", True),  # the same job, requeued onto another node
-    ({"host": "node7", "pid": 1, "slurm_job_id": "41"}, "42", False),
-    ({"host": "HERE", "pid": "PARENT"}, None, False),  # a live process on this host
-    ({"host": "HERE", "pid": "SELF"}, None, True),  # this process's own earlier run
-], ids=["other host", "same Slurm job", "other Slurm job", "live pid", "own pid"])
+@pytest.mark.parametrize(
+    "holder, job, taken",
+    [
+        ({"host": "node7", "pid": 1}, None, False),  # another machine: cannot be checked, so held
+        ({"host": "node7", "pid": 1, "slurm_job_id": "42"}, "42", True),  # the same job, requeued onto another node
+        ({"host": "node7", "pid": 1, "slurm_job_id": "41"}, "42", False),
+        ({"host": "HERE", "pid": "PARENT"}, None, False),  # a live process on this host
+        ({"host": "HERE", "pid": "SELF"}, None, True),  # this process's own earlier run
+    ],
+    ids=["other host", "same Slurm job", "other Slurm job", "live pid", "own pid"],
+)
 def test_which_locks_are_stale(tmp_path, monkeypatch, holder, job, taken):
     values = {"HERE": socket.gethostname(), "PARENT": os.getppid(), "SELF": os.getpid()}
     holder = {key: values.get(value, value) for key, value in holder.items()}

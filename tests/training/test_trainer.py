@@ -5,16 +5,16 @@ import math
 
 import pytest
 import torch
-from conftest import make_byte_tokenizer, make_tiny_llama
 from datasets import Dataset
 from transformers import default_data_collator
 
-from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
+from conftest import make_byte_tokenizer, make_tiny_llama
 from diff_trainer.data.labels import IGNORE_INDEX
 from diff_trainer.data.pipeline import RowLayout
 from diff_trainer.diffusion.losses import LOSS_NORMALIZATIONS
 from diff_trainer.diffusion_config import write_diffusion_config
 from diff_trainer.objectives.masked import seeded_generator
+from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
 from diff_trainer.training.trainer import DiffusionTrainer, default_normalization
 
 BLOCK = 16
@@ -27,10 +27,11 @@ def make_rows(tokenizer, count=8, seed=0):
     for _ in range(count):
         prompt_len, answer_len = torch.randint(2, 5, (2,), generator=generator).tolist()
         pad = BLOCK - prompt_len - answer_len
-        ids = [tokenizer.eos_token_id] * pad + torch.randint(10, 200, (prompt_len + answer_len,),
-                                                             generator=generator).tolist()
+        ids = [tokenizer.eos_token_id] * pad + torch.randint(
+            10, 200, (prompt_len + answer_len,), generator=generator
+        ).tolist()
         rows["input_ids"].append(ids)
-        rows["labels"].append([IGNORE_INDEX] * (pad + prompt_len) + ids[pad + prompt_len:])
+        rows["labels"].append([IGNORE_INDEX] * (pad + prompt_len) + ids[pad + prompt_len :])
         rows["attention_mask"].append([0] * pad + [1] * (prompt_len + answer_len))
     return Dataset.from_dict(rows)
 
@@ -41,20 +42,41 @@ def layout(packing):
 
 def diffusion_llama(tokenizer):
     model = make_tiny_llama(len(tokenizer))
-    write_diffusion_config(model.config, mask_token_id=tokenizer.mask_token_id, shift_logits=False,
-                           noise_schedule="linear", time_eps=1e-3, dff_token="<DFF>")
+    write_diffusion_config(
+        model.config,
+        mask_token_id=tokenizer.mask_token_id,
+        shift_logits=False,
+        noise_schedule="linear",
+        time_eps=1e-3,
+        dff_token="<DFF>",
+    )
     return model
 
 
 def make_trainer(tmp_path, normalization="llada_sft", **diffusion):
     tokenizer = make_byte_tokenizer()
     args = DiffusionTrainingArguments(
-        output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_train_batch_size=4,
-        per_device_eval_batch_size=4, max_steps=1, learning_rate=1e-2, do_train=True, train_diff_model=True,
-        loss_normalization=normalization, eval_mc_samples=4, **diffusion)
-    return DiffusionTrainer(diffusion_llama(tokenizer), args, row_layout=layout("left"),
-                            train_dataset=make_rows(tokenizer), eval_dataset=make_rows(tokenizer, 4, 1),
-                            processing_class=tokenizer)
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        per_device_train_batch_size=4,
+        per_device_eval_batch_size=4,
+        max_steps=1,
+        learning_rate=1e-2,
+        do_train=True,
+        train_diff_model=True,
+        loss_normalization=normalization,
+        eval_mc_samples=4,
+        **diffusion,
+    )
+    return DiffusionTrainer(
+        diffusion_llama(tokenizer),
+        args,
+        row_layout=layout("left"),
+        train_dataset=make_rows(tokenizer),
+        eval_dataset=make_rows(tokenizer, 4, 1),
+        processing_class=tokenizer,
+    )
 
 
 def noised_batch(trainer, rows, seed=3):
@@ -230,8 +252,13 @@ def test_elbo_pass_runs_on_the_models_device_under_the_trainers_autocast(tmp_pat
 
     def spy(*args, **kwargs):
         device = next(trainer.model.parameters()).device
-        seen.append((torch.is_autocast_enabled(device.type), torch.get_autocast_dtype(device.type),
-                     kwargs["input_ids"].device == device == kwargs["attention_mask"].device))
+        seen.append(
+            (
+                torch.is_autocast_enabled(device.type),
+                torch.get_autocast_dtype(device.type),
+                kwargs["input_ids"].device == device == kwargs["attention_mask"].device,
+            )
+        )
         return forward(*args, **kwargs)
 
     monkeypatch.setattr(trainer.model, "forward", spy)
@@ -262,9 +289,10 @@ def packed_rows(tokenizer, count=4):
     eos = tokenizer.eos_token_id
     ids = []
     while len(ids) < count * BLOCK:
-        ids += torch.randint(10, 200, (int(torch.randint(3, 7, (1,), generator=generator)),),
-                             generator=generator).tolist() + [eos]
-    rows = [ids[i * BLOCK:(i + 1) * BLOCK] for i in range(count)]
+        ids += torch.randint(
+            10, 200, (int(torch.randint(3, 7, (1,), generator=generator)),), generator=generator
+        ).tolist() + [eos]
+    rows = [ids[i * BLOCK : (i + 1) * BLOCK] for i in range(count)]
     return Dataset.from_dict({"input_ids": rows, "labels": rows, "attention_mask": [[1] * BLOCK] * count})
 
 
@@ -272,10 +300,21 @@ def test_isolated_documents_mask_comes_from_the_clean_rows_eos(tmp_path):
     from diff_trainer.diffusion.attention import same_document_allowed
 
     tokenizer = make_byte_tokenizer()
-    args = DiffusionTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", train_diff_model=True,
-                                      isolate_documents=True, per_device_train_batch_size=4)
-    trainer = DiffusionTrainer(diffusion_llama(tokenizer), args, row_layout=layout("packed"),
-                               train_dataset=packed_rows(tokenizer), processing_class=tokenizer)
+    args = DiffusionTrainingArguments(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        train_diff_model=True,
+        isolate_documents=True,
+        per_device_train_batch_size=4,
+    )
+    trainer = DiffusionTrainer(
+        diffusion_llama(tokenizer),
+        args,
+        row_layout=layout("packed"),
+        train_dataset=packed_rows(tokenizer),
+        processing_class=tokenizer,
+    )
     batch = noised_batch(trainer, range(4))
     assert (batch["input_ids"] != batch["clean_ids"])[batch["clean_ids"] == tokenizer.eos_token_id].any()
     mask = trainer.attention_for(batch["attention_mask"], batch["clean_ids"], torch.float32)
@@ -285,8 +324,9 @@ def test_isolated_documents_mask_comes_from_the_clean_rows_eos(tmp_path):
 
 def test_isolate_documents_needs_packed_rows(tmp_path):
     tokenizer = make_byte_tokenizer()
-    args = DiffusionTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", train_diff_model=True,
-                                      isolate_documents=True)
+    args = DiffusionTrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, report_to="none", train_diff_model=True, isolate_documents=True
+    )
     with pytest.raises(ValueError, match="--isolate_documents .* add --concatenate_texts"):
         DiffusionTrainer(diffusion_llama(tokenizer), args, row_layout=layout("left"))
 
@@ -296,12 +336,20 @@ def test_isolation_under_flex_attention_is_a_block_mask_of_the_same_documents(tm
 
     tokenizer = make_byte_tokenizer()
     model = make_tiny_llama(len(tokenizer), attn_implementation="flex_attention")
-    write_diffusion_config(model.config, mask_token_id=tokenizer.mask_token_id, shift_logits=False,
-                           noise_schedule="linear", time_eps=1e-3, dff_token="<DFF>")
-    settings = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none", train_diff_model=True,
-                    isolate_documents=True)
-    trainer = DiffusionTrainer(model, DiffusionTrainingArguments(**settings), row_layout=layout("packed"),
-                               processing_class=tokenizer)
+    write_diffusion_config(
+        model.config,
+        mask_token_id=tokenizer.mask_token_id,
+        shift_logits=False,
+        noise_schedule="linear",
+        time_eps=1e-3,
+        dff_token="<DFF>",
+    )
+    settings = dict(
+        output_dir=str(tmp_path), use_cpu=True, report_to="none", train_diff_model=True, isolate_documents=True
+    )
+    trainer = DiffusionTrainer(
+        model, DiffusionTrainingArguments(**settings), row_layout=layout("packed"), processing_class=tokenizer
+    )
     rows = packed_rows(tokenizer)
     ids, attention = torch.tensor(rows["input_ids"]), torch.tensor(rows["attention_mask"])
     block_mask = trainer.attention_for(attention, ids, torch.float32)
@@ -309,8 +357,12 @@ def test_isolation_under_flex_attention_is_a_block_mask_of_the_same_documents(tm
     allowed = block_mask.mask_mod(torch.arange(len(ids))[:, None, None], 0, grid[None, :, None], grid[None, None, :])
     assert torch.equal(allowed, same_document_allowed(ids, attention, tokenizer.eos_token_id)[:, 0])
     with pytest.raises(ValueError, match="needs a 4D mask"):
-        DiffusionTrainer(model, DiffusionTrainingArguments(**settings, attention_annealing_steps=4),
-                         row_layout=layout("packed"), processing_class=tokenizer)
+        DiffusionTrainer(
+            model,
+            DiffusionTrainingArguments(**settings, attention_annealing_steps=4),
+            row_layout=layout("packed"),
+            processing_class=tokenizer,
+        )
 
 
 def test_isolated_conversations_stay_whole_when_their_template_ends_turns_with_eos(tmp_path):
@@ -323,19 +375,33 @@ def test_isolated_conversations_stay_whole_when_their_template_ends_turns_with_e
     tokenizer = make_byte_tokenizer()
     set_chat_template(tokenizer, "chatml")
     tokenizer.eos_token = "<|im_end|>"
-    turns = [[{"role": "user", "content": f"Q{k}?"}, {"role": "assistant", "content": f"A{k}."},
-              {"role": "user", "content": "More?"}, {"role": "assistant", "content": "No."}] for k in range(6)]
+    turns = [
+        [
+            {"role": "user", "content": f"Q{k}?"},
+            {"role": "assistant", "content": f"A{k}."},
+            {"role": "user", "content": "More?"},
+            {"role": "assistant", "content": "No."},
+        ]
+        for k in range(6)
+    ]
     data_args = DataArguments(chat_template="chatml", block_size=96, concatenate_texts=True)
     rows, row_layout = Preprocessor(tokenizer, data_args).run(
-        __import__("datasets").DatasetDict({"train": Dataset.from_dict({"messages": turns})}))
-    args = DiffusionTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", train_diff_model=True,
-                                      isolate_documents=True, per_device_train_batch_size=2)
-    trainer = DiffusionTrainer(diffusion_llama(tokenizer), args, row_layout=row_layout, train_dataset=rows["train"],
-                               processing_class=tokenizer)
+        __import__("datasets").DatasetDict({"train": Dataset.from_dict({"messages": turns})})
+    )
+    args = DiffusionTrainingArguments(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        train_diff_model=True,
+        isolate_documents=True,
+        per_device_train_batch_size=2,
+    )
+    trainer = DiffusionTrainer(
+        diffusion_llama(tokenizer), args, row_layout=row_layout, train_dataset=rows["train"], processing_class=tokenizer
+    )
     clean = default_data_collator([rows["train"][i] for i in range(2)])
     (batch,), _ = trainer.get_batch_samples(iter([clean]), 1, torch.device("cpu"))
-    mask = trainer.attention_for(batch["attention_mask"], batch["clean_ids"], torch.float32,
-                                 batch["document_ids"])
+    mask = trainer.attention_for(batch["attention_mask"], batch["clean_ids"], torch.float32, batch["document_ids"])
     # one conversation (user, assistant, user, assistant, the packing EOS) is 56 tokens: <|im_start|> and
     # <|im_end|> one id each, the rest bytes; rows hold conversation k's tokens at [56 k, 56 (k + 1)) of the stream
     stream = torch.arange(2 * 96).reshape(2, 96)
@@ -356,12 +422,24 @@ def test_recorded_documents_that_match_the_eos_give_the_same_elbo(tmp_path):
         for token in row_ids:
             closed.append(closed[-1] + (token == tokenizer.eos_token_id))
         documents.append(closed[:-1])
-    args = DiffusionTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to="none", train_diff_model=True,
-                                      isolate_documents=True, eval_mc_samples=2, per_device_eval_batch_size=4)
+    args = DiffusionTrainingArguments(
+        output_dir=str(tmp_path),
+        use_cpu=True,
+        report_to="none",
+        train_diff_model=True,
+        isolate_documents=True,
+        eval_mc_samples=2,
+        per_device_eval_batch_size=4,
+    )
     results = []
     for dataset in (rows, rows.add_column("document_ids", documents)):
-        trainer = DiffusionTrainer(diffusion_llama(tokenizer), args, row_layout=layout("packed"), eval_dataset=dataset,
-                                   processing_class=tokenizer)
+        trainer = DiffusionTrainer(
+            diffusion_llama(tokenizer),
+            args,
+            row_layout=layout("packed"),
+            eval_dataset=dataset,
+            processing_class=tokenizer,
+        )
         results.append(trainer.evaluate())
     assert results[0]["eval_elbo_nll"] == results[1]["eval_elbo_nll"]
     assert results[0]["eval_loss"] == results[1]["eval_loss"]

@@ -17,7 +17,7 @@ class ExactMatch(evaluate.Metric):
             description="Fraction of predictions that equal their reference after stripping surrounding whitespace.",
             citation="",
             inputs_description="predictions: list of str; references: list of str, same length; "
-                               "return_matches: bool, also return one boolean per pair.",
+            "return_matches: bool, also return one boolean per pair.",
             features=datasets.Features(
                 {"predictions": datasets.Value("string"), "references": datasets.Value("string")}
             ),

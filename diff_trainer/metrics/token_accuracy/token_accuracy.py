@@ -13,9 +13,7 @@ class TokenAccuracy(evaluate.Metric):
             description="Fraction of predicted token ids that equal the reference token ids.",
             citation="",
             inputs_description="predictions: list of int token ids; references: list of int token ids, same length.",
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
+            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
         )
 
     def _compute(self, predictions, references):

@@ -2,7 +2,6 @@
 they become rows."""
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from ...data.chat import INVALID_RECORD_MODES, MULTI_TURN_MODES
 from ...data.preference import INVALID_PAIR_MODES, RESPONSE_PADDINGS
@@ -13,28 +12,28 @@ from ...data.saving import optional_directory
 class DataSourceArguments:
     """Where records come from (hub, files, a saved directory), which of them are used, where results are saved."""
 
-    dataset_name: Optional[str] = field(
+    dataset_name: str | None = field(
         default=None,
         metadata={"help": "Hub dataset name, or with --load_from_disk a directory written by save_to_disk."},
     )
-    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset configuration name."})
-    train_file: Optional[str] = field(
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    train_file: str | None = field(
         default=None, metadata={"help": "Training file: .json .jsonl .jsonl.zst .json.gz .txt .csv .parquet."}
     )
-    validation_file: Optional[str] = field(default=None, metadata={"help": "Validation file (same formats)."})
+    validation_file: str | None = field(default=None, metadata={"help": "Validation file (same formats)."})
     load_from_disk: bool = field(
         default=False, metadata={"help": "Treat --dataset_name as a save_to_disk directory (Dataset or DatasetDict)."}
     )
     validation_split_percentage: float = field(
         default=5, metadata={"help": "Percent of train held out for validation when the data has no validation split."}
     )
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Keep only the first N training records."})
-    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Keep only the first N validation records."})
-    preprocessing_num_workers: Optional[int] = field(default=None, metadata={"help": "Processes for tokenising/packing."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only the first N training records."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only the first N validation records."})
+    preprocessing_num_workers: int | None = field(default=None, metadata={"help": "Processes for tokenising/packing."})
     dff_token: str = field(
         default="<DFF>", metadata={"help": "Marker separating context (not trained) from target (trained)."}
     )
-    save_final_dataset: Optional[str] = field(
+    save_final_dataset: str | None = field(
         default=None,
         metadata={
             "help": "Save the final rows to this directory (bare flag: 'final_dataset') for reuse with "
@@ -58,15 +57,15 @@ class DataArguments(DataSourceArguments):
     """How text becomes fixed-length training rows (tokenise, <DFF> labels, pack or pad)."""
 
     text_column: str = field(default="text", metadata={"help": "Column holding the text."})
-    prompt_column: Optional[str] = field(
+    prompt_column: str | None = field(
         default=None, metadata={"help": "With --response_column: build text as prompt + <DFF> + response."}
     )
-    response_column: Optional[str] = field(default=None, metadata={"help": "Response column (see --prompt_column)."})
+    response_column: str | None = field(default=None, metadata={"help": "Response column (see --prompt_column)."})
     dff_labels: str = field(
         default="auto",
         metadata={"help": "Train only after the first <DFF>: on, off, or auto (on when the data contains <DFF>)."},
     )
-    block_size: Optional[int] = field(
+    block_size: int | None = field(
         default=None,
         metadata={"help": "Length of every training row in tokens (default 512; with --skip_concat: the saved rows')."},
     )
@@ -75,8 +74,10 @@ class DataArguments(DataSourceArguments):
     )
     skip_concat: bool = field(
         default=False,
-        metadata={"help": "The data already holds final rows (--save_final_dataset): skip tokenising, labelling and "
-                          "packing, only check them; their saved layout sets block size and loss normalisation."},
+        metadata={
+            "help": "The data already holds final rows (--save_final_dataset): skip tokenising, labelling and "
+            "packing, only check them; their saved layout sets block size and loss normalisation."
+        },
     )
     ignore_long_samples: bool = field(
         default=False,
@@ -96,18 +97,24 @@ class DataArguments(DataSourceArguments):
     )
     messages_column: str = field(
         default="messages",
-        metadata={"help": "Column of conversations (lists of {role, content}); records with it, or with prompt/"
-                          "completion message lists, are rendered with the chat template (docs/chat.md)."},
+        metadata={
+            "help": "Column of conversations (lists of {role, content}); records with it, or with prompt/"
+            "completion message lists, are rendered with the chat template (docs/chat.md)."
+        },
     )
     chat_template: str | None = field(
         default=None,
-        metadata={"help": "Chat template for conversations: a bundled name (chatml, llada, qwen2) or a jinja file; "
-                          "default: the tokenizer's own. It is saved with the tokenizer."},
+        metadata={
+            "help": "Chat template for conversations: a bundled name (chatml, llada, qwen2) or a jinja file; "
+            "default: the tokenizer's own. It is saved with the tokenizer."
+        },
     )
     multi_turn: str = field(
         default="all",
-        metadata={"help": "Which assistant turns are trained: all (in one example), expand (one example per turn, "
-                          "LLaDA SFT) or last."},
+        metadata={
+            "help": "Which assistant turns are trained: all (in one example), expand (one example per turn, "
+            "LLaDA SFT) or last."
+        },
     )
     invalid_records: str = field(
         default="error",
@@ -134,12 +141,14 @@ class DataArguments(DataSourceArguments):
 class PreferenceDataArguments(DataSourceArguments):
     """How {"prompt", "chosen", "rejected"} records become token rows for DPO."""
 
-    train_file: Optional[str] = field(
+    train_file: str | None = field(
         default=None, metadata={"help": "Training pairs: .jsonl, .jsonl.zst, .jsonl.gz or .json (a list of records)."}
     )
     validation_split_percentage: float = field(
-        default=0, metadata={"help": "Percent of the train pairs held out for validation when there is no validation "
-                                     "split (0 = none)."}
+        default=0,
+        metadata={
+            "help": "Percent of the train pairs held out for validation when there is no validation split (0 = none)."
+        },
     )
     prompt_column: str = field(default="prompt", metadata={"help": "Column holding the prompt."})
     chosen_column: str = field(default="chosen", metadata={"help": "Column holding the preferred response."})
@@ -149,24 +158,30 @@ class PreferenceDataArguments(DataSourceArguments):
         metadata={"help": "Text appended to every prompt, e.g. '<DFF>' for a checkpoint trained on prompt<DFF>answer."},
     )
     max_length: int = field(default=512, metadata={"help": "Longest prompt + response + EOS, in tokens."})
-    max_prompt_length: Optional[int] = field(
+    max_prompt_length: int | None = field(
         default=None, metadata={"help": "Longer prompts keep their last max_prompt_length tokens (None: no limit)."}
     )
-    response_padding: Optional[str] = field(
+    response_padding: str | None = field(
         default=None,
-        metadata={"help": "eos: fill responses with trained EOS up to max_length (LLaDA SFT, the model learns to stop; "
-                          "the EOS are scored); ignore: pad per batch with unattended, unscored padding. Default: eos "
-                          "for a checkpoint trained on right EOS-padded rows, ignore otherwise."},
+        metadata={
+            "help": "eos: fill responses with trained EOS up to max_length (LLaDA SFT, the model learns to stop; "
+            "the EOS are scored); ignore: pad per batch with unattended, unscored padding. Default: eos "
+            "for a checkpoint trained on right EOS-padded rows, ignore otherwise."
+        },
     )
     chat_template: str | None = field(
         default=None,
-        metadata={"help": "For conversational pairs (message lists): a bundled template name (chatml, llada, qwen2) "
-                          "or a jinja file; default: the tokenizer's own."},
+        metadata={
+            "help": "For conversational pairs (message lists): a bundled template name (chatml, llada, qwen2) "
+            "or a jinja file; default: the tokenizer's own."
+        },
     )
     invalid_pairs: str = field(
         default="skip",
-        metadata={"help": "Records with a missing key, an empty response or chosen == rejected: skip (counted and "
-                          "logged with file and line) or error."},
+        metadata={
+            "help": "Records with a missing key, an empty response or chosen == rejected: skip (counted and "
+            "logged with file and line) or error."
+        },
     )
 
     def __post_init__(self):
@@ -183,5 +198,3 @@ class PreferenceDataArguments(DataSourceArguments):
     @property
     def columns(self) -> tuple[str, str, str]:
         return self.prompt_column, self.chosen_column, self.rejected_column
-
-

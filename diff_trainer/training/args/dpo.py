@@ -1,14 +1,13 @@
 """VRPO / diffusion DPO arguments (run_diffusion_dpo.py), TRL's DPOConfig in spirit."""
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from .run import RunArguments
 
 
 @dataclass
 class DPOTrainingArguments(RunArguments):
-    """VRPO / diffusion DPO settings (LLaDA 1.5 used beta 0.2, sft_weight 0.05, mc_samples 8), read as self.args.beta."""
+    """VRPO / diffusion DPO settings (LLaDA 1.5: beta 0.2, sft_weight 0.05, mc_samples 8), read as self.args.beta."""
 
     beta: float = field(default=0.2, metadata={"help": "Inverse temperature of the DPO loss."})
     sft_weight: float = field(
@@ -21,13 +20,15 @@ class DPOTrainingArguments(RunArguments):
         default=True,
         metadata={"help": "Policy and reference see the same masks (VRPO). false: independent masks (ablation)."},
     )
-    ref_model_name_or_path: Optional[str] = field(
+    ref_model_name_or_path: str | None = field(
         default=None, metadata={"help": "Frozen reference checkpoint; default: the policy's starting point."}
     )
     precompute_ref_scores: bool = field(
         default=False,
-        metadata={"help": "Score the pairs with the reference once before training, store the scores with the "
-                          "dataset and keep no reference model. Masks are then the same in every epoch."},
+        metadata={
+            "help": "Score the pairs with the reference once before training, store the scores with the "
+            "dataset and keep no reference model. Masks are then the same in every epoch."
+        },
     )
     disable_dropout: bool = field(
         default=True, metadata={"help": "Turn dropout off in policy and reference (as TRL), so rewards start at 0."}

@@ -1,7 +1,6 @@
 """Model arguments: which model and tokenizer to build or load, and how."""
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 from ...diffusion_config import masked_lm_problem
 
@@ -10,32 +9,37 @@ from ...diffusion_config import masked_lm_problem
 class ModelArguments:
     """Which model and tokenizer to build or load, and how (auto class, dtype, LoRA)."""
 
-    model_name_or_path: Optional[str] = field(
-        default=None, metadata={"help": "Hub id or local directory of a pretrained model. Leave unset to train from scratch."}
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={"help": "Hub id or local directory of a pretrained model. Leave unset to train from scratch."},
     )
-    model_type: Optional[str] = field(
+    model_type: str | None = field(
         default=None, metadata={"help": "Model family when training from scratch (llama, qwen2, gpt2, bert, ...)."}
     )
-    config_overrides: Optional[str] = field(
+    config_overrides: str | None = field(
         default=None,
         metadata={"help": "From-scratch config overrides, e.g. 'hidden_size=64,num_hidden_layers=2' (as in run_clm)."},
     )
-    config_name: Optional[str] = field(default=None, metadata={"help": "Config hub id or directory, if not the model's."})
-    tokenizer_name: Optional[str] = field(
+    config_name: str | None = field(default=None, metadata={"help": "Config hub id or directory, if not the model's."})
+    tokenizer_name: str | None = field(
         default=None,
-        metadata={"help": "Tokenizer hub id or directory; 'byte' is a byte-level tokenizer that needs no files; "
-                          "'char' builds a character vocabulary from the training split (run_clm_diff.py)."},
+        metadata={
+            "help": "Tokenizer hub id or directory; 'byte' is a byte-level tokenizer that needs no files; "
+            "'char' builds a character vocabulary from the training split (run_clm_diff.py)."
+        },
     )
     dtype: str = field(default="float32", metadata={"help": "Weights dtype: float32, bfloat16, float16 or auto."})
-    dropout: Optional[float] = field(
+    dropout: float | None = field(
         default=None, metadata={"help": "Set every dropout probability of the model config to this value."}
     )
-    attn_implementation: Optional[str] = field(default="sdpa", metadata={"help": "sdpa or eager."})
+    attn_implementation: str | None = field(default="sdpa", metadata={"help": "sdpa or eager."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the hub."})
     masked_lm: bool = field(
         default=False,
-        metadata={"help": "Load an encoder with AutoModelForMaskedLM (BERT, ModernBERT) as the denoiser "
-                          "(with --train_diff_model)."},
+        metadata={
+            "help": "Load an encoder with AutoModelForMaskedLM (BERT, ModernBERT) as the denoiser "
+            "(with --train_diff_model)."
+        },
     )
     mask_token: str = field(
         default="<|mdm_mask|>",
@@ -46,7 +50,8 @@ class ModelArguments:
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling alpha."})
     lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout."})
     lora_target_modules: list[str] = field(
-        default_factory=lambda: ["all-linear"], metadata={"help": "Modules that get adapters ('all-linear' = every linear)."}
+        default_factory=lambda: ["all-linear"],
+        metadata={"help": "Modules that get adapters ('all-linear' = every linear)."},
     )
 
     def __post_init__(self):
@@ -55,7 +60,8 @@ class ModelArguments:
             if value is not None and not 0 <= value <= 1:
                 raise ValueError(f"--{name} is a probability in [0, 1], got {value}.")
         if self.lora_r < 1 or self.lora_alpha <= 0:
-            raise ValueError(f"--lora_r must be at least 1 and --lora_alpha positive, got {self.lora_r} and "
-                             f"{self.lora_alpha}.")
+            raise ValueError(
+                f"--lora_r must be at least 1 and --lora_alpha positive, got {self.lora_r} and {self.lora_alpha}."
+            )
         if self.masked_lm and masked_lm_problem(self.model_type):
             raise ValueError(masked_lm_problem(self.model_type))

@@ -3,7 +3,6 @@
 import json
 import os
 import sys
-from typing import Optional
 
 import yaml
 from transformers import HfArgumentParser
@@ -31,7 +30,7 @@ def config_to_argv(path: str) -> list[str]:
     return argv
 
 
-def parse_arguments(dataclass_types, argv: Optional[list[str]] = None):
+def parse_arguments(dataclass_types, argv: list[str] | None = None):
     """Parse `[config.yaml|config.json] [--flag value ...]`; flags on the command line win over the file."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(dataclass_types)
