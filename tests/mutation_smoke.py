@@ -205,6 +205,22 @@ MUTATIONS = [
         'self._mask_context = (int(inputs["rollout_step"][0]), 0, ',
         ("tests/training/test_grpo.py::test_learning_rate_zero_scores_every_policy_alike_so_kl_is_zero_and_loss_zero",),
     ),
+    Mutation(
+        "error_printed_by_every_process",
+        "every process of a distributed launch prints the error, not only the first to claim it",
+        "diff_trainer/training/runner.py",
+        "return store.add(key, 1) == 1",
+        "return store.add(key, 1) >= 1",
+        ("tests/training/test_runner.py::test_only_the_first_process_of_a_launch_reports_its_error",),
+    ),
+    Mutation(
+        "trace_padding_as_text",
+        "the browser trace draws the EOS padding after the first EOS as literal end-of-text tokens",
+        "web/js/trace.js",
+        "if (ended) return",
+        "if (ended && false) return",
+        ("tests/test_web_trace.py",),
+    ),
 ]
 
 

@@ -21,6 +21,7 @@ from diff_trainer.diffusion.losses import masked_diffusion_loss
 from diff_trainer.diffusion.schedules import get_schedule
 from diff_trainer.diffusion_config import write_diffusion_config
 from diff_trainer.sampling.masked import generate
+from diff_trainer.sampling.render import TokenPieces
 from diff_trainer.sampling.settings import sampler_for
 
 CHROMIUM = "/usr/bin/chromium"
@@ -130,7 +131,8 @@ def serve(export_dir):
 
 
 def run_page(context, url, settings: dict, screenshot: Path | None = None):
-    """Fill the form, generate, wait; (generated ids, completion text, progress line)."""
+    """Fill the form, generate, wait; (generated ids, completion text, progress line, the trace's last frame as
+    (text, class) per span)."""
     page = context.new_page()
     errors = []
     page.on("pageerror", lambda error: errors.append(str(error)))
@@ -143,7 +145,8 @@ def run_page(context, url, settings: dict, screenshot: Path | None = None):
     page.wait_for_function("['done', 'error'].includes(document.body.dataset.state)", timeout=120_000)
     assert page.evaluate("document.body.dataset.state") == "done", page.inner_text("#error")
     ids = json.loads(page.get_attribute("#completion", "data-ids"))
-    result = ids, page.inner_text("#completion"), page.inner_text("#progress")
+    spans = page.eval_on_selector_all("#sequence span", "spans => spans.map(s => [s.textContent, s.className])")
+    result = ids, page.inner_text("#completion"), page.inner_text("#progress"), [tuple(span) for span in spans]
     if screenshot is not None:
         page.screenshot(path=str(screenshot), full_page=True)
     assert errors == []
@@ -164,7 +167,7 @@ def test_page_samples_the_same_tokens_as_python(trained, browser, tmp_path, flag
     server, url = serve(export_dir)
     screenshot = tmp_path / "page.png"
     try:
-        ids, text, progress = run_page(
+        ids, text, progress, trace = run_page(
             browser,
             url,
             {**flags, "threshold": flags.get("threshold", ""), "suffix": flags.get("suffix", "")},
@@ -209,6 +212,27 @@ def test_page_samples_the_same_tokens_as_python(trained, browser, tmp_path, flag
     assert len(set(ids)) >= 3  # not a constant output: the comparison sees the sampler's choices
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "tokens/s" in progress
+    assert_padding_drawn_as_padding(trace, ids, tokenizer, len(suffix_ids))
+    if flags["gen_length"] == 48:
+        assert tokenizer.eos_token_id in ids  # the answer ends inside the 48 tokens: the trace shows its padding
+
+
+def assert_padding_drawn_as_padding(trace, ids, tokenizer, suffix_length):
+    """The final frame's generated part: the tokens' pieces up to the first EOS, which is drawn once (class "end"),
+    then padding: a dim `·` for each further EOS; the suffix keeps the prompt's colour."""
+    pieces = TokenPieces(tokenizer)
+    eos = tokenizer.eos_token_id
+    trace = [(text, " ".join(c for c in classes.split() if c != "new")) for text, classes in trace]  # step highlight
+    start, stop = len(trace) - suffix_length - len(ids), len(trace) - suffix_length
+    assert {classes for _, classes in trace[:start] + trace[stop:]} == {"prompt"}
+    generated = trace[start:stop]
+    if eos not in ids:
+        assert generated == [(pieces(i), "") for i in ids]
+        return
+    end = ids.index(eos)
+    assert generated[: end + 1] == [(pieces(i), "") for i in ids[:end]] + [(pieces(eos), "end")]
+    assert generated[end + 1 :] == [("·" if i == eos else pieces(i), "pad") for i in ids[end + 1 :]]
+    assert sum(text == pieces(eos) for text, _ in trace) == 1
 
 
 def page_error(context, export_dir, blocked: str | None = None) -> str:

@@ -1,10 +1,12 @@
 // Runs functions of web/js/ for the Python tests: reads one JSON request on stdin, prints one JSON answer.
 // Requests: {"sample": {...}}, {"uniforms": {seed, count}}, {"encode": {table, texts}}, {"decode": {...}},
-// {"call": {name, args}} (a plain exported function of sampler.js).
+// {"call": {name, args}} (a plain exported function of sampler.js), {"trace": {frames, tokens, pieces}} (trace.js's
+// cells of each frame, pieces[id] the display text of token id).
 import { readFileSync } from "node:fs";
 import { Mulberry32 } from "../web/js/rng.js";
 import * as sampler from "../web/js/sampler.js";
 import { makeTokenizer } from "../web/js/tokenizer.js";
+import { traceCells } from "../web/js/trace.js";
 
 // The fake denoiser of tests/test_web_sampler.py: exact float32 logits from integer arithmetic on the ids.
 function fakeModel(vocabSize, boosts) {
@@ -49,6 +51,10 @@ async function answer(request) {
       return sampler.sampleToken(args[0], args[1], { uniform: () => draws.shift() });
     }
     return sampler[request.call.name](...args);
+  }
+  if (request.trace) {
+    const { frames, tokens, pieces } = request.trace;
+    return frames.map((frame) => traceCells(frame, tokens, (id) => pieces[id]));
   }
   throw new Error(`unknown request ${JSON.stringify(request)}`);
 }

@@ -16,7 +16,7 @@ from dataclasses import replace
 from transformers import set_seed
 
 from diff_trainer.data.chat import set_chat_template
-from diff_trainer.data.loading import require_validation_data
+from diff_trainer.data.loading import DataError, require_validation_data
 from diff_trainer.data.preference import load_preference_data, save_pairs, tokenize_pairs, with_response_padding
 from diff_trainer.models.loading import add_special_tokens, load_tokenizer
 from diff_trainer.training.args.data import PreferenceDataArguments
@@ -42,7 +42,7 @@ def main(argv=None):
     set_seed(training_args.seed)
     check_output_dir(training_args)
     if model_args.model_name_or_path is None:
-        raise ValueError("DPO starts from a trained diffusion model: pass --model_name_or_path.")
+        raise DataError("DPO starts from a trained diffusion model: pass --model_name_or_path.")
 
     tokenizer = load_tokenizer(model_args)
     template_ids = set_chat_template(tokenizer, data_args.chat_template) if data_args.chat_template else []

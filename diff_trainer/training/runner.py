@@ -36,16 +36,42 @@ HEADLINE_METRICS = (
 )
 
 
+ERROR_REPORTED_KEY = "diff_trainer/error_reported"
+
+
+def first_to_report() -> bool:
+    """Whether this process should print its error: False when another process of the same distributed launch
+    (torchrun / accelerate launch, this restart) already claimed it. The claim is a counter in the launcher's own
+    store, which outlives the workers; without a launcher store (one process, other launchers) every process prints.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return True
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    key = f"{ERROR_REPORTED_KEY}/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+    try:
+        store = TCPStore(
+            os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False, timeout=timedelta(seconds=10)
+        )
+        return store.add(key, 1) == 1
+    except (KeyError, ValueError, RuntimeError):
+        return True  # the store cannot be reached: better twice than never
+
+
 def run_entry_point(main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
     """Run an entry script's `main`: a DataError ends it with `error: message` on stderr and exit status 1 instead
-    of a traceback (the message already names the file, record or flag). A distributed run leaves its process
-    group before exiting, so no communication thread is still running at interpreter shutdown."""
+    of a traceback (the message already names the file, record or flag). In a distributed launch every process
+    exits with status 1 and only the first to fail prints the line. A distributed run leaves its process group
+    before exiting, so no communication thread is still running at interpreter shutdown."""
     import torch.distributed
 
     try:
         main(argv)
     except DataError as error:
-        print(f"{os.path.basename(sys.argv[0]) or 'diff-trainer'}: error: {error}", file=sys.stderr)
+        if first_to_report():
+            print(f"{os.path.basename(sys.argv[0]) or 'diff-trainer'}: error: {error}", file=sys.stderr)
         return 1
     finally:
         release_output_dir_locks()

@@ -13,12 +13,16 @@ from types import SimpleNamespace
 
 import pytest
 
+from conftest import accelerate_launch
+from diff_trainer.data.loading import DataError
 from diff_trainer.training.runner import (
     OUTPUT_DIR_LOCK,
     OutputDirLock,
     check_output_dir,
+    first_to_report,
     headline,
     release_output_dir_locks,
+    run_entry_point,
 )
 
 
@@ -96,7 +100,6 @@ def test_a_second_run_into_the_same_output_dir_is_refused_and_a_dead_runs_lock_t
     """Two real processes: a run holds output_dir; a second run exits naming it; once the first is killed, its
     stale lock is taken over and the second run trains and removes the lock at exit."""
     import run_clm_diff
-    from diff_trainer.training.runner import run_entry_point
 
     data = tmp_path / "train.jsonl"
     data.write_text("".join(json.dumps({"text": f"{i}+{i}=<DFF>{2 * i}"}) + "\n" for i in range(8)))
@@ -163,3 +166,76 @@ def test_which_locks_are_stale(tmp_path, monkeypatch, holder, job, taken):
         assert f"host {holder['host']}, pid {holder['pid']}" in refusal
     lock.release()
     assert (tmp_path / OUTPUT_DIR_LOCK).exists() != taken
+
+
+def launcher_environment(monkeypatch, port: int, restart: int = 0) -> None:
+    """The variables torchrun gives rank 1 of 2 (its agent's store at port `port`)."""
+    for name, value in {
+        "WORLD_SIZE": "2",
+        "RANK": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "TORCHELASTIC_USE_AGENT_STORE": "True",
+        "TORCHELASTIC_RESTART_COUNT": str(restart),
+    }.items():
+        monkeypatch.setenv(name, value)
+
+
+def test_only_the_first_process_of_a_launch_reports_its_error(monkeypatch, capsys):
+    """The claim is a counter in the launcher's store: one claim per restart of the launch, none without a launch."""
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    agent_store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timedelta(seconds=10))
+    launcher_environment(monkeypatch, agent_store.port)
+    assert [first_to_report(), first_to_report()] == [True, False]
+    launcher_environment(monkeypatch, agent_store.port, restart=1)  # torchrun restarted the workers
+    assert first_to_report()
+
+    def failing(argv):
+        raise DataError("bad input, named")
+
+    assert run_entry_point(failing) == 1  # status 1 on every process, the line from the first one only
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert run_entry_point(failing) == 1
+    assert capsys.readouterr().err.endswith(": error: bad input, named\n")
+
+
+@pytest.mark.parametrize(
+    "script, flags, status, message",
+    [
+        ("run_clm_diff.py", ["{train}"], 1, "--output_dir {held} already holds a trained model"),
+        ("run_diffusion_dpo.py", ["--output_dir", "{tmp}/dpo", "--beta", "high"], 2, "invalid float value: 'high'"),
+        ("run_diffusion_grpo.py", ["--output_dir", "{tmp}/grpo"], 1, "GRPO starts from a trained diffusion model"),
+    ],
+    ids=["clm: output_dir holds a model", "dpo: bad flag value", "grpo: no model"],
+)
+def test_an_error_every_process_hits_is_printed_once(tmp_path, script, flags, status, message):
+    """A real two-process launch (CPU, gloo): the error line once in the combined output, no traceback (accelerate's
+    own traceback of its launcher is left out with -q), a failing exit."""
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"text": f"{i}+{i}=<DFF>{2 * i}"}) + "\n" for i in range(8)))
+    held = tmp_path / "held"
+    held.mkdir()
+    (held / "config.json").write_text("{}")
+    fill = {"held": str(held), "tmp": str(tmp_path)}
+    argv = [
+        argument
+        for flag in flags
+        for argument in (training_flags(data, held, 1) if flag == "{train}" else [flag.format(**fill)])
+    ]
+    launched = subprocess.run(
+        [*accelerate_launch(tmp_path), "-q", script, *argv, "--use_cpu", "--report_to", "none"],
+        cwd=ROOT,
+        env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = launched.stdout + launched.stderr
+    assert launched.returncode != 0
+    assert output.count(message.format(**fill)) == 1, output[-3000:]
+    assert f"{script}: error: " in output and "Traceback" not in output, output[-3000:]
+    assert f"exitcode  : {status}" in output  # accelerate's summary names the failed process with our status

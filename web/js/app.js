@@ -4,11 +4,11 @@
 import { loadExport } from "./model.js";
 import { Mulberry32 } from "./rng.js";
 import { checkSettings, sample } from "./sampler.js";
+import { traceCells } from "./trace.js";
 
 const $ = (id) => document.getElementById(id);
 const NUMBER_FIELDS = ["gen_length", "steps", "block_length", "temperature", "guidance_scale", "seed"];
 const CHOICE_FIELDS = ["remasking", "eos_handling"];
-const MASK_GLYPH = "░";
 const TOKENIZER_KINDS = { byte: "byte-level", bpe: "byte-level BPE" };
 
 let demo = null; // the loaded export
@@ -54,14 +54,10 @@ function suffixIds() {
 }
 
 function render(frame) {
-  const { tokenizer, tokens } = demo;
-  const committed = new Set(frame.committed);
-  const spans = frame.ids.map((id, position) => {
+  const spans = traceCells(frame, demo.tokens, (id) => demo.tokenizer.piece(id)).map(({ text, kind, fresh }) => {
     const span = document.createElement("span");
-    if (position < frame.generationStart || position >= frame.generationEnd) span.className = "prompt";
-    else if (id === tokens.mask) span.className = "masked";
-    else if (committed.has(position)) span.className = "new";
-    span.textContent = id === tokens.mask ? MASK_GLYPH : tokenizer.piece(id);
+    span.className = [kind === "token" ? "" : kind, fresh ? "new" : ""].join(" ").trim();
+    span.textContent = text;
     return span;
   });
   $("sequence").replaceChildren(...spans);

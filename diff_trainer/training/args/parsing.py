@@ -7,6 +7,20 @@ import sys
 import yaml
 from transformers import HfArgumentParser
 
+from ..runner import first_to_report
+
+USAGE = "%(prog)s [config.yaml|config.json] [--flag value ...]   (--help lists the flags)"
+
+
+class ArgumentParser(HfArgumentParser):
+    """HfArgumentParser with a one-line usage (the full one lists every flag); in a distributed launch a usage error
+    is printed by the first process that hits it, and every process exits with status 2."""
+
+    def error(self, message: str):
+        if not first_to_report():
+            sys.exit(2)
+        super().error(message)
+
 
 def config_to_argv(path: str) -> list[str]:
     """Turn a yaml/json config file into CLI-style arguments (so that later CLI flags override them)."""
@@ -33,7 +47,7 @@ def config_to_argv(path: str) -> list[str]:
 def parse_arguments(dataclass_types, argv: list[str] | None = None):
     """Parse `[config.yaml|config.json] [--flag value ...]`; flags on the command line win over the file."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = HfArgumentParser(dataclass_types)
+    parser = ArgumentParser(dataclass_types, usage=USAGE)
     if argv and not argv[0].startswith("-") and argv[0].endswith((".yaml", ".yml", ".json")):
         if not os.path.isfile(argv[0]):
             parser.error(f"config file {argv[0]} does not exist.")
