@@ -10,6 +10,10 @@ import gzip
 import json
 import os
 import re
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -705,6 +709,103 @@ def test_resume_with_other_settings_names_what_differs(tmp_path, clm_flags, caps
         err,
     ), err
     assert (tmp_path / "out" / "config.json").read_text() == config and not (tmp_path / "out" / "checkpoint-2").exists()
+
+
+def run_with_file_size_limit(argv: list[str], limit: int, cwd: Path) -> subprocess.CompletedProcess:
+    """The training entry point in a subprocess whose files may not grow beyond `limit` bytes: with SIGXFSZ ignored,
+    the kernel fails the write with EFBIG, as a full disk fails it with ENOSPC."""
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [sys.executable, "-m", "diff_trainer.cli.train", *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_file_size,
+        timeout=600,
+    )
+
+
+@pytest.mark.parametrize(
+    "limit, failing_file",
+    [(100_000, "model.safetensors"), (300_000, "optimizer.pt")],
+    ids=["weights (safetensors)", "optimizer state (torch.save)"],
+)
+def test_a_checkpoint_that_does_not_fit_is_removed_and_the_previous_one_resumes(
+    tmp_path, clm_flags, capsys, limit, failing_file
+):
+    """The tiny model's weights are 183 KB and its optimizer state 380 KB: a run resumed under the limit fails at
+    checkpoint-2, names the file, removes the half-written checkpoint and keeps checkpoint-1, which a later --resume
+    continues from."""
+    train = write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
+    flags = clm_flags("--train_file", train, "--train_diff_model", "--save_steps", "1")
+    assert run_entry(run_clm_diff.main, flags, capsys)[0] == 0
+    out = tmp_path / "out"
+    resumed = [*flags, "--max_steps", "2", "--resume", "true"]
+    stopped = run_with_file_size_limit(resumed, limit, tmp_path)
+    assert stopped.returncode == 1, stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"train.py: error: the file-size limit (ulimit -f: {limit} bytes) was reached while writing "
+        f"{out}/checkpoint-2/{failing_file}; {out}/checkpoint-2 was removed. {out}/checkpoint-1 is complete: free "
+        "space and continue with --resume."
+    )
+    assert sorted(path.name for path in out.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert run_entry(run_clm_diff.main, resumed, capsys)[0] == 0
+    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
+    assert (out / "checkpoint-2" / "COMPLETE").is_file()
+
+
+def test_a_final_model_that_does_not_fit_leaves_no_weights(tmp_path, clm_flags):
+    train = write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
+    stopped = run_with_file_size_limit(
+        clm_flags("--train_file", train, "--train_diff_model", "--save_strategy", "no"), 100_000, tmp_path
+    )
+    out = tmp_path / "out"
+    assert stopped.returncode == 1, stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"train.py: error: the file-size limit (ulimit -f: 100000 bytes) was reached while writing "
+        f"{out}/model.safetensors; no final model was saved, and no checkpoint either: free space and train again."
+    )
+    assert not list(out.glob("*.safetensors")) and not list(out.glob("checkpoint-*"))
+
+
+def test_a_full_disk_at_the_final_save_keeps_the_checkpoint_that_resume_saves_from(
+    tmp_path, clm_flags, capsys, monkeypatch
+):
+    import errno
+
+    from diff_trainer.training.checkpoints import FiniteStepsMixin
+
+    saved = FiniteStepsMixin.save_model
+
+    def full_at_the_final_save(self, output_dir=None, _internal_call=False):
+        if _internal_call:  # a checkpoint
+            return saved(self, output_dir, _internal_call)
+        weights = os.path.join(self.args.output_dir, "model.safetensors")
+        Path(weights).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", weights)
+
+    train = write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
+    flags = clm_flags("--train_file", train, "--train_diff_model", "--save_steps", "1")
+    monkeypatch.setattr(FiniteStepsMixin, "save_model", full_at_the_final_save)
+    code, err = run_entry(run_clm_diff.main, flags, capsys)
+    out = tmp_path / "out"
+    assert code == 1 and re.fullmatch(
+        rf"\S+: error: no space left on \S+ \(mounted at /\S*\) while writing {out}/model\.safetensors; "
+        rf"no final model was saved; {out}/checkpoint-1 holds its weights: free space and run again with --resume, "
+        r"which saves the final model from it\.",
+        err.strip().splitlines()[-1],
+    ), err
+    assert not (out / "model.safetensors").exists()
+    monkeypatch.setattr(FiniteStepsMixin, "save_model", saved)
+    assert run_entry(run_clm_diff.main, [*flags, "--resume", "true"], capsys)[0] == 0
+    assert (out / "model.safetensors").read_bytes() == (out / "checkpoint-1" / "model.safetensors").read_bytes()
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -15,9 +15,17 @@ from transformers import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.loading import DataError
-from ..data.saving import process_alive
+from ..data.saving import full_disk_error, process_alive
 from ..diffusion_config import MASKED
-from .checkpoints import WEIGHT_FILES, CheckpointCompletionCallback, check_resumable, newest_complete_checkpoint
+from .checkpoints import (
+    CHECKPOINT_NAME,
+    WEIGHT_FILES,
+    CheckpointCompletionCallback,
+    check_resumable,
+    incomplete_reason,
+    newest_complete_checkpoint,
+    remove_weights,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -311,8 +319,65 @@ def load_finished_checkpoint(trainer, checkpoint: str) -> None:
     trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
     if not any(os.path.isfile(os.path.join(trainer.args.output_dir, name)) for name in WEIGHT_FILES):
         logger.info("Saving the weights of %s as the final model.", checkpoint)
+        save_final_model(trainer)
+
+
+def train_saving_checkpoints(trainer, checkpoint: str | None):
+    """`trainer.train`; a full disk (or the file-size limit) while it writes a checkpoint is one DiskFull line, and
+    the half-written checkpoint is removed, so the previous complete one is what --resume takes."""
+    try:
+        return trainer.train(resume_from_checkpoint=checkpoint)
+    except DataError:
+        raise
+    except Exception as error:
+        output_dir = trainer.args.output_dir
+        path = os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")
+        writing = path if os.path.isdir(path) and incomplete_reason(path) else output_dir
+        full = full_disk_error(error, writing, "")
+        if full is None:
+            raise
+        if writing == path and trainer.args.should_save:
+            shutil.rmtree(path, ignore_errors=True)
+        previous = newest_complete_checkpoint(output_dir)
+        after = (
+            f"{path} was removed. {previous} is complete: free space and continue with --resume."
+            if writing == path and previous
+            else "free space and continue with --resume."
+            if previous
+            else "no checkpoint was saved: free space and run again."
+        )
+        raise type(full)(f"{full}{after}") from error
+
+
+def save_final_model(trainer, metrics: dict | None = None) -> None:
+    """Write the final model (and the train metrics and state); on a full disk, one DiskFull line, and the weights
+    of that save are removed, so no partial model is left in output_dir (a later --resume writes it again)."""
+    output_dir = trainer.args.output_dir
+    try:
         trainer.save_model()
+        if metrics is not None:
+            trainer.save_metrics("train", metrics)
         trainer.save_state()
+    except DataError:
+        raise
+    except Exception as error:
+        last = newest_complete_checkpoint(output_dir)
+        step = int(CHECKPOINT_NAME.match(os.path.basename(last)).group(1)) if last else None
+        after = (
+            "no final model was saved, and no checkpoint either: free space and train again."
+            if last is None
+            else f"no final model was saved; {last} holds its weights: free space and run again with --resume, "
+            "which saves the final model from it."
+            if step == trainer.state.global_step
+            else f"no final model was saved; {last} (step {step} of {trainer.state.global_step}) is the newest "
+            "complete checkpoint: free space and run again with --resume to train on from it."
+        )
+        full = full_disk_error(error, output_dir, after)
+        if full is None:
+            raise
+        if trainer.args.should_save:
+            remove_weights(output_dir)
+        raise full from error
 
 
 def train_and_evaluate(
@@ -327,11 +392,9 @@ def train_and_evaluate(
         if checkpoint and reached_last_step(checkpoint, training_args):
             load_finished_checkpoint(trainer, checkpoint)
         else:
-            result = trainer.train(resume_from_checkpoint=checkpoint)
-            trainer.save_model()
+            result = train_saving_checkpoints(trainer, checkpoint)
             trainer.log_metrics("train", result.metrics)
-            trainer.save_metrics("train", result.metrics)
-            trainer.save_state()
+            save_final_model(trainer, result.metrics)
     if training_args.do_eval and evaluate:
         metrics = trainer.evaluate()
         if add_eval_metrics is not None:
