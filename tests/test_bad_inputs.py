@@ -530,6 +530,62 @@ def test_bad_flags(tmp_path, clm_flags, capsys, argv, status, message):
     assert "Traceback" not in err and re.search(message, err), err
 
 
+UNWRITABLE = "/sys/kernel"  # sysfs refuses new files even to root
+
+
+def refuses_new_files(directory: str) -> bool:
+    try:
+        os.close(os.open(os.path.join(directory, ".probe"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except OSError:
+        return os.path.isdir(directory)
+    os.unlink(os.path.join(directory, ".probe"))
+    return False
+
+
+@pytest.mark.skipif(not refuses_new_files(UNWRITABLE), reason=f"needs {UNWRITABLE} of a sysfs, which refuses files")
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--output_dir", f"{UNWRITABLE}/out"], f"--output_dir {UNWRITABLE}/out: cannot write there"),
+        (
+            ["--save_final_dataset", f"{UNWRITABLE}/rows", "--do_train", "false"],
+            f"--save_final_dataset {UNWRITABLE}/rows: cannot write there",
+        ),
+    ],
+    ids=["--output_dir", "--save_final_dataset"],
+)
+def test_a_directory_where_nothing_can_be_written_is_named(tmp_path, clm_flags, capsys, flags, message):
+    """Refused by probing with a file (root may write whatever the permission bits say), --output_dir before any
+    data is read (the training file given does not exist)."""
+    train = tmp_path / ("missing.jsonl" if "--output_dir" in flags else "train.jsonl")
+    if "--save_final_dataset" in flags:
+        write(train, "\n".join(GOOD_LINES))
+    code, err = run_entry(run_clm_diff.main, clm_flags("--train_file", str(train), *flags), capsys)
+    last = err.strip().splitlines()[-1]
+    assert code == 1 and last.endswith(
+        f"{message} (it would be made in {UNWRITABLE}): Permission denied. Choose a writable directory."
+    ), err
+    assert "Traceback" not in err
+
+
+def test_a_read_only_output_dir_is_refused_before_training(tmp_path):
+    """A read-only tmpfs mounted in a user and mount namespace of its own (`unshare -rm`), as a read-only mount of a
+    cluster's file system would be."""
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no user namespaces here (unshare -rm) to mount a read-only file system in")
+    mount, out = tmp_path / "read-only", tmp_path / "read-only" / "runs" / "out"
+    mount.mkdir()
+    script = (
+        f'mount -t tmpfs -o ro tmpfs "{mount}" && PYTHONPATH="{ROOT}" "{sys.executable}" -m diff_trainer.cli.train '
+        f'--output_dir "{out}" --do_train --train_file "{tmp_path / "missing.jsonl"}" --tokenizer_name byte'
+    )
+    ran = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 1 and ran.stderr.strip().splitlines()[-1] == (
+        f"train.py: error: --output_dir {out}: cannot write there (it would be made in {mount}): Read-only file "
+        "system. Choose a writable directory."
+    ), ran.stderr
+
+
 def test_yaml_save_final_dataset_true_is_the_bare_flag(tmp_path, monkeypatch, clm_flags, capsys):
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
@@ -688,8 +744,22 @@ def test_resuming_a_finished_run_trains_nothing(tmp_path, clm_flags, capsys, cap
         (["--time_eps", "0.01"], r"time_eps 0\.001 there, 0\.01 here"),
         (["--train_diff_model", "false"], r"it is a diffusion model, this run trains a causal LM"),
         (["--diffusion_objective", "sedd_absorb"], r"objective 'masked_diffusion' there, 'sedd_absorb' here"),
+        (
+            ["--tokenizer_name", "char"],
+            r"a vocabulary of 386 tokens there, 16 here; pad_token_id 0 there, 1 here; eos_token_id 1 there, 2 here; "
+            r"mask_token_id 385 there, 3 here",
+        ),
+        (["--dff_token", "<DIFF>"], r"another tokenizer with the same 386 tokens \(other token -> id mapping\)"),
+        (
+            ["--config_overrides", TINY_LLAMA.replace("hidden_size=32", "hidden_size=64")],
+            r"hidden_size 32 there, 64 here",
+        ),
+        (
+            ["--config_overrides", TINY_LLAMA.replace("num_hidden_layers=2", "num_hidden_layers=3")],
+            r"num_hidden_layers 2 there, 3 here",
+        ),
     ],
-    ids=["schedule", "time_eps", "causal", "objective"],
+    ids=["schedule", "time_eps", "causal", "objective", "tokenizer", "token mapping", "hidden size", "layers"],
 )
 def test_resume_with_other_settings_names_what_differs(tmp_path, clm_flags, capsys, monkeypatch, changed, message):
     from diff_trainer.data import pipeline
@@ -705,7 +775,9 @@ def test_resume_with_other_settings_names_what_differs(tmp_path, clm_flags, caps
     monkeypatch.setattr(pipeline.Preprocessor, "run", no_preprocessing)
     code, err = run_entry(run_clm_diff.main, [*flags, "--max_steps", "2", "--resume", "true", *changed], capsys)
     assert code == 1 and re.search(
-        r"error: \S*checkpoint-1 cannot be resumed with these flags: " + message + r"\. Pass the checkpoint's settings",
+        r"error: \S*checkpoint-1 cannot be resumed with these flags: "
+        + message
+        + r"[^.]*\. Pass the checkpoint's settings",
         err,
     ), err
     assert (tmp_path / "out" / "config.json").read_text() == config and not (tmp_path / "out" / "checkpoint-2").exists()

@@ -45,6 +45,7 @@ def save_final_dataset(
         raise DataError(f"{path} already exists; pass --overwrite_final_dataset or choose another directory.")
     if os.path.exists(path):
         check_replaceable(path)
+    check_writable(path, "--save_final_dataset")
     parent, name = os.path.split(path)
     os.makedirs(parent, exist_ok=True)
     remove_stale_staging(parent, name)
@@ -178,6 +179,22 @@ def missing_safetensors_file(directory: str) -> str:
         return f"{last.group(1)}-{int(last.group(2)) + 1:0{width}d}-of-{last.group(3)}.safetensors"
     adapter = os.path.isfile(os.path.join(directory, "adapter_config.json"))
     return "adapter_model.safetensors" if adapter else "model.safetensors"
+
+
+def check_writable(directory: str, flag: str) -> None:
+    """A DataError naming `directory` when no file can be created in it, or in its nearest existing parent when it
+    does not exist yet (a read-only file system, no permission, a file in the way); probed by creating and removing
+    a file, which also catches what permission bits do not show (read-only mounts, root on sysfs)."""
+    existing = existing_parent(directory)
+    probe = os.path.join(existing, f".diff_trainer-probe-{socket.gethostname()}-{os.getpid()}")
+    try:
+        os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        os.unlink(probe)
+    except OSError as error:
+        where = "" if existing == os.path.abspath(directory) else f" (it would be made in {existing})"
+        raise DataError(
+            f"{flag} {directory}: cannot write there{where}: {error.strerror}. Choose a writable directory."
+        ) from None
 
 
 def existing_parent(path: str) -> str:

@@ -15,8 +15,10 @@ from transformers import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.loading import DataError
-from ..data.saving import full_disk_error, process_alive
+from ..data.pipeline import vocabulary_hash
+from ..data.saving import check_writable, full_disk_error, process_alive
 from ..diffusion_config import MASKED
+from ..models.loading import load_saved_tokenizer
 from .checkpoints import (
     CHECKPOINT_NAME,
     WEIGHT_FILES,
@@ -215,13 +217,32 @@ def release_output_dir_locks() -> None:
         _held_locks.pop().release()
 
 
-def check_resumed_settings(training_args) -> None:
+# config.json fields that fix the shape of the weights (the names differ between architectures)
+ARCHITECTURE = (
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "head_dim",
+    "n_embd",
+    "n_layer",
+    "n_head",
+    "n_inner",
+    "d_model",
+    "num_layers",
+    "num_heads",
+    "d_ff",
+)
+
+
+def check_resumed_settings(training_args, tokenizer=None, config=None) -> None:
     """A DataError naming what differs when --resume (or --resume_from_checkpoint) would continue a checkpoint with
-    another kind of model (causal or diffusion) or other diffusion settings than it recorded in its diffusion_config;
-    checked before any data is read. (Without it the run fails on a weight shape, or silently rewrites the
-    checkpoint's settings.)"""
-    if not hasattr(training_args, "diffusion_settings"):
-        return  # DPO continues the policy's own settings
+    other settings than it recorded in its config.json: another kind of model (causal or diffusion) or other
+    diffusion settings, checked before any data is read; and, once the run's tokenizer and model `config` are known
+    (called again with them, before preprocessing), another vocabulary, other special token ids or another
+    architecture. (Without it the run fails on a weight shape, or silently rewrites the checkpoint's settings.)"""
     checkpoint = (
         training_args.resume_from_checkpoint
         if not training_args.resume
@@ -231,18 +252,15 @@ def check_resumed_settings(training_args) -> None:
     if not config_file or not os.path.isfile(config_file):
         return
     with open(config_file, encoding="utf-8") as handle:
-        saved = json.load(handle).get("diffusion_config")
-    current = training_args.diffusion_settings() if training_args.train_diff_model else None
-    kind = {True: "a diffusion model", False: "a causal LM"}
-    if (saved is None) != (current is None):
-        differences = [f"it is {kind[saved is not None]}, this run trains {kind[current is not None]}"]
-    else:
-        current = {"objective": MASKED, **(current or {})}  # SEDD settings name their own objective
-        saved = {**(saved or {}), **({"sedd_noise": saved["noise"]} if "noise" in (saved or {}) else {})}
-        differences = [
-            f"{key} {saved[key]!r} there, {value!r} here"
-            for key, value in current.items()
-            if key in saved and saved[key] != value
+        saved_config = json.load(handle)
+    differences = diffusion_differences(saved_config.get("diffusion_config"), training_args)
+    if tokenizer is not None:
+        differences += tokenizer_differences(checkpoint, saved_config, tokenizer, config)
+    if config is not None:
+        differences += [
+            f"{key} {saved_config[key]!r} there, {getattr(config, key)!r} here"
+            for key in ARCHITECTURE
+            if key in saved_config and hasattr(config, key) and saved_config[key] != getattr(config, key)
         ]
     if differences:
         raise DataError(
@@ -251,14 +269,64 @@ def check_resumed_settings(training_args) -> None:
         )
 
 
+def diffusion_differences(saved: dict | None, training_args) -> list[str]:
+    """How this run's kind of model and diffusion settings differ from a checkpoint's `diffusion_config` (DPO
+    continues the policy's own settings: nothing to compare)."""
+    if not hasattr(training_args, "diffusion_settings"):
+        return []
+    current = training_args.diffusion_settings() if training_args.train_diff_model else None
+    kind = {True: "a diffusion model", False: "a causal LM"}
+    if (saved is None) != (current is None):
+        return [f"it is {kind[saved is not None]}, this run trains {kind[current is not None]}"]
+    current = {"objective": MASKED, **(current or {})}  # SEDD settings name their own objective
+    saved = {**(saved or {}), **({"sedd_noise": saved["noise"]} if "noise" in (saved or {}) else {})}
+    return [
+        f"{key} {saved[key]!r} there, {value!r} here"
+        for key, value in current.items()
+        if key in saved and saved[key] != value
+    ]
+
+
+def tokenizer_differences(checkpoint: str, saved_config: dict, tokenizer, config) -> list[str]:
+    """How this run's tokenizer (with its added tokens) differs from the one the checkpoint was trained with: the
+    vocabulary size the embeddings get, the special ids its config records, and, at equal size, the token -> id
+    mapping of the checkpoint's saved tokenizer."""
+    size = max(len(tokenizer), getattr(config, "vocab_size", 0) or 0)  # what fit_to_tokenizer makes the embeddings
+    differences = []
+    if saved_config.get("vocab_size") not in (None, size):
+        differences.append(f"a vocabulary of {saved_config['vocab_size']} tokens there, {size} here")
+    mask_id = (saved_config.get("diffusion_config") or {}).get("mask_token_id")
+    here = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        **({"mask_token_id": tokenizer.mask_token_id} if mask_id is not None and tokenizer.mask_token else {}),
+    }
+    there = {**saved_config, "mask_token_id": mask_id}
+    differences += [
+        f"{name} {there[name]!r} there, {value!r} here"
+        for name, value in here.items()
+        if there.get(name) is not None and there[name] != value
+    ]
+    if not differences:
+        try:
+            saved_tokenizer = load_saved_tokenizer(checkpoint)
+        except (OSError, ValueError):  # no tokenizer files to compare with: the sizes and ids above must do
+            return differences
+        if len(saved_tokenizer) == len(tokenizer) and vocabulary_hash(saved_tokenizer) != vocabulary_hash(tokenizer):
+            differences.append(f"another tokenizer with the same {len(tokenizer)} tokens (other token -> id mapping)")
+    return differences
+
+
 def check_output_dir(training_args) -> None:
-    """Lock output_dir for a training run, then refuse to train into one holding a model or checkpoints, unless
-    --resume or --overwrite_output_dir.
+    """Refuse an output_dir where no file can be written; lock it for a training run, then refuse to train into one
+    holding a model or checkpoints, unless --resume or --overwrite_output_dir.
 
     With --overwrite_output_dir the old checkpoint-N directories are deleted (by the main process) so that a later
     --resume cannot pick up a checkpoint of the replaced run.
     """
     output_dir = training_args.output_dir
+    if training_args.do_train or training_args.do_eval:
+        check_writable(output_dir, "--output_dir")
     if training_args.do_train:
         lock_output_dir(training_args)
         check_resumed_settings(training_args)
