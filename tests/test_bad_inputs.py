@@ -385,6 +385,26 @@ FLAG_CASES = [
         r"error: --time_eps is the smallest mask probability, in \[0, 1\]; got 1\.5",
     ),
     (
+        "--time_eps below 0",
+        lambda d: ["--train_diff_model", "--time_eps", "-0.1"],
+        2,
+        r"error: --time_eps is the smallest mask probability, in \[0, 1\]; got -0\.1",
+    ),
+    (
+        "sigma_min equal to sigma_max",
+        lambda d: [
+            "--train_diff_model",
+            "--diffusion_objective",
+            "sedd_absorb",
+            "--sigma_min",
+            "20",
+            "--sigma_max",
+            "20",
+        ],
+        2,
+        r"error: --sigma_min and --sigma_max must satisfy 0 < sigma_min < sigma_max, got 20\.0 and 20\.0",
+    ),
+    (
         "unknown --noise_schedule",
         lambda d: ["--train_diff_model", "--noise_schedule", "cosin"],
         2,
@@ -418,6 +438,12 @@ FLAG_CASES = [
     ),
     ("lora rank 0", lambda d: ["--use_lora", "--lora_r", "0"], 2, r"error: --lora_r must be at least 1"),
     ("dropout above 1", lambda d: ["--dropout", "1.2"], 2, r"error: --dropout is a probability in \[0, 1\], got 1\.2"),
+    (
+        "LoRA dropout below 0",
+        lambda d: ["--use_lora", "--lora_dropout", "-0.1"],
+        2,
+        r"error: --lora_dropout is a probability in \[0, 1\], got -0\.1",
+    ),
     (
         "--masked_lm with a decoder-only --model_type",
         lambda d: ["--train_diff_model", "--masked_lm"],
