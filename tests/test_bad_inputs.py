@@ -999,6 +999,42 @@ def test_bad_preference_data(tmp_path, diffusion_checkpoint, capsys, records, ex
     assert "Traceback" not in err and re.search(message, err), err
 
 
+def test_a_dpo_resume_from_another_architecture_names_it_before_the_model_loads(
+    tmp_path, diffusion_checkpoint, capsys, monkeypatch
+):
+    from diff_trainer.cli import dpo
+
+    wider = tmp_path / "wider"
+    tokenizer = make_byte_tokenizer()
+    model = make_tiny_llama(len(tokenizer), max_position_embeddings=64, hidden_size=48)
+    write_diffusion_config(
+        model.config,
+        mask_token_id=tokenizer.mask_token_id,
+        shift_logits=False,
+        noise_schedule="linear",
+        time_eps=1e-3,
+        dff_token="<DFF>",
+    )
+    model.save_pretrained(wider)
+    tokenizer.save_pretrained(wider)
+    pairs = write(tmp_path / "pairs.jsonl", "".join(json.dumps({**PAIR, "chosen": str(i)}) + "\n" for i in range(4)))
+    argv = [
+        *("--model_name_or_path", diffusion_checkpoint, "--train_file", pairs, "--output_dir", str(tmp_path / "o")),
+        *("--max_length", "16", "--use_cpu", "--report_to", "none", "--do_train", "--save_steps", "1"),
+    ]
+    assert run_entry(run_diffusion_dpo.main, [*argv, "--max_steps", "1"], capsys)[0] == 0
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(dpo, "prepare_model", no_model)
+    resumed = [*argv, "--max_steps", "2", "--resume", "true", "--model_name_or_path", str(wider)]
+    code, err = run_entry(run_diffusion_dpo.main, resumed, capsys)
+    assert code == 1 and re.search(
+        r"error: \S*checkpoint-1 cannot be resumed with these flags: hidden_size 32 there, 48 here[^.]*\. Pass", err
+    ), err
+
+
 # ------------------------------------------------------------------------------------------------------------
 # diff-generate
 
