@@ -330,7 +330,8 @@ def read_failure(error: Exception, path: str, builder: str) -> str:
         and builder == "json"
         and (not is_json_lines(path) or os.path.getsize(path) <= JSON_CHUNK)
     ):
-        place = read_records(path)[1][int(found.group(2))]
+        places = read_records(path)[1]
+        place = places[int(found.group(2))] if int(found.group(2)) < len(places) else path
     if place != path:
         message = ROW_IN_MESSAGE.sub("", message, count=1)
     advice = "Quote fields that hold commas, quotes or line breaks" if builder == "csv" else "Fix or remove it"

@@ -36,12 +36,11 @@ WEIGHT_FILES = (
 WEIGHT_FILE = re.compile(r"(model|pytorch_model|adapter_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?")
 
 
-def remove_weights(directory: str) -> list[str]:
-    """Delete the weight files (shards and indexes included) of a model directory; returns their names."""
-    names = sorted(name for name in os.listdir(directory) if WEIGHT_FILE.fullmatch(name))
-    for name in names:
-        os.unlink(os.path.join(directory, name))
-    return names
+def remove_weights(directory: str) -> None:
+    """Delete the weight files (shards and indexes included) of a model directory."""
+    for name in os.listdir(directory):
+        if WEIGHT_FILE.fullmatch(name):
+            os.unlink(os.path.join(directory, name))
 
 
 class CheckpointCompletionCallback(TrainerCallback):

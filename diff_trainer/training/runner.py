@@ -290,11 +290,14 @@ def diffusion_differences(saved: dict | None, training_args) -> list[str]:
 def tokenizer_differences(checkpoint: str, saved_config: dict, tokenizer, config) -> list[str]:
     """How this run's tokenizer (with its added tokens) differs from the one the checkpoint was trained with: the
     vocabulary size the embeddings get, the special ids its config records, and, at equal size, the token -> id
-    mapping of the checkpoint's saved tokenizer."""
+    mapping of the checkpoint's saved tokenizer. Without the run's model `config` (a registered layout or an adapter
+    is loaded as a model first) only a tokenizer larger than the checkpoint's embeddings is known to differ."""
+    saved_size, differences = saved_config.get("vocab_size"), []
+    if config is None and saved_size is not None and len(tokenizer) > saved_size:
+        differences.append(f"a vocabulary of {saved_size} tokens there, {len(tokenizer)} here")
     size = max(len(tokenizer), getattr(config, "vocab_size", 0) or 0)  # what fit_to_tokenizer makes the embeddings
-    differences = []
-    if saved_config.get("vocab_size") not in (None, size):
-        differences.append(f"a vocabulary of {saved_config['vocab_size']} tokens there, {size} here")
+    if config is not None and saved_size not in (None, size):
+        differences.append(f"a vocabulary of {saved_size} tokens there, {size} here")
     mask_id = (saved_config.get("diffusion_config") or {}).get("mask_token_id")
     here = {
         "pad_token_id": tokenizer.pad_token_id,
@@ -307,7 +310,7 @@ def tokenizer_differences(checkpoint: str, saved_config: dict, tokenizer, config
         for name, value in here.items()
         if there.get(name) is not None and there[name] != value
     ]
-    if not differences:
+    if not differences and config is not None:
         try:
             saved_tokenizer = load_saved_tokenizer(checkpoint)
         except (OSError, ValueError):  # no tokenizer files to compare with: the sizes and ids above must do
