@@ -10,6 +10,10 @@ import gzip
 import json
 import os
 import re
+import resource
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -171,6 +175,63 @@ DATA_CASES = [
     ),
     ("unsupported suffix", "train.xml", "<a/>", [], 1, r"train\.xml: unsupported file type"),
     (
+        "JSON dict of columns",
+        "train.json",
+        json.dumps({"text": ["1+1=<DFF>2", "2+2=<DFF>4"]}),
+        [],
+        1,
+        r"train\.json: holds a dict of columns \('text': lists of values\), not records\. Write one record per line "
+        r"\(JSON lines: .*\) or a list of records",
+    ),
+    (
+        "JSON document that is one record",
+        "train.json",
+        json.dumps({"text": "1+1=<DFF>2"}),
+        [],
+        1,
+        r"train\.json: holds a single JSON object, not a list of records\. Write one record per line",
+    ),
+    (
+        "lone surrogate in a JSON line",
+        "train.jsonl",
+        "\n".join([GOOD_LINES[0], "", GOOD_LINES[1], '{"text": "caf\\udce9<DFF>x"}']),
+        [],
+        1,
+        r"train\.jsonl, line 4: a \\u escape in 'text' is half of a UTF-16 surrogate pair \(a lone surrogate\)",
+    ),
+    (
+        "lone surrogate in a JSON document",
+        "train.json",
+        '[{"text": "a<DFF>b"}, {"text": "x", "meta": {"note": "\\ud800"}}]',
+        [],
+        1,
+        r"train\.json, record 2: a \\u escape in 'meta' is half of a UTF-16 surrogate pair",
+    ),
+    (
+        "CSV field with an unclosed quote",
+        "train.csv",
+        'text\na<DFF>b\n"c<DFF>d\ne<DFF>f\n',
+        [],
+        1,
+        r"train\.csv, line 3: datasets cannot read this \(.*EOF inside string\)\. Quote fields that hold commas",
+    ),
+    (
+        "CSV row with more fields than the header",
+        "train.csv",
+        "text\na<DFF>b\nc,d<DFF>e\n",
+        [],
+        1,
+        r"train\.csv, line 3: datasets cannot read this \(.*Expected 1 fields, saw 2\)",
+    ),
+    (
+        "JSON column changing type after a blank line (datasets' reader fails)",
+        "train.jsonl",
+        '{"text": "a<DFF>b", "m": 1}\n\n{"text": "c<DFF>d", "m": {"a": 1}}\n',
+        [],
+        1,
+        r"train\.jsonl, line 3: datasets cannot read this \(Column\(/m\) changed from number to object\)",
+    ),
+    (
         "missing text column",
         "train.jsonl",
         json.dumps({"body": "a<DFF>b"}),
@@ -324,6 +385,26 @@ FLAG_CASES = [
         r"error: --time_eps is the smallest mask probability, in \[0, 1\]; got 1\.5",
     ),
     (
+        "--time_eps below 0",
+        lambda d: ["--train_diff_model", "--time_eps", "-0.1"],
+        2,
+        r"error: --time_eps is the smallest mask probability, in \[0, 1\]; got -0\.1",
+    ),
+    (
+        "sigma_min equal to sigma_max",
+        lambda d: [
+            "--train_diff_model",
+            "--diffusion_objective",
+            "sedd_absorb",
+            "--sigma_min",
+            "20",
+            "--sigma_max",
+            "20",
+        ],
+        2,
+        r"error: --sigma_min and --sigma_max must satisfy 0 < sigma_min < sigma_max, got 20\.0 and 20\.0",
+    ),
+    (
         "unknown --noise_schedule",
         lambda d: ["--train_diff_model", "--noise_schedule", "cosin"],
         2,
@@ -357,6 +438,12 @@ FLAG_CASES = [
     ),
     ("lora rank 0", lambda d: ["--use_lora", "--lora_r", "0"], 2, r"error: --lora_r must be at least 1"),
     ("dropout above 1", lambda d: ["--dropout", "1.2"], 2, r"error: --dropout is a probability in \[0, 1\], got 1\.2"),
+    (
+        "LoRA dropout below 0",
+        lambda d: ["--use_lora", "--lora_dropout", "-0.1"],
+        2,
+        r"error: --lora_dropout is a probability in \[0, 1\], got -0\.1",
+    ),
     (
         "--masked_lm with a decoder-only --model_type",
         lambda d: ["--train_diff_model", "--masked_lm"],
@@ -467,6 +554,62 @@ def test_bad_flags(tmp_path, clm_flags, capsys, argv, status, message):
     code, err = run_entry(run_clm_diff.main, flags, capsys)
     assert code == status, err
     assert "Traceback" not in err and re.search(message, err), err
+
+
+UNWRITABLE = "/sys/kernel"  # sysfs refuses new files even to root
+
+
+def refuses_new_files(directory: str) -> bool:
+    try:
+        os.close(os.open(os.path.join(directory, ".probe"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except OSError:
+        return os.path.isdir(directory)
+    os.unlink(os.path.join(directory, ".probe"))
+    return False
+
+
+@pytest.mark.skipif(not refuses_new_files(UNWRITABLE), reason=f"needs {UNWRITABLE} of a sysfs, which refuses files")
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--output_dir", f"{UNWRITABLE}/out"], f"--output_dir {UNWRITABLE}/out: cannot write there"),
+        (
+            ["--save_final_dataset", f"{UNWRITABLE}/rows", "--do_train", "false"],
+            f"--save_final_dataset {UNWRITABLE}/rows: cannot write there",
+        ),
+    ],
+    ids=["--output_dir", "--save_final_dataset"],
+)
+def test_a_directory_where_nothing_can_be_written_is_named(tmp_path, clm_flags, capsys, flags, message):
+    """Refused by probing with a file (root may write whatever the permission bits say), --output_dir before any
+    data is read (the training file given does not exist)."""
+    train = tmp_path / ("missing.jsonl" if "--output_dir" in flags else "train.jsonl")
+    if "--save_final_dataset" in flags:
+        write(train, "\n".join(GOOD_LINES))
+    code, err = run_entry(run_clm_diff.main, clm_flags("--train_file", str(train), *flags), capsys)
+    last = err.strip().splitlines()[-1]
+    assert code == 1 and last.endswith(
+        f"{message} (it would be made in {UNWRITABLE}): Permission denied. Choose a writable directory."
+    ), err
+    assert "Traceback" not in err
+
+
+def test_a_read_only_output_dir_is_refused_before_training(tmp_path):
+    """A read-only tmpfs mounted in a user and mount namespace of its own (`unshare -rm`), as a read-only mount of a
+    cluster's file system would be."""
+    if subprocess.run(["unshare", "-rm", "true"], capture_output=True).returncode != 0:
+        pytest.skip("no user namespaces here (unshare -rm) to mount a read-only file system in")
+    mount, out = tmp_path / "read-only", tmp_path / "read-only" / "runs" / "out"
+    mount.mkdir()
+    script = (
+        f'mount -t tmpfs -o ro tmpfs "{mount}" && PYTHONPATH="{ROOT}" "{sys.executable}" -m diff_trainer.cli.train '
+        f'--output_dir "{out}" --do_train --train_file "{tmp_path / "missing.jsonl"}" --tokenizer_name byte'
+    )
+    ran = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 1 and ran.stderr.strip().splitlines()[-1] == (
+        f"train.py: error: --output_dir {out}: cannot write there (it would be made in {mount}): Read-only file "
+        "system. Choose a writable directory."
+    ), ran.stderr
 
 
 def test_yaml_save_final_dataset_true_is_the_bare_flag(tmp_path, monkeypatch, clm_flags, capsys):
@@ -627,8 +770,22 @@ def test_resuming_a_finished_run_trains_nothing(tmp_path, clm_flags, capsys, cap
         (["--time_eps", "0.01"], r"time_eps 0\.001 there, 0\.01 here"),
         (["--train_diff_model", "false"], r"it is a diffusion model, this run trains a causal LM"),
         (["--diffusion_objective", "sedd_absorb"], r"objective 'masked_diffusion' there, 'sedd_absorb' here"),
+        (
+            ["--tokenizer_name", "char"],
+            r"a vocabulary of 386 tokens there, 16 here; pad_token_id 0 there, 1 here; eos_token_id 1 there, 2 here; "
+            r"mask_token_id 385 there, 3 here",
+        ),
+        (["--dff_token", "<DIFF>"], r"another tokenizer with the same 386 tokens \(other token -> id mapping\)"),
+        (
+            ["--config_overrides", TINY_LLAMA.replace("hidden_size=32", "hidden_size=64")],
+            r"hidden_size 32 there, 64 here",
+        ),
+        (
+            ["--config_overrides", TINY_LLAMA.replace("num_hidden_layers=2", "num_hidden_layers=3")],
+            r"num_hidden_layers 2 there, 3 here",
+        ),
     ],
-    ids=["schedule", "time_eps", "causal", "objective"],
+    ids=["schedule", "time_eps", "causal", "objective", "tokenizer", "token mapping", "hidden size", "layers"],
 )
 def test_resume_with_other_settings_names_what_differs(tmp_path, clm_flags, capsys, monkeypatch, changed, message):
     from diff_trainer.data import pipeline
@@ -644,10 +801,109 @@ def test_resume_with_other_settings_names_what_differs(tmp_path, clm_flags, caps
     monkeypatch.setattr(pipeline.Preprocessor, "run", no_preprocessing)
     code, err = run_entry(run_clm_diff.main, [*flags, "--max_steps", "2", "--resume", "true", *changed], capsys)
     assert code == 1 and re.search(
-        r"error: \S*checkpoint-1 cannot be resumed with these flags: " + message + r"\. Pass the checkpoint's settings",
+        r"error: \S*checkpoint-1 cannot be resumed with these flags: "
+        + message
+        + r"[^.]*\. Pass the checkpoint's settings",
         err,
     ), err
     assert (tmp_path / "out" / "config.json").read_text() == config and not (tmp_path / "out" / "checkpoint-2").exists()
+
+
+def run_with_file_size_limit(argv: list[str], limit: int, cwd: Path) -> subprocess.CompletedProcess:
+    """The training entry point in a subprocess whose files may not grow beyond `limit` bytes: with SIGXFSZ ignored,
+    the kernel fails the write with EFBIG, as a full disk fails it with ENOSPC."""
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run(
+        [sys.executable, "-m", "diff_trainer.cli.train", *argv],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        preexec_fn=limit_file_size,
+        timeout=600,
+    )
+
+
+@pytest.mark.parametrize(
+    "limit, failing_file",
+    [(100_000, "model.safetensors"), (300_000, "optimizer.pt")],
+    ids=["weights (safetensors)", "optimizer state (torch.save)"],
+)
+def test_a_checkpoint_that_does_not_fit_is_removed_and_the_previous_one_resumes(
+    tmp_path, clm_flags, capsys, limit, failing_file
+):
+    """The tiny model's weights are 183 KB and its optimizer state 380 KB: a run resumed under the limit fails at
+    checkpoint-2, names the file, removes the half-written checkpoint and keeps checkpoint-1, which a later --resume
+    continues from."""
+    train = write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
+    flags = clm_flags("--train_file", train, "--train_diff_model", "--save_steps", "1")
+    assert run_entry(run_clm_diff.main, flags, capsys)[0] == 0
+    out = tmp_path / "out"
+    resumed = [*flags, "--max_steps", "2", "--resume", "true"]
+    stopped = run_with_file_size_limit(resumed, limit, tmp_path)
+    assert stopped.returncode == 1, stopped.stderr
+    assert "Traceback" not in stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"train.py: error: the file-size limit (ulimit -f: {limit} bytes) was reached while writing "
+        f"{out}/checkpoint-2/{failing_file}; {out}/checkpoint-2 was removed. {out}/checkpoint-1 is complete: free "
+        "space and continue with --resume."
+    )
+    assert sorted(path.name for path in out.glob("checkpoint-*")) == ["checkpoint-1"]
+    assert run_entry(run_clm_diff.main, resumed, capsys)[0] == 0
+    assert json.loads((out / "checkpoint-2" / "trainer_state.json").read_text())["global_step"] == 2
+    assert (out / "checkpoint-2" / "COMPLETE").is_file()
+
+
+def test_a_final_model_that_does_not_fit_leaves_no_weights(tmp_path, clm_flags):
+    train = write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
+    stopped = run_with_file_size_limit(
+        clm_flags("--train_file", train, "--train_diff_model", "--save_strategy", "no"), 100_000, tmp_path
+    )
+    out = tmp_path / "out"
+    assert stopped.returncode == 1, stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"train.py: error: the file-size limit (ulimit -f: 100000 bytes) was reached while writing "
+        f"{out}/model.safetensors; no final model was saved, and no checkpoint either: free space and train again."
+    )
+    assert not list(out.glob("*.safetensors")) and not list(out.glob("checkpoint-*"))
+
+
+def test_a_full_disk_at_the_final_save_keeps_the_checkpoint_that_resume_saves_from(
+    tmp_path, clm_flags, capsys, monkeypatch
+):
+    import errno
+
+    from diff_trainer.training.checkpoints import FiniteStepsMixin
+
+    saved = FiniteStepsMixin.save_model
+
+    def full_at_the_final_save(self, output_dir=None, _internal_call=False):
+        if _internal_call:  # a checkpoint
+            return saved(self, output_dir, _internal_call)
+        weights = os.path.join(self.args.output_dir, "model.safetensors")
+        Path(weights).write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device", weights)
+
+    train = write(tmp_path / "train.jsonl", "\n".join(GOOD_LINES))
+    flags = clm_flags("--train_file", train, "--train_diff_model", "--save_steps", "1")
+    monkeypatch.setattr(FiniteStepsMixin, "save_model", full_at_the_final_save)
+    code, err = run_entry(run_clm_diff.main, flags, capsys)
+    out = tmp_path / "out"
+    assert code == 1 and re.fullmatch(
+        rf"\S+: error: no space left on \S+ \(mounted at /\S*\) while writing {out}/model\.safetensors; "
+        rf"no final model was saved; {out}/checkpoint-1 holds its weights: free space and run again with --resume, "
+        r"which saves the final model from it\.",
+        err.strip().splitlines()[-1],
+    ), err
+    assert not (out / "model.safetensors").exists()
+    monkeypatch.setattr(FiniteStepsMixin, "save_model", saved)
+    assert run_entry(run_clm_diff.main, [*flags, "--resume", "true"], capsys)[0] == 0
+    assert (out / "model.safetensors").read_bytes() == (out / "checkpoint-1" / "model.safetensors").read_bytes()
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -741,6 +997,42 @@ def test_bad_preference_data(tmp_path, diffusion_checkpoint, capsys, records, ex
     code, err = run_entry(run_diffusion_dpo.main, argv, capsys)
     assert code == status, err
     assert "Traceback" not in err and re.search(message, err), err
+
+
+def test_a_dpo_resume_from_another_architecture_names_it_before_the_model_loads(
+    tmp_path, diffusion_checkpoint, capsys, monkeypatch
+):
+    from diff_trainer.cli import dpo
+
+    wider = tmp_path / "wider"
+    tokenizer = make_byte_tokenizer()
+    model = make_tiny_llama(len(tokenizer), max_position_embeddings=64, hidden_size=48)
+    write_diffusion_config(
+        model.config,
+        mask_token_id=tokenizer.mask_token_id,
+        shift_logits=False,
+        noise_schedule="linear",
+        time_eps=1e-3,
+        dff_token="<DFF>",
+    )
+    model.save_pretrained(wider)
+    tokenizer.save_pretrained(wider)
+    pairs = write(tmp_path / "pairs.jsonl", "".join(json.dumps({**PAIR, "chosen": str(i)}) + "\n" for i in range(4)))
+    argv = [
+        *("--model_name_or_path", diffusion_checkpoint, "--train_file", pairs, "--output_dir", str(tmp_path / "o")),
+        *("--max_length", "16", "--use_cpu", "--report_to", "none", "--do_train", "--save_steps", "1"),
+    ]
+    assert run_entry(run_diffusion_dpo.main, [*argv, "--max_steps", "1"], capsys)[0] == 0
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(dpo, "prepare_model", no_model)
+    resumed = [*argv, "--max_steps", "2", "--resume", "true", "--model_name_or_path", str(wider)]
+    code, err = run_entry(run_diffusion_dpo.main, resumed, capsys)
+    assert code == 1 and re.search(
+        r"error: \S*checkpoint-1 cannot be resumed with these flags: hidden_size 32 there, 48 here[^.]*\. Pass", err
+    ), err
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from transformers import set_seed
 from diff_trainer.data.chat import set_chat_template
 from diff_trainer.data.loading import DataError, require_validation_data
 from diff_trainer.data.preference import load_preference_data, save_pairs, tokenize_pairs, with_response_padding
-from diff_trainer.models.loading import add_special_tokens, load_tokenizer
+from diff_trainer.models.loading import add_special_tokens, load_tokenizer, model_config
 from diff_trainer.training.args.data import PreferenceDataArguments
 from diff_trainer.training.args.dpo import DPOTrainingArguments
 from diff_trainer.training.args.model import ModelArguments
@@ -27,6 +27,7 @@ from diff_trainer.training.dpo import DiffusionDPOTrainer, checked_diffusion_con
 from diff_trainer.training.model import prepare_model
 from diff_trainer.training.runner import (
     check_output_dir,
+    check_resumed_settings,
     nothing_to_run,
     run_entry_point,
     setup_logging,
@@ -47,6 +48,8 @@ def main(argv=None):
     tokenizer = load_tokenizer(model_args)
     template_ids = set_chat_template(tokenizer, data_args.chat_template) if data_args.chat_template else []
     new_token_ids = template_ids + add_special_tokens(tokenizer, data_args.dff_token, model_args.mask_token)
+    if training_args.do_train:  # the checkpoint's tokenizer and architecture, before the model loads
+        check_resumed_settings(training_args, tokenizer, model_config(model_args, tokenizer))
     model = prepare_model(model_args, tokenizer, "diffusion", new_token_ids=new_token_ids)
     data_args = with_response_padding(data_args, checked_diffusion_config(model))
     raw, _ = load_preference_data(data_args, seed=training_args.seed, tokenizer=tokenizer)

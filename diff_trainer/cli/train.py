@@ -26,6 +26,7 @@ from diff_trainer.training.args.parsing import parse_arguments
 from diff_trainer.training.model import prepare_model
 from diff_trainer.training.runner import (
     check_output_dir,
+    check_resumed_settings,
     nothing_to_run,
     run_entry_point,
     setup_logging,
@@ -56,7 +57,10 @@ def main(argv=None):
     )
 
     require_validation_data(raw, training_args.do_eval)
-    if data_args.block_size is not None and (config := model_config(model_args, tokenizer)) is not None:
+    config = model_config(model_args, tokenizer)
+    if training_args.do_train and not data_args.preprocess_only:
+        check_resumed_settings(training_args, tokenizer, config)  # the checkpoint's tokenizer and architecture
+    if data_args.block_size is not None and config is not None:
         check_block_size(data_args.block_size, config)  # before packing: a huge block size would allocate first
     final, layout = Preprocessor(tokenizer, data_args, main_process_first=training_args.main_process_first).run(raw)
     if data_args.save_final_dataset and training_args.process_index == 0:

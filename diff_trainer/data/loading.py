@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import os
+import re
 from collections.abc import Iterator, Sequence
 
 import datasets
@@ -189,9 +190,43 @@ def read_records(path: str) -> tuple[list, list[str]]:
             document = json.loads(text, object_pairs_hook=unique_keys)
         except KeyGivenTwice as error:
             raise DataError(f"{path}: {error}") from None
-        records = document if isinstance(document, list) else []
-        places = [f"{path}, record {row + 1}" for row in range(len(records))]
+        if not isinstance(document, list):
+            raise DataError(f"{path}: {not_records(document)}")
+        records, places = document, [f"{path}, record {row + 1}" for row in range(len(document))]
+        for place, record in zip(places, records):
+            check_surrogates(record, place)
     return records, places
+
+
+def not_records(document) -> str:
+    """What a JSON document that is not a list of records holds, and what to write instead."""
+    instead = 'Write one record per line (JSON lines: {"text": "..."}) or a list of records ([{"text": "..."}, ...]).'
+    if isinstance(document, dict) and document and all(isinstance(value, list) for value in document.values()):
+        keys = ", ".join(repr(key) for key in list(document)[:5])
+        return f"holds a dict of columns ({keys}: lists of values), not records. {instead}"
+    if isinstance(document, dict):
+        return f"holds a single JSON object, not a list of records. {instead}"
+    return f"holds a JSON {type(document).__name__}, not records. {instead}"
+
+
+SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def check_surrogates(value, place: str, key: str | None = None) -> None:
+    """A DataError naming the place and key of a string holding a lone UTF-16 surrogate (an unpaired `\\ud800`-style
+    escape): it is not text, datasets' reader fails on it in a JSON-lines file and drops it from a JSON document."""
+    if isinstance(value, str) and SURROGATE.search(value):
+        where = f" in {key!r}" if key is not None else ""
+        raise DataError(
+            f"{place}: a \\u escape{where} is half of a UTF-16 surrogate pair (a lone surrogate), which is not text. "
+            "Fix the escape (a character outside the BMP takes two: \\ud83d\\ude00) or remove that record."
+        )
+    if isinstance(value, dict):
+        for inner_key, inner in value.items():
+            check_surrogates(inner, place, inner_key if key is None else key)
+    elif isinstance(value, list):
+        for inner in value:
+            check_surrogates(inner, place, key)
 
 
 class KeyGivenTwice(ValueError):
@@ -220,6 +255,8 @@ def parse_record(line: str, place: str) -> dict:
         raise DataError(
             f"{place}: malformed JSON (expected a JSON object, got {type(record).__name__}). Fix or remove that line."
         )
+    if "\\u" in line:  # only an escape can make a lone surrogate (the line decoded as UTF-8)
+        check_surrogates(record, place)
     return record
 
 
@@ -249,22 +286,56 @@ def load_files(
     kwargs = {"keep_linebreaks": True} if builder == "text" else {}
     if builder == "csv":  # every CSV field is text; only an empty field is missing ("NA", "null" stay text)
         kwargs = {"features": csv_string_features(data_files["train"]), "keep_default_na": False, "na_values": [""]}
-    try:
-        raw = datasets.load_dataset(builder, data_files=data_files, cache_dir=cache_dir, **kwargs)
-        features = raw["train"].features
-        guessed = [column for column in text_columns if column in features and features[column] != STRING]
-        if builder == "json" and guessed:  # a non-string value made datasets type the column: take it as written
-            raw = DatasetDict({split: strings_as_written(raw[split], data_files[split], guessed) for split in raw})
-        if builder == "text":
-            raw = DatasetDict({name: without_byte_order_mark(split) for name, split in raw.items()})
-    except DataError:
-        raise
-    except Exception as error:
-        raise DataError(f"Could not read {', '.join(data_files.values())}: {error}") from error
+    raw = DatasetDict(
+        {split: read_split(builder, split, path, cache_dir, text_columns, kwargs) for split, path in data_files.items()}
+    )
     for split, path in data_files.items():
         for row, problem in null_text_rows(raw[split], text_columns).items():
             problems[split].setdefault(row, (f"{path}, record {row + 1}", problem))
     return raw, problems
+
+
+def read_split(builder: str, split: str, path: str, cache_dir, text_columns: Sequence[str], kwargs: dict):
+    """One file read by datasets' `builder`, its text columns as written; a DataError naming the file (and the line,
+    when datasets names a row) when datasets cannot read it."""
+    try:
+        loaded = datasets.load_dataset(builder, data_files={split: path}, split=split, cache_dir=cache_dir, **kwargs)
+        guessed = [column for column in text_columns if column in loaded.features and loaded.features[column] != STRING]
+        if builder == "json" and guessed:  # a non-string value made datasets type the column: take it as written
+            loaded = strings_as_written(loaded, path, guessed)
+        return without_byte_order_mark(loaded) if builder == "text" else loaded
+    except DataError:
+        raise
+    except Exception as error:
+        raise DataError(read_failure(error, path, builder)) from error
+
+
+ROW_IN_MESSAGE = re.compile(r",? *(?:in|at|starting at) (row|line) (\d+)")
+JSON_CHUNK = 10 << 20  # datasets reads JSON lines in blocks of this many bytes and counts rows from a block's start
+
+
+def read_failure(error: Exception, path: str, builder: str) -> str:
+    """One line for an error datasets raised reading `path`: the innermost cause, at the file's 1-based line when the
+    cause names a row (pyarrow's JSON rows are 0-based among non-blank lines, pandas' CSV rows 0-based lines)."""
+    while error.__cause__ or error.__context__:
+        error = error.__cause__ or error.__context__
+    message = str(error).removeprefix("JSON parse error: ").strip()
+    found = ROW_IN_MESSAGE.search(message)
+    place = path
+    if found and builder == "csv":
+        place = f"{path}, line {int(found.group(2)) + (found.group(1) == 'row')}"
+    elif (
+        found
+        and found.group(1) == "row"
+        and builder == "json"
+        and (not is_json_lines(path) or os.path.getsize(path) <= JSON_CHUNK)
+    ):
+        places = read_records(path)[1]
+        place = places[int(found.group(2))] if int(found.group(2)) < len(places) else path
+    if place != path:
+        message = ROW_IN_MESSAGE.sub("", message, count=1)
+    advice = "Quote fields that hold commas, quotes or line breaks" if builder == "csv" else "Fix or remove it"
+    return f"{place}: datasets cannot read this ({message}). {advice}."
 
 
 def strings_as_written(split, path: str, columns: Sequence[str]):
@@ -378,7 +449,8 @@ def load_raw_datasets(data_args, cache_dir: str | None = None, seed: int = 42) -
         raise_for_bad_records(
             {
                 name: {
-                    row: (f"{name} row {row}", problem) for row, problem in null_text_rows(split, text_columns).items()
+                    row: (f"{data_args.dataset_name} ({name} split), record {row + 1}", problem)
+                    for row, problem in null_text_rows(split, text_columns).items()
                 }
                 for name, split in raw.items()
             }

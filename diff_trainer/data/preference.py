@@ -133,7 +133,7 @@ def render_conversations(
             texts[name].append(value)
     places = record_locations(sorted(problems), source, split_name)
     return Dataset.from_dict(texts), {
-        row: (places.get(row, f"{split_name} row {row}"), problem) for row, problem in problems.items()
+        row: (places.get(row, f"{split_name} split, record {row + 1}"), problem) for row, problem in problems.items()
     }
 
 
@@ -172,7 +172,7 @@ def record_locations(rows: list[int], source: str | None, split_name: str) -> di
     """Human-readable places of dataset rows: `file, line N` for JSON-lines files (blank lines are skipped by
     the loader, so row i is the (i+1)-th non-blank line), `file, record N` otherwise."""
     if source is None:
-        return {row: f"{split_name} row {row}" for row in rows}
+        return {row: f"{split_name} split, record {row + 1}" for row in rows}
     if not is_json_lines(source):
         return {row: f"{source}, record {row + 1}" for row in rows}
     wanted, found, row = set(rows), {}, -1
@@ -209,7 +209,7 @@ def drop_bad_pairs(
         **record_locations([row for row in shown if row not in scanned], source, split_name),
         **{row: scanned[row][0] for row in shown if row in scanned},
     }
-    listing = "; ".join(f"{places.get(row, f'{split_name} row {row}')}: {problems[row]}" for row in shown)
+    listing = "; ".join(f"{places.get(row, f'{split_name} split, record {row + 1}')}: {problems[row]}" for row in shown)
     counts = {}
     for problem in problems.values():
         counts[problem] = counts.get(problem, 0) + 1

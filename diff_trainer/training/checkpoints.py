@@ -33,6 +33,15 @@ WEIGHT_FILES = (
     "adapter_model.bin",
 )
 
+WEIGHT_FILE = re.compile(r"(model|pytorch_model|adapter_model)(-\d+-of-\d+)?\.(safetensors|bin)(\.index\.json)?")
+
+
+def remove_weights(directory: str) -> None:
+    """Delete the weight files (shards and indexes included) of a model directory."""
+    for name in os.listdir(directory):
+        if WEIGHT_FILE.fullmatch(name):
+            os.unlink(os.path.join(directory, name))
+
 
 class CheckpointCompletionCallback(TrainerCallback):
     """Marks each saved checkpoint complete, on the main process, once every process has finished saving."""

@@ -15,9 +15,19 @@ from transformers import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..data.loading import DataError
-from ..data.saving import process_alive
+from ..data.pipeline import vocabulary_hash
+from ..data.saving import check_writable, full_disk_error, process_alive
 from ..diffusion_config import MASKED
-from .checkpoints import WEIGHT_FILES, CheckpointCompletionCallback, check_resumable, newest_complete_checkpoint
+from ..models.loading import load_saved_tokenizer
+from .checkpoints import (
+    CHECKPOINT_NAME,
+    WEIGHT_FILES,
+    CheckpointCompletionCallback,
+    check_resumable,
+    incomplete_reason,
+    newest_complete_checkpoint,
+    remove_weights,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -233,13 +243,32 @@ def release_output_dir_locks() -> None:
         _held_locks.pop().release()
 
 
-def check_resumed_settings(training_args) -> None:
+# config.json fields that fix the shape of the weights (the names differ between architectures)
+ARCHITECTURE = (
+    "model_type",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "head_dim",
+    "n_embd",
+    "n_layer",
+    "n_head",
+    "n_inner",
+    "d_model",
+    "num_layers",
+    "num_heads",
+    "d_ff",
+)
+
+
+def check_resumed_settings(training_args, tokenizer=None, config=None) -> None:
     """A DataError naming what differs when --resume (or --resume_from_checkpoint) would continue a checkpoint with
-    another kind of model (causal or diffusion) or other diffusion settings than it recorded in its diffusion_config;
-    checked before any data is read. (Without it the run fails on a weight shape, or silently rewrites the
-    checkpoint's settings.)"""
-    if not hasattr(training_args, "diffusion_settings"):
-        return  # DPO continues the policy's own settings
+    other settings than it recorded in its config.json: another kind of model (causal or diffusion) or other
+    diffusion settings, checked before any data is read; and, once the run's tokenizer and model `config` are known
+    (called again with them, before preprocessing), another vocabulary, other special token ids or another
+    architecture. (Without it the run fails on a weight shape, or silently rewrites the checkpoint's settings.)"""
     checkpoint = (
         training_args.resume_from_checkpoint
         if not training_args.resume
@@ -249,18 +278,15 @@ def check_resumed_settings(training_args) -> None:
     if not config_file or not os.path.isfile(config_file):
         return
     with open(config_file, encoding="utf-8") as handle:
-        saved = json.load(handle).get("diffusion_config")
-    current = training_args.diffusion_settings() if training_args.train_diff_model else None
-    kind = {True: "a diffusion model", False: "a causal LM"}
-    if (saved is None) != (current is None):
-        differences = [f"it is {kind[saved is not None]}, this run trains {kind[current is not None]}"]
-    else:
-        current = {"objective": MASKED, **(current or {})}  # SEDD settings name their own objective
-        saved = {**(saved or {}), **({"sedd_noise": saved["noise"]} if "noise" in (saved or {}) else {})}
-        differences = [
-            f"{key} {saved[key]!r} there, {value!r} here"
-            for key, value in current.items()
-            if key in saved and saved[key] != value
+        saved_config = json.load(handle)
+    differences = diffusion_differences(saved_config.get("diffusion_config"), training_args)
+    if tokenizer is not None:
+        differences += tokenizer_differences(checkpoint, saved_config, tokenizer, config)
+    if config is not None:
+        differences += [
+            f"{key} {saved_config[key]!r} there, {getattr(config, key)!r} here"
+            for key in ARCHITECTURE
+            if key in saved_config and hasattr(config, key) and saved_config[key] != getattr(config, key)
         ]
     if differences:
         raise DataError(
@@ -269,14 +295,67 @@ def check_resumed_settings(training_args) -> None:
         )
 
 
+def diffusion_differences(saved: dict | None, training_args) -> list[str]:
+    """How this run's kind of model and diffusion settings differ from a checkpoint's `diffusion_config` (DPO
+    continues the policy's own settings: nothing to compare)."""
+    if not hasattr(training_args, "diffusion_settings"):
+        return []
+    current = training_args.diffusion_settings() if training_args.train_diff_model else None
+    kind = {True: "a diffusion model", False: "a causal LM"}
+    if (saved is None) != (current is None):
+        return [f"it is {kind[saved is not None]}, this run trains {kind[current is not None]}"]
+    current = {"objective": MASKED, **(current or {})}  # SEDD settings name their own objective
+    saved = {**(saved or {}), **({"sedd_noise": saved["noise"]} if "noise" in (saved or {}) else {})}
+    return [
+        f"{key} {saved[key]!r} there, {value!r} here"
+        for key, value in current.items()
+        if key in saved and saved[key] != value
+    ]
+
+
+def tokenizer_differences(checkpoint: str, saved_config: dict, tokenizer, config) -> list[str]:
+    """How this run's tokenizer (with its added tokens) differs from the one the checkpoint was trained with: the
+    vocabulary size the embeddings get, the special ids its config records, and, at equal size, the token -> id
+    mapping of the checkpoint's saved tokenizer. Without the run's model `config` (a registered layout or an adapter
+    is loaded as a model first) only a tokenizer larger than the checkpoint's embeddings is known to differ."""
+    saved_size, differences = saved_config.get("vocab_size"), []
+    if config is None and saved_size is not None and len(tokenizer) > saved_size:
+        differences.append(f"a vocabulary of {saved_size} tokens there, {len(tokenizer)} here")
+    size = max(len(tokenizer), getattr(config, "vocab_size", 0) or 0)  # what fit_to_tokenizer makes the embeddings
+    if config is not None and saved_size not in (None, size):
+        differences.append(f"a vocabulary of {saved_size} tokens there, {size} here")
+    mask_id = (saved_config.get("diffusion_config") or {}).get("mask_token_id")
+    here = {
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        **({"mask_token_id": tokenizer.mask_token_id} if mask_id is not None and tokenizer.mask_token else {}),
+    }
+    there = {**saved_config, "mask_token_id": mask_id}
+    differences += [
+        f"{name} {there[name]!r} there, {value!r} here"
+        for name, value in here.items()
+        if there.get(name) is not None and there[name] != value
+    ]
+    if not differences and config is not None:
+        try:
+            saved_tokenizer = load_saved_tokenizer(checkpoint)
+        except (OSError, ValueError):  # no tokenizer files to compare with: the sizes and ids above must do
+            return differences
+        if len(saved_tokenizer) == len(tokenizer) and vocabulary_hash(saved_tokenizer) != vocabulary_hash(tokenizer):
+            differences.append(f"another tokenizer with the same {len(tokenizer)} tokens (other token -> id mapping)")
+    return differences
+
+
 def check_output_dir(training_args) -> None:
-    """Lock output_dir for a training run, then refuse to train into one holding a model or checkpoints, unless
-    --resume or --overwrite_output_dir.
+    """Refuse an output_dir where no file can be written; lock it for a training run, then refuse to train into one
+    holding a model or checkpoints, unless --resume or --overwrite_output_dir.
 
     With --overwrite_output_dir the old checkpoint-N directories are deleted (by the main process) so that a later
     --resume cannot pick up a checkpoint of the replaced run.
     """
     output_dir = training_args.output_dir
+    if training_args.do_train or training_args.do_eval:
+        check_writable(output_dir, "--output_dir")
     if training_args.do_train:
         lock_output_dir(training_args)
         check_resumed_settings(training_args)
@@ -337,8 +416,65 @@ def load_finished_checkpoint(trainer, checkpoint: str) -> None:
     trainer.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
     if not any(os.path.isfile(os.path.join(trainer.args.output_dir, name)) for name in WEIGHT_FILES):
         logger.info("Saving the weights of %s as the final model.", checkpoint)
+        save_final_model(trainer)
+
+
+def train_saving_checkpoints(trainer, checkpoint: str | None):
+    """`trainer.train`; a full disk (or the file-size limit) while it writes a checkpoint is one DiskFull line, and
+    the half-written checkpoint is removed, so the previous complete one is what --resume takes."""
+    try:
+        return trainer.train(resume_from_checkpoint=checkpoint)
+    except DataError:
+        raise
+    except Exception as error:
+        output_dir = trainer.args.output_dir
+        path = os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{trainer.state.global_step}")
+        writing = path if os.path.isdir(path) and incomplete_reason(path) else output_dir
+        full = full_disk_error(error, writing, "")
+        if full is None:
+            raise
+        if writing == path and trainer.args.should_save:
+            shutil.rmtree(path, ignore_errors=True)
+        previous = newest_complete_checkpoint(output_dir)
+        after = (
+            f"{path} was removed. {previous} is complete: free space and continue with --resume."
+            if writing == path and previous
+            else "free space and continue with --resume."
+            if previous
+            else "no checkpoint was saved: free space and run again."
+        )
+        raise type(full)(f"{full}{after}") from error
+
+
+def save_final_model(trainer, metrics: dict | None = None) -> None:
+    """Write the final model (and the train metrics and state); on a full disk, one DiskFull line, and the weights
+    of that save are removed, so no partial model is left in output_dir (a later --resume writes it again)."""
+    output_dir = trainer.args.output_dir
+    try:
         trainer.save_model()
+        if metrics is not None:
+            trainer.save_metrics("train", metrics)
         trainer.save_state()
+    except DataError:
+        raise
+    except Exception as error:
+        last = newest_complete_checkpoint(output_dir)
+        step = int(CHECKPOINT_NAME.match(os.path.basename(last)).group(1)) if last else None
+        after = (
+            "no final model was saved, and no checkpoint either: free space and train again."
+            if last is None
+            else f"no final model was saved; {last} holds its weights: free space and run again with --resume, "
+            "which saves the final model from it."
+            if step == trainer.state.global_step
+            else f"no final model was saved; {last} (step {step} of {trainer.state.global_step}) is the newest "
+            "complete checkpoint: free space and run again with --resume to train on from it."
+        )
+        full = full_disk_error(error, output_dir, after)
+        if full is None:
+            raise
+        if trainer.args.should_save:
+            remove_weights(output_dir)
+        raise full from error
 
 
 def train_and_evaluate(
@@ -353,11 +489,9 @@ def train_and_evaluate(
         if checkpoint and reached_last_step(checkpoint, training_args):
             load_finished_checkpoint(trainer, checkpoint)
         else:
-            result = trainer.train(resume_from_checkpoint=checkpoint)
-            trainer.save_model()
+            result = train_saving_checkpoints(trainer, checkpoint)
             trainer.log_metrics("train", result.metrics)
-            trainer.save_metrics("train", result.metrics)
-            trainer.save_state()
+            save_final_model(trainer, result.metrics)
     if training_args.do_eval and evaluate:
         metrics = trainer.evaluate()
         if add_eval_metrics is not None:

@@ -165,3 +165,43 @@ def test_scan_reports_each_bad_text_value_with_its_line_and_ignores_an_absent_co
     document = tmp_path / "train.json"
     document.write_text(json.dumps([{"text": "a"}, {"text": ["b"]}]))
     assert scan_file(str(document), ["text"]) == {1: (f"{document}, record 2", "'text' is a list, not a string")}
+
+
+def test_a_json_document_that_is_a_list_of_records_or_strings_still_loads(tmp_path):
+    records = tmp_path / "records.json"
+    records.write_text(json.dumps([{"text": "a<DFF>b"}, {"text": "c\ud83d\ude00<DFF>d"}]))  # a surrogate pair is text
+    assert texts(load(tmp_path, train_file=str(records))["train"]) == ["a<DFF>b", "c\U0001f600<DFF>d"]
+    strings = tmp_path / "strings.json"
+    strings.write_text(json.dumps(["a<DFF>b", "c<DFF>d"]))
+    assert texts(load(tmp_path, train_file=str(strings))["train"]) == ["a<DFF>b", "c<DFF>d"]
+
+
+def test_rows_datasets_names_are_read_as_lines_of_the_file():
+    """pyarrow counts JSON rows from 0 among non-blank lines, pandas CSV rows from 0 among all lines."""
+    from diff_trainer.data.loading import read_failure
+
+    class Cause(ValueError):
+        pass
+
+    def raised(message):
+        try:
+            try:
+                raise Cause(message)
+            except Cause as cause:
+                raise RuntimeError("An error occurred while generating the dataset") from cause
+        except RuntimeError as error:
+            return error
+
+    assert read_failure(raised("C error: EOF inside string starting at row 4"), "a.csv", "csv").startswith(
+        "a.csv, line 5: datasets cannot read this (C error: EOF inside string)."
+    )
+    assert read_failure(raised("C error: Expected 1 fields in line 7, saw 2"), "a.csv", "csv").startswith(
+        "a.csv, line 7: datasets cannot read this (C error: Expected 1 fields, saw 2)."
+    )
+    assert read_failure(raised("something else"), "a.csv", "csv").startswith("a.csv: datasets cannot read this (some")
+
+
+def test_a_null_text_in_a_saved_dataset_is_named_by_its_1_based_record(tmp_path):
+    DatasetDict({"train": Dataset.from_dict({"text": ["a<DFF>b", "c<DFF>d", None]})}).save_to_disk(tmp_path / "saved")
+    with pytest.raises(DataError, match=r"saved \(train split\), record 3: 'text' is null"):
+        load(tmp_path, dataset_name=str(tmp_path / "saved"), load_from_disk=True)

@@ -90,7 +90,7 @@ def test_zstd_json_document_and_saved_data_report_their_own_places(tmp_path, cap
     assert len(from_zst["train"]) == len(from_document["train"]) == 1 and len(from_disk["train"]) == 2
     assert f"{zst}, line 2: chosen == rejected" in caplog.text
     assert f"{document}, record 2: empty response" in caplog.text
-    assert "train row 2: chosen == rejected" in caplog.text
+    assert "train split, record 3: chosen == rejected" in caplog.text
 
 
 def test_validation_is_held_out_after_cleaning_and_limits_apply(tmp_path):

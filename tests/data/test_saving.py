@@ -1,6 +1,7 @@
 """save_final_dataset: atomic save, and a save -> load_from_disk --skip_concat round trip gives the same rows."""
 
 import os
+import re
 import signal
 import socket
 import stat
@@ -138,3 +139,46 @@ def test_staging_of_a_live_save_is_kept_and_saved_data_is_group_readable(tmp_pat
         os.umask(previous)
     assert live.exists()
     assert stat.S_IMODE((tmp_path / "final").stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize("overwrite", [False, True], ids=["new directory", "overwrite"])
+def test_a_full_disk_during_a_save_is_one_line_naming_the_device_and_file(tmp_path, final, monkeypatch, overwrite):
+    import errno
+
+    target = tmp_path / "final"
+    if overwrite:
+        save_final_dataset(DatasetDict({"train": final["train"].select([0])}), str(target))
+
+    def full_disk(self, path, **kwargs):
+        os.makedirs(os.path.join(path, "train"))
+        arrow = os.path.join(path, "train", "data-00000-of-00001.arrow")
+        with open(arrow, "w") as handle:
+            handle.write("half")
+        raise OSError(errno.ENOSPC, "No space left on device", arrow)
+
+    monkeypatch.setattr(DatasetDict, "save_to_disk", full_disk)
+    with pytest.raises(DataError) as raised:
+        save_final_dataset(final, str(target), overwrite=overwrite)
+    assert re.fullmatch(
+        rf"no space left on \S+ \(mounted at /\S*\) while writing {target}/train/data-00000-of-00001\.arrow; "
+        rf"{target} is left as it was: free space and run again\.",
+        str(raised.value),
+    ), raised.value
+    assert [name for name in os.listdir(tmp_path) if name.startswith(".final")] == []  # no staging left
+    assert len(load_from_disk(str(target))["train"]) == 1 if overwrite else not target.exists()
+
+
+def test_a_writer_that_names_no_errno_is_recognised_by_its_message(tmp_path, final, monkeypatch):
+    """Writers in Rust or C++ report EFBIG/ENOSPC as text; an error of another kind passes through unchanged."""
+
+    def too_large(self, path, **kwargs):
+        with open(os.path.join(path, "dataset_dict.json"), "w") as handle:
+            handle.write("{")
+        raise RuntimeError("I/O error: File too large (os error 27)")
+
+    monkeypatch.setattr(DatasetDict, "save_to_disk", too_large)
+    with pytest.raises(DataError, match=r"^the file-size limit \(.*\) was reached while writing \S*final/dataset_dict"):
+        save_final_dataset(final, str(tmp_path / "final"))
+    monkeypatch.setattr(DatasetDict, "save_to_disk", lambda *args, **kwargs: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        save_final_dataset(final, str(tmp_path / "final"))

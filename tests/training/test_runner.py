@@ -39,6 +39,7 @@ def arguments(output_dir, do_train=True, resume=False, overwrite=False):
     return SimpleNamespace(
         output_dir=str(output_dir),
         do_train=do_train,
+        do_eval=False,
         resume=resume,
         resume_from_checkpoint=None,
         overwrite_output_dir=overwrite,
