@@ -158,6 +158,14 @@ MUTATIONS = [
         ("tests/diffusion/test_block.py::test_each_block_is_masked_with_its_own_probability",),
     ),
     Mutation(
+        "block_cache_cropped_too_far",
+        "the block sampler's shared cache is cropped to the furthest row's block start, not the nearest one",
+        "diff_trainer/sampling/block.py",
+        "self.cached = int(starts.min())",
+        "self.cached = int(starts.max())",
+        ("tests/sampling/test_block.py::test_cache_equals_recomputing_the_prefix",),
+    ),
+    Mutation(
         "dropout_kept",
         "run_diffusion_dpo ignores --disable_dropout",
         "diff_trainer/training/dpo.py",
