@@ -209,16 +209,16 @@ def generate(
     frames = [] if trace else None
     step = 0
 
-    def open_positions(row: int) -> torch.Tensor:
-        """Bool [T]: row's positions in its current sub-block still to be filled."""
+    def open_count(row: int) -> int:
+        """How many of row's positions in its current sub-block are still to be filled."""
         low = int(starts[row]) + int(sub_block[row]) * config.block_length
-        inside = (columns >= low) & (columns < low + config.block_length)
-        return inside & generated & (x[row] == config.mask_token_id)
+        low, high = max(low, generation_start), min(low + config.block_length, generation_end)
+        return int((x[row, low:high] == config.mask_token_id).sum()) if high > low else 0
 
     def settle(row: int) -> None:
         """Move `row` past its filled sub-blocks and blocks; it leaves the batch when done."""
         while active[row]:
-            remaining = int(open_positions(row).sum())
+            remaining = open_count(row)
             if remaining:
                 if sub_step[row] == 0:
                     open_at_start[row] = remaining
@@ -245,9 +245,12 @@ def generate(
         rows = active.nonzero().squeeze(1)
         logits = denoise(x, rows, starts[rows])
         row_nfe[rows] += 1
-        positions = starts[rows].unsqueeze(1) + torch.arange(block_size, device=device)
+        offsets = torch.arange(block_size, device=device)
+        positions = starts[rows].unsqueeze(1) + offsets
         window = x[rows.unsqueeze(1), positions]
-        candidates = torch.stack([open_positions(int(row))[positions[i]] for i, row in enumerate(rows)])
+        sub_block_low = (sub_block[rows] * config.block_length).unsqueeze(1)
+        inside = (offsets >= sub_block_low) & (offsets < sub_block_low + config.block_length)
+        candidates = inside & generated[positions] & (window == config.mask_token_id)  # the sub-block's open ones
         tokens, confidence = predict_tokens(logits, config, generator)
         if config.threshold is None:
             schedule = num_transfer_tokens(open_at_start[rows], config.steps_per_block)
