@@ -199,6 +199,8 @@ def heldout_perplexity(args) -> None:
     config = os.path.join("configs", "demo.yaml")
     common = ["--max_steps", str(args.train_steps), "--eval_strategy", "no", "--save_strategy", "no"]
     common += ["--max_eval_samples", str(args.eval_rows), "--eval_mc_samples", str(args.eval_mc_samples)]
+    common += ["--block_size", str(args.row_length), "--warmup_steps", "0.05"]
+    common += ["--config_overrides", args.ppl_net] if args.ppl_net else []
     table = []
     for name, flags in PERPLEXITY_VARIANTS.items():
 
@@ -221,8 +223,9 @@ def heldout_perplexity(args) -> None:
         value = results.get("eval_elbo_perplexity", results.get("perplexity"))
         table.append([name, kind, value, results["train_runtime"] / 60])
     print(
-        f"\nHeld-out perplexity per token, configs/demo.yaml's net and data, {args.train_steps} steps of 8 x 256 "
-        f"tokens each, {args.eval_rows} validation rows, {args.eval_mc_samples} ELBO draws per row:\n"
+        f"\nHeld-out perplexity per token, configs/demo.yaml's data, net {args.ppl_net or 'of configs/demo.yaml'}, "
+        f"{args.train_steps} steps of 8 rows of {args.row_length} tokens each, {args.eval_rows} validation rows, "
+        f"{args.eval_mc_samples} ELBO draws per row:\n"
     )
     print(markdown_table(["model", "perplexity", "value", "training minutes"], table))
 
@@ -329,6 +332,8 @@ def main():
     parser.add_argument("--perplexity", action="store_true", help="(a): train the four models, held-out table")
     parser.add_argument("--train_steps", type=int, default=150, help="(a): training steps of every model")
     parser.add_argument("--eval_rows", type=int, default=64, help="(a): validation rows scored")
+    parser.add_argument("--row_length", type=int, default=256, help="(a): tokens per row (a multiple of 16)")
+    parser.add_argument("--ppl_net", default=None, help="(a): --config_overrides of the net (default: the demo's)")
     parser.add_argument("--eval_mc_samples", type=int, default=4, help="(a): ELBO draws per row")
     parser.add_argument("--arithmetic_model", help="(c): a trained block checkpoint (configs/arithmetic_block.yaml)")
     parser.add_argument("--causal_model", help="(c): its causal twin")

@@ -161,8 +161,8 @@ MUTATIONS = [
         "block_cache_cropped_too_far",
         "the block sampler's shared cache is cropped to the furthest row's block start, not the nearest one",
         "diff_trainer/sampling/block.py",
-        "self.cached = int(starts.min())",
-        "self.cached = int(starts.max())",
+        "self.cached = min(starts)",
+        "self.cached = max(starts)",
         ("tests/sampling/test_block.py::test_cache_equals_recomputing_the_prefix",),
     ),
     Mutation(

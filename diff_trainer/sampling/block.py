@@ -105,10 +105,10 @@ class _BlockDenoiser:
             self.cache.batch_select_indices(torch.isin(self.rows, rows).nonzero().squeeze(1))
             self.rows = rows
 
-    def __call__(self, x, rows, starts) -> torch.Tensor:
-        """Logits [len(rows), L', V] (float64) predicting the blocks starting at `starts` of `rows`."""
+    def __call__(self, x, rows, starts: list[int]) -> torch.Tensor:
+        """Logits [len(rows), L', V] (float64) predicting the blocks starting at columns `starts` of `rows`."""
         self._select(rows)
-        low, high = self.cached, int(starts.max()) + self.block_size
+        low, high = self.cached, max(starts) + self.block_size
         allowed = block_causal_allowed(
             self.position_ids[rows, :high], self.block_size, self.attention_mask[rows, :high], first_query=low
         )
@@ -120,17 +120,19 @@ class _BlockDenoiser:
             **({self.cache_keyword: self.cache, "use_cache": True} if self.use_cache else {"use_cache": False}),
         )
         window = output.logits
-        at = torch.arange(len(rows), device=x.device).unsqueeze(1)
-        logits = window[at, starts.unsqueeze(1) - low + torch.arange(self.block_size, device=x.device)]
+        index = torch.tensor([[start - low + offset for offset in range(self.block_size)] for start in starts])
+        logits = window[torch.arange(len(rows), device=x.device).unsqueeze(1), index.to(x.device)]
         if self.config.shift:  # the logits at i - 1 predict token i; the block's first token from the position before
             if self.carry is None:
                 self.carry = window.new_zeros((self.attention_mask.shape[0], window.shape[-1]))
-            before = (starts - 1).clamp(min=0) - low
-            fed = before >= 0  # the clean token before the block was in this window: (re)compute its carry
-            self.carry[rows[fed]] = window[fed.nonzero().squeeze(1), before[fed]]
+            # where the clean token before the block was in this window, (re)compute its carry
+            fed = [(i, max(start - 1, 0) - low) for i, start in enumerate(starts) if max(start - 1, 0) >= low]
+            if fed:
+                fed_rows, fed_columns = torch.tensor(fed, device=x.device).T
+                self.carry[rows[fed_rows]] = window[fed_rows, fed_columns]
             logits = torch.cat([self.carry[rows].unsqueeze(1), logits[:, :-1]], dim=1)
         if self.use_cache:
-            self.cached = int(starts.min())
+            self.cached = min(starts)
             if self.cached:
                 self.cache.crop(self.cached - high)
             else:
@@ -194,24 +196,26 @@ def generate(
         dim=1,
     )
     attention = torch.cat([prompt_attention, torch.ones_like(x[:, generation_start:])], dim=1)
-    columns = torch.arange(width, device=device)
-    generated = (columns >= generation_start) & (columns < generation_end)  # the positions sampled
+    generated = torch.zeros(width, dtype=torch.bool, device=device)
+    generated[generation_start:generation_end] = True  # the positions sampled
     denoise = _BlockDenoiser(model, config, block_size, attention, padded_position_ids(attention), use_cache)
-    row_nfe = torch.zeros(batch_size, dtype=torch.long, device=device)
 
+    # Per-row state as Python numbers (a tensor op per row and step costs more than a small model's forward)
+    starts, first_block = starts.tolist(), starts.tolist()  # column of each row's current (first) block
     sub_blocks = block_size // config.block_length
-    first_block = starts.clone()
-    sub_block = torch.zeros(batch_size, dtype=torch.long, device=device)  # index inside the current block
-    sub_step = torch.zeros_like(sub_block)  # steps taken in it
-    open_at_start = torch.zeros_like(sub_block)  # positions to fill when the sub-block began
-    active = torch.ones(batch_size, dtype=torch.bool, device=device)
+    sub_block = [0] * batch_size  # index inside the current block
+    sub_step = [0] * batch_size  # steps taken in it
+    open_at_start = [0] * batch_size  # positions to fill when the sub-block began
+    active = [True] * batch_size
+    row_nfe = [0] * batch_size
     eos_ids = torch.tensor(config.eos_ids, dtype=torch.long, device=device)
+    offsets = torch.arange(block_size, device=device)
     frames = [] if trace else None
     step = 0
 
     def open_count(row: int) -> int:
         """How many of row's positions in its current sub-block are still to be filled."""
-        low = int(starts[row]) + int(sub_block[row]) * config.block_length
+        low = starts[row] + sub_block[row] * config.block_length
         low, high = max(low, generation_start), min(low + config.block_length, generation_end)
         return int((x[row, low:high] == config.mask_token_id).sum()) if high > low else 0
 
@@ -227,40 +231,45 @@ def generate(
             sub_step[row] = 0
             if sub_block[row] < sub_blocks:
                 continue
-            block_columns = (columns >= starts[row]) & (columns < starts[row] + block_size)
-            stopped = config.eos_handling == "stop" and torch.isin(x[row, block_columns & generated], eos_ids).any()
+            end = starts[row] + block_size
+            block = x[row, max(starts[row], generation_start) : min(end, generation_end)]  # its generated positions
+            stopped = config.eos_handling == "stop" and bool(torch.isin(block, eos_ids).any())
             if stopped:
-                x[row] = torch.where((columns >= starts[row] + block_size) & generated, config.eos_ids[0], x[row])
-            if stopped or starts[row] + block_size >= generation_end:
+                x[row, end:generation_end] = config.eos_ids[0]
+            if stopped or end >= generation_end:
                 active[row] = False
                 return
-            starts[row] += block_size
+            starts[row] = end
             sub_block[row] = 0
 
     while True:
         for row in range(batch_size):
             settle(row)
-        if not active.any():
+        working = [row for row in range(batch_size) if active[row]]
+        if not working:
             break
-        rows = active.nonzero().squeeze(1)
-        logits = denoise(x, rows, starts[rows])
-        row_nfe[rows] += 1
-        offsets = torch.arange(block_size, device=device)
-        positions = starts[rows].unsqueeze(1) + offsets
+        rows = torch.tensor(working, device=device)
+        row_starts = [starts[row] for row in working]
+        logits = denoise(x, rows, row_starts)
+        for row in working:
+            row_nfe[row] += 1
+        positions = torch.tensor(row_starts, device=device).unsqueeze(1) + offsets
         window = x[rows.unsqueeze(1), positions]
-        sub_block_low = (sub_block[rows] * config.block_length).unsqueeze(1)
-        inside = (offsets >= sub_block_low) & (offsets < sub_block_low + config.block_length)
+        sub_block_low = torch.tensor([sub_block[row] * config.block_length for row in working], device=device)
+        inside = (offsets >= sub_block_low.unsqueeze(1)) & (offsets < sub_block_low.unsqueeze(1) + config.block_length)
         candidates = inside & generated[positions] & (window == config.mask_token_id)  # the sub-block's open ones
         tokens, confidence = predict_tokens(logits, config, generator)
         if config.threshold is None:
-            schedule = num_transfer_tokens(open_at_start[rows], config.steps_per_block)
-            counts = schedule.gather(1, sub_step[rows].unsqueeze(1)).squeeze(1).clamp(min=1)
+            opened = torch.tensor([open_at_start[row] for row in working], device=device)
+            taken = torch.tensor([sub_step[row] for row in working], device=device)
+            schedule = num_transfer_tokens(opened, config.steps_per_block)
+            counts = schedule.gather(1, taken.unsqueeze(1)).squeeze(1).clamp(min=1)
         else:  # Fast-dLLM: everything confident enough, at least the best one
             counts = ((confidence >= config.threshold) & candidates).sum(-1).clamp(min=1)
         commit = select_most_confident(confidence, candidates, counts)
         x[rows.unsqueeze(1), positions] = torch.where(commit, tokens, window)
         if trace or on_step is not None:
-            blocks = torch.where(active, (starts - first_block) // block_size, -1).tolist()
+            blocks = [(now - first) // block_size if on else -1 for now, first, on in zip(starts, first_block, active)]
             frame = step_frame(step, blocks, x, rows, positions, commit, confidence, attention, generation_start)
             frame = replace(
                 frame,
@@ -274,7 +283,8 @@ def generate(
             if on_step is not None:
                 on_step(frame)
         step += 1
-        sub_step[rows] += 1
+        for row in working:
+            sub_step[row] += 1
 
     return GenerationResult(
         x[:, :generation_end],
@@ -282,5 +292,5 @@ def generate(
         generation_start,
         denoise.forwards,
         frames,
-        row_nfe.tolist(),
+        row_nfe,
     )
