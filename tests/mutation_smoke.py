@@ -158,6 +158,22 @@ MUTATIONS = [
         ("tests/diffusion/test_block.py::test_each_block_is_masked_with_its_own_probability",),
     ),
     Mutation(
+        "block_cache_cropped_too_far",
+        "the block sampler's shared cache is cropped to the furthest row's block start, not the nearest one",
+        "diff_trainer/sampling/block.py",
+        "self.cached = min(starts)",
+        "self.cached = max(starts)",
+        ("tests/sampling/test_block.py::test_cache_equals_recomputing_the_prefix",),
+    ),
+    Mutation(
+        "block_isolation_noisy_half_only",
+        "--isolate_documents restricts the noisy half of [x_t ; x0] only; the clean half sees across documents",
+        "diff_trainer/objectives/block.py",
+        "allowed = allowed & restriction.repeat(1, 1, 2, 2)",
+        "allowed = allowed & torch.cat([restriction, torch.ones_like(restriction)], dim=2).repeat(1, 1, 1, 2)",
+        ("tests/objectives/test_block.py::test_isolated_documents_of_a_packed_row_see_nothing_of_each_other",),
+    ),
+    Mutation(
         "dropout_kept",
         "run_diffusion_dpo ignores --disable_dropout",
         "diff_trainer/training/dpo.py",

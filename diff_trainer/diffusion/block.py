@@ -168,11 +168,12 @@ def block_attention_allowed(
     return allowed
 
 
-def block_causal_allowed(position_ids, block_size: int, attention_mask=None) -> torch.Tensor:
-    """Bool [B, 1, T, T]: query at position p sees the keys at positions in blocks ≤ p // L' (a clean row, as the
-    clean half above and the sampler's prefix see it); with `attention_mask`, padding keys are never seen."""
+def block_causal_allowed(position_ids, block_size: int, attention_mask=None, first_query: int = 0) -> torch.Tensor:
+    """Bool [B, 1, T - first_query, T]: query at position p sees the keys at positions in blocks ≤ p // L' (a clean
+    row, as the clean half above and the sampler's prefix see it); with `attention_mask`, padding keys are never
+    seen. `first_query`: only the queries from that column on (a window fed over a cache of the columns before it)."""
     block = position_ids // block_size
-    allowed = (block[:, None, :] <= block[:, :, None])[:, None]
+    allowed = (block[:, None, :] <= block[:, first_query:, None])[:, None]
     if attention_mask is not None:
         allowed = allowed & attention_mask.bool()[:, None, None, :]
     return allowed

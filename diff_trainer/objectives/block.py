@@ -107,6 +107,7 @@ class BlockDiffusion(Objective):
             "complementary_masks": args.complementary_masks,
             "shift_logits": args.shift_logits,
             "noise_schedule": args.noise_schedule != "linear",
+            "isolate_documents": args.isolate_documents,
         }
 
     @classmethod
@@ -161,14 +162,22 @@ class BlockDiffusion(Objective):
             BlockNoiser(mask_token_id, schedule, block_size, antithetic),
         )
 
-    def forward(self, model, noisy_ids, clean_ids, padding=None) -> torch.Tensor:
-        """The logits [B, 2L, V] of one forward pass over [x_t ; x0] under the block mask (`padding`: [B, L])."""
-        if padding is not None and padding.dim() != 2:
-            raise ValueError("block diffusion builds its own 4-D mask: pass the [batch, length] padding mask.")
+    def forward(self, model, noisy_ids, clean_ids, attention=None) -> torch.Tensor:
+        """The logits [B, 2L, V] of one forward pass over [x_t ; x0] under the block mask. `attention`: the [B, L]
+        padding mask, or a 4-D mask [B, 1, L, L] (float additive or bool: the trainer's --isolate_documents mask),
+        which restricts both copies alike (token i, noisy or clean, sees token j only where it allows i -> j)."""
+        length = clean_ids.shape[1]
+        if attention is not None and not isinstance(attention, torch.Tensor):
+            raise ValueError(
+                "block diffusion builds its own 4-D float mask: load the model with --attn_implementation sdpa "
+                "(or eager), not flex_attention, with --isolate_documents."
+            )
         ids, positions = vectorised_inputs(noisy_ids, clean_ids)
-        allowed = block_attention_allowed(
-            clean_ids.shape[1], self.block_size, attention_mask=padding, device=clean_ids.device
-        )
+        padding = attention if attention is None or attention.dim() == 2 else None
+        allowed = block_attention_allowed(length, self.block_size, attention_mask=padding, device=clean_ids.device)
+        if padding is None and attention is not None:
+            restriction = attention if attention.dtype == torch.bool else attention == 0
+            allowed = allowed & restriction.repeat(1, 1, 2, 2)
         mask = additive_mask(allowed, next(model.parameters()).dtype)
         return model(input_ids=ids, position_ids=positions, attention_mask=mask).logits
 
@@ -223,7 +232,7 @@ class BlockDiffusion(Objective):
         num_blocks = check_block_size(input_ids.shape[1], self.block_size)
         ids = monte_carlo_copies(input_ids, num_samples)
         labels = ids.masked_fill(~monte_carlo_copies(maskable, num_samples), IGNORE_INDEX)
-        padding = None if attention_mask is None else monte_carlo_copies(attention_mask, num_samples)
+        padding = self.copies_attention(input_ids, attention_mask, num_samples, attention_for)
         drawn = noise_blocks(ids, labels, self.schedule, self.block_size, self.mask_token_id, generator=generator)
         size = chunk_size or len(ids)
         terms = []

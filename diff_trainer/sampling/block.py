@@ -7,10 +7,11 @@ confidence and the other confidences, threshold decoding, temperature with Gumbe
 filled in sub-blocks of `block_length` tokens, `steps_per_block` steps each (LLaDA's semi-autoregressive schedule).
 
 The cache is exact: clean blocks never attend to later ones, so the keys and values of a finished block, computed
-once by running it clean over the cache (one forward of the block; shift models also take from it the logits that
-predict the next block's first token), are what every later forward would compute. Each denoising step is then one
-forward of one block over the cache. With `use_cache=False` every step instead runs the whole prefix with the
-block-causal mask (the reference the cache must equal token for token).
+once with the block clean over the cache, are what every later forward would compute. They are computed in the same
+forward as the first denoising step of the next block (the prompt's whole blocks in the first step's; shift models
+also take from it the logits that predict the next block's first token), so each step is one forward of at most two
+blocks over the cache, which is kept across steps and cropped. With `use_cache=False` every step instead runs the
+whole prefix with the block-causal mask (the reference the cache must equal token for token).
 
 Rows advance on their own and leave when done; generated tokens past `gen_length` in a row's last block stay masked
 and are cut off. Greedy rows get the tokens they would get alone.
@@ -76,11 +77,15 @@ def check_block_settings(config: SamplerConfig, block_size: int) -> None:
 
 
 class _BlockDenoiser:
-    """Logits predicting the current block of each row; keeps the keys/values of every finished position.
+    """Logits predicting the current block of each active row, over a key/value cache kept from step to step.
 
-    `kept` holds per layer the keys and values of every column [B, H, T, D]; a row's cached prefix is its columns
-    before its current block (`starts`). `carry` [B, V] holds, for shift models, the logits at the position before
-    each row's current block (from the forward that cached that position).
+    Rows share the left-padded column layout. The cache holds the keys/values of columns [0, C) of the rows still in
+    the batch, C at most every row's current block start, so what it holds is clean and final. A step feeds columns
+    [C, E), E the end of the furthest current block, under the block-causal mask: for each row the blocks it finished
+    since the last step (at the first step, the prompt's whole blocks) ride along with its current block, so their
+    keys/values come out of the step's own forward (Fast-dLLM v2). The cache is then cropped to the smallest current
+    block start. `carry` [B, V] holds, for shift models, the logits of the clean token before each row's current
+    block. Without the cache, C stays 0: every step runs the whole prefix (the reference the cache must equal).
     """
 
     def __init__(self, model, config: SamplerConfig, block_size: int, attention_mask, position_ids, use_cache):
@@ -90,95 +95,48 @@ class _BlockDenoiser:
         self.dtype = next(model.parameters()).dtype
         self.cache_keyword = cache_keyword_of(model)
         self.forwards = 0
-        self.kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.cache, self.cached = DynamicCache(), 0
+        self.rows = torch.arange(attention_mask.shape[0], device=attention_mask.device)  # the rows the cache holds
         self.carry: torch.Tensor | None = None
 
-    def _call(self, ids, rows, columns, allowed, cached_columns: int = 0):
-        """Forward of `ids` (at `columns` of `rows`) seeing the kept columns [0, cached_columns) where `allowed`."""
-        self.forwards += 1
-        cache = DynamicCache()
-        for index, (keys, values) in enumerate(self.kept):
-            cache.update(keys[rows, :, :cached_columns], values[rows, :, :cached_columns], index)
-        output = self.model(
-            input_ids=ids,
-            position_ids=self.position_ids[rows.unsqueeze(1), columns],
-            attention_mask=additive_mask(allowed, self.dtype),
-            **{self.cache_keyword: cache, "use_cache": True},
+    def _select(self, rows) -> None:
+        """Drop the cached keys/values of the rows that left the batch."""
+        if len(rows) < len(self.rows):
+            self.cache.batch_select_indices(torch.isin(self.rows, rows).nonzero().squeeze(1))
+            self.rows = rows
+
+    def __call__(self, x, rows, starts: list[int]) -> torch.Tensor:
+        """Logits [len(rows), L', V] (float64) predicting the blocks starting at columns `starts` of `rows`."""
+        self._select(rows)
+        low, high = self.cached, max(starts) + self.block_size
+        allowed = block_causal_allowed(
+            self.position_ids[rows, :high], self.block_size, self.attention_mask[rows, :high], first_query=low
         )
-        return output.logits, output[self.cache_keyword]
-
-    def _store(self, rows, columns, cache) -> None:
-        """Keep the keys/values of the fed `columns` (the last ones in `cache`) of each of `rows`."""
-        width = columns.shape[1]
-        if not self.kept:
-            total = self.attention_mask.shape
-            self.kept = [
-                (
-                    layer.keys.new_zeros((total[0], layer.keys.shape[1], total[1], layer.keys.shape[3])),
-                    layer.values.new_zeros((total[0], layer.values.shape[1], total[1], layer.values.shape[3])),
-                )
-                for layer in cache.layers
-            ]
-        for (keys, values), layer in zip(self.kept, cache.layers):
-            for i, row in enumerate(rows.tolist()):
-                keys[row, :, columns[i]] = layer.keys[i, :, -width:]
-                values[row, :, columns[i]] = layer.values[i, :, -width:]
-
-    def _set_carry(self, rows, logits) -> None:
-        if self.carry is None:
-            self.carry = logits.new_zeros((self.attention_mask.shape[0], logits.shape[-1]))
-        self.carry[rows] = logits
-
-    def prefill(self, x, starts, prompt_lengths) -> bool:
-        """Cache every row's prompt before its first block (block-causal, as training's clean half); whether it ran."""
-        if not self.use_cache or not (prompt_lengths >= self.block_size).any():
-            return False
-        width = int(starts.max())
-        rows = torch.arange(x.shape[0], device=x.device)
-        columns = torch.arange(width, device=x.device).expand(x.shape[0], -1)
-        allowed = block_causal_allowed(self.position_ids[:, :width], self.block_size, self.attention_mask[:, :width])
-        logits, cache = self._call(x[:, :width], rows, columns, allowed)
-        self._store(rows, columns, cache)
-        self._set_carry(rows, logits[rows, (starts - 1).clamp(min=0)])
-        return True
-
-    def append(self, x, rows, starts) -> None:
-        """Cache the finished block just before `starts` of each of `rows`, run clean over the cache."""
-        if self.use_cache:
-            logits = self._over_cache(x, rows, starts - self.block_size, keep=True)
-            self._set_carry(rows, logits[:, -1])
-
-    def _over_cache(self, x, rows, starts, keep: bool) -> torch.Tensor:
-        columns = starts.unsqueeze(1) + torch.arange(self.block_size, device=x.device)
-        cached = int(starts.max())
-        kept_columns = torch.arange(cached, device=x.device)
-        valid = self.attention_mask[rows, :cached].bool() & (kept_columns < starts.unsqueeze(1))
-        allowed = torch.cat([valid, torch.ones_like(columns, dtype=torch.bool)], dim=1)
-        allowed = allowed[:, None, None, :].expand(-1, 1, self.block_size, -1)
-        logits, cache = self._call(x[rows.unsqueeze(1), columns], rows, columns, allowed, cached)
-        if keep:
-            self._store(rows, columns, cache)
-        return logits
-
-    def __call__(self, x, rows, starts) -> torch.Tensor:
-        """Logits [len(rows), L', V] (float64) predicting the blocks starting at `starts` of `rows`."""
-        if self.use_cache:
-            logits = self._over_cache(x, rows, starts, keep=False)
-            if self.carry is None:  # no prompt was cached: every first block starts at its prompt's first token
-                self._set_carry(rows, logits[:, 0])
-            before = self.carry[rows]
-        else:
-            width = int(starts.max()) + self.block_size
-            allowed = block_causal_allowed(
-                self.position_ids[rows, :width], self.block_size, self.attention_mask[rows, :width]
-            )
-            columns = torch.arange(width, device=x.device).expand(len(rows), -1)
-            full, _ = self._call(x[rows, :width], rows, columns, allowed)
-            index = starts.unsqueeze(1) + torch.arange(self.block_size, device=x.device)
-            logits = full[torch.arange(len(rows), device=x.device).unsqueeze(1), index]
-            before = full[torch.arange(len(rows), device=x.device), (starts - 1).clamp(min=0)]
+        self.forwards += 1
+        output = self.model(
+            input_ids=x[rows, low:high],
+            position_ids=self.position_ids[rows, low:high],
+            attention_mask=additive_mask(allowed, self.dtype),
+            **({self.cache_keyword: self.cache, "use_cache": True} if self.use_cache else {"use_cache": False}),
+        )
+        window = output.logits
+        index = torch.tensor([[start - low + offset for offset in range(self.block_size)] for start in starts])
+        logits = window[torch.arange(len(rows), device=x.device).unsqueeze(1), index.to(x.device)]
         if self.config.shift:  # the logits at i - 1 predict token i; the block's first token from the position before
-            logits = torch.cat([before.unsqueeze(1), logits[:, :-1]], dim=1)
+            if self.carry is None:
+                self.carry = window.new_zeros((self.attention_mask.shape[0], window.shape[-1]))
+            # where the clean token before the block was in this window, (re)compute its carry
+            fed = [(i, max(start - 1, 0) - low) for i, start in enumerate(starts) if max(start - 1, 0) >= low]
+            if fed:
+                fed_rows, fed_columns = torch.tensor(fed, device=x.device).T
+                self.carry[rows[fed_rows]] = window[fed_rows, fed_columns]
+            logits = torch.cat([self.carry[rows].unsqueeze(1), logits[:, :-1]], dim=1)
+        if self.use_cache:
+            self.cached = min(starts)
+            if self.cached:
+                self.cache.crop(self.cached - high)
+            else:
+                self.cache = DynamicCache()
         return logits.double()
 
 
@@ -201,8 +159,7 @@ def generate(
 
     Settings as for `sampling.masked.generate` (`SamplerConfig` fields, keywords win); `block_length` is the sub-block
     (default: the whole block) and `steps` are spread evenly over the gen_length / block_length sub-blocks. `nfe`
-    counts the forwards: one per step, plus, with the cache, one over the prompt and one per finished block that is
-    followed by another.
+    counts the forwards: one per step (the prompt and the finished blocks ride along with a step).
     """
     if config is None:
         settings.setdefault("block_length", block_size)
@@ -239,77 +196,80 @@ def generate(
         dim=1,
     )
     attention = torch.cat([prompt_attention, torch.ones_like(x[:, generation_start:])], dim=1)
-    columns = torch.arange(width, device=device)
-    generated = (columns >= generation_start) & (columns < generation_end)  # the positions sampled
+    generated = torch.zeros(width, dtype=torch.bool, device=device)
+    generated[generation_start:generation_end] = True  # the positions sampled
     denoise = _BlockDenoiser(model, config, block_size, attention, padded_position_ids(attention), use_cache)
-    row_nfe = torch.full((batch_size,), int(denoise.prefill(x, starts, prompt_lengths)), device=device)
 
+    # Per-row state as Python numbers (a tensor op per row and step costs more than a small model's forward)
+    starts, first_block = starts.tolist(), starts.tolist()  # column of each row's current (first) block
     sub_blocks = block_size // config.block_length
-    first_block = starts.clone()
-    sub_block = torch.zeros(batch_size, dtype=torch.long, device=device)  # index inside the current block
-    sub_step = torch.zeros_like(sub_block)  # steps taken in it
-    open_at_start = torch.zeros_like(sub_block)  # positions to fill when the sub-block began
-    active = torch.ones(batch_size, dtype=torch.bool, device=device)
+    sub_block = [0] * batch_size  # index inside the current block
+    sub_step = [0] * batch_size  # steps taken in it
+    open_at_start = [0] * batch_size  # positions to fill when the sub-block began
+    active = [True] * batch_size
+    row_nfe = [0] * batch_size
     eos_ids = torch.tensor(config.eos_ids, dtype=torch.long, device=device)
+    offsets = torch.arange(block_size, device=device)
     frames = [] if trace else None
     step = 0
 
-    def open_positions(row: int) -> torch.Tensor:
-        """Bool [T]: row's positions in its current sub-block still to be filled."""
-        low = int(starts[row]) + int(sub_block[row]) * config.block_length
-        inside = (columns >= low) & (columns < low + config.block_length)
-        return inside & generated & (x[row] == config.mask_token_id)
+    def open_count(row: int) -> int:
+        """How many of row's positions in its current sub-block are still to be filled."""
+        low = starts[row] + sub_block[row] * config.block_length
+        low, high = max(low, generation_start), min(low + config.block_length, generation_end)
+        return int((x[row, low:high] == config.mask_token_id).sum()) if high > low else 0
 
-    def settle(row: int) -> bool:
-        """Move `row` past its filled sub-blocks and blocks (it leaves the batch when done); whether it entered a new
-        block, so that the finished one must be cached first."""
-        needs_append = False
+    def settle(row: int) -> None:
+        """Move `row` past its filled sub-blocks and blocks; it leaves the batch when done."""
         while active[row]:
-            remaining = int(open_positions(row).sum())
+            remaining = open_count(row)
             if remaining:
                 if sub_step[row] == 0:
                     open_at_start[row] = remaining
-                return needs_append
+                return
             sub_block[row] += 1
             sub_step[row] = 0
             if sub_block[row] < sub_blocks:
                 continue
-            block_columns = (columns >= starts[row]) & (columns < starts[row] + block_size)
-            stopped = config.eos_handling == "stop" and torch.isin(x[row, block_columns & generated], eos_ids).any()
+            end = starts[row] + block_size
+            block = x[row, max(starts[row], generation_start) : min(end, generation_end)]  # its generated positions
+            stopped = config.eos_handling == "stop" and bool(torch.isin(block, eos_ids).any())
             if stopped:
-                x[row] = torch.where((columns >= starts[row] + block_size) & generated, config.eos_ids[0], x[row])
-            if stopped or starts[row] + block_size >= generation_end:
+                x[row, end:generation_end] = config.eos_ids[0]
+            if stopped or end >= generation_end:
                 active[row] = False
-                return False
-            starts[row] += block_size
+                return
+            starts[row] = end
             sub_block[row] = 0
-            needs_append = True
-        return False
 
     while True:
-        pending = [row for row in range(batch_size) if active[row] and settle(row)]
-        if pending:
-            pending = torch.tensor(pending, device=device)
-            denoise.append(x, pending, starts[pending])
-            row_nfe[pending] += int(use_cache)
-        if not active.any():
+        for row in range(batch_size):
+            settle(row)
+        working = [row for row in range(batch_size) if active[row]]
+        if not working:
             break
-        rows = active.nonzero().squeeze(1)
-        logits = denoise(x, rows, starts[rows])
-        row_nfe[rows] += 1
-        positions = starts[rows].unsqueeze(1) + torch.arange(block_size, device=device)
+        rows = torch.tensor(working, device=device)
+        row_starts = [starts[row] for row in working]
+        logits = denoise(x, rows, row_starts)
+        for row in working:
+            row_nfe[row] += 1
+        positions = torch.tensor(row_starts, device=device).unsqueeze(1) + offsets
         window = x[rows.unsqueeze(1), positions]
-        candidates = torch.stack([open_positions(int(row))[positions[i]] for i, row in enumerate(rows)])
+        sub_block_low = torch.tensor([sub_block[row] * config.block_length for row in working], device=device)
+        inside = (offsets >= sub_block_low.unsqueeze(1)) & (offsets < sub_block_low.unsqueeze(1) + config.block_length)
+        candidates = inside & generated[positions] & (window == config.mask_token_id)  # the sub-block's open ones
         tokens, confidence = predict_tokens(logits, config, generator)
         if config.threshold is None:
-            schedule = num_transfer_tokens(open_at_start[rows], config.steps_per_block)
-            counts = schedule.gather(1, sub_step[rows].unsqueeze(1)).squeeze(1).clamp(min=1)
+            opened = torch.tensor([open_at_start[row] for row in working], device=device)
+            taken = torch.tensor([sub_step[row] for row in working], device=device)
+            schedule = num_transfer_tokens(opened, config.steps_per_block)
+            counts = schedule.gather(1, taken.unsqueeze(1)).squeeze(1).clamp(min=1)
         else:  # Fast-dLLM: everything confident enough, at least the best one
             counts = ((confidence >= config.threshold) & candidates).sum(-1).clamp(min=1)
         commit = select_most_confident(confidence, candidates, counts)
         x[rows.unsqueeze(1), positions] = torch.where(commit, tokens, window)
         if trace or on_step is not None:
-            blocks = torch.where(active, (starts - first_block) // block_size, -1).tolist()
+            blocks = [(now - first) // block_size if on else -1 for now, first, on in zip(starts, first_block, active)]
             frame = step_frame(step, blocks, x, rows, positions, commit, confidence, attention, generation_start)
             frame = replace(
                 frame,
@@ -323,7 +283,8 @@ def generate(
             if on_step is not None:
                 on_step(frame)
         step += 1
-        sub_step[rows] += 1
+        for row in working:
+            sub_step[row] += 1
 
     return GenerationResult(
         x[:, :generation_end],
@@ -331,5 +292,5 @@ def generate(
         generation_start,
         denoise.forwards,
         frames,
-        row_nfe.tolist(),
+        row_nfe,
     )

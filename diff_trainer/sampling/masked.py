@@ -18,6 +18,7 @@ Ideas and where they come from (the code here is our own):
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -302,7 +303,13 @@ def check_cache_support(model, cache: str) -> None:
 def cache_keyword_of(model) -> str:
     """The forward's name for the key/value cache: `cache` from transformers 5.24 on, `past_key_values` before."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return _cache_keyword_of_class(type(base))
+
+
+@functools.cache
+def _cache_keyword_of_class(model_class) -> str:
+    """`cache_keyword_of` per model class (reading a signature costs more than a small model's forward step)."""
+    return "cache" if "cache" in inspect.signature(model_class.forward).parameters else "past_key_values"
 
 
 def _windows(values: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:

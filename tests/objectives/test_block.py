@@ -15,6 +15,7 @@ from conftest import make_byte_tokenizer, make_tiny_llama
 from diff_trainer.cli import generate as generate_cli
 from diff_trainer.cli import view as view_cli
 from diff_trainer.data.pipeline import RowLayout
+from diff_trainer.diffusion.block import block_token_losses
 from diff_trainer.diffusion_config import read_diffusion_config
 from diff_trainer.objectives import objective_for
 from diff_trainer.objectives.block import BlockDiffusion
@@ -55,7 +56,7 @@ def rows(tokenizer, count=4):
     )
 
 
-def block_trainer(tmp_path, block_size, shift=True, normalization="masked", **flags):
+def block_trainer(tmp_path, block_size, shift=True, normalization="masked", packing="right", **flags):
     tokenizer = make_byte_tokenizer()
     args = DiffusionTrainingArguments(
         output_dir=str(tmp_path),
@@ -73,7 +74,7 @@ def block_trainer(tmp_path, block_size, shift=True, normalization="masked", **fl
     return DiffusionTrainer(
         block_model(tokenizer, block_size, shift),
         args,
-        row_layout=RowLayout("right", LENGTH, "<DFF>", "byte", 386, "0"),
+        row_layout=RowLayout(packing, LENGTH, "<DFF>", "byte", 386, "0"),
         train_dataset=rows(tokenizer),
         processing_class=tokenizer,
     )
@@ -112,6 +113,32 @@ def test_complementary_masks_train_every_row_twice_with_complementary_masks(tmp_
     batch = trainer.train_noiser(clean, seeded_generator(7))
     assert batch["input_ids"].shape == (8, LENGTH) and batch["attention_mask"].shape == (8, LENGTH)
     assert torch.equal(batch["masked"][:4] ^ batch["masked"][4:], batch["maskable"][:4])
+    assert torch.isfinite(trainer.compute_loss(trainer.model, batch))
+
+
+def test_isolated_documents_of_a_packed_row_see_nothing_of_each_other(tmp_path):
+    """--isolate_documents: the block mask ANDed with the document mask in both halves of [x_t ; x0], so the loss
+    terms of one document do not change when the other document's tokens do (they do without isolation)."""
+    trainer = block_trainer(tmp_path, 4, packing="packed", isolate_documents=True)
+    eos = trainer.processing_class.eos_token_id
+    clean = default_data_collator([trainer.train_dataset[i] for i in range(2)])
+    clean["input_ids"][:, 5] = eos  # documents: positions 0-5 and 6-11 (a boundary inside block 1)
+    other = {key: value.clone() for key, value in clean.items()}
+    other["input_ids"][:, 1:5] = 7  # only the first document changes
+    batch = trainer.train_noiser(clean, seeded_generator(3))
+    changed = trainer.train_noiser(other, seeded_generator(3))
+    assert torch.equal(batch["masked"], changed["masked"]) and batch["masked"][:, 6:].any()
+
+    def second_document_terms(batch, isolate):
+        trainer.args.isolate_documents = isolate
+        attention = trainer.attention_for(batch["attention_mask"], batch["clean_ids"], torch.float32)
+        logits = trainer.objective.forward(trainer.model, batch["input_ids"], batch["clean_ids"], attention)
+        losses = block_token_losses(logits, batch["clean_ids"], batch["masked"], 4, shift=True)
+        return losses[:, 7:]  # position 6 is predicted from position 5, the first document's EOS
+
+    torch.testing.assert_close(second_document_terms(batch, True), second_document_terms(changed, True))
+    assert not torch.allclose(second_document_terms(batch, False), second_document_terms(changed, False))
+    trainer.args.isolate_documents = True
     assert torch.isfinite(trainer.compute_loss(trainer.model, batch))
 
 
@@ -277,3 +304,72 @@ def test_commands_without_a_block_sampler_refuse_a_block_checkpoint(tmp_path, ca
     with pytest.raises(SystemExit):
         eval_arithmetic.main(["--model", str(tmp_path / "block"), "--test_file", str(problems), "--gen_length", "4"])
     assert "sampled with the block sampler" in capsys.readouterr().err
+
+
+def train_block(out, *extra):
+    """A few steps of block diffusion (L' = 4) on the bundled corpus with the tiny net, the loss logged every step."""
+    run_clm_diff.main(
+        [
+            str(ROOT / "configs" / "demo.yaml"),
+            "--output_dir",
+            str(out),
+            *DEMO_FLAGS,
+            "--diffusion_objective",
+            "block",
+            "--diffusion_block_size",
+            "4",
+            "--shift_logits",
+            "true",
+            "--per_device_train_batch_size",
+            "4",
+            "--logging_steps",
+            "1",
+            "--do_eval",
+            "false",
+            *extra,
+        ]
+    )
+    history = json.loads((out / "trainer_state.json").read_text())["log_history"]
+    return {entry["step"]: entry["loss"] for entry in history if "loss" in entry}
+
+
+def test_resume_repeats_the_uninterrupted_block_losses(tmp_path):
+    common = ["--max_steps", "4", "--save_strategy", "steps", "--save_steps", "2"]
+    whole = train_block(tmp_path / "whole", *common)
+    resumed = train_block(
+        tmp_path / "resumed", *common, "--resume_from_checkpoint", str(tmp_path / "whole" / "checkpoint-2")
+    )
+    assert sorted(resumed) == [1, 2, 3, 4]  # the history of checkpoint-2, then steps 3 and 4 trained again
+    assert resumed[3] == pytest.approx(whole[3], rel=1e-6) and resumed[4] == pytest.approx(whole[4], rel=1e-6)
+
+
+def test_gradient_checkpointing_leaves_the_block_losses_unchanged(tmp_path):
+    plain = train_block(tmp_path / "plain", "--max_steps", "2")
+    checkpointed = train_block(tmp_path / "checkpointed", "--max_steps", "2", "--gradient_checkpointing", "true")
+    assert checkpointed[1] == pytest.approx(plain[1], rel=1e-5) and checkpointed[2] == pytest.approx(plain[2], rel=1e-5)
+
+
+def test_lora_on_a_block_model_is_sampled_with_the_block_sampler(tmp_path):
+    train_block(tmp_path / "base", "--max_steps", "1")
+    train_block(
+        tmp_path / "lora",
+        "--model_name_or_path",
+        str(tmp_path / "base"),
+        "--config_overrides",
+        "",
+        "--use_lora",
+        "true",
+        "--lora_r",
+        "4",
+        "--max_steps",
+        "2",
+        "--learning_rate",
+        "0.05",
+    )
+    assert (tmp_path / "lora" / "adapter_model.safetensors").exists()
+    output = tmp_path / "samples.jsonl"
+    generate_cli.main(
+        ["--model", str(tmp_path / "lora"), "--prompt", "Return the", "--gen_length", "8", "--output", str(output)]
+    )
+    record = json.loads(output.read_text().splitlines()[0])
+    assert record["settings"]["sampler"] == "block" and record["settings"]["model_block_size"] == 4

@@ -34,6 +34,9 @@ def sample(model, prompts=PROMPTS, **settings):
         {"temperature": 1.0, "seed": 3, "shift": True},
         {"threshold": 0.031, "steps": 3, "block_length": 4},
         {"remasking": "margin", "block_size": 6, "block_length": 3, "gen_length": 9, "steps": 9},
+        {"threshold": 0.04, "shift": True, "block_length": 2, "steps": 6},
+        {"threshold": 0.03, "steps": 3, "eos_token_id": EOS, "eos_handling": "stop", "gen_length": 20},
+        {"block_size": 8, "block_length": 4, "gen_length": 16, "steps": 8, "temperature": 0.5, "seed": 1},
     ],
 )
 def test_cache_equals_recomputing_the_prefix(model, settings):
@@ -94,11 +97,34 @@ def test_nfe_counts_every_forward(model):
         finally:
             handle.remove()
         assert result.nfe == len(calls)
-    # one step per token; the cache adds one prompt forward and one per block followed by another block
+    # one forward per step: the prompt's whole blocks and each finished block ride along with the next step
     steps = len(sample(model, trace=True).trace)
     assert steps == 12
     prompt_only = sample(model, [[5, 6, 7, 8, 9]])  # 5 prompt tokens: 3 tokens finish block 1, then 2 blocks + 1
-    assert prompt_only.nfe == 1 + 12 + 3 and prompt_only.row_nfe == [16]
+    assert prompt_only.nfe == 12 and prompt_only.row_nfe == [12]
+
+
+def test_each_step_feeds_the_uncached_finished_blocks_with_the_current_one(model):
+    widths = []
+    handle = model.register_forward_pre_hook(
+        lambda module, args, kwargs: widths.append(kwargs["input_ids"].shape[1]), with_kwargs=True
+    )
+    try:
+        sample(model, [[5, 6, 7, 8, 9]])
+    finally:
+        handle.remove()
+    # block 1 (positions 4-7) with the prompt's block 0 at its first step; then blocks 2, 3 and 4 (its 1 token),
+    # each with the block just finished at its first step
+    assert widths == [8, 4, 4] + [8, 4, 4, 4] + [8, 4, 4, 4] + [8]
+
+
+def test_cache_equals_recomputing_when_no_prompt_fills_a_block(model):
+    # the first blocks start at the prompts' first tokens: nothing is cached before the first step (the sampler
+    # before the shared cache failed here)
+    settings = {"threshold": 0.05, "shift": True, "block_length": 2, "steps": 6}
+    prompts = [[13], [18, 21, 24], [5]]
+    cached = sample(model, prompts, **settings)
+    assert torch.equal(cached.sequences, sample(model, prompts, use_cache=False, **settings).sequences)
 
 
 def test_threshold_commits_every_confident_prediction(model):
@@ -133,9 +159,9 @@ def test_eos_stops_a_row_at_the_end_of_its_block():
     net = eos_model()
     stopped = sample(net, [[5, 6, 7, 8, 9, 10]], eos_token_id=EOS, eos_handling="stop")
     assert (stopped.generated == EOS).all()
-    assert stopped.nfe == 1 + 2  # the prompt, then the two tokens completing its second block: no other block
+    assert stopped.nfe == 2  # the two tokens completing its second block: no other block
     kept_going = sample(net, [[5, 6, 7, 8, 9, 10]], eos_token_id=EOS)
-    assert kept_going.nfe == 1 + 12 + 3
+    assert kept_going.nfe == 12
     forbidden = sample(net, [[5, 6, 7, 8, 9, 10]], eos_token_id=EOS, eos_handling="forbid")
     assert not (forbidden.generated == EOS).any()
 
