@@ -9,7 +9,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(2)
+# Under pytest-xdist (`-n auto`) the workers already fill the cores: one thread each, also in their subprocesses.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(2)
 
 DFF = "<DFF>"
 MASK = "<|mdm_mask|>"
@@ -102,6 +107,11 @@ def accelerate_launch(directory, num_processes: int = 2) -> list[str]:
             "gpu_ids: all\nrdzv_backend: static\nsame_network: true\nmain_training_function: main\n"
         )
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--main_process_port", "0"]
+
+
+def pytest_collection_modifyitems(items):
+    """The longest tests first, so that under pytest-xdist they overlap with the rest instead of running last."""
+    items.sort(key=lambda item: item.get_closest_marker("slow_first") is None)
 
 
 def count_forward_passes(monkeypatch) -> list:
