@@ -111,7 +111,7 @@ def accelerate_launch(directory, num_processes: int = 2) -> list[str]:
 
 def pytest_collection_modifyitems(items):
     """The longest tests first, so that under pytest-xdist they overlap with the rest instead of running last."""
-    items.sort(key=lambda item: item.get_closest_marker("slow_first") is None)
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 
 def count_forward_passes(monkeypatch) -> list:

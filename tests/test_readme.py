@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,6 +208,7 @@ def test_an_unlisted_guide_with_commands_is_an_error(tmp_path):
 
 
 @pytest.mark.readme
+@pytest.mark.long
 @pytest.mark.timeout(7200)
 def test_readme_and_guides_run_in_order_on_a_fresh_copy(tmp_path):
     if shutil.which("git") is None or not (REPO / ".git").exists():
@@ -234,6 +236,7 @@ def test_readme_and_guides_run_in_order_on_a_fresh_copy(tmp_path):
             continue
         where = f"{block.source} block at line {block.line}"
         before = _files(copy)
+        started = time.monotonic()
         try:
             result = subprocess.run(
                 ["bash", "-e", "-o", "pipefail", "-c", block.runnable_script()],
@@ -245,6 +248,7 @@ def test_readme_and_guides_run_in_order_on_a_fresh_copy(tmp_path):
             )
         except subprocess.TimeoutExpired:
             pytest.fail(f"{where} ran longer than {BLOCK_TIMEOUT} s:\n{block.script}")
+        print(f"{time.monotonic() - started:7.1f} s  {where}")  # shown with -s: where the test's minutes go
         output = (result.stdout + result.stderr)[-4000:]
         assert result.returncode == 0, f"{where} failed:\n{block.script}\n{output}"
         missing = [path for path in block.produces if not (copy / path).exists()]

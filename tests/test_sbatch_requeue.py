@@ -16,6 +16,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from test_sbatch import REPO, TINY_RUN, job_environment, slurm_cluster  # noqa: F401  (fixture)
 
 MAX_STEPS, SAVE_STEPS = 30, 3
@@ -54,6 +56,7 @@ def training_processes(output_dir: Path) -> list[int]:
     return pids
 
 
+@pytest.mark.long
 def test_a_requeued_train_job_resumes_from_the_newest_complete_checkpoint(slurm_cluster, tmp_path):  # noqa: F811
     output_dir = tmp_path / "run"
     command = [
