@@ -110,7 +110,8 @@ def accelerate_launch(directory, num_processes: int = 2) -> list[str]:
 
 
 def pytest_collection_modifyitems(items):
-    """The longest tests first, so that under pytest-xdist they overlap with the rest instead of running last."""
+    """Tests marked `long` first: under pytest-xdist (`-n auto`) each then starts a worker's share of the suite, and
+    the other workers take over that worker's pending tests (`--dist worksteal`) while it runs."""
     items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 
