@@ -47,6 +47,8 @@ fi
 
 # slurm.conf: one node, no cgroups (proctrack/linuxproc, task/none), nothing to account. MinJobAge=16 keeps a
 # finished job listed for 16 s, and so makes `sbatch --wait` poll every 8 s instead of at 2, 10, 42, 74... s.
+# cred_expire=10: a requeued job waits for its old credential to expire (120 s by default) before it runs again;
+# ten seconds is plenty on one node and keeps the requeue test from idling two minutes.
 node_hardware=$(slurmd -C | head -n 1 | sed 's/^NodeName=[^ ]*//')
 [[ "$node_hardware" == *CPUs=* ]] || die "slurmd -C did not report this machine's hardware."
 wanted_conf="$MARKER
@@ -54,6 +56,7 @@ ClusterName=localcluster
 SlurmctldHost=localhost
 SlurmUser=slurm
 AuthType=auth/munge
+AuthInfo=cred_expire=10
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 JobAcctGatherType=jobacct_gather/none

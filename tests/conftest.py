@@ -9,7 +9,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-torch.set_num_threads(2)
+# Under pytest-xdist (`-n auto`) the workers already fill the cores: one thread each, also in their subprocesses.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+else:
+    torch.set_num_threads(2)
 
 DFF = "<DFF>"
 MASK = "<|mdm_mask|>"
@@ -102,6 +107,12 @@ def accelerate_launch(directory, num_processes: int = 2) -> list[str]:
             "gpu_ids: all\nrdzv_backend: static\nsame_network: true\nmain_training_function: main\n"
         )
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, "--main_process_port", "0"]
+
+
+def pytest_collection_modifyitems(items):
+    """Tests marked `long` first: under pytest-xdist (`-n auto`) each then starts a worker's share of the suite, and
+    the other workers take over that worker's pending tests (`--dist worksteal`) while it runs."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
 
 
 def count_forward_passes(monkeypatch) -> list:

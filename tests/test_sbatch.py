@@ -5,6 +5,7 @@ Multi-node launches cannot run on one machine: their command lines are checked w
 needs no cluster, so those tests run everywhere.
 """
 
+import fcntl
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -40,7 +42,10 @@ def slurm_cluster():
         pytest.skip("no Slurm cluster is up, and installing and starting one with .ci/slurm.sh needs root")
     if not shutil.which("sbatch") and not shutil.which("apt-get"):
         pytest.skip("Slurm is not installed and there is no apt-get to install it")
-    result = subprocess.run(["bash", str(REPO / ".ci" / "slurm.sh")], capture_output=True, text=True, timeout=900)
+    # pytest-xdist may run this fixture in two workers at once: one .ci/slurm.sh at a time
+    with open(os.path.join(tempfile.gettempdir(), "diff-trainer-slurm.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        result = subprocess.run(["bash", str(REPO / ".ci" / "slurm.sh")], capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, f".ci/slurm.sh failed:\n{result.stdout}\n{result.stderr}"
     assert node_is_ready()
 

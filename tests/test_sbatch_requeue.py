@@ -4,7 +4,8 @@ Runs on the local one-node Slurm cluster (see tests/test_sbatch.py). Once the fi
 training process is frozen (SIGSTOP, so it is surely mid-run) and the job is sent USR1, as
 `#SBATCH --signal=B:USR1@300` does before the time limit: launch.sh requeues it, Slurm kills the training, and the
 requeued run gets `--resume true`. A half-written checkpoint newer than every real one is planted before the kill,
-so the resume must pass over it. Slurm holds a requeued job back for about two minutes; the test waits.
+so the resume must pass over it. Slurm holds a requeued job back until the old job's credential expires (10 s
+in .ci/slurm.sh's cluster, 120 s by default); the test waits.
 """
 
 import json
@@ -14,6 +15,8 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 from test_sbatch import REPO, TINY_RUN, job_environment, slurm_cluster  # noqa: F401  (fixture)
 
@@ -53,6 +56,7 @@ def training_processes(output_dir: Path) -> list[int]:
     return pids
 
 
+@pytest.mark.long
 def test_a_requeued_train_job_resumes_from_the_newest_complete_checkpoint(slurm_cluster, tmp_path):  # noqa: F811
     output_dir = tmp_path / "run"
     command = [
@@ -96,8 +100,8 @@ def test_a_requeued_train_job_resumes_from_the_newest_complete_checkpoint(slurm_
         (output_dir / PLANTED / "model.safetensors").write_bytes(b"\0" * 64)  # killed while writing: no state
         subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], check=True, timeout=30)
         wait_for(lambda: job_state(job_id) == ("PENDING", 1), 120, "the job to be requeued")
-        # Slurm holds a requeued job back until the old job's credential expires (120 s by default); starting it
-        # earlier by hand races that expiry ("Job credential revoked"), so the test waits the hold out.
+        # Slurm holds a requeued job back until the old job's credential expires (AuthInfo=cred_expire); starting
+        # it earlier by hand races that expiry ("Job credential revoked"), so the test waits the hold out.
         state, restarts = wait_for(
             lambda: (lambda s: s if s[0] in ("COMPLETED", "FAILED", "CANCELLED") and s[1] else None)(job_state(job_id)),
             420,
