@@ -9,7 +9,8 @@ outputs/recipes/RECIPE/seedS/, so no run overwrites the docs' outputs or another
 it from what the commands wrote. Each seed's commands run in order from the repository root; per seed the table shows
 the outcomes and the wall and CPU seconds of all its commands (CPU time of the child processes: it hardly moves when
 other jobs share the cores, wall time does). `--quick` appends each command's short-run flags and writes under
-outputs/recipes_quick/. The table also goes to benchmarks/results/recipes_RECIPE[_quick].md.
+outputs/recipes_quick/. `--reuse` reads back a seed whose directory already holds every outcome instead of running
+it again (its times are those its run recorded). The table also goes to benchmarks/results/recipes_RECIPE[_quick].md.
 """
 
 import argparse
@@ -260,6 +261,8 @@ def summary(values: list[float]) -> tuple[float, float, float]:
 
 
 def formatted(value: float, percent: bool = False, decimals: int = 3) -> str:
+    if math.isnan(value):
+        return "–"
     return f"{100 * value:.1f}%" if percent else f"{value:.{decimals}f}"
 
 
@@ -281,9 +284,9 @@ def commands(recipe: Recipe, seed: int, out: str, quick: bool) -> list[str]:
     return filled
 
 
-def run_seed(recipe: Recipe, seed: int, out: str, quick: bool) -> dict:
+def run_seed(name: str, recipe: Recipe, seed: int, out: str, quick: bool) -> dict:
     """Run one seed's commands from the repository root (`out` relative to it; each command logged to
-    out/step-N.log) and read its outcomes; also the wall and CPU seconds of it all."""
+    out/NAME-N.log) and read its outcomes; also the wall and CPU seconds of it all."""
     directory = os.path.join(REPO_ROOT, out)
     os.makedirs(directory, exist_ok=True)
     environment = {  # `python` and the console scripts of this environment, running this checkout's code
@@ -296,7 +299,7 @@ def run_seed(recipe: Recipe, seed: int, out: str, quick: bool) -> dict:
         if recipe.prepare is not None:
             recipe.prepare(directory)
         for number, command in enumerate(commands(recipe, seed, out, quick), 1):
-            log_path = os.path.join(directory, f"step-{number}.log")
+            log_path = os.path.join(directory, f"{name}-{number}.log")
             with open(log_path, "w", encoding="utf-8") as log:
                 log.write(f"$ {command}\n")
                 log.flush()
@@ -307,12 +310,28 @@ def run_seed(recipe: Recipe, seed: int, out: str, quick: bool) -> dict:
                 with open(log_path, encoding="utf-8") as log:
                     sys.stderr.write(log.read()[-3000:])
                 raise SystemExit(f"seed {seed}: `{command}` failed with exit code {finished.returncode} ({log_path})")
-    return {
-        "seed": seed,
-        "outcomes": [outcome.read(directory) for outcome in recipe.outcomes],
-        "wall": wall[0],
-        "cpu": cpu[0],
-    }
+    with open(os.path.join(directory, f"{name}-times.json"), "w", encoding="utf-8") as handle:
+        json.dump({"commands": commands(recipe, seed, out, quick), "wall": wall[0], "cpu": cpu[0]}, handle)
+    outcomes = [outcome.read(directory) for outcome in recipe.outcomes]
+    return {"seed": seed, "outcomes": outcomes, "wall": wall[0], "cpu": cpu[0]}
+
+
+def reused_seed(name: str, recipe: Recipe, seed: int, out: str, quick: bool) -> dict | None:
+    """A seed whose directory already holds every outcome: those outcomes, with the times its run recorded when it
+    ran these same commands (NaN, printed "–", otherwise); None when an outcome is missing."""
+    directory = os.path.join(REPO_ROOT, out)
+    try:
+        outcomes = [outcome.read(directory) for outcome in recipe.outcomes]
+    except FileNotFoundError:
+        return None
+    times = {"wall": math.nan, "cpu": math.nan}
+    times_path = os.path.join(directory, f"{name}-times.json")
+    if os.path.exists(times_path):
+        with open(times_path, encoding="utf-8") as handle:
+            saved = json.load(handle)
+        if saved["commands"] == commands(recipe, seed, out, quick):
+            times = {"wall": saved["wall"], "cpu": saved["cpu"]}
+    return {"seed": seed, "outcomes": outcomes, **times}
 
 
 def table(recipe: Recipe, results: list[dict]) -> str:
@@ -345,6 +364,9 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--quick", action="store_true", help="each command's short-run flags: checks, not results")
     parser.add_argument("--output_root", help="where the seeds' directories go (default outputs/recipes[_quick])")
+    parser.add_argument(
+        "--reuse", action="store_true", help="a seed whose directory holds every outcome is read back, not run again"
+    )
     args = parser.parse_args(argv)
     recipe = RECIPES[args.recipe]
     root = args.output_root or os.path.join("outputs", "recipes_quick" if args.quick else "recipes")
@@ -365,7 +387,10 @@ def main(argv=None):
             out = seed_directory(root, recipe.needs[0] if recipe.needs else args.recipe, seed)
             for command in commands(recipe, seed, out, args.quick):
                 print(f"  seed {seed}: {command}")
-            results.append(run_seed(recipe, seed, out, args.quick))
+            reused = reused_seed(args.recipe, recipe, seed, out, args.quick) if args.reuse else None
+            if reused is not None:
+                print(f"  seed {seed}: reused the outcomes in {out}")
+            results.append(reused or run_seed(args.recipe, recipe, seed, out, args.quick))
         print()
         print(table(recipe, results))
 

@@ -65,3 +65,20 @@ def test_every_recipe_seeds_each_training_run_and_writes_only_under_the_seed_dir
             if "run_clm_diff.py" in command or "run_diffusion_dpo.py" in command:
                 assert "--seed 7" in command and "--output_dir outputs/recipes/x/seed7/" in command, (name, command)
             assert "outputs/" not in command.replace("outputs/recipes/x/seed7/", ""), (name, command)
+
+
+def test_reuse_reads_a_finished_seed_back_with_its_times_only_for_the_same_commands(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(common, "RESULTS_DIR", str(tmp_path / "results"))
+    runs = ["--output_root", str(tmp_path / "runs")]
+    monkeypatch.setitem(recipes.RECIPES, "tiny", TINY)
+    recipes.main(["tiny", "--seeds", "2", *runs])
+    capsys.readouterr()
+    recipes.main(["tiny", "--seeds", "2", "--reuse", *runs])  # the same commands: nothing runs, the times are kept
+    output = capsys.readouterr().out
+    assert "seed 2: reused the outcomes" in output
+    assert [row.split(" | ")[1:3] for row in output.splitlines() if row.startswith("| 2 ")][0][0] == "0.500"
+    assert "| – |" not in output
+    failing = recipes.Recipe("the same outcome, another command", [recipes.Step("false")], TINY.outcomes)
+    monkeypatch.setitem(recipes.RECIPES, "tiny", failing)
+    recipes.main(["tiny", "--seeds", "2", "--reuse", *runs])  # would fail if it ran; its times are unknown
+    assert "| 2 | 0.500 | – | – |" in capsys.readouterr().out
