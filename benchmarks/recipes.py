@@ -133,14 +133,41 @@ ARITHMETIC_DATA = Step(
 
 RECIPES = {
     "quickstart": Recipe(
-        what="README quick start: configs/demo_clm.yaml, then configs/demo_adapted.yaml from it, then diff-generate "
-        f"({SAMPLER}) on the first {WORD_SHARE_PROMPTS} validation signatures",
+        what="README quick start: configs/demo_causal.yaml, then configs/demo_adapted.yaml from it, then "
+        f"diff-generate ({SAMPLER}) on the first {WORD_SHARE_PROMPTS} validation signatures",
+        prepare=write_validation_prompts,
+        steps=[
+            Step(
+                "python run_clm_diff.py configs/demo_causal.yaml --seed {seed} --output_dir {out}/demo_causal",
+                QUICK_TRAIN,
+            ),
+            Step(
+                "python run_clm_diff.py configs/demo_adapted.yaml --seed {seed} --model_name_or_path {out}/demo_causal "
+                "--output_dir {out}/demo_diffusion",
+                QUICK_TRAIN + " --eval_mc_samples 1",
+            ),
+            Step(
+                "diff-generate --model {out}/demo_diffusion --prompt_file {out}/prompts.txt --append_dff "
+                f"{SAMPLER} --output {{out}}/samples.jsonl"
+            ),
+        ],
+        outcomes=[
+            Outcome("causal perplexity per id", json_value("demo_causal/eval_results.json", "perplexity")),
+            Outcome(
+                "eval_elbo_perplexity per id", json_value("demo_diffusion/eval_results.json", "eval_elbo_perplexity")
+            ),
+            Outcome("word share", stdlib_word_share("samples.jsonl"), percent=True),
+        ],
+    ),
+    "quickstart_bytes": Recipe(
+        what="the quick start in bytes: configs/demo_clm.yaml, then configs/demo_adapted.yaml from it with the byte "
+        "model's rows of 256, then the quick start's diff-generate",
         prepare=write_validation_prompts,
         steps=[
             Step("python run_clm_diff.py configs/demo_clm.yaml --seed {seed} --output_dir {out}/demo_clm", QUICK_TRAIN),
             Step(
                 "python run_clm_diff.py configs/demo_adapted.yaml --seed {seed} --model_name_or_path {out}/demo_clm "
-                "--output_dir {out}/demo_diffusion",
+                "--block_size 256 --output_dir {out}/demo_diffusion",
                 QUICK_TRAIN + " --eval_mc_samples 1",
             ),
             Step(
