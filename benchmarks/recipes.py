@@ -152,10 +152,8 @@ RECIPES = {
             ),
         ],
         outcomes=[
-            Outcome("causal perplexity per id", json_value("demo_causal/eval_results.json", "perplexity")),
-            Outcome(
-                "eval_elbo_perplexity per id", json_value("demo_diffusion/eval_results.json", "eval_elbo_perplexity")
-            ),
+            Outcome("causal perplexity", json_value("demo_causal/eval_results.json", "perplexity")),
+            Outcome("eval_elbo_perplexity", json_value("demo_diffusion/eval_results.json", "eval_elbo_perplexity")),
             Outcome("word share", stdlib_word_share("samples.jsonl"), percent=True),
         ],
     ),
