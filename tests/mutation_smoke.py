@@ -35,6 +35,14 @@ class Mutation:
 
 MUTATIONS = [
     Mutation(
+        "word_share_distinct",
+        "the word share divides by the distinct tokens instead of all of them",
+        "diff_trainer/metrics/words.py",
+        "sum(token in words for token in tokens) / len(tokens)",
+        "sum(token in words for token in tokens) / len(set(tokens))",
+        ("tests/metrics/test_words.py",),
+    ),
+    Mutation(
         "linear_weight_dropped",
         "the 1/t loss weight of the linear schedule becomes 1",
         "diff_trainer/diffusion/schedules.py",
