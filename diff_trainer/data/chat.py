@@ -102,11 +102,18 @@ def resolve_template(tokenizer, chat_template: str | None) -> str:
     )
 
 
-def render(tokenizer, template: str, messages: list[dict], generation_prompt: bool) -> str:
-    """The template's text for `messages`, with or without the assistant header that opens a reply."""
+def render(
+    tokenizer, template: str, messages: list[dict], generation_prompt: bool, continue_final: bool = False
+) -> str:
+    """The template's text for `messages`, with or without the assistant header that opens a reply;
+    `continue_final`: cut after the last message's content, so the reply goes on from it (a prefilled answer)."""
     try:
         return tokenizer.apply_chat_template(
-            messages, tokenize=False, chat_template=template, add_generation_prompt=generation_prompt
+            messages,
+            tokenize=False,
+            chat_template=template,
+            add_generation_prompt=generation_prompt,
+            continue_final_message=continue_final,
         )
     except TemplateError as error:
         raise DataError(
