@@ -6,7 +6,8 @@ assistant; every content is a non-empty string; a conversation has an assistant 
 
 Templates. `--chat_template NAME|FILE`: a name of `chat_templates/` (`llada`: GSAI-ML/LLaDA-8B-Instruct, which
 always ends with the assistant header; `qwen2`: Qwen2-Instruct, which Dream-v0-Instruct-7B is said to reuse,
-unconfirmed offline; `chatml`: the bare ChatML format) or a jinja file. Without one, the tokenizer's own template is used.
+unconfirmed offline; `chatml`: the bare ChatML format) or a jinja file. Without one, the tokenizer's own template is
+used.
 
 Trained spans. An assistant turn k starts where the rendering of messages[:k] with the generation prompt ends, and
 its trained text is its content as rendered (verbatim, or stripped for templates that trim) followed by the special
