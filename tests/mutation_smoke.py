@@ -245,6 +245,22 @@ MUTATIONS = [
         "if (ended && false) return",
         ("tests/test_web_trace.py",),
     ),
+    Mutation(
+        "harness_chat_end_of_turn",
+        "the harness's generations no longer stop at the chat template's end-of-turn token",
+        "diff_trainer/eval/harness.py",
+        "stops = stop_ids(self.diffusion_config, self.tokenizer, self.end_of_turn_ids())",
+        "stops = stop_ids(self.diffusion_config, self.tokenizer)",
+        ("tests/cli/test_lm_eval_chat.py::test_generation_stops_at_the_end_of_turn_token",),
+    ),
+    Mutation(
+        "harness_chat_double_bos",
+        "the harness puts a BOS before a chat context that already starts with the template's BOS",
+        "diff_trainer/eval/harness.py",
+        "        if prefix and context.startswith(self.tokenizer.bos_token):\n            return []\n",
+        "",
+        ("tests/eval/test_harness.py::test_a_chat_context_that_starts_with_bos_gets_no_second_one",),
+    ),
 ]
 
 

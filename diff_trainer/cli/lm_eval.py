@@ -6,6 +6,10 @@ sampling); a plain causal checkpoint runs as the harness's own `hf` model, so bo
     diff-lm-eval --model out --tasks arithmetic_exact_match,docstring_choice --include_path tasks/ --limit 50
     diff-lm-eval --model out --tasks docstring_perplexity --include_path tasks/ --model_args mc_num=32,steps=16 \\
         --output_path results.json
+    diff-lm-eval --model outputs/chat_demo --tasks arithmetic_exact_match --include_path tasks/ --apply_chat_template
+
+`--apply_chat_template`, `--system_instruction`, `--fewshot_as_multiturn` and `--num_fewshot` are lm-eval's flags:
+with the first, each prompt is a conversation rendered with the checkpoint's chat template (docs/harness.md).
 """
 
 from __future__ import annotations
@@ -39,6 +43,25 @@ def build_parser() -> argparse.ArgumentParser:
         "block_length, threshold, guidance_scale, remasking, temperature (masked diffusion), "
         "predictor (SEDD: euler or analytic)",
     )
+    parser.add_argument(
+        "--apply_chat_template",
+        action="store_true",
+        help="render each prompt as a conversation with the checkpoint's chat template (the one it was trained with)",
+    )
+    parser.add_argument(
+        "--system_instruction", help="a system message before each prompt (plain text before it without a template)"
+    )
+    parser.add_argument(
+        "--fewshot_as_multiturn",
+        type=lambda text: text.lower() in ("true", "1", "yes"),
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="BOOL",
+        help="few-shot examples as earlier user/assistant turns (default with --apply_chat_template; 'false': "
+        "all in one user turn)",
+    )
+    parser.add_argument("--num_fewshot", type=int, help="few-shot examples before each prompt (default: the task's)")
     parser.add_argument("--batch_size", type=int, default=8, help="requests per forward pass for a causal model")
     parser.add_argument("--device", default="auto", help=DEVICE_CHOICES_HELP)
     parser.add_argument(
@@ -115,15 +138,34 @@ def evaluate(argv: list[str] | None = None) -> dict:
         parser.error(f"--include_path {args.include_path}: no such directory.")
     if args.output_path and not os.path.isdir(os.path.dirname(os.path.abspath(args.output_path))):
         parser.error(f"--output_path {args.output_path}: its directory does not exist; create it first.")
+    if args.fewshot_as_multiturn and not args.apply_chat_template:
+        parser.error("--fewshot_as_multiturn makes the examples turns of a chat: add --apply_chat_template.")
+    if args.num_fewshot is not None and args.num_fewshot < 0:
+        parser.error(f"--num_fewshot {args.num_fewshot}: give 0 or more examples.")
+    multiturn = args.apply_chat_template if args.fewshot_as_multiturn is None else args.fewshot_as_multiturn
     tasks = [name.strip() for name in args.tasks.split(",") if name.strip()]
     try:
         task_manager = task_manager_for(tasks, args.include_path)
         lm = build_model(args, parse_model_args(args.model_args))
+        if args.apply_chat_template:  # one message for both kinds of checkpoint
+            from diff_trainer.eval.harness import checkpoint_chat_template
+
+            checkpoint_chat_template(lm.tokenizer)
     except ValueError as error:
         parser.error(str(error))
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     try:
-        results = simple_evaluate(model=lm, tasks=tasks, task_manager=task_manager, limit=limit, log_samples=False)
+        results = simple_evaluate(
+            model=lm,
+            tasks=tasks,
+            task_manager=task_manager,
+            limit=limit,
+            num_fewshot=args.num_fewshot,
+            system_instruction=args.system_instruction,
+            apply_chat_template=args.apply_chat_template,
+            fewshot_as_multiturn=multiturn,
+            log_samples=False,
+        )
     except FileNotFoundError as error:  # a task's local data file
         parser.error(
             f"{error}. The tasks in tasks/ read data/... relative to the working directory: run from the "
@@ -144,6 +186,10 @@ def evaluate(argv: list[str] | None = None) -> dict:
                     "model": args.model,
                     "model_args": args.model_args,
                     "limit": args.limit,
+                    "apply_chat_template": args.apply_chat_template,
+                    "system_instruction": args.system_instruction,
+                    "num_fewshot": args.num_fewshot,
+                    "fewshot_as_multiturn": multiturn,
                     "results": results["results"],
                     "intervals_95": intervals,
                     "configs": results["configs"],

@@ -5,8 +5,9 @@ only the completion's assistant turns are trained, as TRL's completion-only loss
 assistant; every content is a non-empty string; a conversation has an assistant turn to train.
 
 Templates. `--chat_template NAME|FILE`: a name of `chat_templates/` (`llada`: GSAI-ML/LLaDA-8B-Instruct, which
-always ends with the assistant header; `qwen2`: Qwen2-Instruct, also shipped by Dream-org/Dream-v0-Instruct-7B;
-`chatml`: the bare ChatML format) or a jinja file. Without one, the tokenizer's own template is used.
+always ends with the assistant header; `qwen2`: Qwen2-Instruct, which Dream-v0-Instruct-7B is said to reuse,
+unconfirmed offline; `chatml`: the bare ChatML format) or a jinja file. Without one, the tokenizer's own template is
+used.
 
 Trained spans. An assistant turn k starts where the rendering of messages[:k] with the generation prompt ends, and
 its trained text is its content as rendered (verbatim, or stripped for templates that trim) followed by the special
@@ -102,11 +103,18 @@ def resolve_template(tokenizer, chat_template: str | None) -> str:
     )
 
 
-def render(tokenizer, template: str, messages: list[dict], generation_prompt: bool) -> str:
-    """The template's text for `messages`, with or without the assistant header that opens a reply."""
+def render(
+    tokenizer, template: str, messages: list[dict], generation_prompt: bool, continue_final: bool = False
+) -> str:
+    """The template's text for `messages`, with or without the assistant header that opens a reply;
+    `continue_final`: cut after the last message's content, so the reply goes on from it (a prefilled answer)."""
     try:
         return tokenizer.apply_chat_template(
-            messages, tokenize=False, chat_template=template, add_generation_prompt=generation_prompt
+            messages,
+            tokenize=False,
+            chat_template=template,
+            add_generation_prompt=generation_prompt,
+            continue_final_message=continue_final,
         )
     except TemplateError as error:
         raise DataError(

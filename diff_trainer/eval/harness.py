@@ -13,6 +13,11 @@
   mask id, shift, recorded stop ids, forbidden special tokens); `gen_length` (default: the task's max_gen_toks),
   `steps`, `block_length`, `threshold`, `guidance_scale`, `remasking`, `temperature` can be set in `model_args`.
   The text is cut at the first stop id, then at the first stop string.
+- Chat (`--apply_chat_template`): `apply_chat_template` renders the harness's messages with the checkpoint
+  tokenizer's template, the one training saved with it (`data.chat.render`, as `diff-generate --chat`); a checkpoint
+  without one is a ValueError. A checkpoint with a template also stops a generation at the template's end-of-turn
+  token (its replies end there). As the harness's `hf` model does, no BOS is put before a context that already
+  starts with it (templates that write it, as LLaDA's).
 
 Scores, `is_greedy` and the sampler come from the checkpoint's objective (`objectives`): a score-entropy checkpoint
 is scored with its DWDSE bound (`mc_num` stratified times, only the continuation noised, seeded the same way) and
@@ -27,13 +32,14 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
+from diff_trainer.data.chat import end_of_turn_token, render
 from diff_trainer.data.pipeline import bos_prefix
 from diff_trainer.diffusion_config import read_diffusion_config
 from diff_trainer.models.loading import load_checkpoint
 from diff_trainer.objectives import objective_for
 from diff_trainer.sampling.masked import SamplerConfig, context_length
 from diff_trainer.sampling.sedd import SeddSamplerConfig
-from diff_trainer.sampling.settings import check_sampler_settings, run_sampler, sampler_for
+from diff_trainer.sampling.settings import check_sampler_settings, run_sampler, sampler_for, stop_ids
 
 SAMPLER_SETTINGS = (
     "gen_length",
@@ -50,6 +56,16 @@ SAMPLER_SETTINGS = (
 def _optional(kind, value):
     """`value` as `kind`, keeping None (model_args arrive as strings from the command line)."""
     return None if value is None or value == "None" else kind(value)
+
+
+def checkpoint_chat_template(tokenizer) -> str:
+    """The chat template saved with the checkpoint's tokenizer; a ValueError saying what to do without one."""
+    if not isinstance(tokenizer.chat_template, str):
+        raise ValueError(
+            f"--apply_chat_template: {tokenizer.name_or_path or 'the checkpoint'} has no chat template; fine-tune "
+            "it on conversations with --chat_template (docs/chat.md), or evaluate without the flag."
+        )
+    return tokenizer.chat_template
 
 
 @register_model("diffusion_lm")
@@ -123,6 +139,41 @@ class DiffusionLM(LM):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def tokenizer_name(self) -> str:
+        """The tokenizer's name, as the harness's `hf` model gives it (part of its request-cache key)."""
+        return self.tokenizer.name_or_path.replace("/", "__")
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        """The checkpoint's chat template (None when not asked for); lm-eval's template names do not apply: a
+        checkpoint here has the one template it was trained with."""
+        if chat_template is False or chat_template is None:
+            return None
+        if isinstance(chat_template, str):
+            raise ValueError(
+                f"diffusion_lm renders with the checkpoint's own chat template; drop the template name "
+                f"({chat_template}) from --apply_chat_template."
+            )
+        return checkpoint_chat_template(self.tokenizer)
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """The messages rendered with the checkpoint's template: with the opening of the assistant's reply, or
+        (False) going on from the last, prefilled assistant message."""
+        return render(
+            self.tokenizer,
+            self.chat_template(True),
+            chat_history,
+            generation_prompt=add_generation_prompt,
+            continue_final=not add_generation_prompt,
+        )
+
+    def end_of_turn_ids(self) -> tuple[int, ...]:
+        """The id the chat template ends an assistant turn with; none for a checkpoint without a template."""
+        template = self.tokenizer.chat_template
+        if not isinstance(template, str):
+            return ()
+        return (self.tokenizer.convert_tokens_to_ids(end_of_turn_token(self.tokenizer, template)),)
+
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
@@ -148,9 +199,12 @@ class DiffusionLM(LM):
         uniform graph, which has no mask: whether the continuation is a fixed point)."""
         return self.objective.greedy(self.model, context_ids, continuation_ids)
 
-    def _prefix(self) -> list[int]:
-        """The ids before every context: [BOS] if the tokenizer has one; for a shift model without BOS, [EOS]."""
+    def _prefix(self, context: str = "") -> list[int]:
+        """The ids before a context: [BOS] if the tokenizer has one (none when the context starts with it, as a chat
+        template may write it); for a shift model without BOS, [EOS]."""
         prefix = bos_prefix(self.tokenizer)
+        if prefix and context.startswith(self.tokenizer.bos_token):
+            return []
         if self.shift and not prefix:  # something must predict the first scored token, e.g. of an empty context
             if self.tokenizer.eos_token_id is None:
                 raise ValueError(
@@ -164,7 +218,7 @@ class DiffusionLM(LM):
         results = []
         for request in requests:
             context, continuation = request.args
-            context_ids = self._prefix() + self._encode(context)
+            context_ids = self._prefix(context) + self._encode(context)
             continuation_ids = self._encode(continuation)
             if not continuation_ids:
                 raise ValueError(f"empty continuation for context {context[-40:]!r}: nothing to score.")
@@ -186,7 +240,12 @@ class DiffusionLM(LM):
     def sampler_config(self, max_gen_toks: int) -> SamplerConfig | SeddSamplerConfig:
         """`sampler_for` (as diff-generate) with the model_args settings; gen_length from the task by default."""
         gen_length = self.sampler_settings["gen_length"] or max_gen_toks
-        return sampler_for(self.model, self.tokenizer, **{**self.sampler_settings, "gen_length": gen_length})
+        return sampler_for(
+            self.model,
+            self.tokenizer,
+            extra_stop_ids=self.end_of_turn_ids(),
+            **{**self.sampler_settings, "gen_length": gen_length},
+        )
 
     def generate_until(self, requests) -> list[str]:
         """Samples up to `batch_size` prompts together (requests with the same max_gen_toks), in request order."""
@@ -194,19 +253,16 @@ class DiffusionLM(LM):
         for index, request in enumerate(requests):
             groups.setdefault(int(request.args[1].get("max_gen_toks", 256)), []).append(index)
         outputs: list[str] = [""] * len(requests)
+        stops = stop_ids(self.diffusion_config, self.tokenizer, self.end_of_turn_ids())
         for max_gen_toks, indices in groups.items():
             config = self.sampler_config(max_gen_toks)
             for first in range(0, len(indices), self.batch_size):
                 batch = indices[first : first + self.batch_size]
-                prompts = [self._prefix() + self._encode(requests[i].args[0]) for i in batch]
+                prompts = [self._prefix(requests[i].args[0]) + self._encode(requests[i].args[0]) for i in batch]
                 self._check_length(max(map(len, prompts)) + config.gen_length, "a prompt + gen_length")
                 result = run_sampler(self.model, prompts, config, seed=self.seed)
                 for i, ids in zip(batch, result.generated.tolist()):
-                    outputs[i] = self._cut(
-                        ids,
-                        requests[i].args[1].get("until") or [],
-                        getattr(config, "eos_token_id", self.tokenizer.eos_token_id),
-                    )
+                    outputs[i] = self._cut(ids, requests[i].args[1].get("until") or [], stops)
         return outputs
 
     def _cut(self, ids: list[int], until: list[str] | str, stop) -> str:

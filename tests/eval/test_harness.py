@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from conftest import make_byte_tokenizer, make_tiny_llama, make_tiny_sedd
+from conftest import make_byte_tokenizer, make_tiny_llama, make_tiny_sedd, masked_diffusion_config
 
 pytest.importorskip("lm_eval", reason="needs the [eval] extra: pip install -e '.[eval]'")
 
@@ -278,3 +278,31 @@ def test_block_checkpoints_are_scored_with_the_block_nelbo_and_sampled_block_by_
     config = lm.sampler_config(max_gen_toks=32)
     sampled = block_generate(model, [lm._prefix() + encode(tokenizer, "1+1=<DFF>")], config, block_size=1, seed=11)
     assert output == first_line(sampled, tokenizer)
+
+
+@torch.no_grad()
+def test_a_chat_context_that_starts_with_bos_gets_no_second_one():
+    """LLaDA's template writes the BOS itself: the model sees it once; a plain context still gets one put before it."""
+    from diff_trainer.data.chat import set_chat_template
+
+    tokenizer = make_byte_tokenizer()
+    tokenizer.add_special_tokens({"bos_token": "<|startoftext|>"})
+    set_chat_template(tokenizer, "llada")
+    model = make_tiny_llama(len(tokenizer))
+    model.config.diffusion_config = masked_diffusion_config(tokenizer)
+    lm = DiffusionLM(model=model, tokenizer=tokenizer, mc_num=3)
+    context = lm.apply_chat_template([{"role": "user", "content": "12+7="}])
+    assert context == "<|startoftext|><|start_header_id|>user<|end_header_id|>\n\n12+7=<|eot_id|>" + (
+        "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+    (token,) = encode(tokenizer, "9")
+
+    def exact(ids):  # one masked token: the ELBO is its log-probability
+        logits = model(input_ids=torch.tensor([ids + [tokenizer.mask_token_id]])).logits[0, -1]
+        return float(torch.log_softmax(logits, -1)[token])
+
+    bos = tokenizer.bos_token_id
+    assert encode(tokenizer, context).count(bos) == 1
+    ((chat, _), (plain, _)) = lm.loglikelihood([request(context, "9"), request("12+7=", "9")])
+    assert chat == pytest.approx(exact(encode(tokenizer, context)), abs=1e-5)
+    assert plain == pytest.approx(exact([bos] + encode(tokenizer, "12+7=")), abs=1e-5)
