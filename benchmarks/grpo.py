@@ -153,6 +153,8 @@ def exact_match(model, tokenizer, problems, gen_length: int) -> float:
 
 def train_one(args, estimator: str, prompts, output_dir: str) -> dict:
     """GRPO from the start checkpoint with `estimator`: the trained model, mean reward and seconds per phase."""
+    from transformers import PrinterCallback
+
     from diff_trainer.training.grpo import DiffusionGRPOTrainer
     from diff_trainer.training.rewards import load_reward
 
@@ -164,6 +166,7 @@ def train_one(args, estimator: str, prompts, output_dir: str) -> dict:
         train_dataset=prompts,
         processing_class=tokenizer,
     )
+    trainer.remove_callback(PrinterCallback)  # the table, not every step's log, goes to the results file
     trainer.train()
     steps = [entry for entry in trainer.state.log_history if "step_time" in entry]
     result = {name: statistics.mean(entry[f"time/{name}"] for entry in steps) for name in PHASES}
@@ -278,7 +281,7 @@ HEADERS = [
     "scoring s/step",
     "backward s/step",
     "step s (TRL)",
-    "shared masks: max |log-ratio|",
+    "shared masks: max abs log-ratio",
     "Var log-ratio (ratio level)",
     "Var log-ratio (completion)",
 ]

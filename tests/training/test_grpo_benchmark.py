@@ -44,7 +44,7 @@ def test_quick_run_gives_one_row_per_estimator_with_phases_timed_and_shared_mask
         rollout, scoring, backward = (values[f"{phase} s/step"] for phase in benchmark.PHASES)
         assert rollout > 0 and scoring > 0 and backward > 0
         assert rollout + scoring + backward <= values["step s (TRL)"]  # parts of TRL's own step time
-        assert values["shared masks: max |log-ratio|"] == 0.0
+        assert values["shared masks: max abs log-ratio"] == 0.0
         assert values["Var log-ratio (completion)"] > 0  # untrained: the draws differ
     elbo = dict(zip(benchmark.HEADERS, rows[2]))
     assert elbo["Var log-ratio (ratio level)"] == elbo["Var log-ratio (completion)"]
