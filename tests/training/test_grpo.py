@@ -347,3 +347,12 @@ def test_block_scores_are_each_row_scored_alone_from_position_zero(workspace, tm
 def test_one_step_with_prompt_masks_on_a_block_checkpoint_is_refused(workspace, tmp_path):
     with pytest.raises(ValueError, match="--p_mask_prompt 0.3: a block-diffusion model reads the prompt as the clean"):
         recording_trainer(workspace, tmp_path, checkpoint="block", logp_estimator="one_step", p_mask_prompt=0.3)
+
+
+def test_prompts_reach_the_sampler_as_training_encoded_them(workspace, tmp_path):
+    # TRL's own encoding adds the byte tokenizer's EOS after every prompt; the SFT rows have the answer there
+    trainer = recording_trainer(workspace, tmp_path, max_steps=1)
+    tokenizer = trainer.processing_class
+    prompt_ids, images, fields = trainer._tokenize_prompts(["12+30=<DFF>"])
+    assert prompt_ids == [tokenizer.encode("12+30=<DFF>", add_special_tokens=False)]
+    assert prompt_ids[0][-1] == tokenizer.convert_tokens_to_ids("<DFF>") and (images, fields) == (None, {})
