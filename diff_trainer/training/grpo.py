@@ -1,14 +1,15 @@
-"""DiffusionGRPOTrainer: TRL's GRPOTrainer with rollouts from the masked-diffusion sampler and per-token
-log-probabilities from a diffusion estimator (diffusion/policy_logps.py; DESIGN.md §3d).
+"""DiffusionGRPOTrainer: TRL's GRPOTrainer with rollouts from the checkpoint's sampler (masked or block diffusion) and
+per-token log-probabilities from a diffusion estimator (diffusion/policy_logps.py; DESIGN.md §3d).
 
 What is overridden, and why:
 - `_tokenize_prompts`: text prompts are encoded as in training (no special tokens after them).
-- `_generate_single_turn`: completions come from sampling/masked.py `generate`, one prompt's group at a time, seeded
-  per (seed, step, rollout), so one process and several draw the same completions.
+- `_generate_single_turn`: completions come from `sampling.settings.run_sampler`, one prompt's group at a time,
+  seeded per (seed, step, rollout), so one process and several draw the same completions.
 - `_get_per_token_logps_and_entropies`: the estimator's log-probabilities, on masks seeded per (seed, generation
   step, iteration, rollout) so the current, old and reference policies see the same masks within an iteration.
   `elbo` gives one value per completion; it is written into every completion token, so TRL's per-token ratio, clip
-  and k3 KL are the sequence-level ones.
+  and k3 KL are the sequence-level ones. A block-diffusion checkpoint is scored through its objective's forward on
+  rows moved to start at column 0 (its blocks are aligned to positions).
 - `_generate_and_score_completions`: old and reference scores once per reuse (num_iterations), stacked [B, I, C],
   with each rollout's index and generation step (the batch is shuffled before training); wd1's weights.
 - `_compute_loss`: picks the iteration's old / reference scores; `loss_type wd1` (ratio-free weighted likelihood).
