@@ -201,13 +201,11 @@ MUTATIONS = [
         "old_policy_other_masks",
         "each policy (current, old, reference) is scored on a mask draw of its own",
         "diff_trainer/diffusion/policy_logps.py",
-        "    draw = draw_masks(estimator, input_ids, prompt_mask, completion_mask, mask_token_id, generator,\n"
-        "                      p_mask_prompt=p_mask_prompt, num_samples=num_samples)\n"
-        "    return [score_draw(estimator, logits_fn, input_ids, completion_mask, draw, shift=shift)\n",
-        "    return [score_draw(estimator, logits_fn, input_ids, completion_mask,\n"
-        "                       draw_masks(estimator, input_ids, prompt_mask, completion_mask, mask_token_id,\n"
-        "                                  generator, p_mask_prompt=p_mask_prompt, num_samples=num_samples),\n"
-        "                       shift=shift)\n",
+        "    return [score_draw(estimator, logits_fn, input_ids, completion_mask, draw, shift=shift) for logits_fn in "
+        "logits_fns]",
+        "    return [score_draw(estimator, logits_fn, input_ids, completion_mask, draw_masks(estimator, input_ids, "
+        "prompt_mask, completion_mask, mask_token_id, generator, p_mask_prompt=p_mask_prompt, "
+        "num_samples=num_samples), shift=shift) for logits_fn in logits_fns]",
         (
             "tests/diffusion/test_policy_logps.py::"
             "test_identical_policies_on_shared_masks_give_ratio_one_zero_kl_and_zero_grpo_loss",
@@ -260,6 +258,25 @@ MUTATIONS = [
         "        if prefix and context.startswith(self.tokenizer.bos_token):\n            return []\n",
         "",
         ("tests/eval/test_harness.py::test_a_chat_context_that_starts_with_bos_gets_no_second_one",),
+    ),
+    Mutation(
+        "grpo_rollouts_per_process",
+        "each process seeds its rollouts by its rank, not by the rollouts' global index",
+        "diff_trainer/training/grpo.py",
+        "np.random.SeedSequence([self.args.seed, self._step, rollouts[start]])",
+        "np.random.SeedSequence([self.args.seed, self._step, self.accelerator.process_index])",
+        (
+            "tests/training/test_grpo.py::"
+            "test_two_processes_give_the_first_step_of_one_process_with_twice_the_batch[one_step-dapo]",
+        ),
+    ),
+    Mutation(
+        "grpo_block_columns",
+        "a block-diffusion rollout is scored with TRL's left padding in front, its blocks misaligned",
+        "diff_trainer/training/grpo.py",
+        "            order = left_aligned(attention_mask)\n",
+        "            order = torch.arange(length).expand_as(attention_mask)\n",
+        ("tests/training/test_grpo.py::test_block_scores_are_each_row_scored_alone_from_position_zero",),
     ),
 ]
 

@@ -27,7 +27,7 @@ from diff_trainer.training.args.grpo import (
     model_arguments,
 )
 from diff_trainer.training.args.parsing import parse_arguments
-from diff_trainer.training.grpo import DiffusionGRPOTrainer, require_masked_diffusion
+from diff_trainer.training.grpo import DiffusionGRPOTrainer, encode_prompt, require_diffusion_policy
 from diff_trainer.training.model import prepare_model
 from diff_trainer.training.rewards import call_reward, load_reward
 from diff_trainer.training.runner import run_entry_point, setup_logging
@@ -38,7 +38,7 @@ def checked_checkpoint(path: str | None) -> dict:
     if path is None:
         raise DataError("GRPO starts from a trained diffusion model: pass --model_name_or_path.")
     try:
-        return require_masked_diffusion(read_diffusion_config(AutoConfig.from_pretrained(path)), path)
+        return require_diffusion_policy(read_diffusion_config(AutoConfig.from_pretrained(path)), path)
     except ValueError as error:
         raise DataError(str(error)) from error
 
@@ -69,7 +69,7 @@ def check_prompt_lengths(prompts: Dataset, tokenizer, model, args, path: str) ->
     if limit is None:
         return
     for number, prompt in enumerate(prompts["prompt"], 1):
-        length = len(tokenizer(prompt)["input_ids"])
+        length = len(encode_prompt(tokenizer, prompt))
         if length + args.max_completion_length > limit:
             raise DataError(
                 f"{path} record {number}: a prompt of {length} tokens plus --max_completion_length "

@@ -13,12 +13,21 @@ that draw), so the current, old and reference policies can be scored on exactly 
     elbo      (LLaDA 1.5 VRPO)   the antithetic Monte-Carlo ELBO of the whole completion: n masked-token counts
                                  stratified over 1..L, exactly l_j tokens masked, (1/n) Σ_j −(L/l_j) Σ_masked CE.
                                                                                             per sequence [B]
+    elbo, block diffusion        the block NELBO (BD3-LM): in each of n copies every block draws its own time t_b
+                                 (stratified over the copies' blocks), its completion tokens are masked with the
+                                 schedule's probability at t_b and weighted w(t_b); (1/n) Σ_j Σ_masked −w·CE.
+                                                                                            per sequence [B]
 
 Layout. Rows are prompt + completion in one tensor `input_ids` [B, T] with any padding; `prompt_mask` marks the real
 prompt tokens and `completion_mask` the completion tokens (the ones masked and scored). Other positions (padding)
 are never masked. A draw of k passes holds k noisy copies of every row, row b·k + j being pass j of row b
 (`monte_carlo_copies`); `logits_fn(noisy_ids [B·k, T]) -> logits [B·k, T, V]` runs one policy on them (the caller
 repeats each row's attention mask k times). Per-token results are 0 outside `completion_mask`.
+
+Block diffusion. The same draws and scores serve a block-diffusion checkpoint when `logits_fn` runs the block
+objective's forward over [noisy ; clean] and returns the logits at each position as a plain model's would be; rows
+then start at column 0 (blocks are aligned to positions) and fill whole blocks. one_step masks the prompt nowhere
+there (the prompt is the clean context of later blocks), and elbo takes the block draw (`draw_block_elbo`).
 
 Seeding. `generator` is one torch.Generator (rows drawn in order from it) or one per row; `mask_generators` seeds
 them from (seed, step, iteration, row), so the same rollout scored at generation time (old, reference) and again at
@@ -31,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .block import noise_blocks
 from .elbo import elbo_terms, monte_carlo_copies
 from .forward import _uniform, mask_exact_count, stratified_mask_counts
 from .losses import masked_token_losses
@@ -48,13 +58,15 @@ class MaskDraw:
     """The noisy inputs of one estimator for a batch: k passes per row, row b·k + j is pass j of row b.
 
     `masked` [B·k, T]: the positions scored in each pass; `weights` [B·k]: the factor of each pass's log-probs in the
-    per-token sum (one_step, coupled); `counts` [B·k]: masked tokens per pass (elbo).
+    per-token sum (one_step, coupled); `counts` [B·k]: masked tokens per pass (elbo); `token_weights` [B·k, T]: the
+    weight w(t_b) of each position's block (block elbo).
     """
 
     noisy_ids: torch.Tensor
     masked: torch.Tensor
     weights: torch.Tensor | None = None
     counts: torch.Tensor | None = None
+    token_weights: torch.Tensor | None = None
 
 
 def mask_generators(seed: int, step: int, iteration: int, rows: Sequence[int]) -> list[torch.Generator]:
@@ -144,6 +156,30 @@ def draw_elbo(
     return MaskDraw(noisy, masked, counts=counts)
 
 
+def draw_block_elbo(
+    input_ids,
+    completion_mask,
+    mask_token_id: int,
+    block_size: int,
+    schedule,
+    generator: Generators = None,
+    *,
+    num_samples: int = 8,
+) -> MaskDraw:
+    """n noisy copies of every row for the block NELBO (`block.noise_blocks`: one time per block, stratified over the
+    copies' blocks, completion tokens masked per block), row after row from its generator. Rows start at column 0
+    and their length is a multiple of `block_size`."""
+    noisy, masked, weights = [], [], []
+    for row, row_generator in enumerate(_row_generators(generator, input_ids.shape[0])):
+        copies = input_ids[row].unsqueeze(0).expand(num_samples, -1)
+        labels = copies.masked_fill(~completion_mask[row], -100)
+        drawn = noise_blocks(copies, labels, schedule, block_size, mask_token_id, generator=row_generator)
+        noisy.append(drawn["noisy_ids"])
+        masked.append(drawn["masked"])
+        weights.append(drawn["loss_weight"].repeat_interleave(block_size, dim=1))  # w(t_b) at each of b's positions
+    return MaskDraw(torch.cat(noisy), torch.cat(masked), token_weights=torch.cat(weights))
+
+
 def token_logps(logits_fn: LogitsFn, input_ids, draw: MaskDraw, *, shift: bool = False) -> torch.Tensor:
     """Per-token log-probabilities [B, T] of a one_step or coupled draw: Σ_j weight_j · log p_j(x_k) over the passes
     j that mask position k (0 where no pass does)."""
@@ -156,8 +192,15 @@ def token_logps(logits_fn: LogitsFn, input_ids, draw: MaskDraw, *, shift: bool =
 
 
 def elbo_logps(logits_fn: LogitsFn, input_ids, completion_mask, draw: MaskDraw, *, shift: bool = False) -> torch.Tensor:
-    """The ELBO of every completion [B] on an elbo draw (a lower bound on log π(o | p), VRPO's B̂)."""
+    """The ELBO of every completion [B] on an elbo draw (a lower bound on log π(o | p), VRPO's B̂; on a block draw
+    the negative block NELBO)."""
     passes = draw.noisy_ids.shape[0] // input_ids.shape[0]
+    if draw.token_weights is not None:  # BD3-LM: Σ_b w(t_b) Σ_{masked in b} log p, per copy
+        logps = -masked_token_losses(
+            logits_fn(draw.noisy_ids), monte_carlo_copies(input_ids, passes), draw.masked, shift=shift
+        )
+        terms = (logps * draw.token_weights.to(logps.dtype)).sum(dim=1)
+        return terms.reshape(input_ids.shape[0], passes).mean(dim=1)
     terms = elbo_terms(
         full_logits_ce_fn(logits_fn, shift),
         monte_carlo_copies(input_ids, passes),
@@ -179,8 +222,12 @@ def draw_masks(
     *,
     p_mask_prompt: float = 0.0,
     num_samples: int = 8,
+    block=None,
 ) -> MaskDraw:
-    """The draw of `estimator` (one of LOGP_ESTIMATORS) for a batch."""
+    """The draw of `estimator` (one of LOGP_ESTIMATORS) for a batch; `block` = (block size, schedule) of a
+    block-diffusion checkpoint."""
+    if estimator == "elbo" and block is not None:
+        return draw_block_elbo(input_ids, completion_mask, mask_token_id, *block, generator, num_samples=num_samples)
     if estimator == "one_step":
         return draw_one_step(
             input_ids, prompt_mask, completion_mask, mask_token_id, generator, p_mask_prompt=p_mask_prompt

@@ -3,6 +3,7 @@ KL 0, loss 0), a training run through the script, bad input before any rollout."
 
 import json
 import os
+import subprocess
 from collections import defaultdict
 
 import pytest
@@ -13,7 +14,7 @@ from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 import run_diffusion_grpo  # the repository root is on pytest's pythonpath (setup.cfg)
-from conftest import make_byte_tokenizer, make_tiny_llama, make_tiny_sedd, save_checkpoint
+from conftest import accelerate_launch, make_byte_tokenizer, make_tiny_llama, make_tiny_sedd, save_checkpoint
 from diff_trainer.diffusion.policy_losses import wd1_loss
 from diff_trainer.diffusion_config import write_diffusion_config
 from diff_trainer.training.args.grpo import DiffusionGRPOConfig
@@ -26,18 +27,21 @@ PROBLEMS = [{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a in range(4) for 
 DISTINCT = "def distinct(prompts, completions, **kwargs):\n    return [float(len(set(c))) for c in completions]\n"
 
 
-def diffusion_checkpoint(path, diffusion=True):
+def diffusion_checkpoint(path, diffusion=True, block_size=None, shift=False):
+    """A tiny masked-diffusion checkpoint (causal without `diffusion`, block diffusion of L' = `block_size`)."""
     tokenizer = make_byte_tokenizer()
     model = make_tiny_llama(len(tokenizer), bidirectional=diffusion, max_position_embeddings=32)
     if diffusion:
         write_diffusion_config(
             model.config,
             mask_token_id=tokenizer.mask_token_id,
-            shift_logits=False,
+            shift_logits=shift,
             noise_schedule="linear",
             time_eps=1e-3,
             dff_token="<DFF>",
         )
+    if block_size is not None:
+        model.config.diffusion_config.update(objective="block", block_size=block_size)
     return str(save_checkpoint(path, model, tokenizer))
 
 
@@ -50,6 +54,7 @@ def workspace(tmp_path_factory):
         "root": root,
         "problems": str(root / "problems.jsonl"),
         "checkpoint": diffusion_checkpoint(root / "ckpt"),
+        "block": diffusion_checkpoint(root / "block", block_size=4),
         "distinct": f"{root / 'distinct.py'}:distinct",
     }
 
@@ -101,7 +106,7 @@ class RecordingTrainer(DiffusionGRPOTrainer):
         return logps, entropies, aux
 
 
-def recording_trainer(workspace, output_dir, lora=False, **settings):
+def recording_trainer(workspace, output_dir, lora=False, checkpoint="checkpoint", **settings):
     """A RecordingTrainer at learning rate 0 on the problems, rewarded by the number of distinct characters."""
     args = DiffusionGRPOConfig(
         output_dir=str(output_dir),
@@ -119,7 +124,7 @@ def recording_trainer(workspace, output_dir, lora=False, **settings):
         **settings,
     )
     prompts = Dataset.from_list([{**problem, "prompt": problem["prompt"] + "<DFF>"} for problem in PROBLEMS])
-    model = AutoModelForCausalLM.from_pretrained(workspace["checkpoint"])
+    model = AutoModelForCausalLM.from_pretrained(workspace[checkpoint])
     if lora:
         model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     return RecordingTrainer(
@@ -132,18 +137,31 @@ def recording_trainer(workspace, output_dir, lora=False, **settings):
 
 
 @pytest.mark.parametrize(
-    "estimator, lora", [("one_step", False), ("coupled", False), ("elbo", False), ("coupled", True)]
-)  # LoRA: the reference is the policy's ref adapter
-def test_learning_rate_zero_scores_every_policy_alike_so_kl_is_zero_and_loss_zero(workspace, tmp_path, estimator, lora):
+    "estimator, lora, checkpoint",
+    [
+        ("one_step", False, "checkpoint"),
+        ("coupled", False, "checkpoint"),
+        ("elbo", False, "checkpoint"),
+        ("coupled", True, "checkpoint"),  # LoRA: the reference is the policy's ref adapter
+        ("one_step", False, "block"),  # block diffusion: block sampler, block objective's forward
+        ("coupled", False, "block"),
+        ("elbo", False, "block"),  # the block NELBO
+    ],
+)
+def test_learning_rate_zero_scores_every_policy_alike_so_kl_is_zero_and_loss_zero(
+    workspace, tmp_path, estimator, lora, checkpoint
+):
     trainer = recording_trainer(
         workspace,
         tmp_path,
         lora=lora,
+        checkpoint=checkpoint,
         max_steps=2,
         num_iterations=2,
         beta=0.1,
         loss_type="grpo",
         logp_estimator=estimator,
+        p_mask_prompt=0.0 if checkpoint == "block" else 0.3,
     )
     trainer.train()
 
@@ -246,9 +264,95 @@ def test_long_prompts_and_one_generation_are_refused(workspace, monkeypatch, cap
 
 def test_causal_and_sedd_checkpoints_are_refused(workspace):
     causal = diffusion_checkpoint(workspace["root"] / "causal", diffusion=False)
-    with pytest.raises(ValueError, match="causal.* is not a masked-diffusion checkpoint"):
+    with pytest.raises(ValueError, match="causal.* is not a diffusion checkpoint"):
         run_diffusion_grpo.main(flags(workspace, "c", "--model_name_or_path", causal))
     tokenizer = make_byte_tokenizer()
     sedd = str(save_checkpoint(workspace["root"] / "sedd", make_tiny_sedd(tokenizer, "absorb"), tokenizer))
     with pytest.raises(ValueError, match="sedd is a SEDD checkpoint"):
         run_diffusion_grpo.main(flags(workspace, "s", "--model_name_or_path", sedd))
+
+
+def first_logged_step(output_dir) -> dict:
+    return json.loads((output_dir / "trainer_state.json").read_text())["log_history"][0]
+
+
+@pytest.mark.parametrize("estimator, loss_type", [("one_step", "dapo"), ("coupled", "grpo")])
+def test_two_processes_give_the_first_step_of_one_process_with_twice_the_batch(workspace, estimator, loss_type):
+    # dapo divides by the completion tokens of the whole batch (every process's), grpo averages per completion
+    settings = [
+        "--reward_funcs",
+        workspace["distinct"],
+        "--logp_estimator",
+        estimator,
+        "--loss_type",
+        loss_type,
+        "--beta",
+        "0.1",
+        "--learning_rate",
+        "1e-2",
+        "--seed",
+        "5",
+    ]
+    root = workspace["root"]
+    one, two = f"ddp_one_{estimator}", f"ddp_two_{estimator}"
+    run_diffusion_grpo.main(flags(workspace, one, "--per_device_train_batch_size", "8", *settings))
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    launched = subprocess.run(
+        [*accelerate_launch(root), "run_diffusion_grpo.py", *flags(workspace, two, "--use_cpu", "true", *settings)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    single, double = first_logged_step(root / one), first_logged_step(root / two)
+    assert double["reward"] == single["reward"] and double["reward_std"] == single["reward_std"]  # same rollouts
+    assert single["reward_std"] > 0 and single["grad_norm"] > 0
+    assert double["loss"] == pytest.approx(single["loss"], rel=1e-4, abs=1e-7)
+    assert double["grad_norm"] == pytest.approx(single["grad_norm"], rel=1e-4)
+
+
+def test_block_scores_are_each_row_scored_alone_from_position_zero(workspace, tmp_path):
+    # rows of different prompt lengths (TRL pads prompts on the left): blocks are aligned to each row's first token
+    trainer = recording_trainer(
+        workspace, tmp_path, checkpoint="block", logp_estimator="one_step", p_mask_prompt=0.0, max_steps=1
+    )
+    tokenizer, model, block = trainer.processing_class, trainer.model, trainer.block
+    rows = [
+        (tokenizer.encode(p, add_special_tokens=False), tokenizer.encode(c, add_special_tokens=False))
+        for p, c in (("3+1=<DFF>", "4"), ("12+30=<DFF>", "42xy"))
+    ]
+    width_p, width_c = max(len(p) for p, _ in rows), max(len(c) for _, c in rows)
+    input_ids = torch.tensor([[0] * (width_p - len(p)) + p + c + [0] * (width_c - len(c)) for p, c in rows])
+    attention_mask = torch.tensor(
+        [[0] * (width_p - len(p)) + [1] * (len(p) + len(c)) + [0] * (width_c - len(c)) for p, c in rows]
+    )
+    trainer._mask_context = (0, 0, torch.arange(2))
+    with torch.no_grad():
+        logps = trainer._get_per_token_logps_and_entropies(model, input_ids, attention_mask, width_c)[0]
+    for row, (prompt, completion) in enumerate(rows):
+        length = len(prompt) + len(completion)
+        clean = torch.tensor([prompt + completion + [block.mask_token_id] * (-length % 4)])
+        noisy = clean.clone()
+        noisy[0, len(prompt) :] = block.mask_token_id
+        padding = (torch.arange(clean.shape[1]) < length).long().unsqueeze(0)
+        with torch.no_grad():
+            log_probs = torch.log_softmax(block.forward(model, noisy, clean, padding)[0, : clean.shape[1]], dim=-1)
+        expected = [log_probs[len(prompt) + k, token].item() for k, token in enumerate(completion)]
+        assert logps[row, : len(completion)].tolist() == pytest.approx(expected, abs=1e-5)
+        assert logps[row, len(completion) :].abs().sum() == 0
+
+
+def test_one_step_with_prompt_masks_on_a_block_checkpoint_is_refused(workspace, tmp_path):
+    with pytest.raises(ValueError, match="--p_mask_prompt 0.3: a block-diffusion model reads the prompt as the clean"):
+        recording_trainer(workspace, tmp_path, checkpoint="block", logp_estimator="one_step", p_mask_prompt=0.3)
+
+
+def test_prompts_reach_the_sampler_as_training_encoded_them(workspace, tmp_path):
+    # TRL's own encoding adds the byte tokenizer's EOS after every prompt; the SFT rows have the answer there
+    trainer = recording_trainer(workspace, tmp_path, max_steps=1)
+    tokenizer = trainer.processing_class
+    prompt_ids, images, fields = trainer._tokenize_prompts(["12+30=<DFF>"])
+    assert prompt_ids == [tokenizer.encode("12+30=<DFF>", add_special_tokens=False)]
+    assert prompt_ids[0][-1] == tokenizer.convert_tokens_to_ids("<DFF>") and (images, fields) == (None, {})
