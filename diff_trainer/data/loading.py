@@ -314,11 +314,17 @@ ROW_IN_MESSAGE = re.compile(r",? *(?:in|at|starting at) (row|line) (\d+)")
 JSON_CHUNK = 10 << 20  # datasets reads JSON lines in blocks of this many bytes and counts rows from a block's start
 
 
+def exception_chain(error: BaseException) -> Iterator[BaseException]:
+    """`error`, then the exception it was raised from or during, and so on to the innermost."""
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
+
+
 def read_failure(error: Exception, path: str, builder: str) -> str:
     """One line for an error datasets raised reading `path`: the innermost cause, at the file's 1-based line when the
     cause names a row (pyarrow's JSON rows are 0-based among non-blank lines, pandas' CSV rows 0-based lines)."""
-    while error.__cause__ or error.__context__:
-        error = error.__cause__ or error.__context__
+    *_, error = exception_chain(error)
     message = str(error).removeprefix("JSON parse error: ").strip()
     found = ROW_IN_MESSAGE.search(message)
     place = path

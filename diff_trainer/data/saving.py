@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from datasets import DatasetDict
 
 from .io import current_umask
-from .loading import DataError
+from .loading import DataError, exception_chain
 
 logger = logging.getLogger(__name__)
 
@@ -128,12 +128,11 @@ def full_disk_error(error: Exception, directory: str, after: str, shown_as: str 
 
 def write_failure_errno(error: BaseException, directory: str) -> int | None:
     """ENOSPC, EDQUOT or EFBIG when `error` (or an exception it was raised from) is that write failure, else None."""
-    texts = []
-    while error is not None:
-        if isinstance(error, OSError) and error.errno in FULL_DISK:
-            return error.errno
-        texts.append(str(error))
-        error = error.__cause__ or error.__context__
+    chain = list(exception_chain(error))
+    for link in chain:
+        if isinstance(link, OSError) and link.errno in FULL_DISK:
+            return link.errno
+    texts = [str(link) for link in chain]
     for code, (_, markers) in FULL_DISK.items():
         if any(marker in text for marker in markers for text in texts):
             return code
@@ -152,13 +151,11 @@ SHARD = re.compile(r"(model|adapter_model)-(\d+)-of-(\d+)\.safetensors")
 def file_being_written(error: BaseException, directory: str) -> str:
     """The file whose write failed: the error's own file name; for safetensors, which names no file and removes
     what it wrote, the weights file that is missing; else the newest file under `directory`."""
-    texts = []
-    while error is not None:
-        if isinstance(error, OSError) and error.filename:
-            return os.path.abspath(error.filename)
-        texts.append(str(error))
-        error = error.__cause__ or error.__context__
-    if any("Error while serializing" in text for text in texts):  # safetensors' message
+    chain = list(exception_chain(error))
+    for link in chain:
+        if isinstance(link, OSError) and link.filename:
+            return os.path.abspath(link.filename)
+    if any("Error while serializing" in str(link) for link in chain):  # safetensors' message
         return os.path.join(directory, missing_safetensors_file(directory))
     newest, newest_time = directory, -1.0
     for root, _, names in os.walk(directory):
