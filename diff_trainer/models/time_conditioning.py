@@ -2,8 +2,9 @@
 
 `TimeConditionedLM` wraps a language model (`.lm`) and adds c(σ̄) = MLP(sinusoidal_256(σ̄)) to its input embeddings
 (the last MLP layer starts at zero, so a wrapped pretrained model starts out unchanged). It is a registered
-transformers model: after `import diff_trainer`, `AutoModelForCausalLM.from_pretrained(dir)` restores the wrapper,
-the wrapped model and the embedding. Called as `model(input_ids, sigma=σ̄)`, it returns SEDD log-scores in `.logits`.
+transformers model: after `import diff_trainer.models`, `AutoModelForCausalLM.from_pretrained(dir)` restores the
+wrapper, the wrapped model and the embedding. Called as `model(input_ids, sigma=σ̄)`, it returns SEDD log-scores in
+`.logits`.
 """
 
 import torch

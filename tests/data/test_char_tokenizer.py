@@ -4,7 +4,7 @@ import logging
 
 from transformers import AutoTokenizer
 
-import diff_trainer  # noqa: F401  registers the tokenizer class
+import diff_trainer.models  # noqa: F401  registers the tokenizer class
 from diff_trainer.data.char_tokenizer import CharTokenizer, build_char_tokenizer
 
 TEXTS = ["To be, or not", "to be:\nthat<DFF> is"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModel
 
-import diff_trainer  # noqa: F401  registers the DDiT
+import diff_trainer.models  # noqa: F401  registers the DDiT
 from diff_trainer.models.ddit import DDiTConfig, DDiTModel
 from models.ddit_reference import randomise, reference_forward
 

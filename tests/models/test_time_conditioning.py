@@ -5,7 +5,7 @@ import math
 import torch
 from transformers import AutoModelForCausalLM
 
-import diff_trainer  # noqa: F401  registers the wrapper
+import diff_trainer.models  # noqa: F401  registers the wrapper
 from conftest import make_tiny_llama
 from diff_trainer.models.time_conditioning import TimeConditionedLM
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-import diff_trainer  # noqa: F401  registers DDiT / TimeConditionedLM
+import diff_trainer.models  # noqa: F401  registers DDiT / TimeConditionedLM
 from conftest import make_byte_tokenizer, make_tiny_llama
 from diff_trainer.diffusion.losses import masked_diffusion_loss
 from diff_trainer.diffusion_config import read_diffusion_config
