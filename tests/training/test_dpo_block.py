@@ -17,7 +17,7 @@ from diff_trainer.objectives.block import BlockDiffusion, BlockMasks
 from diff_trainer.training.args.data import PreferenceDataArguments
 from diff_trainer.training.args.diffusion import DiffusionTrainingArguments
 from diff_trainer.training.args.dpo import DPOTrainingArguments
-from diff_trainer.training.dpo import DiffusionDPOTrainer
+from diff_trainer.training.dpo import DiffusionDPOTrainer, precompute_reference_scores
 
 RECORDS = [
     {"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + 1 + b)}
@@ -162,3 +162,17 @@ def test_a_reference_with_other_blocks_and_the_masked_head_are_refused(tmp_path,
         )
     with pytest.raises(ValueError, match="--masked_head true: block diffusion scores read the logits"):
         dpo_trainer(tmp_path, tokenizer, pairs, policy, masked_head=True)
+
+
+def test_precomputed_reference_scores_are_the_block_scores_of_the_same_copies(tmp_path, tokenizer, pairs):
+    model = block_model(tokenizer, 4, shift=True)
+    args = DPOTrainingArguments(
+        output_dir=str(tmp_path), use_cpu=True, report_to="none", mc_samples=4, precompute_ref_scores=True
+    )
+    stored = precompute_reference_scores(DatasetDict({"train": pairs}), model, tokenizer, args)["train"]
+    trainer = dpo_trainer(tmp_path, tokenizer, stored, model, precompute_ref_scores=True)
+    batch = trainer.data_collator([stored[i] for i in range(8)])
+    with torch.no_grad():
+        live = trainer.objective.preference_terms(model, batch, 4).mean(1)
+    torch.testing.assert_close(batch["ref_scores"], live, atol=1e-5, rtol=1e-5)
+    assert "mask_weights" in batch and (live < 0).all()
