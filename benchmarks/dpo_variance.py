@@ -65,7 +65,7 @@ def score_variances(policy, reference, tokenizer, features, draws: int) -> dict:
     import torch.nn.functional as F
 
     from diff_trainer.data.preference import PreferenceCollator
-    from diff_trainer.training.dpo import elbo_samples, model_logits
+    from diff_trainer.objectives.masked import elbo_samples, model_logits
 
     mask_id = policy.config.diffusion_config["mask_token_id"]
     results = {}

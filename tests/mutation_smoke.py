@@ -174,6 +174,22 @@ MUTATIONS = [
         ("tests/sampling/test_block.py::test_cache_equals_recomputing_the_prefix",),
     ),
     Mutation(
+        "block_dpo_weights_misplaced",
+        "block DPO scores weight token k with the time of block k mod (number of blocks), not its own block's",
+        "diff_trainer/objectives/block.py",
+        'weights = drawn["loss_weight"].repeat_interleave(self.block_size, dim=1)',
+        'weights = drawn["loss_weight"].repeat(1, self.block_size)',
+        ("tests/training/test_dpo_block.py::test_block_masks_time_each_block_and_mask_only_the_response",),
+    ),
+    Mutation(
+        "block_dpo_unweighted",
+        "block DPO scores sum the masked tokens' cross-entropy without their blocks' weights",
+        "diff_trainer/objectives/block.py",
+        "return -(losses * weights).sum(dim=1).reshape(-1, num_samples)",
+        "return -losses.sum(dim=1).reshape(-1, num_samples)",
+        ("tests/training/test_dpo_block.py::test_a_score_by_hand",),
+    ),
+    Mutation(
         "block_isolation_noisy_half_only",
         "--isolate_documents restricts the noisy half of [x_t ; x0] only; the clean half sees across documents",
         "diff_trainer/objectives/block.py",

@@ -1,4 +1,4 @@
-"""Preference-tune a masked-diffusion LM on {"prompt", "chosen", "rejected"} pairs with VRPO (LLaDA 1.5 DPO).
+"""Preference-tune a masked- or block-diffusion LM on {"prompt", "chosen", "rejected"} pairs with VRPO (LLaDA 1.5 DPO).
 
 The pairs are texts, or TRL's conversational preference records (message lists) rendered with the chat template.
 
@@ -7,7 +7,7 @@ The pairs are texts, or TRL's conversational preference records (message lists) 
     python -m diff_trainer.cli.dpo configs/dpo.yaml [--flag value ...]     # the same, from any directory
 
 Flags: `python run_diffusion_dpo.py --help`. A yaml/json config file may come first; command-line flags override it.
---model_name_or_path must be a masked-diffusion checkpoint (e.g. from run_clm_diff.py --train_diff_model).
+--model_name_or_path must be a masked- or block-diffusion checkpoint (e.g. from run_clm_diff.py --train_diff_model).
 """
 
 import sys

@@ -5,7 +5,8 @@
 
 The test file is JSON lines with "prompt" and "answer" fields, or with a "text" split at its first <DFF> (the
 checkpoint's marker) as make_arithmetic.py writes it. A diffusion checkpoint is sampled with the sampler flags of
-diff-generate, a causal one with `model.generate` (KV cache), exactly as diff-generate does. Every prompt gets the
+diff-generate and the sampler of its objective (masked, block or SEDD's), a causal one with `model.generate` (KV
+cache), exactly as diff-generate does. Every prompt gets the
 <DFF> marker appended, as in training (`prompt<DFF>answer`); a completion ends at its first EOS and is compared with
 the answer by the exact_match metric (surrounding whitespace ignored).
 
@@ -36,10 +37,9 @@ from diff_trainer.cli.generate import (
     generate_causal,
     load_from_arguments,
     prepare_prompts,
-    sampler_name,
     write_records,
 )
-from diff_trainer.sampling.masked import SamplerConfig, generate
+from diff_trainer.sampling.settings import run_sampler
 
 EXACT_MATCH_MODULE = os.path.join(os.path.dirname(metrics.__file__), "exact_match")
 
@@ -138,7 +138,7 @@ def completion_length(ids: list[int], eos_token_id: int | None) -> int:
 
 
 def evaluate_problems(
-    model, tokenizer, problems: list[Problem], prompt_ids: list[list[int]], args, config: SamplerConfig | None
+    model, tokenizer, problems: list[Problem], prompt_ids: list[list[int]], args, config
 ) -> Evaluation:
     """Generate an answer to every problem (diffusion with `config`, causal `model.generate` without) and score it."""
     generator = torch.Generator(device=model.device).manual_seed(args.seed) if args.seed is not None else None
@@ -150,7 +150,7 @@ def evaluate_problems(
             new_ids, forwards = generate_causal(model, tokenizer, batch_ids, args)
             row_nfe = [forwards] * len(new_ids)
         else:
-            result = generate(model, batch_ids, config, generator=generator)
+            result = run_sampler(model, batch_ids, config, generator=generator)
             new_ids, row_nfe = result.generated.tolist(), result.row_nfe
         seconds += time.perf_counter() - start
         completions += [completion_text(tokenizer, ids) for ids in new_ids]
@@ -166,7 +166,7 @@ def evaluate_problems(
     return Evaluation(records, scores["exact_match"], sum(nfes) / len(nfes), tokens, seconds)
 
 
-def run_settings(args, config: SamplerConfig | None) -> dict:
+def run_settings(args, config) -> dict:
     """What produced the predictions, stored with every output record."""
     settings = {
         "model": args.model,
@@ -195,11 +195,6 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(str(error))
     prompt_ids = prepare_prompts(args, tokenizer, diffusion_config, [problem.prompt for problem in problems])
     config = checked_sampler_config(parser, args, diffusion_config, prompt_ids, model, tokenizer)
-    if config is not None and type(config) is not SamplerConfig:
-        parser.error(
-            f"{args.model}: diff-eval-arithmetic runs the masked-diffusion sampler; this checkpoint is "
-            f"sampled with the {sampler_name(args, diffusion_config)} sampler (use diff-generate)."
-        )
 
     evaluation = evaluate_problems(model, tokenizer, problems, prompt_ids, args, config)
     print(evaluation.summary())

@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -461,9 +462,28 @@ def noise_response(response: torch.Tensor, num_samples: int, mask_token_id: int,
     return noisy, masked, counts
 
 
-def pad_right(rows: list, width: int, value: int) -> torch.Tensor:
-    """Stack 1D tensors into [len(rows), width], filling the right with `value`."""
-    out = torch.full((len(rows), width), value, dtype=torch.long)
+@dataclass(frozen=True)
+class CountMasks:
+    """The masked-diffusion noise of a sequence's VRPO copies: its response masked by `noise_response` (prompt kept).
+
+    Called as noise(prompt [P], response [R], n, generator) -> {"noisy_ids", "masked": [n, P + R],
+    "mask_counts": [n]}; an objective's `preference_noise` returns a callable of this form."""
+
+    mask_token_id: int
+
+    def __call__(self, prompt, response, num_samples: int, generator) -> dict:
+        noisy, masked, counts = noise_response(response, num_samples, self.mask_token_id, generator)
+        prompts = prompt.expand(num_samples, -1)
+        return {
+            "noisy_ids": torch.cat([prompts, noisy], dim=1),
+            "masked": torch.cat([torch.zeros_like(prompts, dtype=torch.bool), masked], dim=1),
+            "mask_counts": counts,
+        }
+
+
+def pad_right(rows: list, width: int, value) -> torch.Tensor:
+    """Stack 1D tensors (of one dtype, long when there are none) into [len(rows), width], filling with `value`."""
+    out = torch.full((len(rows), width), value, dtype=rows[0].dtype if rows else torch.long)
     for index, row in enumerate(rows):
         out[index, : len(row)] = row
     return out
@@ -475,9 +495,10 @@ class PreferenceCollator:
 
     Rows are the B chosen sequences then the B rejected ones (`prompt + response`, right-padded with `pad_token_id`
     and attention 0). Keys: `input_ids`, `attention_mask`, `maskable` [2B, T] (clean rows; maskable = response);
-    `noisy_ids`, `masked` [2B·n, T] and `mask_counts` [2B·n] (row k·n + j is sample j of sequence k); `mask_seed` [B];
-    `ref_scores` [2B] when the pairs carry precomputed reference scores. With `antithetic=False` the reference
-    gets its own masks (`ref_noisy_ids`, `ref_masked`, `ref_mask_counts`, stream 1). `epoch` picks the masks of an
+    what `noise` draws for each sequence: `noisy_ids`, `masked` [2B·n, T] (row k·n + j is sample j of sequence k;
+    per-token values padded with 0) and per-copy values such as `mask_counts` [2B·n] (`CountMasks`, the default);
+    `mask_seed` [B]; `ref_scores` [2B] when the pairs carry precomputed reference scores. With `antithetic=False`
+    the reference gets its own masks (the same keys prefixed `ref_`, stream 1). `epoch` picks the masks of an
     epoch; `fixed_epoch` (precomputed reference scores, evaluation) overrides it.
     """
 
@@ -487,14 +508,19 @@ class PreferenceCollator:
     antithetic: bool = True
     epoch: int = 0
     fixed_epoch: int | None = None
+    noise: Callable | None = None  # the objective's `preference_noise()`; None: CountMasks(mask_token_id)
 
-    def noisy_copies(self, pairs, mask_seeds, stream: int):
-        """Per sequence (chosen ones, then rejected ones) its n noisy responses, masks and counts."""
+    def __post_init__(self):
+        if self.noise is None:
+            self.noise = CountMasks(self.mask_token_id)
+
+    def noisy_copies(self, pairs, mask_seeds, stream: int) -> list[dict]:
+        """Per sequence (chosen ones, then rejected ones) what `noise` draws for its n noisy copies."""
         epoch = self.epoch if self.fixed_epoch is None else self.fixed_epoch
         generators = [torch.Generator().manual_seed(noise_seed(seed, epoch, stream)) for seed in mask_seeds]
         # each pair's generator serves its chosen response, then its rejected one: masks never depend on the batch
         return [
-            noise_response(pair[side], self.num_samples, self.mask_token_id, generator)
+            self.noise(pair[0], pair[side], self.num_samples, generator)
             for side in (1, 2)
             for generator, pair in zip(generators, pairs)
         ]
@@ -521,15 +547,12 @@ class PreferenceCollator:
         streams = [("", 0)] if self.antithetic else [("", 0), ("ref_", 1)]
         for prefix, stream in streams:
             copies = self.noisy_copies(pairs, mask_seeds, stream)
-            batch[f"{prefix}noisy_ids"] = pad_right(
-                [torch.cat([p, row]) for p, (noisy, _, _) in zip(prompts, copies) for row in noisy],
-                width,
-                self.pad_token_id,
-            )
-            batch[f"{prefix}masked"] = pad_right(
-                [torch.cat([z, row.long()]) for z, (_, masked, _) in zip(no_prompt, copies) for row in masked], width, 0
-            ).bool()
-            batch[f"{prefix}mask_counts"] = torch.cat([counts for _, _, counts in copies])
+            for key, first in copies[0].items():
+                values = [value for drawn in copies for value in drawn[key]]
+                if first.dim() == 1:  # one value per copy
+                    batch[f"{prefix}{key}"] = torch.stack(values)
+                else:
+                    batch[f"{prefix}{key}"] = pad_right(values, width, self.pad_token_id if key == "noisy_ids" else 0)
         batch["mask_seed"] = torch.tensor(mask_seeds, dtype=torch.long)
         if all(name in features[0] for name in REFERENCE_COLUMNS):
             batch["ref_scores"] = torch.tensor(

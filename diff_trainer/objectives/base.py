@@ -24,7 +24,8 @@ class Objective(abc.ABC):
     names: ClassVar[tuple[str, ...]]  # what a checkpoint records as diffusion_config["objective"]
     title: ClassVar[str]  # how messages name it
     sampler: ClassVar[str]  # the sampler of its checkpoints by default: "masked" or "sedd" (see sampling.settings)
-    scores_preferences: ClassVar[bool] = False  # VRPO / DPO scores (masked-diffusion ELBO terms) are defined for it
+    scores_preferences: ClassVar[bool] = False  # it defines preference_noise / preference_terms (VRPO / DPO)
+    preference_head: ClassVar[bool] = False  # its preference_terms can project the masked positions only (MaskedHead)
     train_noiser: Callable[[dict, torch.Generator], dict]
     eval_noiser: Callable[[dict, torch.Generator], dict]
     masked_head = None  # the LM head applied only at masked positions, when the objective uses one
@@ -93,6 +94,17 @@ class Objective(abc.ABC):
             return None
         copies = monte_carlo_copies(attention_mask, num_samples)
         return copies if attention_for is None else attention_for(copies, monte_carlo_copies(input_ids, num_samples))
+
+    def preference_noise(self) -> Callable:
+        """The noise of its VRPO scores: noise(prompt [P], response [R], n, generator) -> the n noisy copies of the
+        sequence (`noisy_ids`, `masked` [n, P + R]) and what scoring them needs (`data.preference.CountMasks`)."""
+        raise ValueError(f"VRPO / DPO scores are not defined for {self.title} checkpoints.")
+
+    def preference_terms(self, model, inputs: dict, num_samples: int, *, prefix: str = "", head=None) -> torch.Tensor:
+        """The n ELBO terms (log-likelihood lower bounds, nats) of every sequence of a `PreferenceCollator` batch
+        drawn with `preference_noise`: Tensor[2B, n]. `prefix` "ref_": the reference's own masks; `head`: the
+        model's MaskedHead (only where `preference_head`), or None for full logits."""
+        raise ValueError(f"VRPO / DPO scores are not defined for {self.title} checkpoints.")
 
     @abc.abstractmethod
     def greedy(self, model, context_ids: list[int], continuation_ids: list[int]) -> bool:

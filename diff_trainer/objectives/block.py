@@ -81,12 +81,42 @@ class BlockNoiser:
         }
 
 
+@dataclass(frozen=True)
+class BlockMasks:
+    """The block-diffusion noise of a sequence's VRPO copies (the form of `data.preference.CountMasks`).
+
+    The sequence (prompt + response) is cut into blocks of L' from its first token, as training and the sampler cut
+    it (the last block filled); each copy draws one time per block, stratified over the n·blocks times of the
+    sequence (`diffusion.block.noise_blocks`, as the block NELBO bound draws them), and the response's tokens of
+    block b are masked with probability 1 − α(t_b). Returns `noisy_ids`, `masked` and `mask_weights` [n, P + R],
+    the last the weight w(t_b) of each token's block."""
+
+    mask_token_id: int
+    schedule: NoiseSchedule
+    block_size: int
+
+    def __call__(self, prompt, response, num_samples: int, generator) -> dict:
+        length = len(prompt) + len(response)
+        sequence = F.pad(torch.cat([prompt, response]), (0, -length % self.block_size), value=self.mask_token_id)
+        ids = sequence.expand(num_samples, -1)
+        labels = ids.clone()
+        labels[:, : len(prompt)] = labels[:, length:] = IGNORE_INDEX  # the prompt and the filling are never masked
+        drawn = noise_blocks(ids, labels, self.schedule, self.block_size, self.mask_token_id, generator=generator)
+        weights = drawn["loss_weight"].repeat_interleave(self.block_size, dim=1)
+        return {
+            "noisy_ids": drawn["noisy_ids"][:, :length],
+            "masked": drawn["masked"][:, :length],
+            "mask_weights": weights[:, :length],
+        }
+
+
 class BlockDiffusion(Objective):
     """Block diffusion: per-block times, the noisy block attends to itself and the clean blocks before it."""
 
     names = (BLOCK,)
     title = "block diffusion"
     sampler = "block"
+    scores_preferences = True
 
     def __init__(
         self,
@@ -244,6 +274,25 @@ class BlockDiffusion(Objective):
             per_block = losses.reshape(len(losses), num_blocks, self.block_size).sum(-1)
             terms.append((per_block * drawn["loss_weight"][rows]).sum(-1))
         return torch.cat(terms).reshape(input_ids.shape[0], num_samples).mean(dim=1)
+
+    def preference_noise(self) -> BlockMasks:
+        return BlockMasks(self.mask_token_id, self.schedule, self.block_size)
+
+    def preference_terms(self, model, inputs: dict, num_samples: int, *, prefix: str = "", head=None) -> torch.Tensor:
+        """−Σ_b w(t_b) Σ_{masked i ∈ b} CE_i per copy (one term of the block NELBO, negated), from one forward over
+        [x_t ; x0] of each copy; rows are filled to whole blocks, the filling neither seen nor scored. Full logits:
+        `head` must be None."""
+        clean, padding = self.whole_blocks(
+            monte_carlo_copies(inputs["input_ids"], num_samples),
+            monte_carlo_copies(inputs["attention_mask"], num_samples),
+        )
+        extra = clean.shape[1] - inputs["input_ids"].shape[1]
+        noisy = F.pad(inputs[f"{prefix}noisy_ids"], (0, extra), value=self.mask_token_id)
+        masked = F.pad(inputs[f"{prefix}masked"], (0, extra), value=False)
+        weights = F.pad(inputs[f"{prefix}mask_weights"], (0, extra), value=0.0)
+        logits = self.forward(model, noisy, clean, padding)
+        losses = block_token_losses(logits, clean, masked, self.block_size, shift=self.shift)
+        return -(losses * weights).sum(dim=1).reshape(-1, num_samples)  # BD3-LM L_BD, one draw per copy
 
     @torch.no_grad()
     def greedy(self, model, context_ids: list[int], continuation_ids: list[int]) -> bool:

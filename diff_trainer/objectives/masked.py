@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ..data.labels import IGNORE_INDEX
-from ..diffusion.elbo import elbo_nll_of
+from ..data.preference import CountMasks
+from ..diffusion.elbo import elbo_nll_of, elbo_terms, monte_carlo_copies
 from ..diffusion.forward import mask_tokens, replace_prompt_with_mask, sample_times, truncate_random_length
 from ..diffusion.losses import diffusion_loss, masked_token_losses
 from ..diffusion.masked_head import MaskedHead, masked_ce_fn, unwrapped_model
@@ -162,6 +163,34 @@ class BatchNoiser:
         }
 
 
+def elbo_samples(
+    logits_fn, inputs, num_samples: int, shift: bool = False, prefix: str = "", head: MaskedHead = None
+) -> torch.Tensor:
+    """The n ELBO terms of every sequence of a `PreferenceCollator` batch noised by `CountMasks`: Tensor[2B, n]
+    (nats, higher = likelier; LLaDA eq. 14 per term, VRPO's scores).
+
+    `prefix` "ref_" selects the reference's own masks when they are not shared. `head`: the model's MaskedHead
+    (logits only at masked positions), or None for full logits.
+    """
+    clean = monte_carlo_copies(inputs["input_ids"], num_samples)
+    maskable = monte_carlo_copies(inputs["maskable"], num_samples)
+    terms = elbo_terms(
+        masked_ce_fn(head, logits_fn, shift),
+        clean,
+        maskable,
+        inputs[f"{prefix}noisy_ids"],
+        inputs[f"{prefix}masked"],
+        inputs[f"{prefix}mask_counts"],
+    )
+    return terms.reshape(-1, num_samples)
+
+
+def model_logits(model, attention_mask, num_samples: int):
+    """logits_fn for `elbo_samples`: the model on noisy rows, each row's attention repeated for its n copies."""
+    attention = monte_carlo_copies(attention_mask, num_samples)
+    return lambda noisy_ids: model(input_ids=noisy_ids, attention_mask=attention).logits
+
+
 class MaskedDiffusion(Objective):
     """Masked diffusion (LLaDA / MDLM): tokens replaced by the mask id at rate p_mask(t), the 1/t-weighted
     cross-entropy at the masked positions, LLaDA's ELBO with stratified mask counts (eq. 14)."""
@@ -170,6 +199,7 @@ class MaskedDiffusion(Objective):
     title = "masked diffusion"
     sampler = "masked"
     scores_preferences = True
+    preference_head = True
 
     def __init__(
         self,
@@ -304,6 +334,14 @@ class MaskedDiffusion(Objective):
             return torch.cat(parts)
 
         return elbo_nll_of(row_ce, input_ids, maskable, self.mask_token_id, num_samples, generator=generator)
+
+    def preference_noise(self) -> CountMasks:
+        """LLaDA's count form: l ~ U{1..L} of the response's L tokens masked, stratified over the n copies."""
+        return CountMasks(self.mask_token_id)
+
+    def preference_terms(self, model, inputs: dict, num_samples: int, *, prefix: str = "", head=None) -> torch.Tensor:
+        logits_fn = model_logits(model, inputs["attention_mask"], num_samples)
+        return elbo_samples(logits_fn, inputs, num_samples, self.shift, prefix, head)
 
     @torch.no_grad()
     def greedy(self, model, context_ids: list[int], continuation_ids: list[int]) -> bool:

@@ -92,6 +92,7 @@ class _BlockDenoiser:
         self.model, self.config, self.block_size = model, config, block_size
         self.attention_mask, self.position_ids = attention_mask, position_ids
         self.use_cache = use_cache
+        self.padded = bool((attention_mask == 0).any())  # without padding every key of the window's blocks is seen
         self.dtype = next(model.parameters()).dtype
         self.cache_keyword = cache_keyword_of(model)
         self.forwards = 0
@@ -106,12 +107,12 @@ class _BlockDenoiser:
             self.rows = rows
 
     def __call__(self, x, rows, starts: list[int]) -> torch.Tensor:
-        """Logits [len(rows), L', V] (float64) predicting the blocks starting at columns `starts` of `rows`."""
+        """Logits [len(rows), L', V] (the model's dtype) predicting the blocks starting at columns `starts` of
+        `rows`. When every row is at the same column (batch 1 always), the block is a slice of the window."""
         self._select(rows)
         low, high = self.cached, max(starts) + self.block_size
-        allowed = block_causal_allowed(
-            self.position_ids[rows, :high], self.block_size, self.attention_mask[rows, :high], first_query=low
-        )
+        padding = self.attention_mask[rows, :high] if self.padded else None
+        allowed = block_causal_allowed(self.position_ids[rows, :high], self.block_size, padding, first_query=low)
         self.forwards += 1
         output = self.model(
             input_ids=x[rows, low:high],
@@ -120,16 +121,23 @@ class _BlockDenoiser:
             **({self.cache_keyword: self.cache, "use_cache": True} if self.use_cache else {"use_cache": False}),
         )
         window = output.logits
-        index = torch.tensor([[start - low + offset for offset in range(self.block_size)] for start in starts])
-        logits = window[torch.arange(len(rows), device=x.device).unsqueeze(1), index.to(x.device)]
+        uniform = min(starts) == max(starts)
+        if uniform:
+            logits = window[:, starts[0] - low : starts[0] - low + self.block_size]
+        else:
+            index = torch.tensor([[start - low + offset for offset in range(self.block_size)] for start in starts])
+            logits = window[torch.arange(len(rows), device=x.device).unsqueeze(1), index.to(x.device)]
         if self.config.shift:  # the logits at i - 1 predict token i; the block's first token from the position before
             if self.carry is None:
                 self.carry = window.new_zeros((self.attention_mask.shape[0], window.shape[-1]))
             # where the clean token before the block was in this window, (re)compute its carry
-            fed = [(i, max(start - 1, 0) - low) for i, start in enumerate(starts) if max(start - 1, 0) >= low]
-            if fed:
-                fed_rows, fed_columns = torch.tensor(fed, device=x.device).T
-                self.carry[rows[fed_rows]] = window[fed_rows, fed_columns]
+            if uniform and max(starts[0] - 1, 0) >= low:
+                self.carry[rows] = window[:, max(starts[0] - 1, 0) - low]
+            elif not uniform:
+                fed = [(i, max(start - 1, 0) - low) for i, start in enumerate(starts) if max(start - 1, 0) >= low]
+                if fed:
+                    fed_rows, fed_columns = torch.tensor(fed, device=x.device).T
+                    self.carry[rows[fed_rows]] = window[fed_rows, fed_columns]
             logits = torch.cat([self.carry[rows].unsqueeze(1), logits[:, :-1]], dim=1)
         if self.use_cache:
             self.cached = min(starts)
@@ -137,11 +145,18 @@ class _BlockDenoiser:
                 self.cache.crop(self.cached - high)
             else:
                 self.cache = DynamicCache()
-        return logits.double()
+        return logits
 
 
-@torch.no_grad()
-def generate(
+def generate(model, prompt_ids, config: SamplerConfig | None = None, **options) -> GenerationResult:
+    """Sample `gen_length` tokens after each prompt with a block-diffusion `model` (`_sample`'s arguments), under
+    torch.inference_mode; the sequences come back as ordinary tensors (they may be changed in place)."""
+    with torch.inference_mode():
+        result = _sample(model, prompt_ids, config, **options)
+    return replace(result, sequences=result.sequences.clone(), attention_mask=result.attention_mask.clone())
+
+
+def _sample(
     model,
     prompt_ids,
     config: SamplerConfig | None = None,
@@ -200,7 +215,8 @@ def generate(
     generated[generation_start:generation_end] = True  # the positions sampled
     denoise = _BlockDenoiser(model, config, block_size, attention, padded_position_ids(attention), use_cache)
 
-    # Per-row state as Python numbers (a tensor op per row and step costs more than a small model's forward)
+    # Per-row state as Python numbers (a tensor op per row and step costs more than a small model's forward); at
+    # batch 1 (every row at one column) the current blocks are slices of x, not gathers
     starts, first_block = starts.tolist(), starts.tolist()  # column of each row's current (first) block
     sub_blocks = block_size // config.block_length
     sub_block = [0] * batch_size  # index inside the current block
@@ -242,22 +258,30 @@ def generate(
             starts[row] = end
             sub_block[row] = 0
 
+    working, rows = [], None
     while True:
         for row in range(batch_size):
             settle(row)
-        working = [row for row in range(batch_size) if active[row]]
+        if working != [row for row in range(batch_size) if active[row]]:
+            working = [row for row in range(batch_size) if active[row]]
+            rows = torch.tensor(working, device=device)
         if not working:
             break
-        rows = torch.tensor(working, device=device)
         row_starts = [starts[row] for row in working]
         logits = denoise(x, rows, row_starts)
         for row in working:
             row_nfe[row] += 1
-        positions = torch.tensor(row_starts, device=device).unsqueeze(1) + offsets
-        window = x[rows.unsqueeze(1), positions]
-        sub_block_low = torch.tensor([sub_block[row] * config.block_length for row in working], device=device)
-        inside = (offsets >= sub_block_low.unsqueeze(1)) & (offsets < sub_block_low.unsqueeze(1) + config.block_length)
-        candidates = inside & generated[positions] & (window == config.mask_token_id)  # the sub-block's open ones
+        if min(row_starts) == max(row_starts):
+            block = slice(row_starts[0], row_starts[0] + block_size)
+            window, fillable = x[rows, block], generated[block]
+        else:
+            block = torch.tensor(row_starts, device=device).unsqueeze(1) + offsets
+            window, fillable = x[rows.unsqueeze(1), block], generated[block]
+        candidates = fillable & (window == config.mask_token_id)  # the sub-block's open positions
+        if sub_blocks > 1:
+            sub_block_low = torch.tensor([sub_block[row] * config.block_length for row in working], device=device)
+            low = sub_block_low.unsqueeze(1)
+            candidates = candidates & (offsets >= low) & (offsets < low + config.block_length)
         tokens, confidence = predict_tokens(logits, config, generator)
         if config.threshold is None:
             opened = torch.tensor([open_at_start[row] for row in working], device=device)
@@ -267,8 +291,9 @@ def generate(
         else:  # Fast-dLLM: everything confident enough, at least the best one
             counts = ((confidence >= config.threshold) & candidates).sum(-1).clamp(min=1)
         commit = select_most_confident(confidence, candidates, counts)
-        x[rows.unsqueeze(1), positions] = torch.where(commit, tokens, window)
+        x[rows.unsqueeze(1) if isinstance(block, torch.Tensor) else rows, block] = torch.where(commit, tokens, window)
         if trace or on_step is not None:
+            positions = torch.tensor(row_starts, device=device).unsqueeze(1) + offsets
             blocks = [(now - first) // block_size if on else -1 for now, first, on in zip(starts, first_block, active)]
             frame = step_frame(step, blocks, x, rows, positions, commit, confidence, attention, generation_start)
             frame = replace(

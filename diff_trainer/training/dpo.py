@@ -1,13 +1,17 @@
-"""DiffusionDPOTrainer: preference optimisation of masked-diffusion LMs with VRPO (LLaDA 1.5).
+"""DiffusionDPOTrainer: preference optimisation of diffusion LMs with VRPO (LLaDA 1.5).
 
 A diffusion LM has no exact log-likelihood, so DPO's log-ratios use ELBO scores. VRPO keeps their variance low:
-  - budget n = --mc_samples per response: n masked-token counts l_j stratified over 1..L, one mask each;
+  - budget n = --mc_samples per response: n noisy copies, their noise stratified over the copies;
   - antithetic sampling: policy and reference score exactly the same noisy copies, so with policy = reference
     every reward is exactly 0 and the noise in the difference cancels.
 
-    B̂(y) = (1/n) Σ_j ℓ_j(y)                     ℓ_j = −(L/l_j) Σ_masked CE, one ELBO term (LLaDA eq. 14)
+    B̂(y) = (1/n) Σ_j ℓ_j(y)                     ℓ_j: one ELBO term of the policy's objective
     reward(y) = β · (B̂θ(y) − B̂ref(y))
     loss = −log σ(reward(y_w) − reward(y_l)) + sft_weight · SFT loss on y_w
+
+The checkpoint's objective draws the copies (`preference_noise`, in the collator) and scores them
+(`preference_terms`): masked diffusion masks l_j ~ U{1..L} response tokens, ℓ_j = −(L/l_j) Σ_masked CE (LLaDA
+eq. 14); block diffusion draws a time per block, ℓ_j = −Σ_b w(t_b) Σ_{masked in b} CE over [x_t ; x0] (BD3-LM).
 
 The reference is a frozen copy, the policy with its LoRA adapters disabled, or scores precomputed once with
 `precompute_reference_scores` (an explicit step before the trainer is built). Settings: `DPOTrainingArguments`,
@@ -37,10 +41,10 @@ from ..data.preference import (
     reference_fingerprint,
     run_fingerprint,
 )
-from ..diffusion.elbo import elbo_terms, monte_carlo_copies
-from ..diffusion.masked_head import MaskedHead, masked_ce_fn, masked_head_for
+from ..diffusion.masked_head import MaskedHead, masked_head_for
 from ..diffusion_config import read_diffusion_config
 from ..models.bidirectional import is_peft_model
+from ..objectives import Objective, objective_for
 from .checkpoints import FiniteStepsMixin
 from .sharding import ShardedSaveMixin, prepare_frozen_model
 from .trainer import StepNormalizedLoss
@@ -56,33 +60,6 @@ METRIC_NAMES = (
     "logps/chosen",
     "logps/rejected",
 )
-
-
-def elbo_samples(
-    logits_fn, inputs, num_samples: int, shift: bool = False, prefix: str = "", head: MaskedHead = None
-) -> torch.Tensor:
-    """The n ELBO terms of every sequence of a `PreferenceCollator` batch: Tensor[2B, n] (nats, higher = likelier).
-
-    `prefix` "ref_" selects the reference's own masks when they are not shared. `head`: the model's MaskedHead
-    (logits only at masked positions), or None for full logits.
-    """
-    clean = monte_carlo_copies(inputs["input_ids"], num_samples)
-    maskable = monte_carlo_copies(inputs["maskable"], num_samples)
-    terms = elbo_terms(
-        masked_ce_fn(head, logits_fn, shift),
-        clean,
-        maskable,
-        inputs[f"{prefix}noisy_ids"],
-        inputs[f"{prefix}masked"],
-        inputs[f"{prefix}mask_counts"],
-    )
-    return terms.reshape(-1, num_samples)
-
-
-def model_logits(model, attention_mask, num_samples: int):
-    """logits_fn for `elbo_samples`: the model on noisy rows, each row's attention repeated for its n copies."""
-    attention = monte_carlo_copies(attention_mask, num_samples)
-    return lambda noisy_ids: model(input_ids=noisy_ids, attention_mask=attention).logits
 
 
 def preference_losses(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta: float):
@@ -113,22 +90,18 @@ def disable_dropout(model) -> None:
 
 @torch.no_grad()
 def reference_scores(
-    reference, inputs, num_samples: int, *, shift: bool, antithetic: bool, head: MaskedHead = None
+    reference, inputs, num_samples: int, *, objective: Objective, antithetic: bool, head: MaskedHead = None
 ) -> torch.Tensor:
-    """The reference's scores B̂ref [2B]: `reference` is a frozen model, or a peft policy with adapters disabled.
+    """The reference's scores B̂ref [2B]: `reference` is a frozen model, or a peft policy with adapters disabled,
+    scored by `objective` (the one whose `preference_noise` drew the batch).
 
     antithetic: on the policy's masks (VRPO); otherwise on the batch's own reference masks (`ref_` keys).
     `head`: the reference's MaskedHead (None: full logits).
     """
     context = reference.disable_adapter() if is_peft_model(reference) else contextlib.nullcontext()
     with context:
-        terms = elbo_samples(
-            model_logits(reference, inputs["attention_mask"], num_samples),
-            inputs,
-            num_samples,
-            shift,
-            "" if antithetic else "ref_",
-            head,
+        terms = objective.preference_terms(
+            reference, inputs, num_samples, prefix="" if antithetic else "ref_", head=head
         )
     return terms.mean(dim=1)
 
@@ -145,16 +118,47 @@ def checked_diffusion_config(model) -> dict:
     return diffusion_config
 
 
-def preference_collator(model, tokenizer, args, fixed_epoch=None) -> PreferenceCollator:
-    """The collator of `model`'s pairs: its mask id, the tokenizer's pad id (or EOS), the args' MC budget."""
+def preference_objective(model) -> Objective:
+    """The objective recorded by `model` (peft or not), which draws and scores its VRPO copies; ValueError for a
+    model that is not a diffusion LM or whose objective defines no preference scores."""
+    objective = objective_for(checked_diffusion_config(model))
+    if not objective.scores_preferences:
+        raise ValueError(f"VRPO / DPO scores are not defined for {objective.title} checkpoints.")
+    return objective.from_model(model)
+
+
+def check_masked_head(objective: Objective, args) -> bool:
+    """Whether scores project only the masked positions (--masked_head, on by default where the objective can)."""
+    if args.masked_head and not objective.preference_head:
+        raise ValueError(
+            f"--masked_head true: {objective.title} scores read the logits of every position; drop the flag."
+        )
+    return args.masked_head is not False and objective.preference_head
+
+
+def check_same_noise(objective: Objective, ref_model) -> None:
+    """ValueError when the reference's objective would draw other noisy copies than the policy's (VRPO shares them)."""
+    theirs, ours = repr(preference_objective(ref_model).preference_noise()), repr(objective.preference_noise())
+    if theirs != ours:
+        raise ValueError(
+            f"The reference model draws its scores' noise as {theirs} but the policy as {ours}; DPO compares "
+            "the two on the same noisy copies: use a reference with the policy's objective, block size, mask id "
+            "and schedule."
+        )
+
+
+def preference_collator(model, objective: Objective, tokenizer, args, fixed_epoch=None) -> PreferenceCollator:
+    """The collator of `model`'s pairs: its objective's noise and mask id, the tokenizer's pad id (or EOS), the args'
+    MC budget."""
     base = model.get_base_model() if is_peft_model(model) else model
     pad_id = getattr(tokenizer, "pad_token_id", None)
     return PreferenceCollator(
-        checked_diffusion_config(model)["mask_token_id"],
+        objective.mask_token_id,
         pad_id if pad_id is not None else base.config.eos_token_id,
         num_samples=args.mc_samples,
         antithetic=args.antithetic_sampling,
         fixed_epoch=fixed_epoch,
+        noise=objective.preference_noise(),
     )
 
 
@@ -180,19 +184,19 @@ def precompute_reference_scores(pairs: DatasetDict, reference, tokenizer, args) 
         getattr(reference, "name_or_path", ""), args.mc_samples, args.antithetic_sampling, args.seed
     )
     accelerator = Accelerator()
-    collator = preference_collator(reference, tokenizer, args, fixed_epoch=0)
-    shift = bool(checked_diffusion_config(reference).get("shift_logits", False))
-    with masked_head_for(reference, args.masked_head is not False) as head:
+    objective = preference_objective(reference)
+    collator = preference_collator(reference, objective, tokenizer, args, fixed_epoch=0)
+    with masked_head_for(reference, check_masked_head(objective, args)) as head:
         model = accelerator.prepare_model(reference.eval(), evaluation_mode=True)
         return DatasetDict(
             {
-                name: scored_split(name, dataset, model, head, collator, accelerator, args, shift, fingerprint)
+                name: scored_split(name, dataset, model, head, collator, accelerator, args, objective, fingerprint)
                 for name, dataset in pairs.items()
             }
         )
 
 
-def scored_split(name: str, dataset, model, head, collator, accelerator, args, shift: bool, fingerprint: dict):
+def scored_split(name: str, dataset, model, head, collator, accelerator, args, objective, fingerprint: dict):
     """One split of `precompute_reference_scores`: kept when its stored scores have `fingerprint`, else scored."""
     if has_reference_scores(dataset, fingerprint):
         return dataset
@@ -205,7 +209,9 @@ def scored_split(name: str, dataset, model, head, collator, accelerator, args, s
     seeds, chosen, rejected = [], [], []
     for batch in loader:
         with accelerator.autocast():
-            scores = reference_scores(model, batch, args.mc_samples, shift=shift, antithetic=True, head=head).float()
+            scores = reference_scores(
+                model, batch, args.mc_samples, objective=objective, antithetic=True, head=head
+            ).float()
         num_pairs = batch["mask_seed"].shape[0]
         gathered = accelerator.gather_for_metrics((batch["mask_seed"], scores[:num_pairs], scores[num_pairs:]))
         for store, values in zip((seeds, chosen, rejected), gathered):
@@ -252,7 +258,7 @@ class DiffusionDPOTrainer(FiniteStepsMixin, ShardedSaveMixin, StepNormalizedLoss
         data_collator=None,
         **kwargs,
     ):
-        self.shift_logits = bool(checked_diffusion_config(model).get("shift_logits", False))
+        self.objective = preference_objective(model)  # draws (in the collator) and scores the noisy copies
         args.remove_unused_columns = False  # the collator needs prompt/response ids and mask seeds
         datasets = [train_dataset, *(eval_dataset.values() if isinstance(eval_dataset, dict) else [eval_dataset])]
         for dataset in datasets:
@@ -276,13 +282,15 @@ class DiffusionDPOTrainer(FiniteStepsMixin, ShardedSaveMixin, StepNormalizedLoss
             ref_model = None  # training keeps no reference model
         elif ref_model is None and not is_peft_model(model):
             ref_model = copy.deepcopy(model)  # the policy's starting point
+        elif ref_model is not None:
+            check_same_noise(self.objective, ref_model)
         if args.disable_dropout:
             disable_dropout(model)
             if ref_model is not None:
                 disable_dropout(ref_model)
         if data_collator is None:
             data_collator = preference_collator(
-                model, processing_class, args, fixed_epoch=0 if args.precompute_ref_scores else None
+                model, self.objective, processing_class, args, fixed_epoch=0 if args.precompute_ref_scores else None
             )
         super().__init__(
             model=model,
@@ -296,7 +304,7 @@ class DiffusionDPOTrainer(FiniteStepsMixin, ShardedSaveMixin, StepNormalizedLoss
         self.eval_collator = replace(data_collator, fixed_epoch=0)  # the same masks at every evaluation
         if data_collator.fixed_epoch is None:
             self.add_callback(MaskEpochCallback(data_collator))
-        enabled = args.masked_head is not False  # the hooks go on before the Trainer compiles or wraps the models
+        enabled = check_masked_head(self.objective, args)  # hooks go on before the Trainer compiles or wraps models
         self.masked_head = MaskedHead(model) if enabled else None
         self.ref_masked_head = MaskedHead(ref_model) if enabled and ref_model is not None else self.masked_head
         self.ref_model = None
@@ -312,10 +320,7 @@ class DiffusionDPOTrainer(FiniteStepsMixin, ShardedSaveMixin, StepNormalizedLoss
 
     def policy_terms(self, model, inputs) -> torch.Tensor:
         """The policy's ELBO terms [2B, n] on the batch's masks (with gradient)."""
-        n = self.args.mc_samples
-        return elbo_samples(
-            model_logits(model, inputs["attention_mask"], n), inputs, n, self.shift_logits, head=self.masked_head
-        )
+        return self.objective.preference_terms(model, inputs, self.args.mc_samples, head=self.masked_head)
 
     @torch.no_grad()
     def reference_scores(self, model, inputs) -> torch.Tensor:
@@ -329,7 +334,7 @@ class DiffusionDPOTrainer(FiniteStepsMixin, ShardedSaveMixin, StepNormalizedLoss
             reference,
             inputs,
             self.args.mc_samples,
-            shift=self.shift_logits,
+            objective=self.objective,
             antithetic=self.args.antithetic_sampling,
             head=self.ref_masked_head,
         )

@@ -39,7 +39,7 @@ def prepare_model(model_args, tokenizer, mode: str, *, new_token_ids=(), diffusi
         if recorded is not None and not objective_for(recorded).scores_preferences:
             raise ValueError(
                 f"{model_args.model_name_or_path} is a {objective_for(recorded).title} checkpoint; "
-                "VRPO / DPO is defined here for masked-diffusion ELBOs only."
+                "VRPO / DPO is defined here for masked- and block-diffusion ELBOs only."
             )
         make_bidirectional(model)
         if recorded is None:

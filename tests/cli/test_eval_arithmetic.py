@@ -9,7 +9,7 @@ import torch
 from conftest import count_forward_passes, make_byte_tokenizer
 from data_scripts.make_arithmetic import make_arithmetic, problem_record
 from diff_trainer.cli import eval_arithmetic as cli
-from diff_trainer.sampling.masked import GenerationResult
+from diff_trainer.sampling.masked import GenerationResult, SamplerConfig
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,7 @@ def solve(prompt: str) -> str:
 
 
 def fake_generate(tokenizer, answer_for, nfe_for=lambda batch: 3, suffix="</s>97"):
-    """A stand-in for sampling.generate: answer_for(prompt) + suffix after each prompt, padded to gen_length."""
+    """A stand-in for run_sampler: answer_for(prompt) + suffix after each prompt, padded to gen_length."""
 
     def run(model, prompt_ids, config, **kwargs):
         rows = []
@@ -131,7 +131,7 @@ def test_an_empty_test_file_is_refused(tmp_path):
 def test_a_perfect_model_scores_one_even_with_text_after_eos(
     tiny_checkpoints, test_file, tokenizer, monkeypatch, capsys, tmp_path
 ):
-    monkeypatch.setattr(cli, "generate", fake_generate(tokenizer, solve))
+    monkeypatch.setattr(cli, "run_sampler", fake_generate(tokenizer, solve))
     output = tmp_path / "predictions.jsonl"
     cli.main(
         [
@@ -165,13 +165,13 @@ def test_accuracy_counts_right_answers_and_nfe_follows_batches(tokenizer, monkey
     wrong_on_minus = fake_generate(
         tokenizer, lambda p: " " + (solve(p) if "+" in p else "0"), nfe_for=len, suffix="</s>"
     )
-    monkeypatch.setattr(cli, "generate", wrong_on_minus)
+    monkeypatch.setattr(cli, "run_sampler", wrong_on_minus)
     args = cli.build_parser().parse_args(
         ["--model", "unused", "--test_file", str(path), "--gen_length", "6", "--batch_size", "2"]
     )
     problems = cli.read_problems(str(path))
     prompt_ids = cli.prepare_prompts(args, tokenizer, None, [p.prompt for p in problems])
-    config = cli.SamplerConfig(mask_token_id=tokenizer.mask_token_id, gen_length=6, steps=6)
+    config = SamplerConfig(mask_token_id=tokenizer.mask_token_id, gen_length=6, steps=6)
     evaluation = cli.evaluate_problems(None, tokenizer, problems, prompt_ids, args, config)
     assert [r["correct"] for r in evaluation.records] == [True, False, True, False, True]
     assert evaluation.accuracy == pytest.approx(3 / 5)
@@ -251,7 +251,7 @@ def test_the_prompt_gets_the_dff_marker(tiny_checkpoints, test_file, tokenizer, 
         seen.extend(prompt_ids)
         return answer_right(model, prompt_ids, config)
 
-    monkeypatch.setattr(cli, "generate", recording_generate)
+    monkeypatch.setattr(cli, "run_sampler", recording_generate)
     cli.main(["--model", str(tiny_checkpoints / "diffusion"), "--test_file", str(test_file), "--max_samples", "2"])
     first = read_jsonl(test_file)[0]["prompt"]
     assert seen[0] == tokenizer.encode(first + "<DFF>", add_special_tokens=False)

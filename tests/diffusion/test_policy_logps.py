@@ -13,7 +13,7 @@ from diff_trainer.diffusion.policy_logps import (
     token_logps,
 )
 from diff_trainer.diffusion.policy_losses import group_advantages, grpo_loss, k3_kl
-from diff_trainer.training.dpo import elbo_samples, model_logits
+from diff_trainer.objectives.masked import elbo_samples, model_logits
 
 VOCAB, MASK, PAD = 12, 11, 0
 # two groups of two rollouts: left-padded prompts, right-padded completions (equal lengths within a group)

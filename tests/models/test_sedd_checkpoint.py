@@ -254,7 +254,7 @@ def test_dpo_refuses_a_sedd_layout_checkpoint(tmp_path):
     pairs.write_text(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c"}) + "\n")
     with pytest.raises(
         ValueError,
-        match="is a SEDD \\(score-entropy\\) checkpoint; VRPO / DPO is defined here for masked-diffusion ELBOs only",
+        match="is a SEDD \\(score-entropy\\) checkpoint; VRPO / DPO is defined here for masked- and block-diffusion",
     ):
         run_diffusion_dpo.main(
             [

@@ -293,17 +293,31 @@ def test_demo_data_trains_a_block_model_that_diff_generate_and_diff_view_sample(
     assert gif.stat().st_size > 0
 
 
-def test_commands_without_a_block_sampler_refuse_a_block_checkpoint(tmp_path, capsys):
+def test_diff_eval_arithmetic_samples_a_block_checkpoint_with_the_block_sampler(tmp_path, capsys):
+    """No sampler flags needed: the completions it scores are the block sampler's on the same prompts (prompt<DFF>,
+    batches of 2)."""
     from diff_trainer.cli import eval_arithmetic
+    from diff_trainer.sampling.block import sample_blocks
 
     tokenizer = make_byte_tokenizer()
-    block_model(tokenizer, 4, shift=False).save_pretrained(tmp_path / "block")
+    model = block_model(tokenizer, 4, shift=True)
+    model.save_pretrained(tmp_path / "block")
     tokenizer.save_pretrained(tmp_path / "block")
-    problems = tmp_path / "test.jsonl"
-    problems.write_text(json.dumps({"text": "1+1=<DFF>2"}) + "\n")
-    with pytest.raises(SystemExit):
-        eval_arithmetic.main(["--model", str(tmp_path / "block"), "--test_file", str(problems), "--gen_length", "4"])
-    assert "sampled with the block sampler" in capsys.readouterr().err
+    problems, output = tmp_path / "test.jsonl", tmp_path / "predictions.jsonl"
+    problems.write_text("".join(json.dumps({"text": f"{a}+1=<DFF>{a + 1}"}) + "\n" for a in (1, 23, 7)))
+    flags = ["--model", str(tmp_path / "block"), "--test_file", str(problems), "--seed", "0", "--batch_size", "2"]
+    eval_arithmetic.main([*flags, "--threshold", "0.9", "--output", str(output)])
+    assert "exact match: 0.0000 (0/3)" in capsys.readouterr().out
+    records = [json.loads(line) for line in output.read_text().splitlines()]
+    config = sampler_for(model, tokenizer, gen_length=8, threshold=0.9)  # the command's default length
+    prompts = [tokenizer(f"{a}+1=<DFF>", add_special_tokens=False)["input_ids"] for a in (1, 23, 7)]
+    expected, nfe = [], []
+    for batch in (prompts[:2], prompts[2:]):
+        result = sample_blocks(model, batch, config, generator=torch.Generator().manual_seed(0))
+        expected += [generate_cli.completion_text(tokenizer, ids) for ids in result.generated.tolist()]
+        nfe += result.row_nfe
+    assert [record["completion"] for record in records] == expected and [r["nfe"] for r in records] == nfe
+    assert records[0]["settings"]["model_block_size"] == 4
 
 
 def train_block(out, *extra):

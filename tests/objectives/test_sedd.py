@@ -195,7 +195,7 @@ def test_ddit_sedd_uniform_trains_evaluates_and_samples(tmp_path, capsys):
     from diff_trainer.training.model import prepare_model
 
     model_args = ModelArguments(model_name_or_path=str(out))
-    with pytest.raises(ValueError, match="VRPO / DPO is defined here for masked-diffusion ELBOs only"):
+    with pytest.raises(ValueError, match="VRPO / DPO is defined here for masked- and block-diffusion ELBOs only"):
         prepare_model(model_args, load_tokenizer(model_args), "diffusion")  # what run_diffusion_dpo.py does
 
 

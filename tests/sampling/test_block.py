@@ -81,12 +81,23 @@ def test_one_token_per_step_matches_a_plain_loop(model):
         assert result.generated[row].tolist() == reference_one_token_per_step(model, prompt, 12, 4)
 
 
-def test_rows_sampled_together_equal_rows_sampled_alone(model):
-    together = sample(model, shift=True, block_length=2, steps=6)
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"shift": True, "block_length": 2, "steps": 6},
+        {"threshold": 0.03, "steps": 3},
+    ],
+)
+def test_rows_sampled_together_equal_rows_sampled_alone(model, settings):
+    """Rows at different columns (their blocks gathered) and a batch of one, or of one prompt three times (every row
+    at one column: the blocks are slices of the rows), give the same tokens."""
+    together = sample(model, **settings)
     for row, prompt in enumerate(PROMPTS):
-        alone = sample(model, [prompt], shift=True, block_length=2, steps=6)
+        alone = sample(model, [prompt], **settings)
         assert torch.equal(together.generated[row], alone.generated[0])
         assert together.row_nfe[row] <= together.nfe
+    repeated = sample(model, [PROMPTS[1]] * 3, **settings)
+    assert torch.equal(repeated.generated, together.generated[1].expand(3, -1))
 
 
 def test_nfe_counts_every_forward(model):

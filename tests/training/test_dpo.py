@@ -14,6 +14,7 @@ from conftest import make_byte_tokenizer, make_tiny_llama
 from diff_trainer.data.preference import PreferenceCollator, tokenize_pairs
 from diff_trainer.diffusion.losses import diffusion_loss_sum, masked_token_losses, row_scales
 from diff_trainer.diffusion_config import write_diffusion_config
+from diff_trainer.objectives.masked import elbo_samples, model_logits
 from diff_trainer.training.args.data import PreferenceDataArguments
 from diff_trainer.training.args.dpo import DPOTrainingArguments
 from diff_trainer.training.args.model import ModelArguments
@@ -21,8 +22,6 @@ from diff_trainer.training.dpo import (
     METRIC_NAMES,
     DiffusionDPOTrainer,
     MaskEpochCallback,
-    elbo_samples,
-    model_logits,
     precompute_reference_scores,
     preference_losses,
     sft_losses,
