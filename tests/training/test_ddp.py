@@ -1,7 +1,9 @@
-"""Two-process CPU DDP gives the first step of one process on the same global batch: loss and gradient norm.
+"""Two-process CPU DDP gives the first step of one process on the same global batch: loss and gradient norm, for every
+loss normalization of masked diffusion and for block diffusion.
 
 The runs use the cosine schedule at `--time_eps 1`: every trainable token is masked (so one process and two draw the
-same masks) and each carries the weight -α'(1)/(1-α(1)) = π/2, not 1, so a lost or doubled weight shows.
+same masks; for block diffusion, every token of every block) and each carries the weight -α'(1)/(1-α(1)) = π/2, not
+1, so a lost or doubled weight shows.
 """
 
 import importlib.util
@@ -83,26 +85,42 @@ def first_step(output_dir) -> dict:
         return json.load(handle)["log_history"][0]
 
 
-@pytest.mark.parametrize("normalization", LOSS_NORMALIZATIONS)
-def test_two_process_ddp_matches_one_process(tmp_path, train_file, normalization):
-    run_clm_diff.main(run_flags(train_file, tmp_path / "one", 4, normalization, "cosine"))
+BLOCK_FLAGS = [
+    "--diffusion_objective",
+    "block",
+    "--diffusion_block_size",
+    "4",
+    "--shift_logits",
+    "--padding_side",
+    "right",
+]
+# every loss normalization of masked diffusion, and block diffusion: (normalization, extra flags)
+CASES = {**{name: (name, []) for name in LOSS_NORMALIZATIONS}, "block": ("llada_sft", BLOCK_FLAGS)}
+
+
+def test_two_process_ddp_matches_one_process(tmp_path, train_file):
+    """One launch of two processes runs every case (tests/ddp_runs.py); each equals its one-process run."""
+    runs = [
+        [*run_flags(train_file, tmp_path / case / "two", 2, name, "cosine"), *extra]
+        for case, (name, extra) in CASES.items()
+    ]
+    (tmp_path / "runs.json").write_text(json.dumps(runs))
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run(
-        [
-            *accelerate_launch(tmp_path),
-            "run_clm_diff.py",
-            *run_flags(train_file, tmp_path / "two", 2, normalization, "cosine"),
-        ],
+        [*accelerate_launch(tmp_path), str(ROOT / "tests" / "ddp_runs.py"), str(tmp_path / "runs.json")],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert ddp.returncode == 0, ddp.stderr[-3000:]
-    single, double = first_step(tmp_path / "one"), first_step(tmp_path / "two")
-    assert double["loss"] == pytest.approx(single["loss"], rel=1e-4)
-    assert double["grad_norm"] == pytest.approx(single["grad_norm"], rel=1e-4)
+    for case, (name, extra) in CASES.items():
+        run_clm_diff.main([*run_flags(train_file, tmp_path / case / "one", 4, name, "cosine"), *extra])
+        single, double = first_step(tmp_path / case / "one"), first_step(tmp_path / case / "two")
+        assert single["loss"] > 0 and single["grad_norm"] > 0, case
+        assert double["loss"] == pytest.approx(single["loss"], rel=1e-4), case
+        assert double["grad_norm"] == pytest.approx(single["grad_norm"], rel=1e-4), case
 
 
 def test_cosine_weight_at_full_masking_scales_loss_and_gradient_by_half_pi(tmp_path, train_file):
