@@ -70,10 +70,18 @@ def corpora(tmp_path):
     )
 
 
-def test_trains_each_corpus_then_skips_finished(corpora, tmp_path, capsys, monkeypatch):
-    monkeypatch.chdir(ROOT)
-    train_corpora.main([str(corpora), "--all"])
-    out = capsys.readouterr().out
+def test_the_installed_command_trains_each_corpus_from_outside_the_repository_then_skips_finished(
+    corpora, tmp_path, capsys, monkeypatch
+):
+    """diff-train-corpora launches each run as `python -m diff_trainer.cli.train`, not ./run_clm_diff.py, so it
+    trains from a directory that is not the repository's."""
+    command = shutil.which("diff-train-corpora", path=os.path.dirname(sys.executable))
+    environment = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    result = subprocess.run(
+        [command, str(corpora), "--all"], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = result.stdout
     for name in ("poems", "code"):
         model_dir = tmp_path / "outputs" / name
         assert (model_dir / "train_results.json").is_file() and (model_dir / "tokenizer.json").is_file()
@@ -90,25 +98,9 @@ def test_trains_each_corpus_then_skips_finished(corpora, tmp_path, capsys, monke
         == 25
     )
 
+    monkeypatch.chdir(ROOT)
     train_corpora.main([str(corpora), "--dataset", "poems"])
     assert "[finished]" in capsys.readouterr().out
-
-
-def test_the_installed_command_trains_from_a_directory_outside_the_repository(tmp_path):
-    """diff-train-corpora launches each run as `python -m diff_trainer.cli.train`, not ./run_clm_diff.py."""
-    command = shutil.which("diff-train-corpora", path=os.path.dirname(sys.executable))
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    (elsewhere / "lines.txt").write_text("\n".join(["the rose is red and the sky is blue"] * 12) + "\n")
-    corpus = {"path": "lines.txt", "overrides": {"validation_split_percentage": 25}}
-    config = write_corpora(elsewhere, {"lines": corpus})
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(
-        [command, config.name, "--all"], cwd=elsewhere, env=environment, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert (elsewhere / "outputs" / "lines" / "train_results.json").is_file()
-    assert not (elsewhere / "run_clm_diff.py").exists()
 
 
 def test_bad_corpora(corpora, tmp_path, capsys, monkeypatch):
