@@ -99,15 +99,15 @@ CASES = {**{name: (name, []) for name in LOSS_NORMALIZATIONS}, "block": ("llada_
 
 
 def test_two_process_ddp_matches_one_process(tmp_path, train_file):
-    """One launch of two processes runs every case (tests/ddp_runs.py); each equals its one-process run."""
+    """One launch of two processes runs every case (tests/launched_runs.py); each equals its one-process run."""
     runs = [
-        [*run_flags(train_file, tmp_path / case / "two", 2, name, "cosine"), *extra]
+        ["diff_trainer.cli.train", [*run_flags(train_file, tmp_path / case / "two", 2, name, "cosine"), *extra]]
         for case, (name, extra) in CASES.items()
     ]
     (tmp_path / "runs.json").write_text(json.dumps(runs))
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run(
-        [*accelerate_launch(tmp_path), str(ROOT / "tests" / "ddp_runs.py"), str(tmp_path / "runs.json")],
+        [*accelerate_launch(tmp_path), str(ROOT / "tests" / "launched_runs.py"), str(tmp_path / "runs.json")],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -5,6 +5,7 @@ same FSDP2 path (torch's `fully_shard` runs on CPU), with configs/accelerate/fsd
 DeepSpeed needs CUDA: its configs are validated by loading them, and runs are skipped without it.
 """
 
+import importlib
 import json
 import os
 import shutil
@@ -27,6 +28,7 @@ TINY_LLAMA = (
     "num_key_value_heads=4,max_position_embeddings=64"
 )
 ENV = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+ENTRY_POINTS = {"run_clm_diff.py": "diff_trainer.cli.train", "run_diffusion_dpo.py": "diff_trainer.cli.dpo"}
 PAIRS = [{"prompt": f"{a}+{b}=", "chosen": str(a + b), "rejected": str(a + b + 2)} for a in range(3) for b in range(2)]
 
 
@@ -35,8 +37,12 @@ def run(command: list[str]) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def fsdp_launch(*script_and_flags: str) -> None:
-    """Two CPU processes under configs/accelerate/fsdp2.yaml (fp32: CPU autocast would change the numbers)."""
+def fsdp_launch(directory, *runs: list[str]) -> None:
+    """Two CPU processes under configs/accelerate/fsdp2.yaml (fp32: CPU autocast would change the numbers) run each
+    of `runs` (a script's name, then its flags) in turn, in one launch (tests/launched_runs.py)."""
+    runs_file = os.path.join(str(directory), "runs.json")
+    with open(runs_file, "w") as handle:
+        json.dump([[ENTRY_POINTS[script], flags] for script, *flags in runs], handle)
     run(
         [
             sys.executable,
@@ -51,9 +57,14 @@ def fsdp_launch(*script_and_flags: str) -> None:
             "--main_process_port",
             "0",
             "tests/fsdp_on_cpu.py",
-            *script_and_flags,
+            runs_file,
         ]
     )
+
+
+def run_in_process(script: str, *flags: str) -> None:
+    """One process, in this one: the entry point's `main`."""
+    importlib.import_module(ENTRY_POINTS[script]).main(list(flags))
 
 
 def read_json(path):
@@ -122,11 +133,12 @@ def diffusion_runs(tmp_path_factory):
     with open(data, "w") as handle:
         for i, length in enumerate([3, 9, 5, 14]):  # 4 rows = exactly one global batch
             handle.write(json.dumps({"text": f"q{i}<DFF>" + "ab" * length}) + "\n")
-    run([sys.executable, *diffusion_flags(data, root / "one", 4, "--save_strategy", "no")])
-    fsdp_launch(*diffusion_flags(data, root / "sharded", 2, "--save_strategy", "steps", "--save_steps", "1"))
-    # another seed: a run that restarted instead of resuming would start from other weights
+    run_in_process(*diffusion_flags(data, root / "one", 4, "--save_strategy", "no"))
     fsdp_launch(
-        *diffusion_flags(
+        root,
+        diffusion_flags(data, root / "sharded", 2, "--save_strategy", "steps", "--save_steps", "1"),
+        # another seed: a run that restarted instead of resuming would start from other weights
+        diffusion_flags(
             data,
             root / "resumed",
             2,
@@ -136,7 +148,7 @@ def diffusion_runs(tmp_path_factory):
             "8",
             "--resume_from_checkpoint",
             str(root / "sharded" / "checkpoint-1"),
-        )
+        ),
     )
     return root
 
@@ -272,10 +284,9 @@ def dpo_runs(tmp_path_factory):
             *extra,
         ]
 
-    run([sys.executable, *flags("one", 6)])
-    fsdp_launch(*flags("sharded", 3))
-    run([sys.executable, *flags("one_lora", 6, "--use_lora", "true")])
-    fsdp_launch(*flags("sharded_lora", 3, "--use_lora", "true"))
+    run_in_process(*flags("one", 6))
+    run_in_process(*flags("one_lora", 6, "--use_lora", "true"))
+    fsdp_launch(root, flags("sharded", 3), flags("sharded_lora", 3, "--use_lora", "true"))
     return root
 
 
