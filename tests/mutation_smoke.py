@@ -281,10 +281,7 @@ MUTATIONS = [
         "diff_trainer/training/grpo.py",
         "np.random.SeedSequence([self.args.seed, self._step, rollouts[start]])",
         "np.random.SeedSequence([self.args.seed, self._step, self.accelerator.process_index])",
-        (
-            "tests/training/test_grpo.py::"
-            "test_two_processes_give_the_first_step_of_one_process_with_twice_the_batch[one_step-dapo]",
-        ),
+        ("tests/training/test_grpo.py::test_two_processes_give_the_first_step_of_one_process_with_twice_the_batch",),
     ),
     Mutation(
         "grpo_block_columns",

@@ -276,41 +276,48 @@ def first_logged_step(output_dir) -> dict:
     return json.loads((output_dir / "trainer_state.json").read_text())["log_history"][0]
 
 
-@pytest.mark.parametrize("estimator, loss_type", [("one_step", "dapo"), ("coupled", "grpo")])
-def test_two_processes_give_the_first_step_of_one_process_with_twice_the_batch(workspace, estimator, loss_type):
-    # dapo divides by the completion tokens of the whole batch (every process's), grpo averages per completion
-    settings = [
-        "--reward_funcs",
-        workspace["distinct"],
-        "--logp_estimator",
-        estimator,
-        "--loss_type",
-        loss_type,
-        "--beta",
-        "0.1",
-        "--learning_rate",
-        "1e-2",
-        "--seed",
-        "5",
-    ]
+# dapo divides by the completion tokens of the whole batch (every process's), grpo averages per completion
+TWO_PROCESS_CASES = [("one_step", "dapo"), ("coupled", "grpo")]
+
+
+def test_two_processes_give_the_first_step_of_one_process_with_twice_the_batch(workspace):
+    """One launch of two processes runs each case (tests/launched_runs.py); each equals one process, batch twice."""
+
+    def settings(estimator, loss_type):
+        return [
+            *("--reward_funcs", workspace["distinct"], "--logp_estimator", estimator, "--loss_type", loss_type),
+            *("--beta", "0.1", "--learning_rate", "1e-2", "--seed", "5"),
+        ]
+
     root = workspace["root"]
-    one, two = f"ddp_one_{estimator}", f"ddp_two_{estimator}"
-    run_diffusion_grpo.main(flags(workspace, one, "--per_device_train_batch_size", "8", *settings))
+    runs = [
+        [
+            "diff_trainer.cli.grpo",
+            flags(workspace, f"ddp_two_{estimator}", "--use_cpu", "true", *settings(estimator, loss)),
+        ]
+        for estimator, loss in TWO_PROCESS_CASES
+    ]
+    (root / "runs.json").write_text(json.dumps(runs))
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     launched = subprocess.run(
-        [*accelerate_launch(root), "run_diffusion_grpo.py", *flags(workspace, two, "--use_cpu", "true", *settings)],
+        [*accelerate_launch(root), os.path.join(ROOT, "tests", "launched_runs.py"), str(root / "runs.json")],
         cwd=ROOT,
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert launched.returncode == 0, launched.stderr[-3000:]
-    single, double = first_logged_step(root / one), first_logged_step(root / two)
-    assert double["reward"] == single["reward"] and double["reward_std"] == single["reward_std"]  # same rollouts
-    assert single["reward_std"] > 0 and single["grad_norm"] > 0
-    assert double["loss"] == pytest.approx(single["loss"], rel=1e-4, abs=1e-7)
-    assert double["grad_norm"] == pytest.approx(single["grad_norm"], rel=1e-4)
+    for estimator, loss_type in TWO_PROCESS_CASES:
+        one = f"ddp_one_{estimator}"
+        run_diffusion_grpo.main(
+            flags(workspace, one, "--per_device_train_batch_size", "8", *settings(estimator, loss_type))
+        )
+        single, double = first_logged_step(root / one), first_logged_step(root / f"ddp_two_{estimator}")
+        assert double["reward"] == single["reward"] and double["reward_std"] == single["reward_std"]  # same rollouts
+        assert single["reward_std"] > 0 and single["grad_norm"] > 0
+        assert double["loss"] == pytest.approx(single["loss"], rel=1e-4, abs=1e-7), estimator
+        assert double["grad_norm"] == pytest.approx(single["grad_norm"], rel=1e-4), estimator
 
 
 def test_block_scores_are_each_row_scored_alone_from_position_zero(workspace, tmp_path):
