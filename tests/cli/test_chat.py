@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import make_byte_tokenizer, make_tiny_llama
@@ -76,15 +77,20 @@ def chat_in_terminal(path, lines: list[str], *flags) -> str:
     return shown.decode().replace("\r\n", "\n")
 
 
-def replies(model, tokenizer, turns: list[str], flags: dict) -> list[str]:
-    """The replies, computed in-process: each turn rendered with every earlier exchange before it."""
+def replies(
+    model, tokenizer, turns: list[str], flags: dict, seed: int | None = None, system: str = "Be brief."
+) -> list[str]:
+    """The replies, computed in-process: each turn rendered with every earlier exchange before it; with `seed`, one
+    generator seeded once for the whole conversation, as diff-chat's --seed."""
     end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
     config = sampler_for(model, tokenizer, extra_stop_ids=(end_of_turn,), **flags)
-    messages, answers = [{"role": "system", "content": "Be brief."}], []
+    generator = None if seed is None else torch.Generator().manual_seed(seed)
+    messages, answers = ([{"role": "system", "content": system}] if system else []), []
     for turn in turns:
         messages.append({"role": "user", "content": turn})
         ids = tokenizer.encode(render(tokenizer, tokenizer.chat_template, messages, True), add_special_tokens=False)
-        answer = completion_text(tokenizer, generate(model, [ids], config).generated[0].tolist(), config.eos_token_id)
+        generated = generate(model, [ids], config, generator=generator).generated[0].tolist()
+        answer = completion_text(tokenizer, generated, config.eos_token_id)
         messages.append({"role": "assistant", "content": answer})
         answers.append(answer)
     return answers
@@ -129,6 +135,12 @@ def test_suffix_is_refused(checkpoint, capsys):
     assert "do not apply to a chat" in capsys.readouterr().err
 
 
-def test_a_seed_gives_the_same_replies(checkpoint):
-    flags = ["--plain", "--gen_length", "8", "--temperature", "1", "--seed", "3"]
-    assert chat_in_terminal(checkpoint[0], ["Hi?"], *flags) == chat_in_terminal(checkpoint[0], ["Hi?"], *flags)
+def test_a_seed_gives_the_replies_of_a_generator_seeded_once_for_the_conversation(checkpoint):
+    path, tokenizer = checkpoint
+    flags = ["--plain", "--gen_length", "8", "--steps", "8", "--block_length", "8", "--temperature", "1"]
+    shown = chat_in_terminal(path, ["Hi?", "Hi?"], *flags, "--seed", "3")
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    sampler = {"gen_length": 8, "steps": 8, "block_length": 8, "temperature": 1.0}
+    first, second = replies(model, tokenizer, ["Hi?", "Hi?"], sampler, seed=3, system="")
+    assert f"YOU> Hi?\nmodel> {first}\nYOU> Hi?\nmodel> {second}\n" in shown
+    assert replies(model, tokenizer, ["Hi?"], sampler, seed=4, system="") != [first]  # the seed matters
