@@ -258,6 +258,11 @@ RECIPES = {
                 "--output_dir {out}/docstring_choice_causal",
                 QUICK_TRAIN,
             ),
+            Step(  # the causal model as the harness's own `hf` model: stage 1's score
+                "diff-lm-eval --model {out}/docstring_choice_causal --tasks docstring_choice --include_path tasks/ "
+                "--output_path {out}/lm_eval_causal.json",
+                "--limit 4",
+            ),
             Step(
                 "python run_clm_diff.py configs/docstring_choice_adapted.yaml --seed {seed} --model_name_or_path "
                 "{out}/docstring_choice_causal --output_dir {out}/docstring_choice_adapted",
@@ -270,6 +275,9 @@ RECIPES = {
             ),
         ],
         outcomes=[
+            Outcome(
+                "causal acc_mutual_info", lm_eval_metric("lm_eval_causal.json", "docstring_choice", "acc_mutual_info")
+            ),
             Outcome("acc_mutual_info", lm_eval_metric("lm_eval.json", "docstring_choice", "acc_mutual_info")),
             Outcome("acc", lm_eval_metric("lm_eval.json", "docstring_choice", "acc")),
         ],
