@@ -298,6 +298,7 @@ RECIPES = {
             Outcome(
                 "causal acc_mutual_info", lm_eval_metric("lm_eval_causal.json", "docstring_choice", "acc_mutual_info")
             ),
+            Outcome("causal acc", lm_eval_metric("lm_eval_causal.json", "docstring_choice", "acc")),
             Outcome("acc_mutual_info", lm_eval_metric("lm_eval.json", "docstring_choice", "acc_mutual_info")),
             Outcome("acc", lm_eval_metric("lm_eval.json", "docstring_choice", "acc")),
         ],
