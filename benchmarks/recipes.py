@@ -20,7 +20,7 @@ import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from common import REPO_ROOT, markdown_table, results_file, stopwatch
@@ -30,6 +30,12 @@ QUICK_TRAIN = "--max_steps 4 --eval_steps 2 --save_steps 2 --max_eval_samples 4"
 SAMPLER = "--gen_length 64 --steps 64 --block_length 32 --temperature 0.7 --seed 0"  # docs/sampling.md's first command
 WORD_SHARE_PROMPTS = 16  # the first validation signatures, the prompts of the word-share samples
 STDLIB = "data/stdlib_docstrings"
+FORTUNES = "data/fortunes"
+BROWSER_QUICK = "--max_steps 4 --eval_steps 2 --save_steps 2"  # all 48 validation fortunes: 4 fill no packed row
+BROWSER_SAMPLER = (  # docs/browser.md's diff-generate flags, 16 samples of its prompt
+    '--prompt "You will" --samples 16 --gen_length 48 --steps 48 --block_length 16 --temperature 0.7 '
+    "--remasking low_confidence --seed 0"
+)
 
 
 @dataclass(frozen=True)
@@ -94,10 +100,15 @@ def lm_eval_metric(path: str, task: str, metric: str) -> Callable[[str], float]:
     return read
 
 
-def stdlib_records(split: str) -> list[str]:
+def corpus_texts(corpus: str, split: str) -> list[str]:
+    """The `text` of every record of a bundled corpus's split (e.g. data/fortunes/train.jsonl.zst)."""
     from datasets import load_dataset
 
-    return load_dataset("json", data_files=os.path.join(REPO_ROOT, STDLIB, f"{split}.jsonl.zst"), split="train")["text"]
+    return load_dataset("json", data_files=os.path.join(REPO_ROOT, corpus, f"{split}.jsonl.zst"), split="train")["text"]
+
+
+def stdlib_records(split: str) -> list[str]:
+    return corpus_texts(STDLIB, split)
 
 
 def write_validation_prompts(out: str) -> None:
@@ -107,15 +118,24 @@ def write_validation_prompts(out: str) -> None:
         handle.write("\n".join(prompts) + "\n")
 
 
-def stdlib_word_share(path: str) -> Callable[[str], float]:
-    """The share of the completions' whitespace-separated tokens that occur in the training text (signatures and
-    docstrings; the <DFF> marker separates words)."""
+def training_word_share(path: str, training_texts: Callable[[], Iterable[str]]) -> Callable[[str], float]:
+    """The share of the completions' whitespace-separated tokens that occur in the training text."""
 
     def read(out: str) -> float:
-        words = corpus_words(text.replace("<DFF>", " ") for text in stdlib_records("train"))
+        words = corpus_words(training_texts())
         return word_share((record["completion"] for record in jsonl_records(os.path.join(out, path))), words)
 
     return read
+
+
+def stdlib_word_share(path: str) -> Callable[[str], float]:
+    """Word share in the stdlib corpus's signatures and docstrings (the <DFF> marker separates words)."""
+    return training_word_share(path, lambda: (text.replace("<DFF>", " ") for text in stdlib_records("train")))
+
+
+def fortunes_word_share(path: str) -> Callable[[str], float]:
+    """Word share in the fortunes' training text."""
+    return training_word_share(path, lambda: corpus_texts(FORTUNES, "train"))
 
 
 def arithmetic_eval(model: str, output: str) -> Step:
@@ -258,6 +278,11 @@ RECIPES = {
                 "--output_dir {out}/docstring_choice_causal",
                 QUICK_TRAIN,
             ),
+            Step(  # the causal model as the harness's own `hf` model: stage 1's score
+                "diff-lm-eval --model {out}/docstring_choice_causal --tasks docstring_choice --include_path tasks/ "
+                "--output_path {out}/lm_eval_causal.json",
+                "--limit 4",
+            ),
             Step(
                 "python run_clm_diff.py configs/docstring_choice_adapted.yaml --seed {seed} --model_name_or_path "
                 "{out}/docstring_choice_causal --output_dir {out}/docstring_choice_adapted",
@@ -270,8 +295,34 @@ RECIPES = {
             ),
         ],
         outcomes=[
+            Outcome(
+                "causal acc_mutual_info", lm_eval_metric("lm_eval_causal.json", "docstring_choice", "acc_mutual_info")
+            ),
+            Outcome("causal acc", lm_eval_metric("lm_eval_causal.json", "docstring_choice", "acc")),
             Outcome("acc_mutual_info", lm_eval_metric("lm_eval.json", "docstring_choice", "acc_mutual_info")),
             Outcome("acc", lm_eval_metric("lm_eval.json", "docstring_choice", "acc")),
+        ],
+    ),
+    "browser_demo": Recipe(
+        what="docs/browser.md: configs/browser_demo_causal.yaml, then configs/browser_demo.yaml from it, then "
+        f"diff-generate ({BROWSER_SAMPLER}); word share in the fortunes' training text",
+        steps=[
+            Step(
+                "python run_clm_diff.py configs/browser_demo_causal.yaml --seed {seed} "
+                "--output_dir {out}/browser_demo_causal",
+                BROWSER_QUICK,
+            ),
+            Step(
+                "python run_clm_diff.py configs/browser_demo.yaml --seed {seed} --model_name_or_path "
+                "{out}/browser_demo_causal --output_dir {out}/browser_demo",
+                BROWSER_QUICK + " --eval_mc_samples 1",
+            ),
+            Step(f"diff-generate --model {{out}}/browser_demo {BROWSER_SAMPLER} --output {{out}}/samples.jsonl"),
+        ],
+        outcomes=[
+            Outcome("causal perplexity", json_value("browser_demo_causal/eval_results.json", "perplexity")),
+            Outcome("ELBO bound (nats/token)", json_value("browser_demo/eval_results.json", "eval_elbo_nll")),
+            Outcome("word share", fortunes_word_share("samples.jsonl"), percent=True),
         ],
     ),
 }

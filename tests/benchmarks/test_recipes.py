@@ -1,5 +1,6 @@
 """benchmarks/recipes.py: the runner on a tiny recipe, and the table's mean / min / max on known values."""
 
+import json
 import math
 import os
 import sys
@@ -82,3 +83,35 @@ def test_reuse_reads_a_finished_seed_back_with_its_times_only_for_the_same_comma
     monkeypatch.setitem(recipes.RECIPES, "tiny", failing)
     recipes.main(["tiny", "--seeds", "2", "--reuse", *runs])  # would fail if it ran; its times are unknown
     assert "| 2 | 0.500 | – | – |" in capsys.readouterr().out
+
+
+def outcomes_read_from(recipe: str, files: dict, root) -> dict:
+    """The recipe's outcomes, by name, read from hand-written `files` (path in the seed's directory -> content)."""
+    for path, content in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(content if isinstance(content, str) else json.dumps(content), encoding="utf-8")
+    return {outcome.name: outcome.read(str(root)) for outcome in recipes.RECIPES[recipe].outcomes}
+
+
+def test_docstring_choice_reads_the_causal_and_the_adapted_scores(tmp_path):
+    def harness(acc, mutual_info):  # diff-lm-eval's --output_path layout, with a stderr key that must not be taken
+        scores = {"acc,none": acc, "acc_mutual_info_stderr,none": 0.04, "acc_mutual_info,none": mutual_info}
+        return {"results": {"docstring_choice": scores}}
+
+    files = {"lm_eval_causal.json": harness(0.44, 0.68), "lm_eval.json": harness(0.41, 0.70)}
+    outcomes = outcomes_read_from("docstring_choice", files, tmp_path)
+    assert outcomes == {"causal acc_mutual_info": 0.68, "causal acc": 0.44, "acc_mutual_info": 0.70, "acc": 0.41}
+
+
+def test_browser_demo_reads_the_bound_and_the_word_share_in_the_fortunes(tmp_path):
+    # "A", "day", "for", "decisions!!!!!" and "Or" are tokens of the first training fortune, written so there;
+    # "decisions" without its "!!!!!" and the made-up "zqxv" are not: 5 of the 7 tokens.
+    samples = [{"completion": "A day\nfor zqxv"}, {"completion": "decisions!!!!! Or decisions"}]
+    files = {
+        "browser_demo_causal/eval_results.json": {"perplexity": 31.5, "eval_loss": 3.45},
+        "browser_demo/eval_results.json": {"eval_elbo_nll": 4.98, "eval_elbo_perplexity": 145.5},
+        "samples.jsonl": "".join(json.dumps(sample) + "\n" for sample in samples),
+    }
+    outcomes = outcomes_read_from("browser_demo", files, tmp_path)
+    assert outcomes["causal perplexity"] == 31.5 and outcomes["ELBO bound (nats/token)"] == 4.98
+    assert outcomes["word share"] == pytest.approx(5 / 7)
