@@ -84,6 +84,18 @@ def step_logs(output_dir, *keys) -> list[tuple]:
 # Masked-diffusion training
 
 
+# block diffusion in blocks of 4 (at time_eps 1 every token of every block is masked)
+BLOCK_FLAGS = (
+    "--diffusion_objective",
+    "block",
+    "--diffusion_block_size",
+    "4",
+    "--shift_logits",
+    "--padding_side",
+    "right",
+)
+
+
 def diffusion_flags(data, output, per_device_batch, *extra):
     # time_eps 1 masks every maskable token, so the losses are deterministic and comparable across runs
     return [
@@ -127,13 +139,15 @@ def diffusion_flags(data, output, per_device_batch, *extra):
 
 @pytest.fixture(scope="module")
 def diffusion_runs(tmp_path_factory):
-    """One process (batch 4); FSDP2 on 2 processes (2 each) saving every step; FSDP2 resumed from step 1."""
+    """One process (batch 4); FSDP2 on 2 processes (2 each) saving every step; FSDP2 resumed from step 1; block
+    diffusion on one process and under FSDP2."""
     root = tmp_path_factory.mktemp("fsdp_diffusion")
     data = root / "train.jsonl"
     with open(data, "w") as handle:
         for i, length in enumerate([3, 9, 5, 14]):  # 4 rows = exactly one global batch
             handle.write(json.dumps({"text": f"q{i}<DFF>" + "ab" * length}) + "\n")
     run_in_process(*diffusion_flags(data, root / "one", 4, "--save_strategy", "no"))
+    run_in_process(*diffusion_flags(data, root / "one_block", 4, "--save_strategy", "no", *BLOCK_FLAGS))
     fsdp_launch(
         root,
         diffusion_flags(data, root / "sharded", 2, "--save_strategy", "steps", "--save_steps", "1"),
@@ -149,6 +163,7 @@ def diffusion_runs(tmp_path_factory):
             "--resume_from_checkpoint",
             str(root / "sharded" / "checkpoint-1"),
         ),
+        diffusion_flags(data, root / "sharded_block", 2, "--save_strategy", "no", *BLOCK_FLAGS),
     )
     return root
 
@@ -159,6 +174,14 @@ def test_fsdp2_diffusion_losses_equal_one_process(diffusion_runs):
     assert [step for step, _ in sharded] == [1, 2]
     assert [loss for _, loss in sharded] == pytest.approx([loss for _, loss in one], rel=1e-5)
     assert one[0][1] != pytest.approx(one[1][1], rel=1e-3)  # step 2 sees the update, so it checks the gradient too
+
+
+def test_fsdp2_block_diffusion_losses_equal_one_process(diffusion_runs):
+    one = step_logs(diffusion_runs / "one_block", "step", "loss")
+    sharded = step_logs(diffusion_runs / "sharded_block", "step", "loss")
+    assert [step for step, _ in sharded] == [1, 2]
+    assert [loss for _, loss in sharded] == pytest.approx([loss for _, loss in one], rel=1e-5)
+    assert one[0][1] != pytest.approx(one[1][1], rel=1e-3)
 
 
 def test_sharded_saves_hold_shards_config_and_tokenizer(diffusion_runs):
