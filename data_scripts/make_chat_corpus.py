@@ -3,12 +3,12 @@ the standard library that the user shows, answered from the text shown, as `{"me
 conversational format).
 
 Every docstring record is used once. Records are grouped by top-level module, shuffled within the group, and cut
-into conversations of two topics (three or one at a module's end). A topic opens with a user turn that shows a
-declaration with its docstring summary and asks one question; one or two follow-ups ask more about "it", which only
-the earlier turns say. Every answer is read from the text shown (the summary's first sentence, the qualified name,
-the parameters or a class's bases, the kind of object), so a small model can learn to answer about names it never
-saw. About half the conversations open with a system message. The output depends only on the source files and
-`--seed`.
+into conversations of two topics (three or one at a module's end). A topic opens with a user turn that shows, on one
+line, a declaration with its docstring summary and asks one question; one or two follow-ups ask more about "it",
+which only the earlier turns say. Every answer is read from the text shown (the summary's first sentence, the
+qualified name, the parameters or a class's bases, the kind of object), so a small model can learn to answer about
+names it never saw. About half the conversations open with a system message. The output depends only on the source
+files and `--seed`.
 
     python data_scripts/make_chat_corpus.py --source_dir data/stdlib_docstrings --output_dir data/stdlib_chat
 """
@@ -93,6 +93,11 @@ def answer(topic: Topic, question_kind: str) -> str:
     return f"`{topic.arguments}`" if topic.arguments else "None."  # parameters or bases
 
 
+def shown(topic: Topic) -> str:
+    """The declaration and summary as a user shows them, on one line (as typed into `diff-chat`)."""
+    return f"`{topic.signature}`: {topic.summary}"
+
+
 def question_kinds(topic: Topic) -> tuple[str, ...]:
     """The kinds of question a topic can answer."""
     extra = {"def": ("parameters",), "class": ("bases",) if topic.arguments else ()}.get(topic.kind, ())
@@ -100,15 +105,15 @@ def question_kinds(topic: Topic) -> tuple[str, ...]:
 
 
 def topic_turns(topic: Topic, show: str, rng: random.Random) -> list[dict]:
-    """A user turn showing the topic with a question, its answer, and one or two follow-ups about "it"; the summary
-    is always asked."""
+    """A user turn showing the topic (after the words `show`) with a question, its answer, and one or two follow-ups
+    about "it"; the summary is always asked."""
     others = [kind for kind in question_kinds(topic) if kind != "summary"]
     kinds = ["summary", *rng.sample(others, rng.choice((1, 2)))]
     rng.shuffle(kinds)
     turns = []
     for index, kind in enumerate(kinds):
         question = rng.choice(QUESTIONS[kind])
-        content = f"{show}\n\n{topic.signature}\n{topic.summary}\n\n{question}" if index == 0 else question
+        content = f"{show} {shown(topic)} {question}" if index == 0 else question
         turns += [{"role": "user", "content": content}, {"role": "assistant", "content": answer(topic, kind)}]
     return turns
 

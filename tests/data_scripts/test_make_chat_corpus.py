@@ -16,11 +16,13 @@ from data_scripts.make_chat_corpus import (
     main,
     parse_topic,
     question_kinds,
+    shown,
 )
 from diff_trainer.data.chat import check_messages
 from diff_trainer.data.io import read_jsonl, write_jsonl
 
 BUNDLED = Path(__file__).resolve().parents[2] / "data" / "stdlib_chat"
+SOURCE = BUNDLED.parent / "stdlib_docstrings"
 TEXTS = [
     "def json.dumps(obj, *, skipkeys=False)<DFF>Serialize ``obj`` to a JSON formatted ``str``.",
     "async def asyncio.sleep(delay, result=None)<DFF>Coroutine that completes after a given time (in seconds).",
@@ -59,18 +61,28 @@ def test_parse_topic_and_answers_by_hand():
     assert question_kinds(parse_topic(TEXTS[2]))[-1] == "bases"
 
 
-def topics_of(record):
-    """(topic text shown, [(question kind, reply)]) per topic of a conversation, checking roles and the format."""
+def by_shown(texts):
+    """The source texts by what a conversation shows of them."""
+    return {shown(parse_topic(text)): text for text in texts}
+
+
+def topics_of(record, sources=None):
+    """(source text shown, [(question kind, reply)]) per topic of a conversation, checking roles and the format of
+    each turn: a topic opens with its opening words, the declaration and summary of a text (`sources`: the texts by
+    what a conversation shows of them, default those of TEXTS), and a question;
+    a follow-up is a question alone."""
     messages = [m for m in record["messages"] if m["role"] != "system"]
     check_messages(messages)
     assert [m["role"] for m in messages] == ["user", "assistant"] * (len(messages) // 2)
+    sources = sources or by_shown(TEXTS)
     topics = []
     for question, reply in zip(messages[::2], messages[1::2]):
-        lines = question["content"].split("\n")
-        if len(lines) > 1:  # a topic opens: the opening words, a blank line, signature, summary, blank, question
-            assert lines[0] in (SHOW_NEXT if topics else SHOW_FIRST) and lines[1] == lines[4] == ""
-            topics.append(("<DFF>".join(lines[2:4]), []))
-        topics[-1][1].append((KIND_OF_QUESTION[lines[-1]], reply["content"]))
+        content = question["content"]
+        asked = next(q for q in KIND_OF_QUESTION if content == q or content.endswith(" " + q))
+        if content != asked:  # a topic opens
+            opening = next(o for o in (SHOW_NEXT if topics else SHOW_FIRST) if content.startswith(o + " "))
+            topics.append((sources[content[len(opening) + 1 : -len(asked) - 1]], []))
+        topics[-1][1].append((KIND_OF_QUESTION[asked], reply["content"]))
     return topics
 
 
@@ -111,13 +123,16 @@ def test_missing_source(tmp_path, capsys):
 
 
 def test_bundled_corpus():
-    """The committed files: valid conversations answered from what they show, the counts of the README, some with a
-    system message."""
+    """The committed files: every source record shown once, every answer read from what its conversation shows, the
+    counts of the README, some conversations with a system message."""
     readme = (BUNDLED / "README.md").read_text()
     for split in ("train", "validation"):
         records = list(read_jsonl(BUNDLED / f"{split}.jsonl.zst"))
+        texts = [record["text"] for record in read_jsonl(SOURCE / f"{split}.jsonl.zst")]
+        sources = by_shown(texts)
+        assert sorted(text for record in records for text, _ in topics_of(record, sources)) == sorted(texts)
         for record in records:
-            for text, replies in topics_of(record):
+            for text, replies in topics_of(record, sources):
                 assert [reply for _, reply in replies] == [answer(parse_topic(text), kind) for kind, _ in replies]
         assert f"| `{split}.jsonl.zst` | {len(records)} |" in readme
     assert sum(r["messages"][0]["content"] == SYSTEM for r in records) > 0
