@@ -16,6 +16,7 @@ import json
 import os
 
 import torch
+from tqdm import tqdm
 
 from common import markdown_table
 from data_scripts.make_chat_corpus import QUESTIONS
@@ -38,13 +39,14 @@ QUESTION_KINDS = {question: kind for kind, questions in QUESTIONS.items() for qu
 
 def turns(records: list[dict]) -> list[dict]:
     """One item per assistant turn: the messages before it, the data's reply, and the kind of question asked (the
-    last line of the user turn before it; "other" for a question the corpus builder does not ask)."""
+    corpus builder's question that the user turn before it ends with; "other" for none)."""
     items = []
     for number, record in enumerate(records):
         messages = record["messages"]
         for index, message in enumerate(messages):
             if message["role"] == "assistant":
-                question = messages[index - 1]["content"].split("\n")[-1] if index else ""
+                asked = messages[index - 1]["content"] if index else ""
+                question = next((q for q in QUESTION_KINDS if asked == q or asked.endswith(" " + q)), None)
                 items.append(
                     {
                         "conversation": number,
@@ -92,14 +94,15 @@ def main(argv: list[str] | None = None) -> None:
         item["ids"] = chat_prompt_ids(tokenizer, template, item["messages"])
     limit = context_length(model)
     fitting = [item for item in items if limit is None or len(item["ids"]) + args.gen_length <= limit]
+    by_length = sorted(fitting, key=lambda item: len(item["ids"]))  # similar lengths together: less left padding
     config = checked_sampler_config(
         parser, args, diffusion_config, [item["ids"] for item in fitting], model, tokenizer, (), (end_of_turn,)
     )
     if config is None:
         parser.error(f"{args.model} is a causal checkpoint; this scores the replies of a diffusion chat model.")
     generator = torch.Generator(device=model.device).manual_seed(args.seed) if args.seed is not None else None
-    for first in range(0, len(fitting), args.batch_size):
-        batch = fitting[first : first + args.batch_size]
+    for first in tqdm(range(0, len(by_length), args.batch_size), desc="batches of turns"):
+        batch = by_length[first : first + args.batch_size]
         generated = run_sampler(model, [item["ids"] for item in batch], config, generator=generator).generated
         for item, ids in zip(batch, generated.tolist()):
             item["reply"] = completion_text(tokenizer, ids, stop).strip()

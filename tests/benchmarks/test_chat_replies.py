@@ -12,7 +12,7 @@ sys.path.insert(
 import chat_replies  # noqa: E402
 
 SYSTEM = {"role": "system", "content": "Be brief."}
-SHOWN = {"role": "user", "content": "Read this:\n\ndef os.getcwd()\nReturn the directory.\n\nWhat does it do?"}
+SHOWN = {"role": "user", "content": "Read this: `def os.getcwd()`: Return the directory. What does it do?"}
 RECORD = {
     "messages": [
         SYSTEM,
