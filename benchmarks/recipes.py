@@ -29,7 +29,7 @@ from diff_trainer.metrics.words import corpus_words, word_share
 QUICK_TRAIN = "--max_steps 4 --eval_steps 2 --save_steps 2 --max_eval_samples 4"
 SAMPLER = "--gen_length 64 --steps 64 --block_length 32 --temperature 0.7 --seed 0"  # docs/sampling.md's first command
 CHAT_SAMPLER = "--gen_length 48 --block_length 8 --seed 0"  # docs/chat.md: greedy, one token per step
-CHAT_CONVERSATIONS = 24  # of the 77 held-out ones: about 5 CPU-minutes of replies for the whole set
+CHAT_CONVERSATIONS = 24  # of the 77 held-out conversations (114 assistant turns), to keep the sampling short
 WORD_SHARE_PROMPTS = 16  # the first validation signatures, the prompts of the word-share samples
 STDLIB = "data/stdlib_docstrings"
 
