@@ -26,3 +26,5 @@ def test_token_f1_by_hand():
     assert token_f1("return", "Return") == 0.0  # tokens as written: case counts
     assert token_f1("", "  ") == 1.0 and token_f1("", "a") == 0.0 and token_f1("a", "") == 0.0
     assert token_f1("a b", "b a") == 1.0  # order does not count
+    # repeats count as often as both texts hold them: common 2 of "a a" in "a a b", P 1, R 2/3, F1 0.8
+    assert token_f1("a a", "a a b") == pytest.approx(0.8)
