@@ -28,6 +28,8 @@ from diff_trainer.metrics.words import corpus_words, word_share
 
 QUICK_TRAIN = "--max_steps 4 --eval_steps 2 --save_steps 2 --max_eval_samples 4"
 SAMPLER = "--gen_length 64 --steps 64 --block_length 32 --temperature 0.7 --seed 0"  # docs/sampling.md's first command
+CHAT_SAMPLER = "--gen_length 48 --block_length 8 --seed 0"  # docs/chat.md: greedy, one token per step
+CHAT_CONVERSATIONS = 24  # of the 77 held-out conversations (114 assistant turns), to keep the sampling short
 WORD_SHARE_PROMPTS = 16  # the first validation signatures, the prompts of the word-share samples
 STDLIB = "data/stdlib_docstrings"
 FORTUNES = "data/fortunes"
@@ -215,6 +217,27 @@ RECIPES = {
         outcomes=[
             Outcome("eval_elbo_perplexity", json_value("demo_scratch/eval_results.json", "eval_elbo_perplexity")),
             Outcome("word share", stdlib_word_share("samples.jsonl"), percent=True),
+        ],
+    ),
+    "chat_demo": Recipe(
+        what="docs/chat.md: configs/chat_demo.yaml from the quick start's outputs/demo_diffusion (train it first), "
+        f"then benchmarks/chat_replies.py ({CHAT_SAMPLER}) on every assistant turn of the first {CHAT_CONVERSATIONS} "
+        "validation conversations of data/stdlib_chat",
+        steps=[
+            Step(
+                "python run_clm_diff.py configs/chat_demo.yaml --seed {seed} --output_dir {out}/chat_demo",
+                QUICK_TRAIN + " --eval_mc_samples 1",
+            ),
+            Step(
+                f"python benchmarks/chat_replies.py --model {{out}}/chat_demo {CHAT_SAMPLER} "
+                f"--max_conversations {CHAT_CONVERSATIONS} --output {{out}}/replies.jsonl",
+                "--max_conversations 2",
+            ),
+        ],
+        outcomes=[
+            Outcome("eval_elbo_perplexity", json_value("chat_demo/eval_results.json", "eval_elbo_perplexity")),
+            Outcome("exact match", json_value("replies.json", "exact_match"), percent=True),
+            Outcome("token F1", json_value("replies.json", "token_f1"), percent=True),
         ],
     ),
     "arithmetic_sft": Recipe(

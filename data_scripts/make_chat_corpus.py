@@ -1,11 +1,14 @@
-"""Build a small conversational corpus from the stdlib_docstrings corpus: multi-turn questions about the standard
-library, answered from its docstrings, as `{"messages": [...]}` records (TRL's conversational format).
+"""Build a small conversational corpus from the stdlib_docstrings corpus: multi-turn questions about docstrings of
+the standard library that the user shows, answered from the text shown, as `{"messages": [...]}` records (TRL's
+conversational format).
 
 Every docstring record is used once. Records are grouped by top-level module, shuffled within the group, and cut
-into conversations of two topics (three or one at a module's end): the user asks what a name does (the answer is
-its docstring summary), may ask how it is called (the answer is its signature: only the earlier turns say what "it"
-is), and moves on to the next name of the same module. About half the conversations open with a system message.
-The output depends only on the source files and `--seed`.
+into conversations of two topics (three or one at a module's end). A topic opens with a user turn that shows, on one
+line, a declaration with its docstring summary and asks one question; one or two follow-ups ask more about "it",
+which only the earlier turns say. Every answer is read from the text shown (the summary's first sentence, the
+qualified name, the parameters or a class's bases, the kind of object), so a small model can learn to answer about
+names it never saw. About half the conversations open with a system message. The output depends only on the source
+files and `--seed`.
 
     python data_scripts/make_chat_corpus.py --source_dir data/stdlib_docstrings --output_dir data/stdlib_chat
 """
@@ -13,6 +16,7 @@ The output depends only on the source files and `--seed`.
 import argparse
 import json
 import random
+import re
 import shlex
 import sys
 from dataclasses import dataclass
@@ -26,15 +30,19 @@ except ImportError:  # running from a source checkout without `pip install -e .`
 
 DFF = "<DFF>"
 SPLITS = ("train", "validation")
-SYSTEM = "You answer questions about Python's standard library briefly, from its docstrings."
-FIRST_QUESTIONS = {
-    "def": ("What does `{name}` do?", "What is `{name}` for?", "Can you explain `{name}`?"),
-    "class": ("What is `{name}`?", "What is the class `{name}` for?", "Can you explain `{name}`?"),
-    "property": ("What does the property `{name}` give?", "What is `{name}`?"),
-    "module": ("What is the `{name}` module for?", "What is in `{name}`?"),
+SYSTEM = "You answer questions about the Python docstrings the user shows you, briefly."
+SHOW_FIRST = ("Here is one:", "Read this:", "From the docs:")
+SHOW_NEXT = ("Now this one:", "And this one:", "Next:")
+# the questions of each kind; the answer to each is read from the shown declaration and summary
+QUESTIONS = {
+    "summary": ("What does it do?", "Sum it up in one sentence.", "What is it for?"),
+    "name": ("What is it called?", "What is its full name?", "Which name does it have?"),
+    "kind": ("What kind of object is it?", "Is it a function, a class, a property or a module?"),
+    "parameters": ("What parameters does it take?", "What are its arguments?"),
+    "bases": ("What does it inherit from?", "What are its bases?"),
 }
-NEXT_QUESTIONS = ("And `{name}`?", "What about `{name}`?", "Next one: `{name}`.")
-CALL_QUESTIONS = ("How do I call it?", "What is its signature?", "How is it declared?")
+KIND_ANSWERS = {"def": "A function.", "class": "A class.", "property": "A property.", "module": "A module."}
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,20 @@ class Topic:
     def module(self) -> str:
         return self.name.split(".")[0]
 
+    @property
+    def arguments(self) -> str | None:
+        """The text between the parentheses after the name (a function's parameters, a class's bases), None when
+        the declaration has none."""
+        start = self.signature.find("(", self.signature.find(self.name) + len(self.name))
+        if start < 0:
+            return None
+        depth = 0
+        for end in range(start, len(self.signature)):
+            depth += {"(": 1, ")": -1}.get(self.signature[end], 0)
+            if depth == 0:
+                return self.signature[start + 1 : end]
+        raise ValueError(f"unbalanced parentheses in {self.signature!r}")
+
 
 def parse_topic(text: str) -> Topic:
     """A `signature<DFF>summary` record as a Topic (`async def` counts as `def`)."""
@@ -60,17 +82,39 @@ def parse_topic(text: str) -> Topic:
     return Topic(kind, declared.split("(")[0], signature, summary)
 
 
-def topic_turns(topic: Topic, question: str, rng: random.Random) -> list[dict]:
-    """The question and answer about a topic, with a follow-up about its signature half the time."""
-    turns = [
-        {"role": "user", "content": question.format(name=topic.name)},
-        {"role": "assistant", "content": topic.summary},
-    ]
-    if topic.kind in ("def", "class") and rng.random() < 0.5:
-        turns += [
-            {"role": "user", "content": rng.choice(CALL_QUESTIONS)},
-            {"role": "assistant", "content": f"`{topic.signature}`"},
-        ]
+def answer(topic: Topic, question_kind: str) -> str:
+    """The reply to a question of `question_kind` about `topic`, read from its declaration and summary."""
+    if question_kind == "summary":
+        return SENTENCE_END.split(topic.summary, 1)[0]
+    if question_kind == "name":
+        return f"`{topic.name}`"
+    if question_kind == "kind":
+        return KIND_ANSWERS[topic.kind]
+    return f"`{topic.arguments}`" if topic.arguments else "None."  # parameters or bases
+
+
+def shown(topic: Topic) -> str:
+    """The declaration and summary as a user shows them, on one line (as typed into `diff-chat`)."""
+    return f"`{topic.signature}`: {topic.summary}"
+
+
+def question_kinds(topic: Topic) -> tuple[str, ...]:
+    """The kinds of question a topic can answer."""
+    extra = {"def": ("parameters",), "class": ("bases",) if topic.arguments else ()}.get(topic.kind, ())
+    return ("summary", "name", "kind", *extra)
+
+
+def topic_turns(topic: Topic, show: str, rng: random.Random) -> list[dict]:
+    """A user turn showing the topic (after the words `show`) with a question, its answer, and one or two follow-ups
+    about "it"; the summary is always asked."""
+    others = [kind for kind in question_kinds(topic) if kind != "summary"]
+    kinds = ["summary", *rng.sample(others, rng.choice((1, 2)))]
+    rng.shuffle(kinds)
+    turns = []
+    for index, kind in enumerate(kinds):
+        question = rng.choice(QUESTIONS[kind])
+        content = f"{show} {shown(topic)} {question}" if index == 0 else question
+        turns += [{"role": "user", "content": content}, {"role": "assistant", "content": answer(topic, kind)}]
     return turns
 
 
@@ -78,8 +122,7 @@ def conversation(topics: list[Topic], rng: random.Random) -> dict:
     """One `messages` record about `topics` (all from one module)."""
     messages = [{"role": "system", "content": SYSTEM}] if rng.random() < 0.5 else []
     for index, topic in enumerate(topics):
-        questions = FIRST_QUESTIONS[topic.kind] if index == 0 else NEXT_QUESTIONS
-        messages += topic_turns(topic, rng.choice(questions), rng)
+        messages += topic_turns(topic, rng.choice(SHOW_FIRST if index == 0 else SHOW_NEXT), rng)
     return {"messages": messages}
 
 
@@ -104,11 +147,15 @@ def conversations(texts: list[str], seed: int) -> list[dict]:
 
 def readme(counts: dict[str, int], example: dict, command: str, seed: int) -> str:
     """The corpus's README: format, counts, one record and the command that made it."""
-    return f"""# stdlib_chat: conversations about the standard library
+    return f"""# stdlib_chat: conversations about docstrings of the standard library
 
-Multi-turn questions about functions, classes, properties and modules of CPython's standard library, answered
-from their docstrings; made from `../stdlib_docstrings` (every record used once). One JSON object per line with a
-`messages` list of `{{"role", "content"}}` turns (TRL's conversational format), zstandard-compressed.
+Multi-turn conversations about functions, classes, properties and modules of CPython's standard library, made from
+`../stdlib_docstrings` (every record used once). Each topic opens with a user turn that shows a declaration and the
+summary of its docstring and asks about it; follow-ups ask more about "it". Every answer is read from the text shown:
+the summary's first sentence, the qualified name, the parameters (a class's bases), or the kind of object. One JSON
+object per line with a `messages` list of `{{"role", "content"}}` turns (TRL's conversational format),
+zstandard-compressed. The validation conversations are about the validation docstrings, whose names the training
+files never show.
 
 | file | conversations |
 |---|---|

@@ -43,6 +43,22 @@ MUTATIONS = [
         ("tests/metrics/test_words.py",),
     ),
     Mutation(
+        "token_f1_distinct",
+        "the token F1 counts the distinct common tokens, not each as often as both texts hold it",
+        "diff_trainer/metrics/words.py",
+        "common = sum((predicted & expected).values())",
+        "common = len(set(predicted) & set(expected))",
+        ("tests/metrics/test_words.py",),
+    ),
+    Mutation(
+        "chat_summary_whole",
+        "the chat corpus answers a summary question with the whole summary, not its first sentence",
+        "data_scripts/make_chat_corpus.py",
+        "return SENTENCE_END.split(topic.summary, 1)[0]",
+        "return topic.summary",
+        ("tests/data_scripts/test_make_chat_corpus.py",),
+    ),
+    Mutation(
         "linear_weight_dropped",
         "the 1/t loss weight of the linear schedule becomes 1",
         "diff_trainer/diffusion/schedules.py",
