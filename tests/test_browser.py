@@ -52,7 +52,7 @@ pytestmark = [
 ]
 
 
-def train_tiny_model(tokenizer, steps: int = 120):
+def train_tiny_model(tokenizer, steps: int = 400):
     """A 2-layer Llama trained briefly with the masked-diffusion loss on RECORDS (answers only, EOS padded)."""
     torch.manual_seed(0)
     model = make_tiny_llama(len(tokenizer), hidden_size=64, intermediate_size=128, max_position_embeddings=96).train()

@@ -38,7 +38,7 @@ FORMAT_VERSION = 1
 # torch.onnx's dynamo exporter writes opset 18 and newer (older opsets need its removed TorchScript path).
 MIN_OPSET = 18
 DEFAULT_OPSET = 18
-FLOAT32_BOUND = 1e-4  # largest |onnxruntime - torch| logit difference accepted for a float32 export
+FLOAT32_RELATIVE_BOUND = 1e-4  # float32: largest difference accepted, as a share of max(1, largest |torch logit|)
 INT8_RELATIVE_BOUND = 0.1  # int8: largest difference accepted, as a share of the largest |torch logit|
 VERIFY_SEED = 0
 # GPT-2's pre-tokenizer split (`tokenizers` ByteLevel, use_regex) for JavaScript's RegExp ("gu"): \s written as
@@ -336,7 +336,8 @@ def export(args, parser) -> dict:
             exported.rename(staged / MODEL_FILE)
         vocab_size = config["tokens"]["vocab_size"]
         difference, scale = largest_differences(model, staged / MODEL_FILE, vocab_size, args.max_length)
-        bound = FLOAT32_BOUND if args.quantize == "none" else INT8_RELATIVE_BOUND * scale
+        relative_bound = FLOAT32_RELATIVE_BOUND if args.quantize == "none" else INT8_RELATIVE_BOUND
+        bound = relative_bound * max(1.0, scale)
         print(
             f"verification: max |onnxruntime - torch| logit difference {difference:.3g} "
             f"(bound {bound:.3g}; largest |logit| {scale:.3g})"
