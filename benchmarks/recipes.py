@@ -292,6 +292,30 @@ RECIPES = {
             Outcome("causal exact match", exact_match("arithmetic_strong_causal_test.jsonl"), percent=True),
         ],
     ),
+    "arithmetic_grpo": Recipe(
+        what="docs/grpo.md: configs/demo_arithmetic.yaml stopped at 850 steps (rows of 12, constant learning rate), "
+        "then configs/arithmetic_grpo.yaml from it, diff-eval-arithmetic on 500 before and after",
+        steps=[
+            ARITHMETIC_DATA,
+            Step(
+                "python run_clm_diff.py configs/demo_arithmetic.yaml --seed {seed} --max_steps 850 --block_size 12 "
+                "--lr_scheduler_type constant_with_warmup --train_file {out}/data/train.jsonl "
+                "--output_dir {out}/grpo_sft",
+                "--max_steps 4 --save_steps 2",
+            ),
+            arithmetic_eval("grpo_sft", "grpo_sft_test.jsonl"),
+            Step(
+                "python run_diffusion_grpo.py configs/arithmetic_grpo.yaml --seed {seed} --model_name_or_path "
+                "{out}/grpo_sft --train_file {out}/data/train.jsonl --save_strategy no --output_dir {out}/grpo_recipe",
+                "--max_steps 2",
+            ),
+            arithmetic_eval("grpo_recipe", "grpo_recipe_test.jsonl"),
+        ],
+        outcomes=[
+            Outcome("SFT exact match", exact_match("grpo_sft_test.jsonl"), percent=True),
+            Outcome("GRPO exact match", exact_match("grpo_recipe_test.jsonl"), percent=True),
+        ],
+    ),
     "docstring_choice": Recipe(
         what="docs/harness.md: configs/docstring_choice_causal.yaml, configs/docstring_choice_adapted.yaml from it, "
         "diff-lm-eval docstring_choice (mc_num 128)",

@@ -64,7 +64,7 @@ def test_a_recipe_that_continues_another_names_the_command_to_run_first(tmp_path
 def test_every_recipe_seeds_each_training_run_and_writes_only_under_the_seed_directory():
     for name, recipe in recipes.RECIPES.items():
         for command in recipes.commands(recipe, 7, "outputs/recipes/x/seed7", quick=False):
-            if "run_clm_diff.py" in command or "run_diffusion_dpo.py" in command:
+            if any(f"{script}.py" in command for script in ("run_clm_diff", "run_diffusion_dpo", "run_diffusion_grpo")):
                 assert "--seed 7" in command and "--output_dir outputs/recipes/x/seed7/" in command, (name, command)
             assert "outputs/" not in command.replace("outputs/recipes/x/seed7/", ""), (name, command)
 
