@@ -123,7 +123,7 @@ def results_file(name: str, quick: bool = False):
     """
     os.makedirs(RESULTS_DIR, exist_ok=True)
     path = os.path.join(RESULTS_DIR, f"{name}{'_quick' if quick else ''}.md")
-    partial = path + ".partial"
+    partial = f"{path}.{os.getpid()}.partial"  # two runs of one benchmark at a time each write their own
     command = "python " + shlex.join([os.path.relpath(sys.argv[0], REPO_ROOT), *sys.argv[1:]])
     with open(partial, "w", encoding="utf-8") as handle:
         handle.write(
