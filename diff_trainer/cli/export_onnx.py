@@ -39,7 +39,7 @@ FORMAT_VERSION = 1
 MIN_OPSET = 18
 DEFAULT_OPSET = 18
 FLOAT32_RELATIVE_BOUND = 1e-4  # float32: largest difference accepted, as a share of max(1, largest |torch logit|)
-INT8_RELATIVE_BOUND = 0.1  # int8: largest difference accepted, as a share of the largest |torch logit|
+INT8_RELATIVE_BOUND = 0.1  # int8: the same share, larger for the rounded weights
 VERIFY_SEED = 0
 # GPT-2's pre-tokenizer split (`tokenizers` ByteLevel, use_regex) for JavaScript's RegExp ("gu"): \s written as
 # \p{White_Space}, which is Oniguruma's Unicode \s (JavaScript's \s adds U+FEFF and lacks U+0085).
